@@ -1,0 +1,125 @@
+//! Types shared by the eBPF programs and the userspace gateway.
+//!
+//! Every struct here is a map key or value: `#[repr(C)]`, no implicit padding (explicit `_pad`
+//! fields), so both sides agree on the bytes and the verifier never sees uninitialised stack.
+#![no_std]
+
+/// Names of the maps, as pinned under the gateway's bpffs directory.
+pub mod map_names {
+    pub const TARGETS: &str = "AG_TARGETS";
+    pub const CGROUPS: &str = "AG_CGROUPS";
+    pub const BY_COOKIE: &str = "AG_BY_COOKIE";
+    pub const BY_PEER: &str = "AG_BY_PEER";
+    pub const CONFIG: &str = "AG_CONFIG";
+}
+
+/// Capacity of the connection-tracking LRU maps. LRU eviction bounds memory; the proxy also
+/// deletes each entry as soon as it has read it.
+pub const CONN_MAP_CAPACITY: u32 = 65_536;
+/// How many cgroups under the watched anchors can be classified at once.
+pub const CGROUP_MAP_CAPACITY: u32 = 65_536;
+/// How many (port, prefix) target entries fit.
+pub const TARGET_MAP_CAPACITY: u32 = 16_384;
+
+/// Bits of an LPM key that cover the port, which comes first so that it must match exactly.
+pub const TARGET_PORT_BITS: u32 = 16;
+
+/// LPM trie key data: destination port (network byte order, as in `bpf_sock_addr.user_port`'s low
+/// 16 bits) followed by the IPv6 address (IPv4 as `::ffff:a.b.c.d`), both as raw network bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetKey {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// What the programs need to know about a target. `id` indexes the userspace target table of the
+/// policy generation that wrote it; userspace resolves by original address, so a stale id is harmless.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetValue {
+    pub id: u32,
+}
+
+/// Classification of a cgroup under an attached anchor.
+pub mod cgroup_state {
+    /// Not matched by any workload selector: goes direct.
+    pub const UNMANAGED: u8 = 1;
+    /// Managed, host network namespace: redirect to the host loopback listener.
+    pub const HOST: u8 = 2;
+    /// Managed, own network namespace: redirect to the listener the gateway opened inside it.
+    pub const POD: u8 = 3;
+}
+
+/// Value of the cgroup classification map, keyed by cgroup id (the cgroup directory's inode).
+/// A cgroup under an anchor with no entry has not been classified yet: connections from it to a
+/// target are refused (fail closed) until userspace has looked at it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupValue {
+    pub state: u8,
+    pub _pad: u8,
+    /// Listener port, host byte order.
+    pub listen_port: u16,
+    pub workload_id: u32,
+}
+
+/// The original destination and who asked for it, recorded by connect4/6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Original destination address, IPv4 as `::ffff:a.b.c.d`, network bytes.
+    pub addr: [u8; 16],
+    /// Original destination port, host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6` of the connecting socket.
+    pub family: u16,
+    pub target_id: u32,
+    pub pid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+}
+
+/// Key under which the proxy finds an `OrigDst`: the client end of the redirected connection as
+/// seen from the listener (the peer address of the accepted socket) plus the namespace it lives in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerKey {
+    pub netns_cookie: u64,
+    /// Client address, IPv4 as `::ffff:a.b.c.d`, network bytes.
+    pub addr: [u8; 16],
+    /// Client port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Global settings written by userspace at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Sockets carrying this `SO_MARK` (the gateway's own upstream sockets) are never redirected.
+    pub bypass_mark: u32,
+    pub _pad: u32,
+}
+
+pub const CONFIG_KEY: u32 = 0;
+
+/// Maps an IPv4 address (network bytes) into the `::ffff:a.b.c.d` form used by every key.
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: all types are repr(C), Copy, and have no padding bytes (explicit `_pad` fields).
+    unsafe impl aya::Pod for super::TargetKey {}
+    unsafe impl aya::Pod for super::TargetValue {}
+    unsafe impl aya::Pod for super::CgroupValue {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::Config {}
+}

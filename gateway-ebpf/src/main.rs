@@ -1,0 +1,318 @@
+//! Kernel side of agentgate's transparent capture.
+//!
+//! All programs are attached to *anchor* cgroups (the literal prefix of a workload selector), so
+//! they also run for cgroups created while the gateway is down. Userspace classifies each cgroup
+//! under an anchor in `AG_CGROUPS`; a cgroup it has not classified yet is refused access to
+//! targets rather than let through (fail closed).
+//!
+//! Hand-over of the original destination: connect4/6 stores it by socket cookie; sock_ops re-keys
+//! it at ACTIVE_ESTABLISHED by (netns cookie, client address, client port), which is exactly what
+//! the proxy sees as the peer of the accepted socket. This works the same for host and pod
+//! listeners and, unlike an emulated SO_ORIGINAL_DST via cgroup/getsockopt, needs no hook in the
+//! gateway's own cgroup.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
+        bpf_get_socket_cookie,
+    },
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
+    EbpfContext,
+};
+use aya_log_ebpf::{debug, warn};
+use gateway_common::{
+    cgroup_state, v4_mapped, CgroupValue, Config, OrigDst, PeerKey, TargetKey, TargetValue,
+    CGROUP_MAP_CAPACITY, CONFIG_KEY, CONN_MAP_CAPACITY, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
+};
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+const SOCK_STREAM: u32 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[map(name = "AG_TARGETS")]
+static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::pinned(TARGET_MAP_CAPACITY, 0);
+
+#[map(name = "AG_CGROUPS")]
+static CGROUPS: HashMap<u64, CgroupValue> = HashMap::pinned(CGROUP_MAP_CAPACITY, 0);
+
+#[map(name = "AG_BY_COOKIE")]
+static BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
+
+#[map(name = "AG_BY_PEER")]
+static BY_PEER: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
+
+#[map(name = "AG_CONFIG")]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+enum Verdict {
+    Pass,
+    Refuse,
+    Redirect { listen_port: u16, orig: OrigDst },
+}
+
+/// Decides what happens to a connect() to `addr`:`port` (network bytes / network-order port).
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> Verdict {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
+    if unsafe { (*sa).type_ } != SOCK_STREAM {
+        return Verdict::Pass;
+    }
+    if is_bypass_marked(sa) {
+        return Verdict::Pass;
+    }
+    let key = Key::new(
+        TARGET_PORT_BITS + 128,
+        TargetKey {
+            port: port_be.to_ne_bytes(),
+            addr,
+        },
+    );
+    let Some(target) = TARGETS.get(&key) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: helper without arguments, valid in every cgroup program.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is plain data copied out at once.
+    let Some(cgroup) = (unsafe { CGROUPS.get(&cgroup_id) }).copied() else {
+        warn!(ctx, "unclassified cgroup {} refused to a target", cgroup_id);
+        return Verdict::Refuse;
+    };
+    if cgroup.state != cgroup_state::HOST && cgroup.state != cgroup_state::POD {
+        return Verdict::Pass;
+    }
+    let orig = OrigDst {
+        addr,
+        port: u16::from_be(port_be),
+        family,
+        target_id: target.id,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        cgroup_id,
+        // SAFETY: both helpers accept a sock_addr context.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    Verdict::Redirect {
+        listen_port: cgroup.listen_port,
+        orig,
+    }
+}
+
+#[inline(always)]
+fn is_bypass_marked(sa: *mut bpf_sock_addr) -> bool {
+    let Some(cfg) = CONFIG.get(CONFIG_KEY) else {
+        return false;
+    };
+    if cfg.bypass_mark == 0 {
+        return false;
+    }
+    // SAFETY: `sk` is always set for connect hooks; checked for null anyway.
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+    !sk.is_null() && unsafe { (*sk).mark } == cfg.bypass_mark
+}
+
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
+    if BY_COOKIE.insert(&orig.socket_cookie, orig, 0).is_err() {
+        warn!(ctx, "could not record original destination; refusing");
+        return false;
+    }
+    debug!(
+        ctx,
+        "redirect pid {} cgroup {} port {}", orig.pid, orig.cgroup_id, orig.port
+    );
+    true
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: 4-byte reads of the connect context.
+    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    match decide(&ctx, v4_mapped(ip.to_ne_bytes()), port as u16, AF_INET) {
+        Verdict::Pass => ALLOW,
+        Verdict::Refuse => REFUSE,
+        Verdict::Redirect { listen_port, orig } => {
+            if !remember(&ctx, &orig) {
+                return REFUSE;
+            }
+            // SAFETY: 4-byte writes are what the verifier allows for these fields.
+            unsafe {
+                (*sa).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+                (*sa).user_port = listen_port.to_be() as u32;
+            }
+            ALLOW
+        }
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: 4-byte reads of the connect context.
+    let (words, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };
+    let addr = words_to_bytes(words);
+    match decide(&ctx, addr, port as u16, AF_INET6) {
+        Verdict::Pass => ALLOW,
+        Verdict::Refuse => REFUSE,
+        Verdict::Redirect { listen_port, orig } => {
+            if !remember(&ctx, &orig) {
+                return REFUSE;
+            }
+            // A v4-mapped destination travels over IPv4, so it must land on the IPv4 listener.
+            let listener = if is_v4_mapped(&addr) {
+                v4_mapped([127, 0, 0, 1])
+            } else {
+                let mut a = [0u8; 16];
+                a[15] = 1;
+                a
+            };
+            let w = bytes_to_words(listener);
+            // SAFETY: 4-byte writes are what the verifier allows for these fields.
+            unsafe {
+                (*sa).user_ip6[0] = w[0];
+                (*sa).user_ip6[1] = w[1];
+                (*sa).user_ip6[2] = w[2];
+                (*sa).user_ip6[3] = w[3];
+                (*sa).user_port = listen_port.to_be() as u32;
+            }
+            ALLOW
+        }
+    }
+}
+
+/// Re-keys the original destination by the client end of the connection once the kernel has
+/// chosen the ephemeral port.
+#[sock_ops]
+pub fn handover(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    // SAFETY: sock_ops contexts accept the socket cookie helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let Some(orig) = (unsafe { BY_COOKIE.get(&cookie) }).copied() else {
+        return 1;
+    };
+    let addr = if ctx.family() == AF_INET as u32 {
+        v4_mapped(ctx.local_ip4().to_ne_bytes())
+    } else {
+        words_to_bytes(local_ip6(&ctx))
+    };
+    let key = PeerKey {
+        netns_cookie: orig.netns_cookie,
+        addr,
+        port: ctx.local_port() as u16,
+        _pad: [0; 6],
+    };
+    if BY_PEER.insert(&key, &orig, 0).is_err() {
+        warn!(&ctx, "could not hand over original destination");
+    }
+    1
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: sock_addr contexts accept the socket cookie helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    if let Some(orig) = (unsafe { BY_COOKIE.get(&cookie) }).copied() {
+        let sa = ctx.sock_addr;
+        // SAFETY: 4-byte writes of the getpeername context.
+        unsafe {
+            (*sa).user_ip4 =
+                u32::from_ne_bytes([orig.addr[12], orig.addr[13], orig.addr[14], orig.addr[15]]);
+            (*sa).user_port = orig.port.to_be() as u32;
+        }
+    }
+    1
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: sock_addr contexts accept the socket cookie helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    if let Some(orig) = (unsafe { BY_COOKIE.get(&cookie) }).copied() {
+        let w = bytes_to_words(orig.addr);
+        let sa = ctx.sock_addr;
+        // SAFETY: 4-byte writes of the getpeername context.
+        unsafe {
+            (*sa).user_ip6[0] = w[0];
+            (*sa).user_ip6[1] = w[1];
+            (*sa).user_ip6[2] = w[2];
+            (*sa).user_ip6[3] = w[3];
+            (*sa).user_port = orig.port.to_be() as u32;
+        }
+    }
+    1
+}
+
+/// Drops the per-socket record when the client socket goes away; LRU eviction is the backstop.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: cgroup/sock contexts accept the socket cookie helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = BY_COOKIE.remove(&cookie);
+    1
+}
+
+/// Reads `local_ip6` one word at a time at constant offsets from the context pointer: the
+/// verifier rejects the pointer arithmetic an array copy compiles to.
+#[inline(always)]
+fn local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    let ops = ctx.ops;
+    // SAFETY: 4-byte reads of a valid sock_ops context.
+    unsafe {
+        [
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[0])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[1])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[2])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[3])),
+        ]
+    }
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+#[inline(always)]
+fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+#[inline(always)]
+fn bytes_to_words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,36 @@
+//! Capture: which cgroups are agent workloads, the listeners their redirected connections land
+//! on (host loopback, or inside each pod's network namespace), and the original destination of
+//! each accepted connection.
+
+mod cgroupfs;
+mod listener;
+mod netns;
+mod reconcile;
+mod workloads;
+
+pub use cgroupfs::CgroupFs;
+pub use listener::{bind_loopback, Listener, ListenerKind};
+pub use reconcile::{Reconciler, SpawnListener};
+pub use workloads::{CgroupInfo, WorkloadTable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("no cgroup v2 mount found in /proc/self/mountinfo (is cgroup v2 enabled?)")]
+    NoCgroup2,
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("entering the network namespace of pid {pid}: {source}")]
+    Netns { pid: u32, source: nix::Error },
+    #[error("binding the listener {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("updating the kernel maps: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Kernel(#[from] crate::ebpf::KernelError),
+}

@@ -1,0 +1,268 @@
+//! Keeps the kernel's view of cgroups in line with the cgroup tree: classifies every cgroup under
+//! the anchors, writes the classification map, and opens a listener inside the network namespace
+//! of each populated pod-mode workload. Runs on every change the cgroup tree reports (inotify via
+//! `notify`) and, as a backstop for missed events, on a short interval.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use gateway_common::{cgroup_state, CgroupValue};
+use notify::Watcher;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    cgroupfs::{anchor_of, CgroupFs},
+    listener::{Listener, ListenerKind},
+    netns,
+    workloads::{classify, CgroupInfo, WorkloadTable},
+    CaptureError,
+};
+use crate::{
+    ebpf::KernelMaps,
+    policy::{Mode, Policy},
+    record::EventSink,
+};
+
+/// Starts serving a listener; returns the task so the listener can be closed with it.
+pub type SpawnListener = Arc<dyn Fn(Listener) -> JoinHandle<()> + Send + Sync>;
+
+const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+struct PodNetns {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub struct Reconciler {
+    policy: Arc<Policy>,
+    fs: CgroupFs,
+    maps: Arc<KernelMaps>,
+    table: Arc<WorkloadTable>,
+    events: Arc<EventSink>,
+    spawn: SpawnListener,
+    anchors: Vec<PathBuf>,
+    host_netns: u64,
+    pods: HashMap<u64, PodNetns>,
+}
+
+impl Reconciler {
+    pub fn new(
+        policy: Arc<Policy>,
+        fs: CgroupFs,
+        maps: Arc<KernelMaps>,
+        table: Arc<WorkloadTable>,
+        events: Arc<EventSink>,
+        spawn: SpawnListener,
+    ) -> Result<Self, CaptureError> {
+        let anchors = anchor_dirs(&policy, &fs)?;
+        Ok(Self {
+            policy,
+            fs,
+            maps,
+            table,
+            events,
+            spawn,
+            anchors,
+            host_netns: netns::netns_inode(std::process::id())?,
+            pods: HashMap::new(),
+        })
+    }
+
+    /// The anchor cgroup directories the programs must be attached to.
+    pub fn anchors(&self) -> &[PathBuf] {
+        &self.anchors
+    }
+
+    pub fn reconcile(&mut self) -> Result<(), CaptureError> {
+        let mut next = HashMap::new();
+        for anchor in &self.anchors {
+            for dir in self.fs.walk(anchor) {
+                let (Ok(id), Some(path)) = (CgroupFs::id(&dir), self.fs.rel(&dir)) else {
+                    continue;
+                };
+                let workload = classify(&self.policy, &path);
+                next.insert(id, CgroupInfo { id, path, workload });
+            }
+        }
+        let prev = self.table.snapshot();
+        for (id, info) in &next {
+            if prev.get(id) == Some(info) {
+                continue;
+            }
+            self.maps.set_cgroup(*id, self.kernel_value(info))?;
+            let w = info.workload.map(|i| &self.policy.workloads[i]);
+            self.events.emit(
+                "cgroup",
+                json!({
+                    "cgroup": info.path,
+                    "cgroup_id": id,
+                    "workload": w.map(|w| w.name.as_str()),
+                    "mode": w.map(|w| w.mode),
+                }),
+            );
+        }
+        // Also drops entries left in the pinned map by an earlier run.
+        for id in self.maps.cgroup_ids() {
+            if !next.contains_key(&id) {
+                self.maps.remove_cgroup(id)?;
+                if let Some(info) = prev.get(&id) {
+                    self.events
+                        .emit("cgroup_gone", json!({"cgroup": info.path, "cgroup_id": id}));
+                }
+            }
+        }
+        self.sync_pod_listeners(&next);
+        self.table.replace(next);
+        Ok(())
+    }
+
+    fn kernel_value(&self, info: &CgroupInfo) -> CgroupValue {
+        let (state, workload_id) = match info.workload {
+            None => (cgroup_state::UNMANAGED, u32::MAX),
+            Some(i) => match self.policy.workloads[i].mode {
+                Mode::Host => (cgroup_state::HOST, i as u32),
+                Mode::Pod => (cgroup_state::POD, i as u32),
+            },
+        };
+        CgroupValue {
+            state,
+            _pad: 0,
+            listen_port: self.policy.gateway.listen_port,
+            workload_id,
+        }
+    }
+
+    /// One listener per network namespace that holds a populated pod-mode cgroup; closed when no
+    /// such cgroup is left in it.
+    fn sync_pod_listeners(&mut self, cgroups: &HashMap<u64, CgroupInfo>) {
+        let mut live = HashSet::new();
+        for info in cgroups.values() {
+            let Some(w) = info.workload.map(|i| &self.policy.workloads[i]) else {
+                continue;
+            };
+            if w.mode != Mode::Pod {
+                continue;
+            }
+            let Some(pid) = CgroupFs::first_pid(&self.fs.abs(&info.path)) else {
+                continue;
+            };
+            let Ok(ino) = netns::netns_inode(pid) else {
+                continue;
+            };
+            if ino == self.host_netns {
+                // Its connections land on the host listener, which serves them the same way.
+                continue;
+            }
+            live.insert(ino);
+            if self.pods.contains_key(&ino) {
+                continue;
+            }
+            match self.open_pod_listeners(pid, ino) {
+                Ok(tasks) => {
+                    self.events.emit(
+                        "pod_listener",
+                        json!({"cgroup": info.path, "pid": pid, "netns_inode": ino,
+                               "port": self.policy.gateway.listen_port}),
+                    );
+                    self.pods.insert(ino, PodNetns { tasks });
+                }
+                // Retried on the next pass; until then the pod's connections are refused.
+                Err(e) => tracing::warn!(cgroup = %info.path, "pod listener: {e}"),
+            }
+        }
+        self.pods.retain(|ino, pod| {
+            let keep = live.contains(ino);
+            if !keep {
+                pod.tasks.iter().for_each(JoinHandle::abort);
+                self.events
+                    .emit("pod_listener_closed", json!({"netns_inode": ino}));
+            }
+            keep
+        });
+    }
+
+    fn open_pod_listeners(&self, pid: u32, ino: u64) -> Result<Vec<JoinHandle<()>>, CaptureError> {
+        let bound = netns::bind_in_netns_of(pid, self.policy.gateway.listen_port)?;
+        let mut tasks = Vec::new();
+        for b in bound {
+            let local = b.local;
+            let l = b
+                .into_listener(ListenerKind::Pod { netns_inode: ino })
+                .map_err(|source| CaptureError::Bind {
+                    addr: local,
+                    source,
+                })?;
+            tasks.push((self.spawn)(l));
+        }
+        Ok(tasks)
+    }
+
+    /// Reconciles on every cgroup tree change and every few seconds until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // A full channel already holds a wake-up; one pass covers every change.
+                let _ = tx.try_send(());
+            }
+        });
+        let _watcher = match watcher {
+            Ok(mut w) => {
+                for a in &self.anchors {
+                    if let Err(e) = w.watch(a, notify::RecursiveMode::Recursive) {
+                        tracing::warn!("watching {}: {e}; relying on rescans", a.display());
+                    }
+                }
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!("cgroup watcher unavailable: {e}; relying on rescans");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = rx.recv() => {}
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.reconcile() {
+                tracing::error!("cgroup reconcile: {e}");
+            }
+        }
+        for pod in self.pods.values() {
+            pod.tasks.iter().for_each(JoinHandle::abort);
+        }
+    }
+}
+
+/// Anchor directories for the policy's workloads, created if missing (so that capture covers
+/// cgroups made later, even while the gateway is down), without nested duplicates.
+fn anchor_dirs(policy: &Policy, fs: &CgroupFs) -> Result<Vec<PathBuf>, CaptureError> {
+    let mut rels: Vec<String> = policy
+        .workloads
+        .iter()
+        .map(|w| anchor_of(&w.cgroup))
+        .collect();
+    rels.sort();
+    rels.dedup();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for rel in rels {
+        let abs = fs.abs(&rel);
+        if out.iter().any(|a| abs.starts_with(a)) {
+            continue;
+        }
+        std::fs::create_dir_all(&abs).map_err(|source| CaptureError::Io {
+            path: abs.clone(),
+            source,
+        })?;
+        out.push(abs);
+    }
+    Ok(out)
+}

@@ -1,0 +1,59 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/agentgate";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentgate",
+    version,
+    about = "A node-local gateway that AI agents cannot go around"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs, capture the policy's workloads and relay their connections.
+    Run(RunArgs),
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Detach the programs and remove every pinned object: workloads then connect directly.
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory; prints each problem as file:line:column and exits 1 if any.
+    Check { dir: PathBuf },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory of policy YAML files.
+    #[arg(long)]
+    pub policies: PathBuf,
+    /// bpffs directory for the pinned maps and links (kept across restarts: fail closed).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// cgroup v2 mount point (default: found in /proc/self/mountinfo).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Append connection and capture events as JSON lines to this file.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, wait this long for open connections before exiting.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
+}

@@ -1,0 +1,127 @@
+//! Typed access to the pinned maps shared with `gateway-ebpf`.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
+
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, MapData, MapError,
+};
+use gateway_common::{
+    v4_mapped, CgroupValue, Config, OrigDst, PeerKey, TargetKey, TargetValue, CONFIG_KEY,
+    TARGET_PORT_BITS,
+};
+
+use crate::policy::Policy;
+
+pub struct KernelMaps {
+    pub(super) targets: Mutex<LpmTrie<MapData, TargetKey, TargetValue>>,
+    pub(super) cgroups: Mutex<HashMap<MapData, u64, CgroupValue>>,
+    pub(super) by_peer: Mutex<HashMap<MapData, PeerKey, OrigDst>>,
+    pub(super) config: Mutex<Array<MapData, Config>>,
+}
+
+/// A poisoned lock only means another thread panicked mid-update of a kernel map; the map itself
+/// is still consistent (every update is one syscall), so keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The key under which sock_ops left the original destination of a connection whose client end
+/// the listener sees as `peer`.
+pub fn peer_key(netns_cookie: u64, peer: SocketAddr) -> PeerKey {
+    PeerKey {
+        netns_cookie,
+        addr: addr_bytes(peer.ip()),
+        port: peer.port(),
+        _pad: [0; 6],
+    }
+}
+
+/// Every (port, prefix) the programs must recognise, with the index of its target.
+pub fn target_entries(policy: &Policy) -> Vec<(Key<TargetKey>, TargetValue)> {
+    let mut out = Vec::new();
+    for (id, t) in policy.targets.iter().enumerate() {
+        for net in &t.addresses {
+            let (addr, prefix) = match net {
+                ipnet::IpNet::V4(n) => (v4_mapped(n.addr().octets()), 96 + n.prefix_len() as u32),
+                ipnet::IpNet::V6(n) => (n.addr().octets(), n.prefix_len() as u32),
+            };
+            for port in &t.ports {
+                out.push((
+                    Key::new(
+                        TARGET_PORT_BITS + prefix,
+                        TargetKey {
+                            port: port.to_be_bytes(),
+                            addr,
+                        },
+                    ),
+                    TargetValue { id: id as u32 },
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn key_id(k: &Key<TargetKey>) -> (u32, [u8; 2], [u8; 16]) {
+    (k.prefix_len(), k.data().port, k.data().addr)
+}
+
+impl KernelMaps {
+    pub fn set_config(&self, cfg: Config) -> Result<(), MapError> {
+        lock(&self.config).set(CONFIG_KEY, cfg, 0)
+    }
+
+    /// Makes the target trie hold exactly `entries`: new ones first, stale ones after, so a
+    /// destination that stays a target is never briefly missing.
+    pub fn sync_targets(&self, entries: &[(Key<TargetKey>, TargetValue)]) -> Result<(), MapError> {
+        let mut map = lock(&self.targets);
+        for (k, v) in entries {
+            map.insert(k, v, 0)?;
+        }
+        let wanted: HashSet<_> = entries.iter().map(|(k, _)| key_id(k)).collect();
+        let stale: Vec<Key<TargetKey>> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&key_id(k)))
+            .collect();
+        for k in stale {
+            map.remove(&k)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_cgroup(&self, id: u64, value: CgroupValue) -> Result<(), MapError> {
+        lock(&self.cgroups).insert(id, value, 0)
+    }
+
+    pub fn remove_cgroup(&self, id: u64) -> Result<(), MapError> {
+        match lock(&self.cgroups).remove(&id) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            r => r,
+        }
+    }
+
+    pub fn cgroup_ids(&self) -> Vec<u64> {
+        lock(&self.cgroups).keys().filter_map(Result::ok).collect()
+    }
+
+    /// Reads and deletes the hand-over record: each one is used by exactly one accept.
+    pub fn take_orig_dst(&self, key: &PeerKey) -> Option<OrigDst> {
+        let mut map = lock(&self.by_peer);
+        let v = map.get(key, 0).ok()?;
+        let _ = map.remove(key);
+        Some(v)
+    }
+}

@@ -1,0 +1,8 @@
+//! Loading the kernel programs, pinning them so they outlive the process, and the typed maps
+//! through which userspace steers them.
+
+mod loader;
+mod maps;
+
+pub use loader::{uninstall, Kernel, KernelError};
+pub use maps::{peer_key, target_entries, KernelMaps};

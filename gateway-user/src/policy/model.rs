@@ -1,0 +1,101 @@
+//! The validated, merged policy as the rest of the gateway sees it.
+
+use std::path::PathBuf;
+
+use globset::GlobMatcher;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// How a managed workload's connections reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The workload shares the host network namespace: redirect to the host loopback listener.
+    Host,
+    /// The workload has its own network namespace: the gateway opens a listener inside it.
+    Pod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes, relayed both ways.
+    Tcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    /// The glob as written, relative to the cgroup v2 mount, starting with `/`.
+    pub cgroup: String,
+    pub matcher: GlobMatcher,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub protocol: Protocol,
+    pub addresses: Vec<IpNet>,
+    pub ports: Vec<u16>,
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Port of the loopback listener, on the host and inside each pod network namespace.
+    pub listen_port: u16,
+    /// `SO_MARK` put on the gateway's own upstream sockets so the eBPF programs never capture them.
+    pub bypass_mark: u32,
+    /// Give up on an upstream that does not accept within this many milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Close a relayed connection after this long with no bytes in either direction.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen_port: 15001,
+            bypass_mark: 0x4147_0001,
+            connect_timeout_ms: 5_000,
+            idle_timeout_ms: 3_600_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub gateway: GatewaySettings,
+    pub workloads: Vec<Workload>,
+    pub targets: Vec<Target>,
+}
+
+impl Policy {
+    /// The first workload (in file order) whose selector matches `cgroup_path`.
+    pub fn workload_for(&self, cgroup_path: &str) -> Option<(usize, &Workload)> {
+        self.workloads
+            .iter()
+            .enumerate()
+            .find(|(_, w)| w.matcher.is_match(cgroup_path))
+    }
+
+    /// The target a connection to `dst` was meant for, if any.
+    pub fn target_for(&self, dst: std::net::SocketAddr) -> Option<(usize, &Target)> {
+        let ip = canonical_ip(dst.ip());
+        self.targets.iter().enumerate().find(|(_, t)| {
+            t.ports.contains(&dst.port()) && t.addresses.iter().any(|net| net.contains(&ip))
+        })
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}

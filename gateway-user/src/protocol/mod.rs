@@ -1,0 +1,3 @@
+//! Protocol handlers, one module per target protocol.
+
+pub mod tcp;

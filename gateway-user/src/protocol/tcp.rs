@@ -1,0 +1,148 @@
+//! Opaque TCP relay: bytes both ways, half-close passed on, backpressure from the slower side
+//! (a direction only reads again once its last chunk is written), and an idle timeout that
+//! counts activity in either direction.
+
+use std::{
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+    time::Instant,
+};
+
+const CHUNK: usize = 32 * 1024;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("no bytes in either direction for {0:?}")]
+    Idle(Duration),
+    #[error("client to upstream: {0}")]
+    Upstream(io::Error),
+    #[error("upstream to client: {0}")]
+    Downstream(io::Error),
+}
+
+/// Time of the last byte moved, as milliseconds since `base`.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let deadline =
+                self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+pub async fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Duration,
+) -> Result<RelayStats, RelayError> {
+    let activity = Activity {
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let up = async { pump(cr, uw, &activity).await.map_err(RelayError::Upstream) };
+    let down = async {
+        pump(ur, cw, &activity)
+            .await
+            .map_err(RelayError::Downstream)
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => {
+            let (client_to_upstream, upstream_to_client) = r?;
+            Ok(RelayStats { client_to_upstream, upstream_to_client })
+        }
+        _ = activity.idle_for(idle) => Err(RelayError::Idle(idle)),
+    }
+}
+
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    activity: &Activity,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            // Pass the half-close on; the other direction keeps flowing until it ends too.
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
+        activity.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut server) = pair().await;
+        let relay = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(10)));
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        // The server still answers after the client half-closed.
+        server.write_all(b"response").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        let stats = relay.await.unwrap().unwrap();
+        assert_eq!(stats.client_to_upstream, 7);
+        assert_eq!(stats.upstream_to_client, 8);
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_closed() {
+        let (_client, client_side) = pair().await;
+        let (upstream_side, _server) = pair().await;
+        let r = relay(client_side, upstream_side, Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
+    }
+}
