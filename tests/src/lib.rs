@@ -1,1 +1,628 @@
+//! Test harness: real cgroups, network namespaces, target services and the real `agentgate`
+//! binary. Every object a test creates is removed by a guard's `Drop`, also when the test fails.
+//!
+//! These tests need root (eBPF, cgroups, netns). Without it they fail with a clear message; they
+//! never skip.
 
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Deterministic pseudo-random bytes (xorshift64*), distinct per seed.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// FNV-1a 64: enough to tell payloads apart, no dependency.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub fn require_root() {
+    // SAFETY: trivial libc call.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests load eBPF programs and create cgroups and network namespaces: run them as root \
+         (`sudo -E cargo xtask test`); they do not skip"
+    );
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `agentgate` binary under test: `$AGENTGATE_BIN` (set by `cargo xtask test`) or the
+/// workspace's debug build.
+pub fn agentgate_bin() -> PathBuf {
+    let path = std::env::var_os("AGENTGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join("debug").join("agentgate")
+        });
+    assert!(
+        path.exists(),
+        "agentgate binary not found at {}: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// The probe binary built with this crate: test executables live in `target/<profile>/deps/`,
+/// the crate's binaries one level up.
+pub fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("agent-probe");
+    assert!(path.exists(), "agent-probe not built at {}", path.display());
+    path
+}
+
+/// A unique name for this test's kernel objects.
+pub fn unique(tag: &str) -> String {
+    format!("agtest-{}-{tag}", std::process::id())
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+pub fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .expect("no cgroup v2 mount")
+}
+
+/// A cgroup (v2) directory, removed with everything in it on drop.
+pub struct Cgroup {
+    pub rel: String,
+    pub abs: PathBuf,
+}
+
+impl Cgroup {
+    pub fn create(rel: &str) -> Self {
+        let abs = cgroup2_root().join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&abs).unwrap_or_else(|e| panic!("mkdir {}: {e}", abs.display()));
+        Self {
+            rel: rel.to_string(),
+            abs,
+        }
+    }
+
+    /// Refers to a cgroup someone else (the gateway) created; still removed on drop.
+    pub fn adopt(rel: &str) -> Self {
+        let abs = cgroup2_root().join(rel.trim_start_matches('/'));
+        Self {
+            rel: rel.to_string(),
+            abs,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.abs).expect("cgroup exists").ino()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        remove_cgroup_tree(&self.abs);
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    // cgroup.kill ends every process inside; rmdir then succeeds once they are reaped.
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A network namespace made with `ip netns add`, loopback up; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Self {
+        // A leftover from an aborted run would make `add` fail.
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        run_ok(Command::new("ip").args(["netns", "add", name]));
+        run_ok(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+        Self {
+            name: name.to_string(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `cmd` start inside `cgroup` and, if given, the network namespace at `netns`.
+pub fn place(cmd: &mut Command, cgroup: Option<&Cgroup>, netns: Option<&Netns>) {
+    let procs = cgroup
+        .map(|c| std::ffi::CString::new(c.abs.join("cgroup.procs").to_str().unwrap()).unwrap());
+    let ns = netns.map(|n| std::ffi::CString::new(n.path().to_str().unwrap()).unwrap());
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(path) = &ns {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            if let Some(path) = &procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// What an agent saw on one connection.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub pid: u32,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// The target server's first line: `peer=<address the server saw>`.
+    pub greeting: String,
+    pub errno: Option<i32>,
+}
+
+impl ProbeResult {
+    /// The address the target server saw as its client.
+    pub fn seen_by_server(&self) -> Option<SocketAddr> {
+        self.greeting.strip_prefix("peer=")?.parse().ok()
+    }
+
+    /// True when the server's client was this very socket, i.e. no proxy in between.
+    pub fn went_direct(&self) -> bool {
+        match (self.seen_by_server(), self.local) {
+            (Some(s), Some(l)) => canonical(s) == canonical(l),
+            _ => false,
+        }
+    }
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Runs the probe as an agent in `cgroup` / `netns` and returns what it reported.
+pub fn probe(cgroup: Option<&Cgroup>, netns: Option<&Netns>, addr: SocketAddr) -> ProbeResult {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(["connect", &addr.to_string()]);
+    place(&mut cmd, cgroup, netns);
+    let out = cmd.output().expect("run agent-probe");
+    assert!(out.status.success(), "agent-probe: {out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "agent-probe output {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let sock = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
+    ProbeResult {
+        pid: v["pid"].as_u64().unwrap_or(0) as u32,
+        local: sock("local"),
+        peer: sock("peer"),
+        greeting: v["greeting"].as_str().unwrap_or("").to_string(),
+        errno: v["errno"].as_i64().map(|e| e as i32),
+    }
+}
+
+/// Runs `agent-probe flood` in `cgroup`; returns (ok, failed, errors).
+pub fn flood(cgroup: &Cgroup, addr: SocketAddr, n: usize, bytes: usize) -> (u64, u64, Vec<String>) {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args([
+        "flood",
+        &addr.to_string(),
+        &n.to_string(),
+        &bytes.to_string(),
+    ]);
+    place(&mut cmd, Some(cgroup), None);
+    let out = cmd.output().expect("run agent-probe flood");
+    assert!(out.status.success(), "agent-probe flood: {out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("flood output is JSON");
+    let errors = v["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        v["ok"].as_u64().unwrap_or(0),
+        v["failed"].as_u64().unwrap_or(0),
+        errors,
+    )
+}
+
+/// A target service on loopback: greets each client with `peer=<its address>\n`, then echoes
+/// until the client half-closes. Counts connections.
+pub struct TargetServer {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TargetServer {
+    pub fn start(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        std::thread::spawn(move || {
+                            conn.set_nonblocking(false).ok();
+                            if conn.write_all(format!("peer={peer}\n").as_bytes()).is_ok() {
+                                let mut r = conn.try_clone().expect("clone");
+                                let _ = std::io::copy(&mut r, &mut conn);
+                            }
+                            let _ = conn.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            stop,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TargetServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A running `agentgate run`, with its own policy directory, pin directory and event log.
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub events_path: PathBuf,
+    pub cgroup: Option<PathBuf>,
+    child: Option<Child>,
+    read_pos: Mutex<usize>,
+}
+
+impl Gateway {
+    /// Writes `policy` (YAML) into a fresh directory and starts the gateway; waits for `ready`.
+    pub fn start(name: &str, policy: &str) -> Self {
+        Self::start_in(name, policy, None)
+    }
+
+    /// Like `start`, with the gateway process itself placed in `cgroup`.
+    pub fn start_in(name: &str, policy: &str, cgroup: Option<&Cgroup>) -> Self {
+        require_root();
+        let dir = std::env::temp_dir().join(unique(name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/policy.yaml"), policy).unwrap();
+        let mut gw = Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(unique(name)),
+            events_path: dir.join("events.jsonl"),
+            dir,
+            cgroup: cgroup.map(|c| c.abs.clone()),
+            child: None,
+            read_pos: Mutex::new(0),
+        };
+        gw.spawn();
+        gw
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(agentgate_bin());
+        cmd.arg("run")
+            .arg("--policies")
+            .arg(self.dir.join("policies"))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--events")
+            .arg(&self.events_path)
+            .env("AGENTGATE_LOG", "info,agentgate=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("gateway.log"))
+                    .unwrap(),
+            );
+        if let Some(cg) = &self.cgroup {
+            let procs = std::ffi::CString::new(cg.join("cgroup.procs").to_str().unwrap()).unwrap();
+            // SAFETY: async-signal-safe calls only.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                    Ok(())
+                });
+            }
+        }
+        let ready_before = self.count("ready");
+        self.child = Some(cmd.spawn().expect("spawn agentgate"));
+        self.wait_for(
+            Duration::from_secs(30),
+            |e| e["event"] == "ready",
+            ready_before,
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Value> {
+        let Ok(f) = std::fs::File::open(&self.events_path) else {
+            return Vec::new();
+        };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    pub fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|e| e["event"] == event).count()
+    }
+
+    /// Waits until an event after the first `skip` events satisfies `pred`; returns it.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+        skip_matching: usize,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hits: Vec<Value> = self.events().into_iter().filter(|e| pred(e)).collect();
+            if hits.len() > skip_matching {
+                return hits[skip_matching].clone();
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "agentgate exited ({status}) while waiting\n{}",
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for an event; events so far:\n{}\nlog:\n{}",
+                    self.events()
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Events added since the last call to `new_events`.
+    pub fn new_events(&self) -> Vec<Value> {
+        let all = self.events();
+        let mut pos = self.read_pos.lock().unwrap();
+        let out = all[(*pos).min(all.len())..].to_vec();
+        *pos = all.len();
+        out
+    }
+
+    /// The `connection_open` event whose client pid is `pid`.
+    pub fn connection_of(&self, pid: u32) -> Value {
+        self.wait_for(
+            Duration::from_secs(10),
+            |e| e["event"] == "connection_open" && e["pid"] == pid,
+            0,
+        )
+    }
+
+    /// Waits until the gateway has classified the cgroup at `rel`.
+    pub fn wait_classified(&self, rel: &str) -> Value {
+        self.wait_for(
+            Duration::from_secs(10),
+            |e| e["event"] == "cgroup" && e["cgroup"] == rel,
+            0,
+        )
+    }
+
+    fn exited(&self) -> Option<String> {
+        // Polling through /proc keeps `&self`; the child is reaped in `kill`/`drop`.
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .next()?
+            .to_string();
+        (state == "Z").then(|| "exited".to_string())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL: no chance to clean up, like a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the gateway again with the same policy and pin directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn uninstall(&self) -> std::process::Output {
+        Command::new(agentgate_bin())
+            .arg("uninstall")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output()
+            .expect("run agentgate uninstall")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- gateway log ({}) ---\n{}",
+                self.dir.display(),
+                self.log_tail()
+            );
+        }
+        self.kill9();
+        let _ = self.uninstall();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Long-running holder process inside a cgroup / netns (the "pod"), killed on drop.
+pub struct Holder(Child);
+
+impl Holder {
+    pub fn start(cgroup: &Cgroup, netns: Option<&Netns>) -> Self {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        place(&mut cmd, Some(cgroup), netns);
+        Self(cmd.spawn().expect("spawn holder"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A policy with one workload glob and one tcp target.
+pub fn policy(
+    listen_port: u16,
+    workload_glob: &str,
+    mode: &str,
+    addresses: &[&str],
+    port: u16,
+) -> String {
+    let addrs: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "version: 1\ngateway:\n  listen_port: {listen_port}\nworkloads:\n  - name: agents\n    cgroup: \"{workload_glob}\"\n    mode: {mode}\ntargets:\n  - name: svc\n    protocol: tcp\n    addresses: [{}]\n    ports: [{port}]\n",
+        addrs.join(", ")
+    )
+}
+
+/// Field of an event as a string.
+pub fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or("")
+}
