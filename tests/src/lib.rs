@@ -76,15 +76,18 @@ pub fn agentgate_bin() -> PathBuf {
     path
 }
 
-/// The probe binary built with this crate: test executables live in `target/<profile>/deps/`,
-/// the crate's binaries one level up.
+/// The probe binary: `$AGENT_PROBE_BIN` (set by xtask), else the one built with this crate
+/// (test executables live in `target/<profile>/deps/`, the crate's binaries one level up).
 pub fn probe_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join("agent-probe");
+    let path = std::env::var_os("AGENT_PROBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>")
+                .join("agent-probe")
+        });
     assert!(path.exists(), "agent-probe not built at {}", path.display());
     path
 }
@@ -325,29 +328,57 @@ pub struct TargetServer {
     stop: Arc<AtomicBool>,
 }
 
+/// What a target server does with a client after greeting it.
+#[derive(Clone, Copy)]
+enum Serve {
+    /// Echo every byte back until the client half-closes.
+    Echo,
+    /// Read until the client half-closes, then answer with the byte count (u64, LE).
+    Sink,
+}
+
 impl TargetServer {
     pub fn start(addr: SocketAddr) -> Self {
+        Self::start_with(addr, Serve::Echo)
+    }
+
+    /// For throughput measurements: counts and discards.
+    pub fn start_sink(addr: SocketAddr) -> Self {
+        Self::start_with(addr, Serve::Sink)
+    }
+
+    fn start_with(addr: SocketAddr, serve: Serve) -> Self {
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        listener.set_nonblocking(true).unwrap();
+        // A deep backlog: benchmarks open connections faster than one thread accepts them, and a
+        // full queue turns into 1 s SYN retransmits that would be measured as latency.
+        // SAFETY: valid listening socket fd.
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (accepted.clone(), stop.clone());
         std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, peer)) => {
-                        a.fetch_add(1, Ordering::SeqCst);
-                        std::thread::spawn(move || {
-                            conn.set_nonblocking(false).ok();
-                            if conn.write_all(format!("peer={peer}\n").as_bytes()).is_ok() {
-                                let mut r = conn.try_clone().expect("clone");
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let Ok(peer) = conn.peer_addr() else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    if conn.write_all(format!("peer={peer}\n").as_bytes()).is_ok() {
+                        let mut r = conn.try_clone().expect("clone");
+                        match serve {
+                            Serve::Echo => {
                                 let _ = std::io::copy(&mut r, &mut conn);
                             }
-                            let _ = conn.shutdown(std::net::Shutdown::Both);
-                        });
+                            Serve::Sink => {
+                                let n = std::io::copy(&mut r, &mut std::io::sink()).unwrap_or(0);
+                                let _ = conn.write_all(&n.to_le_bytes());
+                            }
+                        }
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                });
             }
         });
         Self {
@@ -365,6 +396,8 @@ impl TargetServer {
 impl Drop for TargetServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept so the thread sees the flag and closes the listener.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
 }
 

@@ -31,6 +31,4 @@ pub enum CaptureError {
     },
     #[error("updating the kernel maps: {0}")]
     Map(#[from] aya::maps::MapError),
-    #[error(transparent)]
-    Kernel(#[from] crate::ebpf::KernelError),
 }

@@ -34,10 +34,16 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("loading the eBPF object failed (if the pinned maps in {pin_dir} come from an incompatible version, run `agentgate uninstall` first): {source}")]
-    Load { pin_dir: PathBuf, source: EbpfError },
+    #[error("loading the eBPF object failed: {source} (if the pinned maps in {} come from an incompatible agentgate version, run `agentgate uninstall` first)", pin_dir.display())]
+    Load {
+        pin_dir: PathBuf,
+        source: Box<EbpfError>,
+    },
     #[error("eBPF program `{name}`: {source}")]
-    Program { name: String, source: ProgramError },
+    Program {
+        name: String,
+        source: Box<ProgramError>,
+    },
     #[error("eBPF object has no {kind} `{name}`")]
     Missing { kind: &'static str, name: String },
     #[error("eBPF map `{name}`: {source}")]
@@ -104,7 +110,7 @@ impl Kernel {
             )))
             .map_err(|source| KernelError::Load {
                 pin_dir: pin_dir.to_path_buf(),
-                source,
+                source: Box::new(source),
             })?;
         for name in SOCK_ADDR_PROGRAMS {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
@@ -246,7 +252,7 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
         return Ok(());
     }
     let is_bpffs = nix::sys::statfs::statfs(mount_point)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false);
     if !is_bpffs {
         std::fs::create_dir_all(mount_point).map_err(io_err(mount_point))?;
@@ -287,7 +293,7 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map, KernelError> {
 fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> KernelError + '_ {
     move |source| KernelError::Program {
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::{
     time::Instant,
 };
 
-const CHUNK: usize = 32 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RelayStats {

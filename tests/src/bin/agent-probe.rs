@@ -4,6 +4,8 @@
 //!   agent-probe connect ADDR            connect, read the server's greeting line
 //!   agent-probe flood ADDR N BYTES      N concurrent connections, each sends BYTES distinct
 //!                                       pseudo-random bytes and checks the echo's checksum
+//!   agent-probe connect-bench ADDR N    N sequential connect() calls, latency statistics
+//!   agent-probe throughput ADDR BYTES   send BYTES to a sink server, report MB/s
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -30,6 +32,14 @@ fn main() -> ExitCode {
             let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
             let bytes = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(4096);
             flood(addr, n, bytes)
+        }
+        "connect-bench" => {
+            let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            connect_bench(addr, n)
+        }
+        "throughput" => {
+            let bytes = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
+            throughput(addr, bytes)
         }
         other => {
             eprintln!("unknown mode {other}");
@@ -116,4 +126,68 @@ fn flood(addr: SocketAddr, n: usize, bytes: usize) -> ExitCode {
         json!({"ok": ok, "failed": errors.len(), "errors": errors.iter().take(5).collect::<Vec<_>>()})
     );
     ExitCode::SUCCESS
+}
+
+fn connect_bench(addr: SocketAddr, n: usize) -> ExitCode {
+    let mut micros = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                micros.push(t.elapsed().as_secs_f64() * 1e6);
+                drop(s);
+            }
+            Err(e) => {
+                println!("{}", json!({"error": e.to_string()}));
+                return ExitCode::from(1);
+            }
+        }
+    }
+    micros.sort_by(f64::total_cmp);
+    let pct = |p: f64| micros[((micros.len() as f64 - 1.0) * p) as usize];
+    let mean = micros.iter().sum::<f64>() / micros.len() as f64;
+    println!(
+        "{}",
+        json!({"n": n, "mean_us": mean, "p50_us": pct(0.5), "p99_us": pct(0.99)})
+    );
+    ExitCode::SUCCESS
+}
+
+fn throughput(addr: SocketAddr, bytes: u64) -> ExitCode {
+    let run = || -> std::io::Result<f64> {
+        let mut s = TcpStream::connect(addr)?;
+        let mut greeting = String::new();
+        BufReader::new(&s).read_line(&mut greeting)?;
+        let chunk = payload(7, 1 << 20);
+        let t = std::time::Instant::now();
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = chunk.len().min((bytes - sent) as usize);
+            s.write_all(&chunk[..n])?;
+            sent += n as u64;
+        }
+        s.shutdown(Shutdown::Write)?;
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count)?;
+        let secs = t.elapsed().as_secs_f64();
+        if u64::from_le_bytes(count) != bytes {
+            return Err(std::io::Error::other(
+                "sink counted a different number of bytes",
+            ));
+        }
+        Ok(secs)
+    };
+    match run() {
+        Ok(secs) => {
+            println!(
+                "{}",
+                json!({"bytes": bytes, "secs": secs, "mb_per_s": bytes as f64 / secs / 1e6})
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", json!({"error": e.to_string()}));
+            ExitCode::from(1)
+        }
+    }
 }
