@@ -81,7 +81,7 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> V
     // SAFETY: helper without arguments, valid in every cgroup program.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is plain data copied out at once.
-    let Some(cgroup) = (unsafe { CGROUPS.get(&cgroup_id) }).copied() else {
+    let Some(cgroup) = (unsafe { CGROUPS.get(cgroup_id) }).copied() else {
         warn!(ctx, "unclassified cgroup {} refused to a target", cgroup_id);
         return Verdict::Refuse;
     };
@@ -121,7 +121,7 @@ fn is_bypass_marked(sa: *mut bpf_sock_addr) -> bool {
 
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
-    if BY_COOKIE.insert(&orig.socket_cookie, orig, 0).is_err() {
+    if BY_COOKIE.insert(orig.socket_cookie, orig, 0).is_err() {
         warn!(ctx, "could not record original destination; refusing");
         return false;
     }
@@ -199,7 +199,7 @@ pub fn handover(ctx: SockOpsContext) -> u32 {
     // SAFETY: sock_ops contexts accept the socket cookie helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    let Some(orig) = (unsafe { BY_COOKIE.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { BY_COOKIE.get(cookie) }).copied() else {
         return 1;
     };
     let addr = if ctx.family() == AF_INET as u32 {
@@ -213,7 +213,7 @@ pub fn handover(ctx: SockOpsContext) -> u32 {
         port: ctx.local_port() as u16,
         _pad: [0; 6],
     };
-    if BY_PEER.insert(&key, &orig, 0).is_err() {
+    if BY_PEER.insert(key, orig, 0).is_err() {
         warn!(&ctx, "could not hand over original destination");
     }
     1
@@ -224,7 +224,7 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
     // SAFETY: sock_addr contexts accept the socket cookie helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    if let Some(orig) = (unsafe { BY_COOKIE.get(&cookie) }).copied() {
+    if let Some(orig) = (unsafe { BY_COOKIE.get(cookie) }).copied() {
         let sa = ctx.sock_addr;
         // SAFETY: 4-byte writes of the getpeername context.
         unsafe {
@@ -241,7 +241,7 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     // SAFETY: sock_addr contexts accept the socket cookie helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    if let Some(orig) = (unsafe { BY_COOKIE.get(&cookie) }).copied() {
+    if let Some(orig) = (unsafe { BY_COOKIE.get(cookie) }).copied() {
         let w = bytes_to_words(orig.addr);
         let sa = ctx.sock_addr;
         // SAFETY: 4-byte writes of the getpeername context.
@@ -261,7 +261,7 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: cgroup/sock contexts accept the socket cookie helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = BY_COOKIE.remove(&cookie);
+    let _ = BY_COOKIE.remove(cookie);
     1
 }
 
