@@ -54,12 +54,47 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    use std::io::BufRead;
+
     let bins = util::build(false)?;
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(util::root())
-        .args(["test", "--workspace", "--exclude", "gateway-ebpf"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "gateway-ebpf",
+            "--all-targets",
+        ])
         .args(extra)
         .env("AGENTGATE_BIN", &bins.agentgate)
-        .env("AGENT_PROBE_BIN", &bins.probe);
-    util::run(&mut cmd)
+        .env("AGENT_PROBE_BIN", &bins.probe)
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Echo cargo's output and add up its per-binary results into one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                match (
+                    words.next().and_then(|n| n.parse::<u64>().ok()),
+                    words.next(),
+                ) {
+                    (Some(n), Some("passed")) => passed += n,
+                    (Some(n), Some("failed")) => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        anyhow::bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
