@@ -34,25 +34,48 @@ fn assert_captured(gw: &Gateway, r: &ProbeResult, target: SocketAddr, cgroup: &C
     assert_eq!(s(&ev, "target"), "svc", "{ev}");
 }
 
-#[test]
-fn host_mode_ipv4_ipv6_and_mapped() {
+/// The common host-mode setup: an anchor cgroup, an agent cgroup `job-1` under it, a target
+/// server on 127.0.0.2:`port` and a gateway managing `job-*`. Tests destructure every field (so
+/// all of it lives to the end of the test) with `gw` last: locals drop in reverse order, so the
+/// gateway is stopped and uninstalled before its cgroups are removed.
+struct HostSetup {
+    gw: Gateway,
+    agent: Cgroup,
+    target: TargetServer,
+    name: String,
+    _anchor: Cgroup,
+}
+
+fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> HostSetup {
     require_root();
-    let name = unique("host");
-    let _anchor = Cgroup::create(&format!("/{name}"));
+    let name = unique(tag);
+    let anchor = Cgroup::create(&format!("/{name}"));
     let agent = Cgroup::create(&format!("/{name}/job-1"));
-    let v4 = TargetServer::start(sa("127.0.0.2:17101"));
-    let v6 = TargetServer::start(sa("[::1]:17101"));
+    let target = TargetServer::start(sa(&format!("127.0.0.2:{port}")));
     let gw = Gateway::start(
-        "host",
-        &policy(
-            16101,
-            &format!("/{name}/job-*"),
-            "host",
-            &["127.0.0.2", "::1"],
-            17101,
-        ),
+        tag,
+        &policy(listen, &format!("/{name}/job-*"), "host", addresses, port),
     );
     gw.wait_classified(&agent.rel);
+    HostSetup {
+        gw,
+        agent,
+        target,
+        name,
+        _anchor: anchor,
+    }
+}
+
+#[test]
+fn host_mode_ipv4_ipv6_and_mapped() {
+    let v6 = TargetServer::start(sa("[::1]:17101"));
+    let HostSetup {
+        _anchor,
+        name: _name,
+        target: v4,
+        agent,
+        gw,
+    } = host_setup("host", 16101, 17101, &["127.0.0.2", "::1"]);
 
     let r = probe(Some(&agent), None, v4.addr);
     assert_captured(&gw, &r, v4.addr, &agent);
@@ -127,25 +150,16 @@ fn pod_mode_ipv4_and_ipv6() {
 
 #[test]
 fn non_targets_and_unmanaged_processes_go_direct() {
-    require_root();
-    let name = unique("direct");
-    let _anchor = Cgroup::create(&format!("/{name}"));
-    let agent = Cgroup::create(&format!("/{name}/job-1"));
-    let sibling = Cgroup::create(&format!("/{name}/other"));
-    let target = TargetServer::start(sa("127.0.0.2:17301"));
     let other_port = TargetServer::start(sa("127.0.0.2:17302"));
     let other_addr = TargetServer::start(sa("127.0.0.3:17301"));
-    let gw = Gateway::start(
-        "direct",
-        &policy(
-            16301,
-            &format!("/{name}/job-*"),
-            "host",
-            &["127.0.0.2"],
-            17301,
-        ),
-    );
-    gw.wait_classified(&agent.rel);
+    let HostSetup {
+        _anchor,
+        name,
+        target,
+        agent,
+        gw,
+    } = host_setup("direct", 16301, 17301, &["127.0.0.2"]);
+    let sibling = Cgroup::create(&format!("/{name}/other"));
     gw.wait_classified(&sibling.rel);
     gw.new_events();
 
@@ -188,20 +202,13 @@ fn non_targets_and_unmanaged_processes_go_direct() {
 
 #[test]
 fn cgroups_created_after_start_are_captured() {
-    require_root();
-    let name = unique("late");
-    let _anchor = Cgroup::create(&format!("/{name}"));
-    let target = TargetServer::start(sa("127.0.0.2:17401"));
-    let gw = Gateway::start(
-        "late",
-        &policy(
-            16401,
-            &format!("/{name}/job-*"),
-            "host",
-            &["127.0.0.2"],
-            17401,
-        ),
-    );
+    let HostSetup {
+        _anchor,
+        name,
+        target,
+        agent: _first,
+        gw,
+    } = host_setup("late", 16401, 17401, &["127.0.0.2"]);
     let late = Cgroup::create(&format!("/{name}/job-late"));
     let ev = gw.wait_classified(&late.rel);
     assert_eq!(s(&ev, "workload"), "agents");
@@ -263,22 +270,13 @@ fn gateway_inside_a_managed_cgroup_does_not_capture_itself() {
 
 #[test]
 fn five_hundred_concurrent_connections_relay_intact() {
-    require_root();
-    let name = unique("flood");
-    let _anchor = Cgroup::create(&format!("/{name}"));
-    let agent = Cgroup::create(&format!("/{name}/job-1"));
-    let target = TargetServer::start(sa("127.0.0.2:17601"));
-    let gw = Gateway::start(
-        "flood",
-        &policy(
-            16601,
-            &format!("/{name}/job-*"),
-            "host",
-            &["127.0.0.2"],
-            17601,
-        ),
-    );
-    gw.wait_classified(&agent.rel);
+    let HostSetup {
+        _anchor,
+        name: _name,
+        target,
+        agent,
+        gw,
+    } = host_setup("flood", 16601, 17601, &["127.0.0.2"]);
     let (ok, failed, errors) = flood(&agent, target.addr, 500, 64 * 1024);
     assert_eq!((ok, failed), (500, 0), "errors: {errors:?}");
     assert_eq!(target.count(), 500);
@@ -303,22 +301,13 @@ fn five_hundred_concurrent_connections_relay_intact() {
 
 #[test]
 fn fail_closed_while_the_gateway_is_down_and_recover() {
-    require_root();
-    let name = unique("failclosed");
-    let _anchor = Cgroup::create(&format!("/{name}"));
-    let agent = Cgroup::create(&format!("/{name}/job-1"));
-    let target = TargetServer::start(sa("127.0.0.2:17701"));
-    let mut gw = Gateway::start(
-        "failclosed",
-        &policy(
-            16701,
-            &format!("/{name}/job-*"),
-            "host",
-            &["127.0.0.2", "::1"],
-            17701,
-        ),
-    );
-    gw.wait_classified(&agent.rel);
+    let HostSetup {
+        _anchor,
+        name,
+        target,
+        agent,
+        mut gw,
+    } = host_setup("failclosed", 16701, 17701, &["127.0.0.2", "::1"]);
     let r = probe(Some(&agent), None, target.addr);
     assert_captured(&gw, &r, target.addr, &agent);
     assert_eq!(target.count(), 1);

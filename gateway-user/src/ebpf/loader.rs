@@ -12,11 +12,11 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, Map},
+    maps::{Map, MapError},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps,
@@ -47,10 +47,7 @@ pub enum KernelError {
     #[error("eBPF object has no {kind} `{name}`")]
     Missing { kind: &'static str, name: String },
     #[error("eBPF map `{name}`: {source}")]
-    Map {
-        name: String,
-        source: aya::maps::MapError,
-    },
+    Map { name: String, source: MapError },
     #[error("pinning {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
@@ -122,22 +119,10 @@ impl Kernel {
         p.load().map_err(prog_err(SOCK_PROGRAM))?;
 
         let maps = Arc::new(KernelMaps {
-            targets: std::sync::Mutex::new(
-                LpmTrie::try_from(take_map(&mut ebpf, map_names::TARGETS)?)
-                    .map_err(map_err(map_names::TARGETS))?,
-            ),
-            cgroups: std::sync::Mutex::new(
-                HashMap::try_from(take_map(&mut ebpf, map_names::CGROUPS)?)
-                    .map_err(map_err(map_names::CGROUPS))?,
-            ),
-            by_peer: std::sync::Mutex::new(
-                HashMap::try_from(take_map(&mut ebpf, map_names::BY_PEER)?)
-                    .map_err(map_err(map_names::BY_PEER))?,
-            ),
-            config: std::sync::Mutex::new(
-                Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)
-                    .map_err(map_err(map_names::CONFIG))?,
-            ),
+            targets: typed_map(&mut ebpf, map_names::TARGETS)?,
+            cgroups: typed_map(&mut ebpf, map_names::CGROUPS)?,
+            by_peer: typed_map(&mut ebpf, map_names::BY_PEER)?,
+            config: typed_map(&mut ebpf, map_names::CONFIG)?,
         });
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -283,11 +268,16 @@ where
     p.try_into().map_err(prog_err(name))
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map, KernelError> {
-    ebpf.take_map(name).ok_or_else(|| KernelError::Missing {
+/// Takes map `name` out of the object as the typed map `T`, behind the lock `KernelMaps` uses.
+fn typed_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<Mutex<T>, KernelError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| KernelError::Missing {
         kind: "map",
         name: name.to_string(),
-    })
+    })?;
+    T::try_from(map).map(Mutex::new).map_err(map_err(name))
 }
 
 fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> KernelError + '_ {
@@ -297,7 +287,7 @@ fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> KernelError + '_ {
     }
 }
 
-fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> KernelError + '_ {
+fn map_err(name: &str) -> impl FnOnce(MapError) -> KernelError + '_ {
     move |source| KernelError::Map {
         name: name.to_string(),
         source,
