@@ -76,7 +76,8 @@ pub struct OrigDst {
     pub family: u16,
     pub target_id: u32,
     pub pid: u32,
-    pub _pad: u32,
+    /// The cgroup's workload as classified when the agent connected (`CgroupValue::workload_id`).
+    pub workload_id: u32,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,

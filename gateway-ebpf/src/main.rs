@@ -94,7 +94,7 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> V
         family,
         target_id: target.id,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
+        workload_id: cgroup.workload_id,
         cgroup_id,
         // SAFETY: both helpers accept a sock_addr context.
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },

@@ -17,7 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    capture::{CgroupInfo, Listener, ListenerKind, WorkloadTable},
+    capture::{Listener, ListenerKind, WorkloadTable},
     ebpf::{peer_key, KernelMaps},
     policy::{Policy, Protocol},
     protocol::tcp,
@@ -105,15 +105,18 @@ impl<C: Connect> Proxy<C> {
             return;
         };
         let dst = original_destination(&orig);
-        let cgroup = self
+        // The workload is the kernel's classification at connect() time; the path is for people
+        // (the cgroup may already be gone when the connection is accepted).
+        let workload = self
+            .policy
+            .workloads
+            .get(orig.workload_id as usize)
+            .map(|w| w.name.clone());
+        let cgroup_path = self
             .table
             .get(orig.cgroup_id)
-            .or_else(|| cgroup_of_pid(orig.pid, orig.cgroup_id));
-        let workload = cgroup
-            .as_ref()
-            .and_then(|c| c.workload)
-            .map(|i| self.policy.workloads[i].name.clone());
-        let cgroup_path = cgroup.map(|c| c.path);
+            .map(|c| c.path)
+            .or_else(|| cgroup_path_of_pid(orig.pid));
         let span = tracing::info_span!("conn", id, %dst, pid = orig.pid,
             cgroup = cgroup_path.as_deref().unwrap_or("?"), workload = workload.as_deref().unwrap_or("?"));
         let base = json!({
@@ -212,17 +215,11 @@ pub fn original_destination(orig: &OrigDst) -> SocketAddr {
     SocketAddr::new(ip, orig.port)
 }
 
-/// For a cgroup the reconciler has not seen (created and used between two passes), read the
-/// pid's cgroup from /proc. Such a cgroup is not classified, so it is reported as unmanaged.
-fn cgroup_of_pid(pid: u32, id: u64) -> Option<CgroupInfo> {
+/// The path of a cgroup the table no longer holds (removed since the agent connected), from the
+/// pid, if it still exists.
+fn cgroup_path_of_pid(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))?
-        .to_string();
-    Some(CgroupInfo {
-        id,
-        path,
-        workload: None,
-    })
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
 }

@@ -11,7 +11,7 @@ mod workloads;
 pub use cgroupfs::CgroupFs;
 pub use listener::{bind_loopback, Listener, ListenerKind};
 pub use reconcile::{Reconciler, SpawnListener};
-pub use workloads::{CgroupInfo, WorkloadTable};
+pub use workloads::WorkloadTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
