@@ -62,7 +62,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("w.yaml"),
-            "version: 1\nworkloads:\n  - name: jobs\n    cgroup: /agents/job-*\n    mode: host\n",
+            "version: 2\nworkloads:\n  - name: jobs\n    cgroup: /agents/job-*\n    mode: host\n    token: {from: credential}\n",
         )
         .unwrap();
         let policy = crate::policy::load_dir(&dir).unwrap();

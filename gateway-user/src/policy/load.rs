@@ -7,13 +7,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use globset::GlobBuilder;
+use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
-use serde::Deserialize;
 
-use super::model::{GatewaySettings, Mode, Policy, Protocol, Target, Workload};
+use super::{
+    doc::{FileDoc, JwksDoc, SecretDoc, TokenDoc},
+    model::{
+        GatewaySettings, IdentityProvider, Jwks, Policy, Rule, Secret, Target,
+        TokenSource, Workload,
+    },
+};
 
-pub const SUPPORTED_VERSION: u32 = 1;
+pub const SUPPORTED_VERSION: u32 = 2;
 
 /// One problem found in a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,72 +53,6 @@ pub enum PolicyError {
     Invalid(Vec<Problem>),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDoc {
-    version: u32,
-    #[serde(default)]
-    gateway: Option<GatewayDoc>,
-    #[serde(default)]
-    workloads: Vec<WorkloadDoc>,
-    #[serde(default)]
-    targets: Vec<TargetDoc>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GatewayDoc {
-    listen_port: Option<u16>,
-    bypass_mark: Option<u32>,
-    connect_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WorkloadDoc {
-    name: String,
-    cgroup: String,
-    mode: Mode,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetDoc {
-    name: String,
-    protocol: Protocol,
-    addresses: Vec<Address>,
-    ports: Vec<u16>,
-}
-
-/// An address or CIDR, checked while parsing so that a bad one is reported at its line.
-#[derive(Debug, Clone, Copy)]
-struct Address(IpNet);
-
-impl<'de> Deserialize<'de> for Address {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_address(&s)
-            .map(Address)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-fn parse_address(s: &str) -> Result<IpNet, String> {
-    if let Ok(net) = s.parse::<IpNet>() {
-        if net.trunc() != net {
-            return Err(format!(
-                "`{s}` has host bits set; did you mean `{}`?",
-                net.trunc()
-            ));
-        }
-        return Ok(net);
-    }
-    s.parse::<std::net::IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("`{s}` is not an IP address or CIDR"))
-}
-
 /// Loads and validates every `*.yaml` / `*.yml` file in `dir` (sorted by name).
 pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -136,9 +75,14 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
     }
     let mut docs = Vec::new();
     let mut problems = Vec::new();
+    let mut hasher = Fnv64::default();
     for file in files {
         match std::fs::read_to_string(&file) {
-            Ok(text) => match parse_file(&file, &text) {
+            Ok(text) => match {
+                hasher.write(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+                hasher.write(text.as_bytes());
+                parse_file(&file, &text)
+            } {
                 Ok(doc) => docs.push((file, doc)),
                 Err(p) => problems.push(p),
             },
@@ -153,7 +97,26 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
     if !problems.is_empty() {
         return Err(PolicyError::Invalid(problems));
     }
-    merge(docs).map_err(PolicyError::Invalid)
+    let mut policy = merge(docs).map_err(PolicyError::Invalid)?;
+    policy.version = format!("{:016x}", hasher.0);
+    Ok(policy)
+}
+
+/// FNV-1a over the files' names and contents: identifies a policy version in logs and `status`.
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 fn parse_file(file: &Path, text: &str) -> Result<FileDoc, Problem> {
@@ -172,11 +135,17 @@ fn parse_file(file: &Path, text: &str) -> Result<FileDoc, Problem> {
         )
     })?;
     if doc.version != SUPPORTED_VERSION {
+        let hint = if doc.version == 1 {
+            ": version 2 adds identity_providers, a token source per workload and rules \
+             (default deny); see docs/policy.md"
+        } else {
+            ""
+        };
         return Err(problem(
             Some(1),
             Some(1),
             format!(
-                "unsupported policy version {} (this gateway reads version {SUPPORTED_VERSION})",
+                "unsupported policy version {} (this gateway reads version {SUPPORTED_VERSION}){hint}",
                 doc.version
             ),
         ));
@@ -190,7 +159,7 @@ fn name_the_entry(text: &str, message: &str) -> String {
     let Some((section, rest)) = message.split_once('[') else {
         return message.to_string();
     };
-    if section != "targets" && section != "workloads" {
+    if !["targets", "workloads", "rules", "identity_providers"].contains(&section) {
         return message.to_string();
     }
     let Some(index) = rest
@@ -209,158 +178,362 @@ fn name_the_entry(text: &str, message: &str) -> String {
                 .map(str::to_string)
         });
     match name {
-        Some(name) => format!("{} `{name}`: {message}", &section[..section.len() - 1]),
+        Some(name) => format!(
+            "{} `{name}`: {message}",
+            section.trim_end_matches('s').replace('_', " ")
+        ),
         None => message.to_string(),
     }
 }
 
 fn merge(docs: Vec<(PathBuf, FileDoc)>) -> Result<Policy, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let mut policy = Policy::default();
-    let mut gateway_from: Option<PathBuf> = None;
-    let mut names: HashMap<(&'static str, String), PathBuf> = HashMap::new();
-    let mut claimed: HashMap<(IpNet, u16), String> = HashMap::new();
-    let problem = |file: &Path, message: String| Problem {
-        file: file.to_path_buf(),
-        line: None,
-        column: None,
-        message,
-    };
-
+    let mut m = Merger::default();
     for (file, doc) in docs {
+        m.file(file, doc);
+    }
+    m.cross_check();
+    if m.problems.is_empty() {
+        Ok(m.policy)
+    } else {
+        Err(m.problems)
+    }
+}
+
+#[derive(Default)]
+struct Merger {
+    policy: Policy,
+    problems: Vec<Problem>,
+    gateway_from: Option<PathBuf>,
+    names: HashMap<(&'static str, String), PathBuf>,
+    claimed: HashMap<(IpNet, u16), String>,
+}
+
+impl Merger {
+    fn problem(&mut self, file: &Path, message: String) {
+        self.problems.push(Problem {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            message,
+        });
+    }
+
+    /// Records a definition's name; a second definition of the same kind and name is an error.
+    fn name(&mut self, kind: &'static str, name: &str, file: &Path) {
+        if let Some(first) = self.names.insert((kind, name.to_string()), file.to_path_buf()) {
+            self.problem(
+                file,
+                format!("{kind} `{name}` is already defined in {}", first.display()),
+            );
+        }
+    }
+
+    fn file(&mut self, file: PathBuf, doc: FileDoc) {
         if let Some(g) = doc.gateway {
-            if let Some(first) = &gateway_from {
-                problems.push(problem(
+            if let Some(first) = self.gateway_from.clone() {
+                self.problem(
                     &file,
                     format!(
                         "`gateway` settings are already given in {}; keep them in one file",
                         first.display()
                     ),
-                ));
+                );
             } else {
                 let d = GatewaySettings::default();
-                policy.gateway = GatewaySettings {
+                self.policy.gateway = GatewaySettings {
                     listen_port: g.listen_port.unwrap_or(d.listen_port),
                     bypass_mark: g.bypass_mark.unwrap_or(d.bypass_mark),
                     connect_timeout_ms: g.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
                     idle_timeout_ms: g.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
                 };
-                if policy.gateway.listen_port == 0 {
-                    problems.push(problem(&file, "gateway.listen_port must not be 0".into()));
+                if self.policy.gateway.listen_port == 0 {
+                    self.problem(&file, "gateway.listen_port must not be 0".into());
                 }
-                if policy.gateway.bypass_mark == 0 {
-                    problems.push(problem(&file, "gateway.bypass_mark must not be 0".into()));
+                if self.policy.gateway.bypass_mark == 0 {
+                    self.problem(&file, "gateway.bypass_mark must not be 0".into());
                 }
-                gateway_from = Some(file.clone());
+                self.gateway_from = Some(file.clone());
             }
         }
-        for w in doc.workloads {
-            if let Some(first) = names.insert(("workload", w.name.clone()), file.clone()) {
-                problems.push(problem(
+        for p in doc.identity_providers {
+            self.name("identity provider", &p.name, &file);
+            if p.audiences.is_empty() {
+                self.problem(
+                    &file,
+                    format!("identity provider `{}` needs at least one audience", p.name),
+                );
+            }
+            if p.algorithms.is_empty() {
+                self.problem(
+                    &file,
+                    format!("identity provider `{}` needs at least one algorithm", p.name),
+                );
+            }
+            if p.max_lifetime_secs == 0 {
+                self.problem(
+                    &file,
+                    format!("identity provider `{}`: max_lifetime_secs must be > 0", p.name),
+                );
+            }
+            if let Some(other) = self
+                .policy
+                .identity_providers
+                .iter()
+                .find(|o| o.issuer == p.issuer)
+            {
+                let other = other.name.clone();
+                self.problem(
                     &file,
                     format!(
-                        "workload `{}` is already defined in {}",
-                        w.name,
-                        first.display()
+                        "identity providers `{other}` and `{}` have the same issuer `{}`",
+                        p.name, p.issuer
                     ),
-                ));
+                );
             }
+            if matches!(p.jwks, JwksDoc::Discovery) && !p.issuer.starts_with("https://") {
+                self.problem(
+                    &file,
+                    format!(
+                        "identity provider `{}`: discovery needs an https:// issuer",
+                        p.name
+                    ),
+                );
+            }
+            self.policy.identity_providers.push(IdentityProvider {
+                jwks: match p.jwks {
+                    JwksDoc::File { path } => Jwks::File(path.into()),
+                    JwksDoc::Url { url } => Jwks::Url(url),
+                    JwksDoc::Discovery => Jwks::Discovery,
+                },
+                name: p.name,
+                issuer: p.issuer,
+                audiences: p.audiences,
+                algorithms: p.algorithms.iter().map(|a| a.0).collect(),
+                groups_claim: p.groups_claim,
+                clock_skew: std::time::Duration::from_secs(p.clock_skew_secs),
+                max_lifetime: std::time::Duration::from_secs(p.max_lifetime_secs),
+                ca_file: p.ca_file.map(PathBuf::from),
+            });
+        }
+        for w in doc.workloads {
+            self.name("workload", &w.name, &file);
             if !w.cgroup.starts_with('/') {
-                problems.push(problem(
+                self.problem(
                     &file,
                     format!(
                         "workload `{}`: cgroup `{}` must be an absolute path below the cgroup v2 mount (start with `/`)",
                         w.name, w.cgroup
                     ),
-                ));
+                );
                 continue;
             }
-            match GlobBuilder::new(&w.cgroup).literal_separator(true).build() {
-                Ok(glob) => policy.workloads.push(Workload {
+            let token = match w.token {
+                TokenDoc::Credential => TokenSource::Credential,
+                TokenDoc::File { path } if path.starts_with('/') => TokenSource::File(path.into()),
+                TokenDoc::File { path } => {
+                    self.problem(
+                        &file,
+                        format!(
+                            "workload `{}`: token path `{path}` must be absolute (inside the workload's filesystem)",
+                            w.name
+                        ),
+                    );
+                    continue;
+                }
+            };
+            match glob(&w.cgroup) {
+                Ok(matcher) => self.policy.workloads.push(Workload {
                     name: w.name,
-                    matcher: glob.compile_matcher(),
+                    matcher,
                     cgroup: w.cgroup,
                     mode: w.mode,
+                    token,
                 }),
-                Err(e) => problems.push(problem(
+                Err(e) => self.problem(
                     &file,
                     format!("workload `{}`: bad cgroup glob: {e}", w.name),
-                )),
+                ),
             }
         }
         for t in doc.targets {
-            if let Some(first) = names.insert(("target", t.name.clone()), file.clone()) {
-                problems.push(problem(
-                    &file,
-                    format!(
-                        "target `{}` is already defined in {}",
-                        t.name,
-                        first.display()
-                    ),
-                ));
-            }
+            self.name("target", &t.name, &file);
             if t.addresses.is_empty() || t.ports.is_empty() {
-                problems.push(problem(
+                self.problem(
                     &file,
-                    format!(
-                        "target `{}` needs at least one address and one port",
-                        t.name
-                    ),
-                ));
+                    format!("target `{}` needs at least one address and one port", t.name),
+                );
             }
             if t.ports.contains(&0) {
-                problems.push(problem(
+                self.problem(
                     &file,
                     format!("target `{}`: port 0 is not a destination", t.name),
-                ));
+                );
             }
             for a in &t.addresses {
                 for p in &t.ports {
-                    if let Some(other) = claimed.insert((a.0, *p), t.name.clone()) {
+                    if let Some(other) = self.claimed.insert((a.0, *p), t.name.clone()) {
                         if other != t.name {
-                            problems.push(problem(
+                            self.problem(
                                 &file,
                                 format!(
                                     "target `{}`: {}:{p} is already claimed by target `{other}`",
                                     t.name, a.0
                                 ),
-                            ));
+                            );
                         }
                     }
                 }
             }
-            policy.targets.push(Target {
+            self.policy.targets.push(Target {
                 name: t.name,
                 protocol: t.protocol,
                 addresses: t.addresses.into_iter().map(|a| a.0).collect(),
                 ports: t.ports,
+                credential: t.credential.map(|c| match c {
+                    SecretDoc::Env { name } => Secret::Env(name),
+                    SecretDoc::File { path } => Secret::File(path.into()),
+                }),
+                source: file.clone(),
+            });
+        }
+        for r in doc.rules {
+            self.name("rule", &r.name, &file);
+            let mut subjects = Vec::new();
+            for s in &r.when.subjects {
+                match glob(s) {
+                    Ok(g) => subjects.push(g),
+                    Err(e) => self.problem(
+                        &file,
+                        format!("rule `{}`: bad subject glob `{s}`: {e}", r.name),
+                    ),
+                }
+            }
+            if r.targets.is_empty() {
+                self.problem(
+                    &file,
+                    format!("rule `{}` names no targets (use \"*\" for all)", r.name),
+                );
+            }
+            let targets = (!r.targets.iter().any(|t| t == "*")).then_some(r.targets);
+            self.policy.rules.push(Rule {
+                name: r.name,
+                effect: r.effect,
+                workloads: r.when.workloads,
+                issuers: r.when.issuers,
+                subjects,
+                groups: r.when.groups,
+                targets,
                 source: file.clone(),
             });
         }
     }
-    // A target on the listener's own loopback port would send the gateway's relay into itself.
-    let listen = policy.gateway.listen_port;
-    for t in &policy.targets {
-        if t.ports.contains(&listen) && t.addresses.iter().any(|n| n.addr().is_loopback()) {
-            problems.push(problem(
-                &t.source,
-                format!(
-                    "target `{}` covers the gateway listener (loopback port {listen})",
-                    t.name
-                ),
-            ));
+
+    /// Checks that need every file: references between sections and conflicting rules.
+    fn cross_check(&mut self) {
+        // A target on the listener's own loopback port would send the relay into itself.
+        let listen = self.policy.gateway.listen_port;
+        let mut found = Vec::new();
+        for t in &self.policy.targets {
+            if t.ports.contains(&listen) && t.addresses.iter().any(|n| n.addr().is_loopback()) {
+                found.push((
+                    t.source.clone(),
+                    format!(
+                        "target `{}` covers the gateway listener (loopback port {listen})",
+                        t.name
+                    ),
+                ));
+            }
+        }
+        let has_token_file = self
+            .policy
+            .workloads
+            .iter()
+            .any(|w| matches!(w.token, TokenSource::File(_)));
+        if (has_token_file || !self.policy.rules.is_empty())
+            && self.policy.identity_providers.is_empty()
+        {
+            if let Some(w) = self.policy.workloads.first() {
+                found.push((
+                    self.names[&("workload", w.name.clone())].clone(),
+                    "no identity_providers are defined: no token can be verified, so every connection would be refused".into(),
+                ));
+            }
+        }
+        for r in &self.policy.rules {
+            for w in &r.workloads {
+                if !self.names.contains_key(&("workload", w.clone())) {
+                    found.push((r.source.clone(), format!("rule `{}` names unknown workload `{w}`", r.name)));
+                }
+            }
+            for t in r.targets.iter().flatten() {
+                if !self.names.contains_key(&("target", t.clone())) {
+                    found.push((r.source.clone(), format!("rule `{}` names unknown target `{t}`", r.name)));
+                }
+            }
+            for i in &r.issuers {
+                if !self.policy.identity_providers.iter().any(|p| &p.issuer == i) {
+                    found.push((
+                        r.source.clone(),
+                        format!("rule `{}` names issuer `{i}`, which no identity provider has", r.name),
+                    ));
+                }
+            }
+        }
+        // Two rules about exactly the same principals and targets with opposite effects say
+        // nothing consistent; the deny would silently win, so make the author choose.
+        for (i, a) in self.policy.rules.iter().enumerate() {
+            for b in &self.policy.rules[i + 1..] {
+                if a.effect != b.effect && same_principals(a, b) {
+                    let overlap = match (&a.targets, &b.targets) {
+                        (None, _) | (_, None) => true,
+                        (Some(x), Some(y)) => x.iter().any(|t| y.contains(t)),
+                    };
+                    if overlap {
+                        found.push((
+                            b.source.clone(),
+                            format!(
+                                "rules `{}` and `{}` match the same principals and targets with opposite effects",
+                                a.name, b.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (file, message) in found {
+            self.problem(&file, message);
         }
     }
-    if problems.is_empty() {
-        Ok(policy)
-    } else {
-        Err(problems)
-    }
+}
+
+fn same_principals(a: &Rule, b: &Rule) -> bool {
+    let globs = |r: &Rule| {
+        let mut v: Vec<String> = r.subjects.iter().map(|g| g.glob().glob().to_string()).collect();
+        v.sort();
+        v
+    };
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    sorted(&a.workloads) == sorted(&b.workloads)
+        && sorted(&a.issuers) == sorted(&b.issuers)
+        && sorted(&a.groups) == sorted(&b.groups)
+        && globs(a) == globs(b)
+}
+
+fn glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Decision, Who};
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();
@@ -373,44 +546,110 @@ mod tests {
         d
     }
 
+    const IDP: &str = "version: 2\nidentity_providers:\n  - name: corp\n    issuer: https://idp.test\n    audiences: [agentgate]\n    jwks: {from: file, path: /etc/jwks.json}\n    algorithms: [RS256, ES256]\n";
+    const WORKLOAD: &str = "version: 2\nworkloads:\n  - name: ci\n    cgroup: /agents/*\n    mode: host\n    token: {from: file, path: /run/token}\n";
+    const TARGET: &str = "version: 2\ntargets:\n  - name: db\n    protocol: tcp\n    addresses: [127.0.0.2, '::1', 127.0.8.0/24]\n    ports: [5432]\n    credential: {from: env, name: DB_PASSWORD}\n";
+
+    fn valid_dir(tag: &str, rules: &str) -> PathBuf {
+        let d = tmpdir(tag);
+        write(&d, "a-idp.yaml", IDP);
+        write(&d, "b-workloads.yaml", WORKLOAD);
+        write(&d, "c-targets.yml", TARGET);
+        write(&d, "d-rules.yaml", &format!("version: 2\nrules:\n{rules}"));
+        d
+    }
+
     #[test]
     fn merges_files_and_matches() {
-        let d = tmpdir("ok");
-        write(
-            &d,
-            "a.yaml",
-            "version: 1\nworkloads:\n  - name: ci\n    cgroup: /agents/*\n    mode: host\n",
-        );
-        write(
-            &d,
-            "b.yml",
-            "version: 1\ntargets:\n  - name: db\n    protocol: tcp\n    addresses: [127.0.0.2, '::1', 127.0.8.0/24]\n    ports: [5432]\n",
-        );
+        let d = valid_dir("ok", "  - name: ci-db\n    when: {workloads: [ci]}\n    targets: [db]\n");
         let p = load_dir(&d).unwrap();
+        assert_eq!(p.version.len(), 16);
         assert_eq!(p.workloads.len(), 1);
+        assert_eq!(p.workloads[0].token, TokenSource::File("/run/token".into()));
+        assert_eq!(p.targets[0].credential, Some(Secret::Env("DB_PASSWORD".into())));
+        assert_eq!(p.identity_providers[0].algorithms, vec!["RS256", "ES256"]);
+        assert_eq!(p.identity_providers[0].max_lifetime.as_secs(), 900);
         assert_eq!(p.workload_for("/agents/job-1").unwrap().1.name, "ci");
         assert!(p.workload_for("/agents/job-1/sub").is_none());
-        assert!(p.workload_for("/other").is_none());
-        let t = |s: &str| {
-            p.target_for(s.parse().unwrap())
-                .map(|(_, t)| t.name.clone())
-        };
+        let t = |s: &str| p.target_for(s.parse().unwrap()).map(|(_, t)| t.name.clone());
         assert_eq!(t("127.0.0.2:5432").as_deref(), Some("db"));
         assert_eq!(t("[::ffff:127.0.8.9]:5432").as_deref(), Some("db"));
         assert_eq!(t("[::1]:5432").as_deref(), Some("db"));
         assert_eq!(t("127.0.0.2:5433"), None);
         assert_eq!(t("127.0.0.3:5432"), None);
+        // The version follows the content.
+        write(&d, "c-targets.yml", &TARGET.replace("5432", "5433"));
+        assert_ne!(load_dir(&d).unwrap().version, p.version);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn rules_default_deny_and_deny_wins() {
+        let d = valid_dir(
+            "rules",
+            "  - name: readers\n    when: {groups: [db-readers], subjects: ['agent-*']}\n    targets: [db]\n  - name: no-contractors\n    effect: deny\n    when: {groups: [contractors]}\n    targets: ['*']\n",
+        );
+        let p = load_dir(&d).unwrap();
+        let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let who = |sub: &'static str, g: &'static [String]| Who {
+            issuer: "https://idp.test",
+            subject: sub,
+            groups: g,
+            workload: "ci",
+        };
+        let readers: &'static [String] = Box::leak(groups(&["db-readers"]).into_boxed_slice());
+        let both: &'static [String] =
+            Box::leak(groups(&["db-readers", "contractors"]).into_boxed_slice());
+        assert_eq!(
+            p.decide(&who("agent-7", readers), "db"),
+            Decision::Allow { rule: "readers".into() }
+        );
+        assert!(!p.decide(&who("human-1", readers), "db").allowed(), "subject glob");
+        assert!(!p.decide(&who("agent-7", &[]), "db").allowed(), "no group");
+        assert!(!p.decide(&who("agent-7", readers), "other").allowed(), "other target");
+        match p.decide(&who("agent-7", both), "db") {
+            Decision::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("no-contractors")),
+            d => panic!("deny must win: {d:?}"),
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn dangling_references_and_conflicts_are_refused() {
+        let d = valid_dir(
+            "dangling",
+            "  - name: r1\n    when: {workloads: [nope], issuers: ['https://other']}\n    targets: [missing-db]\n",
+        );
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("unknown workload `nope`"), "{err}");
+        assert!(err.contains("unknown target `missing-db`"), "{err}");
+        assert!(err.contains("issuer `https://other`"), "{err}");
+        write(
+            &d,
+            "d-rules.yaml",
+            "version: 2\nrules:\n  - name: a\n    when: {groups: [x]}\n    targets: [db]\n  - name: b\n    effect: deny\n    when: {groups: [x]}\n    targets: ['*']\n",
+        );
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("rules `a` and `b`") && err.contains("opposite effects"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn symmetric_and_none_algorithms_are_refused_at_their_line() {
+        let d = valid_dir("alg", "  - name: r\n    targets: [db]\n");
+        write(&d, "a-idp.yaml", &IDP.replace("[RS256, ES256]", "[RS256, HS256]"));
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("a-idp.yaml:7:"), "{err}");
+        assert!(err.contains("identity provider `corp`") && err.contains("HS256"), "{err}");
+        write(&d, "a-idp.yaml", &IDP.replace("[RS256, ES256]", "[none]"));
+        assert!(load_dir(&d).unwrap_err().to_string().contains("`none` is not allowed"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn syntax_error_has_file_line_column() {
         let d = tmpdir("syntax");
-        write(
-            &d,
-            "bad.yaml",
-            "version: 1\ntargets:\n  - name: db\n    ports: [5432\n",
-        );
+        write(&d, "bad.yaml", "version: 2\ntargets:\n  - name: db\n    ports: [5432\n");
         let err = load_dir(&d).unwrap_err().to_string();
         let path = d.join("bad.yaml");
         assert!(
@@ -431,11 +670,11 @@ mod tests {
         write(
             &d,
             "t.yaml",
-            "version: 1\ntargets:\n  - name: fine\n    protocol: tcp\n    addresses: [127.0.0.2]\n    ports: [1]\n  - name: broken-db\n    protocol: tcp\n    addresses: [127.0.0.2, 127.0.0.999]\n    ports: [5432]\n",
+            "version: 2\ntargets:\n  - name: fine\n    protocol: tcp\n    addresses: [127.0.0.2]\n    ports: [1]\n  - name: broken-db\n    protocol: tcp\n    addresses: [127.0.0.2, 127.0.0.999]\n    ports: [5432]\n",
         );
         let err = load_dir(&d).unwrap_err().to_string();
         assert!(err.contains("t.yaml:9:"), "{err}");
-        assert!(err.contains("`broken-db`"), "{err}");
+        assert!(err.contains("target `broken-db`"), "{err}");
         assert!(err.contains("127.0.0.999"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -443,33 +682,24 @@ mod tests {
     #[test]
     fn unknown_keys_duplicates_and_versions_are_refused() {
         let d = tmpdir("misc");
-        write(&d, "a.yaml", "version: 1\nworkloads:\n  - name: w\n    cgroup: /a/*\n    mode: host\n    colour: red\n");
+        write(&d, "a.yaml", &format!("{WORKLOAD}    colour: red\n"));
         let err = load_dir(&d).unwrap_err().to_string();
-        assert!(err.contains("colour") && err.contains("a.yaml:6:"), "{err}");
-        write(&d, "a.yaml", "version: 2\n");
-        assert!(load_dir(&d)
-            .unwrap_err()
-            .to_string()
-            .contains("unsupported policy version 2"));
-        write(
-            &d,
-            "a.yaml",
-            "version: 1\nworkloads:\n  - name: w\n    cgroup: /a/*\n    mode: host\n",
-        );
-        write(
-            &d,
-            "b.yaml",
-            "version: 1\nworkloads:\n  - name: w\n    cgroup: /b/*\n    mode: pod\n",
-        );
+        assert!(err.contains("colour") && err.contains("a.yaml:7:"), "{err}");
+        write(&d, "a.yaml", "version: 1\n");
         let err = load_dir(&d).unwrap_err().to_string();
-        assert!(err.contains("workload `w` is already defined"), "{err}");
+        assert!(err.contains("unsupported policy version 1") && err.contains("rules"), "{err}");
+        write(&d, "a.yaml", IDP);
+        write(&d, "b.yaml", WORKLOAD);
+        write(&d, "c.yaml", &WORKLOAD.replace("/agents/*", "/b/*"));
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("workload `ci` is already defined"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn target_on_listener_port_is_refused() {
         let d = tmpdir("loop");
-        write(&d, "a.yaml", "version: 1\ngateway:\n  listen_port: 15001\ntargets:\n  - name: self\n    protocol: tcp\n    addresses: [127.0.0.0/8]\n    ports: [15001]\n");
+        write(&d, "a.yaml", "version: 2\ngateway:\n  listen_port: 15001\ntargets:\n  - name: self\n    protocol: tcp\n    addresses: [127.0.0.0/8]\n    ports: [15001]\n");
         let err = load_dir(&d).unwrap_err().to_string();
         assert!(err.contains("covers the gateway listener"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();

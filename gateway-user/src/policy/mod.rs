@@ -1,11 +1,14 @@
-//! The policy: which cgroups are agent workloads and which destinations are targets.
+//! The policy: which cgroups are agent workloads, which destinations are targets, who may reach
+//! them (identity providers and rules), and with which upstream credential.
 //!
 //! Policies are YAML files in a directory, merged into one [`Policy`]. The format is versioned
-//! (`version: 1`) and documented in `docs/policy.md`; later versions add identity, rules,
-//! masking and approval without changing what version 1 files mean.
+//! (`version: 2`) and documented in `docs/policy.md`.
 
+mod doc;
 mod load;
 mod model;
+mod rules;
 
 pub use load::load_dir;
-pub use model::{Mode, Policy, Protocol};
+pub use model::{Mode, Policy, Protocol, TokenSource};
+pub use rules::{Decision, Who};

@@ -1,6 +1,6 @@
 //! The validated, merged policy as the rest of the gateway sees it.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use globset::GlobMatcher;
 use ipnet::IpNet;
@@ -30,6 +30,16 @@ pub struct Workload {
     pub cgroup: String,
     pub matcher: GlobMatcher,
     pub mode: Mode,
+    pub token: TokenSource,
+}
+
+/// Where a workload's identity token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The protocol's credential (PostgreSQL password, SSH password, HTTP bearer).
+    Credential,
+    /// A path inside the workload's own filesystem, read through `/proc/<pid>/root`.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -38,8 +48,52 @@ pub struct Target {
     pub protocol: Protocol,
     pub addresses: Vec<IpNet>,
     pub ports: Vec<u16>,
+    pub credential: Option<Secret>,
     pub source: PathBuf,
 }
+
+/// The upstream credential of a target, resolved when a connection needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Jwks {
+    File(PathBuf),
+    Url(String),
+    Discovery,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityProvider {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: Jwks,
+    /// JWS algorithm names, asymmetric only (checked when parsing).
+    pub algorithms: Vec<&'static str>,
+    pub groups_claim: String,
+    pub clock_skew: Duration,
+    pub max_lifetime: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub effect: Effect,
+    pub workloads: Vec<String>,
+    pub issuers: Vec<String>,
+    pub subjects: Vec<GlobMatcher>,
+    pub groups: Vec<String>,
+    /// Target names; `None` means every target.
+    pub targets: Option<Vec<String>>,
+    pub source: PathBuf,
+}
+
+pub use super::doc::Effect;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySettings {
@@ -66,9 +120,13 @@ impl Default for GatewaySettings {
 
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// Short content hash of the files this policy was read from.
+    pub version: String,
     pub gateway: GatewaySettings,
+    pub identity_providers: Vec<IdentityProvider>,
     pub workloads: Vec<Workload>,
     pub targets: Vec<Target>,
+    pub rules: Vec<Rule>,
 }
 
 impl Policy {

@@ -1,0 +1,199 @@
+//! The YAML documents exactly as written in a policy file. Every struct refuses unknown keys, and
+//! values with a fixed syntax (addresses, algorithms) are checked while parsing so that an error
+//! carries the line and column of the offending value.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::model::{Mode, Protocol};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDoc {
+    pub version: u32,
+    #[serde(default)]
+    pub gateway: Option<GatewayDoc>,
+    #[serde(default)]
+    pub identity_providers: Vec<ProviderDoc>,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadDoc>,
+    #[serde(default)]
+    pub targets: Vec<TargetDoc>,
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayDoc {
+    pub listen_port: Option<u16>,
+    pub bypass_mark: Option<u32>,
+    pub connect_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDoc {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: JwksDoc,
+    pub algorithms: Vec<Algorithm>,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime_secs: u64,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_clock_skew() -> u64 {
+    30
+}
+fn default_max_lifetime() -> u64 {
+    900
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "from", rename_all = "lowercase", deny_unknown_fields)]
+pub enum JwksDoc {
+    /// A JWKS JSON file on the gateway's node, re-read on refresh.
+    File { path: String },
+    /// A JWKS URL (https, or http on loopback).
+    Url { url: String },
+    /// `{issuer}/.well-known/openid-configuration` → `jwks_uri`.
+    Discovery,
+}
+
+/// A JWS algorithm the policy allows. Only asymmetric ones: a shared secret would let anyone who
+/// can read the policy mint tokens, and `none` is no signature at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Algorithm(pub &'static str);
+
+pub const ALLOWED_ALGORITHMS: [&str; 10] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "EDDSA",
+];
+
+impl<'de> Deserialize<'de> for Algorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match ALLOWED_ALGORITHMS.iter().find(|a| **a == s) {
+            Some(&"EDDSA") => Ok(Algorithm("EdDSA")),
+            Some(a) => Ok(Algorithm(a)),
+            None if s.starts_with("HS") || s.eq_ignore_ascii_case("none") => {
+                Err(serde::de::Error::custom(format!(
+                    "algorithm `{s}` is not allowed: only asymmetric algorithms (RS*, PS*, ES256, ES384, EdDSA)"
+                )))
+            }
+            None => Err(serde::de::Error::custom(format!(
+                "unknown algorithm `{s}` (allowed: RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadDoc {
+    pub name: String,
+    pub cgroup: String,
+    pub mode: Mode,
+    pub token: TokenDoc,
+}
+
+/// Where a workload's identity token comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "from", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TokenDoc {
+    /// The protocol's own credential (a password or bearer that is a JWT).
+    Credential,
+    /// A file inside the workload's filesystem, e.g. a projected service-account token.
+    File { path: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDoc {
+    pub name: String,
+    pub protocol: Protocol,
+    pub addresses: Vec<Address>,
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub credential: Option<SecretDoc>,
+}
+
+/// Where the gateway finds the upstream credential of a target. The agent never sees it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "from", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretDoc {
+    Env { name: String },
+    File { path: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    pub name: String,
+    #[serde(default)]
+    pub effect: Effect,
+    #[serde(default)]
+    pub when: WhenDoc,
+    /// Target names, or `"*"` for every target.
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Who a rule is about. Each list that is given must match (AND); within a list any entry may
+/// match (OR). An empty `when` matches everyone with a valid token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenDoc {
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Globs over the token's `sub`.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// An address or CIDR, checked while parsing so that a bad one is reported at its line.
+#[derive(Debug, Clone, Copy)]
+pub struct Address(pub IpNet);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_address(&s).map(Address).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_address(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        if net.trunc() != net {
+            return Err(format!(
+                "`{s}` has host bits set; did you mean `{}`?",
+                net.trunc()
+            ));
+        }
+        return Ok(net);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR"))
+}

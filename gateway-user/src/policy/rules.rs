@@ -1,0 +1,64 @@
+//! Who may reach which target. Default deny; a matching deny rule beats any allow rule.
+
+use super::model::{Effect, Policy, Rule};
+
+/// The verified principal and where it connects from.
+#[derive(Debug, Clone)]
+pub struct Who<'a> {
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub groups: &'a [String],
+    pub workload: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow { rule: String },
+    Deny { rule: Option<String>, reason: String },
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+}
+
+impl Rule {
+    fn matches(&self, who: &Who<'_>, target: &str) -> bool {
+        let targets_ok = self
+            .targets
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n == target));
+        targets_ok
+            && (self.workloads.is_empty() || self.workloads.iter().any(|w| w == who.workload))
+            && (self.issuers.is_empty() || self.issuers.iter().any(|i| i == who.issuer))
+            && (self.subjects.is_empty() || self.subjects.iter().any(|g| g.is_match(who.subject)))
+            && (self.groups.is_empty() || self.groups.iter().any(|g| who.groups.contains(g)))
+    }
+}
+
+impl Policy {
+    pub fn decide(&self, who: &Who<'_>, target: &str) -> Decision {
+        let mut allow = None;
+        for rule in self.rules.iter().filter(|r| r.matches(who, target)) {
+            match rule.effect {
+                Effect::Deny => {
+                    return Decision::Deny {
+                        rule: Some(rule.name.clone()),
+                        reason: format!("denied by rule `{}`", rule.name),
+                    }
+                }
+                Effect::Allow => {
+                    allow.get_or_insert_with(|| rule.name.clone());
+                }
+            }
+        }
+        match allow {
+            Some(rule) => Decision::Allow { rule },
+            None => Decision::Deny {
+                rule: None,
+                reason: "no rule allows this principal and workload to reach this target".into(),
+            },
+        }
+    }
+}
