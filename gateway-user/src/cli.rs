@@ -26,6 +26,14 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The running gateway: policy version in force, last reload error, live sessions.
+    Status {
+        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach the programs and remove every pinned object: workloads then connect directly.
     Uninstall {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -53,6 +61,9 @@ pub struct RunArgs {
     /// Append connection and capture events as JSON lines to this file.
     #[arg(long)]
     pub events: Option<PathBuf>,
+    /// Unix socket of the local admin API (root only).
+    #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+    pub admin_socket: PathBuf,
     /// On SIGTERM/SIGINT, wait this long for open connections before exiting.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,

@@ -1,8 +1,10 @@
 //! agentgate: the binary edge. Everything below `run` is library-style code with typed errors.
 
+mod admin;
 mod capture;
 mod cli;
 mod ebpf;
+mod identity;
 mod policy;
 mod protocol;
 mod proxy;
@@ -29,6 +31,7 @@ fn main() -> std::process::ExitCode {
             command: PolicyCommand::Check { dir },
         } => policy_check(&dir),
         Command::Uninstall { pin_dir } => uninstall(&pin_dir),
+        Command::Status { admin_socket, json } => status(&admin_socket, json),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -60,5 +63,33 @@ fn uninstall(pin_dir: &std::path::Path) -> anyhow::Result<()> {
         pin_dir.display(),
         removed.len()
     );
+    Ok(())
+}
+
+fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let answer = admin::request(socket, &serde_json::json!({"cmd": "status"}))?;
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let p = &answer["policy"];
+    println!("agentgate pid {}", answer["pid"]);
+    println!(
+        "policy     {} (generation {}, from {})",
+        p["version"].as_str().unwrap_or("?"),
+        p["generation"],
+        p["dir"].as_str().unwrap_or("?")
+    );
+    match p["last_error"].as_object() {
+        Some(e) => println!(
+            "last reload REFUSED (the policy above stays in force):\n  {}",
+            e.get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("?")
+                .replace('\n', "\n  ")
+        ),
+        None => println!("last reload ok"),
+    }
+    println!("sessions   {} live", answer["sessions"]);
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! `agentgate run`: the start-up order matters for fail-closed behaviour.
 //!
 //! 1. load the programs, reuse the pinned maps (the previous run's classifications stay in force);
-//! 2. write targets and settings, open the host listeners;
-//! 3. classify every cgroup under the anchors;
-//! 4. attach this generation's programs, then detach older generations (no uncovered instant);
-//! 5. watch the cgroup tree; on SIGTERM/SIGINT stop accepting and drain.
+//! 2. open the host listeners;
+//! 3. write targets and settings, classify every cgroup under the anchors, attach this
+//!    generation's programs, then detach older generations (no uncovered instant);
+//! 4. watch the cgroup tree and the policy directory; on SIGTERM/SIGINT stop accepting and drain.
 //!
 //! On exit nothing is detached: the pinned programs keep redirecting managed workloads to a
 //! listener that is gone, so their connections to targets are refused until the next start.
@@ -13,17 +13,18 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use gateway_common::Config;
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    admin,
     capture::{bind_loopback, CgroupFs, ListenerKind, Reconciler, SpawnListener, WorkloadTable},
     cli::RunArgs,
-    ebpf::{target_entries, Kernel},
-    policy,
-    proxy::Proxy,
+    ebpf::Kernel,
+    identity::Verifier,
+    policy::{self, Reloader},
+    proxy::{provider_configs, Proxy},
     record::EventSink,
     upstream::MarkedConnector,
 };
@@ -31,13 +32,21 @@ use crate::{
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy = policy::load_dir(&args.policies)
         .with_context(|| format!("policy {} is invalid", args.policies.display()))?;
+    validate(&policy).map_err(anyhow::Error::msg)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(serve(args, Arc::new(policy)))
 }
 
-async fn serve(args: RunArgs, policy: Arc<policy::Policy>) -> anyhow::Result<()> {
+/// Checks that the policy's identity providers can be built into a verifier.
+fn validate(policy: &policy::Policy) -> Result<(), String> {
+    Verifier::new(provider_configs(policy)?)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()> {
     let events = Arc::new(match &args.events {
         Some(p) => EventSink::to_file(p).with_context(|| format!("event log {}", p.display()))?,
         None => EventSink::disabled(),
@@ -48,24 +57,27 @@ async fn serve(args: RunArgs, policy: Arc<policy::Policy>) -> anyhow::Result<()>
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
-    maps.set_config(Config {
-        bypass_mark: policy.gateway.bypass_mark,
-        _pad: 0,
-    })?;
-    maps.sync_targets(&target_entries(&policy))?;
+    let (reloader, policies) = Reloader::new(
+        args.policies.clone(),
+        initial.clone(),
+        events.clone(),
+        Box::new(validate),
+    );
 
     let table = Arc::new(WorkloadTable::default());
+    let gateway = &initial.gateway;
     let proxy = Arc::new(Proxy::new(
-        policy.clone(),
+        policies.clone(),
         maps.clone(),
         table.clone(),
         events.clone(),
         MarkedConnector {
-            mark: policy.gateway.bypass_mark,
-            timeout: Duration::from_millis(policy.gateway.connect_timeout_ms),
+            mark: gateway.bypass_mark,
+            timeout: Duration::from_millis(gateway.connect_timeout_ms),
         },
+        gateway.bypass_mark,
     ));
-    for bound in bind_loopback(policy.gateway.listen_port)? {
+    for bound in bind_loopback(gateway.listen_port)? {
         let listener = bound.into_listener(ListenerKind::Host)?;
         tokio::spawn(proxy.clone().serve(listener));
     }
@@ -73,29 +85,40 @@ async fn serve(args: RunArgs, policy: Arc<policy::Policy>) -> anyhow::Result<()>
         let proxy = proxy.clone();
         Arc::new(move |l| tokio::spawn(proxy.clone().serve(l)))
     };
-    let mut reconciler = Reconciler::new(policy.clone(), fs, maps, table, events.clone(), spawn)?;
-    reconciler.reconcile()?;
-    let mut anchor_ids = Vec::new();
-    for anchor in reconciler.anchors() {
-        let id = CgroupFs::id(anchor).with_context(|| anchor.display().to_string())?;
-        kernel.attach(id, anchor)?;
-        anchor_ids.push(id);
-    }
-    let replaced = kernel.detach_except(&anchor_ids)?;
+    let mut reconciler = Reconciler::new(initial.clone(), kernel, fs, table, events.clone(), spawn)?;
+    let replaced = reconciler.apply(initial.clone())?;
     let anchors: Vec<String> = reconciler
         .anchors()
         .iter()
         .map(|a| a.display().to_string())
         .collect();
-    tracing::info!(?anchors, replaced, "capture attached");
+    tracing::info!(?anchors, replaced, version = %initial.version, "capture attached");
+
+    let stop = CancellationToken::new();
+    let status = reloader.status();
+    let admin_listener = admin::bind(&args.admin_socket)?;
+    let sessions = proxy.sessions.clone();
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(move |req| match req["cmd"].as_str() {
+            Some("status") => json!({
+                "pid": std::process::id(),
+                "policy": *status.lock().unwrap_or_else(|p| p.into_inner()),
+                "sessions": sessions.count(),
+            }),
+            _ => json!({"error": "unknown command"}),
+        }),
+        stop.clone(),
+    ));
+    let watcher = tokio::spawn(reconciler.run(policies, stop.clone()));
+    tokio::spawn(reloader.run(stop.clone()));
+    tokio::spawn(proxy.clone().revalidate_on_change());
     events.emit(
         "ready",
         json!({"pid": std::process::id(), "anchors": anchors, "replaced_links": replaced,
-               "listen_port": policy.gateway.listen_port}),
+               "listen_port": gateway.listen_port, "policy_version": initial.version}),
     );
 
-    let stop = CancellationToken::new();
-    let watcher = tokio::spawn(reconciler.run(stop.clone()));
     wait_for_signal().await?;
     tracing::info!("stopping: no new connections; draining open ones");
     proxy.shutdown.cancel();
@@ -105,8 +128,8 @@ async fn serve(args: RunArgs, policy: Arc<policy::Policy>) -> anyhow::Result<()>
         .await
         .is_ok();
     let _ = watcher.await;
+    let _ = std::fs::remove_file(&args.admin_socket);
     events.emit("stopped", json!({"drained": drained}));
-    drop(kernel);
     Ok(())
 }
 

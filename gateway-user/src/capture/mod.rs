@@ -6,12 +6,13 @@ mod cgroupfs;
 mod listener;
 mod netns;
 mod reconcile;
+pub mod workload_files;
 mod workloads;
 
 pub use cgroupfs::CgroupFs;
 pub use listener::{bind_loopback, Listener, ListenerKind};
 pub use reconcile::{Reconciler, SpawnListener};
-pub use workloads::WorkloadTable;
+pub use workloads::{classify, WorkloadTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -31,4 +32,6 @@ pub enum CaptureError {
     },
     #[error("updating the kernel maps: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Kernel(#[from] Box<crate::ebpf::KernelError>),
 }

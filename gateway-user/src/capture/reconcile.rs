@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{cgroup_state, CgroupValue};
+use gateway_common::{cgroup_state, CgroupValue, Config};
 use notify::Watcher;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -24,7 +24,7 @@ use super::{
     CaptureError,
 };
 use crate::{
-    ebpf::KernelMaps,
+    ebpf::{target_entries, Kernel, KernelMaps},
     policy::{Mode, Policy},
     record::EventSink,
 };
@@ -40,6 +40,7 @@ struct PodNetns {
 
 pub struct Reconciler {
     policy: Arc<Policy>,
+    kernel: Kernel,
     fs: CgroupFs,
     maps: Arc<KernelMaps>,
     table: Arc<WorkloadTable>,
@@ -48,34 +49,63 @@ pub struct Reconciler {
     anchors: Vec<PathBuf>,
     host_netns: u64,
     pods: HashMap<u64, PodNetns>,
+    /// Rewrite every classification on the next pass (the policy changed).
+    rewrite_all: bool,
 }
 
 impl Reconciler {
     pub fn new(
         policy: Arc<Policy>,
+        kernel: Kernel,
         fs: CgroupFs,
-        maps: Arc<KernelMaps>,
         table: Arc<WorkloadTable>,
         events: Arc<EventSink>,
         spawn: SpawnListener,
     ) -> Result<Self, CaptureError> {
-        let anchors = anchor_dirs(&policy, &fs)?;
         Ok(Self {
+            maps: kernel.maps(),
+            kernel,
             policy,
             fs,
-            maps,
             table,
             events,
             spawn,
-            anchors,
+            anchors: Vec::new(),
             host_netns: netns::netns_inode(std::process::id())?,
             pods: HashMap::new(),
+            rewrite_all: true,
         })
     }
 
-    /// The anchor cgroup directories the programs must be attached to.
+    /// The anchor cgroup directories the programs are attached to.
     pub fn anchors(&self) -> &[PathBuf] {
         &self.anchors
+    }
+
+    /// Brings the kernel in line with `policy`: targets first (a destination that stays a target
+    /// is never missing), then every cgroup's classification, then the anchors: new ones are
+    /// attached before links of anchors that are gone (or of an earlier run) are detached.
+    /// Returns how many old links were detached.
+    pub fn apply(&mut self, policy: Arc<Policy>) -> Result<usize, CaptureError> {
+        self.maps.set_config(Config {
+            bypass_mark: policy.gateway.bypass_mark,
+            _pad: 0,
+        })?;
+        self.maps.sync_targets(&target_entries(&policy))?;
+        self.anchors = anchor_dirs(&policy, &self.fs)?;
+        self.policy = policy;
+        self.rewrite_all = true;
+        self.reconcile()?;
+        let mut ids = Vec::new();
+        for anchor in &self.anchors {
+            let id = CgroupFs::id(anchor).map_err(|source| CaptureError::Io {
+                path: anchor.clone(),
+                source,
+            })?;
+            self.kernel.attach(id, anchor).map_err(Box::new)?;
+            ids.push(id);
+        }
+        Ok(self.kernel.detach_except(&ids).map_err(Box::new)?)
     }
 
     pub fn reconcile(&mut self) -> Result<(), CaptureError> {
@@ -90,8 +120,9 @@ impl Reconciler {
             }
         }
         let prev = self.table.snapshot();
+        let rewrite_all = std::mem::take(&mut self.rewrite_all);
         for (id, info) in &next {
-            if prev.get(id) == Some(info) {
+            if !rewrite_all && prev.get(id) == Some(info) {
                 continue;
             }
             self.maps.set_cgroup(*id, self.kernel_value(info))?;
@@ -202,8 +233,13 @@ impl Reconciler {
         Ok(tasks)
     }
 
-    /// Reconciles on every cgroup tree change and every few seconds until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Reconciles on every cgroup tree change, every few seconds, and applies each new policy,
+    /// until `shutdown`.
+    pub async fn run(
+        mut self,
+        mut policies: tokio::sync::watch::Receiver<Arc<Policy>>,
+        shutdown: CancellationToken,
+    ) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if res.is_ok() {
@@ -211,7 +247,7 @@ impl Reconciler {
                 let _ = tx.try_send(());
             }
         });
-        let _watcher = match watcher {
+        let mut watcher = match watcher {
             Ok(mut w) => {
                 for a in &self.anchors {
                     if let Err(e) = w.watch(a, notify::RecursiveMode::Recursive) {
@@ -226,11 +262,31 @@ impl Reconciler {
             }
         };
         let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+        let mut watched: Vec<PathBuf> = self.anchors.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = rx.recv() => {}
                 _ = tick.tick() => {}
+                changed = policies.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let policy = policies.borrow_and_update().clone();
+                    match self.apply(policy) {
+                        Ok(_) => tracing::info!(anchors = ?self.anchors, "capture follows the new policy"),
+                        Err(e) => tracing::error!("applying the new policy to capture: {e}"),
+                    }
+                    if let Some(w) = watcher.as_mut() {
+                        for a in self.anchors.iter().filter(|a| !watched.contains(a)) {
+                            if let Err(e) = w.watch(a, notify::RecursiveMode::Recursive) {
+                                tracing::warn!("watching {}: {e}; relying on rescans", a.display());
+                            }
+                        }
+                    }
+                    watched = self.anchors.clone();
+                    continue;
+                }
             }
             if let Err(e) = self.reconcile() {
                 tracing::error!("cgroup reconcile: {e}");

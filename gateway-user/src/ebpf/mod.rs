@@ -4,5 +4,5 @@
 mod loader;
 mod maps;
 
-pub use loader::{uninstall, Kernel};
+pub use loader::{uninstall, Kernel, KernelError};
 pub use maps::{peer_key, target_entries, KernelMaps};

@@ -7,8 +7,10 @@
 mod doc;
 mod load;
 mod model;
+mod reload;
 mod rules;
 
 pub use load::load_dir;
-pub use model::{Mode, Policy, Protocol, TokenSource};
+pub use model::{Jwks, Mode, Policy, Protocol, Target, TokenSource, Workload};
+pub use reload::{Outcome, PolicyStatus, Reloader, Validate};
 pub use rules::{Decision, Who};

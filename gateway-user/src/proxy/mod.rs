@@ -1,0 +1,315 @@
+//! Accepts redirected connections, finds out where they were going and who sent them, decides
+//! whether they may proceed under the policy in force, and hands them to the target's protocol
+//! handler. One tracing span per connection.
+
+mod authorize;
+mod sessions;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use gateway_common::OrigDst;
+use serde_json::{json, Value};
+use tokio::{net::TcpStream, sync::watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+pub use authorize::provider_configs;
+use authorize::{Refusal, Verifiers};
+pub use sessions::Sessions;
+use sessions::Grant;
+
+use crate::{
+    capture::{workload_files, Listener, ListenerKind, WorkloadTable},
+    ebpf::{peer_key, KernelMaps},
+    policy::{Policy, Protocol},
+    protocol::tcp,
+    record::EventSink,
+    upstream::Connect,
+};
+
+pub struct Proxy<C> {
+    pub policy: watch::Receiver<Arc<Policy>>,
+    pub maps: Arc<KernelMaps>,
+    pub table: Arc<WorkloadTable>,
+    pub events: Arc<EventSink>,
+    pub connector: C,
+    pub sessions: Arc<Sessions>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    verifiers: Verifiers,
+    next_id: AtomicU64,
+}
+
+impl<C: Connect> Proxy<C> {
+    pub fn new(
+        policy: watch::Receiver<Arc<Policy>>,
+        maps: Arc<KernelMaps>,
+        table: Arc<WorkloadTable>,
+        events: Arc<EventSink>,
+        connector: C,
+        bypass_mark: u32,
+    ) -> Self {
+        Self {
+            policy,
+            maps,
+            table,
+            events,
+            connector,
+            sessions: Arc::new(Sessions::default()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            verifiers: Verifiers::new(bypass_mark),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Accepts until shutdown. Each connection runs in its own task, tracked for draining.
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
+        tracing::info!(addr = %listener.local, kind = ?listener.kind, "listening");
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = listener.inner.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let this = self.clone();
+                    let key = peer_key(listener.netns_cookie, peer);
+                    let kind = listener.kind.clone();
+                    self.tracker.spawn(async move {
+                        let orig = this.maps.take_orig_dst(&key);
+                        this.handle(stream, peer, orig, kind).await
+                    });
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!("accept on {}: {e}", listener.local);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Ends the sessions each new policy no longer allows, as soon as it is in force.
+    pub async fn revalidate_on_change(self: Arc<Self>) {
+        let mut rx = self.policy.clone();
+        while rx.changed().await.is_ok() {
+            let policy = rx.borrow_and_update().clone();
+            let ended = self.sessions.revalidate(&policy);
+            if ended > 0 {
+                tracing::info!(version = %policy.version, ended, "sessions ended by the new policy");
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        orig: Option<OrigDst>,
+        kind: ListenerKind,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let listener = match kind {
+            ListenerKind::Host => "host".to_string(),
+            ListenerKind::Pod { netns_inode } => format!("pod:{netns_inode}"),
+        };
+        let Some(orig) = orig else {
+            // Not redirected by our programs (someone dialled the listener directly): refuse.
+            self.events.emit(
+                "refused",
+                json!({"conn": id, "peer": peer.to_string(), "listener": listener,
+                       "code": "not_redirected",
+                       "reason": "no original destination: connection was not redirected"}),
+            );
+            return;
+        };
+        let dst = original_destination(&orig);
+        let cgroup = self
+            .table
+            .get(orig.cgroup_id)
+            .map(|c| c.path)
+            .or_else(|| workload_files::cgroup_of(orig.pid));
+        let span = tracing::info_span!("conn", id, %dst, pid = orig.pid,
+            cgroup = cgroup.as_deref().unwrap_or("?"));
+        let base = json!({
+            "conn": id,
+            "listener": listener,
+            "peer": peer.to_string(),
+            "original_dst": dst.to_string(),
+            "pid": orig.pid,
+            "cgroup_id": orig.cgroup_id,
+            "cgroup": cgroup,
+            "netns_cookie": orig.netns_cookie,
+        });
+        self.session(id, client, dst, orig.pid, cgroup, base)
+            .instrument(span)
+            .await
+    }
+
+    async fn session(
+        &self,
+        id: u64,
+        client: TcpStream,
+        dst: SocketAddr,
+        pid: u32,
+        cgroup: Option<String>,
+        mut base: Value,
+    ) {
+        let refuse = |base: &Value, r: Refusal| {
+            tracing::info!(code = r.code, "refused: {}", r.message);
+            self.events.emit(
+                "refused",
+                with(
+                    base,
+                    json!({"code": r.code, "reason": r.message, "rule": r.rule}),
+                ),
+            );
+        };
+        // Decided against one snapshot of the policy; re-checked below if it changes meanwhile.
+        let mut policy = self.policy.borrow().clone();
+        let Some(cgroup) = cgroup else {
+            return refuse(&base, refusal("unknown_workload", "the connecting process and its cgroup are gone"));
+        };
+        let Some(workload) = crate::capture::classify(&policy, &cgroup).map(|i| policy.workloads[i].clone()) else {
+            return refuse(&base, refusal("unmanaged", "connection does not come from a managed workload"));
+        };
+        set(&mut base, "workload", json!(workload.name));
+        let Some((_, target)) = policy.target_for(dst) else {
+            return refuse(&base, refusal("not_a_target", "original destination is not a target"));
+        };
+        let target = target.clone();
+        set(&mut base, "target", json!(target.name));
+        let token = match authorize::workload_token(&workload, &target, pid, &cgroup) {
+            Ok(t) => t,
+            Err(r) => return refuse(&base, r),
+        };
+        let allowed = match authorize::authorize(&policy, &self.verifiers, &workload, &target, &token).await {
+            Ok(a) => a,
+            Err(r) => return refuse(&base, r),
+        };
+        let p = &allowed.principal;
+        set(&mut base, "subject", json!(p.subject));
+        set(&mut base, "issuer", json!(p.issuer));
+        set(&mut base, "groups", json!(p.groups));
+        let guard = self.sessions.open(
+            id,
+            Grant {
+                issuer: p.issuer.clone(),
+                subject: p.subject.clone(),
+                groups: p.groups.clone(),
+                workload: workload.name.clone(),
+                target: target.name.clone(),
+            },
+        );
+        // A policy put in force while we decided: the registry's sweep may have run before this
+        // session was registered, so decide again against the policy in force now.
+        loop {
+            let now = self.policy.borrow().clone();
+            if now.version == policy.version {
+                break;
+            }
+            policy = now;
+            if let crate::policy::Decision::Deny { rule, reason } =
+                authorize::decide(&policy, p, &workload.name, &target.name)
+            {
+                return refuse(&base, Refusal { code: "denied", message: reason, rule });
+            }
+        }
+        self.events.emit(
+            "allowed",
+            with(&base, json!({"rule": allowed.rule, "policy_version": policy.version})),
+        );
+        match target.protocol {
+            Protocol::Tcp => {}
+        }
+        let started = Instant::now();
+        let upstream = match self.connector.connect(dst).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("upstream: {e}");
+                self.events.emit("upstream_failed", with(&base, json!({"error": e.to_string()})));
+                return;
+            }
+        };
+        tracing::info!(target = %target.name, subject = %p.subject, "relaying");
+        self.events.emit("connection_open", base.clone());
+        let idle = Duration::from_millis(policy.gateway.idle_timeout_ms);
+        let expires = tokio::time::Instant::now()
+            + p.expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+        // Ends at the token's exp, not at some later poll.
+        let (stats, error, ended_by) = tokio::select! {
+            r = tcp::relay(client, upstream, idle) => match r {
+                Ok(s) => (s, None, None),
+                Err(e) => (tcp::RelayStats::default(), Some(e.to_string()), None),
+            },
+            _ = tokio::time::sleep_until(expires) => (
+                tcp::RelayStats::default(),
+                None,
+                Some("token expired".to_string()),
+            ),
+            _ = guard.stop.cancelled() => (tcp::RelayStats::default(), None, guard.reason()),
+        };
+        tracing::info!(
+            up = stats.client_to_upstream,
+            down = stats.upstream_to_client,
+            error = error.as_deref().unwrap_or(""),
+            ended_by = ended_by.as_deref().unwrap_or(""),
+            "closed"
+        );
+        self.events.emit(
+            "connection_close",
+            with(
+                &base,
+                json!({
+                    "bytes_up": stats.client_to_upstream,
+                    "bytes_down": stats.upstream_to_client,
+                    "duration_ms": started.elapsed().as_millis() as u64,
+                    "error": error,
+                    "ended_by": ended_by,
+                }),
+            ),
+        );
+    }
+}
+
+fn refusal(code: &'static str, message: &str) -> Refusal {
+    Refusal {
+        code,
+        message: message.to_string(),
+        rule: None,
+    }
+}
+
+fn set(v: &mut Value, k: &str, x: Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert(k.to_string(), x);
+    }
+}
+
+fn with(base: &Value, extra: Value) -> Value {
+    let mut v = base.clone();
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    v
+}
+
+pub fn original_destination(orig: &OrigDst) -> SocketAddr {
+    let v6 = Ipv6Addr::from(orig.addr);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if orig.addr == [0; 16] => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        None => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, orig.port)
+}
