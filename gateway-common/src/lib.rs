@@ -10,7 +10,7 @@ pub mod map_names {
     pub const CGROUPS: &str = "AG_CGROUPS";
     pub const BY_COOKIE: &str = "AG_BY_COOKIE";
     pub const BY_PEER: &str = "AG_BY_PEER";
-    pub const CONFIG: &str = "AG_CONFIG";
+    pub const BYPASS: &str = "AG_BYPASS";
 }
 
 /// Capacity of the connection-tracking LRU maps. LRU eviction bounds memory; the proxy also
@@ -81,6 +81,9 @@ pub struct OrigDst {
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,
+    /// The gateway listener port the connection was rewritten to, host byte order.
+    pub listen_port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Key under which the proxy finds an `OrigDst`: the client end of the redirected connection as
@@ -95,17 +98,6 @@ pub struct PeerKey {
     pub port: u16,
     pub _pad: [u8; 6],
 }
-
-/// Global settings written by userspace at start.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// Sockets carrying this `SO_MARK` (the gateway's own upstream sockets) are never redirected.
-    pub bypass_mark: u32,
-    pub _pad: u32,
-}
-
-pub const CONFIG_KEY: u32 = 0;
 
 /// Maps an IPv4 address (network bytes) into the `::ffff:a.b.c.d` form used by every key.
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
@@ -122,5 +114,4 @@ mod pod_impls {
     unsafe impl aya::Pod for super::CgroupValue {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::PeerKey {}
-    unsafe impl aya::Pod for super::Config {}
 }

@@ -14,20 +14,20 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
         bpf_get_socket_cookie,
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap},
     programs::{SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::{debug, warn};
 use gateway_common::{
-    cgroup_state, v4_mapped, CgroupValue, Config, OrigDst, PeerKey, TargetKey, TargetValue,
-    CGROUP_MAP_CAPACITY, CONFIG_KEY, CONN_MAP_CAPACITY, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
+    cgroup_state, v4_mapped, CgroupValue, OrigDst, PeerKey, TargetKey, TargetValue,
+    CGROUP_MAP_CAPACITY, CONN_MAP_CAPACITY, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
 };
 
 const ALLOW: i32 = 1;
@@ -48,8 +48,11 @@ static BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(CONN_MAP_CAPACIT
 #[map(name = "AG_BY_PEER")]
 static BY_PEER: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
 
-#[map(name = "AG_CONFIG")]
-static CONFIG: Array<Config> = Array::pinned(1, 0);
+/// Socket cookies of the gateway's own upstream sockets, registered by the gateway for the
+/// duration of their connect(). A cookie is assigned by the kernel, so unlike a socket mark a
+/// workload cannot forge one to slip past capture.
+#[map(name = "AG_BYPASS")]
+static BYPASS: LruHashMap<u64, u8> = LruHashMap::pinned(CONN_MAP_CAPACITY, 0);
 
 enum Verdict {
     Pass,
@@ -58,16 +61,39 @@ enum Verdict {
 }
 
 /// Decides what happens to a connect() to `addr`:`port` (network bytes / network-order port).
+/// A socket that connects again (after a failed attempt) must not keep an earlier record, so
+/// every verdict but Redirect forgets it.
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> Verdict {
+    // SAFETY: sock_addr contexts accept the socket cookie helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let verdict = decide_inner(ctx, addr, port_be, family, cookie);
+    if !matches!(verdict, Verdict::Redirect { .. }) {
+        let _ = BY_COOKIE.remove(&cookie);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn decide_inner(
+    ctx: &SockAddrContext,
+    addr: [u8; 16],
+    port_be: u16,
+    family: u16,
+    cookie: u64,
+) -> Verdict {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
     if unsafe { (*sa).type_ } != SOCK_STREAM {
         return Verdict::Pass;
     }
-    if is_bypass_marked(sa) {
+    // SAFETY: copied out at once.
+    if unsafe { BYPASS.get(&cookie) }.is_some() {
         return Verdict::Pass;
     }
+    // The kernel turns an unspecified destination into loopback only after this hook, so
+    // 0.0.0.0 and :: are matched (and recorded) as the loopback address they will become.
+    let addr = loopback_if_unspecified(addr);
     let key = Key::new(
         TARGET_PORT_BITS + 128,
         TargetKey {
@@ -98,7 +124,9 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> V
         cgroup_id,
         // SAFETY: both helpers accept a sock_addr context.
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        socket_cookie: cookie,
+        listen_port: cgroup.listen_port,
+        _pad: [0; 6],
     };
     Verdict::Redirect {
         listen_port: cgroup.listen_port,
@@ -107,16 +135,16 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> V
 }
 
 #[inline(always)]
-fn is_bypass_marked(sa: *mut bpf_sock_addr) -> bool {
-    let Some(cfg) = CONFIG.get(CONFIG_KEY) else {
-        return false;
-    };
-    if cfg.bypass_mark == 0 {
-        return false;
+fn loopback_if_unspecified(addr: [u8; 16]) -> [u8; 16] {
+    if addr == [0u8; 16] {
+        let mut lo = [0u8; 16];
+        lo[15] = 1;
+        lo
+    } else if addr == v4_mapped([0, 0, 0, 0]) {
+        v4_mapped([127, 0, 0, 1])
+    } else {
+        addr
     }
-    // SAFETY: `sk` is always set for connect hooks; checked for null anyway.
-    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
-    !sk.is_null() && unsafe { (*sk).mark } == cfg.bypass_mark
 }
 
 #[inline(always)]
@@ -202,6 +230,11 @@ pub fn handover(ctx: SockOpsContext) -> u32 {
     let Some(orig) = (unsafe { BY_COOKIE.get(cookie) }).copied() else {
         return 1;
     };
+    // Only the connection the record was made for: the one to the gateway listener.
+    // (sock_ops keeps remote_port as a 32-bit big-endian number, unlike bpf_sock_addr.)
+    if u32::from_be(ctx.remote_port()) != orig.listen_port as u32 {
+        return 1;
+    }
     let addr = if ctx.family() == AF_INET as u32 {
         v4_mapped(ctx.local_ip4().to_ne_bytes())
     } else {

@@ -26,7 +26,7 @@ use crate::{
     policy::{self, Reloader},
     proxy::{provider_configs, Proxy},
     record::EventSink,
-    upstream::MarkedConnector,
+    upstream::BypassConnector,
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -57,6 +57,10 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
+    let stale = maps.clear_handovers();
+    if stale > 0 {
+        tracing::info!(stale, "dropped hand-over records of the previous run");
+    }
     let (reloader, policies) = Reloader::new(
         args.policies.clone(),
         initial.clone(),
@@ -71,11 +75,10 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         maps.clone(),
         table.clone(),
         events.clone(),
-        MarkedConnector {
-            mark: gateway.bypass_mark,
+        BypassConnector {
+            maps: maps.clone(),
             timeout: Duration::from_millis(gateway.connect_timeout_ms),
         },
-        gateway.bypass_mark,
     ));
     for bound in bind_loopback(gateway.listen_port)? {
         let listener = bound.into_listener(ListenerKind::Host)?;
@@ -85,7 +88,8 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         let proxy = proxy.clone();
         Arc::new(move |l| tokio::spawn(proxy.clone().serve(l)))
     };
-    let mut reconciler = Reconciler::new(initial.clone(), kernel, fs, table, events.clone(), spawn)?;
+    let mut reconciler =
+        Reconciler::new(initial.clone(), kernel, fs, table, events.clone(), spawn)?;
     let replaced = reconciler.apply(initial.clone())?;
     let anchors: Vec<String> = reconciler
         .anchors()

@@ -8,24 +8,25 @@ use nix::sched::{setns, CloneFlags};
 
 use super::{listener::BoundSocket, CaptureError};
 
-/// Inode of the network namespace of `pid`, which identifies the namespace.
-pub fn netns_inode(pid: u32) -> Result<u64, CaptureError> {
+/// Opens the network namespace of `pid` and returns it with its inode, which identifies it.
+/// Callers use this one file for both, so a pid reused in between cannot swap the namespace.
+pub fn open_netns(pid: u32) -> Result<(File, u64), CaptureError> {
     let path = format!("/proc/{pid}/ns/net");
-    std::fs::metadata(&path)
-        .map(|m| m.ino())
-        .map_err(|source| CaptureError::Io {
-            path: path.into(),
-            source,
-        })
-}
-
-/// Binds the loopback listeners on `port` inside the network namespace of `pid`.
-pub fn bind_in_netns_of(pid: u32, port: u16) -> Result<Vec<BoundSocket>, CaptureError> {
-    let path = format!("/proc/{pid}/ns/net");
-    let ns = File::open(&path).map_err(|source| CaptureError::Io {
+    let io = |source| CaptureError::Io {
         path: path.clone().into(),
         source,
-    })?;
+    };
+    let file = File::open(&path).map_err(io)?;
+    let ino = file.metadata().map_err(io)?.ino();
+    Ok((file, ino))
+}
+
+/// Binds the loopback listeners on `port` inside the network namespace `ns` (of `pid`).
+pub fn bind_in_netns(ns: File, pid: u32, port: u16) -> Result<Vec<BoundSocket>, CaptureError> {
+    let failed = |reason: &str| CaptureError::Io {
+        path: format!("/proc/{pid}/ns/net").into(),
+        source: std::io::Error::other(reason.to_string()),
+    };
     std::thread::Builder::new()
         .name("netns-enter".into())
         .spawn(move || {
@@ -33,15 +34,7 @@ pub fn bind_in_netns_of(pid: u32, port: u16) -> Result<Vec<BoundSocket>, Capture
                 .map_err(|source| CaptureError::Netns { pid, source })?;
             super::bind_loopback(port)
         })
-        .map_err(|source| CaptureError::Io {
-            path: path.clone().into(),
-            source,
-        })?
+        .map_err(|_| failed("cannot start the namespace thread"))?
         .join()
-        .unwrap_or_else(|_| {
-            Err(CaptureError::Io {
-                path: path.into(),
-                source: std::io::Error::other("namespace thread panicked"),
-            })
-        })
+        .unwrap_or_else(|_| Err(failed("namespace thread panicked")))
 }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{cgroup_state, CgroupValue, Config};
+use gateway_common::{cgroup_state, CgroupValue};
 use notify::Watcher;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -71,7 +71,7 @@ impl Reconciler {
             events,
             spawn,
             anchors: Vec::new(),
-            host_netns: netns::netns_inode(std::process::id())?,
+            host_netns: netns::open_netns(std::process::id())?.1,
             pods: HashMap::new(),
             rewrite_all: true,
         })
@@ -87,10 +87,6 @@ impl Reconciler {
     /// attached before links of anchors that are gone (or of an earlier run) are detached.
     /// Returns how many old links were detached.
     pub fn apply(&mut self, policy: Arc<Policy>) -> Result<usize, CaptureError> {
-        self.maps.set_config(Config {
-            bypass_mark: policy.gateway.bypass_mark,
-            _pad: 0,
-        })?;
         self.maps.sync_targets(&target_entries(&policy))?;
         self.anchors = anchor_dirs(&policy, &self.fs)?;
         self.policy = policy;
@@ -121,11 +117,33 @@ impl Reconciler {
         }
         let prev = self.table.snapshot();
         let rewrite_all = std::mem::take(&mut self.rewrite_all);
-        for (id, info) in &next {
-            if !rewrite_all && prev.get(id) == Some(info) {
+        // Removals first, so that entries of deleted cgroups (also those an earlier run left in
+        // the pinned map) free room for new ones. One failing entry does not stop the pass: the
+        // cgroup it concerns stays refused (unclassified), the others proceed.
+        let mut failed = 0;
+        for id in self.maps.cgroup_ids() {
+            if next.contains_key(&id) {
                 continue;
             }
-            self.maps.set_cgroup(*id, self.kernel_value(info))?;
+            if let Err(e) = self.maps.remove_cgroup(id) {
+                tracing::error!(cgroup_id = id, "removing classification: {e}");
+                failed += 1;
+            } else if let Some(info) = prev.get(&id) {
+                self.events
+                    .emit("cgroup_gone", json!({"cgroup": info.path, "cgroup_id": id}));
+            }
+        }
+        let mut known = HashMap::with_capacity(next.len());
+        for (id, info) in next {
+            if !rewrite_all && prev.get(&id) == Some(&info) {
+                known.insert(id, info);
+                continue;
+            }
+            if let Err(e) = self.maps.set_cgroup(id, self.kernel_value(&info)) {
+                tracing::error!(cgroup = %info.path, "classifying: {e}; the cgroup stays refused");
+                failed += 1;
+                continue;
+            }
             let w = info.workload.map(|i| &self.policy.workloads[i]);
             self.events.emit(
                 "cgroup",
@@ -136,19 +154,14 @@ impl Reconciler {
                     "mode": w.map(|w| w.mode),
                 }),
             );
+            known.insert(id, info);
         }
-        // Also drops entries left in the pinned map by an earlier run.
-        for id in self.maps.cgroup_ids() {
-            if !next.contains_key(&id) {
-                self.maps.remove_cgroup(id)?;
-                if let Some(info) = prev.get(&id) {
-                    self.events
-                        .emit("cgroup_gone", json!({"cgroup": info.path, "cgroup_id": id}));
-                }
-            }
+        if failed > 0 {
+            // Retry these on the next pass.
+            self.rewrite_all = true;
         }
-        self.sync_pod_listeners(&next);
-        self.table.replace(next);
+        self.sync_pod_listeners(&known);
+        self.table.replace(known);
         Ok(())
     }
 
@@ -182,7 +195,7 @@ impl Reconciler {
             let Some(pid) = CgroupFs::first_pid(&self.fs.abs(&info.path)) else {
                 continue;
             };
-            let Ok(ino) = netns::netns_inode(pid) else {
+            let Ok((ns, ino)) = netns::open_netns(pid) else {
                 continue;
             };
             if ino == self.host_netns {
@@ -193,7 +206,7 @@ impl Reconciler {
             if self.pods.contains_key(&ino) {
                 continue;
             }
-            match self.open_pod_listeners(pid, ino) {
+            match self.open_pod_listeners(ns, pid, ino) {
                 Ok(tasks) => {
                     self.events.emit(
                         "pod_listener",
@@ -217,8 +230,13 @@ impl Reconciler {
         });
     }
 
-    fn open_pod_listeners(&self, pid: u32, ino: u64) -> Result<Vec<JoinHandle<()>>, CaptureError> {
-        let bound = netns::bind_in_netns_of(pid, self.policy.gateway.listen_port)?;
+    fn open_pod_listeners(
+        &self,
+        ns: std::fs::File,
+        pid: u32,
+        ino: u64,
+    ) -> Result<Vec<JoinHandle<()>>, CaptureError> {
+        let bound = netns::bind_in_netns(ns, pid, self.policy.gateway.listen_port)?;
         let mut tasks = Vec::new();
         for b in bound {
             let local = b.local;

@@ -132,7 +132,9 @@ mod tests {
             Err(WorkloadFileError::CgroupChanged { .. })
         ));
         // `..` cannot climb out of the root: /proc/self/root/../../x is /x inside it.
-        let escape = Path::new("/../..").join(dir.strip_prefix("/").unwrap()).join("token");
+        let escape = Path::new("/../..")
+            .join(dir.strip_prefix("/").unwrap())
+            .join("token");
         assert_eq!(read(pid, &cg, &escape).unwrap(), b"abc");
         let big = dir.join("big");
         std::fs::write(&big, vec![b'a'; (MAX_FILE + 1) as usize]).unwrap();

@@ -122,7 +122,7 @@ impl Kernel {
             targets: typed_map(&mut ebpf, map_names::TARGETS)?,
             cgroups: typed_map(&mut ebpf, map_names::CGROUPS)?,
             by_peer: typed_map(&mut ebpf, map_names::BY_PEER)?,
-            config: typed_map(&mut ebpf, map_names::CONFIG)?,
+            bypass: typed_map(&mut ebpf, map_names::BYPASS)?,
         });
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -8,11 +8,10 @@ use std::{
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, MapData, MapError,
+    HashMap, MapData, MapError,
 };
 use gateway_common::{
-    v4_mapped, CgroupValue, Config, OrigDst, PeerKey, TargetKey, TargetValue, CONFIG_KEY,
-    TARGET_PORT_BITS,
+    v4_mapped, CgroupValue, OrigDst, PeerKey, TargetKey, TargetValue, TARGET_PORT_BITS,
 };
 
 use crate::policy::Policy;
@@ -21,7 +20,7 @@ pub struct KernelMaps {
     pub(super) targets: Mutex<LpmTrie<MapData, TargetKey, TargetValue>>,
     pub(super) cgroups: Mutex<HashMap<MapData, u64, CgroupValue>>,
     pub(super) by_peer: Mutex<HashMap<MapData, PeerKey, OrigDst>>,
-    pub(super) config: Mutex<Array<MapData, Config>>,
+    pub(super) bypass: Mutex<HashMap<MapData, u64, u8>>,
 }
 
 /// A poisoned lock only means another thread panicked mid-update of a kernel map; the map itself
@@ -79,8 +78,21 @@ fn key_id(k: &Key<TargetKey>) -> (u32, [u8; 2], [u8; 16]) {
 }
 
 impl KernelMaps {
-    pub fn set_config(&self, cfg: Config) -> Result<(), MapError> {
-        lock(&self.config).set(CONFIG_KEY, cfg, 0)
+    /// Exempts the socket with this cookie from capture (the gateway's own upstream sockets).
+    pub fn bypass(&self, cookie: u64) -> Result<(), MapError> {
+        lock(&self.bypass).insert(cookie, 1, 0)
+    }
+
+    pub fn end_bypass(&self, cookie: u64) {
+        let _ = lock(&self.bypass).remove(&cookie);
+    }
+
+    /// Drops hand-over records left by an earlier run: their connections died with its
+    /// listeners, and a stale record must never vouch for a new connection.
+    pub fn clear_handovers(&self) -> usize {
+        let mut map = lock(&self.by_peer);
+        let keys: Vec<PeerKey> = map.keys().filter_map(Result::ok).collect();
+        keys.iter().filter(|k| map.remove(k).is_ok()).count()
     }
 
     /// Makes the target trie hold exactly `entries`: new ones first, stale ones after, so a

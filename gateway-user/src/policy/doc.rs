@@ -27,7 +27,6 @@ pub struct FileDoc {
 #[serde(deny_unknown_fields)]
 pub struct GatewayDoc {
     pub listen_port: Option<u16>,
-    pub bypass_mark: Option<u32>,
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
 }
@@ -179,7 +178,9 @@ pub struct Address(pub IpNet);
 impl<'de> Deserialize<'de> for Address {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_address(&s).map(Address).map_err(serde::de::Error::custom)
+        parse_address(&s)
+            .map(Address)
+            .map_err(serde::de::Error::custom)
     }
 }
 

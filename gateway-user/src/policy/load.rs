@@ -13,8 +13,8 @@ use ipnet::IpNet;
 use super::{
     doc::{FileDoc, JwksDoc, SecretDoc, TokenDoc},
     model::{
-        GatewaySettings, IdentityProvider, Jwks, Policy, Rule, Secret, Target,
-        TokenSource, Workload,
+        GatewaySettings, IdentityProvider, Jwks, Policy, Rule, Secret, Target, TokenSource,
+        Workload,
     },
 };
 
@@ -79,7 +79,11 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => match {
-                hasher.write(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+                hasher.write(
+                    file.file_name()
+                        .map(|n| n.as_encoded_bytes())
+                        .unwrap_or_default(),
+                );
                 hasher.write(text.as_bytes());
                 parse_file(&file, &text)
             } {
@@ -220,7 +224,10 @@ impl Merger {
 
     /// Records a definition's name; a second definition of the same kind and name is an error.
     fn name(&mut self, kind: &'static str, name: &str, file: &Path) {
-        if let Some(first) = self.names.insert((kind, name.to_string()), file.to_path_buf()) {
+        if let Some(first) = self
+            .names
+            .insert((kind, name.to_string()), file.to_path_buf())
+        {
             self.problem(
                 file,
                 format!("{kind} `{name}` is already defined in {}", first.display()),
@@ -242,15 +249,11 @@ impl Merger {
                 let d = GatewaySettings::default();
                 self.policy.gateway = GatewaySettings {
                     listen_port: g.listen_port.unwrap_or(d.listen_port),
-                    bypass_mark: g.bypass_mark.unwrap_or(d.bypass_mark),
                     connect_timeout_ms: g.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
                     idle_timeout_ms: g.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
                 };
                 if self.policy.gateway.listen_port == 0 {
                     self.problem(&file, "gateway.listen_port must not be 0".into());
-                }
-                if self.policy.gateway.bypass_mark == 0 {
-                    self.problem(&file, "gateway.bypass_mark must not be 0".into());
                 }
                 self.gateway_from = Some(file.clone());
             }
@@ -266,13 +269,19 @@ impl Merger {
             if p.algorithms.is_empty() {
                 self.problem(
                     &file,
-                    format!("identity provider `{}` needs at least one algorithm", p.name),
+                    format!(
+                        "identity provider `{}` needs at least one algorithm",
+                        p.name
+                    ),
                 );
             }
             if p.max_lifetime_secs == 0 {
                 self.problem(
                     &file,
-                    format!("identity provider `{}`: max_lifetime_secs must be > 0", p.name),
+                    format!(
+                        "identity provider `{}`: max_lifetime_secs must be > 0",
+                        p.name
+                    ),
                 );
             }
             if let Some(other) = self
@@ -360,7 +369,10 @@ impl Merger {
             if t.addresses.is_empty() || t.ports.is_empty() {
                 self.problem(
                     &file,
-                    format!("target `{}` needs at least one address and one port", t.name),
+                    format!(
+                        "target `{}` needs at least one address and one port",
+                        t.name
+                    ),
                 );
             }
             if t.ports.contains(&0) {
@@ -369,25 +381,34 @@ impl Merger {
                     format!("target `{}`: port 0 is not a destination", t.name),
                 );
             }
-            for a in &t.addresses {
+            let addresses: Vec<IpNet> = t.addresses.iter().map(|a| unmap(a.0)).collect();
+            for a in &addresses {
                 for p in &t.ports {
-                    if let Some(other) = self.claimed.insert((a.0, *p), t.name.clone()) {
-                        if other != t.name {
-                            self.problem(
-                                &file,
-                                format!(
-                                    "target `{}`: {}:{p} is already claimed by target `{other}`",
-                                    t.name, a.0
-                                ),
-                            );
-                        }
+                    // The kernel picks the longest matching prefix, the proxy the first target:
+                    // overlapping claims would make them disagree, so there must be none.
+                    let other = self
+                        .claimed
+                        .iter()
+                        .find(|((n, port), name)| {
+                            port == p && **name != t.name && (n.contains(a) || a.contains(n))
+                        })
+                        .map(|((n, _), name)| (*n, name.clone()));
+                    if let Some((n, other)) = other {
+                        self.problem(
+                            &file,
+                            format!(
+                                "target `{}`: {a} port {p} overlaps {n} of target `{other}`",
+                                t.name
+                            ),
+                        );
                     }
+                    self.claimed.insert((*a, *p), t.name.clone());
                 }
             }
             self.policy.targets.push(Target {
                 name: t.name,
                 protocol: t.protocol,
-                addresses: t.addresses.into_iter().map(|a| a.0).collect(),
+                addresses,
                 ports: t.ports,
                 credential: t.credential.map(|c| match c {
                     SecretDoc::Env { name } => Secret::Env(name),
@@ -433,8 +454,15 @@ impl Merger {
         // A target on the listener's own loopback port would send the relay into itself.
         let listen = self.policy.gateway.listen_port;
         let mut found = Vec::new();
+        let listener_addrs: [std::net::IpAddr; 4] = [
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+            std::net::Ipv6Addr::UNSPECIFIED.into(),
+        ];
         for t in &self.policy.targets {
-            if t.ports.contains(&listen) && t.addresses.iter().any(|n| n.addr().is_loopback()) {
+            let covers = |n: &IpNet| listener_addrs.iter().any(|a| n.contains(a));
+            if t.ports.contains(&listen) && t.addresses.iter().any(covers) {
                 found.push((
                     t.source.clone(),
                     format!(
@@ -462,19 +490,33 @@ impl Merger {
         for r in &self.policy.rules {
             for w in &r.workloads {
                 if !self.names.contains_key(&("workload", w.clone())) {
-                    found.push((r.source.clone(), format!("rule `{}` names unknown workload `{w}`", r.name)));
+                    found.push((
+                        r.source.clone(),
+                        format!("rule `{}` names unknown workload `{w}`", r.name),
+                    ));
                 }
             }
             for t in r.targets.iter().flatten() {
                 if !self.names.contains_key(&("target", t.clone())) {
-                    found.push((r.source.clone(), format!("rule `{}` names unknown target `{t}`", r.name)));
+                    found.push((
+                        r.source.clone(),
+                        format!("rule `{}` names unknown target `{t}`", r.name),
+                    ));
                 }
             }
             for i in &r.issuers {
-                if !self.policy.identity_providers.iter().any(|p| &p.issuer == i) {
+                if !self
+                    .policy
+                    .identity_providers
+                    .iter()
+                    .any(|p| &p.issuer == i)
+                {
                     found.push((
                         r.source.clone(),
-                        format!("rule `{}` names issuer `{i}`, which no identity provider has", r.name),
+                        format!(
+                            "rule `{}` names issuer `{i}`, which no identity provider has",
+                            r.name
+                        ),
                     ));
                 }
             }
@@ -508,7 +550,11 @@ impl Merger {
 
 fn same_principals(a: &Rule, b: &Rule) -> bool {
     let globs = |r: &Rule| {
-        let mut v: Vec<String> = r.subjects.iter().map(|g| g.glob().glob().to_string()).collect();
+        let mut v: Vec<String> = r
+            .subjects
+            .iter()
+            .map(|g| g.glob().glob().to_string())
+            .collect();
         v.sort();
         v
     };
@@ -521,6 +567,20 @@ fn same_principals(a: &Rule, b: &Rule) -> bool {
         && sorted(&a.issuers) == sorted(&b.issuers)
         && sorted(&a.groups) == sorted(&b.groups)
         && globs(a) == globs(b)
+}
+
+/// `::ffff:a.b.c.d/n` (n ≥ 96) is the IPv4 network it carries; the kernel and the proxy compare
+/// IPv4 destinations in that form.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 fn glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
@@ -561,17 +621,26 @@ mod tests {
 
     #[test]
     fn merges_files_and_matches() {
-        let d = valid_dir("ok", "  - name: ci-db\n    when: {workloads: [ci]}\n    targets: [db]\n");
+        let d = valid_dir(
+            "ok",
+            "  - name: ci-db\n    when: {workloads: [ci]}\n    targets: [db]\n",
+        );
         let p = load_dir(&d).unwrap();
         assert_eq!(p.version.len(), 16);
         assert_eq!(p.workloads.len(), 1);
         assert_eq!(p.workloads[0].token, TokenSource::File("/run/token".into()));
-        assert_eq!(p.targets[0].credential, Some(Secret::Env("DB_PASSWORD".into())));
+        assert_eq!(
+            p.targets[0].credential,
+            Some(Secret::Env("DB_PASSWORD".into()))
+        );
         assert_eq!(p.identity_providers[0].algorithms, vec!["RS256", "ES256"]);
         assert_eq!(p.identity_providers[0].max_lifetime.as_secs(), 900);
         assert_eq!(p.workload_for("/agents/job-1").unwrap().1.name, "ci");
         assert!(p.workload_for("/agents/job-1/sub").is_none());
-        let t = |s: &str| p.target_for(s.parse().unwrap()).map(|(_, t)| t.name.clone());
+        let t = |s: &str| {
+            p.target_for(s.parse().unwrap())
+                .map(|(_, t)| t.name.clone())
+        };
         assert_eq!(t("127.0.0.2:5432").as_deref(), Some("db"));
         assert_eq!(t("[::ffff:127.0.8.9]:5432").as_deref(), Some("db"));
         assert_eq!(t("[::1]:5432").as_deref(), Some("db"));
@@ -602,11 +671,19 @@ mod tests {
             Box::leak(groups(&["db-readers", "contractors"]).into_boxed_slice());
         assert_eq!(
             p.decide(&who("agent-7", readers), "db"),
-            Decision::Allow { rule: "readers".into() }
+            Decision::Allow {
+                rule: "readers".into()
+            }
         );
-        assert!(!p.decide(&who("human-1", readers), "db").allowed(), "subject glob");
+        assert!(
+            !p.decide(&who("human-1", readers), "db").allowed(),
+            "subject glob"
+        );
         assert!(!p.decide(&who("agent-7", &[]), "db").allowed(), "no group");
-        assert!(!p.decide(&who("agent-7", readers), "other").allowed(), "other target");
+        assert!(
+            !p.decide(&who("agent-7", readers), "other").allowed(),
+            "other target"
+        );
         match p.decide(&who("agent-7", both), "db") {
             Decision::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("no-contractors")),
             d => panic!("deny must win: {d:?}"),
@@ -630,26 +707,43 @@ mod tests {
             "version: 2\nrules:\n  - name: a\n    when: {groups: [x]}\n    targets: [db]\n  - name: b\n    effect: deny\n    when: {groups: [x]}\n    targets: ['*']\n",
         );
         let err = load_dir(&d).unwrap_err().to_string();
-        assert!(err.contains("rules `a` and `b`") && err.contains("opposite effects"), "{err}");
+        assert!(
+            err.contains("rules `a` and `b`") && err.contains("opposite effects"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn symmetric_and_none_algorithms_are_refused_at_their_line() {
         let d = valid_dir("alg", "  - name: r\n    targets: [db]\n");
-        write(&d, "a-idp.yaml", &IDP.replace("[RS256, ES256]", "[RS256, HS256]"));
+        write(
+            &d,
+            "a-idp.yaml",
+            &IDP.replace("[RS256, ES256]", "[RS256, HS256]"),
+        );
         let err = load_dir(&d).unwrap_err().to_string();
         assert!(err.contains("a-idp.yaml:7:"), "{err}");
-        assert!(err.contains("identity provider `corp`") && err.contains("HS256"), "{err}");
+        assert!(
+            err.contains("identity provider `corp`") && err.contains("HS256"),
+            "{err}"
+        );
         write(&d, "a-idp.yaml", &IDP.replace("[RS256, ES256]", "[none]"));
-        assert!(load_dir(&d).unwrap_err().to_string().contains("`none` is not allowed"));
+        assert!(load_dir(&d)
+            .unwrap_err()
+            .to_string()
+            .contains("`none` is not allowed"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn syntax_error_has_file_line_column() {
         let d = tmpdir("syntax");
-        write(&d, "bad.yaml", "version: 2\ntargets:\n  - name: db\n    ports: [5432\n");
+        write(
+            &d,
+            "bad.yaml",
+            "version: 2\ntargets:\n  - name: db\n    ports: [5432\n",
+        );
         let err = load_dir(&d).unwrap_err().to_string();
         let path = d.join("bad.yaml");
         assert!(
@@ -687,7 +781,10 @@ mod tests {
         assert!(err.contains("colour") && err.contains("a.yaml:7:"), "{err}");
         write(&d, "a.yaml", "version: 1\n");
         let err = load_dir(&d).unwrap_err().to_string();
-        assert!(err.contains("unsupported policy version 1") && err.contains("rules"), "{err}");
+        assert!(
+            err.contains("unsupported policy version 1") && err.contains("rules"),
+            "{err}"
+        );
         write(&d, "a.yaml", IDP);
         write(&d, "b.yaml", WORKLOAD);
         write(&d, "c.yaml", &WORKLOAD.replace("/agents/*", "/b/*"));
@@ -697,11 +794,33 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_and_mapped_targets() {
+        let d = tmpdir("overlap");
+        write(&d, "a.yaml", "version: 2\ntargets:\n  - name: a\n    protocol: tcp\n    addresses: [127.0.8.0/24]\n    ports: [5432]\n  - name: b\n    protocol: tcp\n    addresses: [127.0.8.9]\n    ports: [5432]\n");
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("overlaps 127.0.8.0/24 of target `a`"), "{err}");
+        // Same addresses on another port do not overlap; a mapped entry is its IPv4 network.
+        write(&d, "a.yaml", "version: 2\ntargets:\n  - name: a\n    protocol: tcp\n    addresses: [127.0.8.0/24]\n    ports: [5432]\n  - name: b\n    protocol: tcp\n    addresses: ['::ffff:127.0.9.0/120']\n    ports: [5432, 6432]\n");
+        let p = load_dir(&d).unwrap();
+        assert_eq!(p.targets[1].addresses[0].to_string(), "127.0.9.0/24");
+        assert_eq!(
+            p.target_for("127.0.9.7:5432".parse().unwrap())
+                .unwrap()
+                .1
+                .name,
+            "b"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn target_on_listener_port_is_refused() {
         let d = tmpdir("loop");
-        write(&d, "a.yaml", "version: 2\ngateway:\n  listen_port: 15001\ntargets:\n  - name: self\n    protocol: tcp\n    addresses: [127.0.0.0/8]\n    ports: [15001]\n");
-        let err = load_dir(&d).unwrap_err().to_string();
-        assert!(err.contains("covers the gateway listener"), "{err}");
+        for net in ["127.0.0.0/8", "0.0.0.0/0", "'::/0'", "'::ffff:127.0.0.1'"] {
+            write(&d, "a.yaml", &format!("version: 2\ngateway:\n  listen_port: 15001\ntargets:\n  - name: self\n    protocol: tcp\n    addresses: [{net}]\n    ports: [15001]\n"));
+            let err = load_dir(&d).unwrap_err().to_string();
+            assert!(err.contains("covers the gateway listener"), "{net}: {err}");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

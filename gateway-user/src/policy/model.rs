@@ -99,8 +99,6 @@ pub use super::doc::Effect;
 pub struct GatewaySettings {
     /// Port of the loopback listener, on the host and inside each pod network namespace.
     pub listen_port: u16,
-    /// `SO_MARK` put on the gateway's own upstream sockets so the eBPF programs never capture them.
-    pub bypass_mark: u32,
     /// Give up on an upstream that does not accept within this many milliseconds.
     pub connect_timeout_ms: u64,
     /// Close a relayed connection after this long with no bytes in either direction.
@@ -111,7 +109,6 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         Self {
             listen_port: 15001,
-            bypass_mark: 0x4147_0001,
             connect_timeout_ms: 5_000,
             idle_timeout_ms: 3_600_000,
         }

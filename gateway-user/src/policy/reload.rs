@@ -158,7 +158,10 @@ impl Reloader {
         let _watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::warn!("not watching {}: {e}; reload with SIGHUP", self.dir.display());
+                tracing::warn!(
+                    "not watching {}: {e}; reload with SIGHUP",
+                    self.dir.display()
+                );
                 None
             }
         };

@@ -13,8 +13,13 @@ pub struct Who<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allow { rule: String },
-    Deny { rule: Option<String>, reason: String },
+    Allow {
+        rule: String,
+    },
+    Deny {
+        rule: Option<String>,
+        reason: String,
+    },
 }
 
 impl Decision {

@@ -70,19 +70,12 @@ pub fn provider_configs(policy: &Policy) -> Result<Vec<ProviderConfig>, String> 
 }
 
 /// One verifier per policy version: a reload with changed providers starts with fresh key caches.
+#[derive(Default)]
 pub struct Verifiers {
-    mark: u32,
     current: Mutex<Option<(String, Arc<Verifier>)>>,
 }
 
 impl Verifiers {
-    pub fn new(mark: u32) -> Self {
-        Self {
-            mark,
-            current: Mutex::new(None),
-        }
-    }
-
     pub fn for_policy(&self, policy: &Policy) -> Result<Arc<Verifier>, String> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((v, verifier)) = cur.as_ref() {
@@ -90,11 +83,8 @@ impl Verifiers {
                 return Ok(verifier.clone());
             }
         }
-        let verifier = Arc::new(
-            Verifier::new(provider_configs(policy)?)
-                .map_err(|e| e.to_string())?
-                .with_socket_mark(Some(self.mark)),
-        );
+        let verifier =
+            Arc::new(Verifier::new(provider_configs(policy)?).map_err(|e| e.to_string())?);
         *cur = Some((policy.version.clone(), verifier.clone()));
         Ok(verifier)
     }

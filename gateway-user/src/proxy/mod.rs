@@ -22,11 +22,11 @@ use tracing::Instrument;
 
 pub use authorize::provider_configs;
 use authorize::{Refusal, Verifiers};
-pub use sessions::Sessions;
 use sessions::Grant;
+pub use sessions::Sessions;
 
 use crate::{
-    capture::{workload_files, Listener, ListenerKind, WorkloadTable},
+    capture::{Listener, ListenerKind, WorkloadTable},
     ebpf::{peer_key, KernelMaps},
     policy::{Policy, Protocol},
     protocol::tcp,
@@ -54,7 +54,6 @@ impl<C: Connect> Proxy<C> {
         table: Arc<WorkloadTable>,
         events: Arc<EventSink>,
         connector: C,
-        bypass_mark: u32,
     ) -> Self {
         Self {
             policy,
@@ -65,7 +64,7 @@ impl<C: Connect> Proxy<C> {
             sessions: Arc::new(Sessions::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            verifiers: Verifiers::new(bypass_mark),
+            verifiers: Verifiers::default(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -132,11 +131,10 @@ impl<C: Connect> Proxy<C> {
             return;
         };
         let dst = original_destination(&orig);
-        let cgroup = self
-            .table
-            .get(orig.cgroup_id)
-            .map(|c| c.path)
-            .or_else(|| workload_files::cgroup_of(orig.pid));
+        // Only the reconciler's view: the kernel refuses connections from cgroups it has not
+        // classified, so an unknown id means the cgroup is gone, and a pid's current cgroup
+        // could belong to another process by now.
+        let cgroup = self.table.get(orig.cgroup_id).map(|c| c.path);
         let span = tracing::info_span!("conn", id, %dst, pid = orig.pid,
             cgroup = cgroup.as_deref().unwrap_or("?"));
         let base = json!({
@@ -176,14 +174,31 @@ impl<C: Connect> Proxy<C> {
         // Decided against one snapshot of the policy; re-checked below if it changes meanwhile.
         let mut policy = self.policy.borrow().clone();
         let Some(cgroup) = cgroup else {
-            return refuse(&base, refusal("unknown_workload", "the connecting process and its cgroup are gone"));
+            return refuse(
+                &base,
+                refusal(
+                    "unknown_workload",
+                    "the connecting process and its cgroup are gone",
+                ),
+            );
         };
-        let Some(workload) = crate::capture::classify(&policy, &cgroup).map(|i| policy.workloads[i].clone()) else {
-            return refuse(&base, refusal("unmanaged", "connection does not come from a managed workload"));
+        let Some(workload) =
+            crate::capture::classify(&policy, &cgroup).map(|i| policy.workloads[i].clone())
+        else {
+            return refuse(
+                &base,
+                refusal(
+                    "unmanaged",
+                    "connection does not come from a managed workload",
+                ),
+            );
         };
         set(&mut base, "workload", json!(workload.name));
         let Some((_, target)) = policy.target_for(dst) else {
-            return refuse(&base, refusal("not_a_target", "original destination is not a target"));
+            return refuse(
+                &base,
+                refusal("not_a_target", "original destination is not a target"),
+            );
         };
         let target = target.clone();
         set(&mut base, "target", json!(target.name));
@@ -191,7 +206,15 @@ impl<C: Connect> Proxy<C> {
             Ok(t) => t,
             Err(r) => return refuse(&base, r),
         };
-        let allowed = match authorize::authorize(&policy, &self.verifiers, &workload, &target, &token).await {
+        let allowed = match authorize::authorize(
+            &policy,
+            &self.verifiers,
+            &workload,
+            &target,
+            &token,
+        )
+        .await
+        {
             Ok(a) => a,
             Err(r) => return refuse(&base, r),
         };
@@ -220,12 +243,22 @@ impl<C: Connect> Proxy<C> {
             if let crate::policy::Decision::Deny { rule, reason } =
                 authorize::decide(&policy, p, &workload.name, &target.name)
             {
-                return refuse(&base, Refusal { code: "denied", message: reason, rule });
+                return refuse(
+                    &base,
+                    Refusal {
+                        code: "denied",
+                        message: reason,
+                        rule,
+                    },
+                );
             }
         }
         self.events.emit(
             "allowed",
-            with(&base, json!({"rule": allowed.rule, "policy_version": policy.version})),
+            with(
+                &base,
+                json!({"rule": allowed.rule, "policy_version": policy.version}),
+            ),
         );
         match target.protocol {
             Protocol::Tcp => {}
@@ -235,7 +268,10 @@ impl<C: Connect> Proxy<C> {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("upstream: {e}");
-                self.events.emit("upstream_failed", with(&base, json!({"error": e.to_string()})));
+                self.events.emit(
+                    "upstream_failed",
+                    with(&base, json!({"error": e.to_string()})),
+                );
                 return;
             }
         };

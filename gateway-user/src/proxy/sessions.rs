@@ -40,7 +40,10 @@ pub struct SessionGuard<'a> {
 
 impl SessionGuard<'_> {
     pub fn reason(&self) -> Option<String> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -95,14 +98,14 @@ impl Sessions {
                 }
             } else {
                 policy.decide(
-                &Who {
-                    issuer: &g.issuer,
-                    subject: &g.subject,
-                    groups: &g.groups,
-                    workload: &g.workload,
-                },
-                &g.target,
-            )
+                    &Who {
+                        issuer: &g.issuer,
+                        subject: &g.subject,
+                        groups: &g.groups,
+                        workload: &g.workload,
+                    },
+                    &g.target,
+                )
             };
             if let crate::policy::Decision::Deny { reason, .. } = decision {
                 *entry.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
