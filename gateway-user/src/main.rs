@@ -45,10 +45,13 @@ fn main() -> std::process::ExitCode {
 fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
     let p = policy::load_dir(dir)?;
     println!(
-        "{}: ok ({} workloads, {} targets)",
+        "{}: ok, version {} ({} identity providers, {} workloads, {} targets, {} rules)",
         dir.display(),
+        p.version,
+        p.identity_providers.len(),
         p.workloads.len(),
-        p.targets.len()
+        p.targets.len(),
+        p.rules.len()
     );
     Ok(())
 }

@@ -292,6 +292,36 @@ pub fn probe(cgroup: Option<&Cgroup>, netns: Option<&Netns>, addr: SocketAddr) -
     }
 }
 
+/// Runs `agent-probe hold` in `cgroup` in the background: connects, waits for the connection to
+/// end (at most `secs`). Join the handle for the probe's JSON report.
+pub fn hold(cgroup: &Cgroup, addr: SocketAddr, secs: u64) -> std::thread::JoinHandle<Value> {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(["hold", &addr.to_string(), &secs.to_string()]);
+    place(&mut cmd, Some(cgroup), None);
+    std::thread::spawn(move || {
+        let out = cmd.output().expect("run agent-probe hold");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("agent-probe hold said {:?}: {e}", String::from_utf8_lossy(&out.stdout))
+        })
+    })
+}
+
+/// The version `agentgate policy check` reports for the policy in `dir`.
+pub fn policy_version(dir: &Path) -> String {
+    let out = Command::new(agentgate_bin())
+        .args(["policy", "check"])
+        .arg(dir)
+        .output()
+        .expect("run agentgate policy check");
+    assert!(out.status.success(), "policy check {}: {out:?}", dir.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("version ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no version in {text}"))
+        .to_string()
+}
+
 /// Runs `agent-probe flood` in `cgroup`; returns (ok, failed, errors).
 pub fn flood(cgroup: &Cgroup, addr: SocketAddr, n: usize, bytes: usize) -> (u64, u64, Vec<String>) {
     let mut cmd = Command::new(probe_bin());
@@ -445,6 +475,8 @@ impl Gateway {
             .arg(&self.pin_dir)
             .arg("--events")
             .arg(&self.events_path)
+            .arg("--admin-socket")
+            .arg(self.dir.join("admin.sock"))
             .env("AGENTGATE_LOG", "info,agentgate=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -592,6 +624,22 @@ impl Gateway {
         self.spawn();
     }
 
+    /// `agentgate status --json` of this gateway.
+    pub fn status(&self) -> Value {
+        let out = Command::new(agentgate_bin())
+            .args(["status", "--json", "--admin-socket"])
+            .arg(self.dir.join("admin.sock"))
+            .output()
+            .expect("run agentgate status");
+        assert!(out.status.success(), "agentgate status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    /// Where the running gateway reads its policy files.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policies")
+    }
+
     pub fn uninstall(&self) -> std::process::Output {
         Command::new(agentgate_bin())
             .arg("uninstall")
@@ -640,19 +688,99 @@ impl Drop for Holder {
     }
 }
 
-/// A policy with one workload glob and one tcp target.
+/// The issuer of the test identity provider (its keys: `tests/fixtures/test-jwks.json`).
+pub const ISSUER: &str = "https://idp.agentgate.test";
+pub const AUDIENCE: &str = "agentgate";
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A policy with one workload glob (token from `token_file`), one tcp target, the test identity
+/// provider, and a rule that lets group `agents` through that workload to the target.
 pub fn policy(
     listen_port: u16,
     workload_glob: &str,
     mode: &str,
     addresses: &[&str],
     port: u16,
+    token_file: &Path,
 ) -> String {
     let addrs: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "version: 1\ngateway:\n  listen_port: {listen_port}\nworkloads:\n  - name: agents\n    cgroup: \"{workload_glob}\"\n    mode: {mode}\ntargets:\n  - name: svc\n    protocol: tcp\n    addresses: [{}]\n    ports: [{port}]\n",
-        addrs.join(", ")
+        "version: 2\ngateway:\n  listen_port: {listen_port}\n\
+         identity_providers:\n  - name: test-idp\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n\
+         \x20   jwks: {{from: file, path: {jwks}}}\n    algorithms: [RS256]\n\
+         workloads:\n  - name: agents\n    cgroup: \"{workload_glob}\"\n    mode: {mode}\n\
+         \x20   token: {{from: file, path: {token}}}\n\
+         targets:\n  - name: svc\n    protocol: tcp\n    addresses: [{}]\n    ports: [{port}]\n\
+         rules:\n  - name: agents-to-svc\n    when: {{workloads: [agents], groups: [agents]}}\n    targets: [svc]\n",
+        addrs.join(", "),
+        jwks = fixtures().join("test-jwks.json").display(),
+        token = token_file.display(),
     )
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    groups: &'a [&'a str],
+    iat: u64,
+    exp: u64,
+}
+
+/// A token signed by the test identity provider's key.
+pub fn mint(sub: &str, groups: &[&str], iat: u64, exp: u64) -> String {
+    let key = std::fs::read(fixtures().join("test-signing-key.pem")).expect("test signing key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&key).expect("RSA PEM");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    let claims = Claims {
+        iss: ISSUER,
+        aud: AUDIENCE,
+        sub,
+        groups,
+        iat,
+        exp,
+    };
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign test token")
+}
+
+/// A token file for a workload (host path, which is also the path inside host-mode and
+/// netns-only workloads). Removed on drop.
+pub struct TokenFile {
+    pub path: PathBuf,
+}
+
+impl TokenFile {
+    /// A valid token for subject `agent-<tag>` in group `agents`, good for ten minutes.
+    pub fn valid(tag: &str) -> Self {
+        let t = Self {
+            path: std::env::temp_dir().join(format!("{}-token", unique(tag))),
+        };
+        t.write(&mint(&format!("agent-{tag}"), &["agents"], now(), now() + 600));
+        t
+    }
+
+    pub fn write(&self, token: &str) {
+        std::fs::write(&self.path, token).expect("write token file");
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Field of an event as a string.

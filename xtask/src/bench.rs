@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddr, process::Command};
 
-use agentgate_tests::{place, policy, Cgroup, Gateway, TargetServer};
+use agentgate_tests::{place, policy, Cgroup, Gateway, TargetServer, TokenFile};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
@@ -26,6 +26,7 @@ pub fn run(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
     let non_target: SocketAddr = "127.0.0.3:18001".parse()?;
     let _sink = TargetServer::start_sink(target);
     let _other = TargetServer::start_sink(non_target);
+    let token = TokenFile::valid("bench");
     let gw = Gateway::start(
         "bench",
         &policy(
@@ -34,6 +35,7 @@ pub fn run(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
             "host",
             &["127.0.0.2"],
             18001,
+            &token.path,
         ),
     );
     gw.wait_classified(&agent.rel);

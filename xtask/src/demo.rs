@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agentgate_tests::{probe, s, Cgroup, Gateway, TargetServer};
+use agentgate_tests::{fixtures, mint, now, probe, s, Cgroup, Gateway, TargetServer};
 
 use crate::util;
 
@@ -16,6 +16,7 @@ pub fn run() -> anyhow::Result<()> {
 
     // Declared first so that it is removed last, after the gateway and the agent's cgroup.
     let _anchor = Cgroup::adopt("/agentgate-demo");
+    let _files = DemoFiles::create()?;
     let service = TargetServer::start("127.0.0.2:7432".parse()?);
     println!("== a TCP service listens on 127.0.0.2:7432 (it greets each client with the address it sees)");
 
@@ -45,11 +46,12 @@ pub fn run() -> anyhow::Result<()> {
     println!("   the service says: {}", r.greeting);
     let ev = gw.connection_of(r.pid);
     println!(
-        "   the gateway recorded: conn {} from pid {} cgroup {} (workload {}) to {} via target `{}`",
+        "   the gateway recorded: conn {} from pid {} cgroup {} (workload {}) as {} to {} via target `{}`",
         ev["conn"],
         ev["pid"],
         s(&ev, "cgroup"),
         s(&ev, "workload"),
+        s(&ev, "subject"),
         s(&ev, "original_dst"),
         s(&ev, "target")
     );
@@ -97,6 +99,29 @@ pub fn run() -> anyhow::Result<()> {
         service.count()
     );
     Ok(())
+}
+
+/// The identity provider's keys and the agent's token, where policies/demo/demo.yaml expects them.
+struct DemoFiles(std::path::PathBuf);
+
+impl DemoFiles {
+    fn create() -> anyhow::Result<Self> {
+        let dir = std::path::PathBuf::from("/tmp/agentgate-demo");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(fixtures().join("test-jwks.json"), dir.join("jwks.json"))?;
+        std::fs::write(
+            dir.join("agent-token"),
+            mint("code-review-agent-1", &["demo-agents"], now(), now() + 600),
+        )?;
+        println!("== an OIDC token for subject code-review-agent-1 (group demo-agents, 10 min) is in /tmp/agentgate-demo/agent-token");
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for DemoFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn show(a: Option<std::net::SocketAddr>) -> String {

@@ -4,6 +4,8 @@
 //!   agent-probe connect ADDR            connect, read the server's greeting line
 //!   agent-probe flood ADDR N BYTES      N concurrent connections, each sends BYTES distinct
 //!                                       pseudo-random bytes and checks the echo's checksum
+//!   agent-probe hold ADDR SECS          connect, read the greeting, then wait (at most SECS) for
+//!                                       the connection to end; report when it did
 //!   agent-probe connect-bench ADDR N    N sequential connect() calls, latency statistics
 //!   agent-probe throughput ADDR BYTES   send BYTES to a sink server, report MB/s
 
@@ -32,6 +34,10 @@ fn main() -> ExitCode {
             let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
             let bytes = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(4096);
             flood(addr, n, bytes)
+        }
+        "hold" => {
+            let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
+            hold(addr, secs)
         }
         "connect-bench" => {
             let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
@@ -190,4 +196,30 @@ fn throughput(addr: SocketAddr, bytes: u64) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn hold(addr: SocketAddr, secs: u64) -> ExitCode {
+    let run = || -> std::io::Result<(String, u64)> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(secs)))?;
+        let mut reader = BufReader::new(&s);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        let mut rest = Vec::new();
+        // Returns at EOF (the gateway closed it) or with an error at the timeout.
+        let _ = reader.read_to_end(&mut rest);
+        let ended = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        Ok((greeting.trim_end().to_string(), ended))
+    };
+    let out = match run() {
+        Ok((greeting, ended_ms)) => {
+            json!({"pid": std::process::id(), "greeting": greeting, "ended_ms": ended_ms})
+        }
+        Err(e) => json!({"pid": std::process::id(), "error": e.to_string()}),
+    };
+    println!("{out}");
+    ExitCode::SUCCESS
 }

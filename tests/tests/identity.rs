@@ -1,0 +1,221 @@
+//! Identity and policy enforcement end to end: tokens read from the workload's own filesystem,
+//! refusals with their reasons, sessions that end at the token's `exp`, and live policy reload
+//! under traffic. Root required (real eBPF, cgroups).
+
+use std::{net::SocketAddr, time::Duration};
+
+use agentgate_tests::*;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Setup {
+    gw: Gateway,
+    agent: Cgroup,
+    target: TargetServer,
+    _anchor: Cgroup,
+    token: TokenFile,
+}
+
+fn setup(tag: &str, listen: u16, port: u16) -> Setup {
+    require_root();
+    let name = unique(tag);
+    let anchor = Cgroup::create(&format!("/{name}"));
+    let agent = Cgroup::create(&format!("/{name}/job-1"));
+    let target = TargetServer::start(sa(&format!("127.0.0.2:{port}")));
+    let token = TokenFile::valid(tag);
+    let gw = Gateway::start(
+        tag,
+        &policy(listen, &format!("/{name}/job-*"), "host", &["127.0.0.2"], port, &token.path),
+    );
+    gw.wait_classified(&agent.rel);
+    Setup {
+        gw,
+        agent,
+        target,
+        _anchor: anchor,
+        token,
+    }
+}
+
+/// The refusal the gateway logged for the agent process `pid`.
+fn refusal_of(gw: &Gateway, pid: u32) -> serde_json::Value {
+    gw.wait_for(
+        Duration::from_secs(10),
+        |e| e["event"] == "refused" && e["pid"] == pid,
+        0,
+    )
+}
+
+#[test]
+fn token_from_the_workloads_file_decides() {
+    let Setup {
+        token,
+        _anchor,
+        target,
+        agent,
+        gw,
+    } = setup("tokenfile", 16901, 17901);
+
+    // Valid: relayed, and the gateway knows who it was.
+    let r = probe(Some(&agent), None, target.addr);
+    assert!(r.greeting.starts_with("peer=") && !r.went_direct(), "{r:?}");
+    let ev = gw.wait_for(Duration::from_secs(5), |e| e["event"] == "allowed" && e["pid"] == r.pid, 0);
+    assert_eq!(s(&ev, "subject"), "agent-tokenfile");
+    assert_eq!(s(&ev, "rule"), "agents-to-svc");
+    assert_eq!(target.count(), 1);
+
+    let cases: [(&str, Option<String>); 4] = [
+        ("expired", Some(mint("agent-x", &["agents"], now() - 1200, now() - 600))),
+        ("lifetime_too_long", Some(mint("agent-x", &["agents"], now(), now() + 3600))),
+        ("denied", Some(mint("agent-x", &["other-team"], now(), now() + 600))),
+        ("no_token", None),
+    ];
+    for (code, content) in cases {
+        match &content {
+            Some(t) => token.write(t),
+            None => std::fs::remove_file(&token.path).unwrap(),
+        }
+        let r = probe(Some(&agent), None, target.addr);
+        assert!(!r.greeting.starts_with("peer="), "{code}: the agent got through: {r:?}");
+        let ev = refusal_of(&gw, r.pid);
+        assert_eq!(s(&ev, "code"), code, "{ev}");
+    }
+    assert_eq!(target.count(), 1, "no refused connection reached the target");
+}
+
+#[test]
+fn a_session_ends_when_its_token_expires() {
+    let Setup {
+        token,
+        _anchor,
+        target,
+        agent,
+        gw,
+    } = setup("expiry", 16902, 17902);
+    let exp = now() + 3;
+    token.write(&mint("agent-expiry", &["agents"], now(), exp));
+    let report = hold(&agent, target.addr, 20).join().unwrap();
+    assert!(s(&report, "greeting").starts_with("peer="), "{report}");
+    let ended_ms = report["ended_ms"].as_u64().unwrap();
+    let exp_ms = exp * 1000;
+    assert!(
+        ended_ms + 50 >= exp_ms && ended_ms <= exp_ms + 1000,
+        "session ended at {ended_ms}, token expired at {exp_ms}"
+    );
+    let ev = gw.wait_for(Duration::from_secs(5), |e| e["event"] == "connection_close", 0);
+    assert_eq!(s(&ev, "ended_by"), "token expired", "{ev}");
+}
+
+#[test]
+fn reload_under_live_traffic() {
+    let Setup {
+        token,
+        _anchor,
+        target,
+        agent,
+        gw,
+    } = setup("reload", 16903, 17903);
+    let live = gw.policy_dir().join("policy.yaml");
+    let allow_text = std::fs::read_to_string(&live).unwrap();
+    // The same policy with the rule turned into a deny: same principals, opposite effect.
+    let deny_text = allow_text.replace(
+        "  - name: agents-to-svc\n",
+        "  - name: agents-to-svc\n    effect: deny\n",
+    );
+    assert_ne!(allow_text, deny_text);
+    let versions = |text: &str| {
+        let d = std::env::temp_dir().join(unique(&format!("reload-v-{}", text.len())));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("policy.yaml"), text).unwrap();
+        let v = policy_version(&d);
+        std::fs::remove_dir_all(&d).unwrap();
+        v
+    };
+    let (allow_v, deny_v) = (versions(&allow_text), versions(&deny_text));
+    assert_eq!(gw.status()["policy"]["version"], allow_v.as_str());
+
+    // Sessions opened under the allowing policy, held open across the first flip to deny.
+    let held: Vec<_> = (0..5).map(|_| hold(&agent, target.addr, 30)).collect();
+    gw.wait_for(Duration::from_secs(10), |e| e["event"] == "connection_open", 4);
+
+    // 100 connections while the policy flips 50 times.
+    let results: Vec<ProbeResult> = std::thread::scope(|sc| {
+        let traffic = sc.spawn(|| {
+            (0..100)
+                .map(|_| probe(Some(&agent), None, target.addr))
+                .collect::<Vec<_>>()
+        });
+        for i in 0..50 {
+            let text = if i % 2 == 0 { &deny_text } else { &allow_text };
+            // Replaced in one step, the way a ConfigMap update lands.
+            let tmp = live.with_extension("yaml.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &live).unwrap();
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        traffic.join().unwrap()
+    });
+    // The last write (i = 49) was the allowing policy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.status()["policy"]["version"] != allow_v.as_str() {
+        assert!(std::time::Instant::now() < deadline, "the last policy never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let flips = gw.count("policy_applied");
+    assert!(flips >= 2, "the policy must have changed under traffic ({flips} applied)");
+
+    // The held sessions were ended by the first deny.
+    for h in held {
+        let report = h.join().unwrap();
+        assert!(report["ended_ms"].is_u64(), "{report}");
+    }
+    let events = gw.events();
+    let ended_by_policy = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "connection_close"
+                && s(e, "ended_by").contains("no longer allows this session")
+        })
+        .count();
+    assert!(ended_by_policy >= 5, "held sessions must be ended by the deny policy");
+
+    // No connection was let through under the deny policy.
+    let allowed: Vec<_> = events.iter().filter(|e| e["event"] == "allowed").collect();
+    assert!(
+        allowed.iter().all(|e| e["policy_version"] == allow_v.as_str()),
+        "a connection was allowed under a policy that denies it"
+    );
+    // Each of the 100 was decided exactly once, and nothing went around the gateway.
+    let (mut allowed_n, mut denied_n) = (0, 0);
+    for r in &results {
+        assert!(!r.went_direct(), "{r:?}");
+        let decisions: Vec<_> = events
+            .iter()
+            .filter(|e| e["pid"] == r.pid && (e["event"] == "allowed" || e["event"] == "refused"))
+            .collect();
+        assert_eq!(decisions.len(), 1, "pid {}: {decisions:?}", r.pid);
+        match s(decisions[0], "event") {
+            "allowed" => allowed_n += 1,
+            _ => {
+                assert_eq!(s(decisions[0], "code"), "denied", "{}", decisions[0]);
+                assert!(!r.greeting.starts_with("peer="), "refused yet relayed: {r:?}");
+                denied_n += 1;
+            }
+        }
+    }
+    assert!(allowed_n > 0 && denied_n > 0, "both policies were in force at times ({allowed_n} allowed, {denied_n} denied)");
+    assert_eq!(deny_v.len(), 16);
+
+    // A broken file is refused whole: the last good policy stays, the error names file:line:col.
+    std::fs::write(gw.policy_dir().join("zz-broken.yaml"), "version: 2\nrules:\n  - name: [\n").unwrap();
+    gw.wait_for(Duration::from_secs(5), |e| e["event"] == "policy_refused", 0);
+    let status = gw.status();
+    assert_eq!(status["policy"]["version"], allow_v.as_str(), "{status}");
+    let err = s(&status["policy"]["last_error"], "message").to_string();
+    assert!(err.contains("zz-broken.yaml:"), "{err}");
+    let r = probe(Some(&agent), None, target.addr);
+    assert!(r.greeting.starts_with("peer="), "last good policy still allows: {r:?}");
+    drop(token);
+}
