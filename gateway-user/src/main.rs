@@ -3,6 +3,8 @@
 mod capture;
 mod cli;
 mod ebpf;
+#[allow(dead_code)] // wired into the proxy and the policy loader next
+mod identity;
 mod policy;
 mod protocol;
 mod proxy;
