@@ -53,6 +53,12 @@ fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
         p.targets.len(),
         p.rules.len()
     );
+    // The gateway, not this shell, must have them; a missing one is worth a look, not an error.
+    for t in &p.targets {
+        if let Some(Err(e)) = t.credential.as_ref().map(|c| c.resolve()) {
+            println!("warning: target `{}`: upstream credential: {e}", t.name);
+        }
+    }
     Ok(())
 }
 

@@ -301,7 +301,10 @@ pub fn hold(cgroup: &Cgroup, addr: SocketAddr, secs: u64) -> std::thread::JoinHa
     std::thread::spawn(move || {
         let out = cmd.output().expect("run agent-probe hold");
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("agent-probe hold said {:?}: {e}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "agent-probe hold said {:?}: {e}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     })
 }
@@ -313,7 +316,11 @@ pub fn policy_version(dir: &Path) -> String {
         .arg(dir)
         .output()
         .expect("run agentgate policy check");
-    assert!(out.status.success(), "policy check {}: {out:?}", dir.display());
+    assert!(
+        out.status.success(),
+        "policy check {}: {out:?}",
+        dir.display()
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     text.split("version ")
         .nth(1)
@@ -768,7 +775,12 @@ impl TokenFile {
         let t = Self {
             path: std::env::temp_dir().join(format!("{}-token", unique(tag))),
         };
-        t.write(&mint(&format!("agent-{tag}"), &["agents"], now(), now() + 600));
+        t.write(&mint(
+            &format!("agent-{tag}"),
+            &["agents"],
+            now(),
+            now() + 600,
+        ));
         t
     }
 

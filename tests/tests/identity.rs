@@ -27,7 +27,14 @@ fn setup(tag: &str, listen: u16, port: u16) -> Setup {
     let token = TokenFile::valid(tag);
     let gw = Gateway::start(
         tag,
-        &policy(listen, &format!("/{name}/job-*"), "host", &["127.0.0.2"], port, &token.path),
+        &policy(
+            listen,
+            &format!("/{name}/job-*"),
+            "host",
+            &["127.0.0.2"],
+            port,
+            &token.path,
+        ),
     );
     gw.wait_classified(&agent.rel);
     Setup {
@@ -61,15 +68,28 @@ fn token_from_the_workloads_file_decides() {
     // Valid: relayed, and the gateway knows who it was.
     let r = probe(Some(&agent), None, target.addr);
     assert!(r.greeting.starts_with("peer=") && !r.went_direct(), "{r:?}");
-    let ev = gw.wait_for(Duration::from_secs(5), |e| e["event"] == "allowed" && e["pid"] == r.pid, 0);
+    let ev = gw.wait_for(
+        Duration::from_secs(5),
+        |e| e["event"] == "allowed" && e["pid"] == r.pid,
+        0,
+    );
     assert_eq!(s(&ev, "subject"), "agent-tokenfile");
     assert_eq!(s(&ev, "rule"), "agents-to-svc");
     assert_eq!(target.count(), 1);
 
     let cases: [(&str, Option<String>); 4] = [
-        ("expired", Some(mint("agent-x", &["agents"], now() - 1200, now() - 600))),
-        ("lifetime_too_long", Some(mint("agent-x", &["agents"], now(), now() + 3600))),
-        ("denied", Some(mint("agent-x", &["other-team"], now(), now() + 600))),
+        (
+            "expired",
+            Some(mint("agent-x", &["agents"], now() - 1200, now() - 600)),
+        ),
+        (
+            "lifetime_too_long",
+            Some(mint("agent-x", &["agents"], now(), now() + 3600)),
+        ),
+        (
+            "denied",
+            Some(mint("agent-x", &["other-team"], now(), now() + 600)),
+        ),
         ("no_token", None),
     ];
     for (code, content) in cases {
@@ -78,11 +98,18 @@ fn token_from_the_workloads_file_decides() {
             None => std::fs::remove_file(&token.path).unwrap(),
         }
         let r = probe(Some(&agent), None, target.addr);
-        assert!(!r.greeting.starts_with("peer="), "{code}: the agent got through: {r:?}");
+        assert!(
+            !r.greeting.starts_with("peer="),
+            "{code}: the agent got through: {r:?}"
+        );
         let ev = refusal_of(&gw, r.pid);
         assert_eq!(s(&ev, "code"), code, "{ev}");
     }
-    assert_eq!(target.count(), 1, "no refused connection reached the target");
+    assert_eq!(
+        target.count(),
+        1,
+        "no refused connection reached the target"
+    );
 }
 
 #[test]
@@ -104,7 +131,11 @@ fn a_session_ends_when_its_token_expires() {
         ended_ms + 50 >= exp_ms && ended_ms <= exp_ms + 1000,
         "session ended at {ended_ms}, token expired at {exp_ms}"
     );
-    let ev = gw.wait_for(Duration::from_secs(5), |e| e["event"] == "connection_close", 0);
+    let ev = gw.wait_for(
+        Duration::from_secs(5),
+        |e| e["event"] == "connection_close",
+        0,
+    );
     assert_eq!(s(&ev, "ended_by"), "token expired", "{ev}");
 }
 
@@ -138,7 +169,11 @@ fn reload_under_live_traffic() {
 
     // Sessions opened under the allowing policy, held open across the first flip to deny.
     let held: Vec<_> = (0..5).map(|_| hold(&agent, target.addr, 30)).collect();
-    gw.wait_for(Duration::from_secs(10), |e| e["event"] == "connection_open", 4);
+    gw.wait_for(
+        Duration::from_secs(10),
+        |e| e["event"] == "connection_open",
+        4,
+    );
 
     // 100 connections while the policy flips 50 times.
     let results: Vec<ProbeResult> = std::thread::scope(|sc| {
@@ -160,11 +195,17 @@ fn reload_under_live_traffic() {
     // The last write (i = 49) was the allowing policy.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while gw.status()["policy"]["version"] != allow_v.as_str() {
-        assert!(std::time::Instant::now() < deadline, "the last policy never applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last policy never applied"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let flips = gw.count("policy_applied");
-    assert!(flips >= 2, "the policy must have changed under traffic ({flips} applied)");
+    assert!(
+        flips >= 2,
+        "the policy must have changed under traffic ({flips} applied)"
+    );
 
     // The held sessions were ended by the first deny.
     for h in held {
@@ -179,12 +220,17 @@ fn reload_under_live_traffic() {
                 && s(e, "ended_by").contains("no longer allows this session")
         })
         .count();
-    assert!(ended_by_policy >= 5, "held sessions must be ended by the deny policy");
+    assert!(
+        ended_by_policy >= 5,
+        "held sessions must be ended by the deny policy"
+    );
 
     // No connection was let through under the deny policy.
     let allowed: Vec<_> = events.iter().filter(|e| e["event"] == "allowed").collect();
     assert!(
-        allowed.iter().all(|e| e["policy_version"] == allow_v.as_str()),
+        allowed
+            .iter()
+            .all(|e| e["policy_version"] == allow_v.as_str()),
         "a connection was allowed under a policy that denies it"
     );
     // Each of the 100 was decided exactly once, and nothing went around the gateway.
@@ -200,22 +246,39 @@ fn reload_under_live_traffic() {
             "allowed" => allowed_n += 1,
             _ => {
                 assert_eq!(s(decisions[0], "code"), "denied", "{}", decisions[0]);
-                assert!(!r.greeting.starts_with("peer="), "refused yet relayed: {r:?}");
+                assert!(
+                    !r.greeting.starts_with("peer="),
+                    "refused yet relayed: {r:?}"
+                );
                 denied_n += 1;
             }
         }
     }
-    assert!(allowed_n > 0 && denied_n > 0, "both policies were in force at times ({allowed_n} allowed, {denied_n} denied)");
+    assert!(
+        allowed_n > 0 && denied_n > 0,
+        "both policies were in force at times ({allowed_n} allowed, {denied_n} denied)"
+    );
     assert_eq!(deny_v.len(), 16);
 
     // A broken file is refused whole: the last good policy stays, the error names file:line:col.
-    std::fs::write(gw.policy_dir().join("zz-broken.yaml"), "version: 2\nrules:\n  - name: [\n").unwrap();
-    gw.wait_for(Duration::from_secs(5), |e| e["event"] == "policy_refused", 0);
+    std::fs::write(
+        gw.policy_dir().join("zz-broken.yaml"),
+        "version: 2\nrules:\n  - name: [\n",
+    )
+    .unwrap();
+    gw.wait_for(
+        Duration::from_secs(5),
+        |e| e["event"] == "policy_refused",
+        0,
+    );
     let status = gw.status();
     assert_eq!(status["policy"]["version"], allow_v.as_str(), "{status}");
     let err = s(&status["policy"]["last_error"], "message").to_string();
     assert!(err.contains("zz-broken.yaml:"), "{err}");
     let r = probe(Some(&agent), None, target.addr);
-    assert!(r.greeting.starts_with("peer="), "last good policy still allows: {r:?}");
+    assert!(
+        r.greeting.starts_with("peer="),
+        "last good policy still allows: {r:?}"
+    );
     drop(token);
 }

@@ -78,18 +78,15 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
     let mut hasher = Fnv64::default();
     for file in files {
         match std::fs::read_to_string(&file) {
-            Ok(text) => match {
-                hasher.write(
-                    file.file_name()
-                        .map(|n| n.as_encoded_bytes())
-                        .unwrap_or_default(),
-                );
+            Ok(text) => {
+                let name = file.file_name().map(|n| n.as_encoded_bytes());
+                hasher.write(name.unwrap_or_default());
                 hasher.write(text.as_bytes());
-                parse_file(&file, &text)
-            } {
-                Ok(doc) => docs.push((file, doc)),
-                Err(p) => problems.push(p),
-            },
+                match parse_file(&file, &text) {
+                    Ok(doc) => docs.push((file, doc)),
+                    Err(p) => problems.push(p),
+                }
+            }
             Err(e) => problems.push(Problem {
                 file,
                 line: None,

@@ -12,5 +12,5 @@ mod rules;
 
 pub use load::load_dir;
 pub use model::{Jwks, Mode, Policy, Protocol, Target, TokenSource, Workload};
-pub use reload::{Outcome, PolicyStatus, Reloader, Validate};
+pub use reload::Reloader;
 pub use rules::{Decision, Who};

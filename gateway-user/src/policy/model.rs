@@ -59,6 +59,21 @@ pub enum Secret {
     File(PathBuf),
 }
 
+impl Secret {
+    /// The credential's value, read now: a rotated file or changed variable is picked up by the
+    /// next connection.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Secret::Env(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("{}: {e}", path.display())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Jwks {
     File(PathBuf),

@@ -22,6 +22,7 @@ pub enum Decision {
     },
 }
 
+#[cfg(test)]
 impl Decision {
     pub fn allowed(&self) -> bool {
         matches!(self, Decision::Allow { .. })

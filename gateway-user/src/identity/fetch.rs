@@ -1,0 +1,290 @@
+//! Minimal HTTP(S) GET for JWKS and discovery documents: rustls (ring), connect and read
+//! timeouts, a body size cap, no redirects, plain http:// only to loopback, and SO_MARK on every
+//! socket it opens.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::error::FetchError;
+
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
+
+/// A checked http(s) URL.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpUrl {
+    pub tls: bool,
+    /// Host without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+    pub authority: String,
+    pub path_and_query: String,
+}
+
+impl HttpUrl {
+    pub(crate) fn parse(url: &str) -> Result<Self, FetchError> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| FetchError::InvalidUrl(e.to_string()))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(FetchError::InvalidUrl("scheme must be https".into())),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| FetchError::InvalidUrl("no host".into()))?;
+        if authority.as_str().contains('@') {
+            return Err(FetchError::InvalidUrl("credentials in URL".into()));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return Err(FetchError::InvalidUrl("empty host".into()));
+        }
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        if !tls && !is_loopback_host(&host) {
+            return Err(FetchError::InsecureUrl);
+        }
+        let path_and_query = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".to_string());
+        Ok(HttpUrl {
+            tls,
+            host,
+            port,
+            authority: authority.as_str().to_string(),
+            path_and_query,
+        })
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Network settings shared by all fetches of one verifier.
+#[derive(Debug, Clone)]
+pub(crate) struct NetOptions {
+    pub mark: Option<u32>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_body: usize,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            mark: None,
+            connect_timeout: CONNECT_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
+            max_body: MAX_BODY,
+        }
+    }
+}
+
+/// Creates the TCP socket for `addr`, sets SO_MARK when asked, and connects it. Every socket the
+/// identity module opens goes through here.
+pub(crate) async fn connect_socket(
+    addr: SocketAddr,
+    mark: Option<u32>,
+) -> Result<TcpStream, FetchError> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| FetchError::Connect {
+        addr: addr.to_string(),
+        source,
+    })?;
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&sock)
+            .set_mark(mark)
+            .map_err(|source| FetchError::Mark { mark, source })?;
+    }
+    sock.set_nodelay(true)
+        .map_err(|source| FetchError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    sock.connect(addr)
+        .await
+        .map_err(|source| FetchError::Connect {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// GET `url`, returning the body of a 200 response.
+pub(crate) async fn get(
+    url: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    net: &NetOptions,
+) -> Result<Bytes, FetchError> {
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(
+        net.connect_timeout,
+        tokio::net::lookup_host((url.host.as_str(), url.port)),
+    )
+    .await
+    .map_err(|_| FetchError::ConnectTimeout(url.authority.clone()))?
+    .map_err(|source| FetchError::Resolve {
+        host: url.host.clone(),
+        source,
+    })?
+    .collect();
+    if !url.tls {
+        if let Some(addr) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(FetchError::NonLoopback {
+                host: url.host.clone(),
+                addr: *addr,
+            });
+        }
+    }
+    let tcp = tokio::time::timeout(net.connect_timeout, connect_any(&addrs, net.mark))
+        .await
+        .map_err(|_| FetchError::ConnectTimeout(url.authority.clone()))??;
+    tokio::time::timeout(net.read_timeout, exchange(tcp, url, tls, net.max_body))
+        .await
+        .map_err(|_| FetchError::Timeout(net.read_timeout))?
+}
+
+async fn connect_any(addrs: &[SocketAddr], mark: Option<u32>) -> Result<TcpStream, FetchError> {
+    let mut last = None;
+    for addr in addrs {
+        match connect_socket(*addr, mark).await {
+            Ok(s) => return Ok(s),
+            // A mark that cannot be set fails every address the same way.
+            Err(e @ FetchError::Mark { .. }) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| FetchError::Http("host resolved to no addresses".into())))
+}
+
+async fn exchange(
+    tcp: TcpStream,
+    url: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    max_body: usize,
+) -> Result<Bytes, FetchError> {
+    if !url.tls {
+        return request(tcp, url, max_body).await;
+    }
+    let tls = tls.ok_or_else(|| FetchError::Http("no TLS configuration".into()))?;
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| FetchError::InvalidUrl(format!("host {:?}: {e}", url.host)))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|source| FetchError::Tls {
+            host: url.host.clone(),
+            source,
+        })?;
+    request(stream, url, max_body).await
+}
+
+async fn request<S>(io: S, url: &HttpUrl, max_body: usize) -> Result<Bytes, FetchError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| FetchError::Http(e.to_string()))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let result = async {
+        let req = hyper::Request::get(url.path_and_query.as_str())
+            .header(hyper::header::HOST, url.authority.as_str())
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::USER_AGENT, "agentgate-identity")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Err(FetchError::Status(resp.status().as_u16()));
+        }
+        let declared = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body as u64) {
+            return Err(FetchError::TooLarge(max_body));
+        }
+        let body = Limited::new(resp.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    FetchError::TooLarge(max_body)
+                } else {
+                    FetchError::Http(e.to_string())
+                }
+            })?;
+        Ok(body.to_bytes())
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// The rustls client configuration for one provider: webpki roots plus an optional extra CA file.
+pub(crate) fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| TlsSetupError::CaFile(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsSetupError::CaFile(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(TlsSetupError::CaFile("no certificates in file".into()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| TlsSetupError::CaFile(e.to_string()))?;
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(TlsSetupError::Rustls)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+#[derive(Debug)]
+pub(crate) enum TlsSetupError {
+    CaFile(String),
+    Rustls(rustls::Error),
+}
