@@ -69,7 +69,7 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> V
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let verdict = decide_inner(ctx, addr, port_be, family, cookie);
     if !matches!(verdict, Verdict::Redirect { .. }) {
-        let _ = BY_COOKIE.remove(&cookie);
+        let _ = BY_COOKIE.remove(cookie);
     }
     verdict
 }
@@ -88,7 +88,7 @@ fn decide_inner(
         return Verdict::Pass;
     }
     // SAFETY: copied out at once.
-    if unsafe { BYPASS.get(&cookie) }.is_some() {
+    if unsafe { BYPASS.get(cookie) }.is_some() {
         return Verdict::Pass;
     }
     // The kernel turns an unspecified destination into loopback only after this hook, so

@@ -60,20 +60,24 @@ fn workspace_root() -> PathBuf {
 /// The `agentgate` binary under test: `$AGENTGATE_BIN` (set by `cargo xtask test`) or the
 /// workspace's debug build.
 pub fn agentgate_bin() -> PathBuf {
-    let path = std::env::var_os("AGENTGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"));
-            target.join("debug").join("agentgate")
-        });
+    let path = agentgate_path();
     assert!(
         path.exists(),
         "agentgate binary not found at {}: run the tests with `cargo xtask test`, which builds it",
         path.display()
     );
     path
+}
+
+fn agentgate_path() -> PathBuf {
+    std::env::var_os("AGENTGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join("debug").join("agentgate")
+        })
 }
 
 /// The probe binary: `$AGENT_PROBE_BIN` (set by xtask), else the one built with this crate
@@ -667,7 +671,12 @@ impl Drop for Gateway {
             );
         }
         self.kill9();
-        let _ = self.uninstall();
+        // Not `uninstall()`: a panic in drop (binary missing) would abort the whole test run.
+        let _ = Command::new(agentgate_path())
+            .arg("uninstall")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

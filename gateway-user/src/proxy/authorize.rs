@@ -19,14 +19,17 @@ pub struct Refusal {
     pub code: &'static str,
     pub message: String,
     pub rule: Option<String>,
+    /// Who was refused, when the token was valid and a rule said no.
+    pub principal: Option<Box<Principal>>,
 }
 
 impl Refusal {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
             rule: None,
+            principal: None,
         }
     }
 }
@@ -135,6 +138,7 @@ pub async fn authorize(
             code: "denied",
             message: reason,
             rule,
+            principal: Some(Box::new(principal)),
         }),
     }
 }

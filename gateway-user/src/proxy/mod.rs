@@ -163,13 +163,18 @@ impl<C: Connect> Proxy<C> {
     ) {
         let refuse = |base: &Value, r: Refusal| {
             tracing::info!(code = r.code, "refused: {}", r.message);
-            self.events.emit(
-                "refused",
-                with(
-                    base,
-                    json!({"code": r.code, "reason": r.message, "rule": r.rule}),
-                ),
+            let who = r
+                .principal
+                .as_ref()
+                .map(|p| json!({"subject": p.subject, "issuer": p.issuer, "groups": p.groups}));
+            let mut v = with(
+                base,
+                json!({"code": r.code, "reason": r.message, "rule": r.rule}),
             );
+            if let Some(who) = who {
+                v = with(&v, who);
+            }
+            self.events.emit("refused", v);
         };
         // Decided against one snapshot of the policy; re-checked below if it changes meanwhile.
         let mut policy = self.policy.borrow().clone();
@@ -249,6 +254,7 @@ impl<C: Connect> Proxy<C> {
                         code: "denied",
                         message: reason,
                         rule,
+                        principal: Some(Box::new(p.clone())),
                     },
                 );
             }
@@ -319,11 +325,7 @@ impl<C: Connect> Proxy<C> {
 }
 
 fn refusal(code: &'static str, message: &str) -> Refusal {
-    Refusal {
-        code,
-        message: message.to_string(),
-        rule: None,
-    }
+    Refusal::new(code, message)
 }
 
 fn set(v: &mut Value, k: &str, x: Value) {
