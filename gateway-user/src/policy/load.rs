@@ -74,6 +74,7 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
         return Err(PolicyError::Empty(dir.to_path_buf()));
     }
     let mut docs = Vec::new();
+    let mut texts = HashMap::new();
     let mut problems = Vec::new();
     let mut hasher = Fnv64::default();
     for file in files {
@@ -83,9 +84,10 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
                 hasher.write(name.unwrap_or_default());
                 hasher.write(text.as_bytes());
                 match parse_file(&file, &text) {
-                    Ok(doc) => docs.push((file, doc)),
+                    Ok(doc) => docs.push((file.clone(), doc)),
                     Err(p) => problems.push(p),
                 }
+                texts.insert(file, text);
             }
             Err(e) => problems.push(Problem {
                 file,
@@ -98,9 +100,36 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
     if !problems.is_empty() {
         return Err(PolicyError::Invalid(problems));
     }
-    let mut policy = merge(docs).map_err(PolicyError::Invalid)?;
+    let mut policy = merge(docs).map_err(|mut problems| {
+        for p in &mut problems {
+            locate(p, &texts);
+        }
+        PolicyError::Invalid(problems)
+    })?;
     policy.version = format!("{:016x}", hasher.0);
     Ok(policy)
+}
+
+/// Cross-file problems come from the merged model, which has no positions; point at the
+/// definition they are about: the first `name: X` line for the first `X` quoted in the message.
+fn locate(p: &mut Problem, texts: &HashMap<PathBuf, String>) {
+    if p.line.is_some() {
+        return;
+    }
+    let (Some(text), Some(name)) = (texts.get(&p.file), p.message.split('`').nth(1)) else {
+        return;
+    };
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
+        let Some(value) = trimmed.strip_prefix("name:") else {
+            continue;
+        };
+        if value.trim().trim_matches(['"', '\'']) == name {
+            p.line = Some(i + 1);
+            p.column = Some(line.len() - line.trim_start().len() + 1);
+            return;
+        }
+    }
 }
 
 /// FNV-1a over the files' names and contents: identifies a policy version in logs and `status`.
@@ -695,7 +724,10 @@ mod tests {
             "  - name: r1\n    when: {workloads: [nope], issuers: ['https://other']}\n    targets: [missing-db]\n",
         );
         let err = load_dir(&d).unwrap_err().to_string();
-        assert!(err.contains("unknown workload `nope`"), "{err}");
+        assert!(
+            err.contains("d-rules.yaml:3:3: rule `r1` names unknown workload `nope`"),
+            "{err}"
+        );
         assert!(err.contains("unknown target `missing-db`"), "{err}");
         assert!(err.contains("issuer `https://other`"), "{err}");
         write(
