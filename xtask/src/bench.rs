@@ -45,15 +45,18 @@ pub fn run(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
         ("hook, destination not a target", Some(&agent), non_target),
         ("hook, redirected to gateway", Some(&agent), target),
     ];
-    let mut lat: Vec<Vec<(f64, f64)>> = vec![Vec::new(); 3];
+    let mut lat: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
     let mut thr: Vec<Vec<f64>> = vec![Vec::new(); 2];
     for rep in 0..reps {
-        for (i, (_, cg, addr)) in contenders_connect.iter().enumerate() {
+        // Rotate the order each repetition so no contender always goes first.
+        for k in 0..3 {
+            let i = (k + rep) % 3;
+            let (_, cg, addr) = &contenders_connect[i];
             let v = probe_json(
                 *cg,
                 &["connect-bench", &addr.to_string(), &connects.to_string()],
             )?;
-            lat[i].push((num(&v, "mean_us")?, num(&v, "p99_us")?));
+            lat[i].push((num(&v, "mean_us")?, num(&v, "p50_us")?, num(&v, "p99_us")?));
         }
         // Alternate which side goes first, so neither always runs on a warmer machine.
         let order: [(usize, Option<&Cgroup>); 2] = if rep % 2 == 0 {
@@ -77,17 +80,18 @@ pub fn run(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
     println!("\n## agentgate capture benchmark\n");
     println!("machine: {cores} cores, kernel {kernel}; {reps} repetitions, contenders alternating");
     println!("command: cargo xtask bench --reps {reps} --bytes {bytes} --connects {connects}\n");
-    println!("| connect() to 127.0.0.2:18001 | mean µs (median) | min–max | p99 µs (median) | ratio to no hook |");
-    println!("|---|---|---|---|---|");
-    let base = median(lat[0].iter().map(|x| x.0).collect());
+    println!("| connect() | p50 µs (median) | p50 min–max | mean µs (median) | p99 µs (median) | p50 ratio to no hook |");
+    println!("|---|---|---|---|---|---|");
+    let base = median(lat[0].iter().map(|x| x.1).collect());
     for (i, (label, _, _)) in contenders_connect.iter().enumerate() {
-        let means: Vec<f64> = lat[i].iter().map(|x| x.0).collect();
-        let p99s: Vec<f64> = lat[i].iter().map(|x| x.1).collect();
-        let (lo, hi) = min_max(&means);
-        let m = median(means);
+        let col = |f: fn(&(f64, f64, f64)) -> f64| lat[i].iter().map(f).collect::<Vec<f64>>();
+        let p50s = col(|x| x.1);
+        let (lo, hi) = min_max(&p50s);
+        let m = median(p50s);
         println!(
-            "| {label} | {m:.1} | {lo:.1}–{hi:.1} | {:.1} | {:.2} |",
-            median(p99s),
+            "| {label} | {m:.1} | {lo:.1}–{hi:.1} | {:.1} | {:.1} | {:.2} |",
+            median(col(|x| x.0)),
+            median(col(|x| x.2)),
             m / base
         );
     }
