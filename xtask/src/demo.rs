@@ -77,6 +77,28 @@ pub fn run() -> anyhow::Result<()> {
         }
     );
 
+    println!("\n-- the agent's token is swapped for one of group `contractors` (valid, signed, not allowed):");
+    std::fs::write(
+        "/tmp/agentgate-demo/agent-token",
+        mint("contractor-agent-9", &["contractors"], now(), now() + 600),
+    )?;
+    let r = probe(Some(&agent), None, service.addr);
+    let ev = gw.wait_for(
+        std::time::Duration::from_secs(5),
+        |e| e["event"] == "refused" && e["pid"] == r.pid,
+        0,
+    );
+    println!(
+        "   the agent's connection is closed before any byte reaches the service; the gateway logged: {} ({}): {}",
+        s(&ev, "code"),
+        s(&ev, "subject"),
+        s(&ev, "reason")
+    );
+    std::fs::write(
+        "/tmp/agentgate-demo/agent-token",
+        mint("code-review-agent-1", &["demo-agents"], now(), now() + 600),
+    )?;
+
     println!("\n-- the gateway is killed with SIGKILL (crash, upgrade):");
     gw.kill9();
     let r = probe(Some(&agent), None, service.addr);
