@@ -43,7 +43,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
-    let p = policy::load_dir(dir)?;
+    // Problems go out one per line, each starting with file:line:column, for editors and CI.
+    let p = policy::load_dir(dir).map_err(|e| {
+        eprintln!("{e}");
+        anyhow::anyhow!("policy {} is invalid", dir.display())
+    })?;
+    // The same checks `run` and a reload make before putting a policy in force.
+    run::validate(&p).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     println!(
         "{}: ok, version {} ({} identity providers, {} workloads, {} targets, {} rules)",
         dir.display(),

@@ -40,7 +40,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Checks that the policy's identity providers can be built into a verifier.
-fn validate(policy: &policy::Policy) -> Result<(), String> {
+pub fn validate(policy: &policy::Policy) -> Result<(), String> {
     Verifier::new(provider_configs(policy)?)
         .map(|_| ())
         .map_err(|e| e.to_string())

@@ -212,6 +212,17 @@ fn run_ok(cmd: &mut Command) {
 
 /// Makes `cmd` start inside `cgroup` and, if given, the network namespace at `netns`.
 pub fn place(cmd: &mut Command, cgroup: Option<&Cgroup>, netns: Option<&Netns>) {
+    place_as(cmd, cgroup, netns, None)
+}
+
+/// Like `place`, and then drops to `uid` (and the same gid): the cgroup move and the namespace
+/// switch need root, so this happens in the same pre-exec step, after them.
+pub fn place_as(
+    cmd: &mut Command,
+    cgroup: Option<&Cgroup>,
+    netns: Option<&Netns>,
+    uid: Option<u32>,
+) {
     let procs = cgroup
         .map(|c| std::ffi::CString::new(c.abs.join("cgroup.procs").to_str().unwrap()).unwrap());
     let ns = netns.map(|n| std::ffi::CString::new(n.path().to_str().unwrap()).unwrap());
@@ -231,6 +242,14 @@ pub fn place(cmd: &mut Command, cgroup: Option<&Cgroup>, netns: Option<&Netns>) 
                     return Err(std::io::Error::last_os_error());
                 }
                 libc::close(fd);
+            }
+            if let Some(uid) = uid {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -275,10 +294,30 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 
 /// Runs the probe as an agent in `cgroup` / `netns` and returns what it reported.
 pub fn probe(cgroup: Option<&Cgroup>, netns: Option<&Netns>, addr: SocketAddr) -> ProbeResult {
-    let mut cmd = Command::new(probe_bin());
+    probe_as(None, cgroup, netns, addr)
+}
+
+/// Like `probe`, with the agent running as `uid` (and the same gid) instead of root.
+pub fn probe_as(
+    uid: Option<u32>,
+    cgroup: Option<&Cgroup>,
+    netns: Option<&Netns>,
+    addr: SocketAddr,
+) -> ProbeResult {
+    // The checkout may sit below a directory other users cannot enter (/root, say): another
+    // user runs a copy in the temp directory, removed right after.
+    let copy = uid.map(|_| std::env::temp_dir().join(unique("agent-probe")));
+    if let Some(c) = &copy {
+        std::fs::copy(probe_bin(), c).expect("copy agent-probe for another user");
+    }
+    let mut cmd = Command::new(copy.clone().unwrap_or_else(probe_bin));
     cmd.args(["connect", &addr.to_string()]);
-    place(&mut cmd, cgroup, netns);
-    let out = cmd.output().expect("run agent-probe");
+    place_as(&mut cmd, cgroup, netns, uid);
+    let out = cmd.output();
+    if let Some(c) = &copy {
+        let _ = std::fs::remove_file(c);
+    }
+    let out = out.expect("run agent-probe");
     assert!(out.status.success(), "agent-probe: {out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(

@@ -2,7 +2,7 @@
 //! refusals with their reasons, sessions that end at the token's `exp`, and live policy reload
 //! under traffic. Root required (real eBPF, cgroups).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt, time::Duration};
 
 use agentgate_tests::*;
 
@@ -110,6 +110,28 @@ fn token_from_the_workloads_file_decides() {
         1,
         "no refused connection reached the target"
     );
+
+    // The gateway reads the token as the agent would: a symlink to a file the agent's user may
+    // not read (another agent's token, say) gets it nothing, though the gateway is root.
+    let secret = TokenFile {
+        path: token.path.with_extension("root-only"),
+    };
+    secret.write(&mint("agent-tokenfile", &["agents"], now(), now() + 600));
+    std::fs::set_permissions(&secret.path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _ = std::fs::remove_file(&token.path);
+    std::os::unix::fs::symlink(&secret.path, &token.path).unwrap();
+    let r = probe_as(Some(65534), Some(&agent), None, target.addr);
+    assert!(!r.greeting.starts_with("peer="), "{r:?}");
+    let ev = refusal_of(&gw, r.pid);
+    assert_eq!(s(&ev, "code"), "no_token", "{ev}");
+    assert!(
+        s(&ev, "reason").contains("not readable by the workload"),
+        "{ev}"
+    );
+    // The same link for a root agent, which may read the file: allowed.
+    let r = probe(Some(&agent), None, target.addr);
+    assert!(r.greeting.starts_with("peer="), "{r:?}");
+    assert_eq!(target.count(), 2);
 }
 
 #[test]
@@ -175,11 +197,15 @@ fn reload_under_live_traffic() {
         4,
     );
 
-    // 100 connections while the policy flips 50 times.
+    // 100 connections while the policy flips 50 times. Each state stands 150 ms, longer than
+    // the reload debounce, so every flip is put in force; the connections are spread over it.
     let results: Vec<ProbeResult> = std::thread::scope(|sc| {
         let traffic = sc.spawn(|| {
             (0..100)
-                .map(|_| probe(Some(&agent), None, target.addr))
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(70));
+                    probe(Some(&agent), None, target.addr)
+                })
                 .collect::<Vec<_>>()
         });
         for i in 0..50 {
@@ -188,7 +214,7 @@ fn reload_under_live_traffic() {
             let tmp = live.with_extension("yaml.tmp");
             std::fs::write(&tmp, text).unwrap();
             std::fs::rename(&tmp, &live).unwrap();
-            std::thread::sleep(Duration::from_millis(60));
+            std::thread::sleep(Duration::from_millis(150));
         }
         traffic.join().unwrap()
     });
@@ -274,7 +300,14 @@ fn reload_under_live_traffic() {
     let status = gw.status();
     assert_eq!(status["policy"]["version"], allow_v.as_str(), "{status}");
     let err = s(&status["policy"]["last_error"], "message").to_string();
-    assert!(err.contains("zz-broken.yaml:"), "{err}");
+    let at = err
+        .split("zz-broken.yaml:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("file not named: {err}"));
+    let mut parts = at.split(':');
+    let line: u32 = parts.next().and_then(|l| l.parse().ok()).expect("line");
+    let col: u32 = parts.next().and_then(|c| c.parse().ok()).expect("column");
+    assert!(line >= 3 && col >= 1, "{err}");
     let r = probe(Some(&agent), None, target.addr);
     assert!(
         r.greeting.starts_with("peer="),

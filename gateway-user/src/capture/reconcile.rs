@@ -260,7 +260,9 @@ impl Reconciler {
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Our own reads show up as access events; only changes matter (else every pass
+            // would trigger the next).
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 // A full channel already holds a wake-up; one pass covers every change.
                 let _ = tx.try_send(());
             }

@@ -1,19 +1,28 @@
-//! Reading a file inside a workload's own filesystem (a projected service-account token, say):
-//! through `/proc/<pid>/root`, with symlinks resolved inside that root (`openat2` with
-//! `RESOLVE_IN_ROOT`, so a workload cannot point the gateway at a host file), and only while
-//! `pid` still belongs to the workload's cgroup (checked before and after the read, so a reused
-//! pid cannot hand over another process's file).
+//! Reading a file inside a workload's own filesystem (a projected service-account token, say).
+//!
+//! - Through `/proc/<pid>/root`, with symlinks resolved inside that root (`openat2` with
+//!   `RESOLVE_IN_ROOT`).
+//! - With the process's own filesystem uid and gid (`setfsuid`/`setfsgid` on a thread of its own):
+//!   the gateway runs as root, and must not read for a workload a file the workload itself could
+//!   not (a symlink to another agent's token, say).
+//! - Regular files only, opened non-blocking, size-capped: a FIFO or a huge file cannot stall or
+//!   flood the gateway.
+//! - Only while `pid` still belongs to the workload's cgroup (checked before and after), so a
+//!   reused pid cannot hand over another process's file.
 
 use std::{
     ffi::CString,
     fs::File,
     io::Read,
     os::fd::{FromRawFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
-/// Larger files are refused unread: a token is a few KiB.
-pub const MAX_FILE: u64 = 1 << 20;
+/// Larger files are refused: a token is a few KiB.
+pub const MAX_FILE: u64 = 64 * 1024;
+/// A read that takes longer than this (a stuck filesystem) is given up.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadFileError {
@@ -27,8 +36,14 @@ pub enum WorkloadFileError {
     },
     #[error("{path} does not exist in the workload's filesystem")]
     Missing { path: String },
+    #[error("{path} in the workload's filesystem is not readable by the workload itself")]
+    NotReadable { path: String },
+    #[error("{path} in the workload's filesystem is not a regular file")]
+    NotRegular { path: String },
     #[error("{path} in the workload's filesystem is larger than {MAX_FILE} bytes")]
     TooLarge { path: String },
+    #[error("reading {path} in the workload's filesystem timed out")]
+    Timeout { path: String },
     #[error("reading {path} in the workload's filesystem: {source}")]
     Io {
         path: String,
@@ -56,42 +71,104 @@ fn check_cgroup(pid: u32, expected: &str) -> Result<(), WorkloadFileError> {
     }
 }
 
+/// The filesystem uid and gid of `pid` (the fourth field of `Uid:` / `Gid:` in its status).
+fn fs_ids(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .nth(3)?
+            .parse()
+            .ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// Reads `path` in the filesystem of `pid` (in cgroup `cgroup`) as that process would.
+/// Blocking: call it off the async runtime.
 pub fn read(pid: u32, cgroup: &str, path: &Path) -> Result<Vec<u8>, WorkloadFileError> {
     let shown = path.display().to_string();
     check_cgroup(pid, cgroup)?;
+    let (uid, gid) = fs_ids(pid).ok_or(WorkloadFileError::ProcessGone { pid })?;
     let root = File::open(format!("/proc/{pid}/root"))
         .map_err(|_| WorkloadFileError::ProcessGone { pid })?;
-    let file = open_in_root(&root, path).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => WorkloadFileError::Missing {
-            path: shown.clone(),
-        },
-        _ => WorkloadFileError::Io {
-            path: shown.clone(),
-            source: e,
-        },
-    })?;
-    let mut data = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut data)
+    let rel: PathBuf = path.strip_prefix("/").unwrap_or(path).to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // setfsuid/setfsgid change only the calling thread: a thread of its own, never reused.
+    std::thread::Builder::new()
+        .name("workload-file".into())
+        .spawn(move || {
+            let _ = tx.send(read_as(uid, gid, &root, &rel));
+        })
         .map_err(|source| WorkloadFileError::Io {
             path: shown.clone(),
             source,
         })?;
-    if data.len() as u64 > MAX_FILE {
-        return Err(WorkloadFileError::TooLarge { path: shown });
-    }
+    let data = match rx.recv_timeout(READ_TIMEOUT) {
+        Ok(Ok(data)) => data,
+        Ok(Err(Fail::NotRegular)) => return Err(WorkloadFileError::NotRegular { path: shown }),
+        Ok(Err(Fail::TooLarge)) => return Err(WorkloadFileError::TooLarge { path: shown }),
+        Ok(Err(Fail::Io(e))) => {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+                    WorkloadFileError::Missing { path: shown }
+                }
+                Some(libc::EACCES) | Some(libc::EPERM) => {
+                    WorkloadFileError::NotReadable { path: shown }
+                }
+                _ => WorkloadFileError::Io {
+                    path: shown,
+                    source: e,
+                },
+            })
+        }
+        Err(_) => return Err(WorkloadFileError::Timeout { path: shown }),
+    };
     check_cgroup(pid, cgroup)?;
     Ok(data)
 }
 
-fn open_in_root(root: &File, path: &Path) -> std::io::Result<File> {
+enum Fail {
+    Io(std::io::Error),
+    NotRegular,
+    TooLarge,
+}
+
+fn read_as(uid: u32, gid: u32, root: &File, rel: &Path) -> Result<Vec<u8>, Fail> {
+    // SAFETY: plain syscalls on this thread's own credentials. Group first: after the uid
+    // changes away from 0 the thread may no longer change its gid.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+    }
+    let file = open_in_root(root, rel).map_err(Fail::Io)?;
+    let meta = file.metadata().map_err(Fail::Io)?;
+    if !meta.is_file() {
+        return Err(Fail::NotRegular);
+    }
+    if meta.len() > MAX_FILE {
+        return Err(Fail::TooLarge);
+    }
+    let mut data = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(Fail::Io)?;
+    if data.len() as u64 > MAX_FILE {
+        return Err(Fail::TooLarge);
+    }
+    Ok(data)
+}
+
+fn open_in_root(root: &File, rel: &Path) -> std::io::Result<File> {
     use std::os::fd::AsRawFd;
-    let rel = path.strip_prefix("/").unwrap_or(path);
     let c = CString::new(rel.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is plain data; zero is valid for every field.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    // Non-blocking: opening a FIFO must not wait for a writer.
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: valid dirfd, NUL-terminated path, and an open_how of the size we pass.
     let fd = unsafe {
@@ -115,7 +192,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_inside_the_root_and_refuses_escapes() {
+    fn reads_inside_the_root_and_refuses_what_it_must() {
         let pid = std::process::id();
         let cg = cgroup_of(pid).expect("own cgroup");
         let dir = std::env::temp_dir().join(format!("agentgate-wf-{pid}"));
@@ -141,6 +218,15 @@ mod tests {
         assert!(matches!(
             read(pid, &cg, &big),
             Err(WorkloadFileError::TooLarge { .. })
+        ));
+        // A FIFO with no writer would block a plain open forever.
+        let fifo = dir.join("fifo");
+        let c = CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(matches!(
+            read(pid, &cg, &fifo),
+            Err(WorkloadFileError::NotRegular { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -26,7 +26,7 @@ pub use error::{IdentityError, TokenError};
 pub use verify::Verifier;
 
 /// One trusted identity provider (OIDC issuer).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
     /// Exact `iss` to require.

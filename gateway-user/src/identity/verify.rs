@@ -31,7 +31,9 @@ struct Provider {
 
 /// Verifies OIDC JWTs against a fixed set of providers. Cheap to share behind an `Arc`.
 pub struct Verifier {
-    providers: Vec<Provider>,
+    /// Shared with the verifier of the next policy when a provider's settings are unchanged, so
+    /// that a reload keeps its key cache.
+    providers: Vec<Arc<Provider>>,
     by_issuer: HashMap<String, usize>,
     net: NetOptions,
 }
@@ -267,16 +269,32 @@ impl Verifier {
     /// names and issuers, asymmetric algorithms only, usable JWKS/discovery URLs (https, or
     /// http to loopback), readable CA files.
     pub fn new(providers: Vec<ProviderConfig>) -> Result<Self, IdentityError> {
-        let mut by_issuer = HashMap::new();
+        Self::build(providers, &[])
+    }
+
+    /// A verifier for `providers` that keeps the key caches of this one's providers whose
+    /// settings did not change.
+    pub fn renewed(&self, providers: Vec<ProviderConfig>) -> Result<Self, IdentityError> {
+        Self::build(providers, &self.providers)
+    }
+
+    fn build(
+        providers: Vec<ProviderConfig>,
+        previous: &[Arc<Provider>],
+    ) -> Result<Self, IdentityError> {
+        let mut by_issuer: HashMap<String, usize> = HashMap::new();
         let mut names: HashMap<String, ()> = HashMap::new();
-        let mut built: Vec<Provider> = Vec::with_capacity(providers.len());
+        let mut built: Vec<Arc<Provider>> = Vec::with_capacity(providers.len());
         for cfg in providers {
-            let p = Provider::new(cfg)?;
+            let p = match previous.iter().find(|p| p.cfg == cfg) {
+                Some(p) => p.clone(),
+                None => Arc::new(Provider::new(cfg)?),
+            };
             if names.insert(p.cfg.name.clone(), ()).is_some() {
                 return Err(IdentityError::DuplicateName(p.cfg.name.clone()));
             }
             if let Some(&i) = by_issuer.get(&p.cfg.issuer) {
-                let first: &Provider = &built[i];
+                let first = &built[i];
                 return Err(IdentityError::DuplicateIssuer {
                     issuer: p.cfg.issuer.clone(),
                     first: first.cfg.name.clone(),
@@ -305,7 +323,9 @@ impl Verifier {
     #[cfg(test)]
     pub(crate) fn with_min_refresh_interval(mut self, interval: std::time::Duration) -> Self {
         for p in &mut self.providers {
-            p.cache.min_interval = interval;
+            if let Some(p) = Arc::get_mut(p) {
+                p.cache.min_interval = interval;
+            }
         }
         self
     }

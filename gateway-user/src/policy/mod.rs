@@ -11,6 +11,6 @@ mod reload;
 mod rules;
 
 pub use load::load_dir;
-pub use model::{Jwks, Mode, Policy, Protocol, Target, TokenSource, Workload};
+pub use model::{IdentityProvider, Jwks, Mode, Policy, Protocol, Target, TokenSource, Workload};
 pub use reload::Reloader;
 pub use rules::{Decision, Who};

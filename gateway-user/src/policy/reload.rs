@@ -147,7 +147,9 @@ impl Reloader {
     pub async fn run(self, stop: CancellationToken) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Our own reads show up as access events; only changes matter (else every pass
+            // would trigger the next).
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 let _ = tx.try_send(());
             }
         })

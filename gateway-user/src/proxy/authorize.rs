@@ -72,29 +72,51 @@ pub fn provider_configs(policy: &Policy) -> Result<Vec<ProviderConfig>, String> 
         .collect()
 }
 
-/// One verifier per policy version: a reload with changed providers starts with fresh key caches.
-#[derive(Default)]
+/// The verifier of the policy in force. Renewed when a policy is put in force (off the
+/// connection path), keeping the key caches of providers whose settings did not change; `None`
+/// (every token refused) if the new providers cannot be built.
 pub struct Verifiers {
-    current: Mutex<Option<(String, Arc<Verifier>)>>,
+    current: Mutex<Option<Arc<Verifier>>>,
 }
 
 impl Verifiers {
-    pub fn for_policy(&self, policy: &Policy) -> Result<Arc<Verifier>, String> {
+    pub fn new(policy: &Policy) -> Self {
+        let v = Self {
+            current: Mutex::new(None),
+        };
+        v.renew(policy);
+        v
+    }
+
+    pub fn renew(&self, policy: &Policy) {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, verifier)) = cur.as_ref() {
-            if *v == policy.version {
-                return Ok(verifier.clone());
+        let built = provider_configs(policy).and_then(|configs| {
+            match cur.as_ref() {
+                Some(v) => v.renewed(configs),
+                None => Verifier::new(configs),
             }
-        }
-        let verifier =
-            Arc::new(Verifier::new(provider_configs(policy)?).map_err(|e| e.to_string())?);
-        *cur = Some((policy.version.clone(), verifier.clone()));
-        Ok(verifier)
+            .map_err(|e| e.to_string())
+        });
+        *cur = match built {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                tracing::error!(version = %policy.version, "identity providers unusable, refusing every token: {e}");
+                None
+            }
+        };
+    }
+
+    fn current(&self) -> Option<Arc<Verifier>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
-/// Reads the workload's token from where the policy says it is.
-pub fn workload_token(
+/// Reads the workload's token from where the policy says it is (off the async runtime: a file
+/// read can block).
+pub async fn workload_token(
     workload: &Workload,
     target: &Target,
     pid: u32,
@@ -109,7 +131,10 @@ pub fn workload_token(
             ),
         )),
         TokenSource::File(path) => {
-            let bytes = workload_files::read(pid, cgroup, path)
+            let (path, cgroup) = (path.clone(), cgroup.to_string());
+            let bytes = tokio::task::spawn_blocking(move || workload_files::read(pid, &cgroup, &path))
+                .await
+                .map_err(|e| Refusal::new("no_token", format!("token file reader failed: {e}")))?
                 .map_err(|e| Refusal::new("no_token", format!("token file: {e}")))?;
             String::from_utf8(bytes)
                 .map(|s| s.trim().to_string())
@@ -125,9 +150,12 @@ pub async fn authorize(
     target: &Target,
     token: &str,
 ) -> Result<Allowed, Refusal> {
-    let verifier = verifiers
-        .for_policy(policy)
-        .map_err(|e| Refusal::new("identity_unavailable", e))?;
+    let verifier = verifiers.current().ok_or_else(|| {
+        Refusal::new(
+            "identity_unavailable",
+            "the policy's identity providers are unusable",
+        )
+    })?;
     let principal = verifier
         .verify(token)
         .await

@@ -55,6 +55,7 @@ impl<C: Connect> Proxy<C> {
         events: Arc<EventSink>,
         connector: C,
     ) -> Self {
+        let verifiers = Verifiers::new(&policy.borrow());
         Self {
             policy,
             maps,
@@ -64,7 +65,7 @@ impl<C: Connect> Proxy<C> {
             sessions: Arc::new(Sessions::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            verifiers: Verifiers::default(),
+            verifiers,
             next_id: AtomicU64::new(1),
         }
     }
@@ -101,6 +102,7 @@ impl<C: Connect> Proxy<C> {
         let mut rx = self.policy.clone();
         while rx.changed().await.is_ok() {
             let policy = rx.borrow_and_update().clone();
+            self.verifiers.renew(&policy);
             let ended = self.sessions.revalidate(&policy);
             if ended > 0 {
                 tracing::info!(version = %policy.version, ended, "sessions ended by the new policy");
@@ -207,7 +209,7 @@ impl<C: Connect> Proxy<C> {
         };
         let target = target.clone();
         set(&mut base, "target", json!(target.name));
-        let token = match authorize::workload_token(&workload, &target, pid, &cgroup) {
+        let token = match authorize::workload_token(&workload, &target, pid, &cgroup).await {
             Ok(t) => t,
             Err(r) => return refuse(&base, r),
         };
@@ -227,37 +229,53 @@ impl<C: Connect> Proxy<C> {
         set(&mut base, "subject", json!(p.subject));
         set(&mut base, "issuer", json!(p.issuer));
         set(&mut base, "groups", json!(p.groups));
-        let guard = self.sessions.open(
-            id,
-            Grant {
-                issuer: p.issuer.clone(),
-                subject: p.subject.clone(),
-                groups: p.groups.clone(),
-                workload: workload.name.clone(),
-                target: target.name.clone(),
-            },
-        );
+        let Some(provider) = policy
+            .identity_providers
+            .iter()
+            .find(|ip| ip.issuer == p.issuer)
+            .cloned()
+        else {
+            return refuse(
+                &base,
+                refusal("unknown_issuer", "no provider for the token's issuer"),
+            );
+        };
+        let grant = Grant {
+            issuer: p.issuer.clone(),
+            subject: p.subject.clone(),
+            groups: p.groups.clone(),
+            workload: workload.name.clone(),
+            cgroup: cgroup.clone(),
+            token_source: workload.token.clone(),
+            target: target.name.clone(),
+            dst,
+            provider,
+        };
+        let guard = self.sessions.open(id, grant.clone());
         // A policy put in force while we decided: the registry's sweep may have run before this
-        // session was registered, so decide again against the policy in force now.
+        // session was registered, so check again against the policy in force now.
         loop {
             let now = self.policy.borrow().clone();
-            if now.version == policy.version {
+            if Arc::ptr_eq(&now, &policy) {
                 break;
             }
             policy = now;
-            if let crate::policy::Decision::Deny { rule, reason } =
-                authorize::decide(&policy, p, &workload.name, &target.name)
-            {
+            if let Err(reason) = sessions::still_allowed(&policy, &grant) {
                 return refuse(
                     &base,
                     Refusal {
                         code: "denied",
                         message: reason,
-                        rule,
+                        rule: None,
                         principal: Some(Box::new(p.clone())),
                     },
                 );
             }
+        }
+        if p.expires_at <= SystemTime::now() {
+            // Inside the clock-skew allowance: admitted by the verifier, but the session would
+            // end at once.
+            return refuse(&base, refusal("expired", "the token expires now"));
         }
         self.events.emit(
             "allowed",

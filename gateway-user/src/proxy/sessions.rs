@@ -7,16 +7,62 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Policy, Who};
+use crate::policy::{Decision, IdentityProvider, Policy, TokenSource, Who};
 
-/// Who a session runs as, kept to re-evaluate it against a new policy.
+/// Everything a session was allowed on, kept to re-evaluate it against a new policy: not only
+/// the names but what they stood for (the cgroup, the destination, the provider's settings).
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub issuer: String,
     pub subject: String,
     pub groups: Vec<String>,
     pub workload: String,
+    pub cgroup: String,
+    pub token_source: TokenSource,
     pub target: String,
+    pub dst: std::net::SocketAddr,
+    pub provider: IdentityProvider,
+}
+
+/// Whether `policy` still allows what `g` was granted; the reason if not.
+pub fn still_allowed(policy: &Policy, g: &Grant) -> Result<(), String> {
+    let workload = crate::capture::classify(policy, &g.cgroup).map(|i| &policy.workloads[i]);
+    match workload {
+        Some(w) if w.name == g.workload && w.token == g.token_source => {}
+        _ => {
+            return Err(format!(
+                "cgroup {} is no longer workload `{}` with the same token source",
+                g.cgroup, g.workload
+            ))
+        }
+    }
+    match policy.target_for(g.dst) {
+        Some((_, t)) if t.name == g.target => {}
+        _ => return Err(format!("{} is no longer target `{}`", g.dst, g.target)),
+    }
+    if policy
+        .identity_providers
+        .iter()
+        .find(|p| p.issuer == g.issuer)
+        != Some(&g.provider)
+    {
+        return Err(format!(
+            "the identity provider of {} was changed or removed",
+            g.issuer
+        ));
+    }
+    match policy.decide(
+        &Who {
+            issuer: &g.issuer,
+            subject: &g.subject,
+            groups: &g.groups,
+            workload: &g.workload,
+        },
+        &g.target,
+    ) {
+        Decision::Allow { .. } => Ok(()),
+        Decision::Deny { reason, .. } => Err(reason),
+    }
 }
 
 struct Entry {
@@ -85,29 +131,7 @@ impl Sessions {
     pub fn revalidate(&self, policy: &Policy) -> usize {
         let mut ended = 0;
         for entry in self.lock().values() {
-            let g = &entry.grant;
-            let decision = if !policy.workloads.iter().any(|w| w.name == g.workload) {
-                crate::policy::Decision::Deny {
-                    rule: None,
-                    reason: format!("workload `{}` is no longer defined", g.workload),
-                }
-            } else if !policy.targets.iter().any(|t| t.name == g.target) {
-                crate::policy::Decision::Deny {
-                    rule: None,
-                    reason: format!("target `{}` is no longer defined", g.target),
-                }
-            } else {
-                policy.decide(
-                    &Who {
-                        issuer: &g.issuer,
-                        subject: &g.subject,
-                        groups: &g.groups,
-                        workload: &g.workload,
-                    },
-                    &g.target,
-                )
-            };
-            if let crate::policy::Decision::Deny { reason, .. } = decision {
+            if let Err(reason) = still_allowed(policy, &entry.grant) {
                 *entry.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
                     "policy {} no longer allows this session: {reason}",
                     policy.version
