@@ -13,6 +13,9 @@ pub(crate) const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Cached keys older than this are refreshed on the next verification (subject to the rate
 /// limit), so removed (revoked) keys stop being accepted; on failure the old keys stay in use.
 pub(crate) const MAX_KEY_AGE: Duration = Duration::from_secs(300);
+/// Keys that could not be refreshed for this long are dropped: every token of the provider is
+/// then refused (`jwks_unavailable`) rather than a key the provider may have revoked accepted.
+pub(crate) const KEYS_EXPIRE_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyKind {
@@ -161,6 +164,7 @@ pub(crate) struct JwksCache {
     /// generation moved on, so they share the one fetch. Holds the time of the last attempt.
     refresh: tokio::sync::Mutex<Option<Instant>>,
     pub(crate) min_interval: Duration,
+    pub(crate) keys_expire_after: Duration,
 }
 
 impl JwksCache {
@@ -174,6 +178,7 @@ impl JwksCache {
             })),
             refresh: tokio::sync::Mutex::new(None),
             min_interval: MIN_REFRESH_INTERVAL,
+            keys_expire_after: KEYS_EXPIRE_AFTER,
         }
     }
 
@@ -230,15 +235,61 @@ impl JwksCache {
                 fetched_at: Some(Instant::now()),
                 last_error: None,
             },
-            Err(e) => Snapshot {
-                generation: cur.generation + 1,
-                keys: cur.keys.clone(),
-                fetched_at: cur.fetched_at,
-                last_error: Some(e),
-            },
+            Err(e) => {
+                let expired = cur
+                    .fetched_at
+                    .is_some_and(|t| t.elapsed() >= self.keys_expire_after);
+                Snapshot {
+                    generation: cur.generation + 1,
+                    keys: if expired { None } else { cur.keys.clone() },
+                    fetched_at: cur.fetched_at,
+                    last_error: Some(e),
+                }
+            }
         };
         let next = Arc::new(next);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&next);
         next
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    const JWKS: &[u8] = include_bytes!("../../../tests/fixtures/test-jwks.json");
+
+    #[tokio::test]
+    async fn unrefreshable_keys_are_dropped_once_too_old() {
+        assert_eq!(KEYS_EXPIRE_AFTER, Duration::from_secs(3600));
+        let mut cache = JwksCache::new();
+        cache.min_interval = Duration::ZERO;
+        cache.keys_expire_after = Duration::from_secs(2);
+        let s = cache
+            .refresh(0, || async { KeySet::parse("t", JWKS) })
+            .await;
+        assert!(s.keys.is_some());
+        // A failed refresh soon after keeps the keys.
+        let s = cache
+            .refresh(s.generation, || async { Err("down".to_string()) })
+            .await;
+        assert!(s.keys.is_some(), "recent keys survive a failed refresh");
+        // The same keys, fetched longer ago than the limit: a failed refresh drops them.
+        let old = Instant::now()
+            .checked_sub(Duration::from_secs(3))
+            .expect("monotonic clock is older than 3 s");
+        *cache.current.write().unwrap() = Arc::new(Snapshot {
+            generation: s.generation,
+            keys: s.keys.clone(),
+            fetched_at: Some(old),
+            last_error: None,
+        });
+        let s = cache
+            .refresh(s.generation, || async { Err("down".to_string()) })
+            .await;
+        assert!(
+            s.keys.is_none(),
+            "stale keys must not outlive failed refreshes"
+        );
     }
 }
