@@ -105,6 +105,9 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
         ),
         None => println!("last reload ok"),
     }
+    if let Some(e) = answer["capture_error"].as_str() {
+        println!("CAPTURE NOT FULLY APPLIED: {e}");
+    }
     println!("sessions   {} live", answer["sessions"]);
     Ok(())
 }

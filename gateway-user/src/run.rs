@@ -102,6 +102,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     let status = reloader.status();
     let admin_listener = admin::bind(&args.admin_socket)?;
     let sessions = proxy.sessions.clone();
+    let capture_error = reconciler.apply_error();
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(move |req| match req["cmd"].as_str() {
@@ -109,6 +110,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
                 "pid": std::process::id(),
                 "policy": *status.lock().unwrap_or_else(|p| p.into_inner()),
                 "sessions": sessions.count(),
+                "capture_error": *capture_error.lock().unwrap_or_else(|p| p.into_inner()),
             }),
             _ => json!({"error": "unknown command"}),
         }),

@@ -313,7 +313,18 @@ pub fn probe_as(
     let mut cmd = Command::new(copy.clone().unwrap_or_else(probe_bin));
     cmd.args(["connect", &addr.to_string()]);
     place_as(&mut cmd, cgroup, netns, uid);
-    let out = cmd.output();
+    // A fresh copy can be briefly "busy": another test thread's fork may still hold the write
+    // descriptor until its exec. Retry that case only.
+    let mut out = cmd.output();
+    for _ in 0..50 {
+        match &out {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+                out = cmd.output();
+            }
+            _ => break,
+        }
+    }
     if let Some(c) = &copy {
         let _ = std::fs::remove_file(c);
     }

@@ -51,6 +51,8 @@ pub struct Reconciler {
     pods: HashMap<u64, PodNetns>,
     /// Rewrite every classification on the next pass (the policy changed).
     rewrite_all: bool,
+    /// Why the policy in force is not fully applied to the kernel, for `agentgate status`.
+    apply_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Reconciler {
@@ -74,7 +76,13 @@ impl Reconciler {
             host_netns: netns::open_netns(std::process::id())?.1,
             pods: HashMap::new(),
             rewrite_all: true,
+            apply_error: Arc::new(std::sync::Mutex::new(None)),
         })
+    }
+
+    /// Set while the policy in force could not be fully applied to the kernel.
+    pub fn apply_error(&self) -> Arc<std::sync::Mutex<Option<String>>> {
+        self.apply_error.clone()
     }
 
     /// The anchor cgroup directories the programs are attached to.
@@ -293,10 +301,20 @@ impl Reconciler {
                         break;
                     }
                     let policy = policies.borrow_and_update().clone();
-                    match self.apply(policy) {
-                        Ok(_) => tracing::info!(anchors = ?self.anchors, "capture follows the new policy"),
-                        Err(e) => tracing::error!("applying the new policy to capture: {e}"),
+                    let result = self.apply(policy);
+                    let mut slot = self.apply_error.lock().unwrap_or_else(|p| p.into_inner());
+                    match result {
+                        Ok(_) => {
+                            tracing::info!(anchors = ?self.anchors, "capture follows the new policy");
+                            *slot = None;
+                        }
+                        Err(e) => {
+                            tracing::error!("applying the new policy to capture: {e}");
+                            self.events.emit("capture_error", json!({"error": e.to_string()}));
+                            *slot = Some(e.to_string());
+                        }
                     }
+                    drop(slot);
                     if let Some(w) = watcher.as_mut() {
                         for a in self.anchors.iter().filter(|a| !watched.contains(a)) {
                             if let Err(e) = w.watch(a, notify::RecursiveMode::Recursive) {

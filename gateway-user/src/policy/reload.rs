@@ -95,9 +95,7 @@ impl Reloader {
     /// puts it in force.
     pub fn reload(&self) -> Outcome {
         let current = self.tx.borrow().clone();
-        let result = load_dir(&self.dir)
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
+        let result = self.load_stable().and_then(|p| {
                 if p.gateway != current.gateway {
                     return Err(format!(
                         "{}: `gateway` settings changed; they take effect only at restart (policy not applied)",
@@ -141,6 +139,24 @@ impl Reloader {
                 Outcome::Refused
             }
         }
+    }
+
+    /// Reads the directory until two reads in a row agree: a ConfigMap update swaps files while
+    /// we read, and a mix of old and new files must never be put in force.
+    fn load_stable(&self) -> Result<Policy, String> {
+        let read = || load_dir(&self.dir).map_err(|e| e.to_string());
+        let mut last = read()?;
+        for _ in 0..3 {
+            let again = read()?;
+            if again.version == last.version {
+                return Ok(again);
+            }
+            last = again;
+        }
+        Err(format!(
+            "{}: the files kept changing while being read; not applied",
+            self.dir.display()
+        ))
     }
 
     /// Reloads on every change in the directory (debounced) and on SIGHUP, until `stop`.
