@@ -10,6 +10,7 @@ mod protocol;
 mod proxy;
 mod record;
 mod run;
+mod sockopt;
 mod upstream;
 
 use clap::Parser;

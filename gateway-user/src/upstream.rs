@@ -4,7 +4,7 @@
 //! claim the exemption (a cookie is assigned by the kernel; a socket mark could be set by any
 //! process with CAP_NET_RAW).
 
-use std::{future::Future, io, net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -26,7 +26,7 @@ impl Connect for BypassConnector {
         } else {
             TcpSocket::new_v6()?
         };
-        let cookie = socket_cookie(&socket)?;
+        let cookie = crate::sockopt::get_u64(&socket, libc::SO_COOKIE)?;
         self.maps.bypass(cookie).map_err(io::Error::other)?;
         let result = tokio::time::timeout(self.timeout, socket.connect(dst)).await;
         self.maps.end_bypass(cookie);
@@ -38,25 +38,5 @@ impl Connect for BypassConnector {
         })??;
         stream.set_nodelay(true)?;
         Ok(stream)
-    }
-}
-
-fn socket_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd and a u64-sized out buffer with its length.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cookie)
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

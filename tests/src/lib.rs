@@ -858,3 +858,49 @@ impl Drop for TokenFile {
 pub fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
+
+/// The common host-mode setup: an anchor cgroup, an agent cgroup `job-1` under it, a target
+/// server on 127.0.0.2:`port`, a valid token file, and a gateway managing `job-*`. Destructure
+/// every field (so all of it lives to the end of the test) with `gw` last: locals drop in
+/// reverse order, so the gateway is stopped and uninstalled before its cgroups are removed.
+pub struct HostSetup {
+    pub gw: Gateway,
+    pub agent: Cgroup,
+    pub target: TargetServer,
+    pub name: String,
+    pub anchor: Cgroup,
+    pub token: TokenFile,
+}
+
+pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> HostSetup {
+    require_root();
+    let name = unique(tag);
+    let anchor = Cgroup::create(&format!("/{name}"));
+    let agent = Cgroup::create(&format!("/{name}/job-1"));
+    let target = TargetServer::start(
+        format!("127.0.0.2:{port}")
+            .parse()
+            .expect("loopback address"),
+    );
+    let token = TokenFile::valid(tag);
+    let gw = Gateway::start(
+        tag,
+        &policy(
+            listen,
+            &format!("/{name}/job-*"),
+            "host",
+            addresses,
+            port,
+            &token.path,
+        ),
+    );
+    gw.wait_classified(&agent.rel);
+    HostSetup {
+        gw,
+        agent,
+        target,
+        name,
+        anchor,
+        token,
+    }
+}

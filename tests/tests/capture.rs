@@ -34,54 +34,12 @@ fn assert_captured(gw: &Gateway, r: &ProbeResult, target: SocketAddr, cgroup: &C
     assert_eq!(s(&ev, "target"), "svc", "{ev}");
 }
 
-/// The common host-mode setup: an anchor cgroup, an agent cgroup `job-1` under it, a target
-/// server on 127.0.0.2:`port` and a gateway managing `job-*`. Tests destructure every field (so
-/// all of it lives to the end of the test) with `gw` last: locals drop in reverse order, so the
-/// gateway is stopped and uninstalled before its cgroups are removed.
-struct HostSetup {
-    gw: Gateway,
-    agent: Cgroup,
-    target: TargetServer,
-    name: String,
-    _anchor: Cgroup,
-    _token: TokenFile,
-}
-
-fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> HostSetup {
-    require_root();
-    let name = unique(tag);
-    let anchor = Cgroup::create(&format!("/{name}"));
-    let agent = Cgroup::create(&format!("/{name}/job-1"));
-    let target = TargetServer::start(sa(&format!("127.0.0.2:{port}")));
-    let token = TokenFile::valid(tag);
-    let gw = Gateway::start(
-        tag,
-        &policy(
-            listen,
-            &format!("/{name}/job-*"),
-            "host",
-            addresses,
-            port,
-            &token.path,
-        ),
-    );
-    gw.wait_classified(&agent.rel);
-    HostSetup {
-        gw,
-        agent,
-        target,
-        name,
-        _anchor: anchor,
-        _token: token,
-    }
-}
-
 #[test]
 fn host_mode_ipv4_ipv6_and_mapped() {
     let v6 = TargetServer::start(sa("[::1]:17101"));
     let HostSetup {
-        _token,
-        _anchor,
+        token: _token,
+        anchor: _anchor,
         name: _name,
         target: v4,
         agent,
@@ -167,8 +125,8 @@ fn non_targets_and_unmanaged_processes_go_direct() {
     let other_port = TargetServer::start(sa("127.0.0.2:17302"));
     let other_addr = TargetServer::start(sa("127.0.0.3:17301"));
     let HostSetup {
-        _token,
-        _anchor,
+        token: _token,
+        anchor: _anchor,
         name,
         target,
         agent,
@@ -218,8 +176,8 @@ fn non_targets_and_unmanaged_processes_go_direct() {
 #[test]
 fn cgroups_created_after_start_are_captured() {
     let HostSetup {
-        _token,
-        _anchor,
+        token: _token,
+        anchor: _anchor,
         name,
         target,
         agent: _first,
@@ -283,8 +241,8 @@ fn gateway_inside_a_managed_cgroup_does_not_capture_itself() {
 #[test]
 fn five_hundred_concurrent_connections_relay_intact() {
     let HostSetup {
-        _token,
-        _anchor,
+        token: _token,
+        anchor: _anchor,
         name: _name,
         target,
         agent,
@@ -315,8 +273,8 @@ fn five_hundred_concurrent_connections_relay_intact() {
 #[test]
 fn fail_closed_while_the_gateway_is_down_and_recover() {
     let HostSetup {
-        _token,
-        _anchor,
+        token: _token,
+        anchor: _anchor,
         name,
         target,
         agent,

@@ -2,49 +2,9 @@
 //! refusals with their reasons, sessions that end at the token's `exp`, and live policy reload
 //! under traffic. Root required (real eBPF, cgroups).
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt, time::Duration};
+use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use agentgate_tests::*;
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-struct Setup {
-    gw: Gateway,
-    agent: Cgroup,
-    target: TargetServer,
-    _anchor: Cgroup,
-    token: TokenFile,
-}
-
-fn setup(tag: &str, listen: u16, port: u16) -> Setup {
-    require_root();
-    let name = unique(tag);
-    let anchor = Cgroup::create(&format!("/{name}"));
-    let agent = Cgroup::create(&format!("/{name}/job-1"));
-    let target = TargetServer::start(sa(&format!("127.0.0.2:{port}")));
-    let token = TokenFile::valid(tag);
-    let gw = Gateway::start(
-        tag,
-        &policy(
-            listen,
-            &format!("/{name}/job-*"),
-            "host",
-            &["127.0.0.2"],
-            port,
-            &token.path,
-        ),
-    );
-    gw.wait_classified(&agent.rel);
-    Setup {
-        gw,
-        agent,
-        target,
-        _anchor: anchor,
-        token,
-    }
-}
 
 /// The refusal the gateway logged for the agent process `pid`.
 fn refusal_of(gw: &Gateway, pid: u32) -> serde_json::Value {
@@ -57,13 +17,14 @@ fn refusal_of(gw: &Gateway, pid: u32) -> serde_json::Value {
 
 #[test]
 fn token_from_the_workloads_file_decides() {
-    let Setup {
+    let HostSetup {
         token,
-        _anchor,
+        anchor: _anchor,
+        name: _name,
         target,
         agent,
         gw,
-    } = setup("tokenfile", 16901, 17901);
+    } = host_setup("tokenfile", 16901, 17901, &["127.0.0.2"]);
 
     // Valid: relayed, and the gateway knows who it was.
     let r = probe(Some(&agent), None, target.addr);
@@ -136,13 +97,14 @@ fn token_from_the_workloads_file_decides() {
 
 #[test]
 fn a_session_ends_when_its_token_expires() {
-    let Setup {
+    let HostSetup {
         token,
-        _anchor,
+        anchor: _anchor,
+        name: _name,
         target,
         agent,
         gw,
-    } = setup("expiry", 16902, 17902);
+    } = host_setup("expiry", 16902, 17902, &["127.0.0.2"]);
     let exp = now() + 3;
     token.write(&mint("agent-expiry", &["agents"], now(), exp));
     let report = hold(&agent, target.addr, 20).join().unwrap();
@@ -163,13 +125,14 @@ fn a_session_ends_when_its_token_expires() {
 
 #[test]
 fn reload_under_live_traffic() {
-    let Setup {
+    let HostSetup {
         token,
-        _anchor,
+        anchor: _anchor,
+        name: _name,
         target,
         agent,
         gw,
-    } = setup("reload", 16903, 17903);
+    } = host_setup("reload", 16903, 17903, &["127.0.0.2"]);
     let live = gw.policy_dir().join("policy.yaml");
     let allow_text = std::fs::read_to_string(&live).unwrap();
     // The same policy with the rule turned into a deny: same principals, opposite effect.

@@ -2,10 +2,7 @@
 //! namespace it lives in (its netns cookie), which is half of the key under which the kernel left
 //! each connection's original destination.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
-};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::CaptureError;
 
@@ -79,30 +76,10 @@ fn bind(addr: SocketAddr) -> Result<BoundSocket, CaptureError> {
     socket.bind(&addr.into()).map_err(err)?;
     // Agents open many connections at once; a short backlog would turn a burst into SYN retries.
     socket.listen(4096).map_err(err)?;
-    let netns_cookie = netns_cookie(&socket).map_err(err)?;
+    let netns_cookie = crate::sockopt::get_u64(&socket, libc::SO_NETNS_COOKIE).map_err(err)?;
     Ok(BoundSocket {
         socket: socket.into(),
         local: addr,
         netns_cookie,
     })
-}
-
-fn netns_cookie(socket: &impl AsRawFd) -> std::io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, and a u64-sized out buffer with its length.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cookie)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
