@@ -278,3 +278,47 @@ fn reload_under_live_traffic() {
     );
     drop(token);
 }
+
+#[test]
+fn a_workload_cannot_hold_more_sessions_than_its_share() {
+    require_root();
+    let name = unique("limit");
+    let _anchor = Cgroup::create(&format!("/{name}"));
+    let agent = Cgroup::create(&format!("/{name}/job-1"));
+    let target = TargetServer::start("127.0.0.2:17904".parse().unwrap());
+    let token = TokenFile::valid("limit");
+    let text = policy(
+        16904,
+        &format!("/{name}/job-*"),
+        "host",
+        &["127.0.0.2"],
+        17904,
+        &token.path,
+    )
+    .replace(
+        "  listen_port: 16904\n",
+        "  listen_port: 16904\n  max_connections_per_workload: 2\n",
+    );
+    let gw = Gateway::start("limit", &text);
+    gw.wait_classified(&agent.rel);
+    let held: Vec<_> = (0..2).map(|_| hold(&agent, target.addr, 3)).collect();
+    gw.wait_for(
+        Duration::from_secs(10),
+        |e| e["event"] == "connection_open",
+        1,
+    );
+    let r = probe(Some(&agent), None, target.addr);
+    assert!(!r.greeting.starts_with("peer="), "{r:?}");
+    assert_eq!(s(&refusal_of(&gw, r.pid), "code"), "limit");
+    for h in held {
+        h.join().unwrap();
+    }
+    // Once the held sessions are gone, there is room again.
+    gw.wait_for(
+        Duration::from_secs(10),
+        |e| e["event"] == "connection_close",
+        1,
+    );
+    let r = probe(Some(&agent), None, target.addr);
+    assert!(r.greeting.starts_with("peer="), "{r:?}");
+}

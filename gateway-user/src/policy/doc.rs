@@ -29,6 +29,8 @@ pub struct GatewayDoc {
     pub listen_port: Option<u16>,
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_workload: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -277,6 +277,10 @@ impl Merger {
                     listen_port: g.listen_port.unwrap_or(d.listen_port),
                     connect_timeout_ms: g.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
                     idle_timeout_ms: g.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+                    max_connections: g.max_connections.unwrap_or(d.max_connections),
+                    max_connections_per_workload: g
+                        .max_connections_per_workload
+                        .unwrap_or(d.max_connections_per_workload),
                 };
                 if self.policy.gateway.listen_port == 0 {
                     self.problem(&file, "gateway.listen_port must not be 0".into());

@@ -118,6 +118,9 @@ pub struct GatewaySettings {
     pub connect_timeout_ms: u64,
     /// Close a relayed connection after this long with no bytes in either direction.
     pub idle_timeout_ms: u64,
+    /// Live sessions the gateway holds at most, and per workload.
+    pub max_connections: usize,
+    pub max_connections_per_workload: usize,
 }
 
 impl Default for GatewaySettings {
@@ -126,6 +129,8 @@ impl Default for GatewaySettings {
             listen_port: 15001,
             connect_timeout_ms: 5_000,
             idle_timeout_ms: 3_600_000,
+            max_connections: 10_000,
+            max_connections_per_workload: 1_000,
         }
     }
 }

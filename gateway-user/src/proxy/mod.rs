@@ -3,6 +3,7 @@
 //! handler. One tracing span per connection.
 
 mod authorize;
+mod limits;
 mod sessions;
 
 use std::{
@@ -44,6 +45,7 @@ pub struct Proxy<C> {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     verifiers: Verifiers,
+    limits: limits::Limits,
     next_id: AtomicU64,
 }
 
@@ -56,6 +58,11 @@ impl<C: Connect> Proxy<C> {
         connector: C,
     ) -> Self {
         let verifiers = Verifiers::new(&policy.borrow());
+        let gateway = policy.borrow().gateway.clone();
+        let limits = limits::Limits::new(
+            gateway.max_connections,
+            gateway.max_connections_per_workload,
+        );
         Self {
             policy,
             maps,
@@ -66,6 +73,7 @@ impl<C: Connect> Proxy<C> {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             verifiers,
+            limits,
             next_id: AtomicU64::new(1),
         }
     }
@@ -201,6 +209,10 @@ impl<C: Connect> Proxy<C> {
             );
         };
         set(&mut base, "workload", json!(workload.name));
+        let _slot = match self.limits.admit(&workload.name) {
+            Ok(slot) => slot,
+            Err(why) => return refuse(&base, refusal("limit", why)),
+        };
         let Some((_, target)) = policy.target_for(dst) else {
             return refuse(
                 &base,
