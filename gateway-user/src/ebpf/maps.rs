@@ -137,3 +137,16 @@ impl KernelMaps {
         Some(v)
     }
 }
+
+/// The verifier's fetch sockets are the gateway's own too.
+impl crate::identity::OwnSockets for KernelMaps {
+    fn begin(&self, cookie: u64) {
+        if let Err(e) = self.bypass(cookie) {
+            tracing::warn!("registering an identity fetch socket: {e}");
+        }
+    }
+
+    fn end(&self, cookie: u64) {
+        self.end_bypass(cookie);
+    }
+}

@@ -153,12 +153,6 @@ pub enum FetchError {
         host: String,
         addr: std::net::SocketAddr,
     },
-    #[error("setting SO_MARK {mark:#x}: {source}")]
-    Mark {
-        mark: u32,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: String,

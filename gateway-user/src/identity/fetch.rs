@@ -80,10 +80,17 @@ fn is_loopback_host(host: &str) -> bool {
     }
 }
 
+/// Lets the gateway know which sockets are its own: called with a socket's kernel cookie before
+/// its connect() and after, so that capture never redirects the gateway's JWKS fetches.
+pub trait OwnSockets: Send + Sync {
+    fn begin(&self, cookie: u64);
+    fn end(&self, cookie: u64);
+}
+
 /// Network settings shared by all fetches of one verifier.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct NetOptions {
-    pub mark: Option<u32>,
+    pub own: Option<Arc<dyn OwnSockets>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub max_body: usize,
@@ -92,7 +99,7 @@ pub(crate) struct NetOptions {
 impl Default for NetOptions {
     fn default() -> Self {
         NetOptions {
-            mark: None,
+            own: None,
             connect_timeout: CONNECT_TIMEOUT,
             read_timeout: READ_TIMEOUT,
             max_body: MAX_BODY,
@@ -100,11 +107,11 @@ impl Default for NetOptions {
     }
 }
 
-/// Creates the TCP socket for `addr`, sets SO_MARK when asked, and connects it. Every socket the
-/// identity module opens goes through here.
+/// Creates the TCP socket for `addr`, registers it as the gateway's own when asked, and connects
+/// it. Every socket the identity module opens goes through here.
 pub(crate) async fn connect_socket(
     addr: SocketAddr,
-    mark: Option<u32>,
+    own: Option<&Arc<dyn OwnSockets>>,
 ) -> Result<TcpStream, FetchError> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -115,22 +122,33 @@ pub(crate) async fn connect_socket(
         addr: addr.to_string(),
         source,
     })?;
-    if let Some(mark) = mark {
-        socket2::SockRef::from(&sock)
-            .set_mark(mark)
-            .map_err(|source| FetchError::Mark { mark, source })?;
-    }
+    let cookie = match own {
+        Some(_) => Some(
+            crate::sockopt::get_u64(&sock, libc::SO_COOKIE).map_err(|source| {
+                FetchError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                }
+            })?,
+        ),
+        None => None,
+    };
     sock.set_nodelay(true)
         .map_err(|source| FetchError::Connect {
             addr: addr.to_string(),
             source,
         })?;
-    sock.connect(addr)
-        .await
-        .map_err(|source| FetchError::Connect {
-            addr: addr.to_string(),
-            source,
-        })
+    if let (Some(own), Some(c)) = (own, cookie) {
+        own.begin(c);
+    }
+    let result = sock.connect(addr).await;
+    if let (Some(own), Some(c)) = (own, cookie) {
+        own.end(c);
+    }
+    result.map_err(|source| FetchError::Connect {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// GET `url`, returning the body of a 200 response.
@@ -158,7 +176,7 @@ pub(crate) async fn get(
             });
         }
     }
-    let tcp = tokio::time::timeout(net.connect_timeout, connect_any(&addrs, net.mark))
+    let tcp = tokio::time::timeout(net.connect_timeout, connect_any(&addrs, net.own.as_ref()))
         .await
         .map_err(|_| FetchError::ConnectTimeout(url.authority.clone()))??;
     tokio::time::timeout(net.read_timeout, exchange(tcp, url, tls, net.max_body))
@@ -166,13 +184,14 @@ pub(crate) async fn get(
         .map_err(|_| FetchError::Timeout(net.read_timeout))?
 }
 
-async fn connect_any(addrs: &[SocketAddr], mark: Option<u32>) -> Result<TcpStream, FetchError> {
+async fn connect_any(
+    addrs: &[SocketAddr],
+    own: Option<&Arc<dyn OwnSockets>>,
+) -> Result<TcpStream, FetchError> {
     let mut last = None;
     for addr in addrs {
-        match connect_socket(*addr, mark).await {
+        match connect_socket(*addr, own).await {
             Ok(s) => return Ok(s),
-            // A mark that cannot be set fails every address the same way.
-            Err(e @ FetchError::Mark { .. }) => return Err(e),
             Err(e) => last = Some(e),
         }
     }

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
 pub use error::{IdentityError, TokenError};
+pub use fetch::OwnSockets;
 pub use verify::Verifier;
 
 /// One trusted identity provider (OIDC issuer).

@@ -837,31 +837,48 @@ async fn identity_https_discovery_and_key_rotation() {
     assert_eq!(server.jwks_hits(), 2);
 }
 
+/// Records the cookies the verifier registers as the gateway's own.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(&'static str, u64)>>);
+
+impl super::fetch::OwnSockets for Recorder {
+    fn begin(&self, cookie: u64) {
+        self.0.lock().unwrap().push(("begin", cookie));
+    }
+    fn end(&self, cookie: u64) {
+        self.0.lock().unwrap().push(("end", cookie));
+    }
+}
+
 #[tokio::test]
-async fn identity_https_jwks_url_with_socket_mark() {
+async fn identity_https_fetches_are_registered_as_own_sockets() {
     let server = TestServer::start(true).await;
     let k1 = TestKey::ec("e1");
     server.set_jwks(&[&k1]);
     let url = format!("{}/jwks", server.issuer());
+    let rec = Arc::new(Recorder::default());
     let v = Verifier::new(vec![https_provider(&server, JwksSource::Url(url))])
         .unwrap()
-        .with_socket_mark(Some(0x2a));
+        .with_own_sockets(rec.clone());
     let p = v
         .verify(&k1.sign(&claims_for(&server.issuer())))
         .await
         .unwrap();
     assert_eq!(p.subject, "alice@example.test");
     assert_eq!(server.jwks_hits(), 1);
-}
-
-#[tokio::test]
-async fn identity_socket_mark_is_set() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stream = fetch::connect_socket(addr, Some(0x2a)).await.unwrap();
-    assert_eq!(socket2::SockRef::from(&stream).mark().unwrap(), 0x2a);
-    let stream = fetch::connect_socket(addr, None).await.unwrap();
-    assert_eq!(socket2::SockRef::from(&stream).mark().unwrap(), 0);
+    let calls = rec.0.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!((calls[0].0, calls[1].0), ("begin", "end"));
+    assert!(calls[0].1 != 0 && calls[0].1 == calls[1].1, "{calls:?}");
+    // A renewed verifier keeps the registration.
+    let v2 = v
+        .renewed(vec![https_provider(
+            &server,
+            JwksSource::Url(format!("{}/jwks2", server.issuer())),
+        )])
+        .unwrap();
+    let _ = v2.verify(&k1.sign(&claims_for(&server.issuer()))).await;
+    assert!(rec.0.lock().unwrap().len() > 2);
 }
 
 #[tokio::test]

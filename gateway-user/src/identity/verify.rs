@@ -49,7 +49,7 @@ impl std::fmt::Debug for Verifier {
                     .map(|p| &p.cfg.name)
                     .collect::<Vec<_>>(),
             )
-            .field("socket_mark", &self.net.mark)
+            .field("own_sockets", &self.net.own.is_some())
             .finish()
     }
 }
@@ -275,7 +275,9 @@ impl Verifier {
     /// A verifier for `providers` that keeps the key caches of this one's providers whose
     /// settings did not change.
     pub fn renewed(&self, providers: Vec<ProviderConfig>) -> Result<Self, IdentityError> {
-        Self::build(providers, &self.providers)
+        let mut v = Self::build(providers, &self.providers)?;
+        v.net = self.net.clone();
+        Ok(v)
     }
 
     fn build(
@@ -311,12 +313,10 @@ impl Verifier {
         })
     }
 
-    /// Sets SO_MARK on every TCP socket the verifier opens (JWKS and discovery fetches).
-    /// Capture does not use marks (a workload with CAP_NET_RAW could set one), so only the
-    /// tests exercise this until fetches are registered in the kernel bypass map.
-    #[cfg(test)]
-    pub fn with_socket_mark(mut self, mark: Option<u32>) -> Self {
-        self.net.mark = mark;
+    /// Registers every socket the verifier opens (JWKS and discovery fetches) as the gateway's
+    /// own, so that capture leaves them alone.
+    pub fn with_own_sockets(mut self, own: Arc<dyn super::fetch::OwnSockets>) -> Self {
+        self.net.own = Some(own);
         self
     }
 

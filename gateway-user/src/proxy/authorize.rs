@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     capture::workload_files,
-    identity::{JwksSource, Principal, ProviderConfig, Verifier},
+    identity::{JwksSource, OwnSockets, Principal, ProviderConfig, Verifier},
     policy::{Decision, Policy, Target, TokenSource, Who, Workload},
 };
 
@@ -77,12 +77,14 @@ pub fn provider_configs(policy: &Policy) -> Result<Vec<ProviderConfig>, String> 
 /// (every token refused) if the new providers cannot be built.
 pub struct Verifiers {
     current: Mutex<Option<Arc<Verifier>>>,
+    own: Arc<dyn OwnSockets>,
 }
 
 impl Verifiers {
-    pub fn new(policy: &Policy) -> Self {
+    pub fn new(policy: &Policy, own: Arc<dyn OwnSockets>) -> Self {
         let v = Self {
             current: Mutex::new(None),
+            own,
         };
         v.renew(policy);
         v
@@ -93,7 +95,7 @@ impl Verifiers {
         let built = provider_configs(policy).and_then(|configs| {
             match cur.as_ref() {
                 Some(v) => v.renewed(configs),
-                None => Verifier::new(configs),
+                None => Verifier::new(configs).map(|v| v.with_own_sockets(self.own.clone())),
             }
             .map_err(|e| e.to_string())
         });

@@ -57,7 +57,7 @@ impl<C: Connect> Proxy<C> {
         events: Arc<EventSink>,
         connector: C,
     ) -> Self {
-        let verifiers = Verifiers::new(&policy.borrow());
+        let verifiers = Verifiers::new(&policy.borrow(), maps.clone());
         let gateway = policy.borrow().gateway.clone();
         let limits = limits::Limits::new(
             gateway.max_connections,
