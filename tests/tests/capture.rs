@@ -68,6 +68,23 @@ fn host_mode_ipv4_ipv6_and_mapped() {
         "127.0.0.2:17101"
     );
     assert_eq!(v4.count(), 2);
+
+    // `::` becomes ::1 in the kernel after the hook; it must be captured as ::1, not slip by.
+    let r = probe(Some(&agent), None, sa("[::]:17101"));
+    assert!(r.errno.is_none() && !r.went_direct(), "{r:?}");
+    assert_eq!(s(&gw.connection_of(r.pid), "original_dst"), "[::1]:17101");
+    assert_eq!(v6.count(), 2);
+
+    // Dialling the listener directly (no redirect, so no kernel record) gets nothing.
+    let r = probe(None, None, sa("127.0.0.1:16101"));
+    assert!(!r.greeting.starts_with("peer="), "{r:?}");
+    let ev = gw.wait_for(
+        Duration::from_secs(5),
+        |e| e["event"] == "refused" && e["code"] == "not_redirected",
+        0,
+    );
+    assert_eq!(s(&ev, "peer"), r.local.unwrap().to_string());
+    assert_eq!((v4.count(), v6.count()), (2, 2));
 }
 
 #[test]

@@ -191,28 +191,36 @@ fn reload_under_live_traffic() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let flips = gw.count("policy_applied");
+    // Each state stands longer than the debounce; allow for a loaded machine merging some.
     assert!(
-        flips >= 2,
-        "the policy must have changed under traffic ({flips} applied)"
+        flips >= 25,
+        "the policy must have flipped under traffic ({flips} applied)"
     );
 
-    // The held sessions were ended by the first deny.
+    // The held sessions were ended by the first deny, soon after it was put in force.
+    let events = gw.events();
+    let first_deny_ms = events
+        .iter()
+        .find(|e| e["event"] == "policy_applied" && e["version"] == deny_v.as_str())
+        .and_then(|e| e["ts_ms"].as_u64())
+        .expect("the deny policy was applied");
     for h in held {
         let report = h.join().unwrap();
-        assert!(report["ended_ms"].is_u64(), "{report}");
+        let pid = report["pid"].as_u64().unwrap();
+        let close = events
+            .iter()
+            .find(|e| e["event"] == "connection_close" && e["pid"] == pid)
+            .unwrap_or_else(|| panic!("held session {pid} was not closed: {report}"));
+        assert!(
+            s(close, "ended_by").contains("no longer allows this session"),
+            "{close}"
+        );
+        let ended = report["ended_ms"].as_u64().unwrap();
+        assert!(
+            ended >= first_deny_ms && ended < first_deny_ms + 1000,
+            "held session {pid} ended at {ended}, deny applied at {first_deny_ms}"
+        );
     }
-    let events = gw.events();
-    let ended_by_policy = events
-        .iter()
-        .filter(|e| {
-            e["event"] == "connection_close"
-                && s(e, "ended_by").contains("no longer allows this session")
-        })
-        .count();
-    assert!(
-        ended_by_policy >= 5,
-        "held sessions must be ended by the deny policy"
-    );
 
     // No connection was let through under the deny policy.
     let allowed: Vec<_> = events.iter().filter(|e| e["event"] == "allowed").collect();

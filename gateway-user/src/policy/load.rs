@@ -305,11 +305,21 @@ impl Merger {
                     ),
                 );
             }
-            if p.max_lifetime_secs == 0 {
+            // A typo here would switch expiry checking off, so both are bounded.
+            if p.max_lifetime_secs == 0 || p.max_lifetime_secs > 86_400 {
                 self.problem(
                     &file,
                     format!(
-                        "identity provider `{}`: max_lifetime_secs must be > 0",
+                        "identity provider `{}`: max_lifetime_secs must be between 1 and 86400",
+                        p.name
+                    ),
+                );
+            }
+            if p.clock_skew_secs > 300 {
+                self.problem(
+                    &file,
+                    format!(
+                        "identity provider `{}`: clock_skew_secs must be at most 300",
                         p.name
                     ),
                 );
@@ -766,6 +776,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`none` is not allowed"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn skew_and_lifetime_are_bounded() {
+        let d = valid_dir("bounds", "  - name: r\n    targets: [db]\n");
+        write(
+            &d,
+            "a-idp.yaml",
+            &format!("{IDP}    clock_skew_secs: 99999999\n"),
+        );
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("clock_skew_secs must be at most 300"), "{err}");
+        write(
+            &d,
+            "a-idp.yaml",
+            &format!("{IDP}    max_lifetime_secs: 0\n"),
+        );
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(
+            err.contains("max_lifetime_secs must be between 1 and 86400"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
