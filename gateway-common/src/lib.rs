@@ -61,7 +61,6 @@ pub struct CgroupValue {
     pub _pad: u8,
     /// Listener port, host byte order.
     pub listen_port: u16,
-    pub workload_id: u32,
 }
 
 /// The original destination and who asked for it, recorded by connect4/6.
@@ -76,8 +75,7 @@ pub struct OrigDst {
     pub family: u16,
     pub target_id: u32,
     pub pid: u32,
-    /// The cgroup's workload as classified when the agent connected (`CgroupValue::workload_id`).
-    pub workload_id: u32,
+    pub _pad0: u32,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,

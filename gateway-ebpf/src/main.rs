@@ -120,7 +120,7 @@ fn decide_inner(
         family,
         target_id: target.id,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        workload_id: cgroup.workload_id,
+        _pad0: 0,
         cgroup_id,
         // SAFETY: both helpers accept a sock_addr context.
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },

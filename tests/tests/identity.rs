@@ -65,6 +65,10 @@ fn token_from_the_workloads_file_decides() {
         );
         let ev = refusal_of(&gw, r.pid);
         assert_eq!(s(&ev, "code"), code, "{ev}");
+        if code == "denied" {
+            // A valid token the rules refuse: the event says whose it was.
+            assert_eq!(s(&ev, "subject"), "agent-x", "{ev}");
+        }
     }
     assert_eq!(
         target.count(),
@@ -121,6 +125,8 @@ fn a_session_ends_when_its_token_expires() {
         0,
     );
     assert_eq!(s(&ev, "ended_by"), "token expired", "{ev}");
+    // What went through before the end is still accounted for: the target's greeting.
+    assert!(ev["bytes_down"].as_u64().unwrap_or(0) > 0, "{ev}");
 }
 
 #[test]

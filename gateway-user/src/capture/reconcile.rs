@@ -174,18 +174,15 @@ impl Reconciler {
     }
 
     fn kernel_value(&self, info: &CgroupInfo) -> CgroupValue {
-        let (state, workload_id) = match info.workload {
-            None => (cgroup_state::UNMANAGED, u32::MAX),
-            Some(i) => match self.policy.workloads[i].mode {
-                Mode::Host => (cgroup_state::HOST, i as u32),
-                Mode::Pod => (cgroup_state::POD, i as u32),
-            },
+        let state = match info.workload.map(|i| self.policy.workloads[i].mode) {
+            None => cgroup_state::UNMANAGED,
+            Some(Mode::Host) => cgroup_state::HOST,
+            Some(Mode::Pod) => cgroup_state::POD,
         };
         CgroupValue {
             state,
             _pad: 0,
             listen_port: self.policy.gateway.listen_port,
-            workload_id,
         }
     }
 

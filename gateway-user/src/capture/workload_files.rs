@@ -52,7 +52,7 @@ pub enum WorkloadFileError {
 }
 
 /// The cgroup v2 path of `pid`, as in `/proc/<pid>/cgroup`.
-pub fn cgroup_of(pid: u32) -> Option<String> {
+fn cgroup_of(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))

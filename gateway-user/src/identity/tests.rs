@@ -535,15 +535,12 @@ fn identity_refresh_interval_is_ten_seconds() {
     assert_eq!(JwksCache::new().min_interval, Duration::from_secs(10));
 }
 
-#[tokio::test]
-async fn identity_cache_single_flight_and_rate_limit() {
-    let key = TestKey::rsa(RSA1, "k1");
-    let doc = jwks_json(&[&key]);
-    let cache = Arc::new(JwksCache::new());
-    let loads = Arc::new(AtomicUsize::new(0));
+/// Sixteen callers that all saw generation 0 ask for a refresh at once; each must end up with
+/// generation 1. Counts the loads in `loads`.
+async fn sixteen_concurrent_refreshes(cache: &Arc<JwksCache>, loads: &Arc<AtomicUsize>, doc: &str) {
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let (cache, loads, doc) = (cache.clone(), loads.clone(), doc.clone());
+        let (cache, loads, doc) = (cache.clone(), loads.clone(), doc.to_string());
         tasks.push(tokio::spawn(async move {
             cache
                 .refresh(0, || async {
@@ -558,6 +555,15 @@ async fn identity_cache_single_flight_and_rate_limit() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 1);
     }
+}
+
+#[tokio::test]
+async fn identity_cache_single_flight_and_rate_limit() {
+    let key = TestKey::rsa(RSA1, "k1");
+    let doc = jwks_json(&[&key]);
+    let cache = Arc::new(JwksCache::new());
+    let loads = Arc::new(AtomicUsize::new(0));
+    sixteen_concurrent_refreshes(&cache, &loads, &doc).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1, "one shared fetch");
     // A caller that has seen generation 1 asks again: rate-limited (10 s), no fetch.
     let snap = cache
@@ -579,23 +585,7 @@ async fn identity_cache_single_flight_without_rate_limit() {
     cache.min_interval = Duration::ZERO;
     let cache = Arc::new(cache);
     let loads = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (cache, loads, doc) = (cache.clone(), loads.clone(), doc.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .refresh(0, || async {
-                    loads.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    KeySet::parse("t", doc.as_bytes())
-                })
-                .await
-                .generation
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 1);
-    }
+    sixteen_concurrent_refreshes(&cache, &loads, &doc).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
 

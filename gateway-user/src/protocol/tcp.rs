@@ -19,10 +19,22 @@ use tokio::{
 
 const CHUNK: usize = 64 * 1024;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RelayStats {
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
+/// Bytes moved so far in each direction. Kept outside the relay so that a session ended from
+/// outside (token expiry, policy) still reports what went through.
+#[derive(Debug, Default)]
+pub struct Counters {
+    client_to_upstream: AtomicU64,
+    upstream_to_client: AtomicU64,
+}
+
+impl Counters {
+    /// (client → upstream, upstream → client)
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.client_to_upstream.load(Ordering::Relaxed),
+            self.upstream_to_client.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,24 +75,26 @@ pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     idle: Duration,
-) -> Result<RelayStats, RelayError> {
+    counters: &Counters,
+) -> Result<(), RelayError> {
     let activity = Activity {
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let up = async { pump(cr, uw, &activity).await.map_err(RelayError::Upstream) };
+    let up = async {
+        pump(cr, uw, &activity, &counters.client_to_upstream)
+            .await
+            .map_err(RelayError::Upstream)
+    };
     let down = async {
-        pump(ur, cw, &activity)
+        pump(ur, cw, &activity, &counters.upstream_to_client)
             .await
             .map_err(RelayError::Downstream)
     };
     tokio::select! {
-        r = async { tokio::try_join!(up, down) } => {
-            let (client_to_upstream, upstream_to_client) = r?;
-            Ok(RelayStats { client_to_upstream, upstream_to_client })
-        }
+        r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
         _ = activity.idle_for(idle) => Err(RelayError::Idle(idle)),
     }
 }
@@ -89,18 +103,18 @@ async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     activity: &Activity,
-) -> io::Result<u64> {
+    moved: &AtomicU64,
+) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
             // Pass the half-close on; the other direction keeps flowing until it ends too.
             let _ = to.shutdown().await;
-            return Ok(total);
+            return Ok(());
         }
         to.write_all(&buf[..n]).await?;
-        total += n as u64;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
 }
@@ -121,7 +135,19 @@ mod tests {
     async fn relays_both_ways_with_half_close() {
         let (mut client, client_side) = pair().await;
         let (upstream_side, mut server) = pair().await;
-        let relay = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(10)));
+        let counters = std::sync::Arc::new(Counters::default());
+        let relay = {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                relay(
+                    client_side,
+                    upstream_side,
+                    Duration::from_secs(10),
+                    &counters,
+                )
+                .await
+            })
+        };
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -133,16 +159,21 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"response");
-        let stats = relay.await.unwrap().unwrap();
-        assert_eq!(stats.client_to_upstream, 7);
-        assert_eq!(stats.upstream_to_client, 8);
+        relay.await.unwrap().unwrap();
+        assert_eq!(counters.get(), (7, 8));
     }
 
     #[tokio::test]
     async fn idle_connection_is_closed() {
         let (_client, client_side) = pair().await;
         let (upstream_side, _server) = pair().await;
-        let r = relay(client_side, upstream_side, Duration::from_millis(200)).await;
+        let r = relay(
+            client_side,
+            upstream_side,
+            Duration::from_millis(200),
+            &Counters::default(),
+        )
+        .await;
         assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
     }
 }

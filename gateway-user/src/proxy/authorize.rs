@@ -162,7 +162,13 @@ pub async fn authorize(
         .verify(token)
         .await
         .map_err(|e| Refusal::new(e.reason(), format!("token refused: {e}")))?;
-    match decide(policy, &principal, &workload.name, &target.name) {
+    let who = Who {
+        issuer: &principal.issuer,
+        subject: &principal.subject,
+        groups: &principal.groups,
+        workload: &workload.name,
+    };
+    match policy.decide(&who, &target.name) {
         Decision::Allow { rule } => Ok(Allowed { principal, rule }),
         Decision::Deny { rule, reason } => Err(Refusal {
             code: "denied",
@@ -171,16 +177,4 @@ pub async fn authorize(
             principal: Some(Box::new(principal)),
         }),
     }
-}
-
-pub fn decide(policy: &Policy, p: &Principal, workload: &str, target: &str) -> Decision {
-    policy.decide(
-        &Who {
-            issuer: &p.issuer,
-            subject: &p.subject,
-            groups: &p.groups,
-            workload,
-        },
-        target,
-    )
 }

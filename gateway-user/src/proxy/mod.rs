@@ -171,93 +171,90 @@ impl<C: Connect> Proxy<C> {
         cgroup: Option<String>,
         mut base: Value,
     ) {
-        let refuse = |base: &Value, r: Refusal| {
-            tracing::info!(code = r.code, "refused: {}", r.message);
-            let who = r
-                .principal
-                .as_ref()
-                .map(|p| json!({"subject": p.subject, "issuer": p.issuer, "groups": p.groups}));
-            let mut v = with(
-                base,
-                json!({"code": r.code, "reason": r.message, "rule": r.rule}),
-            );
-            if let Some(who) = who {
-                v = with(&v, who);
-            }
-            self.events.emit("refused", v);
+        let admitted = match self.admit(id, dst, pid, cgroup, &mut base).await {
+            Ok(a) => a,
+            Err(r) => return self.refuse(&base, r),
         };
+        self.events.emit(
+            "allowed",
+            with(
+                &base,
+                json!({"rule": admitted.rule, "policy_version": admitted.policy.version}),
+            ),
+        );
+        let upstream = match self.connector.connect(dst).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("upstream: {e}");
+                self.events.emit(
+                    "upstream_failed",
+                    with(&base, json!({"error": e.to_string()})),
+                );
+                return;
+            }
+        };
+        self.relay(client, upstream, &admitted, &base).await
+    }
+
+    /// Everything that decides whether the connection may proceed. Fields learnt on the way
+    /// (workload, target, who) go into `base`, so a refusal event carries them.
+    async fn admit(
+        &self,
+        id: u64,
+        dst: SocketAddr,
+        pid: u32,
+        cgroup: Option<String>,
+        base: &mut Value,
+    ) -> Result<Admitted<'_>, Refusal> {
         // Decided against one snapshot of the policy; re-checked below if it changes meanwhile.
         let mut policy = self.policy.borrow().clone();
-        let Some(cgroup) = cgroup else {
-            return refuse(
-                &base,
-                refusal(
-                    "unknown_workload",
-                    "the connecting process and its cgroup are gone",
-                ),
-            );
-        };
-        let Some(workload) =
-            crate::capture::classify(&policy, &cgroup).map(|i| policy.workloads[i].clone())
-        else {
-            return refuse(
-                &base,
-                refusal(
+        let cgroup = cgroup.ok_or_else(|| {
+            Refusal::new(
+                "unknown_workload",
+                "the connecting process and its cgroup are gone",
+            )
+        })?;
+        let workload = crate::capture::classify(&policy, &cgroup)
+            .map(|i| policy.workloads[i].clone())
+            .ok_or_else(|| {
+                Refusal::new(
                     "unmanaged",
                     "connection does not come from a managed workload",
-                ),
-            );
-        };
-        set(&mut base, "workload", json!(workload.name));
-        let _slot = match self.limits.admit(&workload.name) {
-            Ok(slot) => slot,
-            Err(why) => return refuse(&base, refusal("limit", why)),
-        };
-        let Some((_, target)) = policy.target_for(dst) else {
-            return refuse(
-                &base,
-                refusal("not_a_target", "original destination is not a target"),
-            );
-        };
-        let target = target.clone();
-        set(&mut base, "target", json!(target.name));
-        let token = match authorize::workload_token(&workload, &target, pid, &cgroup).await {
-            Ok(t) => t,
-            Err(r) => return refuse(&base, r),
-        };
-        let allowed = match authorize::authorize(
-            &policy,
-            &self.verifiers,
-            &workload,
-            &target,
-            &token,
-        )
-        .await
-        {
-            Ok(a) => a,
-            Err(r) => return refuse(&base, r),
-        };
-        let p = &allowed.principal;
-        set(&mut base, "subject", json!(p.subject));
-        set(&mut base, "issuer", json!(p.issuer));
-        set(&mut base, "groups", json!(p.groups));
-        let Some(provider) = policy
+                )
+            })?;
+        set(base, "workload", json!(workload.name));
+        let slot = self
+            .limits
+            .admit(&workload.name)
+            .map_err(|why| Refusal::new("limit", why))?;
+        let target = policy
+            .target_for(dst)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| Refusal::new("not_a_target", "original destination is not a target"))?;
+        set(base, "target", json!(target.name));
+        // Every protocol gets its handler here; `tcp` is relayed as it is.
+        match target.protocol {
+            Protocol::Tcp => {}
+        }
+        let token = authorize::workload_token(&workload, &target, pid, &cgroup).await?;
+        let allowed =
+            authorize::authorize(&policy, &self.verifiers, &workload, &target, &token).await?;
+        let p = allowed.principal;
+        set(base, "subject", json!(p.subject));
+        set(base, "issuer", json!(p.issuer));
+        set(base, "groups", json!(p.groups));
+        let provider = policy
             .identity_providers
             .iter()
             .find(|ip| ip.issuer == p.issuer)
             .cloned()
-        else {
-            return refuse(
-                &base,
-                refusal("unknown_issuer", "no provider for the token's issuer"),
-            );
-        };
+            .ok_or_else(|| Refusal::new("unknown_issuer", "no provider for the token's issuer"))?;
         let grant = Grant {
             issuer: p.issuer.clone(),
             subject: p.subject.clone(),
             groups: p.groups.clone(),
             workload: workload.name.clone(),
-            cgroup: cgroup.clone(),
+            cgroup,
             token_source: workload.token.clone(),
             target: target.name.clone(),
             dst,
@@ -272,68 +269,67 @@ impl<C: Connect> Proxy<C> {
                 break;
             }
             policy = now;
-            if let Err(reason) = sessions::still_allowed(&policy, &grant) {
-                return refuse(
-                    &base,
-                    Refusal {
-                        code: "denied",
-                        message: reason,
-                        rule: None,
-                        principal: Some(Box::new(p.clone())),
-                    },
-                );
-            }
+            sessions::still_allowed(&policy, &grant)
+                .map_err(|reason| Refusal::new("denied", reason))?;
         }
         if p.expires_at <= SystemTime::now() {
             // Inside the clock-skew allowance: admitted by the verifier, but the session would
             // end at once.
-            return refuse(&base, refusal("expired", "the token expires now"));
+            return Err(Refusal::new("expired", "the token expires now"));
         }
-        self.events.emit(
-            "allowed",
-            with(
-                &base,
-                json!({"rule": allowed.rule, "policy_version": policy.version}),
-            ),
+        Ok(Admitted {
+            expires_at: p.expires_at,
+            rule: allowed.rule,
+            policy,
+            guard,
+            _slot: slot,
+        })
+    }
+
+    fn refuse(&self, base: &Value, r: Refusal) {
+        tracing::info!(code = r.code, "refused: {}", r.message);
+        let mut event = with(
+            base,
+            json!({"code": r.code, "reason": r.message, "rule": r.rule}),
         );
-        match target.protocol {
-            Protocol::Tcp => {}
+        // A valid token that the rules refuse: say who it was.
+        if let Some(p) = &r.principal {
+            event = with(
+                &event,
+                json!({"subject": p.subject, "issuer": p.issuer, "groups": p.groups}),
+            );
         }
-        let started = Instant::now();
-        let upstream = match self.connector.connect(dst).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("upstream: {e}");
-                self.events.emit(
-                    "upstream_failed",
-                    with(&base, json!({"error": e.to_string()})),
-                );
-                return;
-            }
-        };
-        tracing::info!(target = %target.name, subject = %p.subject, "relaying");
+        self.events.emit("refused", event);
+    }
+
+    /// Relays until either side ends, the token expires (at its `exp`, not at some later poll)
+    /// or a new policy withdraws the session.
+    async fn relay(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        admitted: &Admitted<'_>,
+        base: &Value,
+    ) {
+        tracing::info!("relaying");
         self.events.emit("connection_open", base.clone());
-        let idle = Duration::from_millis(policy.gateway.idle_timeout_ms);
+        let started = Instant::now();
+        let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
         let expires = tokio::time::Instant::now()
-            + p.expires_at
+            + admitted
+                .expires_at
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
-        // Ends at the token's exp, not at some later poll.
-        let (stats, error, ended_by) = tokio::select! {
-            r = tcp::relay(client, upstream, idle) => match r {
-                Ok(s) => (s, None, None),
-                Err(e) => (tcp::RelayStats::default(), Some(e.to_string()), None),
-            },
-            _ = tokio::time::sleep_until(expires) => (
-                tcp::RelayStats::default(),
-                None,
-                Some("token expired".to_string()),
-            ),
-            _ = guard.stop.cancelled() => (tcp::RelayStats::default(), None, guard.reason()),
+        let counters = tcp::Counters::default();
+        let (error, ended_by) = tokio::select! {
+            r = tcp::relay(client, upstream, idle, &counters) => (r.err().map(|e| e.to_string()), None),
+            _ = tokio::time::sleep_until(expires) => (None, Some("token expired".to_string())),
+            _ = admitted.guard.stop.cancelled() => (None, admitted.guard.reason()),
         };
+        let (up, down) = counters.get();
         tracing::info!(
-            up = stats.client_to_upstream,
-            down = stats.upstream_to_client,
+            up,
+            down,
             error = error.as_deref().unwrap_or(""),
             ended_by = ended_by.as_deref().unwrap_or(""),
             "closed"
@@ -341,10 +337,10 @@ impl<C: Connect> Proxy<C> {
         self.events.emit(
             "connection_close",
             with(
-                &base,
+                base,
                 json!({
-                    "bytes_up": stats.client_to_upstream,
-                    "bytes_down": stats.upstream_to_client,
+                    "bytes_up": up,
+                    "bytes_down": down,
                     "duration_ms": started.elapsed().as_millis() as u64,
                     "error": error,
                     "ended_by": ended_by,
@@ -354,8 +350,14 @@ impl<C: Connect> Proxy<C> {
     }
 }
 
-fn refusal(code: &'static str, message: &str) -> Refusal {
-    Refusal::new(code, message)
+/// A connection the policy lets through, with what keeps it accountable while it lives.
+struct Admitted<'a> {
+    expires_at: SystemTime,
+    rule: String,
+    /// The policy it was finally decided under.
+    policy: Arc<Policy>,
+    guard: sessions::SessionGuard<'a>,
+    _slot: limits::Slot<'a>,
 }
 
 fn set(v: &mut Value, k: &str, x: Value) {
