@@ -4,6 +4,7 @@ mod admin;
 mod capture;
 mod cli;
 mod ebpf;
+mod fswatch;
 mod identity;
 mod policy;
 mod protocol;
@@ -50,7 +51,7 @@ fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
         anyhow::anyhow!("policy {} is invalid", dir.display())
     })?;
     // The same checks `run` and a reload make before putting a policy in force.
-    run::validate(&p).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    proxy::check_providers(&p).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     println!(
         "{}: ok, version {} ({} identity providers, {} workloads, {} targets, {} rules)",
         dir.display(),

@@ -22,9 +22,8 @@ use crate::{
     capture::{bind_loopback, CgroupFs, ListenerKind, Reconciler, SpawnListener, WorkloadTable},
     cli::RunArgs,
     ebpf::Kernel,
-    identity::Verifier,
     policy::{self, Reloader},
-    proxy::{provider_configs, Proxy},
+    proxy::{check_providers, Proxy},
     record::EventSink,
     upstream::BypassConnector,
 };
@@ -32,18 +31,11 @@ use crate::{
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy = policy::load_dir(&args.policies)
         .with_context(|| format!("policy {} is invalid", args.policies.display()))?;
-    validate(&policy).map_err(anyhow::Error::msg)?;
+    check_providers(&policy).map_err(anyhow::Error::msg)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(serve(args, Arc::new(policy)))
-}
-
-/// Checks that the policy's identity providers can be built into a verifier.
-pub fn validate(policy: &policy::Policy) -> Result<(), String> {
-    Verifier::new(provider_configs(policy)?)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()> {
@@ -65,7 +57,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         args.policies.clone(),
         initial.clone(),
         events.clone(),
-        Box::new(validate),
+        Box::new(check_providers),
     );
 
     let table = Arc::new(WorkloadTable::default());

@@ -263,27 +263,18 @@ impl Reconciler {
         mut policies: tokio::sync::watch::Receiver<Arc<Policy>>,
         shutdown: CancellationToken,
     ) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Our own reads show up as access events; only changes matter (else every pass
-            // would trigger the next).
-            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                // A full channel already holds a wake-up; one pass covers every change.
-                let _ = tx.try_send(());
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(mut w) => {
+        let (mut watcher, mut rx) = match crate::fswatch::change_signal() {
+            Ok((mut w, rx)) => {
                 for a in &self.anchors {
                     if let Err(e) = w.watch(a, notify::RecursiveMode::Recursive) {
                         tracing::warn!("watching {}: {e}; relying on rescans", a.display());
                     }
                 }
-                Some(w)
+                (Some(w), Some(rx))
             }
             Err(e) => {
                 tracing::warn!("cgroup watcher unavailable: {e}; relying on rescans");
-                None
+                (None, None)
             }
         };
         let mut tick = tokio::time::interval(RESCAN_INTERVAL);
@@ -291,7 +282,7 @@ impl Reconciler {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = rx.recv() => {}
+                _ = crate::fswatch::next_change(&mut rx) => {}
                 _ = tick.tick() => {}
                 changed = policies.changed() => {
                     if changed.is_err() {

@@ -161,26 +161,18 @@ impl Reloader {
 
     /// Reloads on every change in the directory (debounced) and on SIGHUP, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Our own reads show up as access events; only changes matter (else every pass
-            // would trigger the next).
-            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                let _ = tx.try_send(());
-            }
-        })
-        .and_then(|mut w| {
+        let watcher = crate::fswatch::change_signal().and_then(|(mut w, rx)| {
             w.watch(&self.dir, notify::RecursiveMode::NonRecursive)
-                .map(|()| w)
+                .map(|()| (w, rx))
         });
-        let _watcher = match watcher {
-            Ok(w) => Some(w),
+        let (_watcher, mut rx) = match watcher {
+            Ok((w, rx)) => (Some(w), Some(rx)),
             Err(e) => {
                 tracing::warn!(
                     "not watching {}: {e}; reload with SIGHUP",
                     self.dir.display()
                 );
-                None
+                (None, None)
             }
         };
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -193,10 +185,12 @@ impl Reloader {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = rx.recv() => {
+                _ = crate::fswatch::next_change(&mut rx) => {
                     // Editors write in several steps; read once they are done.
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    while rx.try_recv().is_ok() {}
+                    if let Some(r) = rx.as_mut() {
+                        while r.try_recv().is_ok() {}
+                    }
                 }
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading policy");

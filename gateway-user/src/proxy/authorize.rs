@@ -39,8 +39,16 @@ pub struct Allowed {
     pub rule: String,
 }
 
+/// Checks that the policy's identity providers can be built into a verifier: made by
+/// `policy check`, at start, and before a reload is put in force.
+pub fn check_providers(policy: &Policy) -> Result<(), String> {
+    Verifier::new(provider_configs(policy)?)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The identity providers of a policy in the verifier's terms.
-pub fn provider_configs(policy: &Policy) -> Result<Vec<ProviderConfig>, String> {
+fn provider_configs(policy: &Policy) -> Result<Vec<ProviderConfig>, String> {
     policy
         .identity_providers
         .iter()

@@ -21,7 +21,7 @@ use tokio::{net::TcpStream, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-pub use authorize::provider_configs;
+pub use authorize::check_providers;
 use authorize::{Refusal, Verifiers};
 use sessions::Grant;
 pub use sessions::Sessions;
