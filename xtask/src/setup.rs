@@ -15,6 +15,8 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     // `ip netns` for the pod-mode tests.
     "iproute2",
+    // pg_query's build script runs bindgen, which loads libclang.
+    "libclang-22-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
