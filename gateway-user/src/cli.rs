@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Unix socket of the local admin API (root only).
     #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
     pub admin_socket: PathBuf,
+    /// SQLite file that records every session and statement.
+    #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB)]
+    pub record_db: PathBuf,
     /// On SIGTERM/SIGINT, wait this long for open connections before exiting.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,

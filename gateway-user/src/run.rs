@@ -24,7 +24,7 @@ use crate::{
     ebpf::Kernel,
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
-    record::EventSink,
+    record::{EventSink, Recorder},
     upstream::BypassConnector,
 };
 
@@ -43,6 +43,8 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         Some(p) => EventSink::to_file(p).with_context(|| format!("event log {}", p.display()))?,
         None => EventSink::disabled(),
     });
+    let recorder = Recorder::sqlite(&args.record_db)
+        .with_context(|| format!("record store {}", args.record_db.display()))?;
     let fs = CgroupFs::discover(args.cgroup_root.clone())?;
     let mut kernel = Kernel::load(&args.pin_dir)?;
     if let Some(logger) = kernel.take_logger() {
@@ -71,6 +73,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
             maps: maps.clone(),
             timeout: Duration::from_millis(gateway.connect_timeout_ms),
         },
+        recorder.clone(),
     ));
     for bound in bind_loopback(gateway.listen_port)? {
         let listener = bound.into_listener(ListenerKind::Host)?;
@@ -126,6 +129,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .await
         .is_ok();
     let _ = watcher.await;
+    recorder.flush().await;
     let _ = std::fs::remove_file(&args.admin_socket);
     events.emit("stopped", json!({"drained": drained}));
     Ok(())

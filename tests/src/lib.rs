@@ -80,19 +80,22 @@ fn agentgate_path() -> PathBuf {
         })
 }
 
-/// The probe binary: `$AGENT_PROBE_BIN` (set by xtask), else the one built with this crate
-/// (test executables live in `target/<profile>/deps/`, the crate's binaries one level up).
+/// The probe binary: `$AGENT_PROBE_BIN` (set by xtask), else the one built with this crate.
 pub fn probe_bin() -> PathBuf {
-    let path = std::env::var_os("AGENT_PROBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>")
-                .join("agent-probe")
-        });
-    assert!(path.exists(), "agent-probe not built at {}", path.display());
+    crate_bin("AGENT_PROBE_BIN", "agent-probe")
+}
+
+/// A binary of this crate: `$<env>`, else the one built with it (test executables live in
+/// `target/<profile>/deps/`, the crate's binaries one level up).
+pub fn crate_bin(env: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .join(name)
+    });
+    assert!(path.exists(), "{name} not built at {}", path.display());
     path
 }
 
@@ -538,6 +541,8 @@ impl Gateway {
             .arg(&self.events_path)
             .arg("--admin-socket")
             .arg(self.dir.join("admin.sock"))
+            .arg("--record-db")
+            .arg(self.record_db())
             .env("AGENTGATE_LOG", "info,agentgate=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -569,6 +574,11 @@ impl Gateway {
             |e| e["event"] == "ready",
             ready_before,
         );
+    }
+
+    /// The SQLite file the gateway records sessions and statements in.
+    pub fn record_db(&self) -> PathBuf {
+        self.dir.join("record.db")
     }
 
     pub fn pid(&self) -> u32 {
@@ -904,3 +914,4 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
         token,
     }
 }
+pub mod pg;

@@ -69,6 +69,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(extra)
         .env("AGENTGATE_BIN", &bins.agentgate)
         .env("AGENT_PROBE_BIN", &bins.probe)
+        .env("PG_AGENT_BIN", &bins.pg_agent)
         .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");

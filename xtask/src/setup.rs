@@ -17,6 +17,20 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     // pg_query's build script runs bindgen, which loads libclang.
     "libclang-22-dev",
+    // The PostgreSQL end-to-end tests start a throwaway PostgreSQL 15 server (initdb, pg_ctl,
+    // postgres under /usr/lib/postgresql/15/bin), talk to it with psql and pgbench, and make
+    // throwaway TLS certificates with the openssl CLI.
+    "postgresql-15",
+    "postgresql-client-15",
+    "openssl",
+    // psycopg 3 for /usr/bin/python3, which any uid can run (tests/fixtures/pg_client.py as a
+    // non-root agent); root's `python3` may be another interpreter, see PIP_PACKAGES.
+    "python3-psycopg",
+];
+/// pip packages for the `python3` on PATH, each with the module that shows it is present.
+const PIP_PACKAGES: &[(&str, &str)] = &[
+    // tests/fixtures/pg_client.py, the PostgreSQL client the end-to-end tests drive.
+    ("psycopg", "psycopg[binary]>=3.1"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -35,6 +49,15 @@ pub fn run() -> anyhow::Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    for (module, spec) in PIP_PACKAGES {
+        if python_has(module) {
+            println!("setup: python module {module} present");
+        } else {
+            println!("setup: pip installing {spec}");
+            sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", spec]))?;
+        }
     }
 
     let has_src = Command::new("rustup")
@@ -81,5 +104,15 @@ fn dpkg_installed(pkg: &str) -> bool {
         .args(["-W", "-f=${Status}", pkg])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
         .unwrap_or(false)
 }

@@ -23,6 +23,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 pub struct Bins {
     pub agentgate: PathBuf,
     pub probe: PathBuf,
+    pub pg_agent: PathBuf,
 }
 
 /// Builds the gateway (which builds the eBPF programs) and the probe agent.
@@ -47,6 +48,7 @@ pub fn build(release: bool) -> anyhow::Result<Bins> {
     Ok(Bins {
         agentgate: dir.join("agentgate"),
         probe: dir.join("agent-probe"),
+        pg_agent: dir.join("pg-agent"),
     })
 }
 

@@ -127,6 +127,41 @@ pub struct TargetDoc {
     pub ports: Vec<u16>,
     #[serde(default)]
     pub credential: Option<SecretDoc>,
+    #[serde(default)]
+    pub postgres: Option<PostgresDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDoc {
+    pub user: String,
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsDoc>,
+    #[serde(default)]
+    pub client_tls: Option<ClientTlsDoc>,
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum UpstreamTlsDoc {
+    Disable,
+    VerifyFull {
+        #[serde(default)]
+        ca_file: Option<String>,
+        #[serde(default)]
+        server_name: Option<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsDoc {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 /// Where the gateway finds the upstream credential of a target. The agent never sees it.
@@ -147,6 +182,21 @@ pub struct RuleDoc {
     pub when: WhenDoc,
     /// Target names, or `"*"` for every target.
     pub targets: Vec<String>,
+    /// Makes this a statement rule (deny only): it refuses matching statements inside sessions
+    /// that connection rules allowed.
+    #[serde(default)]
+    pub statements: Option<StatementsDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementsDoc {
+    #[serde(default)]
+    pub classes: Vec<super::model::Class>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub functions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -11,10 +11,10 @@ use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
 
 use super::{
-    doc::{FileDoc, JwksDoc, SecretDoc, TokenDoc},
+    doc::{FileDoc, JwksDoc, PostgresDoc, SecretDoc, StatementsDoc, TokenDoc, UpstreamTlsDoc},
     model::{
-        GatewaySettings, IdentityProvider, Jwks, Policy, Rule, Secret, Target, TokenSource,
-        Workload,
+        ClientTls, GatewaySettings, IdentityProvider, Jwks, NamePattern, Policy, PostgresTarget,
+        Protocol, Rule, Secret, StatementMatch, Target, TokenSource, UpstreamTls, Workload,
     },
 };
 
@@ -445,9 +445,45 @@ impl Merger {
                     self.claimed.insert((*a, *p), t.name.clone());
                 }
             }
+            let postgres = match (t.protocol, t.postgres) {
+                (Protocol::Postgres, Some(pg)) => {
+                    self.postgres_settings(&file, &t.name, &addresses, pg)
+                }
+                (Protocol::Postgres, None) => {
+                    self.problem(
+                        &file,
+                        format!(
+                            "target `{}` speaks postgres and needs a `postgres:` section (at least `user`)",
+                            t.name
+                        ),
+                    );
+                    None
+                }
+                (_, Some(_)) => {
+                    self.problem(
+                        &file,
+                        format!(
+                            "target `{}`: a `postgres:` section needs `protocol: postgres`",
+                            t.name
+                        ),
+                    );
+                    None
+                }
+                (_, None) => None,
+            };
+            if t.protocol == Protocol::Postgres && t.credential.is_none() {
+                self.problem(
+                    &file,
+                    format!(
+                        "target `{}` speaks postgres and needs a `credential` for its upstream user",
+                        t.name
+                    ),
+                );
+            }
             self.policy.targets.push(Target {
                 name: t.name,
                 protocol: t.protocol,
+                postgres,
                 addresses,
                 ports: t.ports,
                 credential: t.credential.map(|c| match c {
@@ -476,7 +512,11 @@ impl Merger {
                 );
             }
             let targets = (!r.targets.iter().any(|t| t == "*")).then_some(r.targets);
+            let statements = r
+                .statements
+                .map(|s| self.statement_match(&file, &r.name, r.effect, s));
             self.policy.rules.push(Rule {
+                statements,
                 name: r.name,
                 effect: r.effect,
                 workloads: r.when.workloads,
@@ -486,6 +526,117 @@ impl Merger {
                 targets,
                 source: file.clone(),
             });
+        }
+    }
+
+    fn postgres_settings(
+        &mut self,
+        file: &Path,
+        target: &str,
+        addresses: &[IpNet],
+        pg: PostgresDoc,
+    ) -> Option<PostgresTarget> {
+        let upstream_tls = match pg.upstream_tls {
+            None => UpstreamTls::VerifyFull {
+                ca_file: None,
+                server_name: None,
+            },
+            Some(UpstreamTlsDoc::VerifyFull {
+                ca_file,
+                server_name,
+            }) => UpstreamTls::VerifyFull {
+                ca_file: ca_file.map(PathBuf::from),
+                server_name,
+            },
+            Some(UpstreamTlsDoc::Disable) => {
+                // Plaintext would carry the brokered credential's handshake and every row over
+                // a network; only a hop that stays on this node may go without TLS.
+                if addresses.iter().any(|a| !a.addr().is_loopback()) {
+                    self.problem(
+                        file,
+                        format!(
+                            "target `{target}`: upstream_tls `disable` is only allowed for loopback addresses; use verify-full"
+                        ),
+                    );
+                }
+                UpstreamTls::Disable
+            }
+        };
+        if pg.user.is_empty() {
+            self.problem(file, format!("target `{target}`: postgres.user is empty"));
+        }
+        let max_message_bytes = pg.max_message_bytes.unwrap_or(64 << 20);
+        if !(1024..=(1 << 30)).contains(&max_message_bytes) {
+            self.problem(
+                file,
+                format!("target `{target}`: max_message_bytes must be between 1024 and 1073741824"),
+            );
+        }
+        Some(PostgresTarget {
+            user: pg.user,
+            database: pg.database,
+            upstream_tls,
+            client_tls: pg.client_tls.map(|c| ClientTls {
+                cert_file: c.cert_file.into(),
+                key_file: c.key_file.into(),
+            }),
+            max_message_bytes,
+        })
+    }
+
+    fn statement_match(
+        &mut self,
+        file: &Path,
+        rule: &str,
+        effect: super::model::Effect,
+        s: StatementsDoc,
+    ) -> StatementMatch {
+        if effect != super::model::Effect::Deny {
+            self.problem(
+                file,
+                format!(
+                    "rule `{rule}`: statement rules can only deny (statements in an allowed session are allowed unless a statement rule denies them)"
+                ),
+            );
+        }
+        if s.classes.is_empty() && s.tables.is_empty() && s.functions.is_empty() {
+            self.problem(
+                file,
+                format!(
+                    "rule `{rule}`: `statements` needs at least one of classes, tables, functions"
+                ),
+            );
+        }
+        let mut patterns = |list: Vec<String>, what: &str| -> Vec<NamePattern> {
+            let mut out = Vec::new();
+            for text in list {
+                let (schema, name) = match text.rsplit_once('.') {
+                    Some((s, n)) => (Some(s), n),
+                    None => (None, text.as_str()),
+                };
+                let built = schema
+                    .map(|s| glob_ci(s).map(Some))
+                    .unwrap_or(Ok(None))
+                    .and_then(|schema| glob_ci(name).map(|name| (schema, name)));
+                match built {
+                    Ok((schema, name)) if !text.is_empty() => {
+                        out.push(NamePattern { schema, name })
+                    }
+                    Ok(_) => self.problem(file, format!("rule `{rule}`: empty {what} pattern")),
+                    Err(e) => self.problem(
+                        file,
+                        format!("rule `{rule}`: bad {what} pattern `{text}`: {e}"),
+                    ),
+                }
+            }
+            out
+        };
+        let tables = patterns(s.tables, "table");
+        let functions = patterns(s.functions, "function");
+        StatementMatch {
+            classes: s.classes,
+            tables,
+            functions,
         }
     }
 
@@ -537,11 +688,21 @@ impl Merger {
                 }
             }
             for t in r.targets.iter().flatten() {
-                if !self.names.contains_key(&("target", t.clone())) {
-                    found.push((
+                let target = self.policy.targets.iter().find(|x| &x.name == t);
+                match target {
+                    None => found.push((
                         r.source.clone(),
                         format!("rule `{}` names unknown target `{t}`", r.name),
-                    ));
+                    )),
+                    Some(x) if r.statements.is_some() && x.protocol != Protocol::Postgres => found
+                        .push((
+                            r.source.clone(),
+                            format!(
+                                "rule `{}` has statements but target `{t}` speaks {:?}, which has none",
+                                r.name, x.protocol
+                            ),
+                        )),
+                    Some(_) => {}
                 }
             }
             for i in &r.issuers {
@@ -565,7 +726,9 @@ impl Merger {
         // nothing consistent; the deny would silently win, so make the author choose.
         for (i, a) in self.policy.rules.iter().enumerate() {
             for b in &self.policy.rules[i + 1..] {
-                if a.effect != b.effect && same_principals(a, b) {
+                // Statement rules act inside sessions, never on the connection itself.
+                let connection_rules = a.statements.is_none() && b.statements.is_none();
+                if connection_rules && a.effect != b.effect && same_principals(a, b) {
                     let overlap = match (&a.targets, &b.targets) {
                         (None, _) | (_, None) => true,
                         (Some(x), Some(y)) => x.iter().any(|t| y.contains(t)),
@@ -626,6 +789,14 @@ fn unmap(net: IpNet) -> IpNet {
 fn glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
     GlobBuilder::new(pattern)
         .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+}
+
+/// SQL names: case-insensitive, so a quoted `"Users"` cannot slip past a rule about `users`.
+fn glob_ci(pattern: &str) -> Result<GlobMatcher, globset::Error> {
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
         .build()
         .map(|g| g.compile_matcher())
 }

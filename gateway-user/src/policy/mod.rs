@@ -11,6 +11,9 @@ mod reload;
 mod rules;
 
 pub use load::load_dir;
-pub use model::{IdentityProvider, Jwks, Mode, Policy, Protocol, Target, TokenSource, Workload};
+pub use model::{
+    ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target, TokenSource,
+    UpstreamTls, Workload,
+};
 pub use reload::Reloader;
 pub use rules::{Decision, Who};

@@ -21,6 +21,9 @@ pub enum Mode {
 pub enum Protocol {
     /// Opaque bytes, relayed both ways.
     Tcp,
+    /// PostgreSQL wire protocol: the gateway authenticates the agent, logs in upstream with the
+    /// target's credential, and controls and records every statement.
+    Postgres,
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +52,43 @@ pub struct Target {
     pub addresses: Vec<IpNet>,
     pub ports: Vec<u16>,
     pub credential: Option<Secret>,
+    /// Present exactly when `protocol` is `postgres`.
+    pub postgres: Option<PostgresTarget>,
     pub source: PathBuf,
+}
+
+/// How the gateway speaks to a PostgreSQL target and to the agents that reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTarget {
+    /// The upstream role the gateway logs in as, with the target's credential.
+    pub user: String,
+    /// Forces this database; `None` keeps the one the agent asked for.
+    pub database: Option<String>,
+    pub upstream_tls: UpstreamTls,
+    /// The gateway's own certificate for agents that insist on TLS; `None` declines TLS (the
+    /// hop never leaves the node).
+    pub client_tls: Option<ClientTls>,
+    /// Larger protocol messages end the session with an error.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Plaintext: for loopback targets only (checked when loading).
+    Disable,
+    /// TLS (the default), certificate chain checked against `ca_file` and name against
+    /// `server_name` (or the destination address when unset).
+    VerifyFull {
+        /// `None`: the public web PKI roots.
+        ca_file: Option<PathBuf>,
+        server_name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// The upstream credential of a target, resolved when a connection needs it.
@@ -105,8 +144,31 @@ pub struct Rule {
     pub groups: Vec<String>,
     /// Target names; `None` means every target.
     pub targets: Option<Vec<String>>,
+    /// Set on statement rules: they deny matching statements inside allowed sessions and play
+    /// no part in deciding connections.
+    pub statements: Option<StatementMatch>,
     pub source: PathBuf,
 }
+
+/// Which statements a statement rule is about. Every list that is given must match (AND);
+/// within a list any entry may match (OR).
+#[derive(Debug, Clone)]
+pub struct StatementMatch {
+    pub classes: Vec<Class>,
+    pub tables: Vec<NamePattern>,
+    pub functions: Vec<NamePattern>,
+}
+
+/// `name` or `schema.name`, each part a glob. A pattern without a schema matches the name in
+/// every schema; an unqualified name in a statement matches every schema of a pattern (the
+/// session's search_path is not known, so fail closed).
+#[derive(Debug, Clone)]
+pub struct NamePattern {
+    pub schema: Option<GlobMatcher>,
+    pub name: GlobMatcher,
+}
+
+pub use crate::protocol::postgres::classify::Class;
 
 pub use super::doc::Effect;
 

@@ -1,6 +1,7 @@
 //! Who may reach which target. Default deny; a matching deny rule beats any allow rule.
 
-use super::model::{Effect, Policy, Rule};
+use super::model::{Class, Effect, NamePattern, Policy, Rule, StatementMatch};
+use crate::protocol::postgres::classify::{Classified, TableRef};
 
 /// The verified principal and where it connects from.
 #[derive(Debug, Clone)]
@@ -46,7 +47,8 @@ impl Rule {
 impl Policy {
     pub fn decide(&self, who: &Who<'_>, target: &str) -> Decision {
         let mut allow = None;
-        for rule in self.rules.iter().filter(|r| r.matches(who, target)) {
+        let connection_rules = self.rules.iter().filter(|r| r.statements.is_none());
+        for rule in connection_rules.filter(|r| r.matches(who, target)) {
             match rule.effect {
                 Effect::Deny => {
                     return Decision::Deny {
@@ -66,5 +68,64 @@ impl Policy {
                 reason: "no rule allows this principal and workload to reach this target".into(),
             },
         }
+    }
+}
+
+impl Policy {
+    /// The first statement rule that denies `stmt` for `who` on `target`, if any. An opaque
+    /// statement (DO block, parse error, …) cannot be shown not to match, so every statement
+    /// rule that applies to the principal denies it.
+    pub fn statement_denied<'p>(
+        &'p self,
+        who: &Who<'_>,
+        target: &str,
+        stmt: &Classified,
+    ) -> Option<&'p Rule> {
+        self.rules.iter().find(|r| {
+            r.statements
+                .as_ref()
+                .is_some_and(|m| r.matches(who, target) && m.matches(stmt))
+        })
+    }
+}
+
+impl StatementMatch {
+    fn matches(&self, stmt: &Classified) -> bool {
+        if stmt.class == Class::Opaque {
+            return true;
+        }
+        (self.classes.is_empty() || self.classes.contains(&stmt.class))
+            && (self.tables.is_empty()
+                || stmt
+                    .tables
+                    .iter()
+                    .any(|t| self.tables.iter().any(|p| p.matches_table(t))))
+            && (self.functions.is_empty()
+                || stmt
+                    .functions
+                    .iter()
+                    .any(|f| self.functions.iter().any(|p| p.matches_qualified(f))))
+    }
+}
+
+impl NamePattern {
+    fn matches_table(&self, t: &TableRef) -> bool {
+        self.matches_parts(t.schema.as_deref(), &t.name)
+    }
+
+    /// `schema.name` or `name`, as the classifier lists functions.
+    fn matches_qualified(&self, f: &str) -> bool {
+        match f.rsplit_once('.') {
+            Some((schema, name)) => self.matches_parts(Some(schema), name),
+            None => self.matches_parts(None, f),
+        }
+    }
+
+    fn matches_parts(&self, schema: Option<&str>, name: &str) -> bool {
+        let schema_ok = match (&self.schema, schema) {
+            (None, _) | (Some(_), None) => true,
+            (Some(p), Some(s)) => p.is_match(s),
+        };
+        schema_ok && self.name.is_match(name)
     }
 }

@@ -4,6 +4,7 @@
 
 mod authorize;
 mod limits;
+mod postgres;
 mod sessions;
 
 use std::{
@@ -29,11 +30,17 @@ pub use sessions::Sessions;
 use crate::{
     capture::{Listener, ListenerKind, WorkloadTable},
     ebpf::{peer_key, KernelMaps},
-    policy::{Policy, Protocol},
-    protocol::tcp,
-    record::EventSink,
+    policy::{Policy, Protocol, Target, Workload},
+    protocol::{
+        postgres::{cancel::CancelKeys, classify::Classifier},
+        tcp,
+    },
+    record::{EventSink, Recorder},
     upstream::Connect,
 };
+
+/// Distinct statement texts whose classification is kept.
+const CLASSIFIER_CACHE: usize = 10_000;
 
 pub struct Proxy<C> {
     pub policy: watch::Receiver<Arc<Policy>>,
@@ -47,6 +54,9 @@ pub struct Proxy<C> {
     verifiers: Verifiers,
     limits: limits::Limits,
     next_id: AtomicU64,
+    recorder: Arc<Recorder>,
+    classifier: Classifier,
+    cancels: CancelKeys,
 }
 
 impl<C: Connect> Proxy<C> {
@@ -56,6 +66,7 @@ impl<C: Connect> Proxy<C> {
         table: Arc<WorkloadTable>,
         events: Arc<EventSink>,
         connector: C,
+        recorder: Arc<Recorder>,
     ) -> Self {
         let verifiers = Verifiers::new(&policy.borrow(), maps.clone());
         let gateway = policy.borrow().gateway.clone();
@@ -75,6 +86,9 @@ impl<C: Connect> Proxy<C> {
             verifiers,
             limits,
             next_id: AtomicU64::new(1),
+            recorder,
+            classifier: Classifier::new(CLASSIFIER_CACHE),
+            cancels: CancelKeys::default(),
         }
     }
 
@@ -171,17 +185,39 @@ impl<C: Connect> Proxy<C> {
         cgroup: Option<String>,
         mut base: Value,
     ) {
-        let admitted = match self.admit(id, dst, pid, cgroup, &mut base).await {
+        let placed = match self.place(dst, cgroup, &mut base) {
+            Ok(p) => p,
+            Err(r) => return self.refuse(&base, r),
+        };
+        match placed.target.protocol {
+            Protocol::Tcp => self.tcp_session(id, client, dst, pid, placed, base).await,
+            Protocol::Postgres => {
+                self.postgres_session(id, client, dst, pid, placed, base)
+                    .await
+            }
+        }
+    }
+
+    async fn tcp_session(
+        &self,
+        id: u64,
+        client: TcpStream,
+        dst: SocketAddr,
+        pid: u32,
+        placed: Placed<'_>,
+        mut base: Value,
+    ) {
+        let token =
+            authorize::workload_token(&placed.workload, &placed.target, pid, &placed.cgroup).await;
+        let admitted = match token {
+            Ok(token) => self.admit(id, dst, placed, &token, &mut base).await,
+            Err(r) => Err(r),
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err(r) => return self.refuse(&base, r),
         };
-        self.events.emit(
-            "allowed",
-            with(
-                &base,
-                json!({"rule": admitted.rule, "policy_version": admitted.policy.version}),
-            ),
-        );
+        self.emit_allowed(&base, &admitted);
         let upstream = match self.connector.connect(dst).await {
             Ok(s) => s,
             Err(e) => {
@@ -196,18 +232,27 @@ impl<C: Connect> Proxy<C> {
         self.relay(client, upstream, &admitted, &base).await
     }
 
-    /// Everything that decides whether the connection may proceed. Fields learnt on the way
-    /// (workload, target, who) go into `base`, so a refusal event carries them.
-    async fn admit(
+    fn emit_allowed(&self, base: &Value, admitted: &Admitted<'_>) {
+        self.events.emit(
+            "allowed",
+            with(
+                base,
+                json!({"rule": admitted.rule, "policy_version": admitted.policy.version}),
+            ),
+        );
+    }
+
+    /// Which workload sent the connection and which target it was meant for; takes the
+    /// workload's session slot. Fields learnt on the way go into `base`, so a refusal event
+    /// carries them.
+    fn place(
         &self,
-        id: u64,
         dst: SocketAddr,
-        pid: u32,
         cgroup: Option<String>,
         base: &mut Value,
-    ) -> Result<Admitted<'_>, Refusal> {
-        // Decided against one snapshot of the policy; re-checked below if it changes meanwhile.
-        let mut policy = self.policy.borrow().clone();
+    ) -> Result<Placed<'_>, Refusal> {
+        // Decided against one snapshot of the policy; `admit` re-checks if it changes meanwhile.
+        let policy = self.policy.borrow().clone();
         let cgroup = cgroup.ok_or_else(|| {
             Refusal::new(
                 "unknown_workload",
@@ -232,13 +277,35 @@ impl<C: Connect> Proxy<C> {
             .map(|(_, t)| t.clone())
             .ok_or_else(|| Refusal::new("not_a_target", "original destination is not a target"))?;
         set(base, "target", json!(target.name));
-        // Every protocol gets its handler here; `tcp` is relayed as it is.
-        match target.protocol {
-            Protocol::Tcp => {}
-        }
-        let token = authorize::workload_token(&workload, &target, pid, &cgroup).await?;
+        set(base, "protocol", json!(target.protocol));
+        Ok(Placed {
+            policy,
+            workload,
+            target,
+            cgroup,
+            slot,
+        })
+    }
+
+    /// Verifies the token and decides under the rules; registers the session so that a new
+    /// policy can end it.
+    async fn admit<'a>(
+        &'a self,
+        id: u64,
+        dst: SocketAddr,
+        placed: Placed<'a>,
+        token: &str,
+        base: &mut Value,
+    ) -> Result<Admitted<'a>, Refusal> {
+        let Placed {
+            mut policy,
+            workload,
+            target,
+            cgroup,
+            slot,
+        } = placed;
         let allowed =
-            authorize::authorize(&policy, &self.verifiers, &workload, &target, &token).await?;
+            authorize::authorize(&policy, &self.verifiers, &workload, &target, token).await?;
         let p = allowed.principal;
         set(base, "subject", json!(p.subject));
         set(base, "issuer", json!(p.issuer));
@@ -258,6 +325,8 @@ impl<C: Connect> Proxy<C> {
             token_source: workload.token.clone(),
             target: target.name.clone(),
             dst,
+            protocol: target.protocol,
+            postgres: target.postgres.clone(),
             provider,
         };
         let guard = self.sessions.open(id, grant.clone());
@@ -281,6 +350,8 @@ impl<C: Connect> Proxy<C> {
             expires_at: p.expires_at,
             rule: allowed.rule,
             policy,
+            grant,
+            target,
             guard,
             _slot: slot,
         })
@@ -315,11 +386,7 @@ impl<C: Connect> Proxy<C> {
         self.events.emit("connection_open", base.clone());
         let started = Instant::now();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
-        let expires = tokio::time::Instant::now()
-            + admitted
-                .expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
+        let expires = admitted.expires();
         let counters = tcp::Counters::default();
         let (error, ended_by) = tokio::select! {
             r = tcp::relay(client, upstream, idle, &counters) => (r.err().map(|e| e.to_string()), None),
@@ -350,12 +417,34 @@ impl<C: Connect> Proxy<C> {
     }
 }
 
+impl Admitted<'_> {
+    /// The token's `exp` on the runtime's clock: the session ends then, not at some later poll.
+    fn expires(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+            + self
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Where a connection comes from and goes to, before anyone has looked at its token.
+struct Placed<'a> {
+    policy: Arc<Policy>,
+    workload: Workload,
+    target: Target,
+    cgroup: String,
+    slot: limits::Slot<'a>,
+}
+
 /// A connection the policy lets through, with what keeps it accountable while it lives.
 struct Admitted<'a> {
     expires_at: SystemTime,
     rule: String,
     /// The policy it was finally decided under.
     policy: Arc<Policy>,
+    grant: Grant,
+    target: Target,
     guard: sessions::SessionGuard<'a>,
     _slot: limits::Slot<'a>,
 }

@@ -7,7 +7,9 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Decision, IdentityProvider, Policy, TokenSource, Who};
+use crate::policy::{
+    Decision, IdentityProvider, Policy, PostgresTarget, Protocol, TokenSource, Who,
+};
 
 /// Everything a session was allowed on, kept to re-evaluate it against a new policy: not only
 /// the names but what they stood for (the cgroup, the destination, the provider's settings).
@@ -21,6 +23,9 @@ pub struct Grant {
     pub token_source: TokenSource,
     pub target: String,
     pub dst: std::net::SocketAddr,
+    /// What the target was when granted: a changed protocol or upstream login ends the session.
+    pub protocol: Protocol,
+    pub postgres: Option<PostgresTarget>,
     pub provider: IdentityProvider,
 }
 
@@ -37,8 +42,14 @@ pub fn still_allowed(policy: &Policy, g: &Grant) -> Result<(), String> {
         }
     }
     match policy.target_for(g.dst) {
-        Some((_, t)) if t.name == g.target => {}
-        _ => return Err(format!("{} is no longer target `{}`", g.dst, g.target)),
+        Some((_, t))
+            if t.name == g.target && t.protocol == g.protocol && t.postgres == g.postgres => {}
+        _ => {
+            return Err(format!(
+                "{} is no longer target `{}` as it was defined",
+                g.dst, g.target
+            ))
+        }
     }
     if policy
         .identity_providers

@@ -1,0 +1,336 @@
+//! The gateway's own login to the target: TLS (verify-full by default), a startup message with
+//! the target's upstream role, and SCRAM-SHA-256 (with channel binding over TLS), md5 or
+//! cleartext with the target's credential. The agent never sees any of it.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use bytes::BytesMut;
+use postgres_protocol::{
+    authentication::{
+        md5_hash,
+        sasl::{ChannelBinding, ScramSha256},
+    },
+    message::frontend,
+};
+use rustls_pki_types::{CertificateDer, ServerName};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+use super::{
+    codec::{self, CodecError, Fields, Frame, Notice},
+    frontend::BoxIo,
+};
+use crate::{
+    policy::{PostgresTarget, UpstreamTls},
+    upstream::Connect,
+};
+
+/// Startup parameters an agent may pass through. Anything else is dropped: `options` could carry
+/// `-c role=…` or `-c session_authorization=…` and step around statement rules, and
+/// `replication` would open a replication session.
+const PASSED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "intervalstyle",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the target does not accept TLS")]
+    NoTls,
+    #[error("the target refused the login: {code} {message}")]
+    Rejected { code: String, message: String },
+    #[error("the target asked for an authentication method the gateway does not use ({0})")]
+    Unsupported(i32),
+    #[error("SCRAM: {0}")]
+    Scram(std::io::Error),
+    #[error("unexpected `{0}` message during login")]
+    Unexpected(char),
+}
+
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> Self {
+        BackendError::Codec(CodecError::Io(e))
+    }
+}
+
+pub struct Upstream {
+    pub stream: BoxIo,
+    /// ParameterStatus and NoticeResponse frames of the login, to replay to the agent.
+    pub greeting: Vec<Frame>,
+    /// The real BackendKeyData, which only the gateway knows.
+    pub pid: i32,
+    pub key: i32,
+}
+
+/// Logs in to `dst` as the target's role.
+pub async fn connect<C: Connect>(
+    connector: &C,
+    dst: SocketAddr,
+    cfg: &PostgresTarget,
+    password: &str,
+    client_params: &[(String, String)],
+) -> Result<Upstream, BackendError> {
+    let tcp = connector
+        .connect(dst)
+        .await
+        .map_err(BackendError::Connect)?;
+    let (mut stream, cert_hash): (BoxIo, Option<Vec<u8>>) = match &cfg.upstream_tls {
+        UpstreamTls::Disable => (Box::new(tcp), None),
+        UpstreamTls::VerifyFull {
+            ca_file,
+            server_name,
+        } => {
+            let (s, hash) = start_tls(tcp, dst, ca_file.as_deref(), server_name.as_deref()).await?;
+            (s, Some(hash))
+        }
+    };
+    let mut params: Vec<(&str, &str)> = vec![("user", cfg.user.as_str())];
+    let database = cfg.database.as_deref().or_else(|| {
+        let get = |k: &str| {
+            client_params
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        // PostgreSQL's own default: the database named like the user who asked.
+        get("database").or_else(|| get("user"))
+    });
+    if let Some(db) = database {
+        params.push(("database", db));
+    }
+    for (k, v) in client_params {
+        if PASSED_PARAMS.contains(&k.to_ascii_lowercase().as_str()) {
+            params.push((k, v));
+        }
+    }
+    let mut buf = BytesMut::new();
+    frontend::startup_message(params.iter().copied(), &mut buf)?;
+    stream.write_all(&buf).await?;
+    stream.flush().await?;
+    authenticate(
+        &mut stream,
+        &cfg.user,
+        password,
+        cert_hash,
+        cfg.max_message_bytes,
+    )
+    .await?;
+    let mut greeting = Vec::new();
+    let (mut pid, mut key) = (0, 0);
+    loop {
+        let frame = next(&mut stream, cfg.max_message_bytes).await?;
+        match frame.tag() {
+            b'S' | b'N' => greeting.push(frame),
+            b'K' => {
+                let mut f = Fields::new(&frame);
+                pid = f.i32()?;
+                key = f.i32()?;
+            }
+            b'Z' => break,
+            b'E' => return Err(rejected(&frame)),
+            t => return Err(BackendError::Unexpected(t as char)),
+        }
+    }
+    Ok(Upstream {
+        stream,
+        greeting,
+        pid,
+        key,
+    })
+}
+
+async fn next(stream: &mut BoxIo, max: usize) -> Result<Frame, BackendError> {
+    codec::read_frame(stream, max).await?.ok_or_else(|| {
+        BackendError::Codec(CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+    })
+}
+
+fn rejected(frame: &Frame) -> BackendError {
+    match Notice::parse(frame) {
+        Ok(n) => BackendError::Rejected {
+            code: n.sqlstate().to_string(),
+            message: n.message().to_string(),
+        },
+        Err(e) => e.into(),
+    }
+}
+
+async fn authenticate(
+    stream: &mut BoxIo,
+    user: &str,
+    password: &str,
+    cert_hash: Option<Vec<u8>>,
+    max: usize,
+) -> Result<(), BackendError> {
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let frame = next(stream, max).await?;
+        match frame.tag() {
+            b'R' => {}
+            b'E' => return Err(rejected(&frame)),
+            t => return Err(BackendError::Unexpected(t as char)),
+        }
+        let mut f = Fields::new(&frame);
+        let mut buf = BytesMut::new();
+        match f.i32()? {
+            0 => return Ok(()),
+            3 => frontend::password_message(password.as_bytes(), &mut buf)?,
+            5 => {
+                let salt = f.take(4)?;
+                let hash = md5_hash(
+                    user.as_bytes(),
+                    password.as_bytes(),
+                    [salt[0], salt[1], salt[2], salt[3]],
+                );
+                frontend::password_message(hash.as_bytes(), &mut buf)?;
+            }
+            10 => {
+                let mut mechanisms = Vec::new();
+                loop {
+                    let m = f.cstr()?;
+                    if m.is_empty() {
+                        break;
+                    }
+                    mechanisms.push(m);
+                }
+                let plus = mechanisms.contains(&"SCRAM-SHA-256-PLUS");
+                let (mechanism, binding) = match &cert_hash {
+                    Some(h) if plus => (
+                        "SCRAM-SHA-256-PLUS",
+                        ChannelBinding::tls_server_end_point(h.clone()),
+                    ),
+                    Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                    None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                };
+                if !mechanisms.contains(&"SCRAM-SHA-256") && !plus {
+                    return Err(BackendError::Unsupported(10));
+                }
+                let s = ScramSha256::new(password.as_bytes(), binding);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut buf)?;
+                scram = Some(s);
+            }
+            11 => {
+                let s = scram.as_mut().ok_or(BackendError::Unexpected('R'))?;
+                s.update(rest(&frame)).map_err(BackendError::Scram)?;
+                frontend::sasl_response(s.message(), &mut buf)?;
+            }
+            12 => {
+                // Verifies the server's signature: a server that does not know the password
+                // cannot finish the exchange.
+                let s = scram.as_mut().ok_or(BackendError::Unexpected('R'))?;
+                s.finish(rest(&frame)).map_err(BackendError::Scram)?;
+                continue;
+            }
+            other => return Err(BackendError::Unsupported(other)),
+        }
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+    }
+}
+
+/// The SASL data after the authentication code.
+fn rest(frame: &Frame) -> &[u8] {
+    &frame.body()[4..]
+}
+
+async fn start_tls(
+    mut tcp: tokio::net::TcpStream,
+    dst: SocketAddr,
+    ca_file: Option<&Path>,
+    server_name: Option<&str>,
+) -> Result<(BoxIo, Vec<u8>), BackendError> {
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).await?;
+    if tcp.read_u8().await? != b'S' {
+        return Err(BackendError::NoTls);
+    }
+    let config = client_config(ca_file)?;
+    let name = match server_name {
+        Some(n) => ServerName::try_from(n.to_string())
+            .map_err(|e| BackendError::Tls(format!("server_name `{n}`: {e}")))?,
+        None => ServerName::IpAddress(dst.ip().into()),
+    };
+    let tls = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| BackendError::Tls(e.to_string()))?;
+    // tls-server-end-point (RFC 5929) hashes the certificate with SHA-256 for the usual
+    // SHA-256 and weaker signatures; PostgreSQL derives the same from its certificate.
+    let hash = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Sha256::digest(c.as_ref()).to_vec())
+        .ok_or_else(|| BackendError::Tls("no server certificate".into()))?;
+    Ok((Box::new(tls), hash))
+}
+
+fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, BackendError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| BackendError::Tls(format!("{}: {e}", path.display())))?;
+            let certs: Vec<CertificateDer<'static>> =
+                rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| BackendError::Tls(format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(BackendError::Tls(format!(
+                    "{}: no certificates",
+                    path.display()
+                )));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| BackendError::Tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BackendError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Sends a CancelRequest for the real backend key to the target.
+pub async fn cancel<C: Connect>(
+    connector: &C,
+    dst: SocketAddr,
+    pid: i32,
+    key: i32,
+) -> std::io::Result<()> {
+    let mut tcp = connector.connect(dst).await?;
+    let mut buf = BytesMut::new();
+    frontend::cancel_request(pid, key, &mut buf);
+    tcp.write_all(&buf).await?;
+    tcp.flush().await?;
+    // The server closes without answering; wait for it so the request is not cut short.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut sink)).await;
+    Ok(())
+}

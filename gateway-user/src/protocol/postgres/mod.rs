@@ -1,0 +1,12 @@
+//! PostgreSQL targets, fully L7: the agent's unchanged client talks to the gateway, which
+//! authenticates it (`frontend`), logs in upstream with the target's own credential (`backend`),
+//! and relays every message (`relay`, framed by `codec`), classifying each statement
+//! (`classify`) against the statement rules and recording it.
+
+pub mod backend;
+pub mod cancel;
+pub mod classify;
+pub mod codec;
+pub mod frontend;
+pub mod relay;
+pub mod tls;

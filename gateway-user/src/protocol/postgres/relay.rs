@@ -1,0 +1,785 @@
+//! The session relay after login. Client messages are forwarded as read, except that every
+//! statement (Query, Parse, Bind of a prepared statement, FunctionCall) is classified and checked
+//! against the statement rules of the policy in force.
+//!
+//! A denied statement is not answered by the gateway. Its message is replaced by one that fails
+//! on the server (a syntax error, or a Bind to a statement that does not exist) and carries a
+//! per-session marker; the server's error is then rewritten into the gateway's 42501 on the way
+//! back. The server itself therefore applies PostgreSQL's own error semantics: the transaction
+//! block is aborted, the rest of an extended-protocol batch is skipped until Sync, and the
+//! responses of pipelined statements stay in order.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+use bytes::BufMut;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter},
+    sync::watch,
+};
+
+use super::{
+    classify::{Class, Classified, Classifier},
+    codec::{self, out, put_cstr, CodecError, Fields, Frame, Notice},
+    frontend::BoxIo,
+};
+use crate::{
+    policy::{Policy, Who},
+    record::{now_ms, Record, Recorder, Statement},
+};
+
+const BUFFER: usize = 64 * 1024;
+/// Recorded parameter values are cut at this many bytes.
+const PARAM_CAP: usize = 4096;
+/// Prepared statements and portals a session may hold; PostgreSQL has no limit, but the gateway
+/// keeps a small record of each.
+const MAX_NAMED: usize = 100_000;
+
+/// Who is on the session and under which policy its statements are judged.
+pub struct SessionContext<'a> {
+    pub session: String,
+    pub issuer: String,
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub workload: String,
+    pub target: String,
+    pub policy: watch::Receiver<Arc<Policy>>,
+    pub classifier: &'a Classifier,
+    pub recorder: &'a Recorder,
+    pub max_message: usize,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+    pub statements: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("from the agent: {0}")]
+    Client(CodecError),
+    #[error("from the target: {0}")]
+    Upstream(CodecError),
+    #[error("the agent sent an unknown message type `{0}`")]
+    UnknownMessage(char),
+    #[error("the agent holds more than {MAX_NAMED} prepared statements or portals")]
+    TooManyNamed,
+}
+
+impl RelayError {
+    /// The error to send the agent before closing, when it was the agent's fault.
+    pub fn for_client(&self) -> Option<Frame> {
+        let (code, msg) = match self {
+            RelayError::Client(CodecError::Io(_)) | RelayError::Upstream(_) => return None,
+            RelayError::Client(e) => ("08P01", format!("agentgate: {e}")),
+            RelayError::UnknownMessage(_) => ("08P01", format!("agentgate: {self}")),
+            RelayError::TooManyNamed => ("54000", format!("agentgate: {self}")),
+        };
+        Some(out::error("FATAL", code, &msg, None))
+    }
+}
+
+/// How the relay ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The agent sent Terminate.
+    Client,
+    /// The agent closed without Terminate (perhaps with a statement still running).
+    ClientGone,
+    /// The target closed (e.g. the backend was terminated).
+    Upstream,
+    /// The gateway ended it: token expiry, a policy change, idleness.
+    Stopped(String),
+}
+
+struct Denial {
+    rule: String,
+    classified: Arc<Classified>,
+}
+
+/// A statement sent upstream whose outcome is still to come.
+struct Open {
+    rec: Statement,
+    started: Instant,
+}
+
+enum Pending {
+    /// A Query: complete at ReadyForQuery (several CommandCompletes add up).
+    Simple(Open),
+    /// An Execute: complete at its CommandComplete, EmptyQueryResponse, PortalSuspended or
+    /// error.
+    Execute(Open),
+    /// A FunctionCall: complete at ReadyForQuery.
+    Call(Open),
+    Sync,
+}
+
+struct Shared {
+    pending: Mutex<VecDeque<Pending>>,
+    denials: Mutex<HashMap<u32, Denial>>,
+    /// `agentgate_denied_<random>_`: only this session's substitutes carry it, and no agent
+    /// can predict it to make its own error look like a denial.
+    marker: String,
+    seq: AtomicU64,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn denials(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Denial>> {
+        self.denials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Prepared {
+    text: Arc<str>,
+    classified: Arc<Classified>,
+    denied: bool,
+}
+
+struct Portal {
+    statement: Option<Arc<Prepared>>,
+    params: Vec<Option<String>>,
+    denied: bool,
+}
+
+/// Relays until either side ends. Errors that are the agent's fault come back with a FATAL to
+/// send it (see [`RelayError::for_client`]); the caller owns both streams' teardown.
+pub async fn relay(
+    client: BoxIo,
+    upstream: BoxIo,
+    ctx: &SessionContext<'_>,
+    counters: &Counters,
+    stop: impl std::future::Future<Output = String>,
+) -> (Result<Ended, RelayError>, BoxIo) {
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    let mut client_out = BufWriter::with_capacity(BUFFER, cw);
+    let mut upstream_out = BufWriter::with_capacity(BUFFER, uw);
+    let shared = Shared {
+        pending: Mutex::new(VecDeque::new()),
+        denials: Mutex::new(HashMap::new()),
+        marker: format!("agentgate_denied_{:016x}_", rand::random::<u64>()),
+        seq: AtomicU64::new(0),
+    };
+    let result = {
+        let up = Upward {
+            ctx,
+            shared: &shared,
+            counters,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            next_denial: 0,
+        }
+        .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
+        let down = downward(
+            ctx,
+            &shared,
+            counters,
+            BufReader::with_capacity(BUFFER, ur),
+            &mut client_out,
+        );
+        tokio::select! {
+            r = up => r,
+            r = down => r,
+            why = stop => Ok(Ended::Stopped(why)),
+        }
+    };
+    let _ = upstream_out.shutdown().await;
+    // Hand the client side back (with anything still buffered) so the caller can tell the
+    // agent why it ends.
+    (result, Box::new(ClientHalf(client_out)))
+}
+
+/// The write half of the agent's stream, as a stream for [`super::frontend::send`].
+struct ClientHalf(BufWriter<tokio::io::WriteHalf<BoxIo>>);
+
+impl AsyncRead for ClientHalf {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientHalf {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Agent → target.
+struct Upward<'a, 'c> {
+    ctx: &'a SessionContext<'c>,
+    shared: &'a Shared,
+    counters: &'a Counters,
+    statements: HashMap<String, Arc<Prepared>>,
+    portals: HashMap<String, Portal>,
+    next_denial: u32,
+}
+
+impl Upward<'_, '_> {
+    async fn run<R, W>(mut self, mut from: BufReader<R>, to: &mut W) -> Result<Ended, RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            let Some(frame) = codec::read_frame(&mut from, self.ctx.max_message)
+                .await
+                .map_err(RelayError::Client)?
+            else {
+                return Ok(Ended::ClientGone);
+            };
+            self.counters
+                .up
+                .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+            let tag = frame.tag();
+            let frame = self.inspect(frame).await?;
+            let io = |e| RelayError::Upstream(CodecError::Io(e));
+            to.write_all(&frame.bytes).await.map_err(io)?;
+            if tag == b'X' {
+                to.flush().await.map_err(io)?;
+                return Ok(Ended::Client);
+            }
+            // Pipelined messages travel together; flush once nothing more is waiting.
+            if from.buffer().is_empty() {
+                to.flush().await.map_err(io)?;
+            }
+        }
+    }
+
+    /// Decides one message; returns what to forward.
+    async fn inspect(&mut self, frame: Frame) -> Result<Frame, RelayError> {
+        let bad = RelayError::Client;
+        match frame.tag() {
+            b'Q' => {
+                let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
+                let classified = self.ctx.classifier.classify(&text);
+                let rule = self.decide(&classified);
+                let rec = self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
+                let forward = match rule {
+                    Some(rule) => out::query(&self.deny(rule, classified)),
+                    None => frame,
+                };
+                self.push(Pending::Simple(open(rec)));
+                Ok(forward)
+            }
+            b'P' => {
+                let mut f = Fields::new(&frame);
+                let name = f.cstr().map_err(bad)?.to_string();
+                let text = f.cstr().map_err(bad)?;
+                let classified = self.ctx.classifier.classify(text);
+                let rule = self.decide(&classified);
+                let prepared = Arc::new(Prepared {
+                    text: text.into(),
+                    classified: classified.clone(),
+                    denied: rule.is_some(),
+                });
+                if !self.statements.contains_key(&name) && self.statements.len() >= MAX_NAMED {
+                    return Err(RelayError::TooManyNamed);
+                }
+                self.statements.insert(name.clone(), prepared.clone());
+                match rule {
+                    Some(rule) => {
+                        self.record_denial(&prepared, Vec::new(), &rule).await;
+                        let marker = self.deny(rule, classified);
+                        Ok(Frame::build(b'P', |b| {
+                            put_cstr(b, &name);
+                            put_cstr(b, &marker);
+                            b.put_i16(0);
+                        }))
+                    }
+                    None => Ok(frame),
+                }
+            }
+            b'B' => self.bind(frame).await,
+            b'E' => {
+                let portal = Fields::new(&frame).cstr().map_err(bad)?;
+                match self.portals.get(portal) {
+                    // Denied at Parse or Bind (already recorded): the server skips it.
+                    Some(p) if p.denied => {}
+                    Some(p) => {
+                        let rec = match &p.statement {
+                            Some(s) => self.statement(
+                                "extended",
+                                &s.text,
+                                &s.classified,
+                                p.params.clone(),
+                                None,
+                            ),
+                            None => self.statement(
+                                "extended",
+                                "",
+                                &Classified::opaque("unknown prepared statement"),
+                                p.params.clone(),
+                                None,
+                            ),
+                        };
+                        self.push(Pending::Execute(open(rec)));
+                    }
+                    None => {
+                        let rec = self.statement(
+                            "extended",
+                            "",
+                            &Classified::opaque("unknown portal"),
+                            Vec::new(),
+                            None,
+                        );
+                        self.push(Pending::Execute(open(rec)));
+                    }
+                }
+                Ok(frame)
+            }
+            b'S' => {
+                self.push(Pending::Sync);
+                Ok(frame)
+            }
+            b'C' => {
+                let mut f = Fields::new(&frame);
+                let kind = f.u8().map_err(bad)?;
+                let name = f.cstr().map_err(bad)?;
+                match kind {
+                    b'S' => self.statements.remove(name).map(|_| ()),
+                    _ => self.portals.remove(name).map(|_| ()),
+                };
+                Ok(frame)
+            }
+            b'F' => {
+                // The function is named by OID and runs with arbitrary arguments: opaque.
+                let classified = Arc::new(Classified::opaque("FunctionCall message"));
+                let rule = self.decide(&classified);
+                let rec = self.statement(
+                    "function_call",
+                    "<FunctionCall>",
+                    &classified,
+                    Vec::new(),
+                    rule.as_deref(),
+                );
+                let forward = match rule {
+                    Some(rule) => out::query(&self.deny(rule, classified)),
+                    None => frame,
+                };
+                self.push(Pending::Call(open(rec)));
+                Ok(forward)
+            }
+            b'D' | b'H' | b'X' | b'd' | b'c' | b'f' => Ok(frame),
+            other => Err(RelayError::UnknownMessage(other as char)),
+        }
+    }
+
+    async fn bind(&mut self, frame: Frame) -> Result<Frame, RelayError> {
+        let bad = RelayError::Client;
+        let mut f = Fields::new(&frame);
+        let portal = f.cstr().map_err(bad)?.to_string();
+        let statement = f.cstr().map_err(bad)?.to_string();
+        let params = bind_params(&mut f).map_err(bad)?;
+        let prepared = self.statements.get(&statement).cloned();
+        let mut forward = frame;
+        let mut denied = prepared.as_ref().is_some_and(|p| p.denied);
+        if let Some(p) = prepared.as_ref().filter(|p| !p.denied) {
+            // The policy may have changed since Parse: prepared statements are judged again
+            // each time they are bound.
+            if let Some(rule) = self.decide(&p.classified) {
+                self.record_denial(p, params.clone(), &rule).await;
+                let marker = self.deny(rule, p.classified.clone());
+                forward = Frame::build(b'B', |b| {
+                    put_cstr(b, &portal);
+                    put_cstr(b, &marker);
+                    b.put_i16(0);
+                    b.put_i16(0);
+                    b.put_i16(0);
+                });
+                denied = true;
+            }
+        }
+        if !self.portals.contains_key(&portal) && self.portals.len() >= MAX_NAMED {
+            return Err(RelayError::TooManyNamed);
+        }
+        self.portals.insert(
+            portal,
+            Portal {
+                statement: prepared,
+                params,
+                denied,
+            },
+        );
+        Ok(forward)
+    }
+
+    /// The rule that denies `classified` under the policy in force now, if any.
+    fn decide(&self, classified: &Classified) -> Option<String> {
+        let policy = self.ctx.policy.borrow().clone();
+        let who = Who {
+            issuer: &self.ctx.issuer,
+            subject: &self.ctx.subject,
+            groups: &self.ctx.groups,
+            workload: &self.ctx.workload,
+        };
+        policy
+            .statement_denied(&who, &self.ctx.target, classified)
+            .map(|r| r.name.clone())
+    }
+
+    /// Registers a denial and returns the marker text that makes the server fail in its place.
+    fn deny(&mut self, rule: String, classified: Arc<Classified>) -> String {
+        self.next_denial = self.next_denial.wrapping_add(1);
+        let n = self.next_denial;
+        self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(rule, class = classified.class.as_str(), "statement denied");
+        self.shared.denials().insert(n, Denial { rule, classified });
+        format!("{}{n}", self.shared.marker)
+    }
+
+    fn statement(
+        &self,
+        kind: &'static str,
+        text: &str,
+        c: &Classified,
+        params: Vec<Option<String>>,
+        rule: Option<&str>,
+    ) -> Statement {
+        self.counters.statements.fetch_add(1, Ordering::Relaxed);
+        Statement {
+            session: self.ctx.session.clone(),
+            seq: self.shared.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            started_ms: now_ms(),
+            kind,
+            text: text.to_string(),
+            params,
+            class: c.class.as_str().to_string(),
+            tables: c.tables.iter().map(|t| t.to_string()).collect(),
+            functions: c.functions.clone(),
+            decision: if rule.is_some() { "denied" } else { "allowed" },
+            rule: rule.map(str::to_string),
+            duration_us: None,
+            rows: None,
+            error_code: None,
+            error: None,
+        }
+    }
+
+    /// A prepared statement refused at Parse or Bind never runs: its record is final now.
+    async fn record_denial(&self, p: &Prepared, params: Vec<Option<String>>, rule: &str) {
+        let mut rec = self.statement("extended", &p.text, &p.classified, params, Some(rule));
+        rec.error_code = Some("42501".into());
+        rec.error = Some(denial_message(rule));
+        self.ctx.recorder.record(Record::Statement(rec)).await;
+    }
+
+    fn push(&self, p: Pending) {
+        self.shared.pending().push_back(p);
+    }
+}
+
+fn open(rec: Statement) -> Open {
+    Open {
+        rec,
+        started: Instant::now(),
+    }
+}
+
+fn denial_message(rule: &str) -> String {
+    format!("agentgate: statement denied by policy rule \"{rule}\"")
+}
+
+/// The parameter values of a Bind, as text for the record: text-format values as they are,
+/// binary ones as `\x` hex, each cut at [`PARAM_CAP`] bytes.
+fn bind_params(f: &mut Fields<'_>) -> Result<Vec<Option<String>>, CodecError> {
+    let nformats = f.count()?;
+    let mut formats = Vec::with_capacity(nformats.min(64));
+    for _ in 0..nformats {
+        formats.push(f.i16()?);
+    }
+    let n = f.count()?;
+    let mut params = Vec::with_capacity(n.min(1024));
+    for i in 0..n {
+        let len = f.i32()?;
+        if len < 0 {
+            params.push(None);
+            continue;
+        }
+        let value = f.take(len as usize)?;
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i).copied().unwrap_or(0) == 1,
+        };
+        let cut = &value[..value.len().min(PARAM_CAP)];
+        let mut s = if binary {
+            let mut h = String::with_capacity(2 + cut.len() * 2);
+            h.push_str("\\x");
+            for b in cut {
+                h.push_str(&format!("{b:02x}"));
+            }
+            h
+        } else {
+            String::from_utf8_lossy(cut).into_owned()
+        };
+        if value.len() > PARAM_CAP {
+            s.push('…');
+        }
+        params.push(Some(s));
+    }
+    Ok(params)
+}
+
+/// Target → agent: forwards everything, rewrites the server's errors for denied statements and
+/// completes the statement records.
+async fn downward<R, W>(
+    ctx: &SessionContext<'_>,
+    shared: &Shared,
+    counters: &Counters,
+    mut from: BufReader<R>,
+    to: &mut W,
+) -> Result<Ended, RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let io = |e| RelayError::Client(CodecError::Io(e));
+    loop {
+        let Some(mut frame) = codec::read_frame(&mut from, ctx.max_message)
+            .await
+            .map_err(RelayError::Upstream)?
+        else {
+            to.flush().await.map_err(io)?;
+            return Ok(Ended::Upstream);
+        };
+        counters
+            .down
+            .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+        let mut done = Vec::new();
+        match frame.tag() {
+            b'C' => {
+                let rows = command_rows(&frame);
+                let mut q = shared.pending();
+                match q.front_mut() {
+                    Some(Pending::Execute(_)) => {
+                        if let Some(Pending::Execute(mut o)) = q.pop_front() {
+                            o.rec.rows = rows;
+                            done.push(o);
+                        }
+                    }
+                    Some(Pending::Simple(o)) | Some(Pending::Call(o)) => {
+                        if let Some(r) = rows {
+                            o.rec.rows = Some(o.rec.rows.unwrap_or(0) + r);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            b'I' | b's' => {
+                let mut q = shared.pending();
+                if let Some(Pending::Execute(_)) = q.front() {
+                    if let Some(Pending::Execute(mut o)) = q.pop_front() {
+                        o.rec.rows = Some(0).filter(|_| frame.tag() == b'I').or(o.rec.rows);
+                        done.push(o);
+                    }
+                }
+            }
+            b'E' => {
+                let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
+                let (code, message) = match denial_of(shared, &notice) {
+                    Some(d) => {
+                        let message = denial_message(&d.rule);
+                        let detail = describe(&d.classified);
+                        frame = out::error("ERROR", "42501", &message, Some(&detail));
+                        ("42501".to_string(), message)
+                    }
+                    None => (notice.sqlstate().to_string(), notice.message().to_string()),
+                };
+                let mut q = shared.pending();
+                match q.front_mut() {
+                    Some(Pending::Execute(_)) => {
+                        if let Some(Pending::Execute(mut o)) = q.pop_front() {
+                            o.rec.error_code = Some(code);
+                            o.rec.error = Some(message);
+                            done.push(o);
+                        }
+                    }
+                    // The first error of a Query is its outcome.
+                    Some(Pending::Simple(o)) | Some(Pending::Call(o)) if o.rec.error.is_none() => {
+                        o.rec.error_code = Some(code);
+                        o.rec.error = Some(message);
+                    }
+                    _ => {}
+                }
+            }
+            b'Z' => {
+                let mut q = shared.pending();
+                while let Some(p) = q.pop_front() {
+                    match p {
+                        Pending::Execute(mut o) => {
+                            // Skipped by the server after an earlier error in the batch.
+                            o.rec.error =
+                                Some("not executed: an earlier message of the batch failed".into());
+                            done.push(o);
+                        }
+                        Pending::Simple(o) | Pending::Call(o) => {
+                            done.push(o);
+                            break;
+                        }
+                        Pending::Sync => break,
+                    }
+                }
+            }
+            _ => {}
+        }
+        to.write_all(&frame.bytes).await.map_err(io)?;
+        for mut o in done {
+            o.rec.duration_us = Some(o.started.elapsed().as_micros() as u64);
+            ctx.recorder.record(Record::Statement(o.rec)).await;
+        }
+        if from.buffer().is_empty() {
+            to.flush().await.map_err(io)?;
+        }
+    }
+}
+
+/// The denial an error stands for, if it is the failure of one of this session's substitutes.
+fn denial_of(shared: &Shared, notice: &Notice) -> Option<Denial> {
+    let message = notice.message();
+    let at = message.find(&shared.marker)? + shared.marker.len();
+    let digits: String = message[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let n: u32 = digits.parse().ok()?;
+    shared.denials().remove(&n)
+}
+
+fn describe(c: &Classified) -> String {
+    let mut s = format!("statement class: {}", c.class.as_str());
+    if !c.tables.is_empty() {
+        let t: Vec<String> = c.tables.iter().map(|t| t.to_string()).collect();
+        s.push_str(&format!("; tables: {}", t.join(", ")));
+    }
+    if c.class == Class::Opaque {
+        if let Some(n) = &c.note {
+            s.push_str(&format!("; {n}"));
+        }
+    }
+    s
+}
+
+/// The row count at the end of a CommandComplete tag (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
+fn command_rows(frame: &Frame) -> Option<u64> {
+    let tag = Fields::new(frame).cstr().ok()?;
+    let last = tag.rsplit(' ').next()?;
+    if tag.contains(' ') {
+        last.parse().ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_counts_from_command_tags() {
+        let cc = |t: &str| Frame::build(b'C', |b| put_cstr(b, t));
+        assert_eq!(command_rows(&cc("SELECT 3")), Some(3));
+        assert_eq!(command_rows(&cc("INSERT 0 5")), Some(5));
+        assert_eq!(command_rows(&cc("CREATE TABLE")), None);
+        assert_eq!(command_rows(&cc("BEGIN")), None);
+    }
+
+    #[test]
+    fn bind_params_text_binary_null_and_truncated() {
+        let big = vec![b'a'; PARAM_CAP + 10];
+        let bind = Frame::build(b'B', |b| {
+            put_cstr(b, "");
+            put_cstr(b, "s");
+            b.put_i16(3);
+            b.put_i16(0);
+            b.put_i16(1);
+            b.put_i16(0);
+            b.put_i16(3);
+            b.put_i32(2);
+            b.put_slice(b"42");
+            b.put_i32(2);
+            b.put_slice(&[0xde, 0xad]);
+            b.put_i32(big.len() as i32);
+            b.put_slice(&big);
+            b.put_i16(0);
+        });
+        let mut f = Fields::new(&bind);
+        f.cstr().unwrap();
+        f.cstr().unwrap();
+        let p = bind_params(&mut f).unwrap();
+        assert_eq!(p[0].as_deref(), Some("42"));
+        assert_eq!(p[1].as_deref(), Some("\\xdead"));
+        assert_eq!(p[2].as_ref().unwrap().len(), PARAM_CAP + '…'.len_utf8());
+        // A length past the end of the message is an error, not a panic.
+        let short = Frame::build(b'B', |b| {
+            b.put_i16(0);
+            b.put_i16(1);
+            b.put_i32(100);
+        });
+        assert!(bind_params(&mut Fields::new(&short)).is_err());
+    }
+
+    #[test]
+    fn only_this_sessions_marker_is_a_denial() {
+        let shared = Shared {
+            pending: Mutex::new(VecDeque::new()),
+            denials: Mutex::new(HashMap::new()),
+            marker: "agentgate_denied_00ff_".into(),
+            seq: AtomicU64::new(0),
+        };
+        shared.denials().insert(
+            7,
+            Denial {
+                rule: "no-ddl".into(),
+                classified: Arc::new(Classified::opaque("x")),
+            },
+        );
+        let err = |m: &str| Notice {
+            fields: vec![(b'C', "42601".into()), (b'M', m.into())],
+        };
+        assert!(denial_of(
+            &shared,
+            &err("syntax error at or near \"agentgate_denied_11ff_7\"")
+        )
+        .is_none());
+        let d = denial_of(
+            &shared,
+            &err("syntax error at or near \"agentgate_denied_00ff_7\""),
+        )
+        .unwrap();
+        assert_eq!(d.rule, "no-ddl");
+        // Used once.
+        assert!(denial_of(&shared, &err("agentgate_denied_00ff_7")).is_none());
+    }
+}

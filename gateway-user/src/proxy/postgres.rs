@@ -1,0 +1,372 @@
+//! A PostgreSQL session: the agent's startup and token, the decision, the gateway's own login
+//! upstream, then the statement-checking relay. Every refusal reaches the agent as a real
+//! ErrorResponse with a SQLSTATE, and as an event with the reason.
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+use super::{authorize, set, with, Admitted, Placed, Proxy, Refusal};
+use crate::{
+    policy::TokenSource,
+    protocol::postgres::{
+        backend,
+        cancel::CancelTarget,
+        codec::out,
+        frontend::{self, BoxIo, Hello},
+        relay::{self, Counters, Ended, SessionContext},
+        tls,
+    },
+    record::{now_ms, Record, SessionClose, SessionOpen},
+    upstream::Connect,
+};
+
+/// An agent gets this long to finish the startup exchange (PostgreSQL's authentication_timeout
+/// defaults to one minute).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Passwords are JWTs, capped at 16 KiB by the verifier; leave room for the framing.
+const MAX_PASSWORD_MESSAGE: usize = 20 * 1024;
+
+impl<C: Connect> Proxy<C> {
+    pub(super) async fn postgres_session(
+        &self,
+        id: u64,
+        client: TcpStream,
+        dst: SocketAddr,
+        pid: u32,
+        placed: Placed<'_>,
+        mut base: Value,
+    ) {
+        let Some(pg) = placed.target.postgres.clone() else {
+            return self.refuse(
+                &base,
+                Refusal::new("bad_target", "postgres target without settings"),
+            );
+        };
+        let client_tls = match pg.client_tls.as_ref().map(tls::server_config) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                // Agents that insist on TLS fail; the others are declined TLS as usual.
+                tracing::error!(
+                    "client TLS certificate of target `{}`: {e}",
+                    placed.target.name
+                );
+                None
+            }
+            None => None,
+        };
+        let hello = tokio::time::timeout(
+            STARTUP_TIMEOUT,
+            frontend::accept(Box::new(client), client_tls),
+        )
+        .await;
+        let startup = match hello {
+            Ok(Ok(Hello::Startup(s))) => s,
+            Ok(Ok(Hello::Cancel { pid: cpid, key })) => {
+                return self.forward_cancel(cpid, key, &placed, &base).await
+            }
+            Ok(Err(e)) => {
+                return self.refuse(&base, Refusal::new("protocol", format!("startup: {e}")))
+            }
+            Err(_) => return self.refuse(&base, Refusal::new("protocol", "startup timed out")),
+        };
+        set(&mut base, "client_user", json!(startup.param("user")));
+        set(&mut base, "database", json!(startup.param("database")));
+        set(&mut base, "client_tls", json!(startup.tls));
+        let params = startup.params;
+        let mut stream = startup.stream;
+        if startup_requests_replication(&params) {
+            return self
+                .refuse_pg(
+                    &mut stream,
+                    &base,
+                    Refusal::new("replication", "replication connections are not relayed"),
+                )
+                .await;
+        }
+        let token = match &placed.workload.token {
+            TokenSource::Credential => {
+                let asked = frontend::ask_password(&mut stream, MAX_PASSWORD_MESSAGE);
+                match tokio::time::timeout(STARTUP_TIMEOUT, asked).await {
+                    Ok(Ok(t)) => Ok(t),
+                    Ok(Err(e)) => Err(Refusal::new("no_token", format!("password: {e}"))),
+                    Err(_) => Err(Refusal::new(
+                        "no_token",
+                        "no password within the startup timeout",
+                    )),
+                }
+            }
+            TokenSource::File(_) => {
+                authorize::workload_token(&placed.workload, &placed.target, pid, &placed.cgroup)
+                    .await
+            }
+        };
+        let admitted = match token {
+            Ok(token) => self.admit(id, dst, placed, &token, &mut base).await,
+            Err(r) => Err(r),
+        };
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(r) => return self.refuse_pg(&mut stream, &base, r).await,
+        };
+        self.emit_allowed(&base, &admitted);
+        let password = match admitted.target.credential.as_ref().map(|c| c.resolve()) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                return self
+                    .upstream_failed(&mut stream, &base, format!("target credential: {e}"))
+                    .await
+            }
+            None => {
+                return self
+                    .upstream_failed(&mut stream, &base, "target has no credential".into())
+                    .await
+            }
+        };
+        let upstream = match backend::connect(&self.connector, dst, &pg, &password, &params).await {
+            Ok(u) => u,
+            Err(e) => {
+                return self
+                    .upstream_failed(&mut stream, &base, e.to_string())
+                    .await
+            }
+        };
+        drop(password);
+        let cancel = self.cancels.register(CancelTarget {
+            dst,
+            pid: upstream.pid,
+            key: upstream.key,
+            workload: admitted.grant.workload.clone(),
+        });
+        let mut greeting = vec![out::auth(0)];
+        greeting.extend(upstream.greeting);
+        greeting.push(out::backend_key(cancel.key.0, cancel.key.1));
+        greeting.push(out::ready(b'I'));
+        if let Err(e) = frontend::send(&mut stream, &greeting).await {
+            tracing::info!("agent left during login: {e}");
+            return;
+        }
+        let key = (upstream.pid, upstream.key);
+        self.pg_relay(
+            id,
+            stream,
+            upstream.stream,
+            key,
+            &admitted,
+            &pg,
+            &params,
+            pid,
+            base,
+        )
+        .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pg_relay(
+        &self,
+        id: u64,
+        client: BoxIo,
+        upstream: BoxIo,
+        upstream_key: (i32, i32),
+        admitted: &Admitted<'_>,
+        pg: &crate::policy::PostgresTarget,
+        params: &[(String, String)],
+        pid: u32,
+        base: Value,
+    ) {
+        let g = &admitted.grant;
+        let session = format!("{:x}-{id}", now_ms());
+        let base = with(&base, json!({"session": session}));
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        self.recorder
+            .record(Record::Open(SessionOpen {
+                session: session.clone(),
+                started_ms: now_ms(),
+                protocol: "postgres",
+                workload: g.workload.clone(),
+                cgroup: g.cgroup.clone(),
+                pid,
+                issuer: g.issuer.clone(),
+                subject: g.subject.clone(),
+                groups: g.groups.clone(),
+                target: g.target.clone(),
+                original_dst: g.dst.to_string(),
+                client_user: get("user"),
+                database: pg
+                    .database
+                    .clone()
+                    .or_else(|| get("database"))
+                    .or_else(|| get("user")),
+                policy_version: admitted.policy.version.clone(),
+            }))
+            .await;
+        tracing::info!("relaying postgres");
+        self.events.emit("connection_open", base.clone());
+        let started = Instant::now();
+        let ctx = SessionContext {
+            session: session.clone(),
+            issuer: g.issuer.clone(),
+            subject: g.subject.clone(),
+            groups: g.groups.clone(),
+            workload: g.workload.clone(),
+            target: g.target.clone(),
+            policy: self.policy.clone(),
+            classifier: &self.classifier,
+            recorder: &self.recorder,
+            max_message: pg.max_message_bytes,
+        };
+        let counters = Counters::default();
+        let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
+        let expires = admitted.expires();
+        let stop = async {
+            tokio::select! {
+                _ = tokio::time::sleep_until(expires) => "token expired".to_string(),
+                _ = admitted.guard.stop.cancelled() => admitted.guard.reason().unwrap_or_else(|| "ended by the gateway".into()),
+                _ = idle_for(&counters, idle) => format!("idle for {idle:?}"),
+            }
+        };
+        let (result, mut client) = relay::relay(client, upstream, &ctx, &counters, stop).await;
+        if !matches!(result, Ok(Ended::Client) | Ok(Ended::Upstream)) {
+            // Closing the connection does not stop a statement the server is running (it
+            // notices only when it next reads): cancel it, so an expired or revoked session
+            // ends on the server too.
+            if let Err(e) =
+                backend::cancel(&self.connector, g.dst, upstream_key.0, upstream_key.1).await
+            {
+                tracing::warn!("cancel upstream statement: {e}");
+            }
+        }
+        let (error, ended_by) = match &result {
+            Ok(Ended::Stopped(why)) => {
+                let msg = format!("agentgate: session ended: {why}");
+                let _ =
+                    frontend::send(&mut client, &[out::error("FATAL", "57P01", &msg, None)]).await;
+                (None, Some(why.clone()))
+            }
+            Ok(Ended::Client) => (None, None),
+            Ok(Ended::ClientGone) => (None, Some("agent closed without Terminate".to_string())),
+            Ok(Ended::Upstream) => (None, Some("target closed".to_string())),
+            Err(e) => {
+                if let Some(f) = e.for_client() {
+                    let _ = frontend::send(&mut client, &[f]).await;
+                }
+                (Some(e.to_string()), None)
+            }
+        };
+        let (up, down) = (
+            counters.up.load(Ordering::Relaxed),
+            counters.down.load(Ordering::Relaxed),
+        );
+        let statements = counters.statements.load(Ordering::Relaxed);
+        let denied = counters.denied.load(Ordering::Relaxed);
+        tracing::info!(
+            up,
+            down,
+            statements,
+            denied,
+            error = error.as_deref().unwrap_or(""),
+            ended_by = ended_by.as_deref().unwrap_or(""),
+            "closed"
+        );
+        self.recorder
+            .record(Record::Close(SessionClose {
+                session,
+                ended_ms: now_ms(),
+                bytes_up: up,
+                bytes_down: down,
+                ended_by: ended_by.clone(),
+                error: error.clone(),
+            }))
+            .await;
+        self.events.emit(
+            "connection_close",
+            with(
+                &base,
+                json!({
+                    "bytes_up": up,
+                    "bytes_down": down,
+                    "statements": statements,
+                    "denied_statements": denied,
+                    "duration_ms": started.elapsed().as_millis() as u64,
+                    "error": error,
+                    "ended_by": ended_by,
+                }),
+            ),
+        );
+    }
+
+    async fn forward_cancel(&self, pid: i32, key: i32, placed: &Placed<'_>, base: &Value) {
+        let found = self.cancels.lookup(pid, key);
+        match found {
+            Some(t) if t.workload == placed.workload.name => {
+                let r = backend::cancel(&self.connector, t.dst, t.pid, t.key).await;
+                self.events.emit(
+                    "cancel",
+                    with(
+                        base,
+                        json!({"forwarded": r.is_ok(), "error": r.err().map(|e| e.to_string())}),
+                    ),
+                );
+            }
+            // Unknown keys and other workloads' keys are dropped without an answer, as
+            // PostgreSQL does.
+            _ => self.refuse(
+                base,
+                Refusal::new("bad_cancel", "cancel request with an unknown key"),
+            ),
+        }
+    }
+
+    async fn refuse_pg(&self, stream: &mut BoxIo, base: &Value, r: Refusal) {
+        let (code, message) = frontend::refusal_message(r.code);
+        frontend::refuse(stream, code, &message).await;
+        self.refuse(base, r);
+    }
+
+    async fn upstream_failed(&self, stream: &mut BoxIo, base: &Value, error: String) {
+        tracing::warn!("upstream login: {error}");
+        self.events
+            .emit("upstream_failed", with(base, json!({"error": error})));
+        frontend::refuse(
+            stream,
+            "08004",
+            "agentgate: the gateway could not log in to the target",
+        )
+        .await;
+    }
+}
+
+fn startup_requests_replication(params: &[(String, String)]) -> bool {
+    params.iter().any(|(k, v)| {
+        k == "replication"
+            && !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "false" | "off" | "no" | "0"
+            )
+    })
+}
+
+/// Resolves once neither direction has moved a byte for `idle`.
+async fn idle_for(counters: &Counters, idle: Duration) {
+    let tick = idle.min(Duration::from_secs(1));
+    let mut last = (0, 0);
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = (
+            counters.up.load(Ordering::Relaxed),
+            counters.down.load(Ordering::Relaxed),
+        );
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= idle {
+            return;
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! A tokio-postgres "agent" for the end-to-end tests: runs one scenario against a conninfo and
+//! prints what it saw as one JSON object, so the test can compare a run through the gateway
+//! with a direct one. Uses binary formats, prepared statements, transactions, COPY, pipelining
+//! and cancel, as a driver does.
+//!
+//! usage: pg-agent <script|cancel|pipeline|abort|ping> <conninfo>
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{pin_mut, SinkExt, TryStreamExt};
+use serde_json::{json, Value};
+use tokio_postgres::{Client, NoTls};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 3 {
+        eprintln!("usage: pg-agent <script|cancel|pipeline|abort|ping> <conninfo>");
+        std::process::exit(2);
+    }
+    let (client, conn) = match tokio_postgres::connect(&args[2], NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{}", json!({"connect_error": describe(&e)}));
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!("connection: {e}");
+        }
+    });
+    let out = match args[1].as_str() {
+        "script" => script(&client).await,
+        "cancel" => cancel(&client).await,
+        "pipeline" => pipeline(&client).await,
+        "abort" => abort(&client).await,
+        "ping" => outcome(
+            client.query_one("SELECT current_user::text", &[]).await,
+            |r| json!({"user": r.get::<_, String>(0)}),
+        ),
+        other => json!({"error": format!("unknown scenario {other}")}),
+    };
+    println!("{out}");
+}
+
+fn describe(e: &tokio_postgres::Error) -> Value {
+    match e.as_db_error() {
+        Some(db) => json!({"sqlstate": db.code().code(), "message": db.message()}),
+        None => json!({"sqlstate": null, "message": e.to_string()}),
+    }
+}
+
+fn outcome<T>(r: Result<T, tokio_postgres::Error>, ok: impl FnOnce(T) -> Value) -> Value {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => json!({"error": describe(&e)}),
+    }
+}
+
+/// Types in binary format, a prepared statement re-executed, a rolled-back and a committed
+/// transaction, COPY in and out. Works on table `items`, which the test creates.
+async fn script(c: &Client) -> Value {
+    let mut steps = Vec::new();
+    let insert = match c
+        .prepare("INSERT INTO items (id, name, price, data, tags, flag, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return json!({"prepare_error": describe(&e)}),
+    };
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for i in 1..=20i32 {
+        let name = format!("item-{i}");
+        let data: Vec<u8> = (0..(i as u8)).collect();
+        let tags = vec![format!("t{}", i % 3), "all".to_string()];
+        let r = c
+            .execute(
+                &insert,
+                &[
+                    &i,
+                    &name,
+                    &(i as f64 * 1.5),
+                    &data,
+                    &tags,
+                    &(i % 2 == 0),
+                    &at,
+                ],
+            )
+            .await;
+        steps.push(outcome(r, |n| json!(n)));
+    }
+    let rows = c
+        .query(
+            "SELECT id, name, price, data, tags, flag, at FROM items WHERE id <= $1 ORDER BY id",
+            &[&5i32],
+        )
+        .await;
+    steps.push(outcome(rows, |rows| {
+        rows.iter()
+            .map(|r| {
+                let data: Vec<u8> = r.get(3);
+                let tags: Vec<String> = r.get(4);
+                let at: SystemTime = r.get(6);
+                json!([
+                    r.get::<_, i32>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, f64>(2),
+                    data,
+                    tags,
+                    r.get::<_, bool>(5),
+                    at.duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                ])
+            })
+            .collect::<Value>()
+    }));
+    // A rolled-back transaction leaves nothing; a committed one stays.
+    let tx = async {
+        c.batch_execute("BEGIN").await?;
+        c.execute("DELETE FROM items WHERE id > $1", &[&10i32])
+            .await?;
+        c.batch_execute("ROLLBACK").await?;
+        c.batch_execute("BEGIN").await?;
+        let n = c
+            .execute("UPDATE items SET name = name || '!' WHERE id % 5 = 0", &[])
+            .await?;
+        c.batch_execute("COMMIT").await?;
+        let count: i64 = c.query_one("SELECT count(*) FROM items", &[]).await?.get(0);
+        Ok::<_, tokio_postgres::Error>(json!({"updated": n, "count": count}))
+    };
+    steps.push(outcome(tx.await, |v| v));
+    // COPY in (text format) and out.
+    let copied = async {
+        let sink = c.copy_in("COPY items (id, name, price) FROM STDIN").await?;
+        pin_mut!(sink);
+        let mut text = String::new();
+        for i in 100..1100 {
+            text.push_str(&format!("{i}\tcopied-{i}\t{}.25\n", i));
+        }
+        sink.send(Bytes::from(text)).await?;
+        let n = sink.finish().await?;
+        let stream = c
+            .copy_out("COPY (SELECT id, name FROM items WHERE id >= 1095 ORDER BY id) TO STDOUT")
+            .await?;
+        let chunks: Vec<Bytes> = stream.try_collect().await?;
+        let out: Vec<u8> = chunks.concat();
+        Ok::<_, tokio_postgres::Error>(
+            json!({"copied_in": n, "copied_out": String::from_utf8_lossy(&out)}),
+        )
+    };
+    steps.push(outcome(copied.await, |v| v));
+    // A big value both ways (a message far over the relay's 64 KiB buffers).
+    let big = "x".repeat(3 << 20);
+    let r = c
+        .query_one("SELECT length($1::text), md5($1::text)", &[&big])
+        .await;
+    steps.push(outcome(r, |r| {
+        json!([r.get::<_, i32>(0), r.get::<_, String>(1)])
+    }));
+    let notice = c.simple_query("SELECT 'simple', 1 + 1").await;
+    steps.push(outcome(notice, |msgs| {
+        msgs.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(json!([r.get(0), r.get(1)])),
+                _ => None,
+            })
+            .collect::<Value>()
+    }));
+    json!({"steps": steps})
+}
+
+/// Cancels a long sleep after one second through the cancel token (a new connection, which
+/// the gateway captures like any other).
+async fn cancel(c: &Client) -> Value {
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        token.cancel_query(NoTls).await.map_err(|e| e.to_string())
+    });
+    let r = c.simple_query("SELECT pg_sleep(30)").await;
+    let sent = canceller.await.map_err(|e| e.to_string()).and_then(|r| r);
+    let after = c
+        .query_one("SELECT 42", &[])
+        .await
+        .map(|r| r.get::<_, i32>(0));
+    json!({
+        "code": r.as_ref().err().and_then(|e| e.code().map(|c| c.code().to_string())),
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+        "cancel_sent": sent.is_ok(),
+        "cancel_error": sent.err(),
+        "usable_after": after.ok(),
+    })
+}
+
+/// Three statements pipelined on one connection (tokio-postgres sends them without waiting),
+/// the middle one a DROP TABLE.
+async fn pipeline(c: &Client) -> Value {
+    let a = c.execute("INSERT INTO items (id, name) VALUES (5001, 'a')", &[]);
+    let b = c.execute("DROP TABLE items", &[]);
+    let d = c.execute("INSERT INTO items (id, name) VALUES (5002, 'c')", &[]);
+    let (a, b, d) = futures_util::join!(a, b, d);
+    let after = c
+        .query_one("SELECT count(*) FROM items WHERE id IN (5001, 5002)", &[])
+        .await
+        .map(|r| r.get::<_, i64>(0));
+    json!({
+        "first": outcome(a, |n| json!(n)),
+        "drop": outcome(b, |n| json!(n)),
+        "third": outcome(d, |n| json!(n)),
+        "both_inserted": outcome(after, |n| json!(n)),
+    })
+}
+
+/// A denied statement inside a transaction aborts it, as any error would: the insert before it
+/// is rolled back at COMMIT.
+async fn abort(c: &Client) -> Value {
+    let steps = async {
+        c.batch_execute("BEGIN").await?;
+        c.execute("INSERT INTO items (id, name) VALUES (6001, 'in-tx')", &[])
+            .await?;
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    let begin = outcome(steps.await, |_| json!("ok"));
+    let denied = c.batch_execute("DROP TABLE items").await;
+    let in_failed_tx = c.query_one("SELECT 1", &[]).await;
+    let commit = c.simple_query("COMMIT").await;
+    let commit_tag = outcome(commit, |msgs| {
+        msgs.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(json!(n)),
+                _ => None,
+            })
+            .collect::<Value>()
+    });
+    let kept = c
+        .query_one("SELECT count(*) FROM items WHERE id = 6001", &[])
+        .await
+        .map(|r| r.get::<_, i64>(0));
+    json!({
+        "begin": begin,
+        "denied": outcome(denied, |_| json!("ran")),
+        "next_in_tx": outcome(in_failed_tx, |_| json!("ran")),
+        "commit": commit_tag,
+        "kept": outcome(kept, |n| json!(n)),
+    })
+}
