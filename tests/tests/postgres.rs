@@ -163,6 +163,22 @@ fn clients_get_identical_results_through_the_gateway() {
     assert_eq!(direct["error"]["sqlstate"], "23505", "{direct}");
     assert_eq!(through, direct, "psycopg results differ");
 
+    // Notifications reach the agent.
+    let mut cmd = psql_command(&p.agent_conninfo(&token, "disable"));
+    cmd.args([
+        "-c",
+        "LISTEN agents",
+        "-c",
+        "NOTIFY agents, 'hello'",
+        "-c",
+        "SELECT 1",
+    ]);
+    let t = text(&in_cgroup(cmd, &p.agent));
+    assert!(
+        t.contains("Asynchronous notification \"agents\" with payload \"hello\" received"),
+        "{t}"
+    );
+
     // pgbench in all three protocol modes, and one connection per transaction.
     p.pg.create_db("bench");
     let init = pgbench_command("127.0.0.1", p.pg.port, "postgres", "bench")
@@ -334,7 +350,21 @@ fn statement_rules_deny_and_the_session_goes_on() {
         ("opaque", "denied")
     );
 
-    // Live reload: once the rule is gone, the same agent may drop a table.
+    // A FunctionCall message (libpq's large-object calls use it) is opaque: denied by no-ddl.
+    let blob = std::env::temp_dir().join(format!("{}-blob", p.name));
+    std::fs::write(&blob, b"large object").unwrap();
+    let lo_import = |p: &PgGateway| {
+        let mut c = psql_command(&conn);
+        c.args(["-c", &format!("\\lo_import {}", blob.display())]);
+        in_cgroup(c, &p.agent)
+    };
+    let t = text(&lo_import(&p));
+    assert!(
+        t.contains("statement denied by policy rule \"no-ddl\""),
+        "{t}"
+    );
+
+    // Live reload: once the rule is gone, the same agent may drop a table and call functions.
     let made = psql(
         &p.direct_conninfo(ROLE_SCRAM),
         &["-c", "CREATE TABLE scratch (x int)"],
@@ -350,6 +380,23 @@ fn statement_rules_deny_and_the_session_goes_on() {
         &p.agent,
     );
     assert!(out.status.success(), "{}", text(&out));
+    let out = lo_import(&p);
+    assert!(
+        out.status.success() && text(&out).contains("lo_import "),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_file(&blob);
+    let rec = recorded(&p, "agent-deny");
+    let calls: Vec<_> = rec
+        .iter()
+        .filter(|r| r.0 == "<FunctionCall>")
+        .map(|r| r.2.as_str())
+        .collect();
+    assert!(
+        calls.contains(&"denied") && calls.contains(&"allowed"),
+        "{calls:?}"
+    );
 }
 
 #[test]

@@ -1060,4 +1060,159 @@ mod tests {
         }
         std::fs::remove_dir_all(&d).unwrap();
     }
+
+    const PG_TARGET: &str = "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {from: env, name: PG_PASSWORD}\n    postgres: {user: agentgate, upstream_tls: {mode: disable}}\n";
+
+    fn classified(sql: &str) -> crate::protocol::postgres::classify::Classified {
+        crate::protocol::postgres::classify::classify(sql)
+    }
+
+    #[test]
+    fn postgres_targets_need_settings_and_keep_tls_on_off_node() {
+        let d = tmpdir("pgtarget");
+        let cases = [
+            ("protocol: postgres\n    credential: {from: env, name: X}\n", "needs a `postgres:` section"),
+            ("protocol: postgres\n    postgres: {user: u, upstream_tls: {mode: disable}}\n", "needs a `credential`"),
+            ("protocol: tcp\n    postgres: {user: u}\n", "needs `protocol: postgres`"),
+            ("protocol: postgres\n    credential: {from: env, name: X}\n    postgres: {user: u, upstream_tls: {mode: verify-ful}}\n", "unknown variant `verify-ful`"),
+            ("protocol: postgres\n    credential: {from: env, name: X}\n    postgres: {user: u, max_message_bytes: 10}\n", "max_message_bytes"),
+        ];
+        for (body, want) in cases {
+            write(&d, "a.yaml", &format!("version: 2\ntargets:\n  - name: pg\n    addresses: [127.0.0.3]\n    ports: [5432]\n    {body}"));
+            let err = load_dir(&d).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+        // Plaintext upstream is refused for a destination off the node...
+        write(&d, "a.yaml", "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [192.0.2.0/24]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u, upstream_tls: {mode: disable}}\n");
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("only allowed for loopback"), "{err}");
+        // ...and verify-full with the public roots is the default.
+        write(&d, "a.yaml", "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [192.0.2.0/24]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u}\n");
+        let p = load_dir(&d).unwrap();
+        let pg = p.targets[0].postgres.as_ref().unwrap();
+        assert_eq!(
+            pg.upstream_tls,
+            super::UpstreamTls::VerifyFull {
+                ca_file: None,
+                server_name: None
+            }
+        );
+        assert_eq!(pg.max_message_bytes, 64 << 20);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn statement_rules_deny_by_class_table_and_function() {
+        let d = valid_dir(
+            "stmtrules",
+            "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
+             \x20 - name: no-ddl\n    effect: deny\n    when: {workloads: [ci]}\n    targets: [pg]\n    statements: {classes: [ddl, dcl]}\n\
+             \x20 - name: audit-append-only\n    effect: deny\n    targets: [pg]\n    statements: {classes: [write, write_unbounded], tables: [\"public.audit_*\"]}\n\
+             \x20 - name: no-file-reads\n    effect: deny\n    targets: [\"*\"]\n    statements: {functions: [pg_read_file]}\n",
+        );
+        write(&d, "e-pg.yaml", PG_TARGET);
+        let p = load_dir(&d).unwrap();
+        let groups = vec![];
+        let who = Who {
+            issuer: "https://idp.test",
+            subject: "a",
+            groups: &groups,
+            workload: "ci",
+        };
+        // The statement rules play no part in the connection decision.
+        assert_eq!(
+            p.decide(&who, "pg"),
+            Decision::Allow {
+                rule: "allow".into()
+            }
+        );
+        let denied = |sql: &str| {
+            p.statement_denied(&who, "pg", &classified(sql))
+                .map(|r| r.name.clone())
+        };
+        assert_eq!(denied("DROP TABLE items").as_deref(), Some("no-ddl"));
+        assert_eq!(
+            denied("GRANT SELECT ON items TO x").as_deref(),
+            Some("no-ddl")
+        );
+        assert_eq!(denied("SELECT * FROM items"), None);
+        assert_eq!(denied("INSERT INTO items VALUES (1)"), None);
+        // Table patterns: schema-qualified, unqualified (any schema), other schema, case.
+        assert_eq!(
+            denied("DELETE FROM public.audit_log WHERE id = 1").as_deref(),
+            Some("audit-append-only")
+        );
+        assert_eq!(
+            denied("WITH d AS (DELETE FROM audit_log RETURNING *) SELECT * FROM d").as_deref(),
+            Some("audit-append-only")
+        );
+        assert_eq!(
+            denied("UPDATE \"AUDIT_LOG\" SET x = 1 WHERE id = 2").as_deref(),
+            Some("audit-append-only")
+        );
+        assert_eq!(denied("DELETE FROM archive.audit_log WHERE id = 1"), None);
+        assert_eq!(denied("SELECT * FROM audit_log"), None);
+        // Functions, qualified or not.
+        assert_eq!(
+            denied("SELECT pg_catalog.pg_read_file('/etc/passwd')").as_deref(),
+            Some("no-file-reads")
+        );
+        // Opaque statements match every statement rule that applies.
+        assert_eq!(denied("DO $$ BEGIN END $$").as_deref(), Some("no-ddl"));
+        assert_eq!(denied("SELEC oops").as_deref(), Some("no-ddl"));
+        // Another workload: only the rules without `when` apply.
+        let other = Who {
+            workload: "other",
+            ..who.clone()
+        };
+        assert_eq!(
+            p.statement_denied(&other, "pg", &classified("DROP TABLE items"))
+                .map(|r| r.name.clone()),
+            None
+        );
+        assert_eq!(
+            p.statement_denied(&other, "pg", &classified("DO $$ BEGIN END $$"))
+                .map(|r| r.name.clone())
+                .as_deref(),
+            Some("audit-append-only")
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn statement_rules_must_deny_and_name_postgres_targets() {
+        let d = valid_dir(
+            "stmtbad",
+            "  - name: s1\n    targets: [pg]\n    statements: {classes: [read]}\n\
+             \x20 - name: s2\n    effect: deny\n    targets: [db]\n    statements: {classes: [ddl]}\n\
+             \x20 - name: s3\n    effect: deny\n    targets: [pg]\n    statements: {}\n\
+             \x20 - name: s4\n    effect: deny\n    targets: [pg]\n    statements: {classes: [drop]}\n",
+        );
+        write(&d, "e-pg.yaml", PG_TARGET);
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `drop`"), "{err}");
+        // Without the syntax error, the cross-file problems are all reported.
+        let d2 = valid_dir(
+            "stmtbad2",
+            "  - name: s1\n    targets: [pg]\n    statements: {classes: [read]}\n\
+             \x20 - name: s2\n    effect: deny\n    targets: [db]\n    statements: {classes: [ddl]}\n\
+             \x20 - name: s3\n    effect: deny\n    targets: [pg]\n    statements: {}\n",
+        );
+        write(&d2, "e-pg.yaml", PG_TARGET);
+        let err = load_dir(&d2).unwrap_err().to_string();
+        assert!(
+            err.contains("rule `s1`: statement rules can only deny"),
+            "{err}"
+        );
+        assert!(
+            err.contains("rule `s2` has statements but target `db` speaks Tcp"),
+            "{err}"
+        );
+        assert!(
+            err.contains("rule `s3`: `statements` needs at least one"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::remove_dir_all(&d2).unwrap();
+    }
 }

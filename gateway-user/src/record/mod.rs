@@ -8,5 +8,7 @@ mod sqlite;
 
 pub use events::EventSink;
 pub use recorder::{now_ms, Record, Recorder, SessionClose, SessionOpen, Statement};
+#[cfg(test)]
+pub use recorder::{Store, StoreError};
 
 pub const DEFAULT_RECORD_DB: &str = "/var/lib/agentgate/record.db";

@@ -345,6 +345,38 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any byte string splits into frames that reproduce it, or ends in an error; never a
+        /// panic, never a frame over the limit.
+        #[test]
+        fn arbitrary_bytes_frame_or_fail(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), max in 4usize..256) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = rt.block_on(read_all(&bytes, max));
+            let mut seen = Vec::new();
+            for r in &got {
+                if let Ok(Some(f)) = r {
+                    proptest::prop_assert!(f.bytes.len() <= max + 1);
+                    let len = u32::from_be_bytes([f.bytes[1], f.bytes[2], f.bytes[3], f.bytes[4]]) as usize;
+                    proptest::prop_assert_eq!(len + 1, f.bytes.len());
+                    seen.extend_from_slice(&f.bytes);
+                }
+            }
+            proptest::prop_assert_eq!(&bytes[..seen.len()], &seen[..]);
+            if matches!(got.last(), Some(Ok(None))) {
+                proptest::prop_assert_eq!(seen.len(), bytes.len());
+            }
+        }
+
+        /// Field decoding of arbitrary bodies never panics.
+        #[test]
+        fn arbitrary_bodies_decode_or_fail(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let frame = Frame::build(b'E', |b| b.extend_from_slice(&body));
+            let _ = Notice::parse(&frame);
+            let mut f = Fields::new(&frame);
+            while f.cstr().is_ok() || f.i16().is_ok() || f.count().is_ok() {}
+        }
+    }
+
     #[test]
     fn notice_round_trip_and_malformed_fields() {
         let e = out::error("ERROR", "42501", "no", Some("why"));

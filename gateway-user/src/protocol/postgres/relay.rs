@@ -706,6 +706,56 @@ fn command_rows(frame: &Frame) -> Option<u64> {
 mod tests {
     use super::*;
 
+    struct NullStore;
+    impl crate::record::Store for NullStore {
+        fn write(&mut self, _: &[Record]) -> Result<(), crate::record::StoreError> {
+            Ok(())
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever an agent sends, each message is forwarded, replaced or refused with an
+        /// error; the relay's decoding never panics.
+        #[test]
+        fn arbitrary_client_messages_never_panic(
+            msgs in proptest::collection::vec(
+                (proptest::sample::select(b"QPBECFSDHXdcfpy".to_vec()), proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+                1..12,
+            )
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (_tx, policy) = watch::channel(Arc::new(Policy::default()));
+            let classifier = Classifier::new(16);
+            let recorder = rt.block_on(async { Recorder::start(NullStore) });
+            let ctx = SessionContext {
+                session: "s".into(),
+                issuer: "i".into(),
+                subject: "a".into(),
+                groups: vec![],
+                workload: "w".into(),
+                target: "t".into(),
+                policy,
+                classifier: &classifier,
+                recorder: &recorder,
+                max_message: 1 << 20,
+            };
+            let counters = Counters::default();
+            let shared = Shared {
+                pending: Mutex::new(VecDeque::new()),
+                denials: Mutex::new(HashMap::new()),
+                marker: "agentgate_denied_0_".into(),
+                seq: AtomicU64::new(0),
+            };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), next_denial: 0 };
+            rt.block_on(async {
+                for (tag, body) in msgs {
+                    let frame = Frame::build(tag, |b| b.extend_from_slice(&body));
+                    let _ = up.inspect(frame).await;
+                }
+            });
+        }
+    }
+
     #[test]
     fn row_counts_from_command_tags() {
         let cc = |t: &str| Frame::build(b'C', |b| put_cstr(b, t));
