@@ -1,12 +1,40 @@
-//! `cargo xtask demo`: an agent in a fresh cgroup reaches a TCP service only through the gateway.
+//! `cargo xtask demo`: an agent in a fresh cgroup reaches a TCP service only through the gateway;
+//! then an agent's psql session to a throwaway PostgreSQL goes through the gateway, JWT as its
+//! password, and its DROP TABLE is denied.
 
-use std::time::Duration;
+use std::{
+    fs,
+    io::{Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use agentgate_tests::{fixtures, mint, now, probe, s, Cgroup, Gateway, TargetServer};
+use agentgate_tests::{
+    fixtures, mint, now,
+    pg::{psql_command, PgOptions, PgServer, ROLE_PASSWORD, ROLE_SCRAM},
+    place, probe, s, Cgroup, Gateway, TargetServer,
+};
+use anyhow::{bail, Context};
+use serde_json::Value;
 
 use crate::util;
 
 const POLICY: &str = include_str!("../../policies/demo/demo.yaml");
+const PG_POLICY: &str = include_str!("../../policies/demo-postgres/postgres.yaml");
+/// Where policies/demo-postgres/postgres.yaml expects the database (its gateway listens on 7440).
+const PG_PORT: u16 = 7441;
+const DEMO_DIR: &str = "/tmp/agentgate-demo";
+
+/// The agent's psql session: statements from stdin, one per line, echoed by `psql -a`.
+const AGENT_SESSION: &str = "\
+INSERT INTO items (id, name, price) VALUES (1, 'widget', 9.50), (2, 'gadget', 24.00);
+SELECT id, name, price FROM items ORDER BY id;
+SELECT current_user;
+DROP TABLE items;
+SELECT count(*) FROM items;
+";
 
 pub fn run() -> anyhow::Result<()> {
     util::require_root("the demo")?;
@@ -14,9 +42,17 @@ pub fn run() -> anyhow::Result<()> {
     std::env::set_var("AGENTGATE_BIN", &bins.agentgate);
     std::env::set_var("AGENT_PROBE_BIN", &bins.probe);
 
-    // Declared first so that it is removed last, after the gateway and the agent's cgroup.
+    // Declared first so that it is removed last, after the gateways and the agents' cgroups.
     let _anchor = Cgroup::adopt("/agentgate-demo");
     let _files = DemoFiles::create()?;
+    tcp_service()?;
+    postgres()?;
+    println!("\n== done: cleaning up (gateway, PostgreSQL server and its directory, cgroups, pinned programs, token and secret files)");
+    Ok(())
+}
+
+/// An agent reaches a plain TCP service only through the gateway (policies/demo/demo.yaml).
+fn tcp_service() -> anyhow::Result<()> {
     let service = TargetServer::start("127.0.0.2:7432".parse()?);
     println!("== a TCP service listens on 127.0.0.2:7432 (it greets each client with the address it sees)");
 
@@ -117,18 +153,237 @@ pub fn run() -> anyhow::Result<()> {
         !r.went_direct()
     );
     println!(
-        "\n== done: {} connections reached the service; cleaning up (cgroups, pinned programs)",
+        "\n== {} connections reached the service; stopping this gateway (agent cgroup, pinned programs removed)",
         service.count()
     );
     Ok(())
 }
 
-/// The identity provider's keys and the agent's token, where policies/demo/demo.yaml expects them.
+/// An agent's psql session to a throwaway PostgreSQL goes through the gateway
+/// (policies/demo-postgres/postgres.yaml): JWT as its password, the brokered role upstream, a denied DROP.
+fn postgres() -> anyhow::Result<()> {
+    // Locals drop in reverse order: the gateway first, then the agent's cgroup, then the server.
+    let pg = PgServer::start("demo", PG_PORT, PgOptions::default());
+    pg.create_db("agentdb");
+    pg.sql_in(
+        "agentdb",
+        "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(8, 2));",
+    );
+    let secret = Path::new(DEMO_DIR).join("pg-secret");
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&secret)
+        .and_then(|mut f| writeln!(f, "{ROLE_PASSWORD}"))
+        .with_context(|| format!("write {}", secret.display()))?;
+    println!(
+        "\n== a throwaway PostgreSQL 15 on 127.0.0.1:{PG_PORT} (database agentdb, table items); agentgate holds the only password (role {ROLE_SCRAM}, in {}, mode 0600)",
+        secret.display()
+    );
+    let agent = Cgroup::create("/agentgate-demo/sql-agent-1");
+    let gw = Gateway::start("demo-pg", PG_POLICY);
+    println!(
+        "== a second agentgate runs (pid {}) with policies/demo-postgres/postgres.yaml: PostgreSQL target, rule no-ddl denies ddl/dcl/admin statements",
+        gw.pid()
+    );
+    let ev = gw.wait_classified(&agent.rel);
+    println!(
+        "== the agent's cgroup {} -> gateway classifies it: workload {}",
+        agent.rel,
+        s(&ev, "workload")
+    );
+
+    let subject = "report-agent-7";
+    let jwt = mint(subject, &["demo-agents"], now(), now() + 600);
+    let conn = format!("host=127.0.0.1 port={PG_PORT} dbname=agentdb user=agent password={jwt}");
+    let shown = conn.replace(&jwt, &format!("{}…(JWT, 600 s)", &jwt[..8]));
+    println!(
+        "\n-- agent in {} (subject {subject}, group demo-agents) runs plain psql against the database's own address, its JWT as the password:",
+        agent.rel
+    );
+    println!("   $ psql -X --dbname=\"{shown}\" -a -v VERBOSITY=verbose < session.sql");
+    let mut cmd = psql_command(&conn);
+    cmd.args(["-a", "-v", "VERBOSITY=verbose"]);
+    place(&mut cmd, Some(&agent), None);
+    let (pid, out) = run_merged(cmd, AGENT_SESSION)?;
+    for line in out.lines().map(str::trim_end) {
+        if line.is_empty() {
+            println!();
+        } else {
+            println!("     {line}");
+        }
+    }
+    let brokered = out.lines().any(|l| l.trim() == ROLE_SCRAM);
+    let denied = out.contains("42501") && out.contains("\"no-ddl\"");
+    let left = pg.sql_in("agentdb", "SELECT count(*) FROM items;");
+    println!(
+        "   => current_user: {}",
+        if brokered {
+            "agentgate_scram: the agent logged in as `agent` with a JWT, the database saw the role the gateway logged in as"
+        } else {
+            "NOT the brokered role (wrong)"
+        }
+    );
+    println!(
+        "   => DROP TABLE: {}; the table is still there ({left} rows, as the superuser sees it)",
+        if denied {
+            "stopped at the gateway (42501, rule no-ddl) and the session went on"
+        } else {
+            "NOT DENIED (wrong)"
+        }
+    );
+
+    println!("\n-- what the gateway saw:");
+    let allowed = gw.wait_for(
+        Duration::from_secs(5),
+        |e| e["event"] == "allowed" && e["pid"] == pid,
+        0,
+    );
+    println!(
+        "   event allowed: conn {} from pid {} cgroup {} (workload {}) as {} to {} via target `{}`, rule {}",
+        allowed["conn"],
+        allowed["pid"],
+        s(&allowed, "cgroup"),
+        s(&allowed, "workload"),
+        s(&allowed, "subject"),
+        s(&allowed, "original_dst"),
+        s(&allowed, "target"),
+        s(&allowed, "rule")
+    );
+    let close = gw.wait_for(
+        Duration::from_secs(5),
+        |e| e["event"] == "connection_close" && e["pid"] == pid,
+        0,
+    );
+    println!(
+        "   event connection_close: {} statements, {} denied",
+        close["statements"], close["denied_statements"]
+    );
+    let session = s(&close, "session");
+    let expected = close["statements"].as_u64().unwrap_or(0) as usize;
+    let rows = recorded(&gw.record_db(), session, expected)?;
+    println!("   recorded statements (record DB, table statements, session {session}):");
+    let cell = |r: &Value, i: usize| match &r[i] {
+        Value::Null => "-".to_string(),
+        Value::String(t) => t.clone(),
+        v => v.to_string(),
+    };
+    let header = ["seq", "class", "decision", "rule", "code", "text"];
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| (0..header.len()).map(|i| cell(r, i)).collect())
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let mut l = String::from("     ");
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l += c;
+            } else {
+                l += &format!("{c:<w$}  ", w = widths[i]);
+            }
+        }
+        l
+    };
+    println!("{}", line(&header.map(String::from)));
+    for r in &table {
+        println!("{}", line(r));
+    }
+
+    println!("\n-- the same psql command from outside managed cgroups (straight to the database):");
+    let direct = |conn: &str| -> anyhow::Result<String> {
+        let out = psql_command(conn).args(["-c", "SELECT 1"]).output()?;
+        Ok(if out.status.success() {
+            "CONNECTED (wrong)".to_string()
+        } else {
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+    };
+    println!("   {}", direct(&conn)?);
+    println!("   and as user {ROLE_SCRAM}, the JWT still as the password:");
+    println!(
+        "   {}",
+        direct(&conn.replace("user=agent ", &format!("user={ROLE_SCRAM} ")))?
+    );
+    println!(
+        "   => the database knows no JWTs: the agent gets in only through the gateway, which holds the password"
+    );
+    Ok(())
+}
+
+/// Runs `cmd` with `input` on stdin, stdout and stderr into one file (so an error shows where it
+/// happened); returns its pid and that output.
+fn run_merged(mut cmd: Command, input: &str) -> anyhow::Result<(u32, String)> {
+    let path = Path::new(DEMO_DIR).join("psql.out");
+    let out = fs::File::create(&path)?;
+    cmd.stdin(Stdio::piped())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let mut child = cmd.spawn().context("run psql")?;
+    drop(cmd);
+    let mut stdin = child.stdin.take().context("psql stdin")?;
+    stdin.write_all(input.as_bytes())?;
+    drop(stdin);
+    child.wait()?;
+    let mut text = String::new();
+    fs::File::open(&path)?.read_to_string(&mut text)?;
+    let _ = fs::remove_file(&path);
+    Ok((child.id(), text))
+}
+
+/// The statements the gateway recorded for `session`: [seq, class, decision, rule, error_code,
+/// text] each. The recorder commits in batches: waits until `expected` rows are there (5 s).
+fn recorded(db: &Path, session: &str, expected: usize) -> anyhow::Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys, json\n\
+                 c = sqlite3.connect(sys.argv[1])\n\
+                 print(json.dumps(c.execute('SELECT seq, class, decision, rule, error_code, text FROM statements WHERE session = ? ORDER BY seq', (sys.argv[2],)).fetchall()))",
+            )
+            .arg(db)
+            .arg(session)
+            .output()
+            .context("python3 (its sqlite3 module reads the record DB)")?;
+        if !out.status.success() {
+            bail!(
+                "reading {}: {}",
+                db.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+        if rows.len() >= expected || Instant::now() > deadline {
+            return Ok(rows);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The identity provider's keys and the agent's token, where policies/demo/demo.yaml expects them
+/// (and, later, the PostgreSQL target's secret, where postgres.yaml expects it).
 struct DemoFiles(std::path::PathBuf);
 
 impl DemoFiles {
     fn create() -> anyhow::Result<Self> {
-        let dir = std::path::PathBuf::from("/tmp/agentgate-demo");
+        let dir = std::path::PathBuf::from(DEMO_DIR);
         std::fs::create_dir_all(&dir)?;
         std::fs::copy(fixtures().join("test-jwks.json"), dir.join("jwks.json"))?;
         std::fs::write(
