@@ -26,7 +26,8 @@ enum Task {
     },
     /// Show an agent in a fresh cgroup going through the gateway (needs root).
     Demo,
-    /// Side-by-side measurements: connect() latency, relay throughput (needs root).
+    /// Side-by-side measurements: connect() latency, relay throughput, pgbench direct vs
+    /// through the gateway (needs root).
     Bench {
         /// Repetitions of each measurement (contenders alternate within each repetition).
         #[arg(long, default_value_t = 5)]
@@ -37,6 +38,15 @@ enum Task {
         /// connect() calls per latency run.
         #[arg(long, default_value_t = 2000)]
         connects: usize,
+        /// Run only this section (default: both).
+        #[arg(long, value_enum)]
+        only: Option<bench::Only>,
+        /// Seconds per pgbench run (`-T`).
+        #[arg(long, default_value_t = 10)]
+        pg_secs: u64,
+        /// Repetitions of each pgbench measurement (direct and gateway alternate within each).
+        #[arg(long, default_value_t = 3)]
+        pg_reps: usize,
     },
 }
 
@@ -49,7 +59,17 @@ fn main() -> anyhow::Result<()> {
             reps,
             bytes,
             connects,
-        } => bench::run(reps, bytes, connects),
+            only,
+            pg_secs,
+            pg_reps,
+        } => bench::run(&bench::Options {
+            reps,
+            bytes,
+            connects,
+            only,
+            pg_secs,
+            pg_reps,
+        }),
     }
 }
 

@@ -102,6 +102,11 @@ impl<C: Connect> Proxy<C> {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    // Request/response protocols (a login exchange, one query at a time) would
+                    // otherwise wait out delayed ACKs on every small write.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!("TCP_NODELAY on accepted socket: {e}");
+                    }
                     let this = self.clone();
                     let key = peer_key(listener.netns_cookie, peer);
                     let kind = listener.kind.clone();
