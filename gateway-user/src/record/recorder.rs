@@ -90,6 +90,7 @@ pub struct Recorder {
 }
 
 const QUEUE: usize = 16_384;
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 const BATCH: usize = 1_024;
 
 impl Recorder {
@@ -102,6 +103,11 @@ impl Recorder {
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut waiters = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
+                    // Let a busy data path fill the batch: one wake-up and one transaction per
+                    // few milliseconds instead of one per statement.
+                    if matches!(first, Msg::Record(_)) {
+                        thread::sleep(GATHER);
+                    }
                     let mut next = Some(first);
                     while let Some(m) = next.take() {
                         match m {
