@@ -350,6 +350,40 @@ fn statement_rules_deny_and_the_session_goes_on() {
         ("opaque", "denied")
     );
 
+    // Re-preparing a name with a denied statement: the server keeps the old one (the denied
+    // Parse fails there), and the gateway denies any Bind to the name rather than guess.
+    let mut cmd = Command::new("python3");
+    cmd.arg(pg_raw_script())
+        .args(["127.0.0.1", &p.pg.port.to_string(), &token, "rebind"]);
+    let out = in_cgroup(cmd, &p.agent);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pg_raw rebind: {e}: {}", text(&out)));
+    assert_eq!(
+        v["batches"],
+        serde_json::json!([[[], 0], [["42501"], 0], [["42501"], 0]]),
+        "{v}"
+    );
+    assert_eq!(
+        p.pg.sql_in("agentdb", "SELECT to_regclass('items') IS NOT NULL;")
+            .trim(),
+        "t"
+    );
+
+    // Settings that would make the server read SQL differently from the gateway's parser: with
+    // statement rules in force they are opaque, so denied; an encoding with quote-swallowing
+    // characters is refused at startup.
+    let mut cmd = psql_command(&conn);
+    cmd.args(["-c", "SET standard_conforming_strings = off"]);
+    let t = text(&in_cgroup(cmd, &p.agent));
+    assert!(
+        t.contains("statement denied by policy rule \"no-ddl\""),
+        "{t}"
+    );
+    let mut cmd = psql_command(&conn);
+    cmd.env("PGCLIENTENCODING", "SJIS").args(["-c", "SELECT 1"]);
+    let t = text(&in_cgroup(cmd, &p.agent));
+    assert!(t.contains("client_encoding SJIS is not supported"), "{t}");
+
     // A FunctionCall message (libpq's large-object calls use it) is opaque: denied by no-ddl.
     let blob = std::env::temp_dir().join(format!("{}-blob", p.name));
     std::fs::write(&blob, b"large object").unwrap();
@@ -387,6 +421,21 @@ fn statement_rules_deny_and_the_session_goes_on() {
         text(&out)
     );
     let _ = std::fs::remove_file(&blob);
+
+    // Without statement rules the SET itself is allowed, but the server's report of the new
+    // setting ends the session: the gateway would no longer read SQL as the server does.
+    let mut cmd = psql_command(&conn);
+    cmd.args([
+        "-c",
+        "SET standard_conforming_strings = off",
+        "-c",
+        "SELECT 'not reached'",
+    ]);
+    let t = text(&in_cgroup(cmd, &p.agent));
+    assert!(
+        t.contains("standard_conforming_strings changed to off") && !t.contains("not reached"),
+        "{t}"
+    );
     let rec = recorded(&p, "agent-deny");
     let calls: Vec<_> = rec
         .iter()

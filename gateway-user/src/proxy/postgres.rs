@@ -17,7 +17,7 @@ use crate::{
     protocol::postgres::{
         backend,
         cancel::CancelTarget,
-        codec::out,
+        codec::{self, out},
         frontend::{self, BoxIo, Hello},
         relay::{self, Counters, Ended, SessionContext},
         tls,
@@ -80,6 +80,16 @@ impl<C: Connect> Proxy<C> {
         set(&mut base, "client_tls", json!(startup.tls));
         let params = startup.params;
         let mut stream = startup.stream;
+        if let Some(enc) = params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
+            .map(|(_, v)| v.clone())
+            .filter(|v| !codec::lexer_safe("client_encoding", v))
+        {
+            let message = format!("agentgate: client_encoding {enc} is not supported (its multi-byte characters can hide quotes from the gateway's SQL parser); use UTF8");
+            frontend::refuse(&mut stream, "0A000", &message).await;
+            return self.refuse(&base, Refusal::new("unsafe_encoding", message));
+        }
         if startup_requests_replication(&params) {
             return self
                 .refuse_pg(

@@ -60,6 +60,8 @@ pub enum BackendError {
     Unsupported(i32),
     #[error("SCRAM: {0}")]
     Scram(std::io::Error),
+    #[error("the target's session has {name} = {value}, under which the gateway cannot read SQL as the server does")]
+    UnsafeSetting { name: String, value: String },
     #[error("unexpected `{0}` message during login")]
     Unexpected(char),
 }
@@ -137,7 +139,14 @@ pub async fn connect<C: Connect>(
     loop {
         let frame = next(&mut stream, cfg.max_message_bytes).await?;
         match frame.tag() {
-            b'S' | b'N' => greeting.push(frame),
+            b'S' => {
+                let (name, value) = codec::parameter_status(&frame)?;
+                if !codec::lexer_safe(&name, &value) {
+                    return Err(BackendError::UnsafeSetting { name, value });
+                }
+                greeting.push(frame)
+            }
+            b'N' => greeting.push(frame),
             b'K' => {
                 let mut f = Fields::new(&frame);
                 pid = f.i32()?;

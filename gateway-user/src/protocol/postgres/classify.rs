@@ -442,8 +442,6 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "pg_copy_logical_replication_slot",
     "pg_replication_slot_advance",
     "pg_import_system_collations",
-    // Changes settings, including the ones SET would be classified by (role, log_*).
-    "set_config",
 ];
 
 const ADMIN_FUNCTION_PREFIXES: &[&str] = &[
@@ -461,6 +459,9 @@ const ADMIN_FUNCTION_PREFIXES: &[&str] = &[
 /// Functions that run SQL given as a string, or read whole tables/schemas named by argument:
 /// the relations they touch are not in the parse tree, so table rules could not see them.
 const OPAQUE_FUNCTIONS: &[&str] = &[
+    // Changes settings by name given as a value: role, log_*, and the ones that change how the
+    // server reads SQL text (standard_conforming_strings, client_encoding).
+    "set_config",
     "query_to_xml",
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
@@ -545,7 +546,7 @@ fn statement_class(f: &Frame) -> Option<(Class, Option<String>)> {
         EXPLAIN_STMT if explain_executes(f) => Class::Read,
         EXPLAIN_STMT => return None,
         COPY_STMT => copy_class(f),
-        VARIABLE_SET_STMT => setting_class(f),
+        VARIABLE_SET_STMT => return Some(setting_class(f)),
         TRANSACTION_STMT => return Some(transaction_class(f)),
         DROP_STMT => return Some(object_class(f.int("remove_type"))),
         RENAME_STMT => return Some(object_class(f.int("rename_type"))),
@@ -606,19 +607,31 @@ fn copy_class(f: &Frame) -> Class {
 /// SET/RESET: changing the current role is access control; a few settings are Admin (see
 /// [`ADMIN_SETTINGS`]); the rest are session-local and harmless. Setting names are
 /// case-insensitive in PostgreSQL, also when quoted.
-fn setting_class(f: &Frame) -> Class {
+fn setting_class(f: &Frame) -> (Class, Option<String>) {
     let name = f.str("name").unwrap_or("").to_ascii_lowercase();
     match name.as_str() {
         // SET ROLE, RESET ROLE, SET SESSION AUTHORIZATION, SET role = ...
-        "role" | "session_authorization" => Class::Dcl,
+        "role" | "session_authorization" => (Class::Dcl, None),
+        // These change how the server splits later SQL text into tokens (backslashes in
+        // strings, multi-byte characters that swallow a quote), so the gateway's parser, which
+        // assumes the defaults, would no longer see what the server runs.
+        n if LEXER_SETTINGS.contains(&n) => opaque(format!("SET {n} changes how SQL text is read")),
         n if ADMIN_SETTINGS.contains(&n)
             || ADMIN_SETTING_PREFIXES.iter().any(|p| n.starts_with(p)) =>
         {
-            Class::Admin
+            (Class::Admin, None)
         }
-        _ => Class::Read,
+        _ => (Class::Read, None),
     }
 }
+
+/// Settings that change the server's lexer (see [`setting_class`]); `SET NAMES` is
+/// `client_encoding`.
+pub const LEXER_SETTINGS: &[&str] = &[
+    "standard_conforming_strings",
+    "client_encoding",
+    "backslash_quote",
+];
 
 /// Transaction control is Read, except two-phase commit: a prepared transaction outlives the
 /// session and holds its locks until someone with the right privileges resolves it.
@@ -1547,7 +1560,6 @@ mod tests {
                 "SELECT lo_import('/etc/passwd')",
                 "SELECT * FROM dblink('host=x', 'SELECT 1') AS t(a int)",
                 "SELECT public.dblink_exec('DROP TABLE t')",
-                "SELECT set_config('role', 'admin', false)",
                 "SELECT pg_switch_wal()",
                 "SET log_statement = 'none'",
                 "SET session_replication_role = replica",
@@ -1934,5 +1946,26 @@ mod tests {
             name: "users".into(),
         };
         assert_eq!(t.to_string(), "users");
+    }
+
+    /// Settings that change how the server reads later SQL text are opaque, however they are
+    /// changed: otherwise `SET standard_conforming_strings = off` or an SJIS client encoding
+    /// would let the next string hide a statement the gateway's parser cannot see.
+    #[test]
+    fn settings_that_change_the_lexer_are_opaque() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "SET SESSION standard_conforming_strings TO off",
+            "SET LOCAL standard_conforming_strings = off",
+            "SET NAMES 'SJIS'",
+            "SET client_encoding = 'GBK'",
+            "RESET client_encoding",
+            "SET backslash_quote = on",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT set_config('role', 'admin', false)",
+        ] {
+            assert_eq!(classify(sql).class, Class::Opaque, "{sql}");
+        }
+        assert_eq!(classify("SET search_path = app").class, Class::Read);
     }
 }

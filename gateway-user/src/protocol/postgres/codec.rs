@@ -211,6 +211,50 @@ impl Notice {
     }
 }
 
+/// Whether a server setting leaves SQL text readable the way the gateway's parser reads it
+/// (PostgreSQL's defaults). `standard_conforming_strings = off` turns backslashes in ordinary
+/// strings into escapes, and the client-only multi-byte encodings (SJIS, BIG5, GBK, UHC,
+/// GB18030, JOHAB) have characters whose second byte is a backslash or quote: under either, a
+/// string the gateway reads as one literal can end early on the server and hide a statement.
+pub fn lexer_safe(name: &str, value: &str) -> bool {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_uppercase()
+    };
+    match norm(name).as_str() {
+        "STANDARDCONFORMINGSTRINGS" => value.eq_ignore_ascii_case("on"),
+        "CLIENTENCODING" => !matches!(
+            norm(value).as_str(),
+            "SJIS"
+                | "SHIFTJIS"
+                | "SHIFTJIS2004"
+                | "MSKANJI"
+                | "WIN932"
+                | "CP932"
+                | "BIG5"
+                | "WIN950"
+                | "CP950"
+                | "GBK"
+                | "WIN936"
+                | "CP936"
+                | "UHC"
+                | "WIN949"
+                | "CP949"
+                | "GB18030"
+                | "JOHAB"
+        ),
+        _ => true,
+    }
+}
+
+/// The name and value of a ParameterStatus (`S`) message.
+pub fn parameter_status(frame: &Frame) -> Result<(String, String), CodecError> {
+    let mut f = Fields::new(frame);
+    Ok((f.cstr()?.to_string(), f.cstr()?.to_string()))
+}
+
 /// Messages the gateway itself sends to clients.
 pub mod out {
     use bytes::BufMut;
@@ -375,6 +419,28 @@ mod tests {
             let mut f = Fields::new(&frame);
             while f.cstr().is_ok() || f.i16().is_ok() || f.count().is_ok() {}
         }
+    }
+
+    #[test]
+    fn settings_that_change_the_lexer() {
+        assert!(lexer_safe("standard_conforming_strings", "on"));
+        assert!(!lexer_safe("standard_conforming_strings", "off"));
+        assert!(lexer_safe("client_encoding", "UTF8"));
+        assert!(lexer_safe("client_encoding", "LATIN1"));
+        assert!(lexer_safe("client_encoding", "EUC_JP"));
+        for e in [
+            "SJIS",
+            "shift_jis_2004",
+            "Big5",
+            "gbk",
+            "UHC",
+            "GB18030",
+            "johab",
+            "win932",
+        ] {
+            assert!(!lexer_safe("client_encoding", e), "{e}");
+        }
+        assert!(lexer_safe("DateStyle", "ISO, MDY"));
     }
 
     #[test]

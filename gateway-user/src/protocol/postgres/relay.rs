@@ -40,6 +40,9 @@ const PARAM_CAP: usize = 4096;
 /// Prepared statements and portals a session may hold; PostgreSQL has no limit, but the gateway
 /// keeps a small record of each.
 const MAX_NAMED: usize = 100_000;
+/// Statements sent but not yet answered. After an error the server skips messages until Sync
+/// without answering, so an agent could otherwise grow this without bound.
+const MAX_IN_FLIGHT: usize = 65_536;
 
 /// Who is on the session and under which policy its statements are judged.
 pub struct SessionContext<'a> {
@@ -73,6 +76,10 @@ pub enum RelayError {
     UnknownMessage(char),
     #[error("the agent holds more than {MAX_NAMED} prepared statements or portals")]
     TooManyNamed,
+    #[error("the session's {0} changed to {1}, under which the gateway cannot read SQL as the server does")]
+    UnsafeSetting(String, String),
+    #[error("more than {MAX_IN_FLIGHT} statements are waiting for the target's answer")]
+    TooMuchInFlight,
 }
 
 impl RelayError {
@@ -82,7 +89,10 @@ impl RelayError {
             RelayError::Client(CodecError::Io(_)) | RelayError::Upstream(_) => return None,
             RelayError::Client(e) => ("08P01", format!("agentgate: {e}")),
             RelayError::UnknownMessage(_) => ("08P01", format!("agentgate: {self}")),
-            RelayError::TooManyNamed => ("54000", format!("agentgate: {self}")),
+            RelayError::TooManyNamed | RelayError::TooMuchInFlight => {
+                ("54000", format!("agentgate: {self}"))
+            }
+            RelayError::UnsafeSetting(..) => ("0A000", format!("agentgate: {self}")),
         };
         Some(out::error("FATAL", code, &msg, None))
     }
@@ -125,7 +135,7 @@ enum Pending {
 
 struct Shared {
     pending: Mutex<VecDeque<Pending>>,
-    denials: Mutex<HashMap<u32, Denial>>,
+    denials: Mutex<HashMap<u64, Denial>>,
     /// `agentgate_denied_<random>_`: only this session's substitutes carry it, and no agent
     /// can predict it to make its own error look like a denial.
     marker: String,
@@ -136,7 +146,7 @@ impl Shared {
     fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn denials(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Denial>> {
+    fn denials(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Denial>> {
         self.denials.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -144,8 +154,13 @@ impl Shared {
 struct Prepared {
     text: Arc<str>,
     classified: Arc<Classified>,
-    denied: bool,
 }
+
+/// Texts one statement name may stand for on the server, oldest first.
+type Candidates = Vec<Arc<Prepared>>;
+/// More texts than this under one name (re-Parsed without Close, refused by the server each
+/// time) and the name is treated as opaque.
+const MAX_CANDIDATES: usize = 8;
 
 struct Portal {
     statement: Option<Arc<Prepared>>,
@@ -179,7 +194,6 @@ pub async fn relay(
             counters,
             statements: HashMap::new(),
             portals: HashMap::new(),
-            next_denial: 0,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -196,6 +210,16 @@ pub async fn relay(
         }
     };
     let _ = upstream_out.shutdown().await;
+    // Statements sent but never answered (the agent left, or the session was ended) may still
+    // have run: they are recorded too, with an unknown outcome.
+    let unanswered: Vec<Pending> = shared.pending().drain(..).collect();
+    for p in unanswered {
+        if let Pending::Simple(mut o) | Pending::Execute(mut o) | Pending::Call(mut o) = p {
+            o.rec.error = Some("the session ended before the target answered".into());
+            o.rec.duration_us = Some(o.started.elapsed().as_micros() as u64);
+            ctx.recorder.record(Record::Statement(o.rec)).await;
+        }
+    }
     // Hand the client side back (with anything still buffered) so the caller can tell the
     // agent why it ends.
     (result, Box::new(ClientHalf(client_out)))
@@ -241,9 +265,8 @@ struct Upward<'a, 'c> {
     ctx: &'a SessionContext<'c>,
     shared: &'a Shared,
     counters: &'a Counters,
-    statements: HashMap<String, Arc<Prepared>>,
+    statements: HashMap<String, Candidates>,
     portals: HashMap<String, Portal>,
-    next_denial: u32,
 }
 
 impl Upward<'_, '_> {
@@ -287,10 +310,10 @@ impl Upward<'_, '_> {
                 let rule = self.decide(&classified);
                 let rec = self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
                 let forward = match rule {
-                    Some(rule) => out::query(&self.deny(rule, classified)),
+                    Some(rule) => out::query(&self.deny(rule, classified)?),
                     None => frame,
                 };
-                self.push(Pending::Simple(open(rec)));
+                self.push(Pending::Simple(open(rec)))?;
                 Ok(forward)
             }
             b'P' => {
@@ -302,16 +325,29 @@ impl Upward<'_, '_> {
                 let prepared = Arc::new(Prepared {
                     text: text.into(),
                     classified: classified.clone(),
-                    denied: rule.is_some(),
                 });
                 if !self.statements.contains_key(&name) && self.statements.len() >= MAX_NAMED {
                     return Err(RelayError::TooManyNamed);
                 }
-                self.statements.insert(name.clone(), prepared.clone());
+                let candidates = self.statements.entry(name.clone()).or_default();
+                if name.is_empty() {
+                    // The unnamed statement is replaced by every Parse that succeeds; if this
+                    // one fails, the Bind that follows in the batch is skipped with it.
+                    candidates.clear();
+                } else if candidates.len() >= MAX_CANDIDATES {
+                    candidates.clear();
+                    candidates.push(Arc::new(Prepared {
+                        text: "".into(),
+                        classified: Arc::new(Classified::opaque("re-prepared too often")),
+                    }));
+                }
+                // A named statement that exists is not replaced by the server (42P05), so the
+                // older text stays a candidate until a Close.
+                candidates.push(prepared.clone());
                 match rule {
                     Some(rule) => {
                         self.record_denial(&prepared, Vec::new(), &rule).await;
-                        let marker = self.deny(rule, classified);
+                        let marker = self.deny(rule, classified)?;
                         Ok(Frame::build(b'P', |b| {
                             put_cstr(b, &name);
                             put_cstr(b, &marker);
@@ -344,7 +380,7 @@ impl Upward<'_, '_> {
                                 None,
                             ),
                         };
-                        self.push(Pending::Execute(open(rec)));
+                        self.push(Pending::Execute(open(rec)))?;
                     }
                     None => {
                         let rec = self.statement(
@@ -354,19 +390,21 @@ impl Upward<'_, '_> {
                             Vec::new(),
                             None,
                         );
-                        self.push(Pending::Execute(open(rec)));
+                        self.push(Pending::Execute(open(rec)))?;
                     }
                 }
                 Ok(frame)
             }
             b'S' => {
-                self.push(Pending::Sync);
+                self.push(Pending::Sync)?;
                 Ok(frame)
             }
             b'C' => {
                 let mut f = Fields::new(&frame);
                 let kind = f.u8().map_err(bad)?;
                 let name = f.cstr().map_err(bad)?;
+                // Forgetting is safe even if the server skips the Close: a name the gateway does
+                // not know is judged as opaque at Bind.
                 match kind {
                     b'S' => self.statements.remove(name).map(|_| ()),
                     _ => self.portals.remove(name).map(|_| ()),
@@ -385,10 +423,10 @@ impl Upward<'_, '_> {
                     rule.as_deref(),
                 );
                 let forward = match rule {
-                    Some(rule) => out::query(&self.deny(rule, classified)),
+                    Some(rule) => out::query(&self.deny(rule, classified)?),
                     None => frame,
                 };
-                self.push(Pending::Call(open(rec)));
+                self.push(Pending::Call(open(rec)))?;
                 Ok(forward)
             }
             b'D' | b'H' | b'X' | b'd' | b'c' | b'f' => Ok(frame),
@@ -396,30 +434,41 @@ impl Upward<'_, '_> {
         }
     }
 
+    /// Judges the statement a Bind refers to, again, under the policy in force now (a reload
+    /// applies to the next execution). The gateway cannot always know which text the server
+    /// holds under a name (a Parse the server refused or skipped leaves the older one in
+    /// place), so every text the name may stand for must pass; a name the gateway never saw
+    /// (SQL `PREPARE`, or forgotten after a Close) is opaque.
     async fn bind(&mut self, frame: Frame) -> Result<Frame, RelayError> {
         let bad = RelayError::Client;
         let mut f = Fields::new(&frame);
         let portal = f.cstr().map_err(bad)?.to_string();
         let statement = f.cstr().map_err(bad)?.to_string();
         let params = bind_params(&mut f).map_err(bad)?;
-        let prepared = self.statements.get(&statement).cloned();
+        let candidates = match self.statements.get(&statement) {
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => vec![Arc::new(Prepared {
+                text: "".into(),
+                classified: Arc::new(Classified::opaque(
+                    "a prepared statement the gateway did not see being prepared",
+                )),
+            })],
+        };
+        let denial = candidates
+            .iter()
+            .find_map(|p| self.decide(&p.classified).map(|rule| (p.clone(), rule)));
+        let shown = candidates.last().cloned();
         let mut forward = frame;
-        let mut denied = prepared.as_ref().is_some_and(|p| p.denied);
-        if let Some(p) = prepared.as_ref().filter(|p| !p.denied) {
-            // The policy may have changed since Parse: prepared statements are judged again
-            // each time they are bound.
-            if let Some(rule) = self.decide(&p.classified) {
-                self.record_denial(p, params.clone(), &rule).await;
-                let marker = self.deny(rule, p.classified.clone());
-                forward = Frame::build(b'B', |b| {
-                    put_cstr(b, &portal);
-                    put_cstr(b, &marker);
-                    b.put_i16(0);
-                    b.put_i16(0);
-                    b.put_i16(0);
-                });
-                denied = true;
-            }
+        if let Some((p, rule)) = &denial {
+            self.record_denial(p, params.clone(), rule).await;
+            let marker = self.deny(rule.clone(), p.classified.clone())?;
+            forward = Frame::build(b'B', |b| {
+                put_cstr(b, &portal);
+                put_cstr(b, &marker);
+                b.put_i16(0);
+                b.put_i16(0);
+                b.put_i16(0);
+            });
         }
         if !self.portals.contains_key(&portal) && self.portals.len() >= MAX_NAMED {
             return Err(RelayError::TooManyNamed);
@@ -427,9 +476,9 @@ impl Upward<'_, '_> {
         self.portals.insert(
             portal,
             Portal {
-                statement: prepared,
+                statement: shown,
                 params,
-                denied,
+                denied: denial.is_some(),
             },
         );
         Ok(forward)
@@ -450,13 +499,23 @@ impl Upward<'_, '_> {
     }
 
     /// Registers a denial and returns the marker text that makes the server fail in its place.
-    fn deny(&mut self, rule: String, classified: Arc<Classified>) -> String {
-        self.next_denial = self.next_denial.wrapping_add(1);
-        let n = self.next_denial;
+    /// Each marker ends in a fresh random key, so one seen in `pg_stat_activity` or a server
+    /// log says nothing about the next.
+    fn deny(&mut self, rule: String, classified: Arc<Classified>) -> Result<String, RelayError> {
         self.counters.denied.fetch_add(1, Ordering::Relaxed);
         tracing::info!(rule, class = classified.class.as_str(), "statement denied");
-        self.shared.denials().insert(n, Denial { rule, classified });
-        format!("{}{n}", self.shared.marker)
+        let mut denials = self.shared.denials();
+        if denials.len() >= MAX_IN_FLIGHT {
+            return Err(RelayError::TooMuchInFlight);
+        }
+        let key = loop {
+            let k = rand::random::<u64>();
+            if !denials.contains_key(&k) {
+                break k;
+            }
+        };
+        denials.insert(key, Denial { rule, classified });
+        Ok(format!("{}{key:016x}", self.shared.marker))
     }
 
     fn statement(
@@ -495,8 +554,13 @@ impl Upward<'_, '_> {
         self.ctx.recorder.record(Record::Statement(rec)).await;
     }
 
-    fn push(&self, p: Pending) {
-        self.shared.pending().push_back(p);
+    fn push(&self, p: Pending) -> Result<(), RelayError> {
+        let mut q = self.shared.pending();
+        if q.len() >= MAX_IN_FLIGHT {
+            return Err(RelayError::TooMuchInFlight);
+        }
+        q.push_back(p);
+        Ok(())
     }
 }
 
@@ -634,6 +698,16 @@ where
                     _ => {}
                 }
             }
+            b'S' => {
+                // However a setting changed (SET, set_config in a function, ALTER ROLE … SET
+                // in force at login), the session cannot go on once SQL text would be read
+                // differently by the server than by the gateway.
+                let (name, value) =
+                    codec::parameter_status(&frame).map_err(RelayError::Upstream)?;
+                if !codec::lexer_safe(&name, &value) {
+                    return Err(RelayError::UnsafeSetting(name, value));
+                }
+            }
             b'Z' => {
                 let mut q = shared.pending();
                 while let Some(p) = q.pop_front() {
@@ -669,12 +743,9 @@ where
 fn denial_of(shared: &Shared, notice: &Notice) -> Option<Denial> {
     let message = notice.message();
     let at = message.find(&shared.marker)? + shared.marker.len();
-    let digits: String = message[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    let n: u32 = digits.parse().ok()?;
-    shared.denials().remove(&n)
+    let hex = message.get(at..at + 16)?;
+    let key = u64::from_str_radix(hex, 16).ok()?;
+    shared.denials().remove(&key)
 }
 
 fn describe(c: &Classified) -> String {
@@ -746,7 +817,7 @@ mod tests {
                 marker: "agentgate_denied_0_".into(),
                 seq: AtomicU64::new(0),
             };
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), next_denial: 0 };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new() };
             rt.block_on(async {
                 for (tag, body) in msgs {
                     let frame = Frame::build(tag, |b| b.extend_from_slice(&body));
@@ -809,7 +880,7 @@ mod tests {
             seq: AtomicU64::new(0),
         };
         shared.denials().insert(
-            7,
+            0xabc,
             Denial {
                 rule: "no-ddl".into(),
                 classified: Arc::new(Classified::opaque("x")),
@@ -820,16 +891,19 @@ mod tests {
         };
         assert!(denial_of(
             &shared,
-            &err("syntax error at or near \"agentgate_denied_11ff_7\"")
+            &err("syntax error at or near \"agentgate_denied_11ff_0000000000000abc\"")
         )
         .is_none());
         let d = denial_of(
             &shared,
-            &err("syntax error at or near \"agentgate_denied_00ff_7\""),
+            &err("syntax error at or near \"agentgate_denied_00ff_0000000000000abc\""),
         )
         .unwrap();
         assert_eq!(d.rule, "no-ddl");
         // Used once.
-        assert!(denial_of(&shared, &err("agentgate_denied_00ff_7")).is_none());
+        assert!(denial_of(&shared, &err("agentgate_denied_00ff_0000000000000abc")).is_none());
+        // A guessed or cut-short key is nothing.
+        assert!(denial_of(&shared, &err("agentgate_denied_00ff_0000000000000abd")).is_none());
+        assert!(denial_of(&shared, &err("agentgate_denied_00ff_abc")).is_none());
     }
 }
