@@ -29,6 +29,8 @@ use crate::{
 /// An agent gets this long to finish the startup exchange (PostgreSQL's authentication_timeout
 /// defaults to one minute).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The target's TLS handshake and authentication, on top of the TCP connect timeout.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Passwords are JWTs, capped at 16 KiB by the verifier; leave room for the framing.
 const MAX_PASSWORD_MESSAGE: usize = 20 * 1024;
 
@@ -138,12 +140,20 @@ impl<C: Connect> Proxy<C> {
                     .await
             }
         };
-        let upstream = match backend::connect(&self.connector, dst, &pg, &password, &params).await {
-            Ok(u) => u,
-            Err(e) => {
+        // A target that accepts and then stalls must not hold the agent and its session slot.
+        let login_timeout =
+            Duration::from_millis(admitted.policy.gateway.connect_timeout_ms) + LOGIN_TIMEOUT;
+        let login = backend::connect(&self.connector, dst, &pg, &password, &params);
+        let upstream = match tokio::time::timeout(login_timeout, login).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
                 return self
                     .upstream_failed(&mut stream, &base, e.to_string())
                     .await
+            }
+            Err(_) => {
+                let e = format!("the target did not finish the login within {login_timeout:?}");
+                return self.upstream_failed(&mut stream, &base, e).await;
             }
         };
         drop(password);

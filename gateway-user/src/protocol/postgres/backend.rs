@@ -44,6 +44,10 @@ const PASSED_PARAMS: &[&str] = &[
     "default_transaction_read_only",
 ];
 
+/// A login answers with a few dozen ParameterStatus messages; a server that sends without end
+/// is not one to relay for.
+const MAX_GREETING: usize = 1_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("connect: {0}")]
@@ -137,6 +141,9 @@ pub async fn connect<C: Connect>(
     let mut greeting = Vec::new();
     let (mut pid, mut key) = (0, 0);
     loop {
+        if greeting.len() > MAX_GREETING {
+            return Err(BackendError::Unexpected('S'));
+        }
         let frame = next(&mut stream, cfg.max_message_bytes).await?;
         match frame.tag() {
             b'S' => {

@@ -359,40 +359,40 @@ impl Upward<'_, '_> {
             }
             b'B' => self.bind(frame).await,
             b'E' => {
-                let portal = Fields::new(&frame).cstr().map_err(bad)?;
-                match self.portals.get(portal) {
+                let portal = Fields::new(&frame).cstr().map_err(bad)?.to_string();
+                let (statement, params) = match self.portals.get(&portal) {
                     // Denied at Parse or Bind (already recorded): the server skips it.
-                    Some(p) if p.denied => {}
-                    Some(p) => {
-                        let rec = match &p.statement {
-                            Some(s) => self.statement(
-                                "extended",
-                                &s.text,
-                                &s.classified,
-                                p.params.clone(),
-                                None,
-                            ),
-                            None => self.statement(
-                                "extended",
-                                "",
-                                &Classified::opaque("unknown prepared statement"),
-                                p.params.clone(),
-                                None,
-                            ),
-                        };
-                        self.push(Pending::Execute(open(rec)))?;
-                    }
-                    None => {
-                        let rec = self.statement(
-                            "extended",
-                            "",
-                            &Classified::opaque("unknown portal"),
-                            Vec::new(),
-                            None,
-                        );
-                        self.push(Pending::Execute(open(rec)))?;
-                    }
+                    Some(p) if p.denied => return Ok(frame),
+                    Some(p) => (p.statement.clone(), p.params.clone()),
+                    // A portal the gateway did not see bound (a SQL cursor was judged at its
+                    // DECLARE, but the policy may have changed since): opaque.
+                    None => (None, Vec::new()),
+                };
+                let statement = statement.unwrap_or_else(|| {
+                    Arc::new(Prepared {
+                        text: "".into(),
+                        classified: Arc::new(Classified::opaque(
+                            "a portal the gateway did not see bound",
+                        )),
+                    })
+                });
+                // Judged once more: a portal bound before a reload runs under the new policy.
+                if let Some(rule) = self.decide(&statement.classified) {
+                    self.record_denial(&statement, params, &rule).await;
+                    let marker = self.deny(rule, statement.classified.clone())?;
+                    return Ok(Frame::build(b'E', |b| {
+                        put_cstr(b, &marker);
+                        b.put_i32(0);
+                    }));
                 }
+                let rec = self.statement(
+                    "extended",
+                    &statement.text,
+                    &statement.classified,
+                    params,
+                    None,
+                );
+                self.push(Pending::Execute(open(rec)))?;
                 Ok(frame)
             }
             b'S' => {
@@ -655,7 +655,7 @@ where
                     }
                     Some(Pending::Simple(o)) | Some(Pending::Call(o)) => {
                         if let Some(r) = rows {
-                            o.rec.rows = Some(o.rec.rows.unwrap_or(0) + r);
+                            o.rec.rows = Some(o.rec.rows.unwrap_or(0).saturating_add(r));
                         }
                     }
                     _ => {}
