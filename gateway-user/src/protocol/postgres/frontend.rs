@@ -156,13 +156,16 @@ pub async fn ask_password(stream: &mut BoxIo, max: usize) -> Result<String, Fron
 }
 
 /// Sends a FATAL error and closes: used for every refusal before the session starts.
-pub async fn refuse(stream: &mut BoxIo, code: &str, message: &str) {
+pub async fn refuse<W: AsyncWrite + Unpin + ?Sized>(stream: &mut W, code: &str, message: &str) {
     let frame = out::error("FATAL", code, message, None);
     let _ = send(stream, &[frame]).await;
     let _ = stream.shutdown().await;
 }
 
-pub async fn send(stream: &mut BoxIo, frames: &[Frame]) -> std::io::Result<()> {
+pub async fn send<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    frames: &[Frame],
+) -> std::io::Result<()> {
     for f in frames {
         stream.write_all(&f.bytes).await?;
     }

@@ -139,7 +139,6 @@ struct Shared {
     /// `agentgate_denied_<random>_`: only this session's substitutes carry it, and no agent
     /// can predict it to make its own error look like a denial.
     marker: String,
-    seq: AtomicU64,
 }
 
 impl Shared {
@@ -151,9 +150,22 @@ impl Shared {
     }
 }
 
+/// The agent's side once the relay has ended: for a last FATAL.
+pub type ClientOut = BufWriter<tokio::io::WriteHalf<BoxIo>>;
+
 struct Prepared {
     text: Arc<str>,
     classified: Arc<Classified>,
+}
+
+impl Prepared {
+    /// A statement whose text the gateway does not know: judged as opaque.
+    fn unknown(why: &'static str) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            text: "".into(),
+            classified: Arc::new(Classified::opaque(why)),
+        })
+    }
 }
 
 /// Texts one statement name may stand for on the server, oldest first.
@@ -176,7 +188,7 @@ pub async fn relay(
     ctx: &SessionContext<'_>,
     counters: &Counters,
     stop: impl std::future::Future<Output = String>,
-) -> (Result<Ended, RelayError>, BoxIo) {
+) -> (Result<Ended, RelayError>, ClientOut) {
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
     let mut client_out = BufWriter::with_capacity(BUFFER, cw);
@@ -185,7 +197,6 @@ pub async fn relay(
         pending: Mutex::new(VecDeque::new()),
         denials: Mutex::new(HashMap::new()),
         marker: format!("agentgate_denied_{:016x}_", rand::random::<u64>()),
-        seq: AtomicU64::new(0),
     };
     let result = {
         let up = Upward {
@@ -220,44 +231,9 @@ pub async fn relay(
             ctx.recorder.record(Record::Statement(o.rec)).await;
         }
     }
-    // Hand the client side back (with anything still buffered) so the caller can tell the
+    // Hand the agent's side back (with anything still buffered) so the caller can tell the
     // agent why it ends.
-    (result, Box::new(ClientHalf(client_out)))
-}
-
-/// The write half of the agent's stream, as a stream for [`super::frontend::send`].
-struct ClientHalf(BufWriter<tokio::io::WriteHalf<BoxIo>>);
-
-impl AsyncRead for ClientHalf {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        _: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for ClientHalf {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
+    (result, client_out)
 }
 
 /// Agent → target.
@@ -336,10 +312,7 @@ impl Upward<'_, '_> {
                     candidates.clear();
                 } else if candidates.len() >= MAX_CANDIDATES {
                     candidates.clear();
-                    candidates.push(Arc::new(Prepared {
-                        text: "".into(),
-                        classified: Arc::new(Classified::opaque("re-prepared too often")),
-                    }));
+                    candidates.push(Prepared::unknown("re-prepared too often"));
                 }
                 // A named statement that exists is not replaced by the server (42P05), so the
                 // older text stays a candidate until a Close.
@@ -368,14 +341,8 @@ impl Upward<'_, '_> {
                     // DECLARE, but the policy may have changed since): opaque.
                     None => (None, Vec::new()),
                 };
-                let statement = statement.unwrap_or_else(|| {
-                    Arc::new(Prepared {
-                        text: "".into(),
-                        classified: Arc::new(Classified::opaque(
-                            "a portal the gateway did not see bound",
-                        )),
-                    })
-                });
+                let statement = statement
+                    .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
                 if let Some(rule) = self.decide(&statement.classified) {
                     self.record_denial(&statement, params, &rule).await;
@@ -447,12 +414,9 @@ impl Upward<'_, '_> {
         let params = bind_params(&mut f).map_err(bad)?;
         let candidates = match self.statements.get(&statement) {
             Some(c) if !c.is_empty() => c.clone(),
-            _ => vec![Arc::new(Prepared {
-                text: "".into(),
-                classified: Arc::new(Classified::opaque(
-                    "a prepared statement the gateway did not see being prepared",
-                )),
-            })],
+            _ => vec![Prepared::unknown(
+                "a prepared statement the gateway did not see being prepared",
+            )],
         };
         let denial = candidates
             .iter()
@@ -526,10 +490,10 @@ impl Upward<'_, '_> {
         params: Vec<Option<String>>,
         rule: Option<&str>,
     ) -> Statement {
-        self.counters.statements.fetch_add(1, Ordering::Relaxed);
         Statement {
             session: self.ctx.session.clone(),
-            seq: self.shared.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            // The session's statement count is also each record's sequence number.
+            seq: self.counters.statements.fetch_add(1, Ordering::Relaxed) + 1,
             started_ms: now_ms(),
             kind,
             text: text.to_string(),
@@ -776,6 +740,7 @@ fn command_rows(frame: &Frame) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::postgres::classify::classify;
 
     struct NullStore;
     impl crate::record::Store for NullStore {
@@ -784,18 +749,45 @@ mod tests {
         }
     }
 
+    /// A policy whose statement rule denies DDL (and so every opaque statement) on target `t`.
+    fn denying_policy() -> Arc<Policy> {
+        static POLICY: std::sync::OnceLock<Arc<Policy>> = std::sync::OnceLock::new();
+        POLICY
+            .get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap();
+                std::fs::write(
+                    dir.path().join("p.yaml"),
+                    "version: 2\nidentity_providers:\n  - name: i\n    issuer: i\n    audiences: [a]\n    jwks: {from: file, path: /nonexistent}\n    algorithms: [RS256]\n\
+                     targets:\n  - name: t\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u, upstream_tls: {mode: disable}}\n\
+                     rules:\n  - name: no-ddl\n    effect: deny\n    targets: [t]\n    statements: {classes: [ddl]}\n",
+                )
+                .unwrap();
+                Arc::new(crate::policy::load_dir(dir.path()).unwrap())
+            })
+            .clone()
+    }
+
     proptest::proptest! {
         /// Whatever an agent sends, each message is forwarded, replaced or refused with an
-        /// error; the relay's decoding never panics.
+        /// error; the relay's decoding never panics, and a Query or Parse the classifier cannot
+        /// read is never forwarded as it was (the statement rule denies opaque statements).
         #[test]
         fn arbitrary_client_messages_never_panic(
             msgs in proptest::collection::vec(
-                (proptest::sample::select(b"QPBECFSDHXdcfpy".to_vec()), proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+                (
+                    proptest::sample::select(b"QPBECFSDHXdcfpy".to_vec()),
+                    // Mostly well-formed fields (SQL-ish strings, each NUL-terminated), then
+                    // arbitrary bytes: enough structure to reach the decisions, not only the
+                    // decoding errors.
+                    "[a-zA-Z0-9 ;$'()*_.-]{0,40}",
+                    "[a-zA-Z0-9 ;$'()*_.-]{0,40}",
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+                ),
                 1..12,
             )
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let (_tx, policy) = watch::channel(Arc::new(Policy::default()));
+            let (_tx, policy) = watch::channel(denying_policy());
             let classifier = Classifier::new(16);
             let recorder = rt.block_on(async { Recorder::start(NullStore) });
             let ctx = SessionContext {
@@ -815,15 +807,35 @@ mod tests {
                 pending: Mutex::new(VecDeque::new()),
                 denials: Mutex::new(HashMap::new()),
                 marker: "agentgate_denied_0_".into(),
-                seq: AtomicU64::new(0),
             };
             let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new() };
-            rt.block_on(async {
-                for (tag, body) in msgs {
-                    let frame = Frame::build(tag, |b| b.extend_from_slice(&body));
-                    let _ = up.inspect(frame).await;
+            let opaque_sent = rt.block_on(async {
+                let mut opaque_sent = Vec::new();
+                for (tag, first, second, tail) in msgs {
+                    let frame = Frame::build(tag, |b| {
+                        put_cstr(b, &first);
+                        put_cstr(b, &second);
+                        b.extend_from_slice(&tail);
+                    });
+                    let text = match tag {
+                        b'Q' => Fields::new(&frame).cstr().ok().map(str::to_string),
+                        b'P' => {
+                            let mut f = Fields::new(&frame);
+                            f.cstr().ok().and_then(|_| f.cstr().ok()).map(str::to_string)
+                        }
+                        _ => None,
+                    };
+                    let original = frame.bytes.clone();
+                    if let Ok(forwarded) = up.inspect(frame).await {
+                        let opaque = text.is_some_and(|t| classify(&t).class == Class::Opaque);
+                        if opaque && forwarded.bytes == original {
+                            opaque_sent.push(original);
+                        }
+                    }
                 }
+                opaque_sent
             });
+            proptest::prop_assert!(opaque_sent.is_empty(), "forwarded unread: {:?}", opaque_sent);
         }
     }
 
@@ -877,7 +889,6 @@ mod tests {
             pending: Mutex::new(VecDeque::new()),
             denials: Mutex::new(HashMap::new()),
             marker: "agentgate_denied_00ff_".into(),
-            seq: AtomicU64::new(0),
         };
         shared.denials().insert(
             0xabc,
