@@ -35,12 +35,25 @@ pub enum Only {
     Postgres,
 }
 
+#[derive(Debug, clap::Args)]
 pub struct Options {
+    /// Repetitions of each measurement (contenders alternate within each repetition).
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Bytes per throughput run.
+    #[arg(long, default_value_t = 1 << 30)]
     pub bytes: u64,
+    /// connect() calls per latency run.
+    #[arg(long, default_value_t = 2000)]
     pub connects: usize,
+    /// Run only this section (default: both).
+    #[arg(long, value_enum)]
     pub only: Option<Only>,
+    /// Seconds per pgbench run (`-T`).
+    #[arg(long, default_value_t = 10)]
     pub pg_secs: u64,
+    /// Repetitions of each pgbench measurement (direct and gateway alternate within each).
+    #[arg(long, default_value_t = 3)]
     pub pg_reps: usize,
 }
 

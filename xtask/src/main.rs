@@ -28,26 +28,7 @@ enum Task {
     Demo,
     /// Side-by-side measurements: connect() latency, relay throughput, pgbench direct vs
     /// through the gateway (needs root).
-    Bench {
-        /// Repetitions of each measurement (contenders alternate within each repetition).
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-        /// Bytes per throughput run.
-        #[arg(long, default_value_t = 1 << 30)]
-        bytes: u64,
-        /// connect() calls per latency run.
-        #[arg(long, default_value_t = 2000)]
-        connects: usize,
-        /// Run only this section (default: both).
-        #[arg(long, value_enum)]
-        only: Option<bench::Only>,
-        /// Seconds per pgbench run (`-T`).
-        #[arg(long, default_value_t = 10)]
-        pg_secs: u64,
-        /// Repetitions of each pgbench measurement (direct and gateway alternate within each).
-        #[arg(long, default_value_t = 3)]
-        pg_reps: usize,
-    },
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,21 +36,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { args } => test(&args),
         Task::Demo => demo::run(),
-        Task::Bench {
-            reps,
-            bytes,
-            connects,
-            only,
-            pg_secs,
-            pg_reps,
-        } => bench::run(&bench::Options {
-            reps,
-            bytes,
-            connects,
-            only,
-            pg_secs,
-            pg_reps,
-        }),
+        Task::Bench(options) => bench::run(&options),
     }
 }
 
