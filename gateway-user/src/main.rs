@@ -6,6 +6,7 @@ mod cli;
 mod ebpf;
 mod fswatch;
 mod identity;
+mod mask;
 mod policy;
 mod protocol;
 mod proxy;

@@ -14,6 +14,12 @@ pub trait Connect: Send + Sync + 'static {
     fn connect(&self, dst: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send;
 }
 
+impl<T: Connect> Connect for std::sync::Arc<T> {
+    fn connect(&self, dst: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        T::connect(self, dst)
+    }
+}
+
 pub struct BypassConnector {
     pub maps: Arc<KernelMaps>,
     pub timeout: Duration,

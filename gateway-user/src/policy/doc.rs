@@ -31,6 +31,9 @@ pub struct GatewayDoc {
     pub idle_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_connections_per_workload: Option<usize>,
+    /// Key of the `hash` mask strategy.
+    #[serde(default)]
+    pub mask_key: Option<SecretDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +189,67 @@ pub struct RuleDoc {
     /// that connection rules allowed.
     #[serde(default)]
     pub statements: Option<StatementsDoc>,
+    /// Makes this a mask rule: values it matches are masked in what the target sends back.
+    #[serde(default)]
+    pub mask: Option<MaskDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskDoc {
+    #[serde(default)]
+    pub columns: Vec<ColumnDoc>,
+    #[serde(default)]
+    pub detectors: Vec<crate::mask::detect::Builtin>,
+    #[serde(default)]
+    pub regexes: Vec<RegexDoc>,
+    #[serde(default)]
+    pub strategy: StrategyDoc,
+    #[serde(default)]
+    pub keep_last: Option<usize>,
+    #[serde(default)]
+    pub binary: crate::mask::rules::BinaryPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyDoc {
+    #[default]
+    Redact,
+    Partial,
+    Hash,
+    Null,
+}
+
+/// A column pattern, checked while parsing so that a bad one is reported at its line.
+#[derive(Debug, Clone)]
+pub struct ColumnDoc(pub crate::mask::rules::ColumnPattern);
+
+impl<'de> Deserialize<'de> for ColumnDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::mask::rules::ColumnPattern::parse(&s)
+            .map(ColumnDoc)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A custom detector's regular expression, compiled while parsing (errors carry the line).
+#[derive(Debug, Clone)]
+pub struct RegexDoc(pub regex::bytes::Regex);
+
+impl<'de> Deserialize<'de> for RegexDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("empty regex"));
+        }
+        regex::bytes::RegexBuilder::new(&s)
+            .size_limit(1 << 20)
+            .build()
+            .map(RegexDoc)
+            .map_err(|e| serde::de::Error::custom(format!("bad regex `{s}`: {e}")))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,12 +11,17 @@ use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
 
 use super::{
-    doc::{FileDoc, JwksDoc, PostgresDoc, SecretDoc, StatementsDoc, TokenDoc, UpstreamTlsDoc},
+    doc::{
+        FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StatementsDoc, StrategyDoc, TokenDoc,
+        UpstreamTlsDoc,
+    },
     model::{
         ClientTls, GatewaySettings, IdentityProvider, Jwks, NamePattern, Policy, PostgresTarget,
         Protocol, Rule, Secret, StatementMatch, Target, TokenSource, UpstreamTls, Workload,
     },
 };
+
+use crate::mask::rules::{MaskSpec, Strategy};
 
 pub const SUPPORTED_VERSION: u32 = 2;
 
@@ -282,6 +287,23 @@ impl Merger {
                         .max_connections_per_workload
                         .unwrap_or(d.max_connections_per_workload),
                 };
+                if let Some(key) = g.mask_key {
+                    let secret = match key {
+                        SecretDoc::Env { name } => Secret::Env(name),
+                        SecretDoc::File { path } => Secret::File(path.into()),
+                    };
+                    match secret.resolve() {
+                        // Short keys make the hashes of short values (card numbers, SSNs)
+                        // guessable by brute force over the key as well.
+                        Ok(k) if k.len() >= 16 => {
+                            self.policy.mask_key = Some(k.into_bytes().into());
+                        }
+                        Ok(_) => {
+                            self.problem(&file, "gateway.mask_key must be at least 16 bytes".into())
+                        }
+                        Err(e) => self.problem(&file, format!("gateway.mask_key: {e}")),
+                    }
+                }
                 if self.policy.gateway.listen_port == 0 {
                     self.problem(&file, "gateway.listen_port must not be 0".into());
                 }
@@ -515,8 +537,21 @@ impl Merger {
             let statements = r
                 .statements
                 .map(|s| self.statement_match(&file, &r.name, r.effect, s));
+            if statements.is_some() && r.mask.is_some() {
+                self.problem(
+                    &file,
+                    format!(
+                        "rule `{}`: a rule has `statements` or `mask`, not both",
+                        r.name
+                    ),
+                );
+            }
+            let mask = r
+                .mask
+                .map(|m| std::sync::Arc::new(self.mask_spec(&file, &r.name, r.effect, m)));
             self.policy.rules.push(Rule {
                 statements,
+                mask,
                 name: r.name,
                 effect: r.effect,
                 workloads: r.when.workloads,
@@ -640,6 +675,54 @@ impl Merger {
         }
     }
 
+    fn mask_spec(
+        &mut self,
+        file: &Path,
+        rule: &str,
+        effect: super::model::Effect,
+        m: MaskDoc,
+    ) -> MaskSpec {
+        if effect != super::model::Effect::Allow {
+            self.problem(
+                file,
+                format!("rule `{rule}`: mask rules have no effect (remove `effect`)"),
+            );
+        }
+        if m.columns.is_empty() && m.detectors.is_empty() && m.regexes.is_empty() {
+            self.problem(
+                file,
+                format!("rule `{rule}`: `mask` needs at least one of columns, detectors, regexes"),
+            );
+        }
+        let strategy = match (m.strategy, m.keep_last) {
+            (StrategyDoc::Partial, keep) => Strategy::Partial {
+                keep_last: keep.unwrap_or(4),
+            },
+            (_, Some(_)) => {
+                self.problem(
+                    file,
+                    format!("rule `{rule}`: keep_last is only for `strategy: partial`"),
+                );
+                Strategy::Redact
+            }
+            (StrategyDoc::Redact, None) => Strategy::Redact,
+            (StrategyDoc::Hash, None) => Strategy::Hash,
+            (StrategyDoc::Null, None) => Strategy::Null,
+        };
+        if let Strategy::Partial { keep_last } = strategy {
+            if keep_last > 16 {
+                self.problem(file, format!("rule `{rule}`: keep_last must be at most 16"));
+            }
+        }
+        MaskSpec {
+            columns: m.columns.into_iter().map(|c| c.0).collect(),
+            detectors: m.detectors,
+            regexes: m.regexes.into_iter().map(|r| r.0).collect(),
+            strategy,
+            binary: m.binary,
+        }
+    }
+
     /// Checks that need every file: references between sections and conflicting rules.
     fn cross_check(&mut self) {
         // A target on the listener's own loopback port would send the relay into itself.
@@ -679,6 +762,19 @@ impl Merger {
             }
         }
         for r in &self.policy.rules {
+            let hashes = r
+                .mask
+                .as_ref()
+                .is_some_and(|m| m.strategy == Strategy::Hash);
+            if hashes && self.policy.mask_key.is_none() {
+                found.push((
+                    r.source.clone(),
+                    format!(
+                        "rule `{}` uses `strategy: hash`, which needs gateway.mask_key",
+                        r.name
+                    ),
+                ));
+            }
             for w in &r.workloads {
                 if !self.names.contains_key(&("workload", w.clone())) {
                     found.push((
@@ -694,6 +790,14 @@ impl Merger {
                         r.source.clone(),
                         format!("rule `{}` names unknown target `{t}`", r.name),
                     )),
+                    Some(x) if r.mask.is_some() && x.protocol != Protocol::Postgres => found
+                        .push((
+                            r.source.clone(),
+                            format!(
+                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres targets",
+                                r.name, x.protocol
+                            ),
+                        )),
                     Some(x) if r.statements.is_some() && x.protocol != Protocol::Postgres => found
                         .push((
                             r.source.clone(),
@@ -727,7 +831,10 @@ impl Merger {
         for (i, a) in self.policy.rules.iter().enumerate() {
             for b in &self.policy.rules[i + 1..] {
                 // Statement rules act inside sessions, never on the connection itself.
-                let connection_rules = a.statements.is_none() && b.statements.is_none();
+                let connection_rules = a.statements.is_none()
+                    && b.statements.is_none()
+                    && a.mask.is_none()
+                    && b.mask.is_none();
                 if connection_rules && a.effect != b.effect && same_principals(a, b) {
                     let overlap = match (&a.targets, &b.targets) {
                         (None, _) | (_, None) => true,

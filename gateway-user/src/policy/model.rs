@@ -147,6 +147,9 @@ pub struct Rule {
     /// Set on statement rules: they deny matching statements inside allowed sessions and play
     /// no part in deciding connections.
     pub statements: Option<StatementMatch>,
+    /// Set on mask rules: they mask values in sessions that connection rules allowed, and play
+    /// no part in deciding connections or statements.
+    pub mask: Option<std::sync::Arc<crate::mask::rules::MaskSpec>>,
     pub source: PathBuf,
 }
 
@@ -206,6 +209,8 @@ pub struct Policy {
     pub workloads: Vec<Workload>,
     pub targets: Vec<Target>,
     pub rules: Vec<Rule>,
+    /// Key of the `hash` mask strategy, read when the policy was loaded.
+    pub mask_key: Option<std::sync::Arc<[u8]>>,
 }
 
 impl Policy {

@@ -47,7 +47,10 @@ impl Rule {
 impl Policy {
     pub fn decide(&self, who: &Who<'_>, target: &str) -> Decision {
         let mut allow = None;
-        let connection_rules = self.rules.iter().filter(|r| r.statements.is_none());
+        let connection_rules = self
+            .rules
+            .iter()
+            .filter(|r| r.statements.is_none() && r.mask.is_none());
         for rule in connection_rules.filter(|r| r.matches(who, target)) {
             match rule.effect {
                 Effect::Deny => {
@@ -72,6 +75,17 @@ impl Policy {
 }
 
 impl Policy {
+    /// The mask rules that apply to `who` on `target`, in file order.
+    pub fn mask_rules<'p>(
+        &'p self,
+        who: &'p Who<'_>,
+        target: &'p str,
+    ) -> impl Iterator<Item = &'p Rule> + 'p {
+        self.rules
+            .iter()
+            .filter(move |r| r.mask.is_some() && r.matches(who, target))
+    }
+
     /// The first statement rule that denies `stmt` for `who` on `target`, if any. An opaque
     /// statement (DO block, parse error, …) cannot be shown not to match, so every statement
     /// rule that applies to the principal denies it.

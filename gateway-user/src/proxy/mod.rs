@@ -8,6 +8,7 @@ mod postgres;
 mod sessions;
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -47,7 +48,7 @@ pub struct Proxy<C> {
     pub maps: Arc<KernelMaps>,
     pub table: Arc<WorkloadTable>,
     pub events: Arc<EventSink>,
-    pub connector: C,
+    pub connector: Arc<C>,
     pub sessions: Arc<Sessions>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -57,7 +58,11 @@ pub struct Proxy<C> {
     recorder: Arc<Recorder>,
     classifier: Classifier,
     cancels: CancelKeys,
+    /// Column origins for masking, per (target, address, database, upstream role).
+    catalogs: std::sync::Mutex<HashMap<CatalogKey, crate::mask::catalog::Cache>>,
 }
+
+type CatalogKey = (String, std::net::SocketAddr, String, String);
 
 impl<C: Connect> Proxy<C> {
     pub fn new(
@@ -79,7 +84,7 @@ impl<C: Connect> Proxy<C> {
             maps,
             table,
             events,
-            connector,
+            connector: Arc::new(connector),
             sessions: Arc::new(Sessions::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -89,6 +94,7 @@ impl<C: Connect> Proxy<C> {
             recorder,
             classifier: Classifier::new(CLASSIFIER_CACHE),
             cancels: CancelKeys::default(),
+            catalogs: Default::default(),
         }
     }
 

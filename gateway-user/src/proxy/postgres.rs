@@ -4,7 +4,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::{authorize, set, with, Admitted, Placed, Proxy, Refusal};
 use crate::{
+    mask::catalog::{Catalog, Opener},
     policy::TokenSource,
     protocol::postgres::{
         backend,
@@ -33,6 +34,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Passwords are JWTs, capped at 16 KiB by the verifier; leave room for the framing.
 const MAX_PASSWORD_MESSAGE: usize = 20 * 1024;
+/// Databases whose column origins are cached; beyond this the caches start again empty.
+const MAX_CATALOGS: usize = 1_000;
 
 impl<C: Connect> Proxy<C> {
     pub(super) async fn postgres_session(
@@ -228,6 +231,7 @@ impl<C: Connect> Proxy<C> {
         tracing::info!("relaying postgres");
         self.events.emit("connection_open", base.clone());
         let started = Instant::now();
+        let catalog = self.catalog(admitted, pg, params, g.dst);
         let ctx = SessionContext {
             session: session.clone(),
             issuer: g.issuer.clone(),
@@ -239,6 +243,7 @@ impl<C: Connect> Proxy<C> {
             classifier: &self.classifier,
             recorder: &self.recorder,
             max_message: pg.max_message_bytes,
+            catalog: Arc::new(catalog),
         };
         let counters = Counters::default();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
@@ -320,6 +325,51 @@ impl<C: Connect> Proxy<C> {
         );
     }
 
+    /// The session's catalog handle: the shared origin cache of its database, and a way to
+    /// open the gateway's own catalog connection with the session's target settings.
+    fn catalog(
+        &self,
+        admitted: &Admitted<'_>,
+        pg: &crate::policy::PostgresTarget,
+        params: &[(String, String)],
+        dst: SocketAddr,
+    ) -> Catalog {
+        let database = pg
+            .database
+            .clone()
+            .or_else(|| param(params, "database"))
+            .or_else(|| param(params, "user"))
+            .unwrap_or_default();
+        let key = (admitted.target.name.clone(), dst, database, pg.user.clone());
+        let cache = {
+            let mut all = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+            if all.len() > MAX_CATALOGS && !all.contains_key(&key) {
+                all.clear();
+            }
+            all.entry(key).or_default().clone()
+        };
+        let connector = self.connector.clone();
+        let credential = admitted.target.credential.clone();
+        let (pg, params) = (pg.clone(), params.to_vec());
+        let timeout = Duration::from_millis(admitted.policy.gateway.connect_timeout_ms) + LOGIN_TIMEOUT;
+        let open: Opener = Arc::new(move || {
+            let (connector, credential, pg, params) =
+                (connector.clone(), credential.clone(), pg.clone(), params.clone());
+            Box::pin(async move {
+                let password = credential
+                    .ok_or("target has no credential")?
+                    .resolve()?;
+                let login = backend::connect(&connector, dst, &pg, &password, &params);
+                match tokio::time::timeout(timeout, login).await {
+                    Ok(Ok(u)) => Ok(u.stream),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no login within {timeout:?}")),
+                }
+            })
+        });
+        Catalog::new(open, cache)
+    }
+
     async fn forward_cancel(&self, pid: i32, key: i32, placed: &Placed<'_>, base: &Value) {
         let found = self.cancels.lookup(pid, key);
         match found {
@@ -359,6 +409,13 @@ impl<C: Connect> Proxy<C> {
         )
         .await;
     }
+}
+
+fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
 }
 
 fn startup_requests_replication(params: &[(String, String)]) -> bool {

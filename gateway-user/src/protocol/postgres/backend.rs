@@ -60,6 +60,8 @@ pub enum BackendError {
     NoTls,
     #[error("the target refused the login: {code} {message}")]
     Rejected { code: String, message: String },
+    #[error("the target refused a query of the gateway's: {code} {message}")]
+    Query { code: String, message: String },
     #[error("the target asked for an authentication method the gateway does not use ({0})")]
     Unsupported(i32),
     #[error("SCRAM: {0}")]
@@ -170,6 +172,51 @@ pub async fn connect<C: Connect>(
         pid,
         key,
     })
+}
+
+/// Runs `sql` (simple protocol) on a logged-in connection of the gateway's own and returns the
+/// rows of every result, values as text.
+pub async fn simple_query(
+    stream: &mut BoxIo,
+    sql: &str,
+    max: usize,
+) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+    stream.write_all(&codec::out::query(sql).bytes).await?;
+    stream.flush().await?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let frame = next(stream, max).await?;
+        match frame.tag() {
+            b'D' => {
+                let mut f = Fields::new(&frame);
+                let n = f.count()?;
+                let mut row = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = f.i32()?;
+                    row.push(if len < 0 {
+                        None
+                    } else {
+                        Some(String::from_utf8_lossy(f.take(len as usize)?).into_owned())
+                    });
+                }
+                rows.push(row);
+            }
+            b'E' => {
+                let n = Notice::parse(&frame)?;
+                error = Some(BackendError::Query {
+                    code: n.sqlstate().to_string(),
+                    message: n.message().to_string(),
+                });
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
 }
 
 async fn next(stream: &mut BoxIo, max: usize) -> Result<Frame, BackendError> {

@@ -30,6 +30,14 @@ use super::{
     frontend::BoxIo,
 };
 use crate::{
+    mask::{
+        catalog::Catalog,
+        copy::{copy_out, CopyMask, CopyOut},
+        detect::Hit,
+        notice::mask_notice,
+        plan::Plan,
+        row::{self, ResultMask},
+    },
     policy::{Policy, Who},
     record::{now_ms, Record, Recorder, Statement},
 };
@@ -56,6 +64,37 @@ pub struct SessionContext<'a> {
     pub classifier: &'a Classifier,
     pub recorder: &'a Recorder,
     pub max_message: usize,
+    /// Column origins of the session's database, for masking.
+    pub catalog: Arc<Catalog>,
+}
+
+impl SessionContext<'_> {
+    fn who(&self) -> Who<'_> {
+        Who {
+            issuer: &self.issuer,
+            subject: &self.subject,
+            groups: &self.groups,
+            workload: &self.workload,
+        }
+    }
+}
+
+/// The mask plan of the policy in force, rebuilt only when the policy changes.
+#[derive(Default)]
+struct PlanCache(Option<(String, Option<Arc<Plan>>)>);
+
+impl PlanCache {
+    fn get(&mut self, ctx: &SessionContext<'_>) -> Option<Arc<Plan>> {
+        let policy = ctx.policy.borrow().clone();
+        match &self.0 {
+            Some((version, plan)) if *version == policy.version => plan.clone(),
+            _ => {
+                let plan = Plan::build(&policy, &ctx.who(), &ctx.target);
+                self.0 = Some((policy.version.clone(), plan.clone()));
+                plan
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -80,6 +119,9 @@ pub enum RelayError {
     UnsafeSetting(String, String),
     #[error("more than {MAX_IN_FLIGHT} statements are waiting for the target's answer")]
     TooMuchInFlight,
+    /// Values the gateway must mask but cannot: the session ends before any reach the agent.
+    #[error("{0}")]
+    Unmaskable(String),
 }
 
 impl RelayError {
@@ -93,6 +135,7 @@ impl RelayError {
                 ("54000", format!("agentgate: {self}"))
             }
             RelayError::UnsafeSetting(..) => ("0A000", format!("agentgate: {self}")),
+            RelayError::Unmaskable(_) => ("42501", format!("agentgate: {self}")),
         };
         Some(out::error("FATAL", code, &msg, None))
     }
@@ -114,12 +157,16 @@ pub enum Ended {
 struct Denial {
     rule: String,
     classified: Arc<Classified>,
+    /// Instead of the standard text (a statement whose output cannot be masked).
+    message: Option<String>,
 }
 
 /// A statement sent upstream whose outcome is still to come.
 struct Open {
     rec: Statement,
     started: Instant,
+    /// How its COPY output is masked, if it is a COPY to the agent under a mask plan.
+    copy: Option<Arc<CopyMask>>,
 }
 
 enum Pending {
@@ -131,6 +178,11 @@ enum Pending {
     /// A FunctionCall: complete at ReadyForQuery.
     Call(Open),
     Sync,
+    /// The agent's own Describe: its RowDescription or NoData is the agent's.
+    ClientDescribe,
+    /// The gateway's Describe of a portal before an Execute, for masking: its RowDescription
+    /// or NoData is the gateway's and not forwarded.
+    Describe,
 }
 
 struct Shared {
@@ -205,6 +257,8 @@ pub async fn relay(
             counters,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            plan: PlanCache::default(),
+            prefix: None,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -243,6 +297,9 @@ struct Upward<'a, 'c> {
     counters: &'a Counters,
     statements: HashMap<String, Candidates>,
     portals: HashMap<String, Portal>,
+    plan: PlanCache,
+    /// A message of the gateway's own to send before the one being forwarded.
+    prefix: Option<Frame>,
 }
 
 impl Upward<'_, '_> {
@@ -264,6 +321,9 @@ impl Upward<'_, '_> {
             let tag = frame.tag();
             let frame = self.inspect(frame).await?;
             let io = |e| RelayError::Upstream(CodecError::Io(e));
+            if let Some(prefix) = self.prefix.take() {
+                to.write_all(&prefix.bytes).await.map_err(io)?;
+            }
             to.write_all(&frame.bytes).await.map_err(io)?;
             if tag == b'X' {
                 to.flush().await.map_err(io)?;
@@ -283,13 +343,23 @@ impl Upward<'_, '_> {
             b'Q' => {
                 let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let classified = self.ctx.classifier.classify(&text);
-                let rule = self.decide(&classified);
+                let mut rule = self.decide(&classified);
+                let mut copy = None;
+                let mut message = None;
+                if rule.is_none() {
+                    match self.copy_mask(&text, &classified).await {
+                        Ok(c) => copy = c,
+                        Err((r, m)) => (rule, message) = (Some(r), Some(m)),
+                    }
+                }
                 let rec = self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
                 let forward = match rule {
-                    Some(rule) => out::query(&self.deny(rule, classified)?),
+                    Some(rule) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
                 };
-                self.push(Pending::Simple(open(rec)))?;
+                let mut o = open(rec);
+                o.copy = copy;
+                self.push(Pending::Simple(o))?;
                 Ok(forward)
             }
             b'P' => {
@@ -320,7 +390,7 @@ impl Upward<'_, '_> {
                 match rule {
                     Some(rule) => {
                         self.record_denial(&prepared, Vec::new(), &rule).await;
-                        let marker = self.deny(rule, classified)?;
+                        let marker = self.deny(rule, classified, None)?;
                         Ok(Frame::build(b'P', |b| {
                             put_cstr(b, &name);
                             put_cstr(b, &marker);
@@ -344,9 +414,17 @@ impl Upward<'_, '_> {
                 let statement = statement
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
-                if let Some(rule) = self.decide(&statement.classified) {
+                let mut denial = self.decide(&statement.classified).map(|r| (r, None));
+                let mut copy = None;
+                if denial.is_none() {
+                    match self.copy_mask(&statement.text, &statement.classified).await {
+                        Ok(c) => copy = c,
+                        Err((r, m)) => denial = Some((r, Some(m))),
+                    }
+                }
+                if let Some((rule, message)) = denial {
                     self.record_denial(&statement, params, &rule).await;
-                    let marker = self.deny(rule, statement.classified.clone())?;
+                    let marker = self.deny(rule, statement.classified.clone(), message)?;
                     return Ok(Frame::build(b'E', |b| {
                         put_cstr(b, &marker);
                         b.put_i32(0);
@@ -359,7 +437,18 @@ impl Upward<'_, '_> {
                     params,
                     None,
                 );
-                self.push(Pending::Execute(open(rec)))?;
+                if self.plan.get(self.ctx).is_some() {
+                    // The rows of an Execute come without a description; a Describe of the
+                    // portal right before it tells the gateway their columns and formats.
+                    self.push(Pending::Describe)?;
+                    self.prefix = Some(Frame::build(b'D', |b| {
+                        b.put_u8(b'P');
+                        put_cstr(b, &portal);
+                    }));
+                }
+                let mut o = open(rec);
+                o.copy = copy;
+                self.push(Pending::Execute(o))?;
                 Ok(frame)
             }
             b'S' => {
@@ -390,13 +479,17 @@ impl Upward<'_, '_> {
                     rule.as_deref(),
                 );
                 let forward = match rule {
-                    Some(rule) => out::query(&self.deny(rule, classified)?),
+                    Some(rule) => out::query(&self.deny(rule, classified, None)?),
                     None => frame,
                 };
                 self.push(Pending::Call(open(rec)))?;
                 Ok(forward)
             }
-            b'D' | b'H' | b'X' | b'd' | b'c' | b'f' => Ok(frame),
+            b'D' => {
+                self.push(Pending::ClientDescribe)?;
+                Ok(frame)
+            }
+            b'H' | b'X' | b'd' | b'c' | b'f' => Ok(frame),
             other => Err(RelayError::UnknownMessage(other as char)),
         }
     }
@@ -425,7 +518,7 @@ impl Upward<'_, '_> {
         let mut forward = frame;
         if let Some((p, rule)) = &denial {
             self.record_denial(p, params.clone(), rule).await;
-            let marker = self.deny(rule.clone(), p.classified.clone())?;
+            let marker = self.deny(rule.clone(), p.classified.clone(), None)?;
             forward = Frame::build(b'B', |b| {
                 put_cstr(b, &portal);
                 put_cstr(b, &marker);
@@ -451,21 +544,78 @@ impl Upward<'_, '_> {
     /// The rule that denies `classified` under the policy in force now, if any.
     fn decide(&self, classified: &Classified) -> Option<String> {
         let policy = self.ctx.policy.borrow().clone();
-        let who = Who {
-            issuer: &self.ctx.issuer,
-            subject: &self.ctx.subject,
-            groups: &self.ctx.groups,
-            workload: &self.ctx.workload,
-        };
         policy
-            .statement_denied(&who, &self.ctx.target, classified)
+            .statement_denied(&self.ctx.who(), &self.ctx.target, classified)
             .map(|r| r.name.clone())
+    }
+
+    /// Under a mask plan, how the COPY output of a statement is masked: `Ok(None)` when it is
+    /// no COPY to the agent, `Err((rule, message))` when its output cannot be masked.
+    async fn copy_mask(
+        &mut self,
+        text: &str,
+        c: &Classified,
+    ) -> Result<Option<Arc<CopyMask>>, (String, String)> {
+        let Some(plan) = self.plan.get(self.ctx) else {
+            return Ok(None);
+        };
+        if !text.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy")) {
+            return Ok(None);
+        }
+        let tables: Vec<(Option<String>, String)> = c
+            .tables
+            .iter()
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect();
+        let covering = |tables: &[(Option<String>, String)]| {
+            tables
+                .iter()
+                .find_map(|(s, t)| plan.may_cover_table(s.as_deref(), t))
+        };
+        let refuse = |rule: usize, why: &str| Err((plan.rule_name(rule).to_string(), why.to_string()));
+        match copy_out(text, &tables) {
+            CopyOut::No => Ok(None),
+            CopyOut::Binary { .. } => refuse(0, "binary COPY output cannot be masked; use text format"),
+            CopyOut::Lines { tables } => match covering(&tables) {
+                Some(r) => refuse(
+                    r,
+                    "the columns of COPY (query) or CSV output cannot be matched to mask rules; use SELECT, or text-format COPY of a table",
+                ),
+                None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
+            },
+            CopyOut::Table {
+                schema,
+                table,
+                columns,
+                delimiter,
+            } => match self.ctx.catalog.table_columns(schema.as_deref(), &table).await {
+                Ok(Some((s, t, all))) => {
+                    let cols = columns.unwrap_or(all);
+                    Ok(Some(Arc::new(CopyMask::table(plan.clone(), &s, &t, &cols, delimiter))))
+                }
+                // Not found from the gateway's connection (another search_path?): its columns
+                // are unknown.
+                Ok(None) => match plan.may_cover_table(schema.as_deref(), &table) {
+                    Some(r) => refuse(r, "the gateway cannot find this table to mask its COPY output; qualify it with its schema"),
+                    None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
+                },
+                Err(e) => {
+                    tracing::warn!("COPY columns for masking: {e}");
+                    refuse(0, "the gateway cannot look up the table's columns to mask its COPY output")
+                }
+            },
+        }
     }
 
     /// Registers a denial and returns the marker text that makes the server fail in its place.
     /// Each marker ends in a fresh random key, so one seen in `pg_stat_activity` or a server
     /// log says nothing about the next.
-    fn deny(&mut self, rule: String, classified: Arc<Classified>) -> Result<String, RelayError> {
+    fn deny(
+        &mut self,
+        rule: String,
+        classified: Arc<Classified>,
+        message: Option<String>,
+    ) -> Result<String, RelayError> {
         self.counters.denied.fetch_add(1, Ordering::Relaxed);
         tracing::info!(rule, class = classified.class.as_str(), "statement denied");
         let mut denials = self.shared.denials();
@@ -478,25 +628,43 @@ impl Upward<'_, '_> {
                 break k;
             }
         };
-        denials.insert(key, Denial { rule, classified });
+        denials.insert(
+            key,
+            Denial {
+                rule,
+                classified,
+                message,
+            },
+        );
         Ok(format!("{}{key:016x}", self.shared.marker))
     }
 
     fn statement(
-        &self,
+        &mut self,
         kind: &'static str,
         text: &str,
         c: &Classified,
         params: Vec<Option<String>>,
         rule: Option<&str>,
     ) -> Statement {
+        // The record only ever holds what the detectors leave of statement texts and values.
+        let (text, params) = match self.plan.get(self.ctx) {
+            Some(plan) => (
+                plan.mask_str(text).into_owned(),
+                params
+                    .into_iter()
+                    .map(|p| p.map(|v| plan.mask_str(&v).into_owned()))
+                    .collect(),
+            ),
+            None => (text.to_string(), params),
+        };
         Statement {
             session: self.ctx.session.clone(),
             // The session's statement count is also each record's sequence number.
             seq: self.counters.statements.fetch_add(1, Ordering::Relaxed) + 1,
             started_ms: now_ms(),
             kind,
-            text: text.to_string(),
+            text,
             params,
             class: c.class.as_str().to_string(),
             tables: c.tables.iter().map(|t| t.to_string()).collect(),
@@ -511,7 +679,7 @@ impl Upward<'_, '_> {
     }
 
     /// A prepared statement refused at Parse or Bind never runs: its record is final now.
-    async fn record_denial(&self, p: &Prepared, params: Vec<Option<String>>, rule: &str) {
+    async fn record_denial(&mut self, p: &Prepared, params: Vec<Option<String>>, rule: &str) {
         let mut rec = self.statement("extended", &p.text, &p.classified, params, Some(rule));
         rec.error_code = Some("42501".into());
         rec.error = Some(denial_message(rule));
@@ -532,6 +700,7 @@ fn open(rec: Statement) -> Open {
     Open {
         rec,
         started: Instant::now(),
+        copy: None,
     }
 }
 
@@ -594,6 +763,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let io = |e| RelayError::Client(CodecError::Io(e));
+    let mut masking = Masking::default();
     loop {
         let Some(mut frame) = codec::read_frame(&mut from, ctx.max_message)
             .await
@@ -606,10 +776,61 @@ where
             .down
             .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
         let mut done = Vec::new();
+        let mut forward = true;
         match frame.tag() {
+            b'D' => {
+                if let Some(new) = masking.row(ctx, &frame).map_err(RelayError::Upstream)? {
+                    frame = new;
+                }
+            }
+            b'd' => {
+                if let Some(new) = masking.copy_data(&frame) {
+                    frame = new;
+                }
+            }
+            b'T' | b'n' => {
+                let front = {
+                    let mut q = shared.pending();
+                    match q.front() {
+                        Some(Pending::Describe) => {
+                            q.pop_front();
+                            Describer::Gateway
+                        }
+                        Some(Pending::ClientDescribe) => {
+                            q.pop_front();
+                            Describer::Agent
+                        }
+                        Some(Pending::Simple(_)) | Some(Pending::Call(_)) => Describer::Query,
+                        _ => Describer::Agent,
+                    }
+                };
+                // The agent's own Describe of a statement says nothing of the formats its
+                // rows will have; only a query's description and the gateway's own count.
+                if front != Describer::Agent {
+                    masking.describe(ctx, &frame).await?;
+                }
+                forward = front != Describer::Gateway;
+            }
+            b'H' => {
+                let planned = match shared.pending().front() {
+                    Some(Pending::Simple(o)) | Some(Pending::Execute(o)) => Some(o.copy.clone()),
+                    _ => None,
+                };
+                masking.copy_out(ctx, planned.flatten())?;
+            }
+            b'c' => masking.copy = None,
             b'C' => {
+                masking.end_of_result();
                 let rows = command_rows(&frame);
                 let mut q = shared.pending();
+                let ddl = match q.front() {
+                    Some(Pending::Execute(o)) | Some(Pending::Simple(o)) => o.rec.class == "ddl",
+                    _ => false,
+                };
+                if ddl {
+                    // A rename or a redefined view changes what column origins mean.
+                    ctx.catalog.invalidate();
+                }
                 match q.front_mut() {
                     Some(Pending::Execute(_)) => {
                         if let Some(Pending::Execute(mut o)) = q.pop_front() {
@@ -626,6 +847,7 @@ where
                 }
             }
             b'I' | b's' => {
+                masking.end_of_result();
                 let mut q = shared.pending();
                 if let Some(Pending::Execute(_)) = q.front() {
                     if let Some(Pending::Execute(mut o)) = q.pop_front() {
@@ -634,18 +856,41 @@ where
                     }
                 }
             }
+            b'N' => {
+                let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
+                if let Some((new, _)) = masking.notice(ctx, b'N', &notice) {
+                    frame = new;
+                }
+            }
             b'E' => {
+                masking.end_of_result();
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
                 let (code, message) = match denial_of(shared, &notice) {
                     Some(d) => {
-                        let message = denial_message(&d.rule);
+                        let message = d.message.unwrap_or_else(|| denial_message(&d.rule));
+                        let message = if message.starts_with("agentgate:") {
+                            message
+                        } else {
+                            format!("agentgate: {message} (rule \"{}\")", d.rule)
+                        };
                         let detail = describe(&d.classified);
                         frame = out::error("ERROR", "42501", &message, Some(&detail));
                         ("42501".to_string(), message)
                     }
-                    None => (notice.sqlstate().to_string(), notice.message().to_string()),
+                    None => match masking.notice(ctx, b'E', &notice) {
+                        Some((new, masked)) => {
+                            frame = new;
+                            (masked.sqlstate().to_string(), masked.message().to_string())
+                        }
+                        None => (notice.sqlstate().to_string(), notice.message().to_string()),
+                    },
                 };
                 let mut q = shared.pending();
+                // The error of a Describe (the gateway's or the agent's) ends the batch; the
+                // statement it was for is recorded with it.
+                if matches!(q.front(), Some(Pending::Describe) | Some(Pending::ClientDescribe)) {
+                    q.pop_front();
+                }
                 match q.front_mut() {
                     Some(Pending::Execute(_)) => {
                         if let Some(Pending::Execute(mut o)) = q.pop_front() {
@@ -673,9 +918,11 @@ where
                 }
             }
             b'Z' => {
+                masking.end_of_result();
                 let mut q = shared.pending();
                 while let Some(p) = q.pop_front() {
                     match p {
+                        Pending::Describe | Pending::ClientDescribe => {}
                         Pending::Execute(mut o) => {
                             // Skipped by the server after an earlier error in the batch.
                             o.rec.error =
@@ -692,7 +939,9 @@ where
             }
             _ => {}
         }
-        to.write_all(&frame.bytes).await.map_err(io)?;
+        if forward {
+            to.write_all(&frame.bytes).await.map_err(io)?;
+        }
         for mut o in done {
             o.rec.duration_us = Some(o.started.elapsed().as_micros() as u64);
             ctx.recorder.record(Record::Statement(o.rec)).await;
@@ -700,6 +949,113 @@ where
         if from.buffer().is_empty() {
             to.flush().await.map_err(io)?;
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Describer {
+    /// The gateway's Describe before an Execute.
+    Gateway,
+    /// The agent's Describe.
+    Agent,
+    /// A simple Query (or FunctionCall) describing its own result.
+    Query,
+}
+
+/// What the rows now arriving are, for masking.
+#[derive(Default)]
+enum Rows {
+    /// No description seen for them.
+    #[default]
+    Undescribed,
+    /// Described, and nothing in them is masked.
+    Plain,
+    Masked(ResultMask),
+}
+
+/// The downward side's masking state.
+#[derive(Default)]
+struct Masking {
+    plan: PlanCache,
+    rows: Rows,
+    copy: Option<Arc<CopyMask>>,
+    hits: Vec<Hit>,
+}
+
+impl Masking {
+    fn end_of_result(&mut self) {
+        self.rows = Rows::Undescribed;
+        self.copy = None;
+    }
+
+    /// A RowDescription (or NoData) for the rows that follow.
+    async fn describe(&mut self, ctx: &SessionContext<'_>, frame: &Frame) -> Result<(), RelayError> {
+        self.rows = Rows::Plain;
+        let Some(plan) = self.plan.get(ctx) else {
+            return Ok(());
+        };
+        if frame.tag() != b'T' {
+            return Ok(());
+        }
+        let fields = row::fields(frame).map_err(RelayError::Upstream)?;
+        let needed = row::origins_needed(&fields);
+        let relations = if plan.has_columns() && !needed.is_empty() {
+            ctx.catalog.relations(&needed).await.map_err(|e| {
+                RelayError::Unmaskable(format!("cannot resolve column origins for masking: {e}"))
+            })?
+        } else {
+            HashMap::new()
+        };
+        let mask = ResultMask::new(plan, &fields, &relations)
+            .map_err(|e| RelayError::Unmaskable(e.to_string()))?;
+        if !mask.is_noop() {
+            self.rows = Rows::Masked(mask);
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, ctx: &SessionContext<'_>, frame: &Frame) -> Result<Option<Frame>, CodecError> {
+        match &self.rows {
+            Rows::Plain => Ok(None),
+            // Masked under the plan of its description, even if a reload came in between.
+            Rows::Masked(m) => m.apply(frame, &mut self.hits),
+            // Masking was switched on between the statement and its rows.
+            Rows::Undescribed => match self.plan.get(ctx) {
+                Some(plan) => ResultMask::unknown(plan).apply(frame, &mut self.hits),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn copy_out(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        planned: Option<Arc<CopyMask>>,
+    ) -> Result<(), RelayError> {
+        self.copy = planned;
+        if self.copy.is_none() && self.plan.get(ctx).is_some() {
+            return Err(RelayError::Unmaskable(
+                "COPY output that was not planned for masking (the policy changed while it ran)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn copy_data(&mut self, frame: &Frame) -> Option<Frame> {
+        let copy = self.copy.clone()?;
+        let line = copy.apply(frame.body(), &mut self.hits)?;
+        Some(Frame::build(b'd', |b| b.put_slice(&line)))
+    }
+
+    fn notice(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        tag: u8,
+        notice: &Notice,
+    ) -> Option<(Frame, Notice)> {
+        let plan = self.plan.get(ctx)?;
+        mask_notice(&plan, tag, notice)
     }
 }
 
@@ -801,6 +1157,10 @@ mod tests {
                 classifier: &classifier,
                 recorder: &recorder,
                 max_message: 1 << 20,
+                catalog: Arc::new(Catalog::new(
+                    Arc::new(|| Box::pin(async { Err("no catalog in this test".to_string()) })),
+                    Default::default(),
+                )),
             };
             let counters = Counters::default();
             let shared = Shared {
@@ -808,7 +1168,7 @@ mod tests {
                 denials: Mutex::new(HashMap::new()),
                 marker: "agentgate_denied_0_".into(),
             };
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new() };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None };
             let opaque_sent = rt.block_on(async {
                 let mut opaque_sent = Vec::new();
                 for (tag, first, second, tail) in msgs {
@@ -895,6 +1255,7 @@ mod tests {
             Denial {
                 rule: "no-ddl".into(),
                 classified: Arc::new(Classified::opaque("x")),
+                message: None,
             },
         );
         let err = |m: &str| Notice {

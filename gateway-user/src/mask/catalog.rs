@@ -1,0 +1,547 @@
+//! Column origins: a RowDescription names a column by table oid and attribute number; column
+//! rules name tables and columns. The gateway resolves the oids through the target's catalog on
+//! a short connection of its own (the agent's session is never used for it) and caches them.
+//!
+//! A view's columns are traced to the base columns they read, from the view's stored query
+//! (`pg_rewrite.ev_action`: each output column's `resorigtbl`/`resorigcol`), so a rule on
+//! `customers.email` also masks `SELECT e FROM v` for `CREATE VIEW v AS SELECT email AS e …`.
+//! A view column computed by an expression has no origin there; it counts as reading every base
+//! column the view depends on (`pg_depend`), so a masked column cannot be laundered through
+//! `lower(email)` in a view.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::protocol::postgres::{
+    backend::{self, BackendError},
+    frontend::BoxIo,
+};
+
+/// Cached origins are looked up again after this long, for DDL the gateway did not see.
+const TTL: Duration = Duration::from_secs(60);
+/// Views over views are traced this deep; deeper bases are not looked up.
+const MAX_DEPTH: usize = 6;
+/// Relations a cache keeps at most; beyond this it starts again empty.
+const MAX_CACHED: usize = 100_000;
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// A table or view, with its columns by attribute number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub schema: String,
+    pub name: String,
+    pub columns: HashMap<i16, ColumnInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// For a view column: the base columns (schema, table, column) it reads, through any depth
+    /// of views.
+    pub bases: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot open the gateway's catalog connection: {0}")]
+    Connect(String),
+    #[error("catalog query: {0}")]
+    Query(#[from] BackendError),
+    #[error("the catalog answered with a row the gateway cannot read")]
+    BadRow,
+}
+
+pub type Opener =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<BoxIo, String>> + Send>> + Send + Sync>;
+
+/// Relations by oid, shared by the sessions of one database of one target.
+pub type Cache = Arc<Mutex<HashMap<u32, (Instant, Arc<Relation>)>>>;
+
+/// One session's view of the column origins of its database: a shared cache, and the session's
+/// own way to open a catalog connection (with the target settings it was admitted under).
+pub struct Catalog {
+    open: Opener,
+    cache: Cache,
+}
+
+impl Catalog {
+    pub fn new(open: Opener, cache: Cache) -> Catalog {
+        Catalog { open, cache }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Instant, Arc<Relation>)>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets everything: the session ran DDL that may have renamed or redefined something.
+    pub fn invalidate(&self) {
+        self.cache().clear();
+    }
+
+    /// The relations of `needed` (table oid, attribute number). A relation missing from the
+    /// answer is absent from the map (dropped meanwhile); the caller fails closed on it.
+    pub async fn relations(
+        &self,
+        needed: &[(u32, i16)],
+    ) -> Result<HashMap<u32, Arc<Relation>>, CatalogError> {
+        let mut found = HashMap::new();
+        let mut missing = HashSet::new();
+        {
+            let cache = self.cache();
+            for (oid, att) in needed {
+                match cache.get(oid) {
+                    Some((at, rel)) if at.elapsed() < TTL && rel.columns.contains_key(att) => {
+                        found.insert(*oid, rel.clone());
+                    }
+                    _ => {
+                        missing.insert(*oid);
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let mut conn = (self.open)().await.map_err(CatalogError::Connect)?;
+        let fetched = fetch(&mut conn, &missing.into_iter().collect::<Vec<_>>()).await;
+        // Terminate; the connection is dropped either way.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"X\0\0\0\x04").await;
+        let fetched = fetched?;
+        let mut cache = self.cache();
+        if cache.len() + fetched.len() > MAX_CACHED {
+            cache.clear();
+        }
+        let now = Instant::now();
+        for (oid, rel) in fetched {
+            let rel = Arc::new(rel);
+            cache.insert(oid, (now, rel.clone()));
+            found.insert(oid, rel);
+        }
+        Ok(found)
+    }
+}
+
+impl Catalog {
+    /// A table's schema, name and columns in order, by the name a COPY statement gives. An
+    /// unqualified name is found through the gateway connection's search_path, which may
+    /// differ from the agent's (documented).
+    pub async fn table_columns(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Option<(String, String, Vec<String>)>, CatalogError> {
+        let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let name = match schema {
+            Some(s) => format!("{}.{}", ident(s), ident(table)),
+            None => ident(table),
+        };
+        let literal = name.replace('\'', "''");
+        let mut conn = (self.open)().await.map_err(CatalogError::Connect)?;
+        let rows = backend::simple_query(
+            &mut conn,
+            &format!(
+                "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+                 WHERE c.oid = pg_catalog.to_regclass('{literal}') \
+                   AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+            ),
+            MAX_MESSAGE,
+        )
+        .await;
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"X\0\0\0\x04").await;
+        let mut found: Option<(String, String, Vec<String>)> = None;
+        for row in rows? {
+            let [Some(s), Some(t), Some(c)] =
+                <[Option<String>; 3]>::try_from(row).map_err(|_| CatalogError::BadRow)?
+            else {
+                return Err(CatalogError::BadRow);
+            };
+            found.get_or_insert_with(|| (s, t, Vec::new())).2.push(c);
+        }
+        Ok(found)
+    }
+}
+
+/// What the catalog says of one relation, before views are traced.
+struct Raw {
+    schema: String,
+    name: String,
+    columns: HashMap<i16, String>,
+    view: Option<ViewDef>,
+}
+
+struct ViewDef {
+    /// Per output column (attnum - 1): the base column it shows, if it is a plain reference.
+    origins: Option<Vec<(u32, i16)>>,
+    /// Every base column the view reads.
+    depends: Vec<(u32, i16)>,
+}
+
+async fn fetch(conn: &mut BoxIo, oids: &[u32]) -> Result<HashMap<u32, Relation>, CatalogError> {
+    let mut raw: HashMap<u32, Raw> = HashMap::new();
+    let mut wanted: Vec<u32> = oids.to_vec();
+    for _ in 0..MAX_DEPTH {
+        wanted.retain(|o| !raw.contains_key(o));
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            break;
+        }
+        let list = oid_list(&wanted);
+        let rows = backend::simple_query(
+            conn,
+            &format!(
+                "SELECT c.oid, n.nspname, c.relname, c.relkind, a.attnum, a.attname \
+                 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+                 WHERE c.oid IN ({list}) AND a.attnum > 0 AND NOT a.attisdropped"
+            ),
+            MAX_MESSAGE,
+        )
+        .await?;
+        let mut views = Vec::new();
+        for row in rows {
+            let [Some(oid), Some(schema), Some(name), Some(kind), Some(attnum), Some(attname)] =
+                <[Option<String>; 6]>::try_from(row).map_err(|_| CatalogError::BadRow)?
+            else {
+                return Err(CatalogError::BadRow);
+            };
+            let oid: u32 = oid.parse().map_err(|_| CatalogError::BadRow)?;
+            let attnum: i16 = attnum.parse().map_err(|_| CatalogError::BadRow)?;
+            let entry = raw.entry(oid).or_insert_with(|| Raw {
+                schema,
+                name,
+                columns: HashMap::new(),
+                view: None,
+            });
+            entry.columns.insert(attnum, attname);
+            if (kind == "v" || kind == "m") && !views.contains(&oid) {
+                views.push(oid);
+            }
+        }
+        let mut next = Vec::new();
+        if !views.is_empty() {
+            for (oid, def) in view_defs(conn, &views).await? {
+                next.extend(def.depends.iter().map(|d| d.0));
+                if let Some(o) = &def.origins {
+                    next.extend(o.iter().map(|d| d.0).filter(|t| *t != 0));
+                }
+                if let Some(r) = raw.get_mut(&oid) {
+                    r.view = Some(def);
+                }
+            }
+        }
+        wanted = next;
+    }
+    let mut out = HashMap::new();
+    for oid in oids {
+        let Some(r) = raw.get(oid) else { continue };
+        let mut columns = HashMap::new();
+        for (attnum, name) in &r.columns {
+            let mut bases = Vec::new();
+            base_columns(&raw, *oid, *attnum, 0, &mut bases);
+            columns.insert(
+                *attnum,
+                ColumnInfo {
+                    name: name.clone(),
+                    bases,
+                },
+            );
+        }
+        out.insert(
+            *oid,
+            Relation {
+                schema: r.schema.clone(),
+                name: r.name.clone(),
+                columns,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The base columns a view column reads (nothing for a table column).
+fn base_columns(
+    raw: &HashMap<u32, Raw>,
+    oid: u32,
+    attnum: i16,
+    depth: usize,
+    out: &mut Vec<(String, String, String)>,
+) {
+    let Some(view) = raw.get(&oid).and_then(|r| r.view.as_ref()) else {
+        return;
+    };
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    let plain = view
+        .origins
+        .as_ref()
+        .and_then(|o| o.get(attnum as usize - 1))
+        .filter(|(t, c)| *t != 0 && *c > 0);
+    // An expression column (or a view whose stored query could not be read) counts as reading
+    // everything the view reads.
+    let sources: Vec<(u32, i16)> = match plain {
+        Some(o) => vec![*o],
+        None => view.depends.clone(),
+    };
+    for (t, c) in sources {
+        if let Some(base) = raw.get(&t) {
+            if let Some(name) = base.columns.get(&c) {
+                let entry = (base.schema.clone(), base.name.clone(), name.clone());
+                if !out.contains(&entry) {
+                    out.push(entry);
+                }
+            }
+            base_columns(raw, t, c, depth + 1, out);
+        }
+    }
+}
+
+async fn view_defs(conn: &mut BoxIo, views: &[u32]) -> Result<Vec<(u32, ViewDef)>, CatalogError> {
+    let list = oid_list(views);
+    let actions = backend::simple_query(
+        conn,
+        &format!(
+            "SELECT r.ev_class, r.ev_action FROM pg_catalog.pg_rewrite r \
+             WHERE r.ev_class IN ({list}) AND r.rulename = '_RETURN'"
+        ),
+        MAX_MESSAGE,
+    )
+    .await?;
+    let depends = backend::simple_query(
+        conn,
+        &format!(
+            "SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid FROM pg_catalog.pg_rewrite r \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+               AND d.objid = r.oid \
+             WHERE r.ev_class IN ({list}) AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+               AND d.refobjsubid > 0 AND d.refobjid <> r.ev_class"
+        ),
+        MAX_MESSAGE,
+    )
+    .await?;
+    let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<i64>().ok());
+    let mut out = Vec::new();
+    for &view in views {
+        let origins = actions
+            .iter()
+            .find(|r| r.first().and_then(num) == Some(view as i64))
+            .and_then(|r| r.get(1).cloned().flatten())
+            .and_then(|text| target_origins(&text));
+        let mut deps = Vec::new();
+        for row in &depends {
+            if row.first().and_then(num) != Some(view as i64) {
+                continue;
+            }
+            match (row.get(1).and_then(num), row.get(2).and_then(num)) {
+                (Some(t), Some(c)) => deps.push((t as u32, c as i16)),
+                _ => return Err(CatalogError::BadRow),
+            }
+        }
+        out.push((
+            view,
+            ViewDef {
+                origins,
+                depends: deps,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn oid_list(oids: &[u32]) -> String {
+    oids.iter()
+        .map(|o| o.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// From a view's stored query (`pg_node_tree` text), the origin of each output column in
+/// order: `(resorigtbl, resorigcol)` of the top-level query's non-junk target entries. `None`
+/// when the text is not laid out as expected; the caller then treats every column as reading
+/// every dependency.
+fn target_origins(tree: &str) -> Option<Vec<(u32, i16)>> {
+    let tokens = tokenize(tree);
+    let mut it = tokens.iter().peekable();
+    // `({QUERY ...` — the first query of the rule's action list.
+    if it.next()? != "(" || it.next()? != "{" || it.next()? != "QUERY" {
+        return None;
+    }
+    let mut depth = 2usize;
+    while let Some(t) = it.next() {
+        match t.as_str() {
+            "(" | "{" => depth += 1,
+            ")" | "}" => {
+                depth -= 1;
+                if depth < 2 {
+                    return None;
+                }
+            }
+            ":targetList" if depth == 2 => {
+                if it.next()? != "(" {
+                    return None;
+                }
+                return target_list(&mut it);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn target_list<'a>(it: &mut impl Iterator<Item = &'a String>) -> Option<Vec<(u32, i16)>> {
+    let mut out = Vec::new();
+    loop {
+        match it.next()?.as_str() {
+            ")" => return Some(out),
+            "{" => {}
+            _ => return None,
+        }
+        if it.next()? != "TARGETENTRY" {
+            return None;
+        }
+        let (mut resno, mut tbl, mut col, mut junk) = (None, None, None, None);
+        let mut depth = 1usize;
+        let mut key: Option<&str> = None;
+        while depth > 0 {
+            let t = it.next()?;
+            match t.as_str() {
+                "(" | "{" => depth += 1,
+                ")" | "}" => depth -= 1,
+                k if depth == 1 && k.starts_with(':') => {
+                    key = Some(k);
+                    continue;
+                }
+                v if depth == 1 => match key {
+                    Some(":resno") => resno = v.parse::<i16>().ok(),
+                    Some(":resorigtbl") => tbl = v.parse::<u32>().ok(),
+                    Some(":resorigcol") => col = v.parse::<i16>().ok(),
+                    Some(":resjunk") => junk = Some(v == "true"),
+                    _ => {}
+                },
+                _ => {}
+            }
+            key = None;
+        }
+        if junk? {
+            continue;
+        }
+        if resno? as usize != out.len() + 1 {
+            return None;
+        }
+        out.push((tbl?, col?));
+    }
+}
+
+/// `pg_node_tree` text: `(`, `)`, `{`, `}` and atoms separated by white space; a backslash
+/// makes the next character part of the atom.
+fn tokenize(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            '(' | ')' | '{' | '}' => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                out.push(c.to_string());
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_target_origins() {
+        // Shortened from PostgreSQL 15's ev_action of
+        // `CREATE VIEW v AS SELECT id, email AS e, lower(name) AS n FROM customers`.
+        let tree = "({QUERY :commandType 1 :querySource 0 :canSetTag true :utilityStmt <> \
+            :rtable ({RANGETBLENTRY :alias {ALIAS :aliasname old :colnames <>} :rtekind 0 :relid 16390 \
+            :subquery <> :values_lists <>}) \
+            :jointree {FROMEXPR :fromlist ({RANGETBLREF :rtindex 3}) :quals <>} \
+            :targetList ({TARGETENTRY :expr {VAR :varno 3 :varattno 1 :vartype 23} :resno 1 \
+            :resname id :ressortgroupref 0 :resorigtbl 16390 :resorigcol 1 :resjunk false} \
+            {TARGETENTRY :expr {VAR :varno 3 :varattno 3} :resno 2 :resname e :ressortgroupref 0 \
+            :resorigtbl 16390 :resorigcol 3 :resjunk false} \
+            {TARGETENTRY :expr {FUNCEXPR :funcid 870 :args ({VAR :varno 3 :varattno 2}) :location 9} \
+            :resno 3 :resname n :ressortgroupref 0 :resorigtbl 0 :resorigcol 0 :resjunk false}) \
+            :override 0 :onConflict <> :returningList <> :groupClause <> :havingQual <>})";
+        assert_eq!(
+            target_origins(tree),
+            Some(vec![(16390, 1), (16390, 3), (0, 0)])
+        );
+        assert_eq!(target_origins("garbage"), None);
+        assert_eq!(
+            target_origins("({QUERY :targetList ({TARGETENTRY :resno 2})})"),
+            None
+        );
+        assert_eq!(tokenize(r"a\ b (c)"), vec!["a b", "(", "c", ")"]);
+    }
+
+    #[test]
+    fn view_columns_trace_to_bases() {
+        let mut raw = HashMap::new();
+        raw.insert(
+            1,
+            Raw {
+                schema: "public".into(),
+                name: "customers".into(),
+                columns: [(1, "id".to_string()), (2, "email".to_string())].into(),
+                view: None,
+            },
+        );
+        raw.insert(
+            2,
+            Raw {
+                schema: "public".into(),
+                name: "v".into(),
+                columns: [
+                    (1, "id".to_string()),
+                    (2, "e".to_string()),
+                    (3, "n".to_string()),
+                ]
+                .into(),
+                view: Some(ViewDef {
+                    origins: Some(vec![(1, 1), (1, 2), (0, 0)]),
+                    depends: vec![(1, 1), (1, 2)],
+                }),
+            },
+        );
+        let cols = |att| {
+            let mut v = Vec::new();
+            base_columns(&raw, 2, att, 0, &mut v);
+            v.into_iter().map(|c| c.2).collect::<Vec<_>>()
+        };
+        assert_eq!(cols(1), vec!["id"]);
+        assert_eq!(cols(2), vec!["email"]);
+        // The expression column reads everything the view reads.
+        assert_eq!(cols(3), vec!["id", "email"]);
+    }
+}

@@ -1,0 +1,267 @@
+//! `COPY … TO STDOUT`: rows travel as CopyData lines, not DataRows, and carry no column names.
+//! The gateway reads the COPY statement itself to know the columns; what it cannot map to
+//! columns it refuses while a column rule could apply.
+
+use std::sync::Arc;
+
+use pg_query::protobuf::{self, node::Node as N};
+
+use super::{
+    detect::Hit,
+    plan::Plan,
+    rules::{Origin, REDACTED},
+};
+
+/// What a statement means for masking its COPY output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOut {
+    /// Not a COPY to the client.
+    No,
+    /// Text format from a table: fields map to these columns (schema and table resolved).
+    Table {
+        schema: Option<String>,
+        table: String,
+        /// `None`: every column of the table, in order (looked up in the catalog).
+        columns: Option<Vec<String>>,
+        delimiter: u8,
+    },
+    /// Lines that can only be scanned by the value detectors (CSV, a query): the tables read
+    /// decide whether that is enough.
+    Lines {
+        tables: Vec<(Option<String>, String)>,
+    },
+    /// Binary COPY: nothing can be read or masked.
+    Binary {
+        tables: Vec<(Option<String>, String)>,
+    },
+}
+
+/// Reads a statement for COPY … TO STDOUT. Unparsable text is not a COPY the server would run
+/// either; a Query with several COPYs is read as lines of every table it names.
+pub fn copy_out(sql: &str, tables: &[(Option<String>, String)]) -> CopyOut {
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return CopyOut::No;
+    };
+    let copies: Vec<&protobuf::CopyStmt> = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|s| match s.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            Some(N::CopyStmt(c)) if !c.is_from && c.filename.is_empty() && !c.is_program => {
+                Some(c.as_ref())
+            }
+            _ => None,
+        })
+        .collect();
+    let [copy] = copies.as_slice() else {
+        return if copies.is_empty() {
+            CopyOut::No
+        } else {
+            CopyOut::Lines {
+                tables: tables.to_vec(),
+            }
+        };
+    };
+    let mut format = "text".to_string();
+    let mut delimiter = None;
+    for o in &copy.options {
+        if let Some(N::DefElem(d)) = &o.node {
+            let arg = d.arg.as_ref().and_then(|a| match &a.node {
+                Some(N::String(s)) => Some(s.sval.clone()),
+                _ => None,
+            });
+            match d.defname.as_str() {
+                "format" => format = arg.unwrap_or_default().to_ascii_lowercase(),
+                "delimiter" => delimiter = arg,
+                _ => {}
+            }
+        }
+    }
+    let tables = tables.to_vec();
+    match format.as_str() {
+        "binary" => return CopyOut::Binary { tables },
+        "text" => {}
+        _ => return CopyOut::Lines { tables },
+    }
+    let delimiter = match delimiter.as_deref().map(str::as_bytes) {
+        None => b'\t',
+        Some([d]) => *d,
+        Some(_) => return CopyOut::Lines { tables },
+    };
+    match (&copy.relation, &copy.query) {
+        (Some(rel), None) => {
+            let columns: Vec<String> = copy
+                .attlist
+                .iter()
+                .filter_map(|n| match &n.node {
+                    Some(N::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                })
+                .collect();
+            CopyOut::Table {
+                schema: Some(rel.schemaname.clone()).filter(|s| !s.is_empty()),
+                table: rel.relname.clone(),
+                columns: (!copy.attlist.is_empty()).then_some(columns),
+                delimiter,
+            }
+        }
+        _ => CopyOut::Lines { tables },
+    }
+}
+
+/// How the lines of one COPY are masked.
+#[derive(Clone)]
+pub struct CopyMask {
+    plan: Arc<Plan>,
+    /// The rule of each field, by position; empty when fields are not mapped (detectors only,
+    /// over the whole line).
+    fields: Vec<Option<usize>>,
+    delimiter: u8,
+}
+
+impl CopyMask {
+    pub fn lines(plan: Arc<Plan>) -> CopyMask {
+        CopyMask {
+            plan,
+            fields: Vec::new(),
+            delimiter: b'\t',
+        }
+    }
+
+    pub fn table(
+        plan: Arc<Plan>,
+        schema: &str,
+        table: &str,
+        columns: &[String],
+        delimiter: u8,
+    ) -> CopyMask {
+        let fields = columns
+            .iter()
+            .map(|c| {
+                plan.column_rule([Origin::Column {
+                    schema,
+                    table,
+                    column: c,
+                }])
+            })
+            .collect();
+        CopyMask {
+            plan,
+            fields,
+            delimiter,
+        }
+    }
+
+    /// One CopyData payload (a line) with its values masked; `None` when nothing changed.
+    pub fn apply(&self, line: &[u8], hits: &mut Vec<Hit>) -> Option<Vec<u8>> {
+        let plan = &self.plan;
+        if self.fields.is_empty() {
+            return plan.detect(line, hits).map(|m| {
+                sanitize(
+                    m.unwrap_or_else(|| REDACTED.as_bytes().to_vec()),
+                    self.delimiter,
+                )
+            });
+        }
+        let (body, end) = match line.strip_suffix(b"\n") {
+            Some(b) => (b, &b"\n"[..]),
+            None => (line, &b""[..]),
+        };
+        let fields: Vec<&[u8]> = body.split(|b| *b == self.delimiter).collect();
+        let masked: Vec<Option<Option<Vec<u8>>>> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, field)| match self.fields.get(i).copied().flatten() {
+                _ if *field == b"\\N" => None,
+                Some(rule) => Some(plan.mask_value(rule, field)),
+                None => plan.detect(field, hits),
+            })
+            .collect();
+        if masked.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(line.len());
+        for (i, (field, m)) in fields.iter().zip(masked).enumerate() {
+            if i > 0 {
+                out.push(self.delimiter);
+            }
+            match m {
+                Some(Some(v)) => out.extend(sanitize(v, self.delimiter)),
+                Some(None) => out.extend_from_slice(b"\\N"),
+                None => out.extend_from_slice(field),
+            }
+        }
+        out.extend_from_slice(end);
+        Some(out)
+    }
+}
+
+/// A replacement must not end or split a COPY field: a kept tail of escaped text may hold a
+/// backslash or a separator, which become `*`.
+fn sanitize(mut v: Vec<u8>, delimiter: u8) -> Vec<u8> {
+    for b in v.iter_mut() {
+        if *b == delimiter || matches!(*b, b'\\' | b'\n' | b'\r' | b'"' | b',') {
+            *b = b'*';
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_copy_statements() {
+        let t = |sql| copy_out(sql, &[]);
+        assert_eq!(
+            t("COPY customers TO STDOUT"),
+            CopyOut::Table {
+                schema: None,
+                table: "customers".into(),
+                columns: None,
+                delimiter: b'\t'
+            }
+        );
+        assert_eq!(
+            t("copy crm.Customers (id, EMAIL) to stdout with (delimiter '|')"),
+            CopyOut::Table {
+                schema: Some("crm".into()),
+                table: "customers".into(),
+                columns: Some(vec!["id".into(), "email".into()]),
+                delimiter: b'|'
+            }
+        );
+        assert!(matches!(
+            t("COPY customers TO STDOUT (FORMAT csv)"),
+            CopyOut::Lines { .. }
+        ));
+        assert!(matches!(
+            t("COPY customers TO STDOUT WITH CSV HEADER"),
+            CopyOut::Lines { .. }
+        ));
+        assert!(matches!(
+            t("COPY customers TO STDOUT (FORMAT binary)"),
+            CopyOut::Binary { .. }
+        ));
+        assert!(matches!(
+            t("COPY customers TO STDOUT BINARY"),
+            CopyOut::Binary { .. }
+        ));
+        assert!(matches!(
+            t("COPY (SELECT email FROM customers) TO STDOUT"),
+            CopyOut::Lines { .. }
+        ));
+        assert!(matches!(
+            t("SELECT 1; COPY customers TO STDOUT"),
+            CopyOut::Table { .. }
+        ));
+        assert!(matches!(
+            t("COPY customers TO STDOUT; COPY orders TO STDOUT"),
+            CopyOut::Lines { .. }
+        ));
+        assert_eq!(t("COPY customers FROM STDIN"), CopyOut::No);
+        assert_eq!(t("COPY customers TO '/tmp/x'"), CopyOut::No);
+        assert_eq!(t("SELECT 1"), CopyOut::No);
+    }
+}

@@ -1,0 +1,140 @@
+//! The mask rules that apply to one session under one policy version, ready to use on values.
+
+use std::{borrow::Cow, sync::Arc};
+
+use super::{
+    detect::{Detectors, Hit, Kind},
+    rules::{BinaryPolicy, ColumnPattern, MaskSpec, Origin, Strategy},
+};
+use crate::policy::{Policy, Who};
+
+pub struct Plan {
+    rules: Vec<(String, Arc<MaskSpec>)>,
+    /// Every column pattern with the index of its rule, in rule order.
+    columns: Vec<(ColumnPattern, usize)>,
+    /// Tagged with the index of their rule.
+    detectors: Detectors,
+    key: Arc<[u8]>,
+}
+
+impl Plan {
+    /// The plan for `who` on `target`; `None` when no mask rule applies (the relay then does no
+    /// masking work at all).
+    pub fn build(policy: &Policy, who: &Who<'_>, target: &str) -> Option<Arc<Plan>> {
+        let mut plan = Plan {
+            rules: Vec::new(),
+            columns: Vec::new(),
+            detectors: Detectors::default(),
+            key: policy
+                .mask_key
+                .clone()
+                .unwrap_or_else(|| Arc::from(&[][..])),
+        };
+        for rule in policy.mask_rules(who, target) {
+            let Some(spec) = rule.mask.clone() else {
+                continue;
+            };
+            let i = plan.rules.len();
+            for c in &spec.columns {
+                plan.columns.push((c.clone(), i));
+            }
+            for d in &spec.detectors {
+                plan.detectors.push(Kind::Builtin(*d), i);
+            }
+            for r in &spec.regexes {
+                plan.detectors.push(Kind::Regex(r.clone()), i);
+            }
+            plan.rules.push((rule.name.clone(), spec));
+        }
+        (!plan.rules.is_empty()).then(|| Arc::new(plan))
+    }
+
+    pub fn has_columns(&self) -> bool {
+        !self.columns.is_empty()
+    }
+
+    pub fn has_detectors(&self) -> bool {
+        !self.detectors.is_empty()
+    }
+
+    /// The rule that masks a column of any of these origins (the first in file order).
+    pub fn column_rule<'o>(
+        &self,
+        origins: impl IntoIterator<Item = Origin<'o>> + Clone,
+    ) -> Option<usize> {
+        self.columns
+            .iter()
+            .find(|(p, _)| origins.clone().into_iter().any(|o| p.matches(&o)))
+            .map(|(_, i)| *i)
+    }
+
+    /// Whether a column rule could be about a column of this table.
+    pub fn may_cover_table(&self, schema: Option<&str>, table: &str) -> Option<usize> {
+        self.columns
+            .iter()
+            .find(|(p, _)| p.may_cover_table(schema, table))
+            .map(|(_, i)| *i)
+    }
+
+    pub fn rule_name(&self, rule: usize) -> &str {
+        &self.rules[rule].0
+    }
+
+    pub fn binary_policy(&self, rule: usize) -> BinaryPolicy {
+        self.rules[rule].1.binary
+    }
+
+    /// A whole value hit by a column rule; `None` is NULL.
+    pub fn mask_value(&self, rule: usize, value: &[u8]) -> Option<Vec<u8>> {
+        self.rules[rule].1.strategy.apply(value, &self.key)
+    }
+
+    /// `text` with what the detectors find masked: `None` when nothing was found,
+    /// `Some(None)` when a hit's rule nulls the whole value.
+    pub fn detect(&self, text: &[u8], hits: &mut Vec<Hit>) -> Option<Option<Vec<u8>>> {
+        if self.detectors.is_empty() {
+            return None;
+        }
+        hits.clear();
+        self.detectors.scan(text, hits);
+        if hits.is_empty() {
+            return None;
+        }
+        if hits
+            .iter()
+            .any(|h| self.rules[h.tag].1.strategy == Strategy::Null)
+        {
+            return Some(None);
+        }
+        Some(Some(self.splice(text, hits)))
+    }
+
+    fn splice(&self, text: &[u8], hits: &[Hit]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        let mut at = 0;
+        for h in hits {
+            // Hits are sorted and disjoint; a detector that broke that promise must not panic
+            // the relay, so anything out of order is skipped.
+            if h.range.start < at || h.range.end > text.len() {
+                continue;
+            }
+            out.extend_from_slice(&text[at..h.range.start]);
+            let strategy = self.rules[h.tag].1.strategy;
+            out.extend(strategy.apply_in_text(&text[h.range.clone()], &self.key));
+            at = h.range.end;
+        }
+        out.extend_from_slice(&text[at..]);
+        out
+    }
+
+    /// `text` with what the detectors find masked, for texts where NULL cannot stand (errors,
+    /// notices, the record).
+    pub fn mask_str<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut hits = Vec::new();
+        self.detectors.scan(text.as_bytes(), &mut hits);
+        if hits.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        Cow::Owned(String::from_utf8_lossy(&self.splice(text.as_bytes(), &hits)).into_owned())
+    }
+}

@@ -1,0 +1,291 @@
+//! Result rows: which columns of a RowDescription are masked and how, and DataRow rewriting.
+//! A row with nothing to mask is forwarded as it was read; a row with a hit is rebuilt once, with
+//! new field and message lengths.
+
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::BufMut;
+
+use super::{
+    catalog::Relation,
+    detect::Hit,
+    plan::Plan,
+    rules::{BinaryPolicy, Origin},
+};
+use crate::protocol::postgres::codec::{CodecError, Fields, Frame};
+
+/// One column of a RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    /// The table (or view) the column comes from; 0 for an expression.
+    pub table: u32,
+    pub attnum: i16,
+    pub type_oid: u32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+pub fn fields(frame: &Frame) -> Result<Vec<Field>, CodecError> {
+    let mut f = Fields::new(frame);
+    let n = f.count()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = f.cstr()?.to_string();
+        let table = f.i32()? as u32;
+        let attnum = f.i16()?;
+        let type_oid = f.i32()? as u32;
+        let _typlen = f.i16()?;
+        let _typmod = f.i32()?;
+        let format = f.i16()?;
+        out.push(Field {
+            name,
+            table,
+            attnum,
+            type_oid,
+            format,
+        });
+    }
+    Ok(out)
+}
+
+/// Types whose binary format is their text: masked as text in either format.
+const TEXT_LIKE: &[u32] = &[
+    18,   // "char"
+    19,   // name
+    25,   // text
+    142,  // xml
+    705,  // unknown
+    1042, // bpchar
+    1043, // varchar
+];
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    /// A column rule's replacement must stay a JSON document.
+    Json,
+    /// Binary jsonb: a version byte, then JSON text.
+    JsonbBinary,
+    /// A binary value the gateway cannot read as text.
+    OtherBinary,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Col {
+    rule: Option<usize>,
+    kind: Kind,
+}
+
+/// How each column of one result is masked, under the plan that decided it.
+#[derive(Clone)]
+pub struct ResultMask {
+    plan: Arc<Plan>,
+    /// `None`: rows whose description the gateway did not see (a reload turned masking on
+    /// between a statement and its rows): every value becomes NULL.
+    cols: Option<Vec<Col>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("column `{column}` is masked by rule \"{rule}\" but arrives in binary format, which the rule refuses")]
+    Refused { column: String, rule: String },
+    #[error("column `{0}` comes from a table the catalog does not show")]
+    NoOrigin(String),
+}
+
+/// The table oids and attribute numbers a description refers to.
+pub fn origins_needed(fields: &[Field]) -> Vec<(u32, i16)> {
+    let mut v: Vec<(u32, i16)> = fields
+        .iter()
+        .filter(|f| f.table != 0 && f.attnum > 0)
+        .map(|f| (f.table, f.attnum))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+impl ResultMask {
+    pub fn unknown(plan: Arc<Plan>) -> ResultMask {
+        ResultMask { plan, cols: None }
+    }
+
+    pub fn new(
+        plan: Arc<Plan>,
+        fields: &[Field],
+        relations: &HashMap<u32, Arc<Relation>>,
+    ) -> Result<ResultMask, RowError> {
+        let mut cols = Vec::with_capacity(fields.len());
+        for f in fields {
+            let rule = if !plan.has_columns() {
+                None
+            } else if f.table == 0 || f.attnum <= 0 {
+                plan.column_rule([Origin::Expression { name: &f.name }])
+            } else {
+                let rel = relations
+                    .get(&f.table)
+                    .ok_or_else(|| RowError::NoOrigin(f.name.clone()))?;
+                let col = rel
+                    .columns
+                    .get(&f.attnum)
+                    .ok_or_else(|| RowError::NoOrigin(f.name.clone()))?;
+                let own = Origin::Column {
+                    schema: &rel.schema,
+                    table: &rel.name,
+                    column: &col.name,
+                };
+                let bases = col.bases.iter().map(|b| Origin::Column {
+                    schema: &b.0,
+                    table: &b.1,
+                    column: &b.2,
+                });
+                let all: Vec<Origin<'_>> = std::iter::once(own).chain(bases).collect();
+                plan.column_rule(all.iter().cloned())
+            };
+            let kind = match (f.format, f.type_oid) {
+                (_, JSON) => Kind::Json,
+                (1, JSONB) => Kind::JsonbBinary,
+                (0, JSONB) => Kind::Json,
+                (1, t) if TEXT_LIKE.contains(&t) => Kind::Text,
+                (1, _) => Kind::OtherBinary,
+                _ => Kind::Text,
+            };
+            if let (Some(r), Kind::OtherBinary) = (rule, kind) {
+                if plan.binary_policy(r) == BinaryPolicy::Refuse {
+                    return Err(RowError::Refused {
+                        column: f.name.clone(),
+                        rule: plan.rule_name(r).to_string(),
+                    });
+                }
+            }
+            cols.push(Col { rule, kind });
+        }
+        Ok(ResultMask {
+            plan,
+            cols: Some(cols),
+        })
+    }
+
+    /// Whether rows may change at all (no column rule and no detector: forward untouched).
+    pub fn is_noop(&self) -> bool {
+        match &self.cols {
+            None => false,
+            Some(cols) => !self.plan.has_detectors() && cols.iter().all(|c| c.rule.is_none()),
+        }
+    }
+
+    /// The DataRow with its values masked; `None` when nothing changed.
+    pub fn apply(&self, frame: &Frame, hits: &mut Vec<Hit>) -> Result<Option<Frame>, CodecError> {
+        let plan = &self.plan;
+        let mut f = Fields::new(frame);
+        let n = f.count()?;
+        let mut changes: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
+        for i in 0..n {
+            let len = f.i32()?;
+            if len < 0 {
+                continue;
+            }
+            let value = f.take(len as usize)?;
+            let col = match &self.cols {
+                None => {
+                    changes.push((i, None));
+                    continue;
+                }
+                Some(cols) => match cols.get(i) {
+                    Some(c) => *c,
+                    // More values than the description had columns: nothing is known of them.
+                    None => {
+                        changes.push((i, None));
+                        continue;
+                    }
+                },
+            };
+            if let Some(new) = mask_one(plan, col, value, hits) {
+                changes.push((i, new));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(rebuild(frame, n, &changes)?))
+    }
+}
+
+/// The replacement of one value (`Some(None)` is NULL), or `None` to keep it.
+fn mask_one(plan: &Plan, col: Col, value: &[u8], hits: &mut Vec<Hit>) -> Option<Option<Vec<u8>>> {
+    match (col.rule, col.kind) {
+        (Some(_), Kind::OtherBinary) => Some(None),
+        (None, Kind::OtherBinary) => None,
+        (Some(r), Kind::Text) => Some(plan.mask_value(r, value)),
+        (Some(r), Kind::Json) => Some(plan.mask_value(r, value).map(|v| json_string(&v))),
+        (Some(r), Kind::JsonbBinary) => Some(plan.mask_value(r, value).map(|v| {
+            let mut out = vec![1u8];
+            out.extend(json_string(&v));
+            out
+        })),
+        (None, Kind::Text) => plan.detect(value, hits),
+        (None, Kind::Json) => plan.detect(value, hits).map(|m| m.filter(|v| is_json(v))),
+        (None, Kind::JsonbBinary) => {
+            let (version, text) = value.split_first()?;
+            plan.detect(text, hits).map(|m| {
+                m.filter(|v| is_json(v)).map(|v| {
+                    let mut out = vec![*version];
+                    out.extend(v);
+                    out
+                })
+            })
+        }
+    }
+}
+
+/// A masked JSON value must still parse; one that does not (a custom detector that matched
+/// across a quote) becomes NULL rather than reach the agent half masked.
+fn is_json(v: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(v).is_ok()
+}
+
+fn json_string(v: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&String::from_utf8_lossy(v)).unwrap_or_else(|_| b"null".to_vec())
+}
+
+fn rebuild(
+    frame: &Frame,
+    n: usize,
+    changes: &[(usize, Option<Vec<u8>>)],
+) -> Result<Frame, CodecError> {
+    let mut f = Fields::new(frame);
+    f.count()?;
+    let mut next = changes.iter().peekable();
+    let mut bytes = bytes::BytesMut::with_capacity(frame.bytes.len() + 64);
+    bytes.put_u8(b'D');
+    bytes.put_u32(0);
+    bytes.put_i16(n as i16);
+    for i in 0..n {
+        let len = f.i32()?;
+        let value = if len >= 0 {
+            Some(f.take(len as usize)?)
+        } else {
+            None
+        };
+        let replaced = match next.peek() {
+            Some((at, new)) if *at == i => {
+                next.next();
+                Some(new.as_deref())
+            }
+            _ => None,
+        };
+        match replaced.unwrap_or(value) {
+            Some(v) => {
+                bytes.put_i32(v.len() as i32);
+                bytes.put_slice(v);
+            }
+            None => bytes.put_i32(-1),
+        }
+    }
+    let len = (bytes.len() - 1) as u32;
+    bytes[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(Frame { bytes })
+}
