@@ -1209,6 +1209,79 @@ mod tests {
     }
 
     #[test]
+    fn mask_rules_compile_and_scope() {
+        let d = valid_dir(
+            "maskrules",
+            "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
+             \x20 - name: pii\n    when: {workloads: [ci]}\n    targets: [pg]\n    mask: {columns: [customers.email, \"*.ssn\"], detectors: [email, payment_card], strategy: partial, keep_last: 2}\n\
+             \x20 - name: others\n    when: {workloads: [ci]}\n    targets: [pg]\n    mask: {regexes: [\"EMP-[0-9]+\"], strategy: null}\n",
+        );
+        write(&d, "e-pg.yaml", PG_TARGET);
+        let p = load_dir(&d).unwrap();
+        let groups = vec![];
+        let who = Who {
+            issuer: "https://idp.test",
+            subject: "a",
+            groups: &groups,
+            workload: "ci",
+        };
+        // Mask rules play no part in the connection decision.
+        assert_eq!(
+            p.decide(&who, "pg"),
+            Decision::Allow {
+                rule: "allow".into()
+            }
+        );
+        let names: Vec<&str> = p.mask_rules(&who, "pg").map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["pii", "others"]);
+        let m = p.rules[1].mask.as_ref().unwrap();
+        assert_eq!(m.strategy, crate::mask::rules::Strategy::Partial { keep_last: 2 });
+        assert_eq!(m.columns.len(), 2);
+        let other = Who {
+            workload: "other",
+            ..who.clone()
+        };
+        assert_eq!(p.mask_rules(&other, "pg").count(), 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_mask_rules_are_refused_with_their_line() {
+        let d = tmpdir("badmask");
+        write(&d, "a-idp.yaml", IDP);
+        write(&d, "e-pg.yaml", PG_TARGET);
+        write(&d, "c-targets.yml", TARGET);
+        let cases = [
+            ("targets: [pg]\n    mask: {detectors: [emails]}", "unknown variant `emails`"),
+            ("targets: [pg]\n    mask: {regexes: [\"(unclosed\"]}", "bad regex"),
+            ("targets: [pg]\n    mask: {columns: [\"a..b\"]}", "column pattern"),
+            ("targets: [pg]\n    mask: {}", "needs at least one of columns"),
+            ("targets: [pg]\n    mask: {columns: [email], keep_last: 3}", "keep_last is only"),
+            ("targets: [pg]\n    mask: {columns: [email], strategy: hash}", "needs gateway.mask_key"),
+            ("targets: [db]\n    mask: {columns: [email]}", "masking is for postgres targets"),
+            ("effect: deny\n    targets: [pg]\n    mask: {columns: [email]}", "mask rules have no effect"),
+        ];
+        for (body, want) in cases {
+            write(&d, "d-rules.yaml", &format!("version: 2\nrules:\n  - name: m\n    {body}\n"));
+            let err = load_dir(&d).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: {err}");
+            if want == "bad regex" {
+                assert!(err.contains("d-rules.yaml:5"), "{err}");
+            }
+        }
+        // A short key is refused; a long enough one makes `hash` valid.
+        std::env::set_var("AGENTGATE_TEST_MASK_KEY", "short");
+        write(&d, "f-gw.yaml", "version: 2\ngateway:\n  mask_key: {from: env, name: AGENTGATE_TEST_MASK_KEY}\n");
+        write(&d, "d-rules.yaml", "version: 2\nrules:\n  - name: m\n    targets: [pg]\n    mask: {columns: [email], strategy: hash}\n");
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("at least 16 bytes"), "{err}");
+        std::env::set_var("AGENTGATE_TEST_MASK_KEY", "0123456789abcdef0123");
+        let p = load_dir(&d).unwrap();
+        assert_eq!(p.mask_key.as_deref(), Some(&b"0123456789abcdef0123"[..]));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn statement_rules_deny_by_class_table_and_function() {
         let d = valid_dir(
             "stmtrules",
