@@ -4,7 +4,7 @@ use std::{borrow::Cow, sync::Arc};
 
 use super::{
     detect::{Detectors, Hit, Kind},
-    rules::{BinaryPolicy, ColumnPattern, MaskSpec, Origin, Strategy},
+    rules::{BinaryPolicy, ColumnPattern, MaskKey, MaskSpec, Origin, Strategy},
 };
 use crate::policy::{Policy, Who};
 
@@ -14,7 +14,7 @@ pub struct Plan {
     columns: Vec<(ColumnPattern, usize)>,
     /// Tagged with the index of their rule.
     detectors: Detectors,
-    key: Arc<[u8]>,
+    key: MaskKey,
 }
 
 impl Plan {
@@ -25,10 +25,7 @@ impl Plan {
             rules: Vec::new(),
             columns: Vec::new(),
             detectors: Detectors::default(),
-            key: policy
-                .mask_key
-                .clone()
-                .unwrap_or_else(|| Arc::from(&[][..])),
+            key: MaskKey::new(policy.mask_key.as_deref().unwrap_or_default()),
         };
         for rule in policy.mask_rules(who, target) {
             let Some(spec) = rule.mask.clone() else {
