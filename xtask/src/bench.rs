@@ -10,6 +10,11 @@
 //! - `pgbench -S` (select-only, scale 1) in the simple, extended and prepared protocols with 1
 //!   and 8 clients, and with `-C` (a new connection per transaction), each directly as the
 //!   upstream role vs from the agent cgroup through the gateway (JWT as the password).
+//!
+//! Masking (a PostgreSQL 15 on 127.0.0.1:18021, the gateway on 18020; see bench_mask.rs):
+//! - `SELECT * FROM wide` (1 000 000 rows with PII columns by default, and a fifth of it)
+//!   streamed by a client that keeps nothing, in text and in binary format, directly vs through
+//!   the gateway without mask rules vs with mask rules: rows/s, MB/s, the gateway's peak RSS.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -33,6 +38,8 @@ pub enum Only {
     Capture,
     /// pgbench direct vs through the gateway.
     Postgres,
+    /// A wide PII table streamed direct vs through the gateway without and with mask rules.
+    Masking,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,15 +53,18 @@ pub struct Options {
     /// connect() calls per latency run.
     #[arg(long, default_value_t = 2000)]
     pub connects: usize,
-    /// Run only this section (default: both).
+    /// Run only this section (default: all).
     #[arg(long, value_enum)]
     pub only: Option<Only>,
     /// Seconds per pgbench run (`-T`).
     #[arg(long, default_value_t = 10)]
     pub pg_secs: u64,
-    /// Repetitions of each pgbench measurement (direct and gateway alternate within each).
+    /// Repetitions of each pgbench and masking measurement (contenders alternate within each).
     #[arg(long, default_value_t = 3)]
     pub pg_reps: usize,
+    /// Rows of the masking section's table (its second result size is a fifth of this).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub mask_rows: u64,
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
@@ -77,24 +87,34 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if let Some(only) = o.only {
         command += &format!(" --only {}", format!("{only:?}").to_lowercase());
     }
-    if o.only != Some(Only::Postgres) {
+    let runs = |section: Only| o.only.is_none_or(|only| only == section);
+    if runs(Only::Capture) {
         command += &format!(
             " --reps {} --bytes {} --connects {}",
             o.reps, o.bytes, o.connects
         );
     }
-    if o.only != Some(Only::Capture) {
-        command += &format!(" --pg-secs {} --pg-reps {}", o.pg_secs, o.pg_reps);
+    if runs(Only::Postgres) {
+        command += &format!(" --pg-secs {}", o.pg_secs);
+    }
+    if runs(Only::Postgres) || runs(Only::Masking) {
+        command += &format!(" --pg-reps {}", o.pg_reps);
+    }
+    if runs(Only::Masking) {
+        command += &format!(" --mask-rows {}", o.mask_rows);
     }
     println!("\n## agentgate benchmark\n");
     println!("machine: {cores} cores, kernel {kernel}; contenders alternating run by run");
     println!("command: {command}");
 
-    if o.only != Some(Only::Postgres) {
+    if runs(Only::Capture) {
         capture(o.reps, o.bytes, o.connects)?;
     }
-    if o.only != Some(Only::Capture) {
+    if runs(Only::Postgres) {
         postgres(o.pg_secs, o.pg_reps)?;
+    }
+    if runs(Only::Masking) {
+        crate::bench_mask::masking(o.mask_rows, o.pg_reps)?;
     }
     Ok(())
 }
@@ -499,7 +519,7 @@ fn num(v: &Value, k: &str) -> anyhow::Result<f64> {
     v[k].as_f64().with_context(|| format!("no `{k}` in {v}"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     match n {
@@ -509,7 +529,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn min_max(v: &[f64]) -> (f64, f64) {
+pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
     v.iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
             (lo.min(*x), hi.max(*x))

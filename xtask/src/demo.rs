@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: an agent in a fresh cgroup reaches a TCP service only through the gateway;
 //! then an agent's psql session to a throwaway PostgreSQL goes through the gateway, JWT as its
-//! password, and its DROP TABLE is denied.
+//! password, and its DROP TABLE is denied; the agent reads a customers table with its personal
+//! data masked, while the database holds the real values.
 
 use std::{
     fs,
@@ -13,7 +14,7 @@ use std::{
 
 use agentgate_tests::{
     fixtures, mint, now,
-    pg::{psql_command, PgOptions, PgServer, ROLE_PASSWORD, ROLE_SCRAM},
+    pg::{psql_command, PgOptions, PgServer, ROLE_PASSWORD, ROLE_SCRAM, SUPERUSER_PASSWORD},
     place, probe, s, Cgroup, Gateway, TargetServer,
 };
 use anyhow::{bail, Context};
@@ -26,6 +27,17 @@ const PG_POLICY: &str = include_str!("../../policies/demo-postgres/postgres.yaml
 /// Where policies/demo-postgres/postgres.yaml expects the database (its gateway listens on 7440).
 const PG_PORT: u16 = 7441;
 const DEMO_DIR: &str = "/tmp/agentgate-demo";
+
+/// The table the mask rules of postgres.yaml cover (test card numbers, Luhn-valid).
+const CUSTOMERS: &str = "\
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card_number text, ssn text, note text);
+INSERT INTO customers VALUES
+  (1, 'Alice Martin', 'alice@example.com', '4111 1111 1111 1111', '123-45-6789', 'prefers email, cc alice.m@example.org'),
+  (2, 'Bob Chen', 'bob.chen@example.net', '5555 5555 5555 4444', '987-65-4320', 'call after 5pm'),
+  (3, 'Carol Diaz', 'carol.diaz@example.com', '3782 822463 10005', '078-05-1120', 'VIP since 2019');
+";
+/// What the agent, and then the superuser, ask of the customers table.
+const CUSTOMERS_QUERY: &str = "SELECT * FROM customers ORDER BY id";
 
 /// The agent's psql session: statements from stdin, one per line, echoed by `psql -a`.
 const AGENT_SESSION: &str = "\
@@ -169,6 +181,7 @@ fn postgres() -> anyhow::Result<()> {
         "agentdb",
         "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(8, 2));",
     );
+    pg.sql_in("agentdb", CUSTOMERS);
     let secret = Path::new(DEMO_DIR).join("pg-secret");
     fs::OpenOptions::new()
         .create(true)
@@ -178,14 +191,16 @@ fn postgres() -> anyhow::Result<()> {
         .open(&secret)
         .and_then(|mut f| writeln!(f, "{ROLE_PASSWORD}"))
         .with_context(|| format!("write {}", secret.display()))?;
+    let key = Path::new(DEMO_DIR).join("mask.key");
+    write_mask_key(&key)?;
     println!(
-        "\n== a throwaway PostgreSQL 15 on 127.0.0.1:{PG_PORT} (database agentdb, table items); agentgate holds the only password (role {ROLE_SCRAM}, in {}, mode 0600)",
+        "\n== a throwaway PostgreSQL 15 on 127.0.0.1:{PG_PORT} (database agentdb, tables items and customers); agentgate holds the only password (role {ROLE_SCRAM}, in {}, mode 0600)",
         secret.display()
     );
     let agent = Cgroup::create("/agentgate-demo/sql-agent-1");
     let gw = Gateway::start("demo-pg", PG_POLICY);
     println!(
-        "== a second agentgate runs (pid {}) with policies/demo-postgres/postgres.yaml: PostgreSQL target, rule no-ddl denies ddl/dcl/admin statements",
+        "== a second agentgate runs (pid {}) with policies/demo-postgres/postgres.yaml: PostgreSQL target, rule no-ddl denies ddl/dcl/admin statements, rules mask-* mask the customers' personal data",
         gw.pid()
     );
     let ev = gw.wait_classified(&agent.rel);
@@ -208,13 +223,7 @@ fn postgres() -> anyhow::Result<()> {
     cmd.args(["-a", "-v", "VERBOSITY=verbose"]);
     place(&mut cmd, Some(&agent), None);
     let (pid, out) = run_merged(cmd, AGENT_SESSION)?;
-    for line in out.lines().map(str::trim_end) {
-        if line.is_empty() {
-            println!();
-        } else {
-            println!("     {line}");
-        }
-    }
+    print_indented(&out);
     let brokered = out.lines().any(|l| l.trim() == ROLE_SCRAM);
     let denied = out.contains("42501") && out.contains("\"no-ddl\"");
     let left = pg.sql_in("agentdb", "SELECT count(*) FROM items;");
@@ -323,7 +332,80 @@ fn postgres() -> anyhow::Result<()> {
     println!(
         "   => the database knows no JWTs: the agent gets in only through the gateway, which holds the password"
     );
+
+    masking(&agent, &conn, &shown, &pg)
+}
+
+/// The agent reads table customers through the gateway (masked), then the superuser reads it
+/// straight from the database (the real values).
+fn masking(agent: &Cgroup, conn: &str, shown: &str, pg: &PgServer) -> anyhow::Result<()> {
+    println!(
+        "\n-- masking: the agent in {} reads table customers (rules mask-customer-email, mask-customer-numbers, mask-emails-anywhere):",
+        agent.rel
+    );
+    println!("   $ psql -X --dbname=\"{shown}\" -c '{CUSTOMERS_QUERY}'");
+    let mut cmd = psql_command(conn);
+    cmd.args(["-c", CUSTOMERS_QUERY]);
+    place(&mut cmd, Some(agent), None);
+    let (_, masked) = run_merged(cmd, "")?;
+    print_indented(masked.trim_end());
+
+    let superuser = pg.conninfo("postgres", SUPERUSER_PASSWORD, "agentdb", "disable");
+    println!("\n-- the same query as the superuser, from outside managed cgroups (straight to the database):");
+    println!(
+        "   $ psql -X --dbname=\"host=127.0.0.1 port={PG_PORT} dbname=agentdb user=postgres password=…\" -c '{CUSTOMERS_QUERY}'"
+    );
+    let mut cmd = psql_command(&superuser);
+    cmd.args(["-c", CUSTOMERS_QUERY]);
+    let (_, real) = run_merged(cmd, "")?;
+    print_indented(real.trim_end());
+    println!();
+
+    let ok = masked.contains("hmac:")
+        && masked.contains("****1111")
+        && masked.contains("****6789")
+        && masked.contains("cc ****")
+        && !masked.contains('@')
+        && real.contains("alice@example.com");
+    println!(
+        "   => {}",
+        if ok {
+            "the agent got email as hmac:… (HMAC-SHA256 with the key in /tmp/agentgate-demo/mask.key: \
+             equal emails mask alike, so joins still work),\n      \
+             card_number and ssn as **** and their last 4 characters, the address inside note as ****; \
+             the database keeps the real values"
+        } else {
+            "the agent's rows are NOT masked as postgres.yaml says (wrong)"
+        }
+    );
     Ok(())
+}
+
+fn print_indented(text: &str) {
+    for line in text.lines().map(str::trim_end) {
+        if line.is_empty() {
+            println!();
+        } else {
+            println!("     {line}");
+        }
+    }
+}
+
+/// A random HMAC key for the `hash` mask strategy, mode 0600, where postgres.yaml expects it.
+fn write_mask_key(path: &Path) -> anyhow::Result<()> {
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("read /dev/urandom")?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{hex}"))
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Runs `cmd` with `input` on stdin, stdout and stderr into one file (so an error shows where it

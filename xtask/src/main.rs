@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | test | demo | bench`.
 
 mod bench;
+mod bench_mask;
 mod demo;
 mod setup;
 mod util;
@@ -27,7 +28,7 @@ enum Task {
     /// Show an agent in a fresh cgroup going through the gateway (needs root).
     Demo,
     /// Side-by-side measurements: connect() latency, relay throughput, pgbench direct vs
-    /// through the gateway (needs root).
+    /// through the gateway, result streaming with and without masking (needs root).
     Bench(bench::Options),
 }
 
