@@ -1,10 +1,10 @@
 //! Value detectors: find sensitive values inside any text (a result value, an error or notice
 //! text, a recorded statement), whatever column or expression it came from.
 //!
-//! Detectors look for ASCII shapes in bytes. Text that is not UTF-8 is scanned the same way and
-//! never makes a detector fail. A hit covers exactly the value, never the punctuation around it.
-//! Numbers must stand alone: a letter or digit right before or after one (`x4111…`, `…67890`)
-//! means it is part of something else and is not reported.
+//! Detectors read bytes: text that is not UTF-8 is scanned the same way and never makes one fail.
+//! A hit covers exactly the value, never the punctuation around it. Numbers must stand alone: a
+//! letter or digit right before or after one (`x4111…`, `…67890`) means it is part of something
+//! else, and it is not reported.
 //!
 //! - `email`: `local@domain.tld`. The local part is letters, digits and `. _ % + -` (no leading,
 //!   trailing or doubled dot); the domain is two or more labels of letters, digits and inner
@@ -24,11 +24,13 @@
 //! - `phone`: international numbers starting with `+` or `00` (8 to 15 digits after it, in groups
 //!   separated by single spaces, dashes or dots, parentheses allowed: `+44 20 7946 0958`,
 //!   `+14155552671`, `+1 (415) 555-2671`; with `00` at least one separator is required); North
-//!   American numbers `(415) 555-2671`, `415-555-2671`, `415.555.2671`, `415 555 2671`, optionally
-//!   after `1-`; national numbers starting with a trunk `0`, 10 or 11 digits in groups of 2 to 8
-//!   with one kind of separator (`020 7946 0958`, `06 12 34 56 78`, `(020) 7946 0958`). Not caught:
-//!   digits without separators unless after `+` (`4155552671` is any integer), dates, version
-//!   numbers, times, card numbers, SSNs and IPv4 addresses (none has a phone shape).
+//!   American numbers `(415) 555-2671`, `415-555-2671`, `415.555.2671`, `415 555 2671` (area code
+//!   not starting with 0 or 1), optionally after `1-`; national numbers starting with a trunk `0`,
+//!   10 or 11 digits in groups of 2 to 8 with one kind of separator (`020 7946 0958`,
+//!   `06 12 34 56 78`, `(020) 7946 0958`). An extension after `x` (`415-555-2671x12`) is left as
+//!   it is. Not caught: digits without separators unless after `+` (`4155552671` is any
+//!   integer), dates, version numbers, times, card numbers, SSNs and IPv4 addresses (none has a
+//!   phone shape).
 //! - `iban`: an uppercase country code of the IBAN registry, two check digits, then the country's
 //!   BBAN length of uppercase letters and digits, written together or in groups of four separated
 //!   by single spaces; the mod-97 checksum must hold. Not caught: lowercase, other groupings.
@@ -40,21 +42,23 @@
 //!   other notations (hex, single integer), IPv6 made only of letters (`dead::beef`), zone ids
 //!   (`fe80::1%eth0` masks the address, not the zone). A version number with four parts that are
 //!   each 0–255 is indistinguishable from an address and is masked.
-//! - `secret`: JSON Web Tokens (`eyJ…` header, two or more dot-separated base64url segments);
+//! - `secret`: JSON Web Tokens (an `eyJ…` header of 10 or more base64url characters, a payload
+//!   and a signature, empty on an unsigned token; or the five segments of an encrypted token);
 //!   PEM private keys (`-----BEGIN … PRIVATE KEY-----` through the matching `-----END …-----`
 //!   line, or to the end of the text when that line is missing); AWS access key ids (`AKIA`/`ASIA`
 //!   and 16 uppercase letters or digits); GitHub tokens (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_` and
 //!   30 or more letters or digits; `github_pat_` and 22 or more); Slack tokens (`xoxa-`, `xoxb-`,
 //!   `xoxp-`, `xoxr-`, `xoxs-` and 10 or more); Stripe live keys (`sk_live_`, `rk_live_` and 16 or
 //!   more); Google API keys (`AIza` and exactly 35); `sk-` keys (OpenAI, Anthropic) of 32 or more
-//!   characters with a digit and an uppercase letter. Not caught: secrets without a known prefix
-//!   (AWS secret access keys, passwords, random tokens), certificates and public keys, test keys.
+//!   characters with a digit and an uppercase letter. A token must not follow a letter, digit,
+//!   `_` or `-`. Not caught: secrets without a known prefix (AWS secret access keys, passwords,
+//!   random tokens), certificates and public keys, Stripe test keys.
 //! - a policy regex: every non-empty, non-overlapping match, as the `regex` crate finds them.
 //!
 //! Where hits of different detectors overlap, the one that starts first wins, then the longest,
 //! then the detector listed first; the others are dropped.
 
-use std::{cmp::Reverse, net::Ipv6Addr, ops::Range};
+use std::{cmp::Reverse, net::Ipv6Addr, ops::Range, sync::LazyLock};
 
 /// The built-in detectors, as named in a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -85,10 +89,29 @@ pub struct Hit {
 #[derive(Default)]
 pub struct Detectors {
     entries: Vec<(Kind, usize)>,
+    /// For each built-in, the first entry that lists it. A built-in listed again finds the same
+    /// hits, which lose to the first listing's, so it is scanned once.
+    first: [Option<usize>; 7],
 }
+
+/// Finds the value whose first digit run starts at the given position and has the given length.
+/// Each starts with checks that reject most numbers in a few instructions.
+type NumberAt = fn(&[u8], usize, usize) -> Option<Range<usize>>;
+
+/// The built-ins that look for numbers.
+const NUMERIC: [(Builtin, NumberAt); 5] = [
+    (Builtin::PaymentCard, card_at),
+    (Builtin::UsSsn, ssn_at),
+    (Builtin::Phone, phone_at),
+    (Builtin::Iban, iban_at),
+    (Builtin::Ip, ipv4_at),
+];
 
 impl Detectors {
     pub fn push(&mut self, kind: Kind, tag: usize) {
+        if let Kind::Builtin(b) = kind {
+            self.first[b as usize].get_or_insert(self.entries.len());
+        }
         self.entries.push((kind, tag));
     }
 
@@ -99,18 +122,39 @@ impl Detectors {
     /// Appends the hits in `text` to `out`, sorted by start and not overlapping.
     pub fn scan(&self, text: &[u8], out: &mut Vec<Hit>) {
         let base = out.len();
-        let mut facts = Facts { text, digits: None };
         // Candidates are collected in `out` itself, tagged with their detector's index (the
         // priority), so that a text without hits costs no allocation.
+        let first = |b: Builtin| self.first[b as usize];
         for (index, (kind, _)) in self.entries.iter().enumerate() {
             let mut sink = Sink { out, index };
             match kind {
-                Kind::Builtin(b) => b.scan(&mut facts, &mut sink),
                 Kind::Regex(re) => re
                     .find_iter(text)
                     .filter(|m| !m.is_empty())
                     .for_each(|m| sink.push(m.range())),
+                Kind::Builtin(b) if first(*b) != Some(index) => {}
+                Kind::Builtin(Builtin::Email) => {
+                    if text.contains(&b'@') {
+                        emails(text, &mut sink);
+                    }
+                }
+                Kind::Builtin(Builtin::Secret) => {
+                    if text.len() >= 15 {
+                        secrets(text, &mut sink);
+                    }
+                }
+                Kind::Builtin(Builtin::Ip) => {
+                    if text.contains(&b':') {
+                        ipv6s(text, &mut sink);
+                    }
+                }
+                Kind::Builtin(_) => {}
             }
+        }
+        // The numeric detectors share one walk over the digit runs of the text.
+        let numeric = NUMERIC.map(|(b, _)| first(b));
+        if numeric.iter().any(Option::is_some) {
+            numbers(text, out, numeric);
         }
         if out.len() - base > 1 {
             out[base..].sort_unstable_by_key(|h| (h.range.start, Reverse(h.range.end), h.tag));
@@ -129,21 +173,6 @@ impl Detectors {
     }
 }
 
-/// What prefilters need to know about a text, computed once for all detectors.
-struct Facts<'a> {
-    text: &'a [u8],
-    digits: Option<usize>,
-}
-
-impl Facts<'_> {
-    fn digits(&mut self) -> usize {
-        let text = self.text;
-        *self
-            .digits
-            .get_or_insert_with(|| text.iter().filter(|b| b.is_ascii_digit()).count())
-    }
-}
-
 struct Sink<'a> {
     out: &'a mut Vec<Hit>,
     index: usize,
@@ -158,77 +187,40 @@ impl Sink<'_> {
     }
 }
 
-impl Builtin {
-    fn scan(self, facts: &mut Facts, sink: &mut Sink) {
-        let t = facts.text;
-        // Each prefilter is a necessary condition of a hit, so most values skip the scanners.
-        match self {
-            Builtin::Email => {
-                if t.contains(&b'@') {
-                    emails(t, sink);
-                }
-            }
-            Builtin::PaymentCard => {
-                if facts.digits() >= 13 {
-                    candidates(t, sink, |b| b.is_ascii_digit(), card_at);
-                }
-            }
-            Builtin::UsSsn => {
-                if facts.digits() >= 9 {
-                    candidates(t, sink, |b| b.is_ascii_digit(), ssn_at);
-                }
-            }
-            Builtin::Phone => {
-                if facts.digits() >= 8 {
-                    candidates(
-                        t,
-                        sink,
-                        |b| b.is_ascii_digit() || b == b'+' || b == b'(',
-                        phone_at,
-                    );
-                }
-            }
-            Builtin::Iban => {
-                if t.len() >= 15 && facts.digits() >= 2 {
-                    candidates(t, sink, |b| b.is_ascii_uppercase(), iban_at);
-                }
-            }
-            Builtin::Ip => {
-                if facts.digits() >= 4 && t.contains(&b'.') {
-                    candidates(t, sink, |b| b.is_ascii_digit(), ipv4_at);
-                }
-                if t.contains(&b':') && facts.digits() >= 1 {
-                    ipv6s(t, sink);
-                }
-            }
-            Builtin::Secret => {
-                if t.len() >= 15 {
-                    candidates(t, sink, |b| b"-Aegrsx".contains(&b), secret_at);
-                }
-            }
-        }
-    }
-}
-
-/// Calls `at` where a value may start (a byte `first` accepts, not in the middle of a digit run)
-/// and pushes the hit it returns the end of, resuming after it.
-fn candidates(
-    t: &[u8],
-    sink: &mut Sink,
-    first: impl Fn(u8) -> bool,
-    at: impl Fn(&[u8], usize) -> Option<usize>,
-) {
+/// Runs the numeric detectors (`NUMERIC`, with the entry index to report each under, `None`
+/// when off) at the start of each digit run: every numeric value has one at or right after its
+/// start.
+fn numbers(t: &[u8], out: &mut Vec<Hit>, detectors: [Option<usize>; 5]) {
+    // Where each detector may report next: after its last hit.
+    let mut next = [0; 5];
     let mut i = 0;
-    while i < t.len() {
-        let b = t[i];
-        if first(b) && !(b.is_ascii_digit() && before(t, i).is_ascii_digit()) {
-            if let Some(end) = at(t, i) {
-                sink.push(i..end);
-                i = end;
+    loop {
+        // Most bytes of most texts are not digits: skip them a vector at a time.
+        while let Some(chunk) = t.get(i..).and_then(<[u8]>::first_chunk::<16>) {
+            if chunk.iter().fold(false, |any, b| any | b.is_ascii_digit()) {
+                break;
+            }
+            i += 16;
+        }
+        while i < t.len() && !t[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == t.len() {
+            return;
+        }
+        let start = i;
+        let run = run_len(t, start);
+        i += run;
+        for (k, index) in detectors.iter().enumerate() {
+            let Some(index) = *index else { continue };
+            if start < next[k] {
                 continue;
             }
+            if let Some(range) = NUMERIC[k].1(t, start, run) {
+                next[k] = range.end;
+                out.push(Hit { range, tag: index });
+            }
         }
-        i += 1;
     }
 }
 
@@ -261,11 +253,19 @@ fn number(digits: &[u8]) -> u32 {
 /// Whether `t[start..end]` stands alone as a number: no letter or digit next to it, and no
 /// `joiners` byte next to it that continues it with another digit (`5-123-45-6789`).
 fn isolated(t: &[u8], start: usize, end: usize, joiners: &[u8]) -> bool {
+    alone_before(t, start, joiners) && alone_after(t, end, joiners)
+}
+
+fn alone_before(t: &[u8], start: usize, joiners: &[u8]) -> bool {
     let prev = before(t, start);
+    let joined = joiners.contains(&prev) && start >= 2 && t[start - 2].is_ascii_digit();
+    !prev.is_ascii_alphanumeric() && !joined
+}
+
+fn alone_after(t: &[u8], end: usize, joiners: &[u8]) -> bool {
     let next = byte(t, end);
-    let joined_left = joiners.contains(&prev) && start >= 2 && t[start - 2].is_ascii_digit();
-    let joined_right = joiners.contains(&next) && byte(t, end + 1).is_ascii_digit();
-    !prev.is_ascii_alphanumeric() && !next.is_ascii_alphanumeric() && !joined_left && !joined_right
+    let joined = joiners.contains(&next) && byte(t, end + 1).is_ascii_digit();
+    !next.is_ascii_alphanumeric() && !joined
 }
 
 // ---- email ----
@@ -277,7 +277,10 @@ fn emails(t: &[u8], sink: &mut Sink) {
     while let Some(k) = t[i..].iter().position(|&b| b == b'@') {
         let at = i + k;
         i = at + 1;
-        let (Some(start), Some(end)) = (local_start(t, from, at), domain_end(t, at + 1)) else {
+        let Some(start) = local_start(t, from, at) else {
+            continue;
+        };
+        let Some(end) = domain_end(t, at + 1) else {
             continue;
         };
         sink.push(start..end);
@@ -286,19 +289,40 @@ fn emails(t: &[u8], sink: &mut Sink) {
     }
 }
 
+/// Bytes that may be in a local part, and in a domain label (non-ASCII letters aside).
+static LOCAL: [bool; 256] = ascii_class(b"._%+-");
+static LABEL: [bool; 256] = ascii_class(b"-");
+
+/// ASCII letters, digits and `extra`.
+const fn ascii_class(extra: &[u8]) -> [bool; 256] {
+    let mut class = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        class[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        class[extra[i] as usize] = true;
+        i += 1;
+    }
+    class
+}
+
 /// Where the local part ending at `at` (the `@`) starts.
 fn local_start(t: &[u8], from: usize, at: usize) -> Option<usize> {
     let mut s = at;
     while s > from {
-        let len = match before(t, s) {
-            b if b.is_ascii_alphanumeric() || b"._%+-".contains(&b) => 1,
-            b if b.is_ascii() => 0,
+        let b = t[s - 1];
+        let len = match b {
+            _ if LOCAL[usize::from(b)] => 1,
+            0..0x80 => 0,
             _ => char_before(t, s)
                 .filter(|(c, _)| c.is_alphanumeric())
                 .map_or(0, |(_, n)| n),
         };
         // A doubled dot cannot be inside a local part: the address starts after it.
-        if len == 0 || (t[s - 1] == b'.' && t[s] == b'.') {
+        if len == 0 || (b == b'.' && t[s] == b'.') {
             break;
         }
         s -= len;
@@ -311,34 +335,42 @@ fn local_start(t: &[u8], from: usize, at: usize) -> Option<usize> {
 
 /// Where the domain starting at `start` ends, if it is a dotted domain with a TLD.
 fn domain_end(t: &[u8], start: usize) -> Option<usize> {
+    if byte(t, start) == b'-' {
+        return None;
+    }
     let mut end = start;
+    let mut label_stop = label_end(t, start);
     loop {
         let label = end;
-        if byte(t, label) == b'-' {
-            return None;
-        }
-        while let n @ 1.. = label_char(t, end) {
-            end += n;
-        }
-        // A trailing hyphen is punctuation after the domain, not part of it.
+        end = label_stop;
+        // A hyphen after a label is punctuation after the domain, not part of it.
         while end > label && t[end - 1] == b'-' {
             end -= 1;
         }
         if end == label {
             return None;
         }
-        if !(byte(t, end) == b'.' && label_char(t, end + 1) > 0 && byte(t, end + 1) != b'-') {
+        let next = end + 1;
+        if byte(t, end) != b'.' || byte(t, next) == b'-' {
             break;
         }
-        end += 1;
+        label_stop = label_end(t, next);
+        if label_stop == next {
+            break;
+        }
+        end = next;
     }
     let domain = &t[start..end];
     let first_dot = domain.iter().position(|&b| b == b'.')?;
     let last_dot = domain.iter().rposition(|&b| b == b'.')?;
     let tld = &domain[last_dot + 1..];
     let tld_ok = tld.starts_with(b"xn--")
-        || std::str::from_utf8(tld)
-            .is_ok_and(|s| s.chars().count() >= 2 && s.chars().all(char::is_alphabetic));
+        || if tld.is_ascii() {
+            tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic)
+        } else {
+            std::str::from_utf8(tld)
+                .is_ok_and(|s| s.chars().nth(1).is_some() && s.chars().all(char::is_alphabetic))
+        };
     // `icon@2x.png` names an image at twice the resolution, not an address.
     let first = &domain[..first_dot];
     let scale = first_dot == last_dot
@@ -348,14 +380,17 @@ fn domain_end(t: &[u8], start: usize) -> Option<usize> {
     (tld_ok && !scale).then_some(end)
 }
 
-/// The length of the domain-label character at `i` (0 if there is none).
-fn label_char(t: &[u8], i: usize) -> usize {
-    match byte(t, i) {
-        b if b.is_ascii_alphanumeric() || b == b'-' => 1,
-        b if b.is_ascii() => 0,
-        _ => char_at(t, i)
-            .filter(|(c, _)| c.is_alphanumeric())
-            .map_or(0, |(_, n)| n),
+/// Where the domain label (or part of one) starting at `i` ends.
+fn label_end(t: &[u8], mut i: usize) -> usize {
+    loop {
+        match t.get(i) {
+            Some(&b) if LABEL[usize::from(b)] => i += 1,
+            Some(0x80..) => match char_at(t, i) {
+                Some((c, n)) if c.is_alphanumeric() => i += n,
+                _ => return i,
+            },
+            _ => return i,
+        }
     }
 }
 
@@ -381,7 +416,11 @@ fn char_at(t: &[u8], i: usize) -> Option<(char, usize)> {
 
 // ---- payment_card ----
 
-fn card_at(t: &[u8], start: usize) -> Option<usize> {
+fn card_at(t: &[u8], start: usize, run: usize) -> Option<Range<usize>> {
+    // Every grouping starts with four digits or is a single run.
+    if run != 4 && !(13..=19).contains(&run) {
+        return None;
+    }
     let mut groups = [0usize; 5];
     let mut ends = [0usize; 5];
     let mut digits = [0u8; 19];
@@ -416,7 +455,7 @@ fn card_at(t: &[u8], start: usize) -> Option<usize> {
         (card_grouping(&groups[..k])
             && isolated(t, start, end, b".")
             && card_number(&digits[..total]))
-        .then_some(end)
+        .then_some(start..end)
     })
 }
 
@@ -477,14 +516,14 @@ fn card_number(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    issuer && luhn % 10 == 0
+    issuer && luhn.is_multiple_of(10)
 }
 
 // ---- us_ssn ----
 
-fn ssn_at(t: &[u8], i: usize) -> Option<usize> {
+fn ssn_at(t: &[u8], i: usize, run: usize) -> Option<Range<usize>> {
     let sep = byte(t, i + 3);
-    let (area, group, serial, end) = if run_len(t, i) == 3
+    let (area, group, serial, end) = if run == 3
         && (sep == b'-' || sep == b' ')
         && run_len(t, i + 4) == 2
         && byte(t, i + 6) == sep
@@ -492,14 +531,14 @@ fn ssn_at(t: &[u8], i: usize) -> Option<usize> {
         && isolated(t, i, i + 11, &[sep, b'-', b'.'])
     {
         (&t[i..i + 3], &t[i + 4..i + 6], &t[i + 7..i + 11], i + 11)
-    } else if run_len(t, i) == 9 && ssn_label_before(t, i) && isolated(t, i, i + 9, b"-.") {
+    } else if run == 9 && ssn_label_before(t, i) && isolated(t, i, i + 9, b"-.") {
         (&t[i..i + 3], &t[i + 3..i + 5], &t[i + 5..i + 9], i + 9)
     } else {
         return None;
     };
     let area = number(area);
     (area != 0 && area != 666 && area < 900 && number(group) != 0 && number(serial) != 0)
-        .then_some(end)
+        .then_some(i..end)
 }
 
 /// Whether the value at `i` is labelled `ssn`: `SSN 1…`, `ssn: 1…`, `"ssn":"1…`, `SSN#1…`.
@@ -513,15 +552,33 @@ fn ssn_label_before(t: &[u8], i: usize) -> bool {
 
 // ---- phone ----
 
-fn phone_at(t: &[u8], i: usize) -> Option<usize> {
-    if t[i] == b'+' {
-        return international(t, i, i + 1, false);
+/// The phone number whose first digit run starts at `s` (after a `+` or `(` if it has one).
+fn phone_at(t: &[u8], s: usize, run: usize) -> Option<Range<usize>> {
+    let prefixed = match before(t, s) {
+        b'+' => international(t, s - 1, s, false),
+        b'(' => north_american(t, s - 1).or_else(|| national(t, s - 1)),
+        _ => None,
+    };
+    if let Some(end) = prefixed {
+        return Some(s - 1..end);
     }
-    let idd = t[i..].starts_with(b"00") && run_len(t, i) > 2;
-    idd.then(|| international(t, i, i + 2, true))
-        .flatten()
-        .or_else(|| north_american(t, i))
-        .or_else(|| national(t, i))
+    // Without a prefix a number starts with a trunk or international `0`, with a North
+    // American `1-`, or with a North American area code.
+    let end = match (t[s], run) {
+        (b'0', 3..) if t[s + 1] == b'0' => {
+            international(t, s, s + 2, true).or_else(|| national(t, s))
+        }
+        (b'0', _) => national(t, s),
+        (b'1', 1) | (_, 3) => north_american(t, s),
+        _ => None,
+    }?;
+    Some(s..end)
+}
+
+/// `isolated` for a phone number, which an extension may follow: `415-555-2671x12`.
+fn phone_isolated(t: &[u8], start: usize, end: usize, joiners: &[u8]) -> bool {
+    let extension = byte(t, end) == b'x' && byte(t, end + 1).is_ascii_digit();
+    alone_before(t, start, joiners) && (extension || alone_after(t, end, joiners))
 }
 
 /// A group of a phone number at `i`: digits, or digits in parentheses. Its end and digit count.
@@ -561,7 +618,7 @@ fn international(t: &[u8], start: usize, cc: usize, need_sep: bool) -> Option<us
             return None;
         }
     }
-    ((8..=15).contains(&count) && (separated || !need_sep) && isolated(t, start, end, b"-."))
+    ((8..=15).contains(&count) && (separated || !need_sep) && phone_isolated(t, start, end, b"-."))
         .then_some(end)
 }
 
@@ -585,14 +642,14 @@ fn north_american(t: &[u8], start: usize) -> Option<usize> {
     }
     let sep2 = byte(t, exchange + 3);
     let end = exchange + 8;
-    // Area codes and exchanges never start with 0 or 1.
+    // Area codes never start with 0 or 1. Neither do exchanges, but made-up numbers such as
+    // `555-123-4567` are common in test data and no less worth masking.
     let ok = matches!(t[area], b'2'..=b'9')
         && run_len(t, exchange) == 3
-        && matches!(t[exchange], b'2'..=b'9')
         && b" -.".contains(&sep2)
         && (paren || sep2 == sep)
         && run_len(t, exchange + 4) == 4
-        && isolated(t, start, end, &[sep2, b'-', b'.']);
+        && phone_isolated(t, start, end, &[sep2, b'-', b'.']);
     ok.then_some(end)
 }
 
@@ -634,7 +691,7 @@ fn national(t: &[u8], start: usize) -> Option<usize> {
         }
     }
     let joiners = [sep.unwrap_or(b'-'), b'-', b'.'];
-    (groups >= 2 && count >= 10 && isolated(t, start, end, &joiners)).then_some(end)
+    (groups >= 2 && count >= 10 && phone_isolated(t, start, end, &joiners)).then_some(end)
 }
 
 // ---- iban ----
@@ -657,10 +714,12 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
     (b"UA", 29), (b"VA", 22), (b"VG", 24), (b"XK", 20), (b"YE", 30),
 ];
 
-fn iban_at(t: &[u8], i: usize) -> Option<usize> {
+/// The IBAN whose check digits start at `s`, after the country code.
+fn iban_at(t: &[u8], s: usize, _run: usize) -> Option<Range<usize>> {
+    let i = s.checked_sub(2)?;
     if before(t, i).is_ascii_alphanumeric()
-        || !byte(t, i + 1).is_ascii_uppercase()
-        || !byte(t, i + 2).is_ascii_digit()
+        || !t[i].is_ascii_uppercase()
+        || !t[i + 1].is_ascii_uppercase()
         || !byte(t, i + 3).is_ascii_digit()
     {
         return None;
@@ -693,12 +752,15 @@ fn iban_at(t: &[u8], i: usize) -> Option<usize> {
             b'0'..=b'9' => (r * 10 + u32::from(b - b'0')) % 97,
             _ => (r * 100 + u32::from(b - b'A') + 10) % 97,
         });
-    (rest == 1 && !byte(t, p).is_ascii_alphanumeric()).then_some(p)
+    (rest == 1 && !byte(t, p).is_ascii_alphanumeric()).then_some(i..p)
 }
 
 // ---- ip ----
 
-fn ipv4_at(t: &[u8], i: usize) -> Option<usize> {
+fn ipv4_at(t: &[u8], i: usize, run: usize) -> Option<Range<usize>> {
+    if run > 3 || byte(t, i + run) != b'.' {
+        return None;
+    }
     let mut p = i;
     for part in 0..4 {
         let len = run_len(t, p);
@@ -721,7 +783,7 @@ fn ipv4_at(t: &[u8], i: usize) -> Option<usize> {
         && !dotted_left
         && !next.is_ascii_alphanumeric()
         && !dotted_right)
-        .then_some(p)
+        .then_some(i..p)
 }
 
 fn ipv6s(t: &[u8], sink: &mut Sink) {
@@ -769,6 +831,37 @@ fn ipv6_in(t: &[u8], mut start: usize, mut end: usize) -> Option<Range<usize>> {
 }
 
 // ---- secret ----
+
+/// Where a secret may start. A literal set, so the regex engine finds it with a vectorised
+/// multi-literal search instead of a byte loop: most texts hold none of these.
+static SECRET_PREFIXES: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+    regex::bytes::Regex::new(
+        "eyJ|AKIA|ASIA|AIza|gh[pousr]_|github_pat_|xox[abprs]-|[sr]k_live_|sk-|-----BEGIN ",
+    )
+    .expect("the secret prefixes are a valid regex")
+});
+
+fn secrets(t: &[u8], sink: &mut Sink) {
+    // A regex search has a fixed cost of a few hundred instructions; on a short text, looking
+    // for the first two bytes of a prefix is cheaper and usually rules secrets out.
+    let pair = |w: &[u8]| {
+        matches!(
+            w,
+            b"ey" | b"AK" | b"AS" | b"AI" | b"gh" | b"gi" | b"xo" | b"sk" | b"rk" | b"--"
+        )
+    };
+    if t.len() < 64 && !t.windows(2).any(pair) {
+        return;
+    }
+    let mut from = 0;
+    while let Some(m) = SECRET_PREFIXES.find_at(t, from) {
+        from = m.end();
+        if let Some(end) = secret_at(t, m.start()) {
+            sink.push(m.start()..end);
+            from = end;
+        }
+    }
+}
 
 fn secret_at(t: &[u8], i: usize) -> Option<usize> {
     let rest = &t[i..];
@@ -830,21 +923,33 @@ fn token(
         .then_some(prefix + n)
 }
 
-/// The length of the JWT (or JWE) at the start of `rest`: base64url segments joined by dots.
+/// The length of the JWT at the start of `rest`: a header of at least 10 base64url characters,
+/// a payload and a signature (empty when unsigned: `header.payload.`), or the five segments of
+/// an encrypted token. Each segment is read once, so failing candidates cost little.
 fn jwt(rest: &[u8]) -> Option<usize> {
-    let b64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-    let mut n = rest.iter().take_while(|&&b| b64url(b) || b == b'.').count();
-    let dots = |s: &[u8]| s.iter().filter(|&&b| b == b'.').count();
-    // An unsigned token ends with its dot (`header.payload.`); a sentence's full stop does not
-    // belong to a signed one.
-    while rest[..n].ends_with(b".") && dots(&rest[..n]) > 2 {
-        n -= 1;
+    let segment = |from: usize| {
+        from + rest[from..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .count()
+    };
+    let header = segment(0);
+    if header < 10 || byte(rest, header) != b'.' {
+        return None;
     }
-    let mut segments = rest[..n].split(|&b| b == b'.');
-    let header = segments.next()?;
-    let payload = segments.next()?;
-    segments.next()?;
-    (header.len() >= 10 && payload.len() >= 2).then_some(n)
+    let payload = segment(header + 1);
+    if byte(rest, payload) != b'.' {
+        return None;
+    }
+    let mut end = segment(payload + 1);
+    // A dot not followed by a segment is the text's, not the token's.
+    for _ in 0..2 {
+        if byte(rest, end) != b'.' || segment(end + 1) == end + 1 {
+            break;
+        }
+        end = segment(end + 1);
+    }
+    Some(end)
 }
 
 /// The end of the PEM private key whose `-----BEGIN ` is at `i`.
@@ -1086,7 +1191,13 @@ mod tests {
                 "06 12 34 56 78",
                 "06.12.34.56.78",
                 "030-12345678",
+                "(555) 123-4567",
             ],
+        );
+        assert_eq!(found(Builtin::Phone, "415-555-2671x12"), ["415-555-2671"]);
+        assert_eq!(
+            found(Builtin::Phone, "+44 20 7946 0958x3"),
+            ["+44 20 7946 0958"]
         );
         misses(
             Builtin::Phone,
@@ -1107,7 +1218,7 @@ mod tests {
                 "192.168.1.1",
                 "12:30:45",
                 "115-555-2671",
-                "415-155-2671",
+                "123-456-7890",
                 "415-555-26710",
                 "415-555-2671-9",
                 "415-555.2671",
@@ -1314,6 +1425,55 @@ mod tests {
     }
 
     #[test]
+    fn a_builtin_listed_twice_reports_under_its_first_listing() {
+        let mut hits = Vec::new();
+        let card = || Kind::Builtin(Builtin::PaymentCard);
+        detectors([card(), re("x"), card()]).scan(b"4111111111111111", &mut hits);
+        assert_eq!(hits, [hit(0..16, 0)]);
+    }
+
+    #[test]
+    fn jwt_shapes() {
+        let h = "eyJhbGciOiJIUzI1NiJ9";
+        let jwe = format!("{h}.ZW5jcnlwdGVk.aXY.Y2lwaGVy.dGFn");
+        assert_eq!(found(Builtin::Secret, &jwe), [jwe.as_str()]);
+        let direct = format!("{h}..aXY.Y2lwaGVy.dGFn");
+        assert_eq!(found(Builtin::Secret, &direct), [direct.as_str()]);
+        let signed = format!("{h}.eyJzdWIiOiIxIn0.c2ln");
+        assert_eq!(
+            found(Builtin::Secret, &format!("token {signed}. Next")),
+            [signed.as_str()]
+        );
+        assert_eq!(
+            found(Builtin::Secret, &format!("{signed}.x.y.z")),
+            [format!("{signed}.x.y")]
+        );
+    }
+
+    #[test]
+    fn pathological_texts_take_linear_time() {
+        let d = detectors(ALL.map(Kind::Builtin));
+        let texts = [
+            "eyJ.".repeat(50_000),
+            "eyJhbGciOiJIUzI1NiJ9.".repeat(20_000),
+            "-----BEGIN PRIVATE KEY----- -----END RSA PRIVATE KEY----- ".repeat(5_000),
+            "a@".repeat(100_000),
+            "a.".repeat(100_000) + "@" + &"b.".repeat(100_000),
+            "1 ".repeat(100_000),
+            "+1 ".repeat(50_000),
+            "1:".repeat(100_000),
+            "1.".repeat(100_000),
+            "sk-".repeat(50_000),
+            "DE89 ".repeat(50_000),
+        ];
+        let mut hits = Vec::new();
+        for t in &texts {
+            hits.clear();
+            d.scan(t.as_bytes(), &mut hits);
+        }
+    }
+
+    #[test]
     fn all_detectors_together() {
         let d = detectors(ALL.map(Kind::Builtin));
         let text = "alice@example.com paid with 4111 1111 1111 1111 from ::ffff:192.0.2.1, \
@@ -1372,6 +1532,15 @@ mod tests {
             prop_assert!(h.tag % 10 == 0 && h.tag <= 70);
             end = h.range.end;
         }
+        // Together, detectors only choose among the hits each finds alone.
+        for h in hits.iter().filter(|h| h.tag < 70) {
+            let mut alone = Vec::new();
+            detectors([Kind::Builtin(ALL[h.tag / 10])]).scan(text, &mut alone);
+            prop_assert!(
+                alone.iter().any(|a| a.range == h.range),
+                "{h:?} not in {alone:?}"
+            );
+        }
         Ok(())
     }
 
@@ -1389,12 +1558,15 @@ mod tests {
         }
     }
 
-    /// Throughput of all built-in detectors together; run with
+    /// Time per value of all built-in detectors together, printed; run with
     /// `cargo test -p gateway-user --release -- --ignored detect --nocapture`.
     #[test]
     #[ignore]
     fn detect_speed() {
         let d = detectors(ALL.map(Kind::Builtin));
+        let prose = "The customer called on 2024-01-15 about order 18234 and asked us to update \
+                     the shipping address to 221B Baker Street, London; they also said the \
+                     invoice total of 149.99 was wrong and want a refund.";
         let sets: &[(&str, &[&str])] = &[
             (
                 "short names",
@@ -1406,34 +1578,51 @@ mod tests {
             ),
             (
                 "numbers",
-                &["42", "1234567", "3.14159", "2024-01-15", "18234.99"],
+                &[
+                    "42",
+                    "1234567",
+                    "3.14159",
+                    "2024-01-15 12:30:45+00",
+                    "18234.99",
+                ],
             ),
             (
                 "card/phone/ip",
                 &["4111 1111 1111 1111", "+1 (415) 555-2671", "192.168.1.1"],
             ),
+            ("200-byte text", &[prose]),
             (
-                "200-byte text",
+                "a 6-column row",
                 &[
-                    "The customer called on 2024-01-15 about order 18234 and asked us to update \
-                   the shipping address to 221B Baker Street, London; they also said the invoice \
-                   total of 149.99 was wrong and want a refund.",
+                    "18234",
+                    "Alice Smith",
+                    "alice@example.com",
+                    "2024-01-15 12:30:45+00",
+                    "active",
+                    prose,
                 ],
             ),
         ];
         let mut hits = Vec::new();
         for (name, values) in sets {
-            let rounds = 200_000;
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                for v in *values {
-                    hits.clear();
-                    d.scan(std::hint::black_box(v.as_bytes()), &mut hits);
-                    std::hint::black_box(&hits);
-                }
-            }
-            let ns = start.elapsed().as_nanos() as f64 / (rounds * values.len()) as f64;
-            println!("detect {name}: {ns:.0} ns/value (all 7 built-ins)");
+            // The fastest of several rounds: other processes only ever add time.
+            let per_round = 100_000 / values.len();
+            let best = (0..7)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    for _ in 0..per_round {
+                        for v in *values {
+                            hits.clear();
+                            d.scan(std::hint::black_box(v.as_bytes()), &mut hits);
+                            std::hint::black_box(&hits);
+                        }
+                    }
+                    start.elapsed()
+                })
+                .min()
+                .unwrap_or_default();
+            let ns = best.as_nanos() as f64 / (per_round * values.len()) as f64;
+            println!("detect {name}: {ns:.0} ns/value");
         }
     }
 }
