@@ -772,9 +772,27 @@ pub fn pg_client_command(conninfo: &str, statements: &[&str]) -> Command {
     pg_client_command_with(&python(), conninfo, statements)
 }
 
+/// `<python> pg_client.py <conninfo> <statements> [binary]`: `statements` a JSON list whose
+/// entries are SQL strings or `[sql, [params]]` (psycopg `%s` placeholders); `binary` asks for
+/// results in binary format.
+pub fn pg_client_command_json(conninfo: &str, statements: &Value, binary: bool) -> Command {
+    let mut cmd = Command::new(python());
+    clean_pg_env(&mut cmd);
+    cmd.arg(pg_client_script())
+        .arg(conninfo)
+        .arg(statements.to_string())
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    if binary {
+        cmd.arg("binary");
+    }
+    cmd
+}
+
 /// Runs `statements` in one transaction through psycopg 3 (extended query protocol, one
 /// statement per entry) and returns the script's JSON:
-/// `{"results": [[[col, ...], ...] | {"rowcount": n}, ...], "error": null | {"sqlstate", "message"}}`.
+/// `{"results": [[[col, ...], ...] | {"rowcount": n}, ...],
+///   "error": null | {"sqlstate", "message", "severity", "detail"}}`.
 /// Panics if the script exits non-zero (connection failure) or prints something else.
 pub fn pg_client(conninfo: &str, statements: &[&str]) -> Value {
     let out = pg_client_command(conninfo, statements)
@@ -820,6 +838,9 @@ pub struct PgTargetOptions {
     pub client_tls: Option<(PathBuf, PathBuf)>,
     /// Extra rules (YAML list items, indented by two spaces).
     pub extra_rules: String,
+    /// `gateway.mask_key` read from this file (the key of the `hash` mask strategy). A
+    /// `gateway` setting: it takes effect at start only, so keep it the same in `set_policy`.
+    pub mask_key: Option<PathBuf>,
 }
 
 impl Default for PgTargetOptions {
@@ -829,6 +850,7 @@ impl Default for PgTargetOptions {
             upstream_tls: "{mode: disable}".into(),
             client_tls: None,
             extra_rules: String::new(),
+            mask_key: None,
         }
     }
 }
@@ -895,6 +917,33 @@ impl PgGateway {
             |e| e["event"] == "policy_applied",
             before,
         );
+    }
+
+    /// Writes a policy the gateway must refuse (same fixed parts, new options); waits for the
+    /// `policy_refused` event and returns it. Panics if the gateway applies it instead.
+    pub fn set_policy_refused(&self, opts: &PgTargetOptions) -> Value {
+        let text = pg_policy(
+            self.listen,
+            &self.name,
+            self.pg.port,
+            &self.secret,
+            &self.token.path,
+            opts,
+        );
+        let applied = self.gw.count("policy_applied");
+        let refused = self.gw.count("policy_refused");
+        fs::write(self.gw.policy_dir().join("policy.yaml"), text).expect("write policy");
+        let ev = self.gw.wait_for(
+            Duration::from_secs(15),
+            |e| e["event"] == "policy_refused" || e["event"] == "policy_applied",
+            applied + refused,
+        );
+        assert_eq!(
+            ev["event"], "policy_refused",
+            "the gateway applied a policy it must refuse: {ev}\nrules:\n{}",
+            opts.extra_rules
+        );
+        ev
     }
 
     /// The conninfo an agent uses: the database's own address; capture does the rest.
@@ -965,8 +1014,12 @@ pub fn pg_policy(
         ),
         None => String::new(),
     };
+    let mask_key = match &o.mask_key {
+        Some(path) => format!("  mask_key: {{from: file, path: {}}}\n", path.display()),
+        None => String::new(),
+    };
     format!(
-        "version: 2\ngateway:\n  listen_port: {listen}\n\
+        "version: 2\ngateway:\n  listen_port: {listen}\n{mask_key}\
          identity_providers:\n  - name: test-idp\n    issuer: {iss}\n    audiences: [{aud}]\n\
          \x20   jwks: {{from: file, path: {jwks}}}\n    algorithms: [RS256]\n\
          workloads:\n  - name: sql-agents\n    cgroup: \"/{name}/job-*\"\n    mode: host\n    token: {{from: credential}}\n\

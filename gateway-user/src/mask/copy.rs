@@ -6,11 +6,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::{self, node::Node as N};
 
-use super::{
-    detect::Hit,
-    plan::Plan,
-    rules::{Origin, REDACTED},
-};
+use super::{detect::Hit, plan::Plan, rules::Origin};
 
 /// What a statement means for masking its COPY output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,13 +151,9 @@ impl CopyMask {
     /// One CopyData payload (a line) with its values masked; `None` when nothing changed.
     pub fn apply(&self, line: &[u8], hits: &mut Vec<Hit>) -> Option<Vec<u8>> {
         let plan = &self.plan;
+        let clean = |r| sanitize(r, self.delimiter);
         if self.fields.is_empty() {
-            return plan.detect(line, hits).map(|m| {
-                sanitize(
-                    m.unwrap_or_else(|| REDACTED.as_bytes().to_vec()),
-                    self.delimiter,
-                )
-            });
+            return plan.detect_in_line(line, hits, clean);
         }
         let (body, end) = match line.strip_suffix(b"\n") {
             Some(b) => (b, &b"\n"[..]),
@@ -173,8 +165,8 @@ impl CopyMask {
             .enumerate()
             .map(|(i, field)| match self.fields.get(i).copied().flatten() {
                 _ if *field == b"\\N" => None,
-                Some(rule) => Some(plan.mask_value(rule, field)),
-                None => plan.detect(field, hits),
+                Some(rule) => Some(plan.mask_value(rule, field).map(clean)),
+                None => plan.detect_clean(field, hits, clean),
             })
             .collect();
         if masked.iter().all(Option::is_none) {
@@ -186,7 +178,7 @@ impl CopyMask {
                 out.push(self.delimiter);
             }
             match m {
-                Some(Some(v)) => out.extend(sanitize(v, self.delimiter)),
+                Some(Some(v)) => out.extend(v),
                 Some(None) => out.extend_from_slice(b"\\N"),
                 None => out.extend_from_slice(field),
             }
@@ -196,8 +188,9 @@ impl CopyMask {
     }
 }
 
-/// A replacement must not end or split a COPY field: a kept tail of escaped text may hold a
-/// backslash or a separator, which become `*`.
+/// A replacement must not end or split a COPY field or line: a kept tail of escaped text may
+/// hold a backslash or a separator, which become `*`. Only replacements pass through here;
+/// the rest of a line stays as the server wrote it.
 fn sanitize(mut v: Vec<u8>, delimiter: u8) -> Vec<u8> {
     for b in v.iter_mut() {
         if *b == delimiter || matches!(*b, b'\\' | b'\n' | b'\r' | b'"' | b',') {

@@ -89,6 +89,17 @@ impl Plan {
     /// `text` with what the detectors find masked: `None` when nothing was found,
     /// `Some(None)` when a hit's rule nulls the whole value.
     pub fn detect(&self, text: &[u8], hits: &mut Vec<Hit>) -> Option<Option<Vec<u8>>> {
+        self.detect_clean(text, hits, |r| r)
+    }
+
+    /// [`Plan::detect`], with each replacement passed through `clean` (COPY lines, where a
+    /// replacement must not carry a separator).
+    pub fn detect_clean(
+        &self,
+        text: &[u8],
+        hits: &mut Vec<Hit>,
+        clean: impl Fn(Vec<u8>) -> Vec<u8>,
+    ) -> Option<Option<Vec<u8>>> {
         if self.detectors.is_empty() {
             return None;
         }
@@ -103,10 +114,23 @@ impl Plan {
         {
             return Some(None);
         }
-        Some(Some(self.splice(text, hits)))
+        Some(Some(self.splice(text, hits, clean)))
     }
 
-    fn splice(&self, text: &[u8], hits: &[Hit]) -> Vec<u8> {
+    /// `text` with every detector hit replaced, a NULL strategy giving `****` (a line of a
+    /// COPY cannot be NULL as a whole); `None` when nothing was found.
+    pub fn detect_in_line(
+        &self,
+        text: &[u8],
+        hits: &mut Vec<Hit>,
+        clean: impl Fn(Vec<u8>) -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        hits.clear();
+        self.detectors.scan(text, hits);
+        (!hits.is_empty()).then(|| self.splice(text, hits, clean))
+    }
+
+    fn splice(&self, text: &[u8], hits: &[Hit], clean: impl Fn(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
         let mut out = Vec::with_capacity(text.len());
         let mut at = 0;
         for h in hits {
@@ -117,7 +141,9 @@ impl Plan {
             }
             out.extend_from_slice(&text[at..h.range.start]);
             let strategy = self.rules[h.tag].1.strategy;
-            out.extend(strategy.apply_in_text(&text[h.range.clone()], &self.key));
+            out.extend(clean(
+                strategy.apply_in_text(&text[h.range.clone()], &self.key),
+            ));
             at = h.range.end;
         }
         out.extend_from_slice(&text[at..]);
@@ -132,6 +158,8 @@ impl Plan {
         if hits.is_empty() {
             return Cow::Borrowed(text);
         }
-        Cow::Owned(String::from_utf8_lossy(&self.splice(text.as_bytes(), &hits)).into_owned())
+        Cow::Owned(
+            String::from_utf8_lossy(&self.splice(text.as_bytes(), &hits, |r| r)).into_owned(),
+        )
     }
 }

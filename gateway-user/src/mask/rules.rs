@@ -160,7 +160,12 @@ impl Strategy {
                 let text = String::from_utf8_lossy(value);
                 let chars = text.chars().count();
                 if chars > keep_last {
-                    out.extend(text.chars().skip(chars - keep_last).collect::<String>().bytes());
+                    out.extend(
+                        text.chars()
+                            .skip(chars - keep_last)
+                            .collect::<String>()
+                            .bytes(),
+                    );
                 }
                 Some(out)
             }
@@ -240,7 +245,12 @@ mod tests {
         );
         let h1 = Strategy::Hash.apply(b"a@b.io", k).unwrap();
         assert_eq!(h1, Strategy::Hash.apply(b"a@b.io", k).unwrap());
-        assert_ne!(h1, Strategy::Hash.apply(b"a@b.io", &MaskKey::new(b"other")).unwrap());
+        assert_ne!(
+            h1,
+            Strategy::Hash
+                .apply(b"a@b.io", &MaskKey::new(b"other"))
+                .unwrap()
+        );
         assert_eq!(h1.len(), 5 + 16);
         // RFC 4231-style known vector: HMAC-SHA256("key", "The quick brown fox …").
         assert_eq!(

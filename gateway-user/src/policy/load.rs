@@ -1235,7 +1235,10 @@ mod tests {
         let names: Vec<&str> = p.mask_rules(&who, "pg").map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["pii", "others"]);
         let m = p.rules[1].mask.as_ref().unwrap();
-        assert_eq!(m.strategy, crate::mask::rules::Strategy::Partial { keep_last: 2 });
+        assert_eq!(
+            m.strategy,
+            crate::mask::rules::Strategy::Partial { keep_last: 2 }
+        );
         assert_eq!(m.columns.len(), 2);
         let other = Who {
             workload: "other",
@@ -1252,17 +1255,45 @@ mod tests {
         write(&d, "e-pg.yaml", PG_TARGET);
         write(&d, "c-targets.yml", TARGET);
         let cases = [
-            ("targets: [pg]\n    mask: {detectors: [emails]}", "unknown variant `emails`"),
-            ("targets: [pg]\n    mask: {regexes: [\"(unclosed\"]}", "bad regex"),
-            ("targets: [pg]\n    mask: {columns: [\"a..b\"]}", "column pattern"),
-            ("targets: [pg]\n    mask: {}", "needs at least one of columns"),
-            ("targets: [pg]\n    mask: {columns: [email], keep_last: 3}", "keep_last is only"),
-            ("targets: [pg]\n    mask: {columns: [email], strategy: hash}", "needs gateway.mask_key"),
-            ("targets: [db]\n    mask: {columns: [email]}", "masking is for postgres targets"),
-            ("effect: deny\n    targets: [pg]\n    mask: {columns: [email]}", "mask rules have no effect"),
+            (
+                "targets: [pg]\n    mask: {detectors: [emails]}",
+                "unknown variant `emails`",
+            ),
+            (
+                "targets: [pg]\n    mask: {regexes: [\"(unclosed\"]}",
+                "bad regex",
+            ),
+            (
+                "targets: [pg]\n    mask: {columns: [\"a..b\"]}",
+                "column pattern",
+            ),
+            (
+                "targets: [pg]\n    mask: {}",
+                "needs at least one of columns",
+            ),
+            (
+                "targets: [pg]\n    mask: {columns: [email], keep_last: 3}",
+                "keep_last is only",
+            ),
+            (
+                "targets: [pg]\n    mask: {columns: [email], strategy: hash}",
+                "needs gateway.mask_key",
+            ),
+            (
+                "targets: [db]\n    mask: {columns: [email]}",
+                "masking is for postgres targets",
+            ),
+            (
+                "effect: deny\n    targets: [pg]\n    mask: {columns: [email]}",
+                "mask rules have no effect",
+            ),
         ];
         for (body, want) in cases {
-            write(&d, "d-rules.yaml", &format!("version: 2\nrules:\n  - name: m\n    {body}\n"));
+            write(
+                &d,
+                "d-rules.yaml",
+                &format!("version: 2\nrules:\n  - name: m\n    {body}\n"),
+            );
             let err = load_dir(&d).unwrap_err().to_string();
             assert!(err.contains(want), "{body}: {err}");
             if want == "bad regex" {
@@ -1271,7 +1302,11 @@ mod tests {
         }
         // A short key is refused; a long enough one makes `hash` valid.
         std::env::set_var("AGENTGATE_TEST_MASK_KEY", "short");
-        write(&d, "f-gw.yaml", "version: 2\ngateway:\n  mask_key: {from: env, name: AGENTGATE_TEST_MASK_KEY}\n");
+        write(
+            &d,
+            "f-gw.yaml",
+            "version: 2\ngateway:\n  mask_key: {from: env, name: AGENTGATE_TEST_MASK_KEY}\n",
+        );
         write(&d, "d-rules.yaml", "version: 2\nrules:\n  - name: m\n    targets: [pg]\n    mask: {columns: [email], strategy: hash}\n");
         let err = load_dir(&d).unwrap_err().to_string();
         assert!(err.contains("at least 16 bytes"), "{err}");

@@ -351,14 +351,17 @@ impl<C: Connect> Proxy<C> {
         let connector = self.connector.clone();
         let credential = admitted.target.credential.clone();
         let (pg, params) = (pg.clone(), params.to_vec());
-        let timeout = Duration::from_millis(admitted.policy.gateway.connect_timeout_ms) + LOGIN_TIMEOUT;
+        let timeout =
+            Duration::from_millis(admitted.policy.gateway.connect_timeout_ms) + LOGIN_TIMEOUT;
         let open: Opener = Arc::new(move || {
-            let (connector, credential, pg, params) =
-                (connector.clone(), credential.clone(), pg.clone(), params.clone());
+            let (connector, credential, pg, params) = (
+                connector.clone(),
+                credential.clone(),
+                pg.clone(),
+                params.clone(),
+            );
             Box::pin(async move {
-                let password = credential
-                    .ok_or("target has no credential")?
-                    .resolve()?;
+                let password = credential.ok_or("target has no credential")?.resolve()?;
                 let login = backend::connect(&connector, dst, &pg, &password, &params);
                 match tokio::time::timeout(timeout, login).await {
                     Ok(Ok(u)) => Ok(u.stream),

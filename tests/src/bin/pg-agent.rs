@@ -4,6 +4,13 @@
 //! and cancel, as a driver does.
 //!
 //! usage: pg-agent <script|cancel|pipeline|abort|ping> <conninfo>
+//!        pg-agent rows <conninfo> <statements JSON>
+//!        pg-agent reexec <conninfo> <sql>
+//!
+//! `rows` prepares and runs each statement (`{"sql": ..., "params": [text, ...]}`) in binary
+//! format and prints every value as it came (see `render`); `reexec` prepares `sql` once and
+//! executes it again each time a line arrives on stdin, one JSON line of rows per execution (a
+//! test changes the gateway's policy in between).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,8 +22,12 @@ use tokio_postgres::{Client, NoTls};
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!("usage: pg-agent <script|cancel|pipeline|abort|ping> <conninfo>");
+    let extra = matches!(args.get(1).map(String::as_str), Some("rows" | "reexec"));
+    if args.len() != 3 + usize::from(extra) {
+        eprintln!(
+            "usage: pg-agent <script|cancel|pipeline|abort|ping> <conninfo>\n       \
+             pg-agent <rows|reexec> <conninfo> <statements JSON | sql>"
+        );
         std::process::exit(2);
     }
     let (client, conn) = match tokio_postgres::connect(&args[2], NoTls).await {
@@ -36,6 +47,8 @@ async fn main() {
         "cancel" => cancel(&client).await,
         "pipeline" => pipeline(&client).await,
         "abort" => abort(&client).await,
+        "rows" => rows(&client, &args[3]).await,
+        "reexec" => reexec(&client, &args[3]).await,
         "ping" => outcome(
             client.query_one("SELECT current_user::text", &[]).await,
             |r| json!({"user": r.get::<_, String>(0)}),
@@ -247,4 +260,156 @@ async fn abort(c: &Client) -> Value {
         "commit": commit_tag,
         "kept": outcome(kept, |n| json!(n)),
     })
+}
+
+/// A value as the server sent it, whatever its type (NULL included).
+struct Raw(Option<Vec<u8>>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A binary-format value as JSON: NULL as null; text-like types as their text; jsonb as its
+/// text after checking the version byte (1); int2/4/8 as numbers (if the length is right);
+/// anything else, or a value of the wrong shape, as `\x<hex>` (or `bad <type>: <hex>`).
+fn render(ty: &tokio_postgres::types::Type, v: &Raw) -> Value {
+    use tokio_postgres::types::Type;
+    let Some(b) = &v.0 else {
+        return Value::Null;
+    };
+    let text = |b: &[u8]| json!(String::from_utf8_lossy(b));
+    let bad = || json!(format!("bad {}: {}", ty.name(), hex(b)));
+    match *ty {
+        Type::TEXT
+        | Type::VARCHAR
+        | Type::BPCHAR
+        | Type::NAME
+        | Type::JSON
+        | Type::XML
+        | Type::UNKNOWN
+        | Type::CHAR => text(b),
+        Type::JSONB => match b.split_first() {
+            Some((1, rest)) => text(rest),
+            _ => bad(),
+        },
+        Type::INT2 => {
+            <[u8; 2]>::try_from(&b[..]).map_or_else(|_| bad(), |a| json!(i16::from_be_bytes(a)))
+        }
+        Type::INT4 => {
+            <[u8; 4]>::try_from(&b[..]).map_or_else(|_| bad(), |a| json!(i32::from_be_bytes(a)))
+        }
+        Type::INT8 => {
+            <[u8; 8]>::try_from(&b[..]).map_or_else(|_| bad(), |a| json!(i64::from_be_bytes(a)))
+        }
+        _ => json!(format!("\\x{}", hex(b))),
+    }
+}
+
+/// An error with the fields the masking tests look at.
+fn describe_full(e: &tokio_postgres::Error) -> Value {
+    match e.as_db_error() {
+        Some(db) => json!({
+            "sqlstate": db.code().code(),
+            "severity": db.severity(),
+            "message": db.message(),
+            "detail": db.detail(),
+        }),
+        None => json!({"sqlstate": null, "message": e.to_string()}),
+    }
+}
+
+/// Prepares `sql` and runs it with text parameters; binary results (tokio-postgres asks for
+/// binary for every column).
+async fn run_rendered(c: &Client, stmt: &tokio_postgres::Statement, params: &[String]) -> Value {
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    match c.query(stmt, &params).await {
+        Ok(rows) => {
+            let columns: Vec<Value> = stmt
+                .columns()
+                .iter()
+                .map(|c| json!([c.name(), c.type_().name()]))
+                .collect();
+            let rows: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| render(r.columns()[i].type_(), &r.get::<_, Raw>(i)))
+                        .collect()
+                })
+                .collect();
+            json!({"columns": columns, "rows": rows})
+        }
+        Err(e) => json!({"error": describe_full(&e)}),
+    }
+}
+
+/// Each statement of `spec` (`[{"sql": ..., "params": [text, ...]}, ...]`) prepared and run in
+/// turn; a failure is reported in its place and the next statement still tried.
+async fn rows(c: &Client, spec: &str) -> Value {
+    let spec: Vec<Value> = match serde_json::from_str(spec) {
+        Ok(s) => s,
+        Err(e) => return json!({"error": format!("bad statements JSON: {e}")}),
+    };
+    let mut results = Vec::new();
+    for s in &spec {
+        let sql = s["sql"].as_str().unwrap_or_default();
+        let params: Vec<String> = s["params"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match c.prepare(sql).await {
+            Ok(stmt) => results.push(run_rendered(c, &stmt, &params).await),
+            Err(e) => results.push(json!({"error": describe_full(&e)})),
+        }
+    }
+    json!({"results": results})
+}
+
+/// Prepares `sql` once, then executes it once now and once more per line read on stdin, printing
+/// one JSON line per execution. Stops at the end of stdin.
+async fn reexec(c: &Client, sql: &str) -> Value {
+    use std::io::{BufRead, Write};
+    let stmt = match c.prepare(sql).await {
+        Ok(s) => s,
+        Err(e) => return json!({"prepare_error": describe_full(&e)}),
+    };
+    let mut lines = std::io::stdin().lock().lines();
+    let mut n = 0;
+    loop {
+        let out = run_rendered(c, &stmt, &[]).await;
+        println!("{out}");
+        let _ = std::io::stdout().flush();
+        n += 1;
+        match lines.next() {
+            Some(Ok(_)) => continue,
+            _ => break,
+        }
+    }
+    json!({"executions": n})
 }

@@ -504,7 +504,8 @@ impl Upward<'_, '_> {
         let mut f = Fields::new(&frame);
         let portal = f.cstr().map_err(bad)?.to_string();
         let statement = f.cstr().map_err(bad)?.to_string();
-        let params = bind_params(&mut f).map_err(bad)?;
+        let plan = self.plan.get(self.ctx);
+        let params = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
         let candidates = match self.statements.get(&statement) {
             Some(c) if !c.is_empty() => c.clone(),
             _ => vec![Prepared::unknown(
@@ -559,7 +560,11 @@ impl Upward<'_, '_> {
         let Some(plan) = self.plan.get(self.ctx) else {
             return Ok(None);
         };
-        if !text.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy")) {
+        if !text
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"copy"))
+        {
             return Ok(None);
         }
         let tables: Vec<(Option<String>, String)> = c
@@ -572,7 +577,8 @@ impl Upward<'_, '_> {
                 .iter()
                 .find_map(|(s, t)| plan.may_cover_table(s.as_deref(), t))
         };
-        let refuse = |rule: usize, why: &str| Err((plan.rule_name(rule).to_string(), why.to_string()));
+        let refuse =
+            |rule: usize, why: &str| Err((plan.rule_name(rule).to_string(), why.to_string()));
         match copy_out(text, &tables) {
             CopyOut::No => Ok(None),
             CopyOut::Binary { .. } => refuse(0, "binary COPY output cannot be masked; use text format"),
@@ -709,8 +715,10 @@ fn denial_message(rule: &str) -> String {
 }
 
 /// The parameter values of a Bind, as text for the record: text-format values as they are,
-/// binary ones as `\x` hex, each cut at [`PARAM_CAP`] bytes.
-fn bind_params(f: &mut Fields<'_>) -> Result<Vec<Option<String>>, CodecError> {
+/// binary ones as `\x` hex, each cut at [`PARAM_CAP`] bytes. Under a mask plan, binary values
+/// are scanned by the detectors before they are hex-encoded (the record must not hold in hex
+/// what it may not hold as text).
+fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Vec<Option<String>>, CodecError> {
     let nformats = f.count()?;
     let mut formats = Vec::with_capacity(nformats.min(64));
     for _ in 0..nformats {
@@ -730,6 +738,14 @@ fn bind_params(f: &mut Fields<'_>) -> Result<Vec<Option<String>>, CodecError> {
             1 => formats[0] == 1,
             _ => formats.get(i).copied().unwrap_or(0) == 1,
         };
+        let masked = match (binary, plan) {
+            (true, Some(plan)) => {
+                let mut hits = Vec::new();
+                plan.detect_in_line(value, &mut hits, |r| r)
+            }
+            _ => None,
+        };
+        let value = masked.as_deref().unwrap_or(value);
         let cut = &value[..value.len().min(PARAM_CAP)];
         let mut s = if binary {
             let mut h = String::with_capacity(2 + cut.len() * 2);
@@ -888,7 +904,10 @@ where
                 let mut q = shared.pending();
                 // The error of a Describe (the gateway's or the agent's) ends the batch; the
                 // statement it was for is recorded with it.
-                if matches!(q.front(), Some(Pending::Describe) | Some(Pending::ClientDescribe)) {
+                if matches!(
+                    q.front(),
+                    Some(Pending::Describe) | Some(Pending::ClientDescribe)
+                ) {
                     q.pop_front();
                 }
                 match q.front_mut() {
@@ -989,7 +1008,11 @@ impl Masking {
     }
 
     /// A RowDescription (or NoData) for the rows that follow.
-    async fn describe(&mut self, ctx: &SessionContext<'_>, frame: &Frame) -> Result<(), RelayError> {
+    async fn describe(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        frame: &Frame,
+    ) -> Result<(), RelayError> {
         self.rows = Rows::Plain;
         let Some(plan) = self.plan.get(ctx) else {
             return Ok(());
@@ -1014,7 +1037,11 @@ impl Masking {
         Ok(())
     }
 
-    fn row(&mut self, ctx: &SessionContext<'_>, frame: &Frame) -> Result<Option<Frame>, CodecError> {
+    fn row(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        frame: &Frame,
+    ) -> Result<Option<Frame>, CodecError> {
         match &self.rows {
             Rows::Plain => Ok(None),
             // Masked under the plan of its description, even if a reload came in between.
@@ -1230,7 +1257,7 @@ mod tests {
         let mut f = Fields::new(&bind);
         f.cstr().unwrap();
         f.cstr().unwrap();
-        let p = bind_params(&mut f).unwrap();
+        let p = bind_params(&mut f, None).unwrap();
         assert_eq!(p[0].as_deref(), Some("42"));
         assert_eq!(p[1].as_deref(), Some("\\xdead"));
         assert_eq!(p[2].as_ref().unwrap().len(), PARAM_CAP + '…'.len_utf8());
@@ -1240,7 +1267,7 @@ mod tests {
             b.put_i16(1);
             b.put_i32(100);
         });
-        assert!(bind_params(&mut Fields::new(&short)).is_err());
+        assert!(bind_params(&mut Fields::new(&short), None).is_err());
     }
 
     #[test]
