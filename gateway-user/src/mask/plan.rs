@@ -6,7 +6,10 @@ use super::{
     detect::{Detectors, Hit, Kind},
     rules::{BinaryPolicy, ColumnPattern, MaskKey, MaskSpec, Origin, Strategy},
 };
-use crate::policy::{Policy, Who};
+use crate::{
+    policy::{Policy, Who},
+    protocol::postgres::classify::{Class, Classified, CURSOR_OUTPUT},
+};
 
 pub struct Plan {
     rules: Vec<(String, Arc<MaskSpec>)>,
@@ -71,6 +74,43 @@ impl Plan {
             .iter()
             .find(|(p, _)| p.may_cover_table(schema, table))
             .map(|(_, i)| *i)
+    }
+
+    /// The rule whose columns a statement's output may be computed from, for its result
+    /// columns that have no origin (`lower(email)`, `row_to_json(c)`, `c::text`,
+    /// `string_agg(ssn, ',')`, a RETURNING list): a column named in its SELECT or RETURNING
+    /// list that a rule covers on a table the statement reads, or a whole row or `*` of such a
+    /// table. A statement the gateway cannot read (opaque: SQL EXECUTE, a parse error) or a
+    /// FETCH from a cursor may output anything.
+    pub fn taint(&self, c: &Classified) -> Option<usize> {
+        if self.columns.is_empty() {
+            return None;
+        }
+        if c.class == Class::Opaque || c.output_columns.iter().any(|r| r == CURSOR_OUTPUT) {
+            return Some(self.columns[0].1);
+        }
+        let covering = |p: &ColumnPattern| {
+            c.tables
+                .iter()
+                .any(|t| p.may_cover_table(t.schema.as_deref(), &t.name))
+        };
+        let whole_row = |r: &str| {
+            r == "*"
+                || r.ends_with(".*")
+                || c.aliases.iter().any(|a| a == r)
+                || c.tables.iter().any(|t| t.name.eq_ignore_ascii_case(r))
+        };
+        for r in &c.output_columns {
+            let column = r.rsplit('.').next().unwrap_or(r);
+            let hit = self.columns.iter().find(|(p, _)| {
+                covering(p)
+                    && (whole_row(r) || p.matches_column_name(column))
+            });
+            if let Some((_, rule)) = hit {
+                return Some(*rule);
+            }
+        }
+        None
     }
 
     pub fn rule_name(&self, rule: usize) -> &str {

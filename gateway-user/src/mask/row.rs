@@ -113,10 +113,13 @@ impl ResultMask {
         ResultMask { plan, cols: None }
     }
 
+    /// `taint`: the rule for columns without an origin, when the statement's output may be
+    /// computed from masked columns ([`Plan::taint`]).
     pub fn new(
         plan: Arc<Plan>,
         fields: &[Field],
         relations: &HashMap<u32, Arc<Relation>>,
+        taint: Option<usize>,
     ) -> Result<ResultMask, RowError> {
         let mut cols = Vec::with_capacity(fields.len());
         for f in fields {
@@ -124,6 +127,7 @@ impl ResultMask {
                 None
             } else if f.table == 0 || f.attnum <= 0 {
                 plan.column_rule([Origin::Expression { name: &f.name }])
+                    .or(taint)
             } else {
                 let rel = relations
                     .get(&f.table)

@@ -112,6 +112,10 @@ impl ColumnPattern {
         }
     }
 
+    pub fn matches_column_name(&self, column: &str) -> bool {
+        self.column.is_match(column)
+    }
+
     /// Whether the pattern can be about a column of this table (unknown schema: any).
     pub fn may_cover_table(&self, schema: Option<&str>, table: &str) -> bool {
         let schema_ok = match (&self.schema, schema) {

@@ -117,6 +117,12 @@ pub struct Classified {
     pub statements: usize,
     /// Why it is Opaque (parse error text, "DO block", "too long to classify", ...).
     pub note: Option<String>,
+    /// Column references inside a SELECT list or RETURNING list at any depth, lower-case and
+    /// dotted as written (`email`, `c.email`, `c.*`, `*`, or `c` for a whole row): what the
+    /// statement's output may be computed from, for masking expression columns.
+    pub output_columns: Vec<String>,
+    /// Aliases of FROM items (`c` in `FROM customers c`), lower-case.
+    pub aliases: Vec<String>,
 }
 
 impl Classified {
@@ -127,6 +133,8 @@ impl Classified {
             functions: Vec::new(),
             statements: 0,
             note: Some(note.into()),
+            output_columns: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 }
@@ -213,6 +221,8 @@ fn classify_unchecked(sql: &str) -> Classified {
         tables: walker.tables.into_iter().collect(),
         functions: walker.functions.into_iter().collect(),
         statements,
+        output_columns: walker.output_columns.into_iter().collect(),
+        aliases: walker.aliases.into_iter().collect(),
         note: if verdict.class == Class::Opaque {
             // Every Opaque verdict carries a note; this is only a backstop.
             Some(verdict.note.unwrap_or_else(|| "unclassified".to_owned()))
@@ -261,6 +271,10 @@ const BIT_STRING: &str = node!(BitString);
 const LIST: &str = node!(List);
 const DEF_ELEM: &str = node!(DefElem);
 const RANGE_VAR: &str = node!(RangeVar);
+const COLUMN_REF: &str = node!(ColumnRef);
+const A_STAR: &str = node!(AStar);
+const FETCH_STMT: &str = node!(FetchStmt);
+const ALIAS: &str = node!(Alias);
 const FUNC_CALL: &str = node!(FuncCall);
 const LOCKING_CLAUSE: &str = node!(LockingClause);
 const INTO_CLAUSE: &str = node!(IntoClause);
@@ -851,6 +865,8 @@ struct Walker {
     stack: Vec<Frame>,
     tables: BTreeSet<TableRef>,
     functions: BTreeSet<String>,
+    output_columns: BTreeSet<String>,
+    aliases: BTreeSet<String>,
     /// One verdict per top-level statement (RawStmt).
     statements: Vec<Verdict>,
 }
@@ -949,6 +965,30 @@ impl Walker {
                     } else {
                         self.tables.insert(table);
                     }
+                }
+            }
+            A_STAR => {
+                if let Some(p) = self.stack.last_mut() {
+                    p.values.push((parent_field, Scalar::Str("*".into())));
+                }
+            }
+            // What a cursor returns was decided at its DECLARE, which may be long gone.
+            FETCH_STMT if !f.bool("ismove").unwrap_or(false) => {
+                self.output_columns.insert(CURSOR_OUTPUT.to_owned());
+            }
+            ALIAS => {
+                if let Some(name) = f.str("aliasname").filter(|a| !a.is_empty()) {
+                    self.aliases.insert(name.to_lowercase());
+                }
+            }
+            COLUMN_REF => {
+                let in_output = self
+                    .stack
+                    .iter()
+                    .any(|a| matches!(a.field, "target_list" | "returning_clause"));
+                let name = f.value_strings("fields").join(".").to_lowercase();
+                if in_output && !name.is_empty() {
+                    self.output_columns.insert(name);
                 }
             }
             FUNC_CALL => {
@@ -1967,5 +2007,32 @@ mod tests {
             assert_eq!(classify(sql).class, Class::Opaque, "{sql}");
         }
         assert_eq!(classify("SET search_path = app").class, Class::Read);
+    }
+}
+
+/// In [`Classified::output_columns`]: a FETCH, whose rows come from a cursor's query.
+pub const CURSOR_OUTPUT: &str = "<cursor>";
+
+#[cfg(test)]
+mod output_column_tests {
+    use super::classify;
+
+    #[test]
+    fn output_columns_and_aliases() {
+        let c = classify("SELECT c.id, lower(email), row_to_json(c), c.* FROM customers c WHERE ssn = '1'");
+        assert_eq!(c.output_columns, ["c", "c.*", "c.id", "email"]);
+        assert_eq!(c.aliases, ["c"]);
+        let c = classify("SELECT count(*) FROM customers WHERE email LIKE '%x'");
+        assert!(c.output_columns.is_empty(), "{:?}", c.output_columns);
+        let c = classify("SELECT * FROM customers");
+        assert_eq!(c.output_columns, ["*"]);
+        // The SET list is a target list too: harmless, it outputs nothing without RETURNING.
+        let c = classify("UPDATE customers SET name = name RETURNING email");
+        assert_eq!(c.output_columns, ["email", "name"]);
+        let c = classify("SELECT x FROM (SELECT lower(\"Email\") AS x FROM customers) s");
+        assert_eq!(c.output_columns, ["email", "x"]);
+        assert_eq!(c.aliases, ["s"]);
+        assert_eq!(classify("FETCH 10 FROM c").output_columns, [super::CURSOR_OUTPUT]);
+        assert!(classify("MOVE 10 IN c").output_columns.is_empty());
     }
 }

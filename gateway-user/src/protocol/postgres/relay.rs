@@ -167,6 +167,8 @@ struct Open {
     started: Instant,
     /// How its COPY output is masked, if it is a COPY to the agent under a mask plan.
     copy: Option<Arc<CopyMask>>,
+    /// What its result columns may be computed from, for masking.
+    classified: Option<Arc<Classified>>,
 }
 
 enum Pending {
@@ -353,12 +355,14 @@ impl Upward<'_, '_> {
                     }
                 }
                 let rec = self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
+                let classified_for_rows = classified.clone();
                 let forward = match rule {
                     Some(rule) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
                 };
                 let mut o = open(rec);
                 o.copy = copy;
+                o.classified = Some(classified_for_rows);
                 self.push(Pending::Simple(o))?;
                 Ok(forward)
             }
@@ -448,6 +452,7 @@ impl Upward<'_, '_> {
                 }
                 let mut o = open(rec);
                 o.copy = copy;
+                o.classified = Some(statement.classified.clone());
                 self.push(Pending::Execute(o))?;
                 Ok(frame)
             }
@@ -707,6 +712,7 @@ fn open(rec: Statement) -> Open {
         rec,
         started: Instant::now(),
         copy: None,
+        classified: None,
     }
 }
 
@@ -805,9 +811,9 @@ where
                 }
             }
             b'T' | b'n' => {
-                let front = {
+                let (front, classified) = {
                     let mut q = shared.pending();
-                    match q.front() {
+                    let front = match q.front() {
                         Some(Pending::Describe) => {
                             q.pop_front();
                             Describer::Gateway
@@ -818,12 +824,19 @@ where
                         }
                         Some(Pending::Simple(_)) | Some(Pending::Call(_)) => Describer::Query,
                         _ => Describer::Agent,
-                    }
+                    };
+                    // The statement the rows belong to (after the gateway's Describe: the
+                    // Execute it was sent for).
+                    let classified = match q.front() {
+                        Some(Pending::Simple(o)) | Some(Pending::Execute(o)) => o.classified.clone(),
+                        _ => None,
+                    };
+                    (front, classified)
                 };
                 // The agent's own Describe of a statement says nothing of the formats its
                 // rows will have; only a query's description and the gateway's own count.
                 if front != Describer::Agent {
-                    masking.describe(ctx, &frame).await?;
+                    masking.describe(ctx, &frame, classified.as_deref()).await?;
                 }
                 forward = front != Describer::Gateway;
             }
@@ -1012,6 +1025,7 @@ impl Masking {
         &mut self,
         ctx: &SessionContext<'_>,
         frame: &Frame,
+        statement: Option<&Classified>,
     ) -> Result<(), RelayError> {
         self.rows = Rows::Plain;
         let Some(plan) = self.plan.get(ctx) else {
@@ -1029,7 +1043,12 @@ impl Masking {
         } else {
             HashMap::new()
         };
-        let mask = ResultMask::new(plan, &fields, &relations)
+        // Rows of a statement the gateway did not see are judged as if it could output anything.
+        let taint = match statement {
+            Some(c) => plan.taint(c),
+            None => plan.taint(&Classified::opaque("rows of an unknown statement")),
+        };
+        let mask = ResultMask::new(plan, &fields, &relations, taint)
             .map_err(|e| RelayError::Unmaskable(e.to_string()))?;
         if !mask.is_noop() {
             self.rows = Rows::Masked(mask);
