@@ -419,6 +419,44 @@ fn column_rules_mask_by_origin_with_each_strategy() {
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.lines, vec!["****|1"]);
 
+    // Copying masked values where no rule names them is refused: into a new table, into
+    // another table or column, or through code the gateway cannot read. Overwriting a masked
+    // column, and a view (traced like any other), are fine.
+    for copy in [
+        "CREATE TEMP TABLE stash AS SELECT email FROM customers",
+        "SELECT email INTO TEMP stash FROM customers",
+        "INSERT INTO orders (id, customer_id, email) SELECT 90 + id, id, email FROM customers",
+        "UPDATE customers SET notes = email WHERE id = 1",
+        "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM customers LIMIT 1); END $$",
+    ] {
+        let r = psql_run(&conn, Some(&p.agent), &[copy]);
+        assert!(!r.ok, "{copy}: allowed");
+        assert!(
+            r.stderr.contains("ERROR:  agentgate:") && r.stderr.contains("mask rule"),
+            "{copy}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("alice@"), "{copy}: {}", r.stderr);
+    }
+    assert_eq!(
+        straight("SELECT count(*) FROM orders WHERE id > 90"),
+        vec!["0"]
+    );
+    let r = psql_run(
+        &conn,
+        Some(&p.agent),
+        &["UPDATE customers SET notes = notes WHERE id = 1 RETURNING email"],
+    );
+    assert!(r.ok, "{}", r.stderr);
+    // A data error quoting a value names no column; under column rules the value is hidden.
+    let r = psql_run(&conn, Some(&p.agent), &["SELECT email::int FROM customers"]);
+    assert!(r.stderr.contains("invalid input syntax"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("\"****\"") && !r.stderr.contains("alice@"),
+        "{}",
+        r.stderr
+    );
+
     // DDL in the session: the gateway resolves origins again. A column renamed to a masked name
     // is masked right after the rename; a view the agent creates is masked like any other.
     let r = psql_run(
@@ -956,6 +994,8 @@ INSERT INTO customers VALUES
  (2, 'kestrel-7731', 'Bob Stone', 'bob@example.org', '5500005555555559', '536-22-9012');
 CREATE TABLE orders (id int PRIMARY KEY, customer_id int, note text);
 INSERT INTO orders VALUES (10, 1, 'ship to alice@example.com'), (11, 2, 'gift wrap');
+CREATE FUNCTION contact_notice() RETURNS void LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'contact %', 'bob@example.org' USING DETAIL = 'card 4111 1111 1111 1111', HINT = 'ssn 536-22-9012'; END $$;
+CREATE FUNCTION cast_inside() RETURNS int LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SELECT ''carol@example.net''::int'; RETURN 1; END $$;
 "#;
 
 /// Every sensitive value this test puts in the database or sends in a statement.
@@ -1131,8 +1171,10 @@ fn copy_errors_and_the_record_are_masked() {
         "INSERT INTO customers (id, login, name, email, card_number) VALUES (4, 'kestrel-7731', 'Dup', 'new@example.com', '4000000000000002')",
         "INSERT INTO customers (id, login, name, email, card_number, ssn) VALUES (5, 'erin-h', 'Erin', 'erin@example.com', NULL, '536-22-1111')",
         "SELECT 'alice@example.com'::int",
-        "DO $$ BEGIN RAISE NOTICE 'contact %', 'bob@example.org' USING DETAIL = 'card 4111 1111 1111 1111', HINT = 'ssn 536-22-9012'; END $$",
-        "DO $$ BEGIN EXECUTE 'SELECT ''carol@example.net''::int'; END $$",
+        // Functions the agent may call (DO blocks are refused under column rules, see the
+        // column test): their notices and errors carry values too.
+        "SELECT contact_notice()",
+        "SELECT cast_inside()",
     ];
     let mut script: Vec<&str> = vec!["\\set VERBOSITY default", "\\set SHOW_CONTEXT always"];
     script.extend(errs);

@@ -12,6 +12,10 @@ const VALUE_FIELDS: &[u8] = b"MDHWq";
 /// The notice with its value-carrying fields masked; `None` when nothing changed.
 pub fn mask_notice(plan: &Plan, tag: u8, notice: &Notice) -> Option<(Frame, Notice)> {
     let mut changed = false;
+    // Data exceptions (class 22) quote the offending value: `invalid input syntax for type
+    // integer: "alice@example.com"` from `SELECT email::int`. Under column rules the value may
+    // be a masked one, and nothing says which column it came from.
+    let quotes_values = plan.has_columns() && notice.sqlstate().starts_with("22");
     let mut fields = Vec::with_capacity(notice.fields.len());
     for (code, value) in &notice.fields {
         let mut v = if VALUE_FIELDS.contains(code) {
@@ -21,6 +25,9 @@ pub fn mask_notice(plan: &Plan, tag: u8, notice: &Notice) -> Option<(Frame, Noti
         };
         if *code == b'D' && plan.has_columns() {
             v = hide_row_values(&v);
+        }
+        if quotes_values && matches!(*code, b'M' | b'D') {
+            v = hide_quoted(&v);
         }
         changed |= v != *value;
         fields.push((*code, v));
@@ -54,6 +61,21 @@ fn hide_row_values(detail: &str) -> String {
     detail.to_string()
 }
 
+/// Every `"…"` becomes `"****"`.
+fn hide_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut parts = text.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd pieces are inside quotes.
+        out.push_str(if i % 2 == 0 { REDACTED } else { part });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +95,13 @@ mod tests {
             "Failing row contains (****)."
         );
         assert_eq!(hide_row_values("nothing here"), "nothing here");
+        assert_eq!(
+            hide_quoted("invalid input syntax for type integer: \"alice@example.com\""),
+            "invalid input syntax for type integer: \"****\""
+        );
+        assert_eq!(
+            hide_quoted("value \"123\" is out of range for type \"int\" here"),
+            "value \"****\" is out of range for type \"****\" here"
+        );
     }
 }

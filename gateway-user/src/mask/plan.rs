@@ -83,6 +83,15 @@ impl Plan {
     /// table. A statement the gateway cannot read (opaque: SQL EXECUTE, a parse error) or a
     /// FETCH from a cursor may output anything.
     pub fn taint(&self, c: &Classified) -> Option<usize> {
+        self.taint_of(c, &c.output_columns)
+    }
+
+    /// [`Plan::taint`] of what a write or DDL statement may copy into a table.
+    pub fn copies(&self, c: &Classified) -> Option<usize> {
+        self.taint_of(c, &c.source_columns)
+    }
+
+    fn taint_of(&self, c: &Classified, refs: &[String]) -> Option<usize> {
         if self.columns.is_empty() {
             return None;
         }
@@ -100,12 +109,12 @@ impl Plan {
                 || c.aliases.iter().any(|a| a == r)
                 || c.tables.iter().any(|t| t.name.eq_ignore_ascii_case(r))
         };
-        for r in &c.output_columns {
+        for r in refs {
             let column = r.rsplit('.').next().unwrap_or(r);
-            let hit = self.columns.iter().find(|(p, _)| {
-                covering(p)
-                    && (whole_row(r) || p.matches_column_name(column))
-            });
+            let hit = self
+                .columns
+                .iter()
+                .find(|(p, _)| covering(p) && (whole_row(r) || p.matches_column_name(column)));
             if let Some((_, rule)) = hit {
                 return Some(*rule);
             }

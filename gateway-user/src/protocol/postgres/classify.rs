@@ -123,6 +123,10 @@ pub struct Classified {
     pub output_columns: Vec<String>,
     /// Aliases of FROM items (`c` in `FROM customers c`), lower-case.
     pub aliases: Vec<String>,
+    /// The column references of [`Classified::output_columns`] that feed a target list rather
+    /// than a RETURNING list (outside a view definition): what a write or DDL statement may copy
+    /// into a table.
+    pub source_columns: Vec<String>,
 }
 
 impl Classified {
@@ -135,6 +139,7 @@ impl Classified {
             note: Some(note.into()),
             output_columns: Vec::new(),
             aliases: Vec::new(),
+            source_columns: Vec::new(),
         }
     }
 }
@@ -223,6 +228,7 @@ fn classify_unchecked(sql: &str) -> Classified {
         statements,
         output_columns: walker.output_columns.into_iter().collect(),
         aliases: walker.aliases.into_iter().collect(),
+        source_columns: walker.source_columns.into_iter().collect(),
         note: if verdict.class == Class::Opaque {
             // Every Opaque verdict carries a note; this is only a backstop.
             Some(verdict.note.unwrap_or_else(|| "unclassified".to_owned()))
@@ -274,6 +280,7 @@ const RANGE_VAR: &str = node!(RangeVar);
 const COLUMN_REF: &str = node!(ColumnRef);
 const A_STAR: &str = node!(AStar);
 const FETCH_STMT: &str = node!(FetchStmt);
+const VIEW_STMT: &str = node!(ViewStmt);
 const ALIAS: &str = node!(Alias);
 const FUNC_CALL: &str = node!(FuncCall);
 const LOCKING_CLAUSE: &str = node!(LockingClause);
@@ -866,6 +873,7 @@ struct Walker {
     tables: BTreeSet<TableRef>,
     functions: BTreeSet<String>,
     output_columns: BTreeSet<String>,
+    source_columns: BTreeSet<String>,
     aliases: BTreeSet<String>,
     /// One verdict per top-level statement (RawStmt).
     statements: Vec<Verdict>,
@@ -908,6 +916,10 @@ impl Walker {
             .unwrap_or(("", ""));
         let mut verdict = std::mem::take(&mut f.verdict);
         let mut pending = std::mem::take(&mut f.pending);
+        // What a cursor returns was decided at its DECLARE, which may be long gone.
+        if f.kind == FETCH_STMT && !f.bool("ismove").unwrap_or(false) {
+            self.output_columns.insert(CURSOR_OUTPUT.to_owned());
+        }
 
         match f.kind {
             STRING | INTEGER | FLOAT | BOOLEAN | BIT_STRING => {
@@ -972,23 +984,25 @@ impl Walker {
                     p.values.push((parent_field, Scalar::Str("*".into())));
                 }
             }
-            // What a cursor returns was decided at its DECLARE, which may be long gone.
-            FETCH_STMT if !f.bool("ismove").unwrap_or(false) => {
-                self.output_columns.insert(CURSOR_OUTPUT.to_owned());
-            }
             ALIAS => {
                 if let Some(name) = f.str("aliasname").filter(|a| !a.is_empty()) {
                     self.aliases.insert(name.to_lowercase());
                 }
             }
             COLUMN_REF => {
-                let in_output = self
-                    .stack
-                    .iter()
-                    .any(|a| matches!(a.field, "target_list" | "returning_clause"));
+                let under = |field: &str| self.stack.iter().any(|a| a.field == field);
+                let (in_target, in_returning) = (under("target_list"), under("returning_clause"));
+                // A view is read through its definition, which the gateway traces; creating
+                // one copies nothing.
+                let in_view = self.stack.iter().any(|a| a.kind == VIEW_STMT);
                 let name = f.value_strings("fields").join(".").to_lowercase();
-                if in_output && !name.is_empty() {
-                    self.output_columns.insert(name);
+                if !name.is_empty() {
+                    if in_target && !in_returning && !in_view {
+                        self.source_columns.insert(name.clone());
+                    }
+                    if in_target || in_returning {
+                        self.output_columns.insert(name);
+                    }
                 }
             }
             FUNC_CALL => {
@@ -2019,7 +2033,9 @@ mod output_column_tests {
 
     #[test]
     fn output_columns_and_aliases() {
-        let c = classify("SELECT c.id, lower(email), row_to_json(c), c.* FROM customers c WHERE ssn = '1'");
+        let c = classify(
+            "SELECT c.id, lower(email), row_to_json(c), c.* FROM customers c WHERE ssn = '1'",
+        );
         assert_eq!(c.output_columns, ["c", "c.*", "c.id", "email"]);
         assert_eq!(c.aliases, ["c"]);
         let c = classify("SELECT count(*) FROM customers WHERE email LIKE '%x'");
@@ -2029,10 +2045,20 @@ mod output_column_tests {
         // The SET list is a target list too: harmless, it outputs nothing without RETURNING.
         let c = classify("UPDATE customers SET name = name RETURNING email");
         assert_eq!(c.output_columns, ["email", "name"]);
+        assert_eq!(c.source_columns, ["name"]);
+        let c = classify("INSERT INTO t SELECT email FROM customers");
+        assert_eq!(c.source_columns, ["email"]);
+        let c = classify("CREATE VIEW v AS SELECT email FROM customers");
+        assert!(c.source_columns.is_empty());
+        let c = classify("CREATE TABLE t AS SELECT email FROM customers");
+        assert_eq!(c.source_columns, ["email"]);
         let c = classify("SELECT x FROM (SELECT lower(\"Email\") AS x FROM customers) s");
         assert_eq!(c.output_columns, ["email", "x"]);
         assert_eq!(c.aliases, ["s"]);
-        assert_eq!(classify("FETCH 10 FROM c").output_columns, [super::CURSOR_OUTPUT]);
+        assert_eq!(
+            classify("FETCH 10 FROM c").output_columns,
+            [super::CURSOR_OUTPUT]
+        );
         assert!(classify("MOVE 10 IN c").output_columns.is_empty());
     }
 }

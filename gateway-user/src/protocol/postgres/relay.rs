@@ -81,20 +81,28 @@ impl SessionContext<'_> {
 
 /// The mask plan of the policy in force, rebuilt only when the policy changes.
 #[derive(Default)]
-struct PlanCache(Option<(String, Option<Arc<Plan>>)>);
+struct PlanCache(Mutex<Option<(String, Option<Arc<Plan>>)>>);
 
 impl PlanCache {
-    fn get(&mut self, ctx: &SessionContext<'_>) -> Option<Arc<Plan>> {
+    fn get(&self, ctx: &SessionContext<'_>) -> Option<Arc<Plan>> {
         let policy = ctx.policy.borrow().clone();
-        match &self.0 {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
             Some((version, plan)) if *version == policy.version => plan.clone(),
             _ => {
                 let plan = Plan::build(&policy, &ctx.who(), &ctx.target);
-                self.0 = Some((policy.version.clone(), plan.clone()));
+                *cached = Some((policy.version.clone(), plan.clone()));
                 plan
             }
         }
     }
+}
+
+/// Why a statement is not forwarded as it is.
+struct Denied {
+    rule: String,
+    /// Instead of the standard text.
+    message: Option<String>,
 }
 
 #[derive(Default)]
@@ -345,9 +353,12 @@ impl Upward<'_, '_> {
             b'Q' => {
                 let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let classified = self.ctx.classifier.classify(&text);
-                let mut rule = self.decide(&classified);
+                let denied = self.decide(&classified);
                 let mut copy = None;
-                let mut message = None;
+                let (mut rule, mut message) = match denied {
+                    Some(d) => (Some(d.rule), d.message),
+                    None => (None, None),
+                };
                 if rule.is_none() {
                     match self.copy_mask(&text, &classified).await {
                         Ok(c) => copy = c,
@@ -371,7 +382,7 @@ impl Upward<'_, '_> {
                 let name = f.cstr().map_err(bad)?.to_string();
                 let text = f.cstr().map_err(bad)?;
                 let classified = self.ctx.classifier.classify(text);
-                let rule = self.decide(&classified);
+                let denied = self.decide(&classified);
                 let prepared = Arc::new(Prepared {
                     text: text.into(),
                     classified: classified.clone(),
@@ -391,10 +402,10 @@ impl Upward<'_, '_> {
                 // A named statement that exists is not replaced by the server (42P05), so the
                 // older text stays a candidate until a Close.
                 candidates.push(prepared.clone());
-                match rule {
-                    Some(rule) => {
-                        self.record_denial(&prepared, Vec::new(), &rule).await;
-                        let marker = self.deny(rule, classified, None)?;
+                match denied {
+                    Some(d) => {
+                        self.record_denial(&prepared, Vec::new(), &d.rule).await;
+                        let marker = self.deny(d.rule, classified, d.message)?;
                         Ok(Frame::build(b'P', |b| {
                             put_cstr(b, &name);
                             put_cstr(b, &marker);
@@ -418,7 +429,9 @@ impl Upward<'_, '_> {
                 let statement = statement
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
-                let mut denial = self.decide(&statement.classified).map(|r| (r, None));
+                let mut denial = self
+                    .decide(&statement.classified)
+                    .map(|d| (d.rule, d.message));
                 let mut copy = None;
                 if denial.is_none() {
                     match self.copy_mask(&statement.text, &statement.classified).await {
@@ -475,7 +488,11 @@ impl Upward<'_, '_> {
             b'F' => {
                 // The function is named by OID and runs with arbitrary arguments: opaque.
                 let classified = Arc::new(Classified::opaque("FunctionCall message"));
-                let rule = self.decide(&classified);
+                let denied = self.decide(&classified);
+                let (rule, message) = match denied {
+                    Some(d) => (Some(d.rule), d.message),
+                    None => (None, None),
+                };
                 let rec = self.statement(
                     "function_call",
                     "<FunctionCall>",
@@ -484,7 +501,7 @@ impl Upward<'_, '_> {
                     rule.as_deref(),
                 );
                 let forward = match rule {
-                    Some(rule) => out::query(&self.deny(rule, classified, None)?),
+                    Some(rule) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
                 };
                 self.push(Pending::Call(open(rec)))?;
@@ -522,9 +539,9 @@ impl Upward<'_, '_> {
             .find_map(|p| self.decide(&p.classified).map(|rule| (p.clone(), rule)));
         let shown = candidates.last().cloned();
         let mut forward = frame;
-        if let Some((p, rule)) = &denial {
-            self.record_denial(p, params.clone(), rule).await;
-            let marker = self.deny(rule.clone(), p.classified.clone(), None)?;
+        if let Some((p, d)) = &denial {
+            self.record_denial(p, params.clone(), &d.rule).await;
+            let marker = self.deny(d.rule.clone(), p.classified.clone(), d.message.clone())?;
             forward = Frame::build(b'B', |b| {
                 put_cstr(b, &portal);
                 put_cstr(b, &marker);
@@ -547,12 +564,34 @@ impl Upward<'_, '_> {
         Ok(forward)
     }
 
-    /// The rule that denies `classified` under the policy in force now, if any.
-    fn decide(&self, classified: &Classified) -> Option<String> {
+    /// The rule that denies `classified` under the policy in force now, if any: a statement
+    /// rule, or a mask rule whose masked values the statement would copy into a table (where no
+    /// mask rule names them) or hand to code that can send them back unmasked.
+    fn decide(&self, classified: &Classified) -> Option<Denied> {
         let policy = self.ctx.policy.borrow().clone();
-        policy
-            .statement_denied(&self.ctx.who(), &self.ctx.target, classified)
-            .map(|r| r.name.clone())
+        if let Some(r) = policy.statement_denied(&self.ctx.who(), &self.ctx.target, classified) {
+            return Some(Denied {
+                rule: r.name.clone(),
+                message: None,
+            });
+        }
+        let plan = self.plan.get(self.ctx)?;
+        if matches!(classified.class, Class::Read) {
+            return None;
+        }
+        let rule = plan.copies(classified)?;
+        let what = if classified.class == Class::Opaque {
+            "a statement the gateway cannot read (DO, CALL, EXECUTE, FunctionCall, a parse error) may return masked values unmasked"
+        } else {
+            "this statement would copy masked values where no mask rule covers them"
+        };
+        Some(Denied {
+            rule: plan.rule_name(rule).to_string(),
+            message: Some(format!(
+                "agentgate: {what} (mask rule \"{}\")",
+                plan.rule_name(rule)
+            )),
+        })
     }
 
     /// Under a mask plan, how the COPY output of a statement is masked: `Ok(None)` when it is
@@ -828,7 +867,9 @@ where
                     // The statement the rows belong to (after the gateway's Describe: the
                     // Execute it was sent for).
                     let classified = match q.front() {
-                        Some(Pending::Simple(o)) | Some(Pending::Execute(o)) => o.classified.clone(),
+                        Some(Pending::Simple(o)) | Some(Pending::Execute(o)) => {
+                            o.classified.clone()
+                        }
                         _ => None,
                     };
                     (front, classified)
