@@ -126,6 +126,24 @@ impl ColumnPattern {
     }
 }
 
+/// Where the last `n` characters (UTF-8) of `value` start, if it has more than `n`: a value
+/// that short is not shown at all.
+fn tail_start(value: &[u8], n: usize) -> Option<usize> {
+    let mut chars = 0;
+    let mut start = value.len();
+    for (i, b) in value.iter().enumerate().rev() {
+        // Continuation bytes (0b10xx_xxxx) do not start a character.
+        if b & 0xC0 != 0x80 {
+            if chars == n {
+                return Some(start);
+            }
+            chars += 1;
+            start = i;
+        }
+    }
+    None
+}
+
 /// The keyed hash of the `hash` strategy, keyed once per plan (an HMAC's key schedule costs
 /// as much as hashing a short value, so it is not redone per value).
 #[derive(Clone)]
@@ -160,16 +178,10 @@ impl Strategy {
         match *self {
             Strategy::Redact => Some(REDACTED.as_bytes().to_vec()),
             Strategy::Partial { keep_last } => {
-                let mut out = REDACTED.as_bytes().to_vec();
-                let text = String::from_utf8_lossy(value);
-                let chars = text.chars().count();
-                if chars > keep_last {
-                    out.extend(
-                        text.chars()
-                            .skip(chars - keep_last)
-                            .collect::<String>()
-                            .bytes(),
-                    );
+                let mut out = Vec::with_capacity(REDACTED.len() + 4 * keep_last);
+                out.extend_from_slice(REDACTED.as_bytes());
+                if let Some(start) = tail_start(value, keep_last) {
+                    out.extend_from_slice(&value[start..]);
                 }
                 Some(out)
             }

@@ -1106,10 +1106,20 @@ impl Masking {
             Rows::Plain => Ok(None),
             // Masked under the plan of its description, even if a reload came in between.
             Rows::Masked(m) => m.apply(frame, &mut self.hits),
-            // Masking was switched on between the statement and its rows.
+            // Rows of an Execute sent while no mask rule applied; a reload applies from the
+            // next result on, unless it came between the statement and its first row (then
+            // nothing is known of the columns: every value is nulled).
             Rows::Undescribed => match self.plan.get(ctx) {
-                Some(plan) => ResultMask::unknown(plan).apply(frame, &mut self.hits),
-                None => Ok(None),
+                Some(plan) => {
+                    let mask = ResultMask::unknown(plan);
+                    let masked = mask.apply(frame, &mut self.hits);
+                    self.rows = Rows::Masked(mask);
+                    masked
+                }
+                None => {
+                    self.rows = Rows::Plain;
+                    Ok(None)
+                }
             },
         }
     }
