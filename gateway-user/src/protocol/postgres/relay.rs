@@ -127,6 +127,8 @@ pub enum RelayError {
     UnsafeSetting(String, String),
     #[error("more than {MAX_IN_FLIGHT} statements are waiting for the target's answer")]
     TooMuchInFlight,
+    #[error("a simple Query or FunctionCall inside an extended-protocol batch (send Sync first)")]
+    QueryInBatch,
     /// Values the gateway must mask but cannot: the session ends before any reach the agent.
     #[error("{0}")]
     Unmaskable(String),
@@ -138,7 +140,9 @@ impl RelayError {
         let (code, msg) = match self {
             RelayError::Client(CodecError::Io(_)) | RelayError::Upstream(_) => return None,
             RelayError::Client(e) => ("08P01", format!("agentgate: {e}")),
-            RelayError::UnknownMessage(_) => ("08P01", format!("agentgate: {self}")),
+            RelayError::UnknownMessage(_) | RelayError::QueryInBatch => {
+                ("08P01", format!("agentgate: {self}"))
+            }
             RelayError::TooManyNamed | RelayError::TooMuchInFlight => {
                 ("54000", format!("agentgate: {self}"))
             }
@@ -188,6 +192,8 @@ enum Pending {
     /// A FunctionCall: complete at ReadyForQuery.
     Call(Open),
     Sync,
+    /// A Parse: answered by ParseComplete or an error, or skipped after an earlier error.
+    Parse(u64),
     /// The agent's own Describe: its RowDescription or NoData is the agent's.
     ClientDescribe,
     /// The gateway's Describe of a portal before an Execute, for masking: its RowDescription
@@ -197,6 +203,9 @@ enum Pending {
 
 struct Shared {
     pending: Mutex<VecDeque<Pending>>,
+    /// The server's answers to Parse messages (parse id, accepted), for the agent side to
+    /// learn which text a statement name really holds.
+    parsed: Mutex<Vec<(u64, bool)>>,
     denials: Mutex<HashMap<u64, Denial>>,
     /// `agentgate_denied_<random>_`: only this session's substitutes carry it, and no agent
     /// can predict it to make its own error look like a denial.
@@ -206,6 +215,9 @@ struct Shared {
 impl Shared {
     fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn parsed(&self) -> std::sync::MutexGuard<'_, Vec<(u64, bool)>> {
+        self.parsed.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn denials(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Denial>> {
         self.denials.lock().unwrap_or_else(|p| p.into_inner())
@@ -218,6 +230,10 @@ pub type ClientOut = BufWriter<tokio::io::WriteHalf<BoxIo>>;
 struct Prepared {
     text: Arc<str>,
     classified: Arc<Classified>,
+    /// Which Parse made it (0: none), for the server's answer to it.
+    parse: u64,
+    /// The batch (Syncs sent before it) of that Parse.
+    batch: u64,
 }
 
 impl Prepared {
@@ -226,6 +242,8 @@ impl Prepared {
         Arc::new(Prepared {
             text: "".into(),
             classified: Arc::new(Classified::opaque(why)),
+            parse: 0,
+            batch: 0,
         })
     }
 }
@@ -257,6 +275,7 @@ pub async fn relay(
     let mut upstream_out = BufWriter::with_capacity(BUFFER, uw);
     let shared = Shared {
         pending: Mutex::new(VecDeque::new()),
+        parsed: Mutex::new(Vec::new()),
         denials: Mutex::new(HashMap::new()),
         marker: format!("agentgate_denied_{:016x}_", rand::random::<u64>()),
     };
@@ -269,6 +288,10 @@ pub async fn relay(
             portals: HashMap::new(),
             plan: PlanCache::default(),
             prefix: None,
+            batch: 0,
+            batch_open: false,
+            parses: HashMap::new(),
+            next_parse: 1,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -310,6 +333,13 @@ struct Upward<'a, 'c> {
     plan: PlanCache,
     /// A message of the gateway's own to send before the one being forwarded.
     prefix: Option<Frame>,
+    /// Syncs sent so far: extended-protocol batches.
+    batch: u64,
+    /// An extended-protocol message was sent since the last Sync.
+    batch_open: bool,
+    /// Parses sent and not yet answered, by id: the statement name they were for.
+    parses: HashMap<u64, String>,
+    next_parse: u64,
 }
 
 impl Upward<'_, '_> {
@@ -349,6 +379,18 @@ impl Upward<'_, '_> {
     /// Decides one message; returns what to forward.
     async fn inspect(&mut self, frame: Frame) -> Result<Frame, RelayError> {
         let bad = RelayError::Client;
+        self.learn_parses();
+        match frame.tag() {
+            // After an error the server skips everything up to Sync, a Query too, which would
+            // leave the gateway's expectations of what comes back out of step.
+            b'Q' | b'F' if self.batch_open => return Err(RelayError::QueryInBatch),
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            b'S' => {
+                self.batch_open = false;
+                self.batch += 1;
+            }
+            _ => {}
+        }
         match frame.tag() {
             b'Q' => {
                 let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
@@ -383,24 +425,26 @@ impl Upward<'_, '_> {
                 let text = f.cstr().map_err(bad)?;
                 let classified = self.ctx.classifier.classify(text);
                 let denied = self.decide(&classified);
+                let id = self.next_parse;
+                self.next_parse += 1;
                 let prepared = Arc::new(Prepared {
                     text: text.into(),
                     classified: classified.clone(),
+                    parse: id,
+                    batch: self.batch,
                 });
+                self.push(Pending::Parse(id))?;
+                self.parses.insert(id, name.clone());
                 if !self.statements.contains_key(&name) && self.statements.len() >= MAX_NAMED {
                     return Err(RelayError::TooManyNamed);
                 }
                 let candidates = self.statements.entry(name.clone()).or_default();
-                if name.is_empty() {
-                    // The unnamed statement is replaced by every Parse that succeeds; if this
-                    // one fails, the Bind that follows in the batch is skipped with it.
-                    candidates.clear();
-                } else if candidates.len() >= MAX_CANDIDATES {
+                // Until the server answers, a Parse may fail or be skipped and leave the older
+                // text in place (a named statement that exists is not replaced either: 42P05).
+                if candidates.len() >= MAX_CANDIDATES {
                     candidates.clear();
                     candidates.push(Prepared::unknown("re-prepared too often"));
                 }
-                // A named statement that exists is not replaced by the server (42P05), so the
-                // older text stays a candidate until a Close.
                 candidates.push(prepared.clone());
                 match denied {
                     Some(d) => {
@@ -529,6 +573,11 @@ impl Upward<'_, '_> {
         let plan = self.plan.get(self.ctx);
         let params = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
         let candidates = match self.statements.get(&statement) {
+            // A Bind in the batch of its statement's latest Parse runs only if that Parse
+            // succeeds (after an error the server skips to Sync): that text alone counts.
+            Some(c) if c.last().is_some_and(|p| p.parse != 0 && p.batch == self.batch) => {
+                c[c.len() - 1..].to_vec()
+            }
             Some(c) if !c.is_empty() => c.clone(),
             _ => vec![Prepared::unknown(
                 "a prepared statement the gateway did not see being prepared",
@@ -537,7 +586,14 @@ impl Upward<'_, '_> {
         let denial = candidates
             .iter()
             .find_map(|p| self.decide(&p.classified).map(|rule| (p.clone(), rule)));
-        let shown = candidates.last().cloned();
+        // The statement whose rows and COPY output are masked: when the server may hold any of
+        // several texts, none can be trusted.
+        let shown = match candidates.as_slice() {
+            [one] => Some(one.clone()),
+            _ => Some(Prepared::unknown(
+                "the server may hold any of several texts under this name",
+            )),
+        };
         let mut forward = frame;
         if let Some((p, d)) = &denial {
             self.record_denial(p, params.clone(), &d.rule).await;
@@ -562,6 +618,24 @@ impl Upward<'_, '_> {
             },
         );
         Ok(forward)
+    }
+
+    /// Applies the server's answers to earlier Parses: an accepted one is the text its name
+    /// now holds (older candidates are gone), a refused or skipped one is no candidate.
+    fn learn_parses(&mut self) {
+        let answers: Vec<(u64, bool)> = std::mem::take(&mut *self.shared.parsed());
+        for (id, accepted) in answers {
+            let Some(name) = self.parses.remove(&id) else {
+                continue;
+            };
+            if let Some(c) = self.statements.get_mut(&name) {
+                if accepted {
+                    c.retain(|p| p.parse >= id);
+                } else {
+                    c.retain(|p| p.parse != id);
+                }
+            }
+        }
     }
 
     /// The rule that denies `classified` under the policy in force now, if any: a statement
@@ -889,6 +963,13 @@ where
                 masking.copy_out(ctx, planned.flatten())?;
             }
             b'c' => masking.copy = None,
+            b'1' => {
+                let mut q = shared.pending();
+                if let Some(Pending::Parse(id)) = q.front() {
+                    shared.parsed().push((*id, true));
+                    q.pop_front();
+                }
+            }
             b'C' => {
                 masking.end_of_result();
                 let rows = command_rows(&frame);
@@ -956,13 +1037,14 @@ where
                     },
                 };
                 let mut q = shared.pending();
-                // The error of a Describe (the gateway's or the agent's) ends the batch; the
-                // statement it was for is recorded with it.
-                if matches!(
-                    q.front(),
-                    Some(Pending::Describe) | Some(Pending::ClientDescribe)
-                ) {
-                    q.pop_front();
+                // The error of a Parse or Describe (the gateway's or the agent's) ends the batch;
+                // the statement it was for is recorded with it.
+                while let Some(Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe) =
+                    q.front()
+                {
+                    if let Some(Pending::Parse(id)) = q.pop_front() {
+                        shared.parsed().push((id, false));
+                    }
                 }
                 match q.front_mut() {
                     Some(Pending::Execute(_)) => {
@@ -996,6 +1078,8 @@ where
                 while let Some(p) = q.pop_front() {
                     match p {
                         Pending::Describe | Pending::ClientDescribe => {}
+                        // Skipped after an error in its batch.
+                        Pending::Parse(id) => shared.parsed().push((id, false)),
                         Pending::Execute(mut o) => {
                             // Skipped by the server after an earlier error in the batch.
                             o.rec.error =
@@ -1262,10 +1346,11 @@ mod tests {
             let counters = Counters::default();
             let shared = Shared {
                 pending: Mutex::new(VecDeque::new()),
+                parsed: Mutex::new(Vec::new()),
                 denials: Mutex::new(HashMap::new()),
                 marker: "agentgate_denied_0_".into(),
             };
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1 };
             let opaque_sent = rt.block_on(async {
                 let mut opaque_sent = Vec::new();
                 for (tag, first, second, tail) in msgs {
@@ -1344,6 +1429,7 @@ mod tests {
     fn only_this_sessions_marker_is_a_denial() {
         let shared = Shared {
             pending: Mutex::new(VecDeque::new()),
+            parsed: Mutex::new(Vec::new()),
             denials: Mutex::new(HashMap::new()),
             marker: "agentgate_denied_00ff_".into(),
         };
