@@ -174,17 +174,22 @@ struct Raw {
     name: String,
     columns: HashMap<i16, String>,
     view: Option<ViewDef>,
+    /// The tables it inherits from (partitions and inheritance children): each of its columns
+    /// also counts as the same-named column of each of them.
+    parents: Vec<u32>,
 }
 
 struct ViewDef {
     /// Per output column (attnum - 1): the base column it shows, if it is a plain reference.
     origins: Option<Vec<(u32, i16)>>,
-    /// Every base column the view reads.
+    /// Every base column the view reads; attribute number 0 is a whole-row read of that
+    /// relation (every column).
     depends: Vec<(u32, i16)>,
 }
 
 async fn fetch(conn: &mut BoxIo, oids: &[u32]) -> Result<HashMap<u32, Relation>, CatalogError> {
     let mut raw: HashMap<u32, Raw> = HashMap::new();
+    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
     let mut wanted: Vec<u32> = oids.to_vec();
     for _ in 0..MAX_DEPTH {
         wanted.retain(|o| !raw.contains_key(o));
@@ -220,6 +225,7 @@ async fn fetch(conn: &mut BoxIo, oids: &[u32]) -> Result<HashMap<u32, Relation>,
                 name,
                 columns: HashMap::new(),
                 view: None,
+                parents: Vec::new(),
             });
             entry.columns.insert(attnum, attname);
             if (kind == "v" || kind == "m") && !views.contains(&oid) {
@@ -227,6 +233,15 @@ async fn fetch(conn: &mut BoxIo, oids: &[u32]) -> Result<HashMap<u32, Relation>,
             }
         }
         let mut next = Vec::new();
+        // Every ancestor (through partitioning or inheritance) of what this round fetched, in
+        // one query; their columns come in the next round.
+        for (child, parent) in ancestors(conn, &list).await? {
+            let known = parents.entry(child).or_default();
+            if !known.contains(&parent) {
+                known.push(parent);
+            }
+            next.push(parent);
+        }
         if !views.is_empty() {
             for (oid, def) in view_defs(conn, &views).await? {
                 next.extend(def.depends.iter().map(|d| d.0));
@@ -240,13 +255,17 @@ async fn fetch(conn: &mut BoxIo, oids: &[u32]) -> Result<HashMap<u32, Relation>,
         }
         wanted = next;
     }
+    for (child, p) in parents {
+        if let Some(r) = raw.get_mut(&child) {
+            r.parents = p;
+        }
+    }
     let mut out = HashMap::new();
     for oid in oids {
         let Some(r) = raw.get(oid) else { continue };
         let mut columns = HashMap::new();
         for (attnum, name) in &r.columns {
-            let mut bases = Vec::new();
-            base_columns(&raw, *oid, *attnum, 0, &mut bases);
+            let bases = bases_of(&raw, *oid, *attnum);
             columns.insert(
                 *attnum,
                 ColumnInfo {
@@ -267,42 +286,108 @@ async fn fetch(conn: &mut BoxIo, oids: &[u32]) -> Result<HashMap<u32, Relation>,
     Ok(out)
 }
 
-/// The base columns a view column reads (nothing for a table column).
+/// The base columns a column reads: for a view column, the columns it shows (through any
+/// depth of views); for a column of a partition or inheritance child, the same-named column of
+/// each ancestor; both combined for a view over a child. Nothing for a plain table column.
+fn bases_of(raw: &HashMap<u32, Raw>, oid: u32, attnum: i16) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    base_columns(raw, oid, attnum, &mut seen, &mut out);
+    out
+}
+
+/// Each (relation, column) is expanded once, so shared or whole-row dependencies cost one
+/// visit each however many paths lead to them, and a cycle ends.
 fn base_columns(
     raw: &HashMap<u32, Raw>,
     oid: u32,
     attnum: i16,
-    depth: usize,
+    seen: &mut HashSet<(u32, i16)>,
     out: &mut Vec<(String, String, String)>,
 ) {
-    let Some(view) = raw.get(&oid).and_then(|r| r.view.as_ref()) else {
-        return;
-    };
-    if depth >= MAX_DEPTH {
+    if !seen.insert((oid, attnum)) {
         return;
     }
-    let plain = view
-        .origins
-        .as_ref()
-        .and_then(|o| o.get(attnum as usize - 1))
-        .filter(|(t, c)| *t != 0 && *c > 0);
-    // An expression column (or a view whose stored query could not be read) counts as reading
-    // everything the view reads.
-    let sources: Vec<(u32, i16)> = match plain {
-        Some(o) => vec![*o],
-        None => view.depends.clone(),
+    let Some(rel) = raw.get(&oid) else {
+        return;
     };
-    for (t, c) in sources {
-        if let Some(base) = raw.get(&t) {
-            if let Some(name) = base.columns.get(&c) {
-                let entry = (base.schema.clone(), base.name.clone(), name.clone());
-                if !out.contains(&entry) {
-                    out.push(entry);
-                }
+    let mut push = |base: &Raw, name: &String| {
+        let entry = (base.schema.clone(), base.name.clone(), name.clone());
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    };
+    let mut next: Vec<(u32, i16)> = Vec::new();
+    if let Some(name) = rel.columns.get(&attnum) {
+        for p in &rel.parents {
+            let Some(parent) = raw.get(p) else { continue };
+            if let Some((patt, pname)) = parent.columns.iter().find(|(_, n)| *n == name) {
+                push(parent, pname);
+                next.push((*p, *patt));
             }
-            base_columns(raw, t, c, depth + 1, out);
         }
     }
+    if let Some(view) = rel.view.as_ref() {
+        let plain = view
+            .origins
+            .as_ref()
+            .and_then(|o| o.get(attnum as usize - 1))
+            .filter(|(t, c)| *t != 0 && *c > 0);
+        // An expression column (or a view whose stored query could not be read) counts as
+        // reading everything the view reads.
+        let sources: Vec<(u32, i16)> = match plain {
+            Some(o) => vec![*o],
+            None => view.depends.clone(),
+        };
+        for (t, c) in sources {
+            let Some(base) = raw.get(&t) else { continue };
+            let cols = if c == 0 {
+                // A whole-row read (`c::text`, `row_to_json(c)`): every column.
+                let mut all: Vec<i16> = base.columns.keys().copied().collect();
+                all.sort_unstable();
+                all
+            } else {
+                vec![c]
+            };
+            for c in cols {
+                if let Some(name) = base.columns.get(&c) {
+                    push(base, name);
+                }
+                next.push((t, c));
+            }
+        }
+    }
+    for (t, c) in next {
+        base_columns(raw, t, c, seen, out);
+    }
+}
+
+/// `(child, parent)` pairs of every ancestor of the relations in `list` (an oid list), through
+/// pg_inherits, at most MAX_DEPTH levels up.
+async fn ancestors(conn: &mut BoxIo, list: &str) -> Result<Vec<(u32, u32)>, CatalogError> {
+    let rows = backend::simple_query(
+        conn,
+        &format!(
+            "WITH RECURSIVE up(child, parent, depth) AS ( \
+               SELECT i.inhrelid, i.inhparent, 1 FROM pg_catalog.pg_inherits i \
+               WHERE i.inhrelid IN ({list}) \
+               UNION \
+               SELECT i.inhrelid, i.inhparent, up.depth + 1 FROM pg_catalog.pg_inherits i \
+               JOIN up ON i.inhrelid = up.parent WHERE up.depth < {MAX_DEPTH}) \
+             SELECT DISTINCT child, parent FROM up"
+        ),
+        MAX_MESSAGE,
+    )
+    .await?;
+    rows.into_iter()
+        .map(|row| match row.as_slice() {
+            [Some(c), Some(p)] => match (c.parse(), p.parse()) {
+                (Ok(c), Ok(p)) => Ok((c, p)),
+                _ => Err(CatalogError::BadRow),
+            },
+            _ => Err(CatalogError::BadRow),
+        })
+        .collect()
 }
 
 async fn view_defs(conn: &mut BoxIo, views: &[u32]) -> Result<Vec<(u32, ViewDef)>, CatalogError> {
@@ -323,7 +408,7 @@ async fn view_defs(conn: &mut BoxIo, views: &[u32]) -> Result<Vec<(u32, ViewDef)
              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
                AND d.objid = r.oid \
              WHERE r.ev_class IN ({list}) AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-               AND d.refobjsubid > 0 AND d.refobjid <> r.ev_class"
+               AND d.refobjsubid >= 0 AND d.refobjid <> r.ev_class"
         ),
         MAX_MESSAGE,
     )
@@ -331,11 +416,11 @@ async fn view_defs(conn: &mut BoxIo, views: &[u32]) -> Result<Vec<(u32, ViewDef)
     let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<i64>().ok());
     let mut out = Vec::new();
     for &view in views {
-        let origins = actions
+        let action = actions
             .iter()
             .find(|r| r.first().and_then(num) == Some(view as i64))
-            .and_then(|r| r.get(1).cloned().flatten())
-            .and_then(|text| target_origins(&text));
+            .and_then(|r| r.get(1).cloned().flatten());
+        let origins = action.as_deref().and_then(target_origins);
         let mut deps = Vec::new();
         for row in &depends {
             if row.first().and_then(num) != Some(view as i64) {
@@ -346,6 +431,13 @@ async fn view_defs(conn: &mut BoxIo, views: &[u32]) -> Result<Vec<(u32, ViewDef)
                 _ => return Err(CatalogError::BadRow),
             }
         }
+        // PostgreSQL drops a whole-row dependency on a table when the view also names one of
+        // its columns (`SELECT c::text, c.id FROM customers c` depends on `customers.id`
+        // only): a whole-row reference anywhere in the stored query (or a query that could
+        // not be read) makes every relation the view depends on count as read whole.
+        if action.as_deref().is_none_or(reads_whole_row) {
+            whole_rows(&mut deps);
+        }
         out.push((
             view,
             ViewDef {
@@ -355,6 +447,25 @@ async fn view_defs(conn: &mut BoxIo, views: &[u32]) -> Result<Vec<(u32, ViewDef)
         ));
     }
     Ok(out)
+}
+
+/// Whether a stored query (`pg_node_tree` text) holds a whole-row Var (`:varattno 0`).
+fn reads_whole_row(tree: &str) -> bool {
+    tokenize(tree)
+        .windows(2)
+        .any(|w| w[0] == ":varattno" && w[1] == "0")
+}
+
+/// Adds a whole-row read (attribute 0) of every relation in `deps`.
+fn whole_rows(deps: &mut Vec<(u32, i16)>) {
+    let mut tables: Vec<u32> = deps.iter().map(|d| d.0).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for t in tables {
+        if !deps.contains(&(t, 0)) {
+            deps.push((t, 0));
+        }
+    }
 }
 
 fn oid_list(oids: &[u32]) -> String {
@@ -505,43 +616,126 @@ mod tests {
         assert_eq!(tokenize(r"a\ b (c)"), vec!["a b", "(", "c", ")"]);
     }
 
+    fn rel(name: &str, columns: &[&str], view: Option<ViewDef>, parents: &[u32]) -> Raw {
+        Raw {
+            schema: "public".into(),
+            name: name.into(),
+            columns: columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i as i16 + 1, c.to_string()))
+                .collect(),
+            view,
+            parents: parents.to_vec(),
+        }
+    }
+
+    fn cols(raw: &HashMap<u32, Raw>, oid: u32, att: i16) -> Vec<String> {
+        bases_of(raw, oid, att)
+            .into_iter()
+            .map(|c| format!("{}.{}", c.1, c.2))
+            .collect()
+    }
+
     #[test]
     fn view_columns_trace_to_bases() {
         let mut raw = HashMap::new();
-        raw.insert(
-            1,
-            Raw {
-                schema: "public".into(),
-                name: "customers".into(),
-                columns: [(1, "id".to_string()), (2, "email".to_string())].into(),
-                view: None,
-            },
-        );
-        raw.insert(
-            2,
-            Raw {
-                schema: "public".into(),
-                name: "v".into(),
-                columns: [
-                    (1, "id".to_string()),
-                    (2, "e".to_string()),
-                    (3, "n".to_string()),
-                ]
-                .into(),
-                view: Some(ViewDef {
-                    origins: Some(vec![(1, 1), (1, 2), (0, 0)]),
-                    depends: vec![(1, 1), (1, 2)],
-                }),
-            },
-        );
-        let cols = |att| {
-            let mut v = Vec::new();
-            base_columns(&raw, 2, att, 0, &mut v);
-            v.into_iter().map(|c| c.2).collect::<Vec<_>>()
+        raw.insert(1, rel("customers", &["id", "email"], None, &[]));
+        let view = ViewDef {
+            origins: Some(vec![(1, 1), (1, 2), (0, 0)]),
+            depends: vec![(1, 1), (1, 2)],
         };
-        assert_eq!(cols(1), vec!["id"]);
-        assert_eq!(cols(2), vec!["email"]);
+        raw.insert(2, rel("v", &["id", "e", "n"], Some(view), &[]));
+        assert_eq!(cols(&raw, 2, 1), vec!["customers.id"]);
+        assert_eq!(cols(&raw, 2, 2), vec!["customers.email"]);
         // The expression column reads everything the view reads.
-        assert_eq!(cols(3), vec!["id", "email"]);
+        assert_eq!(cols(&raw, 2, 3), vec!["customers.id", "customers.email"]);
+        assert!(cols(&raw, 1, 2).is_empty());
+    }
+
+    #[test]
+    fn whole_row_dependencies_read_every_column() {
+        let mut raw = HashMap::new();
+        raw.insert(1, rel("customers", &["id", "email", "ssn"], None, &[]));
+        raw.insert(3, rel("orders", &["id", "total"], None, &[]));
+        // `CREATE VIEW vrow AS SELECT c::text AS t, o.total FROM customers c JOIN orders o …`
+        let view = ViewDef {
+            origins: Some(vec![(0, 0), (3, 2)]),
+            depends: vec![(1, 0), (3, 2)],
+        };
+        raw.insert(2, rel("vrow", &["t", "total"], Some(view), &[]));
+        assert_eq!(
+            cols(&raw, 2, 1),
+            vec![
+                "customers.id",
+                "customers.email",
+                "customers.ssn",
+                "orders.total"
+            ]
+        );
+        assert_eq!(cols(&raw, 2, 2), vec!["orders.total"]);
+        // A whole-row Var that is the column itself: origin (table, 0).
+        let view = ViewDef {
+            origins: Some(vec![(1, 0)]),
+            depends: vec![(1, 0)],
+        };
+        raw.insert(4, rel("vc", &["c"], Some(view), &[]));
+        assert_eq!(
+            cols(&raw, 4, 1),
+            vec!["customers.id", "customers.email", "customers.ssn"]
+        );
+        // Views over the whole rows of views: every path is walked once.
+        for oid in 5..40u32 {
+            let view = ViewDef {
+                origins: Some(vec![(0, 0), (0, 0), (0, 0)]),
+                depends: vec![(oid - 1, 0), (1, 0)],
+            };
+            raw.insert(
+                oid,
+                rel(&format!("w{oid}"), &["a", "b", "c"], Some(view), &[]),
+            );
+        }
+        assert!(cols(&raw, 39, 1).contains(&"customers.ssn".to_string()));
+    }
+
+    #[test]
+    fn whole_row_references_in_stored_queries() {
+        assert!(reads_whole_row(
+            "({QUERY :targetList ({TARGETENTRY :expr {FUNCEXPR :args ({VAR :varno 1 \
+             :varattno 0 :vartype 16390}) :location 7} :resno 1 :resorigtbl 0 :resorigcol 0 \
+             :resjunk false})})"
+        ));
+        assert!(!reads_whole_row(
+            "({QUERY :targetList ({TARGETENTRY :expr {VAR :varno 1 :varattno 10} :resno 1})})"
+        ));
+        let mut deps = vec![(7, 2), (8, 1), (7, 3), (8, 0)];
+        whole_rows(&mut deps);
+        assert_eq!(deps, vec![(7, 2), (8, 1), (7, 3), (8, 0), (7, 0)]);
+    }
+
+    #[test]
+    fn children_count_as_their_ancestors() {
+        let mut raw = HashMap::new();
+        raw.insert(1, rel("people", &["id", "tax_id"], None, &[]));
+        // A partition of a partition, with a column of its own.
+        raw.insert(2, rel("people_p1", &["id", "tax_id"], None, &[1]));
+        raw.insert(3, rel("people_p1a", &["tax_id", "id", "extra"], None, &[2]));
+        assert_eq!(cols(&raw, 2, 2), vec!["people.tax_id"]);
+        assert_eq!(cols(&raw, 3, 1), vec!["people_p1.tax_id", "people.tax_id"]);
+        assert!(cols(&raw, 3, 3).is_empty());
+        assert!(cols(&raw, 1, 2).is_empty());
+        // A view over a child: the child's column and, through it, the ancestor's.
+        let view = ViewDef {
+            origins: Some(vec![(3, 1)]),
+            depends: vec![(3, 1)],
+        };
+        raw.insert(4, rel("v", &["t"], Some(view), &[]));
+        assert_eq!(
+            cols(&raw, 4, 1),
+            vec!["people_p1a.tax_id", "people_p1.tax_id", "people.tax_id"]
+        );
+        // A parent not fetched (deeper than the rounds reach) is skipped.
+        raw.insert(5, rel("orphan", &["tax_id"], None, &[99]));
+        assert!(cols(&raw, 5, 1).is_empty());
     }
 }

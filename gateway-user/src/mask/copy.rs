@@ -159,7 +159,11 @@ impl CopyMask {
             Some(b) => (b, &b"\n"[..]),
             None => (line, &b""[..]),
         };
-        let fields: Vec<&[u8]> = body.split(|b| *b == self.delimiter).collect();
+        let fields = split_fields(body, self.delimiter);
+        if fields.len() != self.fields.len() {
+            // The line cannot be mapped to the columns: every value is redacted.
+            return Some(redact_all(&fields, self.delimiter, end));
+        }
         let masked: Vec<Option<Option<Vec<u8>>>> = fields
             .iter()
             .enumerate()
@@ -186,6 +190,45 @@ impl CopyMask {
         out.extend_from_slice(end);
         Some(out)
     }
+}
+
+/// The fields of a COPY text-format line: split on delimiter bytes that are not escaped. A
+/// backslash escapes the byte after it, so a delimiter preceded by an odd run of backslashes is
+/// data (`Alice\ Martin` with delimiter `' '` is one field).
+fn split_fields(body: &[u8], delimiter: u8) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < body.len() {
+        match body[i] {
+            b'\\' => i += 2,
+            b if b == delimiter => {
+                fields.push(&body[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    fields.push(&body[start..]);
+    fields
+}
+
+/// Every field of a line replaced by `****` (nulls stay `\N`), for a line whose fields do not
+/// match the columns: fail closed rather than mask the wrong field.
+fn redact_all(fields: &[&[u8]], delimiter: u8, end: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(delimiter);
+        }
+        out.extend_from_slice(if *field == b"\\N" {
+            &b"\\N"[..]
+        } else {
+            b"****"
+        });
+    }
+    out.extend_from_slice(end);
+    out
 }
 
 /// A replacement must not end or split a COPY field or line: a kept tail of escaped text may
@@ -256,5 +299,102 @@ mod tests {
         assert_eq!(t("COPY customers FROM STDIN"), CopyOut::No);
         assert_eq!(t("COPY customers TO '/tmp/x'"), CopyOut::No);
         assert_eq!(t("SELECT 1"), CopyOut::No);
+    }
+
+    /// A plan whose only rule masks `customers.ssn` on target `t`.
+    fn plan() -> Arc<Plan> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            "version: 2\nidentity_providers:\n  - name: i\n    issuer: i\n    audiences: [a]\n    jwks: {from: file, path: /nonexistent}\n    algorithms: [RS256]\n\
+             targets:\n  - name: t\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u, upstream_tls: {mode: disable}}\n\
+             rules:\n  - name: mask-ssn\n    targets: [t]\n    mask: {columns: [customers.ssn]}\n",
+        )
+        .unwrap();
+        let policy = crate::policy::load_dir(dir.path()).unwrap();
+        let who = crate::policy::Who {
+            issuer: "i",
+            subject: "a",
+            groups: &[],
+            workload: "w",
+        };
+        Plan::build(&policy, &who, "t").expect("a mask plan")
+    }
+
+    fn mask(delimiter: u8, columns: &[&str], line: &[u8]) -> Option<Vec<u8>> {
+        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        let m = CopyMask::table(plan(), "public", "customers", &columns, delimiter);
+        m.apply(line, &mut Vec::new())
+    }
+
+    #[test]
+    fn splits_on_unescaped_delimiters() {
+        let s = |l: &'static [u8], d| split_fields(l, d);
+        assert_eq!(s(b"a b", b' '), vec![&b"a"[..], b"b"]);
+        assert_eq!(
+            s(b"Alice\\ Martin 1", b' '),
+            vec![&b"Alice\\ Martin"[..], b"1"]
+        );
+        // `\\` is an escaped backslash: the delimiter after it separates.
+        assert_eq!(s(b"a\\\\ b", b' '), vec![&b"a\\\\"[..], b"b"]);
+        assert_eq!(s(b"a\\\\\\ b", b' '), vec![&b"a\\\\\\ b"[..]]);
+        assert_eq!(s(b"a\tb\\\tc", b'\t'), vec![&b"a"[..], b"b\\\tc"]);
+        assert_eq!(s(b"", b'\t'), vec![&b""[..]]);
+        assert_eq!(s(b"a\t", b'\t'), vec![&b"a"[..], b""]);
+        assert_eq!(s(b"a\\", b'\t'), vec![&b"a\\"[..]]);
+    }
+
+    #[test]
+    fn escaped_delimiters_do_not_shift_fields() {
+        let cols = ["name", "ssn"];
+        assert_eq!(
+            mask(b' ', &cols, b"Alice\\ Martin 536-22-8147\n").as_deref(),
+            Some(&b"Alice\\ Martin ****\n"[..])
+        );
+        assert_eq!(
+            mask(
+                b':',
+                &["created", "ssn"],
+                b"2024-01-02 03\\:04\\:05+00 536-22-8147"
+            )
+            .as_deref(),
+            Some(&b"****"[..]),
+            "one field where two columns are expected",
+        );
+        assert_eq!(
+            mask(
+                b':',
+                &["created", "ssn"],
+                b"2024-01-02 03\\:04\\:05+00:536-22-8147\n"
+            )
+            .as_deref(),
+            Some(&b"2024-01-02 03\\:04\\:05+00:****\n"[..])
+        );
+        assert_eq!(
+            mask(b'\t', &cols, b"Bob\t\\N\n").as_deref(),
+            None,
+            "a null stays a null"
+        );
+    }
+
+    #[test]
+    fn lines_that_do_not_match_the_columns_are_redacted_whole() {
+        let cols = ["name", "ssn"];
+        assert_eq!(
+            mask(b'\t', &cols, b"Alice\t536-22-8147\textra\n").as_deref(),
+            Some(&b"****\t****\t****\n"[..])
+        );
+        assert_eq!(
+            mask(b'\t', &cols, b"536-22-8147").as_deref(),
+            Some(&b"****"[..])
+        );
+        assert_eq!(
+            mask(b' ', &["name", "ssn", "note"], b"Alice \\N 536-22-8147\n").as_deref(),
+            None,
+        );
+        assert_eq!(
+            mask(b' ', &cols, b"Alice \\N 536-22-8147\n").as_deref(),
+            Some(&b"**** \\N ****\n"[..])
+        );
     }
 }

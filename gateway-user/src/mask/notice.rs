@@ -15,7 +15,9 @@ pub fn mask_notice(plan: &Plan, tag: u8, notice: &Notice) -> Option<(Frame, Noti
     // Data exceptions (class 22) quote the offending value: `invalid input syntax for type
     // integer: "alice@example.com"` from `SELECT email::int`. Under column rules the value may
     // be a masked one, and nothing says which column it came from.
-    let quotes_values = plan.has_columns() && notice.sqlstate().starts_with("22");
+    // Other errors quote values too (`SELECT ssn::regclass` → `relation "536-22-8147" does not
+    // exist`), so under column rules every quoted text goes.
+    let quotes_values = plan.has_columns();
     let mut fields = Vec::with_capacity(notice.fields.len());
     for (code, value) in &notice.fields {
         let mut v = if VALUE_FIELDS.contains(code) {
@@ -26,7 +28,7 @@ pub fn mask_notice(plan: &Plan, tag: u8, notice: &Notice) -> Option<(Frame, Noti
         if *code == b'D' && plan.has_columns() {
             v = hide_row_values(&v);
         }
-        if quotes_values && matches!(*code, b'M' | b'D') {
+        if quotes_values && matches!(*code, b'M' | b'D' | b'W') {
             v = hide_quoted(&v);
         }
         changed |= v != *value;
@@ -61,19 +63,14 @@ fn hide_row_values(detail: &str) -> String {
     detail.to_string()
 }
 
-/// Every `"…"` becomes `"****"`.
+/// Everything from the first `"` to the last becomes `****` (a value may hold quotes itself).
 fn hide_quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut parts = text.split('"');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
+    match (text.find('"'), text.rfind('"')) {
+        (Some(first), Some(last)) if last > first => {
+            format!("{}\"{REDACTED}\"{}", &text[..first], &text[last + 1..])
+        }
+        _ => text.to_string(),
     }
-    for (i, part) in parts.enumerate() {
-        out.push('"');
-        // Odd pieces are inside quotes.
-        out.push_str(if i % 2 == 0 { REDACTED } else { part });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -100,8 +97,8 @@ mod tests {
             "invalid input syntax for type integer: \"****\""
         );
         assert_eq!(
-            hide_quoted("value \"123\" is out of range for type \"int\" here"),
-            "value \"****\" is out of range for type \"****\" here"
+            hide_quoted("relation \"a\"b\" does not exist"),
+            "relation \"****\" does not exist"
         );
     }
 }

@@ -4,7 +4,7 @@ use std::{borrow::Cow, sync::Arc};
 
 use super::{
     detect::{Detectors, Hit, Kind},
-    rules::{BinaryPolicy, ColumnPattern, MaskKey, MaskSpec, Origin, Strategy},
+    rules::{BinaryPolicy, ColumnPattern, MaskKey, MaskSpec, Origin, Strategy, REDACTED},
 };
 use crate::{
     policy::{Policy, Who},
@@ -133,6 +133,30 @@ impl Plan {
     /// A whole value hit by a column rule; `None` is NULL.
     pub fn mask_value(&self, rule: usize, value: &[u8]) -> Option<Vec<u8>> {
         self.rules[rule].1.strategy.apply(value, &self.key)
+    }
+
+    /// A value computed from a column of `rule`: redacted whole (NULL under `null`).
+    pub fn mask_tainted(&self, rule: usize) -> Option<Vec<u8>> {
+        match self.rules[rule].1.strategy {
+            Strategy::Null => None,
+            _ => Some(REDACTED.as_bytes().to_vec()),
+        }
+    }
+
+    /// Whether a statement reads the planner's statistics, which hold sample values of every
+    /// column (`pg_stats.most_common_vals`, `histogram_bounds`).
+    pub fn reads_statistics(&self, c: &Classified) -> bool {
+        const STATS: &[&str] = &[
+            "pg_stats",
+            "pg_stats_ext",
+            "pg_stats_ext_exprs",
+            "pg_statistic",
+            "pg_statistic_ext_data",
+        ];
+        self.has_columns()
+            && c.tables
+                .iter()
+                .any(|t| STATS.iter().any(|s| t.name.eq_ignore_ascii_case(s)))
     }
 
     /// `text` with what the detectors find masked: `None` when nothing was found,

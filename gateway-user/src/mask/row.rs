@@ -77,6 +77,10 @@ enum Kind {
 pub struct Col {
     rule: Option<usize>,
     kind: Kind,
+    /// Computed from a masked column (not the column itself): a strategy that keeps part of
+    /// the value (partial, hash) would let `substr(ssn, 1, 4)` and the like give it away piece
+    /// by piece, so it is redacted (or nulled) whatever the rule says.
+    tainted: bool,
 }
 
 /// How each column of one result is masked, under the plan that decided it.
@@ -123,11 +127,15 @@ impl ResultMask {
     ) -> Result<ResultMask, RowError> {
         let mut cols = Vec::with_capacity(fields.len());
         for f in fields {
+            let mut tainted = false;
             let rule = if !plan.has_columns() {
                 None
             } else if f.table == 0 || f.attnum <= 0 {
                 plan.column_rule([Origin::Expression { name: &f.name }])
-                    .or(taint)
+                    .or_else(|| {
+                        tainted = taint.is_some();
+                        taint
+                    })
             } else {
                 let rel = relations
                     .get(&f.table)
@@ -165,7 +173,11 @@ impl ResultMask {
                     });
                 }
             }
-            cols.push(Col { rule, kind });
+            cols.push(Col {
+                rule,
+                kind,
+                tainted,
+            });
         }
         Ok(ResultMask {
             plan,
@@ -220,12 +232,16 @@ impl ResultMask {
 
 /// The replacement of one value (`Some(None)` is NULL), or `None` to keep it.
 fn mask_one(plan: &Plan, col: Col, value: &[u8], hits: &mut Vec<Hit>) -> Option<Option<Vec<u8>>> {
+    let whole = |r: usize| match col.tainted {
+        true => plan.mask_tainted(r),
+        false => plan.mask_value(r, value),
+    };
     match (col.rule, col.kind) {
         (Some(_), Kind::OtherBinary) => Some(None),
         (None, Kind::OtherBinary) => None,
-        (Some(r), Kind::Text) => Some(plan.mask_value(r, value)),
-        (Some(r), Kind::Json) => Some(plan.mask_value(r, value).map(|v| json_string(&v))),
-        (Some(r), Kind::JsonbBinary) => Some(plan.mask_value(r, value).map(|v| {
+        (Some(r), Kind::Text) => Some(whole(r)),
+        (Some(r), Kind::Json) => Some(whole(r).map(|v| json_string(&v))),
+        (Some(r), Kind::JsonbBinary) => Some(whole(r).map(|v| {
             let mut out = vec![1u8];
             out.extend(json_string(&v));
             out

@@ -496,6 +496,9 @@ const OPAQUE_FUNCTIONS: &[&str] = &[
     "database_to_xmlschema",
     "database_to_xml_and_xmlschema",
     "ts_stat",
+    // Run a cursor's query, which was named at its DECLARE.
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
 ];
 
 /// Functions that change persistent state (sequences, large objects) or other sessions' view
@@ -995,9 +998,17 @@ impl Walker {
                 // A view is read through its definition, which the gateway traces; creating
                 // one copies nothing.
                 let in_view = self.stack.iter().any(|a| a.kind == VIEW_STMT);
+                // An argument of a function that writes (pg_notify, lo_from_bytea, …) goes
+                // somewhere, wherever in the statement the call is.
+                let in_writing_call = self.stack.iter().any(|a| {
+                    a.kind == FUNC_CALL && {
+                        let name = a.value_strings("funcname").join(".").to_lowercase();
+                        function_verdict(&name).0 != Class::Read
+                    }
+                });
                 let name = f.value_strings("fields").join(".").to_lowercase();
                 if !name.is_empty() {
-                    if in_target && !in_returning && !in_view {
+                    if (in_target && !in_returning && !in_view) || in_writing_call {
                         self.source_columns.insert(name.clone());
                     }
                     if in_target || in_returning {
@@ -2052,6 +2063,10 @@ mod output_column_tests {
         assert!(c.source_columns.is_empty());
         let c = classify("CREATE TABLE t AS SELECT email FROM customers");
         assert_eq!(c.source_columns, ["email"]);
+        let c = classify("SELECT 1 FROM customers WHERE pg_notify('ch', email) IS NULL");
+        assert_eq!(c.source_columns, ["email"]);
+        let c = classify("SELECT 1 FROM customers WHERE lower(email) = 'x'");
+        assert!(c.source_columns.is_empty());
         let c = classify("SELECT x FROM (SELECT lower(\"Email\") AS x FROM customers) s");
         assert_eq!(c.output_columns, ["email", "x"]);
         assert_eq!(c.aliases, ["s"]);

@@ -575,7 +575,10 @@ impl Upward<'_, '_> {
         let candidates = match self.statements.get(&statement) {
             // A Bind in the batch of its statement's latest Parse runs only if that Parse
             // succeeds (after an error the server skips to Sync): that text alone counts.
-            Some(c) if c.last().is_some_and(|p| p.parse != 0 && p.batch == self.batch) => {
+            Some(c)
+                if c.last()
+                    .is_some_and(|p| p.parse != 0 && p.batch == self.batch) =>
+            {
                 c[c.len() - 1..].to_vec()
             }
             Some(c) if !c.is_empty() => c.clone(),
@@ -650,6 +653,15 @@ impl Upward<'_, '_> {
             });
         }
         let plan = self.plan.get(self.ctx)?;
+        if plan.reads_statistics(classified) {
+            return Some(Denied {
+                rule: plan.rule_name(0).to_string(),
+                message: Some(format!(
+                    "agentgate: the planner's statistics hold sample values of masked columns (mask rule \"{}\")",
+                    plan.rule_name(0)
+                )),
+            });
+        }
         if matches!(classified.class, Class::Read) {
             return None;
         }
@@ -981,6 +993,7 @@ where
                 if ddl {
                     // A rename or a redefined view changes what column origins mean.
                     ctx.catalog.invalidate();
+                    masking.ddl_in_transaction = true;
                 }
                 match q.front_mut() {
                     Some(Pending::Execute(_)) => {
@@ -1071,9 +1084,39 @@ where
                 if !codec::lexer_safe(&name, &value) {
                     return Err(RelayError::UnsafeSetting(name, value));
                 }
+                // A reported setting can carry a value (application_name set from a column).
+                if let Some(plan) = masking.plan.get(ctx) {
+                    let masked = plan.mask_str(&value);
+                    if masked != value {
+                        frame = Frame::build(b'S', |b| {
+                            put_cstr(b, &name);
+                            put_cstr(b, &masked);
+                        });
+                    }
+                }
+            }
+            b'A' => {
+                // A notification's payload is any text another session (or this one) chose.
+                if let Some(plan) = masking.plan.get(ctx) {
+                    let mut f = Fields::new(&frame);
+                    let pid = f.i32().map_err(RelayError::Upstream)?;
+                    let channel = f.cstr().map_err(RelayError::Upstream)?;
+                    let payload = f.cstr().map_err(RelayError::Upstream)?;
+                    let (c, p) = (plan.mask_str(channel), plan.mask_str(payload));
+                    if c != channel || p != payload {
+                        frame = Frame::build(b'A', |b| {
+                            b.put_i32(pid);
+                            put_cstr(b, &c);
+                            put_cstr(b, &p);
+                        });
+                    }
+                }
             }
             b'Z' => {
                 masking.end_of_result();
+                if frame.body().first() == Some(&b'I') {
+                    masking.ddl_in_transaction = false;
+                }
                 let mut q = shared.pending();
                 while let Some(p) = q.pop_front() {
                     match p {
@@ -1133,6 +1176,9 @@ enum Rows {
 /// The downward side's masking state.
 #[derive(Default)]
 struct Masking {
+    /// The session ran DDL in the open transaction: the gateway's own catalog connection
+    /// cannot see it, so column origins are not known until the transaction ends.
+    ddl_in_transaction: bool,
     plan: PlanCache,
     rows: Rows,
     copy: Option<Arc<CopyMask>>,
@@ -1157,6 +1203,10 @@ impl Masking {
             return Ok(());
         };
         if frame.tag() != b'T' {
+            return Ok(());
+        }
+        if self.ddl_in_transaction && plan.has_columns() {
+            self.rows = Rows::Masked(ResultMask::unknown(plan));
             return Ok(());
         }
         let fields = row::fields(frame).map_err(RelayError::Upstream)?;
