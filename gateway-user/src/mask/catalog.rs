@@ -127,14 +127,14 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// A table's schema, name and columns in order, by the name a COPY statement gives. An
+    /// A table's oid and columns in order, by the name a COPY statement gives. An
     /// unqualified name is found through the gateway connection's search_path, which may
     /// differ from the agent's (documented).
     pub async fn table_columns(
         &self,
         schema: Option<&str>,
         table: &str,
-    ) -> Result<Option<(String, String, Vec<String>)>, CatalogError> {
+    ) -> Result<Option<(u32, Vec<String>)>, CatalogError> {
         let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let name = match schema {
             Some(s) => format!("{}.{}", ident(s), ident(table)),
@@ -145,8 +145,7 @@ impl Catalog {
         let rows = backend::simple_query(
             &mut conn,
             &format!(
-                "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                "SELECT c.oid, a.attname FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
                  WHERE c.oid = pg_catalog.to_regclass('{literal}') \
                    AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
@@ -155,14 +154,15 @@ impl Catalog {
         )
         .await;
         let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"X\0\0\0\x04").await;
-        let mut found: Option<(String, String, Vec<String>)> = None;
+        let mut found: Option<(u32, Vec<String>)> = None;
         for row in rows? {
-            let [Some(s), Some(t), Some(c)] =
-                <[Option<String>; 3]>::try_from(row).map_err(|_| CatalogError::BadRow)?
+            let [Some(oid), Some(c)] =
+                <[Option<String>; 2]>::try_from(row).map_err(|_| CatalogError::BadRow)?
             else {
                 return Err(CatalogError::BadRow);
             };
-            found.get_or_insert_with(|| (s, t, Vec::new())).2.push(c);
+            let oid = oid.parse().map_err(|_| CatalogError::BadRow)?;
+            found.get_or_insert_with(|| (oid, Vec::new())).1.push(c);
         }
         Ok(found)
     }

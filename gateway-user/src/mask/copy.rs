@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::{self, node::Node as N};
 
-use super::{detect::Hit, plan::Plan, rules::Origin};
+use super::{catalog::Relation, detect::Hit, plan::Plan, rules::Origin};
 
 /// What a statement means for masking its COPY output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,21 +124,31 @@ impl CopyMask {
         }
     }
 
-    pub fn table(
-        plan: Arc<Plan>,
-        schema: &str,
-        table: &str,
-        columns: &[String],
-        delimiter: u8,
-    ) -> CopyMask {
+    /// Fields are `columns` of `rel`, each matched by its own name and by the columns it
+    /// stands for (a partition's column is also its parent table's).
+    pub fn table(plan: Arc<Plan>, rel: &Relation, columns: &[String], delimiter: u8) -> CopyMask {
         let fields = columns
             .iter()
             .map(|c| {
-                plan.column_rule([Origin::Column {
-                    schema,
-                    table,
+                let bases = rel
+                    .columns
+                    .values()
+                    .find(|info| info.name == *c)
+                    .map(|info| info.bases.as_slice())
+                    .unwrap_or_default();
+                let own = Origin::Column {
+                    schema: &rel.schema,
+                    table: &rel.name,
                     column: c,
-                }])
+                };
+                let all: Vec<Origin<'_>> = std::iter::once(own)
+                    .chain(bases.iter().map(|b| Origin::Column {
+                        schema: &b.0,
+                        table: &b.1,
+                        column: &b.2,
+                    }))
+                    .collect();
+                plan.column_rule(all.iter().cloned())
             })
             .collect();
         CopyMask {
@@ -246,6 +256,7 @@ fn sanitize(mut v: Vec<u8>, delimiter: u8) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mask::catalog::ColumnInfo;
 
     #[test]
     fn reads_copy_statements() {
@@ -323,7 +334,24 @@ mod tests {
 
     fn mask(delimiter: u8, columns: &[&str], line: &[u8]) -> Option<Vec<u8>> {
         let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-        let m = CopyMask::table(plan(), "public", "customers", &columns, delimiter);
+        let rel = Relation {
+            schema: "public".into(),
+            name: "customers".into(),
+            columns: columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        i as i16 + 1,
+                        ColumnInfo {
+                            name: c.clone(),
+                            bases: Vec::new(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let m = CopyMask::table(plan(), &rel, &columns, delimiter);
         m.apply(line, &mut Vec::new())
     }
 

@@ -725,9 +725,23 @@ impl Upward<'_, '_> {
                 columns,
                 delimiter,
             } => match self.ctx.catalog.table_columns(schema.as_deref(), &table).await {
-                Ok(Some((s, t, all))) => {
+                Ok(Some((oid, all))) => {
                     let cols = columns.unwrap_or(all);
-                    Ok(Some(Arc::new(CopyMask::table(plan.clone(), &s, &t, &cols, delimiter))))
+                    match self.ctx.catalog.relations(&[(oid, 1)]).await {
+                        Ok(rels) => match rels.get(&oid) {
+                            Some(rel) => Ok(Some(Arc::new(CopyMask::table(
+                                plan.clone(),
+                                rel,
+                                &cols,
+                                delimiter,
+                            )))),
+                            None => refuse(0, "the table was dropped while its COPY was planned"),
+                        },
+                        Err(e) => {
+                            tracing::warn!("COPY columns for masking: {e}");
+                            refuse(0, "the gateway cannot look up the table's columns to mask its COPY output")
+                        }
+                    }
                 }
                 // Not found from the gateway's connection (another search_path?): its columns
                 // are unknown.
