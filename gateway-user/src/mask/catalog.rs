@@ -67,11 +67,96 @@ pub type Cache = Arc<Mutex<HashMap<u32, (Instant, Arc<Relation>)>>>;
 pub struct Catalog {
     open: Opener,
     cache: Cache,
+    /// Table names as a statement writes them → oid (`None`: not found), for this session.
+    names: Mutex<HashMap<(Option<String>, String), (Instant, Option<u32>)>>,
 }
 
 impl Catalog {
     pub fn new(open: Opener, cache: Cache) -> Catalog {
-        Catalog { open, cache }
+        Catalog {
+            open,
+            cache,
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn names(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(Option<String>, String), (Instant, Option<u32>)>> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The relations a statement names (schema, name), in order; `None` for a name the
+    /// gateway's connection cannot find (another session's temporary table, another
+    /// search_path): the caller fails closed on it.
+    pub async fn resolve(
+        &self,
+        tables: &[(Option<String>, String)],
+    ) -> Result<Vec<Option<Arc<Relation>>>, CatalogError> {
+        let mut missing: Vec<(Option<String>, String)> = {
+            let names = self.names();
+            tables
+                .iter()
+                .filter(|t| !matches!(names.get(*t), Some((at, _)) if at.elapsed() < TTL))
+                .cloned()
+                .collect()
+        };
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            let exprs: Vec<String> = missing
+                .iter()
+                .map(|(schema, name)| {
+                    let qualified = match schema {
+                        Some(s) => format!("{}.{}", ident(s), ident(name)),
+                        None => ident(name),
+                    };
+                    format!(
+                        "pg_catalog.to_regclass('{}')::oid",
+                        qualified.replace('\'', "''")
+                    )
+                })
+                .collect();
+            let mut conn = (self.open)().await.map_err(CatalogError::Connect)?;
+            let rows = backend::simple_query(
+                &mut conn,
+                &format!("SELECT {}", exprs.join(", ")),
+                MAX_MESSAGE,
+            )
+            .await;
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"X\0\0\0\x04").await;
+            let row = rows?.into_iter().next().ok_or(CatalogError::BadRow)?;
+            if row.len() != missing.len() {
+                return Err(CatalogError::BadRow);
+            }
+            let now = Instant::now();
+            let mut names = self.names();
+            if names.len() > MAX_CACHED {
+                names.clear();
+            }
+            for (key, oid) in missing.into_iter().zip(row) {
+                let oid = oid.and_then(|o| o.parse::<u32>().ok());
+                names.insert(key, (now, oid));
+            }
+        }
+        let oids: Vec<Option<u32>> = {
+            let names = self.names();
+            tables
+                .iter()
+                .map(|t| names.get(t).and_then(|(_, oid)| *oid))
+                .collect()
+        };
+        let wanted: Vec<(u32, i16)> = oids.iter().flatten().map(|o| (*o, 0)).collect();
+        let rels = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            self.relations(&wanted).await?
+        };
+        Ok(oids
+            .into_iter()
+            .map(|o| o.and_then(|o| rels.get(&o).cloned()))
+            .collect())
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Instant, Arc<Relation>)>> {
@@ -81,6 +166,7 @@ impl Catalog {
     /// Forgets everything: the session ran DDL that may have renamed or redefined something.
     pub fn invalidate(&self) {
         self.cache().clear();
+        self.names().clear();
     }
 
     /// The relations of `needed` (table oid, attribute number). A relation missing from the
@@ -95,7 +181,10 @@ impl Catalog {
             let cache = self.cache();
             for (oid, att) in needed {
                 match cache.get(oid) {
-                    Some((at, rel)) if at.elapsed() < TTL && rel.columns.contains_key(att) => {
+                    // Attribute 0: the relation is wanted whole, whatever its columns.
+                    Some((at, rel))
+                        if at.elapsed() < TTL && (*att == 0 || rel.columns.contains_key(att)) =>
+                    {
                         found.insert(*oid, rel.clone());
                     }
                     _ => {

@@ -3,6 +3,7 @@
 use std::{borrow::Cow, sync::Arc};
 
 use super::{
+    catalog::Relation,
     detect::{Detectors, Hit, Kind},
     rules::{BinaryPolicy, ColumnPattern, MaskKey, MaskSpec, Origin, Strategy, REDACTED},
 };
@@ -76,47 +77,82 @@ impl Plan {
             .map(|(_, i)| *i)
     }
 
-    /// The rule whose columns a statement's output may be computed from, for its result
-    /// columns that have no origin (`lower(email)`, `row_to_json(c)`, `c::text`,
-    /// `string_agg(ssn, ',')`, a RETURNING list): a column named in its SELECT or RETURNING
-    /// list that a rule covers on a table the statement reads, or a whole row or `*` of such a
-    /// table. A statement the gateway cannot read (opaque: SQL EXECUTE, a parse error) or a
-    /// FETCH from a cursor may output anything.
-    pub fn taint(&self, c: &Classified) -> Option<usize> {
-        self.taint_of(c, &c.output_columns)
+    /// The rule for a statement's result columns that have no origin (`lower(email)`,
+    /// `row_to_json(c)`, `string_agg(ssn, ',')`, a RETURNING list): when its SELECT or
+    /// RETURNING list refers to any column, and it reads a relation (`rels`, as the catalog
+    /// resolved its tables) with a masked column, those are masked whole. A statement the
+    /// gateway cannot read (opaque) or a FETCH from a cursor may output anything.
+    pub fn output_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
+        self.taint(c, &c.output_columns, rels)
     }
 
-    /// [`Plan::taint`] of what a write or DDL statement may copy into a table.
-    pub fn copies(&self, c: &Classified) -> Option<usize> {
-        self.taint_of(c, &c.source_columns)
-    }
-
-    fn taint_of(&self, c: &Classified, refs: &[String]) -> Option<usize> {
-        if self.columns.is_empty() {
+    /// The rule whose masked values a write or DDL statement would copy into a table: its
+    /// target lists (or a writing function's arguments) refer to columns, and it reads a
+    /// relation with a masked column.
+    pub fn copy_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
+        if let Some(r) = self.taint(c, &c.source_columns, rels) {
+            return Some(r);
+        }
+        if c.set_columns.is_empty() {
             return None;
         }
-        if c.class == Class::Opaque || c.output_columns.iter().any(|r| r == CURSOR_OUTPUT) {
-            return Some(self.columns[0].1);
+        // `UPDATE t SET a = b`: the names on the right are t's own columns, unless a FROM
+        // list brings other relations (and their aliases) in.
+        if c.tables.len() > 1 {
+            return self.covering_rule(rels);
         }
-        let covering = |p: &ColumnPattern| {
-            c.tables
-                .iter()
-                .any(|t| p.may_cover_table(t.schema.as_deref(), &t.name))
-        };
-        let whole_row = |r: &str| {
-            r == "*"
-                || r.ends_with(".*")
-                || c.aliases.iter().any(|a| a == r)
-                || c.tables.iter().any(|t| t.name.eq_ignore_ascii_case(r))
-        };
-        for r in refs {
+        c.set_columns.iter().find_map(|r| {
             let column = r.rsplit('.').next().unwrap_or(r);
-            let hit = self
-                .columns
+            self.columns
                 .iter()
-                .find(|(p, _)| covering(p) && (whole_row(r) || p.matches_column_name(column)));
-            if let Some((_, rule)) = hit {
-                return Some(*rule);
+                .find(|(p, _)| {
+                    p.matches_column_name(column)
+                        && c.tables
+                            .iter()
+                            .any(|t| p.may_cover_table(t.schema.as_deref(), &t.name))
+                })
+                .map(|(_, rule)| *rule)
+        })
+    }
+
+    fn taint(
+        &self,
+        c: &Classified,
+        refs: &[String],
+        rels: &[Option<Arc<Relation>>],
+    ) -> Option<usize> {
+        let first = self.columns.first().map(|(_, r)| *r)?;
+        if c.class == Class::Opaque || c.output_columns.iter().any(|r| r == CURSOR_OUTPUT) {
+            return Some(first);
+        }
+        if refs.is_empty() {
+            return None;
+        }
+        self.covering_rule(rels)
+    }
+
+    /// The first rule that masks a column of any of these relations (own or traced through
+    /// views and parent tables); a relation the catalog did not find counts as masked.
+    fn covering_rule(&self, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
+        for rel in rels {
+            let Some(rel) = rel else {
+                return self.columns.first().map(|(_, r)| *r);
+            };
+            for col in rel.columns.values() {
+                let own = Origin::Column {
+                    schema: &rel.schema,
+                    table: &rel.name,
+                    column: &col.name,
+                };
+                let bases = col.bases.iter().map(|b| Origin::Column {
+                    schema: &b.0,
+                    table: &b.1,
+                    column: &b.2,
+                });
+                let all: Vec<Origin<'_>> = std::iter::once(own).chain(bases).collect();
+                if let Some(r) = self.column_rule(all.iter().cloned()) {
+                    return Some(r);
+                }
             }
         }
         None

@@ -127,6 +127,8 @@ pub struct Classified {
     /// than a RETURNING list (outside a view definition): what a write or DDL statement may copy
     /// into a table.
     pub source_columns: Vec<String>,
+    /// The column references on the right of an UPDATE's SET list.
+    pub set_columns: Vec<String>,
 }
 
 impl Classified {
@@ -140,6 +142,7 @@ impl Classified {
             output_columns: Vec::new(),
             aliases: Vec::new(),
             source_columns: Vec::new(),
+            set_columns: Vec::new(),
         }
     }
 }
@@ -229,6 +232,7 @@ fn classify_unchecked(sql: &str) -> Classified {
         output_columns: walker.output_columns.into_iter().collect(),
         aliases: walker.aliases.into_iter().collect(),
         source_columns: walker.source_columns.into_iter().collect(),
+        set_columns: walker.set_columns.into_iter().collect(),
         note: if verdict.class == Class::Opaque {
             // Every Opaque verdict carries a note; this is only a backstop.
             Some(verdict.note.unwrap_or_else(|| "unclassified".to_owned()))
@@ -877,6 +881,7 @@ struct Walker {
     functions: BTreeSet<String>,
     output_columns: BTreeSet<String>,
     source_columns: BTreeSet<String>,
+    set_columns: BTreeSet<String>,
     aliases: BTreeSet<String>,
     /// One verdict per top-level statement (RawStmt).
     statements: Vec<Verdict>,
@@ -1007,8 +1012,17 @@ impl Walker {
                     }
                 });
                 let name = f.value_strings("fields").join(".").to_lowercase();
+                // The nearest target list decides: an UPDATE's SET list, or a query's output.
+                let in_set = self
+                    .stack
+                    .iter()
+                    .rev()
+                    .find(|a| a.field == "target_list")
+                    .is_some_and(|a| a.kind == UPDATE_STMT);
                 if !name.is_empty() {
-                    if (in_target && !in_returning && !in_view) || in_writing_call {
+                    if in_set && !in_returning && !in_writing_call {
+                        self.set_columns.insert(name.clone());
+                    } else if (in_target && !in_returning && !in_view) || in_writing_call {
                         self.source_columns.insert(name.clone());
                     }
                     if in_target || in_returning {
@@ -2056,7 +2070,8 @@ mod output_column_tests {
         // The SET list is a target list too: harmless, it outputs nothing without RETURNING.
         let c = classify("UPDATE customers SET name = name RETURNING email");
         assert_eq!(c.output_columns, ["email", "name"]);
-        assert_eq!(c.source_columns, ["name"]);
+        assert!(c.source_columns.is_empty());
+        assert_eq!(c.set_columns, ["name"]);
         let c = classify("INSERT INTO t SELECT email FROM customers");
         assert_eq!(c.source_columns, ["email"]);
         let c = classify("CREATE VIEW v AS SELECT email FROM customers");

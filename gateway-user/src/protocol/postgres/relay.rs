@@ -395,7 +395,10 @@ impl Upward<'_, '_> {
             b'Q' => {
                 let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let classified = self.ctx.classifier.classify(&text);
-                let denied = self.decide(&classified);
+                let denied = match self.decide(&classified) {
+                    Some(d) => Some(d),
+                    None => self.mask_denial(&classified).await?,
+                };
                 let mut copy = None;
                 let (mut rule, mut message) = match denied {
                     Some(d) => (Some(d.rule), d.message),
@@ -473,9 +476,11 @@ impl Upward<'_, '_> {
                 let statement = statement
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
-                let mut denial = self
-                    .decide(&statement.classified)
-                    .map(|d| (d.rule, d.message));
+                let mut denial = match self.decide(&statement.classified) {
+                    Some(d) => Some(d),
+                    None => self.mask_denial(&statement.classified).await?,
+                }
+                .map(|d| (d.rule, d.message));
                 let mut copy = None;
                 if denial.is_none() {
                     match self.copy_mask(&statement.text, &statement.classified).await {
@@ -532,7 +537,10 @@ impl Upward<'_, '_> {
             b'F' => {
                 // The function is named by OID and runs with arbitrary arguments: opaque.
                 let classified = Arc::new(Classified::opaque("FunctionCall message"));
-                let denied = self.decide(&classified);
+                let denied = match self.decide(&classified) {
+                    Some(d) => Some(d),
+                    None => self.mask_denial(&classified).await?,
+                };
                 let (rule, message) = match denied {
                     Some(d) => (Some(d.rule), d.message),
                     None => (None, None),
@@ -642,8 +650,7 @@ impl Upward<'_, '_> {
     }
 
     /// The rule that denies `classified` under the policy in force now, if any: a statement
-    /// rule, or a mask rule whose masked values the statement would copy into a table (where no
-    /// mask rule names them) or hand to code that can send them back unmasked.
+    /// rule, or under column rules a read of the planner's statistics.
     fn decide(&self, classified: &Classified) -> Option<Denied> {
         let policy = self.ctx.policy.borrow().clone();
         if let Some(r) = policy.statement_denied(&self.ctx.who(), &self.ctx.target, classified) {
@@ -662,22 +669,43 @@ impl Upward<'_, '_> {
                 )),
             });
         }
-        if matches!(classified.class, Class::Read) {
-            return None;
+        None
+    }
+
+    /// Under column rules, a write or DDL statement that would copy masked values into a
+    /// table (where no mask rule names them), or a statement the gateway cannot read (which
+    /// may hand them back any way it likes), is denied. Judged where a statement runs (Query,
+    /// Execute); the tables it reads are resolved through the catalog, views and partitions
+    /// included.
+    async fn mask_denial(&self, classified: &Classified) -> Result<Option<Denied>, RelayError> {
+        let Some(plan) = self.plan.get(self.ctx).filter(|p| p.has_columns()) else {
+            return Ok(None);
+        };
+        if classified.class == Class::Read {
+            return Ok(None);
         }
-        let rule = plan.copies(classified)?;
+        let rels = if classified.class == Class::Opaque
+            || (classified.source_columns.is_empty() && classified.set_columns.is_empty())
+        {
+            Vec::new()
+        } else {
+            resolve_tables(self.ctx, classified).await?
+        };
+        let Some(rule) = plan.copy_taint(classified, &rels) else {
+            return Ok(None);
+        };
         let what = if classified.class == Class::Opaque {
             "a statement the gateway cannot read (DO, CALL, EXECUTE, FunctionCall, a parse error) may return masked values unmasked"
         } else {
             "this statement would copy masked values where no mask rule covers them"
         };
-        Some(Denied {
+        Ok(Some(Denied {
             rule: plan.rule_name(rule).to_string(),
             message: Some(format!(
                 "agentgate: {what} (mask rule \"{}\")",
                 plan.rule_name(rule)
             )),
-        })
+        }))
     }
 
     /// Under a mask plan, how the COPY output of a statement is masked: `Ok(None)` when it is
@@ -1166,6 +1194,23 @@ where
     }
 }
 
+/// The relations a statement reads, as the catalog knows them.
+async fn resolve_tables(
+    ctx: &SessionContext<'_>,
+    c: &Classified,
+) -> Result<Vec<Option<Arc<crate::mask::catalog::Relation>>>, RelayError> {
+    let tables: Vec<(Option<String>, String)> = c
+        .tables
+        .iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    ctx.catalog.resolve(&tables).await.map_err(|e| {
+        RelayError::Unmaskable(format!(
+            "cannot resolve the tables of a statement for masking: {e}"
+        ))
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Describer {
     /// The gateway's Describe before an Execute.
@@ -1233,9 +1278,18 @@ impl Masking {
             HashMap::new()
         };
         // Rows of a statement the gateway did not see are judged as if it could output anything.
-        let taint = match statement {
-            Some(c) => plan.taint(c),
-            None => plan.taint(&Classified::opaque("rows of an unknown statement")),
+        let unknown = Classified::opaque("rows of an unknown statement");
+        let statement = statement.unwrap_or(&unknown);
+        let expressions = fields.iter().any(|f| f.table == 0 || f.attnum <= 0);
+        let taint = if !plan.has_columns() || !expressions {
+            None
+        } else {
+            let rels = if statement.output_columns.is_empty() {
+                Vec::new()
+            } else {
+                resolve_tables(ctx, statement).await?
+            };
+            plan.output_taint(statement, &rels)
         };
         let mask = ResultMask::new(plan, &fields, &relations, taint)
             .map_err(|e| RelayError::Unmaskable(e.to_string()))?;
