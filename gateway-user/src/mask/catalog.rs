@@ -62,13 +62,16 @@ pub type Opener =
 /// Relations by oid, shared by the sessions of one database of one target.
 pub type Cache = Arc<Mutex<HashMap<u32, (Instant, Arc<Relation>)>>>;
 
+/// A table as a statement names it: schema if written, and name.
+pub type TableName = (Option<String>, String);
+
 /// One session's view of the column origins of its database: a shared cache, and the session's
 /// own way to open a catalog connection (with the target settings it was admitted under).
 pub struct Catalog {
     open: Opener,
     cache: Cache,
     /// Table names as a statement writes them → oid (`None`: not found), for this session.
-    names: Mutex<HashMap<(Option<String>, String), (Instant, Option<u32>)>>,
+    names: Mutex<HashMap<TableName, (Instant, Option<u32>)>>,
 }
 
 impl Catalog {
@@ -80,9 +83,7 @@ impl Catalog {
         }
     }
 
-    fn names(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(Option<String>, String), (Instant, Option<u32>)>> {
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, (Instant, Option<u32>)>> {
         self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
