@@ -1137,6 +1137,20 @@ where
                     }
                 }
             }
+            b'V' => {
+                // A FunctionCall's result (allowed only when no column rule applies): a value
+                // the detectors flag is not sent at all.
+                if let Some(plan) = masking.plan.get(ctx) {
+                    let mut f = Fields::new(&frame);
+                    let len = f.i32().map_err(RelayError::Upstream)?;
+                    if len > 0 {
+                        let value = f.take(len as usize).map_err(RelayError::Upstream)?;
+                        if plan.detect(value, &mut masking.hits).is_some() {
+                            frame = Frame::build(b'V', |b| b.put_i32(-1));
+                        }
+                    }
+                }
+            }
             b'A' => {
                 // A notification's payload is any text another session (or this one) chose.
                 if let Some(plan) = masking.plan.get(ctx) {
