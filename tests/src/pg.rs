@@ -1047,3 +1047,18 @@ pub fn pg_agent_bin() -> PathBuf {
 pub fn pg_raw_script() -> PathBuf {
     crate::fixtures().join("pg_raw.py")
 }
+
+/// A token for an agent of group `agents` (the group the PostgreSQL tests' rules name), valid
+/// for ten minutes.
+pub fn agent_jwt(sub: &str) -> String {
+    crate::mint(sub, &["agents"], crate::now(), crate::now() + 600)
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

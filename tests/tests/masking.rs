@@ -13,25 +13,13 @@
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use agentgate_tests::{pg::*, *};
 use serde_json::{json, Value};
-
-fn jwt(sub: &str) -> String {
-    mint(sub, &["agents"], now(), now() + 600)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A file in the temp directory, removed on drop.
 struct TempFile(PathBuf);
@@ -70,7 +58,7 @@ fn hmac16(value: &str) -> String {
         .write_all(value.as_bytes())
         .expect("write to openssl");
     let out = child.wait_with_output().expect("openssl dgst");
-    assert!(out.status.success(), "openssl dgst: {}", text(&out));
+    assert!(out.status.success(), "openssl dgst: {}", output_text(&out));
     let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let hex = line
         .rsplit("= ")
@@ -127,7 +115,7 @@ fn pg_agent(scenario: &str, conninfo: &str, arg: Option<&str>, cg: Option<&Cgrou
     place(&mut cmd, cg, None);
     let out = cmd.output().expect("run pg-agent");
     serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("pg-agent printed {}: {e}", text(&out)))
+        .unwrap_or_else(|e| panic!("pg-agent printed {}: {e}", output_text(&out)))
 }
 
 /// `pg-agent rows`: each `(sql, params)` prepared and run with binary results; returns the
@@ -149,9 +137,9 @@ fn psycopg(conninfo: &str, cg: Option<&Cgroup>, statements: Value, binary: bool)
     let mut cmd = pg_client_command_json(conninfo, &statements, binary);
     place(&mut cmd, cg, None);
     let out = cmd.output().expect("run pg_client.py");
-    assert!(out.status.success(), "pg_client.py: {}", text(&out));
+    assert!(out.status.success(), "pg_client.py: {}", output_text(&out));
     serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("pg_client.py printed {}: {e}", text(&out)))
+        .unwrap_or_else(|e| panic!("pg_client.py printed {}: {e}", output_text(&out)))
 }
 
 /// Lines of psql's stderr that come from the server's error/notice fields.
@@ -258,7 +246,7 @@ fn column_rules_mask_by_origin_with_each_strategy() {
     };
     let p = PgGateway::start("mcols", 16970, 17970, PgOptions::default(), &opts);
     p.pg.sql_in("agentdb", CUSTOMERS);
-    let token = jwt("agent-mcols");
+    let token = agent_jwt("agent-mcols");
     let conn = p.agent_conninfo(&token, "disable");
     let direct = p.direct_conninfo(ROLE_SCRAM);
     let through = |sql: &str| rows(&conn, Some(&p.agent), sql);
@@ -679,7 +667,7 @@ fn value_detectors_mask_matches_inside_any_text() {
     }
     sql += "UPDATE tickets SET doc = '{\"tier\": \"gold\", \"contact\": \"carol@example.net\"}' WHERE id = 1;\n";
     p.pg.sql_in("agentdb", &sql);
-    let token = jwt("agent-mdetect");
+    let token = agent_jwt("agent-mdetect");
     let conn = p.agent_conninfo(&token, "disable");
     let direct = p.direct_conninfo(ROLE_SCRAM);
 
@@ -792,7 +780,7 @@ fn binary_format_masking_and_live_reload() {
     };
     let p = PgGateway::start("mbinary", 16972, 17972, PgOptions::default(), &opts);
     p.pg.sql_in("agentdb", BINARY_TABLES);
-    let token = jwt("agent-mbinary");
+    let token = agent_jwt("agent-mbinary");
     let conn = p.agent_conninfo(&token, "disable");
     let direct = p.direct_conninfo(ROLE_SCRAM);
     let all = "SELECT id, name, email, ssn_num, born, notes, doc, nick, code, extra FROM customers ORDER BY id";
@@ -1094,7 +1082,7 @@ fn record_values(db: &Path) -> Vec<(String, String, String)> {
         .output()
         .expect("read record db");
     let rows: Vec<(String, String, String)> = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("record db: {e}: {}", text(&out)));
+        .unwrap_or_else(|e| panic!("record db: {e}: {}", output_text(&out)));
     rows
 }
 
@@ -1111,7 +1099,7 @@ fn copy_errors_and_the_record_are_masked() {
         },
     );
     p.pg.sql_in("agentdb", COPY_TABLES);
-    let token = jwt("agent-mcopy");
+    let token = agent_jwt("agent-mcopy");
     let conn = p.agent_conninfo(&token, "disable");
     let direct = p.direct_conninfo(ROLE_SCRAM);
 
@@ -1394,7 +1382,7 @@ fn large_results_are_masked_completely() {
              INSERT INTO bigval SELECT 2, string_agg('e' || g || '@example.com', ' ' ORDER BY g) FROM generate_series(1, 10000) g;\n"
         ),
     );
-    let token = jwt("agent-mbig");
+    let token = agent_jwt("agent-mbig");
     let conn = p.agent_conninfo(&token, "disable");
     let expect = |i: usize, sep: &str| {
         format!(
@@ -1499,7 +1487,7 @@ fn mask_rules_apply_only_where_they_match_and_bad_ones_are_refused() {
         "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);\n\
          INSERT INTO customers VALUES (1, 'Alice Martin', 'alice@example.com');",
     );
-    let token = jwt("agent-mscope");
+    let token = agent_jwt("agent-mscope");
     let conn = p.agent_conninfo(&token, "disable");
     // The file agent's token comes from its token file: no password.
     let file_conn = conninfo("127.0.0.1", p.pg.port, "anyone", "", "agentdb", "disable");

@@ -11,18 +11,6 @@ use std::{
 use agentgate_tests::{pg::*, *};
 use serde_json::Value;
 
-fn jwt(sub: &str) -> String {
-    mint(sub, &["agents"], now(), now() + 600)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Runs `cmd` inside the agent cgroup.
 fn in_cgroup(mut cmd: Command, cg: &Cgroup) -> Output {
     place(&mut cmd, Some(cg), None);
@@ -35,7 +23,7 @@ fn pg_agent(scenario: &str, conninfo: &str, cg: Option<&Cgroup>) -> Value {
     place(&mut cmd, cg, None);
     let out = cmd.output().expect("run pg-agent");
     serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("pg-agent printed {}: {e}", text(&out)))
+        .unwrap_or_else(|e| panic!("pg-agent printed {}: {e}", output_text(&out)))
 }
 
 /// The statements the gateway recorded for sessions of `subject`: (text, class, decision,
@@ -56,7 +44,7 @@ fn recorded(p: &PgGateway, subject: &str) -> Vec<(String, String, String, Option
         .output()
         .expect("read record db");
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("record db: {e}: {}", text(&out)));
+        .unwrap_or_else(|e| panic!("record db: {e}: {}", output_text(&out)));
     rows.iter()
         .map(|r| {
             (
@@ -101,7 +89,7 @@ fn clients_get_identical_results_through_the_gateway() {
             ..Default::default()
         },
     );
-    let token = jwt("agent-same");
+    let token = agent_jwt("agent-same");
 
     // psql: one script, direct as the upstream role vs through the gateway as the agent.
     let script = std::env::temp_dir().join(format!("{}-script.sql", p.name));
@@ -110,7 +98,7 @@ fn clients_get_identical_results_through_the_gateway() {
         let mut cmd = psql_command(conninfo);
         cmd.args(["-f", script.to_str().unwrap()]);
         place(&mut cmd, cg, None);
-        text(&cmd.output().expect("psql"))
+        output_text(&cmd.output().expect("psql"))
     };
     let direct = run_psql(&p.direct_conninfo(ROLE_SCRAM), None);
     let through = run_psql(&p.agent_conninfo(&token, "disable"), Some(&p.agent));
@@ -159,7 +147,7 @@ fn clients_get_identical_results_through_the_gateway() {
     place(&mut cmd, Some(&p.agent), None);
     let out = cmd.output().expect("pg_client.py");
     let through: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("pg_client.py: {e}: {}", text(&out)));
+        .unwrap_or_else(|e| panic!("pg_client.py: {e}: {}", output_text(&out)));
     assert_eq!(direct["error"]["sqlstate"], "23505", "{direct}");
     assert_eq!(through, direct, "psycopg results differ");
 
@@ -173,7 +161,7 @@ fn clients_get_identical_results_through_the_gateway() {
         "-c",
         "SELECT 1",
     ]);
-    let t = text(&in_cgroup(cmd, &p.agent));
+    let t = output_text(&in_cgroup(cmd, &p.agent));
     assert!(
         t.contains("Asynchronous notification \"agents\" with payload \"hello\" received"),
         "{t}"
@@ -186,7 +174,7 @@ fn clients_get_identical_results_through_the_gateway() {
         .env("PGPASSWORD", SUPERUSER_PASSWORD)
         .output()
         .unwrap();
-    assert!(init.status.success(), "pgbench -i: {}", text(&init));
+    assert!(init.status.success(), "pgbench -i: {}", output_text(&init));
     p.pg.sql_in(
         "bench",
         "GRANT SELECT ON ALL TABLES IN SCHEMA public TO agentgate_scram;",
@@ -200,7 +188,7 @@ fn clients_get_identical_results_through_the_gateway() {
         let mut cmd = pgbench_command("127.0.0.1", p.pg.port, "agent", "bench");
         cmd.args(args).env("PGPASSWORD", &token);
         let out = in_cgroup(cmd, &p.agent);
-        let t = text(&out);
+        let t = output_text(&out);
         let expected = if args.contains(&"-C") {
             "50/50"
         } else {
@@ -260,7 +248,7 @@ fn statement_rules_deny_and_the_session_goes_on() {
         "agentdb",
         "CREATE TABLE audit_log (id int, what text); INSERT INTO audit_log VALUES (1, 'x'), (2, 'y');",
     );
-    let token = jwt("agent-deny");
+    let token = agent_jwt("agent-deny");
     let conn = p.agent_conninfo(&token, "disable");
 
     // A denied DROP gets 42501 naming the rule; the session stays usable; the table stays.
@@ -280,7 +268,7 @@ fn statement_rules_deny_and_the_session_goes_on() {
         "SELECT count(*) AS audit_rows FROM audit_log",
     ]);
     let out = in_cgroup(cmd, &p.agent);
-    let t = text(&out);
+    let t = output_text(&out);
     assert!(
         t.contains("ERROR:  42501: agentgate: statement denied by policy rule \"no-ddl\""),
         "{t}"
@@ -358,7 +346,7 @@ fn statement_rules_deny_and_the_session_goes_on() {
         .args(["127.0.0.1", &p.pg.port.to_string(), &token, "rebind"]);
     let out = in_cgroup(cmd, &p.agent);
     let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("pg_raw rebind: {e}: {}", text(&out)));
+        .unwrap_or_else(|e| panic!("pg_raw rebind: {e}: {}", output_text(&out)));
     assert_eq!(
         v["batches"],
         serde_json::json!([[[], 0], [["42501"], 0], [[], 1]]),
@@ -375,14 +363,14 @@ fn statement_rules_deny_and_the_session_goes_on() {
     // characters is refused at startup.
     let mut cmd = psql_command(&conn);
     cmd.args(["-c", "SET standard_conforming_strings = off"]);
-    let t = text(&in_cgroup(cmd, &p.agent));
+    let t = output_text(&in_cgroup(cmd, &p.agent));
     assert!(
         t.contains("statement denied by policy rule \"no-ddl\""),
         "{t}"
     );
     let mut cmd = psql_command(&conn);
     cmd.env("PGCLIENTENCODING", "SJIS").args(["-c", "SELECT 1"]);
-    let t = text(&in_cgroup(cmd, &p.agent));
+    let t = output_text(&in_cgroup(cmd, &p.agent));
     assert!(t.contains("client_encoding SJIS is not supported"), "{t}");
 
     // A FunctionCall message (libpq's large-object calls use it) is opaque: denied by no-ddl.
@@ -393,7 +381,7 @@ fn statement_rules_deny_and_the_session_goes_on() {
         c.args(["-c", &format!("\\lo_import {}", blob.display())]);
         in_cgroup(c, &p.agent)
     };
-    let t = text(&lo_import(&p));
+    let t = output_text(&lo_import(&p));
     assert!(
         t.contains("statement denied by policy rule \"no-ddl\""),
         "{t}"
@@ -404,7 +392,7 @@ fn statement_rules_deny_and_the_session_goes_on() {
         &p.direct_conninfo(ROLE_SCRAM),
         &["-c", "CREATE TABLE scratch (x int)"],
     );
-    assert!(made.status.success(), "{}", text(&made));
+    assert!(made.status.success(), "{}", output_text(&made));
     p.set_policy(&PgTargetOptions::default());
     let out = in_cgroup(
         {
@@ -414,12 +402,12 @@ fn statement_rules_deny_and_the_session_goes_on() {
         },
         &p.agent,
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let out = lo_import(&p);
     assert!(
-        out.status.success() && text(&out).contains("lo_import "),
+        out.status.success() && output_text(&out).contains("lo_import "),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let _ = std::fs::remove_file(&blob);
 
@@ -432,7 +420,7 @@ fn statement_rules_deny_and_the_session_goes_on() {
         "-c",
         "SELECT 'not reached'",
     ]);
-    let t = text(&in_cgroup(cmd, &p.agent));
+    let t = output_text(&in_cgroup(cmd, &p.agent));
     assert!(
         t.contains("standard_conforming_strings changed to off") && !t.contains("not reached"),
         "{t}"
@@ -499,11 +487,11 @@ fn identity_tls_and_upstream_logins() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "agentgate_scram false",
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // Upstream: SCRAM (channel binding over TLS), md5 and cleartext, each as the server asks.
-    let token = jwt("agent-auth");
+    let token = agent_jwt("agent-auth");
     for (user, tls, expect) in [
         (
             ROLE_MD5,
@@ -534,7 +522,7 @@ fn identity_tls_and_upstream_logins() {
             String::from_utf8_lossy(&out.stdout).trim(),
             expect,
             "{}",
-            text(&out)
+            output_text(&out)
         );
     }
     // verify-full checks the name: `localhost` is in the server certificate too.
@@ -551,7 +539,7 @@ fn identity_tls_and_upstream_logins() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "agentgate_tls true",
         "server_name localhost: {}",
-        text(&out)
+        output_text(&out)
     );
 
     // verify-full against the wrong CA: the gateway refuses to log in, the agent gets 08004.
@@ -577,7 +565,7 @@ fn identity_tls_and_upstream_logins() {
         .arg(other_ca.join("cert.pem"))
         .output()
         .unwrap();
-    assert!(gen.status.success(), "{}", text(&gen));
+    assert!(gen.status.success(), "{}", output_text(&gen));
     p.set_policy(&PgTargetOptions {
         user: ROLE_TLS.into(),
         upstream_tls: format!(
@@ -603,7 +591,12 @@ fn identity_tls_and_upstream_logins() {
     p.set_policy(&PgTargetOptions::default());
     for (mode, ok) in [("disable", true), ("prefer", true), ("require", false)] {
         let out = psql_as(&p.agent_conninfo(&token, mode), &p.agent);
-        assert_eq!(out.status.success(), ok, "sslmode={mode}: {}", text(&out));
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "sslmode={mode}: {}",
+            output_text(&out)
+        );
     }
     p.set_policy(&PgTargetOptions {
         client_tls: Some((other_ca.join("cert.pem"), other_ca.join("key.pem"))),
@@ -615,7 +608,7 @@ fn identity_tls_and_upstream_logins() {
         assert!(
             out.status.success(),
             "sslmode={mode} with client_tls: {}",
-            text(&out)
+            output_text(&out)
         );
     }
     let allowed: Vec<Value> =
@@ -636,7 +629,7 @@ fn identity_tls_and_upstream_logins() {
     let mut cmd = psql_command(&p.agent_conninfo(&short, "disable"));
     cmd.args(["-c", "SELECT pg_sleep(20)"]);
     let started = Instant::now();
-    let t = text(&in_cgroup(cmd, &p.agent));
+    let t = output_text(&in_cgroup(cmd, &p.agent));
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "not ended at exp: {t}"
@@ -657,7 +650,7 @@ fn cancel_and_bad_input() {
         PgOptions::default(),
         &PgTargetOptions::default(),
     );
-    let token = jwt("agent-bad");
+    let token = agent_jwt("agent-bad");
     let conn = p.agent_conninfo(&token, "disable");
 
     // Cancel through the gateway: a new captured connection carrying the gateway's key.
@@ -677,7 +670,7 @@ fn cancel_and_bad_input() {
             .args(["127.0.0.1", &p.pg.port.to_string(), &token, case]);
         let out = in_cgroup(cmd, &p.agent);
         serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("pg_raw {case}: {e}: {}", text(&out)))
+            .unwrap_or_else(|e| panic!("pg_raw {case}: {e}: {}", output_text(&out)))
     };
     for (case, code) in [
         ("unknown-type", Some("08P01")),
@@ -720,7 +713,7 @@ fn cancel_and_bad_input() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "fine",
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let closes: Vec<Value> =
         p.gw.events()

@@ -130,25 +130,15 @@ impl CopyMask {
         let fields = columns
             .iter()
             .map(|c| {
-                let bases = rel
-                    .columns
-                    .values()
-                    .find(|info| info.name == *c)
-                    .map(|info| info.bases.as_slice())
-                    .unwrap_or_default();
-                let own = Origin::Column {
-                    schema: &rel.schema,
-                    table: &rel.name,
-                    column: c,
-                };
-                let all: Vec<Origin<'_>> = std::iter::once(own)
-                    .chain(bases.iter().map(|b| Origin::Column {
-                        schema: &b.0,
-                        table: &b.1,
-                        column: &b.2,
-                    }))
-                    .collect();
-                plan.column_rule(all.iter().cloned())
+                match rel.columns.values().find(|info| info.name == *c) {
+                    Some(info) => plan.column_rule_of(rel, info),
+                    // A name the catalog does not list is matched by itself.
+                    None => plan.column_rule([Origin::Column {
+                        schema: &rel.schema,
+                        table: &rel.name,
+                        column: c,
+                    }]),
+                }
             })
             .collect();
         CopyMask {

@@ -3,7 +3,7 @@
 use std::{borrow::Cow, sync::Arc};
 
 use super::{
-    catalog::Relation,
+    catalog::{ColumnInfo, Relation},
     detect::{Detectors, Hit, Kind},
     rules::{BinaryPolicy, ColumnPattern, MaskKey, MaskSpec, Origin, Strategy, REDACTED},
 };
@@ -67,6 +67,23 @@ impl Plan {
             .iter()
             .find(|(p, _)| origins.clone().into_iter().any(|o| p.matches(&o)))
             .map(|(_, i)| *i)
+    }
+
+    /// The rule that masks a catalog column: by its own name, or by a column it shows (a
+    /// view's base column, a partition's parent column).
+    pub fn column_rule_of(&self, rel: &Relation, col: &ColumnInfo) -> Option<usize> {
+        let own = Origin::Column {
+            schema: &rel.schema,
+            table: &rel.name,
+            column: &col.name,
+        };
+        let bases = col.bases.iter().map(|b| Origin::Column {
+            schema: &b.0,
+            table: &b.1,
+            column: &b.2,
+        });
+        let all: Vec<Origin<'_>> = std::iter::once(own).chain(bases).collect();
+        self.column_rule(all.iter().cloned())
     }
 
     /// Whether a column rule could be about a column of this table.
@@ -139,18 +156,7 @@ impl Plan {
                 return self.columns.first().map(|(_, r)| *r);
             };
             for col in rel.columns.values() {
-                let own = Origin::Column {
-                    schema: &rel.schema,
-                    table: &rel.name,
-                    column: &col.name,
-                };
-                let bases = col.bases.iter().map(|b| Origin::Column {
-                    schema: &b.0,
-                    table: &b.1,
-                    column: &b.2,
-                });
-                let all: Vec<Origin<'_>> = std::iter::once(own).chain(bases).collect();
-                if let Some(r) = self.column_rule(all.iter().cloned()) {
+                if let Some(r) = self.column_rule_of(rel, col) {
                     return Some(r);
                 }
             }

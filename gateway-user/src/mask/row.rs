@@ -144,18 +144,7 @@ impl ResultMask {
                     .columns
                     .get(&f.attnum)
                     .ok_or_else(|| RowError::NoOrigin(f.name.clone()))?;
-                let own = Origin::Column {
-                    schema: &rel.schema,
-                    table: &rel.name,
-                    column: &col.name,
-                };
-                let bases = col.bases.iter().map(|b| Origin::Column {
-                    schema: &b.0,
-                    table: &b.1,
-                    column: &b.2,
-                });
-                let all: Vec<Origin<'_>> = std::iter::once(own).chain(bases).collect();
-                plan.column_rule(all.iter().cloned())
+                plan.column_rule_of(rel, col)
             };
             let kind = match (f.format, f.type_oid) {
                 (_, JSON) => Kind::Json,
