@@ -900,16 +900,21 @@ impl PgGateway {
         }
     }
 
-    /// Replaces the policy (same fixed parts, new options) and waits until it is in force.
-    pub fn set_policy(&self, opts: &PgTargetOptions) {
-        let text = pg_policy(
+    /// This gateway's policy file with new options (the fixed parts unchanged).
+    fn policy_text(&self, opts: &PgTargetOptions) -> String {
+        pg_policy(
             self.listen,
             &self.name,
             self.pg.port,
             &self.secret,
             &self.token.path,
             opts,
-        );
+        )
+    }
+
+    /// Replaces the policy (same fixed parts, new options) and waits until it is in force.
+    pub fn set_policy(&self, opts: &PgTargetOptions) {
+        let text = self.policy_text(opts);
         let before = self.gw.count("policy_applied");
         fs::write(self.gw.policy_dir().join("policy.yaml"), text).expect("write policy");
         self.gw.wait_for(
@@ -922,14 +927,7 @@ impl PgGateway {
     /// Writes a policy the gateway must refuse (same fixed parts, new options); waits for the
     /// `policy_refused` event and returns it. Panics if the gateway applies it instead.
     pub fn set_policy_refused(&self, opts: &PgTargetOptions) -> Value {
-        let text = pg_policy(
-            self.listen,
-            &self.name,
-            self.pg.port,
-            &self.secret,
-            &self.token.path,
-            opts,
-        );
+        let text = self.policy_text(opts);
         let applied = self.gw.count("policy_applied");
         let refused = self.gw.count("policy_refused");
         fs::write(self.gw.policy_dir().join("policy.yaml"), text).expect("write policy");
