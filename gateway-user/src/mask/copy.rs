@@ -304,22 +304,9 @@ mod tests {
 
     /// A plan whose only rule masks `customers.ssn` on target `t`.
     fn plan() -> Arc<Plan> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("p.yaml"),
-            "version: 2\nidentity_providers:\n  - name: i\n    issuer: i\n    audiences: [a]\n    jwks: {from: file, path: /nonexistent}\n    algorithms: [RS256]\n\
-             targets:\n  - name: t\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u, upstream_tls: {mode: disable}}\n\
-             rules:\n  - name: mask-ssn\n    targets: [t]\n    mask: {columns: [customers.ssn]}\n",
+        Plan::for_tests(
+            "  - name: mask-ssn\n    targets: [t]\n    mask: {columns: [customers.ssn]}\n",
         )
-        .unwrap();
-        let policy = crate::policy::load_dir(dir.path()).unwrap();
-        let who = crate::policy::Who {
-            issuer: "i",
-            subject: "a",
-            groups: &[],
-            workload: "w",
-        };
-        Plan::build(&policy, &who, "t").expect("a mask plan")
     }
 
     fn mask(delimiter: u8, columns: &[&str], line: &[u8]) -> Option<Vec<u8>> {

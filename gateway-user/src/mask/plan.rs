@@ -278,3 +278,108 @@ impl Plan {
         )
     }
 }
+
+#[cfg(test)]
+impl Plan {
+    /// The plan, on target `t`, of a policy with these rules (YAML list items).
+    pub fn for_tests(rules: &str) -> Arc<Plan> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            format!(
+                "version: 2\ngateway:\n  mask_key: {{from: env, name: AGENTGATE_TEST_PLAN_KEY}}\n\
+                 identity_providers:\n  - name: i\n    issuer: i\n    audiences: [a]\n    jwks: {{from: file, path: /nonexistent}}\n    algorithms: [RS256]\n\
+                 targets:\n  - name: t\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {{from: env, name: X}}\n    postgres: {{user: u, upstream_tls: {{mode: disable}}}}\n\
+                 rules:\n{rules}"
+            ),
+        )
+        .expect("write policy");
+        std::env::set_var("AGENTGATE_TEST_PLAN_KEY", "0123456789abcdef-test");
+        let policy = crate::policy::load_dir(dir.path()).expect("policy");
+        let who = Who {
+            issuer: "i",
+            subject: "a",
+            groups: &[],
+            workload: "w",
+        };
+        Plan::build(&policy, &who, "t").expect("a mask plan")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::postgres::classify::classify;
+
+    fn relation(name: &str, columns: &[&str]) -> Option<Arc<Relation>> {
+        Some(Arc::new(Relation {
+            schema: "public".into(),
+            name: name.into(),
+            columns: columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        i as i16 + 1,
+                        ColumnInfo {
+                            name: c.to_string(),
+                            bases: Vec::new(),
+                        },
+                    )
+                })
+                .collect(),
+        }))
+    }
+
+    #[test]
+    fn taint_of_outputs_and_copies() {
+        let plan = Plan::for_tests(
+            "  - name: email\n    targets: [t]\n    mask: {columns: [customers.email]}\n",
+        );
+        let customers = [relation("customers", &["id", "name", "email"])];
+        let orders = [relation("orders", &["id", "note"])];
+        let out =
+            |sql: &str, rels: &[Option<Arc<Relation>>]| plan.output_taint(&classify(sql), rels);
+        assert_eq!(
+            out("SELECT lower(e) FROM customers c(i, n, e)", &customers),
+            Some(0)
+        );
+        assert_eq!(
+            out(
+                "SELECT count(*) FROM customers WHERE email = 'x'",
+                &customers
+            ),
+            None
+        );
+        assert_eq!(out("SELECT upper(note) FROM orders", &orders), None);
+        // A relation the catalog could not find counts as masked.
+        assert_eq!(out("SELECT upper(note) FROM orders", &[None]), Some(0));
+        assert_eq!(out("FETCH 1 FROM c", &[]), Some(0));
+        assert_eq!(out("EXECUTE p", &[]), Some(0));
+        let copy =
+            |sql: &str, rels: &[Option<Arc<Relation>>]| plan.copy_taint(&classify(sql), rels);
+        assert_eq!(
+            copy(
+                "INSERT INTO orders SELECT id, name FROM customers",
+                &customers
+            ),
+            Some(0)
+        );
+        assert_eq!(copy("UPDATE customers SET name = name", &customers), None);
+        assert_eq!(
+            copy("UPDATE customers SET name = email", &customers),
+            Some(0)
+        );
+        assert_eq!(copy("UPDATE customers SET email = 'x'", &customers), None);
+        let joined = [customers[0].clone(), orders[0].clone()];
+        assert_eq!(
+            copy(
+                "UPDATE orders o SET note = c.x FROM customers c(i, n, x)",
+                &joined
+            ),
+            Some(0)
+        );
+        // Statistics hold sample values of every column.
+        assert!(plan.reads_statistics(&classify("SELECT * FROM pg_stats")));
+    }
+}

@@ -298,3 +298,162 @@ fn rebuild(
     bytes[1..5].copy_from_slice(&len.to_be_bytes());
     Ok(Frame { bytes })
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BufMut;
+
+    use super::*;
+    use crate::{
+        mask::catalog::ColumnInfo,
+        protocol::postgres::codec::{put_cstr, Frame},
+    };
+
+    fn description(cols: &[(&str, u32, i16, u32, i16)]) -> Frame {
+        Frame::build(b'T', |b| {
+            b.put_i16(cols.len() as i16);
+            for (name, table, attnum, type_oid, format) in cols {
+                put_cstr(b, name);
+                b.put_u32(*table);
+                b.put_i16(*attnum);
+                b.put_u32(*type_oid);
+                b.put_i16(-1);
+                b.put_i32(-1);
+                b.put_i16(*format);
+            }
+        })
+    }
+
+    fn row(values: &[Option<&[u8]>]) -> Frame {
+        Frame::build(b'D', |b| {
+            b.put_i16(values.len() as i16);
+            for v in values {
+                match v {
+                    Some(v) => {
+                        b.put_i32(v.len() as i32);
+                        b.put_slice(v);
+                    }
+                    None => b.put_i32(-1),
+                }
+            }
+        })
+    }
+
+    fn values(frame: &Frame) -> Vec<Option<Vec<u8>>> {
+        let mut f = Fields::new(frame);
+        let n = f.count().unwrap();
+        (0..n)
+            .map(|_| {
+                let len = f.i32().unwrap();
+                (len >= 0).then(|| f.take(len as usize).unwrap().to_vec())
+            })
+            .collect()
+    }
+
+    fn customers() -> HashMap<u32, Arc<Relation>> {
+        let col = |name: &str| ColumnInfo {
+            name: name.into(),
+            bases: Vec::new(),
+        };
+        let rel = Relation {
+            schema: "public".into(),
+            name: "customers".into(),
+            columns: [
+                (1, col("id")),
+                (2, col("email")),
+                (3, col("ssn_num")),
+                (4, col("doc")),
+            ]
+            .into(),
+        };
+        [(7, Arc::new(rel))].into()
+    }
+
+    #[test]
+    fn rows_are_rebuilt_only_when_something_is_masked() {
+        let plan = Plan::for_tests(
+            "  - name: pii\n    targets: [t]\n    mask: {columns: [customers.email, customers.ssn_num, customers.doc], detectors: [email]}\n",
+        );
+        // id int4 text, email text binary, ssn_num int8 binary, doc jsonb binary, an expression.
+        let desc = description(&[
+            ("id", 7, 1, 23, 0),
+            ("email", 7, 2, 25, 1),
+            ("ssn_num", 7, 3, 20, 1),
+            ("doc", 7, 4, 3802, 1),
+            ("note", 0, 0, 25, 0),
+        ]);
+        let fields = fields(&desc).unwrap();
+        assert_eq!(
+            origins_needed(&fields),
+            vec![(7, 1), (7, 2), (7, 3), (7, 4)]
+        );
+        let mask = ResultMask::new(plan.clone(), &fields, &customers(), None).unwrap();
+        let mut hits = Vec::new();
+        let jsonb = b"\x01{\"a\": 1}";
+        let masked = mask
+            .apply(
+                &row(&[
+                    Some(b"1"),
+                    Some(b"alice@example.com"),
+                    Some(&42i64.to_be_bytes()),
+                    Some(jsonb),
+                    Some(b"mail bob@example.org now"),
+                ]),
+                &mut hits,
+            )
+            .unwrap()
+            .expect("masked");
+        assert_eq!(
+            values(&masked),
+            vec![
+                Some(b"1".to_vec()),
+                Some(b"****".to_vec()),
+                // A non-text binary value cannot be masked in place.
+                None,
+                // jsonb keeps its version byte and stays JSON.
+                Some(b"\x01\"****\"".to_vec()),
+                Some(b"mail **** now".to_vec()),
+            ]
+        );
+        // NULLs stay NULL; a row with nothing to mask is not rebuilt (the caller forwards it).
+        let plain = row(&[Some(b"2"), None, None, None, Some(b"nothing here")]);
+        assert!(mask.apply(&plain, &mut hits).unwrap().is_none());
+        // More values than described, or a description never seen: NULL.
+        let unknown = ResultMask::unknown(plan.clone());
+        let all = unknown
+            .apply(&row(&[Some(b"x")]), &mut hits)
+            .unwrap()
+            .unwrap();
+        assert_eq!(values(&all), vec![None]);
+        // A truncated row is an error, not a panic.
+        let mut short = row(&[Some(b"1")]);
+        short.bytes.truncate(short.bytes.len() - 1);
+        assert!(mask.apply(&short, &mut hits).is_err());
+    }
+
+    #[test]
+    fn computed_columns_are_redacted_whole_and_refusal_is_before_rows() {
+        let plan = Plan::for_tests(
+            "  - name: ssn\n    targets: [t]\n    mask: {columns: [customers.ssn_num], strategy: partial, keep_last: 2, binary: refuse}\n",
+        );
+        let desc = description(&[("s", 0, 0, 25, 0)]);
+        let mask =
+            ResultMask::new(plan.clone(), &fields(&desc).unwrap(), &customers(), Some(0)).unwrap();
+        let out = mask
+            .apply(&row(&[Some(b"536-22")]), &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        // Not `****22`: a computed column is a piece of the value, never partly shown.
+        assert_eq!(values(&out), vec![Some(b"****".to_vec())]);
+        let binary = description(&[("ssn_num", 7, 3, 20, 1)]);
+        let err = ResultMask::new(plan, &fields(&binary).unwrap(), &customers(), None)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("ssn_num"), "{err}");
+        // An origin the catalog does not show fails closed.
+        let gone = description(&[("x", 99, 1, 25, 0)]);
+        let plan =
+            Plan::for_tests("  - name: any\n    targets: [t]\n    mask: {columns: [email]}\n");
+        assert!(ResultMask::new(plan, &fields(&gone).unwrap(), &customers(), None).is_err());
+    }
+}
