@@ -150,18 +150,19 @@ impl Plan {
 
     /// The first rule that masks a column of any of these relations (own or traced through
     /// views and parent tables); a relation the catalog did not find counts as masked.
+    /// The first in file order, whatever order the columns come in.
     fn covering_rule(&self, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
-        for rel in rels {
-            let Some(rel) = rel else {
-                return self.columns.first().map(|(_, r)| *r);
-            };
-            for col in rel.columns.values() {
-                if let Some(r) = self.column_rule_of(rel, col) {
-                    return Some(r);
-                }
-            }
-        }
-        None
+        let first = self.columns.first().map(|(_, r)| *r);
+        rels.iter()
+            .filter_map(|rel| match rel {
+                Some(rel) => rel
+                    .columns
+                    .values()
+                    .filter_map(|col| self.column_rule_of(rel, col))
+                    .min(),
+                None => first,
+            })
+            .min()
     }
 
     pub fn rule_name(&self, rule: usize) -> &str {
@@ -329,6 +330,24 @@ mod tests {
                 })
                 .collect(),
         }))
+    }
+
+    #[test]
+    fn the_covering_rule_is_the_first_in_file_order() {
+        let plan = Plan::for_tests(
+            "  - name: email\n    targets: [t]\n    mask: {columns: [customers.email]}\n\
+             \x20 - name: phone\n    targets: [t]\n    mask: {columns: [phone], strategy: null}\n",
+        );
+        // Many columns, so that hash order would put `phone` first now and then.
+        let mut cols: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        cols.push("phone".into());
+        cols.push("email".into());
+        let names: Vec<&str> = cols.iter().map(String::as_str).collect();
+        for _ in 0..20 {
+            // A new map each time: a new hash order.
+            let rels = [relation("customers", &names)];
+            assert_eq!(plan.covering_rule(&rels), Some(0));
+        }
     }
 
     #[test]
