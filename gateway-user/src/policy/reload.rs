@@ -112,6 +112,9 @@ impl Reloader {
             }
             Ok(p) => {
                 let version = p.version.clone();
+                // Sessions react to the new policy at once, on other threads, before this
+                // event is written: the event says when it was put in force.
+                let applied_ms = now_ms();
                 self.tx.send_replace(Arc::new(p));
                 status.version = version.clone();
                 status.generation += 1;
@@ -120,7 +123,7 @@ impl Reloader {
                 tracing::info!(%version, generation = status.generation, "policy applied");
                 self.events.emit(
                     "policy_applied",
-                    json!({"version": version, "generation": status.generation}),
+                    json!({"version": version, "generation": status.generation, "applied_ms": applied_ms}),
                 );
                 Outcome::Applied
             }
