@@ -457,6 +457,19 @@ fn column_rules_mask_by_origin_with_each_strategy() {
         straight("SELECT count(*) FROM orders WHERE id > 90"),
         vec!["0"]
     );
+    // COPY of a query over a view of a masked column cannot be masked column by column: the
+    // view is resolved to what it reads, like a computed column's statement.
+    let r = psql_run(&conn, Some(&p.agent), &["COPY (SELECT e FROM v) TO STDOUT"]);
+    assert!(
+        !r.ok && r.stderr.contains("ERROR:  agentgate:"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.lines.is_empty() && !r.stderr.contains("alice@"),
+        "{:?}",
+        r.lines
+    );
     let r = psql_run(
         &conn,
         Some(&p.agent),

@@ -38,6 +38,37 @@ pub struct Relation {
     pub columns: HashMap<i16, ColumnInfo>,
 }
 
+impl Relation {
+    /// Its column names in attribute order (what `COPY t TO STDOUT` writes).
+    pub fn column_names(&self) -> Vec<String> {
+        let mut cols: Vec<(&i16, &ColumnInfo)> = self.columns.iter().collect();
+        cols.sort_by_key(|(attnum, _)| **attnum);
+        cols.into_iter().map(|(_, c)| c.name.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+impl Relation {
+    /// `public.<name>` with these columns (attnums from 1), none traced anywhere.
+    pub fn for_tests(name: &str, columns: &[&str]) -> Relation {
+        Relation {
+            schema: "public".into(),
+            name: name.into(),
+            columns: columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let info = ColumnInfo {
+                        name: c.to_string(),
+                        bases: Vec::new(),
+                    };
+                    (i as i16 + 1, info)
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
     pub name: String,
@@ -211,48 +242,6 @@ impl Catalog {
             let rel = Arc::new(rel);
             cache.insert(oid, (now, rel.clone()));
             found.insert(oid, rel);
-        }
-        Ok(found)
-    }
-}
-
-impl Catalog {
-    /// A table's oid and columns in order, by the name a COPY statement gives. An
-    /// unqualified name is found through the gateway connection's search_path, which may
-    /// differ from the agent's (documented).
-    pub async fn table_columns(
-        &self,
-        schema: Option<&str>,
-        table: &str,
-    ) -> Result<Option<(u32, Vec<String>)>, CatalogError> {
-        let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let name = match schema {
-            Some(s) => format!("{}.{}", ident(s), ident(table)),
-            None => ident(table),
-        };
-        let literal = name.replace('\'', "''");
-        let mut conn = (self.open)().await.map_err(CatalogError::Connect)?;
-        let rows = backend::simple_query(
-            &mut conn,
-            &format!(
-                "SELECT c.oid, a.attname FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-                 WHERE c.oid = pg_catalog.to_regclass('{literal}') \
-                   AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-            ),
-            MAX_MESSAGE,
-        )
-        .await;
-        let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"X\0\0\0\x04").await;
-        let mut found: Option<(u32, Vec<String>)> = None;
-        for row in rows? {
-            let [Some(oid), Some(c)] =
-                <[Option<String>; 2]>::try_from(row).map_err(|_| CatalogError::BadRow)?
-            else {
-                return Err(CatalogError::BadRow);
-            };
-            let oid = oid.parse().map_err(|_| CatalogError::BadRow)?;
-            found.get_or_insert_with(|| (oid, Vec::new())).1.push(c);
         }
         Ok(found)
     }

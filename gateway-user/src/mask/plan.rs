@@ -86,14 +86,6 @@ impl Plan {
         self.column_rule(all.iter().cloned())
     }
 
-    /// Whether a column rule could be about a column of this table.
-    pub fn may_cover_table(&self, schema: Option<&str>, table: &str) -> Option<usize> {
-        self.columns
-            .iter()
-            .find(|(p, _)| p.may_cover_table(schema, table))
-            .map(|(_, i)| *i)
-    }
-
     /// The rule for a statement's result columns that have no origin (`lower(email)`,
     /// `row_to_json(c)`, `string_agg(ssn, ',')`, a RETURNING list): when its SELECT or
     /// RETURNING list refers to any column, and it reads a relation (`rels`, as the catalog
@@ -151,7 +143,7 @@ impl Plan {
     /// The first rule that masks a column of any of these relations (own or traced through
     /// views and parent tables); a relation the catalog did not find counts as masked.
     /// The first in file order, whatever order the columns come in.
-    fn covering_rule(&self, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
+    pub fn covering_rule(&self, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
         let first = self.columns.first().map(|(_, r)| *r);
         rels.iter()
             .filter_map(|rel| match rel {
@@ -313,23 +305,7 @@ mod tests {
     use crate::protocol::postgres::classify::classify;
 
     fn relation(name: &str, columns: &[&str]) -> Option<Arc<Relation>> {
-        Some(Arc::new(Relation {
-            schema: "public".into(),
-            name: name.into(),
-            columns: columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    (
-                        i as i16 + 1,
-                        ColumnInfo {
-                            name: c.to_string(),
-                            bases: Vec::new(),
-                        },
-                    )
-                })
-                .collect(),
-        }))
+        Some(Arc::new(Relation::for_tests(name, columns)))
     }
 
     #[test]

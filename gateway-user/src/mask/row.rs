@@ -304,10 +304,7 @@ mod tests {
     use bytes::BufMut;
 
     use super::*;
-    use crate::{
-        mask::catalog::ColumnInfo,
-        protocol::postgres::codec::{put_cstr, Frame},
-    };
+    use crate::protocol::postgres::codec::{put_cstr, Frame};
 
     fn description(cols: &[(&str, u32, i16, u32, i16)]) -> Frame {
         Frame::build(b'T', |b| {
@@ -351,21 +348,7 @@ mod tests {
     }
 
     fn customers() -> HashMap<u32, Arc<Relation>> {
-        let col = |name: &str| ColumnInfo {
-            name: name.into(),
-            bases: Vec::new(),
-        };
-        let rel = Relation {
-            schema: "public".into(),
-            name: "customers".into(),
-            columns: [
-                (1, col("id")),
-                (2, col("email")),
-                (3, col("ssn_num")),
-                (4, col("doc")),
-            ]
-            .into(),
-        };
+        let rel = Relation::for_tests("customers", &["id", "email", "ssn_num", "doc"]);
         [(7, Arc::new(rel))].into()
     }
 

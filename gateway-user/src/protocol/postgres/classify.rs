@@ -121,8 +121,6 @@ pub struct Classified {
     /// dotted as written (`email`, `c.email`, `c.*`, `*`, or `c` for a whole row): what the
     /// statement's output may be computed from, for masking expression columns.
     pub output_columns: Vec<String>,
-    /// Aliases of FROM items (`c` in `FROM customers c`), lower-case.
-    pub aliases: Vec<String>,
     /// The column references of [`Classified::output_columns`] that feed a target list rather
     /// than a RETURNING list (outside a view definition): what a write or DDL statement may copy
     /// into a table.
@@ -140,7 +138,6 @@ impl Classified {
             statements: 0,
             note: Some(note.into()),
             output_columns: Vec::new(),
-            aliases: Vec::new(),
             source_columns: Vec::new(),
             set_columns: Vec::new(),
         }
@@ -230,7 +227,6 @@ fn classify_unchecked(sql: &str) -> Classified {
         functions: walker.functions.into_iter().collect(),
         statements,
         output_columns: walker.output_columns.into_iter().collect(),
-        aliases: walker.aliases.into_iter().collect(),
         source_columns: walker.source_columns.into_iter().collect(),
         set_columns: walker.set_columns.into_iter().collect(),
         note: if verdict.class == Class::Opaque {
@@ -285,7 +281,6 @@ const COLUMN_REF: &str = node!(ColumnRef);
 const A_STAR: &str = node!(AStar);
 const FETCH_STMT: &str = node!(FetchStmt);
 const VIEW_STMT: &str = node!(ViewStmt);
-const ALIAS: &str = node!(Alias);
 const FUNC_CALL: &str = node!(FuncCall);
 const LOCKING_CLAUSE: &str = node!(LockingClause);
 const INTO_CLAUSE: &str = node!(IntoClause);
@@ -882,7 +877,6 @@ struct Walker {
     output_columns: BTreeSet<String>,
     source_columns: BTreeSet<String>,
     set_columns: BTreeSet<String>,
-    aliases: BTreeSet<String>,
     /// One verdict per top-level statement (RawStmt).
     statements: Vec<Verdict>,
 }
@@ -990,11 +984,6 @@ impl Walker {
             A_STAR => {
                 if let Some(p) = self.stack.last_mut() {
                     p.values.push((parent_field, Scalar::Str("*".into())));
-                }
-            }
-            ALIAS => {
-                if let Some(name) = f.str("aliasname").filter(|a| !a.is_empty()) {
-                    self.aliases.insert(name.to_lowercase());
                 }
             }
             COLUMN_REF => {
@@ -2057,12 +2046,11 @@ mod output_column_tests {
     use super::classify;
 
     #[test]
-    fn output_columns_and_aliases() {
+    fn output_and_source_columns() {
         let c = classify(
             "SELECT c.id, lower(email), row_to_json(c), c.* FROM customers c WHERE ssn = '1'",
         );
         assert_eq!(c.output_columns, ["c", "c.*", "c.id", "email"]);
-        assert_eq!(c.aliases, ["c"]);
         let c = classify("SELECT count(*) FROM customers WHERE email LIKE '%x'");
         assert!(c.output_columns.is_empty(), "{:?}", c.output_columns);
         let c = classify("SELECT * FROM customers");
@@ -2084,7 +2072,6 @@ mod output_column_tests {
         assert!(c.source_columns.is_empty());
         let c = classify("SELECT x FROM (SELECT lower(\"Email\") AS x FROM customers) s");
         assert_eq!(c.output_columns, ["email", "x"]);
-        assert_eq!(c.aliases, ["s"]);
         assert_eq!(
             classify("FETCH 10 FROM c").output_columns,
             [super::CURSOR_OUTPUT]

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     mask::{
-        catalog::Catalog,
+        catalog::{Catalog, CatalogError, TableName},
         copy::{copy_out, CopyMask, CopyOut},
         detect::Hit,
         notice::mask_notice,
@@ -725,62 +725,52 @@ impl Upward<'_, '_> {
         {
             return Ok(None);
         }
-        let tables: Vec<(Option<String>, String)> = c
-            .tables
-            .iter()
-            .map(|t| (t.schema.clone(), t.name.clone()))
-            .collect();
-        let covering = |tables: &[(Option<String>, String)]| {
-            tables
-                .iter()
-                .find_map(|(s, t)| plan.may_cover_table(s.as_deref(), t))
-        };
         let refuse =
             |rule: usize, why: &str| Err((plan.rule_name(rule).to_string(), why.to_string()));
-        match copy_out(text, &tables) {
+        let lookup_failed = |e: &CatalogError| {
+            tracing::warn!("COPY columns for masking: {e}");
+            refuse(
+                0,
+                "the gateway cannot look up the tables of this COPY to mask its output",
+            )
+        };
+        match copy_out(text) {
             CopyOut::No => Ok(None),
-            CopyOut::Binary { .. } => refuse(0, "binary COPY output cannot be masked; use text format"),
-            CopyOut::Lines { tables } => match covering(&tables) {
-                Some(r) => refuse(
-                    r,
-                    "the columns of COPY (query) or CSV output cannot be matched to mask rules; use SELECT, or text-format COPY of a table",
-                ),
-                None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
+            CopyOut::Binary => refuse(0, "binary COPY output cannot be masked; use text format"),
+            // Whether the lines may hold masked values is decided as for computed columns:
+            // by the relations the statement reads, views and partitions included.
+            CopyOut::Lines => match self.ctx.catalog.resolve(&table_names(c)).await {
+                Ok(rels) => match plan.covering_rule(&rels) {
+                    Some(r) => refuse(
+                        r,
+                        "the columns of COPY (query) or CSV output cannot be matched to mask rules; use SELECT, or text-format COPY of a table",
+                    ),
+                    None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
+                },
+                Err(e) => lookup_failed(&e),
             },
             CopyOut::Table {
                 schema,
                 table,
                 columns,
                 delimiter,
-            } => match self.ctx.catalog.table_columns(schema.as_deref(), &table).await {
-                Ok(Some((oid, all))) => {
-                    let cols = columns.unwrap_or(all);
-                    match self.ctx.catalog.relations(&[(oid, 1)]).await {
-                        Ok(rels) => match rels.get(&oid) {
-                            Some(rel) => Ok(Some(Arc::new(CopyMask::table(
-                                plan.clone(),
-                                rel,
-                                &cols,
-                                delimiter,
-                            )))),
-                            None => refuse(0, "the table was dropped while its COPY was planned"),
-                        },
-                        Err(e) => {
-                            tracing::warn!("COPY columns for masking: {e}");
-                            refuse(0, "the gateway cannot look up the table's columns to mask its COPY output")
-                        }
-                    }
+            } => match self.ctx.catalog.resolve(&[(schema, table)]).await.as_deref() {
+                Ok([Some(rel)]) => {
+                    let cols = columns.unwrap_or_else(|| rel.column_names());
+                    Ok(Some(Arc::new(CopyMask::table(
+                        plan.clone(),
+                        rel,
+                        &cols,
+                        delimiter,
+                    ))))
                 }
-                // Not found from the gateway's connection (another search_path?): its columns
-                // are unknown.
-                Ok(None) => match plan.may_cover_table(schema.as_deref(), &table) {
+                // Not found from the gateway's connection (another search_path, another
+                // session's temporary table): its columns are unknown.
+                Ok(_) => match plan.covering_rule(&[None]) {
                     Some(r) => refuse(r, "the gateway cannot find this table to mask its COPY output; qualify it with its schema"),
                     None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
                 },
-                Err(e) => {
-                    tracing::warn!("COPY columns for masking: {e}");
-                    refuse(0, "the gateway cannot look up the table's columns to mask its COPY output")
-                }
+                Err(e) => lookup_failed(e),
             },
         }
     }
@@ -1208,17 +1198,20 @@ where
     }
 }
 
+/// The tables a statement names, as the catalog looks them up.
+fn table_names(c: &Classified) -> Vec<TableName> {
+    c.tables
+        .iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect()
+}
+
 /// The relations a statement reads, as the catalog knows them.
 async fn resolve_tables(
     ctx: &SessionContext<'_>,
     c: &Classified,
 ) -> Result<Vec<Option<Arc<crate::mask::catalog::Relation>>>, RelayError> {
-    let tables: Vec<(Option<String>, String)> = c
-        .tables
-        .iter()
-        .map(|t| (t.schema.clone(), t.name.clone()))
-        .collect();
-    ctx.catalog.resolve(&tables).await.map_err(|e| {
+    ctx.catalog.resolve(&table_names(c)).await.map_err(|e| {
         RelayError::Unmaskable(format!(
             "cannot resolve the tables of a statement for masking: {e}"
         ))
