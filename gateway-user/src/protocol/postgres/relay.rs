@@ -634,6 +634,10 @@ impl Upward<'_, '_> {
     /// Applies the server's answers to earlier Parses: an accepted one is the text its name
     /// now holds (older candidates are gone), a refused or skipped one is no candidate.
     fn learn_parses(&mut self) {
+        // Most messages come with no Parse waiting for its answer: skip the lock.
+        if self.parses.is_empty() {
+            return;
+        }
         let answers: Vec<(u64, bool)> = std::mem::take(&mut *self.shared.parsed());
         for (id, accepted) in answers {
             let Some(name) = self.parses.remove(&id) else {
