@@ -34,6 +34,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Statements held for human approval: list, show, approve, deny (root, local socket).
+    Approvals {
+        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET, global = true)]
+        admin_socket: PathBuf,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Detach the programs and remove every pinned object: workloads then connect directly.
     Uninstall {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -45,6 +52,42 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Validate a policy directory; prints each problem as file:line:column and exits 1 if any.
     Check { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Requests, newest first: pending ones unless --all or --state.
+    List {
+        #[arg(long)]
+        all: bool,
+        /// pending, approved, denied, expired or cancelled.
+        #[arg(long, conflicts_with = "all")]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request in full.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (as root on this node: one approver toward the quorum).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request; the agent gets the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +110,16 @@ pub struct RunArgs {
     /// SQLite file that records every session and statement.
     #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB)]
     pub record_db: PathBuf,
+    /// Serve the HTTP admin API for approvers (OIDC bearer tokens) on this address. Plain HTTP
+    /// only on loopback; elsewhere give --admin-http-cert and --admin-http-key.
+    #[arg(long)]
+    pub admin_http: Option<std::net::SocketAddr>,
+    /// PEM certificate chain for the HTTP admin API (TLS).
+    #[arg(long, requires = "admin_http_key")]
+    pub admin_http_cert: Option<PathBuf>,
+    /// PEM private key for the HTTP admin API (TLS).
+    #[arg(long, requires = "admin_http_cert")]
+    pub admin_http_key: Option<PathBuf>,
     /// On SIGTERM/SIGINT, wait this long for open connections before exiting.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,

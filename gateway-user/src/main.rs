@@ -1,6 +1,7 @@
 //! agentgate: the binary edge. Everything below `run` is library-style code with typed errors.
 
 mod admin;
+mod approval;
 mod capture;
 mod cli;
 mod ebpf;
@@ -17,7 +18,7 @@ mod upstream;
 
 use clap::Parser;
 
-use cli::{Cli, Command, PolicyCommand};
+use cli::{ApprovalsCommand, Cli, Command, PolicyCommand};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -35,6 +36,10 @@ fn main() -> std::process::ExitCode {
         } => policy_check(&dir),
         Command::Uninstall { pin_dir } => uninstall(&pin_dir),
         Command::Status { admin_socket, json } => status(&admin_socket, json),
+        Command::Approvals {
+            admin_socket,
+            command,
+        } => approvals(&admin_socket, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -113,4 +118,117 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
     }
     println!("sessions   {} live", answer["sessions"]);
     Ok(())
+}
+
+fn approvals(socket: &std::path::Path, command: ApprovalsCommand) -> anyhow::Result<()> {
+    use serde_json::json;
+    let (req, json_out) = match &command {
+        ApprovalsCommand::List { all, state, json } => (
+            json!({"cmd": "approvals.list",
+                   "state": if *all { "all" } else { state.as_deref().unwrap_or("pending") }}),
+            *json,
+        ),
+        ApprovalsCommand::Show { id, json } => (json!({"cmd": "approvals.show", "id": id}), *json),
+        ApprovalsCommand::Approve { id, reason, json } => (
+            json!({"cmd": "approvals.decide", "id": id, "verdict": "approve", "reason": reason}),
+            *json,
+        ),
+        ApprovalsCommand::Deny { id, reason, json } => (
+            json!({"cmd": "approvals.decide", "id": id, "verdict": "deny", "reason": reason}),
+            *json,
+        ),
+    };
+    let answer = admin::request(socket, &req)?;
+    if let Some(e) = answer["error"].as_str() {
+        anyhow::bail!("{e}");
+    }
+    if json_out {
+        println!("{answer}");
+        return Ok(());
+    }
+    match command {
+        ApprovalsCommand::List { .. } => {
+            let list = answer["requests"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no requests");
+            }
+            for r in &list {
+                println!(
+                    "{}  {:<9}  {}/{} on {}  {}  {}",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["state"].as_str().unwrap_or("?"),
+                    r["workload"].as_str().unwrap_or("?"),
+                    r["subject"].as_str().unwrap_or("?"),
+                    r["target"].as_str().unwrap_or("?"),
+                    r["rule"].as_str().unwrap_or("?"),
+                    one_line(r["statement"].as_str().unwrap_or(""), 60),
+                );
+            }
+        }
+        _ => show_request(&answer),
+    }
+    Ok(())
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
+fn show_request(r: &serde_json::Value) {
+    let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+    println!("request    {} ({})", s("id"), s("state"));
+    println!(
+        "agent      {} ({}) from workload {}",
+        s("subject"),
+        s("issuer"),
+        s("workload")
+    );
+    println!(
+        "target     {} via {}, session {}",
+        s("target"),
+        s("protocol"),
+        s("session")
+    );
+    println!("statement  {}", s("statement"));
+    if let Some(p) = r["params"].as_array().filter(|p| !p.is_empty()) {
+        println!("params     {}", serde_json::Value::Array(p.clone()));
+    }
+    println!(
+        "class      {}; rule {}; mode {}",
+        s("class"),
+        s("rule"),
+        s("mode")
+    );
+    println!(
+        "needs      {} approval(s) from {}",
+        r["quorum"],
+        r["approvers"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    for v in r["votes"].as_array().into_iter().flatten() {
+        println!(
+            "vote       {} by {} ({}, via {}){}",
+            v["verdict"].as_str().unwrap_or("?"),
+            v["approver"].as_str().unwrap_or("?"),
+            v["issuer"].as_str().unwrap_or("?"),
+            v["via"].as_str().unwrap_or("?"),
+            v["reason"]
+                .as_str()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(reason) = r["reason"].as_str() {
+        println!("reason     {reason}");
+    }
 }

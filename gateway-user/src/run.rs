@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin,
+    approval::{Approvals, Approver, Notifier},
     capture::{bind_loopback, CgroupFs, ListenerKind, Reconciler, SpawnListener, WorkloadTable},
     cli::RunArgs,
     ebpf::Kernel,
+    identity::OwnSockets,
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
     record::{EventSink, Recorder},
@@ -62,6 +64,21 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         Box::new(check_providers),
     );
 
+    // Requests a previous run left pending are settled before any session can add new ones.
+    let approvals = Approvals::open(
+        &args.record_db,
+        Notifier::new(
+            policies.clone(),
+            Some(maps.clone() as Arc<dyn OwnSockets>),
+            events.clone(),
+        ),
+        events.clone(),
+    )
+    .with_context(|| format!("approval store {}", args.record_db.display()))?;
+    approvals
+        .resume()
+        .with_context(|| format!("approval store {}", args.record_db.display()))?;
+
     let table = Arc::new(WorkloadTable::default());
     let gateway = &initial.gateway;
     let proxy = Arc::new(Proxy::new(
@@ -74,6 +91,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
             timeout: Duration::from_millis(gateway.connect_timeout_ms),
         },
         recorder.clone(),
+        approvals.clone(),
     ));
     for bound in bind_loopback(gateway.listen_port)? {
         let listener = bound.into_listener(ListenerKind::Host)?;
@@ -98,19 +116,23 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     let admin_listener = admin::bind(&args.admin_socket)?;
     let sessions = proxy.sessions.clone();
     let capture_error = reconciler.apply_error();
+    let local_approvals = approvals.clone();
     tokio::spawn(admin::serve(
         admin_listener,
-        Arc::new(move |req| match req["cmd"].as_str() {
+        Arc::new(move |req, peer| match req["cmd"].as_str() {
             Some("status") => json!({
                 "pid": std::process::id(),
                 "policy": *status.lock().unwrap_or_else(|p| p.into_inner()),
                 "sessions": sessions.count(),
                 "capture_error": *capture_error.lock().unwrap_or_else(|p| p.into_inner()),
             }),
-            _ => json!({"error": "unknown command"}),
+            _ => admin::approvals_request(&local_approvals, req, peer),
         }),
         stop.clone(),
     ));
+    if let Some(addr) = args.admin_http {
+        serve_http_admin(&args, addr, proxy.clone(), approvals.clone(), stop.clone()).await?;
+    }
     let watcher = tokio::spawn(reconciler.run(policies, stop.clone()));
     tokio::spawn(reloader.run(stop.clone()));
     tokio::spawn(proxy.clone().revalidate_on_change());
@@ -132,6 +154,47 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     recorder.flush().await;
     let _ = std::fs::remove_file(&args.admin_socket);
     events.emit("stopped", json!({"drained": drained}));
+    Ok(())
+}
+
+async fn serve_http_admin<C: crate::upstream::Connect + 'static>(
+    args: &RunArgs,
+    addr: std::net::SocketAddr,
+    proxy: Arc<Proxy<C>>,
+    approvals: Arc<Approvals>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = match (&args.admin_http_cert, &args.admin_http_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::protocol::postgres::tls::server_config(&crate::policy::ClientTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("admin HTTP TLS: {e}"))?,
+        ),
+        _ => None,
+    };
+    let (listener, acceptor) = admin::http::bind(addr, tls).await?;
+    let authenticate: admin::http::Authenticate = Arc::new(move |token: String| {
+        let proxy = proxy.clone();
+        Box::pin(async move {
+            proxy
+                .verify_person(&token)
+                .await
+                .map(|p| Approver::Oidc {
+                    issuer: p.issuer,
+                    subject: p.subject,
+                    groups: p.groups,
+                })
+                .map_err(|(code, message)| admin::http::Unauthorized { code, message })
+        })
+    });
+    let admin = Arc::new(admin::http::HttpAdmin {
+        approvals,
+        authenticate,
+    });
+    tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
+    tokio::spawn(admin::http::serve(admin, listener, acceptor, stop));
     Ok(())
 }
 

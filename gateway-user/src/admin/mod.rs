@@ -1,5 +1,8 @@
 //! The local admin API: a Unix socket (mode 0600, so root only) answering one JSON request per
-//! line. `agentgate status` is its first client; approvals and sessions follow.
+//! line, for `agentgate status` and `agentgate approvals`. The HTTP admin API for approvers
+//! elsewhere is in [`http`].
+
+pub mod http;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -15,6 +18,8 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::approval::{Approvals, Approver, State, Verdict};
+
 pub const DEFAULT_SOCKET: &str = "/run/agentgate/admin.sock";
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +33,58 @@ pub enum AdminError {
     Answer { path: PathBuf, reason: String },
 }
 
-/// Answers requests; each handler gets the request object and returns the answer object.
-pub type Handler = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+/// Answers requests; each handler gets the request object and the caller, and returns the
+/// answer object.
+pub type Handler = Arc<dyn Fn(&Value, &Peer) -> Value + Send + Sync>;
+
+/// Who is on the other end of the socket (from SO_PEERCRED).
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// The local approver's name: `root`, or `uid:N` for a caller the socket's mode let in
+    /// some other way.
+    pub fn name(&self) -> String {
+        match self.uid {
+            Some(0) => "root".into(),
+            Some(uid) => format!("uid:{uid}"),
+            None => "unknown-local-user".into(),
+        }
+    }
+}
+
+/// `approvals.list`, `approvals.show` and `approvals.decide` over the socket.
+pub fn approvals_request(approvals: &Approvals, req: &Value, peer: &Peer) -> Value {
+    let id = req["id"].as_str().unwrap_or_default();
+    let answer = match req["cmd"].as_str() {
+        Some("approvals.list") => {
+            let state = match req["state"].as_str() {
+                None | Some("all") => None,
+                Some(s) => match State::parse(s) {
+                    Some(st) => Some(st),
+                    None => return json!({"error": format!("unknown state `{s}`")}),
+                },
+            };
+            approvals.list(state).map(|l| json!({"requests": l}))
+        }
+        Some("approvals.show") => approvals.get(id).map(|r| json!(r)),
+        Some("approvals.decide") => {
+            let verdict = match req["verdict"].as_str() {
+                Some("approve") => Verdict::Approve,
+                Some("deny") => Verdict::Deny,
+                _ => return json!({"error": "verdict must be approve or deny"}),
+            };
+            let approver = Approver::Local { user: peer.name() };
+            let reason = req["reason"].as_str().map(str::to_string);
+            approvals
+                .decide(id, &approver, verdict, reason)
+                .map(|r| json!(r))
+        }
+        _ => return json!({"error": "unknown command"}),
+    };
+    answer.unwrap_or_else(|e| json!({"error": e.to_string(), "reason": e.code()}))
+}
 
 pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
     let err = |source| AdminError::Io {
@@ -59,12 +114,15 @@ pub async fn serve(listener: UnixListener, handler: Handler, stop: CancellationT
             },
         };
         let handler = handler.clone();
+        let peer = Peer {
+            uid: stream.peer_cred().ok().map(|c| c.uid()),
+        };
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match serde_json::from_str::<Value>(&line) {
-                    Ok(req) => handler(&req),
+                    Ok(req) => handler(&req, &peer),
                     Err(e) => json!({"error": format!("bad request: {e}")}),
                 };
                 let mut out = answer.to_string();

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Either, Empty, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
@@ -157,6 +157,31 @@ pub(crate) async fn get(
     tls: Option<&Arc<rustls::ClientConfig>>,
     net: &NetOptions,
 ) -> Result<Bytes, FetchError> {
+    let (status, body) = send(url, tls, net, None).await?;
+    if status != hyper::StatusCode::OK {
+        return Err(FetchError::Status(status.as_u16()));
+    }
+    Ok(body)
+}
+
+/// POST a JSON body to `url`, returning the response status (approval webhooks).
+pub(crate) async fn post_json(
+    url: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    net: &NetOptions,
+    body: String,
+) -> Result<u16, FetchError> {
+    let (status, _) = send(url, tls, net, Some(body)).await?;
+    Ok(status.as_u16())
+}
+
+/// One request: a GET, or a POST of `body` as JSON.
+async fn send(
+    url: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    net: &NetOptions,
+    body: Option<String>,
+) -> Result<(hyper::StatusCode, Bytes), FetchError> {
     let addrs: Vec<SocketAddr> = tokio::time::timeout(
         net.connect_timeout,
         tokio::net::lookup_host((url.host.as_str(), url.port)),
@@ -179,9 +204,12 @@ pub(crate) async fn get(
     let tcp = tokio::time::timeout(net.connect_timeout, connect_any(&addrs, net.own.as_ref()))
         .await
         .map_err(|_| FetchError::ConnectTimeout(url.authority.clone()))??;
-    tokio::time::timeout(net.read_timeout, exchange(tcp, url, tls, net.max_body))
-        .await
-        .map_err(|_| FetchError::Timeout(net.read_timeout))?
+    tokio::time::timeout(
+        net.read_timeout,
+        exchange(tcp, url, tls, net.max_body, body),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout(net.read_timeout))?
 }
 
 async fn connect_any(
@@ -203,9 +231,10 @@ async fn exchange(
     url: &HttpUrl,
     tls: Option<&Arc<rustls::ClientConfig>>,
     max_body: usize,
-) -> Result<Bytes, FetchError> {
+    body: Option<String>,
+) -> Result<(hyper::StatusCode, Bytes), FetchError> {
     if !url.tls {
-        return request(tcp, url, max_body).await;
+        return request(tcp, url, max_body, body).await;
     }
     let tls = tls.ok_or_else(|| FetchError::Http("no TLS configuration".into()))?;
     let name = ServerName::try_from(url.host.clone())
@@ -217,10 +246,15 @@ async fn exchange(
             host: url.host.clone(),
             source,
         })?;
-    request(stream, url, max_body).await
+    request(stream, url, max_body, body).await
 }
 
-async fn request<S>(io: S, url: &HttpUrl, max_body: usize) -> Result<Bytes, FetchError>
+async fn request<S>(
+    io: S,
+    url: &HttpUrl,
+    max_body: usize,
+    body: Option<String>,
+) -> Result<(hyper::StatusCode, Bytes), FetchError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -231,18 +265,29 @@ where
         let _ = conn.await;
     });
     let result = async {
-        let req = hyper::Request::get(url.path_and_query.as_str())
+        let builder = hyper::Request::builder()
+            .uri(url.path_and_query.as_str())
             .header(hyper::header::HOST, url.authority.as_str())
             .header(hyper::header::ACCEPT, "application/json")
-            .header(hyper::header::USER_AGENT, "agentgate-identity")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Http(e.to_string()))?;
+            .header(hyper::header::USER_AGENT, "agentgate");
+        let req = match body {
+            None => builder
+                .method(hyper::Method::GET)
+                .body(Either::Left(Empty::<Bytes>::new())),
+            Some(b) => builder
+                .method(hyper::Method::POST)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Either::Right(Full::new(Bytes::from(b)))),
+        }
+        .map_err(|e| FetchError::Http(e.to_string()))?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|e| FetchError::Http(e.to_string()))?;
-        if resp.status() != hyper::StatusCode::OK {
-            return Err(FetchError::Status(resp.status().as_u16()));
+        let status = resp.status();
+        if status != hyper::StatusCode::OK {
+            // Only the status matters; the body of a refusal is not read.
+            return Ok((status, Bytes::new()));
         }
         let declared = resp
             .headers()
@@ -262,7 +307,7 @@ where
                     FetchError::Http(e.to_string())
                 }
             })?;
-        Ok(body.to_bytes())
+        Ok((status, body.to_bytes()))
     }
     .await;
     driver.abort();

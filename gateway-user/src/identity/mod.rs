@@ -10,7 +10,7 @@
 mod claims;
 mod discovery;
 mod error;
-mod fetch;
+pub(crate) mod fetch;
 mod jwks;
 mod token;
 mod verify;

@@ -34,6 +34,9 @@ pub struct GatewayDoc {
     /// Key of the `hash` mask strategy.
     #[serde(default)]
     pub mask_key: Option<SecretDoc>,
+    /// Where approval requests and decisions are announced.
+    #[serde(default)]
+    pub approval_webhooks: Vec<WebhookDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +195,40 @@ pub struct RuleDoc {
     /// Makes this a mask rule: values it matches are masked in what the target sends back.
     #[serde(default)]
     pub mask: Option<MaskDoc>,
+    /// With `statements`: matching statements wait for people to approve them instead of being
+    /// denied.
+    #[serde(default)]
+    pub approval: Option<ApprovalDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDoc {
+    /// Groups (from the approver token's groups claim) whose members may decide.
+    pub approvers: Vec<String>,
+    #[serde(default = "default_quorum")]
+    pub quorum: u32,
+    #[serde(default = "default_approval_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub mode: crate::approval::Mode,
+    #[serde(default)]
+    pub retry_window_secs: Option<u64>,
+}
+
+fn default_quorum() -> u32 {
+    1
+}
+fn default_approval_timeout() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDoc {
+    pub url: String,
+    #[serde(default)]
+    pub format: crate::approval::WebhookFormat,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +298,26 @@ pub struct StatementsDoc {
     pub tables: Vec<String>,
     #[serde(default)]
     pub functions: Vec<String>,
+    /// Regexes over the normalized statement (constants replaced by `$1`, `$2`, …).
+    #[serde(default)]
+    pub patterns: Vec<StatementRegexDoc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatementRegexDoc(pub regex::Regex);
+
+impl<'de> Deserialize<'de> for StatementRegexDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("empty pattern"));
+        }
+        regex::RegexBuilder::new(&s)
+            .size_limit(1 << 20)
+            .build()
+            .map(StatementRegexDoc)
+            .map_err(|e| serde::de::Error::custom(format!("bad pattern `{s}`: {e}")))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 
 use super::{
     doc::{
-        FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StatementsDoc, StrategyDoc, TokenDoc,
-        UpstreamTlsDoc,
+        ApprovalDoc, FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StatementsDoc, StrategyDoc,
+        TokenDoc, UpstreamTlsDoc,
     },
     model::{
         ClientTls, GatewaySettings, IdentityProvider, Jwks, NamePattern, Policy, PostgresTarget,
@@ -286,7 +286,14 @@ impl Merger {
                     max_connections_per_workload: g
                         .max_connections_per_workload
                         .unwrap_or(d.max_connections_per_workload),
+                    approval_webhooks: Vec::new(),
                 };
+                for w in g.approval_webhooks {
+                    match crate::approval::Webhook::new(w.url, w.format) {
+                        Ok(hook) => self.policy.gateway.approval_webhooks.push(hook),
+                        Err(e) => self.problem(&file, format!("gateway.approval_webhooks: {e}")),
+                    }
+                }
                 if let Some(key) = g.mask_key {
                     let secret = match key {
                         SecretDoc::Env { name } => Secret::Env(name),
@@ -534,9 +541,21 @@ impl Merger {
                 );
             }
             let targets = (!r.targets.iter().any(|t| t == "*")).then_some(r.targets);
+            let approval = r
+                .approval
+                .map(|a| std::sync::Arc::new(self.approval_spec(&file, &r.name, r.effect, a)));
             let statements = r
                 .statements
-                .map(|s| self.statement_match(&file, &r.name, r.effect, s));
+                .map(|s| self.statement_match(&file, &r.name, r.effect, approval.is_some(), s));
+            if approval.is_some() && statements.is_none() {
+                self.problem(
+                    &file,
+                    format!(
+                        "rule `{}`: `approval` needs `statements` (which statements wait for approval)",
+                        r.name
+                    ),
+                );
+            }
             if statements.is_some() && r.mask.is_some() {
                 self.problem(
                     &file,
@@ -552,6 +571,7 @@ impl Merger {
             self.policy.rules.push(Rule {
                 statements,
                 mask,
+                approval,
                 name: r.name,
                 effect: r.effect,
                 workloads: r.when.workloads,
@@ -624,9 +644,16 @@ impl Merger {
         file: &Path,
         rule: &str,
         effect: super::model::Effect,
+        approval: bool,
         s: StatementsDoc,
     ) -> StatementMatch {
-        if effect != super::model::Effect::Deny {
+        if approval && effect == super::model::Effect::Deny {
+            self.problem(
+                file,
+                format!("rule `{rule}`: approval rules have no effect (remove `effect`)"),
+            );
+        }
+        if !approval && effect != super::model::Effect::Deny {
             self.problem(
                 file,
                 format!(
@@ -634,11 +661,15 @@ impl Merger {
                 ),
             );
         }
-        if s.classes.is_empty() && s.tables.is_empty() && s.functions.is_empty() {
+        if s.classes.is_empty()
+            && s.tables.is_empty()
+            && s.functions.is_empty()
+            && s.patterns.is_empty()
+        {
             self.problem(
                 file,
                 format!(
-                    "rule `{rule}`: `statements` needs at least one of classes, tables, functions"
+                    "rule `{rule}`: `statements` needs at least one of classes, tables, functions, patterns"
                 ),
             );
         }
@@ -672,6 +703,48 @@ impl Merger {
             classes: s.classes,
             tables,
             functions,
+            patterns: s.patterns.into_iter().map(|p| p.0).collect(),
+        }
+    }
+
+    fn approval_spec(
+        &mut self,
+        file: &Path,
+        rule: &str,
+        effect: super::model::Effect,
+        a: ApprovalDoc,
+    ) -> crate::approval::ApprovalSpec {
+        let _ = effect; // checked with the rule's statements
+        let mut bad = |what: String| self.problem(file, format!("rule `{rule}`: {what}"));
+        if a.approvers.is_empty() || a.approvers.iter().any(|g| g.is_empty()) {
+            bad("`approval.approvers` must name at least one group, none empty".into());
+        }
+        if !(1..=16).contains(&a.quorum) {
+            bad("`approval.quorum` must be between 1 and 16".into());
+        }
+        if !(1..=7 * 86_400).contains(&a.timeout_secs) {
+            bad("`approval.timeout_secs` must be between 1 and 604800".into());
+        }
+        let retry_window = match (a.mode, a.retry_window_secs) {
+            (crate::approval::Mode::Hold, Some(_)) => {
+                bad("`approval.retry_window_secs` is for `mode: deny_and_retry` only".into());
+                0
+            }
+            (crate::approval::Mode::Hold, None) => 0,
+            (crate::approval::Mode::DenyAndRetry, w) => {
+                let w = w.unwrap_or(600);
+                if !(1..=7 * 86_400).contains(&w) {
+                    bad("`approval.retry_window_secs` must be between 1 and 604800".into());
+                }
+                w
+            }
+        };
+        crate::approval::ApprovalSpec {
+            approvers: a.approvers,
+            quorum: a.quorum,
+            timeout: std::time::Duration::from_secs(a.timeout_secs),
+            mode: a.mode,
+            retry_window: std::time::Duration::from_secs(retry_window),
         }
     }
 
@@ -911,7 +984,7 @@ fn glob_ci(pattern: &str) -> Result<GlobMatcher, globset::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Decision, Who};
+    use crate::policy::{rules::Statement, Decision, Who};
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();
@@ -1342,7 +1415,8 @@ mod tests {
             }
         );
         let denied = |sql: &str| {
-            p.statement_denied(&who, "pg", &classified(sql))
+            let c = classified(sql);
+            p.statement_denied(&who, "pg", &Statement::new(&c, sql))
                 .map(|r| r.name.clone())
         };
         assert_eq!(denied("DROP TABLE items").as_deref(), Some("no-ddl"));
@@ -1381,14 +1455,22 @@ mod tests {
             ..who.clone()
         };
         assert_eq!(
-            p.statement_denied(&other, "pg", &classified("DROP TABLE items"))
-                .map(|r| r.name.clone()),
+            p.statement_denied(
+                &other,
+                "pg",
+                &Statement::new(&classified("DROP TABLE items"), "DROP TABLE items")
+            )
+            .map(|r| r.name.clone()),
             None
         );
         assert_eq!(
-            p.statement_denied(&other, "pg", &classified("DO $$ BEGIN END $$"))
-                .map(|r| r.name.clone())
-                .as_deref(),
+            p.statement_denied(
+                &other,
+                "pg",
+                &Statement::new(&classified("DO $$ BEGIN END $$"), "DO $$ BEGIN END $$")
+            )
+            .map(|r| r.name.clone())
+            .as_deref(),
             Some("audit-append-only")
         );
         std::fs::remove_dir_all(&d).unwrap();

@@ -8,7 +8,7 @@ mod doc;
 mod load;
 mod model;
 mod reload;
-mod rules;
+pub(crate) mod rules;
 
 pub use load::load_dir;
 pub use model::{
@@ -16,4 +16,4 @@ pub use model::{
     UpstreamTls, Workload,
 };
 pub use reload::Reloader;
-pub use rules::{Decision, Who};
+pub use rules::{Decision, Statement, Who};

@@ -150,6 +150,9 @@ pub struct Rule {
     /// Set on mask rules: they mask values in sessions that connection rules allowed, and play
     /// no part in deciding connections or statements.
     pub mask: Option<std::sync::Arc<crate::mask::rules::MaskSpec>>,
+    /// Set on approval rules (with `statements`): matching statements wait for people to
+    /// approve them.
+    pub approval: Option<std::sync::Arc<crate::approval::ApprovalSpec>>,
     pub source: PathBuf,
 }
 
@@ -160,6 +163,8 @@ pub struct StatementMatch {
     pub classes: Vec<Class>,
     pub tables: Vec<NamePattern>,
     pub functions: Vec<NamePattern>,
+    /// Over the normalized statement text.
+    pub patterns: Vec<regex::Regex>,
 }
 
 /// `name` or `schema.name`, each part a glob. A pattern without a schema matches the name in
@@ -186,6 +191,7 @@ pub struct GatewaySettings {
     /// Live sessions the gateway holds at most, and per workload.
     pub max_connections: usize,
     pub max_connections_per_workload: usize,
+    pub approval_webhooks: Vec<crate::approval::Webhook>,
 }
 
 impl Default for GatewaySettings {
@@ -196,6 +202,7 @@ impl Default for GatewaySettings {
             idle_timeout_ms: 3_600_000,
             max_connections: 10_000,
             max_connections_per_workload: 1_000,
+            approval_webhooks: Vec::new(),
         }
     }
 }

@@ -93,20 +93,69 @@ impl Policy {
         &'p self,
         who: &Who<'_>,
         target: &str,
-        stmt: &Classified,
+        stmt: &Statement<'_>,
     ) -> Option<&'p Rule> {
         self.rules.iter().find(|r| {
-            r.statements
-                .as_ref()
-                .is_some_and(|m| r.matches(who, target) && m.matches(stmt))
+            r.approval.is_none()
+                && r.statements
+                    .as_ref()
+                    .is_some_and(|m| r.matches(who, target) && m.matches(stmt))
+        })
+    }
+
+    /// The first approval rule (in file order) that holds `stmt` for `who` on `target`.
+    pub fn approval_required<'p>(
+        &'p self,
+        who: &Who<'_>,
+        target: &str,
+        stmt: &Statement<'_>,
+    ) -> Option<&'p Rule> {
+        self.rules.iter().find(|r| {
+            r.approval.is_some()
+                && r.statements
+                    .as_ref()
+                    .is_some_and(|m| r.matches(who, target) && m.matches(stmt))
         })
     }
 }
 
+/// A statement as the rules see it: its classification and, for `patterns`, its text
+/// normalized once on first use (constants replaced by `$1`, `$2`, …).
+pub struct Statement<'a> {
+    pub classified: &'a Classified,
+    pub text: &'a str,
+    normalized: std::cell::OnceCell<Option<String>>,
+}
+
+impl<'a> Statement<'a> {
+    pub fn new(classified: &'a Classified, text: &'a str) -> Self {
+        Statement {
+            classified,
+            text,
+            normalized: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// `None` when the text does not parse: a pattern then cannot be shown not to match.
+    fn normalized(&self) -> Option<&str> {
+        self.normalized
+            .get_or_init(|| pg_query::normalize(self.text).ok())
+            .as_deref()
+    }
+}
+
 impl StatementMatch {
-    fn matches(&self, stmt: &Classified) -> bool {
+    fn matches(&self, statement: &Statement<'_>) -> bool {
+        let stmt = statement.classified;
         if stmt.class == Class::Opaque {
             return true;
+        }
+        if !self.patterns.is_empty() {
+            match statement.normalized() {
+                Some(n) if self.patterns.iter().any(|p| p.is_match(n)) => {}
+                Some(_) => return false,
+                None => {}
+            }
         }
         (self.classes.is_empty() || self.classes.contains(&stmt.class))
             && (self.tables.is_empty()

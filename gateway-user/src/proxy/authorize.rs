@@ -116,7 +116,7 @@ impl Verifiers {
         };
     }
 
-    fn current(&self) -> Option<Arc<Verifier>> {
+    pub fn current(&self) -> Option<Arc<Verifier>> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -29,6 +29,7 @@ use sessions::Grant;
 pub use sessions::Sessions;
 
 use crate::{
+    approval::Approvals,
     capture::{Listener, ListenerKind, WorkloadTable},
     ebpf::{peer_key, KernelMaps},
     policy::{Policy, Protocol, Target, Workload},
@@ -56,6 +57,7 @@ pub struct Proxy<C> {
     limits: limits::Limits,
     next_id: AtomicU64,
     recorder: Arc<Recorder>,
+    pub approvals: Arc<Approvals>,
     classifier: Classifier,
     cancels: CancelKeys,
     /// Column origins for masking, per (target, address, database, upstream role).
@@ -72,6 +74,7 @@ impl<C: Connect> Proxy<C> {
         events: Arc<EventSink>,
         connector: C,
         recorder: Arc<Recorder>,
+        approvals: Arc<Approvals>,
     ) -> Self {
         let verifiers = Verifiers::new(&policy.borrow(), maps.clone());
         let gateway = policy.borrow().gateway.clone();
@@ -92,10 +95,27 @@ impl<C: Connect> Proxy<C> {
             limits,
             next_id: AtomicU64::new(1),
             recorder,
+            approvals,
             classifier: Classifier::new(CLASSIFIER_CACHE),
             cancels: CancelKeys::default(),
             catalogs: Default::default(),
         }
+    }
+
+    /// Verifies a person's token (an approver's) with the identity providers of the policy in
+    /// force, as an agent's would be: the verifier's reason code on refusal.
+    pub async fn verify_person(
+        &self,
+        token: &str,
+    ) -> Result<crate::identity::Principal, (&'static str, String)> {
+        let verifier = self.verifiers.current().ok_or((
+            "identity_unavailable",
+            "the policy's identity providers are unusable".to_string(),
+        ))?;
+        verifier
+            .verify(token)
+            .await
+            .map_err(|e| (e.reason(), format!("token refused: {e}")))
     }
 
     /// Accepts until shutdown. Each connection runs in its own task, tracked for draining.

@@ -244,6 +244,7 @@ impl<C: Connect> Proxy<C> {
             recorder: &self.recorder,
             max_message: pg.max_message_bytes,
             catalog: Arc::new(catalog),
+            approvals: self.approvals.clone(),
         };
         let counters = Counters::default();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);

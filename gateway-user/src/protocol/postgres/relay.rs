@@ -20,7 +20,7 @@ use std::{
 
 use bytes::BufMut;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter},
     sync::watch,
 };
 
@@ -30,6 +30,7 @@ use super::{
     frontend::BoxIo,
 };
 use crate::{
+    approval::{Approvals, Gate, NewRequest, State},
     mask::{
         catalog::{Catalog, CatalogError, TableName},
         copy::{copy_out, CopyMask, CopyOut},
@@ -38,7 +39,7 @@ use crate::{
         plan::Plan,
         row::{self, ResultMask},
     },
-    policy::{Policy, Who},
+    policy::{Policy, Statement as RuleStatement, Who},
     record::{now_ms, Record, Recorder, Statement},
 };
 
@@ -66,6 +67,8 @@ pub struct SessionContext<'a> {
     pub max_message: usize,
     /// Column origins of the session's database, for masking.
     pub catalog: Arc<Catalog>,
+    /// Where statements that approval rules hold wait for people.
+    pub approvals: Arc<Approvals>,
 }
 
 impl SessionContext<'_> {
@@ -132,13 +135,18 @@ pub enum RelayError {
     /// Values the gateway must mask but cannot: the session ends before any reach the agent.
     #[error("{0}")]
     Unmaskable(String),
+    /// The agent closed its connection while a statement of its was held for approval.
+    #[error("the agent left while its statement was held for approval")]
+    LeftWhileHeld,
 }
 
 impl RelayError {
     /// The error to send the agent before closing, when it was the agent's fault.
     pub fn for_client(&self) -> Option<Frame> {
         let (code, msg) = match self {
-            RelayError::Client(CodecError::Io(_)) | RelayError::Upstream(_) => return None,
+            RelayError::Client(CodecError::Io(_))
+            | RelayError::Upstream(_)
+            | RelayError::LeftWhileHeld => return None,
             RelayError::Client(e) => ("08P01", format!("agentgate: {e}")),
             RelayError::UnknownMessage(_) | RelayError::QueryInBatch => {
                 ("08P01", format!("agentgate: {self}"))
@@ -210,9 +218,23 @@ struct Shared {
     /// `agentgate_denied_<random>_`: only this session's substitutes carry it, and no agent
     /// can predict it to make its own error look like a denial.
     marker: String,
+    /// Messages of the gateway's own for the agent (an approval notice), sent by the downward
+    /// side between the target's messages.
+    notices: Mutex<Vec<Frame>>,
+    notice_ready: tokio::sync::Notify,
 }
 
 impl Shared {
+    fn new(marker: String) -> Shared {
+        Shared {
+            pending: Mutex::new(VecDeque::new()),
+            parsed: Mutex::new(Vec::new()),
+            denials: Mutex::new(HashMap::new()),
+            marker,
+            notices: Mutex::new(Vec::new()),
+            notice_ready: tokio::sync::Notify::new(),
+        }
+    }
     fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -221,6 +243,16 @@ impl Shared {
     }
     fn denials(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Denial>> {
         self.denials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn tell_agent(&self, frame: Frame) {
+        self.notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(frame);
+        self.notice_ready.notify_one();
+    }
+    fn take_notices(&self) -> Vec<Frame> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -273,12 +305,7 @@ pub async fn relay(
     let (ur, uw) = tokio::io::split(upstream);
     let mut client_out = BufWriter::with_capacity(BUFFER, cw);
     let mut upstream_out = BufWriter::with_capacity(BUFFER, uw);
-    let shared = Shared {
-        pending: Mutex::new(VecDeque::new()),
-        parsed: Mutex::new(Vec::new()),
-        denials: Mutex::new(HashMap::new()),
-        marker: format!("agentgate_denied_{:016x}_", rand::random::<u64>()),
-    };
+    let shared = Shared::new(format!("agentgate_denied_{:016x}_", rand::random::<u64>()));
     let result = {
         let up = Upward {
             ctx,
@@ -292,6 +319,7 @@ pub async fn relay(
             batch_open: false,
             parses: HashMap::new(),
             next_parse: 1,
+            approved: None,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -340,6 +368,8 @@ struct Upward<'a, 'c> {
     /// Parses sent and not yet answered, by id: the statement name they were for.
     parses: HashMap<u64, String>,
     next_parse: u64,
+    /// The approval (rule and request) the statement being recorded runs under.
+    approved: Option<String>,
 }
 
 impl Upward<'_, '_> {
@@ -359,7 +389,10 @@ impl Upward<'_, '_> {
                 .up
                 .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
             let tag = frame.tag();
-            let frame = self.inspect(frame).await?;
+            let frame = match self.inspect(frame, &mut from, to).await {
+                Err(RelayError::LeftWhileHeld) => return Ok(Ended::ClientGone),
+                r => r?,
+            };
             let io = |e| RelayError::Upstream(CodecError::Io(e));
             if let Some(prefix) = self.prefix.take() {
                 to.write_all(&prefix.bytes).await.map_err(io)?;
@@ -376,8 +409,19 @@ impl Upward<'_, '_> {
         }
     }
 
-    /// Decides one message; returns what to forward.
-    async fn inspect(&mut self, frame: Frame) -> Result<Frame, RelayError> {
+    /// Decides one message; returns what to forward. `from` and `to` are the agent's side and
+    /// the target's: a statement held for approval flushes what was forwarded before it and
+    /// watches for the agent leaving.
+    async fn inspect<R, W>(
+        &mut self,
+        frame: Frame,
+        from: &mut BufReader<R>,
+        to: &mut W,
+    ) -> Result<Frame, RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let bad = RelayError::Client;
         self.learn_parses();
         match frame.tag() {
@@ -395,7 +439,7 @@ impl Upward<'_, '_> {
             b'Q' => {
                 let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let classified = self.ctx.classifier.classify(&text);
-                let denied = match self.decide(&classified) {
+                let denied = match self.decide(&classified, &text) {
                     Some(d) => Some(d),
                     None => self.mask_denial(&classified).await?,
                 };
@@ -408,6 +452,12 @@ impl Upward<'_, '_> {
                     match self.copy_mask(&text, &classified).await {
                         Ok(c) => copy = c,
                         Err((r, m)) => (rule, message) = (Some(r), Some(m)),
+                    }
+                }
+                // Last: people are asked only about a statement nothing else refuses.
+                if rule.is_none() {
+                    if let Some(d) = self.approval(&classified, &text, &[], from, to).await? {
+                        (rule, message) = (Some(d.rule), d.message);
                     }
                 }
                 let rec = self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
@@ -427,7 +477,7 @@ impl Upward<'_, '_> {
                 let name = f.cstr().map_err(bad)?.to_string();
                 let text = f.cstr().map_err(bad)?;
                 let classified = self.ctx.classifier.classify(text);
-                let denied = self.decide(&classified);
+                let denied = self.decide(&classified, text);
                 let id = self.next_parse;
                 self.next_parse += 1;
                 let prepared = Arc::new(Prepared {
@@ -476,7 +526,7 @@ impl Upward<'_, '_> {
                 let statement = statement
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
-                let mut denial = match self.decide(&statement.classified) {
+                let mut denial = match self.decide(&statement.classified, &statement.text) {
                     Some(d) => Some(d),
                     None => self.mask_denial(&statement.classified).await?,
                 }
@@ -487,6 +537,13 @@ impl Upward<'_, '_> {
                         Ok(c) => copy = c,
                         Err((r, m)) => denial = Some((r, Some(m))),
                     }
+                }
+                // Last: people are asked only about a statement nothing else refuses.
+                if denial.is_none() {
+                    denial = self
+                        .approval(&statement.classified, &statement.text, &params, from, to)
+                        .await?
+                        .map(|d| (d.rule, d.message));
                 }
                 if let Some((rule, message)) = denial {
                     self.record_denial(&statement, params, &rule).await;
@@ -537,9 +594,15 @@ impl Upward<'_, '_> {
             b'F' => {
                 // The function is named by OID and runs with arbitrary arguments: opaque.
                 let classified = Arc::new(Classified::opaque("FunctionCall message"));
-                let denied = match self.decide(&classified) {
+                let denied = match self.decide(&classified, "") {
                     Some(d) => Some(d),
-                    None => self.mask_denial(&classified).await?,
+                    None => match self.mask_denial(&classified).await? {
+                        Some(d) => Some(d),
+                        None => {
+                            self.approval(&classified, "<FunctionCall>", &[], from, to)
+                                .await?
+                        }
+                    },
                 };
                 let (rule, message) = match denied {
                     Some(d) => (Some(d.rule), d.message),
@@ -594,9 +657,10 @@ impl Upward<'_, '_> {
                 "a prepared statement the gateway did not see being prepared",
             )],
         };
-        let denial = candidates
-            .iter()
-            .find_map(|p| self.decide(&p.classified).map(|rule| (p.clone(), rule)));
+        let denial = candidates.iter().find_map(|p| {
+            self.decide(&p.classified, &p.text)
+                .map(|rule| (p.clone(), rule))
+        });
         // The statement whose rows and COPY output are masked: when the server may hold any of
         // several texts, none can be trusted.
         let shown = match candidates.as_slice() {
@@ -655,9 +719,10 @@ impl Upward<'_, '_> {
 
     /// The rule that denies `classified` under the policy in force now, if any: a statement
     /// rule, or under column rules a read of the planner's statistics.
-    fn decide(&self, classified: &Classified) -> Option<Denied> {
+    fn decide(&self, classified: &Classified, text: &str) -> Option<Denied> {
         let policy = self.ctx.policy.borrow().clone();
-        if let Some(r) = policy.statement_denied(&self.ctx.who(), &self.ctx.target, classified) {
+        let stmt = RuleStatement::new(classified, text);
+        if let Some(r) = policy.statement_denied(&self.ctx.who(), &self.ctx.target, &stmt) {
             return Some(Denied {
                 rule: r.name.clone(),
                 message: None,
@@ -674,6 +739,156 @@ impl Upward<'_, '_> {
             });
         }
         None
+    }
+
+    /// Under an approval rule, asks people: `hold` waits here for their decision (the agent is
+    /// told at once what it waits for), `deny_and_retry` refuses now unless this identical
+    /// statement was approved. `Ok(None)`: it runs. Anything but an approval is a denial.
+    async fn approval<R, W>(
+        &mut self,
+        classified: &Arc<Classified>,
+        text: &str,
+        params: &[Option<String>],
+        from: &mut BufReader<R>,
+        to: &mut W,
+    ) -> Result<Option<Denied>, RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let policy = self.ctx.policy.borrow().clone();
+        let stmt = RuleStatement::new(classified, text);
+        let Some(rule) = policy.approval_required(&self.ctx.who(), &self.ctx.target, &stmt) else {
+            return Ok(None);
+        };
+        let Some(spec) = rule.approval.as_deref() else {
+            return Ok(None);
+        };
+        let (statement, recorded) = self.for_record(text, params.to_vec());
+        let new = NewRequest {
+            session: self.ctx.session.clone(),
+            issuer: self.ctx.issuer.clone(),
+            subject: self.ctx.subject.clone(),
+            workload: self.ctx.workload.clone(),
+            target: self.ctx.target.clone(),
+            protocol: "postgres".into(),
+            statement,
+            params: recorded,
+            class: classified.class.as_str().to_string(),
+            rule: rule.name.clone(),
+            spec: spec.clone(),
+            retry_key: retry_key(self.ctx, text, params),
+        };
+        let refuse = |message: String| {
+            Ok(Some(Denied {
+                rule: rule.name.clone(),
+                message: Some(message),
+            }))
+        };
+        let mut held = match self.ctx.approvals.submit(new) {
+            Ok(Gate::Held(held)) => held,
+            Ok(Gate::Pass(r)) => {
+                self.approved = Some(format!("{} ({})", r.rule, r.id));
+                return Ok(None);
+            }
+            Ok(Gate::Refused(r)) => {
+                return refuse(format!(
+                    "agentgate: approval required: request {} (rule \"{}\") waits for {}; once it is approved, retry the identical statement within {} s",
+                    r.id,
+                    r.rule,
+                    r.waits_for(),
+                    r.retry_window_ms / 1000
+                ))
+            }
+            Err(e) => {
+                tracing::error!(rule = rule.name, "approval request not stored: {e}");
+                return refuse(format!(
+                    "agentgate: this statement needs approval (rule \"{}\") but the request could not be stored",
+                    rule.name
+                ));
+            }
+        };
+        let r = held.request();
+        self.shared.tell_agent(out::notice(
+            b'N',
+            "NOTICE",
+            "00000",
+            &format!(
+                "agentgate: approval required: request {} (rule \"{}\") waits for {}; held for up to {} s",
+                r.id,
+                r.rule,
+                r.waits_for(),
+                (r.expires_ms - r.created_ms) / 1000
+            ),
+            Some(&format!(
+                "An approver runs: agentgate approvals approve {}",
+                r.id
+            )),
+        ));
+        // What the agent sent before this statement runs now, not after the decision.
+        to.flush()
+            .await
+            .map_err(|e| RelayError::Upstream(CodecError::Io(e)))?;
+        enum Woke {
+            Decided(Box<crate::approval::Request>),
+            AgentLeft(Option<std::io::Error>),
+            AgentSent,
+        }
+        let mut watch_agent = true;
+        let decided = loop {
+            let woke = tokio::select! {
+                r = held.decided() => Woke::Decided(Box::new(r)),
+                read = from.fill_buf(), if watch_agent => match read {
+                    Ok([]) => Woke::AgentLeft(None),
+                    Ok(_) => Woke::AgentSent,
+                    Err(e) => Woke::AgentLeft(Some(e)),
+                },
+            };
+            match woke {
+                Woke::Decided(r) => break r,
+                // Pipelined messages wait their turn; the agent leaving can no longer be seen
+                // behind them, and its session ending still cancels the request.
+                Woke::AgentSent => watch_agent = false,
+                Woke::AgentLeft(e) => {
+                    held.cancel("the agent disconnected while its statement was held");
+                    return Err(match e {
+                        None => RelayError::LeftWhileHeld,
+                        Some(e) => RelayError::Client(CodecError::Io(e)),
+                    });
+                }
+            }
+        };
+        match decided.state {
+            State::Approved => {
+                self.approved = Some(format!("{} ({})", decided.rule, decided.id));
+                Ok(None)
+            }
+            State::Denied => {
+                let by = decided
+                    .votes
+                    .iter()
+                    .rev()
+                    .find(|v| v.verdict == crate::approval::Verdict::Deny)
+                    .map(|v| v.approver.clone())
+                    .unwrap_or_else(|| "an approver".into());
+                refuse(format!(
+                    "agentgate: request {} denied by {by}: {}",
+                    decided.id,
+                    decided.reason.as_deref().unwrap_or("no reason given")
+                ))
+            }
+            State::Expired => refuse(format!(
+                "agentgate: request {} expired: {}",
+                decided.id,
+                decided.reason.as_deref().unwrap_or("no decision in time")
+            )),
+            State::Cancelled | State::Pending => refuse(format!(
+                "agentgate: request {} {}: {}",
+                decided.id,
+                decided.state.as_str(),
+                decided.reason.as_deref().unwrap_or("")
+            )),
+        }
     }
 
     /// Under column rules, a write or DDL statement that would copy masked values into a
@@ -819,16 +1034,11 @@ impl Upward<'_, '_> {
         params: Vec<Option<String>>,
         rule: Option<&str>,
     ) -> Statement {
-        // The record only ever holds what the detectors leave of statement texts and values.
-        let (text, params) = match self.plan.get(self.ctx) {
-            Some(plan) => (
-                plan.mask_str(text).into_owned(),
-                params
-                    .into_iter()
-                    .map(|p| p.map(|v| plan.mask_str(&v).into_owned()))
-                    .collect(),
-            ),
-            None => (text.to_string(), params),
+        let (text, params) = self.for_record(text, params);
+        let (decision, rule) = match (rule, self.approved.take()) {
+            (Some(r), _) => ("denied", Some(r.to_string())),
+            (None, Some(approval)) => ("approved", Some(approval)),
+            (None, None) => ("allowed", None),
         };
         Statement {
             session: self.ctx.session.clone(),
@@ -841,12 +1051,27 @@ impl Upward<'_, '_> {
             class: c.class.as_str().to_string(),
             tables: c.tables.iter().map(|t| t.to_string()).collect(),
             functions: c.functions.clone(),
-            decision: if rule.is_some() { "denied" } else { "allowed" },
-            rule: rule.map(str::to_string),
+            decision,
+            rule,
             duration_us: None,
             rows: None,
             error_code: None,
             error: None,
+        }
+    }
+
+    /// What the record (and an approval request) may hold of a statement and its parameters:
+    /// what the detectors leave of them.
+    fn for_record(&self, text: &str, params: Vec<Option<String>>) -> (String, Vec<Option<String>>) {
+        match self.plan.get(self.ctx) {
+            Some(plan) => (
+                plan.mask_str(text).into_owned(),
+                params
+                    .into_iter()
+                    .map(|p| p.map(|v| plan.mask_str(&v).into_owned()))
+                    .collect(),
+            ),
+            None => (text.to_string(), params),
         }
     }
 
@@ -875,6 +1100,31 @@ fn open(rec: Statement) -> Open {
         copy: None,
         classified: None,
     }
+}
+
+/// "The identical statement from the same identity": the principal, the target, the statement
+/// as pg_query prints it back (case and spacing do not matter, constants do) and the parameters.
+fn retry_key(ctx: &SessionContext<'_>, text: &str, params: &[Option<String>]) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = pg_query::parse(text, pg_query::ParserOptions::DEFAULT)
+        .and_then(|tree| tree.deparse(Default::default()))
+        .unwrap_or_else(|_| text.split_whitespace().collect::<Vec<_>>().join(" "));
+    let mut h = Sha256::new();
+    for part in [&ctx.issuer, &ctx.subject, &ctx.target, &canonical] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    for p in params {
+        match p {
+            None => h.update([0u8]),
+            Some(v) => {
+                h.update([1u8]);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v.as_bytes());
+            }
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn denial_message(rule: &str) -> String {
@@ -948,6 +1198,25 @@ where
     let io = |e| RelayError::Client(CodecError::Io(e));
     let mut masking = Masking::default();
     loop {
+        // Between the target's messages, the gateway's own for the agent (an approval notice
+        // while a statement is held) go out at once.
+        if from.buffer().is_empty() {
+            let notice = tokio::select! {
+                biased;
+                _ = shared.notice_ready.notified() => true,
+                r = from.fill_buf() => {
+                    r.map_err(|e| RelayError::Upstream(CodecError::Io(e)))?;
+                    false
+                }
+            };
+            if notice {
+                for n in shared.take_notices() {
+                    to.write_all(&n.bytes).await.map_err(io)?;
+                }
+                to.flush().await.map_err(io)?;
+                continue;
+            }
+        }
         let Some(mut frame) = codec::read_frame(&mut from, ctx.max_message)
             .await
             .map_err(RelayError::Upstream)?
@@ -1415,6 +1684,22 @@ mod tests {
         }
     }
 
+    /// An approval service over a throwaway store (the test policy has no approval rules).
+    fn test_approvals() -> Arc<Approvals> {
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, policy) = watch::channel(denying_policy());
+        let events = Arc::new(crate::record::EventSink::disabled());
+        let a = Approvals::open(
+            &dir.path().join("a.db"),
+            crate::approval::Notifier::new(policy, None, events.clone()),
+            events,
+        )
+        .unwrap();
+        // The store stays open on the unlinked file.
+        drop(dir);
+        a
+    }
+
     /// A policy whose statement rule denies DDL (and so every opaque statement) on target `t`.
     fn denying_policy() -> Arc<Policy> {
         static POLICY: std::sync::OnceLock<Arc<Policy>> = std::sync::OnceLock::new();
@@ -1471,15 +1756,13 @@ mod tests {
                     Arc::new(|| Box::pin(async { Err("no catalog in this test".to_string()) })),
                     Default::default(),
                 )),
+                approvals: test_approvals(),
             };
             let counters = Counters::default();
-            let shared = Shared {
-                pending: Mutex::new(VecDeque::new()),
-                parsed: Mutex::new(Vec::new()),
-                denials: Mutex::new(HashMap::new()),
-                marker: "agentgate_denied_0_".into(),
-            };
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1 };
+            let shared = Shared::new("agentgate_denied_0_".into());
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1, approved: None };
+            let mut agent = BufReader::new(tokio::io::empty());
+            let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {
                 let mut opaque_sent = Vec::new();
                 for (tag, first, second, tail) in msgs {
@@ -1497,7 +1780,7 @@ mod tests {
                         _ => None,
                     };
                     let original = frame.bytes.clone();
-                    if let Ok(forwarded) = up.inspect(frame).await {
+                    if let Ok(forwarded) = up.inspect(frame, &mut agent, &mut target).await {
                         let opaque = text.is_some_and(|t| classify(&t).class == Class::Opaque);
                         if opaque && forwarded.bytes == original {
                             opaque_sent.push(original);
@@ -1556,12 +1839,7 @@ mod tests {
 
     #[test]
     fn only_this_sessions_marker_is_a_denial() {
-        let shared = Shared {
-            pending: Mutex::new(VecDeque::new()),
-            parsed: Mutex::new(Vec::new()),
-            denials: Mutex::new(HashMap::new()),
-            marker: "agentgate_denied_00ff_".into(),
-        };
+        let shared = Shared::new("agentgate_denied_00ff_".into());
         shared.denials().insert(
             0xabc,
             Denial {

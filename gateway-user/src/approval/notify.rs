@@ -1,0 +1,151 @@
+//! Webhooks: every request and final decision is POSTed to the policy's approval webhooks,
+//! retried with backoff. Delivery is advisory: a failure is logged and recorded as an event,
+//! and never decides anything.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::model::{Request, WebhookFormat};
+use crate::{
+    identity::{fetch, OwnSockets},
+    policy::Policy,
+    record::EventSink,
+};
+
+const ATTEMPTS: u32 = 8;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Notifier {
+    policy: watch::Receiver<Arc<Policy>>,
+    own: Option<Arc<dyn OwnSockets>>,
+    events: Arc<EventSink>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Notifier {
+    pub fn new(
+        policy: watch::Receiver<Arc<Policy>>,
+        own: Option<Arc<dyn OwnSockets>>,
+        events: Arc<EventSink>,
+    ) -> Notifier {
+        let tls = match fetch::tls_config(None) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::error!("webhook TLS unavailable, https webhooks will fail: {e:?}");
+                None
+            }
+        };
+        Notifier {
+            policy,
+            own,
+            events,
+            tls,
+        }
+    }
+
+    /// Sends `event` for `r` to every webhook of the policy in force, each in its own task.
+    pub fn announce(&self, event: &'static str, r: &Request) {
+        let hooks = self.policy.borrow().gateway.approval_webhooks.clone();
+        for hook in hooks {
+            let body = match hook.format {
+                WebhookFormat::Json => json!({"event": event, "request": r}),
+                WebhookFormat::Slack => slack(event, r),
+            };
+            let net = fetch::NetOptions {
+                own: self.own.clone(),
+                ..Default::default()
+            };
+            let (tls, events, id) = (self.tls.clone(), self.events.clone(), r.id.clone());
+            tokio::spawn(async move {
+                deliver(&hook.url, body, tls, net, &events, &id, event).await;
+            });
+        }
+    }
+}
+
+async fn deliver(
+    url: &str,
+    body: Value,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    net: fetch::NetOptions,
+    events: &EventSink,
+    id: &str,
+    event: &str,
+) {
+    let body = body.to_string();
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        let outcome = match fetch::HttpUrl::parse(url) {
+            Ok(u) => fetch::post_json(&u, tls.as_ref(), &net, body.clone()).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(status) if (200..300).contains(&status) => {
+                events.emit(
+                    "webhook_delivered",
+                    json!({"id": id, "event": event, "url": url, "attempt": attempt, "status": status}),
+                );
+                return;
+            }
+            Ok(status) => {
+                tracing::warn!(id, url, attempt, status, "approval webhook refused");
+                events.emit(
+                    "webhook_failed",
+                    json!({"id": id, "event": event, "url": url, "attempt": attempt, "status": status}),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(id, url, attempt, "approval webhook failed: {e}");
+                events.emit(
+                    "webhook_failed",
+                    json!({"id": id, "event": event, "url": url, "attempt": attempt, "error": e.to_string()}),
+                );
+            }
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+    tracing::error!(
+        id,
+        url,
+        "approval webhook given up after {ATTEMPTS} attempts"
+    );
+}
+
+/// A Slack incoming-webhook message: a text fallback and a section with the details.
+fn slack(event: &str, r: &Request) -> Value {
+    let head = match event {
+        "approval_requested" => format!(
+            ":hourglass: agentgate approval request `{}`: {} wants to run on `{}` (waits for {})",
+            r.id,
+            r.subject,
+            r.target,
+            r.waits_for()
+        ),
+        _ => format!(
+            "agentgate approval request `{}` is {}{}",
+            r.id,
+            r.state.as_str(),
+            r.reason
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        ),
+    };
+    let statement: String = r.statement.chars().take(2_000).collect();
+    json!({
+        "text": format!("{head}\n```{statement}```"),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": head}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("```{statement}```")}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                "rule `{}` · workload `{}` · class `{}` · `agentgate approvals approve {}`",
+                r.rule, r.workload, r.class, r.id)}]},
+        ],
+    })
+}

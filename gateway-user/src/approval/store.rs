@@ -1,0 +1,145 @@
+//! Approval requests and their audit trail in the record database: one row per request with
+//! its current state, one row per event. Each change is written in one transaction before
+//! anyone is told about it, so a decision that was announced is a decision that was kept.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+
+use super::model::{Request, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("approval store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("approval store: request {0} is unreadable: {1}")]
+    Corrupt(String, serde_json::Error),
+    #[error("approval store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS approval_requests (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    retry_key TEXT NOT NULL,
+    request TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approval_requests_state ON approval_requests(state);
+CREATE INDEX IF NOT EXISTS approval_requests_retry ON approval_requests(retry_key);
+CREATE TABLE IF NOT EXISTS approval_events (
+    request TEXT NOT NULL REFERENCES approval_requests(id),
+    at_ms INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approval_events_request ON approval_events(request);
+";
+
+/// One change: the request's new state and the event that made it.
+pub struct Event<'a> {
+    pub at_ms: i64,
+    pub event: &'a str,
+    /// `issuer#subject` of the requester or approver, `local#root`, or `gateway`.
+    pub actor: String,
+    pub detail: Value,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        // The recorder writes the same file from its own connection.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    pub fn save(&mut self, r: &Request, e: &Event<'_>) -> Result<(), StoreError> {
+        let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(r.id.clone(), e))?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO approval_requests (id, state, created_ms, expires_ms, retry_key, request)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, request = excluded.request",
+            params![
+                r.id,
+                r.state.as_str(),
+                r.created_ms,
+                r.expires_ms,
+                r.retry_key,
+                json
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO approval_events (request, at_ms, event, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.id, e.at_ms, e.event, e.actor, e.detail.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT retry_key, request FROM approval_requests WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(key, json)| parse(id, key, &json)).transpose()
+    }
+
+    /// Newest first; `None`: every state.
+    pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Request>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, retry_key, request FROM approval_requests
+             WHERE ?1 IS NULL OR state = ?1 ORDER BY created_ms DESC, id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![state.map(State::as_str), limit as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, key, json) = row?;
+            out.push(parse(&id, key, &json)?);
+        }
+        Ok(out)
+    }
+
+    /// Requests for the same statement from the same identity, newest first.
+    pub fn by_retry_key(&self, key: &str) -> Result<Vec<Request>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, request FROM approval_requests WHERE retry_key = ?1 ORDER BY created_ms DESC LIMIT 16",
+        )?;
+        let rows = stmt.query_map([key], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, json) = row?;
+            out.push(parse(&id, key.to_string(), &json)?);
+        }
+        Ok(out)
+    }
+}
+
+fn parse(id: &str, retry_key: String, json: &str) -> Result<Request, StoreError> {
+    let mut r: Request =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(id.to_string(), e))?;
+    r.retry_key = retry_key;
+    Ok(r)
+}
