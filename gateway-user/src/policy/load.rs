@@ -1322,6 +1322,133 @@ mod tests {
     }
 
     #[test]
+    fn approval_rules_hold_what_no_deny_rule_refuses() {
+        let d = valid_dir(
+            "approvalrules",
+            "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
+             \x20 - name: no-grants\n    effect: deny\n    targets: [pg]\n    statements: {classes: [dcl]}\n\
+             \x20 - name: deletes-by-id\n    when: {workloads: [ci]}\n    targets: [pg]\n    statements: {patterns: [\"(?i)^delete from orders where id = \\\\$1$\"]}\n    approval: {approvers: [dba], quorum: 2, timeout_secs: 30, mode: deny_and_retry, retry_window_secs: 90}\n\
+             \x20 - name: ddl-waits\n    targets: [pg]\n    statements: {classes: [ddl, dcl]}\n    approval: {approvers: [dba, sre]}\n",
+        );
+        write(&d, "e-pg.yaml", PG_TARGET);
+        let p = load_dir(&d).unwrap();
+        let groups = vec![];
+        let who = Who {
+            issuer: "https://idp.test",
+            subject: "a",
+            groups: &groups,
+            workload: "ci",
+        };
+        assert_eq!(
+            p.decide(&who, "pg"),
+            Decision::Allow {
+                rule: "allow".into()
+            }
+        );
+        let held = |sql: &str| {
+            let c = classified(sql);
+            let stmt = Statement::new(&c, sql);
+            (
+                p.statement_denied(&who, "pg", &stmt)
+                    .map(|r| r.name.clone()),
+                p.approval_required(&who, "pg", &stmt)
+                    .map(|r| r.name.clone()),
+            )
+        };
+        // Approval rules deny nothing by themselves; a deny rule wins over them.
+        assert_eq!(held("DROP TABLE t"), (None, Some("ddl-waits".into())));
+        assert_eq!(
+            held("GRANT SELECT ON t TO x"),
+            (Some("no-grants".into()), Some("ddl-waits".into()))
+        );
+        assert_eq!(held("SELECT 1"), (None, None));
+        // Patterns see the normalized text: constants are $1, whitespace runs one space.
+        assert_eq!(
+            held("delete   from orders where id = 42").1.as_deref(),
+            Some("deletes-by-id")
+        );
+        assert_eq!(held("DELETE FROM orders WHERE id > 42").1, None);
+        // Opaque statements wait (fail closed), for the first rule in file order.
+        assert_eq!(
+            held("DO $$ BEGIN END $$").1.as_deref(),
+            Some("deletes-by-id")
+        );
+        let spec = p.rules[2].approval.as_ref().unwrap();
+        assert_eq!(
+            (
+                spec.quorum,
+                spec.mode,
+                spec.retry_window.as_secs(),
+                spec.timeout.as_secs()
+            ),
+            (2, crate::approval::Mode::DenyAndRetry, 90, 30)
+        );
+        let spec = p.rules[3].approval.as_ref().unwrap();
+        assert_eq!(
+            (spec.quorum, spec.mode, spec.timeout.as_secs()),
+            (1, crate::approval::Mode::Hold, 300)
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_approval_rules_are_refused_with_their_line() {
+        let d = tmpdir("badapproval");
+        write(&d, "a-idp.yaml", IDP);
+        write(&d, "e-pg.yaml", PG_TARGET);
+        write(&d, "c-targets.yml", TARGET);
+        let cases = [
+            ("approval: {approvers: [dba]}", "`approval` needs `statements`"),
+            (
+                "effect: deny\n    statements: {classes: [ddl]}\n    approval: {approvers: [dba]}",
+                "approval rules have no effect",
+            ),
+            ("statements: {classes: [ddl]}\n    approval: {approvers: []}", "at least one group"),
+            ("statements: {classes: [ddl]}\n    approval: {approvers: [dba], quorum: 0}", "quorum"),
+            (
+                "statements: {classes: [ddl]}\n    approval: {approvers: [dba], retry_window_secs: 5}",
+                "`mode: deny_and_retry` only",
+            ),
+            ("statements: {classes: [ddl]}\n    approval: {approvers: [dba], mode: later}", "unknown variant `later`"),
+            ("statements: {patterns: [\"(unclosed\"]}\n    approval: {approvers: [dba]}", "bad pattern"),
+            ("statements: {classes: [ddl]}\n    approval: {approvers: [dba], quorum: 1, typo: 2}", "unknown field `typo`"),
+        ];
+        for (body, want) in cases {
+            write(
+                &d,
+                "d-rules.yaml",
+                &format!("version: 2\nrules:\n  - name: m\n    targets: [pg]\n    {body}\n"),
+            );
+            let err = load_dir(&d).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: {err}");
+            assert!(err.contains("d-rules.yaml:"), "{err}");
+        }
+        // A webhook must be https, or http to loopback.
+        write(&d, "d-rules.yaml", "version: 2\n");
+        write(
+            &d,
+            "f-gw.yaml",
+            "version: 2\ngateway:\n  approval_webhooks:\n    - url: http://192.0.2.7/hook\n",
+        );
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(
+            err.contains("approval_webhooks") && err.contains("f-gw.yaml"),
+            "{err}"
+        );
+        write(
+            &d,
+            "f-gw.yaml",
+            "version: 2\ngateway:\n  approval_webhooks:\n    - {url: \"http://127.0.0.1:9/hook\", format: slack}\n",
+        );
+        let p = load_dir(&d).unwrap();
+        assert_eq!(
+            p.gateway.approval_webhooks[0].format,
+            crate::approval::WebhookFormat::Slack
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn bad_mask_rules_are_refused_with_their_line() {
         let d = tmpdir("badmask");
         write(&d, "a-idp.yaml", IDP);

@@ -120,7 +120,8 @@ impl Policy {
 }
 
 /// A statement as the rules see it: its classification and, for `patterns`, its text
-/// normalized once on first use (constants replaced by `$1`, `$2`, …).
+/// normalized once on first use (constants replaced by `$1`, `$2`, …, runs of whitespace by
+/// one space; letter case as written).
 pub struct Statement<'a> {
     pub classified: &'a Classified,
     pub text: &'a str,
@@ -139,7 +140,11 @@ impl<'a> Statement<'a> {
     /// `None` when the text does not parse: a pattern then cannot be shown not to match.
     fn normalized(&self) -> Option<&str> {
         self.normalized
-            .get_or_init(|| pg_query::normalize(self.text).ok())
+            .get_or_init(|| {
+                pg_query::normalize(self.text)
+                    .ok()
+                    .map(|n| n.split_whitespace().collect::<Vec<_>>().join(" "))
+            })
             .as_deref()
     }
 }
