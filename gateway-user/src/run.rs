@@ -144,6 +144,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
 
     wait_for_signal().await?;
     tracing::info!("stopping: no new connections; draining open ones");
+    approvals.stopping();
     proxy.shutdown.cancel();
     stop.cancel();
     proxy.tracker.close();

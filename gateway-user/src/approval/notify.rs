@@ -48,6 +48,10 @@ impl Notifier {
 
     /// Sends `event` for `r` to every webhook of the policy in force, each in its own task.
     pub fn announce(&self, event: &'static str, r: &Request) {
+        // Outside the runtime (the process is exiting) nothing can be delivered any more.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let hooks = self.policy.borrow().gateway.approval_webhooks.clone();
         for hook in hooks {
             let body = match hook.format {
@@ -59,7 +63,7 @@ impl Notifier {
                 ..Default::default()
             };
             let (tls, events, id) = (self.tls.clone(), self.events.clone(), r.id.clone());
-            tokio::spawn(async move {
+            rt.spawn(async move {
                 deliver(&hook.url, body, tls, net, &events, &id, event).await;
             });
         }

@@ -70,6 +70,8 @@ pub struct Approvals {
     held: Mutex<HashMap<String, watch::Sender<Request>>>,
     notifier: Notifier,
     events: Arc<EventSink>,
+    /// Set when the gateway stops: statements still held then are cancelled as such.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Approvals {
@@ -87,7 +89,15 @@ impl Approvals {
             held: Mutex::new(HashMap::new()),
             notifier,
             events,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// The gateway is stopping: sessions torn down from now on cancel their held requests
+    /// with that reason.
+    pub fn stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn resume(self: &Arc<Self>) -> Result<(), StoreError> {
@@ -347,8 +357,11 @@ impl Approvals {
     }
 
     fn expire_at(self: &Arc<Self>, id: String, at_ms: i64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let wait = (at_ms - now_ms()).max(0) as u64;
             tokio::time::sleep(Duration::from_millis(wait)).await;
             if let Some(this) = this.upgrade() {
@@ -462,10 +475,16 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if self.rx.borrow().state == State::Pending {
-            self.approvals.cancel(
-                &self.id,
-                "the agent's session ended while the statement was held",
-            );
+            let why = if self
+                .approvals
+                .stopping
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                "the gateway stopped (shutdown or restart) while the statement was held"
+            } else {
+                "the agent's session ended while the statement was held"
+            };
+            self.approvals.cancel(&self.id, why);
         }
     }
 }
