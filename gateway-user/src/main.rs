@@ -215,13 +215,30 @@ fn show_request(r: &serde_json::Value) {
                 .join(", "))
             .unwrap_or_default()
     );
+    let at = |k: &str| match r[k].as_i64() {
+        Some(ms) => format!(
+            "{:.1} s after the request",
+            (ms - r["created_ms"].as_i64().unwrap_or(ms)) as f64 / 1000.0
+        ),
+        None => "-".into(),
+    };
+    println!("created    {} (unix ms)", r["created_ms"]);
+    match r["state"].as_str() {
+        Some("pending") => println!("expires    {}", at("expires_ms")),
+        _ => println!("decided    {}", at("decided_ms")),
+    }
     for v in r["votes"].as_array().into_iter().flatten() {
+        let from = match v["via"].as_str() {
+            Some("local") => "on the node's admin socket".to_string(),
+            _ => format!(
+                "token of {}, via the HTTP admin API",
+                v["issuer"].as_str().unwrap_or("?")
+            ),
+        };
         println!(
-            "vote       {} by {} ({}, via {}){}",
+            "vote       {} by {} ({from}){}",
             v["verdict"].as_str().unwrap_or("?"),
             v["approver"].as_str().unwrap_or("?"),
-            v["issuer"].as_str().unwrap_or("?"),
-            v["via"].as_str().unwrap_or("?"),
             v["reason"]
                 .as_str()
                 .map(|x| format!(": {x}"))

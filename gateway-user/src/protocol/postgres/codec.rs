@@ -285,6 +285,23 @@ pub mod out {
         })
     }
 
+    /// NoticeResponse with a hint (what the reader can do about it).
+    pub fn notice_with_hint(severity: &str, code: &str, message: &str, hint: &str) -> Frame {
+        Frame::build(b'N', |b| {
+            for (field, value) in [
+                (b'S', severity),
+                (b'V', severity),
+                (b'C', code),
+                (b'M', message),
+                (b'H', hint),
+            ] {
+                b.put_u8(field);
+                put_cstr(b, value);
+            }
+            b.put_u8(0);
+        })
+    }
+
     pub fn error(severity: &str, code: &str, message: &str, detail: Option<&str>) -> Frame {
         notice(b'E', severity, code, message, detail)
     }

@@ -809,8 +809,7 @@ impl Upward<'_, '_> {
             }
         };
         let r = held.request();
-        self.shared.tell_agent(out::notice(
-            b'N',
+        self.shared.tell_agent(out::notice_with_hint(
             "NOTICE",
             "00000",
             &format!(
@@ -820,10 +819,10 @@ impl Upward<'_, '_> {
                 r.waits_for(),
                 (r.expires_ms - r.created_ms) / 1000
             ),
-            Some(&format!(
-                "An approver runs: agentgate approvals approve {}",
+            &format!(
+                "Approvers decide with `agentgate approvals approve|deny {}` on the gateway's node, or through its HTTP admin API.",
                 r.id
-            )),
+            ),
         ));
         // What the agent sent before this statement runs now, not after the decision.
         to.flush()
