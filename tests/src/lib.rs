@@ -501,6 +501,8 @@ pub struct Gateway {
     pub pin_dir: PathBuf,
     pub events_path: PathBuf,
     pub cgroup: Option<PathBuf>,
+    /// Arguments appended to `agentgate run` (e.g. `--admin-http 127.0.0.7:17984`).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     read_pos: Mutex<usize>,
 }
@@ -513,6 +515,17 @@ impl Gateway {
 
     /// Like `start`, with the gateway process itself placed in `cgroup`.
     pub fn start_in(name: &str, policy: &str, cgroup: Option<&Cgroup>) -> Self {
+        Self::start_with_args(name, policy, cgroup, &[])
+    }
+
+    /// Like `start_in`, with `extra_args` appended to `agentgate run` (kept for `restart` and
+    /// `start_again`).
+    pub fn start_with_args(
+        name: &str,
+        policy: &str,
+        cgroup: Option<&Cgroup>,
+        extra_args: &[&str],
+    ) -> Self {
         require_root();
         let dir = std::env::temp_dir().join(unique(name));
         let _ = std::fs::remove_dir_all(&dir);
@@ -523,6 +536,7 @@ impl Gateway {
             events_path: dir.join("events.jsonl"),
             dir,
             cgroup: cgroup.map(|c| c.abs.clone()),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             read_pos: Mutex::new(0),
         };
@@ -543,6 +557,7 @@ impl Gateway {
             .arg(self.dir.join("admin.sock"))
             .arg("--record-db")
             .arg(self.record_db())
+            .args(&self.extra_args)
             .env("AGENTGATE_LOG", "info,agentgate=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -695,6 +710,38 @@ impl Gateway {
         self.spawn();
     }
 
+    /// SIGTERM, as a service manager stops it, and waits for the process to exit (SIGKILL after
+    /// `timeout`). Returns the exit status, `None` if it had to be killed or was not running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the gateway again (same policy, pin directory, record DB, event log and extra
+    /// arguments) after `terminate` or `kill9`; waits for `ready`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again: the gateway still runs");
+        self.spawn();
+    }
+
+    /// The Unix socket of this gateway's local admin API.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
     /// `agentgate status --json` of this gateway.
     pub fn status(&self) -> Value {
         let out = Command::new(agentgate_bin())
@@ -818,7 +865,14 @@ struct Claims<'a> {
 /// A token signed by the test identity provider's key.
 pub fn mint(sub: &str, groups: &[&str], iat: u64, exp: u64) -> String {
     let key = std::fs::read(fixtures().join("test-signing-key.pem")).expect("test signing key");
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&key).expect("RSA PEM");
+    mint_with_key(&key, sub, groups, iat, exp)
+}
+
+/// Like `mint`, signed (RS256, kid `test-key-1`, issuer and audience of the test identity
+/// provider) with the RSA private key `key_pem` instead: with any other key than the test
+/// provider's, a forged token.
+pub fn mint_with_key(key_pem: &[u8], sub: &str, groups: &[&str], iat: u64, exp: u64) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem).expect("RSA PEM");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("test-key-1".into());
     let claims = Claims {

@@ -841,6 +841,9 @@ pub struct PgTargetOptions {
     /// `gateway.mask_key` read from this file (the key of the `hash` mask strategy). A
     /// `gateway` setting: it takes effect at start only, so keep it the same in `set_policy`.
     pub mask_key: Option<PathBuf>,
+    /// Extra `gateway:` settings (YAML lines indented by two spaces, e.g. `approval_webhooks`).
+    /// Like `mask_key`, keep it the same in `set_policy`.
+    pub gateway_extra: String,
 }
 
 impl Default for PgTargetOptions {
@@ -851,6 +854,7 @@ impl Default for PgTargetOptions {
             client_tls: None,
             extra_rules: String::new(),
             mask_key: None,
+            gateway_extra: String::new(),
         }
     }
 }
@@ -865,6 +869,19 @@ impl PgGateway {
         pg_port: u16,
         pg_opts: PgOptions,
         opts: &PgTargetOptions,
+    ) -> Self {
+        Self::start_with_args(tag, listen, pg_port, pg_opts, opts, &[])
+    }
+
+    /// Like [`start`](Self::start), with `gateway_args` appended to `agentgate run` (e.g.
+    /// `--admin-http 127.0.0.7:17984`, `--drain-secs 1`).
+    pub fn start_with_args(
+        tag: &str,
+        listen: u16,
+        pg_port: u16,
+        pg_opts: PgOptions,
+        opts: &PgTargetOptions,
+        gateway_args: &[&str],
     ) -> Self {
         crate::require_root();
         let name = crate::unique(tag);
@@ -881,9 +898,11 @@ impl PgGateway {
         fs::write(&secret, format!("{ROLE_PASSWORD}\n")).expect("write secret");
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod secret");
         let token = crate::TokenFile::valid(tag);
-        let gw = crate::Gateway::start(
+        let gw = crate::Gateway::start_with_args(
             tag,
             &pg_policy(listen, &name, pg_port, &secret, &token.path, opts),
+            None,
+            gateway_args,
         );
         gw.wait_classified(&agent.rel);
         gw.wait_classified(&file_agent.rel);
@@ -1017,7 +1036,7 @@ pub fn pg_policy(
         None => String::new(),
     };
     format!(
-        "version: 2\ngateway:\n  listen_port: {listen}\n{mask_key}\
+        "version: 2\ngateway:\n  listen_port: {listen}\n{mask_key}{gateway_extra}\
          identity_providers:\n  - name: test-idp\n    issuer: {iss}\n    audiences: [{aud}]\n\
          \x20   jwks: {{from: file, path: {jwks}}}\n    algorithms: [RS256]\n\
          workloads:\n  - name: sql-agents\n    cgroup: \"/{name}/job-*\"\n    mode: host\n    token: {{from: credential}}\n\
@@ -1033,12 +1052,31 @@ pub fn pg_policy(
         user = o.user,
         tls = o.upstream_tls,
         rules = o.extra_rules,
+        gateway_extra = o.gateway_extra,
     )
 }
 
 /// The tokio-postgres agent: `$PG_AGENT_BIN` (set by xtask), else the one built with this crate.
 pub fn pg_agent_bin() -> PathBuf {
     crate::crate_bin("PG_AGENT_BIN", "pg-agent")
+}
+
+/// `tests/fixtures/pg_session.py`.
+pub fn pg_session_script() -> PathBuf {
+    crate::fixtures().join("pg_session.py")
+}
+
+/// `<python> pg_session.py <conninfo>`: an interactive psycopg 3 session (autocommit) that runs
+/// one statement per JSON line on stdin and prints each notice as it arrives and each outcome,
+/// one JSON object per line (see the script). No inherited `PG*` variables; stdin, stdout and
+/// stderr are up to the caller.
+pub fn pg_session_command(conninfo: &str) -> Command {
+    let mut cmd = Command::new(python());
+    clean_pg_env(&mut cmd);
+    cmd.arg(pg_session_script())
+        .arg(conninfo)
+        .env("PGCONNECT_TIMEOUT", "10");
+    cmd
 }
 
 /// `tests/fixtures/pg_raw.py`.

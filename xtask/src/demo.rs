@@ -1,19 +1,20 @@
 //! `cargo xtask demo`: an agent in a fresh cgroup reaches a TCP service only through the gateway;
 //! then an agent's psql session to a throwaway PostgreSQL goes through the gateway, JWT as its
-//! password, and its DROP TABLE is denied; the agent reads a customers table with its personal
-//! data masked, while the database holds the real values.
+//! password, and its GRANT is denied; its DROP TABLE waits for a person, who denies one and
+//! approves another through `agentgate approvals`; the agent reads a customers table with its
+//! personal data masked, while the database holds the real values.
 
 use std::{
     fs,
     io::{Read, Write},
     os::unix::fs::OpenOptionsExt,
-    path::Path,
-    process::{Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use agentgate_tests::{
-    fixtures, mint, now,
+    agentgate_bin, fixtures, mint, now,
     pg::{psql_command, PgOptions, PgServer, ROLE_PASSWORD, ROLE_SCRAM, SUPERUSER_PASSWORD},
     place, probe, s, Cgroup, Gateway, TargetServer,
 };
@@ -44,9 +45,18 @@ const AGENT_SESSION: &str = "\
 INSERT INTO items (id, name, price) VALUES (1, 'widget', 9.50), (2, 'gadget', 24.00);
 SELECT id, name, price FROM items ORDER BY id;
 SELECT current_user;
+GRANT SELECT ON customers TO PUBLIC;
+SELECT count(*) FROM items;
+";
+/// The agent's second session: its DROP TABLE waits for a person, who denies it.
+const DROP_ITEMS: &str = "\
 DROP TABLE items;
 SELECT count(*) FROM items;
 ";
+/// The agent's third session: a DROP TABLE a person approves.
+const DROP_SCRATCH: &str = "DROP TABLE scratch;\n";
+/// Why the demo's approver denies the DROP TABLE of items.
+const DENY_REASON: &str = "items is live inventory; archive it first";
 
 pub fn run() -> anyhow::Result<()> {
     util::require_root("the demo")?;
@@ -172,7 +182,8 @@ fn tcp_service() -> anyhow::Result<()> {
 }
 
 /// An agent's psql session to a throwaway PostgreSQL goes through the gateway
-/// (policies/demo-postgres/postgres.yaml): JWT as its password, the brokered role upstream, a denied DROP.
+/// (policies/demo-postgres/postgres.yaml): JWT as its password, the brokered role upstream, a denied
+/// GRANT; its DROP TABLEs wait for a person's decision.
 fn postgres() -> anyhow::Result<()> {
     // Locals drop in reverse order: the gateway first, then the agent's cgroup, then the server.
     let pg = PgServer::start("demo", PG_PORT, PgOptions::default());
@@ -182,6 +193,15 @@ fn postgres() -> anyhow::Result<()> {
         "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(8, 2));",
     );
     pg.sql_in("agentdb", CUSTOMERS);
+    // Owned by the gateway's role: PostgreSQL lets only the owner drop a table.
+    pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE scratch (id int, note text);\n\
+             INSERT INTO scratch VALUES (1, 'draft');\n\
+             ALTER TABLE scratch OWNER TO {ROLE_SCRAM};"
+        ),
+    );
     let secret = Path::new(DEMO_DIR).join("pg-secret");
     fs::OpenOptions::new()
         .create(true)
@@ -194,13 +214,13 @@ fn postgres() -> anyhow::Result<()> {
     let key = Path::new(DEMO_DIR).join("mask.key");
     write_mask_key(&key)?;
     println!(
-        "\n== a throwaway PostgreSQL 15 on 127.0.0.1:{PG_PORT} (database agentdb, tables items and customers); agentgate holds the only password (role {ROLE_SCRAM}, in {}, mode 0600)",
+        "\n== a throwaway PostgreSQL 15 on 127.0.0.1:{PG_PORT} (database agentdb, tables items, customers and scratch, the last owned by {ROLE_SCRAM}); agentgate holds the only password (role {ROLE_SCRAM}, in {}, mode 0600)",
         secret.display()
     );
     let agent = Cgroup::create("/agentgate-demo/sql-agent-1");
     let gw = Gateway::start("demo-pg", PG_POLICY);
     println!(
-        "== a second agentgate runs (pid {}) with policies/demo-postgres/postgres.yaml: PostgreSQL target, rule no-ddl denies ddl/dcl/admin statements, rules mask-* mask the customers' personal data",
+        "== a second agentgate runs (pid {}) with policies/demo-postgres/postgres.yaml: PostgreSQL target, rule no-privilege-changes denies dcl/admin statements, rule ddl-needs-approval holds ddl statements for a person's approval, rules mask-* mask the customers' personal data",
         gw.pid()
     );
     let ev = gw.wait_classified(&agent.rel);
@@ -219,13 +239,10 @@ fn postgres() -> anyhow::Result<()> {
         agent.rel
     );
     println!("   $ psql -X --dbname=\"{shown}\" -a -v VERBOSITY=verbose < session.sql");
-    let mut cmd = psql_command(&conn);
-    cmd.args(["-a", "-v", "VERBOSITY=verbose"]);
-    place(&mut cmd, Some(&agent), None);
-    let (pid, out) = run_merged(cmd, AGENT_SESSION)?;
+    let (pid, out) = run_merged(agent_psql(&conn, &agent), AGENT_SESSION)?;
     print_indented(&out);
     let brokered = out.lines().any(|l| l.trim() == ROLE_SCRAM);
-    let denied = out.contains("42501") && out.contains("\"no-ddl\"");
+    let denied = out.contains("42501") && out.contains("\"no-privilege-changes\"");
     let left = pg.sql_in("agentdb", "SELECT count(*) FROM items;");
     println!(
         "   => current_user: {}",
@@ -236,9 +253,9 @@ fn postgres() -> anyhow::Result<()> {
         }
     );
     println!(
-        "   => DROP TABLE: {}; the table is still there ({left} rows, as the superuser sees it)",
+        "   => GRANT: {}; table items is there as before ({left} rows, as the superuser sees it)",
         if denied {
-            "stopped at the gateway (42501, rule no-ddl) and the session went on"
+            "stopped at the gateway (42501, rule no-privilege-changes) and the session went on"
         } else {
             "NOT DENIED (wrong)"
         }
@@ -272,43 +289,21 @@ fn postgres() -> anyhow::Result<()> {
     );
     let session = s(&close, "session");
     let expected = close["statements"].as_u64().unwrap_or(0) as usize;
-    let rows = recorded(&gw.record_db(), session, expected)?;
+    let rows = recorded(
+        &gw.record_db(),
+        "SELECT seq, class, decision, rule, error_code, text FROM statements WHERE session = ? ORDER BY seq",
+        &[session],
+        expected,
+    )?;
     println!("   recorded statements (record DB, table statements, session {session}):");
-    let cell = |r: &Value, i: usize| match &r[i] {
-        Value::Null => "-".to_string(),
-        Value::String(t) => t.clone(),
-        v => v.to_string(),
-    };
-    let header = ["seq", "class", "decision", "rule", "code", "text"];
     let table: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| (0..header.len()).map(|i| cell(r, i)).collect())
+        .map(|r| (0..6).map(|i| cell(&r[i])).collect())
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        let mut l = String::from("     ");
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l += c;
-            } else {
-                l += &format!("{c:<w$}  ", w = widths[i]);
-            }
-        }
-        l
-    };
-    println!("{}", line(&header.map(String::from)));
-    for r in &table {
-        println!("{}", line(r));
-    }
+    print_table(
+        &["seq", "class", "decision", "rule", "code", "text"],
+        &table,
+    );
 
     println!("\n-- the same psql command from outside managed cgroups (straight to the database):");
     let direct = |conn: &str| -> anyhow::Result<String> {
@@ -333,7 +328,171 @@ fn postgres() -> anyhow::Result<()> {
         "   => the database knows no JWTs: the agent gets in only through the gateway, which holds the password"
     );
 
+    approvals(&gw, &agent, subject, &conn, &shown, &pg)?;
     masking(&agent, &conn, &shown, &pg)
+}
+
+/// The agent's DROP TABLEs wait for a person (rule ddl-needs-approval): root on this host denies
+/// one and approves the other through `agentgate approvals`; each time the agent sees the outcome
+/// and the superuser what the database holds. The record DB keeps the trail of both.
+fn approvals(
+    gw: &Gateway,
+    agent: &Cgroup,
+    subject: &str,
+    conn: &str,
+    shown: &str,
+    pg: &PgServer,
+) -> anyhow::Result<()> {
+    let sock = gw.admin_socket();
+    println!(
+        "\n-- approvals: the agent in {} drops table items and counts it, in the background (rule ddl-needs-approval: a member of group demo-dbas decides through the HTTP admin API, not started here, or root on this host through the local CLI, as below):",
+        agent.rel
+    );
+    println!(
+        "   $ printf 'DROP TABLE items;\\nSELECT count(*) FROM items;\\n' | psql -X --dbname=\"{shown}\" -a -v VERBOSITY=verbose &"
+    );
+    let mut held = Background::spawn(agent_psql(conn, agent), DROP_ITEMS, "drop-items.out")?;
+    let request = pending(&sock, "items", &mut held)?;
+    let id = s(&request, "id").to_string();
+    let so_far = held.wait_output(|o| o.contains(&id), Duration::from_secs(5))?;
+    println!(
+        "   the demo polls `agentgate approvals list --json` until the request is pending; as root on this host (SOCK={}, the gateway's admin socket):",
+        sock.display()
+    );
+    println!("   $ agentgate approvals list --admin-socket $SOCK");
+    print_indented(&approvals_cli(&sock, &["list"])?);
+    println!("   the agent's psql so far:");
+    print_indented(&so_far);
+    let waiting = held.running()?;
+    let still = pg.sql_in("agentdb", "SELECT count(*) FROM items;");
+    println!(
+        "   => {}",
+        if so_far.contains("approval required") && waiting {
+            format!(
+                "the agent was told at once (NOTICE naming request {id}) and its psql waits; items is still there ({still} rows, as the superuser sees it)"
+            )
+        } else {
+            "the agent got NO approval-required NOTICE, or its psql does not wait (wrong)"
+                .to_string()
+        }
+    );
+
+    println!(
+        "\n   $ agentgate approvals deny {id} --reason \"{DENY_REASON}\" --admin-socket $SOCK"
+    );
+    print_indented(&approvals_cli(
+        &sock,
+        &["deny", &id, "--reason", DENY_REASON],
+    )?);
+    let out = held.finish(Duration::from_secs(10))?;
+    println!("   the agent's psql, to its end:");
+    print_indented(&out);
+    let left = pg.sql_in("agentdb", "SELECT count(*) FROM items;");
+    let denied = out.contains("42501")
+        && out.contains(&format!("{id} denied by root: {DENY_REASON}"))
+        && out.contains("(1 row)");
+    println!(
+        "   => DROP TABLE: {}; items is still there ({left} rows, as the superuser sees it)",
+        if denied {
+            "denied by root, the agent got 42501 with the reason and its session went on"
+        } else {
+            "NOT DENIED with the reason (wrong)"
+        }
+    );
+
+    println!(
+        "\n-- the agent drops table scratch (owned by {ROLE_SCRAM}, so PostgreSQL lets it), in the background; this time root approves:"
+    );
+    println!(
+        "   $ echo 'DROP TABLE scratch;' | psql -X --dbname=\"{shown}\" -a -v VERBOSITY=verbose &"
+    );
+    let mut held = Background::spawn(agent_psql(conn, agent), DROP_SCRATCH, "drop-scratch.out")?;
+    let request = pending(&sock, "scratch", &mut held)?;
+    let approved_id = s(&request, "id").to_string();
+    held.wait_output(|o| o.contains(&approved_id), Duration::from_secs(5))?;
+    let there = pg.sql_in(
+        "agentdb",
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch';",
+    );
+    println!(
+        "   pending: request {approved_id} ({}); the agent got its NOTICE; table scratch exists: {}",
+        s(&request, "statement"),
+        if there == "1" { "yes" } else { "NO (wrong)" }
+    );
+    println!("   $ agentgate approvals approve {approved_id} --admin-socket $SOCK");
+    let answer = approvals_cli(&sock, &["approve", &approved_id])?;
+    println!("     {}", answer.lines().next().unwrap_or(""));
+    let out = held.finish(Duration::from_secs(10))?;
+    println!("   the agent's psql, to its end:");
+    print_indented(&out);
+    let gone = pg.sql_in(
+        "agentdb",
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch';",
+    );
+    let ran = out.lines().any(|l| l.trim() == "DROP TABLE") && !out.contains("ERROR");
+    println!(
+        "   => DROP TABLE: {}; {}",
+        if ran {
+            "approved by root, it ran and the agent got its normal result"
+        } else {
+            "did NOT run after the approval (wrong)"
+        },
+        if gone == "0" {
+            "the superuser finds no table scratch any more"
+        } else {
+            "the superuser still finds table scratch (wrong)"
+        }
+    );
+
+    println!("\n   $ agentgate approvals show {approved_id} --admin-socket $SOCK");
+    print_indented(&approvals_cli(&sock, &["show", &approved_id])?);
+    let rows = recorded(
+        &gw.record_db(),
+        "SELECT request, at_ms, event, actor, detail FROM approval_events WHERE request IN (?, ?) ORDER BY at_ms, rowid",
+        &[&id, &approved_id],
+        4,
+    )?;
+    println!(
+        "\n   the trail (record DB, table approval_events; at: seconds after the first event):"
+    );
+    let first = rows.first().and_then(|r| r[1].as_i64()).unwrap_or(0);
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let at = r[1].as_i64().unwrap_or(0) - first;
+            vec![
+                cell(&r[0]),
+                format!("+{}.{:03}", at / 1000, at % 1000),
+                cell(&r[2]),
+                cell(&r[3]),
+                cell(&r[4]),
+            ]
+        })
+        .collect();
+    print_table(&["request", "at", "event", "actor", "detail"], &table);
+    let trail = |id: &str, decision: &str| {
+        let events: Vec<&str> = rows
+            .iter()
+            .filter(|r| r[0] == id)
+            .filter_map(|r| r[2].as_str())
+            .collect();
+        let by = |event: &str, actor: &dyn Fn(&str) -> bool| {
+            rows.iter()
+                .any(|r| r[0] == id && r[2] == event && r[3].as_str().is_some_and(actor))
+        };
+        events == ["requested", decision]
+            && by("requested", &|a| a.ends_with(&format!("#{subject}")))
+            && by(decision, &|a| a == "local#root")
+    };
+    println!(
+        "   => {}",
+        if trail(&id, "deny") && trail(&approved_id, "approve") {
+            "each request recorded with the agent who asked (its JWT's issuer#subject) and the statement, each decision with who made it (local#root)"
+        } else {
+            "the trail is NOT as it happened (wrong)"
+        }
+    );
+    Ok(())
 }
 
 /// The agent reads table customers through the gateway (masked), then the superuser reads it
@@ -381,6 +540,46 @@ fn masking(agent: &Cgroup, conn: &str, shown: &str, pg: &PgServer) -> anyhow::Re
     Ok(())
 }
 
+/// `rows` under `header`, each column as wide as its widest cell (the last one unpadded).
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let mut l = String::from("     ");
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l += c;
+            } else {
+                l += &format!("{c:<w$}  ", w = widths[i]);
+            }
+        }
+        l
+    };
+    println!(
+        "{}",
+        line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+    );
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+/// A record DB value as a table cell: `-` for NULL.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(t) => t.clone(),
+        v => v.to_string(),
+    }
+}
+
 fn print_indented(text: &str) {
     for line in text.lines().map(str::trim_end) {
         if line.is_empty() {
@@ -408,6 +607,143 @@ fn write_mask_key(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("write {}", path.display()))
 }
 
+/// The agent's psql (statements from stdin, echoed; errors with their SQLSTATE), in its cgroup.
+fn agent_psql(conn: &str, agent: &Cgroup) -> Command {
+    let mut cmd = psql_command(conn);
+    cmd.args(["-a", "-v", "VERBOSITY=verbose"]);
+    place(&mut cmd, Some(agent), None);
+    cmd
+}
+
+/// `agentgate approvals ARGS --admin-socket SOCK` as root; its stdout, or an error with its stderr.
+fn approvals_cli(sock: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(agentgate_bin())
+        .arg("approvals")
+        .args(args)
+        .arg("--admin-socket")
+        .arg(sock)
+        .output()
+        .context("run agentgate approvals")?;
+    if !out.status.success() {
+        bail!(
+            "agentgate approvals {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            out.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `agentgate approvals list --json` (10 s) until a pending request's statement names
+/// `table`; returns it.
+fn pending(sock: &Path, table: &str, agent: &mut Background) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: Value = serde_json::from_str(&approvals_cli(sock, &["list", "--json"])?)?;
+        if let Some(r) = list["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["state"] == "pending" && s(r, "statement").contains(table))
+        {
+            return Ok(r.clone());
+        }
+        if !agent.running()? {
+            bail!(
+                "the agent's psql ended before a request to drop {table} was pending:\n{}",
+                agent.output()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no pending request to drop {table} after 10 s; the agent's psql so far:\n{}",
+                agent.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An agent's psql running in the background, stdout and stderr into one file (read as it
+/// grows). Killed, if still running, and its file removed when dropped.
+struct Background {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Background {
+    fn spawn(mut cmd: Command, input: &str, name: &str) -> anyhow::Result<Self> {
+        let path = Path::new(DEMO_DIR).join(name);
+        let out = fs::File::create(&path)?;
+        cmd.stdin(Stdio::piped())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd.spawn().context("run psql")?;
+        drop(cmd);
+        let mut bg = Self { child, path };
+        let mut stdin = bg.child.stdin.take().context("psql stdin")?;
+        stdin.write_all(input.as_bytes())?;
+        drop(stdin);
+        Ok(bg)
+    }
+
+    fn output(&self) -> String {
+        fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
+    /// Its output once `ready` says so (while it still runs), within `timeout`.
+    fn wait_output(
+        &mut self,
+        ready: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if ready(&out) {
+                return Ok(out);
+            }
+            if !self.running()? {
+                bail!("the agent's psql ended early:\n{out}");
+            }
+            if Instant::now() > deadline {
+                bail!("the agent's psql did not print what was expected:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its whole output once it has exited (within `timeout`).
+    fn finish(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        while self.running()? {
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent's psql still runs after {timeout:?}:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(self.output())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// Runs `cmd` with `input` on stdin, stdout and stderr into one file (so an error shows where it
 /// happened); returns its pid and that output.
 fn run_merged(mut cmd: Command, input: &str) -> anyhow::Result<(u32, String)> {
@@ -428,9 +764,10 @@ fn run_merged(mut cmd: Command, input: &str) -> anyhow::Result<(u32, String)> {
     Ok((child.id(), text))
 }
 
-/// The statements the gateway recorded for `session`: [seq, class, decision, rule, error_code,
-/// text] each. The recorder commits in batches: waits until `expected` rows are there (5 s).
-fn recorded(db: &Path, session: &str, expected: usize) -> anyhow::Result<Vec<Value>> {
+/// The rows of `query` (with `?` parameters `args`) in the gateway's record DB, each a JSON
+/// array of its columns. The recorder commits in batches: waits until `expected` rows are
+/// there (5 s).
+fn recorded(db: &Path, query: &str, args: &[&str], expected: usize) -> anyhow::Result<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = Command::new("python3")
@@ -438,10 +775,11 @@ fn recorded(db: &Path, session: &str, expected: usize) -> anyhow::Result<Vec<Val
             .arg(
                 "import sqlite3, sys, json\n\
                  c = sqlite3.connect(sys.argv[1])\n\
-                 print(json.dumps(c.execute('SELECT seq, class, decision, rule, error_code, text FROM statements WHERE session = ? ORDER BY seq', (sys.argv[2],)).fetchall()))",
+                 print(json.dumps(c.execute(sys.argv[2], sys.argv[3:]).fetchall()))",
             )
             .arg(db)
-            .arg(session)
+            .arg(query)
+            .args(args)
             .output()
             .context("python3 (its sqlite3 module reads the record DB)")?;
         if !out.status.success() {
