@@ -1370,6 +1370,33 @@ fn disconnect_while_held_cancels_the_request() {
         table_exists(&p, "t"),
         "the DROP of a disconnected agent ran"
     );
+
+    // The same with the extended protocol: tokio-postgres sends Bind, Execute and Sync in one
+    // write, so a Sync waits behind the held Execute; the agent leaving must still be seen.
+    create_tables(&p, &["t2"]);
+    let ext = p.agent_conninfo(&agent_jwt("agent-disconnect-ext"), "disable");
+    let spec = json!([{"sql": "DROP TABLE t2", "params": []}]).to_string();
+    let mut c = Bg::spawn(
+        "pg-agent",
+        {
+            let mut cmd = Command::new(pg_agent_bin());
+            cmd.args(["rows", &ext, &spec]);
+            cmd
+        },
+        &p.agent,
+    );
+    let pending = wait_pending_of(&p.gw, "agent-disconnect-ext");
+    let id = pending["id"].as_str().unwrap().to_string();
+    c.kill();
+    let r = wait_request(&p.gw, &id, "cancelled", |r| r["state"] == "cancelled");
+    assert!(
+        reason_of(&r).contains("disconnected"),
+        "cancelled for another reason: {r}"
+    );
+    assert!(
+        table_exists(&p, "t2"),
+        "the DROP of a disconnected extended-protocol agent ran"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ const PARAM_CAP: usize = 4096;
 /// Prepared statements and portals a session may hold; PostgreSQL has no limit, but the gateway
 /// keeps a small record of each.
 const MAX_NAMED: usize = 100_000;
+/// Bytes of messages the agent may send behind a statement held for approval before the
+/// gateway stops reading them.
+const MAX_QUEUED_WHILE_HELD: usize = 1 << 20;
 /// Statements sent but not yet answered. After an error the server skips messages until Sync
 /// without answering, so an agent could otherwise grow this without bound.
 const MAX_IN_FLIGHT: usize = 65_536;
@@ -320,6 +323,8 @@ pub async fn relay(
             parses: HashMap::new(),
             next_parse: 1,
             approved: None,
+            queued: VecDeque::new(),
+            queued_bytes: 0,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -370,6 +375,10 @@ struct Upward<'a, 'c> {
     next_parse: u64,
     /// The approval (rule and request) the statement being recorded runs under.
     approved: Option<String>,
+    /// Messages the agent sent while a statement was held, read off its socket (so that its
+    /// leaving stays visible) and handled in order after the decision.
+    queued: VecDeque<Frame>,
+    queued_bytes: usize,
 }
 
 impl Upward<'_, '_> {
@@ -379,15 +388,24 @@ impl Upward<'_, '_> {
         W: AsyncWrite + Unpin,
     {
         loop {
-            let Some(frame) = codec::read_frame(&mut from, self.ctx.max_message)
-                .await
-                .map_err(RelayError::Client)?
-            else {
-                return Ok(Ended::ClientGone);
+            let frame = match self.queued.pop_front() {
+                Some(f) => {
+                    self.queued_bytes -= f.bytes.len();
+                    f
+                }
+                None => {
+                    let Some(frame) = codec::read_frame(&mut from, self.ctx.max_message)
+                        .await
+                        .map_err(RelayError::Client)?
+                    else {
+                        return Ok(Ended::ClientGone);
+                    };
+                    self.counters
+                        .up
+                        .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+                    frame
+                }
             };
-            self.counters
-                .up
-                .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
             let tag = frame.tag();
             let frame = match self.inspect(frame, &mut from, to).await {
                 Err(RelayError::LeftWhileHeld) => return Ok(Ended::ClientGone),
@@ -403,7 +421,7 @@ impl Upward<'_, '_> {
                 return Ok(Ended::Client);
             }
             // Pipelined messages travel together; flush once nothing more is waiting.
-            if from.buffer().is_empty() {
+            if from.buffer().is_empty() && self.queued.is_empty() {
                 to.flush().await.map_err(io)?;
             }
         }
@@ -592,29 +610,27 @@ impl Upward<'_, '_> {
                 Ok(frame)
             }
             b'F' => {
-                // The function is named by OID and runs with arbitrary arguments: opaque.
+                // The function is named by OID and runs with arbitrary arguments: opaque. Its
+                // OID and arguments are what people approve (and what a retry must repeat).
                 let classified = Arc::new(Classified::opaque("FunctionCall message"));
+                let mut f = Fields::new(&frame);
+                let oid = f.i32().map_err(bad)? as u32;
+                let plan = self.plan.get(self.ctx);
+                let args = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
+                let text = format!("<FunctionCall of function oid {oid}>");
                 let denied = match self.decide(&classified, "") {
                     Some(d) => Some(d),
                     None => match self.mask_denial(&classified).await? {
                         Some(d) => Some(d),
-                        None => {
-                            self.approval(&classified, "<FunctionCall>", &[], from, to)
-                                .await?
-                        }
+                        None => self.approval(&classified, &text, &args, from, to).await?,
                     },
                 };
                 let (rule, message) = match denied {
                     Some(d) => (Some(d.rule), d.message),
                     None => (None, None),
                 };
-                let rec = self.statement(
-                    "function_call",
-                    "<FunctionCall>",
-                    &classified,
-                    Vec::new(),
-                    rule.as_deref(),
-                );
+                let rec =
+                    self.statement("function_call", &text, &classified, args, rule.as_deref());
                 let forward = match rule {
                     Some(rule) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
@@ -830,7 +846,7 @@ impl Upward<'_, '_> {
             .map_err(|e| RelayError::Upstream(CodecError::Io(e)))?;
         enum Woke {
             Decided(Box<crate::approval::Request>),
-            AgentLeft(Option<std::io::Error>),
+            AgentLeft(Option<CodecError>),
             AgentSent,
         }
         let mut watch_agent = true;
@@ -840,19 +856,39 @@ impl Upward<'_, '_> {
                 read = from.fill_buf(), if watch_agent => match read {
                     Ok([]) => Woke::AgentLeft(None),
                     Ok(_) => Woke::AgentSent,
-                    Err(e) => Woke::AgentLeft(Some(e)),
+                    Err(e) => Woke::AgentLeft(Some(CodecError::Io(e))),
                 },
             };
             match woke {
                 Woke::Decided(r) => break r,
-                // Pipelined messages wait their turn; the agent leaving can no longer be seen
-                // behind them, and its session ending still cancels the request.
-                Woke::AgentSent => watch_agent = false,
+                // Pipelined messages (a Sync behind the Execute, say) are read off the socket
+                // and wait their turn, so that the agent leaving stays visible behind them.
+                // Past the cap the socket is left alone: its buffers push back on the agent.
+                Woke::AgentSent if self.queued_bytes >= MAX_QUEUED_WHILE_HELD => {
+                    watch_agent = false
+                }
+                Woke::AgentSent => match codec::read_frame(from, self.ctx.max_message).await {
+                    Ok(Some(f)) => {
+                        self.counters
+                            .up
+                            .fetch_add(f.bytes.len() as u64, Ordering::Relaxed);
+                        self.queued_bytes += f.bytes.len();
+                        self.queued.push_back(f);
+                    }
+                    Ok(None) => {
+                        held.cancel("the agent disconnected while its statement was held");
+                        return Err(RelayError::LeftWhileHeld);
+                    }
+                    Err(e) => {
+                        held.cancel("the agent's connection failed while its statement was held");
+                        return Err(RelayError::Client(e));
+                    }
+                },
                 Woke::AgentLeft(e) => {
                     held.cancel("the agent disconnected while its statement was held");
                     return Err(match e {
                         None => RelayError::LeftWhileHeld,
-                        Some(e) => RelayError::Client(CodecError::Io(e)),
+                        Some(e) => RelayError::Client(e),
                     });
                 }
             }
@@ -1759,7 +1795,7 @@ mod tests {
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1, approved: None };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0 };
             let mut agent = BufReader::new(tokio::io::empty());
             let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {
