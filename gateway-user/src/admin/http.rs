@@ -243,3 +243,174 @@ impl HttpAdmin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The API over real TLS (rcgen certificate, rustls on both sides) on loopback.
+
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::approval::{ApprovalSpec, Gate, Mode, NewRequest, Notifier};
+
+    fn approvals(dir: &std::path::Path) -> Arc<Approvals> {
+        let (_tx, policy) = watch::channel(Arc::new(crate::policy::Policy::default()));
+        let events = Arc::new(crate::record::EventSink::disabled());
+        Approvals::open(
+            &dir.join("r.db"),
+            Notifier::new(policy, None, events.clone()),
+            events,
+        )
+        .unwrap()
+    }
+
+    /// Tokens are the approver's name here; the real verifier is tested with the identity module.
+    fn authenticate() -> Authenticate {
+        Arc::new(|token: String| {
+            Box::pin(async move {
+                match token.as_str() {
+                    "alice" | "bob" => Ok(Approver::Oidc {
+                        issuer: "https://idp".into(),
+                        subject: token,
+                        groups: vec!["dba".into()],
+                    }),
+                    _ => Err(Unauthorized {
+                        code: "bad_signature",
+                        message: "token refused".into(),
+                    }),
+                }
+            })
+        })
+    }
+
+    async fn call(
+        addr: SocketAddr,
+        tls: &Arc<rustls::ClientConfig>,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "127.0.0.1")
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn approves_over_tls_and_refuses_plain_http_off_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = approvals(dir.path());
+        let held = match a
+            .submit(NewRequest {
+                session: "s".into(),
+                issuer: "https://idp".into(),
+                subject: "agent".into(),
+                workload: "w".into(),
+                target: "pg".into(),
+                protocol: "postgres".into(),
+                statement: "DROP TABLE t".into(),
+                params: vec![],
+                class: "ddl".into(),
+                rule: "r".into(),
+                spec: ApprovalSpec {
+                    approvers: vec!["dba".into()],
+                    quorum: 2,
+                    timeout: Duration::from_secs(60),
+                    mode: Mode::Hold,
+                    retry_window: Duration::ZERO,
+                },
+                retry_key: "k".into(),
+            })
+            .unwrap()
+        {
+            Gate::Held(h) => h,
+            _ => panic!("held"),
+        };
+        let id = held.request().id;
+
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        let client = Arc::new(crate::identity::fetch::tls_config(Some(&ca)).unwrap());
+
+        // Plain HTTP is for loopback only; the check comes before any bind.
+        assert!(matches!(
+            bind("0.0.0.0:0".parse().unwrap(), None).await,
+            Err(HttpAdminError::PlainOffLoopback(_))
+        ));
+        let (listener, acceptor) = bind("127.0.0.1:0".parse().unwrap(), Some(Arc::new(server)))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let admin = Arc::new(HttpAdmin {
+            approvals: a.clone(),
+            authenticate: authenticate(),
+        });
+        tokio::spawn(serve(admin, listener, acceptor, stop.clone()));
+
+        let path = format!("/v1/approvals/{id}/approve");
+        let (status, body) = call(addr, &client, "POST", &path, "mallory", "").await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (401, Some("bad_signature"))
+        );
+        let (status, body) = call(addr, &client, "GET", "/v1/approvals", "alice", "").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["requests"][0]["id"], id.as_str());
+        let (status, body) = call(
+            addr,
+            &client,
+            "POST",
+            &path,
+            "alice",
+            "{\"reason\": \"ok\"}",
+        )
+        .await;
+        assert_eq!((status, body["state"].as_str()), (200, Some("pending")));
+        let (status, body) = call(addr, &client, "POST", &path, "alice", "").await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (409, Some("already_counted"))
+        );
+        let deny = format!("/v1/approvals/{id}/deny");
+        let (status, body) = call(addr, &client, "POST", &deny, "bob", "not json").await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (400, Some("bad_request"))
+        );
+        let (status, body) = call(addr, &client, "POST", &path, "bob", "").await;
+        assert_eq!((status, body["state"].as_str()), (200, Some("approved")));
+        assert_eq!(a.get(&id).unwrap().approvals(), 2);
+        stop.cancel();
+    }
+}
