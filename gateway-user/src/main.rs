@@ -153,21 +153,40 @@ fn approvals(socket: &std::path::Path, command: ApprovalsCommand) -> anyhow::Res
                 println!("no requests");
             }
             for r in &list {
+                let f = |k: &str| field(r, k);
                 println!(
-                    "{}  {:<9}  {}/{} on {}  {}  {}",
-                    r["id"].as_str().unwrap_or("?"),
-                    r["state"].as_str().unwrap_or("?"),
-                    r["workload"].as_str().unwrap_or("?"),
-                    r["subject"].as_str().unwrap_or("?"),
-                    r["target"].as_str().unwrap_or("?"),
-                    r["rule"].as_str().unwrap_or("?"),
-                    one_line(r["statement"].as_str().unwrap_or(""), 60),
+                    "{}  {:<9}  {}/{} on {}/{}  {}  {}",
+                    f("id"),
+                    f("state"),
+                    f("workload"),
+                    f("subject"),
+                    f("target"),
+                    f("database"),
+                    f("rule"),
+                    one_line(&f("statement"), 60),
                 );
+            }
+            if answer["truncated"] == true {
+                println!("(the newest {} only)", list.len());
             }
         }
         _ => show_request(&answer),
     }
     Ok(())
+}
+
+/// A string field of an answer, made safe for a terminal: agent-controlled text (statements,
+/// names) cannot move the cursor or rewrite what an approver reads.
+fn field(v: &serde_json::Value, k: &str) -> String {
+    let mut out = String::new();
+    for c in v[k].as_str().unwrap_or("").chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn one_line(s: &str, max: usize) -> String {
@@ -179,7 +198,7 @@ fn one_line(s: &str, max: usize) -> String {
 }
 
 fn show_request(r: &serde_json::Value) {
-    let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+    let s = |k: &str| field(r, k);
     println!("request    {} ({})", s("id"), s("state"));
     println!(
         "agent      {} ({}) from workload {}",
@@ -188,13 +207,15 @@ fn show_request(r: &serde_json::Value) {
         s("workload")
     );
     println!(
-        "target     {} via {}, session {}",
+        "target     {} via {}, database {}, session {}",
         s("target"),
         s("protocol"),
+        s("database"),
         s("session")
     );
     println!("statement  {}", s("statement"));
     if let Some(p) = r["params"].as_array().filter(|p| !p.is_empty()) {
+        // JSON escapes control characters itself.
         println!("params     {}", serde_json::Value::Array(p.clone()));
     }
     println!(
@@ -205,15 +226,7 @@ fn show_request(r: &serde_json::Value) {
     );
     println!(
         "needs      {} approval(s) from {}",
-        r["quorum"],
-        r["approvers"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|g| g.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        r["quorum"], r["approvers"]
     );
     let at = |k: &str| match r[k].as_i64() {
         Some(ms) => format!(
@@ -230,22 +243,21 @@ fn show_request(r: &serde_json::Value) {
     for v in r["votes"].as_array().into_iter().flatten() {
         let from = match v["via"].as_str() {
             Some("local") => "on the node's admin socket".to_string(),
-            _ => format!(
-                "token of {}, via the HTTP admin API",
-                v["issuer"].as_str().unwrap_or("?")
-            ),
+            _ => format!("token of {}, via the HTTP admin API", field(v, "issuer")),
         };
+        let reason = field(v, "reason");
         println!(
             "vote       {} by {} ({from}){}",
-            v["verdict"].as_str().unwrap_or("?"),
-            v["approver"].as_str().unwrap_or("?"),
-            v["reason"]
-                .as_str()
-                .map(|x| format!(": {x}"))
-                .unwrap_or_default()
+            field(v, "verdict"),
+            field(v, "approver"),
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            }
         );
     }
-    if let Some(reason) = r["reason"].as_str() {
-        println!("reason     {reason}");
+    if r["reason"].is_string() {
+        println!("reason     {}", s("reason"));
     }
 }

@@ -136,6 +136,7 @@ fn approval_error(e: &ApprovalError) -> Response<Full<Bytes>> {
         ApprovalError::NotPending(..) | ApprovalError::AlreadyCounted(..) => StatusCode::CONFLICT,
         ApprovalError::NotApprover(..) | ApprovalError::SelfApproval(..) => StatusCode::FORBIDDEN,
         ApprovalError::ReasonRequired => StatusCode::BAD_REQUEST,
+        ApprovalError::TooManyPending(_) => StatusCode::TOO_MANY_REQUESTS,
         ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     refuse(status, e.code(), e)
@@ -192,13 +193,13 @@ impl HttpAdmin {
                         }
                     },
                 };
-                match self.approvals.list(state) {
+                match self.approvals.list(state, Some(groups)) {
                     Ok(list) => {
-                        let mine: Vec<_> = list
-                            .into_iter()
-                            .filter(|r| r.decidable_by(groups))
-                            .collect();
-                        reply(StatusCode::OK, json!({"requests": mine}))
+                        let truncated = list.len() >= crate::approval::LIST_LIMIT;
+                        reply(
+                            StatusCode::OK,
+                            json!({"requests": list, "truncated": truncated}),
+                        )
                     }
                     Err(e) => approval_error(&e),
                 }
@@ -327,6 +328,7 @@ mod tests {
                 subject: "agent".into(),
                 workload: "w".into(),
                 target: "pg".into(),
+                database: "db".into(),
                 protocol: "postgres".into(),
                 statement: "DROP TABLE t".into(),
                 params: vec![],

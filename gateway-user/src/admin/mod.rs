@@ -66,7 +66,10 @@ pub fn approvals_request(approvals: &Approvals, req: &Value, peer: &Peer) -> Val
                     None => return json!({"error": format!("unknown state `{s}`")}),
                 },
             };
-            approvals.list(state).map(|l| json!({"requests": l}))
+            approvals.list(state, None).map(|l| {
+                let truncated = l.len() >= crate::approval::LIST_LIMIT;
+                json!({"requests": l, "truncated": truncated})
+            })
         }
         Some("approvals.show") => approvals.get(id).map(|r| json!(r)),
         Some("approvals.decide") => {

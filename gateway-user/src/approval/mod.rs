@@ -16,4 +16,4 @@ pub use model::{
     ApprovalSpec, Approver, Mode, NewRequest, Request, State, Verdict, Webhook, WebhookFormat,
 };
 pub use notify::Notifier;
-pub use service::{ApprovalError, Approvals, Gate};
+pub use service::{ApprovalError, Approvals, Gate, LIST_LIMIT};

@@ -62,6 +62,8 @@ pub struct NewRequest {
     pub subject: String,
     pub workload: String,
     pub target: String,
+    /// The database (or other namespace inside the target) the statement runs in.
+    pub database: String,
     pub protocol: String,
     /// As recorded: what masking leaves of it.
     pub statement: String,
@@ -172,6 +174,8 @@ pub struct Request {
     pub subject: String,
     pub workload: String,
     pub target: String,
+    #[serde(default)]
+    pub database: String,
     pub protocol: String,
     pub statement: String,
     pub params: Vec<Option<String>>,

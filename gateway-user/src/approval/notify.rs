@@ -121,15 +121,28 @@ async fn deliver(
     );
 }
 
+/// Agent-controlled text for Slack's mrkdwn: `&`, `<` and `>` escaped (no mentions or links can
+/// be forged) and code fences broken (the text cannot leave its code block).
+fn slack_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace("```", "'''")
+}
+
+/// Statements longer than this are cut in Slack messages, saying so.
+const SLACK_STATEMENT: usize = 2_000;
+
 /// A Slack incoming-webhook message: a text fallback and a section with the details.
 fn slack(event: &str, r: &Request) -> Value {
     let head = match event {
         "approval_requested" => format!(
-            ":hourglass: agentgate approval request `{}`: {} wants to run on `{}` (waits for {})",
+            ":hourglass: agentgate approval request `{}`: {} wants to run on `{}` database `{}` (waits for {})",
             r.id,
-            r.subject,
-            r.target,
-            r.waits_for()
+            slack_text(&r.subject),
+            slack_text(&r.target),
+            slack_text(&r.database),
+            slack_text(&r.waits_for())
         ),
         _ => format!(
             "agentgate approval request `{}` is {}{}",
@@ -137,19 +150,55 @@ fn slack(event: &str, r: &Request) -> Value {
             r.state.as_str(),
             r.reason
                 .as_deref()
-                .map(|x| format!(": {x}"))
+                .map(|x| format!(": {}", slack_text(x)))
                 .unwrap_or_default()
         ),
     };
-    let statement: String = r.statement.chars().take(2_000).collect();
+    let total = r.statement.chars().count();
+    let shown: String = r.statement.chars().take(SLACK_STATEMENT).collect();
+    let mut statement = format!("```{}```", slack_text(&shown));
+    if total > SLACK_STATEMENT {
+        statement.push_str(&format!(
+            "\n:warning: cut at {SLACK_STATEMENT} of {total} characters: read it all with `agentgate approvals show {}` before deciding",
+            r.id
+        ));
+    }
     json!({
-        "text": format!("{head}\n```{statement}```"),
+        "text": format!("{head}\n{statement}"),
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": head}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": format!("```{statement}```")}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": statement}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
                 "rule `{}` · workload `{}` · class `{}` · `agentgate approvals approve {}`",
-                r.rule, r.workload, r.class, r.id)}]},
+                slack_text(&r.rule), slack_text(&r.workload), slack_text(&r.class), r.id)}]},
         ],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_messages_cannot_be_steered_by_the_statement() {
+        let r: Request = serde_json::from_value(json!({
+            "id": "ar-000000000001", "state": "pending", "created_ms": 0, "expires_ms": 1,
+            "decided_ms": null, "session": "s", "issuer": "i", "subject": "agent <!channel>",
+            "workload": "w", "target": "pg", "database": "db", "protocol": "postgres",
+            "statement": format!("SELECT 1 /* ``` <https://evil.example|approve> {} */; DROP TABLE t", " ".repeat(3000)),
+            "params": [], "class": "ddl", "rule": "r", "approvers": ["dba"], "quorum": 1,
+            "mode": "hold", "retry_window_ms": 0, "retry_used_ms": null, "reason": null, "votes": [],
+        }))
+        .unwrap();
+        let m = slack("approval_requested", &r);
+        let text = m["text"].as_str().unwrap();
+        assert!(
+            !text.contains("<!channel>") && !text.contains("<https://"),
+            "{text}"
+        );
+        assert!(text.contains("&lt;!channel&gt;"), "{text}");
+        // The statement's own fence is broken: exactly one code block, opened and closed.
+        assert_eq!(text.matches("```").count(), 2, "{text}");
+        assert!(text.contains("cut at 2000 of 3"), "{text}");
+    }
 }

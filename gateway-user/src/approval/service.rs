@@ -19,7 +19,10 @@ use super::{
 use crate::record::{now_ms, EventSink};
 
 /// How many requests `list` returns at most.
-const LIST_LIMIT: usize = 500;
+pub const LIST_LIMIT: usize = 500;
+/// Pending requests one identity may have: more are refused, so that one agent cannot bury
+/// everyone else's requests or keep the store busy.
+const MAX_PENDING_PER_IDENTITY: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApprovalError {
@@ -27,14 +30,16 @@ pub enum ApprovalError {
     UnknownRequest(String),
     #[error("request {0} is already {1}")]
     NotPending(String, &'static str),
-    #[error("{0} is in none of the approver groups of request {1} ({2})")]
-    NotApprover(String, String, String),
+    #[error("{0} is in none of the approver groups of request {1}")]
+    NotApprover(String, String),
     #[error("{0} made request {1} and cannot approve it")]
     SelfApproval(String, String),
     #[error("{0} already approved request {1}; each approver counts once")]
     AlreadyCounted(String, String),
     #[error("a denial needs a reason")]
     ReasonRequired,
+    #[error("{0} already has {MAX_PENDING_PER_IDENTITY} approval requests waiting")]
+    TooManyPending(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -49,6 +54,7 @@ impl ApprovalError {
             ApprovalError::SelfApproval(..) => "self_approval",
             ApprovalError::AlreadyCounted(..) => "already_counted",
             ApprovalError::ReasonRequired => "bad_request",
+            ApprovalError::TooManyPending(_) => "too_many_pending",
             ApprovalError::Store(_) => "store_error",
         }
     }
@@ -101,7 +107,9 @@ impl Approvals {
     }
 
     pub fn resume(self: &Arc<Self>) -> Result<(), StoreError> {
-        let pending = self.store().list(Some(State::Pending), usize::MAX >> 1)?;
+        let pending = self
+            .store()
+            .list(Some(State::Pending), None, usize::MAX >> 1)?;
         for r in pending {
             match r.mode {
                 Mode::Hold => {
@@ -132,9 +140,16 @@ impl Approvals {
             // Under one lock: two retries racing must not both use one approval.
             let mut store = self.store();
             for mut r in store.by_retry_key(&new.retry_key)? {
+                // An approval counts for the rule, approvers and quorum it was given under;
+                // a policy that now asks more of it (or other people) needs a new request.
+                let same_terms = r.mode == Mode::DenyAndRetry
+                    && r.rule == new.rule
+                    && r.approvers == new.spec.approvers
+                    && r.quorum >= new.spec.quorum;
                 match r.state {
                     State::Approved
-                        if r.retry_used_ms.is_none()
+                        if same_terms
+                            && r.retry_used_ms.is_none()
                             && now <= r.decided_ms.unwrap_or(0) + r.retry_window_ms =>
                     {
                         r.retry_used_ms = Some(now);
@@ -154,10 +169,16 @@ impl Approvals {
                         );
                         return Ok(Gate::Pass(r));
                     }
-                    State::Pending if now < r.expires_ms => return Ok(Gate::Refused(r)),
+                    State::Pending if same_terms && now < r.expires_ms => {
+                        return Ok(Gate::Refused(r))
+                    }
                     _ => {}
                 }
             }
+        }
+        let who = format!("{}#{}", new.issuer, new.subject);
+        if self.store().pending_of(&new.issuer, &new.subject)? >= MAX_PENDING_PER_IDENTITY {
+            return Err(ApprovalError::TooManyPending(who));
         }
         let request = Request {
             id: format!("ar-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
@@ -170,6 +191,7 @@ impl Approvals {
             subject: new.subject,
             workload: new.workload,
             target: new.target,
+            database: new.database,
             protocol: new.protocol,
             statement: new.statement,
             params: new.params,
@@ -184,7 +206,20 @@ impl Approvals {
             reason: None,
             votes: Vec::new(),
         };
-        self.store().save(
+        // Waiting for a decision before it can be made: one made the moment the request is
+        // stored must find the session.
+        let held = match request.mode {
+            Mode::Hold => {
+                let (tx, rx) = watch::channel(request.clone());
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(request.id.clone(), tx);
+                Some(rx)
+            }
+            Mode::DenyAndRetry => None,
+        };
+        let saved = self.store().save(
             &request,
             &Event {
                 at_ms: now,
@@ -194,9 +229,17 @@ impl Approvals {
                     "session": request.session, "workload": request.workload,
                     "target": request.target, "statement": request.statement,
                     "params": request.params, "class": request.class, "rule": request.rule,
+                    "database": request.database,
                 }),
             },
-        )?;
+        );
+        if let Err(e) = saved {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&request.id);
+            return Err(e.into());
+        }
         tracing::info!(id = request.id, rule = request.rule, "approval requested");
         self.events.emit(
             "approval_requested",
@@ -205,20 +248,13 @@ impl Approvals {
         );
         self.notifier.announce("approval_requested", &request);
         self.expire_at(request.id.clone(), request.expires_ms);
-        Ok(match request.mode {
-            Mode::DenyAndRetry => Gate::Refused(request),
-            Mode::Hold => {
-                let (tx, rx) = watch::channel(request.clone());
-                self.held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(request.id.clone(), tx);
-                Gate::Held(Held {
-                    approvals: self.clone(),
-                    id: request.id,
-                    rx,
-                })
-            }
+        Ok(match held {
+            None => Gate::Refused(request),
+            Some(rx) => Gate::Held(Held {
+                approvals: self.clone(),
+                id: request.id,
+                rx,
+            }),
         })
     }
 
@@ -243,6 +279,20 @@ impl Approvals {
         let mut r = store
             .get(id)?
             .ok_or_else(|| ApprovalError::UnknownRequest(id.to_string()))?;
+        // Who may decide is checked first: others learn nothing of its state.
+        if let Approver::Oidc {
+            issuer,
+            subject,
+            groups,
+        } = approver
+        {
+            if !r.decidable_by(groups) {
+                return Err(ApprovalError::NotApprover(who, r.id));
+            }
+            if *issuer == r.issuer && *subject == r.subject {
+                return Err(ApprovalError::SelfApproval(who, r.id));
+            }
+        }
         if r.state != State::Pending {
             return Err(ApprovalError::NotPending(r.id, r.state.as_str()));
         }
@@ -257,23 +307,6 @@ impl Approvals {
                 "gateway".into(),
             );
             return Err(ApprovalError::NotPending(id.to_string(), "expired"));
-        }
-        if let Approver::Oidc {
-            issuer,
-            subject,
-            groups,
-        } = approver
-        {
-            if !r.decidable_by(groups) {
-                return Err(ApprovalError::NotApprover(
-                    who,
-                    r.id,
-                    r.approvers.join(", "),
-                ));
-            }
-            if *issuer == r.issuer && *subject == r.subject {
-                return Err(ApprovalError::SelfApproval(who, r.id));
-            }
         }
         if verdict == Verdict::Approve
             && r.votes.iter().any(|v| {
@@ -351,9 +384,28 @@ impl Approvals {
             .ok_or_else(|| ApprovalError::UnknownRequest(id.to_string()))
     }
 
-    /// Newest first; `None`: every state.
-    pub fn list(&self, state: Option<State>) -> Result<Vec<Request>, ApprovalError> {
-        Ok(self.store().list(state, LIST_LIMIT)?)
+    /// Newest first, at most [`LIST_LIMIT`]; `None`: every state. With `groups`, only the
+    /// requests one of them may decide.
+    pub fn list(
+        &self,
+        state: Option<State>,
+        groups: Option<&[String]>,
+    ) -> Result<Vec<Request>, ApprovalError> {
+        Ok(self.store().list(state, groups, LIST_LIMIT)?)
+    }
+
+    /// The approved statement was sent to the target (the trail says it ran, not just that it
+    /// was allowed to).
+    pub fn forwarded(&self, id: &str, session: &str) {
+        let e = Event {
+            at_ms: now_ms(),
+            event: "forwarded",
+            actor: "gateway".into(),
+            detail: json!({"session": session}),
+        };
+        if let Err(err) = self.store().event(id, &e) {
+            tracing::error!(id, "approval trail: forwarded not stored: {err}");
+        }
     }
 
     fn expire_at(self: &Arc<Self>, id: String, at_ms: i64) {

@@ -91,6 +91,26 @@ impl Store {
         Ok(())
     }
 
+    /// An event that changes nothing about the request (the statement was forwarded).
+    pub fn event(&mut self, id: &str, e: &Event<'_>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO approval_events (request, at_ms, event, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, e.at_ms, e.event, e.actor, e.detail.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Pending requests made by one identity.
+    pub fn pending_of(&self, issuer: &str, subject: &str) -> Result<usize, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM approval_requests WHERE state = 'pending'
+             AND json_extract(request, '$.issuer') = ?1 AND json_extract(request, '$.subject') = ?2",
+            [issuer, subject],
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
         let row: Option<(String, String)> = self
             .conn
@@ -103,15 +123,27 @@ impl Store {
         row.map(|(key, json)| parse(id, key, &json)).transpose()
     }
 
-    /// Newest first; `None`: every state.
-    pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Request>, StoreError> {
+    /// Newest first; `None`: every state. With `groups`, only the requests one of them may
+    /// decide (filtered before the limit, so others' requests cannot push them out).
+    pub fn list(
+        &self,
+        state: Option<State>,
+        groups: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        let groups = groups.map(|g| serde_json::Value::from(g.to_vec()).to_string());
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, retry_key, request FROM approval_requests
-             WHERE ?1 IS NULL OR state = ?1 ORDER BY created_ms DESC, id LIMIT ?2",
+             WHERE (?1 IS NULL OR state = ?1)
+               AND (?2 IS NULL OR EXISTS (
+                    SELECT 1 FROM json_each(request, '$.approvers') a
+                    WHERE a.value IN (SELECT value FROM json_each(?2))))
+             ORDER BY created_ms DESC, id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![state.map(State::as_str), limit as i64], |r| {
-            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?))
-        })?;
+        let rows = stmt.query_map(
+            params![state.map(State::as_str), groups, limit as i64],
+            |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?)),
+        )?;
         let mut out = Vec::new();
         for row in rows {
             let (id, key, json) = row?;

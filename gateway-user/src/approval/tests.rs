@@ -21,6 +21,7 @@ fn new(mode: Mode, quorum: u32, timeout: Duration, key: &str) -> NewRequest {
         subject: "agent-7".into(),
         workload: "w".into(),
         target: "pg".into(),
+        database: "db".into(),
         protocol: "postgres".into(),
         statement: "DROP TABLE t".into(),
         params: vec![Some("1".into()), None],

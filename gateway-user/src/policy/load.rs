@@ -1362,11 +1362,17 @@ mod tests {
             (Some("no-grants".into()), Some("ddl-waits".into()))
         );
         assert_eq!(held("SELECT 1"), (None, None));
-        // Patterns see the normalized text: constants are $1, whitespace runs one space.
-        assert_eq!(
-            held("delete   from orders where id = 42").1.as_deref(),
-            Some("deletes-by-id")
-        );
+        // Patterns see each statement printed back by libpg_query, constants as $1: case,
+        // spacing, comments and statements in front do not hide a match.
+        for sql in [
+            "delete   from orders where id = 42",
+            "/* routine */ DELETE FROM orders WHERE id = 7",
+            "DELETE/**/FROM orders WHERE id = 7",
+            "-- c\nDELETE FROM orders WHERE id = 7",
+            "SELECT 1; DELETE FROM orders WHERE id = 7",
+        ] {
+            assert_eq!(held(sql).1.as_deref(), Some("deletes-by-id"), "{sql}");
+        }
         assert_eq!(held("DELETE FROM orders WHERE id > 42").1, None);
         // Opaque statements wait (fail closed), for the first rule in file order.
         assert_eq!(

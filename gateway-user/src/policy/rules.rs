@@ -119,13 +119,12 @@ impl Policy {
     }
 }
 
-/// A statement as the rules see it: its classification and, for `patterns`, its text
-/// normalized once on first use (constants replaced by `$1`, `$2`, …, runs of whitespace by
-/// one space; letter case as written).
+/// A statement as the rules see it: its classification and, for `patterns`, each of its
+/// statements in canonical form, made once on first use.
 pub struct Statement<'a> {
     pub classified: &'a Classified,
     pub text: &'a str,
-    normalized: std::cell::OnceCell<Option<String>>,
+    canonical: std::cell::OnceCell<Option<Vec<String>>>,
 }
 
 impl<'a> Statement<'a> {
@@ -133,20 +132,36 @@ impl<'a> Statement<'a> {
         Statement {
             classified,
             text,
-            normalized: std::cell::OnceCell::new(),
+            canonical: std::cell::OnceCell::new(),
         }
     }
 
     /// `None` when the text does not parse: a pattern then cannot be shown not to match.
-    fn normalized(&self) -> Option<&str> {
-        self.normalized
-            .get_or_init(|| {
-                pg_query::normalize(self.text)
-                    .ok()
-                    .map(|n| n.split_whitespace().collect::<Vec<_>>().join(" "))
-            })
+    fn canonical(&self) -> Option<&[String]> {
+        self.canonical
+            .get_or_init(|| canonical_statements(self.text))
             .as_deref()
     }
+}
+
+/// Each statement of `text` as libpg_query prints it back (comments gone, keywords in upper
+/// case, single spaces), then with constants replaced by `$1`, `$2`, …: what `patterns` match.
+/// Matching the text as written would let a comment or a statement in front hide a match.
+fn canonical_statements(text: &str) -> Option<Vec<String>> {
+    let parsed = pg_query::parse(text, pg_query::ParserOptions::DEFAULT).ok()?;
+    parsed
+        .protobuf
+        .stmts
+        .iter()
+        .map(|raw| {
+            let one = pg_query::protobuf::ParseResult {
+                version: parsed.protobuf.version,
+                stmts: vec![raw.clone()],
+            };
+            let sql = pg_query::deparse(&one, Default::default()).ok()?;
+            pg_query::normalize(&sql).ok()
+        })
+        .collect()
 }
 
 impl StatementMatch {
@@ -156,8 +171,11 @@ impl StatementMatch {
             return true;
         }
         if !self.patterns.is_empty() {
-            match statement.normalized() {
-                Some(n) if self.patterns.iter().any(|p| p.is_match(n)) => {}
+            match statement.canonical() {
+                Some(stmts)
+                    if stmts
+                        .iter()
+                        .any(|s| self.patterns.iter().any(|p| p.is_match(s))) => {}
                 Some(_) => return false,
                 None => {}
             }

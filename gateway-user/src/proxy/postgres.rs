@@ -206,6 +206,11 @@ impl<C: Connect> Proxy<C> {
         let session = format!("{:x}-{id}", now_ms());
         let base = with(&base, json!({"session": session}));
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let database = pg
+            .database
+            .clone()
+            .or_else(|| get("database"))
+            .or_else(|| get("user"));
         self.recorder
             .record(Record::Open(SessionOpen {
                 session: session.clone(),
@@ -220,11 +225,7 @@ impl<C: Connect> Proxy<C> {
                 target: g.target.clone(),
                 original_dst: g.dst.to_string(),
                 client_user: get("user"),
-                database: pg
-                    .database
-                    .clone()
-                    .or_else(|| get("database"))
-                    .or_else(|| get("user")),
+                database: database.clone(),
                 policy_version: admitted.policy.version.clone(),
             }))
             .await;
@@ -245,6 +246,7 @@ impl<C: Connect> Proxy<C> {
             max_message: pg.max_message_bytes,
             catalog: Arc::new(catalog),
             approvals: self.approvals.clone(),
+            database: database.unwrap_or_default(),
         };
         let counters = Counters::default();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
@@ -443,7 +445,7 @@ async fn idle_for(counters: &Counters, idle: Duration) {
             counters.up.load(Ordering::Relaxed),
             counters.down.load(Ordering::Relaxed),
         );
-        if now != last {
+        if now != last || counters.held.load(Ordering::Relaxed) {
             last = now;
             since = tokio::time::Instant::now();
         } else if since.elapsed() >= idle {

@@ -49,9 +49,12 @@ const PARAM_CAP: usize = 4096;
 /// Prepared statements and portals a session may hold; PostgreSQL has no limit, but the gateway
 /// keeps a small record of each.
 const MAX_NAMED: usize = 100_000;
-/// Bytes of messages the agent may send behind a statement held for approval before the
-/// gateway stops reading them.
+/// Bytes of messages the agent may send behind a statement held for approval; more end the
+/// session (the gateway must keep reading to see the agent leave).
 const MAX_QUEUED_WHILE_HELD: usize = 1 << 20;
+/// A message begun behind a held statement must be complete within this: the decision is not
+/// acted on while one is half read, and an approval must not run when the agent chooses.
+const PARTIAL_WHILE_HELD: std::time::Duration = std::time::Duration::from_secs(5);
 /// Statements sent but not yet answered. After an error the server skips messages until Sync
 /// without answering, so an agent could otherwise grow this without bound.
 const MAX_IN_FLIGHT: usize = 65_536;
@@ -72,6 +75,8 @@ pub struct SessionContext<'a> {
     pub catalog: Arc<Catalog>,
     /// Where statements that approval rules hold wait for people.
     pub approvals: Arc<Approvals>,
+    /// The database the session is in (shown to approvers, part of a retry's identity).
+    pub database: String,
 }
 
 impl SessionContext<'_> {
@@ -117,6 +122,8 @@ pub struct Counters {
     pub down: AtomicU64,
     pub statements: AtomicU64,
     pub denied: AtomicU64,
+    /// A statement is held for approval: waiting for people is not idleness.
+    pub held: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +148,10 @@ pub enum RelayError {
     /// The agent closed its connection while a statement of its was held for approval.
     #[error("the agent left while its statement was held for approval")]
     LeftWhileHeld,
+    #[error("more than {MAX_QUEUED_WHILE_HELD} bytes of messages sent behind a statement held for approval")]
+    HeldBacklog,
+    #[error("a message sent behind a statement held for approval did not arrive whole within {PARTIAL_WHILE_HELD:?}")]
+    StalledWhileHeld,
 }
 
 impl RelayError {
@@ -151,10 +162,10 @@ impl RelayError {
             | RelayError::Upstream(_)
             | RelayError::LeftWhileHeld => return None,
             RelayError::Client(e) => ("08P01", format!("agentgate: {e}")),
-            RelayError::UnknownMessage(_) | RelayError::QueryInBatch => {
-                ("08P01", format!("agentgate: {self}"))
-            }
-            RelayError::TooManyNamed | RelayError::TooMuchInFlight => {
+            RelayError::UnknownMessage(_)
+            | RelayError::QueryInBatch
+            | RelayError::StalledWhileHeld => ("08P01", format!("agentgate: {self}")),
+            RelayError::TooManyNamed | RelayError::TooMuchInFlight | RelayError::HeldBacklog => {
                 ("54000", format!("agentgate: {self}"))
             }
             RelayError::UnsafeSetting(..) => ("0A000", format!("agentgate: {self}")),
@@ -291,7 +302,7 @@ const MAX_CANDIDATES: usize = 8;
 
 struct Portal {
     statement: Option<Arc<Prepared>>,
-    params: Vec<Option<String>>,
+    params: Params,
     denied: bool,
 }
 
@@ -474,7 +485,10 @@ impl Upward<'_, '_> {
                 }
                 // Last: people are asked only about a statement nothing else refuses.
                 if rule.is_none() {
-                    if let Some(d) = self.approval(&classified, &text, &[], from, to).await? {
+                    if let Some(d) = self
+                        .approval(&classified, &text, &Params::default(), from, to)
+                        .await?
+                    {
                         (rule, message) = (Some(d.rule), d.message);
                     }
                 }
@@ -539,7 +553,7 @@ impl Upward<'_, '_> {
                     Some(p) => (p.statement.clone(), p.params.clone()),
                     // A portal the gateway did not see bound (a SQL cursor was judged at its
                     // DECLARE, but the policy may have changed since): opaque.
-                    None => (None, Vec::new()),
+                    None => (None, Params::default()),
                 };
                 let statement = statement
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
@@ -564,7 +578,7 @@ impl Upward<'_, '_> {
                         .map(|d| (d.rule, d.message));
                 }
                 if let Some((rule, message)) = denial {
-                    self.record_denial(&statement, params, &rule).await;
+                    self.record_denial(&statement, params.shown, &rule).await;
                     let marker = self.deny(rule, statement.classified.clone(), message)?;
                     return Ok(Frame::build(b'E', |b| {
                         put_cstr(b, &marker);
@@ -575,7 +589,7 @@ impl Upward<'_, '_> {
                     "extended",
                     &statement.text,
                     &statement.classified,
-                    params,
+                    params.shown,
                     None,
                 );
                 if self.plan.get(self.ctx).is_some() {
@@ -629,8 +643,13 @@ impl Upward<'_, '_> {
                     Some(d) => (Some(d.rule), d.message),
                     None => (None, None),
                 };
-                let rec =
-                    self.statement("function_call", &text, &classified, args, rule.as_deref());
+                let rec = self.statement(
+                    "function_call",
+                    &text,
+                    &classified,
+                    args.shown,
+                    rule.as_deref(),
+                );
                 let forward = match rule {
                     Some(rule) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
@@ -687,7 +706,7 @@ impl Upward<'_, '_> {
         };
         let mut forward = frame;
         if let Some((p, d)) = &denial {
-            self.record_denial(p, params.clone(), &d.rule).await;
+            self.record_denial(p, params.shown.clone(), &d.rule).await;
             let marker = self.deny(d.rule.clone(), p.classified.clone(), d.message.clone())?;
             forward = Frame::build(b'B', |b| {
                 put_cstr(b, &portal);
@@ -764,7 +783,7 @@ impl Upward<'_, '_> {
         &mut self,
         classified: &Arc<Classified>,
         text: &str,
-        params: &[Option<String>],
+        params: &Params,
         from: &mut BufReader<R>,
         to: &mut W,
     ) -> Result<Option<Denied>, RelayError>
@@ -780,7 +799,22 @@ impl Upward<'_, '_> {
         let Some(spec) = rule.approval.as_deref() else {
             return Ok(None);
         };
-        let (statement, recorded) = self.for_record(text, params.to_vec());
+        let refuse = |message: String| {
+            Ok(Some(Denied {
+                rule: rule.name.clone(),
+                message: Some(message),
+            }))
+        };
+        // People approve what they are shown: a statement whose text or values the gateway
+        // cannot show in full is refused, never put to them (nor keyed for a retry).
+        if let Some(why) = unshowable(classified, text, params) {
+            return refuse(format!(
+                "agentgate: this statement needs approval (rule \"{}\"), but {why}; send its text with Parse/Query",
+                rule.name
+            ));
+        }
+        let (statement, recorded) = self.for_record(text, params.shown.clone());
+        let held_spec = spec.clone();
         let new = NewRequest {
             session: self.ctx.session.clone(),
             issuer: self.ctx.issuer.clone(),
@@ -793,17 +827,13 @@ impl Upward<'_, '_> {
             class: classified.class.as_str().to_string(),
             rule: rule.name.clone(),
             spec: spec.clone(),
-            retry_key: retry_key(self.ctx, text, params),
-        };
-        let refuse = |message: String| {
-            Ok(Some(Denied {
-                rule: rule.name.clone(),
-                message: Some(message),
-            }))
+            retry_key: retry_key(self.ctx, text, &params.digest),
+            database: self.ctx.database.clone(),
         };
         let mut held = match self.ctx.approvals.submit(new) {
             Ok(Gate::Held(held)) => held,
             Ok(Gate::Pass(r)) => {
+                self.ctx.approvals.forwarded(&r.id, &self.ctx.session);
                 self.approved = Some(format!("{} ({})", r.rule, r.id));
                 return Ok(None);
             }
@@ -844,16 +874,23 @@ impl Upward<'_, '_> {
         to.flush()
             .await
             .map_err(|e| RelayError::Upstream(CodecError::Io(e)))?;
+        struct Holding<'c>(&'c Counters);
+        impl Drop for Holding<'_> {
+            fn drop(&mut self) {
+                self.0.held.store(false, Ordering::Relaxed);
+            }
+        }
+        self.counters.held.store(true, Ordering::Relaxed);
+        let _holding = Holding(self.counters);
         enum Woke {
             Decided(Box<crate::approval::Request>),
             AgentLeft(Option<CodecError>),
             AgentSent,
         }
-        let mut watch_agent = true;
         let decided = loop {
             let woke = tokio::select! {
                 r = held.decided() => Woke::Decided(Box::new(r)),
-                read = from.fill_buf(), if watch_agent => match read {
+                read = from.fill_buf() => match read {
                     Ok([]) => Woke::AgentLeft(None),
                     Ok(_) => Woke::AgentSent,
                     Err(e) => Woke::AgentLeft(Some(CodecError::Io(e))),
@@ -863,23 +900,32 @@ impl Upward<'_, '_> {
                 Woke::Decided(r) => break r,
                 // Pipelined messages (a Sync behind the Execute, say) are read off the socket
                 // and wait their turn, so that the agent leaving stays visible behind them.
-                // Past the cap the socket is left alone: its buffers push back on the agent.
                 Woke::AgentSent if self.queued_bytes >= MAX_QUEUED_WHILE_HELD => {
-                    watch_agent = false
+                    held.cancel("the agent sent too much behind its held statement");
+                    return Err(RelayError::HeldBacklog);
                 }
-                Woke::AgentSent => match codec::read_frame(from, self.ctx.max_message).await {
-                    Ok(Some(f)) => {
+                Woke::AgentSent => match tokio::time::timeout(
+                    PARTIAL_WHILE_HELD,
+                    codec::read_frame(from, self.ctx.max_message),
+                )
+                .await
+                {
+                    Err(_) => {
+                        held.cancel("the agent stalled in the middle of a message while its statement was held");
+                        return Err(RelayError::StalledWhileHeld);
+                    }
+                    Ok(Ok(Some(f))) => {
                         self.counters
                             .up
                             .fetch_add(f.bytes.len() as u64, Ordering::Relaxed);
                         self.queued_bytes += f.bytes.len();
                         self.queued.push_back(f);
                     }
-                    Ok(None) => {
+                    Ok(Ok(None)) => {
                         held.cancel("the agent disconnected while its statement was held");
                         return Err(RelayError::LeftWhileHeld);
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         held.cancel("the agent's connection failed while its statement was held");
                         return Err(RelayError::Client(e));
                     }
@@ -895,6 +941,27 @@ impl Upward<'_, '_> {
         };
         match decided.state {
             State::Approved => {
+                // The policy may have changed while it waited: it runs only if the policy in
+                // force would still ask the same people the same way, or no longer asks.
+                if let Some(d) = self.decide(classified, text) {
+                    return Ok(Some(d));
+                }
+                if let Some(d) = self.mask_denial(classified).await? {
+                    return Ok(Some(d));
+                }
+                let policy = self.ctx.policy.borrow().clone();
+                let stmt = RuleStatement::new(classified, text);
+                if let Some(now) =
+                    policy.approval_required(&self.ctx.who(), &self.ctx.target, &stmt)
+                {
+                    if now.name != decided.rule || now.approval.as_deref() != Some(&held_spec) {
+                        return refuse(format!(
+                            "agentgate: request {} was approved, but the policy changed while it waited (rule \"{}\" now applies); send the statement again",
+                            decided.id, now.name
+                        ));
+                    }
+                }
+                self.ctx.approvals.forwarded(&decided.id, &self.ctx.session);
                 self.approved = Some(format!("{} ({})", decided.rule, decided.id));
                 Ok(None)
             }
@@ -1139,27 +1206,42 @@ fn open(rec: Statement) -> Open {
 
 /// "The identical statement from the same identity": the principal, the target, the statement
 /// as pg_query prints it back (case and spacing do not matter, constants do) and the parameters.
-fn retry_key(ctx: &SessionContext<'_>, text: &str, params: &[Option<String>]) -> String {
+fn retry_key(ctx: &SessionContext<'_>, text: &str, params: &[u8; 32]) -> String {
     use sha2::{Digest, Sha256};
     let canonical = pg_query::parse(text, pg_query::ParserOptions::DEFAULT)
         .and_then(|tree| tree.deparse(Default::default()))
         .unwrap_or_else(|_| text.split_whitespace().collect::<Vec<_>>().join(" "));
     let mut h = Sha256::new();
-    for part in [&ctx.issuer, &ctx.subject, &ctx.target, &canonical] {
+    for part in [
+        &ctx.issuer,
+        &ctx.subject,
+        &ctx.workload,
+        &ctx.target,
+        &ctx.database,
+        &canonical,
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    for p in params {
-        match p {
-            None => h.update([0u8]),
-            Some(v) => {
-                h.update([1u8]);
-                h.update((v.len() as u64).to_be_bytes());
-                h.update(v.as_bytes());
-            }
-        }
-    }
+    h.update(params);
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a statement cannot be put to approvers as it will run, if it cannot.
+fn unshowable(c: &Classified, text: &str, params: &Params) -> Option<&'static str> {
+    if text.trim().is_empty() {
+        return Some("the gateway does not know its text (a statement prepared with SQL PREPARE or not seen prepared, a portal not seen bound, or a name that may stand for several texts)");
+    }
+    if c.note
+        .as_deref()
+        .is_some_and(|n| n.starts_with("EXECUTE of a prepared statement"))
+    {
+        return Some("SQL EXECUTE runs a prepared statement whose text is not in the query");
+    }
+    if params.cut {
+        return Some("a parameter is too long to show in full");
+    }
+    None
 }
 
 fn denial_message(rule: &str) -> String {
@@ -1170,7 +1252,10 @@ fn denial_message(rule: &str) -> String {
 /// binary ones as `\x` hex, each cut at [`PARAM_CAP`] bytes. Under a mask plan, binary values
 /// are scanned by the detectors before they are hex-encoded (the record must not hold in hex
 /// what it may not hold as text).
-fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Vec<Option<String>>, CodecError> {
+fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Params, CodecError> {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    let mut cut_any = false;
     let nformats = f.count()?;
     let mut formats = Vec::with_capacity(nformats.min(64));
     for _ in 0..nformats {
@@ -1181,6 +1266,7 @@ fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Vec<Option<Str
     for i in 0..n {
         let len = f.i32()?;
         if len < 0 {
+            digest.update([i as u8, 2]);
             params.push(None);
             continue;
         }
@@ -1190,6 +1276,10 @@ fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Vec<Option<Str
             1 => formats[0] == 1,
             _ => formats.get(i).copied().unwrap_or(0) == 1,
         };
+        // The whole value and its format: what "the same parameters" means for a retry.
+        digest.update([i as u8, binary as u8]);
+        digest.update((value.len() as u64).to_be_bytes());
+        digest.update(value);
         let masked = match (binary, plan) {
             (true, Some(plan)) => {
                 let mut hits = Vec::new();
@@ -1211,10 +1301,26 @@ fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Vec<Option<Str
         };
         if value.len() > PARAM_CAP {
             s.push('…');
+            cut_any = true;
         }
         params.push(Some(s));
     }
-    Ok(params)
+    Ok(Params {
+        shown: params,
+        digest: digest.finalize().into(),
+        cut: cut_any,
+    })
+}
+
+/// The parameter values of a Bind or FunctionCall: as shown (and recorded), and as they are.
+#[derive(Clone, Default)]
+struct Params {
+    /// Each cut at [`PARAM_CAP`] bytes, binary ones as `\x` hex.
+    shown: Vec<Option<String>>,
+    /// SHA-256 of every value in full with its format.
+    digest: [u8; 32],
+    /// Some value is longer than what is shown.
+    cut: bool,
 }
 
 /// Target → agent: forwards everything, rewrites the server's errors for denied statements and
@@ -1792,6 +1898,7 @@ mod tests {
                     Default::default(),
                 )),
                 approvals: test_approvals(),
+                database: "db".into(),
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
@@ -1860,9 +1967,38 @@ mod tests {
         f.cstr().unwrap();
         f.cstr().unwrap();
         let p = bind_params(&mut f, None).unwrap();
-        assert_eq!(p[0].as_deref(), Some("42"));
-        assert_eq!(p[1].as_deref(), Some("\\xdead"));
-        assert_eq!(p[2].as_ref().unwrap().len(), PARAM_CAP + '…'.len_utf8());
+        assert_eq!(p.shown[0].as_deref(), Some("42"));
+        assert_eq!(p.shown[1].as_deref(), Some("\\xdead"));
+        assert_eq!(
+            p.shown[2].as_ref().unwrap().len(),
+            PARAM_CAP + '…'.len_utf8()
+        );
+        assert!(p.cut, "a value longer than shown is flagged");
+        // What a retry must repeat: every byte and the format, not what is shown.
+        let digest = |format: i16, value: &[u8]| {
+            let frame = Frame::build(b'B', |b| {
+                b.put_i16(1);
+                b.put_i16(format);
+                b.put_i16(1);
+                b.put_i32(value.len() as i32);
+                b.put_slice(value);
+            });
+            bind_params(&mut Fields::new(&frame), None).unwrap()
+        };
+        let (a, b) = (digest(0, b"\\xdead"), digest(1, &[0xde, 0xad]));
+        assert_eq!(
+            a.shown, b.shown,
+            "text `\\xdead` and binary 0xdead look alike"
+        );
+        assert_ne!(a.digest, b.digest, "but are different parameters");
+        let mut long = big.clone();
+        let (c, d) = (digest(0, &long), {
+            long.push(b'!');
+            digest(0, &long)
+        });
+        assert_eq!(c.shown, d.shown);
+        assert_ne!(c.digest, d.digest, "bytes past the cut count");
+        assert!(!a.cut);
         // A length past the end of the message is an error, not a panic.
         let short = Frame::build(b'B', |b| {
             b.put_i16(0);
