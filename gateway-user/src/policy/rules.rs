@@ -170,17 +170,7 @@ impl StatementMatch {
         if stmt.class == Class::Opaque {
             return true;
         }
-        if !self.patterns.is_empty() {
-            match statement.canonical() {
-                Some(stmts)
-                    if stmts
-                        .iter()
-                        .any(|s| self.patterns.iter().any(|p| p.is_match(s))) => {}
-                Some(_) => return false,
-                None => {}
-            }
-        }
-        (self.classes.is_empty() || self.classes.contains(&stmt.class))
+        let listed = (self.classes.is_empty() || self.classes.contains(&stmt.class))
             && (self.tables.is_empty()
                 || stmt
                     .tables
@@ -190,7 +180,15 @@ impl StatementMatch {
                 || stmt
                     .functions
                     .iter()
-                    .any(|f| self.functions.iter().any(|p| p.matches_qualified(f))))
+                    .any(|f| self.functions.iter().any(|p| p.matches_qualified(f))));
+        // Last: patterns cost a parse and print-back of the statement.
+        listed
+            && (self.patterns.is_empty()
+                || statement.canonical().is_none_or(|stmts| {
+                    stmts
+                        .iter()
+                        .any(|s| self.patterns.iter().any(|p| p.is_match(s)))
+                }))
     }
 }
 
