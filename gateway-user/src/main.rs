@@ -181,7 +181,10 @@ fn field(v: &serde_json::Value, k: &str) -> String {
     let mut out = String::new();
     for c in v[k].as_str().unwrap_or("").chars() {
         match c {
-            '\n' | '\t' => out.push(c),
+            // A statement's own lines stay visibly inside its field: none can pass for a line
+            // of the output (a forged vote, say).
+            '\n' => out.push_str("\n           | "),
+            '\t' => out.push(c),
             c if c.is_control() => out.extend(c.escape_unicode()),
             c => out.push(c),
         }

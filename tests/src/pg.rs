@@ -1084,6 +1084,26 @@ pub fn pg_raw_script() -> PathBuf {
     crate::fixtures().join("pg_raw.py")
 }
 
+/// `tests/fixtures/pg_wire.py`.
+pub fn pg_wire_script() -> PathBuf {
+    crate::fixtures().join("pg_wire.py")
+}
+
+/// `<python> pg_wire.py <host> <port> <password> <db>`: an interactive wire-protocol client that
+/// sends exactly the messages it is given (one JSON list per stdin line) and prints every message
+/// it receives as one JSON object per line (see the script). Logs in as user `agent`; stdin,
+/// stdout and stderr are up to the caller.
+pub fn pg_wire_command(host: &str, port: u16, password: &str, db: &str) -> Command {
+    let mut cmd = Command::new(python());
+    clean_pg_env(&mut cmd);
+    cmd.arg(pg_wire_script())
+        .arg(host)
+        .arg(port.to_string())
+        .arg(password)
+        .arg(db);
+    cmd
+}
+
 /// A token for an agent of group `agents` (the group the PostgreSQL tests' rules name), valid
 /// for ten minutes.
 pub fn agent_jwt(sub: &str) -> String {

@@ -10,8 +10,12 @@
 //! identity runs once). Approved → the statement runs; denied → 42501 with the reason; timeout →
 //! 42501 `expired`; disconnect → `cancelled`; gateway restart → held requests `cancelled`.
 //!
-//! Ports: PostgreSQL 16980–16989, gateway listener 17980–17989, HTTP admin API on 127.0.0.7 at
-//! the listener's port; webhook receivers on an ephemeral 127.0.0.1 port.
+//! Ports: PostgreSQL 16980–16999, gateway listener 17980–17999, HTTP admin API on 127.0.0.7 at
+//! the listener's port; webhook receivers on an ephemeral 127.0.0.1 port. Tests 10–19 (ports
+//! 16990–16999 / 17990–17999) are the regressions of the attacker review: statements whose text
+//! or values cannot be shown, the retry key, the database, patterns, the per-identity cap, a
+//! policy change while held, backlog behind a held statement, refusals that say nothing,
+//! idleness while held and the `forwarded` trail event.
 
 use std::{
     collections::HashMap,
@@ -690,9 +694,9 @@ fn approval_rule(name: &str, statements: &str, approval: &str) -> String {
 
 const DROP_TABLE: &str = r#"{patterns: ["(?i)^drop table"]}"#;
 
-/// Test number `n` (0–9): PostgreSQL on 16980+n, gateway listener 17980+n.
+/// Test number `n` (0–19): PostgreSQL on 16980+n, gateway listener 17980+n.
 fn ports(n: u16) -> (u16, u16) {
-    assert!(n < 10);
+    assert!(n < 20);
     (17980 + n, 16980 + n)
 }
 
@@ -1759,4 +1763,966 @@ fn restart_cancels_held_requests() {
     );
     assert_eq!(p.pg.sql_in("agentdb", "SELECT count(*) FROM u;"), "0");
     assert!(table_exists(&p, "t"));
+}
+
+// =============================================================================================
+// Regressions of the attacker review (tests 10–19): each fails on the code before the fixes.
+// =============================================================================================
+
+/// A raw wire-protocol client (`fixtures/pg_wire.py`) in the agent's cgroup, logged in to `db`:
+/// sends exactly the messages it is given, reports every message it gets.
+struct Wire(Bg);
+
+impl Wire {
+    fn open(p: &PgGateway, jwt: &str, db: &str) -> Self {
+        let mut w = Self(Bg::spawn(
+            "pg_wire.py",
+            pg_wire_command("127.0.0.1", p.pg.port, jwt, db),
+            &p.agent,
+        ));
+        let v = w.next();
+        assert_eq!(v["login"], true, "pg_wire.py: {v}");
+        w
+    }
+
+    /// The next JSON object the client printed.
+    fn next(&mut self) -> Value {
+        let line = self.0.wait_line(WAIT, |err, l| !err && l.starts_with('{'));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("pg_wire.py printed {line}: {e}"))
+    }
+
+    /// Sends one command (a list of messages, or a `{"flood"|"close": …}` object).
+    fn send(&mut self, cmd: &Value) {
+        self.0.send_line(&cmd.to_string());
+    }
+
+    /// What came back up to and including the next ReadyForQuery (or the end of the connection).
+    fn until_ready(&mut self) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            let v = self.next();
+            let done = v["msg"] == "Z" || v["eof"] == true;
+            got.push(v);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    /// Sends `msgs` (ending with a Sync or being one Query) and returns the answer.
+    fn exchange(&mut self, msgs: Value) -> Vec<Value> {
+        self.send(&msgs);
+        self.until_ready()
+    }
+}
+
+/// The ErrorResponses among `got`.
+fn wire_errors(got: &[Value]) -> Vec<Value> {
+    got.iter().filter(|m| m["msg"] == "E").cloned().collect()
+}
+
+/// The one ErrorResponse among `got`.
+fn only_error(got: &[Value]) -> Value {
+    let errors = wire_errors(got);
+    assert_eq!(errors.len(), 1, "expected one ErrorResponse, got: {got:?}");
+    errors[0].clone()
+}
+
+fn no_error(what: &str, got: &[Value]) {
+    assert!(wire_errors(got).is_empty(), "{what}: {got:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The conninfo of the agent for database `db` (the target names none: the agent picks).
+fn agent_conninfo_in(p: &PgGateway, jwt: &str, db: &str) -> String {
+    conninfo("127.0.0.1", p.pg.port, "agent", jwt, db, "disable")
+}
+
+/// `plpgsql` functions that run their argument as SQL (dynamic SQL: what the gateway shows
+/// approvers is the argument).
+fn create_exec_functions(p: &PgGateway, names: &[&str]) {
+    let sql: String = names
+        .iter()
+        .map(|f| {
+            format!(
+                "CREATE FUNCTION {f}(q text) RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE q; END$$;\n"
+            )
+        })
+        .collect();
+    p.pg.sql_in("agentdb", &sql);
+}
+
+/// The `approval_events` rows of request `id` whose event is `event` (read now, not waited for).
+fn trail_events(p: &PgGateway, id: &str, event: &str) -> Vec<Value> {
+    record_rows(&p.gw.record_db(), "approval_events")
+        .into_iter()
+        .filter(|r| r.to_string().contains(id) && field(r, "event") == event)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Statements whose text the gateway does not know (a statement prepared with SQL PREPARE
+//     and bound over the protocol, a name the gateway was made to forget, SQL EXECUTE) are
+//     refused outright: no request, nothing an approval of "" could later let through.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn statements_whose_text_is_unknown_are_refused_without_a_request() {
+    require_root();
+    // `classes: [ddl]` also covers opaque statements (fail closed).
+    let rules = approval_rule(
+        "ddl-needs-approval",
+        "{classes: [ddl]}",
+        "{approvers: [dba], timeout_secs: 120, mode: deny_and_retry}",
+    );
+    let p = start("apr-unshown", 10, rules, String::new(), &[]);
+    create_tables(&p, &["victim"]);
+    let jwt = agent_jwt("agent-unshown");
+    let mut w = Wire::open(&p, &jwt, "agentdb");
+
+    // Had a request been made for a statement of unknown text (the code before the fix made
+    // one, for the statement ""), approving it must still let nothing else through.
+    let approve_any = |e: &Value| {
+        for id in ids_in(s(e, "message")) {
+            approvals_ok(&p.gw, &["approve", &id]);
+        }
+    };
+
+    // Prepared with SQL PREPARE (a read: not held), bound and executed over the protocol: the
+    // gateway never saw the text it runs.
+    let got = w.exchange(json!([["Q", "PREPARE harmless AS SELECT 1"]]));
+    no_error("PREPARE harmless", &got);
+    let harmless = only_error(&w.exchange(json!([["B", "", "harmless"], ["E", ""], ["S"]])));
+    assert_eq!(harmless["sqlstate"], "42501", "{harmless}");
+    approve_any(&harmless);
+
+    // The server holds `evil` = DROP TABLE victim; a Close behind a failing Parse (skipped by
+    // the server, not by the gateway) makes the gateway forget the name; then `evil` is bound.
+    let got = w.exchange(json!([["P", "evil", "DROP TABLE victim"], ["S"]]));
+    no_error("Parse evil", &got);
+    let got = w.exchange(json!([
+        ["P", "broken", "SELECT FROM WHERE"],
+        ["C", "S", "evil"],
+        ["S"]
+    ]));
+    let e = only_error(&got);
+    assert_eq!(e["sqlstate"], "42601", "the failing Parse: {e}");
+    let got = w.exchange(json!([["B", "", "evil"], ["E", ""], ["S"]]));
+    assert!(
+        table_exists(&p, "victim"),
+        "a DROP under a name the gateway forgot ran: {got:?}"
+    );
+    let evil = only_error(&got);
+    assert_eq!(evil["sqlstate"], "42501", "{evil}");
+
+    // SQL EXECUTE: the text it runs is not in the query (and may be re-prepared at will).
+    let got = w.exchange(json!([["Q", "PREPARE p2 AS SELECT 1"]]));
+    no_error("PREPARE p2", &got);
+    let execute = only_error(&w.exchange(json!([["Q", "EXECUTE p2"]])));
+    assert_eq!(execute["sqlstate"], "42501", "{execute}");
+    approve_any(&execute);
+    for sql in ["DEALLOCATE p2", "PREPARE p2 AS DELETE FROM victim"] {
+        let got = w.exchange(json!([["Q", sql]]));
+        no_error(sql, &got);
+    }
+    let got = w.exchange(json!([["Q", "EXECUTE p2"]]));
+    assert_eq!(
+        p.pg.sql_in("agentdb", "SELECT count(*) FROM victim;"),
+        "1",
+        "EXECUTE of a re-prepared DELETE ran: {got:?}"
+    );
+    let execute2 = only_error(&got);
+    assert_eq!(execute2["sqlstate"], "42501", "{execute2}");
+
+    // Each refused outright, saying why; none put to approvers.
+    for (e, why) in [
+        (&harmless, "does not know its text"),
+        (&evil, "does not know its text"),
+        (&execute, "SQL EXECUTE"),
+        (&execute2, "SQL EXECUTE"),
+    ] {
+        let m = s(e, "message");
+        assert!(
+            m.contains("needs approval") && m.contains(why),
+            "the refusal does not say the text cannot be shown ({why}): {e}"
+        );
+        assert!(
+            ids_in(m).is_empty(),
+            "a statement of unknown text was put to approvers: {e}"
+        );
+    }
+    assert!(
+        list(&p.gw, true).is_empty(),
+        "requests were made for statements of unknown text: {:?}",
+        list(&p.gw, true)
+    );
+
+    // The rule is in force: the DROP sent with its text is put to approvers.
+    let got = w.exchange(json!([["Q", "DROP TABLE victim"]]));
+    let e = only_error(&got);
+    assert_eq!(e["sqlstate"], "42501", "{e}");
+    let id = one_id(s(&e, "message"));
+    let all = list(&p.gw, true);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["id"], id.as_str());
+    assert_eq!(all[0]["statement"], "DROP TABLE victim", "{all:?}");
+    assert!(table_exists(&p, "victim"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Parameters longer than what approvers are shown (4096 bytes) are refused outright: what
+//     follows the cut (`;DROP TABLE victim`) never rides on an approval of what precedes it.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn parameters_too_long_to_show_are_refused() {
+    require_root();
+    let rules = [
+        approval_rule(
+            "exec-needs-approval",
+            "{functions: [exec_sql]}",
+            "{approvers: [dba], timeout_secs: 120, mode: deny_and_retry}",
+        ),
+        approval_rule(
+            "exec-held",
+            "{functions: [exec_sql_held]}",
+            "{approvers: [dba], timeout_secs: 120}",
+        ),
+    ]
+    .concat();
+    let p = start("apr-longparam", 11, rules, String::new(), &[]);
+    create_tables(&p, &["victim", "victim2"]);
+    create_exec_functions(&p, &["exec_sql", "exec_sql_held"]);
+    let conn = p.agent_conninfo(&agent_jwt("agent-longparam"), "disable");
+    let mut a = PySession::open(&conn, &p.agent);
+
+    // The rule is in force: a short value is put to approvers.
+    let v = a.run_json(&json!(["SELECT exec_sql(%s)", ["SELECT 1"]]));
+    assert_eq!(v["error"]["sqlstate"], "42501", "{v}");
+    let id_short = one_id(s(&v["error"], "message"));
+
+    // The same first 4096 bytes, then only spaces / then a DROP.
+    let pad = " ".repeat(4200);
+    let spaces = format!("SELECT 1{pad}");
+    let tail = format!("SELECT 1{pad};DROP TABLE victim");
+    let first = a.run_json(&json!(["SELECT exec_sql(%s)", [spaces]]));
+    assert_eq!(first["error"]["sqlstate"], "42501", "{first}");
+    // Had a request been made (the code before the fix made one, showing the first 4096
+    // bytes), its approval must still not let the other value through.
+    for id in ids_in(s(&first["error"], "message")) {
+        if id != id_short {
+            approvals_ok(&p.gw, &["approve", &id]);
+        }
+    }
+    let second = a.run_json(&json!(["SELECT exec_sql(%s)", [tail]]));
+    assert_eq!(
+        second["error"]["sqlstate"], "42501",
+        "the value with a DROP past the cut was not refused: {second}"
+    );
+    assert!(
+        table_exists(&p, "victim"),
+        "the DROP past the shown part of a parameter ran"
+    );
+    // Refused outright, saying why; never put to approvers.
+    for v in [&first, &second] {
+        let m = s(&v["error"], "message");
+        assert!(m.contains("too long to show"), "{v}");
+        assert!(
+            ids_in(m).is_empty(),
+            "a cut value was put to approvers: {v}"
+        );
+    }
+    let all = list(&p.gw, true);
+    assert_eq!(
+        all.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(),
+        vec![json!(id_short)],
+        "requests: {all:?}"
+    );
+
+    // Mode hold: refused at once, no notice, nothing held.
+    let tail2 = format!("SELECT 1{pad};DROP TABLE victim2");
+    a.0.send_line(&json!(["SELECT exec_sql_held(%s)", [tail2]]).to_string());
+    let v = a.next_json(WAIT);
+    assert!(
+        v["notice"].is_null(),
+        "a cut value was held for approval: {v}"
+    );
+    assert_eq!(v["error"]["sqlstate"], "42501", "{v}");
+    assert!(
+        s(&v["error"], "message").contains("too long to show"),
+        "{v}"
+    );
+    assert!(table_exists(&p, "victim2"));
+    assert_eq!(list(&p.gw, true).len(), 1, "{:?}", list(&p.gw, true));
+    assert_eq!(a.rows("SELECT 2"), json!([["2"]]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. A text parameter `\x4452…` and the binary bytes 44 52 … look the same to approvers but
+//     are different values: an approval of one is no approval of the other.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn text_and_binary_parameters_that_look_alike_are_different_retries() {
+    require_root();
+    let rules = approval_rule(
+        "exec-needs-approval",
+        "{functions: [exec_sql]}",
+        "{approvers: [dba], timeout_secs: 120, mode: deny_and_retry}",
+    );
+    let p = start("apr-binparam", 12, rules, String::new(), &[]);
+    create_tables(&p, &["victim"]);
+    create_exec_functions(&p, &["exec_sql"]);
+    let mut w = Wire::open(&p, &agent_jwt("agent-binparam"), "agentdb");
+    let drop = hex(b"DROP TABLE victim");
+    let run = |format: i16| {
+        let param = if format == 0 {
+            json!(format!("\\x{drop}"))
+        } else {
+            json!({ "hex": drop })
+        };
+        json!([
+            ["P", "", "SELECT exec_sql($1)"],
+            ["B", "", "", [param], [format]],
+            ["E", ""],
+            ["S"]
+        ])
+    };
+
+    // Text: the string `\x44524f50…` (as SQL, a syntax error). Approved.
+    let e = only_error(&w.exchange(run(0)));
+    assert_eq!(e["sqlstate"], "42501", "{e}");
+    let id1 = one_id(s(&e, "message"));
+    approvals_ok(&p.gw, &["approve", &id1]);
+
+    // Binary: the bytes of `DROP TABLE victim`, shown as the same `\x44524f50…`. A new request.
+    let got = w.exchange(run(1));
+    assert!(
+        table_exists(&p, "victim"),
+        "the approval of the text parameter let the binary one through: {got:?}"
+    );
+    let e = only_error(&got);
+    assert_eq!(e["sqlstate"], "42501", "{e}");
+    let id2 = one_id(s(&e, "message"));
+    assert_ne!(id1, id2, "{e}");
+    let (r1, r2) = (request(&p.gw, &id1), request(&p.gw, &id2));
+    assert_eq!(
+        r1["params"], r2["params"],
+        "the two values should look alike to approvers"
+    );
+    assert_eq!(r2["state"], "pending", "{r2}");
+
+    // The identical (text) retry is what the approval covers: it reaches the server.
+    let e = only_error(&w.exchange(run(0)));
+    assert_eq!(
+        e["sqlstate"], "42601",
+        "the approved retry did not run: {e}"
+    );
+    assert!(table_exists(&p, "victim"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. The database is part of the request and of the retry: an approval given in `scratch` does
+//     not run the identical statement in `agentdb`.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_approval_in_one_database_is_no_approval_in_another() {
+    require_root();
+    let rules = approval_rule(
+        "drops-need-approval",
+        DROP_TABLE,
+        "{approvers: [dba], timeout_secs: 120, mode: deny_and_retry}",
+    );
+    let p = start("apr-database", 13, rules, String::new(), &[]);
+    p.pg.create_db("scratch");
+    create_tables(&p, &["t"]);
+    p.pg.sql_in(
+        "scratch",
+        &format!("CREATE TABLE t (x int); ALTER TABLE t OWNER TO {ROLE_SCRAM};"),
+    );
+    let exists_in_scratch = || {
+        p.pg.sql_in("scratch", "SELECT to_regclass('public.t') IS NOT NULL;") == "t"
+    };
+    let jwt = agent_jwt("agent-database");
+    let (scratch, agentdb) = (
+        agent_conninfo_in(&p, &jwt, "scratch"),
+        agent_conninfo_in(&p, &jwt, "agentdb"),
+    );
+    let refused = |conn: &str| {
+        let mut c = psql_bg(conn, &p.agent, &["DROP TABLE t"]);
+        let st = c.wait_exit(WAIT);
+        let err = c.stderr();
+        assert!(
+            !st.success() && err.contains("ERROR:  42501"),
+            "DROP TABLE t was not refused: {}",
+            c.text()
+        );
+        one_id(&err)
+    };
+
+    let id1 = refused(&scratch);
+    approvals_ok(&p.gw, &["approve", &id1]);
+
+    // The identical statement, same identity and target, in the other database: a new request.
+    let id2 = refused(&agentdb);
+    assert_ne!(id1, id2);
+    assert!(table_exists(&p, "t"), "the DROP ran in agentdb");
+    let r = request(&p.gw, &id1);
+    assert_eq!(r["database"], "scratch", "{r}");
+    let r = request(&p.gw, &id2);
+    assert_eq!(r["database"], "agentdb", "{r}");
+    assert_eq!(r["state"], "pending", "{r}");
+    assert_eq!(request(&p.gw, &id1)["state"], "approved");
+    assert!(
+        trail_events(&p, &id1, "retry_used").is_empty(),
+        "the scratch approval was used up in agentdb"
+    );
+
+    // In `scratch` the approval is used: the DROP runs there, and the trail says it was sent.
+    let mut c = psql_bg(&scratch, &p.agent, &["DROP TABLE t"]);
+    let st = c.wait_exit(WAIT);
+    assert!(st.success(), "approved retry in scratch: {}", c.text());
+    assert!(
+        !exists_in_scratch(),
+        "the approved DROP did not run in scratch"
+    );
+    assert!(table_exists(&p, "t"));
+    wait_record(&p.gw.record_db(), "approval_events", &id1, |rows| {
+        rows.iter().any(|r| field(r, "event") == "forwarded")
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. Patterns match each statement as PostgreSQL's parser prints it back: a comment in front,
+//     a statement in front, a comment for a space, a line comment: all held.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn patterns_are_not_hidden_by_comments_or_statements_in_front() {
+    require_root();
+    let rules = approval_rule(
+        "drops-need-approval",
+        DROP_TABLE,
+        "{approvers: [dba], timeout_secs: 120}",
+    );
+    let p = start("apr-patterns", 14, rules, String::new(), &[]);
+    let tables = ["v1", "v2", "v3", "v4", "v5"];
+    create_tables(&p, &tables);
+    let conn = p.agent_conninfo(&agent_jwt("agent-patterns"), "disable");
+
+    let sqls = [
+        "/* hi */ DROP TABLE v1",
+        "SELECT 1; DROP TABLE v2",
+        "DROP/**/TABLE v3",
+        "-- c\nDROP TABLE v4",
+        // Terminal escapes (clear the screen, move up) in a comment.
+        "DROP TABLE v5 /* \x1b[2J\x1b[1A\r */",
+    ];
+    let mut held = Vec::new();
+    for sql in sqls {
+        let mut c = psql_bg(&conn, &p.agent, &[sql]);
+        // A NOTICE (held), an ERROR, or any result on stdout (it ran): whichever comes first.
+        let line = c.wait_line(WAIT, |err, l| {
+            !err || l.starts_with("NOTICE:") || l.starts_with("ERROR:")
+        });
+        assert!(
+            line.starts_with("NOTICE:") && line.contains("approval required"),
+            "{sql:?} was not held: {}",
+            c.text()
+        );
+        let id = one_id(&line);
+        held.push((sql, c, id));
+    }
+    for t in tables {
+        assert!(table_exists(&p, t), "{t} dropped before any decision");
+    }
+    let pending = list(&p.gw, false);
+    assert_eq!(pending.len(), 5, "{pending:?}");
+    // What approvers read on a terminal: agent-controlled text cannot drive it.
+    let id5 = held[4].2.clone();
+    for args in [vec!["list"], vec!["show", id5.as_str()]] {
+        let out = approvals(&p.gw, &args);
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert!(
+            !out.stdout.iter().any(|b| *b == 0x1b || *b == b'\r'),
+            "approvals {args:?} prints the agent's control characters: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("DROP TABLE v5"),
+            "{}",
+            output_text(&out)
+        );
+    }
+    for (sql, c, id) in &mut held {
+        assert!(c.running(), "{sql:?}: psql ended while held: {}", c.text());
+        approvals_ok(&p.gw, &["deny", id, "--reason", "pattern test"]);
+        let st = c.wait_exit(WAIT);
+        assert!(!st.success(), "{sql:?}: {}", c.text());
+        assert!(
+            c.stderr().contains("ERROR:  42501") && c.stderr().contains(id.as_str()),
+            "{sql:?}: {}",
+            c.text()
+        );
+    }
+    for t in tables {
+        assert!(table_exists(&p, t), "denied DROP of {t} ran");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. At most 20 pending requests per identity; the approvers' list is filtered by group before
+//     its limit, so a flood of other requests hides nobody's.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn one_identity_cannot_flood_the_approvers() {
+    require_root();
+    let http_addr = admin_http(15);
+    let rules = [
+        approval_rule(
+            "drops-need-approval",
+            DROP_TABLE,
+            "{approvers: [dba], timeout_secs: 600, mode: deny_and_retry}",
+        ),
+        approval_rule(
+            "truncates-need-sre",
+            r#"{patterns: ["(?i)^truncate"]}"#,
+            "{approvers: [sre], timeout_secs: 600, mode: deny_and_retry}",
+        ),
+    ]
+    .concat();
+    let addr_arg = http_addr.to_string();
+    let p = start(
+        "apr-flood",
+        15,
+        rules,
+        String::new(),
+        &["--admin-http", &addr_arg],
+    );
+    create_tables(&p, &["u"]);
+
+    // Another identity's request, for group sre (the oldest of all).
+    let mut c = psql_bg(
+        &p.agent_conninfo(&agent_jwt("agent-sre-asker"), "disable"),
+        &p.agent,
+        &["TRUNCATE u"],
+    );
+    c.wait_exit(WAIT);
+    let id_sre = one_id(&c.stderr());
+
+    // 21 DROPs pipelined by one identity: 20 requests, the 21st refused without one.
+    let flood = |w: &mut Wire, n: usize| -> Vec<Value> {
+        let msgs: Vec<Value> = (0..n)
+            .map(|i| json!(["Q", format!("DROP TABLE f{i}")]))
+            .collect();
+        w.send(&Value::Array(msgs));
+        (0..n)
+            .map(|_| only_error(&w.until_ready()))
+            .collect::<Vec<_>>()
+    };
+    let mut w = Wire::open(&p, &agent_jwt("agent-flood"), "agentdb");
+    let errors = flood(&mut w, 21);
+    assert!(
+        errors.iter().all(|e| e["sqlstate"] == "42501"),
+        "{errors:?}"
+    );
+    let mut ids: Vec<String> = errors[..20]
+        .iter()
+        .map(|e| one_id(s(e, "message")))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "{errors:?}");
+    let last = &errors[20];
+    assert!(
+        ids_in(s(last, "message")).is_empty(),
+        "the 21st pending request of one identity was made: {last}"
+    );
+    let mine: Vec<Value> = list(&p.gw, true)
+        .into_iter()
+        .filter(|r| r["subject"] == "agent-flood")
+        .collect();
+    assert_eq!(mine.len(), 20, "{mine:?}");
+
+    // Once one is decided, there is room for one more.
+    approvals_ok(&p.gw, &["deny", &ids[0], "--reason", "flood test"]);
+    let got = w.exchange(json!([["Q", "DROP TABLE f20"]]));
+    let e = only_error(&got);
+    let id21 = one_id(s(&e, "message"));
+    assert!(!ids.contains(&id21), "{e}");
+
+    // 25 more identities, 20 each: 520 requests for dba, newer than the one for sre, more than
+    // the list's limit (500).
+    let mut others: Vec<Wire> = (0..25)
+        .map(|i| Wire::open(&p, &agent_jwt(&format!("agent-flood-{i}")), "agentdb"))
+        .collect();
+    for w in &mut others {
+        let msgs: Vec<Value> = (0..20)
+            .map(|i| json!(["Q", format!("DROP TABLE f{i}")]))
+            .collect();
+        w.send(&Value::Array(msgs));
+    }
+    for w in &mut others {
+        for _ in 0..20 {
+            let e = only_error(&w.until_ready());
+            assert_eq!(ids_in(s(&e, "message")).len(), 1, "{e}");
+        }
+    }
+    let sre = approver_jwt("sam", &["sre"]);
+    let (st, v) = http(http_addr, "GET", "/v1/approvals", Some(&sre), None);
+    assert_eq!(st, 200, "{v}");
+    let listed: Vec<&Value> = v["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(
+        listed,
+        vec![&json!(id_sre)],
+        "the sre approver's request is buried under the flood"
+    );
+    let dba = approver_jwt("dora", &["dba"]);
+    let (st, v) = http(http_addr, "GET", "/v1/approvals", Some(&dba), None);
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        !v["requests"]
+            .as_array()
+            .expect("requests")
+            .iter()
+            .any(|r| r["id"] == id_sre.as_str()),
+        "{v}"
+    );
+
+    // The agent is told why.
+    let m = s(last, "message").to_lowercase();
+    assert!(
+        m.contains("too many") || (m.contains("20") && m.contains("waiting")),
+        "the refusal of the 21st does not say too many requests wait: {last}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16. A policy change while a request waits: an approval runs the statement only if the policy
+//     in force still asks the same people the same way (hold), and a retry counts only an
+//     approval given under the same rule, approvers and at least the same quorum.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_policy_change_while_waiting_voids_the_approval() {
+    require_root();
+    let drops = |approvers: &str| {
+        approval_rule(
+            "drops-need-approval",
+            DROP_TABLE,
+            &format!("{{approvers: [{approvers}], timeout_secs: 120}}"),
+        )
+    };
+    let truncates = |approvers: &str, quorum: u32| {
+        approval_rule(
+            "truncates-need-approval",
+            r#"{patterns: ["(?i)^truncate"]}"#,
+            &format!(
+                "{{approvers: [{approvers}], quorum: {quorum}, timeout_secs: 120, mode: deny_and_retry}}"
+            ),
+        )
+    };
+    let p = start(
+        "apr-policychange",
+        16,
+        [drops("dba"), truncates("interns", 1)].concat(),
+        String::new(),
+        &[],
+    );
+    create_tables(&p, &["victim", "victim2", "u"]);
+    let conn = p.agent_conninfo(&agent_jwt("agent-policychange"), "disable");
+
+    // Held under the first policy.
+    let mut a = PySession::open(&conn, &p.agent);
+    a.send("DROP TABLE victim");
+    let id_held = one_id(s(&a.notice(), "message"));
+    // Approved for a retry by interns, quorum 1.
+    let mut b = PySession::open(&conn, &p.agent);
+    let v = b.run("TRUNCATE u");
+    assert_eq!(v["error"]["sqlstate"], "42501", "{v}");
+    let id_retry = one_id(s(&v["error"], "message"));
+    approvals_ok(&p.gw, &["approve", &id_retry]);
+
+    // New policy: DDL on victim is denied outright; truncates need two of dba.
+    let deny_victim = "  - name: no-drop-victim\n    effect: deny\n    when: {workloads: [sql-agents]}\n    targets: [pg]\n    statements: {classes: [ddl], tables: [victim]}\n";
+    p.set_policy(&PgTargetOptions {
+        extra_rules: [deny_victim.to_string(), drops("dba"), truncates("dba", 2)].concat(),
+        ..Default::default()
+    });
+
+    approvals_ok(&p.gw, &["approve", &id_held]);
+    let v = a.outcome();
+    assert!(
+        table_exists(&p, "victim"),
+        "the approved DROP ran though the policy now denies it: {v}"
+    );
+    assert_eq!(v["error"]["sqlstate"], "42501", "{v}");
+    assert_eq!(request(&p.gw, &id_held)["state"], "approved");
+    assert!(
+        trail_events(&p, &id_held, "forwarded").is_empty(),
+        "the trail says the refused statement was sent"
+    );
+
+    let v = b.run("TRUNCATE u");
+    assert_eq!(
+        p.pg.sql_in("agentdb", "SELECT count(*) FROM u;"),
+        "1",
+        "the retry ran on an approval by interns, quorum 1, after the policy asked two of dba: {v}"
+    );
+    assert_eq!(v["error"]["sqlstate"], "42501", "{v}");
+    let id_new = one_id(s(&v["error"], "message"));
+    assert_ne!(id_new, id_retry, "{v}");
+    let r = request(&p.gw, &id_new);
+    assert_eq!(r["approvers"], json!(["dba"]), "{r}");
+    assert_eq!(r["quorum"], 2, "{r}");
+
+    // Held again; the rule now asks other people before the decision: the approval is void.
+    a.send("DROP TABLE victim2");
+    let id_held2 = one_id(s(&a.notice(), "message"));
+    p.set_policy(&PgTargetOptions {
+        extra_rules: [
+            deny_victim.to_string(),
+            drops("dba, sre"),
+            truncates("dba", 2),
+        ]
+        .concat(),
+        ..Default::default()
+    });
+    approvals_ok(&p.gw, &["approve", &id_held2]);
+    let v = a.outcome();
+    assert!(
+        table_exists(&p, "victim2"),
+        "the approved DROP ran though the rule now asks other people: {v}"
+    );
+    assert_eq!(v["error"]["sqlstate"], "42501", "{v}");
+    let m = s(&v["error"], "message");
+    assert!(m.contains(&id_held2) && m.contains("policy changed"), "{v}");
+    assert_eq!(a.rows("SELECT 5"), json!([["5"]]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 17. More than 1 MiB sent behind a held statement ends the session: the request is cancelled,
+//     an approval that comes later runs nothing.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn backlog_behind_a_held_statement_ends_the_session() {
+    require_root();
+    let rules = approval_rule(
+        "drops-need-approval",
+        DROP_TABLE,
+        "{approvers: [dba], timeout_secs: 120}",
+    );
+    let p = start("apr-backlog", 17, rules, String::new(), &[]);
+    create_tables(&p, &["victim"]);
+    let mut w = Wire::open(&p, &agent_jwt("agent-backlog"), "agentdb");
+
+    w.send(&json!([["Q", "DROP TABLE victim"]]));
+    let n = w.next();
+    assert_eq!(n["msg"], "N", "{n}");
+    let id = one_id(s(&n, "message"));
+    assert_eq!(request(&p.gw, &id)["state"], "pending");
+
+    // 1.5 MiB of queries pipelined behind it, then the agent closes.
+    w.send(&json!({"flood": 3 << 19}));
+    let flooded = loop {
+        let v = w.next();
+        if v.get("flooded").is_some() {
+            break v;
+        }
+    };
+    w.send(&json!({"close": true}));
+    let r = wait_request(&p.gw, &id, "cancelled", |r| r["state"] == "cancelled");
+    assert!(
+        s(&r, "reason").contains("too much"),
+        "cancelled for another reason: {r} (flood: {flooded})"
+    );
+    assert!(
+        p.wait_no_upstream(WAIT),
+        "the session's server connection is still open"
+    );
+    let late = approvals(&p.gw, &["approve", &id]);
+    assert!(
+        !late.status.success(),
+        "a cancelled request was approved: {}",
+        output_text(&late)
+    );
+    assert!(table_exists(&p, "victim"), "the cancelled DROP ran");
+    assert!(trail_events(&p, &id, "forwarded").is_empty());
+
+    // Half a message behind a held statement, and then nothing: the agent may not keep the
+    // gateway from acting on the decision. The session ends within seconds (08P01).
+    let mut w = Wire::open(&p, &agent_jwt("agent-backlog"), "agentdb");
+    w.send(&json!([["Q", "DROP TABLE victim"]]));
+    let n = w.next();
+    assert_eq!(n["msg"], "N", "{n}");
+    let id = one_id(s(&n, "message"));
+    // A Query announcing 100 bytes, of which 7 come.
+    w.send(&json!({"raw": format!("51{:08x}{}", 100, hex(b"SELECT "))}));
+    let r = wait_request(&p.gw, &id, "cancelled", |r| r["state"] == "cancelled");
+    assert!(
+        s(&r, "reason").contains("stalled"),
+        "cancelled for another reason: {r}"
+    );
+    let ended = w.until_ready();
+    assert!(
+        ended.last().is_some_and(|v| v["eof"] == true),
+        "the stalled session was not ended: {ended:?}"
+    );
+    let e = only_error(&ended);
+    assert_eq!(e["sqlstate"], "08P01", "{e}");
+    assert!(
+        !approvals(&p.gw, &["approve", &id]).status.success(),
+        "a cancelled request was approved"
+    );
+    assert!(table_exists(&p, "victim"), "the cancelled DROP ran");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 18. Who may decide is checked before the state: a non-approver gets 403 on a decided request
+//     too, and the refusal names no approver group.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn non_approvers_learn_nothing_of_a_request() {
+    require_root();
+    let http_addr = admin_http(18);
+    let rules = approval_rule(
+        "drops-need-approval",
+        DROP_TABLE,
+        "{approvers: [dba-secret-7f3a], timeout_secs: 120}",
+    );
+    let addr_arg = http_addr.to_string();
+    let p = start(
+        "apr-nonapprover",
+        18,
+        rules,
+        String::new(),
+        &["--admin-http", &addr_arg],
+    );
+    create_tables(&p, &["t"]);
+    let conn = p.agent_conninfo(&agent_jwt("agent-nonapprover"), "disable");
+    let mut c = psql_bg(&conn, &p.agent, &["DROP TABLE t"]);
+    let id = one_id(&psql_notice(&mut c));
+    let base = format!("/v1/approvals/{id}");
+    let eve = approver_jwt("eve", &["agents", "ops"]);
+    let refused = |what: &str, st: u16, v: &Value| {
+        assert_eq!((st, reason_of(v)), (403, "not_an_approver"), "{what}: {v}");
+        assert!(
+            !v.to_string().contains("dba-secret-7f3a"),
+            "{what}: the refusal names the approver groups: {v}"
+        );
+    };
+
+    let (st, v) = http(
+        http_addr,
+        "POST",
+        &format!("{base}/approve"),
+        Some(&eve),
+        None,
+    );
+    refused("approve while pending", st, &v);
+    approvals_ok(&p.gw, &["deny", &id, "--reason", "not now"]);
+    let st = c.wait_exit(WAIT);
+    assert!(!st.success(), "{}", c.text());
+    let (st, v) = http(
+        http_addr,
+        "POST",
+        &format!("{base}/approve"),
+        Some(&eve),
+        None,
+    );
+    refused("approve once denied", st, &v);
+    let (st, v) = http(
+        http_addr,
+        "POST",
+        &format!("{base}/deny"),
+        Some(&eve),
+        Some(&json!({"reason": "x"})),
+    );
+    refused("deny once denied", st, &v);
+    // An approver is told it is decided.
+    let dba = approver_jwt("dan", &["dba-secret-7f3a"]);
+    let (st, v) = http(
+        http_addr,
+        "POST",
+        &format!("{base}/approve"),
+        Some(&dba),
+        None,
+    );
+    assert_eq!((st, reason_of(&v)), (409, "not_pending"), "{v}");
+    assert!(table_exists(&p, "t"));
+    assert_eq!(request(&p.gw, &id)["state"], "denied");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 19. Waiting for people is not idleness: a statement held past the gateway's idle timeout runs
+//     once approved; the trail has `forwarded` after the approval.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_held_statement_is_not_idle() {
+    require_root();
+    let rules = approval_rule(
+        "drops-need-approval",
+        DROP_TABLE,
+        "{approvers: [dba], timeout_secs: 30}",
+    );
+    let p = start(
+        "apr-idle",
+        19,
+        rules,
+        "  idle_timeout_ms: 3000\n".to_string(),
+        &[],
+    );
+    create_tables(&p, &["victim"]);
+    let conn = p.agent_conninfo(&agent_jwt("agent-idle"), "disable");
+    let mut a = PySession::open(&conn, &p.agent);
+    assert_eq!(a.rows("SELECT 1"), json!([["1"]]));
+    a.send("DROP TABLE victim");
+    let id = one_id(s(&a.notice(), "message"));
+
+    // Twice the idle timeout.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!a.has_outcome(), "the held statement ended: {}", a.0.text());
+    assert_eq!(request(&p.gw, &id)["state"], "pending");
+    approvals_ok(&p.gw, &["approve", &id]);
+    let v = a.outcome();
+    assert!(v.get("ok").is_some(), "the approved DROP failed: {v}");
+    assert!(!table_exists(&p, "victim"), "the approved DROP did not run");
+
+    // The trail: requested, approved, then forwarded (sent to the server), by the gateway.
+    let rows = wait_record(&p.gw.record_db(), "approval_events", &id, |rows| {
+        rows.iter().any(|r| field(r, "event") == "forwarded")
+    });
+    let at = |event: &str| {
+        rows.iter()
+            .find(|r| field(r, "event") == event)
+            .and_then(|r| r["at_ms"].as_i64())
+            .unwrap_or_else(|| panic!("no {event} event with at_ms: {rows:#?}"))
+    };
+    let fwd = rows
+        .iter()
+        .find(|r| field(r, "event") == "forwarded")
+        .unwrap();
+    assert_eq!(field(fwd, "actor"), "gateway", "{fwd}");
+    assert!(at("forwarded") >= at("approve"), "{rows:#?}");
+
+    // The idle timeout is in force otherwise: the session ends once nothing happens.
+    std::thread::sleep(Duration::from_secs(5));
+    let v = a.run("SELECT 1");
+    assert!(
+        v.get("error").is_some(),
+        "the session outlived the idle timeout: {v}"
+    );
 }

@@ -846,6 +846,13 @@ impl Upward<'_, '_> {
                     r.retry_window_ms / 1000
                 ))
             }
+            Err(e @ crate::approval::ApprovalError::TooManyPending(_)) => {
+                tracing::debug!(rule = rule.name, "approval refused: {e}");
+                return refuse(format!(
+                    "agentgate: this statement needs approval (rule \"{}\"), but {e}; wait for decisions first",
+                    rule.name
+                ));
+            }
             Err(e) => {
                 tracing::error!(rule = rule.name, "approval request not stored: {e}");
                 return refuse(format!(
