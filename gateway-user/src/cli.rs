@@ -41,6 +41,14 @@ pub enum Command {
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
+    /// The audit record: verify its hash chain, export it for a SIEM.
+    Audit {
+        /// The gateway's record database (read-only here).
+        #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB, global = true)]
+        record_db: PathBuf,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Detach the programs and remove every pinned object: workloads then connect directly.
     Uninstall {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -52,6 +60,23 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Validate a policy directory; prints each problem as file:line:column and exits 1 if any.
     Check { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every record against the chain; names each edited, deleted or reordered record
+    /// and exits 1 if there is any.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records as JSON Lines, oldest first, with the hashes that chain them.
+    Export {
+        /// A date (2026-11-26, 2026-11-26T08:00:00, UTC), unix milliseconds, or a duration back
+        /// from now (15m, 6h, 7d). Default: everything.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +135,13 @@ pub struct RunArgs {
     /// SQLite file that records every session and statement.
     #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB)]
     pub record_db: PathBuf,
+    /// Delete records older than this many days (the chain stays verifiable from the oldest
+    /// record kept).
+    #[arg(long)]
+    pub retain_days: Option<u64>,
+    /// Keep the records under this many MiB, deleting the oldest.
+    #[arg(long)]
+    pub retain_mb: Option<u64>,
     /// Serve the HTTP admin API for approvers (OIDC bearer tokens) on this address. Plain HTTP
     /// only on loopback; elsewhere give --admin-http-cert and --admin-http-key.
     #[arg(long)]

@@ -26,7 +26,7 @@ use crate::{
     identity::OwnSockets,
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
-    record::{EventSink, Recorder},
+    record::{Db, EventSink, Recorder},
     upstream::BypassConnector,
 };
 
@@ -45,8 +45,16 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         Some(p) => EventSink::to_file(p).with_context(|| format!("event log {}", p.display()))?,
         None => EventSink::disabled(),
     });
-    let recorder = Recorder::sqlite(&args.record_db)
-        .with_context(|| format!("record store {}", args.record_db.display()))?;
+    let db = Db::open(&args.record_db)
+        .with_context(|| format!("record database {}", args.record_db.display()))?;
+    let recorder = Recorder::sqlite(db.clone());
+    if args.retain_days.is_some() || args.retain_mb.is_some() {
+        tokio::spawn(retain(
+            db.clone(),
+            args.retain_days,
+            args.retain_mb.map(|mb| mb << 20),
+        ));
+    }
     let fs = CgroupFs::discover(args.cgroup_root.clone())?;
     let mut kernel = Kernel::load(&args.pin_dir)?;
     if let Some(logger) = kernel.take_logger() {
@@ -66,7 +74,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
 
     // Requests a previous run left pending are settled before any session can add new ones.
     let approvals = Approvals::open(
-        &args.record_db,
+        db.clone(),
         Notifier::new(
             policies.clone(),
             Some(maps.clone() as Arc<dyn OwnSockets>),
@@ -197,6 +205,24 @@ async fn serve_http_admin<C: crate::upstream::Connect + 'static>(
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
     tokio::spawn(admin::http::serve(admin, listener, acceptor, stop));
     Ok(())
+}
+
+/// Applies the retention limits at start and every ten minutes.
+async fn retain(db: crate::record::SharedDb, days: Option<u64>, max_bytes: Option<u64>) {
+    loop {
+        let db = db.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            Db::lock(&db).retain(days, max_bytes, crate::record::now_ms())
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(records = n, "retention: oldest records deleted"),
+            Ok(Err(e)) => tracing::error!("retention: {e}"),
+            Err(e) => tracing::error!("retention: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

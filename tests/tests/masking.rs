@@ -1081,7 +1081,7 @@ fn record_values(db: &Path) -> Vec<(String, String, String)> {
             "import sqlite3, sys, json\n\
              c = sqlite3.connect(sys.argv[1])\n\
              out = []\n\
-             for (t,) in c.execute(\"SELECT name FROM sqlite_master WHERE type = 'table'\").fetchall():\n\
+             for (t,) in c.execute(\"SELECT name FROM sqlite_master WHERE type IN ('table', 'view')\").fetchall():\n\
              \x20   cols = [r[1] for r in c.execute('PRAGMA table_info(\"%s\")' % t)]\n\
              \x20   for row in c.execute('SELECT * FROM \"%s\"' % t):\n\
              \x20       for col, v in zip(cols, row):\n\

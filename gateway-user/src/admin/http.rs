@@ -260,7 +260,7 @@ mod tests {
         let (_tx, policy) = watch::channel(Arc::new(crate::policy::Policy::default()));
         let events = Arc::new(crate::record::EventSink::disabled());
         Approvals::open(
-            &dir.join("r.db"),
+            crate::record::Db::open(&dir.join("r.db")).unwrap(),
             Notifier::new(policy, None, events.clone()),
             events,
         )

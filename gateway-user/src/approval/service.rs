@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -85,11 +84,11 @@ impl Approvals {
     /// statement was held are cancelled (their connection is gone); `deny_and_retry` ones stay
     /// pending and expire on their own (call [`Approvals::resume`] inside the runtime).
     pub fn open(
-        db: &Path,
+        db: crate::record::SharedDb,
         notifier: Notifier,
         events: Arc<EventSink>,
     ) -> Result<Arc<Approvals>, StoreError> {
-        let store = Store::open(db)?;
+        let store = Store::new(db)?;
         Ok(Arc::new(Approvals {
             store: Mutex::new(store),
             held: Mutex::new(HashMap::new()),
@@ -403,7 +402,7 @@ impl Approvals {
             actor: "gateway".into(),
             detail: json!({"session": session}),
         };
-        if let Err(err) = self.store().event(id, &e) {
+        if let Err(err) = self.store().event(id, session, &e) {
             tracing::error!(id, "approval trail: forwarded not stored: {err}");
         }
     }

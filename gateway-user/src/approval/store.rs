@@ -1,13 +1,13 @@
-//! Approval requests and their audit trail in the record database: one row per request with
-//! its current state, one row per event. Each change is written in one transaction before
-//! anyone is told about it, so a decision that was announced is a decision that was kept.
+//! Approval requests in the record database: one row per request with its current state, and
+//! every change as a record of the audit journal (kind `approval`, the `approval_events` view),
+//! both in one transaction before anyone is told about it, so a decision that was announced is
+//! a decision that was kept.
 
-use std::path::Path;
-
-use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::Value;
+use rusqlite::{params, OptionalExtension};
+use serde_json::{json, Value};
 
 use super::model::{Request, State};
+use crate::record::{Db, SharedDb};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -16,7 +16,7 @@ pub enum StoreError {
     #[error("approval store: request {0} is unreadable: {1}")]
     Corrupt(String, serde_json::Error),
     #[error("approval store: {0}")]
-    Io(#[from] std::io::Error),
+    Db(#[from] crate::record::DbError),
 }
 
 const SCHEMA: &str = "
@@ -30,14 +30,6 @@ CREATE TABLE IF NOT EXISTS approval_requests (
 );
 CREATE INDEX IF NOT EXISTS approval_requests_state ON approval_requests(state);
 CREATE INDEX IF NOT EXISTS approval_requests_retry ON approval_requests(retry_key);
-CREATE TABLE IF NOT EXISTS approval_events (
-    request TEXT NOT NULL REFERENCES approval_requests(id),
-    at_ms INTEGER NOT NULL,
-    event TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS approval_events_request ON approval_events(request);
 ";
 
 /// One change: the request's new state and the event that made it.
@@ -50,59 +42,66 @@ pub struct Event<'a> {
 }
 
 pub struct Store {
-    conn: Connection,
+    db: SharedDb,
+}
+
+/// The journal record of one approval event.
+fn record(
+    tx: &rusqlite::Transaction<'_>,
+    journal: &mut crate::record::Appender,
+    id: &str,
+    session: &str,
+    e: &Event<'_>,
+) -> rusqlite::Result<i64> {
+    let body =
+        json!({"request": id, "event": e.event, "actor": e.actor, "detail": e.detail}).to_string();
+    journal.append(
+        tx,
+        &crate::record::Entry {
+            at_ms: e.at_ms,
+            kind: "approval",
+            session: Some(session),
+            body: &body,
+        },
+    )
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let conn = Connection::open(path)?;
-        // The recorder writes the same file from its own connection.
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn })
+    pub fn new(db: SharedDb) -> Result<Store, StoreError> {
+        Db::lock(&db).conn.execute_batch(SCHEMA)?;
+        Ok(Store { db })
     }
 
     pub fn save(&mut self, r: &Request, e: &Event<'_>) -> Result<(), StoreError> {
         let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(r.id.clone(), e))?;
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO approval_requests (id, state, created_ms, expires_ms, retry_key, request)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(id) DO UPDATE SET state = excluded.state, request = excluded.request",
-            params![
-                r.id,
-                r.state.as_str(),
-                r.created_ms,
-                r.expires_ms,
-                r.retry_key,
-                json
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO approval_events (request, at_ms, event, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![r.id, e.at_ms, e.event, e.actor, e.detail.to_string()],
-        )?;
-        tx.commit()?;
+        Db::lock(&self.db).write(|tx, journal| {
+            tx.execute(
+                "INSERT INTO approval_requests (id, state, created_ms, expires_ms, retry_key, request)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, request = excluded.request",
+                params![
+                    r.id,
+                    r.state.as_str(),
+                    r.created_ms,
+                    r.expires_ms,
+                    r.retry_key,
+                    json
+                ],
+            )?;
+            record(tx, journal, &r.id, &r.session, e)
+        })?;
         Ok(())
     }
 
     /// An event that changes nothing about the request (the statement was forwarded).
-    pub fn event(&mut self, id: &str, e: &Event<'_>) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO approval_events (request, at_ms, event, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, e.at_ms, e.event, e.actor, e.detail.to_string()],
-        )?;
+    pub fn event(&mut self, id: &str, session: &str, e: &Event<'_>) -> Result<(), StoreError> {
+        Db::lock(&self.db).write(|tx, journal| record(tx, journal, id, session, e))?;
         Ok(())
     }
 
     /// Pending requests made by one identity.
     pub fn pending_of(&self, issuer: &str, subject: &str) -> Result<usize, StoreError> {
-        let n: i64 = self.conn.query_row(
+        let n: i64 = Db::lock(&self.db).conn.query_row(
             "SELECT count(*) FROM approval_requests WHERE state = 'pending'
              AND json_extract(request, '$.issuer') = ?1 AND json_extract(request, '$.subject') = ?2",
             [issuer, subject],
@@ -112,7 +111,7 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
-        let row: Option<(String, String)> = self
+        let row: Option<(String, String)> = Db::lock(&self.db)
             .conn
             .query_row(
                 "SELECT retry_key, request FROM approval_requests WHERE id = ?1",
@@ -132,7 +131,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Request>, StoreError> {
         let groups = groups.map(|g| serde_json::Value::from(g.to_vec()).to_string());
-        let mut stmt = self.conn.prepare_cached(
+        let db = Db::lock(&self.db);
+        let mut stmt = db.conn.prepare_cached(
             "SELECT id, retry_key, request FROM approval_requests
              WHERE (?1 IS NULL OR state = ?1)
                AND (?2 IS NULL OR EXISTS (
@@ -154,7 +154,8 @@ impl Store {
 
     /// Requests for the same statement from the same identity, newest first.
     pub fn by_retry_key(&self, key: &str) -> Result<Vec<Request>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let db = Db::lock(&self.db);
+        let mut stmt = db.conn.prepare_cached(
             "SELECT id, request FROM approval_requests WHERE retry_key = ?1 ORDER BY created_ms DESC LIMIT 16",
         )?;
         let rows = stmt.query_map([key], |r| {

@@ -11,7 +11,12 @@ use crate::{policy::Policy, record::EventSink};
 fn open(db: &Path) -> Arc<Approvals> {
     let (_tx, policy) = watch::channel(Arc::new(Policy::default()));
     let events = Arc::new(EventSink::disabled());
-    Approvals::open(db, Notifier::new(policy, None, events.clone()), events).unwrap()
+    Approvals::open(
+        crate::record::Db::open(db).unwrap(),
+        Notifier::new(policy, None, events.clone()),
+        events,
+    )
+    .unwrap()
 }
 
 fn new(mode: Mode, quorum: u32, timeout: Duration, key: &str) -> NewRequest {

@@ -1,12 +1,17 @@
 //! What the gateway saw. Connection and capture events go out as JSON lines (`--events`), for
-//! people and tests; sessions and statements go through the [`Recorder`] to a SQLite store. The
-//! recording issue grows the store into the tamper-evident audit store; the shapes stay.
+//! people and tests. Sessions, statements and approvals are records: each one an entry of the
+//! hash-chained audit journal in the record database ([`db`], [`journal`]), written off the data
+//! path by the [`Recorder`].
 
+mod db;
 mod events;
+pub mod journal;
 mod recorder;
 mod sqlite;
 
+pub use db::{Appender, Db, DbError, SharedDb};
 pub use events::EventSink;
+pub use journal::Entry;
 pub use recorder::{now_ms, Record, Recorder, SessionClose, SessionOpen, Statement};
 #[cfg(test)]
 pub use recorder::{Store, StoreError};

@@ -1,8 +1,10 @@
 //! The recorder: every session and statement goes through [`Recorder`] to a [`Store`] written
 //! off the data path. The queue is bounded and the data path waits when it is full, so nothing is
-//! dropped silently; the store batches whatever has queued into one transaction.
+//! dropped silently; the store batches whatever has queued into one transaction (a group commit:
+//! what queues during one commit goes into the next). A durable record is acknowledged once its
+//! transaction has committed, for statements that must be on record before they run.
 
-use std::{path::Path, sync::Arc, thread};
+use std::{sync::Arc, thread};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +62,8 @@ pub struct SessionClose {
 pub enum Record {
     Open(SessionOpen),
     Statement(Statement),
+    /// A privileged statement about to be forwarded (its outcome follows as a `Statement`).
+    Intent(Statement),
     Close(SessionClose),
 }
 
@@ -79,6 +83,8 @@ pub enum StoreError {
 enum Msg {
     /// Boxed: records are large and the queue holds many.
     Record(Box<Record>),
+    /// Answered (whether it was written) once its transaction has committed or failed.
+    Durable(Box<Record>, oneshot::Sender<bool>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -90,7 +96,6 @@ pub struct Recorder {
 }
 
 const QUEUE: usize = 16_384;
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 const BATCH: usize = 1_024;
 
 impl Recorder {
@@ -102,28 +107,36 @@ impl Recorder {
             .spawn(move || {
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut waiters = Vec::new();
+                let mut durable = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
-                    // Let a busy data path fill the batch: one wake-up and one transaction per
-                    // few milliseconds instead of one per statement.
-                    if matches!(first, Msg::Record(_)) {
-                        thread::sleep(GATHER);
-                    }
+                    // Whatever queued while the last transaction committed goes into this one.
                     let mut next = Some(first);
                     while let Some(m) = next.take() {
                         match m {
                             Msg::Record(r) => batch.push(*r),
+                            Msg::Durable(r, w) => {
+                                batch.push(*r);
+                                durable.push(w);
+                            }
                             Msg::Flush(w) => waiters.push(w),
                         }
                         if batch.len() < BATCH {
                             next = rx.try_recv().ok();
                         }
                     }
-                    if let Err(e) = store.write(&batch) {
-                        // Nothing more can be done for this batch but say so loudly; the
-                        // audit store (issue 7) adds retry and spill.
-                        tracing::error!(records = batch.len(), "recording failed: {e}");
-                    }
+                    let written = match store.write(&batch) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            // A durable record's statement is refused; the others can only be
+                            // reported, loudly.
+                            tracing::error!(records = batch.len(), "recording failed: {e}");
+                            false
+                        }
+                    };
                     batch.clear();
+                    for w in durable.drain(..) {
+                        let _ = w.send(written);
+                    }
                     for w in waiters.drain(..) {
                         let _ = w.send(());
                     }
@@ -142,6 +155,17 @@ impl Recorder {
         }
     }
 
+    /// Queues a record and waits until its transaction has committed: `false` if it could not
+    /// be written (the caller must not act as if it were on record).
+    pub async fn record_durable(&self, r: Record) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Durable(Box::new(r), tx)).await.is_err() {
+            tracing::error!("recorder is gone; durable record lost");
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -150,11 +174,9 @@ impl Recorder {
         }
     }
 
-    /// A recorder over a SQLite file.
-    pub fn sqlite(path: &Path) -> Result<Arc<Recorder>, StoreError> {
-        Ok(Arc::new(Recorder::start(super::sqlite::SqliteStore::open(
-            path,
-        )?)))
+    /// A recorder over the record database's journal.
+    pub fn sqlite(db: super::db::SharedDb) -> Arc<Recorder> {
+        Arc::new(Recorder::start(super::sqlite::SqliteStore::new(db)))
     }
 }
 

@@ -492,7 +492,11 @@ impl Upward<'_, '_> {
                         (rule, message) = (Some(d.rule), d.message);
                     }
                 }
-                let rec = self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
+                let mut rec =
+                    self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
+                if rule.is_none() && !self.on_record_first(&rec, &classified).await {
+                    (rule, message) = unrecorded(&mut rec);
+                }
                 let classified_for_rows = classified.clone();
                 let forward = match rule {
                     Some(rule) => out::query(&self.deny(rule, classified, message)?),
@@ -592,6 +596,22 @@ impl Upward<'_, '_> {
                     params.shown,
                     None,
                 );
+                if !self.on_record_first(&rec, &statement.classified).await {
+                    let mut rec = rec;
+                    let (rule, message) = unrecorded(&mut rec);
+                    rec.error_code = Some("42501".into());
+                    rec.error = message.clone();
+                    self.ctx.recorder.record(Record::Statement(rec)).await;
+                    let marker = self.deny(
+                        rule.unwrap_or_default(),
+                        statement.classified.clone(),
+                        message,
+                    )?;
+                    return Ok(Frame::build(b'E', |b| {
+                        put_cstr(b, &marker);
+                        b.put_i32(0);
+                    }));
+                }
                 if self.plan.get(self.ctx).is_some() {
                     // The rows of an Execute come without a description; a Describe of the
                     // portal right before it tells the gateway their columns and formats.
@@ -639,17 +659,20 @@ impl Upward<'_, '_> {
                         None => self.approval(&classified, &text, &args, from, to).await?,
                     },
                 };
-                let (rule, message) = match denied {
+                let (mut rule, mut message) = match denied {
                     Some(d) => (Some(d.rule), d.message),
                     None => (None, None),
                 };
-                let rec = self.statement(
+                let mut rec = self.statement(
                     "function_call",
                     &text,
                     &classified,
                     args.shown,
                     rule.as_deref(),
                 );
+                if rule.is_none() && !self.on_record_first(&rec, &classified).await {
+                    (rule, message) = unrecorded(&mut rec);
+                }
                 let forward = match rule {
                     Some(rule) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
@@ -1184,6 +1207,19 @@ impl Upward<'_, '_> {
         }
     }
 
+    /// A privileged statement (anything but a read) is on record, committed, before it is
+    /// forwarded, so that whatever the target executed is in the record even if the gateway
+    /// dies right after. `false`: it could not be recorded and must not be forwarded.
+    async fn on_record_first(&self, rec: &Statement, c: &Classified) -> bool {
+        if c.class == Class::Read {
+            return true;
+        }
+        self.ctx
+            .recorder
+            .record_durable(Record::Intent(rec.clone()))
+            .await
+    }
+
     /// A prepared statement refused at Parse or Bind never runs: its record is final now.
     async fn record_denial(&mut self, p: &Prepared, params: Vec<Option<String>>, rule: &str) {
         let mut rec = self.statement("extended", &p.text, &p.classified, params, Some(rule));
@@ -1249,6 +1285,18 @@ fn unshowable(c: &Classified, text: &str, params: &Params) -> Option<&'static st
         return Some("a parameter is too long to show in full");
     }
     None
+}
+
+/// The rule name and message of a statement refused because it could not be put on record, with
+/// its record changed to say so.
+fn unrecorded(rec: &mut Statement) -> (Option<String>, Option<String>) {
+    const RULE: &str = "record-before-forwarding";
+    rec.decision = "denied";
+    rec.rule = Some(RULE.into());
+    (
+        Some(RULE.into()),
+        Some("agentgate: the statement could not be put on record, so it was not sent".into()),
+    )
 }
 
 fn denial_message(rule: &str) -> String {
@@ -1838,7 +1886,7 @@ mod tests {
         let (_tx, policy) = watch::channel(denying_policy());
         let events = Arc::new(crate::record::EventSink::disabled());
         let a = Approvals::open(
-            &dir.path().join("a.db"),
+            crate::record::Db::open(&dir.path().join("a.db")).unwrap(),
             crate::approval::Notifier::new(policy, None, events.clone()),
             events,
         )

@@ -1,0 +1,311 @@
+//! The record database: one SQLite file (WAL) holding the audit journal, the views people and
+//! tools read (`sessions`, `statements`, `approval_events`), and the little mutable state that
+//! is not a record (approval requests' current state). One connection and one chain tip,
+//! shared by everything that writes, so that records are chained in the order they commit.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use rusqlite::{Connection, Transaction};
+
+use super::journal::{self, Entry, Tip};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("record database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("record database: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What people and tools query: the records as tables. Views, so that they can never say
+/// anything the chained journal does not.
+const VIEWS: &str = "
+CREATE VIEW IF NOT EXISTS sessions AS
+SELECT o.session AS id,
+       json_extract(o.body, '$.started_ms') AS started_ms,
+       json_extract(c.body, '$.ended_ms') AS ended_ms,
+       json_extract(o.body, '$.protocol') AS protocol,
+       json_extract(o.body, '$.workload') AS workload,
+       json_extract(o.body, '$.cgroup') AS cgroup,
+       json_extract(o.body, '$.pid') AS pid,
+       json_extract(o.body, '$.issuer') AS issuer,
+       json_extract(o.body, '$.subject') AS subject,
+       json_extract(o.body, '$.groups') AS groups,
+       json_extract(o.body, '$.target') AS target,
+       json_extract(o.body, '$.original_dst') AS original_dst,
+       json_extract(o.body, '$.client_user') AS client_user,
+       json_extract(o.body, '$.database') AS database,
+       json_extract(o.body, '$.policy_version') AS policy_version,
+       json_extract(o.body, '$.token_expires_ms') AS token_expires_ms,
+       json_extract(c.body, '$.bytes_up') AS bytes_up,
+       json_extract(c.body, '$.bytes_down') AS bytes_down,
+       json_extract(c.body, '$.ended_by') AS ended_by,
+       json_extract(c.body, '$.error') AS error
+FROM audit_log o
+LEFT JOIN audit_log c ON c.kind = 'session_close' AND c.session = o.session
+WHERE o.kind = 'session_open';
+CREATE VIEW IF NOT EXISTS statements AS
+SELECT session,
+       json_extract(body, '$.seq') AS seq,
+       json_extract(body, '$.started_ms') AS started_ms,
+       json_extract(body, '$.kind') AS kind,
+       json_extract(body, '$.text') AS text,
+       json_extract(body, '$.params') AS params,
+       json_extract(body, '$.class') AS class,
+       json_extract(body, '$.tables') AS tables,
+       json_extract(body, '$.functions') AS functions,
+       json_extract(body, '$.decision') AS decision,
+       json_extract(body, '$.rule') AS rule,
+       json_extract(body, '$.duration_us') AS duration_us,
+       json_extract(body, '$.rows') AS rows,
+       json_extract(body, '$.error_code') AS error_code,
+       json_extract(body, '$.error') AS error,
+       seq AS record
+FROM audit_log WHERE kind = 'statement';
+CREATE VIEW IF NOT EXISTS approval_events AS
+SELECT json_extract(body, '$.request') AS request,
+       at_ms,
+       json_extract(body, '$.event') AS event,
+       json_extract(body, '$.actor') AS actor,
+       json_extract(body, '$.detail') AS detail,
+       seq AS record
+FROM audit_log WHERE kind = 'approval';
+";
+
+/// Tables of earlier versions whose names are views now: kept, renamed, outside the chain.
+const LEGACY: [&str; 3] = ["sessions", "statements", "approval_events"];
+
+pub struct Db {
+    pub conn: Connection,
+    tip: Tip,
+}
+
+pub type SharedDb = Arc<Mutex<Db>>;
+
+impl Db {
+    pub fn open(path: &Path) -> Result<SharedDb, DbError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // A record is on disk when its transaction commits: privileged statements wait for
+        // that before they are forwarded.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        for table in LEGACY {
+            let is_table: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )?;
+            if is_table {
+                tracing::warn!(
+                    table,
+                    "record database of an earlier version: table kept as legacy_{table}, outside the audit chain"
+                );
+                conn.execute_batch(&format!("ALTER TABLE {table} RENAME TO legacy_{table}"))?;
+            }
+        }
+        conn.execute_batch(journal::SCHEMA)?;
+        conn.execute_batch(VIEWS)?;
+        let tip = journal::tip(&conn)?;
+        Ok(Arc::new(Mutex::new(Db { conn, tip })))
+    }
+
+    pub fn lock(db: &SharedDb) -> MutexGuard<'_, Db> {
+        db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one transaction with an appender for journal records; the chain moves on
+    /// only if it commits.
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, &mut Appender) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let tx = self.conn.transaction()?;
+        let mut appender = Appender { tip: self.tip };
+        let out = f(&tx, &mut appender)?;
+        tx.commit()?;
+        self.tip = appender.tip;
+        Ok(out)
+    }
+}
+
+impl Db {
+    /// Deletes the oldest records: those older than `keep_days`, then as many more as it takes
+    /// to bring the records under `max_bytes` (to 90 % of it). The chain stays verifiable from
+    /// the last deleted record (the anchor), and the pruning is itself a record. Returns how
+    /// many records were deleted.
+    pub fn retain(
+        &mut self,
+        keep_days: Option<u64>,
+        max_bytes: Option<u64>,
+        now_ms: i64,
+    ) -> rusqlite::Result<u64> {
+        let mut keep_from: Option<i64> = None;
+        if let Some(days) = keep_days {
+            let cutoff = now_ms - (days as i64) * 86_400_000;
+            let first: Option<i64> = self.conn.query_row(
+                "SELECT min(seq) FROM audit_log WHERE at_ms >= ?1",
+                [cutoff],
+                |r| r.get(0),
+            )?;
+            keep_from = Some(first.unwrap_or(self.tip.seq + 1));
+        }
+        if let Some(max) = max_bytes {
+            let used: i64 = self.conn.query_row(
+                "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())",
+                [],
+                |r| r.get(0),
+            )?;
+            let page: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let used = (used * page).max(1) as u64;
+            if used > max {
+                let (lo, hi): (Option<i64>, Option<i64>) =
+                    self.conn
+                        .query_row("SELECT min(seq), max(seq) FROM audit_log", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                if let (Some(lo), Some(hi)) = (lo, hi) {
+                    let n = (hi - lo + 1) as u64;
+                    let keep = n * (max / 10 * 9) / used;
+                    let from = hi + 1 - keep as i64;
+                    keep_from = Some(keep_from.map_or(from, |k| k.max(from)));
+                }
+            }
+        }
+        let Some(keep_from) = keep_from else {
+            return Ok(0);
+        };
+        let pruned = journal::prune(&mut self.conn, keep_from, now_ms)?;
+        if pruned > 0 {
+            let body = serde_json::json!({"pruned": pruned, "kept_from": keep_from,
+                                          "keep_days": keep_days, "max_bytes": max_bytes})
+            .to_string();
+            self.write(|tx, journal| {
+                journal.append(
+                    tx,
+                    &Entry {
+                        at_ms: now_ms,
+                        kind: "retention",
+                        session: None,
+                        body: &body,
+                    },
+                )
+            })?;
+        }
+        Ok(pruned)
+    }
+}
+
+/// Appends journal records inside a [`Db::write`] transaction.
+pub struct Appender {
+    tip: Tip,
+}
+
+impl Appender {
+    pub fn append(&mut self, tx: &Transaction<'_>, e: &Entry<'_>) -> rusqlite::Result<i64> {
+        journal::append(tx, &mut self.tip, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(db: &SharedDb, n: i64, at_ms: i64) {
+        Db::lock(db)
+            .write(|tx, j| {
+                for i in 0..n {
+                    let body = format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(500));
+                    j.append(
+                        tx,
+                        &Entry {
+                            at_ms: at_ms + i,
+                            kind: "statement",
+                            session: Some("s"),
+                            body: &body,
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn retention_by_age_and_size_keeps_the_chain_verifiable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.db")).unwrap();
+        let day = 86_400_000;
+        records(&db, 100, 1_000);
+        records(&db, 100, 10 * day);
+        let now = 11 * day;
+        let pruned = Db::lock(&db).retain(Some(5), None, now).unwrap();
+        assert_eq!(pruned, 100);
+        {
+            let g = Db::lock(&db);
+            let r = journal::verify(&g.conn).unwrap();
+            assert!(r.problems.is_empty(), "{:?}", r.problems);
+            // 100 kept and the retention record itself.
+            assert_eq!((r.from, r.records), (100, 101));
+        }
+        // By size: far over a small limit, the oldest go until it fits.
+        records(&db, 2_000, 10 * day + 1_000);
+        let pruned = Db::lock(&db).retain(None, Some(256 << 10), now).unwrap();
+        assert!(pruned > 1_000, "{pruned}");
+        let g = Db::lock(&db);
+        let r = journal::verify(&g.conn).unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let kinds: i64 = g
+            .conn
+            .query_row(
+                "SELECT count(*) FROM audit_log WHERE kind = 'retention'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // The first retention record was old enough to go with the rest; the second says so.
+        assert_eq!(kinds, 1);
+    }
+
+    #[test]
+    fn records_read_back_through_the_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.db")).unwrap();
+        let open =
+            serde_json::json!({"session": "s1", "started_ms": 5, "subject": "a", "groups": ["g"]})
+                .to_string();
+        let close = serde_json::json!({"session": "s1", "ended_ms": 9, "bytes_up": 3}).to_string();
+        Db::lock(&db)
+            .write(|tx, j| {
+                for (kind, body) in [("session_open", &open), ("session_close", &close)] {
+                    j.append(
+                        tx,
+                        &Entry {
+                            at_ms: 5,
+                            kind,
+                            session: Some("s1"),
+                            body,
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let g = Db::lock(&db);
+        let row: (String, i64, i64, String) = g
+            .conn
+            .query_row(
+                "SELECT subject, started_ms, ended_ms, groups FROM sessions WHERE id = 's1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(row, ("a".to_string(), 5, 9, "[\"g\"]".to_string()));
+    }
+}
