@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the eBPF programs, capture the policy's workloads and relay their connections.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -142,6 +142,16 @@ pub struct RunArgs {
     /// Keep the records under this many MiB, deleting the oldest.
     #[arg(long)]
     pub retain_mb: Option<u64>,
+    /// Ship the audit journal to a central PostgreSQL: a libpq-style connection string without
+    /// the password (`host=db.example port=5432 dbname=audit user=agentgate sslmode=require`).
+    #[arg(long)]
+    pub audit_sink: Option<String>,
+    /// File holding the central store's password.
+    #[arg(long, requires = "audit_sink")]
+    pub audit_sink_password_file: Option<PathBuf>,
+    /// This node's name in the central store (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
     /// Serve the HTTP admin API for approvers (OIDC bearer tokens) on this address. Plain HTTP
     /// only on loopback; elsewhere give --admin-http-cert and --admin-http-key.
     #[arg(long)]

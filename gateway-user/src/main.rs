@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Policy {
             command: PolicyCommand::Check { dir },
         } => policy_check(&dir),

@@ -48,11 +48,29 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     let db = Db::open(&args.record_db)
         .with_context(|| format!("record database {}", args.record_db.display()))?;
     let recorder = Recorder::sqlite(db.clone());
+    let sink_stop = CancellationToken::new();
+    // Without a sink nothing holds retention back.
+    let shipped = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    if let Some(conninfo) = &args.audit_sink {
+        shipped.store(0, std::sync::atomic::Ordering::Relaxed);
+        let config = crate::record::sink::SinkConfig {
+            conninfo: conninfo.clone(),
+            password_file: args.audit_sink_password_file.clone(),
+            node: args.node_name.clone().unwrap_or_else(node_name),
+        };
+        tokio::spawn(crate::record::sink::run(
+            args.record_db.clone(),
+            config,
+            shipped.clone(),
+            sink_stop.clone(),
+        ));
+    }
     if args.retain_days.is_some() || args.retain_mb.is_some() {
         tokio::spawn(retain(
             db.clone(),
             args.retain_days,
             args.retain_mb.map(|mb| mb << 20),
+            shipped.clone(),
         ));
     }
     let fs = CgroupFs::discover(args.cgroup_root.clone())?;
@@ -161,6 +179,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .is_ok();
     let _ = watcher.await;
     recorder.flush().await;
+    sink_stop.cancel();
     let _ = std::fs::remove_file(&args.admin_socket);
     events.emit("stopped", json!({"drained": drained}));
     Ok(())
@@ -207,12 +226,28 @@ async fn serve_http_admin<C: crate::upstream::Connect + 'static>(
     Ok(())
 }
 
-/// Applies the retention limits at start and every ten minutes.
-async fn retain(db: crate::record::SharedDb, days: Option<u64>, max_bytes: Option<u64>) {
+/// The host name, for the central audit store.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-node".into())
+}
+
+/// Applies the retention limits at start and every ten minutes, never deleting records the
+/// central store does not have yet.
+async fn retain(
+    db: crate::record::SharedDb,
+    days: Option<u64>,
+    max_bytes: Option<u64>,
+    shipped: Arc<std::sync::atomic::AtomicI64>,
+) {
     loop {
         let db = db.clone();
+        let limit = shipped.load(std::sync::atomic::Ordering::Relaxed);
         let pruned = tokio::task::spawn_blocking(move || {
-            Db::lock(&db).retain(days, max_bytes, crate::record::now_ms())
+            Db::lock(&db).retain(days, max_bytes, limit, crate::record::now_ms())
         })
         .await;
         match pruned {

@@ -144,6 +144,7 @@ impl Db {
         &mut self,
         keep_days: Option<u64>,
         max_bytes: Option<u64>,
+        shipped: i64,
         now_ms: i64,
     ) -> rusqlite::Result<u64> {
         let mut keep_from: Option<i64> = None;
@@ -181,6 +182,8 @@ impl Db {
         let Some(keep_from) = keep_from else {
             return Ok(0);
         };
+        // What the central store does not have yet stays.
+        let keep_from = keep_from.min(shipped.saturating_add(1));
         let pruned = journal::prune(&mut self.conn, keep_from, now_ms)?;
         if pruned > 0 {
             let body = serde_json::json!({"pruned": pruned, "kept_from": keep_from,
@@ -245,18 +248,22 @@ mod tests {
         records(&db, 100, 1_000);
         records(&db, 100, 10 * day);
         let now = 11 * day;
-        let pruned = Db::lock(&db).retain(Some(5), None, now).unwrap();
-        assert_eq!(pruned, 100);
+        // Not past what a central store has: records 1..=50 only.
+        assert_eq!(Db::lock(&db).retain(Some(5), None, 50, now).unwrap(), 50);
+        let pruned = Db::lock(&db).retain(Some(5), None, i64::MAX, now).unwrap();
+        assert_eq!(pruned, 50);
         {
             let g = Db::lock(&db);
             let r = journal::verify(&g.conn).unwrap();
             assert!(r.problems.is_empty(), "{:?}", r.problems);
-            // 100 kept and the retention record itself.
-            assert_eq!((r.from, r.records), (100, 101));
+            // 100 kept and the two retention records.
+            assert_eq!((r.from, r.records), (100, 102));
         }
         // By size: far over a small limit, the oldest go until it fits.
         records(&db, 2_000, 10 * day + 1_000);
-        let pruned = Db::lock(&db).retain(None, Some(256 << 10), now).unwrap();
+        let pruned = Db::lock(&db)
+            .retain(None, Some(256 << 10), i64::MAX, now)
+            .unwrap();
         assert!(pruned > 1_000, "{pruned}");
         let g = Db::lock(&db);
         let r = journal::verify(&g.conn).unwrap();

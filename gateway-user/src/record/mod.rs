@@ -7,6 +7,7 @@ mod db;
 mod events;
 pub mod journal;
 mod recorder;
+pub mod sink;
 mod sqlite;
 
 pub use db::{Appender, Db, DbError, SharedDb};
