@@ -41,6 +41,46 @@ pub enum Command {
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
+    /// Sessions on record: list with filters, show one, replay what happened in it.
+    Sessions {
+        #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB, global = true)]
+        record_db: PathBuf,
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Every workload and identity seen: first/last seen, token expiry, live sessions, targets,
+    /// privileged actions, status (active, idle, expired, revoked).
+    Agents {
+        #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB)]
+        record_db: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cut off an identity or a workload now: its live sessions end, new ones are refused
+    /// (recorded); --lift undoes it, --list shows what is revoked.
+    Revoke {
+        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+        /// The token subject (`sub`) to revoke.
+        #[arg(long, required_unless_present_any = ["workload", "list"])]
+        identity: Option<String>,
+        /// Only tokens of this issuer (with --identity).
+        #[arg(long, requires = "identity")]
+        issuer: Option<String>,
+        /// The workload to revoke.
+        #[arg(long)]
+        workload: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Lift the revocation of exactly this identity/workload instead.
+        #[arg(long)]
+        lift: bool,
+        /// Show the revocations in force.
+        #[arg(long, conflicts_with_all = ["identity", "workload", "lift"])]
+        list: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The audit record: verify its hash chain, export it for a SIEM.
     Audit {
         /// The gateway's record database (read-only here).
@@ -60,6 +100,52 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Validate a policy directory; prints each problem as file:line:column and exits 1 if any.
     Check { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Sessions, newest first.
+    List {
+        /// Part of the agent's subject (or issuer#subject).
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        workload: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// postgres or tcp.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Sessions still open at or after this time (a date, unix ms, or 15m/6h/7d ago).
+        #[arg(long)]
+        since: Option<String>,
+        /// Sessions that started at or before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// live or closed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Sessions with a statement containing this text.
+        #[arg(long)]
+        statement: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session: who, from where, to what, how it ended.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The session's timeline: statements with parameters, outcomes, timings and the masked
+    /// rows kept, approvals, and how it ended.
+    Replay {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,7 +19,7 @@ mod upstream;
 
 use clap::Parser;
 
-use cli::{ApprovalsCommand, AuditCommand, Cli, Command, PolicyCommand};
+use cli::{ApprovalsCommand, AuditCommand, Cli, Command, PolicyCommand, SessionsCommand};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -42,6 +42,32 @@ fn main() -> std::process::ExitCode {
             command,
         } => approvals(&admin_socket, command),
         Command::Audit { record_db, command } => audit_command(&record_db, command),
+        Command::Sessions { record_db, command } => sessions_command(&record_db, command),
+        Command::Agents { record_db, json } => agents_command(&record_db, json),
+        Command::Revoke {
+            admin_socket,
+            identity,
+            issuer,
+            workload,
+            reason,
+            lift,
+            list,
+            json,
+        } => {
+            let cmd = if list {
+                "revocations"
+            } else if lift {
+                "revoke.lift"
+            } else {
+                "revoke"
+            };
+            revoke_command(
+                &admin_socket,
+                serde_json::json!({"cmd": cmd, "subject": identity, "issuer": issuer,
+                                   "workload": workload, "reason": reason}),
+                json,
+            )
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -119,6 +145,263 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
         println!("CAPTURE NOT FULLY APPLIED: {e}");
     }
     println!("sessions   {} live", answer["sessions"]);
+    Ok(())
+}
+
+fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyhow::Result<()> {
+    use audit::print::{cell, cut, duration, safe, table, time};
+    let conn = audit::open(db)?;
+    let now = record::now_ms();
+    match command {
+        SessionsCommand::List {
+            identity,
+            workload,
+            target,
+            protocol,
+            since,
+            until,
+            status,
+            statement,
+            limit,
+            json,
+        } => {
+            let filter = audit::sessions::Filter {
+                identity,
+                workload,
+                target,
+                protocol,
+                since_ms: since.map(|s| audit::parse_since(&s, now)).transpose()?,
+                until_ms: until.map(|s| audit::parse_since(&s, now)).transpose()?,
+                status,
+                statement,
+                limit,
+            };
+            let list = audit::sessions::list(&conn, &filter)?;
+            if json {
+                println!("{}", serde_json::Value::Array(list));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    let started = s["started_ms"].as_i64();
+                    let ended = s["ended_ms"].as_i64();
+                    vec![
+                        cell(&s["session"]),
+                        time(started),
+                        match (started, ended) {
+                            (Some(a), Some(b)) => duration(b - a),
+                            (Some(a), None) => format!("{} (live)", duration(now - a)),
+                            _ => "-".into(),
+                        },
+                        cell(&s["workload"]),
+                        cell(&s["subject"]),
+                        format!("{}/{}", cell(&s["target"]), cell(&s["protocol"])),
+                        format!(
+                            "{} ({} denied, {} privileged)",
+                            s["statements"], s["denied"], s["privileged"]
+                        ),
+                        cut(&cell(&s["ended_by"]), 50),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "SESSION",
+                    "STARTED (UTC)",
+                    "DURATION",
+                    "WORKLOAD",
+                    "IDENTITY",
+                    "TARGET",
+                    "STATEMENTS",
+                    "ENDED BY",
+                ],
+                &rows,
+            );
+        }
+        SessionsCommand::Show { id, json } => {
+            let s = audit::sessions::show(&conn, &id)?;
+            if json {
+                println!("{s}");
+                return Ok(());
+            }
+            for (k, v) in s.as_object().into_iter().flatten() {
+                let v = match k.as_str() {
+                    "started_ms" | "ended_ms" | "token_expires_ms" => time(v.as_i64()),
+                    _ => cell(v),
+                };
+                println!("{k:<18} {v}");
+            }
+        }
+        SessionsCommand::Replay { id, json } => {
+            let events = audit::sessions::replay(&conn, &id)?;
+            if json {
+                println!("{}", serde_json::Value::Array(events));
+                return Ok(());
+            }
+            let start = events
+                .first()
+                .and_then(|e| e["at_ms"].as_i64())
+                .unwrap_or(0);
+            for e in &events {
+                let at = e["at_ms"].as_i64().unwrap_or(start);
+                let b = &e["body"];
+                let head = format!("+{:>9}  #{:<6}", duration(at - start), e["record"]);
+                match e["kind"].as_str().unwrap_or("") {
+                    "session_open" => println!(
+                        "{head} open     {} ({}) from workload {} pid {} to {} {} as {}; token until {}",
+                        cell(&b["subject"]),
+                        cell(&b["issuer"]),
+                        cell(&b["workload"]),
+                        b["pid"],
+                        cell(&b["target"]),
+                        cell(&b["original_dst"]),
+                        cell(&b["client_user"]),
+                        time(b["token_expires_ms"].as_i64())
+                    ),
+                    "statement" | "statement_intent" => {
+                        let outcome = if e["kind"] == "statement_intent" {
+                            "SENT, OUTCOME NOT ON RECORD".to_string()
+                        } else if b["error"].is_string() {
+                            format!("error {} {}", cell(&b["error_code"]), cell(&b["error"]))
+                        } else {
+                            format!(
+                                "{} rows in {}",
+                                cell(&b["rows"]),
+                                duration(b["duration_us"].as_i64().unwrap_or(0) / 1000)
+                            )
+                        };
+                        println!(
+                            "{head} {:<8} [{} {}{}] {}",
+                            cell(&b["kind"]),
+                            cell(&b["class"]),
+                            cell(&b["decision"]),
+                            b["rule"]
+                                .as_str()
+                                .map(|r| format!(" by {}", safe(r)))
+                                .unwrap_or_default(),
+                            safe(b["text"].as_str().unwrap_or(""))
+                        );
+                        if let Some(p) = b["params"].as_array().filter(|p| !p.is_empty()) {
+                            println!("{:29}params {}", "", serde_json::Value::Array(p.clone()));
+                        }
+                        println!("{:29}-> {outcome}", "");
+                        if let Some(rows) = b["results"].as_array() {
+                            for r in rows {
+                                println!("{:29}   | {}", "", cell(r));
+                            }
+                            if b["results_cut"] == true {
+                                println!("{:29}   | … (more rows not kept)", "");
+                            }
+                        }
+                    }
+                    "approval" => println!(
+                        "{head} approval {} {} by {}",
+                        cell(&b["request"]),
+                        cell(&b["event"]),
+                        cell(&b["actor"])
+                    ),
+                    "session_close" => println!(
+                        "{head} close    {} up, {} down{}{}",
+                        cell(&b["bytes_up"]),
+                        cell(&b["bytes_down"]),
+                        b["ended_by"]
+                            .as_str()
+                            .map(|x| format!("; ended by {}", safe(x)))
+                            .unwrap_or_default(),
+                        b["error"]
+                            .as_str()
+                            .map(|x| format!("; error {}", safe(x)))
+                            .unwrap_or_default()
+                    ),
+                    other => println!("{head} {other} {}", cell(b)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn agents_command(db: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use audit::print::{cell, table, time};
+    let conn = audit::open(db)?;
+    let list = audit::agents::list(&conn, record::now_ms())?;
+    if json {
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            vec![
+                cell(&a["status"]),
+                cell(&a["workload"]),
+                cell(&a["subject"]),
+                time(a["first_seen_ms"].as_i64()),
+                time(a["last_seen_ms"].as_i64()),
+                time(a["token_expires_ms"].as_i64()),
+                format!("{}/{}", a["live_sessions"], a["sessions"]),
+                a["targets"]
+                    .as_array()
+                    .map(|t| t.iter().map(cell).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
+                format!("{} ({} denied)", a["privileged_actions"], a["denied"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STATUS",
+            "WORKLOAD",
+            "IDENTITY",
+            "FIRST SEEN (UTC)",
+            "LAST SEEN",
+            "TOKEN UNTIL",
+            "LIVE/ALL",
+            "TARGETS",
+            "PRIVILEGED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn revoke_command(
+    socket: &std::path::Path,
+    req: serde_json::Value,
+    json: bool,
+) -> anyhow::Result<()> {
+    let answer = admin::request(socket, &req)?;
+    if let Some(e) = answer["error"].as_str() {
+        anyhow::bail!("{e}");
+    }
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    if let Some(list) = answer["revocations"].as_array() {
+        if list.is_empty() {
+            println!("nothing is revoked");
+        }
+        for r in list {
+            println!(
+                "{}  identity {} (issuer {}) workload {}: {} (by {})",
+                audit::print::time(r["at_ms"].as_i64()),
+                audit::print::cell(&r["subject"]),
+                audit::print::cell(&r["issuer"]),
+                audit::print::cell(&r["workload"]),
+                audit::print::cell(&r["reason"]),
+                audit::print::cell(&r["by"])
+            );
+        }
+    } else if let Some(n) = answer["lifted"].as_u64() {
+        println!("{n} revocation(s) lifted");
+    } else {
+        println!(
+            "revoked: {} live session(s) ended; new connections are refused",
+            answer["ended_sessions"]
+        );
+    }
     Ok(())
 }
 

@@ -47,6 +47,15 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     });
     let db = Db::open(&args.record_db)
         .with_context(|| format!("record database {}", args.record_db.display()))?;
+    let orphans = Db::lock(&db)
+        .close_orphans(crate::record::now_ms())
+        .with_context(|| format!("record database {}", args.record_db.display()))?;
+    if orphans > 0 {
+        tracing::warn!(
+            sessions = orphans,
+            "sessions of a previous run had no recorded end; closed on record now"
+        );
+    }
     let recorder = Recorder::sqlite(db.clone());
     let sink_stop = CancellationToken::new();
     // Without a sink nothing holds retention back.
@@ -116,8 +125,12 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
             maps: maps.clone(),
             timeout: Duration::from_millis(gateway.connect_timeout_ms),
         },
-        recorder.clone(),
-        approvals.clone(),
+        crate::proxy::Oversight {
+            recorder: recorder.clone(),
+            approvals: approvals.clone(),
+            revocations: crate::proxy::revocations::Revocations::load(db.clone())
+                .with_context(|| format!("record database {}", args.record_db.display()))?,
+        },
     ));
     for bound in bind_loopback(gateway.listen_port)? {
         let listener = bound.into_listener(ListenerKind::Host)?;
@@ -143,6 +156,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     let sessions = proxy.sessions.clone();
     let capture_error = reconciler.apply_error();
     let local_approvals = approvals.clone();
+    let revoking = proxy.clone();
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(move |req, peer| match req["cmd"].as_str() {
@@ -152,6 +166,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
                 "sessions": sessions.count(),
                 "capture_error": *capture_error.lock().unwrap_or_else(|p| p.into_inner()),
             }),
+            Some("revoke") | Some("revoke.lift") | Some("revocations") => {
+                revoke_request(&revoking, req, peer)
+            }
             _ => admin::approvals_request(&local_approvals, req, peer),
         }),
         stop.clone(),
@@ -159,6 +176,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     if let Some(addr) = args.admin_http {
         serve_http_admin(&args, addr, proxy.clone(), approvals.clone(), stop.clone()).await?;
     }
+    tokio::spawn(record_policies(policies.clone(), recorder.clone()));
     let watcher = tokio::spawn(reconciler.run(policies, stop.clone()));
     tokio::spawn(reloader.run(stop.clone()));
     tokio::spawn(proxy.clone().revalidate_on_change());
@@ -224,6 +242,68 @@ async fn serve_http_admin<C: crate::upstream::Connect + 'static>(
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
     tokio::spawn(admin::http::serve(admin, listener, acceptor, stop));
     Ok(())
+}
+
+/// `revoke`, `revoke.lift` and `revocations` over the admin socket.
+fn revoke_request<C: crate::upstream::Connect>(
+    proxy: &Proxy<C>,
+    req: &serde_json::Value,
+    peer: &admin::Peer,
+) -> serde_json::Value {
+    let text = |k: &str| {
+        req[k]
+            .as_str()
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+    };
+    let r = crate::proxy::revocations::Revocation {
+        subject: text("subject"),
+        issuer: text("issuer"),
+        workload: text("workload"),
+        reason: text("reason").unwrap_or_else(|| "no reason given".into()),
+        at_ms: crate::record::now_ms(),
+        by: peer.name(),
+    };
+    match req["cmd"].as_str() {
+        Some("revocations") => json!({"revocations": proxy.revocations.list()}),
+        _ if r.subject.is_none() && r.workload.is_none() => {
+            json!({"error": "name an identity (subject) or a workload"})
+        }
+        Some("revoke") => match proxy.revoke(r) {
+            Ok(ended) => json!({"ended_sessions": ended}),
+            Err(e) => json!({"error": format!("revocation not stored: {e}")}),
+        },
+        _ => match proxy.revocations.lift(&r) {
+            Ok(n) => json!({"lifted": n}),
+            Err(e) => json!({"error": format!("not stored: {e}")}),
+        },
+    }
+}
+
+/// Each policy put in force is on record: which rules a session ran under can be looked up.
+async fn record_policies(
+    mut policies: tokio::sync::watch::Receiver<Arc<policy::Policy>>,
+    recorder: Arc<Recorder>,
+) {
+    loop {
+        let p = policies.borrow_and_update().clone();
+        recorder
+            .record(crate::record::Record::Event {
+                kind: "policy",
+                at_ms: crate::record::now_ms(),
+                session: None,
+                body: json!({
+                    "version": p.version,
+                    "rules": p.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                    "targets": p.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+                    "workloads": p.workloads.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+                }),
+            })
+            .await;
+        if policies.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The host name, for the central audit store.

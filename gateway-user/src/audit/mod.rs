@@ -9,6 +9,10 @@ use serde_json::{json, Value};
 
 use crate::record::journal;
 
+pub mod agents;
+pub mod print;
+pub mod sessions;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("record database {path}: {source}")]

@@ -5,6 +5,7 @@
 mod authorize;
 mod limits;
 mod postgres;
+pub mod revocations;
 mod sessions;
 
 use std::{
@@ -37,7 +38,7 @@ use crate::{
         postgres::{cancel::CancelKeys, classify::Classifier},
         tcp,
     },
-    record::{EventSink, Recorder},
+    record::{EventSink, Record, Recorder, SessionClose, SessionOpen},
     upstream::Connect,
 };
 
@@ -58,6 +59,7 @@ pub struct Proxy<C> {
     next_id: AtomicU64,
     recorder: Arc<Recorder>,
     pub approvals: Arc<Approvals>,
+    pub revocations: revocations::Revocations,
     classifier: Classifier,
     cancels: CancelKeys,
     /// Column origins for masking, per (target, address, database, upstream role).
@@ -66,6 +68,13 @@ pub struct Proxy<C> {
 
 type CatalogKey = (String, std::net::SocketAddr, String, String);
 
+/// What watches over sessions besides the policy: the record, approvals, revocations.
+pub struct Oversight {
+    pub recorder: Arc<Recorder>,
+    pub approvals: Arc<Approvals>,
+    pub revocations: revocations::Revocations,
+}
+
 impl<C: Connect> Proxy<C> {
     pub fn new(
         policy: watch::Receiver<Arc<Policy>>,
@@ -73,9 +82,13 @@ impl<C: Connect> Proxy<C> {
         table: Arc<WorkloadTable>,
         events: Arc<EventSink>,
         connector: C,
-        recorder: Arc<Recorder>,
-        approvals: Arc<Approvals>,
+        oversight: Oversight,
     ) -> Self {
+        let Oversight {
+            recorder,
+            approvals,
+            revocations,
+        } = oversight;
         let verifiers = Verifiers::new(&policy.borrow(), maps.clone());
         let gateway = policy.borrow().gateway.clone();
         let limits = limits::Limits::new(
@@ -96,10 +109,21 @@ impl<C: Connect> Proxy<C> {
             next_id: AtomicU64::new(1),
             recorder,
             approvals,
+            revocations,
             classifier: Classifier::new(CLASSIFIER_CACHE),
             cancels: CancelKeys::default(),
             catalogs: Default::default(),
         }
+    }
+
+    /// Revokes: new connections it covers are refused from now on, and the live sessions it
+    /// covers end now. Returns how many ended.
+    pub fn revoke(&self, r: revocations::Revocation) -> Result<usize, String> {
+        self.revocations.add(r.clone()).map_err(|e| e.to_string())?;
+        let reason = format!("revoked by {}: {}", r.by, r.reason);
+        Ok(self
+            .sessions
+            .end_where(|g| r.covers(&g.issuer, &g.subject, &g.workload), &reason))
     }
 
     /// Verifies a person's token (an approver's) with the identity providers of the policy in
@@ -260,7 +284,8 @@ impl<C: Connect> Proxy<C> {
                 return;
             }
         };
-        self.relay(client, upstream, &admitted, &base).await
+        self.relay(id, pid, client, upstream, &admitted, &base)
+            .await
     }
 
     fn emit_allowed(&self, base: &Value, admitted: &Admitted<'_>) {
@@ -338,6 +363,14 @@ impl<C: Connect> Proxy<C> {
         let allowed =
             authorize::authorize(&policy, &self.verifiers, &workload, &target, token).await?;
         let p = allowed.principal;
+        if let Some(r) = self.revocations.find(&p.issuer, &p.subject, &workload.name) {
+            return Err(Refusal {
+                code: "revoked",
+                message: format!("revoked by {}: {}", r.by, r.reason),
+                rule: None,
+                principal: Some(Box::new(p)),
+            });
+        }
         set(base, "subject", json!(p.subject));
         set(base, "issuer", json!(p.issuer));
         set(base, "groups", json!(p.groups));
@@ -372,6 +405,17 @@ impl<C: Connect> Proxy<C> {
             sessions::still_allowed(&policy, &grant)
                 .map_err(|reason| Refusal::new("denied", reason))?;
         }
+        // A revocation made while we decided: the sweep that ends live sessions may have run
+        // before this one was registered.
+        if let Some(r) = self
+            .revocations
+            .find(&grant.issuer, &grant.subject, &grant.workload)
+        {
+            return Err(Refusal::new(
+                "revoked",
+                format!("revoked by {}: {}", r.by, r.reason),
+            ));
+        }
         if p.expires_at <= SystemTime::now() {
             // Inside the clock-skew allowance: admitted by the verifier, but the session would
             // end at once.
@@ -401,20 +445,56 @@ impl<C: Connect> Proxy<C> {
                 json!({"subject": p.subject, "issuer": p.issuer, "groups": p.groups}),
             );
         }
-        self.events.emit("refused", event);
+        self.events.emit("refused", event.clone());
+        // On record too; off this task, which must not wait for the writer.
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            recorder
+                .record(Record::Event {
+                    kind: "refused",
+                    at_ms: crate::record::now_ms(),
+                    session: None,
+                    body: event,
+                })
+                .await
+        });
     }
 
     /// Relays until either side ends, the token expires (at its `exp`, not at some later poll)
     /// or a new policy withdraws the session.
     async fn relay(
         &self,
+        id: u64,
+        pid: u32,
         client: TcpStream,
         upstream: TcpStream,
         admitted: &Admitted<'_>,
         base: &Value,
     ) {
         tracing::info!("relaying");
-        self.events.emit("connection_open", base.clone());
+        let session = format!("{:x}-{id}", crate::record::now_ms());
+        let g = &admitted.grant;
+        self.recorder
+            .record(Record::Open(SessionOpen {
+                session: session.clone(),
+                started_ms: crate::record::now_ms(),
+                protocol: "tcp",
+                workload: g.workload.clone(),
+                cgroup: g.cgroup.clone(),
+                pid,
+                issuer: g.issuer.clone(),
+                subject: g.subject.clone(),
+                groups: g.groups.clone(),
+                target: g.target.clone(),
+                original_dst: g.dst.to_string(),
+                client_user: None,
+                database: None,
+                policy_version: admitted.policy.version.clone(),
+                token_expires_ms: admitted.expires_ms(),
+            }))
+            .await;
+        self.events
+            .emit("connection_open", with(base, json!({"session": session})));
         let started = Instant::now();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
         let expires = admitted.expires();
@@ -432,6 +512,16 @@ impl<C: Connect> Proxy<C> {
             ended_by = ended_by.as_deref().unwrap_or(""),
             "closed"
         );
+        self.recorder
+            .record(Record::Close(SessionClose {
+                session,
+                ended_ms: crate::record::now_ms(),
+                bytes_up: up,
+                bytes_down: down,
+                ended_by: ended_by.clone(),
+                error: error.clone(),
+            }))
+            .await;
         self.events.emit(
             "connection_close",
             with(
@@ -449,6 +539,14 @@ impl<C: Connect> Proxy<C> {
 }
 
 impl Admitted<'_> {
+    /// The token's `exp` in unix milliseconds, for the record.
+    pub(crate) fn expires_ms(&self) -> i64 {
+        self.expires_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+
     /// The token's `exp` on the runtime's clock: the session ends then, not at some later poll.
     fn expires(&self) -> tokio::time::Instant {
         tokio::time::Instant::now()

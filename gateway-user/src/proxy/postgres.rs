@@ -227,6 +227,7 @@ impl<C: Connect> Proxy<C> {
                 client_user: get("user"),
                 database: database.clone(),
                 policy_version: admitted.policy.version.clone(),
+                token_expires_ms: admitted.expires_ms(),
             }))
             .await;
         tracing::info!("relaying postgres");

@@ -138,6 +138,19 @@ impl Sessions {
         self.lock().len()
     }
 
+    /// Ends every session `which` picks, saying `reason`; returns how many.
+    pub fn end_where(&self, which: impl Fn(&Grant) -> bool, reason: &str) -> usize {
+        let mut ended = 0;
+        for entry in self.lock().values() {
+            if which(&entry.grant) {
+                *entry.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+                entry.stop.cancel();
+                ended += 1;
+            }
+        }
+        ended
+    }
+
     /// Ends every session `policy` no longer allows; returns how many.
     pub fn revalidate(&self, policy: &Policy) -> usize {
         let mut ended = 0;

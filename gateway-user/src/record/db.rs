@@ -136,6 +136,37 @@ impl Db {
 }
 
 impl Db {
+    /// Sessions a previous run left open (it was killed): closed on record now, so that they
+    /// do not count as live. Returns how many.
+    pub fn close_orphans(&mut self, now_ms: i64) -> rusqlite::Result<usize> {
+        let open: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM sessions WHERE ended_ms IS NULL")?;
+            let ids = stmt.query_map([], |r| r.get(0))?;
+            ids.collect::<Result<_, _>>()?
+        };
+        self.write(|tx, journal| {
+            for session in &open {
+                let body = serde_json::json!({
+                    "session": session, "ended_ms": now_ms,
+                    "ended_by": "the gateway stopped before the session's end was recorded",
+                })
+                .to_string();
+                journal.append(
+                    tx,
+                    &Entry {
+                        at_ms: now_ms,
+                        kind: "session_close",
+                        session: Some(session),
+                        body: &body,
+                    },
+                )?;
+            }
+            Ok(open.len())
+        })
+    }
+
     /// Deletes the oldest records: those older than `keep_days`, then as many more as it takes
     /// to bring the records under `max_bytes` (to 90 % of it). The chain stays verifiable from
     /// the last deleted record (the anchor), and the pruning is itself a record. Returns how

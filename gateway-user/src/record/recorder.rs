@@ -25,6 +25,8 @@ pub struct SessionOpen {
     pub client_user: Option<String>,
     pub database: Option<String>,
     pub policy_version: String,
+    /// When the agent's token expires (the session ends then at the latest).
+    pub token_expires_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +48,12 @@ pub struct Statement {
     pub rows: Option<u64>,
     pub error_code: Option<String>,
     pub error: Option<String>,
+    /// What the agent was sent (after masking): the first rows, up to the gateway's caps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<Vec<Option<String>>>>,
+    /// More rows or bytes came than `results` holds (`rows` is the true count).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub results_cut: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +73,13 @@ pub enum Record {
     /// A privileged statement about to be forwarded (its outcome follows as a `Statement`).
     Intent(Statement),
     Close(SessionClose),
+    /// Anything else on record: a refused connection, a policy put in force, a revocation.
+    Event {
+        kind: &'static str,
+        at_ms: i64,
+        session: Option<String>,
+        body: serde_json::Value,
+    },
 }
 
 /// Where records end up. Called on the writer thread only.

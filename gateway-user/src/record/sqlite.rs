@@ -18,12 +18,18 @@ impl SqliteStore {
 }
 
 /// The journal kind, session, time and JSON body of a record.
-pub fn entry_parts(r: &Record) -> (&'static str, &str, i64, String) {
+pub fn entry_parts(r: &Record) -> (&'static str, Option<&str>, i64, String) {
     match r {
-        Record::Open(s) => ("session_open", &s.session, s.started_ms, json(s)),
-        Record::Statement(s) => ("statement", &s.session, s.started_ms, json(s)),
-        Record::Intent(s) => ("statement_intent", &s.session, s.started_ms, json(s)),
-        Record::Close(c) => ("session_close", &c.session, c.ended_ms, json(c)),
+        Record::Open(s) => ("session_open", Some(&s.session), s.started_ms, json(s)),
+        Record::Statement(s) => ("statement", Some(&s.session), s.started_ms, json(s)),
+        Record::Intent(s) => ("statement_intent", Some(&s.session), s.started_ms, json(s)),
+        Record::Close(c) => ("session_close", Some(&c.session), c.ended_ms, json(c)),
+        Record::Event {
+            kind,
+            at_ms,
+            session,
+            body,
+        } => (kind, session.as_deref(), *at_ms, body.to_string()),
     }
 }
 
@@ -44,7 +50,7 @@ impl Store for SqliteStore {
                     &Entry {
                         at_ms,
                         kind,
-                        session: Some(session),
+                        session,
                         body: &body,
                     },
                 )?;
@@ -82,6 +88,7 @@ mod tests {
             client_user: Some("u".into()),
             database: Some("d".into()),
             policy_version: "v".into(),
+            token_expires_ms: 100,
         };
         let stmt = Statement {
             session: "s1".into(),
@@ -99,6 +106,8 @@ mod tests {
             rows: Some(1),
             error_code: None,
             error: None,
+            results: Some(vec![vec![Some("42".into())]]),
+            results_cut: false,
         };
         let close = SessionClose {
             session: "s1".into(),

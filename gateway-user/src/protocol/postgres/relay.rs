@@ -1189,6 +1189,8 @@ impl Upward<'_, '_> {
             rows: None,
             error_code: None,
             error: None,
+            results: None,
+            results_cut: false,
         }
     }
 

@@ -1,0 +1,102 @@
+//! `agentgate agents`: the sprawl view. Every workload and identity the gateway has seen, when,
+//! until when its token is good, what it reached, what it changed, and whether it is still
+//! around: `revoked` (an operator cut it off), `active` (a live session), `expired` (its latest
+//! token has expired: it cannot come back without a new one), else `idle` (it could).
+
+use rusqlite::Connection;
+use serde_json::{json, Value};
+
+use super::AuditError;
+
+pub fn list(conn: &Connection, now_ms: i64) -> Result<Vec<Value>, AuditError> {
+    let revocations: Vec<Value> = {
+        let exists: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'revocations'",
+            [],
+            |r| r.get(0),
+        )?;
+        if exists {
+            let mut s = conn.prepare("SELECT revocation FROM revocations")?;
+            let rows = s.query_map([], |r| r.get::<_, String>(0))?;
+            rows.filter_map(|r| r.ok())
+                .filter_map(|r| serde_json::from_str(&r).ok())
+                .collect()
+        } else {
+            Vec::new()
+        }
+    };
+    let mut stmt = conn.prepare(
+        "SELECT s.workload, s.issuer, s.subject,
+                min(s.started_ms), max(coalesce(s.ended_ms, ?1)), max(s.token_expires_ms),
+                sum(s.ended_ms IS NULL), count(*),
+                group_concat(DISTINCT s.target),
+                (SELECT count(*) FROM statements st JOIN sessions s2 ON st.session = s2.id
+                  WHERE s2.workload = s.workload AND s2.issuer = s.issuer AND s2.subject = s.subject
+                    AND st.class <> 'read' AND st.decision <> 'denied'),
+                (SELECT count(*) FROM statements st JOIN sessions s2 ON st.session = s2.id
+                  WHERE s2.workload = s.workload AND s2.issuer = s.issuer AND s2.subject = s.subject
+                    AND st.decision = 'denied')
+         FROM sessions s
+         GROUP BY s.workload, s.issuer, s.subject
+         ORDER BY max(coalesce(s.ended_ms, ?1)) DESC",
+    )?;
+    let rows = stmt.query_map([now_ms], |r| {
+        Ok((
+            r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+            r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, i64>(7)?,
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, i64>(9)?,
+            r.get::<_, i64>(10)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            workload,
+            issuer,
+            subject,
+            first,
+            last,
+            expires,
+            live,
+            sessions,
+            targets,
+            priv_,
+            denied,
+        ) = row?;
+        let revoked = revocations.iter().find(|r| {
+            let m = |k: &str, v: &str| r[k].as_str().is_none_or(|x| x == v);
+            m("subject", &subject) && m("issuer", &issuer) && m("workload", &workload)
+        });
+        let status = if revoked.is_some() {
+            "revoked"
+        } else if live > 0 {
+            "active"
+        } else if expires.is_some_and(|e| e <= now_ms) {
+            "expired"
+        } else {
+            "idle"
+        };
+        let mut targets: Vec<&str> = targets
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .collect();
+        targets.sort_unstable();
+        out.push(json!({
+            "workload": workload, "issuer": issuer, "subject": subject,
+            "first_seen_ms": first, "last_seen_ms": last, "token_expires_ms": expires,
+            "live_sessions": live, "sessions": sessions, "targets": targets,
+            "privileged_actions": priv_, "denied": denied, "status": status,
+            "revoked": revoked,
+        }));
+    }
+    Ok(out)
+}
