@@ -221,6 +221,10 @@ pub struct RunArgs {
     /// SQLite file that records every session and statement.
     #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB)]
     pub record_db: PathBuf,
+    /// Record nothing (the recorder discards): for measuring what recording costs, never for
+    /// use.
+    #[arg(long, hide = true)]
+    pub record_off: bool,
     /// Delete records older than this many days (the chain stays verifiable from the oldest
     /// record kept).
     #[arg(long)]

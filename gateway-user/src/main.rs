@@ -266,7 +266,7 @@ fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyhow::R
                             format!("error {} {}", cell(&b["error_code"]), cell(&b["error"]))
                         } else {
                             format!(
-                                "{} rows in {}",
+                                "rows: {}, in {}",
                                 cell(&b["rows"]),
                                 duration(b["duration_us"].as_i64().unwrap_or(0) / 1000)
                             )

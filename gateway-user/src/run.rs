@@ -56,24 +56,30 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
             "sessions of a previous run had no recorded end; closed on record now"
         );
     }
-    let recorder = Recorder::sqlite(db.clone());
+    let recorder = if args.record_off {
+        tracing::warn!("--record-off: sessions and statements are NOT recorded (benchmarks only)");
+        Arc::new(Recorder::start(crate::record::NullStore))
+    } else {
+        Recorder::sqlite(db.clone())
+    };
     let sink_stop = CancellationToken::new();
     // Without a sink nothing holds retention back.
     let shipped = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
-    if let Some(conninfo) = &args.audit_sink {
-        shipped.store(0, std::sync::atomic::Ordering::Relaxed);
-        let config = crate::record::sink::SinkConfig {
-            conninfo: conninfo.clone(),
-            password_file: args.audit_sink_password_file.clone(),
-            node: args.node_name.clone().unwrap_or_else(node_name),
-        };
-        tokio::spawn(crate::record::sink::run(
-            args.record_db.clone(),
-            config,
-            shipped.clone(),
-            sink_stop.clone(),
-        ));
-    }
+    let sink = match &args.audit_sink {
+        Some(conninfo) => {
+            shipped.store(0, std::sync::atomic::Ordering::Relaxed);
+            let config = crate::record::sink::SinkConfig {
+                conninfo: conninfo.clone(),
+                password_file: args.audit_sink_password_file.clone(),
+                node: args.node_name.clone().unwrap_or_else(node_name),
+            };
+            Some(
+                crate::record::sink::Sink::new(config)
+                    .map_err(|e| anyhow::anyhow!("--audit-sink: {e}"))?,
+            )
+        }
+        None => None,
+    };
     if args.retain_days.is_some() || args.retain_mb.is_some() {
         tokio::spawn(retain(
             db.clone(),
@@ -88,6 +94,18 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
+    // The sink's sockets are the gateway's own: capture never redirects them.
+    let sink_task = sink.map(|sink| {
+        tokio::spawn(sink.run(
+            args.record_db.clone(),
+            BypassConnector {
+                maps: maps.clone(),
+                timeout: Duration::from_secs(10),
+            },
+            shipped.clone(),
+            sink_stop.clone(),
+        ))
+    });
     let stale = maps.clear_handovers();
     if stale > 0 {
         tracing::info!(stale, "dropped hand-over records of the previous run");
@@ -198,6 +216,10 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     let _ = watcher.await;
     recorder.flush().await;
     sink_stop.cancel();
+    if let Some(task) = sink_task {
+        // What the recorder flushed last goes out too, if the central store answers.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     let _ = std::fs::remove_file(&args.admin_socket);
     events.emit("stopped", json!({"drained": drained}));
     Ok(())

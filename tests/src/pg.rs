@@ -576,6 +576,13 @@ impl PgServer {
     pub fn stop(&self) {
         stop_dir(&self.bindir, &self.dir);
     }
+
+    /// Starts the server again after [`stop`](Self::stop): same directory, port, roles and
+    /// data (crash recovery after `-m immediate`). Panics like [`start`](Self::start) if it
+    /// does not come up.
+    pub fn start_again(&self) {
+        self.pg_ctl_start();
+    }
 }
 
 impl Drop for PgServer {

@@ -15,6 +15,12 @@
 //! - `SELECT * FROM wide` (1 000 000 rows with PII columns by default, and a fifth of it)
 //!   streamed by a client that keeps nothing, in text and in binary format, directly vs through
 //!   the gateway without mask rules vs with mask rules: rows/s, MB/s, the gateway's peak RSS.
+//!
+//! Recording (a durable PostgreSQL 15 on 127.0.0.1:7451, the gateway on 7450; see
+//! bench_record.rs):
+//! - pgbench reads, one-INSERT writes and TPC-B-like transactions (4 clients) through the gateway
+//!   with its audit writer in the loop vs with `--record-off`: TPS, records/s written, record DB
+//!   bytes per 1000 statements.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -40,6 +46,8 @@ pub enum Only {
     Postgres,
     /// A wide PII table streamed direct vs through the gateway without and with mask rules.
     Masking,
+    /// pgbench reads and writes through the gateway with its audit writer vs `--record-off`.
+    Record,
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,10 +64,11 @@ pub struct Options {
     /// Run only this section (default: all).
     #[arg(long, value_enum)]
     pub only: Option<Only>,
-    /// Seconds per pgbench run (`-T`).
+    /// Seconds per pgbench run (`-T`), also of the recording section.
     #[arg(long, default_value_t = 10)]
     pub pg_secs: u64,
-    /// Repetitions of each pgbench and masking measurement (contenders alternate within each).
+    /// Repetitions of each pgbench, masking and recording measurement (contenders alternate
+    /// within each).
     #[arg(long, default_value_t = 3)]
     pub pg_reps: usize,
     /// Rows of the masking section's table (its second result size is a fifth of this).
@@ -94,10 +103,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             o.reps, o.bytes, o.connects
         );
     }
-    if runs(Only::Postgres) {
+    if runs(Only::Postgres) || runs(Only::Record) {
         command += &format!(" --pg-secs {}", o.pg_secs);
     }
-    if runs(Only::Postgres) || runs(Only::Masking) {
+    if runs(Only::Postgres) || runs(Only::Masking) || runs(Only::Record) {
         command += &format!(" --pg-reps {}", o.pg_reps);
     }
     if runs(Only::Masking) {
@@ -115,6 +124,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     if runs(Only::Masking) {
         crate::bench_mask::masking(o.mask_rows, o.pg_reps)?;
+    }
+    if runs(Only::Record) {
+        crate::bench_record::recording(o.pg_secs, o.pg_reps)?;
     }
     Ok(())
 }
@@ -482,7 +494,7 @@ fn pgbench(p: &PgGateway, via: Via, args: &[String]) -> anyhow::Result<PgRun> {
 }
 
 /// The number after `prefix` at the start of a line of pgbench's report.
-fn stat(report: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn stat(report: &str, prefix: &str) -> Option<f64> {
     report
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
@@ -490,7 +502,7 @@ fn stat(report: &str, prefix: &str) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
-fn output_text(out: &std::process::Output) -> String {
+pub(crate) fn output_text(out: &std::process::Output) -> String {
     format!(
         "stdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout).trim_end(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_mask;
+mod bench_record;
 mod demo;
 mod setup;
 mod util;
@@ -28,7 +29,8 @@ enum Task {
     /// Show an agent in a fresh cgroup going through the gateway (needs root).
     Demo,
     /// Side-by-side measurements: connect() latency, relay throughput, pgbench direct vs
-    /// through the gateway, result streaming with and without masking (needs root).
+    /// through the gateway, result streaming with and without masking, pgbench with the audit
+    /// writer vs recording off (needs root).
     Bench(bench::Options),
 }
 

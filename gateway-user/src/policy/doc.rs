@@ -37,6 +37,16 @@ pub struct GatewayDoc {
     /// Where approval requests and decisions are announced.
     #[serde(default)]
     pub approval_webhooks: Vec<WebhookDoc>,
+    /// How much of each result the record keeps.
+    #[serde(default)]
+    pub record_results: Option<RecordResultsDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordResultsDoc {
+    pub max_rows: usize,
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]

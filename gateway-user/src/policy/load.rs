@@ -287,7 +287,21 @@ impl Merger {
                         .max_connections_per_workload
                         .unwrap_or(d.max_connections_per_workload),
                     approval_webhooks: Vec::new(),
+                    record_result_rows: g
+                        .record_results
+                        .as_ref()
+                        .map_or(d.record_result_rows, |r| r.max_rows),
+                    record_result_bytes: g
+                        .record_results
+                        .as_ref()
+                        .map_or(d.record_result_bytes, |r| r.max_bytes),
                 };
+                if self.policy.gateway.record_result_bytes > 16 << 20 {
+                    self.problem(
+                        &file,
+                        "gateway.record_results.max_bytes must be at most 16777216".into(),
+                    );
+                }
                 for w in g.approval_webhooks {
                     match crate::approval::Webhook::new(w.url, w.format) {
                         Ok(hook) => self.policy.gateway.approval_webhooks.push(hook),

@@ -192,6 +192,9 @@ pub struct GatewaySettings {
     pub max_connections: usize,
     pub max_connections_per_workload: usize,
     pub approval_webhooks: Vec<crate::approval::Webhook>,
+    /// The first rows of each statement's result (as sent, masked) kept on record.
+    pub record_result_rows: usize,
+    pub record_result_bytes: usize,
 }
 
 impl Default for GatewaySettings {
@@ -203,6 +206,8 @@ impl Default for GatewaySettings {
             max_connections: 10_000,
             max_connections_per_workload: 1_000,
             approval_webhooks: Vec::new(),
+            record_result_rows: 20,
+            record_result_bytes: 16 * 1024,
         }
     }
 }

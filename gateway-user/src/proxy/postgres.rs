@@ -248,6 +248,10 @@ impl<C: Connect> Proxy<C> {
             catalog: Arc::new(catalog),
             approvals: self.approvals.clone(),
             database: database.unwrap_or_default(),
+            results_cap: relay::ResultsCap {
+                rows: admitted.policy.gateway.record_result_rows,
+                bytes: admitted.policy.gateway.record_result_bytes,
+            },
         };
         let counters = Counters::default();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);

@@ -13,8 +13,6 @@ mod sqlite;
 pub use db::{Appender, Db, DbError, SharedDb};
 pub use events::EventSink;
 pub use journal::Entry;
-pub use recorder::{now_ms, Record, Recorder, SessionClose, SessionOpen, Statement};
-#[cfg(test)]
-pub use recorder::{Store, StoreError};
+pub use recorder::{now_ms, NullStore, Record, Recorder, SessionClose, SessionOpen, Statement};
 
 pub const DEFAULT_RECORD_DB: &str = "/var/lib/agentgate/record.db";

@@ -82,6 +82,15 @@ pub enum Record {
     },
 }
 
+/// Discards every record (`--record-off`, for benchmarks).
+pub struct NullStore;
+
+impl Store for NullStore {
+    fn write(&mut self, _: &[Record]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// Where records end up. Called on the writer thread only.
 pub trait Store: Send + 'static {
     fn write(&mut self, batch: &[Record]) -> Result<(), StoreError>;

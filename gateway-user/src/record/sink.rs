@@ -1,13 +1,97 @@
 //! Ships the audit journal to a central PostgreSQL, so that a cluster has one audit view.
 //!
-//! (Skeleton: the body is being written.)
+//! The sink reads the record database through its own read-only connection (WAL lets it read
+//! beside the gateway's writer; it never takes the shared [`Db`](super::Db) lock) and copies
+//! every journal record, unchanged and with its chain links (`prev`, `hash`), into one central
+//! table keyed by (node, seq). On every (re)connect it asks the central store where this node's
+//! records end and continues after that, in batches of one statement each
+//! (`ON CONFLICT DO NOTHING`, so a batch sent twice is stored once). While the central store is
+//! down or refuses, it backs off (0.5 s doubling to 30 s) and retries; the gateway records
+//! locally meanwhile, and retention keeps every record the central store does not have yet.
+//!
+//! Checks on the way: a record whose `prev` is not the hash of the record before it (locally,
+//! or the last one the central store has) is a tamper warning; records pruned here before they
+//! were shipped are a gap, said loudly; a central store holding a different chain under this
+//! node's name (a replaced record database, two nodes with one name) stops the shipping until
+//! someone resolves it, since shipping past it would mix two chains.
+//!
+//! Connections: TLS (rustls, certificate and name always verified against `sslrootcert` or the
+//! web PKI roots) unless every host is loopback or a Unix socket; plain TCP elsewhere is refused
+//! at start. TCP sockets come from the gateway's own connector, so its capture never redirects
+//! them.
 
 use std::{
-    path::PathBuf,
-    sync::{atomic::AtomicI64, Arc},
+    collections::HashMap,
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::Duration,
 };
 
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rustls_pki_types::{CertificateDer, ServerName};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::{
+    config::{Host, SslMode},
+    error::SqlState,
+    tls::{ChannelBinding, TlsConnect},
+    Client,
+};
 use tokio_util::sync::CancellationToken;
+
+use super::journal;
+use crate::upstream::Connect;
+
+/// The central table. One row per journal record of every node; `body` is the record's JSON
+/// text exactly as the node chained it (a `jsonb` would rewrite it and break the hashes).
+pub const TABLE: &str = "agentgate_audit";
+
+const CREATE_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS agentgate_audit (
+    node text NOT NULL,
+    seq bigint NOT NULL,
+    at_ms bigint NOT NULL,
+    kind text NOT NULL,
+    session text,
+    body text NOT NULL,
+    prev text NOT NULL,
+    hash text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (node, seq)
+);
+CREATE INDEX IF NOT EXISTS agentgate_audit_at ON agentgate_audit (at_ms);
+CREATE INDEX IF NOT EXISTS agentgate_audit_session ON agentgate_audit (session);
+";
+
+const INSERT: &str = "
+INSERT INTO agentgate_audit (node, seq, at_ms, kind, session, body, prev, hash)
+SELECT $1::text, r.* FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[]) AS r
+ON CONFLICT (node, seq) DO NOTHING";
+
+/// Records per batch (one INSERT), and the bytes a batch stops growing at.
+const BATCH: i64 = 1000;
+const BATCH_BYTES: usize = 8 << 20;
+/// How often the journal is looked at for new records when there was nothing to ship.
+const POLL: Duration = Duration::from_millis(250);
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one statement to the central store may take before the connection is given up.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `prev` of the first record of a chain.
+fn genesis_hex() -> String {
+    "0".repeat(64)
+}
 
 /// Where and as whom the journal is shipped.
 #[derive(Debug, Clone)]
@@ -20,22 +104,1211 @@ pub struct SinkConfig {
     pub node: String,
 }
 
-/// Ships every record of the journal in `db` to the central store, from where the central
-/// store ends, forever; `shipped` is kept at the highest record number known to be there
-/// (retention never deletes past it).
-pub async fn run(
-    db: PathBuf,
-    config: SinkConfig,
-    shipped: Arc<AtomicI64>,
-    stop: CancellationToken,
-) {
-    tracing::warn!(
-        db = %db.display(),
-        conninfo = config.conninfo,
-        password_file = ?config.password_file,
-        node = config.node,
-        shipped = shipped.load(std::sync::atomic::Ordering::Relaxed),
-        "the central audit sink is not implemented yet"
+/// A checked sink configuration, ready to run.
+pub struct Sink {
+    /// Everything but the hosts' TLS modes and the password.
+    base: tokio_postgres::Config,
+    endpoints: Vec<Endpoint>,
+    tls: Arc<rustls::ClientConfig>,
+    password_file: Option<PathBuf>,
+    node: String,
+}
+
+struct Endpoint {
+    to: Peer,
+    /// The name the server certificate must carry (the host, else the address).
+    server_name: Option<ServerName<'static>>,
+    mode: SslMode,
+}
+
+enum Peer {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.to {
+            Peer::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Peer::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Peer::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Sink {
+    /// Checks the configuration: the connection string parses, plain connections go to
+    /// loopback only, the root certificates and the password file can be read.
+    pub fn new(config: SinkConfig) -> Result<Sink, String> {
+        if config.node.trim().is_empty() {
+            return Err("the node name is empty (--node-name)".into());
+        }
+        let split = split_conninfo(&config.conninfo)?;
+        let mut base: tokio_postgres::Config = split
+            .rest
+            .parse()
+            .map_err(|e| format!("connection string: {e}"))?;
+        if base.get_user().is_none() {
+            return Err("connection string: no `user=`".into());
+        }
+        if base.get_application_name().is_none() {
+            base.application_name("agentgate-audit-sink");
+        }
+        let sslmode = split.sslmode.as_deref().unwrap_or("prefer");
+        if !matches!(
+            sslmode,
+            "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
+        ) {
+            return Err(format!("connection string: unknown sslmode `{sslmode}`"));
+        }
+        let endpoints = endpoints(&base, sslmode)?;
+        let tls = tls_config(split.sslrootcert.as_deref().map(Path::new))?;
+        if let Some(f) = &config.password_file {
+            read_password(f)?;
+        }
+        Ok(Sink {
+            base,
+            endpoints,
+            tls,
+            password_file: config.password_file,
+            node: config.node,
+        })
+    }
+
+    /// Ships every record of the journal in `db` to the central store, from where the central
+    /// store ends, until `stop`; then ships what is left once more and returns. `shipped` is
+    /// kept at the highest record number known to be there (retention never deletes past it).
+    pub async fn run<C: Connect>(
+        self,
+        db: PathBuf,
+        connector: C,
+        shipped: Arc<AtomicI64>,
+        stop: CancellationToken,
+    ) {
+        let where_to = self
+            .endpoints
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(
+            node = self.node,
+            central = where_to,
+            "central audit sink started"
+        );
+        let connector = Arc::new(connector);
+        let connector: ConnectFn = Arc::new(move |addr| {
+            let c = connector.clone();
+            Box::pin(async move { c.connect(addr).await })
+        });
+        let mut backoff = MIN_BACKOFF;
+        let mut failures = 0u32;
+        let mut local: Option<Local> = None;
+        loop {
+            let mut progress = false;
+            let result = match &local {
+                Some(l) => {
+                    self.session(l, &connector, &shipped, &stop, &mut progress, failures)
+                        .await
+                }
+                None => match Local::open(&db) {
+                    Ok(l) => {
+                        local = Some(l);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            let failure = match result {
+                Ok(()) => return,
+                Err(f) => f,
+            };
+            if progress {
+                backoff = MIN_BACKOFF;
+                failures = 0;
+            }
+            if stop.is_cancelled() {
+                tracing::warn!(
+                    node = self.node,
+                    "central audit sink stopping with records not shipped: {}",
+                    failure.message()
+                );
+                return;
+            }
+            failures += 1;
+            let wait = match &failure {
+                Failure::Diverged(_) => MAX_BACKOFF,
+                _ => backoff,
+            };
+            match &failure {
+                Failure::Central(e) if failures == 1 => tracing::warn!(
+                    node = self.node,
+                    "central audit store unavailable: {e}; the records stay here (retention keeps them) \
+                     and are shipped when it is back; retrying in {wait:?}"
+                ),
+                Failure::Central(e) => tracing::warn!(
+                    node = self.node,
+                    failures,
+                    "central audit store still unavailable: {e}; retrying in {wait:?}"
+                ),
+                Failure::Local(e) => tracing::error!(
+                    node = self.node,
+                    "central audit sink cannot read the record database: {e}; retrying in {wait:?}"
+                ),
+                Failure::Diverged(e) => tracing::error!(
+                    node = self.node,
+                    "central audit sink NOT SHIPPING: {e}; checking again in {wait:?}"
+                ),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One connection's life: set up, check where the central store ends, ship until stopped
+    /// (`Ok`) or something fails. `progress` is set once a batch was stored or there was
+    /// nothing left to ship (then the next failure starts the backoff afresh).
+    async fn session(
+        &self,
+        local: &Local,
+        connector: &ConnectFn,
+        shipped: &AtomicI64,
+        stop: &CancellationToken,
+        progress: &mut bool,
+        failures: u32,
+    ) -> Result<(), Failure> {
+        let client = self.connect(connector).await?;
+        let (insert, central_last) = within(STATEMENT_TIMEOUT, async {
+            ensure_table(&client).await?;
+            let insert = client.prepare(INSERT).await?;
+            let last = client
+                .query_opt(
+                    "SELECT seq, hash FROM agentgate_audit WHERE node = $1 ORDER BY seq DESC LIMIT 1",
+                    &[&self.node],
+                )
+                .await?
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
+            Ok((insert, last))
+        })
+        .await?;
+        self.check_same_chain(&client, local, central_last.as_ref())
+            .await?;
+        let (mut last_seq, mut last_hash) = central_last.unwrap_or((0, genesis_hex()));
+        shipped.store(last_seq, Ordering::Relaxed);
+        if failures > 0 {
+            tracing::info!(
+                node = self.node,
+                central_seq = last_seq,
+                "central audit store reachable again; shipping from record {}",
+                last_seq + 1
+            );
+        } else {
+            tracing::info!(
+                node = self.node,
+                central_seq = last_seq,
+                "connected to the central audit store; shipping from record {}",
+                last_seq + 1
+            );
+        }
+        loop {
+            let rows = local.after(last_seq).await?;
+            if rows.is_empty() {
+                *progress = true;
+                // After the stop, one more look: the recorder has flushed by then.
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            self.check_links(&rows, last_seq, &last_hash);
+            let n = within(STATEMENT_TIMEOUT, async {
+                let cols = Columns::of(&rows);
+                client
+                    .execute(
+                        &insert,
+                        &[
+                            &self.node,
+                            &cols.seq,
+                            &cols.at_ms,
+                            &cols.kind,
+                            &cols.session,
+                            &cols.body,
+                            &cols.prev,
+                            &cols.hash,
+                        ],
+                    )
+                    .await
+            })
+            .await?;
+            if n < rows.len() as u64 {
+                self.check_already_there(&client, &rows).await?;
+            }
+            let end = rows.last().expect("not empty");
+            last_seq = end.seq;
+            last_hash = end.hash.clone();
+            shipped.store(last_seq, Ordering::Relaxed);
+            *progress = true;
+            tracing::debug!(
+                node = self.node,
+                records = rows.len(),
+                up_to = last_seq,
+                "records shipped to the central audit store"
+            );
+        }
+    }
+
+    async fn connect(&self, connector: &ConnectFn) -> Result<Client, Failure> {
+        let mut config = self.base.clone();
+        if let Some(f) = &self.password_file {
+            config.password(read_password(f).map_err(Failure::Central)?);
+        }
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut errors = Vec::new();
+        for ep in &self.endpoints {
+            match tokio::time::timeout(timeout, self.connect_to(ep, &config, connector)).await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => errors.push(format!("{ep}: {e}")),
+                Err(_) => errors.push(format!("{ep}: no answer within {timeout:?}")),
+            }
+        }
+        Err(Failure::Central(errors.join("; ")))
+    }
+
+    async fn connect_to(
+        &self,
+        ep: &Endpoint,
+        config: &tokio_postgres::Config,
+        connector: &ConnectFn,
+    ) -> Result<Client, String> {
+        let stream = open_stream(&ep.to, connector).await?;
+        let mut config = config.clone();
+        config.ssl_mode(ep.mode);
+        let tls = SinkTls {
+            config: self.tls.clone(),
+            name: ep.server_name.clone(),
+        };
+        let (client, connection) = connect_raw(&config, stream, tls)
+            .await
+            .map_err(|e| pg_error(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("central audit store connection: {}", pg_error(&e));
+            }
+        });
+        Ok(client)
+    }
+
+    /// The central store's chain of this node must be this node's chain: it may not reach
+    /// beyond this journal's end, and where both have a record, the hashes agree.
+    async fn check_same_chain(
+        &self,
+        client: &Client,
+        local: &Local,
+        central_last: Option<&(i64, String)>,
+    ) -> Result<(), Failure> {
+        let Some((c_seq, c_hash)) = central_last else {
+            return Ok(());
+        };
+        let c_seq = *c_seq;
+        let (local_tip, overlap) = local
+            .with(move |conn| {
+                let tip = journal::tip(conn)?.seq;
+                let overlap: Option<(i64, String)> = conn
+                    .query_row(
+                        "SELECT seq, hash FROM audit_log WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1",
+                        [c_seq],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                Ok((tip, overlap))
+            })
+            .await?;
+        if local_tip < c_seq {
+            return Err(Failure::Diverged(format!(
+                "the central store has records of node `{}` up to {c_seq}, but this node's journal \
+                 ends at {local_tip}: the record database was replaced, or another node ships under \
+                 the same name. Give this node another --node-name, or move that node's rows out of \
+                 {TABLE}",
+                self.node
+            )));
+        }
+        let Some((s, local_hash)) = overlap else {
+            return Ok(());
+        };
+        let central_hash = if s == c_seq {
+            Some(c_hash.clone())
+        } else {
+            within(STATEMENT_TIMEOUT, async {
+                Ok(client
+                    .query_opt(
+                        "SELECT hash FROM agentgate_audit WHERE node = $1 AND seq = $2",
+                        &[&self.node, &s],
+                    )
+                    .await?
+                    .map(|r| r.get::<_, String>(0)))
+            })
+            .await?
+        };
+        match central_hash {
+            Some(h) if h != local_hash => Err(Failure::Diverged(format!(
+                "record {s} of node `{}` in the central store is not this node's record {s} \
+                 (hash {h} there, {local_hash} here): the record database was replaced, another \
+                 node ships under the same name, or one of the copies was altered. Give this node \
+                 another --node-name, or move that node's rows out of {TABLE}",
+                self.node
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Tamper warnings for broken links, and the gap when records were pruned or deleted here
+    /// before they were shipped.
+    fn check_links(&self, rows: &[Row], mut last_seq: i64, last_hash: &str) {
+        let mut last_hash = last_hash.to_string();
+        for r in rows {
+            if r.seq > last_seq + 1 {
+                tracing::error!(
+                    node = self.node,
+                    from = last_seq + 1,
+                    to = r.seq - 1,
+                    "AUDIT GAP: records {}..={} of this node never reached the central store: they \
+                     were pruned (or deleted) here before they could be shipped; shipping what \
+                     exists from record {}",
+                    last_seq + 1,
+                    r.seq - 1,
+                    r.seq
+                );
+            } else if r.prev != last_hash {
+                tracing::error!(
+                    node = self.node,
+                    seq = r.seq,
+                    "AUDIT TAMPER WARNING: record {} does not follow record {last_seq} (its prev \
+                     {} is not that record's hash {last_hash}): a record was edited, deleted or \
+                     reordered here or in the central store; shipping it as it is",
+                    r.seq,
+                    r.prev
+                );
+            }
+            last_seq = r.seq;
+            last_hash.clone_from(&r.hash);
+        }
+    }
+
+    /// Some records of a batch were in the central store already: they must be these.
+    async fn check_already_there(&self, client: &Client, rows: &[Row]) -> Result<(), Failure> {
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let there: HashMap<i64, String> = within(STATEMENT_TIMEOUT, async {
+            Ok(client
+                .query(
+                    "SELECT seq, hash FROM agentgate_audit WHERE node = $1 AND seq = ANY($2)",
+                    &[&self.node, &seqs],
+                )
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
+        .await?;
+        for r in rows {
+            match there.get(&r.seq) {
+                Some(h) if *h == r.hash => {}
+                Some(h) => {
+                    return Err(Failure::Diverged(format!(
+                        "record {} of node `{}` was already in the central store with another \
+                         hash ({h} there, {} here): another node ships under the same name, or \
+                         the central copy was altered",
+                        r.seq, self.node, r.hash
+                    )))
+                }
+                None => {
+                    return Err(Failure::Central(format!(
+                        "record {} of node `{}` is not in the central store after it was sent",
+                        r.seq, self.node
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+type PgConnection = tokio_postgres::Connection<Box<dyn Io>, TlsStream<Box<dyn Io>>>;
+type Connecting<'a> = Pin<
+    Box<dyn Future<Output = Result<(Client, PgConnection), tokio_postgres::Error>> + Send + 'a>,
+>;
+
+/// `Config::connect_raw`, boxed: awaited inline, its future's inner borrows defeat the proof
+/// that the sink's future is `Send` (a rustc limitation with higher-ranked lifetimes).
+fn connect_raw<'a>(
+    config: &'a tokio_postgres::Config,
+    stream: Box<dyn Io>,
+    tls: SinkTls,
+) -> Connecting<'a> {
+    Box::pin(config.connect_raw(stream, tls))
+}
+
+/// A connection to `to`: TCP sockets are the gateway's own (capture leaves them alone).
+async fn open_stream(to: &Peer, connector: &ConnectFn) -> Result<Box<dyn Io>, String> {
+    let stream: Box<dyn Io> = match to {
+        Peer::Unix(path) => Box::new(
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        Peer::Tcp { host, port } => {
+            let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, *port)],
+                Err(_) => tokio::net::lookup_host((host.clone(), *port))
+                    .await
+                    .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                    .collect(),
+            };
+            let mut last = format!("{host} resolved to no addresses");
+            let mut tcp = None;
+            for addr in addrs {
+                match connector(addr).await {
+                    Ok(s) => {
+                        tcp = Some(s);
+                        break;
+                    }
+                    Err(e) => last = format!("{addr}: {e}"),
+                }
+            }
+            let tcp = tcp.ok_or(last)?;
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+            Box::new(tcp)
+        }
+    };
+    Ok(stream)
+}
+
+/// Creates the central table when it is missing. A sink whose role may only read and insert
+/// works with a table made beforehand.
+async fn ensure_table(client: &Client) -> Result<(), tokio_postgres::Error> {
+    async fn exists(client: &Client) -> Result<bool, tokio_postgres::Error> {
+        client
+            .query_one("SELECT to_regclass('agentgate_audit') IS NOT NULL", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+    }
+    if exists(client).await? {
+        return Ok(());
+    }
+    match client.batch_execute(CREATE_TABLE).await {
+        Ok(()) => {
+            tracing::info!("central audit store: table {TABLE} created");
+            Ok(())
+        }
+        // Another node created it at the same moment.
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(&SqlState::UNIQUE_VIOLATION)
+                    | Some(&SqlState::DUPLICATE_TABLE)
+                    | Some(&SqlState::DUPLICATE_OBJECT)
+            ) && exists(client).await? =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `f` against the central store, failing it after `limit`.
+async fn within<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::Central(pg_error(&e))),
+        Err(_) => Err(Failure::Central(format!(
+            "no answer within {limit:?}; reconnecting"
+        ))),
+    }
+}
+
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(x) = source {
+        let more = x.to_string();
+        if !s.contains(&more) {
+            s += ": ";
+            s += &more;
+        }
+        source = x.source();
+    }
+    s
+}
+
+fn read_password(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("password file {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+#[derive(Debug)]
+enum Failure {
+    /// The central store is unreachable, refused or failed: retried with backoff.
+    Central(String),
+    /// The local journal could not be read: retried with backoff.
+    Local(String),
+    /// The central store holds another chain under this node's name: nothing is shipped.
+    Diverged(String),
+}
+
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::Central(m) | Failure::Local(m) | Failure::Diverged(m) => m,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local journal, read-only
+// ---------------------------------------------------------------------------------------------
+
+struct Row {
+    seq: i64,
+    at_ms: i64,
+    kind: String,
+    session: Option<String>,
+    body: String,
+    prev: String,
+    hash: String,
+}
+
+/// A batch as column arrays, for one `unnest` INSERT.
+struct Columns {
+    seq: Vec<i64>,
+    at_ms: Vec<i64>,
+    kind: Vec<String>,
+    session: Vec<Option<String>>,
+    body: Vec<String>,
+    prev: Vec<String>,
+    hash: Vec<String>,
+}
+
+impl Columns {
+    fn of(rows: &[Row]) -> Columns {
+        Columns {
+            seq: rows.iter().map(|r| r.seq).collect(),
+            at_ms: rows.iter().map(|r| r.at_ms).collect(),
+            kind: rows.iter().map(|r| r.kind.clone()).collect(),
+            session: rows.iter().map(|r| r.session.clone()).collect(),
+            body: rows.iter().map(|r| r.body.clone()).collect(),
+            prev: rows.iter().map(|r| r.prev.clone()).collect(),
+            hash: rows.iter().map(|r| r.hash.clone()).collect(),
+        }
+    }
+}
+
+/// The sink's own read-only connection to the record database.
+struct Local(Arc<Mutex<Connection>>);
+
+impl Local {
+    fn open(path: &Path) -> Result<Local, Failure> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(10))?;
+            Ok(c)
+        })
+        .map_err(|e| Failure::Local(format!("{}: {e}", path.display())))?;
+        Ok(Local(Arc::new(Mutex::new(conn))))
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let conn = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| Failure::Local(e.to_string()))?
+        .map_err(|e| Failure::Local(e.to_string()))
+    }
+
+    /// The next records after `seq`, in order: up to [`BATCH`] of them and about
+    /// [`BATCH_BYTES`] (at least one).
+    async fn after(&self, seq: i64) -> Result<Vec<Row>, Failure> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at_ms, kind, session, body, prev, hash FROM audit_log
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query([seq, BATCH])?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next()? {
+                let row = Row {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    session: r.get(3)?,
+                    body: r.get(4)?,
+                    prev: r.get(5)?,
+                    hash: r.get(6)?,
+                };
+                bytes += row.body.len() + row.kind.len() + 160;
+                out.push(row);
+                if bytes >= BATCH_BYTES {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The connection string
+// ---------------------------------------------------------------------------------------------
+
+/// The connection string without the TLS settings the sink handles itself (tokio-postgres
+/// knows no `sslrootcert`, and its `sslmode` has no verify modes).
+#[derive(Debug, Default, PartialEq)]
+struct Split {
+    rest: String,
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+}
+
+fn split_conninfo(s: &str) -> Result<Split, String> {
+    let s = s.trim();
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        split_url(s)
+    } else {
+        split_keywords(s)
+    }
+}
+
+fn split_keywords(s: &str) -> Result<Split, String> {
+    let mut out = Split::default();
+    let mut rest = Vec::new();
+    let mut it = s.chars().peekable();
+    let skip_ws = |it: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+    };
+    loop {
+        skip_ws(&mut it);
+        if it.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&c) = it.peek() {
+            if c.is_whitespace() || c == '=' {
+                break;
+            }
+            key.push(c);
+            it.next();
+        }
+        skip_ws(&mut it);
+        if it.next() != Some('=') {
+            return Err(format!("connection string: expected `=` after `{key}`"));
+        }
+        skip_ws(&mut it);
+        let mut value = String::new();
+        if it.peek() == Some(&'\'') {
+            it.next();
+            loop {
+                match it.next() {
+                    None => {
+                        return Err(format!(
+                            "connection string: unterminated quoted value of `{key}`"
+                        ))
+                    }
+                    Some('\'') => break,
+                    Some('\\') => value.extend(it.next()),
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = it.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                it.next();
+                if c == '\\' {
+                    value.extend(it.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        match key.as_str() {
+            "sslmode" => out.sslmode = Some(value),
+            "sslrootcert" => out.sslrootcert = Some(value),
+            _ => rest.push(format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            )),
+        }
+    }
+    out.rest = rest.join(" ");
+    Ok(out)
+}
+
+fn split_url(s: &str) -> Result<Split, String> {
+    let mut out = Split::default();
+    let (base, query) = s.split_once('?').unwrap_or((s, ""));
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match percent_decode(k)?.as_str() {
+            "sslmode" => out.sslmode = Some(percent_decode(v)?),
+            "sslrootcert" => out.sslrootcert = Some(percent_decode(v)?),
+            _ => kept.push(pair),
+        }
+    }
+    out.rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("connection string: bad percent-encoding in `{s}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("connection string: `{s}` is not UTF-8"))
+}
+
+/// The hosts to try, in order, each with its TLS mode: plain (or TLS if offered) on loopback
+/// and Unix sockets only, TLS required everywhere else.
+fn endpoints(config: &tokio_postgres::Config, sslmode: &str) -> Result<Vec<Endpoint>, String> {
+    let (hosts, addrs, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
     );
-    stop.cancelled().await;
+    if hosts.is_empty() && addrs.is_empty() {
+        return Err("connection string: no `host=`".into());
+    }
+    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
+        return Err("connection string: as many `hostaddr` as `host` are needed".into());
+    }
+    let n = hosts.len().max(addrs.len());
+    if ports.len() > 1 && ports.len() != n {
+        return Err("connection string: as many `port` as `host` are needed".into());
+    }
+    let mut out = Vec::new();
+    for i in 0..n {
+        let port = ports
+            .get(i)
+            .or_else(|| ports.first())
+            .copied()
+            .unwrap_or(5432);
+        let host = hosts.get(i);
+        let addr = addrs.get(i);
+        let (to, local, name) = match (host, addr) {
+            (Some(Host::Unix(dir)), _) => {
+                (Peer::Unix(dir.join(format!(".s.PGSQL.{port}"))), true, None)
+            }
+            (host, Some(ip)) => {
+                let name = match host {
+                    Some(Host::Tcp(h)) => h.clone(),
+                    _ => ip.to_string(),
+                };
+                (
+                    Peer::Tcp {
+                        host: ip.to_string(),
+                        port,
+                    },
+                    ip.is_loopback(),
+                    Some(name),
+                )
+            }
+            (Some(Host::Tcp(h)), None) => {
+                let local = h.eq_ignore_ascii_case("localhost")
+                    || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                (
+                    Peer::Tcp {
+                        host: h.clone(),
+                        port,
+                    },
+                    local,
+                    Some(h.clone()),
+                )
+            }
+            (None, None) => unreachable!("n is the longer list"),
+        };
+        let mode = match (sslmode, local) {
+            (_, true) if matches!(to, Peer::Unix(_)) => SslMode::Disable,
+            ("disable", true) => SslMode::Disable,
+            ("allow" | "prefer", true) => SslMode::Prefer,
+            ("disable" | "allow", false) => {
+                let ep = Endpoint {
+                    to,
+                    server_name: None,
+                    mode: SslMode::Disable,
+                };
+                return Err(format!(
+                    "sslmode={sslmode}: plain connections to the central audit store are allowed \
+                     to loopback addresses and Unix sockets only, and {ep} is neither; use \
+                     sslmode=verify-full (TLS; give sslrootcert=FILE for a private CA)"
+                ));
+            }
+            _ => SslMode::Require,
+        };
+        let server_name = match name {
+            Some(n) => Some(
+                ServerName::try_from(n.clone())
+                    .map_err(|e| format!("connection string: host `{n}`: {e}"))?,
+            ),
+            None => None,
+        };
+        out.push(Endpoint {
+            to,
+            server_name,
+            mode,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS (rustls) for tokio-postgres
+// ---------------------------------------------------------------------------------------------
+
+/// Trust `sslrootcert` if given, else the web PKI roots.
+fn tls_config(root_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            let certs: Vec<CertificateDer<'static>> =
+                rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("sslrootcert {}: no certificates", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Opens a TCP connection (the gateway's own socket).
+type ConnectFn = Arc<
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<tokio::net::TcpStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct SinkTls {
+    config: Arc<rustls::ClientConfig>,
+    name: Option<ServerName<'static>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for SinkTls {
+    type Stream = TlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let name = self
+                .name
+                .ok_or_else(|| io::Error::other("TLS over a Unix socket"))?;
+            let tls = tokio_rustls::TlsConnector::from(self.config)
+                .connect(name, stream)
+                .await?;
+            let end_point = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| tls_server_end_point(c.as_ref()));
+            Ok(TlsStream {
+                inner: tls,
+                end_point,
+            })
+        })
+    }
+}
+
+struct TlsStream<S> {
+    inner: tokio_rustls::client::TlsStream<S>,
+    end_point: Option<Vec<u8>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for TlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        match &self.end_point {
+            Some(h) => ChannelBinding::tls_server_end_point(h.clone()),
+            None => ChannelBinding::none(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// RFC 5929 `tls-server-end-point`: the server certificate hashed with the hash of its
+/// signature (SHA-256 for SHA-1 and MD5). `None` when the algorithm is not one of these; SCRAM
+/// then goes without channel binding.
+fn tls_server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (first as usize, b)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+            (len, &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (0x30, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = tlv(cert)? else {
+        return None;
+    };
+    let (0x30, alg, _) = tlv(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = tlv(alg)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let bits = match oid {
+        [p @ .., 0x04 | 0x05 | 0x0b] if p == RSA => 256,
+        [p @ .., 0x0c] if p == RSA => 384,
+        [p @ .., 0x0d] if p == RSA => 512,
+        o if o == ECDSA_SHA1 => 256,
+        [p @ .., 0x02] if p == ECDSA_SHA2 => 256,
+        [p @ .., 0x03] if p == ECDSA_SHA2 => 384,
+        [p @ .., 0x04] if p == ECDSA_SHA2 => 512,
+        _ => return None,
+    };
+    Some(match bits {
+        256 => Sha256::digest(der).to_vec(),
+        384 => Sha384::digest(der).to_vec(),
+        _ => Sha512::digest(der).to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(conninfo: &str) -> Result<Sink, String> {
+        Sink::new(SinkConfig {
+            conninfo: conninfo.into(),
+            password_file: None,
+            node: "n1".into(),
+        })
+    }
+
+    #[test]
+    fn plain_connections_only_to_loopback() {
+        for ok in [
+            "host=127.0.0.1 port=5432 user=u sslmode=disable",
+            "host=::1 user=u sslmode=disable",
+            "host=localhost user=u sslmode=disable",
+            "host=/run/postgresql user=u sslmode=disable",
+            "hostaddr=127.0.0.1 user=u sslmode=disable",
+            "postgresql://u@127.0.0.1:5433/audit?sslmode=disable",
+        ] {
+            let s = sink(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(
+                s.endpoints.iter().all(|e| e.mode == SslMode::Disable),
+                "{ok}"
+            );
+        }
+        for refused in [
+            "host=db.example.com user=u sslmode=disable",
+            "host=10.1.2.3 user=u sslmode=allow",
+            "host=127.0.0.1,db.example.com user=u sslmode=disable",
+            "host=localhost hostaddr=192.0.2.7 user=u sslmode=disable",
+            "postgresql://u@db.example.com/audit?sslmode=disable",
+        ] {
+            let e = sink(refused).err().unwrap_or_else(|| panic!("{refused}"));
+            assert!(e.contains("loopback"), "{refused}: {e}");
+        }
+        // Elsewhere TLS is required, whatever prefer says; on loopback it is tried.
+        let s = sink("host=db.example.com,127.0.0.1 user=u").unwrap();
+        let modes: Vec<SslMode> = s.endpoints.iter().map(|e| e.mode).collect();
+        assert_eq!(modes, [SslMode::Require, SslMode::Prefer]);
+        assert_eq!(
+            s.endpoints[0].server_name,
+            Some(ServerName::try_from("db.example.com").unwrap())
+        );
+        // hostaddr connects, host names the certificate.
+        let s = sink("host=db.example.com hostaddr=192.0.2.7 port=6432 user=u").unwrap();
+        assert_eq!(s.endpoints[0].to_string(), "192.0.2.7:6432");
+        assert_eq!(
+            s.endpoints[0].server_name,
+            Some(ServerName::try_from("db.example.com").unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_configurations_say_what_is_wrong() {
+        let e = sink("host=127.0.0.1").err().unwrap();
+        assert!(e.contains("user"), "{e}");
+        let e = sink("host=127.0.0.1 user=u sslmode=sometimes")
+            .err()
+            .unwrap();
+        assert!(e.contains("sslmode"), "{e}");
+        let e = sink("host=127.0.0.1 user=u sslrootcert=/nonexistent/ca.pem")
+            .err()
+            .unwrap();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let e = sink("host=127.0.0.1 user='u").err().unwrap();
+        assert!(e.contains("unterminated"), "{e}");
+        let e = Sink::new(SinkConfig {
+            conninfo: "host=127.0.0.1 user=u".into(),
+            password_file: Some("/nonexistent/pw".into()),
+            node: "n".into(),
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("/nonexistent/pw"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_are_taken_out_of_the_connection_string() {
+        let s = split_conninfo(
+            "host = 10.0.0.1 sslrootcert='/etc/a b\\'s/ca.pem' user=u dbname='my db' sslmode=verify-full",
+        )
+        .unwrap();
+        assert_eq!(s.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!(s.sslrootcert.as_deref(), Some("/etc/a b's/ca.pem"));
+        let c: tokio_postgres::Config = s.rest.parse().unwrap();
+        assert_eq!(c.get_dbname(), Some("my db"));
+        assert_eq!(c.get_user(), Some("u"));
+        let s = split_conninfo(
+            "postgresql://u@db.example.com/audit?sslrootcert=%2Fetc%2Fca.pem&application_name=x&sslmode=require",
+        )
+        .unwrap();
+        assert_eq!(s.sslrootcert.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(s.sslmode.as_deref(), Some("require"));
+        assert_eq!(
+            s.rest,
+            "postgresql://u@db.example.com/audit?application_name=x"
+        );
+    }
+
+    #[test]
+    fn channel_binding_hash_follows_the_signature() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().as_ref();
+        assert_eq!(
+            tls_server_end_point(der),
+            Some(Sha384::digest(der).to_vec())
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().as_ref();
+        assert_eq!(
+            tls_server_end_point(der),
+            Some(Sha256::digest(der).to_vec())
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(tls_server_end_point(cert.der().as_ref()), None);
+        assert_eq!(tls_server_end_point(b"junk"), None);
+    }
 }

@@ -77,6 +77,76 @@ pub struct SessionContext<'a> {
     pub approvals: Arc<Approvals>,
     /// The database the session is in (shown to approvers, part of a retry's identity).
     pub database: String,
+    /// How much of each statement's result (as sent to the agent) the record keeps.
+    pub results_cap: ResultsCap,
+}
+
+/// Rows and bytes of a statement's result kept on record; zero rows keeps none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultsCap {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// The first rows of the result being received, as the agent got them (masked).
+#[derive(Default)]
+struct Kept {
+    rows: Vec<Vec<Option<String>>>,
+    bytes: usize,
+    cut: bool,
+}
+
+impl Kept {
+    fn row(&mut self, cap: ResultsCap, frame: &Frame) {
+        if cap.rows == 0 || self.cut {
+            return;
+        }
+        if self.rows.len() >= cap.rows || self.bytes + frame.bytes.len() > cap.bytes {
+            self.cut = true;
+            return;
+        }
+        let mut f = Fields::new(frame);
+        let Ok(n) = f.count() else {
+            return;
+        };
+        let mut row = Vec::with_capacity(n);
+        for _ in 0..n {
+            match f.i32() {
+                Ok(len) if len < 0 => row.push(None),
+                Ok(len) => match f.take(len as usize) {
+                    Ok(v) => row.push(Some(shown(v))),
+                    Err(_) => return,
+                },
+                Err(_) => return,
+            }
+        }
+        self.bytes += frame.bytes.len();
+        self.rows.push(row);
+    }
+
+    /// Hands what was kept to the statement now completing.
+    fn hand_to(&mut self, rec: &mut Statement) {
+        if !self.rows.is_empty() || self.cut {
+            rec.results = Some(std::mem::take(&mut self.rows));
+            rec.results_cut = self.cut;
+        }
+        *self = Kept::default();
+    }
+}
+
+/// A value as text: UTF-8 as it is, anything else (binary format) as `\x` hex.
+fn shown(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) if !s.contains(|c: char| c.is_control() && c != '\n' && c != '\t') => s.to_string(),
+        _ => {
+            let mut h = String::with_capacity(2 + v.len() * 2);
+            h.push_str("\\x");
+            for b in v {
+                h.push_str(&format!("{b:02x}"));
+            }
+            h
+        }
+    }
 }
 
 impl SessionContext<'_> {
@@ -1395,6 +1465,7 @@ where
 {
     let io = |e| RelayError::Client(CodecError::Io(e));
     let mut masking = Masking::default();
+    let mut kept = Kept::default();
     loop {
         // Between the target's messages, the gateway's own for the agent (an approval notice
         // while a statement is held) go out at once.
@@ -1432,6 +1503,7 @@ where
                 if let Some(new) = masking.row(ctx, &frame).map_err(RelayError::Upstream)? {
                     frame = new;
                 }
+                kept.row(ctx.results_cap, &frame);
             }
             b'd' => {
                 if let Some(new) = masking.copy_data(&frame) {
@@ -1660,6 +1732,8 @@ where
             to.write_all(&frame.bytes).await.map_err(io)?;
         }
         for mut o in done {
+            // Rows arrive before the completion of the statement they belong to.
+            kept.hand_to(&mut o.rec);
             o.rec.duration_us = Some(o.started.elapsed().as_micros() as u64);
             ctx.recorder.record(Record::Statement(o.rec)).await;
         }
@@ -1875,12 +1949,7 @@ mod tests {
     use super::*;
     use crate::protocol::postgres::classify::classify;
 
-    struct NullStore;
-    impl crate::record::Store for NullStore {
-        fn write(&mut self, _: &[Record]) -> Result<(), crate::record::StoreError> {
-            Ok(())
-        }
-    }
+    use crate::record::NullStore;
 
     /// An approval service over a throwaway store (the test policy has no approval rules).
     fn test_approvals() -> Arc<Approvals> {
@@ -1956,6 +2025,7 @@ mod tests {
                 )),
                 approvals: test_approvals(),
                 database: "db".into(),
+                results_cap: ResultsCap { rows: 0, bytes: 0 },
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
