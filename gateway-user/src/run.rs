@@ -214,7 +214,12 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .await
         .is_ok();
     let _ = watcher.await;
-    recorder.flush().await;
+    if tokio::time::timeout(Duration::from_secs(10), recorder.flush())
+        .await
+        .is_err()
+    {
+        tracing::error!("records still unwritten after 10 s (see the errors above); exiting");
+    }
     sink_stop.cancel();
     if let Some(task) = sink_task {
         // What the recorder flushed last goes out too, if the central store answers.

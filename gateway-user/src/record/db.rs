@@ -21,9 +21,14 @@ pub enum DbError {
 }
 
 /// What people and tools query: the records as tables. Views, so that they can never say
-/// anything the chained journal does not.
+/// anything the chained journal does not; made anew at every open. `statements` holds each
+/// statement's outcome, or its intent when the outcome never came (the gateway was killed
+/// after forwarding it).
 const VIEWS: &str = "
-CREATE VIEW IF NOT EXISTS sessions AS
+DROP VIEW IF EXISTS sessions;
+DROP VIEW IF EXISTS statements;
+DROP VIEW IF EXISTS approval_events;
+CREATE VIEW sessions AS
 SELECT o.session AS id,
        json_extract(o.body, '$.started_ms') AS started_ms,
        json_extract(c.body, '$.ended_ms') AS ended_ms,
@@ -47,7 +52,9 @@ SELECT o.session AS id,
 FROM audit_log o
 LEFT JOIN audit_log c ON c.kind = 'session_close' AND c.session = o.session
 WHERE o.kind = 'session_open';
-CREATE VIEW IF NOT EXISTS statements AS
+CREATE INDEX IF NOT EXISTS audit_log_outcome
+    ON audit_log(session, json_extract(body, '$.seq')) WHERE kind = 'statement';
+CREATE VIEW statements AS
 SELECT session,
        json_extract(body, '$.seq') AS seq,
        json_extract(body, '$.started_ms') AS started_ms,
@@ -64,8 +71,28 @@ SELECT session,
        json_extract(body, '$.error_code') AS error_code,
        json_extract(body, '$.error') AS error,
        seq AS record
-FROM audit_log WHERE kind = 'statement';
-CREATE VIEW IF NOT EXISTS approval_events AS
+FROM audit_log WHERE kind = 'statement'
+UNION ALL
+SELECT i.session,
+       json_extract(i.body, '$.seq'),
+       json_extract(i.body, '$.started_ms'),
+       json_extract(i.body, '$.kind'),
+       json_extract(i.body, '$.text'),
+       json_extract(i.body, '$.params'),
+       json_extract(i.body, '$.class'),
+       json_extract(i.body, '$.tables'),
+       json_extract(i.body, '$.functions'),
+       json_extract(i.body, '$.decision'),
+       json_extract(i.body, '$.rule'),
+       NULL, NULL, NULL,
+       'sent; its outcome is not on record (the gateway stopped first)',
+       i.seq
+FROM audit_log i
+WHERE i.kind = 'statement_intent'
+  AND NOT EXISTS (SELECT 1 FROM audit_log o
+                  WHERE o.kind = 'statement' AND o.session = i.session
+                    AND json_extract(o.body, '$.seq') = json_extract(i.body, '$.seq'));
+CREATE VIEW approval_events AS
 SELECT json_extract(body, '$.request') AS request,
        at_ms,
        json_extract(body, '$.event') AS event,

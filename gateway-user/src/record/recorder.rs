@@ -148,18 +148,30 @@ impl Recorder {
                             next = rx.try_recv().ok();
                         }
                     }
-                    let written = match store.write(&batch) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            // A durable record's statement is refused; the others can only be
-                            // reported, loudly.
-                            tracing::error!(records = batch.len(), "recording failed: {e}");
-                            false
+                    // A batch that cannot be committed (the file locked, the disk full) is kept
+                    // and retried; meanwhile the queue fills and the data path waits. The
+                    // statements waiting on a durable record are refused at the first failure:
+                    // they must not run unrecorded.
+                    let mut backoff = std::time::Duration::from_millis(50);
+                    loop {
+                        match store.write(&batch) {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::error!(
+                                    records = batch.len(),
+                                    "recording failed, retrying in {backoff:?}: {e}"
+                                );
+                                for w in durable.drain(..) {
+                                    let _ = w.send(false);
+                                }
+                                thread::sleep(backoff);
+                                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                            }
                         }
-                    };
+                    }
                     batch.clear();
                     for w in durable.drain(..) {
-                        let _ = w.send(written);
+                        let _ = w.send(true);
                     }
                     for w in waiters.drain(..) {
                         let _ = w.send(());

@@ -1283,7 +1283,7 @@ impl Upward<'_, '_> {
     /// forwarded, so that whatever the target executed is in the record even if the gateway
     /// dies right after. `false`: it could not be recorded and must not be forwarded.
     async fn on_record_first(&self, rec: &Statement, c: &Classified) -> bool {
-        if c.class == Class::Read {
+        if c.class == Class::Read && c.functions.iter().all(|f| read_only_function(f)) {
             return true;
         }
         self.ctx
@@ -1357,6 +1357,88 @@ fn unshowable(c: &Classified, text: &str, params: &Params) -> Option<&'static st
         return Some("a parameter is too long to show in full");
     }
     None
+}
+
+/// Functions known not to write, so that a read calling only these need not wait for its
+/// record. Any other function (a user-defined one can write, `nextval` does) makes the read
+/// privileged: the classifier cannot see what a function does.
+fn read_only_function(f: &str) -> bool {
+    const PURE: &[&str] = &[
+        "abs",
+        "array_agg",
+        "array_length",
+        "avg",
+        "bool_and",
+        "bool_or",
+        "btrim",
+        "ceil",
+        "char_length",
+        "coalesce",
+        "concat",
+        "concat_ws",
+        "count",
+        "date_part",
+        "date_trunc",
+        "every",
+        "extract",
+        "floor",
+        "format",
+        "generate_series",
+        "greatest",
+        "initcap",
+        "json_agg",
+        "json_build_array",
+        "json_build_object",
+        "jsonb_agg",
+        "jsonb_build_array",
+        "jsonb_build_object",
+        "least",
+        "left",
+        "length",
+        "lower",
+        "lpad",
+        "ltrim",
+        "max",
+        "md5",
+        "min",
+        "mod",
+        "now",
+        "nullif",
+        "position",
+        "random",
+        "regexp_match",
+        "regexp_replace",
+        "repeat",
+        "replace",
+        "reverse",
+        "right",
+        "round",
+        "row_number",
+        "row_to_json",
+        "rpad",
+        "rtrim",
+        "split_part",
+        "sqrt",
+        "statement_timestamp",
+        "string_agg",
+        "strpos",
+        "substr",
+        "substring",
+        "sum",
+        "to_char",
+        "to_date",
+        "to_json",
+        "to_jsonb",
+        "to_number",
+        "to_timestamp",
+        "transaction_timestamp",
+        "trim",
+        "trunc",
+        "upper",
+        "version",
+    ];
+    let name = f.strip_prefix("pg_catalog.").unwrap_or(f);
+    !name.contains('.') && PURE.contains(&name)
 }
 
 /// The rule name and message of a statement refused because it could not be put on record, with
