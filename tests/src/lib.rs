@@ -968,4 +968,5 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
         token,
     }
 }
+pub mod bg;
 pub mod pg;

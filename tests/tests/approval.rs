@@ -19,18 +19,18 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
+    process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
-use agentgate_tests::{pg::*, *};
+use agentgate_tests::{bg::Bg, pg::*, *};
 use serde_json::{json, Value};
 
 /// A generous wait for anything that should happen "at once" or after a short delay.
@@ -39,193 +39,6 @@ const WAIT: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Clients in the background
 // ---------------------------------------------------------------------------------------------
-
-/// A client process in the agent's cgroup, running in the background: its stdout and stderr
-/// lines are collected as they come, its stdin stays open. Killed on drop.
-struct Bg {
-    what: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    rx: mpsc::Receiver<(bool, String)>,
-    /// Every line so far: (from stderr, text).
-    seen: Vec<(bool, String)>,
-    /// Lines before this index were handed out by `next_line`.
-    pos: usize,
-}
-
-impl Bg {
-    fn spawn(what: &str, mut cmd: Command, cg: &Cgroup) -> Self {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        place(&mut cmd, Some(cg), None);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let (tx, rx) = mpsc::channel();
-        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));
-        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("stderr"));
-        for (is_err, r) in [(false, out), (true, err)] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines().map_while(Result::ok) {
-                    if tx.send((is_err, line)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Self {
-            what: what.to_string(),
-            stdin: child.stdin.take(),
-            child,
-            rx,
-            seen: Vec::new(),
-            pos: 0,
-        }
-    }
-
-    /// Takes in whatever lines have arrived, without waiting.
-    fn pump(&mut self) {
-        while let Ok(l) = self.rx.try_recv() {
-            self.seen.push(l);
-        }
-    }
-
-    /// The next line not handed out yet, waiting up to `timeout`.
-    fn next_line(&mut self, timeout: Duration) -> Option<(bool, String)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.pump();
-            if self.pos < self.seen.len() {
-                self.pos += 1;
-                return Some(self.seen[self.pos - 1].clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
-                Ok(l) => self.seen.push(l),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                // Both streams ended: nothing more will come.
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if self.pos >= self.seen.len() {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits for the next line satisfying `pred` (stderr?, text); panics with everything the
-    /// client said if none comes within `timeout`.
-    fn wait_line(&mut self, timeout: Duration, pred: impl Fn(bool, &str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some((e, l)) if pred(e, &l) => return l,
-                Some(_) => {}
-                None => {
-                    let text = self.text();
-                    panic!(
-                        "{}: the line waited for did not come within {timeout:?} (exited: {:?}); it said:\n{text}",
-                        self.what,
-                        self.child.try_wait().ok().flatten(),
-                    )
-                }
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").unwrap_or_else(|e| panic!("{}: write stdin: {e}", self.what));
-        stdin.flush().expect("flush stdin");
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Closes stdin and waits for the process to exit (then for the rest of its output).
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        self.stdin = None;
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let text = self.text();
-                panic!(
-                    "{} still runs after {timeout:?}; it said:\n{text}",
-                    self.what
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader threads end at EOF.
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) => self.seen.push(l),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-        }
-        status
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stdout(&mut self) -> String {
-        self.pump();
-        self.lines(false)
-    }
-
-    fn stderr(&mut self) -> String {
-        self.pump();
-        self.lines(true)
-    }
-
-    fn lines(&self, err: bool) -> String {
-        self.seen
-            .iter()
-            .filter(|(e, _)| *e == err)
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Everything said so far, stderr lines marked.
-    fn text(&mut self) -> String {
-        self.pump();
-        self.seen
-            .iter()
-            .map(|(e, l)| {
-                if *e {
-                    format!("[stderr] {l}")
-                } else {
-                    l.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = self.text();
-            eprintln!("--- {} said ---\n{text}", self.what);
-        }
-        self.kill();
-    }
-}
 
 /// psql (libpq, simple query protocol) running `sqls` (`-c` each) in the background in `cg`;
 /// verbose errors (`ERROR:  42501: ...`), stops at the first error.
@@ -320,10 +133,10 @@ impl PySession {
     /// True if an outcome has already been reported for the statement sent last (looks at what
     /// has arrived, does not wait).
     fn has_outcome(&mut self) -> bool {
-        self.0.pump();
-        self.0.seen[self.0.pos..]
+        self.0
+            .unread()
             .iter()
-            .any(|(err, l)| !err && (l.starts_with("{\"ok\"") || l.starts_with("{\"error\"")))
+            .any(|(_, err, l)| !err && (l.starts_with("{\"ok\"") || l.starts_with("{\"error\"")))
     }
 }
 

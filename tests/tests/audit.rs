@@ -11,14 +11,13 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use agentgate_tests::{pg::*, *};
+use agentgate_tests::{bg::Bg, pg::*, *};
 use serde_json::{json, Value};
 
 /// A generous wait for anything that should happen "at once" or after a short delay.
@@ -84,181 +83,6 @@ fn clean_env(cmd: &mut Command) {
 // Clients in the background
 // ---------------------------------------------------------------------------------------------
 
-/// A client process (in the agent's cgroup) running in the background: its stdout and stderr
-/// lines are collected as they come, each with the instant it arrived; its stdin stays open.
-/// Killed on drop.
-struct Bg {
-    what: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    rx: mpsc::Receiver<(Instant, bool, String)>,
-    /// Every line so far: (arrival, from stderr, text).
-    seen: Vec<(Instant, bool, String)>,
-    /// Lines before this index were handed out by `next_line`.
-    pos: usize,
-    exited: Option<(Instant, ExitStatus)>,
-}
-
-impl Bg {
-    fn spawn(what: &str, mut cmd: Command, cg: &Cgroup) -> Self {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        place(&mut cmd, Some(cg), None);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let (tx, rx) = mpsc::channel();
-        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));
-        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("stderr"));
-        for (is_err, r) in [(false, out), (true, err)] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines().map_while(Result::ok) {
-                    if tx.send((Instant::now(), is_err, line)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Self {
-            what: what.to_string(),
-            stdin: child.stdin.take(),
-            child,
-            rx,
-            seen: Vec::new(),
-            pos: 0,
-            exited: None,
-        }
-    }
-
-    fn pump(&mut self) {
-        while let Ok(l) = self.rx.try_recv() {
-            self.seen.push(l);
-        }
-    }
-
-    /// The next line not handed out yet (arrival, stderr?, text), waiting up to `timeout`.
-    fn next_line(&mut self, timeout: Duration) -> Option<(Instant, bool, String)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.pump();
-            if self.pos < self.seen.len() {
-                self.pos += 1;
-                return Some(self.seen[self.pos - 1].clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
-                Ok(l) => self.seen.push(l),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if self.pos >= self.seen.len() {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits for the next line satisfying `pred` (stderr?, text); returns (arrival, text).
-    fn wait_line(
-        &mut self,
-        timeout: Duration,
-        pred: impl Fn(bool, &str) -> bool,
-    ) -> (Instant, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some((at, e, l)) if pred(e, &l) => return (at, l),
-                Some(_) => {}
-                None => {
-                    let text = self.text();
-                    panic!(
-                        "{}: the line waited for did not come within {timeout:?}; it said:\n{text}",
-                        self.what
-                    )
-                }
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").unwrap_or_else(|e| panic!("{}: write stdin: {e}", self.what));
-        stdin.flush().expect("flush stdin");
-    }
-
-    /// Polls (every 5 ms) for the process to exit, stdin left as it is; returns when it did.
-    fn wait_exit_at(&mut self, timeout: Duration) -> (Instant, ExitStatus) {
-        if let Some(e) = self.exited {
-            return e;
-        }
-        let deadline = Instant::now() + timeout;
-        let exited = loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                break (Instant::now(), s);
-            }
-            if Instant::now() > deadline {
-                let text = self.text();
-                panic!(
-                    "{} still runs after {timeout:?}; it said:\n{text}",
-                    self.what
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        self.exited = Some(exited);
-        // The reader threads end at EOF.
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) => self.seen.push(l),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-        }
-        exited
-    }
-
-    /// Closes stdin and waits for the process to exit.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        self.stdin = None;
-        self.wait_exit_at(timeout).1
-    }
-
-    fn running(&mut self) -> bool {
-        self.exited.is_none() && matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn text(&mut self) -> String {
-        self.pump();
-        self.seen
-            .iter()
-            .map(|(_, e, l)| {
-                if *e {
-                    format!("[stderr] {l}")
-                } else {
-                    l.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = self.text();
-            eprintln!("--- {} said ---\n{text}", self.what);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// psql running `sqls` (`-c` each, each its own simple Query) in the background in `cg`.
 fn psql_bg(conn: &str, cg: &Cgroup, sqls: &[&str]) -> Bg {
     let mut cmd = psql_command(conn);
@@ -288,7 +112,7 @@ impl Wire {
             pg_wire_command("127.0.0.1", p.pg.port, jwt, "agentdb"),
             cg,
         ));
-        let (_, line) = w.0.wait_line(WAIT, |err, l| !err && l.starts_with('{'));
+        let (_, line) = w.0.wait_line_at(WAIT, |err, l| !err && l.starts_with('{'));
         let v: Value = serde_json::from_str(&line).expect("pg_wire.py prints JSON");
         assert_eq!(v["login"], true, "pg_wire.py login: {v}");
         w
@@ -299,7 +123,9 @@ impl Wire {
         self.0.send_line(&json!([["Q", sql]]).to_string());
         let mut got = Vec::new();
         loop {
-            let (_, line) = self.0.wait_line(WAIT, |err, l| !err && l.starts_with('{'));
+            let (_, line) = self
+                .0
+                .wait_line_at(WAIT, |err, l| !err && l.starts_with('{'));
             let v: Value = serde_json::from_str(&line).expect("pg_wire.py prints JSON");
             let done = v["msg"] == "Z" || v["eof"] == true;
             got.push(v);
@@ -319,7 +145,7 @@ impl Wire {
     fn wait_eof(&mut self, timeout: Duration) -> (Instant, String) {
         let (at, _) = self
             .0
-            .wait_line(timeout, |err, l| !err && l.contains("\"eof\""));
+            .wait_line_at(timeout, |err, l| !err && l.contains("\"eof\""));
         (at, self.0.text())
     }
 }
@@ -1795,7 +1621,7 @@ fn sessions_can_be_found_shown_and_replayed_and_the_record_exported() {
     );
     // A2: a DROP held for approval, approved through the CLI, then run.
     let mut c = psql_bg(&conn_a, &p.agent, &["DROP TABLE t"]);
-    c.wait_line(WAIT, |err, l| err && l.starts_with("NOTICE:"));
+    c.wait_line_at(WAIT, |err, l| err && l.starts_with("NOTICE:"));
     let pending: Value =
         serde_json::from_str(&approvals_ok(&p.gw, &["list", "--json"])).expect("list --json");
     let request = pending["requests"][0]["id"]
