@@ -511,26 +511,13 @@ fn approvals(socket: &std::path::Path, command: ApprovalsCommand) -> anyhow::Res
 /// A string field of an answer, made safe for a terminal: agent-controlled text (statements,
 /// names) cannot move the cursor or rewrite what an approver reads.
 fn field(v: &serde_json::Value, k: &str) -> String {
-    let mut out = String::new();
-    for c in v[k].as_str().unwrap_or("").chars() {
-        match c {
-            // A statement's own lines stay visibly inside its field: none can pass for a line
-            // of the output (a forged vote, say).
-            '\n' => out.push_str("\n           | "),
-            '\t' => out.push(c),
-            c if c.is_control() => out.extend(c.escape_unicode()),
-            c => out.push(c),
-        }
-    }
-    out
+    // A statement's own lines stay visibly inside its field: none can pass for a line of the
+    // output (a forged vote, say).
+    audit::print::escaped(v[k].as_str().unwrap_or(""), "\n           | ")
 }
 
 fn one_line(s: &str, max: usize) -> String {
-    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &flat[..i]),
-        None => flat,
-    }
+    audit::print::cut(&s.split_whitespace().collect::<Vec<_>>().join(" "), max)
 }
 
 fn show_request(r: &serde_json::Value) {

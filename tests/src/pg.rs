@@ -890,17 +890,37 @@ impl PgGateway {
         opts: &PgTargetOptions,
         gateway_args: &[&str],
     ) -> Self {
+        let args: Vec<String> = gateway_args.iter().map(|a| a.to_string()).collect();
+        Self::start_prepared(tag, listen, pg_port, pg_opts, opts, false, |_| args).0
+    }
+
+    /// The general start: `prepare` runs once the target server is up (with its `agentdb`)
+    /// and returns the extra `agentgate run` arguments. With `own_cgroup`, the gateway itself
+    /// runs in the managed cgroup `/<name>/job-gateway` (matched by the agents' workload),
+    /// returned with it.
+    pub fn start_prepared(
+        tag: &str,
+        listen: u16,
+        pg_port: u16,
+        pg_opts: PgOptions,
+        opts: &PgTargetOptions,
+        own_cgroup: bool,
+        prepare: impl FnOnce(&PgServer) -> Vec<String>,
+    ) -> (Self, Option<crate::Cgroup>) {
         crate::require_root();
         let name = crate::unique(tag);
         let anchor = crate::Cgroup::create(&format!("/{name}"));
         let agent = crate::Cgroup::create(&format!("/{name}/job-1"));
         let file_agent = crate::Cgroup::create(&format!("/{name}/svc-1"));
+        let own = own_cgroup.then(|| crate::Cgroup::create(&format!("/{name}/job-gateway")));
         let pg = PgServer::start(tag, pg_port, pg_opts);
         pg.create_db("agentdb");
         pg.sql_in(
             "agentdb",
             "CREATE TABLE items (id int PRIMARY KEY, name text, price float8, data bytea, tags text[], flag bool, at timestamptz);",
         );
+        let args = prepare(&pg);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let secret = std::env::temp_dir().join(format!("{name}-pg-secret"));
         fs::write(&secret, format!("{ROLE_PASSWORD}\n")).expect("write secret");
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod secret");
@@ -908,22 +928,25 @@ impl PgGateway {
         let gw = crate::Gateway::start_with_args(
             tag,
             &pg_policy(listen, &name, pg_port, &secret, &token.path, opts),
-            None,
-            gateway_args,
+            own.as_ref(),
+            &args,
         );
         gw.wait_classified(&agent.rel);
         gw.wait_classified(&file_agent.rel);
-        PgGateway {
-            gw,
-            agent,
-            file_agent,
-            anchor,
-            pg,
-            token,
-            secret,
-            name,
-            listen,
-        }
+        (
+            PgGateway {
+                gw,
+                agent,
+                file_agent,
+                anchor,
+                pg,
+                token,
+                secret,
+                name,
+                listen,
+            },
+            own,
+        )
     }
 
     /// This gateway's policy file with new options (the fixed parts unchanged).

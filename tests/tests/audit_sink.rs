@@ -395,64 +395,32 @@ fn gateway_in_managed_cgroup(
     pw: &Path,
     node: &str,
 ) -> (PgGateway, Cgroup) {
-    let name = unique(tag);
-    let anchor = Cgroup::create(&format!("/{name}"));
-    let agent = Cgroup::create(&format!("/{name}/job-1"));
-    let file_agent = Cgroup::create(&format!("/{name}/svc-1"));
-    let own = Cgroup::create(&format!("/{name}/job-gateway"));
-    let pg = PgServer::start(tag, pg_port, PgOptions::default());
-    pg.create_db("agentdb");
-    pg.sql_in(
-        "agentdb",
-        "CREATE TABLE items (id int PRIMARY KEY, name text, price float8, data bytea, tags text[], flag bool, at timestamptz);",
-    );
-    let conninfo = setup(&pg);
-    let secret = std::env::temp_dir().join(format!("{name}-pg-secret"));
-    fs::write(&secret, format!("{ROLE_PASSWORD}\n")).expect("write secret");
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod secret");
-    let token = TokenFile::valid(tag);
-    let policy = pg_policy(
-        listen,
-        &name,
-        pg_port,
-        &secret,
-        &token.path,
-        &PgTargetOptions::default(),
-    );
-    let gw = Gateway::start_with_args(
+    let (p, own) = PgGateway::start_prepared(
         tag,
-        &policy,
-        Some(&own),
-        &[
-            "--audit-sink",
-            &conninfo,
-            "--audit-sink-password-file",
-            pw.to_str().unwrap(),
-            "--node-name",
-            node,
-        ],
+        listen,
+        pg_port,
+        PgOptions::default(),
+        &PgTargetOptions::default(),
+        true,
+        |pg| {
+            let conninfo = setup(pg);
+            vec![
+                "--audit-sink".into(),
+                conninfo,
+                "--audit-sink-password-file".into(),
+                pw.to_str().unwrap().into(),
+                "--node-name".into(),
+                node.into(),
+            ]
+        },
     );
-    let ev = gw.wait_classified(&own.rel);
+    let own = own.expect("the gateway's own cgroup");
+    let ev = p.gw.wait_classified(&own.rel);
     assert_eq!(
         ev["workload"], "sql-agents",
         "the gateway's cgroup is managed: {ev}"
     );
-    gw.wait_classified(&agent.rel);
-    gw.wait_classified(&file_agent.rel);
-    (
-        PgGateway {
-            gw,
-            agent,
-            file_agent,
-            anchor,
-            pg,
-            token,
-            secret,
-            name,
-            listen,
-        },
-        own,
-    )
+    (p, own)
 }
 
 #[test]

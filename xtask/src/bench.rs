@@ -272,19 +272,7 @@ fn postgres(secs: u64, reps: usize) -> anyhow::Result<()> {
         PgOptions::default(),
         &PgTargetOptions::default(),
     );
-    p.pg.create_db(PG_BENCH_DB);
-    let init = pgbench_command("127.0.0.1", p.pg.port, "postgres", PG_BENCH_DB)
-        .args(["-i", "-s", "1", "-q"])
-        .env("PGPASSWORD", SUPERUSER_PASSWORD)
-        .output()
-        .context("run pgbench -i")?;
-    if !init.status.success() {
-        bail!(
-            "pgbench -i -s 1 failed ({}):\n{}",
-            init.status,
-            output_text(&init)
-        );
-    }
+    pgbench_init(&p.pg, PG_BENCH_DB)?;
     p.pg.sql_in(
         PG_BENCH_DB,
         &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE_SCRAM};"),
@@ -494,6 +482,24 @@ fn pgbench(p: &PgGateway, via: Via, args: &[String]) -> anyhow::Result<PgRun> {
 }
 
 /// The number after `prefix` at the start of a line of pgbench's report.
+/// A new database `db` with pgbench's tables at scale 1.
+pub(crate) fn pgbench_init(pg: &agentgate_tests::pg::PgServer, db: &str) -> anyhow::Result<()> {
+    pg.create_db(db);
+    let init = pgbench_command("127.0.0.1", pg.port, "postgres", db)
+        .args(["-i", "-s", "1", "-q"])
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .output()
+        .context("run pgbench -i")?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i -s 1 failed ({}):\n{}",
+            init.status,
+            output_text(&init)
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn stat(report: &str, prefix: &str) -> Option<f64> {
     report
         .lines()

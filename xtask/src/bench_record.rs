@@ -17,7 +17,7 @@ use std::{
 
 use agentgate_tests::{
     mint, now,
-    pg::{pgbench_command, PgGateway, PgOptions, PgTargetOptions, SUPERUSER_PASSWORD},
+    pg::{pgbench_command, PgGateway, PgOptions, PgTargetOptions},
     place,
 };
 use anyhow::{bail, Context};
@@ -124,19 +124,7 @@ pub fn recording(secs: u64, reps: usize) -> anyhow::Result<()> {
     if durable != "fsync=on, full_page_writes=on, synchronous_commit=on" {
         bail!("PostgreSQL did not take the durable settings: {durable}");
     }
-    p.pg.create_db(BENCH_DB);
-    let init = pgbench_command("127.0.0.1", p.pg.port, "postgres", BENCH_DB)
-        .args(["-i", "-s", "1", "-q"])
-        .env("PGPASSWORD", SUPERUSER_PASSWORD)
-        .output()
-        .context("run pgbench -i")?;
-    if !init.status.success() {
-        bail!(
-            "pgbench -i -s 1 failed ({}):\n{}",
-            init.status,
-            output_text(&init)
-        );
-    }
+    crate::bench::pgbench_init(&p.pg, BENCH_DB)?;
     // create_db gives the agentgate_* roles every privilege on the tables created in it.
     p.pg.sql_in(
         BENCH_DB,

@@ -185,52 +185,36 @@ async fn timeout_expires_and_dropping_the_hold_cancels() {
 async fn deny_and_retry_lets_the_identical_statement_through_once() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir.path().join("r.db"));
-    let first = match a
-        .submit(new(Mode::DenyAndRetry, 1, Duration::from_secs(60), "same"))
+    // What a deny_and_retry submission of statement `key` gets: "pass" or "refused", and the
+    // request it names.
+    let retry = |key: &str| match a
+        .submit(new(Mode::DenyAndRetry, 1, Duration::from_secs(60), key))
         .unwrap()
     {
-        Gate::Refused(r) => r,
-        _ => panic!("refused at once"),
+        Gate::Pass(r) => ("pass", r.id),
+        Gate::Refused(r) => ("refused", r.id),
+        Gate::Held(_) => panic!("deny_and_retry never holds"),
     };
+    let (gate, first) = retry("same");
+    assert_eq!(gate, "refused", "refused at once");
     // Retried before a decision: the same request, no second one.
-    match a
-        .submit(new(Mode::DenyAndRetry, 1, Duration::from_secs(60), "same"))
-        .unwrap()
-    {
-        Gate::Refused(r) => assert_eq!(r.id, first.id),
-        _ => panic!("still pending"),
-    }
+    assert_eq!(retry("same"), ("refused", first.clone()));
     // Another statement is another request.
-    match a
-        .submit(new(Mode::DenyAndRetry, 1, Duration::from_secs(60), "other"))
-        .unwrap()
-    {
-        Gate::Refused(r) => assert_ne!(r.id, first.id),
-        _ => panic!("refused"),
-    }
-    a.decide(
-        &first.id,
-        &person("alice", &["dba"]),
-        Verdict::Approve,
-        None,
-    )
-    .unwrap();
-    match a
-        .submit(new(Mode::DenyAndRetry, 1, Duration::from_secs(60), "same"))
-        .unwrap()
-    {
-        Gate::Pass(r) => assert_eq!(r.id, first.id),
-        _ => panic!("approved retry passes"),
-    }
-    // Once only.
-    match a
-        .submit(new(Mode::DenyAndRetry, 1, Duration::from_secs(60), "same"))
-        .unwrap()
-    {
-        Gate::Refused(r) => assert_ne!(r.id, first.id),
-        _ => panic!("a second use is a new request"),
-    }
-    assert!(a.get(&first.id).unwrap().retry_used_ms.is_some());
+    let (gate, other) = retry("other");
+    assert_eq!(gate, "refused");
+    assert_ne!(other, first);
+    a.decide(&first, &person("alice", &["dba"]), Verdict::Approve, None)
+        .unwrap();
+    assert_eq!(
+        retry("same"),
+        ("pass", first.clone()),
+        "approved retry passes"
+    );
+    // Once only: a second use is a new request.
+    let (gate, again) = retry("same");
+    assert_eq!(gate, "refused");
+    assert_ne!(again, first);
+    assert!(a.get(&first).unwrap().retry_used_ms.is_some());
 }
 
 #[tokio::test]

@@ -50,10 +50,16 @@ pub fn cell(v: &Value) -> String {
 
 /// Agent-controlled text for one line of a terminal.
 pub fn safe(s: &str) -> String {
+    escaped(s, "\\n")
+}
+
+/// Agent-controlled text for a terminal: control characters escaped (nothing can move the
+/// cursor or rewrite what is on screen), each newline written as `newline`.
+pub fn escaped(s: &str, newline: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
-            '\n' => out.push_str("\\n"),
+            '\n' => out.push_str(newline),
             '\t' => out.push(' '),
             c if c.is_control() => out.extend(c.escape_unicode()),
             c => out.push(c),

@@ -138,15 +138,19 @@ impl Kept {
 fn shown(v: &[u8]) -> String {
     match std::str::from_utf8(v) {
         Ok(s) if !s.contains(|c: char| c.is_control() && c != '\n' && c != '\t') => s.to_string(),
-        _ => {
-            let mut h = String::with_capacity(2 + v.len() * 2);
-            h.push_str("\\x");
-            for b in v {
-                h.push_str(&format!("{b:02x}"));
-            }
-            h
-        }
+        _ => bytea_hex(v),
     }
+}
+
+/// Bytes as PostgreSQL writes a bytea: `\\x` and two hex digits each.
+fn bytea_hex(v: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut h = String::with_capacity(2 + v.len() * 2);
+    h.push_str("\\x");
+    for b in v {
+        let _ = write!(h, "{b:02x}");
+    }
+    h
 }
 
 impl SessionContext<'_> {
@@ -1499,12 +1503,7 @@ fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Params, CodecE
         let value = masked.as_deref().unwrap_or(value);
         let cut = &value[..value.len().min(PARAM_CAP)];
         let mut s = if binary {
-            let mut h = String::with_capacity(2 + cut.len() * 2);
-            h.push_str("\\x");
-            for b in cut {
-                h.push_str(&format!("{b:02x}"));
-            }
-            h
+            bytea_hex(cut)
         } else {
             String::from_utf8_lossy(cut).into_owned()
         };
