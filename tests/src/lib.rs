@@ -558,7 +558,12 @@ impl Gateway {
             .arg("--record-db")
             .arg(self.record_db())
             .args(&self.extra_args)
-            .env("AGENTGATE_LOG", "info,agentgate=debug")
+            // Tests read the gateway's debug lines when they fail; benchmarks ask for less.
+            .env(
+                "AGENTGATE_LOG",
+                std::env::var("AGENTGATE_TEST_GATEWAY_LOG")
+                    .unwrap_or_else(|_| "info,agentgate=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(

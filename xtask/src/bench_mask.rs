@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::{
     bench::{median, min_max},
+    report::md,
     util,
 };
 
@@ -222,12 +223,7 @@ fn query(rows: u64, n: u64) -> String {
 /// Writes the policy and starts the gateway again: a fresh process, so its VmHWM is this run's.
 fn fresh_gateway(p: &mut PgGateway, policy: &str) -> anyhow::Result<()> {
     fs::write(p.gw.policy_dir().join("policy.yaml"), policy).context("write the policy")?;
-    let rel = p.agent.rel.clone();
-    let is_agent = |e: &Value| e["event"] == "cgroup" && e["cgroup"] == rel.as_str();
-    let before = p.gw.events().iter().filter(|e| is_agent(e)).count();
-    p.gw.restart();
-    p.gw.wait_for(Duration::from_secs(15), is_agent, before);
-    Ok(())
+    crate::bench_pg::fresh_gateway(p, false)
 }
 
 /// One `bench-stream` run of `query`, directly or from the agent cgroup through the gateway.
@@ -251,10 +247,10 @@ fn stream(
     if gw_pid.is_some() {
         place(&mut cmd, Some(&p.agent), None);
     }
-    let before = gw_pid.map(proc_stats).transpose()?;
+    let before = gw_pid.map(util::proc_stats).transpose()?;
     let what = format!("bench-stream {protocol} {query:?} ({})", path.label());
     let out = cmd.output().with_context(|| format!("run {what}"))?;
-    let after = gw_pid.map(proc_stats).transpose()?;
+    let after = gw_pid.map(util::proc_stats).transpose()?;
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "{what} printed {:?}, stderr {:?}",
@@ -284,7 +280,7 @@ fn stream(
             .unwrap_or_default(),
         gateway: before
             .zip(after)
-            .map(|(b, a)| (b.rss_kib, a.hwm_kib, a.cpu_secs - b.cpu_secs)),
+            .map(|(b, a)| (b.rss_kib, a.hwm_kib, a.cpu_secs() - b.cpu_secs())),
     })
 }
 
@@ -328,50 +324,13 @@ fn check(run: &Run, path: Contender, n: u64, protocol: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// A gateway process's memory (KiB) and CPU time, from /proc.
-struct ProcStats {
-    rss_kib: u64,
-    hwm_kib: u64,
-    cpu_secs: f64,
-}
-
-fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status (did the gateway exit?)"))?;
-    let kib = |key: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no {key} in /proc/{pid}/status"))
-    };
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the `(comm)`: state is field 3, utime 14, stime 15 (in USER_HZ = 100/s).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        fields
-            .get(i - 3)
-            .and_then(|n| n.parse::<f64>().ok())
-            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
-    };
-    Ok(ProcStats {
-        rss_kib: kib("VmRSS:")?,
-        hwm_kib: kib("VmHWM:")?,
-        cpu_secs: (ticks(14)? + ticks(15)?) / 100.0,
-    })
-}
-
 fn print(results: &[[Vec<Run>; 3]], cases: &[(usize, u64)], rows: u64, reps: usize) {
     let mib = |kib: f64| kib / 1024.0;
-    println!(
+    md!(
         "\n### masking: `SELECT * FROM wide` streamed, direct vs through agentgate without and \
          with mask rules ({reps} repetitions)\n"
     );
-    println!(
+    md!(
         "Table `wide`: {rows} rows of id bigint, name, email, card_number, ssn, phone, notes \
          (~100 bytes; an email address in every 10th row), created timestamptz; the smaller \
          result is `SELECT * FROM wide LIMIT {}`. Client: bench-stream (tokio-postgres, reads \
@@ -388,9 +347,9 @@ fn print(results: &[[Vec<Run>; 3]], cases: &[(usize, u64)], rows: u64, reps: usi
     );
     let mut summary = Vec::new();
     for (f, (label, _)) in FORMATS.iter().enumerate() {
-        println!("\n#### {label}\n");
-        println!("| rows | path | rows/s (median) | rows/s min–max | MB/s (median) | query s (median) | gateway CPU s (median) | gateway RSS idle MiB (median) | gateway peak RSS MiB (median) | peak min–max | rows/s ratio to direct |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        md!("\n#### {label}\n");
+        md!("| rows | path | rows/s (median) | rows/s min–max | MB/s (median) | query s (median) | gateway CPU s (median) | gateway RSS idle MiB (median) | gateway peak RSS MiB (median) | peak min–max | rows/s ratio to direct |");
+        md!("|---|---|---|---|---|---|---|---|---|---|---|");
         for (c, &(_, n)) in cases.iter().enumerate().filter(|(_, c)| c.0 == f) {
             let runs = &results[c];
             let rate = |r: &Run| r.rows as f64 / r.secs;
@@ -422,7 +381,7 @@ fn print(results: &[[Vec<Run>; 3]], cases: &[(usize, u64)], rows: u64, reps: usi
                     )
                 };
                 line.1[path as usize] = r / base;
-                println!(
+                md!(
                     "| {n} | {} | {r:.0} | {lo:.0}–{hi:.0} | {mbs:.0} | {secs:.2} | {cpu} | {idle} | {peak} | {peak_range} | {:.2} |",
                     path.label(),
                     r / base
@@ -431,15 +390,15 @@ fn print(results: &[[Vec<Run>; 3]], cases: &[(usize, u64)], rows: u64, reps: usi
             summary.push((f, line));
         }
     }
-    println!("\n#### ratios of rows/s, and the gateway's peak RSS by result size\n");
-    println!("| format | rows | no mask rule / direct | mask rules / direct | mask rules / no mask rule | peak RSS MiB, no mask rule | peak RSS MiB, mask rules |");
-    println!("|---|---|---|---|---|---|---|");
+    md!("\n#### ratios of rows/s, and the gateway's peak RSS by result size\n");
+    md!("| format | rows | no mask rule / direct | mask rules / direct | mask rules / no mask rule | peak RSS MiB, no mask rule | peak RSS MiB, mask rules |");
+    md!("|---|---|---|---|---|---|---|");
     for (f, (n, ratio, peak)) in summary {
         let format = FORMATS[f]
             .1
             .replace("simple", "text")
             .replace("extended", "binary");
-        println!(
+        md!(
             "| {format} | {n} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
             ratio[1],
             ratio[2],
@@ -448,19 +407,82 @@ fn print(results: &[[Vec<Run>; 3]], cases: &[(usize, u64)], rows: u64, reps: usi
             peak[2]
         );
     }
+    goals(results, cases);
     // What the agent received: the first row, text format, direct vs with the mask rules.
     if let (Some(direct), Some(masked)) = (results[0][0].first(), results[0][2].first()) {
-        println!(
-            "\nThe first row in text format, direct and as received through the mask rules:\n"
-        );
-        println!("| column | direct | through agentgate, mask rules |");
-        println!("|---|---|---|");
+        md!("\nThe first row in text format, direct and as received through the mask rules:\n");
+        md!("| column | direct | through agentgate, mask rules |");
+        md!("|---|---|---|");
         let show = |v: &Value| match v {
             Value::String(s) => s.clone(),
             v => v.to_string(),
         };
         for (k, v) in &direct.first_row {
-            println!("| {k} | {} | {} |", show(v), show(&first_value(masked, k)));
+            md!("| {k} | {} | {} |", show(v), show(&first_value(masked, k)));
+        }
+    }
+}
+
+/// The masking goals: at least 1M rows per second per core with the mask rules (rows ÷ the
+/// gateway's CPU seconds), and the gateway's peak memory flat in the result size.
+fn goals(results: &[[Vec<Run>; 3]], cases: &[(usize, u64)]) {
+    md!("\n#### against the goals\n");
+    md!("| goal | format | figure | goal met | gap |");
+    md!("|---|---|---|---|---|");
+    for (f, (_, protocol)) in FORMATS.iter().enumerate() {
+        let format = if *protocol == "simple" {
+            "text"
+        } else {
+            "binary"
+        };
+        let masked: Vec<(u64, &Vec<Run>)> = cases
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.0 == f)
+            .map(|(c, &(_, n))| (n, &results[c][Contender::Masked as usize]))
+            .collect();
+        let gateway = |runs: &Vec<Run>, pick: fn(&(u64, u64, f64)) -> f64| {
+            median(
+                runs.iter()
+                    .filter_map(|r| r.gateway.as_ref())
+                    .map(pick)
+                    .collect(),
+            )
+        };
+        if let Some((n, runs)) = masked.iter().max_by_key(|(n, _)| *n) {
+            let cpu = gateway(runs, |g| g.2);
+            let per_core = *n as f64 / cpu;
+            md!(
+                "| ≥ 1M rows/s per core, mask rules | {format}, {n} rows | {per_core:.0} rows per \
+                 gateway CPU-second ({:.2} µs of gateway CPU per row) | {} | {} |",
+                cpu * 1e6 / *n as f64,
+                if per_core >= 1e6 { "yes" } else { "no" },
+                if per_core >= 1e6 {
+                    "—".to_string()
+                } else {
+                    format!("{:.0} % short", (1.0 - per_core / 1e6) * 100.0)
+                }
+            );
+        }
+        if let (Some((big_n, big)), Some((small_n, small))) = (
+            masked.iter().max_by_key(|(n, _)| *n),
+            masked.iter().min_by_key(|(n, _)| *n),
+        ) {
+            let (hi, lo) = (gateway(big, |g| g.1 as f64), gateway(small, |g| g.1 as f64));
+            // Flat: five times the rows may not cost more than 10 % (or 2 MiB) more memory.
+            let flat = hi <= (lo * 1.1).max(lo + 2048.0);
+            md!(
+                "| peak RSS flat in the result size, mask rules | {format} | {:.1} MiB at \
+                 {small_n} rows, {:.1} MiB at {big_n} rows | {} | {} |",
+                lo / 1024.0,
+                hi / 1024.0,
+                if flat { "yes" } else { "no" },
+                if flat {
+                    "—".to_string()
+                } else {
+                    format!("{:.1} MiB more", (hi - lo) / 1024.0)
+                }
+            );
         }
     }
 }

@@ -23,7 +23,11 @@ use agentgate_tests::{
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::bench::{median, min_max, output_text, stat};
+use crate::{
+    bench::{median, min_max, output_text},
+    bench_pg::{pgbench_report, PgRun},
+    report::md,
+};
 
 /// Gateway listener and PostgreSQL ports of this section (bench only).
 const LISTEN_PORT: u16 = 7450;
@@ -124,7 +128,7 @@ pub fn recording(secs: u64, reps: usize) -> anyhow::Result<()> {
     if durable != "fsync=on, full_page_writes=on, synchronous_commit=on" {
         bail!("PostgreSQL did not take the durable settings: {durable}");
     }
-    crate::bench::pgbench_init(&p.pg, BENCH_DB)?;
+    crate::bench_pg::pgbench_init(&p.pg, BENCH_DB)?;
     // create_db gives the agentgate_* roles every privilege on the tables created in it.
     p.pg.sql_in(
         BENCH_DB,
@@ -233,33 +237,12 @@ fn run_once(p: &mut PgGateway, rec: Recording, w: &Workload, secs: u64) -> anyho
     let out = cmd.output().with_context(|| format!("run {what}"))?;
     let wall = t0.elapsed().as_secs_f64();
     let end = counts(&db)?;
-    let text = output_text(&out);
-    if !out.status.success() {
-        bail!("{what} failed ({}):\n{text}", out.status);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let tps = stat(&stdout, "tps = ").with_context(|| format!("{what} printed no tps:\n{text}"))?;
-    let latency_ms = stat(&stdout, "latency average = ")
-        .with_context(|| format!("{what} printed no average latency:\n{text}"))?;
-    let transactions = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|r| r.split('/').next())
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    if transactions == 0 || tps.is_nan() || tps <= 0.0 {
-        bail!("{what} processed no transactions:\n{text}");
-    }
-    if let Some(failed) = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-    {
-        if failed > 0 {
-            bail!("{what}: {failed} transactions failed:\n{text}");
-        }
-    }
+    let PgRun {
+        tps,
+        latency_ms,
+        transactions,
+        ..
+    } = pgbench_report(&out, &what)?;
 
     // SIGTERM: the gateway drains, its recorder flushes, SQLite folds the WAL into the file.
     if p.gw.terminate(Duration::from_secs(30)).is_none() {
@@ -341,10 +324,10 @@ fn print(
     version: &str,
     fs_type: &str,
 ) {
-    println!(
+    md!(
         "\n### recording: the audit writer in the loop vs recording off ({reps} repetitions of {secs} s)\n"
     );
-    println!(
+    md!(
         "{version}, scale 1, {CLIENTS} clients (`-c {CLIENTS} -j 2 -M simple -T {secs}`), from the \
          agent cgroup through agentgate (JWT as the password), server and gateway on loopback. \
          PostgreSQL made durable for this section (fsync, synchronous_commit, full_page_writes \
@@ -359,9 +342,9 @@ fn print(
          pgbench ran ÷ its wall time; records per statement and DB size (its WAL checkpointed) \
          count the whole run after the gateway stopped (session records included). Medians over repetitions."
     );
-    println!();
-    println!("| workload | recording | TPS (median) | TPS min–max | latency avg ms (median) | TPS ratio on/off | statements/s (median) | records/s written (median) | records/s min–max | records per statement | record DB bytes per 1000 statements |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    md!();
+    md!("| workload | recording | TPS (median) | TPS min–max | latency avg ms (median) | TPS ratio on/off | statements/s (median) | records/s written (median) | records/s min–max | records per statement | record DB bytes per 1000 statements |");
+    md!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut sent = 0u64;
     let mut on_record = 0u64;
     for (k, w) in workloads.iter().enumerate() {
@@ -408,7 +391,7 @@ fn print(
             } else {
                 ("—".into(), "—".into(), "—".into())
             };
-            println!(
+            md!(
                 "| {} | {} | {tps:.0} | {lo:.0}–{hi:.0} | {lat:.3} | {ratio} | {stmts:.0} | {rps:.0} | {rlo:.0}–{rhi:.0} | {per_stmt} | {per_1000} |",
                 w.label,
                 rec.label()
@@ -425,7 +408,7 @@ fn print(
         .flat_map(|r| r[Recording::On as usize].iter())
         .map(|r| r.intents)
         .sum();
-    println!(
+    md!(
         "\nRecording on, all runs: the transactions pgbench completed hold {sent} statements; \
          {on_record} statements are on record{} ({intents} intents of privileged statements \
          besides). Recording off: {off_records} records in its record DBs.",
@@ -434,6 +417,35 @@ fn print(
         } else {
             " — FEWER THAN SENT"
         }
+    );
+    // What the writer adds to each transaction's wait: privileged statements wait for their
+    // intent's group commit (SQLite, synchronous=FULL) before they are forwarded; reads wait
+    // for no commit.
+    let added: Vec<String> = workloads
+        .iter()
+        .enumerate()
+        .map(|(k, w)| {
+            let lat = |rec: Recording| {
+                median(
+                    results[k][rec as usize]
+                        .iter()
+                        .map(|r| r.latency_ms)
+                        .collect(),
+                )
+            };
+            format!(
+                "{}: {:+.3} ms ({:.3} vs {:.3})",
+                w.label,
+                lat(Recording::On) - lat(Recording::Off),
+                lat(Recording::On),
+                lat(Recording::Off)
+            )
+        })
+        .collect();
+    md!(
+        "\nAdded average latency per transaction, recording on − off (a privileged statement \
+         is forwarded once its intent's group commit is on disk; reads wait for no commit): {}.",
+        added.join("; ")
     );
 }
 

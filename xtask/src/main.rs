@@ -1,9 +1,12 @@
 //! Project tasks: `cargo xtask setup | test | demo | bench`.
 
+mod baselines;
 mod bench;
 mod bench_mask;
+mod bench_pg;
 mod bench_record;
 mod demo;
+mod report;
 mod setup;
 mod util;
 
@@ -28,9 +31,9 @@ enum Task {
     },
     /// Show an agent in a fresh cgroup going through the gateway (needs root).
     Demo,
-    /// Side-by-side measurements: connect() latency, relay throughput, pgbench direct vs
-    /// through the gateway, result streaming with and without masking, pgbench with the audit
-    /// writer vs recording off (needs root).
+    /// Side-by-side measurements written into docs/benchmarks.md: connect() latency, relay
+    /// throughput, pgbench direct vs HAProxy vs PgBouncer vs agentgate, result streaming with
+    /// and without masking, the audit writer vs recording off (needs root).
     Bench(bench::Options),
 }
 

@@ -26,6 +26,11 @@ const APT_PACKAGES: &[&str] = &[
     // psycopg 3 for /usr/bin/python3, which any uid can run (tests/fixtures/pg_client.py as a
     // non-root agent); root's `python3` may be another interpreter, see PIP_PACKAGES.
     "python3-psycopg",
+    // `cargo xtask bench`: the proxies agentgate is measured against, and `perf` for its
+    // profile of the gateway.
+    "haproxy",
+    "pgbouncer",
+    "linux-perf",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[

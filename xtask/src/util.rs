@@ -1,4 +1,5 @@
 use std::{
+    fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -58,4 +59,50 @@ pub fn require_root(what: &str) -> anyhow::Result<()> {
         bail!("{what} loads eBPF programs and creates cgroups: run it as root (sudo -E cargo xtask ...)");
     }
     Ok(())
+}
+
+/// A process's memory (KiB) and CPU time, from /proc.
+pub struct ProcStats {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    /// User and system CPU seconds.
+    pub user_secs: f64,
+    pub system_secs: f64,
+}
+
+impl ProcStats {
+    pub fn cpu_secs(&self) -> f64 {
+        self.user_secs + self.system_secs
+    }
+}
+
+pub fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status (did it exit?)"))?;
+    let kib = |key: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15 (in USER_HZ = 100/s).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i - 3)
+            .and_then(|n| n.parse::<f64>().ok())
+            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
+    };
+    Ok(ProcStats {
+        rss_kib: kib("VmRSS:")?,
+        hwm_kib: kib("VmHWM:")?,
+        user_secs: ticks(14)? / 100.0,
+        system_secs: ticks(15)? / 100.0,
+    })
 }
