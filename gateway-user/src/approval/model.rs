@@ -196,6 +196,13 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether this request's approval counts under `rule` as the policy states it now: the
+    /// same rule and approvers, and at least today's quorum. A policy that asks more of it,
+    /// or other people, needs a new request.
+    pub fn covered_by(&self, rule: &str, spec: &ApprovalSpec) -> bool {
+        self.rule == rule && self.approvers == spec.approvers && self.quorum >= spec.quorum
+    }
+
     /// Distinct approvers who approved.
     pub fn approvals(&self) -> usize {
         let mut seen: Vec<(&str, &str)> = Vec::new();

@@ -116,8 +116,6 @@ impl Approvals {
                         &r.id,
                         State::Cancelled,
                         "the gateway restarted while the statement was held".into(),
-                        "cancelled",
-                        "gateway".into(),
                     );
                 }
                 Mode::DenyAndRetry => self.expire_at(r.id.clone(), r.expires_ms),
@@ -139,12 +137,7 @@ impl Approvals {
             // Under one lock: two retries racing must not both use one approval.
             let mut store = self.store();
             for mut r in store.by_retry_key(&new.retry_key)? {
-                // An approval counts for the rule, approvers and quorum it was given under;
-                // a policy that now asks more of it (or other people) needs a new request.
-                let same_terms = r.mode == Mode::DenyAndRetry
-                    && r.rule == new.rule
-                    && r.approvers == new.spec.approvers
-                    && r.quorum >= new.spec.quorum;
+                let same_terms = r.mode == Mode::DenyAndRetry && r.covered_by(&new.rule, &new.spec);
                 match r.state {
                     State::Approved
                         if same_terms
@@ -298,13 +291,7 @@ impl Approvals {
         let now = now_ms();
         if now >= r.expires_ms {
             drop(store);
-            self.finish(
-                id,
-                State::Expired,
-                expired_reason(&r),
-                "expired",
-                "gateway".into(),
-            );
+            self.finish(id, State::Expired, expired_reason(&r));
             return Err(ApprovalError::NotPending(id.to_string(), "expired"));
         }
         if verdict == Verdict::Approve
@@ -368,13 +355,7 @@ impl Approvals {
 
     /// Cancels a pending request (its session ended, the agent left).
     pub fn cancel(&self, id: &str, why: &str) {
-        self.finish(
-            id,
-            State::Cancelled,
-            why.to_string(),
-            "cancelled",
-            "gateway".into(),
-        );
+        self.finish(id, State::Cancelled, why.to_string());
     }
 
     pub fn get(&self, id: &str) -> Result<Request, ApprovalError> {
@@ -420,14 +401,17 @@ impl Approvals {
                     Ok(r) if r.state == State::Pending => expired_reason(&r),
                     _ => return,
                 };
-                this.finish(&id, State::Expired, reason, "expired", "gateway".into());
+                this.finish(&id, State::Expired, reason);
             }
         });
     }
 
     /// Ends a pending request without a vote (expiry, cancellation). A request already decided
     /// stays as it is.
-    fn finish(&self, id: &str, state: State, reason: String, event: &str, actor: String) {
+    /// Ends a pending request as `state` (an outcome only the gateway decides: expired or
+    /// cancelled), with the event of the same name.
+    fn finish(&self, id: &str, state: State, reason: String) {
+        let (event, actor) = (state.as_str(), "gateway".to_string());
         let mut store = self.store();
         let mut r = match store.get(id) {
             Ok(Some(r)) if r.state == State::Pending => r,

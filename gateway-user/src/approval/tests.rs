@@ -217,11 +217,20 @@ async fn deny_and_retry_lets_the_identical_statement_through_once() {
     assert!(a.get(&first).unwrap().retry_used_ms.is_some());
 }
 
-#[tokio::test]
-async fn a_restart_cancels_held_requests_and_keeps_retry_ones() {
+#[test]
+fn a_restart_cancels_held_requests_and_keeps_retry_ones() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
-    let (hold_id, retry_id) = {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The first life runs on a runtime of its own, dropped with its timers as a dying process
+    // loses them: only the second life's resume() can expire the retry request.
+    let first = runtime();
+    let (hold_id, retry_id) = first.block_on(async {
         let a = open(&db);
         let h = held(
             a.submit(new(Mode::Hold, 1, Duration::from_secs(60), "h"))
@@ -238,13 +247,16 @@ async fn a_restart_cancels_held_requests_and_keeps_retry_ones() {
         // The process dies with the statement held: no cancellation is written.
         std::mem::forget(h);
         (id, r.id)
-    };
-    let a = open(&db);
-    a.resume().unwrap();
-    let h = a.get(&hold_id).unwrap();
-    assert_eq!(h.state, State::Cancelled);
-    assert!(h.reason.unwrap().contains("restarted"));
-    assert_eq!(a.get(&retry_id).unwrap().state, State::Pending);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(a.get(&retry_id).unwrap().state, State::Expired);
+    });
+    drop(first);
+    runtime().block_on(async {
+        let a = open(&db);
+        a.resume().unwrap();
+        let h = a.get(&hold_id).unwrap();
+        assert_eq!(h.state, State::Cancelled);
+        assert!(h.reason.unwrap().contains("restarted"));
+        assert_eq!(a.get(&retry_id).unwrap().state, State::Pending);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(a.get(&retry_id).unwrap().state, State::Expired);
+    });
 }

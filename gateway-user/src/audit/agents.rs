@@ -7,24 +7,10 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use super::AuditError;
+use crate::proxy::revocations;
 
 pub fn list(conn: &Connection, now_ms: i64) -> Result<Vec<Value>, AuditError> {
-    let revocations: Vec<Value> = {
-        let exists: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'revocations'",
-            [],
-            |r| r.get(0),
-        )?;
-        if exists {
-            let mut s = conn.prepare("SELECT revocation FROM revocations")?;
-            let rows = s.query_map([], |r| r.get::<_, String>(0))?;
-            rows.filter_map(|r| r.ok())
-                .filter_map(|r| serde_json::from_str(&r).ok())
-                .collect()
-        } else {
-            Vec::new()
-        }
-    };
+    let revocations = revocations::read_all(conn)?;
     let mut stmt = conn.prepare(
         "SELECT s.workload, s.issuer, s.subject,
                 min(s.started_ms), max(coalesce(s.ended_ms, ?1)), max(s.token_expires_ms),
@@ -70,10 +56,9 @@ pub fn list(conn: &Connection, now_ms: i64) -> Result<Vec<Value>, AuditError> {
             priv_,
             denied,
         ) = row?;
-        let revoked = revocations.iter().find(|r| {
-            let m = |k: &str, v: &str| r[k].as_str().is_none_or(|x| x == v);
-            m("subject", &subject) && m("issuer", &issuer) && m("workload", &workload)
-        });
+        let revoked = revocations
+            .iter()
+            .find(|r| r.covers(&issuer, &subject, &workload));
         let status = if revoked.is_some() {
             "revoked"
         } else if live > 0 {

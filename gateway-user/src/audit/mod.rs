@@ -79,7 +79,7 @@ pub fn parse_since(s: &str, now_ms: i64) -> Result<i64, AuditError> {
         ))
     };
     let duration = s.len() > 1
-        && s.ends_with(['s', 'm', 'h', 'd', 'w'])
+        && s.ends_with(['s', 'm', 'h', 'd'])
         && s[..s.len() - 1].bytes().all(|b| b.is_ascii_digit());
     if let Some(unit) = s.chars().last().filter(|_| duration) {
         let n: i64 = s[..s.len() - 1].parse().map_err(|_| bad())?;

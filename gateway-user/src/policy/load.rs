@@ -557,7 +557,7 @@ impl Merger {
             let targets = (!r.targets.iter().any(|t| t == "*")).then_some(r.targets);
             let approval = r
                 .approval
-                .map(|a| std::sync::Arc::new(self.approval_spec(&file, &r.name, r.effect, a)));
+                .map(|a| std::sync::Arc::new(self.approval_spec(&file, &r.name, a)));
             let statements = r
                 .statements
                 .map(|s| self.statement_match(&file, &r.name, r.effect, approval.is_some(), s));
@@ -725,10 +725,8 @@ impl Merger {
         &mut self,
         file: &Path,
         rule: &str,
-        effect: super::model::Effect,
         a: ApprovalDoc,
     ) -> crate::approval::ApprovalSpec {
-        let _ = effect; // checked with the rule's statements
         let mut bad = |what: String| self.problem(file, format!("rule `{rule}`: {what}"));
         if a.approvers.is_empty() || a.approvers.iter().any(|g| g.is_empty()) {
             bad("`approval.approvers` must name at least one group, none empty".into());
@@ -998,7 +996,15 @@ fn glob_ci(pattern: &str) -> Result<GlobMatcher, globset::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{rules::Statement, Decision, Who};
+    use crate::policy::{Decision, Statement, Who};
+
+    /// An agent of the `ci` workload with no groups (the statement and mask rule tests).
+    const CI_AGENT: Who<'static> = Who {
+        issuer: "https://idp.test",
+        subject: "a",
+        groups: &[],
+        workload: "ci",
+    };
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();
@@ -1305,13 +1311,7 @@ mod tests {
         );
         write(&d, "e-pg.yaml", PG_TARGET);
         let p = load_dir(&d).unwrap();
-        let groups = vec![];
-        let who = Who {
-            issuer: "https://idp.test",
-            subject: "a",
-            groups: &groups,
-            workload: "ci",
-        };
+        let who = CI_AGENT;
         // Mask rules play no part in the connection decision.
         assert_eq!(
             p.decide(&who, "pg"),
@@ -1346,13 +1346,7 @@ mod tests {
         );
         write(&d, "e-pg.yaml", PG_TARGET);
         let p = load_dir(&d).unwrap();
-        let groups = vec![];
-        let who = Who {
-            issuer: "https://idp.test",
-            subject: "a",
-            groups: &groups,
-            workload: "ci",
-        };
+        let who = CI_AGENT;
         assert_eq!(
             p.decide(&who, "pg"),
             Decision::Allow {
@@ -1547,13 +1541,7 @@ mod tests {
         );
         write(&d, "e-pg.yaml", PG_TARGET);
         let p = load_dir(&d).unwrap();
-        let groups = vec![];
-        let who = Who {
-            issuer: "https://idp.test",
-            subject: "a",
-            groups: &groups,
-            workload: "ci",
-        };
+        let who = CI_AGENT;
         // The statement rules play no part in the connection decision.
         assert_eq!(
             p.decide(&who, "pg"),

@@ -8,7 +8,7 @@ mod doc;
 mod load;
 mod model;
 mod reload;
-pub(crate) mod rules;
+mod rules;
 
 pub use load::load_dir;
 pub use model::{

@@ -95,12 +95,7 @@ impl Policy {
         target: &str,
         stmt: &Statement<'_>,
     ) -> Option<&'p Rule> {
-        self.rules.iter().find(|r| {
-            r.approval.is_none()
-                && r.statements
-                    .as_ref()
-                    .is_some_and(|m| r.matches(who, target) && m.matches(stmt))
-        })
+        self.first_statement_rule(who, target, stmt, false)
     }
 
     /// The first approval rule (in file order) that holds `stmt` for `who` on `target`.
@@ -110,8 +105,20 @@ impl Policy {
         target: &str,
         stmt: &Statement<'_>,
     ) -> Option<&'p Rule> {
+        self.first_statement_rule(who, target, stmt, true)
+    }
+
+    /// The first statement rule matching `stmt` for `who` on `target` among the approval rules
+    /// (`approval`) or the deny rules (not `approval`).
+    fn first_statement_rule<'p>(
+        &'p self,
+        who: &Who<'_>,
+        target: &str,
+        stmt: &Statement<'_>,
+        approval: bool,
+    ) -> Option<&'p Rule> {
         self.rules.iter().find(|r| {
-            r.approval.is_some()
+            r.approval.is_some() == approval
                 && r.statements
                     .as_ref()
                     .is_some_and(|m| r.matches(who, target) && m.matches(stmt))
@@ -124,7 +131,8 @@ impl Policy {
 pub struct Statement<'a> {
     pub classified: &'a Classified,
     pub text: &'a str,
-    canonical: std::cell::OnceCell<Option<Vec<String>>>,
+    // A lock, not a cell: the relay keeps one across awaits in a task that must be Send.
+    canonical: std::sync::OnceLock<Option<Vec<String>>>,
 }
 
 impl<'a> Statement<'a> {
@@ -132,7 +140,7 @@ impl<'a> Statement<'a> {
         Statement {
             classified,
             text,
-            canonical: std::cell::OnceCell::new(),
+            canonical: std::sync::OnceLock::new(),
         }
     }
 

@@ -120,7 +120,7 @@ impl<C: Connect> Proxy<C> {
     /// covers end now. Returns how many ended.
     pub fn revoke(&self, r: revocations::Revocation) -> Result<usize, String> {
         self.revocations.add(r.clone()).map_err(|e| e.to_string())?;
-        let reason = format!("revoked by {}: {}", r.by, r.reason);
+        let reason = r.message();
         Ok(self
             .sessions
             .end_where(|g| r.covers(&g.issuer, &g.subject, &g.workload), &reason))
@@ -242,7 +242,10 @@ impl<C: Connect> Proxy<C> {
     ) {
         let placed = match self.place(dst, cgroup, &mut base) {
             Ok(p) => p,
-            Err(r) => return self.refuse(&base, r),
+            Err(r) => {
+                drop(client);
+                return self.refuse(&base, r).await;
+            }
         };
         match placed.target.protocol {
             Protocol::Tcp => self.tcp_session(id, client, dst, pid, placed, base).await,
@@ -270,7 +273,10 @@ impl<C: Connect> Proxy<C> {
         };
         let admitted = match admitted {
             Ok(a) => a,
-            Err(r) => return self.refuse(&base, r),
+            Err(r) => {
+                drop(client);
+                return self.refuse(&base, r).await;
+            }
         };
         self.emit_allowed(&base, &admitted);
         let upstream = match self.connector.connect(dst).await {
@@ -366,7 +372,7 @@ impl<C: Connect> Proxy<C> {
         if let Some(r) = self.revocations.find(&p.issuer, &p.subject, &workload.name) {
             return Err(Refusal {
                 code: "revoked",
-                message: format!("revoked by {}: {}", r.by, r.reason),
+                message: r.message(),
                 rule: None,
                 principal: Some(Box::new(p)),
             });
@@ -411,10 +417,7 @@ impl<C: Connect> Proxy<C> {
             .revocations
             .find(&grant.issuer, &grant.subject, &grant.workload)
         {
-            return Err(Refusal::new(
-                "revoked",
-                format!("revoked by {}: {}", r.by, r.reason),
-            ));
+            return Err(Refusal::new("revoked", r.message()));
         }
         if p.expires_at <= SystemTime::now() {
             // Inside the clock-skew allowance: admitted by the verifier, but the session would
@@ -432,7 +435,9 @@ impl<C: Connect> Proxy<C> {
         })
     }
 
-    fn refuse(&self, base: &Value, r: Refusal) {
+    /// Says why a connection was refused: an event, and a record (through the recorder's
+    /// bounded queue, like every other record: this waits while the queue is full).
+    async fn refuse(&self, base: &Value, r: Refusal) {
         tracing::info!(code = r.code, "refused: {}", r.message);
         let mut event = with(
             base,
@@ -446,18 +451,14 @@ impl<C: Connect> Proxy<C> {
             );
         }
         self.events.emit("refused", event.clone());
-        // On record too; off this task, which must not wait for the writer.
-        let recorder = self.recorder.clone();
-        tokio::spawn(async move {
-            recorder
-                .record(Record::Event {
-                    kind: "refused",
-                    at_ms: crate::record::now_ms(),
-                    session: None,
-                    body: event,
-                })
-                .await
-        });
+        self.recorder
+            .record(Record::Event {
+                kind: "refused",
+                at_ms: crate::record::now_ms(),
+                session: None,
+                body: event,
+            })
+            .await;
     }
 
     /// Relays until either side ends, the token expires (at its `exp`, not at some later poll)
@@ -472,26 +473,11 @@ impl<C: Connect> Proxy<C> {
         base: &Value,
     ) {
         tracing::info!("relaying");
-        let session = format!("{:x}-{id}", crate::record::now_ms());
-        let g = &admitted.grant;
+        let session = session_id(id);
         self.recorder
-            .record(Record::Open(SessionOpen {
-                session: session.clone(),
-                started_ms: crate::record::now_ms(),
-                protocol: "tcp",
-                workload: g.workload.clone(),
-                cgroup: g.cgroup.clone(),
-                pid,
-                issuer: g.issuer.clone(),
-                subject: g.subject.clone(),
-                groups: g.groups.clone(),
-                target: g.target.clone(),
-                original_dst: g.dst.to_string(),
-                client_user: None,
-                database: None,
-                policy_version: admitted.policy.version.clone(),
-                token_expires_ms: admitted.expires_ms(),
-            }))
+            .record(Record::Open(
+                admitted.session_open(&session, "tcp", pid, None, None),
+            ))
             .await;
         self.events
             .emit("connection_open", with(base, json!({"session": session})));
@@ -513,14 +499,12 @@ impl<C: Connect> Proxy<C> {
             "closed"
         );
         self.recorder
-            .record(Record::Close(SessionClose {
+            .record(Record::Close(session_close(
                 session,
-                ended_ms: crate::record::now_ms(),
-                bytes_up: up,
-                bytes_down: down,
-                ended_by: ended_by.clone(),
-                error: error.clone(),
-            }))
+                (up, down),
+                ended_by.clone(),
+                error.clone(),
+            )))
             .await;
         self.events.emit(
             "connection_close",
@@ -538,7 +522,60 @@ impl<C: Connect> Proxy<C> {
     }
 }
 
+/// A session's id on record: when it started (unix milliseconds, hex) and the connection's
+/// number.
+fn session_id(conn: u64) -> String {
+    format!("{:x}-{conn}", crate::record::now_ms())
+}
+
+/// The record that closes `session`, with the bytes it moved (up, down).
+fn session_close(
+    session: String,
+    (bytes_up, bytes_down): (u64, u64),
+    ended_by: Option<String>,
+    error: Option<String>,
+) -> SessionClose {
+    SessionClose {
+        session,
+        ended_ms: crate::record::now_ms(),
+        bytes_up,
+        bytes_down,
+        ended_by,
+        error,
+    }
+}
+
 impl Admitted<'_> {
+    /// The record that opens `session`, starting now: who, from where, to which target, under
+    /// which policy, until when.
+    fn session_open(
+        &self,
+        session: &str,
+        protocol: &'static str,
+        pid: u32,
+        client_user: Option<String>,
+        database: Option<String>,
+    ) -> SessionOpen {
+        let g = &self.grant;
+        SessionOpen {
+            session: session.to_string(),
+            started_ms: crate::record::now_ms(),
+            protocol,
+            workload: g.workload.clone(),
+            cgroup: g.cgroup.clone(),
+            pid,
+            issuer: g.issuer.clone(),
+            subject: g.subject.clone(),
+            groups: g.groups.clone(),
+            target: g.target.clone(),
+            original_dst: g.dst.to_string(),
+            client_user,
+            database,
+            policy_version: self.policy.version.clone(),
+            token_expires_ms: self.expires_ms(),
+        }
+    }
+
     /// The token's `exp` in unix milliseconds, for the record.
     pub(crate) fn expires_ms(&self) -> i64 {
         self.expires_at

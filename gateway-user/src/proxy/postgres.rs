@@ -11,7 +11,7 @@ use std::{
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
-use super::{authorize, set, with, Admitted, Placed, Proxy, Refusal};
+use super::{authorize, session_close, session_id, set, with, Admitted, Placed, Proxy, Refusal};
 use crate::{
     mask::catalog::{Catalog, Opener},
     policy::TokenSource,
@@ -23,7 +23,7 @@ use crate::{
         relay::{self, Counters, Ended, SessionContext},
         tls,
     },
-    record::{now_ms, Record, SessionClose, SessionOpen},
+    record::Record,
     upstream::Connect,
 };
 
@@ -48,10 +48,12 @@ impl<C: Connect> Proxy<C> {
         mut base: Value,
     ) {
         let Some(pg) = placed.target.postgres.clone() else {
-            return self.refuse(
-                &base,
-                Refusal::new("bad_target", "postgres target without settings"),
-            );
+            return self
+                .refuse(
+                    &base,
+                    Refusal::new("bad_target", "postgres target without settings"),
+                )
+                .await;
         };
         let client_tls = match pg.client_tls.as_ref().map(tls::server_config) {
             Some(Ok(c)) => Some(c),
@@ -76,9 +78,15 @@ impl<C: Connect> Proxy<C> {
                 return self.forward_cancel(cpid, key, &placed, &base).await
             }
             Ok(Err(e)) => {
-                return self.refuse(&base, Refusal::new("protocol", format!("startup: {e}")))
+                return self
+                    .refuse(&base, Refusal::new("protocol", format!("startup: {e}")))
+                    .await
             }
-            Err(_) => return self.refuse(&base, Refusal::new("protocol", "startup timed out")),
+            Err(_) => {
+                return self
+                    .refuse(&base, Refusal::new("protocol", "startup timed out"))
+                    .await
+            }
         };
         set(&mut base, "client_user", json!(startup.param("user")));
         set(&mut base, "database", json!(startup.param("database")));
@@ -93,7 +101,9 @@ impl<C: Connect> Proxy<C> {
         {
             let message = format!("agentgate: client_encoding {enc} is not supported (its multi-byte characters can hide quotes from the gateway's SQL parser); use UTF8");
             frontend::refuse(&mut stream, "0A000", &message).await;
-            return self.refuse(&base, Refusal::new("unsafe_encoding", message));
+            return self
+                .refuse(&base, Refusal::new("unsafe_encoding", message))
+                .await;
         }
         if startup_requests_replication(&params) {
             return self
@@ -203,7 +213,7 @@ impl<C: Connect> Proxy<C> {
         base: Value,
     ) {
         let g = &admitted.grant;
-        let session = format!("{:x}-{id}", now_ms());
+        let session = session_id(id);
         let base = with(&base, json!({"session": session}));
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let database = pg
@@ -212,23 +222,13 @@ impl<C: Connect> Proxy<C> {
             .or_else(|| get("database"))
             .or_else(|| get("user"));
         self.recorder
-            .record(Record::Open(SessionOpen {
-                session: session.clone(),
-                started_ms: now_ms(),
-                protocol: "postgres",
-                workload: g.workload.clone(),
-                cgroup: g.cgroup.clone(),
+            .record(Record::Open(admitted.session_open(
+                &session,
+                "postgres",
                 pid,
-                issuer: g.issuer.clone(),
-                subject: g.subject.clone(),
-                groups: g.groups.clone(),
-                target: g.target.clone(),
-                original_dst: g.dst.to_string(),
-                client_user: get("user"),
-                database: database.clone(),
-                policy_version: admitted.policy.version.clone(),
-                token_expires_ms: admitted.expires_ms(),
-            }))
+                get("user"),
+                database.clone(),
+            )))
             .await;
         tracing::info!("relaying postgres");
         self.events.emit("connection_open", base.clone());
@@ -307,14 +307,12 @@ impl<C: Connect> Proxy<C> {
             "closed"
         );
         self.recorder
-            .record(Record::Close(SessionClose {
+            .record(Record::Close(session_close(
                 session,
-                ended_ms: now_ms(),
-                bytes_up: up,
-                bytes_down: down,
-                ended_by: ended_by.clone(),
-                error: error.clone(),
-            }))
+                (up, down),
+                ended_by.clone(),
+                error.clone(),
+            )))
             .await;
         self.events.emit(
             "connection_close",
@@ -396,17 +394,20 @@ impl<C: Connect> Proxy<C> {
             }
             // Unknown keys and other workloads' keys are dropped without an answer, as
             // PostgreSQL does.
-            _ => self.refuse(
-                base,
-                Refusal::new("bad_cancel", "cancel request with an unknown key"),
-            ),
+            _ => {
+                self.refuse(
+                    base,
+                    Refusal::new("bad_cancel", "cancel request with an unknown key"),
+                )
+                .await
+            }
         }
     }
 
     async fn refuse_pg(&self, stream: &mut BoxIo, base: &Value, r: Refusal) {
         let (code, message) = frontend::refusal_message(r.code);
         frontend::refuse(stream, code, &message).await;
-        self.refuse(base, r);
+        self.refuse(base, r).await;
     }
 
     async fn upstream_failed(&self, stream: &mut BoxIo, base: &Value, error: String) {

@@ -4,7 +4,7 @@
 
 use std::sync::RwLock;
 
-use rusqlite::params;
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -31,6 +31,11 @@ impl Revocation {
             && self.workload.as_deref().is_none_or(|w| w == workload)
     }
 
+    /// Why a session or connection it covers ends: who revoked, and why.
+    pub fn message(&self) -> String {
+        format!("revoked by {}: {}", self.by, self.reason)
+    }
+
     /// The same target (subject, issuer, workload), whoever revoked it and why.
     fn same(&self, other: &Revocation) -> bool {
         (&self.subject, &self.issuer, &self.workload)
@@ -46,24 +51,36 @@ pub struct Revocations {
 const SCHEMA: &str =
     "CREATE TABLE IF NOT EXISTS revocations (id INTEGER PRIMARY KEY, revocation TEXT NOT NULL);";
 
+/// Every revocation stored in the record database, oldest first; none if the table is not
+/// there (a database from before revocations, opened read-only). An unreadable one is left out
+/// (refuse nobody by mistake) and said.
+pub fn read_all(conn: &Connection) -> rusqlite::Result<Vec<Revocation>> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'revocations'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT revocation FROM revocations ORDER BY id")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut list = Vec::new();
+    for row in rows {
+        match serde_json::from_str::<Revocation>(&row?) {
+            Ok(r) => list.push(r),
+            Err(e) => tracing::error!("revocation unreadable, ignored: {e}"),
+        }
+    }
+    Ok(list)
+}
+
 impl Revocations {
     pub fn load(db: SharedDb) -> rusqlite::Result<Revocations> {
         let list = {
             let g = Db::lock(&db);
             g.conn.execute_batch(SCHEMA)?;
-            let mut stmt = g
-                .conn
-                .prepare("SELECT revocation FROM revocations ORDER BY id")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            let mut list = Vec::new();
-            for row in rows {
-                match serde_json::from_str::<Revocation>(&row?) {
-                    Ok(r) => list.push(r),
-                    // Unreadable: refuse nobody by mistake, but say so.
-                    Err(e) => tracing::error!("revocation unreadable, ignored: {e}"),
-                }
-            }
-            list
+            read_all(&g.conn)?
         };
         Ok(Revocations {
             db,
@@ -106,18 +123,20 @@ impl Revocations {
         Ok(())
     }
 
-    /// Lifts the revocations of exactly this subject/issuer/workload; returns how many.
+    /// Lifts the revocations of exactly this subject/issuer/workload; returns how many. The
+    /// list in force changes only once the database has: if the write fails, they stay in
+    /// force.
     pub fn lift(&self, target: &Revocation) -> rusqlite::Result<usize> {
+        // Held across the write, so that an `add` meanwhile is neither lost nor overwritten.
         let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
-        let (gone, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(|r| r.same(target));
-        *list = kept;
+        let (gone, kept): (Vec<_>, Vec<_>) = list.iter().cloned().partition(|r| r.same(target));
         if gone.is_empty() {
             return Ok(0);
         }
         let body = json!({"subject": target.subject, "issuer": target.issuer,
                           "workload": target.workload, "by": target.by, "reason": target.reason})
         .to_string();
-        let remaining: Vec<String> = list
+        let remaining: Vec<String> = kept
             .iter()
             .map(|r| serde_json::to_string(r).unwrap_or_default())
             .collect();
@@ -136,6 +155,7 @@ impl Revocations {
                 },
             )
         })?;
+        *list = kept;
         Ok(gone.len())
     }
 }
@@ -182,5 +202,37 @@ mod tests {
             k.map(Result::unwrap).collect()
         };
         assert_eq!(kinds, ["revoke", "revoke", "revoke_lifted"]);
+    }
+
+    #[test]
+    fn a_lift_that_is_not_stored_leaves_the_revocation_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.db")).unwrap();
+        let r = Revocations::load(db.clone()).unwrap();
+        let agent = Revocation {
+            subject: Some("agent-7".into()),
+            issuer: None,
+            workload: None,
+            reason: "leaked token".into(),
+            at_ms: 1,
+            by: "root".into(),
+        };
+        r.add(agent.clone()).unwrap();
+        Db::lock(&db)
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER keep BEFORE DELETE ON revocations BEGIN SELECT RAISE(ABORT, 'kept'); END;",
+            )
+            .unwrap();
+        assert!(r.lift(&agent).is_err());
+        assert!(r.find("i", "agent-7", "w").is_some());
+        assert_eq!(r.list(), vec![agent.clone()]);
+        assert_eq!(read_all(&Db::lock(&db).conn).unwrap(), vec![agent]);
+    }
+
+    #[test]
+    fn read_all_without_the_table_is_empty() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert!(read_all(&conn).unwrap().is_empty());
     }
 }

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS audit_anchor (
 ";
 
 /// The hash before the first record.
-const GENESIS: [u8; 32] = [0; 32];
+pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
 /// The end of the chain: the last record's number and hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

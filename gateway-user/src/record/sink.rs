@@ -35,9 +35,8 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use rustls_pki_types::{CertificateDer, ServerName};
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use rusqlite::{Connection, OptionalExtension};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::{
     config::{Host, SslMode},
@@ -48,7 +47,10 @@ use tokio_postgres::{
 use tokio_util::sync::CancellationToken;
 
 use super::journal;
-use crate::upstream::Connect;
+use crate::{
+    protocol::postgres::tls::{client_config, tls_server_end_point},
+    upstream::Connect,
+};
 
 /// The central table. One row per journal record of every node; `body` is the record's JSON
 /// text exactly as the node chained it (a `jsonb` would rewrite it and break the hashes).
@@ -87,11 +89,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long one statement to the central store may take before the connection is given up.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `prev` of the first record of a chain.
-fn genesis_hex() -> String {
-    "0".repeat(64)
-}
 
 /// Where and as whom the journal is shipped.
 #[derive(Debug, Clone)]
@@ -162,7 +159,8 @@ impl Sink {
             return Err(format!("connection string: unknown sslmode `{sslmode}`"));
         }
         let endpoints = endpoints(&base, sslmode)?;
-        let tls = tls_config(split.sslrootcert.as_deref().map(Path::new))?;
+        let tls = client_config(split.sslrootcert.as_deref().map(Path::new))
+            .map_err(|e| format!("sslrootcert {e}"))?;
         if let Some(f) = &config.password_file {
             read_password(f)?;
         }
@@ -296,7 +294,8 @@ impl Sink {
         .await?;
         self.check_same_chain(&client, local, central_last.as_ref())
             .await?;
-        let (mut last_seq, mut last_hash) = central_last.unwrap_or((0, genesis_hex()));
+        let (mut last_seq, mut last_hash) =
+            central_last.unwrap_or_else(|| (0, journal::hex(&journal::GENESIS)));
         shipped.store(last_seq, Ordering::Relaxed);
         if failures > 0 {
             tracing::info!(
@@ -727,15 +726,7 @@ struct Local(Arc<Mutex<Connection>>);
 
 impl Local {
     fn open(path: &Path) -> Result<Local, Failure> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .and_then(|c| {
-            c.busy_timeout(Duration::from_secs(10))?;
-            Ok(c)
-        })
-        .map_err(|e| Failure::Local(format!("{}: {e}", path.display())))?;
+        let conn = crate::audit::open(path).map_err(|e| Failure::Local(e.to_string()))?;
         Ok(Local(Arc::new(Mutex::new(conn))))
     }
 
@@ -1013,37 +1004,6 @@ fn endpoints(config: &tokio_postgres::Config, sslmode: &str) -> Result<Vec<Endpo
 // TLS (rustls) for tokio-postgres
 // ---------------------------------------------------------------------------------------------
 
-/// Trust `sslrootcert` if given, else the web PKI roots.
-fn tls_config(root_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match root_cert {
-        Some(path) => {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            let certs: Vec<CertificateDer<'static>> =
-                rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("sslrootcert {}: no certificates", path.display()));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 /// Opens a TCP connection (the gateway's own socket).
 type ConnectFn = Arc<
     dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<tokio::net::TcpStream>> + Send>>
@@ -1126,57 +1086,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// RFC 5929 `tls-server-end-point`: the server certificate hashed with the hash of its
-/// signature (SHA-256 for SHA-1 and MD5). `None` when the algorithm is not one of these; SCRAM
-/// then goes without channel binding.
-fn tls_server_end_point(der: &[u8]) -> Option<Vec<u8>> {
-    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, b) = b.split_first()?;
-        let (&first, b) = b.split_first()?;
-        let (len, b) = if first < 0x80 {
-            (first as usize, b)
-        } else {
-            let n = (first & 0x7f) as usize;
-            if n == 0 || n > 4 || b.len() < n {
-                return None;
-            }
-            let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
-            (len, &b[n..])
-        };
-        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
-    }
-    let (0x30, cert, _) = tlv(der)? else {
-        return None;
-    };
-    let (0x30, _tbs, rest) = tlv(cert)? else {
-        return None;
-    };
-    let (0x30, alg, _) = tlv(rest)? else {
-        return None;
-    };
-    let (0x06, oid, _) = tlv(alg)? else {
-        return None;
-    };
-    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
-    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
-    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
-    let bits = match oid {
-        [p @ .., 0x04 | 0x05 | 0x0b] if p == RSA => 256,
-        [p @ .., 0x0c] if p == RSA => 384,
-        [p @ .., 0x0d] if p == RSA => 512,
-        o if o == ECDSA_SHA1 => 256,
-        [p @ .., 0x02] if p == ECDSA_SHA2 => 256,
-        [p @ .., 0x03] if p == ECDSA_SHA2 => 384,
-        [p @ .., 0x04] if p == ECDSA_SHA2 => 512,
-        _ => return None,
-    };
-    Some(match bits {
-        256 => Sha256::digest(der).to_vec(),
-        384 => Sha384::digest(der).to_vec(),
-        _ => Sha512::digest(der).to_vec(),
-    })
 }
 
 #[cfg(test)]
@@ -1279,29 +1188,5 @@ mod tests {
             s.rest,
             "postgresql://u@db.example.com/audit?application_name=x"
         );
-    }
-
-    #[test]
-    fn channel_binding_hash_follows_the_signature() {
-        let der = |alg: &'static rcgen::SignatureAlgorithm| {
-            let key = rcgen::KeyPair::generate_for(alg).unwrap();
-            let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-                .unwrap()
-                .self_signed(&key)
-                .unwrap();
-            cert.der().as_ref().to_vec()
-        };
-        let p384 = der(&rcgen::PKCS_ECDSA_P384_SHA384);
-        assert_eq!(
-            tls_server_end_point(&p384),
-            Some(Sha384::digest(&p384).to_vec())
-        );
-        let p256 = der(&rcgen::PKCS_ECDSA_P256_SHA256);
-        assert_eq!(
-            tls_server_end_point(&p256),
-            Some(Sha256::digest(&p256).to_vec())
-        );
-        assert_eq!(tls_server_end_point(&der(&rcgen::PKCS_ED25519)), None);
-        assert_eq!(tls_server_end_point(b"junk"), None);
     }
 }

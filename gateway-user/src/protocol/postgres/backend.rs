@@ -2,7 +2,7 @@
 //! the target's upstream role, and SCRAM-SHA-256 (with channel binding over TLS), md5 or
 //! cleartext with the target's credential. The agent never sees any of it.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path};
 
 use bytes::BytesMut;
 use postgres_protocol::{
@@ -12,14 +12,14 @@ use postgres_protocol::{
     },
     message::frontend,
 };
-use rustls_pki_types::{CertificateDer, ServerName};
-use sha2::{Digest, Sha256};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 use super::{
     codec::{self, CodecError, Fields, Frame, Notice},
     frontend::BoxIo,
+    tls,
 };
 use crate::{
     policy::{PostgresTarget, UpstreamTls},
@@ -104,10 +104,7 @@ pub async fn connect<C: Connect>(
         UpstreamTls::VerifyFull {
             ca_file,
             server_name,
-        } => {
-            let (s, hash) = start_tls(tcp, dst, ca_file.as_deref(), server_name.as_deref()).await?;
-            (s, Some(hash))
-        }
+        } => start_tls(tcp, dst, ca_file.as_deref(), server_name.as_deref()).await?,
     };
     let mut params: Vec<(&str, &str)> = vec![("user", cfg.user.as_str())];
     let database = cfg.database.as_deref().or_else(|| {
@@ -318,66 +315,34 @@ async fn start_tls(
     dst: SocketAddr,
     ca_file: Option<&Path>,
     server_name: Option<&str>,
-) -> Result<(BoxIo, Vec<u8>), BackendError> {
+) -> Result<(BoxIo, Option<Vec<u8>>), BackendError> {
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
     tcp.write_all(&buf).await?;
     if tcp.read_u8().await? != b'S' {
         return Err(BackendError::NoTls);
     }
-    let config = client_config(ca_file)?;
+    let config = tls::client_config(ca_file).map_err(BackendError::Tls)?;
     let name = match server_name {
         Some(n) => ServerName::try_from(n.to_string())
             .map_err(|e| BackendError::Tls(format!("server_name `{n}`: {e}")))?,
         None => ServerName::IpAddress(dst.ip().into()),
     };
-    let tls = TlsConnector::from(config)
+    let stream = TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| BackendError::Tls(e.to_string()))?;
-    // tls-server-end-point (RFC 5929) hashes the certificate with SHA-256 for the usual
-    // SHA-256 and weaker signatures; PostgreSQL derives the same from its certificate.
-    let hash = tls
+    // tls-server-end-point (RFC 5929) hashes the certificate with the hash of its signature
+    // (SHA-256 for MD5 and SHA-1), as PostgreSQL derives it. A signature without one hash
+    // (Ed25519) has no end point; SCRAM then goes without channel binding.
+    let cert = stream
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|c| Sha256::digest(c.as_ref()).to_vec())
         .ok_or_else(|| BackendError::Tls("no server certificate".into()))?;
-    Ok((Box::new(tls), hash))
-}
-
-fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, BackendError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| BackendError::Tls(format!("{}: {e}", path.display())))?;
-            let certs: Vec<CertificateDer<'static>> =
-                rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| BackendError::Tls(format!("{}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(BackendError::Tls(format!(
-                    "{}: no certificates",
-                    path.display()
-                )));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| BackendError::Tls(format!("{}: {e}", path.display())))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BackendError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    let hash = tls::tls_server_end_point(cert.as_ref());
+    Ok((Box::new(stream), hash))
 }
 
 /// Sends a CancelRequest for the real backend key to the target.

@@ -30,7 +30,7 @@ use super::{
     frontend::BoxIo,
 };
 use crate::{
-    approval::{Approvals, Gate, NewRequest, State},
+    approval::{Approvals, Gate, Mode, NewRequest, State},
     mask::{
         catalog::{Catalog, CatalogError, TableName},
         copy::{copy_out, CopyMask, CopyOut},
@@ -458,8 +458,10 @@ struct Upward<'a, 'c> {
     /// Parses sent and not yet answered, by id: the statement name they were for.
     parses: HashMap<u64, String>,
     next_parse: u64,
-    /// The approval (rule and request) the statement being recorded runs under.
-    approved: Option<String>,
+    /// The approval the statement being recorded runs under: its record names it, and the
+    /// request's trail says `forwarded` once the statement is on its way (see
+    /// [`Upward::settle_approval`]).
+    approved: Option<Approved>,
     /// Messages the agent sent while a statement was held, read off its socket (so that its
     /// leaving stays visible) and handled in order after the decision.
     queued: VecDeque<Frame>,
@@ -542,7 +544,8 @@ impl Upward<'_, '_> {
             b'Q' => {
                 let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let classified = self.ctx.classifier.classify(&text);
-                let denied = match self.decide(&classified, &text) {
+                let stmt = RuleStatement::new(&classified, &text);
+                let denied = match self.decide(&stmt) {
                     Some(d) => Some(d),
                     None => self.mask_denial(&classified).await?,
                 };
@@ -559,10 +562,7 @@ impl Upward<'_, '_> {
                 }
                 // Last: people are asked only about a statement nothing else refuses.
                 if rule.is_none() {
-                    if let Some(d) = self
-                        .approval(&classified, &text, &Params::default(), from, to)
-                        .await?
-                    {
+                    if let Some(d) = self.approval(&stmt, &Params::default(), from, to).await? {
                         (rule, message) = (Some(d.rule), d.message);
                     }
                 }
@@ -571,6 +571,7 @@ impl Upward<'_, '_> {
                 if rule.is_none() && !self.on_record_first(&rec, &classified).await {
                     (rule, message) = unrecorded(&mut rec);
                 }
+                self.settle_approval(rule.is_none());
                 let classified_for_rows = classified.clone();
                 let forward = match rule {
                     Some(rule) => out::query(&self.deny(rule, classified, message)?),
@@ -587,7 +588,7 @@ impl Upward<'_, '_> {
                 let name = f.cstr().map_err(bad)?.to_string();
                 let text = f.cstr().map_err(bad)?;
                 let classified = self.ctx.classifier.classify(text);
-                let denied = self.decide(&classified, text);
+                let denied = self.decide(&RuleStatement::new(&classified, text));
                 let id = self.next_parse;
                 self.next_parse += 1;
                 let prepared = Arc::new(Prepared {
@@ -636,7 +637,8 @@ impl Upward<'_, '_> {
                 let statement = statement
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
-                let mut denial = match self.decide(&statement.classified, &statement.text) {
+                let stmt = RuleStatement::new(&statement.classified, &statement.text);
+                let mut denial = match self.decide(&stmt) {
                     Some(d) => Some(d),
                     None => self.mask_denial(&statement.classified).await?,
                 }
@@ -651,7 +653,7 @@ impl Upward<'_, '_> {
                 // Last: people are asked only about a statement nothing else refuses.
                 if denial.is_none() {
                     denial = self
-                        .approval(&statement.classified, &statement.text, &params, from, to)
+                        .approval(&stmt, &params, from, to)
                         .await?
                         .map(|d| (d.rule, d.message));
                 }
@@ -670,7 +672,9 @@ impl Upward<'_, '_> {
                     params.shown,
                     None,
                 );
-                if !self.on_record_first(&rec, &statement.classified).await {
+                let recorded = self.on_record_first(&rec, &statement.classified).await;
+                self.settle_approval(recorded);
+                if !recorded {
                     let mut rec = rec;
                     let (rule, message) = unrecorded(&mut rec);
                     rec.error_code = Some("42501".into());
@@ -726,11 +730,12 @@ impl Upward<'_, '_> {
                 let plan = self.plan.get(self.ctx);
                 let args = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
                 let text = format!("<FunctionCall of function oid {oid}>");
-                let denied = match self.decide(&classified, "") {
+                let stmt = RuleStatement::new(&classified, &text);
+                let denied = match self.decide(&stmt) {
                     Some(d) => Some(d),
                     None => match self.mask_denial(&classified).await? {
                         Some(d) => Some(d),
-                        None => self.approval(&classified, &text, &args, from, to).await?,
+                        None => self.approval(&stmt, &args, from, to).await?,
                     },
                 };
                 let (mut rule, mut message) = match denied {
@@ -747,6 +752,7 @@ impl Upward<'_, '_> {
                 if rule.is_none() && !self.on_record_first(&rec, &classified).await {
                     (rule, message) = unrecorded(&mut rec);
                 }
+                self.settle_approval(rule.is_none());
                 let forward = match rule {
                     Some(rule) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
@@ -790,7 +796,7 @@ impl Upward<'_, '_> {
             )],
         };
         let denial = candidates.iter().find_map(|p| {
-            self.decide(&p.classified, &p.text)
+            self.decide(&RuleStatement::new(&p.classified, &p.text))
                 .map(|rule| (p.clone(), rule))
         });
         // The statement whose rows and COPY output are masked: when the server may hold any of
@@ -851,17 +857,16 @@ impl Upward<'_, '_> {
 
     /// The rule that denies `classified` under the policy in force now, if any: a statement
     /// rule, or under column rules a read of the planner's statistics.
-    fn decide(&self, classified: &Classified, text: &str) -> Option<Denied> {
+    fn decide(&self, stmt: &RuleStatement<'_>) -> Option<Denied> {
         let policy = self.ctx.policy.borrow().clone();
-        let stmt = RuleStatement::new(classified, text);
-        if let Some(r) = policy.statement_denied(&self.ctx.who(), &self.ctx.target, &stmt) {
+        if let Some(r) = policy.statement_denied(&self.ctx.who(), &self.ctx.target, stmt) {
             return Some(Denied {
                 rule: r.name.clone(),
                 message: None,
             });
         }
         let plan = self.plan.get(self.ctx)?;
-        if plan.reads_statistics(classified) {
+        if plan.reads_statistics(stmt.classified) {
             return Some(Denied {
                 rule: plan.rule_name(0).to_string(),
                 message: Some(format!(
@@ -878,8 +883,7 @@ impl Upward<'_, '_> {
     /// statement was approved. `Ok(None)`: it runs. Anything but an approval is a denial.
     async fn approval<R, W>(
         &mut self,
-        classified: &Arc<Classified>,
-        text: &str,
+        stmt: &RuleStatement<'_>,
         params: &Params,
         from: &mut BufReader<R>,
         to: &mut W,
@@ -888,9 +892,9 @@ impl Upward<'_, '_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let (classified, text) = (stmt.classified, stmt.text);
         let policy = self.ctx.policy.borrow().clone();
-        let stmt = RuleStatement::new(classified, text);
-        let Some(rule) = policy.approval_required(&self.ctx.who(), &self.ctx.target, &stmt) else {
+        let Some(rule) = policy.approval_required(&self.ctx.who(), &self.ctx.target, stmt) else {
             return Ok(None);
         };
         let Some(spec) = rule.approval.as_deref() else {
@@ -911,7 +915,6 @@ impl Upward<'_, '_> {
             ));
         }
         let (statement, recorded) = self.for_record(text, params.shown.clone());
-        let held_spec = spec.clone();
         let new = NewRequest {
             session: self.ctx.session.clone(),
             issuer: self.ctx.issuer.clone(),
@@ -924,14 +927,17 @@ impl Upward<'_, '_> {
             class: classified.class.as_str().to_string(),
             rule: rule.name.clone(),
             spec: spec.clone(),
-            retry_key: retry_key(self.ctx, text, &params.digest),
+            // Only a deny_and_retry request is ever looked up by its key.
+            retry_key: match spec.mode {
+                Mode::DenyAndRetry => retry_key(self.ctx, text, &params.digest),
+                Mode::Hold => String::new(),
+            },
             database: self.ctx.database.clone(),
         };
         let mut held = match self.ctx.approvals.submit(new) {
             Ok(Gate::Held(held)) => held,
             Ok(Gate::Pass(r)) => {
-                self.ctx.approvals.forwarded(&r.id, &self.ctx.session);
-                self.approved = Some(format!("{} ({})", r.rule, r.id));
+                self.approved = Some(Approved::of(&r));
                 return Ok(None);
             }
             Ok(Gate::Refused(r)) => {
@@ -1045,28 +1051,29 @@ impl Upward<'_, '_> {
         };
         match decided.state {
             State::Approved => {
-                // The policy may have changed while it waited: it runs only if the policy in
-                // force would still ask the same people the same way, or no longer asks.
-                if let Some(d) = self.decide(classified, text) {
+                // The policy may have changed while it waited: it runs only if the approval
+                // still covers the rule in force (Request::covered_by), or none applies now.
+                if let Some(d) = self.decide(stmt) {
                     return Ok(Some(d));
                 }
                 if let Some(d) = self.mask_denial(classified).await? {
                     return Ok(Some(d));
                 }
                 let policy = self.ctx.policy.borrow().clone();
-                let stmt = RuleStatement::new(classified, text);
-                if let Some(now) =
-                    policy.approval_required(&self.ctx.who(), &self.ctx.target, &stmt)
+                if let Some(now) = policy.approval_required(&self.ctx.who(), &self.ctx.target, stmt)
                 {
-                    if now.name != decided.rule || now.approval.as_deref() != Some(&held_spec) {
+                    if !now
+                        .approval
+                        .as_deref()
+                        .is_some_and(|spec| decided.covered_by(&now.name, spec))
+                    {
                         return refuse(format!(
                             "agentgate: request {} was approved, but the policy changed while it waited (rule \"{}\" now applies); send the statement again",
                             decided.id, now.name
                         ));
                     }
                 }
-                self.ctx.approvals.forwarded(&decided.id, &self.ctx.session);
-                self.approved = Some(format!("{} ({})", decided.rule, decided.id));
+                self.approved = Some(Approved::of(&decided));
                 Ok(None)
             }
             State::Denied => {
@@ -1241,9 +1248,9 @@ impl Upward<'_, '_> {
         rule: Option<&str>,
     ) -> Statement {
         let (text, params) = self.for_record(text, params);
-        let (decision, rule) = match (rule, self.approved.take()) {
+        let (decision, rule) = match (rule, &self.approved) {
             (Some(r), _) => ("denied", Some(r.to_string())),
-            (None, Some(approval)) => ("approved", Some(approval)),
+            (None, Some(approval)) => ("approved", Some(approval.label.clone())),
             (None, None) => ("allowed", None),
         };
         Statement {
@@ -1296,6 +1303,16 @@ impl Upward<'_, '_> {
             .await
     }
 
+    /// Ends the approval the statement ran under, if any: its trail says `forwarded` only when
+    /// the statement was `sent` (it may still be refused for want of a record).
+    fn settle_approval(&mut self, sent: bool) {
+        if let Some(a) = self.approved.take() {
+            if sent {
+                self.ctx.approvals.forwarded(&a.id, &self.ctx.session);
+            }
+        }
+    }
+
     /// A prepared statement refused at Parse or Bind never runs: its record is final now.
     async fn record_denial(&mut self, p: &Prepared, params: Vec<Option<String>>, rule: &str) {
         let mut rec = self.statement("extended", &p.text, &p.classified, params, Some(rule));
@@ -1311,6 +1328,22 @@ impl Upward<'_, '_> {
         }
         q.push_back(p);
         Ok(())
+    }
+}
+
+/// An approval a statement runs under.
+struct Approved {
+    id: String,
+    /// What the statement's record names as its rule: "rule (request id)".
+    label: String,
+}
+
+impl Approved {
+    fn of(r: &crate::approval::Request) -> Approved {
+        Approved {
+            id: r.id.clone(),
+            label: format!("{} ({})", r.rule, r.id),
+        }
     }
 }
 
