@@ -975,3 +975,14 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
 }
 pub mod bg;
 pub mod pg;
+
+/// Polls `f` every 50 ms until it holds, panicking with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -130,7 +130,7 @@ fn run_checked(cmd: &mut Command) -> Output {
 
 /// Drops every `PG*` variable inherited from the environment, so only what the caller sets
 /// (conninfo, PGPASSWORD, ...) reaches libpq.
-fn clean_pg_env(cmd: &mut Command) {
+pub fn clean_pg_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PG") {
             cmd.env_remove(k);

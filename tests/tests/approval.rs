@@ -518,6 +518,14 @@ fn admin_http(n: u16) -> SocketAddr {
     format!("127.0.0.7:{}", 17980 + n).parse().unwrap()
 }
 
+/// [`start`] with the HTTP admin API on [`admin_http`]`(n)`, returned with the gateway.
+fn start_with_http(tag: &str, n: u16, rules: String) -> (PgGateway, SocketAddr) {
+    let http_addr = admin_http(n);
+    let addr_arg = http_addr.to_string();
+    let p = start(tag, n, rules, String::new(), &["--admin-http", &addr_arg]);
+    (p, http_addr)
+}
+
 fn start(tag: &str, n: u16, rules: String, gateway_extra: String, args: &[&str]) -> PgGateway {
     require_root();
     let (listen, pg_port) = ports(n);
@@ -882,20 +890,12 @@ fn undecided_request_expires() {
 #[test]
 fn quorum_of_two_over_http_without_self_approval() {
     require_root();
-    let http_addr = admin_http(3);
     let rules = approval_rule(
         "drops-need-two",
         DROP_TABLE,
         "{approvers: [dba], quorum: 2, timeout_secs: 120}",
     );
-    let addr_arg = http_addr.to_string();
-    let p = start(
-        "apr-quorum",
-        3,
-        rules,
-        String::new(),
-        &["--admin-http", &addr_arg],
-    );
+    let (p, http_addr) = start_with_http("apr-quorum", 3, rules);
     create_tables(&p, &["t"]);
     let sub = "agent-quorum";
     let mut a = PySession::open(&p.agent_conninfo(&agent_jwt(sub), "disable"), &p.agent);
@@ -1037,20 +1037,12 @@ fn quorum_of_two_over_http_without_self_approval() {
 #[test]
 fn forged_and_expired_approver_tokens_are_refused() {
     require_root();
-    let http_addr = admin_http(4);
     let rules = approval_rule(
         "drops-need-approval",
         DROP_TABLE,
         "{approvers: [dba], timeout_secs: 120}",
     );
-    let addr_arg = http_addr.to_string();
-    let p = start(
-        "apr-forged",
-        4,
-        rules,
-        String::new(),
-        &["--admin-http", &addr_arg],
-    );
+    let (p, http_addr) = start_with_http("apr-forged", 4, rules);
     create_tables(&p, &["t"]);
     let conn = p.agent_conninfo(&agent_jwt("agent-forged"), "disable");
 
@@ -2095,7 +2087,6 @@ fn patterns_are_not_hidden_by_comments_or_statements_in_front() {
 #[test]
 fn one_identity_cannot_flood_the_approvers() {
     require_root();
-    let http_addr = admin_http(15);
     let rules = [
         approval_rule(
             "drops-need-approval",
@@ -2109,14 +2100,7 @@ fn one_identity_cannot_flood_the_approvers() {
         ),
     ]
     .concat();
-    let addr_arg = http_addr.to_string();
-    let p = start(
-        "apr-flood",
-        15,
-        rules,
-        String::new(),
-        &["--admin-http", &addr_arg],
-    );
+    let (p, http_addr) = start_with_http("apr-flood", 15, rules);
     create_tables(&p, &["u"]);
 
     // Another identity's request, for group sre (the oldest of all).
@@ -2409,20 +2393,12 @@ fn backlog_behind_a_held_statement_ends_the_session() {
 #[test]
 fn non_approvers_learn_nothing_of_a_request() {
     require_root();
-    let http_addr = admin_http(18);
     let rules = approval_rule(
         "drops-need-approval",
         DROP_TABLE,
         "{approvers: [dba-secret-7f3a], timeout_secs: 120}",
     );
-    let addr_arg = http_addr.to_string();
-    let p = start(
-        "apr-nonapprover",
-        18,
-        rules,
-        String::new(),
-        &["--admin-http", &addr_arg],
-    );
+    let (p, http_addr) = start_with_http("apr-nonapprover", 18, rules);
     create_tables(&p, &["t"]);
     let conn = p.agent_conninfo(&agent_jwt("agent-nonapprover"), "disable");
     let mut c = psql_bg(&conn, &p.agent, &["DROP TABLE t"]);

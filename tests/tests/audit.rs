@@ -70,15 +70,6 @@ impl Drop for TempPath {
     }
 }
 
-/// No `PG*` variable of the test's environment reaches a client.
-fn clean_env(cmd: &mut Command) {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Clients in the background
 // ---------------------------------------------------------------------------------------------
@@ -352,17 +343,6 @@ fn revoke(gw: &Gateway, args: &[&str]) -> Output {
     cli(&a)
 }
 
-/// Polls until `f` holds, panicking with `what` after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            panic!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Wall-clock milliseconds since the epoch.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -407,19 +387,36 @@ fn numbers(text: &str, params: &Value) -> Option<(i64, i64)> {
 // 1. Crash consistency: kill -9 under a load of writes
 // =============================================================================================
 
-/// psycopg 3 inserting `(C, 1), (C, 2), ...` into `crash` until the connection goes; the numbers
-/// are parameters (`%t`: text format), so the statement's record has them in `params`.
-const PSYCOPG_INSERT_LOOP: &str = r#"import sys, psycopg
+/// psycopg 3 running the statement `argv[3]` (two `%t` placeholders) with `(C, 1), (C, 2), ...`
+/// until the connection goes; the numbers are parameters (`%t`: text format), so the
+/// statement's record has them in `params`.
+const PSYCOPG_LOOP: &str = r#"import sys, psycopg
 conn = psycopg.connect(sys.argv[1], autocommit=True)
-c, n = int(sys.argv[2]), 0
+c, n, sql = int(sys.argv[2]), 0, sys.argv[3]
 print('connected', flush=True)
 try:
     while True:
-        conn.execute('INSERT INTO crash (c, n) VALUES (%t, %t)', (str(c), str(n + 1)))
+        conn.execute(sql, (str(c), str(n + 1)))
         n += 1
 except Exception as e:
     print('stopped after', n, type(e).__name__, e, flush=True)
 "#;
+
+/// One [`PSYCOPG_LOOP`] per number in `cs`, as the agent with token `jwt` through the gateway of
+/// `p`, in its agent cgroup, each running `sql` with `(c, 1), (c, 2), ...`.
+fn psycopg_loops(p: &PgGateway, jwt: &str, sql: &str, cs: std::ops::Range<i64>) -> Vec<Bg> {
+    cs.map(|c| {
+        let mut cmd = Command::new(python());
+        clean_pg_env(&mut cmd);
+        cmd.arg("-c")
+            .arg(PSYCOPG_LOOP)
+            .arg(p.agent_conninfo(jwt, "disable"))
+            .arg(c.to_string())
+            .arg(sql);
+        Bg::spawn("psycopg loop", cmd, &p.agent)
+    })
+    .collect()
+}
 
 #[test]
 fn kill_9_under_a_write_load_keeps_every_executed_statement_on_record() {
@@ -446,17 +443,12 @@ fn kill_9_under_a_write_load_keeps_every_executed_statement_on_record() {
     .env("PGPASSWORD", &jwt);
     let mut bench = Bg::spawn("pgbench", cmd, &p.agent);
     // Two psycopg loops, extended protocol: c = 1000 and 1001, the numbers as parameters.
-    let mut loops: Vec<Bg> = (1000..1002)
-        .map(|c| {
-            let mut cmd = Command::new(python());
-            clean_env(&mut cmd);
-            cmd.arg("-c")
-                .arg(PSYCOPG_INSERT_LOOP)
-                .arg(p.agent_conninfo(&jwt, "disable"))
-                .arg(c.to_string());
-            Bg::spawn("psycopg insert loop", cmd, &p.agent)
-        })
-        .collect();
+    let mut loops = psycopg_loops(
+        &p,
+        &jwt,
+        "INSERT INTO crash (c, n) VALUES (%t, %t)",
+        1000..1002,
+    );
 
     // Under load (rows from every writer arriving), the gateway is killed.
     let rows_of = |filter: &str| -> i64 {
@@ -715,20 +707,9 @@ fn a_write_cut_off_by_a_crash_is_found_and_counted() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-/// A psycopg loop calling `crash_insert(C, n)` (a function that inserts) for n = 1, 2, ...
-const PSYCOPG_FUNCTION_LOOP: &str = r#"import sys, psycopg
-conn = psycopg.connect(sys.argv[1], autocommit=True)
-c, n = int(sys.argv[2]), 0
-try:
-    while True:
-        conn.execute('SELECT crash_insert(%t, %t)', (str(c), str(n + 1)))
-        n += 1
-except Exception as e:
-    print('stopped after', n, type(e).__name__, e, flush=True)
-"#;
-
 /// A write made by a function called in a SELECT is a statement the database executed: after a
-/// crash it must be on record like an INSERT.
+/// crash it must be on record like an INSERT, and, as a call of a function outside the gateway's
+/// read-only allowlist, on record as a `statement_intent` committed before it was forwarded.
 #[test]
 fn kill_9_loses_no_write_made_by_a_function() {
     let mut p = start("aud-fncrash", 8, "", &[]);
@@ -743,17 +724,8 @@ fn kill_9_loses_no_write_made_by_a_function() {
     );
     let db = p.gw.record_db();
     let jwt = agent_jwt("agent-fncrash");
-    let mut loops: Vec<Bg> = (2000..2004)
-        .map(|c| {
-            let mut cmd = Command::new(python());
-            clean_env(&mut cmd);
-            cmd.arg("-c")
-                .arg(PSYCOPG_FUNCTION_LOOP)
-                .arg(p.agent_conninfo(&jwt, "disable"))
-                .arg(c.to_string());
-            Bg::spawn("psycopg function loop", cmd, &p.agent)
-        })
-        .collect();
+    // psycopg loops calling `crash_insert(C, n)` (a function that inserts) for n = 1, 2, ...
+    let mut loops = psycopg_loops(&p, &jwt, "SELECT crash_insert(%t, %t)", 2000..2004);
     wait_until("the load going", Duration::from_secs(60), || {
         p.pg.sql_in("agentdb", "SELECT count(*) FROM crash;")
             .parse::<i64>()
@@ -772,20 +744,37 @@ fn kill_9_loses_no_write_made_by_a_function() {
                 (c.parse().unwrap(), n.parse().unwrap())
             })
             .collect();
-    let on_record: HashSet<(i64, i64)> = query(
+    let mut on_record = HashSet::new();
+    let mut intents = HashSet::new();
+    for r in query(
         &db,
-        "SELECT json_extract(body, '$.text'), json_extract(body, '$.params') FROM audit_log \
+        "SELECT kind, json_extract(body, '$.text'), json_extract(body, '$.params') FROM audit_log \
          WHERE kind IN ('statement', 'statement_intent') AND json_extract(body, '$.text') LIKE '%crash_insert%'",
-    )
-    .iter()
-    .filter_map(|r| numbers("", &r[1]))
-    .collect();
+    ) {
+        let Some(num) = numbers("", &r[2]) else {
+            continue;
+        };
+        if r[0] == "statement_intent" {
+            intents.insert(num);
+        }
+        on_record.insert(num);
+    }
     let missing: Vec<&(i64, i64)> = rows.iter().filter(|r| !on_record.contains(r)).collect();
     assert!(
         missing.is_empty(),
         "{} of {} rows written by crash_insert() have no statement on record: {missing:?}",
         missing.len(),
         rows.len()
+    );
+    // Each was on record (as an intent) before it was forwarded: crash_insert() is not a
+    // function known not to write.
+    let no_intent: Vec<&(i64, i64)> = rows.iter().filter(|r| !intents.contains(r)).collect();
+    assert!(
+        no_intent.is_empty(),
+        "{} of {} rows written by crash_insert() have no statement_intent record, e.g. {:?}",
+        no_intent.len(),
+        rows.len(),
+        &no_intent[..no_intent.len().min(10)]
     );
 }
 

@@ -233,10 +233,15 @@ fn workload(p: &PgGateway, from: i32, sessions: i32) {
 #[test]
 fn records_arrive_over_tls_and_verify_centrally() {
     // The central store takes only TLS for this role (hostssl), certificate checked against
-    // the test CA, name against 127.0.0.1.
+    // the test CA, name against 127.0.0.1. `channel_binding=require` (tokio-postgres honours
+    // it): the sink fails to log in rather than fall back to SCRAM without channel binding, so
+    // a session of the sink's role at all proves SCRAM-SHA-256-PLUS.
     let central = central_server("sinkc1", 16967, true);
     let pw = TempFile(password_file("sink1"));
-    let conninfo = central.conninfo(ROLE_TLS, "", "audit", "verify-full");
+    let conninfo = format!(
+        "{} channel_binding=require",
+        central.conninfo(ROLE_TLS, "", "audit", "verify-full")
+    );
     let p = gateway("sinkt1", 17964, 16964, &conninfo, &pw.0, "node-a");
     workload(&p, 1, 5);
 
@@ -257,7 +262,7 @@ fn records_arrive_over_tls_and_verify_centrally() {
         "SELECT body::jsonb ->> 'text' FROM agentgate_audit WHERE node = 'node-a' AND kind = 'statement' ORDER BY seq LIMIT 1;",
     );
     assert!(body.contains("INSERT INTO items"), "{body}");
-    // Over TLS, with SCRAM channel binding.
+    // Over TLS, with SCRAM channel binding (required by the conninfo: without it, no login).
     let ssl = central.sql(
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'agentgate_tls' AND s.ssl;",
     );
@@ -329,15 +334,11 @@ fn an_outage_of_the_central_store_is_caught_up_without_loss_or_duplicates() {
     let during = local_records(&p.gw.record_db());
     assert!(during.len() > before.len());
     // Long enough for the sink to notice and back off a few times.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !gateway_log(&p.gw).contains("central audit store unavailable") {
-        assert!(
-            Instant::now() < deadline,
-            "the sink never said the central store is unavailable\n{}",
-            gateway_log(&p.gw)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "the sink saying the central store is unavailable",
+        Duration::from_secs(30),
+        || gateway_log(&p.gw).contains("central audit store unavailable"),
+    );
     std::thread::sleep(Duration::from_secs(3));
     workload(&p, 20, 2);
 
@@ -504,15 +505,11 @@ fn a_restarted_gateway_continues_where_the_central_store_ends() {
     }
     p.gw.start_again();
     workload(&p, 30, 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !gateway_log(&p.gw).contains("NOT SHIPPING") {
-        assert!(
-            Instant::now() < deadline,
-            "the sink did not refuse a second chain under one name\n{}",
-            gateway_log(&p.gw)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "the sink refusing a second chain under one name",
+        Duration::from_secs(30),
+        || gateway_log(&p.gw).contains("NOT SHIPPING"),
+    );
     assert_eq!(central_records(central, "node-c"), third);
     assert_eq!(attempted_twice(central), "");
     assert_central_sound(central, "node-c");
