@@ -109,7 +109,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         if !runs(section) {
             continue;
         }
-        report::begin(key, &format!("cargo xtask bench --only {key} {args}"));
+        report::begin(key, &format!("cargo xtask bench --only {key} {args}"))?;
         match section {
             Only::Capture => capture(o.reps, o.bytes, o.connects)?,
             Only::Postgres => crate::bench_pg::postgres(o.pg_secs, o.pg_reps)?,
@@ -208,14 +208,6 @@ fn capture(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
         md!("| {label} | {m:.0} | {lo:.0}–{hi:.0} | {:.2} |", m / direct);
     }
     Ok(())
-}
-
-pub(crate) fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        String::from_utf8_lossy(&out.stderr).trim_end()
-    )
 }
 
 fn probe_json(cgroup: Option<&Cgroup>, args: &[&str]) -> anyhow::Result<Value> {

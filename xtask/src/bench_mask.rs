@@ -13,8 +13,7 @@ use std::{
 };
 
 use agentgate_tests::{
-    mint, now,
-    pg::{pg_policy, PgGateway, PgOptions, PgTargetOptions, ROLE_SCRAM},
+    pg::{agent_jwt, pg_policy, PgGateway, PgOptions, PgTargetOptions, ROLE_SCRAM},
     place,
 };
 use anyhow::{bail, Context};
@@ -236,10 +235,7 @@ fn stream(
 ) -> anyhow::Result<Run> {
     let conninfo = match path {
         Contender::Direct => p.direct_conninfo(ROLE_SCRAM),
-        _ => p.agent_conninfo(
-            &mint("bench-agent", &["agents"], now(), now() + 600),
-            "disable",
-        ),
+        _ => p.agent_conninfo(&agent_jwt("bench-agent"), "disable"),
     };
     let mut cmd = Command::new(client);
     cmd.args([protocol, &conninfo, query]);

@@ -22,8 +22,8 @@ use std::{
 use agentgate_tests::{
     mint, now,
     pg::{
-        conninfo, pgbench_command, psql, PgGateway, PgOptions, PgTargetOptions, ROLE_PASSWORD,
-        ROLE_SCRAM, SUPERUSER_PASSWORD,
+        conninfo, output_text, pgbench_command, psql, PgGateway, PgOptions, PgTargetOptions,
+        ROLE_PASSWORD, ROLE_SCRAM, SUPERUSER_PASSWORD,
     },
     place,
 };
@@ -123,12 +123,6 @@ pub fn postgres(secs: u64, reps: usize) -> anyhow::Result<()> {
     let warm_up = pgbench_args("simple", 8, secs.min(5));
     run_once(&mut b, Contender::Direct, &warm_up)?;
     run_once(&mut b, Contender::Agentgate, &warm_up)?;
-    let version = crate::report::first_line(
-        &agentgate_tests::pg::pg_bindir()
-            .join("pgbench")
-            .to_string_lossy(),
-        &["--version"],
-    );
 
     // results[case][contender]
     let mut results: Vec<[Vec<PgRun>; 5]> = vec![Default::default(); cases.len()];
@@ -149,7 +143,7 @@ pub fn postgres(secs: u64, reps: usize) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    print(&results, &cases, secs, reps, &version);
+    print(&results, &cases, secs, reps);
     profile(&mut b, secs)?;
     Ok(())
 }
@@ -174,32 +168,26 @@ fn start() -> anyhow::Result<Bench> {
         &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE_SCRAM};"),
     );
     let haproxy = Baseline::haproxy(HAPROXY_PORT, PG_PORT)?;
-    let b = Bench { p, haproxy };
-    for (who, want) in [
-        (Contender::Agentgate, "0"),
-        (Contender::AgentgateMasked, "****"),
-    ] {
-        let mut cmd = agentgate_tests::pg::psql_command(&conninfo(
-            "127.0.0.1",
-            PG_PORT,
-            "agent",
-            &token(who),
-            DB,
-            "disable",
-        ));
-        cmd.args([
-            "-tAc",
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
-        ]);
-        place(&mut cmd, Some(&b.p.agent), None);
-        let out = cmd.output().context("psql through the gateway")?;
-        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if got != want {
-            bail!(
-                "{}: abalance read as {got:?}, expected {want:?}:\n{}",
-                who.label(),
-                crate::bench::output_text(&out)
-            );
+    let mut b = Bench { p, haproxy };
+    // What each agentgate contender is sent in each protocol measured, read back from the
+    // gateway's record of the rows it sent (after masking).
+    for mode in ["simple", "extended", "prepared"] {
+        for who in [Contender::Agentgate, Contender::AgentgateMasked] {
+            let args = ["-S", "-n", "-M", mode, "-c", "1", "-t", "3"].map(String::from);
+            run_once(&mut b, who, &args)?;
+            let sent = balances_sent(&b.p, 3)?;
+            let masked = sent.iter().all(|v| v == "****");
+            let plain = sent.iter().all(|v| v.parse::<i64>().is_ok());
+            let ok = match who {
+                Contender::AgentgateMasked => masked,
+                _ => plain,
+            };
+            if !ok {
+                bail!(
+                    "{} with -M {mode}: pgbench was sent abalance values {sent:?}",
+                    who.label()
+                );
+            }
         }
     }
     let direct = psql(
@@ -214,12 +202,57 @@ fn start() -> anyhow::Result<Bench> {
         &["-tAc", "SELECT 1"],
     );
     if String::from_utf8_lossy(&direct.stdout).trim() != "1" {
-        bail!(
-            "psql through HAProxy: {}",
-            crate::bench::output_text(&direct)
-        );
+        bail!("psql through HAProxy: {}", output_text(&direct));
     }
     Ok(b)
+}
+
+/// The `abalance` values the gateway sent agents, from the `results` of its statement records
+/// on `pgbench_accounts` (waits up to 10 s for `statements` of them: the record is written
+/// behind the data path).
+fn balances_sent(p: &PgGateway, statements: usize) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(agentgate_tests::agentgate_bin())
+            .arg("audit")
+            .arg("--record-db")
+            .arg(p.gw.record_db())
+            .arg("export")
+            .output()
+            .context("agentgate audit export")?;
+        if !out.status.success() {
+            bail!("agentgate audit export: {}", output_text(&out));
+        }
+        let bodies: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["kind"] == "statement")
+            .map(|r| match &r["body"] {
+                Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+                body => body.clone(),
+            })
+            .filter(|b| {
+                b["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("pgbench_accounts"))
+            })
+            .collect();
+        if bodies.len() >= statements {
+            return Ok(bodies
+                .iter()
+                .flat_map(|b| b["results"].as_array().cloned().unwrap_or_default())
+                .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+                .map(|v| v.as_str().unwrap_or("NULL").to_string())
+                .collect());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} statements on pgbench_accounts on record after 10 s, expected {statements}",
+                bodies.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The agent's password for an agentgate contender: a fresh JWT, with the `masked` group for
@@ -295,7 +328,7 @@ fn run_once(b: &mut Bench, who: Contender, args: &[String]) -> anyhow::Result<Pg
     let before = proxy_pid.map(util::proc_stats).transpose()?;
     let out = cmd.output().with_context(|| format!("run {what}"))?;
     let after = proxy_pid.map(util::proc_stats).transpose()?;
-    let mut run = pgbench_report(&out, &what)?;
+    let mut run = pgbench_report(&out, &what, args.iter().any(|a| a == "-C"))?;
     run.proxy_cpu = before
         .zip(after)
         .map(|(a, z)| (z.user_secs - a.user_secs, z.system_secs - a.system_secs));
@@ -323,8 +356,8 @@ pub(crate) fn fresh_gateway(p: &mut PgGateway, empty_db: bool) -> anyhow::Result
 
 /// What pgbench printed: TPS, average latency, connection time (with `-C`) and the
 /// transactions processed; an error if it failed or any transaction did.
-pub(crate) fn pgbench_report(out: &Output, what: &str) -> anyhow::Result<PgRun> {
-    let text = crate::bench::output_text(out);
+pub(crate) fn pgbench_report(out: &Output, what: &str, connect: bool) -> anyhow::Result<PgRun> {
+    let text = output_text(out);
     if !out.status.success() {
         bail!("{what} failed ({}):\n{text}", out.status);
     }
@@ -352,7 +385,7 @@ pub(crate) fn pgbench_report(out: &Output, what: &str) -> anyhow::Result<PgRun> 
     if failed > 0 {
         bail!("{what}: {failed} transactions failed:\n{text}");
     }
-    if what.contains(" -C ") && connect_ms.is_none() {
+    if connect && connect_ms.is_none() {
         bail!("{what} printed no average connection time:\n{text}");
     }
     Ok(PgRun {
@@ -385,7 +418,7 @@ pub(crate) fn pgbench_init(pg: &agentgate_tests::pg::PgServer, db: &str) -> anyh
         bail!(
             "pgbench -i -s 1 failed ({}):\n{}",
             init.status,
-            crate::bench::output_text(&init)
+            output_text(&init)
         );
     }
     Ok(())
@@ -422,16 +455,10 @@ fn summarize(runs: &[PgRun]) -> Summary {
     }
 }
 
-fn print(
-    results: &[[Vec<PgRun>; 5]],
-    cases: &[(usize, usize)],
-    secs: u64,
-    reps: usize,
-    version: &str,
-) {
+fn print(results: &[[Vec<PgRun>; 5]], cases: &[(usize, usize)], secs: u64, reps: usize) {
     md!("\n### pgbench -S through five paths ({reps} repetitions of {secs} s)\n");
     md!(
-        "{version}, scale 1 (100 000 accounts, all in shared buffers), server and proxies on \
+        "pgbench (see software above), scale 1 (100 000 accounts, all in shared buffers), server and proxies on \
          loopback. direct: `{ROLE_SCRAM}` (SCRAM) from an unmanaged process. HAProxy: `mode \
          tcp`, `nbthread 2`; the client's SCRAM goes through to the server. PgBouncer: \
          `pool_mode = session`, SCRAM from the client to PgBouncer and from PgBouncer to the \
@@ -658,7 +685,7 @@ fn profile(b: &mut Bench, secs: u64) -> anyhow::Result<()> {
     // SIGINT: perf writes its data and exits.
     util::run(Command::new("kill").args(["-INT", &perf.id().to_string()]))?;
     perf.wait()?;
-    let run = pgbench_report(&out, "pgbench under perf")?;
+    let run = pgbench_report(&out, "pgbench under perf", false)?;
     let report = |children: bool, sort: &str, limit: &str| -> anyhow::Result<Vec<String>> {
         let out = Command::new("perf")
             .args([
@@ -680,7 +707,7 @@ fn profile(b: &mut Bench, secs: u64) -> anyhow::Result<()> {
             .output()
             .context("perf report")?;
         if !out.status.success() {
-            bail!("perf report: {}", crate::bench::output_text(&out));
+            bail!("perf report: {}", output_text(&out));
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()

@@ -16,15 +16,13 @@ use std::{
 };
 
 use agentgate_tests::{
-    mint, now,
-    pg::{pgbench_command, PgGateway, PgOptions, PgTargetOptions},
+    pg::{agent_jwt, output_text, pgbench_command, PgGateway, PgOptions, PgTargetOptions},
     place,
 };
 use anyhow::{bail, Context};
-use serde_json::Value;
 
 use crate::{
-    bench::{median, min_max, output_text},
+    bench::{median, min_max},
     bench_pg::{pgbench_report, PgRun},
     report::md,
 };
@@ -134,11 +132,6 @@ pub fn recording(secs: u64, reps: usize) -> anyhow::Result<()> {
         BENCH_DB,
         "CREATE TABLE record_bench (client int, at timestamptz DEFAULT now(), note text);",
     );
-    let version = Command::new(pgbench_command("127.0.0.1", 0, "", "").get_program())
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
     let fs_type = Command::new("df")
         .args(["--output=fstype"])
         .arg(&p.gw.dir)
@@ -179,7 +172,7 @@ pub fn recording(secs: u64, reps: usize) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    print(&workloads, &results, secs, reps, &version, &fs_type);
+    print(&workloads, &results, secs, reps, &fs_type);
     drop(script);
     drop(p);
     Ok(())
@@ -188,19 +181,12 @@ pub fn recording(secs: u64, reps: usize) -> anyhow::Result<()> {
 /// One run on a fresh gateway (and a fresh record DB); the gateway is stopped on entry and on
 /// return.
 fn run_once(p: &mut PgGateway, rec: Recording, w: &Workload, secs: u64) -> anyhow::Result<Run> {
-    let db = p.gw.record_db();
-    for f in db_files(&db) {
-        let _ = fs::remove_file(f);
-    }
     p.gw.extra_args = match rec {
         Recording::On => Vec::new(),
         Recording::Off => vec!["--record-off".into()],
     };
-    let rel = p.agent.rel.clone();
-    let is_agent = |e: &Value| e["event"] == "cgroup" && e["cgroup"] == rel.as_str();
-    let before = p.gw.events().iter().filter(|e| is_agent(e)).count();
-    p.gw.start_again();
-    p.gw.wait_for(Duration::from_secs(15), is_agent, before);
+    crate::bench_pg::fresh_gateway(p, true)?;
+    let db = p.gw.record_db();
     if !p.wait_no_upstream(Duration::from_secs(15)) {
         bail!(
             "{} upstream sessions still open 15 s after the previous run",
@@ -227,10 +213,7 @@ fn run_once(p: &mut PgGateway, rec: Recording, w: &Workload, secs: u64) -> anyho
         .map(String::from),
     );
     let mut cmd = pgbench_command("127.0.0.1", p.pg.port, "agent", BENCH_DB);
-    cmd.args(&args).env(
-        "PGPASSWORD",
-        mint("bench-agent", &["agents"], now(), now() + 600),
-    );
+    cmd.args(&args).env("PGPASSWORD", agent_jwt("bench-agent"));
     place(&mut cmd, Some(&p.agent), None);
     let what = format!("pgbench {} ({})", args.join(" "), rec.label());
     let t0 = Instant::now();
@@ -242,7 +225,7 @@ fn run_once(p: &mut PgGateway, rec: Recording, w: &Workload, secs: u64) -> anyho
         latency_ms,
         transactions,
         ..
-    } = pgbench_report(&out, &what)?;
+    } = pgbench_report(&out, &what, false)?;
 
     // SIGTERM: the gateway drains, its recorder flushes, SQLite folds the WAL into the file.
     if p.gw.terminate(Duration::from_secs(30)).is_none() {
@@ -261,11 +244,6 @@ fn run_once(p: &mut PgGateway, rec: Recording, w: &Workload, secs: u64) -> anyho
         intents: fin.2,
         db_bytes,
     })
-}
-
-fn db_files(db: &Path) -> [PathBuf; 3] {
-    let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
-    [db.to_path_buf(), with("-wal"), with("-shm")]
 }
 
 /// (records, `statement` records, `statement_intent` records) in the record DB's journal.
@@ -316,19 +294,12 @@ fn checkpointed_size(db: &Path) -> anyhow::Result<u64> {
     }
 }
 
-fn print(
-    workloads: &[Workload],
-    results: &[[Vec<Run>; 2]],
-    secs: u64,
-    reps: usize,
-    version: &str,
-    fs_type: &str,
-) {
+fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usize, fs_type: &str) {
     md!(
         "\n### recording: the audit writer in the loop vs recording off ({reps} repetitions of {secs} s)\n"
     );
     md!(
-        "{version}, scale 1, {CLIENTS} clients (`-c {CLIENTS} -j 2 -M simple -T {secs}`), from the \
+        "pgbench (see software above), scale 1, {CLIENTS} clients (`-c {CLIENTS} -j 2 -M simple -T {secs}`), from the \
          agent cgroup through agentgate (JWT as the password), server and gateway on loopback. \
          PostgreSQL made durable for this section (fsync, synchronous_commit, full_page_writes \
          on). Every run starts a fresh gateway with an empty record DB (SQLite, WAL, \

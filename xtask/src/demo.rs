@@ -944,23 +944,11 @@ impl Drop for Background {
 }
 
 /// Runs `cmd` with `input` on stdin, stdout and stderr into one file (so an error shows where it
-/// happened); returns its pid and that output.
-fn run_merged(mut cmd: Command, input: &str) -> anyhow::Result<(u32, String)> {
-    let path = Path::new(DEMO_DIR).join("psql.out");
-    let out = fs::File::create(&path)?;
-    cmd.stdin(Stdio::piped())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    let mut child = cmd.spawn().context("run psql")?;
-    drop(cmd);
-    let mut stdin = child.stdin.take().context("psql stdin")?;
-    stdin.write_all(input.as_bytes())?;
-    drop(stdin);
-    child.wait()?;
-    let mut text = String::new();
-    fs::File::open(&path)?.read_to_string(&mut text)?;
-    let _ = fs::remove_file(&path);
-    Ok((child.id(), text))
+/// happened); returns its pid and that output once it has exited.
+fn run_merged(cmd: Command, input: &str) -> anyhow::Result<(u32, String)> {
+    let mut bg = Background::spawn(cmd, input, "psql.out")?;
+    let pid = bg.child.id();
+    Ok((pid, bg.finish(Duration::from_secs(60))?))
 }
 
 /// The rows of `query` (with `?` parameters `args`) in the gateway's record DB, each a JSON

@@ -59,15 +59,16 @@ read, never test assertions.\n";
 
 /// Starts a section: forgets what an earlier one printed and prints the heading, the command
 /// that reproduces the section and the machine it ran on.
-pub fn begin(key: &str, command: &str) {
+pub fn begin(key: &str, command: &str) -> anyhow::Result<()> {
+    // A section missing from SECTIONS would be left out of the document.
+    let Some((_, title)) = SECTIONS.iter().find(|(k, _)| *k == key) else {
+        anyhow::bail!("bench section `{key}` is not in report::SECTIONS");
+    };
     SECTION.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    let title = SECTIONS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map_or(key, |(_, t)| t);
     md!("## {title}\n");
     md!("command: `{command}`  ");
     md!("{}", machine());
+    Ok(())
 }
 
 /// Ends a section: replaces its part of `docs/benchmarks.md` with what it printed.
