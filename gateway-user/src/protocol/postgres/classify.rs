@@ -30,7 +30,7 @@ use std::{
 use pg_query::protobuf;
 
 use super::{
-    predicate::{self, Condition, MergeClause},
+    predicate::{self, AExpr, Condition, MergeClause},
     settings,
 };
 use serde::ser::{self, Serialize, Serializer};
@@ -1188,8 +1188,11 @@ impl Walker {
             reads_column,
             bool_op: (f.kind == BOOL_EXPR).then(|| f.int("boolop").unwrap_or(0)),
             args_bounded: &f.args_bounded,
-            a_expr: (f.kind == A_EXPR)
-                .then(|| (f.int("kind").unwrap_or(0), &operator[..], &f.sides[..])),
+            a_expr: (f.kind == A_EXPR).then(|| AExpr {
+                kind: f.int("kind").unwrap_or(0),
+                operator: &operator,
+                sides: &f.sides,
+            }),
             current_of: f.kind == CURRENT_OF_EXPR,
         });
         let Some(p) = self.stack.last_mut() else {

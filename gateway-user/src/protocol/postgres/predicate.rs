@@ -12,6 +12,14 @@
 
 use pg_query::protobuf::{AExprKind, BoolExprType, CmdType, MergeMatchKind};
 
+/// An A_Expr: its kind, operator name and the column on either side (`None` for a side that
+/// is not a plain column reference).
+pub struct AExpr<'a> {
+    pub kind: i64,
+    pub operator: &'a [String],
+    pub sides: &'a [Option<String>],
+}
+
 /// What the walker collected about one expression node, for [`bounded`].
 pub struct Condition<'a> {
     /// A column is read somewhere in the node's subtree (a subquery's included).
@@ -19,9 +27,7 @@ pub struct Condition<'a> {
     /// For a BoolExpr: its operator and whether each argument is bounded.
     pub bool_op: Option<i64>,
     pub args_bounded: &'a [bool],
-    /// For an A_Expr: its kind, operator name and the columns on either side (`None` for a
-    /// side that is not a plain column reference).
-    pub a_expr: Option<(i64, &'a [String], &'a [Option<String>])>,
+    pub a_expr: Option<AExpr<'a>>,
     /// `WHERE CURRENT OF cursor`: one row.
     pub current_of: bool,
 }
@@ -42,11 +48,14 @@ pub fn bounded(c: &Condition<'_>) -> bool {
             _ => false,
         };
     }
-    if let Some((kind, name, sides)) = c.a_expr {
-        let same_column = matches!(sides, [Some(l), Some(r)] if l == r);
-        let reflexive = match AExprKind::try_from(kind as i32) {
+    if let Some(e) = &c.a_expr {
+        let same_column = matches!(e.sides, [Some(l), Some(r)] if l == r);
+        let reflexive = match AExprKind::try_from(e.kind as i32) {
             Ok(AExprKind::AexprOp) => {
-                matches!(name.last().map(String::as_str), Some("=" | ">=" | "<="))
+                matches!(
+                    e.operator.last().map(String::as_str),
+                    Some("=" | ">=" | "<=")
+                )
             }
             Ok(AExprKind::AexprNotDistinct) => true,
             _ => false,
