@@ -311,6 +311,27 @@ mod tests {
         }
     }
 
+    /// Over the discard limit, or an agent that stalls mid-message: refused by the announced
+    /// size all the same, without reading gigabytes or waiting for the agent.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_or_stalled_password_is_refused_without_waiting() {
+        for (announced, sent) in [(1_000_000_000usize, 100usize), (2_000_000, 1_000)] {
+            let (gateway, mut agent) = tokio::io::duplex(64 * 1024);
+            let mut gateway: BoxIo = Box::new(gateway);
+            let mut wire = vec![b'p'];
+            wire.extend_from_slice(&(announced as u32).to_be_bytes());
+            wire.extend(std::iter::repeat_n(b'a', sent));
+            agent.write_all(&wire).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let r = ask_password(&mut gateway).await;
+            assert!(
+                matches!(r, Err(FrontendError::Token(TokenError::TooLarge { len, .. })) if len == announced - 5),
+                "{r:?}"
+            );
+            assert!(started.elapsed() <= DISCARD_TIMEOUT, "{announced}");
+        }
+    }
+
     #[test]
     fn token_refusals_are_28p01_but_unavailable_keys() {
         let (code, m) = token_refusal(&TokenError::BadSignature);
