@@ -19,7 +19,7 @@ use crate::{
         backend,
         cancel::CancelTarget,
         codec::{self, out},
-        frontend::{self, BoxIo, Hello},
+        frontend::{self, BoxIo, FrontendError, Hello},
         relay::{self, Counters, Ended, SessionContext},
         tls,
     },
@@ -32,8 +32,6 @@ use crate::{
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The target's TLS handshake and authentication, on top of the TCP connect timeout.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Passwords are JWTs, capped at 16 KiB by the verifier; leave room for the framing.
-const MAX_PASSWORD_MESSAGE: usize = 20 * 1024;
 /// Databases whose column origins are cached; beyond this the caches start again empty.
 const MAX_CATALOGS: usize = 1_000;
 
@@ -116,9 +114,10 @@ impl<C: Connect> Proxy<C> {
         }
         let token = match &placed.workload.token {
             TokenSource::Credential => {
-                let asked = frontend::ask_password(&mut stream, MAX_PASSWORD_MESSAGE);
+                let asked = frontend::ask_password(&mut stream);
                 match tokio::time::timeout(STARTUP_TIMEOUT, asked).await {
                     Ok(Ok(t)) => Ok(t),
+                    Ok(Err(FrontendError::Token(e))) => Err(Refusal::token(e)),
                     Ok(Err(e)) => Err(Refusal::new("no_token", format!("password: {e}"))),
                     Err(_) => Err(Refusal::new(
                         "no_token",
@@ -405,7 +404,7 @@ impl<C: Connect> Proxy<C> {
     }
 
     async fn refuse_pg(&self, stream: &mut BoxIo, base: &Value, r: Refusal) {
-        let (code, message) = frontend::refusal_message(r.code);
+        let (code, message) = frontend::refusal_message(r.code, r.token.as_deref());
         frontend::refuse(stream, code, &message).await;
         self.refuse(base, r).await;
     }
