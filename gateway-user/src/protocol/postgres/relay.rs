@@ -1127,9 +1127,11 @@ impl Upward<'_, '_> {
             return Ok(None);
         };
         let what = if classified.class == Class::Opaque {
-            "a statement the gateway cannot read (DO, CALL, EXECUTE, FunctionCall, a parse error) may return masked values unmasked"
+            // Say what made it unreadable: a plain SELECT calling set_config is not a DO block.
+            let why = classified.note.as_deref().unwrap_or("unclassified");
+            format!("the gateway cannot read this statement ({why}), so it may return masked values unmasked")
         } else {
-            "this statement would copy masked values where no mask rule covers them"
+            "this statement would copy masked values where no mask rule covers them".to_owned()
         };
         Ok(Some(Denied {
             rule: plan.rule_name(rule).to_string(),
