@@ -20,13 +20,13 @@ impl Wire {
             pg_wire_command("127.0.0.1", p.pg.port, jwt, db),
             &p.agent,
         ));
-        let v = w.next();
+        let v = w.next_message();
         assert_eq!(v["login"], true, "pg_wire.py: {v}");
         w
     }
 
     /// The next JSON object the client printed.
-    pub fn next(&mut self) -> Value {
+    pub fn next_message(&mut self) -> Value {
         let line = self.0.wait_line(WAIT, |err, l| !err && l.starts_with('{'));
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("pg_wire.py printed {line}: {e}"))
     }
@@ -40,7 +40,7 @@ impl Wire {
     pub fn until_ready(&mut self) -> Vec<Value> {
         let mut got = Vec::new();
         loop {
-            let v = self.next();
+            let v = self.next_message();
             let done = v["msg"] == "Z" || v["eof"] == true;
             got.push(v);
             if done {

@@ -2262,7 +2262,7 @@ fn backlog_behind_a_held_statement_ends_the_session() {
     let mut w = Wire::open(&p, &agent_jwt("agent-backlog"), "agentdb");
 
     w.send(&json!([["Q", "DROP TABLE victim"]]));
-    let n = w.next();
+    let n = w.next_message();
     assert_eq!(n["msg"], "N", "{n}");
     let id = one_id(s(&n, "message"));
     assert_eq!(request(&p.gw, &id)["state"], "pending");
@@ -2270,7 +2270,7 @@ fn backlog_behind_a_held_statement_ends_the_session() {
     // 1.5 MiB of queries pipelined behind it, then the agent closes.
     w.send(&json!({"flood": 3 << 19}));
     let flooded = loop {
-        let v = w.next();
+        let v = w.next_message();
         if v.get("flooded").is_some() {
             break v;
         }
@@ -2298,7 +2298,7 @@ fn backlog_behind_a_held_statement_ends_the_session() {
     // gateway from acting on the decision. The session ends within seconds (08P01).
     let mut w = Wire::open(&p, &agent_jwt("agent-backlog"), "agentdb");
     w.send(&json!([["Q", "DROP TABLE victim"]]));
-    let n = w.next();
+    let n = w.next_message();
     assert_eq!(n["msg"], "N", "{n}");
     let id = one_id(s(&n, "message"));
     // A Query announcing 100 bytes, of which 7 come.

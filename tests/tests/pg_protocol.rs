@@ -17,7 +17,7 @@ fn tags(got: &[Value]) -> Vec<String> {
 
 /// The next `n` messages (for a batch that ends in Flush: no ReadyForQuery comes).
 fn next_n(w: &mut Wire, n: usize) -> Vec<Value> {
-    (0..n).map(|_| w.next()).collect()
+    (0..n).map(|_| w.next_message()).collect()
 }
 
 /// The first column of every DataRow in `got`.
@@ -87,7 +87,7 @@ fn a_query_inside_an_extended_batch_runs_or_is_skipped_as_on_the_server() {
     // 2. A failed Parse: the server skips the Queries behind it until Sync, answering nothing
     //    (not even the denied CREATE TABLE's refusal, which it never reads).
     w.send(&json!([["P", "bad", "SELECT * FROM no_such_table"], ["H"]]));
-    let e = w.next();
+    let e = w.next_message();
     assert_eq!(
         (e["msg"].as_str(), e["sqlstate"].as_str()),
         (Some("E"), Some("42P01")),
