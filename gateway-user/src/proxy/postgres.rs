@@ -17,7 +17,7 @@ use crate::{
     policy::TokenSource,
     protocol::postgres::{
         backend,
-        cancel::CancelTarget,
+        cancel::{cancel_signal, CancelTarget},
         codec::{self, out},
         frontend::{self, BoxIo, FrontendError, Hello},
         relay::{self, Counters, Ended, SessionContext},
@@ -169,11 +169,13 @@ impl<C: Connect> Proxy<C> {
             }
         };
         drop(password);
+        let (signal, cancels) = cancel_signal();
         let cancel = self.cancels.register(CancelTarget {
             dst,
             pid: upstream.pid,
             key: upstream.key,
             workload: admitted.grant.workload.clone(),
+            signal,
         });
         let mut greeting = vec![out::auth(0)];
         greeting.extend(upstream.greeting);
@@ -189,6 +191,7 @@ impl<C: Connect> Proxy<C> {
             stream,
             upstream.stream,
             key,
+            cancels,
             &admitted,
             &pg,
             &params,
@@ -205,6 +208,7 @@ impl<C: Connect> Proxy<C> {
         client: BoxIo,
         upstream: BoxIo,
         upstream_key: (i32, i32),
+        cancels: tokio::sync::watch::Receiver<u64>,
         admitted: &Admitted<'_>,
         pg: &crate::policy::PostgresTarget,
         params: &[(String, String)],
@@ -251,6 +255,7 @@ impl<C: Connect> Proxy<C> {
                 rows: admitted.policy.gateway.record_result_rows,
                 bytes: admitted.policy.gateway.record_result_bytes,
             },
+            cancels,
         };
         let counters = Counters::default();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
@@ -382,6 +387,9 @@ impl<C: Connect> Proxy<C> {
         let found = self.cancels.lookup(pid, key);
         match found {
             Some(t) if t.workload == placed.workload.name => {
+                // A statement held for approval is withdrawn; one the server runs is cancelled
+                // there (the agent cannot tell which it is, and both may be true).
+                t.signal.send_modify(|n| *n += 1);
                 let r = backend::cancel(&self.connector, t.dst, t.pid, t.key).await;
                 self.events.emit(
                     "cancel",

@@ -79,6 +79,8 @@ pub struct SessionContext<'a> {
     pub database: String,
     /// How much of each statement's result (as sent to the agent) the record keeps.
     pub results_cap: ResultsCap,
+    /// CancelRequests that reached this session (see [`super::cancel::CancelSignal`]).
+    pub cancels: watch::Receiver<u64>,
 }
 
 /// Rows and bytes of a statement's result kept on record; zero rows keeps none.
@@ -279,6 +281,8 @@ pub enum Ended {
 }
 
 struct Denial {
+    /// The SQLSTATE the agent gets (42501, or 57014 for a held statement it cancelled).
+    code: &'static str,
     rule: String,
     classified: Arc<Classified>,
     /// Instead of the standard text (a statement whose output cannot be masked).
@@ -427,6 +431,7 @@ pub async fn relay(
             approved: None,
             queued: VecDeque::new(),
             queued_bytes: 0,
+            next_refusal_code: None,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -481,6 +486,9 @@ struct Upward<'a, 'c> {
     /// leaving stays visible) and handled in order after the decision.
     queued: VecDeque<Frame>,
     queued_bytes: usize,
+    /// The SQLSTATE of the next refusal when it is not 42501: a held statement the agent
+    /// cancelled is refused as PostgreSQL refuses a cancelled one (57014).
+    next_refusal_code: Option<&'static str>,
 }
 
 impl Upward<'_, '_> {
@@ -1010,10 +1018,17 @@ impl Upward<'_, '_> {
             Decided(Box<crate::approval::Request>),
             AgentLeft(Option<CodecError>),
             AgentSent,
+            Cancelled,
         }
+        let mut cancels = self.ctx.cancels.clone();
+        let cancels_before = *cancels.borrow_and_update();
+        let cancelled = |id: &str| {
+            format!("agentgate: request {id} withdrawn: canceling statement due to user request")
+        };
         let decided = loop {
             let woke = tokio::select! {
                 r = held.decided() => Woke::Decided(Box::new(r)),
+                () = cancel_after(&mut cancels, cancels_before) => Woke::Cancelled,
                 read = from.fill_buf() => match read {
                     Ok([]) => Woke::AgentLeft(None),
                     Ok(_) => Woke::AgentSent,
@@ -1022,6 +1037,14 @@ impl Upward<'_, '_> {
             };
             match woke {
                 Woke::Decided(r) => break r,
+                // A CancelRequest withdraws the request: recorded as cancelled, the agent gets
+                // 57014, and the statement never runs, whatever approvers do later.
+                Woke::Cancelled => {
+                    let id = held.request().id.clone();
+                    held.cancel("the agent cancelled the statement (CancelRequest)");
+                    self.next_refusal_code = Some(SQLSTATE_CANCELED);
+                    return refuse(cancelled(&id));
+                }
                 // Pipelined messages (a Sync behind the Execute, say) are read off the socket
                 // and wait their turn, so that the agent leaving stays visible behind them.
                 Woke::AgentSent if self.queued_bytes >= MAX_QUEUED_WHILE_HELD => {
@@ -1063,6 +1086,11 @@ impl Upward<'_, '_> {
                 }
             }
         };
+        // A cancel that came with the decision still counts: the agent stopped waiting.
+        if *self.ctx.cancels.borrow() > cancels_before {
+            self.next_refusal_code = Some(SQLSTATE_CANCELED);
+            return refuse(cancelled(&decided.id));
+        }
         match decided.state {
             State::Approved => {
                 // The policy may have changed while it waited: it runs only if the approval
@@ -1250,6 +1278,7 @@ impl Upward<'_, '_> {
                 rule,
                 classified,
                 message,
+                code: self.next_refusal_code.take().unwrap_or("42501"),
             },
         );
         Ok(format!("{}{key:016x}", self.shared.marker))
@@ -1752,8 +1781,8 @@ where
                             format!("agentgate: {message} (rule \"{}\")", d.rule)
                         };
                         let detail = describe(&d.classified);
-                        frame = out::error("ERROR", "42501", &message, Some(&detail));
-                        ("42501".to_string(), message)
+                        frame = out::error("ERROR", d.code, &message, Some(&detail));
+                        (d.code.to_string(), message)
                     }
                     None => match masking.notice(ctx, b'E', &notice) {
                         Some((new, masked)) => {
@@ -1895,6 +1924,17 @@ where
         if from.buffer().is_empty() {
             to.flush().await.map_err(io)?;
         }
+    }
+}
+
+/// PostgreSQL's `query_canceled`.
+const SQLSTATE_CANCELED: &str = "57014";
+
+/// Resolves once a CancelRequest beyond the first `before` reached the session; never, once
+/// the session's cancel key is gone.
+async fn cancel_after(cancels: &mut watch::Receiver<u64>, before: u64) {
+    if cancels.wait_for(|n| *n > before).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -2183,11 +2223,12 @@ mod tests {
                 )),
                 approvals: test_approvals(),
                 database: "db".into(),
+                cancels: watch::channel(0).1,
                 results_cap: ResultsCap { rows: 0, bytes: 0 },
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0 };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None };
             let mut agent = BufReader::new(tokio::io::empty());
             let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {
@@ -2299,6 +2340,7 @@ mod tests {
         shared.denials().insert(
             0xabc,
             Denial {
+                code: "42501",
                 rule: "no-ddl".into(),
                 classified: Arc::new(Classified::opaque("x")),
                 message: None,
