@@ -35,7 +35,8 @@ use crate::{
         catalog::{Catalog, CatalogError, TableName},
         copy::{copy_out, CopyMask, CopyOut},
         detect::Hit,
-        notice::mask_notice,
+        hide::{Raiser, TextGuard},
+        notice::{hide_notice, mask_notice},
         plan::Plan,
         row::{self, ResultMask},
     },
@@ -1736,13 +1737,15 @@ where
             }
             b'N' => {
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
-                if let Some((new, _)) = masking.notice(ctx, b'N', &notice) {
+                let raiser = raiser(&shared.pending());
+                if let Some((new, _)) = masking.notice(ctx, b'N', &notice, raiser).await {
                     frame = new;
                 }
             }
             b'E' => {
                 masking.end_of_result();
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
+                let raiser = raiser(&shared.pending());
                 let (code, message) = match denial_of(shared, &notice) {
                     Some(d) => {
                         let message = d.message.unwrap_or_else(|| denial_message(&d.rule));
@@ -1755,7 +1758,7 @@ where
                         frame = out::error("ERROR", "42501", &message, Some(&detail));
                         ("42501".to_string(), message)
                     }
-                    None => match masking.notice(ctx, b'E', &notice) {
+                    None => match masking.notice(ctx, b'E', &notice, raiser).await {
                         Some((new, masked)) => {
                             frame = new;
                             (masked.sqlstate().to_string(), masked.message().to_string())
@@ -1952,6 +1955,7 @@ struct Masking {
     rows: Rows,
     copy: Option<Arc<CopyMask>>,
     hits: Vec<Hit>,
+    texts: TextGuard,
 }
 
 impl Masking {
@@ -2057,14 +2061,47 @@ impl Masking {
         Some(Frame::build(b'd', |b| b.put_slice(&line)))
     }
 
-    fn notice(
+    /// An error or notice from `raiser`: hidden whole when it may come from a masked column
+    /// (see [`crate::mask::hide`]), else with the values it quotes masked.
+    async fn notice(
         &mut self,
         ctx: &SessionContext<'_>,
         tag: u8,
         notice: &Notice,
+        raiser: Raiser,
     ) -> Option<(Frame, Notice)> {
         let plan = self.plan.get(ctx)?;
+        let ddl = self.ddl_in_transaction;
+        if self.texts.hides(&plan, &ctx.catalog, &raiser, ddl).await {
+            return Some(hide_notice(tag, notice));
+        }
         mask_notice(&plan, tag, notice)
+    }
+}
+
+/// What an error or notice arriving now comes from: the first statement still to be answered,
+/// past the Parses and Describes that come before its Execute (their errors, and a Bind's, are
+/// recorded with it); a Sync first is the end of a batch, where the server commits.
+fn raiser(q: &VecDeque<Pending>) -> Raiser {
+    for p in q {
+        match p {
+            Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe => {}
+            Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o) => {
+                return match &o.classified {
+                    Some(c) => Raiser::Statement {
+                        classified: c.clone(),
+                        text: o.rec.text.clone(),
+                    },
+                    None => Raiser::Unknown,
+                };
+            }
+            Pending::Sync => break,
+        }
+    }
+    match q.front() {
+        None => Raiser::Idle,
+        Some(Pending::Sync) => Raiser::Unknown,
+        Some(_) => Raiser::Preparing,
     }
 }
 
