@@ -24,6 +24,8 @@ INSERT INTO orders VALUES (10, 1, 'gift wrap');
 CREATE VIEW pay AS SELECT id, salary FROM customers;
 CREATE FUNCTION noisy(x int) RETURNS int LANGUAGE plpgsql AS $$
 BEGIN RAISE NOTICE 'value %', x USING DETAIL = 'detail ' || x, HINT = 'hint ' || x; RETURN 0; END $$;
+CREATE FUNCTION coded(x int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'boom' USING ERRCODE = lpad((x % 100000)::text, 5, '0'); END $$;
 "#;
 
 /// What must never reach the agent or the record: the salary (also times ten, as `chr` prints
@@ -286,6 +288,42 @@ fn errors_of_statements_reading_masked_columns_are_hidden() {
         "view replaced in a transaction",
         t.stderr.trim_end(),
         &format!("ERROR:  22008: {}", hidden("error", "22008")),
+    );
+
+    // The same statement text before and after the view is redefined (and committed) in the
+    // same session: judged again, not remembered.
+    let sql = "SELECT make_date(salary, 13, 1) FROM order_view";
+    let t = psql_run(
+        &conn,
+        Some(&p.agent),
+        &[
+            sql,
+            "CREATE OR REPLACE VIEW order_view AS SELECT salary FROM customers",
+            sql,
+        ],
+    );
+    check_no_raw(&mut failures, "view redefined", &t.stderr);
+    check_eq(
+        &mut failures,
+        "view redefined",
+        t.stderr.trim_end(),
+        &format!(
+            "ERROR:  22008: date field value out of range: 10-13-01\nLOCATION:  make_date, date.c:259\nERROR:  22008: {}",
+            hidden("error", "22008")
+        ),
+    );
+
+    // A PL/pgSQL RAISE may spell a value in its SQLSTATE: such a code is replaced by the
+    // level's default.
+    let sql = "SELECT coded(salary) FROM customers";
+    let d = psql_run(&direct, None, &[sql]);
+    assert_eq!(sqlstate(&d.stderr), "71828", "{}", d.stderr);
+    let t = psql_run(&conn, Some(&p.agent), &[sql]);
+    check_eq(
+        &mut failures,
+        sql,
+        t.stderr.trim_end(),
+        &format!("ERROR:  P0001: {}", hidden("error", "P0001")),
     );
 
     // The extended protocol: the error arrives while the Execute is at the front.

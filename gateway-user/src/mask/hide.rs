@@ -30,8 +30,9 @@ pub enum Raiser {
     /// A Parse or a Describe (or a Bind the relay does not track) with no Execute of its batch
     /// behind it: no row has been read.
     Preparing,
-    /// The statement that runs, with its text as recorded.
+    /// The statement that runs: its sequence number in the session, and its text as recorded.
     Statement {
+        seq: u64,
         classified: Arc<Classified>,
         text: String,
     },
@@ -41,10 +42,12 @@ pub enum Raiser {
 }
 
 /// Decides whether the texts of an error or notice are hidden; remembers the answer for the
-/// last statement, so that a statement raising many notices is judged once.
+/// statement that runs, so that one raising many notices is judged once. Remembered by the
+/// statement's run, not its text: the same text may read other columns once a view is
+/// redefined.
 #[derive(Default)]
 pub struct TextGuard {
-    last: Option<(Arc<Classified>, Arc<Plan>, bool)>,
+    last: Option<(u64, Arc<Plan>, bool)>,
 }
 
 impl TextGuard {
@@ -61,21 +64,25 @@ impl TextGuard {
         if !plan.has_columns() {
             return false;
         }
-        let (classified, text) = match raiser {
+        let (seq, classified, text) = match raiser {
             Raiser::Idle | Raiser::Preparing => return false,
             Raiser::Unknown => return true,
-            Raiser::Statement { classified, text } => (classified, text),
+            Raiser::Statement {
+                seq,
+                classified,
+                text,
+            } => (*seq, classified, text),
         };
         if ddl_in_transaction {
             return true;
         }
-        if let Some((c, p, hides)) = &self.last {
-            if Arc::ptr_eq(c, classified) && Arc::ptr_eq(p, plan) {
+        if let Some((s, p, hides)) = &self.last {
+            if *s == seq && Arc::ptr_eq(p, plan) {
                 return *hides;
             }
         }
         let hides = reads_masked(plan, catalog, classified, text).await;
-        self.last = Some((classified.clone(), plan.clone(), hides));
+        self.last = Some((seq, plan.clone(), hides));
         hides
     }
 }

@@ -2089,6 +2089,7 @@ fn raiser(q: &VecDeque<Pending>) -> Raiser {
             Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o) => {
                 return match &o.classified {
                     Some(c) => Raiser::Statement {
+                        seq: o.rec.seq,
                         classified: c.clone(),
                         text: o.rec.text.clone(),
                     },
