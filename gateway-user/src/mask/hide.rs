@@ -30,11 +30,13 @@ pub enum Raiser {
     /// A Parse or a Describe (or a Bind the relay does not track) with no Execute of its batch
     /// behind it: no row has been read.
     Preparing,
-    /// The statement that runs: its sequence number in the session, and its text as recorded.
+    /// The statement that runs: its sequence number in the session, and its text as recorded
+    /// (`None` when [`TextGuard::judged`] already says how it is judged: a statement raising
+    /// many notices need not have its text copied for each).
     Statement {
         seq: u64,
         classified: Arc<Classified>,
-        text: String,
+        text: Option<String>,
     },
     /// Something runs that the gateway did not read: a FunctionCall, or the commit at the end
     /// of an extended-protocol batch (deferred triggers, holdable cursors).
@@ -51,6 +53,14 @@ pub struct TextGuard {
 }
 
 impl TextGuard {
+    /// The statement run whose answer under `plan` is remembered.
+    pub fn judged(&self, plan: &Arc<Plan>) -> Option<u64> {
+        self.last
+            .as_ref()
+            .filter(|(_, p, _)| Arc::ptr_eq(p, plan))
+            .map(|(seq, _, _)| *seq)
+    }
+
     /// Whether what `raiser` raises must lose its texts under `plan`. `ddl_in_transaction`: the
     /// session changed the schema in its open transaction, which the gateway's own catalog
     /// connection cannot see (a view redefined to read a masked column looks as it was).
@@ -81,6 +91,10 @@ impl TextGuard {
                 return *hides;
             }
         }
+        // Only a run `judged` named comes without its text, and it was answered above.
+        let Some(text) = text else {
+            return true;
+        };
         let hides = reads_masked(plan, catalog, classified, text).await;
         self.last = Some((seq, plan.clone(), hides));
         hides

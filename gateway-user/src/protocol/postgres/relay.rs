@@ -1737,15 +1737,15 @@ where
             }
             b'N' => {
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
-                let raiser = raiser(&shared.pending());
-                if let Some((new, _)) = masking.notice(ctx, b'N', &notice, raiser).await {
+                let raised_by = |judged| raiser(&shared.pending(), judged);
+                if let Some((new, _)) = masking.notice(ctx, b'N', &notice, raised_by).await {
                     frame = new;
                 }
             }
             b'E' => {
                 masking.end_of_result();
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
-                let raiser = raiser(&shared.pending());
+                let raised_by = |judged| raiser(&shared.pending(), judged);
                 let (code, message) = match denial_of(shared, &notice) {
                     Some(d) => {
                         let message = d.message.unwrap_or_else(|| denial_message(&d.rule));
@@ -1758,7 +1758,7 @@ where
                         frame = out::error("ERROR", "42501", &message, Some(&detail));
                         ("42501".to_string(), message)
                     }
-                    None => match masking.notice(ctx, b'E', &notice, raiser).await {
+                    None => match masking.notice(ctx, b'E', &notice, raised_by).await {
                         Some((new, masked)) => {
                             frame = new;
                             (masked.sqlstate().to_string(), masked.message().to_string())
@@ -2061,19 +2061,23 @@ impl Masking {
         Some(Frame::build(b'd', |b| b.put_slice(&line)))
     }
 
-    /// An error or notice from `raiser`: hidden whole when it may come from a masked column
-    /// (see [`crate::mask::hide`]), else with the values it quotes masked.
+    /// An error or notice: hidden whole when it may come from a masked column (see
+    /// [`crate::mask::hide`]), else with the values it quotes masked. `raiser` says what it
+    /// comes from (given the statement run already judged), looked up only under column rules.
     async fn notice(
         &mut self,
         ctx: &SessionContext<'_>,
         tag: u8,
         notice: &Notice,
-        raiser: Raiser,
+        raiser: impl FnOnce(Option<u64>) -> Raiser,
     ) -> Option<(Frame, Notice)> {
         let plan = self.plan.get(ctx)?;
-        let ddl = self.ddl_in_transaction;
-        if self.texts.hides(&plan, &ctx.catalog, &raiser, ddl).await {
-            return Some(hide_notice(tag, notice));
+        if plan.has_columns() {
+            let raiser = raiser(self.texts.judged(&plan));
+            let ddl = self.ddl_in_transaction;
+            if self.texts.hides(&plan, &ctx.catalog, &raiser, ddl).await {
+                return Some(hide_notice(tag, notice));
+            }
         }
         mask_notice(&plan, tag, notice)
     }
@@ -2081,8 +2085,9 @@ impl Masking {
 
 /// What an error or notice arriving now comes from: the first statement still to be answered,
 /// past the Parses and Describes that come before its Execute (their errors, and a Bind's, are
-/// recorded with it); a Sync first is the end of a batch, where the server commits.
-fn raiser(q: &VecDeque<Pending>) -> Raiser {
+/// recorded with it); a Sync first is the end of a batch, where the server commits. The text of
+/// the `judged` statement run is not copied again.
+fn raiser(q: &VecDeque<Pending>, judged: Option<u64>) -> Raiser {
     for p in q {
         match p {
             Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe => {}
@@ -2091,7 +2096,7 @@ fn raiser(q: &VecDeque<Pending>) -> Raiser {
                     Some(c) => Raiser::Statement {
                         seq: o.rec.seq,
                         classified: c.clone(),
-                        text: o.rec.text.clone(),
+                        text: (judged != Some(o.rec.seq)).then(|| o.rec.text.clone()),
                     },
                     None => Raiser::Unknown,
                 };
