@@ -336,6 +336,8 @@ fn errors_of_statements_reading_masked_columns_are_hidden() {
                 &["0"],
             ),
             ("SELECT make_date($1::text::int, 13, 1)", &["2024"]),
+            // Parsing reads no rows: a syntax error keeps its text.
+            ("SELECT salary FROM customers WHERE", &[]),
         ],
     );
     check_no_raw(&mut failures, "extended protocol", &v.to_string());
@@ -358,6 +360,8 @@ fn errors_of_statements_reading_masked_columns_are_hidden() {
         e["message"], "date field value out of range: 2024-13-01",
         "{v}"
     );
+    let e = &v["results"][2]["error"];
+    assert_eq!(e["message"], "syntax error at end of input", "{v}");
 
     // Statements that read no masked column keep their errors and notices.
     for (sql, want) in [

@@ -27,8 +27,7 @@ pub enum Raiser {
     /// Nothing was sent that is still to be answered: a message of the server's own (a FATAL
     /// when the server shuts down); no statement runs.
     Idle,
-    /// A Parse or a Describe (or a Bind the relay does not track) with no Execute of its batch
-    /// behind it: no row has been read.
+    /// A Parse or a Describe: parsing and describing read no rows.
     Preparing,
     /// The statement that runs: its sequence number in the session, and its text as recorded
     /// (`None` when [`TextGuard::judged`] already says how it is judged: a statement raising
@@ -38,8 +37,9 @@ pub enum Raiser {
         classified: Arc<Classified>,
         text: Option<String>,
     },
-    /// Something runs that the gateway did not read: a FunctionCall, or the commit at the end
-    /// of an extended-protocol batch (deferred triggers, holdable cursors).
+    /// Something runs that the gateway did not read: a FunctionCall, the commit at the end of
+    /// an extended-protocol batch (deferred triggers, holdable cursors), a Bind with no
+    /// Execute behind it (binding plans the statement, and the planner reads statistics).
     Unknown,
 }
 

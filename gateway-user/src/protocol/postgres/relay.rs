@@ -2083,31 +2083,33 @@ impl Masking {
     }
 }
 
-/// What an error or notice arriving now comes from: the first statement still to be answered,
-/// past the Parses and Describes that come before its Execute (their errors, and a Bind's, are
-/// recorded with it); a Sync first is the end of a batch, where the server commits. The text of
-/// the `judged` statement run is not copied again.
+/// What an error or notice arriving now comes from: the message at the front of the queue,
+/// which the server is answering. A Bind's is judged by the Execute behind it in its batch
+/// (binding plans the statement); a Sync first is the end of a batch, where the server commits.
+/// The text of the `judged` statement run is not copied again.
 fn raiser(q: &VecDeque<Pending>, judged: Option<u64>) -> Raiser {
-    for p in q {
-        match p {
-            Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe => {}
-            Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o) => {
-                return match &o.classified {
-                    Some(c) => Raiser::Statement {
-                        seq: o.rec.seq,
-                        classified: c.clone(),
-                        text: (judged != Some(o.rec.seq)).then(|| o.rec.text.clone()),
-                    },
-                    None => Raiser::Unknown,
-                };
-            }
-            Pending::Sync => break,
-        }
-    }
+    let statement = |o: &Open| match &o.classified {
+        Some(c) => Raiser::Statement {
+            seq: o.rec.seq,
+            classified: c.clone(),
+            text: (judged != Some(o.rec.seq)).then(|| o.rec.text.clone()),
+        },
+        None => Raiser::Unknown,
+    };
     match q.front() {
         None => Raiser::Idle,
+        Some(Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe) => Raiser::Preparing,
+        Some(Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o)) => statement(o),
         Some(Pending::Sync) => Raiser::Unknown,
-        Some(_) => Raiser::Preparing,
+        Some(Pending::Bind) => q
+            .iter()
+            .skip(1)
+            .find(|p| !matches!(p, Pending::Describe | Pending::ClientDescribe))
+            .and_then(|p| match p {
+                Pending::Execute(o) => Some(statement(o)),
+                _ => None,
+            })
+            .unwrap_or(Raiser::Unknown),
     }
 }
 
