@@ -35,7 +35,8 @@ use crate::{
         catalog::{Catalog, CatalogError, TableName},
         copy::{copy_out, CopyMask, CopyOut},
         detect::Hit,
-        notice::mask_notice,
+        hide::{Raiser, TextGuard},
+        notice::{hide_notice, mask_notice},
         plan::Plan,
         row::{self, ResultMask},
     },
@@ -1765,13 +1766,15 @@ where
             }
             b'N' => {
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
-                if let Some((new, _)) = masking.notice(ctx, b'N', &notice) {
+                let raised_by = |judged| raiser(&shared.pending(), judged);
+                if let Some((new, _)) = masking.notice(ctx, b'N', &notice, raised_by).await {
                     frame = new;
                 }
             }
             b'E' => {
                 masking.end_of_result();
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
+                let raised_by = |judged| raiser(&shared.pending(), judged);
                 let (code, message) = match denial_of(shared, &notice) {
                     Some(d) => {
                         let message = d.message.unwrap_or_else(|| denial_message(&d.rule));
@@ -1784,7 +1787,7 @@ where
                         frame = out::error("ERROR", d.code, &message, Some(&detail));
                         (d.code.to_string(), message)
                     }
-                    None => match masking.notice(ctx, b'E', &notice) {
+                    None => match masking.notice(ctx, b'E', &notice, raised_by).await {
                         Some((new, masked)) => {
                             frame = new;
                             (masked.sqlstate().to_string(), masked.message().to_string())
@@ -1992,6 +1995,7 @@ struct Masking {
     rows: Rows,
     copy: Option<Arc<CopyMask>>,
     hits: Vec<Hit>,
+    texts: TextGuard,
 }
 
 impl Masking {
@@ -2097,14 +2101,55 @@ impl Masking {
         Some(Frame::build(b'd', |b| b.put_slice(&line)))
     }
 
-    fn notice(
+    /// An error or notice: hidden whole when it may come from a masked column (see
+    /// [`crate::mask::hide`]), else with the values it quotes masked. `raiser` says what it
+    /// comes from (given the statement run already judged), looked up only under column rules.
+    async fn notice(
         &mut self,
         ctx: &SessionContext<'_>,
         tag: u8,
         notice: &Notice,
+        raiser: impl FnOnce(Option<u64>) -> Raiser,
     ) -> Option<(Frame, Notice)> {
         let plan = self.plan.get(ctx)?;
+        if plan.has_columns() {
+            let raiser = raiser(self.texts.judged(&plan));
+            let ddl = self.ddl_in_transaction;
+            if self.texts.hides(&plan, &ctx.catalog, &raiser, ddl).await {
+                return Some(hide_notice(tag, notice));
+            }
+        }
         mask_notice(&plan, tag, notice)
+    }
+}
+
+/// What an error or notice arriving now comes from: the message at the front of the queue,
+/// which the server is answering. A Bind's is judged by the Execute behind it in its batch
+/// (binding plans the statement); a Sync first is the end of a batch, where the server commits.
+/// The text of the `judged` statement run is not copied again.
+fn raiser(q: &VecDeque<Pending>, judged: Option<u64>) -> Raiser {
+    let statement = |o: &Open| match &o.classified {
+        Some(c) => Raiser::Statement {
+            seq: o.rec.seq,
+            classified: c.clone(),
+            text: (judged != Some(o.rec.seq)).then(|| o.rec.text.clone()),
+        },
+        None => Raiser::Unknown,
+    };
+    match q.front() {
+        None => Raiser::Idle,
+        Some(Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe) => Raiser::Preparing,
+        Some(Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o)) => statement(o),
+        Some(Pending::Sync) => Raiser::Unknown,
+        Some(Pending::Bind) => q
+            .iter()
+            .skip(1)
+            .find(|p| !matches!(p, Pending::Describe | Pending::ClientDescribe))
+            .and_then(|p| match p {
+                Pending::Execute(o) => Some(statement(o)),
+                _ => None,
+            })
+            .unwrap_or(Raiser::Unknown),
     }
 }
 
