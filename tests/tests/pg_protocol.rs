@@ -191,3 +191,54 @@ fn a_session_ended_by_a_protocol_error_records_who_ended_it() {
         "{rows:?}"
     );
 }
+
+/// A WHERE that reads no column bounds nothing, and a MERGE is judged by the DELETE or UPDATE
+/// it can do: a rule on `write_unbounded` refuses them all (they passed as bounded `write`:
+/// `MERGE … ON true WHEN MATCHED THEN DELETE` emptied the table). Bounded forms still run.
+#[test]
+fn writes_whose_condition_bounds_nothing_are_unbounded() {
+    let rule = "  - name: no-unbounded\n    effect: deny\n    when: {groups: [agents]}\n    targets: [pg]\n    statements: {classes: [write_unbounded]}\n";
+    let p = PgGateway::start(
+        "pgunbounded",
+        19506,
+        19507,
+        PgOptions::default(),
+        &PgTargetOptions {
+            extra_rules: rule.into(),
+            ..Default::default()
+        },
+    );
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE u (x int); INSERT INTO u SELECT generate_series(1, 20); \
+             ALTER TABLE u OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let mut w = Wire::open(&p, &agent_jwt("agent-unbounded"), "agentdb");
+    for sql in [
+        "MERGE INTO u USING (SELECT 1 AS k) s ON true WHEN MATCHED THEN DELETE",
+        "MERGE INTO u USING (SELECT 1 AS k) s ON true WHEN MATCHED THEN UPDATE SET x = 0",
+        "DELETE FROM u WHERE true",
+        "UPDATE u SET x = 0 WHERE 1 = 1",
+        "DELETE FROM u WHERE x = 1 OR true",
+        "DELETE FROM u WHERE x = x",
+    ] {
+        let got = w.exchange(json!([["Q", sql]]));
+        let e = only_error(&got);
+        assert_eq!(e["sqlstate"], "42501", "{sql}: {got:?}");
+        assert!(
+            e["message"].as_str().unwrap_or("").contains("no-unbounded"),
+            "{sql}: {e}"
+        );
+    }
+    let count = || p.pg.sql_in("agentdb", "SELECT count(*), sum(x) FROM u;");
+    assert_eq!(count().trim(), "20|210", "a refused write changed rows");
+    for sql in [
+        "MERGE INTO u USING (SELECT 1 AS k) s ON u.x = s.k WHEN MATCHED THEN DELETE",
+        "DELETE FROM u WHERE x = 2",
+    ] {
+        no_error(sql, &w.exchange(json!([["Q", sql]])));
+    }
+    assert_eq!(count().trim(), "18|207");
+}
