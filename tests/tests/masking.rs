@@ -1652,4 +1652,15 @@ fn a_new_mask_key_waits_for_a_restart() {
         "the refusal does not name the key: {refused}"
     );
     assert_eq!(rows(&conn, Some(&p.agent), card), before);
+    // An unrelated edit of the policy files does not slip the new key in either (it used to:
+    // the next applied policy carried whatever the key file held by then).
+    let edited = PgTargetOptions {
+        extra_rules: format!(
+            "{}  - name: unrelated-edit\n    effect: deny\n    when: {{groups: [nobody]}}\n    targets: [pg]\n    statements: {{classes: [admin]}}\n",
+            column_rules()
+        ),
+        ..opts.clone()
+    };
+    p.set_policy_refused(&edited);
+    assert_eq!(rows(&conn, Some(&p.agent), card), before);
 }
