@@ -320,13 +320,15 @@ fn column_rules_mask_by_origin_with_each_strategy() {
         straight(aliases),
         vec!["alice@example.com|536-22-8147|4111111111111111|+1 415 555 0132|Alice Martin"]
     );
-    // A bare pattern also matches an expression column by its output name.
+    // A bare pattern also matches an expression column by its output name; its value is not
+    // known to be the column's, so it is redacted, not hashed (a hash of a guess would be
+    // compared with the real column's).
     assert_eq!(
         through(
             "SELECT '4000000000000002'::text AS card_number, '+1 650 555 0100'::text AS phone, \
              'plain'::text AS other"
         ),
-        vec![format!("{}|<NULL>|plain", hmac16("4000000000000002"))]
+        vec!["****|<NULL>|plain"]
     );
     // Pattern parts are case-insensitive; `customers.email` is any schema's, and
     // `public.customers.doc` only public's.

@@ -1196,10 +1196,10 @@ impl Upward<'_, '_> {
                         delimiter,
                     ))))
                 }
-                // Not found from the gateway's connection (another search_path, another
-                // session's temporary table): its columns are unknown.
-                Ok(_) => match plan.covering_rule(&[None]) {
-                    Some(r) => refuse(r, "the gateway cannot find this table to mask its COPY output; qualify it with its schema"),
+                // Not found, or an unqualified name that several schemas have (the session's
+                // search_path picks one): its columns are unknown unless none of them is masked.
+                Ok(rels) => match plan.covering_rule(rels) {
+                    Some(r) => refuse(r, "the gateway cannot tell which table this COPY reads (not found, or its name is in several schemas) to mask its output; qualify it with its schema"),
                     None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
                 },
                 Err(e) => lookup_failed(e),
@@ -1865,7 +1865,8 @@ fn table_names(c: &Classified) -> Vec<TableName> {
         .collect()
 }
 
-/// The relations a statement reads, as the catalog knows them.
+/// The relations a statement reads, as the catalog knows them: every relation each of its
+/// names may refer to (an unqualified name: that name in any schema, see `Catalog::resolve`).
 async fn resolve_tables(
     ctx: &SessionContext<'_>,
     c: &Classified,
