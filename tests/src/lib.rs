@@ -975,6 +975,7 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
 }
 pub mod bg;
 pub mod pg;
+pub mod wire;
 
 /// Polls `f` every 50 ms until it holds, panicking with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -985,4 +986,26 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `sql` on the record DB at `db` read-only (python's sqlite3); each row a JSON array.
+pub fn record_query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, json\n\
+             c = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True, timeout=30)\n\
+             print(json.dumps([list(r) for r in c.execute(sys.argv[2]).fetchall()]))",
+        )
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run python3 sqlite3");
+    assert!(
+        out.status.success(),
+        "record db query {sql}: {}",
+        pg::output_text(&out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("record db: {e}: {}", pg::output_text(&out)))
 }

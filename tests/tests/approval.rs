@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agentgate_tests::{bg::Bg, pg::*, *};
+use agentgate_tests::{bg::Bg, pg::*, wire::*, *};
 use serde_json::{json, Value};
 
 /// A generous wait for anything that should happen "at once" or after a short delay.
@@ -1574,69 +1574,6 @@ fn restart_cancels_held_requests() {
 // Regressions of the attacker review (tests 10–19): each fails on the code before the fixes.
 // =============================================================================================
 
-/// A raw wire-protocol client (`fixtures/pg_wire.py`) in the agent's cgroup, logged in to `db`:
-/// sends exactly the messages it is given, reports every message it gets.
-struct Wire(Bg);
-
-impl Wire {
-    fn open(p: &PgGateway, jwt: &str, db: &str) -> Self {
-        let mut w = Self(Bg::spawn(
-            "pg_wire.py",
-            pg_wire_command("127.0.0.1", p.pg.port, jwt, db),
-            &p.agent,
-        ));
-        let v = w.next();
-        assert_eq!(v["login"], true, "pg_wire.py: {v}");
-        w
-    }
-
-    /// The next JSON object the client printed.
-    fn next(&mut self) -> Value {
-        let line = self.0.wait_line(WAIT, |err, l| !err && l.starts_with('{'));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("pg_wire.py printed {line}: {e}"))
-    }
-
-    /// Sends one command (a list of messages, or a `{"flood"|"close": …}` object).
-    fn send(&mut self, cmd: &Value) {
-        self.0.send_line(&cmd.to_string());
-    }
-
-    /// What came back up to and including the next ReadyForQuery (or the end of the connection).
-    fn until_ready(&mut self) -> Vec<Value> {
-        let mut got = Vec::new();
-        loop {
-            let v = self.next();
-            let done = v["msg"] == "Z" || v["eof"] == true;
-            got.push(v);
-            if done {
-                return got;
-            }
-        }
-    }
-
-    /// Sends `msgs` (ending with a Sync or being one Query) and returns the answer.
-    fn exchange(&mut self, msgs: Value) -> Vec<Value> {
-        self.send(&msgs);
-        self.until_ready()
-    }
-}
-
-/// The ErrorResponses among `got`.
-fn wire_errors(got: &[Value]) -> Vec<Value> {
-    got.iter().filter(|m| m["msg"] == "E").cloned().collect()
-}
-
-/// The one ErrorResponse among `got`.
-fn only_error(got: &[Value]) -> Value {
-    let errors = wire_errors(got);
-    assert_eq!(errors.len(), 1, "expected one ErrorResponse, got: {got:?}");
-    errors[0].clone()
-}
-
-fn no_error(what: &str, got: &[Value]) {
-    assert!(wire_errors(got).is_empty(), "{what}: {got:?}");
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -2325,7 +2262,7 @@ fn backlog_behind_a_held_statement_ends_the_session() {
     let mut w = Wire::open(&p, &agent_jwt("agent-backlog"), "agentdb");
 
     w.send(&json!([["Q", "DROP TABLE victim"]]));
-    let n = w.next();
+    let n = w.next_message();
     assert_eq!(n["msg"], "N", "{n}");
     let id = one_id(s(&n, "message"));
     assert_eq!(request(&p.gw, &id)["state"], "pending");
@@ -2333,7 +2270,7 @@ fn backlog_behind_a_held_statement_ends_the_session() {
     // 1.5 MiB of queries pipelined behind it, then the agent closes.
     w.send(&json!({"flood": 3 << 19}));
     let flooded = loop {
-        let v = w.next();
+        let v = w.next_message();
         if v.get("flooded").is_some() {
             break v;
         }
@@ -2361,7 +2298,7 @@ fn backlog_behind_a_held_statement_ends_the_session() {
     // gateway from acting on the decision. The session ends within seconds (08P01).
     let mut w = Wire::open(&p, &agent_jwt("agent-backlog"), "agentdb");
     w.send(&json!([["Q", "DROP TABLE victim"]]));
-    let n = w.next();
+    let n = w.next_message();
     assert_eq!(n["msg"], "N", "{n}");
     let id = one_id(s(&n, "message"));
     // A Query announcing 100 bytes, of which 7 come.

@@ -145,27 +145,7 @@ impl Wire {
 // The record database and the CLI
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `sql` on the record DB at `db` read-only (python's sqlite3); each row a JSON array.
-fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, json\n\
-             c = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True, timeout=30)\n\
-             print(json.dumps([list(r) for r in c.execute(sys.argv[2]).fetchall()]))",
-        )
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("run python3 sqlite3");
-    assert!(
-        out.status.success(),
-        "record db query {sql}: {}",
-        output_text(&out)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("record db: {e}: {}", output_text(&out)))
-}
+use agentgate_tests::record_query as query;
 
 /// The single integer `sql` returns.
 fn count(db: &Path, sql: &str) -> i64 {

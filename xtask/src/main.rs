@@ -26,7 +26,7 @@ enum Task {
     /// Build agentgate and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Show an agent in a fresh cgroup going through the gateway (needs root).
@@ -52,13 +52,17 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     let bins = util::build(false)?;
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(util::root())
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "gateway-ebpf",
-            "--all-targets",
-        ])
+        .args(["test", "--workspace", "--exclude", "gateway-ebpf"])
+        // `cargo xtask test --test postgres` runs that one test binary, not every target.
+        .args(
+            (!extra.iter().any(|a| {
+                matches!(
+                    a.as_str(),
+                    "--test" | "--bin" | "--lib" | "--bins" | "--tests"
+                )
+            }))
+            .then_some("--all-targets"),
+        )
         .args(extra)
         .env("AGENTGATE_BIN", &bins.agentgate)
         .env("AGENT_PROBE_BIN", &bins.probe)

@@ -288,7 +288,7 @@ impl<C: Connect> Proxy<C> {
                 if let Some(f) = e.for_client() {
                     let _ = frontend::send(&mut client, &[f]).await;
                 }
-                (Some(e.to_string()), None)
+                (Some(e.to_string()), Some(e.ended_by().to_string()))
             }
         };
         let (up, down) = (

@@ -28,6 +28,8 @@ use std::{
 };
 
 use pg_query::protobuf;
+
+use super::settings;
 use serde::ser::{self, Serialize, Serializer};
 
 /// Longer query strings are Opaque without parsing (bounded parser cost) and are not cached.
@@ -127,6 +129,9 @@ pub struct Classified {
     pub source_columns: Vec<String>,
     /// The column references on the right of an UPDATE's SET list.
     pub set_columns: Vec<String>,
+    /// Settings the statement changes (SET, RESET, `set_config`), lower-case; `*` for RESET
+    /// ALL, DISCARD ALL or a name that is not a constant.
+    pub settings: Vec<String>,
 }
 
 impl Classified {
@@ -140,6 +145,7 @@ impl Classified {
             output_columns: Vec::new(),
             source_columns: Vec::new(),
             set_columns: Vec::new(),
+            settings: Vec::new(),
         }
     }
 }
@@ -229,6 +235,7 @@ fn classify_unchecked(sql: &str) -> Classified {
         output_columns: walker.output_columns.into_iter().collect(),
         source_columns: walker.source_columns.into_iter().collect(),
         set_columns: walker.set_columns.into_iter().collect(),
+        settings: walker.settings.into_iter().collect(),
         note: if verdict.class == Class::Opaque {
             // Every Opaque verdict carries a note; this is only a backstop.
             Some(verdict.note.unwrap_or_else(|| "unclassified".to_owned()))
@@ -282,6 +289,8 @@ const A_STAR: &str = node!(AStar);
 const FETCH_STMT: &str = node!(FetchStmt);
 const VIEW_STMT: &str = node!(ViewStmt);
 const FUNC_CALL: &str = node!(FuncCall);
+const A_CONST: &str = node!(AConst);
+const DISCARD_STMT: &str = node!(DiscardStmt);
 const LOCKING_CLAUSE: &str = node!(LockingClause);
 const INTO_CLAUSE: &str = node!(IntoClause);
 const WITH_CLAUSE: &str = node!(WithClause);
@@ -479,8 +488,9 @@ const ADMIN_FUNCTION_PREFIXES: &[&str] = &[
 /// Functions that run SQL given as a string, or read whole tables/schemas named by argument:
 /// the relations they touch are not in the parse tree, so table rules could not see them.
 const OPAQUE_FUNCTIONS: &[&str] = &[
-    // Changes settings by name given as a value: role, log_*, and the ones that change how the
-    // server reads SQL text (standard_conforming_strings, client_encoding).
+    // Changes settings by name given as a value: role, search_path, and the ones that change
+    // how the server reads SQL text. Judged by name where its arguments are constants (see
+    // `Walker::leave`, FUNC_CALL).
     "set_config",
     "query_to_xml",
     "query_to_xmlschema",
@@ -515,22 +525,6 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "lo_truncate",
     "lo_truncate64",
 ];
-
-/// Settings that SET can change but which are superuser-only for a reason: they switch off
-/// triggers and foreign keys, catalog protections, data checks, or the audit trail.
-const ADMIN_SETTINGS: &[&str] = &[
-    "session_replication_role",
-    "allow_system_table_mods",
-    "allow_in_place_tablespaces",
-    "ignore_system_indexes",
-    "ignore_checksum_failure",
-    "ignore_invalid_pages",
-    "zero_damaged_pages",
-    "lo_compat_privileges",
-];
-
-/// `log_statement`, `log_min_duration_statement`, ...; `pgaudit.log`, ...
-const ADMIN_SETTING_PREFIXES: &[&str] = &["log_", "pgaudit."];
 
 fn function_verdict(name: &str) -> (Class, Option<String>) {
     let base = name.rsplit('.').next().unwrap_or(name);
@@ -627,34 +621,25 @@ fn copy_class(f: &Frame) -> Class {
     }
 }
 
-/// SET/RESET: changing the current role is access control; a few settings are Admin (see
-/// [`ADMIN_SETTINGS`]); the rest are session-local and harmless. Setting names are
+/// SET/RESET: judged by the setting's name (see [`settings::set_verdict`]). Setting names are
 /// case-insensitive in PostgreSQL, also when quoted.
 fn setting_class(f: &Frame) -> (Class, Option<String>) {
-    let name = f.str("name").unwrap_or("").to_ascii_lowercase();
-    match name.as_str() {
-        // SET ROLE, RESET ROLE, SET SESSION AUTHORIZATION, SET role = ...
-        "role" | "session_authorization" => (Class::Dcl, None),
-        // These change how the server splits later SQL text into tokens (backslashes in
-        // strings, multi-byte characters that swallow a quote), so the gateway's parser, which
-        // assumes the defaults, would no longer see what the server runs.
-        n if LEXER_SETTINGS.contains(&n) => opaque(format!("SET {n} changes how SQL text is read")),
-        n if ADMIN_SETTINGS.contains(&n)
-            || ADMIN_SETTING_PREFIXES.iter().any(|p| n.starts_with(p)) =>
-        {
-            (Class::Admin, None)
-        }
-        _ => (Class::Read, None),
-    }
+    settings::set_verdict(&f.str("name").unwrap_or("").to_ascii_lowercase())
 }
 
-/// Settings that change the server's lexer (see [`setting_class`]); `SET NAMES` is
-/// `client_encoding`.
-pub const LEXER_SETTINGS: &[&str] = &[
-    "standard_conforming_strings",
-    "client_encoding",
-    "backslash_quote",
-];
+/// The setting a SET/RESET changes, lower-case; `*` for RESET ALL and SET TRANSACTION-like
+/// forms that name no single setting.
+fn changed_setting(f: &Frame) -> String {
+    use protobuf::VariableSetKind as K;
+    let kind = f
+        .int("kind")
+        .and_then(|k| i32::try_from(k).ok())
+        .and_then(|k| K::try_from(k).ok());
+    match (kind, f.str("name").filter(|n| !n.is_empty())) {
+        (Some(K::VarResetAll), _) | (_, None) => "*".to_owned(),
+        (_, Some(n)) => n.to_ascii_lowercase(),
+    }
+}
 
 /// Transaction control is Read, except two-phase commit: a prepared transaction outlives the
 /// session and holds its locks until someone with the right privileges resolves it.
@@ -817,6 +802,9 @@ struct Frame {
     pending: Vec<Pending>,
     /// Statement nodes directly below (for RawStmt: did it hold a statement at all?).
     statements: usize,
+    /// For a FuncCall: its arguments in order, each the string value of a constant or `None`
+    /// for anything else (another constant, an expression, a named argument).
+    args: Vec<Option<String>>,
 }
 
 impl Frame {
@@ -877,6 +865,7 @@ struct Walker {
     output_columns: BTreeSet<String>,
     source_columns: BTreeSet<String>,
     set_columns: BTreeSet<String>,
+    settings: BTreeSet<String>,
     /// One verdict per top-level statement (RawStmt).
     statements: Vec<Verdict>,
 }
@@ -918,6 +907,29 @@ impl Walker {
             .unwrap_or(("", ""));
         let mut verdict = std::mem::take(&mut f.verdict);
         let mut pending = std::mem::take(&mut f.pending);
+        if parent_kind == FUNC_CALL && parent_field == "args" {
+            let constant = (f.kind == A_CONST)
+                .then(|| {
+                    f.values.first().map(|(_, v)| match v {
+                        Scalar::Str(s) => s.clone(),
+                        Scalar::Int(i) => i.to_string(),
+                        Scalar::Bool(b) => b.to_string(),
+                    })
+                })
+                .flatten();
+            if let Some(p) = self.stack.last_mut() {
+                p.args.push(constant);
+            }
+        }
+        match f.kind {
+            VARIABLE_SET_STMT => {
+                self.settings.insert(changed_setting(&f));
+            }
+            DISCARD_STMT if f.int("target") == Some(protobuf::DiscardMode::DiscardAll as i64) => {
+                self.settings.insert("*".to_owned());
+            }
+            _ => {}
+        }
         // What a cursor returns was decided at its DECLARE, which may be long gone.
         if f.kind == FETCH_STMT && !f.bool("ismove").unwrap_or(false) {
             self.output_columns.insert(CURSOR_OUTPUT.to_owned());
@@ -1022,7 +1034,17 @@ impl Walker {
             FUNC_CALL => {
                 let name = f.value_strings("funcname").join(".").to_lowercase();
                 if !name.is_empty() {
-                    let (class, note) = function_verdict(&name);
+                    let (class, note) =
+                        if matches!(name.as_str(), "set_config" | "pg_catalog.set_config") {
+                            let setting = f.args.first().cloned().flatten();
+                            let setting = setting.map(|s| s.to_ascii_lowercase());
+                            self.settings
+                                .insert(setting.clone().unwrap_or_else(|| "*".to_owned()));
+                            let constant = f.args.iter().all(Option::is_some);
+                            settings::set_config_verdict(setting.as_deref(), constant)
+                        } else {
+                            function_verdict(&name)
+                        };
                     verdict.raise(class, note);
                     self.functions.insert(name);
                 }
@@ -2035,6 +2057,70 @@ mod tests {
             assert_eq!(classify(sql).class, Class::Opaque, "{sql}");
         }
         assert_eq!(classify("SET search_path = app").class, Class::Read);
+    }
+
+    /// asyncpg's type introspection runs this under every policy; a harmless setting changed
+    /// with constants is a read, anything else set_config does stays Opaque.
+    #[test]
+    fn set_config_is_judged_by_setting_name() {
+        let c = classify(
+            "SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new",
+        );
+        assert_eq!(c.class, Class::Read, "{c:?}");
+        assert_eq!(c.settings, ["jit"]);
+        for sql in [
+            "SELECT set_config('statement_timeout', '5s', true)",
+            "SELECT pg_catalog.set_config('application_name', 'x', false)",
+            "SELECT set_config('JIT', 'off', false)",
+        ] {
+            assert_eq!(classify(sql).class, Class::Read, "{sql}");
+        }
+        for sql in [
+            "SELECT set_config('search_path', 's30, public', false)",
+            "SELECT set_config('role', 'admin', false)",
+            "SELECT set_config('session_authorization', 'admin', false)",
+            "SELECT set_config('client_encoding', 'SJIS', false)",
+            "SELECT set_config('row_security', 'off', false)",
+            // A value from a table would sit in the setting, unmasked, for current_setting.
+            "SELECT set_config('application_name', email, false) FROM customers",
+            "SELECT set_config(name, 'x', false) FROM settings_to_change",
+            "SELECT set_config('jit'::text, 'off', false)",
+            "SELECT set_config('jit', 'off' || '', false)",
+            "SELECT set_config('jit', NULL, false)",
+            "SELECT set_config(setting_name => 'jit', new_value => 'off', is_local => false)",
+        ] {
+            assert_eq!(classify(sql).class, Class::Opaque, "{sql}");
+        }
+        assert_eq!(
+            classify("SELECT set_config('application_name', email, false) FROM customers")
+                .source_columns,
+            ["email"]
+        );
+    }
+
+    #[test]
+    fn changed_settings_are_listed() {
+        assert_eq!(classify("SET search_path = a, b").settings, ["search_path"]);
+        assert_eq!(
+            classify("SET LOCAL Search_Path TO a").settings,
+            ["search_path"]
+        );
+        assert_eq!(classify("RESET search_path").settings, ["search_path"]);
+        assert_eq!(classify("RESET ALL").settings, ["*"]);
+        assert_eq!(classify("DISCARD ALL").settings, ["*"]);
+        assert!(classify("DISCARD PLANS").settings.is_empty());
+        assert_eq!(classify("SET TIME ZONE 'UTC'").settings, ["timezone"]);
+        assert_eq!(
+            classify("SELECT set_config(x, 'a', false) FROM t").settings,
+            ["*"]
+        );
+        assert_eq!(
+            classify("SET jit = off; SELECT set_config('search_path', 'a', false)").settings,
+            ["jit", "search_path"]
+        );
+        assert!(classify("SELECT current_setting('search_path')")
+            .settings
+            .is_empty());
     }
 }
 

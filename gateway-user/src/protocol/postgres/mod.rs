@@ -9,4 +9,5 @@ pub mod classify;
 pub mod codec;
 pub mod frontend;
 pub mod relay;
+pub mod settings;
 pub mod tls;

@@ -214,8 +214,6 @@ pub enum RelayError {
     UnsafeSetting(String, String),
     #[error("more than {MAX_IN_FLIGHT} statements are waiting for the target's answer")]
     TooMuchInFlight,
-    #[error("a simple Query or FunctionCall inside an extended-protocol batch (send Sync first)")]
-    QueryInBatch,
     /// Values the gateway must mask but cannot: the session ends before any reach the agent.
     #[error("{0}")]
     Unmaskable(String),
@@ -236,9 +234,9 @@ impl RelayError {
             | RelayError::Upstream(_)
             | RelayError::LeftWhileHeld => return None,
             RelayError::Client(e) => ("08P01", format!("agentgate: {e}")),
-            RelayError::UnknownMessage(_)
-            | RelayError::QueryInBatch
-            | RelayError::StalledWhileHeld => ("08P01", format!("agentgate: {self}")),
+            RelayError::UnknownMessage(_) | RelayError::StalledWhileHeld => {
+                ("08P01", format!("agentgate: {self}"))
+            }
             RelayError::TooManyNamed | RelayError::TooMuchInFlight | RelayError::HeldBacklog => {
                 ("54000", format!("agentgate: {self}"))
             }
@@ -246,6 +244,24 @@ impl RelayError {
             RelayError::Unmaskable(_) => ("42501", format!("agentgate: {self}")),
         };
         Some(out::error("FATAL", code, &msg, None))
+    }
+
+    /// Who or what ended a session the relay ended with this error (the record's `ended_by`;
+    /// the error text itself goes beside it).
+    pub fn ended_by(&self) -> &'static str {
+        match self {
+            RelayError::Client(CodecError::Io(_)) => "agent connection failed",
+            RelayError::Upstream(_) => "target connection failed",
+            RelayError::LeftWhileHeld => "agent closed while a statement was held",
+            RelayError::Unmaskable(_) => "gateway: a result it could not mask",
+            RelayError::UnsafeSetting(..) => "gateway: a setting it cannot follow",
+            RelayError::Client(_)
+            | RelayError::UnknownMessage(_)
+            | RelayError::TooManyNamed
+            | RelayError::TooMuchInFlight
+            | RelayError::HeldBacklog
+            | RelayError::StalledWhileHeld => "gateway: the agent broke the protocol or a limit",
+        }
     }
 }
 
@@ -290,6 +306,8 @@ enum Pending {
     Sync,
     /// A Parse: answered by ParseComplete or an error, or skipped after an earlier error.
     Parse(u64),
+    /// A Bind: answered by BindComplete or an error, or skipped after an earlier error.
+    Bind,
     /// The agent's own Describe: its RowDescription or NoData is the agent's.
     ClientDescribe,
     /// The gateway's Describe of a portal before an Execute, for masking: its RowDescription
@@ -404,7 +422,6 @@ pub async fn relay(
             plan: PlanCache::default(),
             prefix: None,
             batch: 0,
-            batch_open: false,
             parses: HashMap::new(),
             next_parse: 1,
             approved: None,
@@ -453,8 +470,6 @@ struct Upward<'a, 'c> {
     prefix: Option<Frame>,
     /// Syncs sent so far: extended-protocol batches.
     batch: u64,
-    /// An extended-protocol message was sent since the last Sync.
-    batch_open: bool,
     /// Parses sent and not yet answered, by id: the statement name they were for.
     parses: HashMap<u64, String>,
     next_parse: u64,
@@ -529,16 +544,11 @@ impl Upward<'_, '_> {
     {
         let bad = RelayError::Client;
         self.learn_parses();
-        match frame.tag() {
-            // After an error the server skips everything up to Sync, a Query too, which would
-            // leave the gateway's expectations of what comes back out of step.
-            b'Q' | b'F' if self.batch_open => return Err(RelayError::QueryInBatch),
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
-            b'S' => {
-                self.batch_open = false;
-                self.batch += 1;
-            }
-            _ => {}
+        // A Query or FunctionCall may come inside an extended-protocol batch (asyncpg sends
+        // Parse/Describe/Flush and then a Query): the server runs it, or skips it like the rest
+        // of the batch after an error there; the downward side tells which (see `downward`).
+        if frame.tag() == b'S' {
+            self.batch += 1;
         }
         match frame.tag() {
             b'Q' => {
@@ -623,7 +633,11 @@ impl Upward<'_, '_> {
                     None => Ok(frame),
                 }
             }
-            b'B' => self.bind(frame).await,
+            b'B' => {
+                let forward = self.bind(frame).await?;
+                self.push(Pending::Bind)?;
+                Ok(forward)
+            }
             b'E' => {
                 let portal = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let (statement, params) = match self.portals.get(&portal) {
@@ -1127,9 +1141,11 @@ impl Upward<'_, '_> {
             return Ok(None);
         };
         let what = if classified.class == Class::Opaque {
-            "a statement the gateway cannot read (DO, CALL, EXECUTE, FunctionCall, a parse error) may return masked values unmasked"
+            // Say what made it unreadable: a plain SELECT calling set_config is not a DO block.
+            let why = classified.note.as_deref().unwrap_or("unclassified");
+            format!("the gateway cannot read this statement ({why}), so it may return masked values unmasked")
         } else {
-            "this statement would copy masked values where no mask rule covers them"
+            "this statement would copy masked values where no mask rule covers them".to_owned()
         };
         Ok(Some(Denied {
             rule: plan.rule_name(rule).to_string(),
@@ -1580,6 +1596,9 @@ where
     let io = |e| RelayError::Client(CodecError::Io(e));
     let mut masking = Masking::default();
     let mut kept = Kept::default();
+    // An extended-protocol message failed: the server skips every message up to the next Sync,
+    // a Query or FunctionCall sent inside the batch too.
+    let mut skipping_to_sync = false;
     loop {
         // Between the target's messages, the gateway's own for the agent (an approval notice
         // while a statement is held) go out at once.
@@ -1671,6 +1690,12 @@ where
                     q.pop_front();
                 }
             }
+            b'2' => {
+                let mut q = shared.pending();
+                if let Some(Pending::Bind) = q.front() {
+                    q.pop_front();
+                }
+            }
             b'C' => {
                 masking.end_of_result();
                 let rows = command_rows(&frame);
@@ -1739,29 +1764,39 @@ where
                     },
                 };
                 let mut q = shared.pending();
-                // The error of a Parse or Describe (the gateway's or the agent's) ends the batch;
-                // the statement it was for is recorded with it.
-                while let Some(Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe) =
-                    q.front()
+                // The error of a Parse, Bind or Describe (the gateway's or the agent's) ends the
+                // batch; the statement it was for is recorded with it.
+                let mut extended = false;
+                while let Some(
+                    Pending::Parse(_) | Pending::Bind | Pending::Describe | Pending::ClientDescribe,
+                ) = q.front()
                 {
+                    extended = true;
                     if let Some(Pending::Parse(id)) = q.pop_front() {
                         shared.parsed().push((id, false));
                     }
                 }
                 match q.front_mut() {
                     Some(Pending::Execute(_)) => {
+                        extended = true;
                         if let Some(Pending::Execute(mut o)) = q.pop_front() {
                             o.rec.error_code = Some(code);
                             o.rec.error = Some(message);
                             done.push(o);
                         }
                     }
-                    // The first error of a Query is its outcome.
-                    Some(Pending::Simple(o)) | Some(Pending::Call(o)) if o.rec.error.is_none() => {
+                    // The first error of a Query is its outcome; a Query behind a failed
+                    // message of its batch is skipped, not failed.
+                    Some(Pending::Simple(o)) | Some(Pending::Call(o))
+                        if !extended && o.rec.error.is_none() =>
+                    {
                         o.rec.error_code = Some(code);
                         o.rec.error = Some(message);
                     }
                     _ => {}
+                }
+                if extended {
+                    skipping_to_sync = true;
                 }
             }
             b'S' => {
@@ -1821,15 +1856,21 @@ where
                     masking.ddl_in_transaction = false;
                 }
                 let mut q = shared.pending();
+                // While skipping, this ReadyForQuery answers the Sync: everything before it was
+                // skipped, Queries included. Otherwise it ends a Query, or a batch's Sync.
+                let skipped = std::mem::take(&mut skipping_to_sync);
                 while let Some(p) = q.pop_front() {
                     match p {
-                        Pending::Describe | Pending::ClientDescribe => {}
+                        Pending::Describe | Pending::ClientDescribe | Pending::Bind => {}
                         // Skipped after an error in its batch.
                         Pending::Parse(id) => shared.parsed().push((id, false)),
                         Pending::Execute(mut o) => {
                             // Skipped by the server after an earlier error in the batch.
-                            o.rec.error =
-                                Some("not executed: an earlier message of the batch failed".into());
+                            o.rec.error = Some(NOT_EXECUTED.into());
+                            done.push(o);
+                        }
+                        Pending::Simple(mut o) | Pending::Call(mut o) if skipped => {
+                            o.rec.error = Some(NOT_EXECUTED.into());
                             done.push(o);
                         }
                         Pending::Simple(o) | Pending::Call(o) => {
@@ -1856,6 +1897,9 @@ where
         }
     }
 }
+
+/// The outcome of a statement the server skipped after an earlier message of its batch failed.
+const NOT_EXECUTED: &str = "not executed: an earlier message of the batch failed";
 
 /// The tables a statement names, as the catalog looks them up.
 fn table_names(c: &Classified) -> Vec<TableName> {
@@ -2144,7 +2188,7 @@ mod tests {
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0 };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0 };
             let mut agent = BufReader::new(tokio::io::empty());
             let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {
