@@ -573,3 +573,71 @@ fn constants_are_not_hashed_with_the_mask_key() {
         "bob's hash is {bob}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. DDL in the open transaction: the gateway's own connection cannot see it until it commits.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn ddl_in_an_open_transaction_then_a_copy() {
+    let p = start("spath-txn", 19314, 19315, &salary_rule());
+    let conn = p.agent_conninfo(&agent_jwt("agent-spath-txn"), "disable");
+    for sqls in [
+        // A TEMP VIEW shadows the table for the rest of the transaction.
+        &[
+            "BEGIN",
+            "CREATE TEMP VIEW plain_notes AS SELECT id, salary::text AS txt FROM customers",
+            "INSERT INTO public.plain_notes SELECT id, txt FROM plain_notes",
+            "COMMIT",
+        ][..],
+        // The table renamed away and a view put in its name, in one transaction.
+        &[
+            "BEGIN",
+            "ALTER TABLE plain_notes RENAME TO old_notes",
+            "CREATE VIEW plain_notes AS SELECT id, salary::text AS txt FROM customers",
+            "INSERT INTO old_notes SELECT id, txt FROM plain_notes",
+            "ROLLBACK",
+        ][..],
+        // One Query message: the view and the copy behind it.
+        &[
+            "CREATE TEMP VIEW plain_notes AS SELECT id, salary::text AS txt FROM customers; \
+           INSERT INTO public.plain_notes SELECT id, txt FROM plain_notes",
+        ][..],
+    ] {
+        let r = psql_run(&conn, Some(&p.agent), sqls);
+        assert!(
+            r.stderr.contains("would copy masked values"),
+            "{sqls:?}: {}",
+            r.stderr
+        );
+        assert_eq!(plain_notes(&p), "hello", "{sqls:?}: salaries copied");
+    }
+    // UPDATE copies too: a whole row of the table, a column of an updatable view.
+    let r = psql_run(
+        &conn,
+        Some(&p.agent),
+        &[
+            "UPDATE customers c SET name = c::text WHERE id = 1",
+            "CREATE VIEW pay AS SELECT id, name, salary AS s FROM customers",
+            "UPDATE pay SET name = s::text WHERE id = 1",
+        ],
+    );
+    assert_eq!(
+        r.stderr.matches("would copy masked values").count(),
+        2,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        superuser(&p, "SELECT name FROM customers WHERE id = 1;"),
+        "Alice",
+        "salaries copied into a plain column"
+    );
+    // The transaction over, copies of unmasked columns work again.
+    let r = psql_run(
+        &conn,
+        Some(&p.agent),
+        &["INSERT INTO orders SELECT id + 1, note FROM orders"],
+    );
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+}

@@ -14,7 +14,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -123,11 +123,35 @@ pub type TableName = (Option<String>, String);
 pub struct Catalog {
     open: Opener,
     cache: Cache,
+    /// The session may have DDL in an open transaction: what it created, renamed or dropped
+    /// there (a TEMP VIEW that shadows a table) is invisible to the gateway's own connection
+    /// until it commits.
+    uncommitted_ddl: AtomicBool,
 }
 
 impl Catalog {
     pub fn new(open: Opener, cache: Cache) -> Catalog {
-        Catalog { open, cache }
+        Catalog {
+            open,
+            cache,
+            uncommitted_ddl: AtomicBool::new(false),
+        }
+    }
+
+    /// The session is sending DDL, or the server has run some: until the session is next
+    /// idle outside a transaction, names may not mean what the catalog says.
+    pub fn ddl_in_flight(&self) {
+        self.uncommitted_ddl.store(true, Ordering::SeqCst);
+    }
+
+    /// The server is idle outside a transaction with nothing of the session's in flight:
+    /// whatever DDL it ran is committed or rolled back.
+    pub fn idle(&self) {
+        self.uncommitted_ddl.store(false, Ordering::SeqCst);
+    }
+
+    pub fn uncommitted_ddl(&self) -> bool {
+        self.uncommitted_ddl.load(Ordering::SeqCst)
     }
 
     fn names(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, (Instant, Vec<u32>)>> {

@@ -107,20 +107,20 @@ impl Plan {
         }
         // `UPDATE t SET a = b`: the names on the right are t's own columns, unless a FROM
         // list brings other relations (and their aliases) in.
-        if c.tables.len() > 1 {
+        if rels.len() != 1 {
             return self.covering_rule(rels);
         }
+        let Some(rel) = &rels[0] else {
+            return self.columns.first().map(|(_, r)| *r);
+        };
+        // Each name by the catalog's columns of t (a view's by the base columns it shows);
+        // a name t has no column of is a whole row (`SET a = t::text`) and reads them all.
         c.set_columns.iter().find_map(|r| {
             let column = r.rsplit('.').next().unwrap_or(r);
-            self.columns
-                .iter()
-                .find(|(p, _)| {
-                    p.matches_column_name(column)
-                        && c.tables
-                            .iter()
-                            .any(|t| p.may_cover_table(t.schema.as_deref(), &t.name))
-                })
-                .map(|(_, rule)| *rule)
+            match rel.columns.values().find(|col| col.name == column) {
+                Some(col) => self.column_rule_of(rel, col),
+                None => self.covering_rule(rels),
+            }
         })
     }
 

@@ -1130,10 +1130,17 @@ impl Upward<'_, '_> {
         if classified.class == Class::Read {
             return Ok(None);
         }
+        if classified.class == Class::Ddl {
+            self.ctx.catalog.ddl_in_flight();
+        }
         let rels = if classified.class == Class::Opaque
             || (classified.source_columns.is_empty() && classified.set_columns.is_empty())
         {
             Vec::new()
+        } else if self.ctx.catalog.uncommitted_ddl() {
+            // DDL of this session's open transaction (or of this very message) is invisible
+            // to the gateway's catalog connection: the names cannot be resolved.
+            vec![None]
         } else {
             resolve_tables(self.ctx, classified).await?
         };
@@ -1341,6 +1348,13 @@ impl Upward<'_, '_> {
         let mut q = self.shared.pending();
         if q.len() >= MAX_IN_FLIGHT {
             return Err(RelayError::TooMuchInFlight);
+        }
+        // Under the queue's lock, so that the downward side cannot find the session idle
+        // between this and the statement's going out.
+        if let Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o) = &p {
+            if matches!(o.rec.class.as_str(), "ddl" | "opaque") {
+                self.ctx.catalog.ddl_in_flight();
+            }
         }
         q.push_back(p);
         Ok(())
@@ -1879,6 +1893,9 @@ where
                         }
                         Pending::Sync => break,
                     }
+                }
+                if frame.body().first() == Some(&b'I') && q.is_empty() {
+                    ctx.catalog.idle();
                 }
             }
             _ => {}
