@@ -186,6 +186,10 @@ impl Bg {
         self.exited.is_none() && matches!(self.child.try_wait(), Ok(None))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -507,10 +507,15 @@ fn approval_rule(name: &str, statements: &str, approval: &str) -> String {
 
 const DROP_TABLE: &str = r#"{patterns: ["(?i)^drop table"]}"#;
 
-/// Test number `n` (0–19): PostgreSQL on 16980+n, gateway listener 17980+n.
+/// Test number `n` (0–19): PostgreSQL on 16980+n, gateway listener 17980+n; (20–29):
+/// PostgreSQL on 19520+n, gateway listener 19510+n.
 fn ports(n: u16) -> (u16, u16) {
-    assert!(n < 20);
-    (17980 + n, 16980 + n)
+    assert!(n < 30);
+    if n < 20 {
+        (17980 + n, 16980 + n)
+    } else {
+        (19510 + n, 19520 + n)
+    }
 }
 
 /// The HTTP admin API address of test `n`: 127.0.0.7 at the listener's port.
@@ -1143,6 +1148,45 @@ fn forged_and_expired_approver_tokens_are_refused() {
 // ---------------------------------------------------------------------------------------------
 // 6. The agent disconnects while held: cancelled, never run.
 // ---------------------------------------------------------------------------------------------
+
+/// A CancelRequest (psql sends one on SIGINT) for a statement held for approval withdraws the
+/// request: it is recorded as cancelled, the agent gets PostgreSQL's 57014, and no later
+/// approval makes the statement run. (It used to go to the server, which had nothing to
+/// cancel, and the agent kept waiting.)
+#[test]
+fn a_cancel_withdraws_a_held_statement() {
+    require_root();
+    let rules = approval_rule(
+        "drops-need-approval",
+        DROP_TABLE,
+        "{approvers: [dba], timeout_secs: 120}",
+    );
+    let p = start("apr-cancel", 20, rules, String::new(), &[]);
+    create_tables(&p, &["t"]);
+    let conn = p.agent_conninfo(&agent_jwt("agent-cancel"), "disable");
+
+    let mut c = psql_bg(&conn, &p.agent, &["DROP TABLE t"]);
+    let id = one_id(&psql_notice(&mut c));
+    assert_eq!(request(&p.gw, &id)["state"], "pending");
+    // SAFETY: a plain kill(2) of the psql child this test spawned.
+    assert_eq!(unsafe { libc::kill(c.pid() as i32, libc::SIGINT) }, 0);
+    let err = c.wait_line(WAIT, |err, l| err && l.starts_with("ERROR:"));
+    assert!(
+        err.contains("57014") && err.contains(&format!("request {id} withdrawn")),
+        "{err}"
+    );
+    c.wait_exit(WAIT);
+    let r = wait_request(&p.gw, &id, "cancelled", |r| r["state"] == "cancelled");
+    assert!(reason_of(&r).contains("CancelRequest"), "{r}");
+    let late = approvals(&p.gw, &["approve", &id]);
+    assert!(
+        !late.status.success(),
+        "approve of a withdrawn request accepted: {}",
+        output_text(&late)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(table_exists(&p, "t"), "the cancelled DROP ran");
+}
 
 #[test]
 fn disconnect_while_held_cancels_the_request() {

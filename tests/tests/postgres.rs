@@ -454,7 +454,7 @@ fn identity_tls_and_upstream_logins() {
 
     // Refusals are PostgreSQL errors with the right SQLSTATE and a reason about the token.
     let cases = [
-        ("not-a-jwt".to_string(), "28P01", "token is not valid"),
+        ("not-a-jwt".to_string(), "28P01", "token is not a JWT"),
         (
             mint("agent-old", &["agents"], now() - 1200, now() - 600),
             "28P01",

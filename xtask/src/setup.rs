@@ -26,6 +26,11 @@ const APT_PACKAGES: &[&str] = &[
     // psycopg 3 for /usr/bin/python3, which any uid can run (tests/fixtures/pg_client.py as a
     // non-root agent); root's `python3` may be another interpreter, see PIP_PACKAGES.
     "python3-psycopg",
+    // tests/tests/drivers.rs: asyncpg for /usr/bin/python3 too (root's `python3` gets it from
+    // pip, see PIP_PACKAGES), and pgJDBC as /usr/share/java/postgresql.jar, compiled against
+    // with the machine's javac (a JDK is installed only where javac is missing, see run()).
+    "python3-asyncpg",
+    "libpostgresql-jdbc-java",
     // `cargo xtask bench`: the proxies agentgate is measured against, and `perf` for its
     // profile of the gateway.
     "haproxy",
@@ -36,15 +41,27 @@ const APT_PACKAGES: &[&str] = &[
 const PIP_PACKAGES: &[(&str, &str)] = &[
     // tests/fixtures/pg_client.py, the PostgreSQL client the end-to-end tests drive.
     ("psycopg", "psycopg[binary]>=3.1"),
+    // tests/fixtures/drivers/asyncpg_client.py.
+    ("asyncpg", "asyncpg>=0.29"),
 ];
+/// node-postgres (and pg-copy-streams) for tests/fixtures/drivers/node/client.js, installed by
+/// `npm ci` from the committed package-lock.json into this directory (relative to the root).
+const NODE_FIXTURE_DIR: &str = "tests/fixtures/drivers/node";
+/// Written into node_modules after a successful `npm ci`: the package-lock.json it installed.
+const NODE_STAMP: &str = "node_modules/.agentgate-installed-lock.json";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let mut wanted = APT_PACKAGES.to_vec();
+    // The drivers' test compiles its pgJDBC client with javac and runs node-postgres: a machine
+    // that has them (any version that can run them) keeps its own.
+    if !on_path("javac") {
+        wanted.push("default-jdk-headless");
+    }
+    if !on_path("node") || !on_path("npm") {
+        wanted.extend(["nodejs", "npm"]);
+    }
+    let missing: Vec<&str> = wanted.into_iter().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         println!("setup: apt packages present");
     } else {
@@ -64,6 +81,8 @@ pub fn run() -> anyhow::Result<()> {
             sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", spec]))?;
         }
     }
+
+    node_fixture()?;
 
     let has_src = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
@@ -102,6 +121,31 @@ pub fn run() -> anyhow::Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
     Ok(())
+}
+
+/// `npm ci` in [`NODE_FIXTURE_DIR`] unless node_modules holds exactly what package-lock.json
+/// names already (the stamp written after the last successful install matches).
+fn node_fixture() -> anyhow::Result<()> {
+    let dir = crate::util::root().join(NODE_FIXTURE_DIR);
+    let lock = std::fs::read(dir.join("package-lock.json"))
+        .with_context(|| format!("{NODE_FIXTURE_DIR}/package-lock.json"))?;
+    let stamp = dir.join(NODE_STAMP);
+    if std::fs::read(&stamp).ok().as_deref() == Some(&lock[..]) {
+        println!("setup: node modules of {NODE_FIXTURE_DIR} present");
+        return Ok(());
+    }
+    println!("setup: npm ci in {NODE_FIXTURE_DIR}");
+    sh(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir))?;
+    std::fs::write(&stamp, &lock).with_context(|| format!("write {}", stamp.display()))?;
+    Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

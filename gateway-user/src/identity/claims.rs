@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::error::TokenError;
+use super::error::{ClaimProblem, TokenError};
 use super::{Principal, ProviderConfig};
 
 fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, TokenError> {
@@ -21,7 +21,7 @@ fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64
             .map(Some)
             .ok_or(TokenError::InvalidClaim {
                 claim: name.into(),
-                detail: "not a NumericDate",
+                problem: ClaimProblem::NotNumericDate,
             }),
     }
 }
@@ -69,7 +69,7 @@ pub(crate) fn validate(
     if lifetime < 0 {
         return Err(TokenError::InvalidClaim {
             claim: "exp".into(),
-            detail: "exp is before iat",
+            problem: ClaimProblem::ExpBeforeIat,
         });
     }
     let max = cfg.max_lifetime.as_secs();
@@ -95,7 +95,7 @@ pub(crate) fn validate(
                 let Value::String(a) = item else {
                     return Err(TokenError::InvalidClaim {
                         claim: "aud".into(),
-                        detail: "not a string or array of strings",
+                        problem: ClaimProblem::NotStringOrArray,
                     });
                 };
                 ok |= cfg.audiences.iter().any(|x| x == a);
@@ -105,7 +105,7 @@ pub(crate) fn validate(
         Some(_) => {
             return Err(TokenError::InvalidClaim {
                 claim: "aud".into(),
-                detail: "not a string or array of strings",
+                problem: ClaimProblem::NotStringOrArray,
             })
         }
     };
@@ -121,7 +121,7 @@ pub(crate) fn validate(
         Some(_) => {
             return Err(TokenError::InvalidClaim {
                 claim: "sub".into(),
-                detail: "not a string",
+                problem: ClaimProblem::NotString,
             })
         }
     };
@@ -135,14 +135,14 @@ pub(crate) fn validate(
                 Value::String(g) => Ok(g.clone()),
                 _ => Err(TokenError::InvalidClaim {
                     claim: cfg.groups_claim.clone(),
-                    detail: "not a string or array of strings",
+                    problem: ClaimProblem::NotStringOrArray,
                 }),
             })
             .collect::<Result<Vec<_>, _>>()?,
         Some(_) => {
             return Err(TokenError::InvalidClaim {
                 claim: cfg.groups_claim.clone(),
-                detail: "not a string or array of strings",
+                problem: ClaimProblem::NotStringOrArray,
             })
         }
     };

@@ -3,19 +3,22 @@
 
 use std::path::PathBuf;
 
-/// Why a token was refused. Every variant has a stable machine code, see [`TokenError::reason`].
-/// Values taken from the (unverified) token are shown with `{:?}` so control characters are
-/// escaped, and are truncated by the parser.
-#[derive(Debug, thiserror::Error)]
+/// Why a token was refused. Every variant has a stable machine code, see [`TokenError::reason`],
+/// and a short text for the agent, see [`TokenError::agent_message`]. Values taken from the
+/// (unverified) token are shown with `{:?}` so control characters are escaped, and are truncated
+/// by the parser.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     #[error("token is {len} bytes, over the {max}-byte limit")]
     TooLarge { len: usize, max: usize },
     #[error("malformed token: {0}")]
-    Malformed(String),
+    Malformed(Malformed),
     #[error("token algorithm {alg:?} is not allowed{}", provider.as_ref().map(|p| format!(" for provider {p}")).unwrap_or_default())]
     AlgNotAllowed {
         alg: String,
         provider: Option<String>,
+        /// What the provider (or, before the provider is known, any provider) accepts.
+        allowed: Vec<jsonwebtoken::Algorithm>,
     },
     #[error("token header has unsupported parameter {0:?}")]
     UnsupportedHeader(String),
@@ -38,8 +41,11 @@ pub enum TokenError {
     BadSignature,
     #[error("required claim {0:?} is missing")]
     MissingClaim(String),
-    #[error("claim {claim:?} is invalid: {detail}")]
-    InvalidClaim { claim: String, detail: &'static str },
+    #[error("claim {claim:?} is invalid: {problem}")]
+    InvalidClaim {
+        claim: String,
+        problem: ClaimProblem,
+    },
     #[error("token expired at {exp} (now {now}, skew {skew}s)")]
     Expired { exp: i64, now: i64, skew: u64 },
     #[error("token not valid before {nbf} (now {now}, skew {skew}s)")]
@@ -56,6 +62,84 @@ pub enum TokenError {
         lifetime: i64,
         max: u64,
     },
+}
+
+/// The part of a compact JWS a structural problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Header,
+    Payload,
+    Signature,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Header => "header",
+            Part::Payload => "payload",
+            Part::Signature => "signature",
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What is structurally wrong with a token that is not a usable compact JWS. The details (a
+/// decoder's or JSON parser's own words) are for the operator only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("empty token")]
+    Empty,
+    #[error("expected three dot-separated parts")]
+    NotThreeParts,
+    #[error("empty {0}")]
+    EmptyPart(Part),
+    #[error("{part} is not base64url: {detail}")]
+    NotBase64 { part: Part, detail: String },
+    #[error("{part} is not valid JSON: {detail}")]
+    NotJson { part: Part, detail: String },
+    #[error("{0} is not a JSON object")]
+    NotObject(Part),
+    #[error("header has no alg")]
+    NoAlg,
+    #[error("header alg is not a string")]
+    AlgNotString,
+    #[error("header kid is not a string")]
+    KidNotString,
+    #[error("iss is not a string")]
+    IssNotString,
+}
+
+/// What is wrong with a claim that is present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimProblem {
+    #[error("not a NumericDate")]
+    NotNumericDate,
+    #[error("exp is before iat")]
+    ExpBeforeIat,
+    #[error("not a string or array of strings")]
+    NotStringOrArray,
+    #[error("not a string")]
+    NotString,
+}
+
+/// Algorithm names as the agent may read them: printable ASCII, short.
+fn shown_alg(alg: &str) -> String {
+    alg.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .take(32)
+        .collect()
+}
+
+fn alg_list(algs: &[jsonwebtoken::Algorithm]) -> String {
+    algs.iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl TokenError {
@@ -79,6 +163,78 @@ impl TokenError {
             TokenError::IssuedInFuture { .. } => "iat_in_future",
             TokenError::WrongAudience { .. } => "wrong_audience",
             TokenError::LifetimeTooLong { .. } => "lifetime_too_long",
+        }
+    }
+
+    /// What the agent is told, whatever the protocol: the cause, in terms of its own token.
+    /// Never key material, provider or file names, the issuer's keys or the token itself: only
+    /// the algorithm name the token chose (sanitised) and numbers that the agent's token or the
+    /// documented policy limits already carry.
+    pub fn agent_message(&self) -> String {
+        match self {
+            TokenError::TooLarge { len, max } => {
+                format!("the token is {len} bytes, over the gateway's limit of {max} bytes")
+            }
+            TokenError::Malformed(m) => match m {
+                Malformed::Empty => "the token is empty".into(),
+                Malformed::NotThreeParts => {
+                    "the token is not a JWT (three base64url parts separated by dots)".into()
+                }
+                Malformed::EmptyPart(part) => format!("the token's {part} is empty"),
+                Malformed::NotBase64 { part, .. } => format!("the token's {part} is not base64url"),
+                Malformed::NotJson { part, .. } | Malformed::NotObject(part) => {
+                    format!("the token's {part} is not a JSON object")
+                }
+                Malformed::NoAlg => "the token's header has no alg".into(),
+                Malformed::AlgNotString => "the token's alg is not a string".into(),
+                Malformed::KidNotString => "the token's kid is not a string".into(),
+                Malformed::IssNotString => "the token's iss claim is not a string".into(),
+            },
+            TokenError::AlgNotAllowed { alg, allowed, .. } => {
+                let mut m = format!(
+                    "the token's algorithm '{}' is not accepted",
+                    shown_alg(alg)
+                );
+                if !allowed.is_empty() {
+                    m += &format!(" (allowed: {})", alg_list(allowed));
+                }
+                m
+            }
+            TokenError::UnsupportedHeader(_) => {
+                "the token has a critical header (crit) the gateway does not understand".into()
+            }
+            TokenError::UnknownIssuer(_) => "the token's issuer is not trusted".into(),
+            TokenError::MissingKid { .. } => {
+                "the token names no signing key (kid) and its issuer has several".into()
+            }
+            TokenError::UnknownKid { .. } => "the token's signing key (kid) is unknown".into(),
+            TokenError::KeyAlgMismatch { .. } => {
+                "the token's algorithm does not match its signing key".into()
+            }
+            TokenError::JwksUnavailable { .. } => {
+                "the token cannot be checked right now (its issuer's keys are unavailable)".into()
+            }
+            TokenError::BadSignature => "the token's signature does not verify".into(),
+            TokenError::MissingClaim(claim) => format!("the token has no {claim} claim"),
+            TokenError::InvalidClaim { claim, problem } => match problem {
+                ClaimProblem::NotNumericDate => format!("the token's {claim} claim is not a number"),
+                ClaimProblem::ExpBeforeIat => "the token's exp claim is before its iat".into(),
+                ClaimProblem::NotStringOrArray => {
+                    format!("the token's {claim} claim is not a string or an array of strings")
+                }
+                ClaimProblem::NotString => format!("the token's {claim} claim is not a string"),
+            },
+            TokenError::Expired { .. } => "the token has expired".into(),
+            TokenError::NotYetValid { .. } => "the token is not valid yet (nbf)".into(),
+            TokenError::IssuedInFuture { .. } => {
+                "the token is not valid yet (issued in the future: iat)".into()
+            }
+            TokenError::WrongAudience { .. } => {
+                "the token is not meant for this gateway (aud)".into()
+            }
+            TokenError::LifetimeTooLong { lifetime, max, .. } => format!(
+                "the token's lifetime (exp - iat) of {lifetime} s is longer than the allowed {max} s"
+            ),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! discovery), with asymmetric algorithms only.
 //!
 //! [`Verifier::verify`] refuses with a [`TokenError`] whose [`TokenError::reason`] is a stable
-//! machine code. Keys are cached per provider and refreshed when a token names an unknown `kid`
+//! machine code and whose [`TokenError::agent_message`] tells the agent what is wrong with its
+//! token. Keys are cached per provider and refreshed when a token names an unknown `kid`
 //! (or the cache is older than five minutes), at most once per provider per 10 s, one fetch shared
 //! by concurrent callers. HTTPS uses rustls with the ring provider, webpki roots plus an optional
 //! CA file; every socket gets the gateway's SO_MARK when one is set.
@@ -16,14 +17,18 @@ mod token;
 mod verify;
 
 #[cfg(test)]
+mod message_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
-pub use error::{IdentityError, TokenError};
+pub use error::IdentityError;
+pub use error::TokenError;
 pub use fetch::OwnSockets;
+pub use token::MAX_TOKEN_BYTES;
 pub use verify::Verifier;
 
 /// One trusted identity provider (OIDC issuer).

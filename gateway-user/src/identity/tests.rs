@@ -18,23 +18,23 @@ use super::error::FetchError;
 use super::jwks::{JwksCache, KeySet, MIN_REFRESH_INTERVAL};
 use super::*;
 
-const RSA1: &str = include_str!("testdata/rsa1.pem");
+pub(super) const RSA1: &str = include_str!("testdata/rsa1.pem");
 const RSA1_PUB: &str = include_str!("testdata/rsa1.pub.pem");
-const RSA2: &str = include_str!("testdata/rsa2.pem");
-const ISS: &str = "https://idp.example.test";
-const AUD: &str = "agentgate";
+pub(super) const RSA2: &str = include_str!("testdata/rsa2.pem");
+pub(super) const ISS: &str = "https://idp.example.test";
+pub(super) const AUD: &str = "agentgate";
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
 }
 
-struct TestKey {
+pub(super) struct TestKey {
     kid: String,
     alg: Algorithm,
-    enc: EncodingKey,
+    pub(super) enc: EncodingKey,
     jwk: Value,
 }
 
@@ -50,7 +50,7 @@ impl TestKey {
         }
     }
 
-    fn rsa(pem: &str, kid: &str) -> Self {
+    pub(super) fn rsa(pem: &str, kid: &str) -> Self {
         Self::new(
             EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
             Algorithm::RS256,
@@ -67,7 +67,7 @@ impl TestKey {
         )
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(super) fn sign(&self, claims: &Value) -> String {
         let mut h = Header::new(self.alg);
         h.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&h, claims, &self.enc).unwrap()
@@ -78,7 +78,7 @@ fn jwks_json(keys: &[&TestKey]) -> String {
     json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
 }
 
-fn claims_for(iss: &str) -> Value {
+pub(super) fn claims_for(iss: &str) -> Value {
     let t = now();
     json!({
         "iss": iss,
@@ -90,21 +90,21 @@ fn claims_for(iss: &str) -> Value {
     })
 }
 
-fn claims() -> Value {
+pub(super) fn claims() -> Value {
     claims_for(ISS)
 }
 
-fn with(mut v: Value, key: &str, val: Value) -> Value {
+pub(super) fn with(mut v: Value, key: &str, val: Value) -> Value {
     v[key] = val;
     v
 }
 
-fn without(mut v: Value, key: &str) -> Value {
+pub(super) fn without(mut v: Value, key: &str) -> Value {
     v.as_object_mut().unwrap().remove(key);
     v
 }
 
-fn b64(v: &Value) -> String {
+pub(super) fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
@@ -129,14 +129,14 @@ fn write_atomically(path: &Path, contents: &str) {
 }
 
 /// A verifier over a JWKS file holding an RSA key "k1" and an EC key "e1".
-struct FileFixture {
+pub(super) struct FileFixture {
     _dir: tempfile::TempDir,
-    rsa: TestKey,
-    ec: TestKey,
-    verifier: Verifier,
+    pub(super) rsa: TestKey,
+    pub(super) ec: TestKey,
+    pub(super) verifier: Verifier,
 }
 
-fn file_fixture() -> FileFixture {
+pub(super) fn file_fixture() -> FileFixture {
     let dir = tempfile::tempdir().unwrap();
     let rsa = TestKey::rsa(RSA1, "k1");
     let ec = TestKey::ec("e1");
@@ -151,7 +151,7 @@ fn file_fixture() -> FileFixture {
     }
 }
 
-async fn refused(v: &Verifier, token: &str, reason: &str) -> TokenError {
+pub(super) async fn refused(v: &Verifier, token: &str, reason: &str) -> TokenError {
     match v.verify(token).await {
         Ok(p) => panic!("token accepted as {p:?}, expected refusal {reason}"),
         Err(e) => {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use jsonwebtoken::Algorithm;
 
 use super::discovery;
-use super::error::{FetchError, IdentityError, TokenError};
+use super::error::{FetchError, IdentityError, Malformed, Part, TokenError};
 use super::fetch::{self, HttpUrl, NetOptions};
 use super::jwks::{JwksCache, KeySet, Selection, VerifyKey};
 use super::{claims, token, JwksSource, Principal, ProviderConfig};
@@ -330,9 +330,32 @@ impl Verifier {
         self
     }
 
+    /// Every algorithm some provider accepts, each once, in the providers' order.
+    fn all_algorithms(&self) -> Vec<Algorithm> {
+        let mut all = Vec::new();
+        for a in self.providers.iter().flat_map(|p| &p.cfg.algorithms) {
+            if !all.contains(a) {
+                all.push(*a);
+            }
+        }
+        all
+    }
+
     /// Verifies a compact JWS and returns the principal it names.
     pub async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        let parsed = token::parse(token)?;
+        let parsed = token::parse(token).map_err(|e| match e {
+            // Refused before the provider is known: what any provider would have accepted.
+            TokenError::AlgNotAllowed {
+                alg,
+                provider: None,
+                ..
+            } => TokenError::AlgNotAllowed {
+                alg,
+                provider: None,
+                allowed: self.all_algorithms(),
+            },
+            e => e,
+        })?;
         let provider = self
             .by_issuer
             .get(&parsed.iss)
@@ -342,6 +365,7 @@ impl Verifier {
             return Err(TokenError::AlgNotAllowed {
                 alg: format!("{:?}", parsed.alg),
                 provider: Some(provider.cfg.name.clone()),
+                allowed: provider.cfg.algorithms.clone(),
             });
         }
         let key = provider
@@ -357,7 +381,10 @@ impl Verifier {
             Ok(false) => return Err(TokenError::BadSignature),
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::Base64(_) => {
-                    return Err(TokenError::Malformed("signature is not base64url".into()))
+                    return Err(TokenError::Malformed(Malformed::NotBase64 {
+                        part: Part::Signature,
+                        detail: e.to_string(),
+                    }))
                 }
                 _ => return Err(TokenError::BadSignature),
             },

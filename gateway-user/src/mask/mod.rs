@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod copy;
 pub mod detect;
+pub mod hide;
 pub mod notice;
 pub mod plan;
 pub mod row;

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     capture::workload_files,
-    identity::{JwksSource, OwnSockets, Principal, ProviderConfig, Verifier},
+    identity::{JwksSource, OwnSockets, Principal, ProviderConfig, TokenError, Verifier},
     policy::{Decision, Policy, Target, TokenSource, Who, Workload},
 };
 
@@ -21,6 +21,8 @@ pub struct Refusal {
     pub rule: Option<String>,
     /// Who was refused, when the token was valid and a rule said no.
     pub principal: Option<Box<Principal>>,
+    /// Why the token was refused, when it was: what the agent is told comes from this.
+    pub token: Option<Box<TokenError>>,
 }
 
 impl Refusal {
@@ -30,6 +32,16 @@ impl Refusal {
             message: message.into(),
             rule: None,
             principal: None,
+            token: None,
+        }
+    }
+
+    /// A refused token: its machine code, its details for the operator, and the typed cause
+    /// from which the agent's message is made.
+    pub fn token(e: TokenError) -> Self {
+        Self {
+            token: Some(Box::new(e.clone())),
+            ..Self::new(e.reason(), format!("token refused: {e}"))
         }
     }
 }
@@ -166,10 +178,7 @@ pub async fn authorize(
             "the policy's identity providers are unusable",
         )
     })?;
-    let principal = verifier
-        .verify(token)
-        .await
-        .map_err(|e| Refusal::new(e.reason(), format!("token refused: {e}")))?;
+    let principal = verifier.verify(token).await.map_err(Refusal::token)?;
     let who = Who {
         issuer: &principal.issuer,
         subject: &principal.subject,
@@ -183,6 +192,7 @@ pub async fn authorize(
             message: reason,
             rule,
             principal: Some(Box::new(principal)),
+            token: None,
         }),
     }
 }

@@ -375,6 +375,7 @@ impl<C: Connect> Proxy<C> {
                 message: r.message(),
                 rule: None,
                 principal: Some(Box::new(p)),
+                token: None,
             });
         }
         set(base, "subject", json!(p.subject));

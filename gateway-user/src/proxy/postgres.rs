@@ -17,9 +17,9 @@ use crate::{
     policy::TokenSource,
     protocol::postgres::{
         backend,
-        cancel::CancelTarget,
+        cancel::{cancel_signal, CancelTarget},
         codec::{self, out},
-        frontend::{self, BoxIo, Hello},
+        frontend::{self, BoxIo, FrontendError, Hello},
         relay::{self, Counters, Ended, SessionContext},
         tls,
     },
@@ -32,8 +32,6 @@ use crate::{
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The target's TLS handshake and authentication, on top of the TCP connect timeout.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Passwords are JWTs, capped at 16 KiB by the verifier; leave room for the framing.
-const MAX_PASSWORD_MESSAGE: usize = 20 * 1024;
 /// Databases whose column origins are cached; beyond this the caches start again empty.
 const MAX_CATALOGS: usize = 1_000;
 
@@ -116,9 +114,10 @@ impl<C: Connect> Proxy<C> {
         }
         let token = match &placed.workload.token {
             TokenSource::Credential => {
-                let asked = frontend::ask_password(&mut stream, MAX_PASSWORD_MESSAGE);
+                let asked = frontend::ask_password(&mut stream);
                 match tokio::time::timeout(STARTUP_TIMEOUT, asked).await {
                     Ok(Ok(t)) => Ok(t),
+                    Ok(Err(FrontendError::Token(e))) => Err(Refusal::token(e)),
                     Ok(Err(e)) => Err(Refusal::new("no_token", format!("password: {e}"))),
                     Err(_) => Err(Refusal::new(
                         "no_token",
@@ -170,11 +169,13 @@ impl<C: Connect> Proxy<C> {
             }
         };
         drop(password);
+        let (signal, cancels) = cancel_signal();
         let cancel = self.cancels.register(CancelTarget {
             dst,
             pid: upstream.pid,
             key: upstream.key,
             workload: admitted.grant.workload.clone(),
+            signal,
         });
         let mut greeting = vec![out::auth(0)];
         greeting.extend(upstream.greeting);
@@ -190,6 +191,7 @@ impl<C: Connect> Proxy<C> {
             stream,
             upstream.stream,
             key,
+            cancels,
             &admitted,
             &pg,
             &params,
@@ -206,6 +208,7 @@ impl<C: Connect> Proxy<C> {
         client: BoxIo,
         upstream: BoxIo,
         upstream_key: (i32, i32),
+        cancels: tokio::sync::watch::Receiver<u64>,
         admitted: &Admitted<'_>,
         pg: &crate::policy::PostgresTarget,
         params: &[(String, String)],
@@ -252,6 +255,7 @@ impl<C: Connect> Proxy<C> {
                 rows: admitted.policy.gateway.record_result_rows,
                 bytes: admitted.policy.gateway.record_result_bytes,
             },
+            cancels,
         };
         let counters = Counters::default();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
@@ -383,6 +387,9 @@ impl<C: Connect> Proxy<C> {
         let found = self.cancels.lookup(pid, key);
         match found {
             Some(t) if t.workload == placed.workload.name => {
+                // A statement held for approval is withdrawn; one the server runs is cancelled
+                // there (the agent cannot tell which it is, and both may be true).
+                t.signal.send_modify(|n| *n += 1);
                 let r = backend::cancel(&self.connector, t.dst, t.pid, t.key).await;
                 self.events.emit(
                     "cancel",
@@ -405,7 +412,7 @@ impl<C: Connect> Proxy<C> {
     }
 
     async fn refuse_pg(&self, stream: &mut BoxIo, base: &Value, r: Refusal) {
-        let (code, message) = frontend::refusal_message(r.code);
+        let (code, message) = frontend::refusal_message(r.code, r.token.as_deref());
         frontend::refuse(stream, code, &message).await;
         self.refuse(base, r).await;
     }

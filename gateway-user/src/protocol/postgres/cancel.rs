@@ -2,7 +2,23 @@
 //! (which arrives on a new captured connection, with no credentials) is forwarded to the right
 //! target with the real key, which the agent never learns.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::watch;
+
+/// Counts the CancelRequests that reached a session. A statement held for approval is the
+/// gateway's, not the server's, to cancel: the relay watches this while it holds one.
+pub type CancelSignal = Arc<watch::Sender<u64>>;
+
+/// A new signal and the session's side of it.
+pub fn cancel_signal() -> (CancelSignal, watch::Receiver<u64>) {
+    let (tx, rx) = watch::channel(0);
+    (Arc::new(tx), rx)
+}
 
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
@@ -11,6 +27,8 @@ pub struct CancelTarget {
     pub key: i32,
     /// Only a connection from the same workload may cancel.
     pub workload: String,
+    /// Raised for every CancelRequest forwarded to this session.
+    pub signal: CancelSignal,
 }
 
 #[derive(Default)]
@@ -68,6 +86,7 @@ mod tests {
             pid: 11,
             key: 22,
             workload: "w".into(),
+            signal: cancel_signal().0,
         };
         let a = keys.register(t.clone());
         let b = keys.register(t);

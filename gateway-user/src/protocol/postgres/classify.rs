@@ -29,7 +29,10 @@ use std::{
 
 use pg_query::protobuf;
 
-use super::settings;
+use super::{
+    predicate::{self, AExpr, Condition, MergeClause},
+    settings,
+};
 use serde::ser::{self, Serialize, Serializer};
 
 /// Longer query strings are Opaque without parsing (bounded parser cost) and are not cached.
@@ -290,6 +293,11 @@ const FETCH_STMT: &str = node!(FetchStmt);
 const VIEW_STMT: &str = node!(ViewStmt);
 const FUNC_CALL: &str = node!(FuncCall);
 const A_CONST: &str = node!(AConst);
+const PARAM_REF: &str = node!(ParamRef);
+const A_EXPR: &str = node!(AExpr);
+const BOOL_EXPR: &str = node!(BoolExpr);
+const CURRENT_OF_EXPR: &str = node!(CurrentOfExpr);
+const MERGE_WHEN_CLAUSE: &str = node!(MergeWhenClause);
 const DISCARD_STMT: &str = node!(DiscardStmt);
 const LOCKING_CLAUSE: &str = node!(LockingClause);
 const INTO_CLAUSE: &str = node!(IntoClause);
@@ -556,10 +564,19 @@ fn statement_class(f: &Frame) -> Option<(Class, Option<String>)> {
     let class = match f.kind {
         // PREPARE and DECLARE only take the class of the statement they carry.
         SELECT_STMT | PREPARE_STMT | DECLARE_CURSOR_STMT => Class::Read,
-        INSERT_STMT | MERGE_STMT => Class::Write,
-        // `WHERE CURRENT OF c` is a where clause too (one row).
-        UPDATE_STMT | DELETE_STMT if f.has(WHERE_CLAUSE) => Class::Write,
+        INSERT_STMT => Class::Write,
+        // A WHERE that reads no column (`WHERE true`, `1 = 1`) is no WHERE; see `predicate`.
+        UPDATE_STMT | DELETE_STMT if f.cond(WHERE_CLAUSE) == Some(true) => Class::Write,
         UPDATE_STMT | DELETE_STMT => Class::WriteUnbounded,
+        MERGE_STMT
+            if predicate::merge_unbounded(
+                f.cond("join_condition") == Some(true),
+                &f.merge_clauses,
+            ) =>
+        {
+            Class::WriteUnbounded
+        }
+        MERGE_STMT => Class::Write,
         EXPLAIN_STMT if explain_executes(f) => Class::Read,
         EXPLAIN_STMT => return None,
         COPY_STMT => copy_class(f),
@@ -802,9 +819,19 @@ struct Frame {
     pending: Vec<Pending>,
     /// Statement nodes directly below (for RawStmt: did it hold a statement at all?).
     statements: usize,
-    /// For a FuncCall: its arguments in order, each the string value of a constant or `None`
-    /// for anything else (another constant, an expression, a named argument).
+    /// For a FuncCall: its arguments in order, each the value of a constant (`$n` for a
+    /// parameter) or `None` for anything else (NULL, an expression, a named argument).
     args: Vec<Option<String>>,
+    /// A column is read somewhere below (for the conditions of writes, see `predicate`).
+    reads_column: bool,
+    /// For a BoolExpr: whether each argument bounds the rows.
+    args_bounded: Vec<bool>,
+    /// For an A_Expr: the column on each side (`None`: not a plain column).
+    sides: Vec<Option<String>>,
+    /// Whether the condition under `where_clause`, `join_condition` or `condition` bounds rows.
+    conds: Vec<(&'static str, bool)>,
+    /// For a MergeStmt: its WHEN clauses.
+    merge_clauses: Vec<MergeClause>,
 }
 
 impl Frame {
@@ -836,8 +863,12 @@ impl Frame {
         }
     }
 
-    fn has(&self, field: &str) -> bool {
-        self.present.contains(&field)
+    /// Whether the condition in `field` bounds the rows (`None`: there is none).
+    fn cond(&self, field: &str) -> Option<bool> {
+        self.conds
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, b)| *b)
     }
 
     fn take_scalar(&mut self, field: &str) -> Option<Scalar> {
@@ -917,10 +948,16 @@ impl Walker {
                     })
                 })
                 .flatten();
+            // A parameter is a value the client supplies, like a constant (asyncpg restores jit
+            // with `set_config('jit', $1, false)`), not one read from a table.
+            let constant = constant.or_else(|| {
+                (f.kind == PARAM_REF).then(|| format!("${}", f.int("number").unwrap_or(0)))
+            });
             if let Some(p) = self.stack.last_mut() {
                 p.args.push(constant);
             }
         }
+        self.condition(&f, parent_kind, parent_field);
         match f.kind {
             VARIABLE_SET_STMT => {
                 self.settings.insert(changed_setting(&f));
@@ -1133,6 +1170,52 @@ impl Walker {
                 p.pending.append(&mut pending);
             }
             None => self.flush(pending),
+        }
+    }
+}
+
+impl Walker {
+    /// Hands what a write's conditions need (see `predicate`) from a finished node `f` to its
+    /// parent.
+    fn condition(&mut self, f: &Frame, parent_kind: &str, parent_field: &'static str) {
+        let reads_column = f.reads_column || f.kind == COLUMN_REF;
+        let operator = if f.kind == A_EXPR {
+            f.value_strings("name")
+        } else {
+            Vec::new()
+        };
+        let bounded = predicate::bounded(&Condition {
+            reads_column,
+            bool_op: (f.kind == BOOL_EXPR).then(|| f.int("boolop").unwrap_or(0)),
+            args_bounded: &f.args_bounded,
+            a_expr: (f.kind == A_EXPR).then(|| AExpr {
+                kind: f.int("kind").unwrap_or(0),
+                operator: &operator,
+                sides: &f.sides,
+            }),
+            current_of: f.kind == CURRENT_OF_EXPR,
+        });
+        let Some(p) = self.stack.last_mut() else {
+            return;
+        };
+        p.reads_column |= reads_column;
+        if parent_kind == BOOL_EXPR && parent_field == "args" {
+            p.args_bounded.push(bounded);
+        }
+        if parent_kind == A_EXPR && matches!(parent_field, "lexpr" | "rexpr") {
+            let column =
+                (f.kind == COLUMN_REF).then(|| f.value_strings("fields").join(".").to_lowercase());
+            p.sides.push(column);
+        }
+        if matches!(parent_field, WHERE_CLAUSE | "join_condition" | "condition") {
+            p.conds.push((parent_field, bounded));
+        }
+        if f.kind == MERGE_WHEN_CLAUSE && parent_kind == MERGE_STMT {
+            p.merge_clauses.push(MergeClause {
+                match_kind: f.int("match_kind").unwrap_or(0),
+                command: f.int("command_type").unwrap_or(0),
+                condition_bounded: f.cond("condition") == Some(true),
+            });
         }
     }
 }
@@ -1489,6 +1572,14 @@ mod tests {
                 "DELETE FROM t WHERE id = 1",
                 "DELETE FROM t WHERE CURRENT OF c",
                 "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a",
+                "MERGE INTO t USING s ON true WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
+                "MERGE INTO t USING s ON true WHEN MATCHED AND t.id = 3 THEN DELETE",
+                "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE AND t.a > 1 THEN DELETE",
+                "UPDATE t SET a = 1 WHERE id = 1 AND true",
+                "UPDATE t SET a = 1 WHERE NOT (id = 1)",
+                "DELETE FROM t WHERE id = 1 OR id = 2",
+                "DELETE FROM t WHERE id = $1",
+                "DELETE FROM t WHERE id IN (SELECT id FROM u)",
                 "COPY t FROM STDIN",
                 "COPY t (a, b) FROM STDIN WITH (FORMAT csv)",
                 "NOTIFY chan, 'x'",
@@ -1526,6 +1617,29 @@ mod tests {
                 "COPY (DELETE FROM t RETURNING *) TO STDOUT",
                 // One bounded and one unbounded write: the higher wins.
                 "DELETE FROM t WHERE id = 1; DELETE FROM u",
+                // A condition that reads no column holds for every row or none.
+                "DELETE FROM t WHERE true",
+                "UPDATE t SET a = 1 WHERE 1 = 1",
+                "DELETE FROM t WHERE 'a' = 'a'",
+                "DELETE FROM t WHERE NOT false",
+                "DELETE FROM t WHERE $1",
+                "DELETE FROM t WHERE random() < 2",
+                "DELETE FROM t WHERE (SELECT true)",
+                "DELETE FROM t WHERE EXISTS (SELECT 1)",
+                "UPDATE t SET a = 1 WHERE true::bool",
+                "DELETE FROM t WHERE id = 1 OR true",
+                "DELETE FROM t WHERE id = id",
+                "DELETE FROM t WHERE t.a >= t.a",
+                "DELETE FROM t WHERE a IS NOT DISTINCT FROM a",
+                "WITH d AS (DELETE FROM t WHERE 1 = 1 RETURNING *) SELECT * FROM d",
+                // MERGE: like the UPDATE or DELETE it can do.
+                "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
+                "MERGE INTO t USING s ON true WHEN MATCHED THEN UPDATE SET a = 1",
+                "MERGE INTO t USING (SELECT 1) s ON 1 = 1 WHEN MATCHED THEN DELETE",
+                "MERGE INTO t USING s ON t.id = t.id WHEN MATCHED THEN DELETE",
+                "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE",
+                "MERGE INTO t USING s ON true WHEN MATCHED AND true THEN UPDATE SET a = 1 \
+                 WHEN NOT MATCHED THEN INSERT VALUES (1)",
             ],
         );
     }
@@ -2071,6 +2185,7 @@ mod tests {
         for sql in [
             "SELECT set_config('statement_timeout', '5s', true)",
             "SELECT pg_catalog.set_config('application_name', 'x', false)",
+            "SELECT set_config('jit', $1, false)",
             "SELECT set_config('JIT', 'off', false)",
         ] {
             assert_eq!(classify(sql).class, Class::Read, "{sql}");
@@ -2087,6 +2202,7 @@ mod tests {
             "SELECT set_config('jit'::text, 'off', false)",
             "SELECT set_config('jit', 'off' || '', false)",
             "SELECT set_config('jit', NULL, false)",
+            "SELECT set_config($1, 'off', false)",
             "SELECT set_config(setting_name => 'jit', new_value => 'off', is_local => false)",
         ] {
             assert_eq!(classify(sql).class, Class::Opaque, "{sql}");

@@ -35,7 +35,8 @@ use crate::{
         catalog::{Catalog, CatalogError, TableName},
         copy::{copy_out, CopyMask, CopyOut},
         detect::Hit,
-        notice::mask_notice,
+        hide::{Raiser, TextGuard},
+        notice::{hide_notice, mask_notice},
         plan::Plan,
         row::{self, ResultMask},
     },
@@ -79,6 +80,8 @@ pub struct SessionContext<'a> {
     pub database: String,
     /// How much of each statement's result (as sent to the agent) the record keeps.
     pub results_cap: ResultsCap,
+    /// CancelRequests that reached this session (see [`super::cancel::CancelSignal`]).
+    pub cancels: watch::Receiver<u64>,
 }
 
 /// Rows and bytes of a statement's result kept on record; zero rows keeps none.
@@ -279,6 +282,8 @@ pub enum Ended {
 }
 
 struct Denial {
+    /// The SQLSTATE the agent gets (42501, or 57014 for a held statement it cancelled).
+    code: &'static str,
     rule: String,
     classified: Arc<Classified>,
     /// Instead of the standard text (a statement whose output cannot be masked).
@@ -427,6 +432,7 @@ pub async fn relay(
             approved: None,
             queued: VecDeque::new(),
             queued_bytes: 0,
+            next_refusal_code: None,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -481,6 +487,9 @@ struct Upward<'a, 'c> {
     /// leaving stays visible) and handled in order after the decision.
     queued: VecDeque<Frame>,
     queued_bytes: usize,
+    /// The SQLSTATE of the next refusal when it is not 42501: a held statement the agent
+    /// cancelled is refused as PostgreSQL refuses a cancelled one (57014).
+    next_refusal_code: Option<&'static str>,
 }
 
 impl Upward<'_, '_> {
@@ -1010,10 +1019,17 @@ impl Upward<'_, '_> {
             Decided(Box<crate::approval::Request>),
             AgentLeft(Option<CodecError>),
             AgentSent,
+            Cancelled,
         }
+        let mut cancels = self.ctx.cancels.clone();
+        let cancels_before = *cancels.borrow_and_update();
+        let cancelled = |id: &str| {
+            format!("agentgate: request {id} withdrawn: canceling statement due to user request")
+        };
         let decided = loop {
             let woke = tokio::select! {
                 r = held.decided() => Woke::Decided(Box::new(r)),
+                () = cancel_after(&mut cancels, cancels_before) => Woke::Cancelled,
                 read = from.fill_buf() => match read {
                     Ok([]) => Woke::AgentLeft(None),
                     Ok(_) => Woke::AgentSent,
@@ -1022,6 +1038,14 @@ impl Upward<'_, '_> {
             };
             match woke {
                 Woke::Decided(r) => break r,
+                // A CancelRequest withdraws the request: recorded as cancelled, the agent gets
+                // 57014, and the statement never runs, whatever approvers do later.
+                Woke::Cancelled => {
+                    let id = held.request().id.clone();
+                    held.cancel("the agent cancelled the statement (CancelRequest)");
+                    self.next_refusal_code = Some(SQLSTATE_CANCELED);
+                    return refuse(cancelled(&id));
+                }
                 // Pipelined messages (a Sync behind the Execute, say) are read off the socket
                 // and wait their turn, so that the agent leaving stays visible behind them.
                 Woke::AgentSent if self.queued_bytes >= MAX_QUEUED_WHILE_HELD => {
@@ -1063,6 +1087,11 @@ impl Upward<'_, '_> {
                 }
             }
         };
+        // A cancel that came with the decision still counts: the agent stopped waiting.
+        if *self.ctx.cancels.borrow() > cancels_before {
+            self.next_refusal_code = Some(SQLSTATE_CANCELED);
+            return refuse(cancelled(&decided.id));
+        }
         match decided.state {
             State::Approved => {
                 // The policy may have changed while it waited: it runs only if the approval
@@ -1257,6 +1286,7 @@ impl Upward<'_, '_> {
                 rule,
                 classified,
                 message,
+                code: self.next_refusal_code.take().unwrap_or("42501"),
             },
         );
         Ok(format!("{}{key:016x}", self.shared.marker))
@@ -1750,13 +1780,15 @@ where
             }
             b'N' => {
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
-                if let Some((new, _)) = masking.notice(ctx, b'N', &notice) {
+                let raised_by = |judged| raiser(&shared.pending(), judged);
+                if let Some((new, _)) = masking.notice(ctx, b'N', &notice, raised_by).await {
                     frame = new;
                 }
             }
             b'E' => {
                 masking.end_of_result();
                 let notice = Notice::parse(&frame).map_err(RelayError::Upstream)?;
+                let raised_by = |judged| raiser(&shared.pending(), judged);
                 let (code, message) = match denial_of(shared, &notice) {
                     Some(d) => {
                         let message = d.message.unwrap_or_else(|| denial_message(&d.rule));
@@ -1766,10 +1798,10 @@ where
                             format!("agentgate: {message} (rule \"{}\")", d.rule)
                         };
                         let detail = describe(&d.classified);
-                        frame = out::error("ERROR", "42501", &message, Some(&detail));
-                        ("42501".to_string(), message)
+                        frame = out::error("ERROR", d.code, &message, Some(&detail));
+                        (d.code.to_string(), message)
                     }
-                    None => match masking.notice(ctx, b'E', &notice) {
+                    None => match masking.notice(ctx, b'E', &notice, raised_by).await {
                         Some((new, masked)) => {
                             frame = new;
                             (masked.sqlstate().to_string(), masked.message().to_string())
@@ -1915,6 +1947,17 @@ where
     }
 }
 
+/// PostgreSQL's `query_canceled`.
+const SQLSTATE_CANCELED: &str = "57014";
+
+/// Resolves once a CancelRequest beyond the first `before` reached the session; never, once
+/// the session's cancel key is gone.
+async fn cancel_after(cancels: &mut watch::Receiver<u64>, before: u64) {
+    if cancels.wait_for(|n| *n > before).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The outcome of a statement the server skipped after an earlier message of its batch failed.
 const NOT_EXECUTED: &str = "not executed: an earlier message of the batch failed";
 
@@ -1970,6 +2013,7 @@ struct Masking {
     rows: Rows,
     copy: Option<Arc<CopyMask>>,
     hits: Vec<Hit>,
+    texts: TextGuard,
 }
 
 impl Masking {
@@ -2075,14 +2119,55 @@ impl Masking {
         Some(Frame::build(b'd', |b| b.put_slice(&line)))
     }
 
-    fn notice(
+    /// An error or notice: hidden whole when it may come from a masked column (see
+    /// [`crate::mask::hide`]), else with the values it quotes masked. `raiser` says what it
+    /// comes from (given the statement run already judged), looked up only under column rules.
+    async fn notice(
         &mut self,
         ctx: &SessionContext<'_>,
         tag: u8,
         notice: &Notice,
+        raiser: impl FnOnce(Option<u64>) -> Raiser,
     ) -> Option<(Frame, Notice)> {
         let plan = self.plan.get(ctx)?;
+        if plan.has_columns() {
+            let raiser = raiser(self.texts.judged(&plan));
+            let ddl = self.ddl_in_transaction;
+            if self.texts.hides(&plan, &ctx.catalog, &raiser, ddl).await {
+                return Some(hide_notice(tag, notice));
+            }
+        }
         mask_notice(&plan, tag, notice)
+    }
+}
+
+/// What an error or notice arriving now comes from: the message at the front of the queue,
+/// which the server is answering. A Bind's is judged by the Execute behind it in its batch
+/// (binding plans the statement); a Sync first is the end of a batch, where the server commits.
+/// The text of the `judged` statement run is not copied again.
+fn raiser(q: &VecDeque<Pending>, judged: Option<u64>) -> Raiser {
+    let statement = |o: &Open| match &o.classified {
+        Some(c) => Raiser::Statement {
+            seq: o.rec.seq,
+            classified: c.clone(),
+            text: (judged != Some(o.rec.seq)).then(|| o.rec.text.clone()),
+        },
+        None => Raiser::Unknown,
+    };
+    match q.front() {
+        None => Raiser::Idle,
+        Some(Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe) => Raiser::Preparing,
+        Some(Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o)) => statement(o),
+        Some(Pending::Sync) => Raiser::Unknown,
+        Some(Pending::Bind) => q
+            .iter()
+            .skip(1)
+            .find(|p| !matches!(p, Pending::Describe | Pending::ClientDescribe))
+            .and_then(|p| match p {
+                Pending::Execute(o) => Some(statement(o)),
+                _ => None,
+            })
+            .unwrap_or(Raiser::Unknown),
     }
 }
 
@@ -2201,11 +2286,12 @@ mod tests {
                 )),
                 approvals: test_approvals(),
                 database: "db".into(),
+                cancels: watch::channel(0).1,
                 results_cap: ResultsCap { rows: 0, bytes: 0 },
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0 };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None };
             let mut agent = BufReader::new(tokio::io::empty());
             let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {
@@ -2317,6 +2403,7 @@ mod tests {
         shared.denials().insert(
             0xabc,
             Denial {
+                code: "42501",
                 rule: "no-ddl".into(),
                 classified: Arc::new(Classified::opaque("x")),
                 message: None,
