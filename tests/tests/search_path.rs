@@ -609,6 +609,12 @@ fn ddl_in_an_open_transaction_then_a_copy() {
         ],
         // UPDATE copies too: a whole row of the table, a column of an updatable view.
         &["UPDATE customers c SET name = c::text WHERE id = 1"],
+        // … also when another schema's `customers` has a column named like the alias.
+        &[
+            "CREATE SCHEMA decoy",
+            "CREATE TABLE decoy.customers (c text)",
+            "UPDATE customers c SET name = c::text WHERE id = 1",
+        ],
         &[
             "CREATE VIEW pay AS SELECT id, name, salary AS s FROM customers",
             "UPDATE pay SET name = s::text WHERE id = 1",

@@ -107,21 +107,29 @@ impl Plan {
         }
         // `UPDATE t SET a = b`: the names on the right are t's own columns, unless a FROM
         // list brings other relations (and their aliases) in.
-        if rels.len() != 1 {
+        if c.tables.len() > 1 {
             return self.covering_rule(rels);
         }
-        let Some(rel) = &rels[0] else {
-            return self.columns.first().map(|(_, r)| *r);
-        };
-        // Each name by the catalog's columns of t (a view's by the base columns it shows);
-        // a name t has no column of is a whole row (`SET a = t::text`) and reads them all.
-        c.set_columns.iter().find_map(|r| {
-            let column = r.rsplit('.').next().unwrap_or(r);
-            match rel.columns.values().find(|col| col.name == column) {
-                Some(col) => self.column_rule_of(rel, col),
-                None => self.covering_rule(rels),
-            }
-        })
+        // Each name by the catalog's columns of t (a view's by the base columns it shows), in
+        // every relation t may be (an unqualified name: every schema's). A name that is not a
+        // column of one of them is, there, a whole row (`SET a = t::text`, or an alias's):
+        // every column of it.
+        let first = self.columns.first().map(|(_, r)| *r);
+        c.set_columns
+            .iter()
+            .filter_map(|r| {
+                let column = r.rsplit('.').next().unwrap_or(r);
+                rels.iter()
+                    .filter_map(|rel| match rel {
+                        None => first,
+                        Some(rel) => match rel.columns.values().find(|col| col.name == column) {
+                            Some(col) => self.column_rule_of(rel, col),
+                            None => self.covering_rule(std::slice::from_ref(&Some(rel.clone()))),
+                        },
+                    })
+                    .min()
+            })
+            .min()
     }
 
     fn taint(
@@ -366,6 +374,17 @@ mod tests {
             Some(0)
         );
         assert_eq!(copy("UPDATE customers SET email = 'x'", &customers), None);
+        // A whole row, and a name that only one of several schemas' tables has.
+        assert_eq!(
+            copy("UPDATE customers c SET name = c::text", &customers),
+            Some(0)
+        );
+        let two = [
+            customers[0].clone(),
+            relation("customers", &["id", "email"]),
+        ];
+        assert_eq!(copy("UPDATE customers SET id = id", &two), None);
+        assert_eq!(copy("UPDATE customers SET name = name", &two), Some(0));
         let joined = [customers[0].clone(), orders[0].clone()];
         assert_eq!(
             copy(
