@@ -547,6 +547,9 @@ fn show_request(r: &serde_json::Value) {
         s("rule"),
         s("mode")
     );
+    if let Some(n) = r["trial_rows"].as_u64() {
+        println!("trial      touched {n} rows in the gateway's trial run (rolled back; max_rows)");
+    }
     println!(
         "needs      {} approval(s) from {}",
         r["quorum"], r["approvers"]

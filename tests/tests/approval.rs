@@ -1188,6 +1188,115 @@ fn a_cancel_withdraws_a_held_statement() {
     assert!(table_exists(&p, "t"), "the cancelled DROP ran");
 }
 
+/// Rows in `big` (asked directly).
+fn big_rows(p: &PgGateway) -> i64 {
+    p.pg.sql_in("agentdb", "SELECT count(*) FROM big;")
+        .trim()
+        .parse()
+        .expect("count(*)")
+}
+
+/// `max_rows`: a write is tried first. Within the limit it stands (no one is asked); beyond it
+/// it is rolled back and put to approvers with the real count, also a write the classifier
+/// calls bounded (`WHERE x IN (SELECT x FROM big)` is every row); approved, it runs for real;
+/// denied, nothing of it remains. Inside the agent's own transaction the trial is a savepoint
+/// and the transaction goes on.
+#[test]
+fn max_rows_tries_writes_and_asks_for_the_ones_that_touch_too_many() {
+    require_root();
+    let rules = approval_rule(
+        "big-writes",
+        "{classes: [write, write_unbounded], tables: [big]}",
+        "{approvers: [dba], timeout_secs: 120, max_rows: 3}",
+    );
+    let p = start("apr-maxrows", 21, rules, String::new(), &[]);
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 10); \
+             ALTER TABLE big OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let sub = "agent-maxrows";
+    let conn = p.agent_conninfo(&agent_jwt(sub), "disable");
+
+    // Within the limit: runs at once, its answer as usual, nobody asked.
+    let mut c = psql_bg(&conn, &p.agent, &["UPDATE big SET x = x WHERE x <= 2"]);
+    assert!(c.wait_exit(WAIT).success(), "{}", c.text());
+    assert!(c.stdout().contains("UPDATE 2"), "{}", c.text());
+    assert!(!c.stderr().contains("NOTICE"), "{}", c.text());
+    assert!(list(&p.gw, true).is_empty(), "{:?}", list(&p.gw, true));
+
+    // Inside the agent's transaction: a savepoint, and the transaction goes on.
+    let mut c = psql_bg(
+        &conn,
+        &p.agent,
+        &[
+            "BEGIN",
+            "DELETE FROM big WHERE x = 1",
+            "SELECT count(*) FROM big",
+            "ROLLBACK",
+        ],
+    );
+    assert!(c.wait_exit(WAIT).success(), "{}", c.text());
+    assert!(
+        c.stdout().contains("DELETE 1") && c.stdout().contains("\n9\n"),
+        "{}",
+        c.text()
+    );
+    assert_eq!(big_rows(&p), 10);
+
+    // Beyond the limit, though "bounded": tried, rolled back, held with the real count.
+    let mut c = psql_bg(
+        &conn,
+        &p.agent,
+        &["DELETE FROM big WHERE x IN (SELECT x FROM big)"],
+    );
+    let id = one_id(&psql_notice(&mut c));
+    let r = request(&p.gw, &id);
+    assert_eq!(r["trial_rows"], 10, "{r}");
+    assert_eq!(big_rows(&p), 10, "the trial was not rolled back");
+    let shown = approvals_ok(&p.gw, &["show", &id]);
+    assert!(shown.contains("touched 10 rows"), "{shown}");
+    approvals_ok(&p.gw, &["deny", &id, "--reason", "too many"]);
+    let err = c.wait_line(WAIT, |err, l| err && l.starts_with("ERROR:"));
+    assert!(err.contains("42501") && err.contains("too many"), "{err}");
+    c.wait_exit(WAIT);
+    assert_eq!(big_rows(&p), 10, "a denied write left rows changed");
+
+    // Approved: runs for real.
+    let mut c = psql_bg(&conn, &p.agent, &["DELETE FROM big WHERE x > 5"]);
+    let id = one_id(&psql_notice(&mut c));
+    assert_eq!(request(&p.gw, &id)["trial_rows"], 5);
+    approvals_ok(&p.gw, &["approve", &id]);
+    assert!(c.wait_exit(WAIT).success(), "{}", c.text());
+    assert!(c.stdout().contains("DELETE 5"), "{}", c.text());
+    assert_eq!(big_rows(&p), 5);
+
+    // The record: the rolled-back trials with their counts, and the runs.
+    std::thread::sleep(Duration::from_millis(700));
+    let rows = agentgate_tests::record_query(
+        &p.gw.record_db(),
+        &format!(
+            "SELECT st.text, st.rows, st.error FROM statements st JOIN sessions s \
+             ON s.id = st.session WHERE s.subject = '{sub}' AND st.text LIKE 'DELETE%' ORDER BY st.seq"
+        ),
+    );
+    let rolled_back: Vec<&Vec<Value>> = rows
+        .iter()
+        .filter(|r| {
+            r[2].as_str()
+                .is_some_and(|e| e.starts_with("rolled back by the gateway"))
+        })
+        .collect();
+    assert_eq!(rolled_back.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == "DELETE FROM big WHERE x > 5" && r[1] == 5 && r[2].is_null()),
+        "{rows:?}"
+    );
+}
+
 #[test]
 fn disconnect_while_held_cancels_the_request() {
     require_root();

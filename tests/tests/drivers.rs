@@ -439,7 +439,7 @@ fn run_program(ctx: &Ctx, driver: Driver, conn: &Conn, cgroup: Option<&Cgroup>) 
 }
 
 /// The output a run through the gateway under `variant` must print, from the direct one.
-fn expected(direct: &str, variant: Variant) -> String {
+fn expected(direct: &str, variant: Variant, driver: Driver) -> String {
     match variant {
         Variant::Plain => direct.to_string(),
         Variant::Mask => {
@@ -449,9 +449,18 @@ fn expected(direct: &str, variant: Variant) -> String {
             // Under a column rule the gateway hides every quoted text of an error message (from
             // the first quote to the last; gateway-user/src/mask/notice.rs): a data error can
             // quote a masked value and nothing says which column it came from.
+            // An error of a Query message naming a relation the gateway's catalog does not know
+            // is hidden whole (it might read masked columns; docs/masking.md). node-postgres
+            // sends a statement without parameters as a Query; asyncpg and pgJDBC Parse it,
+            // and a Parse error reads no rows and keeps its text.
             masked
                 .lines()
                 .map(|line| match line.split_once(": error ") {
+                    Some((step, rest))
+                        if driver == Driver::NodePostgres && rest.starts_with("42P01 ") =>
+                    {
+                        format!("{step}: error 42P01 agentgate: the error text was hidden because the statement reads masked columns (SQLSTATE 42P01)")
+                    }
                     Some((step, rest)) => format!("{step}: error {}", hide_quoted(rest)),
                     None => line.to_string(),
                 })
@@ -597,7 +606,7 @@ fn check_driver(driver: Driver) {
     let mut failures = Vec::new();
     for variant in VARIANTS {
         let g = &o.through[&(driver, variant)];
-        let want = expected(&direct.stdout, variant);
+        let want = expected(&direct.stdout, variant, driver);
         let mut problems = Vec::new();
         if !g.went_through {
             problems.push(format!(
@@ -663,20 +672,21 @@ fn node_postgres_works_through_the_gateway() {
 fn expected_outputs_follow_the_variant() {
     let direct =
         "a: 1\npeople: ann@drivers.example\nddl: status CREATE TABLE\nvault: count 2\nz: ok\n";
-    assert_eq!(expected(direct, Variant::Plain), direct);
+    assert_eq!(expected(direct, Variant::Plain, Driver::Asyncpg), direct);
     assert_eq!(
-        expected(direct, Variant::Mask),
+        expected(direct, Variant::Mask, Driver::Asyncpg),
         "a: 1\npeople: ****\nddl: status CREATE TABLE\nvault: count 2\nz: ok\n"
     );
     assert_eq!(
         expected(
             "e: error 42P01 relation \"t\" does not exist\nf: \"quoted\"\n",
-            Variant::Mask
+            Variant::Mask,
+            Driver::Asyncpg
         ),
         "e: error 42P01 relation \"****\" does not exist\nf: \"quoted\"\n"
     );
     assert_eq!(
-        expected(direct, Variant::Deny),
+        expected(direct, Variant::Deny, Driver::Asyncpg),
         "a: 1\npeople: ann@drivers.example\n\
          ddl: error 42501 agentgate: statement denied by policy rule \"no-ddl\"\n\
          vault: error 42501 agentgate: statement denied by policy rule \"deny-vault\"\nz: ok\n"

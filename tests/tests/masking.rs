@@ -1630,3 +1630,30 @@ fn mask_rules_apply_only_where_they_match_and_bad_ones_are_refused() {
         vec!["Alice Martin|alice@example.com"]
     );
 }
+
+/// `gateway.mask_key` applies only at restart, like every `gateway` setting: a reload after its
+/// file was rewritten is refused (and says why), and hashes stay those of the key in force.
+/// (The new key used to be put in force by the reload, silently changing every hash.)
+#[test]
+fn a_new_mask_key_waits_for_a_restart() {
+    let key = TempFile::new("mkey-mask-key", MASK_KEY.as_bytes());
+    let opts = PgTargetOptions {
+        extra_rules: column_rules(),
+        mask_key: Some(key.0.clone()),
+        ..Default::default()
+    };
+    let p = PgGateway::start("mkey", 19504, 19505, PgOptions::default(), &opts);
+    p.pg.sql_in("agentdb", CUSTOMERS);
+    let conn = p.agent_conninfo(&agent_jwt("agent-mkey"), "disable");
+    let card = "SELECT card_number FROM customers WHERE id = 3";
+    let before = rows(&conn, Some(&p.agent), card);
+    assert_eq!(before, vec![hmac16("4111111111111111")]);
+
+    std::fs::write(&key.0, "a-rotated-key-of-thirty-two-bytes!").expect("rewrite the key");
+    let refused = p.set_policy_refused(&opts);
+    assert!(
+        refused.to_string().contains("mask_key"),
+        "the refusal does not name the key: {refused}"
+    );
+    assert_eq!(rows(&conn, Some(&p.agent), card), before);
+}

@@ -340,8 +340,10 @@ mod tests {
                     timeout: Duration::from_secs(60),
                     mode: Mode::Hold,
                     retry_window: Duration::ZERO,
+                    max_rows: None,
                 },
                 retry_key: "k".into(),
+                trial_rows: None,
             })
             .unwrap()
         {

@@ -26,6 +26,9 @@ pub struct ApprovalSpec {
     pub mode: Mode,
     /// `deny_and_retry`: how long an approval stays usable for the retry.
     pub retry_window: Duration,
+    /// Writes are first tried: one that touches at most this many rows runs without asking
+    /// anyone; one that touches more is rolled back and put to approvers with its real count.
+    pub max_rows: Option<u64>,
 }
 
 /// Where approval events are announced.
@@ -73,6 +76,8 @@ pub struct NewRequest {
     pub spec: ApprovalSpec,
     /// Identifies "the identical statement from the same identity" for `deny_and_retry`.
     pub retry_key: String,
+    /// Rows the statement touched in the gateway's trial run (rolled back), under `max_rows`.
+    pub trial_rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +198,10 @@ pub struct Request {
     /// Why it ended: the denier's reason, expiry, cancellation.
     pub reason: Option<String>,
     pub votes: Vec<Vote>,
+    /// Rows the statement touched in the gateway's trial run, which was rolled back
+    /// (`max_rows` rules): what approvers approve.
+    #[serde(default)]
+    pub trial_rows: Option<u64>,
 }
 
 impl Request {

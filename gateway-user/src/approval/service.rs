@@ -128,6 +128,25 @@ impl Approvals {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a `deny_and_retry` request approved for this identical statement waits unused
+    /// (then [`Approvals::submit`] lets it through): a `max_rows` rule runs no trial for it.
+    pub fn approved_retry_waiting(&self, new: &NewRequest) -> bool {
+        let now = now_ms();
+        new.spec.mode == Mode::DenyAndRetry
+            && self
+                .store()
+                .by_retry_key(&new.retry_key)
+                .unwrap_or_default()
+                .iter()
+                .any(|r| {
+                    r.state == State::Approved
+                        && r.mode == Mode::DenyAndRetry
+                        && r.covered_by(&new.rule, &new.spec)
+                        && r.retry_used_ms.is_none()
+                        && now <= r.decided_ms.unwrap_or(0) + r.retry_window_ms
+                })
+    }
+
     /// Submits a held statement. For `deny_and_retry`, an approved and unused request for the
     /// identical statement from the same identity lets it through instead, and a pending one
     /// is named again instead of making a second.
@@ -197,6 +216,7 @@ impl Approvals {
             retry_key: new.retry_key,
             reason: None,
             votes: Vec::new(),
+            trial_rows: new.trial_rows,
         };
         // Waiting for a decision before it can be made: one made the moment the request is
         // stored must find the session.

@@ -38,8 +38,10 @@ fn new(mode: Mode, quorum: u32, timeout: Duration, key: &str) -> NewRequest {
             timeout,
             mode,
             retry_window: Duration::from_secs(60),
+            max_rows: None,
         },
         retry_key: key.into(),
+        trial_rows: None,
     }
 }
 

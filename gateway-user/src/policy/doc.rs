@@ -224,6 +224,10 @@ pub struct ApprovalDoc {
     pub mode: crate::approval::Mode,
     #[serde(default)]
     pub retry_window_secs: Option<u64>,
+    /// Run a write first (rolled back if it touches more rows) and ask people only when it
+    /// touches more than this many rows.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
 }
 
 fn default_quorum() -> u32 {

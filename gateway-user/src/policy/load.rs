@@ -24,6 +24,8 @@ use super::{
 use crate::mask::rules::{MaskSpec, Strategy};
 
 pub const SUPPORTED_VERSION: u32 = 2;
+/// `approval.max_rows` above this is surely a typo (a trial run of that size would not be).
+const MAX_ROWS_LIMIT: u64 = 1_000_000_000;
 
 /// One problem found in a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -751,12 +753,18 @@ impl Merger {
                 w
             }
         };
+        if a.max_rows.is_some_and(|n| n > MAX_ROWS_LIMIT) {
+            bad(format!(
+                "`approval.max_rows` must be between 0 and {MAX_ROWS_LIMIT}"
+            ));
+        }
         crate::approval::ApprovalSpec {
             approvers: a.approvers,
             quorum: a.quorum,
             timeout: std::time::Duration::from_secs(a.timeout_secs),
             mode: a.mode,
             retry_window: std::time::Duration::from_secs(retry_window),
+            max_rows: a.max_rows,
         }
     }
 

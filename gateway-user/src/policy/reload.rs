@@ -102,6 +102,15 @@ impl Reloader {
                         self.dir.display()
                     ));
                 }
+                // The mask key is a `gateway` setting too, though it lives beside them (it is
+                // read from a file or the environment, which can change without the policy
+                // files): a new key would change every hash mid-flight, unrecorded.
+                if p.mask_key != current.mask_key {
+                    return Err(format!(
+                        "{}: gateway.mask_key changed (its file or variable has a new value); a new key takes effect only at restart (policy not applied)",
+                        self.dir.display()
+                    ));
+                }
                 (self.validate)(&p).map(|()| p)
             });
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());

@@ -37,6 +37,13 @@ impl Frame {
         self.bytes[0]
     }
 
+    /// No message at all: what the relay forwards when the gateway has answered by itself.
+    pub fn nothing() -> Frame {
+        Frame {
+            bytes: BytesMut::new(),
+        }
+    }
+
     pub fn body(&self) -> &[u8] {
         &self.bytes[5..]
     }

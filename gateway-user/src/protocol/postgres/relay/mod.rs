@@ -44,6 +44,8 @@ use crate::{
     record::{now_ms, Record, Recorder, Statement},
 };
 
+mod trial;
+
 const BUFFER: usize = 64 * 1024;
 /// Recorded parameter values are cut at this many bytes.
 const PARAM_CAP: usize = 4096;
@@ -318,6 +320,14 @@ enum Pending {
     /// The gateway's Describe of a portal before an Execute, for masking: its RowDescription
     /// or NoData is the gateway's and not forwarded.
     Describe,
+    /// A Query run as a trial (`max_rows`): its answer is held back until the gateway decides;
+    /// `in_block`: inside the agent's transaction block, under a savepoint.
+    Trial {
+        open: Open,
+        in_block: bool,
+    },
+    /// A Query of the gateway's own around a trial: its answer is the gateway's.
+    Own(trial::Finish),
 }
 
 struct Shared {
@@ -333,6 +343,10 @@ struct Shared {
     /// side between the target's messages.
     notices: Mutex<Vec<Frame>>,
     notice_ready: tokio::sync::Notify,
+    /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
+    status: std::sync::atomic::AtomicU8,
+    /// Where the answer of a trial is announced (see [`trial`]).
+    trial_done: Mutex<Option<tokio::sync::oneshot::Sender<trial::Outcome>>>,
 }
 
 impl Shared {
@@ -344,7 +358,18 @@ impl Shared {
             marker,
             notices: Mutex::new(Vec::new()),
             notice_ready: tokio::sync::Notify::new(),
+            // The gateway's own login ends with ReadyForQuery `I`.
+            status: std::sync::atomic::AtomicU8::new(b'I'),
+            trial_done: Mutex::new(None),
         }
+    }
+    fn status(&self) -> u8 {
+        self.status.load(Ordering::Relaxed)
+    }
+    fn trial_done(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<tokio::sync::oneshot::Sender<trial::Outcome>>> {
+        self.trial_done.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
@@ -433,6 +458,9 @@ pub async fn relay(
             queued: VecDeque::new(),
             queued_bytes: 0,
             next_refusal_code: None,
+            trial: None,
+            triable: false,
+            trial_rows: None,
         }
         .run(BufReader::with_capacity(BUFFER, cr), &mut upstream_out);
         let down = downward(
@@ -453,7 +481,11 @@ pub async fn relay(
     // have run: they are recorded too, with an unknown outcome.
     let unanswered: Vec<Pending> = shared.pending().drain(..).collect();
     for p in unanswered {
-        if let Pending::Simple(mut o) | Pending::Execute(mut o) | Pending::Call(mut o) = p {
+        if let Pending::Simple(mut o)
+        | Pending::Execute(mut o)
+        | Pending::Call(mut o)
+        | Pending::Trial { open: mut o, .. } = p
+        {
             o.rec.error = Some("the session ended before the target answered".into());
             o.rec.duration_us = Some(o.started.elapsed().as_micros() as u64);
             ctx.recorder.record(Record::Statement(o.rec)).await;
@@ -490,6 +522,13 @@ struct Upward<'a, 'c> {
     /// The SQLSTATE of the next refusal when it is not 42501: a held statement the agent
     /// cancelled is refused as PostgreSQL refuses a cancelled one (57014).
     next_refusal_code: Option<&'static str>,
+    /// Set by [`Upward::approval`]: the Query is run as a trial under this many rows.
+    trial: Option<u64>,
+    /// Whether the statement being judged can be tried (a Query of one INSERT/UPDATE/DELETE/
+    /// MERGE); set by the Query branch for [`Upward::approval`].
+    triable: bool,
+    /// Rows the statement touched in its trial, for the request put to approvers.
+    trial_rows: Option<u64>,
 }
 
 impl Upward<'_, '_> {
@@ -579,28 +618,53 @@ impl Upward<'_, '_> {
                         Err((r, m)) => (rule, message) = (Some(r), Some(m)),
                     }
                 }
-                // Last: people are asked only about a statement nothing else refuses.
-                if rule.is_none() {
-                    if let Some(d) = self.approval(&stmt, &Params::default(), from, to).await? {
-                        (rule, message) = (Some(d.rule), d.message);
+                // Once a `max_rows` trial touched too many rows (or could not be run), the
+                // statement goes to people like any other: asked once more, never tried again.
+                let mut tried = false;
+                loop {
+                    // Last: people are asked only about a statement nothing else refuses.
+                    if rule.is_none() {
+                        self.triable = !tried && trial::triable(&text);
+                        let asked = self.approval(&stmt, &Params::default(), from, to).await;
+                        self.triable = false;
+                        if let Some(d) = asked? {
+                            (rule, message) = (Some(d.rule), d.message);
+                        }
                     }
+                    let mut rec =
+                        self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
+                    if rule.is_none() && !self.on_record_first(&rec, &classified).await {
+                        (rule, message) = unrecorded(&mut rec);
+                    }
+                    self.settle_approval(rule.is_none());
+                    let limit = self.trial.take().filter(|_| rule.is_none());
+                    let forward = match rule.take() {
+                        Some(rule) => {
+                            out::query(&self.deny(rule, classified.clone(), message.take())?)
+                        }
+                        None => frame.clone(),
+                    };
+                    let mut o = open(rec);
+                    o.copy = copy.clone();
+                    o.classified = Some(classified.clone());
+                    let Some(limit) = limit else {
+                        self.push(Pending::Simple(o))?;
+                        return Ok(forward);
+                    };
+                    match self.trial(forward, o, limit, to).await? {
+                        // The agent has its answer from the trial itself.
+                        trial::Tried::Ran => return Ok(Frame::nothing()),
+                        trial::Tried::Over(rows) => self.trial_rows = rows,
+                        trial::Tried::Untried(mut o) => {
+                            o.rec.error = Some(
+                                "not run: it could not be tried under max_rows; put to approvers"
+                                    .into(),
+                            );
+                            self.ctx.recorder.record(Record::Statement(o.rec)).await;
+                        }
+                    }
+                    tried = true;
                 }
-                let mut rec =
-                    self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
-                if rule.is_none() && !self.on_record_first(&rec, &classified).await {
-                    (rule, message) = unrecorded(&mut rec);
-                }
-                self.settle_approval(rule.is_none());
-                let classified_for_rows = classified.clone();
-                let forward = match rule {
-                    Some(rule) => out::query(&self.deny(rule, classified, message)?),
-                    None => frame,
-                };
-                let mut o = open(rec);
-                o.copy = copy;
-                o.classified = Some(classified_for_rows);
-                self.push(Pending::Simple(o))?;
-                Ok(forward)
             }
             b'P' => {
                 let mut f = Fields::new(&frame);
@@ -956,7 +1020,19 @@ impl Upward<'_, '_> {
                 Mode::Hold => String::new(),
             },
             database: self.ctx.database.clone(),
+            trial_rows: self.trial_rows.take(),
         };
+        // Under `max_rows`, a write is tried first (see `trial`), unless it was tried already
+        // (`new.trial_rows`: over the limit) or an approved retry of it waits.
+        if let Some(limit) = spec.max_rows {
+            if self.triable
+                && new.trial_rows.is_none()
+                && !self.ctx.approvals.approved_retry_waiting(&new)
+            {
+                self.trial = Some(limit);
+                return Ok(None);
+            }
+        }
         let mut held = match self.ctx.approvals.submit(new) {
             Ok(Gate::Held(held)) => held,
             Ok(Gate::Pass(r)) => {
@@ -1643,6 +1719,7 @@ where
     // An extended-protocol message failed: the server skips every message up to the next Sync,
     // a Query or FunctionCall sent inside the batch too.
     let mut skipping_to_sync = false;
+    let mut held = trial::Held::default();
     loop {
         // Between the target's messages, the gateway's own for the agent (an approval notice
         // while a statement is held) go out at once.
@@ -1675,6 +1752,13 @@ where
             .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
         let mut done = Vec::new();
         let mut forward = true;
+        // Frames for the agent before this one (a trial's answer released by its decision).
+        let mut before: Vec<Frame> = Vec::new();
+        let holding = match shared.pending().front() {
+            Some(Pending::Trial { .. }) => Holding::Trial,
+            Some(Pending::Own(_)) => Holding::Own,
+            _ => Holding::Nothing,
+        };
         match frame.tag() {
             b'D' => {
                 if let Some(new) = masking.row(ctx, &frame).map_err(RelayError::Upstream)? {
@@ -1699,15 +1783,17 @@ where
                             q.pop_front();
                             Describer::Agent
                         }
-                        Some(Pending::Simple(_)) | Some(Pending::Call(_)) => Describer::Query,
+                        Some(Pending::Simple(_))
+                        | Some(Pending::Call(_))
+                        | Some(Pending::Trial { .. }) => Describer::Query,
                         _ => Describer::Agent,
                     };
                     // The statement the rows belong to (after the gateway's Describe: the
                     // Execute it was sent for).
                     let classified = match q.front() {
-                        Some(Pending::Simple(o)) | Some(Pending::Execute(o)) => {
-                            o.classified.clone()
-                        }
+                        Some(Pending::Simple(o))
+                        | Some(Pending::Execute(o))
+                        | Some(Pending::Trial { open: o, .. }) => o.classified.clone(),
                         _ => None,
                     };
                     (front, classified)
@@ -1760,7 +1846,9 @@ where
                             done.push(o);
                         }
                     }
-                    Some(Pending::Simple(o)) | Some(Pending::Call(o)) => {
+                    Some(Pending::Simple(o))
+                    | Some(Pending::Call(o))
+                    | Some(Pending::Trial { open: o, .. }) => {
                         if let Some(r) = rows {
                             o.rec.rows = Some(o.rec.rows.unwrap_or(0).saturating_add(r));
                         }
@@ -1833,11 +1921,21 @@ where
                     }
                     // The first error of a Query is its outcome; a Query behind a failed
                     // message of its batch is skipped, not failed.
-                    Some(Pending::Simple(o)) | Some(Pending::Call(o))
+                    Some(Pending::Simple(o))
+                    | Some(Pending::Call(o))
+                    | Some(Pending::Trial { open: o, .. })
                         if !extended && o.rec.error.is_none() =>
                     {
                         o.rec.error_code = Some(code);
                         o.rec.error = Some(message);
+                    }
+                    // The COMMIT that ends a trial failed (a deferred constraint): the
+                    // statement's outcome is that error.
+                    Some(Pending::Own(trial::Finish::Deliver)) => {
+                        if let Some(o) = held.open.as_mut().filter(|o| o.rec.error.is_none()) {
+                            o.rec.error_code = Some(code);
+                            o.rec.error = Some(message);
+                        }
                     }
                     _ => {}
                 }
@@ -1901,29 +1999,46 @@ where
                 if frame.body().first() == Some(&b'I') {
                     masking.ddl_in_transaction = false;
                 }
+                shared.status.store(
+                    frame.body().first().copied().unwrap_or(b'E'),
+                    Ordering::Relaxed,
+                );
                 let mut q = shared.pending();
                 // While skipping, this ReadyForQuery answers the Sync: everything before it was
                 // skipped, Queries included. Otherwise it ends a Query, or a batch's Sync.
                 let skipped = std::mem::take(&mut skipping_to_sync);
-                while let Some(p) = q.pop_front() {
-                    match p {
-                        Pending::Describe | Pending::ClientDescribe | Pending::Bind => {}
-                        // Skipped after an error in its batch.
-                        Pending::Parse(id) => shared.parsed().push((id, false)),
-                        Pending::Execute(mut o) => {
-                            // Skipped by the server after an earlier error in the batch.
-                            o.rec.error = Some(NOT_EXECUTED.into());
-                            done.push(o);
+                if matches!(q.front(), Some(Pending::Trial { .. } | Pending::Own(_))) {
+                    // A trial's answer, or the gateway's own statement around it (`trial`).
+                    if let Some(p) = q.pop_front() {
+                        forward = held.answered(p, shared, &mut before, &mut done);
+                    }
+                } else {
+                    while let Some(p) = q.pop_front() {
+                        match p {
+                            Pending::Describe | Pending::ClientDescribe | Pending::Bind => {}
+                            // Skipped after an error in its batch.
+                            Pending::Parse(id) => shared.parsed().push((id, false)),
+                            Pending::Execute(mut o) => {
+                                // Skipped by the server after an earlier error in the batch.
+                                o.rec.error = Some(NOT_EXECUTED.into());
+                                done.push(o);
+                            }
+                            Pending::Simple(mut o) | Pending::Call(mut o) if skipped => {
+                                o.rec.error = Some(NOT_EXECUTED.into());
+                                done.push(o);
+                            }
+                            Pending::Simple(o) | Pending::Call(o) => {
+                                done.push(o);
+                                break;
+                            }
+                            Pending::Sync => break,
+                            // Not reached (a trial starts only with nothing pending): left for
+                            // the ReadyForQuery that is its own.
+                            p @ (Pending::Trial { .. } | Pending::Own(_)) => {
+                                q.push_front(p);
+                                break;
+                            }
                         }
-                        Pending::Simple(mut o) | Pending::Call(mut o) if skipped => {
-                            o.rec.error = Some(NOT_EXECUTED.into());
-                            done.push(o);
-                        }
-                        Pending::Simple(o) | Pending::Call(o) => {
-                            done.push(o);
-                            break;
-                        }
-                        Pending::Sync => break,
                     }
                 }
                 if frame.body().first() == Some(&b'I') && q.is_empty() {
@@ -1931,6 +2046,26 @@ where
                 }
             }
             _ => {}
+        }
+        // A trial's answer waits for the gateway's decision; the answers to the gateway's own
+        // statements are its own (settings and notifications still reach the agent).
+        if frame.tag() != b'Z' && forward {
+            match holding {
+                Holding::Trial => {
+                    held.frames.push(frame.clone());
+                    forward = false;
+                }
+                Holding::Own if !matches!(frame.tag(), b'S' | b'A') => {
+                    if frame.tag() == b'E' {
+                        held.errors.push(frame.clone());
+                    }
+                    forward = false;
+                }
+                _ => {}
+            }
+        }
+        for f in before {
+            to.write_all(&f.bytes).await.map_err(io)?;
         }
         if forward {
             to.write_all(&frame.bytes).await.map_err(io)?;
@@ -1945,6 +2080,13 @@ where
             to.flush().await.map_err(io)?;
         }
     }
+}
+
+/// Whose answer the target is sending (see [`trial`]).
+enum Holding {
+    Nothing,
+    Trial,
+    Own,
 }
 
 /// PostgreSQL's `query_canceled`.
@@ -2157,7 +2299,13 @@ fn raiser(q: &VecDeque<Pending>, judged: Option<u64>) -> Raiser {
     match q.front() {
         None => Raiser::Idle,
         Some(Pending::Parse(_) | Pending::Describe | Pending::ClientDescribe) => Raiser::Preparing,
-        Some(Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o)) => statement(o),
+        Some(
+            Pending::Simple(o)
+            | Pending::Execute(o)
+            | Pending::Call(o)
+            | Pending::Trial { open: o, .. },
+        ) => statement(o),
+        Some(Pending::Own(_)) => Raiser::Unknown,
         Some(Pending::Sync) => Raiser::Unknown,
         Some(Pending::Bind) => q
             .iter()
@@ -2291,7 +2439,7 @@ mod tests {
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None, trial: None, triable: false, trial_rows: None };
             let mut agent = BufReader::new(tokio::io::empty());
             let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {
