@@ -14,7 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agentgate_tests::{pg::*, *};
+use agentgate_tests::{pg::*, wire::*, *};
+use serde_json::json;
 
 const SALARIES: [&str; 2] = ["91234", "78455"];
 
@@ -672,4 +673,46 @@ fn ddl_in_an_open_transaction_then_a_copy() {
         &["INSERT INTO orders SELECT id + 1, note FROM orders"],
     );
     assert!(r.stderr.is_empty(), "{}", r.stderr);
+}
+
+#[test]
+fn ddl_and_a_copy_pipelined_in_one_batch() {
+    let p = start("spath-pipe", 19316, 19317, &salary_rule());
+    let mut w = Wire::open(&p, &agent_jwt("agent-spath-pipe"), "agentdb");
+    // One write: a Query still unanswered, then a batch that creates a TEMP VIEW and copies
+    // from it before the server has answered anything.
+    w.send(&json!([
+        ["Q", "SELECT 1"],
+        [
+            "P",
+            "",
+            "CREATE TEMP VIEW plain_notes AS SELECT id, salary::text AS txt FROM customers"
+        ],
+        ["B", "", ""],
+        ["E", ""],
+        [
+            "P",
+            "",
+            "INSERT INTO public.plain_notes SELECT id, txt FROM plain_notes"
+        ],
+        ["B", "", ""],
+        ["E", ""],
+        ["S"]
+    ]));
+    let mut got = w.until_ready();
+    got.extend(w.until_ready());
+    let error = only_error(&got);
+    assert_eq!(error["sqlstate"], "42501", "{got:?}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("would copy masked values")),
+        "{got:?}"
+    );
+    w.send(&json!([["X"]]));
+    assert_eq!(
+        plain_notes(&p),
+        "hello",
+        "salaries copied into a plain table"
+    );
 }
