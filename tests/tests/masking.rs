@@ -320,13 +320,15 @@ fn column_rules_mask_by_origin_with_each_strategy() {
         straight(aliases),
         vec!["alice@example.com|536-22-8147|4111111111111111|+1 415 555 0132|Alice Martin"]
     );
-    // A bare pattern also matches an expression column by its output name.
+    // A bare pattern also matches an expression column by its output name; its value is not
+    // known to be the column's, so it is redacted, not hashed (a hash of a guess would be
+    // compared with the real column's).
     assert_eq!(
         through(
             "SELECT '4000000000000002'::text AS card_number, '+1 650 555 0100'::text AS phone, \
              'plain'::text AS other"
         ),
-        vec![format!("{}|<NULL>|plain", hmac16("4000000000000002"))]
+        vec!["****|<NULL>|plain"]
     );
     // Pattern parts are case-insensitive; `customers.email` is any schema's, and
     // `public.customers.doc` only public's.
@@ -378,7 +380,9 @@ fn column_rules_mask_by_origin_with_each_strategy() {
         "SELECT c::text FROM customers c WHERE id = 1",
         "SELECT string_agg(ssn, ',') FROM customers",
         "SELECT x FROM (SELECT lower(email) AS x FROM customers WHERE id = 1) s",
-        "UPDATE customers SET name = name WHERE id = 1 RETURNING email",
+        // Qualified: crm.customers has no `name`, where it would be a whole row (an
+        // unqualified name counts as every schema's table of that name, docs/masking.md).
+        "UPDATE public.customers SET name = name WHERE id = 1 RETURNING email",
     ] {
         let got = through(whole_row);
         assert_eq!(got.len(), 1, "{whole_row}: {got:?}");
@@ -473,13 +477,13 @@ fn column_rules_mask_by_origin_with_each_strategy() {
     let r = psql_run(
         &conn,
         Some(&p.agent),
-        &["UPDATE customers SET notes = notes WHERE id = 1 RETURNING email"],
+        &["UPDATE public.customers SET notes = notes WHERE id = 1 RETURNING email"],
     );
     assert!(r.ok, "{}", r.stderr);
     let r = psql_run(
         &conn,
         Some(&p.agent),
-        &["UPDATE customers SET name = name, notes = upper(notes) WHERE id = 4"],
+        &["UPDATE public.customers SET name = name, notes = upper(notes) WHERE id = 4"],
     );
     assert!(r.ok, "{}", r.stderr);
     // Errors quote values in other classes too (`relation "536-22-8147" does not exist`), and

@@ -13,7 +13,10 @@ use std::{
     collections::{HashMap, HashSet},
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -61,6 +64,7 @@ impl Relation {
                     let info = ColumnInfo {
                         name: c.to_string(),
                         bases: Vec::new(),
+                        computed: false,
                     };
                     (i as i16 + 1, info)
                 })
@@ -75,6 +79,11 @@ pub struct ColumnInfo {
     /// For a view column: the base columns (schema, table, column) it reads, through any depth
     /// of views.
     pub bases: Vec<(String, String, String)>,
+    /// A view column that is not the value of one base column (a constant, an expression,
+    /// a set operation, a whole row): masked by its bases' rules, it is redacted, never
+    /// hashed or cut, since its value need not be the masked column's (a hash of a constant
+    /// would let the agent test guesses against the hashes of the real column).
+    pub computed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,19 +99,34 @@ pub enum CatalogError {
 pub type Opener =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<BoxIo, String>> + Send>> + Send + Sync>;
 
-/// Relations by oid, shared by the sessions of one database of one target.
-pub type Cache = Arc<Mutex<HashMap<u32, (Instant, Arc<Relation>)>>>;
+/// What the sessions of one database of one target share: relations by oid, and the
+/// relations each name may refer to.
+#[derive(Default)]
+pub struct Shared {
+    relations: Mutex<HashMap<u32, (Instant, Arc<Relation>)>>,
+    /// A name as a statement writes it → every relation it may refer to (see
+    /// [`Catalog::resolve`]).
+    names: Mutex<HashMap<TableName, (Instant, Vec<u32>)>>,
+    /// Bumped by every invalidation, so that a lookup that started before DDL does not store
+    /// what it found after it.
+    generation: AtomicU64,
+}
+
+pub type Cache = Arc<Shared>;
 
 /// A table as a statement names it: schema if written, and name.
 pub type TableName = (Option<String>, String);
 
-/// One session's view of the column origins of its database: a shared cache, and the session's
-/// own way to open a catalog connection (with the target settings it was admitted under).
+/// One session's view of the column origins of its database: the shared cache, and the
+/// session's own way to open a catalog connection (with the target settings it was admitted
+/// under).
 pub struct Catalog {
     open: Opener,
     cache: Cache,
-    /// Table names as a statement writes them → oid (`None`: not found), for this session.
-    names: Mutex<HashMap<TableName, (Instant, Option<u32>)>>,
+    /// The session may have DDL in an open transaction: what it created, renamed or dropped
+    /// there (a TEMP VIEW that shadows a table) is invisible to the gateway's own connection
+    /// until it commits.
+    uncommitted_ddl: AtomicBool,
 }
 
 impl Catalog {
@@ -110,22 +134,46 @@ impl Catalog {
         Catalog {
             open,
             cache,
-            names: Mutex::new(HashMap::new()),
+            uncommitted_ddl: AtomicBool::new(false),
         }
     }
 
-    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, (Instant, Option<u32>)>> {
-        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    /// The session is sending DDL, or the server has run some: until the session is next
+    /// idle outside a transaction, names may not mean what the catalog says.
+    pub fn ddl_in_flight(&self) {
+        self.uncommitted_ddl.store(true, Ordering::SeqCst);
     }
 
-    /// The relations a statement names (schema, name), in order; `None` for a name the
-    /// gateway's connection cannot find (another session's temporary table, another
-    /// search_path): the caller fails closed on it.
+    /// The server is idle outside a transaction with nothing of the session's in flight:
+    /// whatever DDL it ran is committed or rolled back.
+    pub fn idle(&self) {
+        self.uncommitted_ddl.store(false, Ordering::SeqCst);
+    }
+
+    pub fn uncommitted_ddl(&self) -> bool {
+        self.uncommitted_ddl.load(Ordering::SeqCst)
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, (Instant, Vec<u32>)>> {
+        self.cache.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every relation the names of a statement may refer to, for the caller to judge them
+    /// together (masked if any of them is); a name no relation has gives one `None`, on which
+    /// the caller fails closed.
+    ///
+    /// A schema-qualified name is one relation. An unqualified name is resolved by the server
+    /// through the session's `search_path` (and its temporary schema first), which the agent
+    /// can change in ways the gateway cannot follow (SET, `set_config`, a function that calls
+    /// it, a role or database default changed after login, `"$user"`, a TEMP object that
+    /// shadows a table): it counts as every relation of that name in any schema, so whatever
+    /// the path, the one the server picks is among them. `pg_temp.name` is every temporary
+    /// relation of that name (the session's temporary schema is not the gateway's).
     pub async fn resolve(
         &self,
-        tables: &[(Option<String>, String)],
+        tables: &[TableName],
     ) -> Result<Vec<Option<Arc<Relation>>>, CatalogError> {
-        let mut missing: Vec<(Option<String>, String)> = {
+        let mut missing: Vec<TableName> = {
             let names = self.names();
             tables
                 .iter()
@@ -136,47 +184,68 @@ impl Catalog {
         missing.sort();
         missing.dedup();
         if !missing.is_empty() {
-            let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-            let exprs: Vec<String> = missing
-                .iter()
-                .map(|(schema, name)| {
-                    let qualified = match schema {
-                        Some(s) => format!("{}.{}", ident(s), ident(name)),
-                        None => ident(name),
-                    };
-                    format!(
-                        "pg_catalog.to_regclass('{}')::oid",
-                        qualified.replace('\'', "''")
-                    )
-                })
-                .collect();
+            let generation = self.cache.generation.load(Ordering::SeqCst);
             let mut conn = (self.open)().await.map_err(CatalogError::Connect)?;
-            let rows = backend::simple_query(
-                &mut conn,
-                &format!("SELECT {}", exprs.join(", ")),
-                MAX_MESSAGE,
-            )
-            .await;
+            let rows = backend::simple_query(&mut conn, &names_query(&missing), MAX_MESSAGE).await;
             let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"X\0\0\0\x04").await;
-            let row = rows?.into_iter().next().ok_or(CatalogError::BadRow)?;
-            if row.len() != missing.len() {
-                return Err(CatalogError::BadRow);
+            let mut found: Vec<Vec<u32>> = vec![Vec::new(); missing.len()];
+            for row in rows? {
+                let [Some(i), oid] =
+                    <[Option<String>; 2]>::try_from(row).map_err(|_| CatalogError::BadRow)?
+                else {
+                    return Err(CatalogError::BadRow);
+                };
+                let i: usize = i.parse().map_err(|_| CatalogError::BadRow)?;
+                let slot = found.get_mut(i).ok_or(CatalogError::BadRow)?;
+                // NULL: to_regclass found nothing.
+                if let Some(oid) = oid {
+                    let oid: u32 = oid.parse().map_err(|_| CatalogError::BadRow)?;
+                    if !slot.contains(&oid) {
+                        slot.push(oid);
+                    }
+                }
             }
-            let now = Instant::now();
-            let mut names = self.names();
-            if names.len() > MAX_CACHED {
-                names.clear();
+            {
+                let now = Instant::now();
+                let mut names = self.names();
+                // Answer from what was just found either way; store it only if no DDL ran
+                // meanwhile.
+                if self.cache.generation.load(Ordering::SeqCst) == generation {
+                    if names.len() > MAX_CACHED {
+                        names.clear();
+                    }
+                    for (key, oids) in missing.iter().cloned().zip(found.iter().cloned()) {
+                        names.insert(key, (now, oids));
+                    }
+                }
             }
-            for (key, oid) in missing.into_iter().zip(row) {
-                let oid = oid.and_then(|o| o.parse::<u32>().ok());
-                names.insert(key, (now, oid));
-            }
+            return self
+                .relations_of(tables, |t| {
+                    missing
+                        .iter()
+                        .position(|m| m == t)
+                        .map(|i| found[i].clone())
+                })
+                .await;
         }
-        let oids: Vec<Option<u32>> = {
+        self.relations_of(tables, |_| None).await
+    }
+
+    /// The relations of `tables`, each name's oids from `fresh` or else the cache.
+    async fn relations_of(
+        &self,
+        tables: &[TableName],
+        fresh: impl Fn(&TableName) -> Option<Vec<u32>>,
+    ) -> Result<Vec<Option<Arc<Relation>>>, CatalogError> {
+        let oids: Vec<Vec<u32>> = {
             let names = self.names();
             tables
                 .iter()
-                .map(|t| names.get(t).and_then(|(_, oid)| *oid))
+                .map(|t| {
+                    fresh(t)
+                        .or_else(|| names.get(t).map(|(_, oids)| oids.clone()))
+                        .unwrap_or_default()
+                })
                 .collect()
         };
         let wanted: Vec<(u32, i16)> = oids.iter().flatten().map(|o| (*o, 0)).collect();
@@ -185,18 +254,29 @@ impl Catalog {
         } else {
             self.relations(&wanted).await?
         };
-        Ok(oids
-            .into_iter()
-            .map(|o| o.and_then(|o| rels.get(&o).cloned()))
-            .collect())
+        let mut out = Vec::new();
+        for name in oids {
+            if name.is_empty() {
+                out.push(None);
+            }
+            // A relation dropped between the two lookups is a `None` too.
+            out.extend(name.iter().map(|o| rels.get(o).cloned()));
+        }
+        Ok(out)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Instant, Arc<Relation>)>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        self.cache
+            .relations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets everything: the session ran DDL that may have renamed or redefined something.
+    /// Forgets everything, for every session of the database: a session ran DDL that may have
+    /// renamed, redefined or created something (a view that another session's name now
+    /// finds too).
     pub fn invalidate(&self) {
+        self.cache.generation.fetch_add(1, Ordering::SeqCst);
         self.cache().clear();
         self.names().clear();
     }
@@ -228,12 +308,18 @@ impl Catalog {
         if missing.is_empty() {
             return Ok(found);
         }
+        let generation = self.cache.generation.load(Ordering::SeqCst);
         let mut conn = (self.open)().await.map_err(CatalogError::Connect)?;
         let fetched = fetch(&mut conn, &missing.into_iter().collect::<Vec<_>>()).await;
         // Terminate; the connection is dropped either way.
         let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"X\0\0\0\x04").await;
         let fetched = fetched?;
         let mut cache = self.cache();
+        if self.cache.generation.load(Ordering::SeqCst) != generation {
+            // DDL ran meanwhile: answer from what was found, store nothing.
+            found.extend(fetched.into_iter().map(|(o, r)| (o, Arc::new(r))));
+            return Ok(found);
+        }
         if cache.len() + fetched.len() > MAX_CACHED {
             cache.clear();
         }
@@ -245,6 +331,36 @@ impl Catalog {
         }
         Ok(found)
     }
+}
+
+/// One query that finds the relations of each name: rows of (index into `names`, oid), the
+/// oid NULL where a qualified name is not found.
+fn names_query(names: &[TableName]) -> String {
+    // standard_conforming_strings is on (the login refuses a server without it): doubling
+    // quotes is all a literal needs.
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let parts: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (schema, name))| match schema.as_deref() {
+            None => format!(
+                "SELECT {i}, c.oid FROM pg_catalog.pg_class c WHERE c.relname = {}",
+                lit(name)
+            ),
+            Some("pg_temp") => format!(
+                "SELECT {i}, c.oid FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = {} AND n.nspname ~ '^pg_temp_[0-9]+$'",
+                lit(name)
+            ),
+            Some(s) => format!(
+                "SELECT {i}, pg_catalog.to_regclass({})::oid",
+                lit(&format!("{}.{}", ident(s), ident(name)))
+            ),
+        })
+        .collect();
+    parts.join(" UNION ALL ")
 }
 
 /// What the catalog says of one relation, before views are traced.
@@ -350,6 +466,7 @@ async fn fetch(conn: &mut BoxIo, oids: &[u32]) -> Result<HashMap<u32, Relation>,
                 ColumnInfo {
                     name: name.clone(),
                     bases,
+                    computed: computed(&raw, *oid, *attnum, MAX_DEPTH),
                 },
             );
         }
@@ -438,6 +555,30 @@ fn base_columns(
     }
     for (t, c) in next {
         base_columns(raw, t, c, seen, out);
+    }
+}
+
+/// Whether a column's value may differ from every base column it reads: a view column that is
+/// not a plain reference (`resorigtbl`/`resorigcol` unset) at some level of views, or whose
+/// trace cannot be followed (a stored query not read, a relation deeper than was fetched).
+/// A table's column (a partition's too) is its own value.
+fn computed(raw: &HashMap<u32, Raw>, oid: u32, attnum: i16, depth: usize) -> bool {
+    let Some(rel) = raw.get(&oid) else {
+        return true;
+    };
+    let Some(view) = &rel.view else {
+        return false;
+    };
+    if depth == 0 || attnum < 1 {
+        return true;
+    }
+    match view
+        .origins
+        .as_ref()
+        .and_then(|o| o.get(attnum as usize - 1))
+    {
+        Some(&(t, c)) if t != 0 && c > 0 => computed(raw, t, c, depth - 1),
+        _ => true,
     }
 }
 
@@ -790,6 +931,58 @@ mod tests {
         let mut deps = vec![(7, 2), (8, 1), (7, 3), (8, 0)];
         whole_rows(&mut deps);
         assert_eq!(deps, vec![(7, 2), (8, 1), (7, 3), (8, 0), (7, 0)]);
+    }
+
+    #[test]
+    fn names_are_looked_up_in_every_schema() {
+        let q = names_query(&[
+            (None, "plain_notes".into()),
+            (Some("s30".into()), "it's".into()),
+            (Some("pg_temp".into()), "t".into()),
+        ]);
+        assert_eq!(
+            q,
+            "SELECT 0, c.oid FROM pg_catalog.pg_class c WHERE c.relname = 'plain_notes' \
+             UNION ALL SELECT 1, pg_catalog.to_regclass('\"s30\".\"it''s\"')::oid \
+             UNION ALL SELECT 2, c.oid FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 't' AND n.nspname ~ '^pg_temp_[0-9]+$'"
+        );
+    }
+
+    #[test]
+    fn computed_view_columns() {
+        let mut raw = HashMap::new();
+        raw.insert(1, rel("customers", &["id", "email"], None, &[]));
+        // `CREATE VIEW v AS SELECT email, 'alice@example.com'::text AS guess1, id FROM customers`
+        let view = ViewDef {
+            origins: Some(vec![(1, 2), (0, 0), (1, 1)]),
+            depends: vec![(1, 1), (1, 2)],
+        };
+        raw.insert(2, rel("v", &["email", "guess1", "id"], Some(view), &[]));
+        // `CREATE VIEW w AS SELECT email, guess1, c FROM v, customers c`: plain references all,
+        // but guess1 is computed below, and the whole row is no one column's value.
+        let view = ViewDef {
+            origins: Some(vec![(2, 1), (2, 2), (1, 0)]),
+            depends: vec![(2, 1), (2, 2), (1, 0)],
+        };
+        raw.insert(3, rel("w", &["email", "guess1", "c"], Some(view), &[]));
+        raw.insert(4, rel("part", &["id", "email"], None, &[1]));
+        // A view whose stored query could not be read.
+        let view = ViewDef {
+            origins: None,
+            depends: vec![(1, 2)],
+        };
+        raw.insert(5, rel("u", &["email"], Some(view), &[]));
+        let at = |oid, att| computed(&raw, oid, att, MAX_DEPTH);
+        assert!(!at(1, 2));
+        assert!(!at(2, 1) && at(2, 2) && !at(2, 3));
+        assert!(!at(3, 1) && at(3, 2) && at(3, 3));
+        assert!(!at(4, 2));
+        assert!(at(5, 1));
+        // Deeper than the trace goes, or not fetched: not known to be plain.
+        assert!(computed(&raw, 3, 1, 1));
+        assert!(at(99, 1));
     }
 
     #[test]

@@ -110,18 +110,26 @@ impl Plan {
         if c.tables.len() > 1 {
             return self.covering_rule(rels);
         }
-        c.set_columns.iter().find_map(|r| {
-            let column = r.rsplit('.').next().unwrap_or(r);
-            self.columns
-                .iter()
-                .find(|(p, _)| {
-                    p.matches_column_name(column)
-                        && c.tables
-                            .iter()
-                            .any(|t| p.may_cover_table(t.schema.as_deref(), &t.name))
-                })
-                .map(|(_, rule)| *rule)
-        })
+        // Each name by the catalog's columns of t (a view's by the base columns it shows), in
+        // every relation t may be (an unqualified name: every schema's). A name that is not a
+        // column of one of them is, there, a whole row (`SET a = t::text`, or an alias's):
+        // every column of it.
+        let first = self.columns.first().map(|(_, r)| *r);
+        c.set_columns
+            .iter()
+            .filter_map(|r| {
+                let column = r.rsplit('.').next().unwrap_or(r);
+                rels.iter()
+                    .filter_map(|rel| match rel {
+                        None => first,
+                        Some(rel) => match rel.columns.values().find(|col| col.name == column) {
+                            Some(col) => self.column_rule_of(rel, col),
+                            None => self.covering_rule(std::slice::from_ref(&Some(rel.clone()))),
+                        },
+                    })
+                    .min()
+            })
+            .min()
     }
 
     fn taint(
@@ -366,6 +374,17 @@ mod tests {
             Some(0)
         );
         assert_eq!(copy("UPDATE customers SET email = 'x'", &customers), None);
+        // A whole row, and a name that only one of several schemas' tables has.
+        assert_eq!(
+            copy("UPDATE customers c SET name = c::text", &customers),
+            Some(0)
+        );
+        let two = [
+            customers[0].clone(),
+            relation("customers", &["id", "email"]),
+        ];
+        assert_eq!(copy("UPDATE customers SET id = id", &two), None);
+        assert_eq!(copy("UPDATE customers SET name = name", &two), Some(0));
         let joined = [customers[0].clone(), orders[0].clone()];
         assert_eq!(
             copy(

@@ -77,9 +77,10 @@ enum Kind {
 pub struct Col {
     rule: Option<usize>,
     kind: Kind,
-    /// Computed from a masked column (not the column itself): a strategy that keeps part of
-    /// the value (partial, hash) would let `substr(ssn, 1, 4)` and the like give it away piece
-    /// by piece, so it is redacted (or nulled) whatever the rule says.
+    /// Not the masked column itself (computed from it, or not known to come from it): a
+    /// strategy that keeps part of the value (partial, hash) would let `substr(ssn, 1, 4)` and
+    /// the like give it away piece by piece, or a hashed constant confirm a guess, so it is
+    /// redacted (or nulled) whatever the rule says.
     tainted: bool,
 }
 
@@ -131,11 +132,12 @@ impl ResultMask {
             let rule = if !plan.has_columns() {
                 None
             } else if f.table == 0 || f.attnum <= 0 {
+                // Named like a masked column or computed from one, its value is still not
+                // known to be the column's: redacted, never hashed (a hash of a constant
+                // would let the agent test guesses against the real column's hashes).
+                tainted = true;
                 plan.column_rule([Origin::Expression { name: &f.name }])
-                    .or_else(|| {
-                        tainted = taint.is_some();
-                        taint
-                    })
+                    .or(taint)
             } else {
                 let rel = relations
                     .get(&f.table)
@@ -144,6 +146,7 @@ impl ResultMask {
                     .columns
                     .get(&f.attnum)
                     .ok_or_else(|| RowError::NoOrigin(f.name.clone()))?;
+                tainted = col.computed;
                 plan.column_rule_of(rel, col)
             };
             let kind = match (f.format, f.type_oid) {

@@ -111,19 +111,6 @@ impl ColumnPattern {
             Origin::Expression { name } => self.table.is_none() && self.column.is_match(name),
         }
     }
-
-    pub fn matches_column_name(&self, column: &str) -> bool {
-        self.column.is_match(column)
-    }
-
-    /// Whether the pattern can be about a column of this table (unknown schema: any).
-    pub fn may_cover_table(&self, schema: Option<&str>, table: &str) -> bool {
-        let schema_ok = match (&self.schema, schema) {
-            (Some(g), Some(s)) => g.is_match(s),
-            _ => true,
-        };
-        schema_ok && self.table.as_ref().is_none_or(|g| g.is_match(table))
-    }
 }
 
 /// Where the last `n` characters (UTF-8) of `value` start, if it has more than `n`: a value
@@ -229,9 +216,6 @@ mod tests {
         assert!(ColumnPattern::parse("a..b").is_err());
         assert!(ColumnPattern::parse("a.b.c.d").is_err());
         assert!(ColumnPattern::parse("[").is_err());
-        assert!(p("customers.email").may_cover_table(None, "customers"));
-        assert!(!p("customers.email").may_cover_table(Some("public"), "orders"));
-        assert!(p("email").may_cover_table(Some("public"), "orders"));
     }
 
     #[test]

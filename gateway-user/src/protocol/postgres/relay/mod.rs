@@ -1235,10 +1235,17 @@ impl Upward<'_, '_> {
         if classified.class == Class::Read {
             return Ok(None);
         }
+        if classified.class == Class::Ddl {
+            self.ctx.catalog.ddl_in_flight();
+        }
         let rels = if classified.class == Class::Opaque
             || (classified.source_columns.is_empty() && classified.set_columns.is_empty())
         {
             Vec::new()
+        } else if self.ctx.catalog.uncommitted_ddl() {
+            // DDL of this session's open transaction (or of this very message) is invisible
+            // to the gateway's catalog connection: the names cannot be resolved.
+            vec![None]
         } else {
             resolve_tables(self.ctx, classified).await?
         };
@@ -1317,10 +1324,10 @@ impl Upward<'_, '_> {
                         delimiter,
                     ))))
                 }
-                // Not found from the gateway's connection (another search_path, another
-                // session's temporary table): its columns are unknown.
-                Ok(_) => match plan.covering_rule(&[None]) {
-                    Some(r) => refuse(r, "the gateway cannot find this table to mask its COPY output; qualify it with its schema"),
+                // Not found, or an unqualified name that several schemas have (the session's
+                // search_path picks one): its columns are unknown unless none of them is masked.
+                Ok(rels) => match plan.covering_rule(rels) {
+                    Some(r) => refuse(r, "the gateway cannot tell which table this COPY reads (not found, or its name is in several schemas) to mask its output; qualify it with its schema"),
                     None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
                 },
                 Err(e) => lookup_failed(e),
@@ -1447,6 +1454,13 @@ impl Upward<'_, '_> {
         let mut q = self.shared.pending();
         if q.len() >= MAX_IN_FLIGHT {
             return Err(RelayError::TooMuchInFlight);
+        }
+        // Under the queue's lock, so that the downward side cannot find the session idle
+        // between this and the statement's going out.
+        if let Pending::Simple(o) | Pending::Execute(o) | Pending::Call(o) = &p {
+            if matches!(o.rec.class.as_str(), "ddl" | "opaque") {
+                self.ctx.catalog.ddl_in_flight();
+            }
         }
         q.push_back(p);
         Ok(())
@@ -2027,6 +2041,9 @@ where
                         }
                     }
                 }
+                if frame.body().first() == Some(&b'I') && q.is_empty() {
+                    ctx.catalog.idle();
+                }
             }
             _ => {}
         }
@@ -2094,7 +2111,8 @@ fn table_names(c: &Classified) -> Vec<TableName> {
         .collect()
 }
 
-/// The relations a statement reads, as the catalog knows them.
+/// The relations a statement reads, as the catalog knows them: every relation each of its
+/// names may refer to (an unqualified name: that name in any schema, see `Catalog::resolve`).
 async fn resolve_tables(
     ctx: &SessionContext<'_>,
     c: &Classified,
