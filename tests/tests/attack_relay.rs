@@ -1,0 +1,257 @@
+//! Attacks on the relay's newest controls (a Query inside an extended-protocol batch, the
+//! pending queue after errors, `max_rows` trials, CancelRequests of held statements), end to
+//! end: a real PostgreSQL, the real gateway, real clients (psql, the raw wire client
+//! `fixtures/pg_wire.py`) in a managed cgroup whose connect() is captured. Each test shows a
+//! hole as it stood: it fails while the hole is open. Root required.
+//!
+//! Ports: PostgreSQL 19600+n, gateway listener 19625+n (n < 25).
+
+use std::time::{Duration, Instant};
+
+use agentgate_tests::{bg::Bg, pg::*, wire::*, *};
+use serde_json::{json, Value};
+
+/// Test number `n`: (gateway listener, PostgreSQL port).
+fn ports(n: u16) -> (u16, u16) {
+    assert!(n < 25);
+    (19625 + n, 19600 + n)
+}
+
+fn start(tag: &str, n: u16, rules: String) -> PgGateway {
+    require_root();
+    let (listen, pg_port) = ports(n);
+    PgGateway::start(
+        tag,
+        listen,
+        pg_port,
+        PgOptions::default(),
+        &PgTargetOptions {
+            extra_rules: rules,
+            ..Default::default()
+        },
+    )
+}
+
+/// An approval rule (YAML list item) for workload `sql-agents` on target `pg`.
+fn approval_rule(name: &str, statements: &str, approval: &str) -> String {
+    format!(
+        "  - name: {name}\n    when: {{workloads: [sql-agents]}}\n    targets: [pg]\n    statements: {statements}\n    approval: {approval}\n"
+    )
+}
+
+/// Writes to `tables` need approval beyond 3 rows.
+fn max_rows_rule(tables: &str) -> String {
+    approval_rule(
+        "few-writes",
+        &format!("{{classes: [write, write_unbounded], tables: [{tables}]}}"),
+        "{approvers: [dba], timeout_secs: 120, max_rows: 3}",
+    )
+}
+
+/// psql (simple Query protocol) running `sqls` in the background in `cg`.
+fn psql_bg(conn: &str, cg: &Cgroup, sqls: &[&str]) -> Bg {
+    let mut cmd = psql_command(conn);
+    cmd.args([
+        "-v",
+        "VERBOSITY=verbose",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-A",
+        "-t",
+    ]);
+    for sql in sqls {
+        cmd.args(["-c", sql]);
+    }
+    Bg::spawn("psql", cmd, cg)
+}
+
+/// Rows of `table` (asked directly, not through the gateway).
+fn count(p: &PgGateway, table: &str) -> i64 {
+    p.pg.sql_in("agentdb", &format!("SELECT count(*) FROM {table};"))
+        .trim()
+        .parse()
+        .expect("count(*)")
+}
+
+/// Lets psql run `sql` through the gateway until it is held for approval (its NOTICE), ends or
+/// fails, or 10 s pass; returns what it printed. psql is stopped either way.
+fn run_until_held_or_done(p: &PgGateway, sql: &str) -> String {
+    let conn = p.agent_conninfo(&agent_jwt("agent-attack"), "disable");
+    let mut c = psql_bg(&conn, &p.agent, &[sql]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && c.running() {
+        if c.unread()
+            .iter()
+            .any(|(_, err, text)| *err && text.starts_with("NOTICE:"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The gateway has had its say (a held statement waits; one that ran has run).
+    std::thread::sleep(Duration::from_millis(300));
+    let text = c.text();
+    c.kill();
+    text
+}
+
+/// Messages of `w` up to and including the first one `pred` accepts.
+fn until(w: &mut Wire, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        let v = w.next_message();
+        let done = pred(&v) || v["eof"] == true;
+        got.push(v);
+        if done {
+            return got;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// max_rows: the command tag is not the rows a statement changed
+// ---------------------------------------------------------------------------------------------
+
+/// A data-modifying CTE inside an INSERT: the top-level statement is an InsertStmt (so it is
+/// "triable"), its command tag counts only the outer INSERT's rows (0), and the trial is
+/// committed as "within the limit" while the CTE deleted every row of `big`.
+#[test]
+fn writable_cte_inside_insert_deletes_everything_under_max_rows() {
+    let p = start("atk-cte", 0, max_rows_rule("big"));
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 10); \
+             ALTER TABLE big OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    // Sanity: the rule works on a plain DELETE of everything (held, nothing deleted).
+    let plain = run_until_held_or_done(&p, "DELETE FROM big");
+    assert!(plain.contains("NOTICE:"), "{plain}");
+    assert_eq!(count(&p, "big"), 10, "{plain}");
+
+    let out = run_until_held_or_done(
+        &p,
+        "WITH gone AS (DELETE FROM big RETURNING x) INSERT INTO big SELECT x FROM gone WHERE false",
+    );
+    assert_eq!(
+        count(&p, "big"),
+        10,
+        "10 rows deleted under max_rows 3 without approval; psql: {out}"
+    );
+}
+
+/// ON DELETE CASCADE: `DELETE FROM parent WHERE id = 1` says `DELETE 1`, and the server deletes
+/// every child row with it. The trial counts 1 and commits.
+#[test]
+fn cascading_delete_touches_more_rows_than_its_tag_says() {
+    let p = start("atk-cascade", 1, max_rows_rule("parent, child"));
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1), (2); \
+             CREATE TABLE child (id int, pid int REFERENCES parent ON DELETE CASCADE); \
+             INSERT INTO child SELECT g, 1 FROM generate_series(1, 10) g; \
+             ALTER TABLE parent OWNER TO {ROLE_SCRAM}; ALTER TABLE child OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let plain = run_until_held_or_done(&p, "DELETE FROM child WHERE pid = 1");
+    assert!(plain.contains("NOTICE:"), "{plain}");
+    assert_eq!(count(&p, "child"), 10, "{plain}");
+
+    let out = run_until_held_or_done(&p, "DELETE FROM parent WHERE id = 1");
+    assert_eq!(
+        count(&p, "child"),
+        10,
+        "a one-row DELETE removed 10 more rows under max_rows 3 without approval; psql: {out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// max_rows: the transaction state the trial relies on
+// ---------------------------------------------------------------------------------------------
+
+/// The gateway decides BEGIN or SAVEPOINT from the last ReadyForQuery. An Execute of COMMIT
+/// without Sync (Flush only) ends the agent's block with no ReadyForQuery: the gateway still
+/// sees `T`, sends `SAVEPOINT agentgate_trial` (which fails: no block), and the tried DELETE
+/// runs in autocommit and is committed at once; the ROLLBACK TO SAVEPOINT that should undo it
+/// fails too. The statement is then put to approvers — after it already ran.
+#[test]
+fn commit_without_sync_makes_the_trial_autocommit() {
+    let p = start("atk-nosync", 2, max_rows_rule("big"));
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 10); \
+             ALTER TABLE big OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let mut w = Wire::open(&p, &agent_jwt("agent-attack"), "agentdb");
+    let got = w.exchange(json!([["Q", "BEGIN"]]));
+    assert_eq!(got.last().unwrap()["status"], "T", "{got:?}");
+    w.send(&json!([["P", "", "COMMIT"], ["B", "", "", []], ["E", ""], ["H"]]));
+    let got = until(&mut w, |m| m["msg"] == "C" || m["msg"] == "E");
+    assert_eq!(got.last().unwrap()["tag"], "COMMIT", "{got:?}");
+
+    w.send(&json!([["Q", "DELETE FROM big"]]));
+    // Held (its NOTICE) or refused: either way nothing may have been deleted.
+    let got = until(&mut w, |m| m["msg"] == "N" || m["msg"] == "Z");
+    assert_eq!(
+        count(&p, "big"),
+        10,
+        "the tried DELETE of 10 rows (max_rows 3) was committed; agent got {got:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pending queue: a message the server consumes without answering it
+// ---------------------------------------------------------------------------------------------
+
+/// In COPY FROM STDIN the server ignores a Sync (PostgreSQL does so for clients that send one
+/// without noticing the command was a COPY): it is consumed and never answered. The gateway
+/// queued it as a Sync waiting for its ReadyForQuery, and from then on pairs every answer
+/// with the statement before it: the rows of `SELECT upper(email) FROM customers` are judged
+/// by the previous, harmless Query's classification, and a computed column of a masked column
+/// arrives unmasked.
+#[test]
+fn a_sync_swallowed_by_copy_shifts_masking_to_the_wrong_statement() {
+    let rules = "  - name: mask-email\n    targets: [pg]\n    mask:\n      columns: [\"customers.email\"]\n      strategy: redact\n".to_string();
+    let p = start("atk-copyq", 3, rules);
+    p.pg.sql_in(
+        "agentdb",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text); \
+         INSERT INTO customers VALUES (1, 'alice@example.com'); \
+         CREATE TABLE sink (x text);",
+    );
+    let mut w = Wire::open(&p, &agent_jwt("agent-attack"), "agentdb");
+    let leak = "SELECT upper(email) AS u FROM customers WHERE id = 1";
+    let rows = |got: &[Value]| -> Vec<Value> {
+        got.iter()
+            .filter(|m| m["msg"] == "D")
+            .map(|m| m["row"].clone())
+            .collect()
+    };
+    // Masked as it should be.
+    let got = w.exchange(json!([["Q", leak]]));
+    assert_eq!(rows(&got), vec![json!(["****"])], "{got:?}");
+
+    w.send(&json!([["Q", "COPY sink FROM STDIN"]]));
+    let got = until(&mut w, |m| m["msg"] == "G" || m["msg"] == "Z");
+    assert_eq!(got.last().unwrap()["msg"], "G", "{got:?}");
+    // A Sync in COPY mode: ignored by the server, queued by the gateway. Then CopyDone.
+    w.send(&json!([["S"]]));
+    w.send(&json!({"raw": "6300000004"}));
+    let got = w.until_ready();
+    no_error("COPY with a Sync inside", &got);
+    // Any statement: its answer now ends the stale Sync, and it stays queued.
+    let got = w.exchange(json!([["Q", "SELECT 'harmless'::text AS h"]]));
+    no_error("harmless", &got);
+
+    let got = w.exchange(json!([["Q", leak]]));
+    assert!(
+        !got.iter()
+            .any(|m| m.to_string().contains("ALICE@EXAMPLE.COM")),
+        "a masked column reached the agent unmasked: {got:?}"
+    );
+    assert_eq!(rows(&got), vec![json!(["****"])], "{got:?}");
+}
