@@ -255,3 +255,143 @@ fn a_sync_swallowed_by_copy_shifts_masking_to_the_wrong_statement() {
     );
     assert_eq!(rows(&got), vec![json!(["****"])], "{got:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A portal the gateway believes denied, which the server still holds
+// ---------------------------------------------------------------------------------------------
+
+/// The gateway forwards the Execute of a portal it saw bound to a denied statement as it is,
+/// unjudged, unrecorded and unqueued ("the server skips it"). But a failed Bind leaves an
+/// older portal of the same name in place, and ROLLBACK TO SAVEPOINT keeps portals made
+/// before the savepoint: bind `p` to a DELETE that needs approval (a Bind asks nobody; the
+/// Execute would), re-bind `p` to a denied statement under a savepoint, roll back to it, and
+/// Execute `p`: the DELETE runs with no approval and no record.
+#[test]
+fn a_portal_shadowed_by_a_denied_bind_runs_unapproved_and_unrecorded() {
+    let rules = format!(
+        "{NO_DDL_RULE}{}",
+        approval_rule(
+            "big-writes",
+            "{classes: [write, write_unbounded], tables: [big]}",
+            "{approvers: [dba], timeout_secs: 120}",
+        )
+    );
+    let p = start("atk-portal", 4, rules);
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 10); \
+             ALTER TABLE big OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let sub = "agent-portal";
+    let mut w = Wire::open(&p, &agent_jwt(sub), "agentdb");
+    let last = |got: &[Value]| got.last().unwrap()["status"].clone();
+
+    let got = w.exchange(json!([["Q", "BEGIN"]]));
+    assert_eq!(last(&got), "T", "{got:?}");
+    let got = w.exchange(json!([
+        ["P", "sa", "DELETE FROM big"],
+        ["B", "p", "sa", []],
+        ["S"]
+    ]));
+    no_error("Parse/Bind of the DELETE", &got);
+    let got = w.exchange(json!([["Q", "SAVEPOINT s"]]));
+    no_error("SAVEPOINT", &got);
+    let got = w.exchange(json!([
+        ["P", "sd", "DROP TABLE big"],
+        ["B", "p", "sd", []],
+        ["S"]
+    ]));
+    assert_eq!(only_error(&got)["sqlstate"], "42501", "{got:?}");
+    let got = w.exchange(json!([["Q", "ROLLBACK TO SAVEPOINT s"]]));
+    assert_eq!(last(&got), "T", "{got:?}");
+    // Correct: held for approval (a NOTICE) or refused. The hole: it runs.
+    w.send(&json!([["E", "p"], ["S"]]));
+    let got = until(&mut w, |m| m["msg"] == "N" || m["msg"] == "Z");
+    if got.last().unwrap()["msg"] == "Z" {
+        let _ = w.exchange(json!([["Q", "COMMIT"]]));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let record = agentgate_tests::record_query(
+        &p.gw.record_db(),
+        &format!(
+            "SELECT st.kind, st.text, st.decision, st.rows, st.error FROM statements st \
+             JOIN sessions s ON s.id = st.session WHERE s.subject = '{sub}' ORDER BY st.seq"
+        ),
+    );
+    assert_eq!(
+        count(&p, "big"),
+        10,
+        "the DELETE ran without approval; agent got {got:?}; the record: {record:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pending queue and the record
+// ---------------------------------------------------------------------------------------------
+
+/// After a Sync swallowed by COPY, the queue is one behind. A Parse + Flush is then answered
+/// (ParseComplete) while the stale Sync is in front, so the Parse stays queued; an INSERT Query
+/// runs and commits; a failing Query next is taken for the failure of that Parse, the gateway
+/// "skips to Sync", and records the INSERT that ran as "not executed".
+#[test]
+fn a_write_that_ran_is_recorded_as_not_executed() {
+    let p = start("atk-record", 5, String::new());
+    p.pg.sql_in("agentdb", "CREATE TABLE sink (x text); CREATE TABLE t (x int);");
+    let sub = "agent-record";
+    let mut w = Wire::open(&p, &agent_jwt(sub), "agentdb");
+    w.send(&json!([["Q", "COPY sink FROM STDIN"]]));
+    let got = until(&mut w, |m| m["msg"] == "G" || m["msg"] == "Z");
+    assert_eq!(got.last().unwrap()["msg"], "G", "{got:?}");
+    w.send(&json!([["S"]]));
+    w.send(&json!({"raw": "6300000004"}));
+    no_error("COPY with a Sync inside", &w.until_ready());
+    w.send(&json!([["P", "s1", "SELECT 1"], ["H"]]));
+    let got = until(&mut w, |m| m["msg"] == "1" || m["msg"] == "E");
+    assert_eq!(got.last().unwrap()["msg"], "1", "{got:?}");
+    let got = w.exchange(json!([["Q", "INSERT INTO t VALUES (42)"]]));
+    no_error("INSERT", &got);
+    let got = w.exchange(json!([["Q", "SELECT 1/0"]]));
+    assert_eq!(only_error(&got)["sqlstate"], "22012", "{got:?}");
+    assert_eq!(count(&p, "t"), 1, "the INSERT ran and committed");
+    std::thread::sleep(Duration::from_millis(700));
+    let record = agentgate_tests::record_query(
+        &p.gw.record_db(),
+        &format!(
+            "SELECT st.error FROM statements st JOIN sessions s ON s.id = st.session \
+             WHERE s.subject = '{sub}' AND st.text = 'INSERT INTO t VALUES (42)'"
+        ),
+    );
+    assert_eq!(record.len(), 1, "{record:?}");
+    assert!(
+        record[0][0].is_null(),
+        "the record says the INSERT that ran did not: {record:?}"
+    );
+}
+
+/// A Close of an unknown kind is a protocol error on the server, which then skips to Sync;
+/// the gateway queues nothing for a Close and so never learns that the server is skipping.
+/// A Query sent next is skipped by the server but recorded as run, and the Sync's
+/// ReadyForQuery is taken for that Query's: the stale Sync shifts masking as above.
+#[test]
+fn a_bad_close_shifts_masking_to_the_wrong_statement() {
+    let rules = "  - name: mask-email\n    targets: [pg]\n    mask:\n      columns: [\"customers.email\"]\n      strategy: redact\n".to_string();
+    let p = start("atk-close", 6, rules);
+    p.pg.sql_in(
+        "agentdb",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text); \
+         INSERT INTO customers VALUES (1, 'alice@example.com');",
+    );
+    let mut w = Wire::open(&p, &agent_jwt("agent-close"), "agentdb");
+    let leak = "SELECT upper(email) AS u FROM customers WHERE id = 1";
+    let got = w.exchange(json!([["C", "X", ""], ["Q", "SELECT 1"], ["S"]]));
+    assert!(!wire_errors(&got).is_empty(), "{got:?}");
+    let _ = w.exchange(json!([["Q", "SELECT 'harmless'::text AS h"]]));
+    let got = w.exchange(json!([["Q", leak]]));
+    assert!(
+        !got.iter()
+            .any(|m| m.to_string().contains("ALICE@EXAMPLE.COM")),
+        "a masked column reached the agent unmasked: {got:?}"
+    );
+}
