@@ -189,7 +189,12 @@ fn commit_without_sync_makes_the_trial_autocommit() {
     let mut w = Wire::open(&p, &agent_jwt("agent-attack"), "agentdb");
     let got = w.exchange(json!([["Q", "BEGIN"]]));
     assert_eq!(got.last().unwrap()["status"], "T", "{got:?}");
-    w.send(&json!([["P", "", "COMMIT"], ["B", "", "", []], ["E", ""], ["H"]]));
+    w.send(&json!([
+        ["P", "", "COMMIT"],
+        ["B", "", "", []],
+        ["E", ""],
+        ["H"]
+    ]));
     let got = until(&mut w, |m| m["msg"] == "C" || m["msg"] == "E");
     assert_eq!(got.last().unwrap()["tag"], "COMMIT", "{got:?}");
 
@@ -338,7 +343,10 @@ fn a_portal_shadowed_by_a_denied_bind_runs_unapproved_and_unrecorded() {
 #[test]
 fn a_write_that_ran_is_recorded_as_not_executed() {
     let p = start("atk-record", 5, String::new());
-    p.pg.sql_in("agentdb", "CREATE TABLE sink (x text); CREATE TABLE t (x int);");
+    p.pg.sql_in(
+        "agentdb",
+        "CREATE TABLE sink (x text); CREATE TABLE t (x int);",
+    );
     let sub = "agent-record";
     let mut w = Wire::open(&p, &agent_jwt(sub), "agentdb");
     w.send(&json!([["Q", "COPY sink FROM STDIN"]]));
@@ -393,5 +401,38 @@ fn a_bad_close_shifts_masking_to_the_wrong_statement() {
         !got.iter()
             .any(|m| m.to_string().contains("ALICE@EXAMPLE.COM")),
         "a masked column reached the agent unmasked: {got:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A trial the server never answers
+// ---------------------------------------------------------------------------------------------
+
+/// After a failed extended-protocol message (a Bind of an unknown statement, then Flush, no
+/// Sync) the server skips everything up to Sync, the trial's BEGIN and statement too. The
+/// gateway starts the trial anyway (nothing is pending) and waits for its answer without end:
+/// it no longer reads from the agent, so the agent can neither send the Sync that would unstick
+/// it nor be seen leaving. The session and its server backend stay until the idle timeout
+/// (an hour by default), after the agent is gone.
+#[test]
+fn a_trial_while_the_server_skips_to_sync_hangs_the_session_past_the_agent() {
+    let p = start("atk-hang", 8, max_rows_rule("big"));
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 10); \
+             ALTER TABLE big OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let mut w = Wire::open(&p, &agent_jwt("agent-hang"), "agentdb");
+    w.send(&json!([["B", "", "no_such_statement", []], ["H"]]));
+    let got = until(&mut w, |m| m["msg"] == "E");
+    assert_eq!(got.last().unwrap()["sqlstate"], "26000", "{got:?}");
+    w.send(&json!([["Q", "DELETE FROM big WHERE x = 1"], ["S"]]));
+    std::thread::sleep(Duration::from_secs(2));
+    w.send(&json!({"close": true}));
+    assert!(
+        p.wait_no_upstream(Duration::from_secs(10)),
+        "the agent left 10 s ago; its session and server backend are still there"
     );
 }
