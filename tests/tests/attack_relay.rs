@@ -436,3 +436,46 @@ fn a_trial_while_the_server_skips_to_sync_hangs_the_session_past_the_agent() {
         "the agent left 10 s ago; its session and server backend are still there"
     );
 }
+
+/// The same shadowed portal against masking: a write that copies a masked column into a table
+/// no rule covers is refused where it runs (Query, Execute), not at Bind. Bound, shadowed by a
+/// denied Bind under a savepoint and executed after ROLLBACK TO SAVEPOINT, it is never judged:
+/// the masked e-mail addresses land in `leak`, and a plain SELECT reads them.
+#[test]
+fn a_portal_shadowed_by_a_denied_bind_copies_masked_values_out() {
+    let rules = format!(
+        "{NO_DDL_RULE}  - name: mask-email\n    targets: [pg]\n    mask:\n      columns: [\"customers.email\"]\n      strategy: redact\n"
+    );
+    let p = start("atk-portal-mask", 9, rules);
+    p.pg.sql_in(
+        "agentdb",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text); \
+         INSERT INTO customers VALUES (1, 'alice@example.com'); \
+         CREATE TABLE leak (x text);",
+    );
+    let mut w = Wire::open(&p, &agent_jwt("agent-portal-mask"), "agentdb");
+    let copy = "INSERT INTO leak SELECT email FROM customers";
+    // Refused as a Query, as it should be.
+    let got = w.exchange(json!([["Q", copy]]));
+    assert_eq!(only_error(&got)["sqlstate"], "42501", "{got:?}");
+
+    let _ = w.exchange(json!([["Q", "BEGIN"]]));
+    let got = w.exchange(json!([["P", "sa", copy], ["B", "p", "sa", []], ["S"]]));
+    no_error("Parse/Bind of the copy", &got);
+    let _ = w.exchange(json!([["Q", "SAVEPOINT s"]]));
+    let got = w.exchange(json!([
+        ["P", "sd", "DROP TABLE leak"],
+        ["B", "p", "sd", []],
+        ["S"]
+    ]));
+    assert_eq!(only_error(&got)["sqlstate"], "42501", "{got:?}");
+    let _ = w.exchange(json!([["Q", "ROLLBACK TO SAVEPOINT s"]]));
+    let ran = w.exchange(json!([["E", "p"], ["S"]]));
+    let _ = w.exchange(json!([["Q", "COMMIT"]]));
+    let got = w.exchange(json!([["Q", "SELECT x FROM leak"]]));
+    assert!(
+        !got.iter()
+            .any(|m| m.to_string().contains("alice@example.com")),
+        "masked values copied out and read back in clear: Execute got {ran:?}; then {got:?}"
+    );
+}
