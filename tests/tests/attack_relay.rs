@@ -479,3 +479,96 @@ fn a_portal_shadowed_by_a_denied_bind_copies_masked_values_out() {
         "masked values copied out and read back in clear: Execute got {ran:?}; then {got:?}"
     );
 }
+
+/// No denial needed: a Bind to a named portal that already exists fails on the server
+/// (`cursor "p" already exists`) and leaves the old portal, but the gateway now takes `p` for
+/// the new statement. Under a savepoint (rolled back to) the old portal survives: the Execute
+/// is judged, approved-or-not, recorded and masked as the harmless `SELECT 1`, and the server
+/// runs the DELETE that needed approval.
+#[test]
+fn a_portal_rebound_in_vain_runs_its_old_statement_as_the_new_one() {
+    let rules = approval_rule(
+        "big-writes",
+        "{classes: [write, write_unbounded], tables: [big]}",
+        "{approvers: [dba], timeout_secs: 120}",
+    );
+    let p = start("atk-rebind", 10, rules);
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 10); \
+             ALTER TABLE big OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let sub = "agent-rebind";
+    let mut w = Wire::open(&p, &agent_jwt(sub), "agentdb");
+    let _ = w.exchange(json!([["Q", "BEGIN"]]));
+    let got = w.exchange(json!([
+        ["P", "sa", "DELETE FROM big"],
+        ["B", "p", "sa", []],
+        ["S"]
+    ]));
+    no_error("Parse/Bind of the DELETE", &got);
+    let _ = w.exchange(json!([["Q", "SAVEPOINT s"]]));
+    let got = w.exchange(json!([
+        ["P", "sb", "SELECT 1"],
+        ["B", "p", "sb", []],
+        ["S"]
+    ]));
+    assert_eq!(only_error(&got)["sqlstate"], "42P03", "{got:?}");
+    let _ = w.exchange(json!([["Q", "ROLLBACK TO SAVEPOINT s"]]));
+    w.send(&json!([["E", "p"], ["S"]]));
+    let got = until(&mut w, |m| m["msg"] == "N" || m["msg"] == "Z");
+    if got.last().unwrap()["msg"] == "Z" {
+        let _ = w.exchange(json!([["Q", "COMMIT"]]));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let record = agentgate_tests::record_query(
+        &p.gw.record_db(),
+        &format!(
+            "SELECT st.kind, st.text, st.decision, st.rows, st.error FROM statements st \
+             JOIN sessions s ON s.id = st.session WHERE s.subject = '{sub}' ORDER BY st.seq"
+        ),
+    );
+    assert_eq!(
+        count(&p, "big"),
+        10,
+        "the DELETE ran without approval; agent got {got:?}; the record: {record:?}"
+    );
+}
+
+/// The same against masking: the gateway's Describe of `p` before the Execute describes the
+/// server's portal (`upper(email)`, a computed column), and the gateway judges its rows by the
+/// statement it believes bound (`SELECT 'x'`, computed from nothing): the e-mail in clear.
+#[test]
+fn a_portal_rebound_in_vain_unmasks_a_computed_column() {
+    let rules = "  - name: mask-email\n    targets: [pg]\n    mask:\n      columns: [\"customers.email\"]\n      strategy: redact\n".to_string();
+    let p = start("atk-rebind-mask", 11, rules);
+    p.pg.sql_in(
+        "agentdb",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text); \
+         INSERT INTO customers VALUES (1, 'alice@example.com');",
+    );
+    let mut w = Wire::open(&p, &agent_jwt("agent-rebind-mask"), "agentdb");
+    let _ = w.exchange(json!([["Q", "BEGIN"]]));
+    let got = w.exchange(json!([
+        ["P", "sa", "SELECT upper(email) AS u FROM customers"],
+        ["B", "p", "sa", []],
+        ["S"]
+    ]));
+    no_error("Parse/Bind", &got);
+    let _ = w.exchange(json!([["Q", "SAVEPOINT s"]]));
+    let got = w.exchange(json!([
+        ["P", "sb", "SELECT 'x'::text AS u"],
+        ["B", "p", "sb", []],
+        ["S"]
+    ]));
+    assert_eq!(only_error(&got)["sqlstate"], "42P03", "{got:?}");
+    let _ = w.exchange(json!([["Q", "ROLLBACK TO SAVEPOINT s"]]));
+    let got = w.exchange(json!([["E", "p"], ["S"]]));
+    assert!(
+        !got.iter()
+            .any(|m| m.to_string().contains("ALICE@EXAMPLE.COM")),
+        "a masked column reached the agent unmasked: {got:?}"
+    );
+}
