@@ -227,6 +227,10 @@ pub enum RelayError {
     LeftWhileHeld,
     #[error("more than {MAX_QUEUED_WHILE_HELD} bytes of messages sent behind a statement held for approval")]
     HeldBacklog,
+    /// A `max_rows` trial could not be carried out as planned: the session cannot go on in a
+    /// state the gateway does not know.
+    #[error("trial of a write under max_rows: {0}")]
+    Trial(String),
     #[error("a message sent behind a statement held for approval did not arrive whole within {PARTIAL_WHILE_HELD:?}")]
     StalledWhileHeld,
 }
@@ -246,6 +250,7 @@ impl RelayError {
                 ("54000", format!("agentgate: {self}"))
             }
             RelayError::UnsafeSetting(..) => ("0A000", format!("agentgate: {self}")),
+            RelayError::Trial(_) => ("XX000", format!("agentgate: {self}")),
             RelayError::Unmaskable(_) => ("42501", format!("agentgate: {self}")),
         };
         Some(out::error("FATAL", code, &msg, None))
@@ -260,6 +265,7 @@ impl RelayError {
             RelayError::LeftWhileHeld => "agent closed while a statement was held",
             RelayError::Unmaskable(_) => "gateway: a result it could not mask",
             RelayError::UnsafeSetting(..) => "gateway: a setting it cannot follow",
+            RelayError::Trial(_) => "gateway: a trial it could not carry out",
             RelayError::Client(_)
             | RelayError::UnknownMessage(_)
             | RelayError::TooManyNamed
@@ -345,8 +351,8 @@ struct Shared {
     notice_ready: tokio::sync::Notify,
     /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
     status: std::sync::atomic::AtomicU8,
-    /// Where the answer of a trial is announced (see [`trial`]).
-    trial_done: Mutex<Option<tokio::sync::oneshot::Sender<trial::Outcome>>>,
+    /// Where a trial in progress hears of its answers (see [`trial`]).
+    trial_events: Mutex<Option<tokio::sync::mpsc::UnboundedSender<trial::Event>>>,
 }
 
 impl Shared {
@@ -360,16 +366,21 @@ impl Shared {
             notice_ready: tokio::sync::Notify::new(),
             // The gateway's own login ends with ReadyForQuery `I`.
             status: std::sync::atomic::AtomicU8::new(b'I'),
-            trial_done: Mutex::new(None),
+            trial_events: Mutex::new(None),
         }
     }
     fn status(&self) -> u8 {
         self.status.load(Ordering::Relaxed)
     }
-    fn trial_done(
+    fn trial_events(
         &self,
-    ) -> std::sync::MutexGuard<'_, Option<tokio::sync::oneshot::Sender<trial::Outcome>>> {
-        self.trial_done.lock().unwrap_or_else(|p| p.into_inner())
+    ) -> std::sync::MutexGuard<'_, Option<tokio::sync::mpsc::UnboundedSender<trial::Event>>> {
+        self.trial_events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn trial_event(&self, e: trial::Event) {
+        if let Some(tx) = self.trial_events().as_ref() {
+            let _ = tx.send(e);
+        }
     }
     fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
@@ -452,6 +463,7 @@ pub async fn relay(
             plan: PlanCache::default(),
             prefix: None,
             batch: 0,
+            batch_open: false,
             parses: HashMap::new(),
             next_parse: 1,
             approved: None,
@@ -508,6 +520,9 @@ struct Upward<'a, 'c> {
     prefix: Option<Frame>,
     /// Syncs sent so far: extended-protocol batches.
     batch: u64,
+    /// An extended-protocol message was sent since the last Sync (the server may be skipping to
+    /// Sync, or between transactions without having said so): no trial then.
+    batch_open: bool,
     /// Parses sent and not yet answered, by id: the statement name they were for.
     parses: HashMap<u64, String>,
     next_parse: u64,
@@ -595,8 +610,13 @@ impl Upward<'_, '_> {
         // A Query or FunctionCall may come inside an extended-protocol batch (asyncpg sends
         // Parse/Describe/Flush and then a Query): the server runs it, or skips it like the rest
         // of the batch after an error there; the downward side tells which (see `downward`).
-        if frame.tag() == b'S' {
-            self.batch += 1;
+        match frame.tag() {
+            b'S' => {
+                self.batch += 1;
+                self.batch_open = false;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            _ => {}
         }
         match frame.tag() {
             b'Q' => {
@@ -1760,6 +1780,8 @@ where
             _ => Holding::Nothing,
         };
         match frame.tag() {
+            // The gateway's own rows (a trial's count) are neither masked nor the agent's.
+            b'D' if matches!(holding, Holding::Own) => {}
             b'D' => {
                 if let Some(new) = masking.row(ctx, &frame).map_err(RelayError::Upstream)? {
                     frame = new;
@@ -2056,8 +2078,10 @@ where
                     forward = false;
                 }
                 Holding::Own if !matches!(frame.tag(), b'S' | b'A') => {
-                    if frame.tag() == b'E' {
-                        held.errors.push(frame.clone());
+                    match frame.tag() {
+                        b'E' => held.errors.push(frame.clone()),
+                        b'D' => held.count = trial::first_value(&frame),
+                        _ => {}
                     }
                     forward = false;
                 }
@@ -2439,7 +2463,7 @@ mod tests {
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None, trial: None, triable: false, trial_rows: None };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None, trial: None, triable: false, trial_rows: None };
             let mut agent = BufReader::new(tokio::io::empty());
             let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {

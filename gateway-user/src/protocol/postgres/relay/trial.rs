@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
-    sync::oneshot,
+    sync::mpsc,
 };
 
 use super::{out, CodecError, Frame, Open, Pending, RelayError, Shared, Upward};
@@ -29,8 +29,9 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// What the gateway's own statement does with the tried statement's held answer.
 #[derive(Debug)]
 pub(super) enum Finish {
-    /// Nothing is held (the BEGIN or SAVEPOINT before the trial): its answer is dropped.
-    Quiet,
+    /// Reads the count of changed rows (see [`CHANGED_ROWS`]) for the trial; its answer is
+    /// the gateway's.
+    Count,
     /// The trial stands: the agent gets the held answer, any error of this statement (a
     /// deferred constraint failing at COMMIT), and this statement's ReadyForQuery.
     Deliver,
@@ -70,6 +71,18 @@ pub(super) struct Held {
     pub errors: Vec<Frame>,
     /// The tried statement, recorded once the decision is known.
     pub open: Option<Open>,
+    /// The value of a [`Finish::Count`] statement's row.
+    pub count: Option<u64>,
+}
+
+/// The first column of a DataRow, as a number (the answer of [`CHANGED_ROWS`]).
+pub(super) fn first_value(row: &Frame) -> Option<u64> {
+    let mut f = super::Fields::new(row);
+    if f.i16().ok()? < 1 {
+        return None;
+    }
+    let len = usize::try_from(f.i32().ok()?).ok()?;
+    std::str::from_utf8(f.take(len).ok()?).ok()?.parse().ok()
 }
 
 impl Held {
@@ -100,12 +113,16 @@ impl Held {
                 } else {
                     self.open = Some(open);
                 }
-                if let Some(tx) = shared.trial_done().take() {
-                    let _ = tx.send(outcome);
-                }
+                shared.trial_event(Event::Answered(outcome));
                 delivered
             }
-            Pending::Own(Finish::Quiet) => false,
+            Pending::Own(Finish::Count) => {
+                shared.trial_event(Event::Counted {
+                    status: shared.status(),
+                    rows: self.count.take(),
+                });
+                false
+            }
             Pending::Own(Finish::Deliver) => {
                 before.append(&mut self.frames);
                 before.append(&mut self.errors);
@@ -126,15 +143,46 @@ impl Held {
     }
 }
 
-/// Whether `text` is one INSERT, UPDATE, DELETE or MERGE (what a trial can count).
+/// Whether `text` is one INSERT, UPDATE, DELETE or MERGE without a WITH clause (a writable
+/// CTE is another write; the count below would catch it, but a trial is kept to the plain case).
 pub(super) fn triable(text: &str) -> bool {
-    match pg_query::parse(text, pg_query::ParserOptions::DEFAULT) {
-        Ok(parsed) => matches!(
-            parsed.statement_types().as_slice(),
-            ["InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"]
-        ),
-        Err(_) => false,
+    use pg_query::protobuf::node::Node;
+    let Ok(parsed) = pg_query::parse(text, pg_query::ParserOptions::DEFAULT) else {
+        return false;
+    };
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return false;
+    };
+    let no_with = |w: &Option<pg_query::protobuf::WithClause>| w.is_none();
+    match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(Node::InsertStmt(i)) => {
+            no_with(&i.with_clause)
+                && match i.select_stmt.as_ref().and_then(|n| n.node.as_ref()) {
+                    Some(Node::SelectStmt(sel)) => no_with(&sel.with_clause),
+                    None => true,
+                    Some(_) => false,
+                }
+        }
+        Some(Node::UpdateStmt(u)) => no_with(&u.with_clause),
+        Some(Node::DeleteStmt(d)) => no_with(&d.with_clause),
+        Some(Node::MergeStmt(m)) => no_with(&m.with_clause),
+        _ => false,
     }
+}
+
+/// Rows inserted, updated or deleted so far in the current transaction, in every table: what a
+/// trial really touched is the difference around it (cascades, triggers, rules and functions
+/// included), not only the statement's own command tag.
+const CHANGED_ROWS: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8 \
+     FROM pg_catalog.pg_stat_xact_all_tables";
+
+/// What the downward side reports to a trial in progress.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// A [`Finish::Count`] statement ended: the transaction status after it, and the count.
+    Counted { status: u8, rows: Option<u64> },
+    /// The tried statement's answer is complete.
+    Answered(Outcome),
 }
 
 impl Upward<'_, '_> {
@@ -150,6 +198,11 @@ impl Upward<'_, '_> {
         W: AsyncWrite + Unpin,
     {
         let io = |e| RelayError::Upstream(CodecError::Io(e));
+        // Only from a known, quiet state: with an extended-protocol batch open the server may be
+        // skipping to Sync, or have ended a transaction block without a ReadyForQuery yet.
+        if self.batch_open {
+            return Ok(Tried::Untried(Box::new(o)));
+        }
         // Whether the agent is inside a transaction block decides BEGIN or SAVEPOINT: wait
         // until everything sent before has been answered.
         to.flush().await.map_err(io)?;
@@ -165,29 +218,58 @@ impl Upward<'_, '_> {
             // A failed transaction block runs nothing anyway; an unknown state is not guessed.
             _ => return Ok(Tried::Untried(Box::new(o))),
         };
-        let (done_tx, done_rx) = oneshot::channel();
-        *self.shared.trial_done() = Some(done_tx);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        *self.shared.trial_events() = Some(events_tx);
+        let result = self.tried(frame, o, limit, in_block, &mut events, to).await;
+        *self.shared.trial_events() = None;
+        result
+    }
+
+    async fn tried<W>(
+        &mut self,
+        frame: Frame,
+        o: Open,
+        limit: u64,
+        in_block: bool,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        to: &mut W,
+    ) -> Result<Tried, RelayError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let io = |e| RelayError::Upstream(CodecError::Io(e));
+        let failed = |what: &str| RelayError::Trial(what.to_owned());
+        // 1. Open the trial and read the transaction's count of changed rows so far; the
+        //    statement goes only once the server says the block is open.
         let prelude = if in_block {
-            format!("SAVEPOINT {SAVEPOINT}")
+            format!("SAVEPOINT {SAVEPOINT}; {CHANGED_ROWS}")
         } else {
-            "BEGIN".to_owned()
+            format!("BEGIN; {CHANGED_ROWS}")
         };
-        self.push(Pending::Own(Finish::Quiet))?;
-        to.write_all(&out::query(&prelude).bytes)
-            .await
-            .map_err(io)?;
+        let before = self.count(&prelude, events, to).await?;
+        let Some(before) = before else {
+            return Err(failed("the gateway could not open its trial transaction"));
+        };
+        // 2. The statement, its answer held back.
         self.push(Pending::Trial { open: o, in_block })?;
         to.write_all(&frame.bytes).await.map_err(io)?;
         to.flush().await.map_err(io)?;
-        let outcome = done_rx.await.map_err(|_| {
-            RelayError::Upstream(CodecError::Io(std::io::Error::other(
-                "the target's answer to a trial ended early",
-            )))
-        })?;
+        let outcome = match events.recv().await {
+            Some(Event::Answered(outcome)) => outcome,
+            _ => return Err(failed("the trial's answer did not arrive")),
+        };
         if outcome.delivered {
             return Ok(Tried::Ran);
         }
-        let within = !outcome.failed && outcome.rows.is_some_and(|n| n <= limit);
+        // 3. What it really touched: its own count, or every row changed around it, whichever
+        //    is more.
+        let touched = if outcome.failed {
+            None
+        } else {
+            let after = self.count(CHANGED_ROWS, events, to).await?;
+            after.map(|after| outcome.rows.unwrap_or(0).max(after.saturating_sub(before)))
+        };
+        let within = !outcome.failed && touched.is_some_and(|n| n <= limit);
         let (finish, how) = if outcome.failed || within {
             let end = if in_block {
                 format!("RELEASE SAVEPOINT {SAVEPOINT}")
@@ -203,11 +285,9 @@ impl Upward<'_, '_> {
             } else {
                 "ROLLBACK".to_owned()
             };
-            let touched = outcome
-                .rows
-                .map_or("an unknown number of".to_owned(), |n| n.to_string());
+            let what = touched.map_or("an unknown number of".to_owned(), |n| n.to_string());
             let note = format!(
-                "rolled back by the gateway: a trial run touched {touched} rows, more than max_rows {limit}; put to approvers"
+                "rolled back by the gateway: a trial run touched {what} rows, more than max_rows {limit}; put to approvers"
             );
             (end, Finish::Discard(note))
         };
@@ -218,7 +298,29 @@ impl Upward<'_, '_> {
         Ok(if ran {
             Tried::Ran
         } else {
-            Tried::Over(outcome.rows)
+            Tried::Over(touched)
         })
+    }
+
+    /// Sends `sql` (ending in [`CHANGED_ROWS`]) as the gateway's own and waits for the count;
+    /// `None` unless the server answered it inside an open transaction block.
+    async fn count<W>(
+        &mut self,
+        sql: &str,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        to: &mut W,
+    ) -> Result<Option<u64>, RelayError>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let io = |e| RelayError::Upstream(CodecError::Io(e));
+        self.push(Pending::Own(Finish::Count))?;
+        to.write_all(&out::query(sql).bytes).await.map_err(io)?;
+        to.flush().await.map_err(io)?;
+        match events.recv().await {
+            Some(Event::Counted { status: b'T', rows }) => Ok(rows),
+            Some(_) => Ok(None),
+            None => Err(RelayError::Trial("the target's answer ended early".into())),
+        }
     }
 }
