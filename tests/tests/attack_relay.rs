@@ -2,7 +2,10 @@
 //! pending queue after errors, `max_rows` trials, CancelRequests of held statements), end to
 //! end: a real PostgreSQL, the real gateway, real clients (psql, the raw wire client
 //! `fixtures/pg_wire.py`) in a managed cgroup whose connect() is captured. Each test shows a
-//! hole as it stood: it fails while the hole is open. Root required.
+//! hole an attack review found in 90deca2: each failed there and passes since the fixes
+//! (trials count every changed row and start only from a known state; Close and COPY-time
+//! Syncs are tracked; an answer that fits nothing sent ends the session; a portal refused at
+//! Bind or whose Bind the server refused is never run as the gateway's guess). Root required.
 //!
 //! Ports: PostgreSQL 19600+n, gateway listener 19625+n (n < 25).
 
@@ -395,6 +398,17 @@ fn a_bad_close_shifts_masking_to_the_wrong_statement() {
     let leak = "SELECT upper(email) AS u FROM customers WHERE id = 1";
     let got = w.exchange(json!([["C", "X", ""], ["Q", "SELECT 1"], ["S"]]));
     assert!(!wire_errors(&got).is_empty(), "{got:?}");
+    // Fixed: the gateway refuses such a Close and ends the session (it cannot tell what the
+    // server skips after it), so nothing can go on out of step.
+    if got.iter().any(|m| m["eof"] == true) {
+        let fatal = only_error(&got);
+        assert_eq!(
+            (fatal["severity"].as_str(), fatal["sqlstate"].as_str()),
+            (Some("FATAL"), Some("08P01")),
+            "{got:?}"
+        );
+        return;
+    }
     let _ = w.exchange(json!([["Q", "SELECT 'harmless'::text AS h"]]));
     let got = w.exchange(json!([["Q", leak]]));
     assert!(

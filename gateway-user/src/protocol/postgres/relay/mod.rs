@@ -227,6 +227,10 @@ pub enum RelayError {
     LeftWhileHeld,
     #[error("more than {MAX_QUEUED_WHILE_HELD} bytes of messages sent behind a statement held for approval")]
     HeldBacklog,
+    /// An answer of the target that does not fit what the gateway sent: the gateway could no
+    /// longer tell which statement rows, errors and masking belong to.
+    #[error("the target's answer ({0}) does not fit the messages sent; the gateway cannot tell which statement it belongs to")]
+    OutOfStep(&'static str),
     /// A `max_rows` trial could not be carried out as planned: the session cannot go on in a
     /// state the gateway does not know.
     #[error("trial of a write under max_rows: {0}")]
@@ -250,7 +254,9 @@ impl RelayError {
                 ("54000", format!("agentgate: {self}"))
             }
             RelayError::UnsafeSetting(..) => ("0A000", format!("agentgate: {self}")),
-            RelayError::Trial(_) => ("XX000", format!("agentgate: {self}")),
+            RelayError::Trial(_) | RelayError::OutOfStep(_) => {
+                ("XX000", format!("agentgate: {self}"))
+            }
             RelayError::Unmaskable(_) => ("42501", format!("agentgate: {self}")),
         };
         Some(out::error("FATAL", code, &msg, None))
@@ -266,6 +272,7 @@ impl RelayError {
             RelayError::Unmaskable(_) => "gateway: a result it could not mask",
             RelayError::UnsafeSetting(..) => "gateway: a setting it cannot follow",
             RelayError::Trial(_) => "gateway: a trial it could not carry out",
+            RelayError::OutOfStep(_) => "gateway: out of step with the target",
             RelayError::Client(_)
             | RelayError::UnknownMessage(_)
             | RelayError::TooManyNamed
@@ -316,11 +323,17 @@ enum Pending {
     Execute(Open),
     /// A FunctionCall: complete at ReadyForQuery.
     Call(Open),
-    Sync,
+    /// `during_copy`: sent after a statement that may start COPY FROM STDIN and before the
+    /// agent's CopyDone or CopyFail. The server ignores a Sync in copy-in mode, so if the
+    /// statement did start one (CopyInResponse) this Sync gets no answer.
+    Sync { during_copy: bool },
+    /// A Close: answered by CloseComplete or an error, or skipped after an earlier error.
+    Close,
     /// A Parse: answered by ParseComplete or an error, or skipped after an earlier error.
     Parse(u64),
-    /// A Bind: answered by BindComplete or an error, or skipped after an earlier error.
-    Bind,
+    /// A Bind (its id): answered by BindComplete or an error, or skipped after an earlier
+    /// error.
+    Bind(u64),
     /// The agent's own Describe: its RowDescription or NoData is the agent's.
     ClientDescribe,
     /// The gateway's Describe of a portal before an Execute, for masking: its RowDescription
@@ -328,10 +341,7 @@ enum Pending {
     Describe,
     /// A Query run as a trial (`max_rows`): its answer is held back until the gateway decides;
     /// `in_block`: inside the agent's transaction block, under a savepoint.
-    Trial {
-        open: Open,
-        in_block: bool,
-    },
+    Trial { open: Open, in_block: bool },
     /// A Query of the gateway's own around a trial: its answer is the gateway's.
     Own(trial::Finish),
 }
@@ -341,6 +351,9 @@ struct Shared {
     /// The server's answers to Parse messages (parse id, accepted), for the agent side to
     /// learn which text a statement name really holds.
     parsed: Mutex<Vec<(u64, bool)>>,
+    /// The server's answers to Bind messages (bind id, accepted): a refused Bind leaves the
+    /// portal the name held before.
+    bound: Mutex<Vec<(u64, bool)>>,
     denials: Mutex<HashMap<u64, Denial>>,
     /// `agentgate_denied_<random>_`: only this session's substitutes carry it, and no agent
     /// can predict it to make its own error look like a denial.
@@ -360,6 +373,7 @@ impl Shared {
         Shared {
             pending: Mutex::new(VecDeque::new()),
             parsed: Mutex::new(Vec::new()),
+            bound: Mutex::new(Vec::new()),
             denials: Mutex::new(HashMap::new()),
             marker,
             notices: Mutex::new(Vec::new()),
@@ -387,6 +401,9 @@ impl Shared {
     }
     fn parsed(&self) -> std::sync::MutexGuard<'_, Vec<(u64, bool)>> {
         self.parsed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn bound(&self) -> std::sync::MutexGuard<'_, Vec<(u64, bool)>> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn denials(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Denial>> {
         self.denials.lock().unwrap_or_else(|p| p.into_inner())
@@ -436,7 +453,19 @@ const MAX_CANDIDATES: usize = 8;
 struct Portal {
     statement: Option<Arc<Prepared>>,
     params: Params,
-    denied: bool,
+    /// The rule that refused its Bind.
+    denied: Option<String>,
+    /// The Bind that made it.
+    bind: u64,
+}
+
+/// A Bind not yet answered: the portal its name held before (which stays if the server refuses
+/// the Bind: `cursor already exists`, an unknown statement, an aborted transaction).
+struct OpenBind {
+    portal: String,
+    previous: Option<Portal>,
+    /// The batch (Syncs sent before it) it was sent in.
+    batch: u64,
 }
 
 /// Relays until either side ends. Errors that are the agent's fault come back with a FATAL to
@@ -464,7 +493,10 @@ pub async fn relay(
             prefix: None,
             batch: 0,
             batch_open: false,
+            copy_possible: false,
             parses: HashMap::new(),
+            open_binds: HashMap::new(),
+            next_bind: 1,
             next_parse: 1,
             approved: None,
             queued: VecDeque::new(),
@@ -523,8 +555,14 @@ struct Upward<'a, 'c> {
     /// An extended-protocol message was sent since the last Sync (the server may be skipping to
     /// Sync, or between transactions without having said so): no trial then.
     batch_open: bool,
+    /// A Query or Execute that may be a COPY FROM STDIN went to the target and the agent has
+    /// not sent CopyDone or CopyFail since (see [`Pending::Sync`]).
+    copy_possible: bool,
     /// Parses sent and not yet answered, by id: the statement name they were for.
     parses: HashMap<u64, String>,
+    /// Binds sent and not yet answered, by id.
+    open_binds: HashMap<u64, OpenBind>,
+    next_bind: u64,
     next_parse: u64,
     /// The approval the statement being recorded runs under: its record names it, and the
     /// request's trail says `forwarded` once the statement is on its way (see
@@ -607,6 +645,7 @@ impl Upward<'_, '_> {
     {
         let bad = RelayError::Client;
         self.learn_parses();
+        self.learn_binds();
         // A Query or FunctionCall may come inside an extended-protocol batch (asyncpg sends
         // Parse/Describe/Flush and then a Query): the server runs it, or skips it like the rest
         // of the batch after an error there; the downward side tells which (see `downward`).
@@ -616,6 +655,7 @@ impl Upward<'_, '_> {
                 self.batch_open = false;
             }
             b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            b'c' | b'f' => self.copy_possible = false,
             _ => {}
         }
         match frame.tag() {
@@ -668,6 +708,7 @@ impl Upward<'_, '_> {
                     o.copy = copy.clone();
                     o.classified = Some(classified.clone());
                     let Some(limit) = limit else {
+                        self.copy_possible |= may_copy(&text);
                         self.push(Pending::Simple(o))?;
                         return Ok(forward);
                     };
@@ -728,14 +769,55 @@ impl Upward<'_, '_> {
             }
             b'B' => {
                 let forward = self.bind(frame).await?;
-                self.push(Pending::Bind)?;
+                self.push(Pending::Bind(self.next_bind - 1))?;
                 Ok(forward)
             }
             b'E' => {
                 let portal = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let (statement, params) = match self.portals.get(&portal) {
-                    // Denied at Parse or Bind (already recorded): the server skips it.
-                    Some(p) if p.denied => return Ok(frame),
+                    // Refused at Bind (on record). In the Bind's batch the server skips this
+                    // Execute, but after a Sync the name may still hold an older portal of the
+                    // server's (a refused Bind leaves it, and ROLLBACK TO SAVEPOINT can undo the
+                    // error): it is refused here too, never forwarded as sent.
+                    Some(Portal {
+                        denied: Some(rule),
+                        statement,
+                        params,
+                        ..
+                    }) => {
+                        let (rule, params) = (rule.clone(), params.shown.clone());
+                        let statement = statement
+                            .clone()
+                            .unwrap_or_else(|| Prepared::unknown("a portal refused at Bind"));
+                        let rec = self.statement(
+                            "extended",
+                            &statement.text,
+                            &statement.classified,
+                            params,
+                            Some(&rule),
+                        );
+                        let marker = self.deny(rule, statement.classified.clone(), None)?;
+                        self.push(Pending::Execute(open(rec)))?;
+                        return Ok(Frame::build(b'E', |b| {
+                            put_cstr(b, &marker);
+                            b.put_i32(0);
+                        }));
+                    }
+                    // Bound in an earlier batch and not yet answered: if the server refuses that
+                    // Bind, the name keeps its older portal, which this Execute would run.
+                    Some(_)
+                        if self
+                            .open_binds
+                            .values()
+                            .any(|b| b.portal == portal && b.batch < self.batch) =>
+                    {
+                        (
+                            Some(Prepared::unknown(
+                                "a portal whose Bind the server has not answered yet",
+                            )),
+                            Params::default(),
+                        )
+                    }
                     Some(p) => (p.statement.clone(), p.params.clone()),
                     // A portal the gateway did not see bound (a SQL cursor was judged at its
                     // DECLARE, but the policy may have changed since): opaque.
@@ -809,11 +891,14 @@ impl Upward<'_, '_> {
                 let mut o = open(rec);
                 o.copy = copy;
                 o.classified = Some(statement.classified.clone());
+                self.copy_possible |= may_copy(&statement.text);
                 self.push(Pending::Execute(o))?;
                 Ok(frame)
             }
             b'S' => {
-                self.push(Pending::Sync)?;
+                self.push(Pending::Sync {
+                    during_copy: self.copy_possible,
+                })?;
                 Ok(frame)
             }
             b'C' => {
@@ -824,8 +909,16 @@ impl Upward<'_, '_> {
                 // not know is judged as opaque at Bind.
                 match kind {
                     b'S' => self.statements.remove(name).map(|_| ()),
-                    _ => self.portals.remove(name).map(|_| ()),
+                    b'P' => self.portals.remove(name).map(|_| ()),
+                    // The server refuses it and skips to Sync; the gateway would have to guess.
+                    _ => {
+                        return Err(RelayError::Client(CodecError::Malformed {
+                            tag: 'C',
+                            what: "Close of something other than a statement (S) or portal (P)",
+                        }))
+                    }
                 };
+                self.push(Pending::Close)?;
                 Ok(frame)
             }
             b'F' => {
@@ -929,15 +1022,59 @@ impl Upward<'_, '_> {
         if !self.portals.contains_key(&portal) && self.portals.len() >= MAX_NAMED {
             return Err(RelayError::TooManyNamed);
         }
-        self.portals.insert(
-            portal,
+        let id = self.next_bind;
+        self.next_bind += 1;
+        let previous = self.portals.insert(
+            portal.clone(),
             Portal {
                 statement: shown,
                 params,
-                denied: denial.is_some(),
+                denied: denial.as_ref().map(|(_, d)| d.rule.clone()),
+                bind: id,
+            },
+        );
+        if self.open_binds.len() >= MAX_NAMED {
+            return Err(RelayError::TooManyNamed);
+        }
+        self.open_binds.insert(
+            id,
+            OpenBind {
+                portal,
+                previous,
+                batch: self.batch,
             },
         );
         Ok(forward)
+    }
+
+    /// Applies the server's answers to earlier Binds: a refused or skipped one leaves the portal
+    /// its name held before (unless a later Bind of that name replaced it since; that one then
+    /// falls back to the same earlier portal).
+    fn learn_binds(&mut self) {
+        if self.open_binds.is_empty() {
+            return;
+        }
+        let answers: Vec<(u64, bool)> = std::mem::take(&mut *self.shared.bound());
+        for (id, accepted) in answers {
+            let Some(b) = self.open_binds.remove(&id) else {
+                continue;
+            };
+            if accepted {
+                continue;
+            }
+            if self.portals.get(&b.portal).is_some_and(|p| p.bind == id) {
+                match b.previous {
+                    Some(p) => self.portals.insert(b.portal, p),
+                    None => self.portals.remove(&b.portal),
+                };
+            } else if let Some(later) = self
+                .open_binds
+                .values_mut()
+                .find(|o| o.portal == b.portal && o.previous.as_ref().is_some_and(|p| p.bind == id))
+            {
+                later.previous = b.previous;
+            }
+        }
     }
 
     /// Applies the server's answers to earlier Parses: an accepted one is the text its name
@@ -1740,6 +1877,9 @@ where
     // a Query or FunctionCall sent inside the batch too.
     let mut skipping_to_sync = false;
     let mut held = trial::Held::default();
+    // The statement at the front started COPY FROM STDIN (CopyInResponse): Syncs the agent sent
+    // during it were ignored by the server (see `Pending::Sync`).
+    let mut copy_in = false;
     loop {
         // Between the target's messages, the gateway's own for the agent (an approval notice
         // while a statement is held) go out at once.
@@ -1774,10 +1914,18 @@ where
         let mut forward = true;
         // Frames for the agent before this one (a trial's answer released by its decision).
         let mut before: Vec<Frame> = Vec::new();
-        let holding = match shared.pending().front() {
-            Some(Pending::Trial { .. }) => Holding::Trial,
-            Some(Pending::Own(_)) => Holding::Own,
-            _ => Holding::Nothing,
+        let holding = {
+            let q = shared.pending();
+            // Fail closed: an answer that fits nothing sent means the pairing of answers and
+            // statements (masking, denials, the record) is lost.
+            if let Some(what) = out_of_step(&frame, &q) {
+                return Err(RelayError::OutOfStep(what));
+            }
+            match q.front() {
+                Some(Pending::Trial { .. }) => Holding::Trial,
+                Some(Pending::Own(_)) => Holding::Own,
+                _ => Holding::Nothing,
+            }
         };
         match frame.tag() {
             // The gateway's own rows (a trial's count) are neither masked nor the agent's.
@@ -1835,6 +1983,13 @@ where
                 masking.copy_out(ctx, planned.flatten())?;
             }
             b'c' => masking.copy = None,
+            b'G' => copy_in = true,
+            b'3' => {
+                let mut q = shared.pending();
+                if let Some(Pending::Close) = q.front() {
+                    q.pop_front();
+                }
+            }
             b'1' => {
                 let mut q = shared.pending();
                 if let Some(Pending::Parse(id)) = q.front() {
@@ -1844,7 +1999,8 @@ where
             }
             b'2' => {
                 let mut q = shared.pending();
-                if let Some(Pending::Bind) = q.front() {
+                if let Some(Pending::Bind(id)) = q.front() {
+                    shared.bound().push((*id, true));
                     q.pop_front();
                 }
             }
@@ -1867,6 +2023,7 @@ where
                             o.rec.rows = rows;
                             done.push(o);
                         }
+                        drop_ignored_syncs(&mut q, &mut copy_in);
                     }
                     Some(Pending::Simple(o))
                     | Some(Pending::Call(o))
@@ -1924,12 +2081,18 @@ where
                 // batch; the statement it was for is recorded with it.
                 let mut extended = false;
                 while let Some(
-                    Pending::Parse(_) | Pending::Bind | Pending::Describe | Pending::ClientDescribe,
+                    Pending::Parse(_)
+                    | Pending::Bind(_)
+                    | Pending::Close
+                    | Pending::Describe
+                    | Pending::ClientDescribe,
                 ) = q.front()
                 {
                     extended = true;
-                    if let Some(Pending::Parse(id)) = q.pop_front() {
-                        shared.parsed().push((id, false));
+                    match q.pop_front() {
+                        Some(Pending::Parse(id)) => shared.parsed().push((id, false)),
+                        Some(Pending::Bind(id)) => shared.bound().push((id, false)),
+                        _ => {}
                     }
                 }
                 match q.front_mut() {
@@ -1940,6 +2103,7 @@ where
                             o.rec.error = Some(message);
                             done.push(o);
                         }
+                        drop_ignored_syncs(&mut q, &mut copy_in);
                     }
                     // The first error of a Query is its outcome; a Query behind a failed
                     // message of its batch is skipped, not failed.
@@ -2037,7 +2201,8 @@ where
                 } else {
                     while let Some(p) = q.pop_front() {
                         match p {
-                            Pending::Describe | Pending::ClientDescribe | Pending::Bind => {}
+                            Pending::Describe | Pending::ClientDescribe | Pending::Close => {}
+                            Pending::Bind(id) => shared.bound().push((id, false)),
                             // Skipped after an error in its batch.
                             Pending::Parse(id) => shared.parsed().push((id, false)),
                             Pending::Execute(mut o) => {
@@ -2051,9 +2216,10 @@ where
                             }
                             Pending::Simple(o) | Pending::Call(o) => {
                                 done.push(o);
+                                drop_ignored_syncs(&mut q, &mut copy_in);
                                 break;
                             }
-                            Pending::Sync => break,
+                            Pending::Sync { .. } => break,
                             // Not reached (a trial starts only with nothing pending): left for
                             // the ReadyForQuery that is its own.
                             p @ (Pending::Trial { .. } | Pending::Own(_)) => {
@@ -2122,6 +2288,76 @@ async fn cancel_after(cancels: &mut watch::Receiver<u64>, before: u64) {
     if cancels.wait_for(|n| *n > before).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// After a statement that ran COPY FROM STDIN ended: the Syncs the agent sent during the copy
+/// got no answer (the server ignores them in copy-in mode) and leave the queue.
+fn drop_ignored_syncs(q: &mut VecDeque<Pending>, copy_in: &mut bool) {
+    if std::mem::take(copy_in) {
+        while let Some(Pending::Sync { during_copy: true }) = q.front() {
+            q.pop_front();
+        }
+    }
+}
+
+/// `Some(what)` when `frame` answers nothing at the front of `q` (see [`RelayError::OutOfStep`]).
+fn out_of_step(frame: &Frame, q: &VecDeque<Pending>) -> Option<&'static str> {
+    use Pending as P;
+    let front = q.front();
+    let statement = matches!(
+        front,
+        Some(P::Simple(_) | P::Execute(_) | P::Trial { .. } | P::Own(_))
+    );
+    let fits = match frame.tag() {
+        b'1' => matches!(front, Some(P::Parse(_))),
+        b'2' => matches!(front, Some(P::Bind(_))),
+        b'3' => matches!(front, Some(P::Close)),
+        b'D' | b'C' | b'd' | b'c' | b'H' | b'G' | b'W' | b'I' => statement,
+        b's' => matches!(front, Some(P::Execute(_))),
+        b'T' => {
+            statement && !matches!(front, Some(P::Execute(_)))
+                || matches!(front, Some(P::Describe | P::ClientDescribe | P::Call(_)))
+        }
+        b'n' => matches!(front, Some(P::Describe | P::ClientDescribe)),
+        b't' => matches!(front, Some(P::ClientDescribe)),
+        b'V' => matches!(front, Some(P::Call(_))),
+        b'Z' => q.iter().any(|p| {
+            matches!(
+                p,
+                P::Simple(_) | P::Call(_) | P::Sync { .. } | P::Trial { .. } | P::Own(_)
+            )
+        }),
+        // An error with nothing sent is only the server ending the session.
+        b'E' => {
+            front.is_some() || {
+                let f = frame.body();
+                f.windows(7).any(|w| w == b"SFATAL\0") || f.windows(7).any(|w| w == b"SPANIC\0")
+            }
+        }
+        _ => true,
+    };
+    (!fits).then(|| match frame.tag() {
+        b'1' => "ParseComplete",
+        b'2' => "BindComplete",
+        b'3' => "CloseComplete",
+        b'D' => "DataRow",
+        b'C' => "CommandComplete",
+        b'T' => "RowDescription",
+        b'n' => "NoData",
+        b't' => "ParameterDescription",
+        b'V' => "FunctionCallResponse",
+        b'Z' => "ReadyForQuery",
+        b'E' => "ErrorResponse",
+        b's' => "PortalSuspended",
+        _ => "a COPY or empty-query answer",
+    })
+}
+
+/// Whether `text` may be a COPY (a cheap superset: the word anywhere).
+fn may_copy(text: &str) -> bool {
+    text.as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"copy"))
 }
 
 /// The outcome of a statement the server skipped after an earlier message of its batch failed.
@@ -2330,8 +2566,8 @@ fn raiser(q: &VecDeque<Pending>, judged: Option<u64>) -> Raiser {
             | Pending::Trial { open: o, .. },
         ) => statement(o),
         Some(Pending::Own(_)) => Raiser::Unknown,
-        Some(Pending::Sync) => Raiser::Unknown,
-        Some(Pending::Bind) => q
+        Some(Pending::Sync { .. } | Pending::Close) => Raiser::Unknown,
+        Some(Pending::Bind(_)) => q
             .iter()
             .skip(1)
             .find(|p| !matches!(p, Pending::Describe | Pending::ClientDescribe))
@@ -2463,7 +2699,7 @@ mod tests {
             };
             let counters = Counters::default();
             let shared = Shared::new("agentgate_denied_0_".into());
-            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, parses: HashMap::new(), next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None, trial: None, triable: false, trial_rows: None };
+            let mut up = Upward { ctx: &ctx, shared: &shared, counters: &counters, statements: HashMap::new(), portals: HashMap::new(), plan: PlanCache::default(), prefix: None, batch: 0, batch_open: false, copy_possible: false, parses: HashMap::new(), open_binds: HashMap::new(), next_bind: 1, next_parse: 1, approved: None, queued: VecDeque::new(), queued_bytes: 0, next_refusal_code: None, trial: None, triable: false, trial_rows: None };
             let mut agent = BufReader::new(tokio::io::empty());
             let mut target = tokio::io::sink();
             let opaque_sent = rt.block_on(async {
