@@ -804,12 +804,13 @@ impl Upward<'_, '_> {
                         }));
                     }
                     // Bound in an earlier batch and not yet answered: if the server refuses that
-                    // Bind, the name keeps its older portal, which this Execute would run.
-                    Some(_)
+                    // Bind, the name keeps its older portal, which this Execute would run. (A
+                    // Bind in this batch is safe: if it fails, the server skips the Execute.)
+                    Some(p)
                         if self
                             .open_binds
-                            .values()
-                            .any(|b| b.portal == portal && b.batch < self.batch) =>
+                            .get(&p.bind)
+                            .map_or(false, |b| b.batch < self.batch) =>
                     {
                         (
                             Some(Prepared::unknown(
