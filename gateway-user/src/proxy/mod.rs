@@ -160,9 +160,12 @@ impl<C: Connect> Proxy<C> {
                     let this = self.clone();
                     let key = peer_key(listener.netns_cookie, peer);
                     let kind = listener.kind.clone();
+                    let netns = listener.netns.clone();
                     self.tracker.spawn(async move {
                         let orig = this.maps.take_orig_dst(&key);
-                        this.handle(stream, peer, orig, kind).await
+                        let upstream = crate::capture::upstream_netns(orig.as_ref(), netns);
+                        crate::upstream::in_netns(upstream, this.handle(stream, peer, orig, kind))
+                            .await
                     });
                 }
                 Err(e) => {
@@ -226,21 +229,23 @@ impl<C: Connect> Proxy<C> {
             "cgroup": cgroup,
             "netns_cookie": orig.netns_cookie,
         });
-        self.session(id, client, dst, orig.pid, cgroup, base)
+        let local = orig.flags & crate::capture::LOCAL_DST != 0;
+        self.session(id, client, (dst, local), orig.pid, cgroup, base)
             .instrument(span)
             .await
     }
 
+    /// `dst`: the original destination, and whether it is local where the workload dialled it.
     async fn session(
         &self,
         id: u64,
         client: TcpStream,
-        dst: SocketAddr,
+        (dst, local): (SocketAddr, bool),
         pid: u32,
         cgroup: Option<String>,
         mut base: Value,
     ) {
-        let placed = match self.place(dst, cgroup, &mut base) {
+        let placed = match self.place(dst, local, cgroup, &mut base) {
             Ok(p) => p,
             Err(r) => {
                 drop(client);
@@ -310,6 +315,7 @@ impl<C: Connect> Proxy<C> {
     fn place(
         &self,
         dst: SocketAddr,
+        local: bool,
         cgroup: Option<String>,
         base: &mut Value,
     ) -> Result<Placed<'_>, Refusal> {
@@ -334,8 +340,8 @@ impl<C: Connect> Proxy<C> {
             .limits
             .admit(&workload.name)
             .map_err(|why| Refusal::new("limit", why))?;
-        let target = policy
-            .target_for(dst)
+        // A local destination no target lists is an alias of the port's local target.
+        let target = crate::capture::resolve_target(&policy, dst, local)
             .map(|(_, t)| t.clone())
             .ok_or_else(|| Refusal::new("not_a_target", "original destination is not a target"))?;
         set(base, "target", json!(target.name));
@@ -345,6 +351,7 @@ impl<C: Connect> Proxy<C> {
             workload,
             target,
             cgroup,
+            local,
             slot,
         })
     }
@@ -364,6 +371,7 @@ impl<C: Connect> Proxy<C> {
             workload,
             target,
             cgroup,
+            local,
             slot,
         } = placed;
         let allowed =
@@ -396,6 +404,7 @@ impl<C: Connect> Proxy<C> {
             token_source: workload.token.clone(),
             target: target.name.clone(),
             dst,
+            local,
             protocol: target.protocol,
             postgres: target.postgres.clone(),
             provider,
@@ -601,6 +610,8 @@ struct Placed<'a> {
     workload: Workload,
     target: Target,
     cgroup: String,
+    /// The destination is local where the workload dialled it (see `capture::resolve_target`).
+    local: bool,
     slot: limits::Slot<'a>,
 }
 
