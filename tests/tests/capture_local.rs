@@ -29,6 +29,13 @@ fn as_agent(cgroup: &Cgroup, netns: Option<&Netns>, dst: SocketAddr) -> ProbeRes
     probe_as(Some(AGENT_UID), Some(cgroup), netns, dst)
 }
 
+/// The tests of this file run one at a time: `node_addresses_...` points `AGENTGATE_BIN` at a
+/// wrapper while it starts its gateway.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -147,6 +154,7 @@ fn ip(netns: &Netns, args: &[&str]) {
 /// through the gateway, as the target.
 #[test]
 fn host_loopback_aliases_of_a_local_target_are_captured() {
+    let _serial = serial();
     require_root();
     let name = unique("lochost");
     let _anchor = Cgroup::create(&format!("/{name}"));
@@ -197,6 +205,7 @@ fn host_loopback_aliases_of_a_local_target_are_captured() {
 /// host's service on the same port.
 #[test]
 fn pod_local_aliases_and_own_addresses_are_captured() {
+    let _serial = serial();
     require_root();
     let name = unique("locpod");
     let _anchor = Cgroup::create(&format!("/{name}"));
@@ -277,6 +286,7 @@ fn pod_local_aliases_and_own_addresses_are_captured() {
 /// socket used to be opened in the gateway's namespace and reached the host's service.)
 #[test]
 fn pod_loopback_target_is_dialled_inside_the_pod() {
+    let _serial = serial();
     require_root();
     let name = unique("podlo");
     let _anchor = Cgroup::create(&format!("/{name}"));
@@ -316,4 +326,114 @@ fn pod_loopback_target_is_dialled_inside_the_pod() {
     // gateway's choice of namespace is per connection, not a global switch.
     let r = probe(None, None, sa("127.0.0.1:19831"));
     assert_eq!(answered(&r).0, "host", "{r:?}");
+}
+
+/// Starts `agentgate` inside the network namespace `ns` (through `nsenter`, which keeps the
+/// mount namespace: bpffs and the cgroup tree stay the real ones): for the gateway, that
+/// namespace is the node. Restores `AGENTGATE_BIN` when dropped.
+struct GatewayInNetns {
+    saved: Option<std::ffi::OsString>,
+    wrapper: std::path::PathBuf,
+}
+
+impl GatewayInNetns {
+    fn enter(ns: &Netns) -> Self {
+        let real = std::env::var_os("AGENTGATE_BIN").expect("run through cargo xtask test");
+        let wrapper = std::env::temp_dir().join(unique("agentgate-in-netns"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec nsenter --net={} -- {} \"$@\"\n",
+                ns.path().display(),
+                std::path::Path::new(&real).display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::env::set_var("AGENTGATE_BIN", &wrapper);
+        Self {
+            saved: Some(real),
+            wrapper,
+        }
+    }
+}
+
+impl Drop for GatewayInNetns {
+    fn drop(&mut self) {
+        if let Some(real) = self.saved.take() {
+            std::env::set_var("AGENTGATE_BIN", real);
+        }
+        let _ = std::fs::remove_file(&self.wrapper);
+    }
+}
+
+/// Host mode, with the gateway and the agent in a namespace the test made (the "node"), whose
+/// interface carries 198.51.100.9 and fd00:a9:17::9. The target lists only the node address
+/// 198.51.100.9: a node address is local, so loopback, the unspecified addresses, the node's
+/// other addresses and one added while the gateway runs all reach the service on `[::]` and
+/// must all be captured as the target.
+#[test]
+fn node_addresses_of_a_local_target_are_captured() {
+    let _serial = serial();
+    require_root();
+    let name = unique("locnode");
+    let _anchor = Cgroup::create(&format!("/{name}"));
+    let agent = Cgroup::create(&format!("/{name}/job-1"));
+    let ns = Netns::create(&name);
+    ip(
+        &ns,
+        &[
+            "link", "add", "agv0", "type", "veth", "peer", "name", "agv1",
+        ],
+    );
+    ip(&ns, &["link", "set", "agv1", "up"]);
+    ip(&ns, &["link", "set", "agv0", "up"]);
+    ip(&ns, &["addr", "add", "198.51.100.9/32", "dev", "agv0"]);
+    ip(
+        &ns,
+        &["addr", "add", "fd00:a9:17::9/128", "dev", "agv0", "nodad"],
+    );
+    let server = NamedServer::start("node", sa("[::]:19841"), Some(&ns));
+    let token = TokenFile::valid("locnode");
+    let policy = policy(
+        19840,
+        &format!("/{name}/job-*"),
+        "host",
+        &["198.51.100.9"],
+        19841,
+        &token.path,
+    );
+    let gw = {
+        let _wrapped = GatewayInNetns::enter(&ns);
+        Gateway::start("locnode", &policy)
+    };
+    gw.wait_classified(&agent.rel);
+
+    let mut n = 0;
+    for (dst, recorded) in [
+        ("198.51.100.9:19841", "198.51.100.9:19841"),
+        ("[::ffff:198.51.100.9]:19841", "198.51.100.9:19841"),
+        ("[fd00:a9:17::9]:19841", "[fd00:a9:17::9]:19841"),
+        ("127.0.0.1:19841", "127.0.0.1:19841"),
+        ("127.0.0.5:19841", "127.0.0.5:19841"),
+        ("0.0.0.0:19841", "127.0.0.1:19841"),
+        ("[::1]:19841", "[::1]:19841"),
+        ("[::]:19841", "[::1]:19841"),
+    ] {
+        let r = as_agent(&agent, Some(&ns), sa(dst));
+        assert_through_gateway(&gw, &r, "node", sa(dst), recorded);
+        n += 1;
+    }
+
+    ip(&ns, &["addr", "add", "198.51.100.10/32", "dev", "agv0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = sa("198.51.100.10:19841");
+    let r = as_agent(&agent, Some(&ns), dst);
+    assert_through_gateway(&gw, &r, "node", dst, "198.51.100.10:19841");
+    n += 1;
+    assert_eq!(server.count(), n);
 }
