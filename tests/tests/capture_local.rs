@@ -437,3 +437,42 @@ fn node_addresses_of_a_local_target_are_captured() {
     n += 1;
     assert_eq!(server.count(), n);
 }
+
+/// An alias is dialled at the address the target lists, not at the alias: here 127.0.0.3 has a
+/// server of its own (as one an agent could start, to collect whatever the gateway sends a
+/// target — a PostgreSQL target's password). The agent's connection to it is captured and
+/// reaches the real target on 127.0.0.2; nothing reaches the other server.
+#[test]
+fn an_alias_is_dialled_at_the_listed_address() {
+    let _serial = serial();
+    require_root();
+    let name = unique("localias");
+    let _anchor = Cgroup::create(&format!("/{name}"));
+    let agent = Cgroup::create(&format!("/{name}/job-1"));
+    let real = NamedServer::start("real", sa("127.0.0.2:19816"), None);
+    let other = NamedServer::start("other", sa("127.0.0.3:19816"), None);
+    let token = TokenFile::valid("localias");
+    let gw = Gateway::start(
+        "localias",
+        &policy(
+            19815,
+            &format!("/{name}/job-*"),
+            "host",
+            &["127.0.0.2"],
+            19816,
+            &token.path,
+        ),
+    );
+    gw.wait_classified(&agent.rel);
+
+    for (dst, recorded) in [
+        ("127.0.0.3:19816", "127.0.0.3:19816"),
+        ("[::1]:19816", "[::1]:19816"),
+    ] {
+        let r = as_agent(&agent, None, sa(dst));
+        assert_through_gateway(&gw, &r, "real", sa(dst), recorded);
+        let ev = gw.connection_of(r.pid);
+        assert_eq!(s(&ev, "dialled"), "127.0.0.2:19816", "{ev}");
+    }
+    assert_eq!((real.count(), other.count()), (2, 0));
+}

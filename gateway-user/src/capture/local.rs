@@ -78,29 +78,79 @@ pub fn local_ports(policy: &Policy) -> Vec<(u16, u32)> {
     out
 }
 
-/// The target a captured destination belongs to: the one listing it, or — for a destination
-/// the kernel found local (`local`) — the single local target of its port. `None` when neither
-/// (or when several local targets share the port and none lists this address: ambiguous, so
-/// refused).
-pub fn resolve_target(policy: &Policy, dst: SocketAddr, local: bool) -> Option<(usize, &Target)> {
-    if let Some(hit) = policy.target_for(dst) {
-        return Some(hit);
-    }
-    if !local {
-        return None;
-    }
-    let node = node_nets();
-    let mut found = policy.targets.iter().enumerate().filter(|(_, t)| {
-        t.ports.contains(&dst.port()) && t.addresses.iter().any(|a| is_local(a, &node))
-    });
-    match (found.next(), found.next()) {
-        (Some(one), None) => Some(one),
-        _ => None,
+/// Where a captured destination is local, as the proxy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DstScope {
+    /// Not local anywhere: only a target that lists it can own it.
+    Remote,
+    /// Local to the node: its loopback or one of its addresses (for a host-mode workload, whose
+    /// namespace is the node's, also its own loopback).
+    Node,
+    /// A pod's own loopback or one of the pod's addresses (a pod listener accepted it).
+    Pod,
+}
+
+impl DstScope {
+    /// From the kernel's `OrigDst::flags` and whether a pod listener accepted the connection.
+    pub fn of(flags: u32, pod_listener: bool) -> Self {
+        let here = flags & (dst_flags::LOOPBACK | dst_flags::OWN) != 0;
+        match (here, flags & dst_flags::NODE != 0, pod_listener) {
+            (true, _, true) => Self::Pod,
+            (true, _, false) | (false, true, _) => Self::Node,
+            (false, false, _) => Self::Remote,
+        }
     }
 }
 
-/// `OrigDst::flags` bits that say the destination is local where the workload dialled it.
-pub const LOCAL_DST: u32 = dst_flags::LOOPBACK | dst_flags::OWN | dst_flags::NODE;
+/// The target a captured destination belongs to, and the address to dial for it.
+///
+/// A destination a target lists is dialled as it is. A local destination no target lists is an
+/// alias: it belongs to the single target of its port that is local in the same sense (for a
+/// pod's own loopback or addresses, one that lists a loopback address; for the node's, one that
+/// lists a loopback or node address), and is dialled at that target's listed address, never at
+/// the alias itself: an alias may reach another socket than the target's (a server bound to
+/// 127.0.0.3 only, perhaps one the agent started to collect the credential the gateway logs in
+/// with). `None` (refused) when no target, or several, fit, or the target lists no single
+/// address to dial.
+pub fn resolve_target(
+    policy: &Policy,
+    dst: SocketAddr,
+    scope: DstScope,
+) -> Option<(&Target, SocketAddr)> {
+    if let Some((_, t)) = policy.target_for(dst) {
+        return Some((t, dst));
+    }
+    let node = node_nets();
+    let fits = |a: &IpNet| match scope {
+        DstScope::Remote => false,
+        DstScope::Pod => always_local(a),
+        DstScope::Node => is_local(a, &node),
+    };
+    let mut found = policy
+        .targets
+        .iter()
+        .filter(|t| t.ports.contains(&dst.port()) && t.addresses.iter().any(fits));
+    let target = match (found.next(), found.next()) {
+        (Some(one), None) => one,
+        _ => return None,
+    };
+    let hosts: Vec<IpAddr> = target
+        .addresses
+        .iter()
+        .filter(|a| fits(a) && a.prefix_len() == a.max_prefix_len())
+        .map(|a| match a.addr() {
+            // The kernel turns an unspecified destination into loopback; so do we.
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            other => other,
+        })
+        .collect();
+    let ip = hosts
+        .iter()
+        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+        .or(hosts.first())?;
+    Some((target, SocketAddr::new(*ip, dst.port())))
+}
 
 /// The namespace a connection's upstream socket must be opened in: the pod's (`listener`, the
 /// namespace of the pod listener that accepted it) for a destination on the pod's loopback or one
@@ -186,5 +236,16 @@ mod tests {
         for remote in ["198.51.100.8/32", "203.0.113.0/24", "fd00:1::/64"] {
             assert!(!is_local(&net(remote), &node), "{remote}");
         }
+    }
+
+    #[test]
+    fn scopes() {
+        use dst_flags::*;
+        assert_eq!(DstScope::of(0, true), DstScope::Remote);
+        assert_eq!(DstScope::of(LOOPBACK, false), DstScope::Node);
+        assert_eq!(DstScope::of(LOOPBACK | ALIAS, true), DstScope::Pod);
+        assert_eq!(DstScope::of(OWN, true), DstScope::Pod);
+        assert_eq!(DstScope::of(NODE, true), DstScope::Node);
+        assert_eq!(DstScope::of(NODE, false), DstScope::Node);
     }
 }

@@ -13,7 +13,7 @@ mod workloads;
 
 pub use cgroupfs::CgroupFs;
 pub use listener::{bind_loopback, Listener, ListenerKind};
-pub use local::{resolve_target, upstream_netns, LOCAL_DST};
+pub use local::{resolve_target, upstream_netns, DstScope};
 pub use reconcile::{Reconciler, SpawnListener};
 pub use workloads::{classify, WorkloadTable};
 

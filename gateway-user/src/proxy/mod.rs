@@ -229,29 +229,33 @@ impl<C: Connect> Proxy<C> {
             "cgroup": cgroup,
             "netns_cookie": orig.netns_cookie,
         });
-        let local = orig.flags & crate::capture::LOCAL_DST != 0;
-        self.session(id, client, (dst, local), orig.pid, cgroup, base)
+        let scope =
+            crate::capture::DstScope::of(orig.flags, matches!(kind, ListenerKind::Pod { .. }));
+        self.session(id, client, (dst, scope), orig.pid, cgroup, base)
             .instrument(span)
             .await
     }
 
-    /// `dst`: the original destination, and whether it is local where the workload dialled it.
+    /// `dst`: the original destination, and where it is local.
     async fn session(
         &self,
         id: u64,
         client: TcpStream,
-        (dst, local): (SocketAddr, bool),
+        (dst, scope): (SocketAddr, crate::capture::DstScope),
         pid: u32,
         cgroup: Option<String>,
         mut base: Value,
     ) {
-        let placed = match self.place(dst, local, cgroup, &mut base) {
+        let placed = match self.place(dst, scope, cgroup, &mut base) {
             Ok(p) => p,
             Err(r) => {
                 drop(client);
                 return self.refuse(&base, r).await;
             }
         };
+        // From here on the session is about the address the target is dialled at (the original
+        // destination, unless that is an alias of a local target); events keep `original_dst`.
+        let dst = placed.upstream;
         match placed.target.protocol {
             Protocol::Tcp => self.tcp_session(id, client, dst, pid, placed, base).await,
             Protocol::Postgres => {
@@ -315,7 +319,7 @@ impl<C: Connect> Proxy<C> {
     fn place(
         &self,
         dst: SocketAddr,
-        local: bool,
+        scope: crate::capture::DstScope,
         cgroup: Option<String>,
         base: &mut Value,
     ) -> Result<Placed<'_>, Refusal> {
@@ -341,9 +345,12 @@ impl<C: Connect> Proxy<C> {
             .admit(&workload.name)
             .map_err(|why| Refusal::new("limit", why))?;
         // A local destination no target lists is an alias of the port's local target.
-        let target = crate::capture::resolve_target(&policy, dst, local)
-            .map(|(_, t)| t.clone())
+        let (target, upstream) = crate::capture::resolve_target(&policy, dst, scope)
+            .map(|(t, up)| (t.clone(), up))
             .ok_or_else(|| Refusal::new("not_a_target", "original destination is not a target"))?;
+        if upstream != dst {
+            set(base, "dialled", json!(upstream.to_string()));
+        }
         set(base, "target", json!(target.name));
         set(base, "protocol", json!(target.protocol));
         Ok(Placed {
@@ -351,7 +358,7 @@ impl<C: Connect> Proxy<C> {
             workload,
             target,
             cgroup,
-            local,
+            upstream,
             slot,
         })
     }
@@ -371,7 +378,7 @@ impl<C: Connect> Proxy<C> {
             workload,
             target,
             cgroup,
-            local,
+            upstream: _,
             slot,
         } = placed;
         let allowed =
@@ -404,7 +411,6 @@ impl<C: Connect> Proxy<C> {
             token_source: workload.token.clone(),
             target: target.name.clone(),
             dst,
-            local,
             protocol: target.protocol,
             postgres: target.postgres.clone(),
             provider,
@@ -610,8 +616,8 @@ struct Placed<'a> {
     workload: Workload,
     target: Target,
     cgroup: String,
-    /// The destination is local where the workload dialled it (see `capture::resolve_target`).
-    local: bool,
+    /// Where the target is dialled (see `capture::resolve_target`).
+    upstream: SocketAddr,
     slot: limits::Slot<'a>,
 }
 

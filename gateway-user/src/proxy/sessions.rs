@@ -23,8 +23,6 @@ pub struct Grant {
     pub token_source: TokenSource,
     pub target: String,
     pub dst: std::net::SocketAddr,
-    /// `dst` is local where it was dialled: it may be an alias of a local target.
-    pub local: bool,
     /// What the target was when granted: a changed protocol or upstream login ends the session.
     pub protocol: Protocol,
     pub postgres: Option<PostgresTarget>,
@@ -43,7 +41,7 @@ pub fn still_allowed(policy: &Policy, g: &Grant) -> Result<(), String> {
             ))
         }
     }
-    match crate::capture::resolve_target(policy, g.dst, g.local) {
+    match policy.target_for(g.dst) {
         Some((_, t))
             if t.name == g.target && t.protocol == g.protocol && t.postgres == g.postgres => {}
         _ => {
