@@ -83,11 +83,13 @@ pub fn local_ports(policy: &Policy) -> Vec<(u16, u32)> {
 pub enum DstScope {
     /// Not local anywhere: only a target that lists it can own it.
     Remote,
-    /// Local to the node: its loopback or one of its addresses (for a host-mode workload, whose
-    /// namespace is the node's, also its own loopback).
+    /// Local to the node, dialled from the node (a host listener accepted it): its loopback or
+    /// one of its addresses.
     Node,
     /// A pod's own loopback or one of the pod's addresses (a pod listener accepted it).
     Pod,
+    /// One of the node's addresses, dialled from a pod: the node's socket, not the pod's.
+    PodToNode,
 }
 
 impl DstScope {
@@ -96,7 +98,8 @@ impl DstScope {
         let here = flags & (dst_flags::LOOPBACK | dst_flags::OWN) != 0;
         match (here, flags & dst_flags::NODE != 0, pod_listener) {
             (true, _, true) => Self::Pod,
-            (true, _, false) | (false, true, _) => Self::Node,
+            (false, true, true) => Self::PodToNode,
+            (true, _, false) | (false, true, false) => Self::Node,
             (false, false, _) => Self::Remote,
         }
     }
@@ -106,8 +109,10 @@ impl DstScope {
 ///
 /// A destination a target lists is dialled as it is. A local destination no target lists is an
 /// alias: it belongs to the single target of its port that is local in the same sense (for a
-/// pod's own loopback or addresses, one that lists a loopback address; for the node's, one that
-/// lists a loopback or node address), and is dialled at that target's listed address, never at
+/// pod's own loopback or addresses, one that lists a loopback address; for a node address
+/// dialled from a pod, one that lists a node address — a loopback target allowed to pods must
+/// not expose the node's service of its port; from the node itself, one that lists either), and
+/// is dialled at that target's listed address, never at
 /// the alias itself: an alias may reach another socket than the target's (a server bound to
 /// 127.0.0.3 only, perhaps one the agent started to collect the credential the gateway logs in
 /// with). `None` (refused) when no target, or several, fit, or the target lists no single
@@ -124,6 +129,7 @@ pub fn resolve_target(
     let fits = |a: &IpNet| match scope {
         DstScope::Remote => false,
         DstScope::Pod => always_local(a),
+        DstScope::PodToNode => !always_local(a) && is_local(a, &node),
         DstScope::Node => is_local(a, &node),
     };
     let mut found = policy
@@ -245,7 +251,7 @@ mod tests {
         assert_eq!(DstScope::of(LOOPBACK, false), DstScope::Node);
         assert_eq!(DstScope::of(LOOPBACK | ALIAS, true), DstScope::Pod);
         assert_eq!(DstScope::of(OWN, true), DstScope::Pod);
-        assert_eq!(DstScope::of(NODE, true), DstScope::Node);
+        assert_eq!(DstScope::of(NODE, true), DstScope::PodToNode);
         assert_eq!(DstScope::of(NODE, false), DstScope::Node);
     }
 }
