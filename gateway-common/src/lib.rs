@@ -63,6 +63,12 @@ pub const LOCAL_NETNS_BITS: u32 = 64;
 /// The `LocalKey::netns` under which the node's own local addresses are kept.
 pub const NODE_NETNS: u64 = 0;
 
+/// `LocalKey::addr` (with a full-length prefix) of the entry that says "this namespace's local
+/// addresses are being followed". `ff..ff` is a multicast address, never a TCP destination. A
+/// pod namespace without it is not known yet: its own addresses cannot be told apart from remote
+/// ones, so the kernel refuses what it cannot classify (fail closed).
+pub const FOLLOWED_MARKER: [u8; 16] = [0xff; 16];
+
 /// Why a recorded destination was local to the connecting workload (bits of `OrigDst::flags`).
 pub mod dst_flags {
     /// Loopback (127.0.0.0/8, ::1, their v4-mapped forms) or unspecified (0.0.0.0, ::): the

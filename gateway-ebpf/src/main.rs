@@ -27,8 +27,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use gateway_common::{
     cgroup_state, dst_flags, v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey,
-    TargetValue, CGROUP_MAP_CAPACITY, CONN_MAP_CAPACITY, LOCAL_NETNS_BITS, LOCAL_NETS_CAPACITY,
-    NODE_NETNS, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
+    TargetValue, CGROUP_MAP_CAPACITY, CONN_MAP_CAPACITY, FOLLOWED_MARKER, LOCAL_NETNS_BITS,
+    LOCAL_NETS_CAPACITY, NODE_NETNS, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
 };
 
 const ALLOW: i32 = 1;
@@ -124,7 +124,16 @@ fn decide_inner(
     };
     let flags = locality(ctx, addr) | alias;
     if alias != 0 && flags == alias {
-        // Not local: an ordinary destination that merely shares a local target's port.
+        // Not local: an ordinary destination that merely shares a local target's port — unless
+        // it comes from a pod whose own addresses are not known yet (its listener, which starts
+        // following them, is not open yet): then it may be one of them, and is refused.
+        if unfollowed_pod(ctx) {
+            warn!(
+                ctx,
+                "pod namespace not followed yet; refused a local target's port"
+            );
+            return Verdict::Refuse;
+        }
         return Verdict::Pass;
     }
     // SAFETY: helper without arguments, valid in every cgroup program.
@@ -183,6 +192,28 @@ fn locality(ctx: &SockAddrContext, addr: [u8; 16]) -> u32 {
     } else {
         0
     }
+}
+
+/// A managed pod-mode cgroup whose network namespace has no `FOLLOWED_MARKER` yet.
+#[inline(always)]
+fn unfollowed_pod(ctx: &SockAddrContext) -> bool {
+    // SAFETY: helper without arguments, valid in every cgroup program.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is plain data copied out at once.
+    let pod = (unsafe { CGROUPS.get(cgroup_id) }).is_some_and(|c| c.state == cgroup_state::POD);
+    if !pod {
+        return false;
+    }
+    // SAFETY: sock_addr contexts accept the netns cookie helper.
+    let own = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = Key::new(
+        LOCAL_NETNS_BITS + 128,
+        LocalKey {
+            netns: own.to_ne_bytes(),
+            addr: FOLLOWED_MARKER,
+        },
+    );
+    LOCAL_NETS.get(&key).is_none()
 }
 
 /// 127.0.0.0/8 (as `::ffff:127.x.y.z`) or ::1: local in every namespace, whatever userspace has

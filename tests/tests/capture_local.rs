@@ -476,3 +476,62 @@ fn an_alias_is_dialled_at_the_listed_address() {
     }
     assert_eq!((real.count(), other.count()), (2, 0));
 }
+
+/// A pod whose own addresses the gateway does not follow yet (here: its listener cannot open,
+/// because something holds the listener port inside the pod) cannot use them to go around a
+/// local target: on a local target's port, a destination the kernel cannot classify is refused.
+/// Other ports are not affected.
+#[test]
+fn an_unfollowed_pod_cannot_use_its_own_addresses() {
+    let _serial = serial();
+    require_root();
+    let name = unique("locunf");
+    let _anchor = Cgroup::create(&format!("/{name}"));
+    let pod = Cgroup::create(&format!("/{name}/pod-a"));
+    let ns = Netns::create(&name);
+    ip(
+        &ns,
+        &[
+            "link", "add", "agv0", "type", "veth", "peer", "name", "agv1",
+        ],
+    );
+    ip(&ns, &["link", "set", "agv1", "up"]);
+    ip(&ns, &["link", "set", "agv0", "up"]);
+    ip(&ns, &["addr", "add", "198.51.100.7/32", "dev", "agv0"]);
+    let _squatter = NamedServer::start("squatter", sa("127.0.0.1:19845"), Some(&ns));
+    let served = NamedServer::start("pod", sa("[::]:19846"), Some(&ns));
+    let other_port = NamedServer::start("other", sa("[::]:19847"), Some(&ns));
+    let token = TokenFile::valid("locunf");
+    let gw = Gateway::start(
+        "locunf",
+        &policy(
+            19845,
+            &format!("/{name}/pod-*"),
+            "pod",
+            &["127.0.0.2"],
+            19846,
+            &token.path,
+        ),
+    );
+    let _holder = Holder::start(&pod, Some(&ns));
+    gw.wait_classified(&pod.rel);
+    // At least one reconcile pass with the holder in place (the rescan runs every 2 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        gw.count("pod_listener"),
+        0,
+        "the pod listener must not open"
+    );
+
+    let r = as_agent(&pod, Some(&ns), sa("198.51.100.7:19846"));
+    assert_eq!(r.errno, Some(libc::EPERM), "{r:?}");
+    assert_eq!(
+        served.count(),
+        0,
+        "nothing reached the service around the gateway"
+    );
+
+    let r = as_agent(&pod, Some(&ns), sa("198.51.100.7:19847"));
+    assert_eq!(answered(&r).0, "other", "another port goes direct: {r:?}");
+    assert_eq!(other_port.count(), 1);
+}

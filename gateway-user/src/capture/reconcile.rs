@@ -52,6 +52,9 @@ pub struct Reconciler {
     spawn: SpawnListener,
     anchors: Vec<PathBuf>,
     host_netns: u64,
+    /// The gateway's own namespace's cookie: marked followed (its addresses are the node's),
+    /// for pod-mode cgroups that share it.
+    host_cookie: u64,
     pods: HashMap<u64, PodNetns>,
     /// Follows the node's local addresses; announces each change.
     node_follower: JoinHandle<()>,
@@ -73,6 +76,11 @@ impl Reconciler {
     ) -> Result<Self, CaptureError> {
         let maps = kernel.maps();
         let (tx, node_changed) = tokio::sync::watch::channel(());
+        let host_cookie = own_netns_cookie().map_err(|source| CaptureError::Io {
+            path: "SO_NETNS_COOKIE".into(),
+            source,
+        })?;
+        maps.sync_local_nets(host_cookie, &[])?;
         let node_follower = RouteSockets::open()
             .and_then(|s| local::follow(s, NODE_NETNS, maps.clone(), Some(tx)))
             .map_err(|source| CaptureError::Io {
@@ -80,6 +88,7 @@ impl Reconciler {
                 source,
             })?;
         Ok(Self {
+            host_cookie,
             node_follower,
             node_changed,
             maps,
@@ -251,7 +260,8 @@ impl Reconciler {
             }
             keep
         });
-        local::retain(&self.maps, self.pods.values().map(|p| p.cookie));
+        let followed = self.pods.values().map(|p| p.cookie);
+        local::retain(&self.maps, followed.chain([self.host_cookie]));
     }
 
     /// Opens the pod's listeners and starts following its local addresses (read once before
@@ -358,6 +368,12 @@ impl Reconciler {
         }
         self.node_follower.abort();
     }
+}
+
+/// The cookie of the gateway's own network namespace.
+fn own_netns_cookie() -> std::io::Result<u64> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    crate::sockopt::get_u64(&socket, libc::SO_NETNS_COOKIE)
 }
 
 /// Anchor directories for the policy's workloads, created if missing (so that capture covers

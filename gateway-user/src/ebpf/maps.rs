@@ -11,8 +11,8 @@ use aya::maps::{
     HashMap, MapData, MapError,
 };
 use gateway_common::{
-    v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey, TargetValue, LOCAL_NETNS_BITS,
-    TARGET_PORT_BITS,
+    v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey, TargetValue, FOLLOWED_MARKER,
+    LOCAL_NETNS_BITS, TARGET_PORT_BITS,
 };
 
 use crate::policy::Policy;
@@ -136,10 +136,18 @@ impl KernelMaps {
     }
 
     /// Makes the local prefixes recorded for namespace `netns` exactly `nets` (new ones first,
-    /// so an address that stays local is never briefly missing).
+    /// so an address that stays local is never briefly missing), plus the marker that says the
+    /// namespace is followed.
     pub fn sync_local_nets(&self, netns: u64, nets: &[ipnet::IpNet]) -> Result<(), MapError> {
         let mut map = lock(&self.local_nets);
-        let wanted: Vec<Key<LocalKey>> = nets.iter().map(|n| local_key(netns, n)).collect();
+        let mut wanted: Vec<Key<LocalKey>> = nets.iter().map(|n| local_key(netns, n)).collect();
+        wanted.push(Key::new(
+            LOCAL_NETNS_BITS + 128,
+            LocalKey {
+                netns: netns.to_ne_bytes(),
+                addr: FOLLOWED_MARKER,
+            },
+        ));
         for k in &wanted {
             map.insert(k, 1, 0)?;
         }
