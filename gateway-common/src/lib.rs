@@ -11,6 +11,8 @@ pub mod map_names {
     pub const BY_COOKIE: &str = "AG_BY_COOKIE";
     pub const BY_PEER: &str = "AG_BY_PEER";
     pub const BYPASS: &str = "AG_BYPASS";
+    pub const LOCAL_NETS: &str = "AG_LOCAL_NETS";
+    pub const LOCAL_PORTS: &str = "AG_LOCAL_PORTS";
 }
 
 /// Capacity of the connection-tracking LRU maps. LRU eviction bounds memory; the proxy also
@@ -20,6 +22,9 @@ pub const CONN_MAP_CAPACITY: u32 = 65_536;
 pub const CGROUP_MAP_CAPACITY: u32 = 65_536;
 /// How many (port, prefix) target entries fit.
 pub const TARGET_MAP_CAPACITY: u32 = 16_384;
+
+/// How many local (netns, prefix) entries fit: the node's and every pod's local routes.
+pub const LOCAL_NETS_CAPACITY: u32 = 16_384;
 
 /// Bits of an LPM key that cover the port, which comes first so that it must match exactly.
 pub const TARGET_PORT_BITS: u32 = 16;
@@ -39,6 +44,43 @@ pub struct TargetKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetValue {
     pub id: u32,
+}
+
+/// LPM trie key data of `AG_LOCAL_NETS`: a network namespace (its cookie, native byte order;
+/// `0` stands for the node, i.e. the gateway's own namespace) followed by a prefix of addresses
+/// the kernel delivers locally in it (IPv4 as `::ffff:a.b.c.d`). The cookie is always matched in
+/// full: prefix lengths are `LOCAL_NETNS_BITS` plus the address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalKey {
+    pub netns: [u8; 8],
+    pub addr: [u8; 16],
+}
+
+/// Bits of a `LocalKey` that cover the namespace cookie.
+pub const LOCAL_NETNS_BITS: u32 = 64;
+
+/// The `LocalKey::netns` under which the node's own local addresses are kept.
+pub const NODE_NETNS: u64 = 0;
+
+/// `LocalKey::addr` (with a full-length prefix) of the entry that says "this namespace's local
+/// addresses are being followed". `ff..ff` is a multicast address, never a TCP destination. A
+/// pod namespace without it is not known yet: its own addresses cannot be told apart from remote
+/// ones, so the kernel refuses what it cannot classify (fail closed).
+pub const FOLLOWED_MARKER: [u8; 16] = [0xff; 16];
+
+/// Why a recorded destination was local to the connecting workload (bits of `OrigDst::flags`).
+pub mod dst_flags {
+    /// Loopback (127.0.0.0/8, ::1, their v4-mapped forms) or unspecified (0.0.0.0, ::): the
+    /// connecting socket's own namespace.
+    pub const LOOPBACK: u32 = 1;
+    /// One of the local addresses of the connecting socket's namespace (as tracked for a pod).
+    pub const OWN: u32 = 2;
+    /// One of the node's local addresses.
+    pub const NODE: u32 = 4;
+    /// Captured because it is local and its port has a local target, not because a target lists
+    /// this very address.
+    pub const ALIAS: u32 = 8;
 }
 
 /// Classification of a cgroup under an attached anchor.
@@ -75,7 +117,8 @@ pub struct OrigDst {
     pub family: u16,
     pub target_id: u32,
     pub pid: u32,
-    pub _pad0: u32,
+    /// `dst_flags` bits: where the destination is local, if anywhere.
+    pub flags: u32,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,
@@ -112,4 +155,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::CgroupValue {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::LocalKey {}
 }

@@ -26,8 +26,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use gateway_common::{
-    cgroup_state, v4_mapped, CgroupValue, OrigDst, PeerKey, TargetKey, TargetValue,
-    CGROUP_MAP_CAPACITY, CONN_MAP_CAPACITY, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
+    cgroup_state, dst_flags, v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey,
+    TargetValue, CGROUP_MAP_CAPACITY, CONN_MAP_CAPACITY, FOLLOWED_MARKER, LOCAL_NETNS_BITS,
+    LOCAL_NETS_CAPACITY, NODE_NETNS, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
 };
 
 const ALLOW: i32 = 1;
@@ -38,6 +39,17 @@ const AF_INET6: u16 = 10;
 
 #[map(name = "AG_TARGETS")]
 static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::pinned(TARGET_MAP_CAPACITY, 0);
+
+/// Addresses each namespace delivers locally (its local routes), kept by userspace from netlink:
+/// the node's under `NODE_NETNS`, each pod's under its netns cookie.
+#[map(name = "AG_LOCAL_NETS")]
+static LOCAL_NETS: LpmTrie<LocalKey, u8> = LpmTrie::pinned(LOCAL_NETS_CAPACITY, 0);
+
+/// Ports (host order) of targets that list a local address: on such a port every local
+/// destination reaches the same local socket (a server bound to `[::]` or `0.0.0.0` answers on
+/// all of them), so every local destination is captured, not only the listed one.
+#[map(name = "AG_LOCAL_PORTS")]
+static LOCAL_PORTS: HashMap<u16, TargetValue> = HashMap::pinned(TARGET_MAP_CAPACITY, 0);
 
 #[map(name = "AG_CGROUPS")]
 static CGROUPS: HashMap<u64, CgroupValue> = HashMap::pinned(CGROUP_MAP_CAPACITY, 0);
@@ -101,9 +113,29 @@ fn decide_inner(
             addr,
         },
     );
-    let Some(target) = TARGETS.get(&key) else {
-        return Verdict::Pass;
+    let port = u16::from_be(port_be);
+    let (target_id, alias) = match TARGETS.get(&key) {
+        Some(t) => (t.id, 0),
+        // SAFETY: copied out at once.
+        None => match unsafe { LOCAL_PORTS.get(&port) } {
+            Some(t) => (t.id, dst_flags::ALIAS),
+            None => return Verdict::Pass,
+        },
     };
+    let flags = locality(ctx, addr) | alias;
+    if alias != 0 && flags == alias {
+        // Not local: an ordinary destination that merely shares a local target's port — unless
+        // it comes from a pod whose own addresses are not known yet (its listener, which starts
+        // following them, is not open yet): then it may be one of them, and is refused.
+        if unfollowed_pod(ctx) {
+            warn!(
+                ctx,
+                "pod namespace not followed yet; refused a local target's port"
+            );
+            return Verdict::Refuse;
+        }
+        return Verdict::Pass;
+    }
     // SAFETY: helper without arguments, valid in every cgroup program.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is plain data copied out at once.
@@ -116,11 +148,11 @@ fn decide_inner(
     }
     let orig = OrigDst {
         addr,
-        port: u16::from_be(port_be),
+        port,
         family,
-        target_id: target.id,
+        target_id,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad0: 0,
+        flags,
         cgroup_id,
         // SAFETY: both helpers accept a sock_addr context.
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
@@ -132,6 +164,65 @@ fn decide_inner(
         listen_port: cgroup.listen_port,
         orig,
     }
+}
+
+/// Where `addr` (already mapped from unspecified to loopback) is delivered locally, as
+/// `dst_flags`: the connecting namespace's loopback, one of its own tracked addresses, or one of
+/// the node's addresses; 0 when it is not local.
+#[inline(always)]
+fn locality(ctx: &SockAddrContext, addr: [u8; 16]) -> u32 {
+    if is_loopback(&addr) {
+        return dst_flags::LOOPBACK;
+    }
+    // SAFETY: sock_addr contexts accept the netns cookie helper.
+    let own = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = |netns: u64| {
+        Key::new(
+            LOCAL_NETNS_BITS + 128,
+            LocalKey {
+                netns: netns.to_ne_bytes(),
+                addr,
+            },
+        )
+    };
+    if LOCAL_NETS.get(&key(own)).is_some() {
+        dst_flags::OWN
+    } else if LOCAL_NETS.get(&key(NODE_NETNS)).is_some() {
+        dst_flags::NODE
+    } else {
+        0
+    }
+}
+
+/// A managed pod-mode cgroup whose network namespace has no `FOLLOWED_MARKER` yet.
+#[inline(always)]
+fn unfollowed_pod(ctx: &SockAddrContext) -> bool {
+    // SAFETY: helper without arguments, valid in every cgroup program.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is plain data copied out at once.
+    let pod = (unsafe { CGROUPS.get(cgroup_id) }).is_some_and(|c| c.state == cgroup_state::POD);
+    if !pod {
+        return false;
+    }
+    // SAFETY: sock_addr contexts accept the netns cookie helper.
+    let own = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = Key::new(
+        LOCAL_NETNS_BITS + 128,
+        LocalKey {
+            netns: own.to_ne_bytes(),
+            addr: FOLLOWED_MARKER,
+        },
+    );
+    LOCAL_NETS.get(&key).is_none()
+}
+
+/// 127.0.0.0/8 (as `::ffff:127.x.y.z`) or ::1: local in every namespace, whatever userspace has
+/// or has not reported yet.
+#[inline(always)]
+fn is_loopback(a: &[u8; 16]) -> bool {
+    let mut lo6 = [0u8; 16];
+    lo6[15] = 1;
+    (is_v4_mapped(a) && a[12] == 127) || *a == lo6
 }
 
 #[inline(always)]

@@ -94,10 +94,10 @@ fn pod_mode_ipv4_and_ipv6() {
     let _anchor = Cgroup::create(&format!("/{name}"));
     let pod = Cgroup::create(&format!("/{name}/pod-a"));
     let ns = Netns::create(&name);
-    // The targets live on the host. Inside the pod's own namespace nothing listens on them, so a
-    // successful connection proves the pod went through the gateway's in-namespace listener.
-    let v4 = TargetServer::start(sa("127.0.0.2:17201"));
-    let v6 = TargetServer::start(sa("[::1]:17201"));
+    // Loopback targets of a pod are the pod's own services: they live in its namespace, and the
+    // gateway dials them there (capture_local.rs checks it is not the host's of the same port).
+    let v4 = target_in(&ns, sa("127.0.0.2:17201"));
+    let v6 = target_in(&ns, sa("[::1]:17201"));
     // The pod shares the host's mount namespace here, so the host path is the pod's path too.
     let token = TokenFile::valid("pod");
     let gw = Gateway::start(
@@ -131,16 +131,30 @@ fn pod_mode_ipv4_and_ipv6() {
     assert_eq!((v4.count(), v6.count()), (1, 1));
 
     // The same pod without capture: a process in the namespace but outside the managed cgroup
-    // reaches nothing, because the target is not in its namespace.
+    // goes direct.
     let r = probe(None, Some(&ns), v4.addr);
-    assert_eq!(r.errno, Some(libc::ECONNREFUSED), "{r:?}");
-    assert_eq!(v4.count(), 1);
+    assert!(r.went_direct(), "{r:?}");
+    assert_eq!(v4.count(), 2);
+}
+
+/// A target server inside `ns`: bound by a thread that entered the namespace (the listening
+/// socket keeps it).
+fn target_in(ns: &Netns, addr: SocketAddr) -> TargetServer {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: setns on this short-lived thread only.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        TargetServer::start(addr)
+    })
+    .join()
+    .expect("bind thread")
 }
 
 #[test]
 fn non_targets_and_unmanaged_processes_go_direct() {
     let other_port = TargetServer::start(sa("127.0.0.2:17302"));
-    let other_addr = TargetServer::start(sa("127.0.0.3:17301"));
     let HostSetup {
         token: _token,
         anchor: _anchor,
@@ -153,15 +167,15 @@ fn non_targets_and_unmanaged_processes_go_direct() {
     gw.wait_classified(&sibling.rel);
     gw.new_events();
 
-    // Managed workload, destinations that are not targets.
-    for addr in [other_port.addr, other_addr.addr] {
-        let r = probe(Some(&agent), None, addr);
-        assert!(
-            r.went_direct(),
-            "non-target {addr} must not be captured: {r:?}"
-        );
-        assert_eq!(r.peer, Some(addr));
-    }
+    // Managed workload, a destination that is not a target. (Another local address on the
+    // target's port is not one: it is an alias of the local target, captured — capture_local.rs.)
+    let addr = other_port.addr;
+    let r = probe(Some(&agent), None, addr);
+    assert!(
+        r.went_direct(),
+        "non-target {addr} must not be captured: {r:?}"
+    );
+    assert_eq!(r.peer, Some(addr));
     // The target, from outside managed cgroups: the test's own cgroup and an unmanaged sibling
     // under the same anchor.
     let r = probe(None, None, target.addr);

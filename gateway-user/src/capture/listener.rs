@@ -2,7 +2,11 @@
 //! namespace it lives in (its netns cookie), which is half of the key under which the kernel left
 //! each connection's original destination.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use super::CaptureError;
 
@@ -19,6 +23,9 @@ pub struct Listener {
     pub local: SocketAddr,
     pub netns_cookie: u64,
     pub kind: ListenerKind,
+    /// The namespace of a pod listener, held open: upstream connections to the pod's own
+    /// (loopback or local) destinations are opened in it.
+    pub netns: Option<Arc<File>>,
 }
 
 /// Bound but not yet registered with tokio, so it can be created on a thread that has entered
@@ -36,6 +43,7 @@ impl BoundSocket {
             local: self.local,
             netns_cookie: self.netns_cookie,
             kind,
+            netns: None,
         })
     }
 }

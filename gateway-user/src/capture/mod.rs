@@ -4,6 +4,8 @@
 
 mod cgroupfs;
 mod listener;
+mod local;
+mod netlink;
 mod netns;
 mod reconcile;
 pub mod workload_files;
@@ -11,6 +13,7 @@ mod workloads;
 
 pub use cgroupfs::CgroupFs;
 pub use listener::{bind_loopback, Listener, ListenerKind};
+pub use local::{resolve_target, upstream_netns, DstScope};
 pub use reconcile::{Reconciler, SpawnListener};
 pub use workloads::{classify, WorkloadTable};
 

@@ -6,7 +6,7 @@ use std::{fs::File, os::unix::fs::MetadataExt};
 
 use nix::sched::{setns, CloneFlags};
 
-use super::{listener::BoundSocket, CaptureError};
+use super::{listener::BoundSocket, netlink::RouteSockets, CaptureError};
 
 /// Opens the network namespace of `pid` and returns it with its inode, which identifies it.
 /// Callers use this one file for both, so a pid reused in between cannot swap the namespace.
@@ -21,8 +21,13 @@ pub fn open_netns(pid: u32) -> Result<(File, u64), CaptureError> {
     Ok((file, ino))
 }
 
-/// Binds the loopback listeners on `port` inside the network namespace `ns` (of `pid`).
-pub fn bind_in_netns(ns: File, pid: u32, port: u16) -> Result<Vec<BoundSocket>, CaptureError> {
+/// Binds the loopback listeners on `port` inside the network namespace `ns` (of `pid`), and opens
+/// the route sockets that follow the namespace's local addresses there.
+pub fn bind_in_netns(
+    ns: File,
+    pid: u32,
+    port: u16,
+) -> Result<(Vec<BoundSocket>, RouteSockets), CaptureError> {
     let failed = |reason: &str| CaptureError::Io {
         path: format!("/proc/{pid}/ns/net").into(),
         source: std::io::Error::other(reason.to_string()),
@@ -32,7 +37,12 @@ pub fn bind_in_netns(ns: File, pid: u32, port: u16) -> Result<Vec<BoundSocket>, 
         .spawn(move || {
             setns(&ns, CloneFlags::CLONE_NEWNET)
                 .map_err(|source| CaptureError::Netns { pid, source })?;
-            super::bind_loopback(port)
+            let bound = super::bind_loopback(port)?;
+            let routes = RouteSockets::open().map_err(|source| CaptureError::Io {
+                path: format!("/proc/{pid}/ns/net (rtnetlink)").into(),
+                source,
+            })?;
+            Ok((bound, routes))
         })
         .map_err(|_| failed("cannot start the namespace thread"))?
         .join()

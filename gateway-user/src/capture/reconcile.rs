@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{cgroup_state, CgroupValue};
+use gateway_common::{cgroup_state, CgroupValue, NODE_NETNS};
 use notify::Watcher;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     cgroupfs::{anchor_of, CgroupFs},
     listener::{Listener, ListenerKind},
+    local,
+    netlink::RouteSockets,
     netns,
     workloads::{classify, CgroupInfo, WorkloadTable},
     CaptureError,
@@ -36,6 +38,8 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 
 struct PodNetns {
     tasks: Vec<JoinHandle<()>>,
+    /// The namespace's cookie, under which its local addresses are kept in the kernel.
+    cookie: u64,
 }
 
 pub struct Reconciler {
@@ -48,7 +52,13 @@ pub struct Reconciler {
     spawn: SpawnListener,
     anchors: Vec<PathBuf>,
     host_netns: u64,
+    /// The gateway's own namespace's cookie: marked followed (its addresses are the node's),
+    /// for pod-mode cgroups that share it.
+    host_cookie: u64,
     pods: HashMap<u64, PodNetns>,
+    /// Follows the node's local addresses; announces each change.
+    node_follower: JoinHandle<()>,
+    node_changed: tokio::sync::watch::Receiver<()>,
     /// Rewrite every classification on the next pass (the policy changed).
     rewrite_all: bool,
     /// Why the policy in force is not fully applied to the kernel, for `agentgate status`.
@@ -64,8 +74,24 @@ impl Reconciler {
         events: Arc<EventSink>,
         spawn: SpawnListener,
     ) -> Result<Self, CaptureError> {
+        let maps = kernel.maps();
+        let (tx, node_changed) = tokio::sync::watch::channel(());
+        let host_cookie = own_netns_cookie().map_err(|source| CaptureError::Io {
+            path: "SO_NETNS_COOKIE".into(),
+            source,
+        })?;
+        maps.sync_local_nets(host_cookie, &[])?;
+        let node_follower = RouteSockets::open()
+            .and_then(|s| local::follow(s, NODE_NETNS, maps.clone(), Some(tx)))
+            .map_err(|source| CaptureError::Io {
+                path: "rtnetlink (the node's local addresses)".into(),
+                source,
+            })?;
         Ok(Self {
-            maps: kernel.maps(),
+            host_cookie,
+            node_follower,
+            node_changed,
+            maps,
             kernel,
             policy,
             fs,
@@ -96,6 +122,7 @@ impl Reconciler {
     /// Returns how many old links were detached.
     pub fn apply(&mut self, policy: Arc<Policy>) -> Result<usize, CaptureError> {
         self.maps.sync_targets(&target_entries(&policy))?;
+        self.maps.sync_local_ports(&local::local_ports(&policy))?;
         self.anchors = anchor_dirs(&policy, &self.fs)?;
         self.policy = policy;
         self.rewrite_all = true;
@@ -212,13 +239,13 @@ impl Reconciler {
                 continue;
             }
             match self.open_pod_listeners(ns, pid, ino) {
-                Ok(tasks) => {
+                Ok((tasks, cookie)) => {
                     self.events.emit(
                         "pod_listener",
                         json!({"cgroup": info.path, "pid": pid, "netns_inode": ino,
                                "port": self.policy.gateway.listen_port}),
                     );
-                    self.pods.insert(ino, PodNetns { tasks });
+                    self.pods.insert(ino, PodNetns { tasks, cookie });
                 }
                 // Retried on the next pass; until then the pod's connections are refused.
                 Err(e) => tracing::warn!(cgroup = %info.path, "pod listener: {e}"),
@@ -233,27 +260,38 @@ impl Reconciler {
             }
             keep
         });
+        let followed = self.pods.values().map(|p| p.cookie);
+        local::retain(&self.maps, followed.chain([self.host_cookie]));
     }
 
+    /// Opens the pod's listeners and starts following its local addresses (read once before
+    /// this returns). Returns the tasks and the namespace's cookie.
     fn open_pod_listeners(
         &self,
         ns: std::fs::File,
         pid: u32,
         ino: u64,
-    ) -> Result<Vec<JoinHandle<()>>, CaptureError> {
-        let bound = netns::bind_in_netns(ns, pid, self.policy.gateway.listen_port)?;
-        let mut tasks = Vec::new();
+    ) -> Result<(Vec<JoinHandle<()>>, u64), CaptureError> {
+        let io = |source| CaptureError::Io {
+            path: format!("/proc/{pid}/ns/net").into(),
+            source,
+        };
+        let held = Arc::new(ns.try_clone().map_err(io)?);
+        let (bound, routes) = netns::bind_in_netns(ns, pid, self.policy.gateway.listen_port)?;
+        let cookie = bound.first().map(|b| b.netns_cookie).unwrap_or_default();
+        let mut tasks = vec![local::follow(routes, cookie, self.maps.clone(), None).map_err(io)?];
         for b in bound {
             let local = b.local;
-            let l = b
+            let mut l = b
                 .into_listener(ListenerKind::Pod { netns_inode: ino })
                 .map_err(|source| CaptureError::Bind {
                     addr: local,
                     source,
                 })?;
+            l.netns = Some(held.clone());
             tasks.push((self.spawn)(l));
         }
-        Ok(tasks)
+        Ok((tasks, cookie))
     }
 
     /// Reconciles on every cgroup tree change, every few seconds, and applies each new policy,
@@ -284,6 +322,13 @@ impl Reconciler {
                 _ = shutdown.cancelled() => break,
                 _ = crate::fswatch::next_change(&mut rx) => {}
                 _ = tick.tick() => {}
+                _ = self.node_changed.changed() => {
+                    // A node address came or went: a target on it may have become local.
+                    if let Err(e) = self.maps.sync_local_ports(&local::local_ports(&self.policy)) {
+                        tracing::error!("updating local target ports: {e}");
+                    }
+                    continue;
+                }
                 changed = policies.changed() => {
                     if changed.is_err() {
                         break;
@@ -321,7 +366,14 @@ impl Reconciler {
         for pod in self.pods.values() {
             pod.tasks.iter().for_each(JoinHandle::abort);
         }
+        self.node_follower.abort();
     }
+}
+
+/// The cookie of the gateway's own network namespace.
+fn own_netns_cookie() -> std::io::Result<u64> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    crate::sockopt::get_u64(&socket, libc::SO_NETNS_COOKIE)
 }
 
 /// Anchor directories for the policy's workloads, created if missing (so that capture covers

@@ -123,6 +123,8 @@ impl Kernel {
             cgroups: typed_map(&mut ebpf, map_names::CGROUPS)?,
             by_peer: typed_map(&mut ebpf, map_names::BY_PEER)?,
             bypass: typed_map(&mut ebpf, map_names::BYPASS)?,
+            local_nets: typed_map(&mut ebpf, map_names::LOCAL_NETS)?,
+            local_ports: typed_map(&mut ebpf, map_names::LOCAL_PORTS)?,
         });
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

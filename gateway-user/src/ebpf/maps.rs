@@ -11,7 +11,8 @@ use aya::maps::{
     HashMap, MapData, MapError,
 };
 use gateway_common::{
-    v4_mapped, CgroupValue, OrigDst, PeerKey, TargetKey, TargetValue, TARGET_PORT_BITS,
+    v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey, TargetValue, FOLLOWED_MARKER,
+    LOCAL_NETNS_BITS, TARGET_PORT_BITS,
 };
 
 use crate::policy::Policy;
@@ -21,6 +22,8 @@ pub struct KernelMaps {
     pub(super) cgroups: Mutex<HashMap<MapData, u64, CgroupValue>>,
     pub(super) by_peer: Mutex<HashMap<MapData, PeerKey, OrigDst>>,
     pub(super) bypass: Mutex<HashMap<MapData, u64, u8>>,
+    pub(super) local_nets: Mutex<LpmTrie<MapData, LocalKey, u8>>,
+    pub(super) local_ports: Mutex<HashMap<MapData, u16, TargetValue>>,
 }
 
 /// A poisoned lock only means another thread panicked mid-update of a kernel map; the map itself
@@ -73,6 +76,24 @@ pub fn target_entries(policy: &Policy) -> Vec<(Key<TargetKey>, TargetValue)> {
     out
 }
 
+fn local_key(netns: u64, net: &ipnet::IpNet) -> Key<LocalKey> {
+    let (addr, prefix) = match net {
+        ipnet::IpNet::V4(n) => (v4_mapped(n.network().octets()), 96 + n.prefix_len() as u32),
+        ipnet::IpNet::V6(n) => (n.network().octets(), n.prefix_len() as u32),
+    };
+    Key::new(
+        LOCAL_NETNS_BITS + prefix,
+        LocalKey {
+            netns: netns.to_ne_bytes(),
+            addr,
+        },
+    )
+}
+
+fn local_key_id(k: &Key<LocalKey>) -> (u32, [u8; 8], [u8; 16]) {
+    (k.prefix_len(), k.data().netns, k.data().addr)
+}
+
 fn key_id(k: &Key<TargetKey>) -> (u32, [u8; 2], [u8; 16]) {
     (k.prefix_len(), k.data().port, k.data().addr)
 }
@@ -110,6 +131,65 @@ impl KernelMaps {
             .collect();
         for k in stale {
             map.remove(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the local prefixes recorded for namespace `netns` exactly `nets` (new ones first,
+    /// so an address that stays local is never briefly missing), plus the marker that says the
+    /// namespace is followed.
+    pub fn sync_local_nets(&self, netns: u64, nets: &[ipnet::IpNet]) -> Result<(), MapError> {
+        let mut map = lock(&self.local_nets);
+        let mut wanted: Vec<Key<LocalKey>> = nets.iter().map(|n| local_key(netns, n)).collect();
+        wanted.push(Key::new(
+            LOCAL_NETNS_BITS + 128,
+            LocalKey {
+                netns: netns.to_ne_bytes(),
+                addr: FOLLOWED_MARKER,
+            },
+        ));
+        for k in &wanted {
+            map.insert(k, 1, 0)?;
+        }
+        let wanted: HashSet<_> = wanted.iter().map(local_key_id).collect();
+        let stale: Vec<Key<LocalKey>> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().netns == netns.to_ne_bytes() && !wanted.contains(&local_key_id(k)))
+            .collect();
+        for k in stale {
+            map.remove(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the local prefixes of every namespace not in `keep` (pods that are gone, or
+    /// namespaces an earlier run tracked).
+    pub fn retain_local_nets(&self, keep: &HashSet<u64>) {
+        let mut map = lock(&self.local_nets);
+        let stale: Vec<Key<LocalKey>> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(&u64::from_ne_bytes(k.data().netns)))
+            .collect();
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+    }
+
+    /// Makes the ports of local targets exactly `ports` (port → target index).
+    pub fn sync_local_ports(&self, ports: &[(u16, u32)]) -> Result<(), MapError> {
+        let mut map = lock(&self.local_ports);
+        for (port, id) in ports {
+            map.insert(port, TargetValue { id: *id }, 0)?;
+        }
+        let stale: Vec<u16> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !ports.iter().any(|(q, _)| q == p))
+            .collect();
+        for p in stale {
+            map.remove(&p)?;
         }
         Ok(())
     }

@@ -160,9 +160,12 @@ impl<C: Connect> Proxy<C> {
                     let this = self.clone();
                     let key = peer_key(listener.netns_cookie, peer);
                     let kind = listener.kind.clone();
+                    let netns = listener.netns.clone();
                     self.tracker.spawn(async move {
                         let orig = this.maps.take_orig_dst(&key);
-                        this.handle(stream, peer, orig, kind).await
+                        let upstream = crate::capture::upstream_netns(orig.as_ref(), netns);
+                        crate::upstream::in_netns(upstream, this.handle(stream, peer, orig, kind))
+                            .await
                     });
                 }
                 Err(e) => {
@@ -226,27 +229,33 @@ impl<C: Connect> Proxy<C> {
             "cgroup": cgroup,
             "netns_cookie": orig.netns_cookie,
         });
-        self.session(id, client, dst, orig.pid, cgroup, base)
+        let scope =
+            crate::capture::DstScope::of(orig.flags, matches!(kind, ListenerKind::Pod { .. }));
+        self.session(id, client, (dst, scope), orig.pid, cgroup, base)
             .instrument(span)
             .await
     }
 
+    /// `dst`: the original destination, and where it is local.
     async fn session(
         &self,
         id: u64,
         client: TcpStream,
-        dst: SocketAddr,
+        (dst, scope): (SocketAddr, crate::capture::DstScope),
         pid: u32,
         cgroup: Option<String>,
         mut base: Value,
     ) {
-        let placed = match self.place(dst, cgroup, &mut base) {
+        let placed = match self.place(dst, scope, cgroup, &mut base) {
             Ok(p) => p,
             Err(r) => {
                 drop(client);
                 return self.refuse(&base, r).await;
             }
         };
+        // From here on the session is about the address the target is dialled at (the original
+        // destination, unless that is an alias of a local target); events keep `original_dst`.
+        let dst = placed.upstream;
         match placed.target.protocol {
             Protocol::Tcp => self.tcp_session(id, client, dst, pid, placed, base).await,
             Protocol::Postgres => {
@@ -310,6 +319,7 @@ impl<C: Connect> Proxy<C> {
     fn place(
         &self,
         dst: SocketAddr,
+        scope: crate::capture::DstScope,
         cgroup: Option<String>,
         base: &mut Value,
     ) -> Result<Placed<'_>, Refusal> {
@@ -334,10 +344,13 @@ impl<C: Connect> Proxy<C> {
             .limits
             .admit(&workload.name)
             .map_err(|why| Refusal::new("limit", why))?;
-        let target = policy
-            .target_for(dst)
-            .map(|(_, t)| t.clone())
+        // A local destination no target lists is an alias of the port's local target.
+        let (target, upstream) = crate::capture::resolve_target(&policy, dst, scope)
+            .map(|(t, up)| (t.clone(), up))
             .ok_or_else(|| Refusal::new("not_a_target", "original destination is not a target"))?;
+        if upstream != dst {
+            set(base, "dialled", json!(upstream.to_string()));
+        }
         set(base, "target", json!(target.name));
         set(base, "protocol", json!(target.protocol));
         Ok(Placed {
@@ -345,6 +358,7 @@ impl<C: Connect> Proxy<C> {
             workload,
             target,
             cgroup,
+            upstream,
             slot,
         })
     }
@@ -364,6 +378,7 @@ impl<C: Connect> Proxy<C> {
             workload,
             target,
             cgroup,
+            upstream: _,
             slot,
         } = placed;
         let allowed =
@@ -601,6 +616,8 @@ struct Placed<'a> {
     workload: Workload,
     target: Target,
     cgroup: String,
+    /// Where the target is dialled (see `capture::resolve_target`).
+    upstream: SocketAddr,
     slot: limits::Slot<'a>,
 }
 
