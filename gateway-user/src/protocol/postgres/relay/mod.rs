@@ -810,7 +810,7 @@ impl Upward<'_, '_> {
                         if self
                             .open_binds
                             .get(&p.bind)
-                            .map_or(false, |b| b.batch < self.batch) =>
+                            .is_some_and(|b| b.batch < self.batch) =>
                     {
                         (
                             Some(Prepared::unknown(
