@@ -117,7 +117,7 @@ fn decide_inner(
     let (target_id, alias) = match TARGETS.get(&key) {
         Some(t) => (t.id, 0),
         // SAFETY: copied out at once.
-        None => match unsafe { LOCAL_PORTS.get(&port) } {
+        None => match unsafe { LOCAL_PORTS.get(port) } {
             Some(t) => (t.id, dst_flags::ALIAS),
             None => return Verdict::Pass,
         },
@@ -185,9 +185,9 @@ fn locality(ctx: &SockAddrContext, addr: [u8; 16]) -> u32 {
             },
         )
     };
-    if LOCAL_NETS.get(&key(own)).is_some() {
+    if LOCAL_NETS.get(key(own)).is_some() {
         dst_flags::OWN
-    } else if LOCAL_NETS.get(&key(NODE_NETNS)).is_some() {
+    } else if LOCAL_NETS.get(key(NODE_NETNS)).is_some() {
         dst_flags::NODE
     } else {
         0
