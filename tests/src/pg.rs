@@ -1148,3 +1148,76 @@ pub fn output_text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Every text value (and blob, as text) in every table of the SQLite record: (table, column,
+/// value).
+pub fn record_values(db: &Path) -> Vec<(String, String, String)> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, json\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             out = []\n\
+             for (t,) in c.execute(\"SELECT name FROM sqlite_master WHERE type IN ('table', 'view')\").fetchall():\n\
+             \x20   cols = [r[1] for r in c.execute('PRAGMA table_info(\"%s\")' % t)]\n\
+             \x20   for row in c.execute('SELECT * FROM \"%s\"' % t):\n\
+             \x20       for col, v in zip(cols, row):\n\
+             \x20           if isinstance(v, bytes):\n\
+             \x20               v = v.decode('utf-8', 'replace')\n\
+             \x20           if isinstance(v, str):\n\
+             \x20               out.append([t, col, v])\n\
+             print(json.dumps(out))",
+        )
+        .arg(db)
+        .output()
+        .expect("read record db");
+    let rows: Vec<(String, String, String)> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("record db: {e}: {}", output_text(&out)));
+    rows
+}
+
+/// `hmac:` + the first 16 lowercase hex digits of HMAC-SHA256(`key`, `value`), computed
+/// by openssl, independently of the gateway.
+pub fn hmac16(key: &str, value: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl dgst");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(value.as_bytes())
+        .expect("write to openssl");
+    let out = child.wait_with_output().expect("openssl dgst");
+    assert!(out.status.success(), "openssl dgst: {}", output_text(&out));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let hex = line
+        .rsplit("= ")
+        .next()
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("openssl dgst printed {line:?}"));
+    format!("hmac:{}", &hex[..16])
+}
+
+/// psql (libpq, simple query protocol) running `sqls` (`-c` each) in the background in `cg`;
+/// verbose errors (`ERROR:  42501: ...`), stops at the first error.
+pub fn psql_bg(conn: &str, cg: &crate::Cgroup, sqls: &[&str]) -> crate::bg::Bg {
+    let mut cmd = psql_command(conn);
+    cmd.args([
+        "-v",
+        "VERBOSITY=verbose",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-A",
+        "-t",
+    ]);
+    for sql in sqls {
+        cmd.args(["-c", sql]);
+    }
+    crate::bg::Bg::spawn("psql", cmd, cg)
+}

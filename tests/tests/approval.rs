@@ -40,24 +40,6 @@ const WAIT: Duration = Duration::from_secs(30);
 // Clients in the background
 // ---------------------------------------------------------------------------------------------
 
-/// psql (libpq, simple query protocol) running `sqls` (`-c` each) in the background in `cg`;
-/// verbose errors (`ERROR:  42501: ...`), stops at the first error.
-fn psql_bg(conn: &str, cg: &Cgroup, sqls: &[&str]) -> Bg {
-    let mut cmd = psql_command(conn);
-    cmd.args([
-        "-v",
-        "VERBOSITY=verbose",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-A",
-        "-t",
-    ]);
-    for sql in sqls {
-        cmd.args(["-c", sql]);
-    }
-    Bg::spawn("psql", cmd, cg)
-}
-
 /// Waits for psql's NOTICE that its statement is held; returns the line.
 fn psql_notice(c: &mut Bg) -> String {
     c.wait_line(WAIT, |err, l| err && l.starts_with("NOTICE:"))

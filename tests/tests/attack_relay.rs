@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentgate_tests::{bg::Bg, pg::*, wire::*, *};
+use agentgate_tests::{pg::*, wire::*, *};
 use serde_json::{json, Value};
 
 /// Test number `n`: (gateway listener, PostgreSQL port).
@@ -49,23 +49,6 @@ fn max_rows_rule(tables: &str) -> String {
         &format!("{{classes: [write, write_unbounded], tables: [{tables}]}}"),
         "{approvers: [dba], timeout_secs: 120, max_rows: 3}",
     )
-}
-
-/// psql (simple Query protocol) running `sqls` in the background in `cg`.
-fn psql_bg(conn: &str, cg: &Cgroup, sqls: &[&str]) -> Bg {
-    let mut cmd = psql_command(conn);
-    cmd.args([
-        "-v",
-        "VERBOSITY=verbose",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-A",
-        "-t",
-    ]);
-    for sql in sqls {
-        cmd.args(["-c", sql]);
-    }
-    Bg::spawn("psql", cmd, cg)
 }
 
 /// Rows of `table` (asked directly, not through the gateway).

@@ -8,7 +8,6 @@
 //! run directly first, to show it does leak the value there. Root required.
 
 use std::{
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -92,31 +91,6 @@ fn check_eq(failures: &mut Vec<String>, what: &str, got: &str, want: &str) {
     if got != want {
         failures.push(format!("{what}: got {got:?}, want {want:?}"));
     }
-}
-
-/// Every text value in every table and view of the SQLite record.
-fn record_values(db: &Path) -> Vec<(String, String, String)> {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, json\n\
-             c = sqlite3.connect(sys.argv[1])\n\
-             out = []\n\
-             for (t,) in c.execute(\"SELECT name FROM sqlite_master WHERE type IN ('table', 'view')\").fetchall():\n\
-             \x20   cols = [r[1] for r in c.execute('PRAGMA table_info(\"%s\")' % t)]\n\
-             \x20   for row in c.execute('SELECT * FROM \"%s\"' % t):\n\
-             \x20       for col, v in zip(cols, row):\n\
-             \x20           if isinstance(v, bytes):\n\
-             \x20               v = v.decode('utf-8', 'replace')\n\
-             \x20           if isinstance(v, str):\n\
-             \x20               out.append([t, col, v])\n\
-             print(json.dumps(out))",
-        )
-        .arg(db)
-        .output()
-        .expect("read record db");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("record db: {e}: {}", output_text(&out)))
 }
 
 /// `pg-agent rows` (tokio-postgres: Parse/Describe/Sync, then Bind/Execute/Sync per statement,

@@ -12,7 +12,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -41,31 +41,9 @@ impl Drop for TempFile {
 /// The key of the hash strategy in these tests (no trailing newline: the file is the key).
 const MASK_KEY: &str = "k3y-for-masking-tests-8d21f0";
 
-/// `hmac:` + the first 16 lowercase hex digits of HMAC-SHA256(`MASK_KEY`, `value`), computed
-/// by openssl, independently of the gateway.
+/// `hmac:` + the first 16 hex digits of HMAC-SHA256 under this file's `MASK_KEY`.
 fn hmac16(value: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", MASK_KEY])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl dgst");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(value.as_bytes())
-        .expect("write to openssl");
-    let out = child.wait_with_output().expect("openssl dgst");
-    assert!(out.status.success(), "openssl dgst: {}", output_text(&out));
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let hex = line
-        .rsplit("= ")
-        .next()
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_else(|| panic!("openssl dgst printed {line:?}"));
-    format!("hmac:{}", &hex[..16])
+    agentgate_tests::pg::hmac16(MASK_KEY, value)
 }
 
 /// What psql printed for a session of `-c` commands: unaligned, tuples only, quiet (no command
@@ -1069,33 +1047,6 @@ fn copy_rules() -> String {
             "detectors: [email, payment_card, us_ssn]",
         ],
     )
-}
-
-/// Every text value (and blob, as text) in every table of the SQLite record: (table, column,
-/// value).
-fn record_values(db: &Path) -> Vec<(String, String, String)> {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, json\n\
-             c = sqlite3.connect(sys.argv[1])\n\
-             out = []\n\
-             for (t,) in c.execute(\"SELECT name FROM sqlite_master WHERE type IN ('table', 'view')\").fetchall():\n\
-             \x20   cols = [r[1] for r in c.execute('PRAGMA table_info(\"%s\")' % t)]\n\
-             \x20   for row in c.execute('SELECT * FROM \"%s\"' % t):\n\
-             \x20       for col, v in zip(cols, row):\n\
-             \x20           if isinstance(v, bytes):\n\
-             \x20               v = v.decode('utf-8', 'replace')\n\
-             \x20           if isinstance(v, str):\n\
-             \x20               out.append([t, col, v])\n\
-             print(json.dumps(out))",
-        )
-        .arg(db)
-        .output()
-        .expect("read record db");
-    let rows: Vec<(String, String, String)> = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("record db: {e}: {}", output_text(&out)));
-    rows
 }
 
 #[test]

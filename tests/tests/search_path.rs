@@ -500,25 +500,9 @@ fn a_user_schema_created_while_a_session_is_open() {
 /// The key of the hash strategy here (the file is the key, no newline).
 const MASK_KEY: &str = "k3y-for-search-path-tests-51c0";
 
-/// `hmac:` + 16 hex digits of HMAC-SHA256(`MASK_KEY`, `value`), by openssl.
+/// `hmac:` + the first 16 hex digits of HMAC-SHA256 under this file's `MASK_KEY`.
 fn hmac16(value: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", MASK_KEY])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run openssl dgst");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(value.as_bytes())
-        .expect("write to openssl");
-    let out = child.wait_with_output().expect("openssl dgst");
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let hex = line.rsplit("= ").next().unwrap_or_default();
-    assert_eq!(hex.len(), 64, "openssl dgst printed {line:?}");
-    format!("hmac:{}", &hex[..16])
+    agentgate_tests::pg::hmac16(MASK_KEY, value)
 }
 
 #[test]
