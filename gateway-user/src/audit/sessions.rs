@@ -71,7 +71,18 @@ pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Value>, AuditError> {
             )))
         }
     };
-    let mut stmt = conn.prepare(LIST)?;
+    // A database no new gateway has opened yet lacks the index: the same query, sorted.
+    let indexed: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'audit_log_started'",
+        [],
+        |r| r.get(0),
+    )?;
+    let sql = if indexed {
+        LIST.to_string()
+    } else {
+        LIST.replace(" INDEXED BY audit_log_started", "")
+    };
+    let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(
         params![
             like(&f.identity),

@@ -196,3 +196,28 @@ fn the_views_find_a_sessions_records_by_session() {
         assert!(f.is_empty(), "{sql}: {f:?}\n{}", show(&p));
     }
 }
+
+/// On a database no new gateway has opened yet (the read-only commands never migrate), `sessions
+/// list` still answers, without the index.
+#[test]
+fn sessions_list_answers_without_the_new_index() {
+    let (_dir, db) = sample();
+    let g = Db::lock(&db);
+    g.conn
+        .execute_batch("DROP INDEX audit_log_started")
+        .unwrap();
+    let f = audit::sessions::Filter {
+        limit: 2,
+        ..Default::default()
+    };
+    let page = audit::sessions::list(&g.conn, &f).unwrap();
+    let ids: Vec<&str> = page
+        .iter()
+        .map(|s| s["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["s49", "s48"]);
+    assert_eq!(page[0]["statements"], 1);
+    assert_eq!(page[0]["privileged"], 1);
+    assert_eq!(page[0]["status"], "closed");
+    assert_eq!(page[1]["status"], "live");
+}
