@@ -15,6 +15,9 @@
 //!
 //! Recording (bench_record.rs): pgbench reads and writes through the gateway with its audit
 //! writer in the loop vs with `--record-off`.
+//!
+//! Record scale (bench_record_scale.rs): start-up and the audit commands on a record database
+//! of a million sessions.
 
 use std::{net::SocketAddr, process::Command};
 
@@ -35,6 +38,8 @@ pub enum Only {
     Masking,
     /// pgbench reads and writes through the gateway with its audit writer vs `--record-off`.
     Record,
+    /// Start-up and the audit commands on a record database of many sessions.
+    RecordScale,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +66,9 @@ pub struct Options {
     /// Rows of the masking section's table (its second result size is a fifth of this).
     #[arg(long, default_value_t = 1_000_000)]
     pub mask_rows: u64,
+    /// Sessions in the record-scale section's record database (ten records each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub scale_sessions: u64,
     /// Print only: leave docs/benchmarks.md as it is (for trial runs).
     #[arg(long)]
     pub no_doc: bool,
@@ -80,7 +88,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     let runs = |section: Only| o.only.is_none_or(|only| only == section);
     // Each section with the command that reproduces it alone.
-    let sections: [(Only, &str, String); 4] = [
+    let sections: [(Only, &str, String); 5] = [
         (
             Only::Capture,
             "capture",
@@ -104,6 +112,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             "record",
             format!("--pg-secs {} --pg-reps {}", o.pg_secs, o.pg_reps),
         ),
+        (
+            Only::RecordScale,
+            "record-scale",
+            format!(
+                "--scale-sessions {} --pg-reps {}",
+                o.scale_sessions, o.pg_reps
+            ),
+        ),
     ];
     for (section, key, args) in sections {
         if !runs(section) {
@@ -115,6 +131,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             Only::Postgres => crate::bench_pg::postgres(o.pg_secs, o.pg_reps)?,
             Only::Masking => crate::bench_mask::masking(o.mask_rows, o.pg_reps)?,
             Only::Record => crate::bench_record::recording(o.pg_secs, o.pg_reps)?,
+            Only::RecordScale => {
+                crate::bench_record_scale::record_scale(o.scale_sessions, o.pg_reps)?
+            }
         }
         if !o.no_doc {
             report::publish(key)?;

@@ -5,6 +5,7 @@ mod bench;
 mod bench_mask;
 mod bench_pg;
 mod bench_record;
+mod bench_record_scale;
 mod demo;
 mod report;
 mod setup;

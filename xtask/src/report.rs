@@ -35,7 +35,7 @@ macro_rules! md {
 pub(crate) use md;
 
 /// The sections in the order the document lists them, with their headings.
-pub const SECTIONS: [(&str, &str); 4] = [
+pub const SECTIONS: [(&str, &str); 5] = [
     (
         "capture",
         "Capture: connect() with the eBPF hook, L4 relay throughput",
@@ -46,6 +46,10 @@ pub const SECTIONS: [(&str, &str); 4] = [
     ),
     ("masking", "Masking: a wide PII table streamed"),
     ("record", "Recording: the audit writer in the loop"),
+    (
+        "record-scale",
+        "Record scale: start-up and the audit commands on a large record",
+    ),
 ];
 
 const INTRO: &str = "# Benchmarks\n\n\

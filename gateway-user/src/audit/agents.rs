@@ -9,23 +9,44 @@ use serde_json::{json, Value};
 use super::AuditError;
 use crate::proxy::revocations;
 
+/// One pass over the sessions and one over the statements, counted per session and then per
+/// agent (never, per agent, over every session). Intents count when their outcome never came
+/// (one look-up in `audit_log_outcome` each).
+pub(crate) const LIST: &str = "
+WITH outcomes AS (
+    SELECT session,
+           sum(json_extract(body, '$.class') <> 'read'
+               AND json_extract(body, '$.decision') <> 'denied') AS privileged,
+           sum(json_extract(body, '$.decision') = 'denied') AS denied
+    FROM audit_log
+    WHERE kind = 'statement'
+    GROUP BY session),
+unanswered AS (
+    SELECT i.session,
+           sum(json_extract(i.body, '$.class') <> 'read'
+               AND json_extract(i.body, '$.decision') <> 'denied') AS privileged,
+           sum(json_extract(i.body, '$.decision') = 'denied') AS denied
+    FROM audit_log i
+    WHERE i.kind = 'statement_intent'
+      AND NOT EXISTS (SELECT 1 FROM audit_log o
+                      WHERE o.kind = 'statement' AND o.session = i.session
+                        AND json_extract(o.body, '$.seq') = json_extract(i.body, '$.seq'))
+    GROUP BY i.session)
+SELECT s.workload, s.issuer, s.subject,
+       min(s.started_ms), max(coalesce(s.ended_ms, ?1)), max(s.token_expires_ms),
+       sum(s.ended_ms IS NULL), count(*),
+       group_concat(DISTINCT s.target),
+       coalesce(sum(p.privileged), 0) + coalesce(sum(u.privileged), 0),
+       coalesce(sum(p.denied), 0) + coalesce(sum(u.denied), 0)
+FROM sessions s
+LEFT JOIN outcomes p ON p.session = s.id
+LEFT JOIN unanswered u ON u.session = s.id
+GROUP BY s.workload, s.issuer, s.subject
+ORDER BY max(coalesce(s.ended_ms, ?1)) DESC";
+
 pub fn list(conn: &Connection, now_ms: i64) -> Result<Vec<Value>, AuditError> {
     let revocations = revocations::read_all(conn)?;
-    let mut stmt = conn.prepare(
-        "SELECT s.workload, s.issuer, s.subject,
-                min(s.started_ms), max(coalesce(s.ended_ms, ?1)), max(s.token_expires_ms),
-                sum(s.ended_ms IS NULL), count(*),
-                group_concat(DISTINCT s.target),
-                (SELECT count(*) FROM statements st JOIN sessions s2 ON st.session = s2.id
-                  WHERE s2.workload = s.workload AND s2.issuer = s.issuer AND s2.subject = s.subject
-                    AND st.class <> 'read' AND st.decision <> 'denied'),
-                (SELECT count(*) FROM statements st JOIN sessions s2 ON st.session = s2.id
-                  WHERE s2.workload = s.workload AND s2.issuer = s.issuer AND s2.subject = s.subject
-                    AND st.decision = 'denied')
-         FROM sessions s
-         GROUP BY s.workload, s.issuer, s.subject
-         ORDER BY max(coalesce(s.ended_ms, ?1)) DESC",
-    )?;
+    let mut stmt = conn.prepare(LIST)?;
     let rows = stmt.query_map([now_ms], |r| {
         Ok((
             r.get::<_, Option<String>>(0)?.unwrap_or_default(),

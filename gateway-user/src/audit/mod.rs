@@ -44,13 +44,20 @@ pub fn verify(path: &Path) -> Result<journal::Report, AuditError> {
     Ok(journal::verify(&open(path)?)?)
 }
 
+/// In journal order from the first record of `since_ms` or later (found in `audit_log_at`),
+/// so that no sort of the whole journal comes first; times are not strictly in journal order,
+/// hence the filter on every record after it.
+pub(crate) const EXPORT: &str = "
+SELECT seq, at_ms, kind, session, body, prev, hash FROM audit_log
+WHERE seq >= (SELECT min(seq) FROM audit_log INDEXED BY audit_log_at WHERE at_ms >= ?1)
+  AND at_ms >= ?1
+ORDER BY seq";
+
 /// Every record from `since_ms` on, oldest first, one JSON object per line (for a SIEM): its
 /// number, time, kind, session, body, and the hashes that chain it.
 pub fn export(path: &Path, since_ms: i64, out: &mut dyn std::io::Write) -> Result<u64, AuditError> {
     let conn = open(path)?;
-    let mut stmt = conn.prepare(
-        "SELECT seq, at_ms, kind, session, body, prev, hash FROM audit_log WHERE at_ms >= ?1 ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(EXPORT)?;
     let mut rows = stmt.query([since_ms])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {

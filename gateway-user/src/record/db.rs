@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use super::journal::{self, Entry, Tip};
 
@@ -52,8 +52,6 @@ SELECT o.session AS id,
 FROM audit_log o
 LEFT JOIN audit_log c ON c.kind = 'session_close' AND c.session = o.session
 WHERE o.kind = 'session_open';
-CREATE INDEX IF NOT EXISTS audit_log_outcome
-    ON audit_log(session, json_extract(body, '$.seq')) WHERE kind = 'statement';
 CREATE VIEW statements AS
 SELECT session,
        json_extract(body, '$.seq') AS seq,
@@ -102,6 +100,69 @@ SELECT json_extract(body, '$.request') AS request,
 FROM audit_log WHERE kind = 'approval';
 ";
 
+/// Indexes the views and the audit commands need so that every query reads only what it
+/// answers about (see `plans` in the tests): a session's closing and intents by its session, sessions
+/// by start time (`sessions list` is newest first), and each statement's outcome by session
+/// and statement number (the `statements` view's look-up of an intent's outcome). Partial, so the write path pays only for the kinds
+/// they cover. Made at every open: a database of an earlier version gets them at its first
+/// start (once, in time proportional to its records).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS audit_log_close ON audit_log(session) WHERE kind = 'session_close';
+CREATE INDEX IF NOT EXISTS audit_log_intent ON audit_log(session) WHERE kind = 'statement_intent';
+CREATE INDEX IF NOT EXISTS audit_log_started
+    ON audit_log(json_extract(body, '$.started_ms')) WHERE kind = 'session_open';
+CREATE INDEX IF NOT EXISTS audit_log_outcome
+    ON audit_log(session, json_extract(body, '$.seq')) WHERE kind = 'statement';
+";
+
+/// The sessions whose end is not on record, so that a start reads those and not every session
+/// there ever was. Derived from the journal, never a record: kept by triggers in the very
+/// transaction that appends a session's opening or closing, rebuilt from the journal when the
+/// table is missing, ignored by `audit verify`, and checked against the journal before it is
+/// acted on ([`Db::close_orphans`]).
+const OPEN_SESSIONS: &str = "
+CREATE TABLE IF NOT EXISTS open_sessions (
+    session TEXT PRIMARY KEY,
+    opened INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS open_sessions_opened AFTER INSERT ON audit_log
+WHEN new.kind = 'session_open' AND new.session IS NOT NULL
+BEGIN
+    INSERT OR REPLACE INTO open_sessions (session, opened) VALUES (new.session, new.seq);
+END;
+CREATE TRIGGER IF NOT EXISTS open_sessions_closed AFTER INSERT ON audit_log
+WHEN new.kind = 'session_close'
+BEGIN
+    DELETE FROM open_sessions WHERE session = new.session;
+END;
+";
+
+/// Fills a new `open_sessions` from the journal: every opening with no closing (one look-up in
+/// `audit_log_close` each).
+const REBUILD_OPEN_SESSIONS: &str = "
+INSERT OR REPLACE INTO open_sessions (session, opened)
+SELECT o.session, o.seq FROM audit_log o
+WHERE o.kind = 'session_open' AND o.session IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM audit_log c WHERE c.kind = 'session_close' AND c.session = o.session)
+ORDER BY o.seq;
+";
+
+/// The sessions a start closes: those of `open_sessions` whose opening is still on record and
+/// whose closing is not (the side table is checked against the journal, not trusted).
+pub(crate) const ORPHANS: &str = "
+SELECT s.session FROM open_sessions s
+WHERE EXISTS (SELECT 1 FROM audit_log o
+              WHERE o.seq = s.opened AND o.kind = 'session_open' AND o.session = s.session)
+  AND NOT EXISTS (SELECT 1 FROM audit_log c WHERE c.kind = 'session_close' AND c.session = s.session)
+ORDER BY s.opened;
+";
+
+/// Retention by age: the first record young enough to keep. In journal order, not through
+/// `audit_log_at`: it reads the records about to go (their times are nearly in order) rather
+/// than every record newer than the cutoff.
+pub(crate) const FIRST_KEPT: &str =
+    "SELECT seq FROM audit_log NOT INDEXED WHERE at_ms >= ?1 ORDER BY seq LIMIT 1";
+
 /// Tables of earlier versions whose names are views now: kept, renamed, outside the chain.
 const LEGACY: [&str; 3] = ["sessions", "statements", "approval_events"];
 
@@ -117,7 +178,7 @@ impl Db {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // A record is on disk when its transaction commits: privileged statements wait for
@@ -137,8 +198,7 @@ impl Db {
                 conn.execute_batch(&format!("ALTER TABLE {table} RENAME TO legacy_{table}"))?;
             }
         }
-        conn.execute_batch(journal::SCHEMA)?;
-        conn.execute_batch(VIEWS)?;
+        migrate(&mut conn)?;
         let tip = journal::tip(&conn)?;
         Ok(Arc::new(Mutex::new(Db { conn, tip })))
     }
@@ -162,14 +222,36 @@ impl Db {
     }
 }
 
+/// Brings a record database of any earlier version to this one's schema, in one transaction
+/// (a start that dies half-way leaves it as it was): the journal, its indexes, the side table
+/// of open sessions (built from the journal when it is new) and the views.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let had_open_sessions: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'open_sessions'",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute_batch(journal::SCHEMA)?;
+    tx.execute_batch(INDEXES)?;
+    tx.execute_batch(OPEN_SESSIONS)?;
+    if !had_open_sessions {
+        let n = tx.execute(REBUILD_OPEN_SESSIONS, [])?;
+        tracing::info!(
+            open = n,
+            "record database: open_sessions built from the journal"
+        );
+    }
+    tx.execute_batch(VIEWS)?;
+    tx.commit()
+}
+
 impl Db {
     /// Sessions a previous run left open (it was killed): closed on record now, so that they
     /// do not count as live. Returns how many.
     pub fn close_orphans(&mut self, now_ms: i64) -> rusqlite::Result<usize> {
         let open: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id FROM sessions WHERE ended_ms IS NULL")?;
+            let mut stmt = self.conn.prepare(ORPHANS)?;
             let ids = stmt.query_map([], |r| r.get(0))?;
             ids.collect::<Result<_, _>>()?
         };
@@ -190,6 +272,9 @@ impl Db {
                     },
                 )?;
             }
+            // What is left is stale (its opening pruned, or its closing appended by hand):
+            // derived state that says nothing the journal does not.
+            tx.execute("DELETE FROM open_sessions", [])?;
             Ok(open.len())
         })
     }
@@ -208,11 +293,10 @@ impl Db {
         let mut keep_from: Option<i64> = None;
         if let Some(days) = keep_days {
             let cutoff = now_ms - (days as i64) * 86_400_000;
-            let first: Option<i64> = self.conn.query_row(
-                "SELECT min(seq) FROM audit_log WHERE at_ms >= ?1",
-                [cutoff],
-                |r| r.get(0),
-            )?;
+            let first: Option<i64> = self
+                .conn
+                .query_row(FIRST_KEPT, [cutoff], |r| r.get(0))
+                .optional()?;
             keep_from = Some(first.unwrap_or(self.tip.seq + 1));
         }
         if let Some(max) = max_bytes {
@@ -372,5 +456,132 @@ mod tests {
             )
             .unwrap();
         assert_eq!(row, ("a".to_string(), 5, 9, "[\"g\"]".to_string()));
+    }
+
+    fn append_raw(conn: &mut Connection, entries: &[(&str, &str)]) {
+        let mut t = journal::tip(conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        for (kind, session) in entries {
+            let body =
+                serde_json::json!({"session": session, "started_ms": 1, "ended_ms": 2}).to_string();
+            journal::append(
+                &tx,
+                &mut t,
+                &Entry {
+                    at_ms: 1,
+                    kind,
+                    session: Some(session),
+                    body: &body,
+                },
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    fn append_db(db: &mut Db, entries: &[(&str, &str)]) {
+        db.write(|tx, j| {
+            for (kind, session) in entries {
+                let body = serde_json::json!({"session": session, "started_ms": 1, "ended_ms": 2})
+                    .to_string();
+                j.append(
+                    tx,
+                    &Entry {
+                        at_ms: 1,
+                        kind,
+                        session: Some(session),
+                        body: &body,
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    fn open_on_record(db: &SharedDb) -> Vec<String> {
+        let g = Db::lock(db);
+        let mut stmt = g
+            .conn
+            .prepare("SELECT id FROM sessions WHERE ended_ms IS NULL ORDER BY id")
+            .unwrap();
+        let ids = stmt.query_map([], |r| r.get(0)).unwrap();
+        ids.collect::<Result<_, _>>().unwrap()
+    }
+
+    /// A database of the previous version (the journal only, no side table, no triggers) gets
+    /// its open sessions from the journal at its first open; those are closed, and the chain
+    /// still verifies.
+    #[test]
+    fn an_earlier_database_is_migrated_and_its_orphans_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.execute_batch(journal::SCHEMA).unwrap();
+            append_raw(
+                &mut conn,
+                &[
+                    ("session_open", "a"),
+                    ("session_open", "b"),
+                    ("session_close", "a"),
+                    ("session_open", "c"),
+                    ("statement", "c"),
+                ],
+            );
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(open_on_record(&db), ["b", "c"]);
+        assert_eq!(Db::lock(&db).close_orphans(10).unwrap(), 2);
+        assert!(open_on_record(&db).is_empty());
+        // Kept by the journal's own appends from here on.
+        append_db(&mut Db::lock(&db), &[("session_open", "d")]);
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(Db::lock(&db).close_orphans(20).unwrap(), 1);
+        let g = Db::lock(&db);
+        let r = journal::verify(&g.conn).unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.records, 9);
+    }
+
+    /// The side table is derived: a row the journal contradicts (its session closed on record,
+    /// or its opening pruned) is not acted on, and a lost side table is rebuilt.
+    #[test]
+    fn the_side_table_is_checked_against_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let db = Db::open(&path).unwrap();
+        {
+            let mut g = Db::lock(&db);
+            append_db(
+                &mut g,
+                &[
+                    ("session_open", "a"),
+                    ("session_open", "b"),
+                    ("session_open", "c"),
+                    ("session_close", "b"),
+                ],
+            );
+            // Stale rows: b closed on record, and a session whose opening is not there.
+            g.conn
+                .execute_batch(
+                    "INSERT OR REPLACE INTO open_sessions VALUES ('b', 2), ('ghost', 99);",
+                )
+                .unwrap();
+            assert_eq!(g.close_orphans(5).unwrap(), 2);
+            let left: i64 = g
+                .conn
+                .query_row("SELECT count(*) FROM open_sessions", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(left, 0);
+            append_db(&mut g, &[("session_open", "d")]);
+            g.conn.execute_batch("DROP TABLE open_sessions").unwrap();
+        }
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(open_on_record(&db), ["d"]);
+        assert_eq!(Db::lock(&db).close_orphans(6).unwrap(), 1);
+        assert!(open_on_record(&db).is_empty());
     }
 }

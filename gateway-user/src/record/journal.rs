@@ -157,15 +157,17 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
+/// The whole journal in order of its primary key.
+pub(crate) const VERIFY: &str =
+    "SELECT seq, at_ms, kind, session, body, prev, hash FROM audit_log ORDER BY seq";
+
 /// Walks the whole chain and names every record that is not as it was written.
 pub fn verify(conn: &Connection) -> rusqlite::Result<Report> {
     let start = anchor(conn)?.unwrap_or(Tip {
         seq: 0,
         hash: GENESIS,
     });
-    let mut stmt = conn.prepare(
-        "SELECT seq, at_ms, kind, session, body, prev, hash FROM audit_log ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(VERIFY)?;
     let mut rows = stmt.query([])?;
     let mut report = Report {
         records: 0,

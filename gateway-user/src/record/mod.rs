@@ -6,6 +6,8 @@
 mod db;
 mod events;
 pub mod journal;
+#[cfg(test)]
+mod plans;
 mod recorder;
 pub mod sink;
 mod sqlite;

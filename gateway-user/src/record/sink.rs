@@ -79,6 +79,10 @@ SELECT $1::text, r.* FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::tex
                                  $7::text[], $8::text[]) AS r
 ON CONFLICT (node, seq) DO NOTHING";
 
+/// The records after the last one shipped, by number (the journal's primary key).
+pub(crate) const CATCH_UP: &str =
+    "SELECT seq, at_ms, kind, session, body, prev, hash FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
 /// Records per batch (one INSERT), and the bytes a batch stops growing at.
 const BATCH: i64 = 1000;
 const BATCH_BYTES: usize = 8 << 20;
@@ -748,10 +752,7 @@ impl Local {
     /// [`BATCH_BYTES`] (at least one).
     async fn after(&self, seq: i64) -> Result<Vec<Row>, Failure> {
         self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, at_ms, kind, session, body, prev, hash FROM audit_log
-                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
+            let mut stmt = conn.prepare_cached(CATCH_UP)?;
             let mut rows = stmt.query([seq, BATCH])?;
             let mut out = Vec::new();
             let mut bytes = 0usize;
