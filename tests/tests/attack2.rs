@@ -463,3 +463,64 @@ fn a_truncate_inside_the_trial_is_not_counted() {
         "TRUNCATE of 10 rows inside a one-row DELETE under max_rows 3 without approval; psql: {out}"
     );
 }
+
+/// asyncpg prepares with Parse/Describe/Flush and no Sync (`Connection.prepare`), and sends a
+/// statement without arguments as a simple Query (`Connection.execute`). Behind such a
+/// prepare, nothing is open on the server (both messages were answered, nothing failed, no
+/// Execute ran), but the gateway counts the batch as open until a Sync and puts a one-row
+/// DELETE under max_rows 3 to approvers untried: the agent waits for people (here 120 s) where
+/// psql's identical DELETE runs at once.
+#[test]
+fn asyncpg_write_after_a_prepare_is_held_instead_of_tried() {
+    let p = start("atk2-asyncpg", 9, max_rows_rule("big"));
+    p.pg.sql_in(
+        "agentdb",
+        &format!(
+            "CREATE TABLE big (x int); INSERT INTO big SELECT generate_series(1, 10); \
+             ALTER TABLE big OWNER TO {ROLE_SCRAM};"
+        ),
+    );
+    let script = r#"
+import asyncio, json, sys
+import asyncpg
+async def main():
+    c = await asyncpg.connect(sys.argv[1])
+    if sys.argv[2] == "prepare":
+        await c.prepare("SELECT x FROM big WHERE x = $1")
+    tag = await c.execute("DELETE FROM big WHERE x = " + sys.argv[3])
+    print(json.dumps({"tag": tag}), flush=True)
+    await c.close()
+asyncio.run(main())
+"#;
+    let conn = format!(
+        "postgresql://agent:{}@127.0.0.1:{}/agentdb?sslmode=disable",
+        agent_jwt("agent-asyncpg"),
+        p.pg.port
+    );
+    let run = |prepare: &str, x: &str| -> String {
+        let mut cmd = std::process::Command::new(python());
+        clean_pg_env(&mut cmd);
+        cmd.args(["-c", script, &conn, prepare, x]);
+        let mut c = Bg::spawn("asyncpg", cmd, &p.agent);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && c.running() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = c.text();
+        c.kill();
+        text
+    };
+    // Without a prepare before it, the DELETE is tried and runs.
+    let plain = run("no", "2");
+    assert_eq!(count(&p, "big"), 9, "asyncpg: {plain}");
+    let out = run("prepare", "1");
+    let requests = record_query(
+        &p.gw.record_db(),
+        "SELECT state, request FROM approval_requests",
+    );
+    assert_eq!(
+        count(&p, "big"),
+        8,
+        "a one-row DELETE under max_rows 3 did not run within 15 s; asyncpg: {out}; approval requests: {requests:?}"
+    );
+}
