@@ -524,3 +524,55 @@ asyncio.run(main())
         "a one-row DELETE under max_rows 3 did not run within 15 s; asyncpg: {out}; approval requests: {requests:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Masking of FETCH (not one of the new checks, seen while trying drivers' flows)
+// ---------------------------------------------------------------------------------------------
+
+/// psycopg's server-side cursors (`connection.cursor(name=…)`, the usual way to stream a large
+/// result) run `DECLARE "srv" CURSOR FOR …` and then `FETCH FORWARD n FROM "srv"`. Under any
+/// column mask rule, the gateway treats what a FETCH returns as unknown and redacts every
+/// computed column, whatever the cursor reads: `generate_series` integers arrive as `****`
+/// and psycopg fails to load them (ValueError). Directly: 1..5.
+#[test]
+fn psycopg_server_side_cursor_of_unmasked_data_arrives_redacted() {
+    let p = masked_customers("atk2-srvcursor", 10, "");
+    let script = r#"
+import json, sys
+import psycopg
+out = {}
+try:
+    with psycopg.connect(sys.argv[1]) as c:
+        with c.cursor(name="srv") as cur:
+            cur.execute("SELECT g FROM generate_series(1, 5) g")
+            out["rows"] = [r[0] for r in cur.fetchall()]
+except Exception as e:
+    out["error"] = "%s: %s" % (type(e).__name__, e)
+print(json.dumps(out))
+"#;
+    let run = |conninfo: &str, in_cgroup: bool| -> Value {
+        let mut cmd = std::process::Command::new(python());
+        clean_pg_env(&mut cmd);
+        cmd.args(["-c", script, conninfo])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null());
+        if in_cgroup {
+            place(&mut cmd, Some(&p.agent), None);
+        }
+        let out = cmd.output().expect("python");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "psycopg script printed {:?} ({e}); stderr {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let direct = run(&p.direct_conninfo(ROLE_SCRAM), false);
+    assert_eq!(direct, json!({"rows": [1, 2, 3, 4, 5]}));
+    let gw = run(
+        &p.agent_conninfo(&agent_jwt("agent-srvcursor"), "disable"),
+        true,
+    );
+    assert_eq!(gw, direct, "through the gateway: {gw}");
+}
