@@ -576,3 +576,33 @@ print(json.dumps(out))
     );
     assert_eq!(gw, direct, "through the gateway: {gw}");
 }
+
+/// The same stale portal name, without any DECLARE or CLOSE in the agent's SQL: a PL/pgSQL
+/// function (created by the agent) closes the portal the gateway saw bound and opens a cursor of
+/// the same name (`refcursor` variables name portals). Tracking SQL `DECLARE`/`CLOSE` in the
+/// classifier would not be enough.
+#[test]
+fn a_function_reopening_a_bound_portal_name_unmasks() {
+    let p = masked_customers("atk2-reopen", 11, "");
+    let mut w = Wire::open(&p, &agent_jwt("agent-reopen"), "agentdb");
+    assert_masked_plainly(&mut w);
+    let got = w.exchange(json!([[
+        "Q",
+        "CREATE FUNCTION reopen(name text) RETURNS text LANGUAGE plpgsql AS $$ \
+         DECLARE c refcursor := name; \
+         BEGIN CLOSE c; OPEN c FOR SELECT upper(email) AS u FROM customers WHERE id = 1; \
+         RETURN 'ok'; END $$"
+    ]]));
+    no_error("CREATE FUNCTION", &got);
+    let _ = w.exchange(json!([["Q", "BEGIN"]]));
+    let got = w.exchange(json!([["P", "s", HARMLESS], ["B", "p", "s", []], ["S"]]));
+    no_error("Parse/Bind of the harmless statement", &got);
+    let got = w.exchange(json!([["Q", "SELECT reopen('p')"]]));
+    no_error("SELECT reopen('p')", &got);
+    let got = w.exchange(json!([["E", "p"], ["S"]]));
+    let _ = w.exchange(json!([["Q", "COMMIT"]]));
+    assert!(
+        !leaked(&got),
+        "a masked column reached the agent unmasked: {got:?}"
+    );
+}
