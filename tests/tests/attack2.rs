@@ -1,9 +1,9 @@
 //! A second attack review of the relay's pending queue, portals and `max_rows` trials (after
 //! 0c3953d, 08d9804, fa0aa99), end to end: a real PostgreSQL, the real gateway, real clients
-//! (libpq through psycopg's `pq` module, psql, the raw wire client `fixtures/pg_wire.py`) in a
-//! managed cgroup whose connect() is captured. Each test shows one problem: a legit client's
-//! session ended, or a masked value unmasked, or a write beyond `max_rows` run without approval.
-//! Root required.
+//! (libpq through psycopg's `pq` module, psycopg, asyncpg, psql, the raw wire client
+//! `fixtures/pg_wire.py`) in a managed cgroup whose connect() is captured. Each test shows one
+//! problem, and each fails on 4fe8047: a legit client's session ended or its write held, a
+//! masked value unmasked, or a write beyond `max_rows` run without approval. Root required.
 //!
 //! Ports: PostgreSQL 19650+n, gateway listener 19675+n (n < 25).
 
@@ -147,7 +147,7 @@ fn assert_masked_plainly(w: &mut Wire) {
 // ---------------------------------------------------------------------------------------------
 
 /// COPY FROM STDIN sent with the extended protocol, as libpq's PQexecParams (psycopg with
-/// `pq`, psql's `\bind`, tokio-postgres `copy_in` do the same): Parse/Bind/Describe/Execute/Sync
+/// `pq`; psql 16's `\bind` and tokio-postgres `copy_in` send the same messages): Parse/Bind/Describe/Execute/Sync
 /// in one write. The server sends CopyInResponse at the start of the COPY, but some errors
 /// come before it reads any COPY data: a view (`cannot copy to view`, 42809), a BEFORE
 /// STATEMENT trigger. The Sync of the batch was then not read in copy-in mode: the server
