@@ -362,6 +362,8 @@ struct Shared {
     /// side between the target's messages.
     notices: Mutex<Vec<Frame>>,
     notice_ready: tokio::sync::Notify,
+    /// The server is skipping to Sync after a failed extended-protocol message.
+    skipping: std::sync::atomic::AtomicBool,
     /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
     status: std::sync::atomic::AtomicU8,
     /// Where a trial in progress hears of its answers (see [`trial`]).
@@ -380,6 +382,7 @@ impl Shared {
             notice_ready: tokio::sync::Notify::new(),
             // The gateway's own login ends with ReadyForQuery `I`.
             status: std::sync::atomic::AtomicU8::new(b'I'),
+            skipping: std::sync::atomic::AtomicBool::new(false),
             trial_events: Mutex::new(None),
         }
     }
@@ -455,8 +458,9 @@ struct Portal {
     params: Params,
     /// The rule that refused its Bind.
     denied: Option<String>,
-    /// The Bind that made it.
+    /// The Bind that made it, and that Bind's batch.
     bind: u64,
+    batch: u64,
 }
 
 /// A Bind not yet answered: the portal its name held before (which stays if the server refuses
@@ -654,7 +658,9 @@ impl Upward<'_, '_> {
                 self.batch += 1;
                 self.batch_open = false;
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.batch_open = true,
+            // Only an Execute can end a transaction block without a ReadyForQuery (asyncpg's
+            // Parse/Describe/Flush before a Query leaves nothing open).
+            b'E' => self.batch_open = true,
             b'c' | b'f' => self.copy_possible = false,
             _ => {}
         }
@@ -709,6 +715,7 @@ impl Upward<'_, '_> {
                     o.classified = Some(classified.clone());
                     let Some(limit) = limit else {
                         self.copy_possible |= may_copy(&text);
+                        self.forget_if_renamed(&text);
                         self.push(Pending::Simple(o))?;
                         return Ok(forward);
                     };
@@ -774,6 +781,14 @@ impl Upward<'_, '_> {
             }
             b'E' => {
                 let portal = Fields::new(&frame).cstr().map_err(bad)?.to_string();
+                // A named portal from an earlier batch may have been replaced behind the
+                // gateway's back: SQL CLOSE and DECLARE, or a function opening a refcursor of
+                // that name. Its rows are masked as those of an unknown statement.
+                let replaceable = !portal.is_empty()
+                    && self
+                        .portals
+                        .get(&portal)
+                        .is_some_and(|p| p.batch < self.batch);
                 let (statement, params) = match self.portals.get(&portal) {
                     // Refused at Bind (on record). In the Bind's batch the server skips this
                     // Execute, but after a Sync the name may still hold an older portal of the
@@ -891,7 +906,14 @@ impl Upward<'_, '_> {
                 }
                 let mut o = open(rec);
                 o.copy = copy;
-                o.classified = Some(statement.classified.clone());
+                o.classified = Some(if replaceable {
+                    Arc::new(Classified::opaque(
+                        "a named portal bound in an earlier batch (SQL or a function may have replaced it)",
+                    ))
+                } else {
+                    statement.classified.clone()
+                });
+                self.forget_if_renamed(&statement.text);
                 self.copy_possible |= may_copy(&statement.text);
                 self.push(Pending::Execute(o))?;
                 Ok(frame)
@@ -1032,6 +1054,7 @@ impl Upward<'_, '_> {
                 params,
                 denied: denial.as_ref().map(|(_, d)| d.rule.clone()),
                 bind: id,
+                batch: self.batch,
             },
         );
         if self.open_binds.len() >= MAX_NAMED {
@@ -1046,6 +1069,25 @@ impl Upward<'_, '_> {
             },
         );
         Ok(forward)
+    }
+
+    /// SQL `PREPARE`, `DEALLOCATE` and `DISCARD` change what a statement name means on the
+    /// server without a Parse the gateway sees: after a statement that may run one, every named
+    /// statement the gateway knows is unknown (opaque at Bind) until it is parsed again.
+    fn forget_if_renamed(&mut self, text: &str) {
+        if [&b"prepare"[..], b"deallocate", b"discard"]
+            .iter()
+            .any(|w| contains_word(text, w))
+        {
+            for (name, candidates) in self.statements.iter_mut() {
+                if !name.is_empty() {
+                    candidates.clear();
+                    candidates.push(Prepared::unknown(
+                        "a statement name SQL PREPARE, DEALLOCATE or DISCARD may have changed",
+                    ));
+                }
+            }
+        }
     }
 
     /// Applies the server's answers to earlier Binds: a refused or skipped one leaves the portal
@@ -2024,7 +2066,7 @@ where
                             o.rec.rows = rows;
                             done.push(o);
                         }
-                        drop_ignored_syncs(&mut q, &mut copy_in);
+                        drop_ignored_syncs(&mut q, &mut copy_in, false)?;
                     }
                     Some(Pending::Simple(o))
                     | Some(Pending::Call(o))
@@ -2104,7 +2146,7 @@ where
                             o.rec.error = Some(message);
                             done.push(o);
                         }
-                        drop_ignored_syncs(&mut q, &mut copy_in);
+                        drop_ignored_syncs(&mut q, &mut copy_in, true)?;
                     }
                     // The first error of a Query is its outcome; a Query behind a failed
                     // message of its batch is skipped, not failed.
@@ -2128,6 +2170,7 @@ where
                 }
                 if extended {
                     skipping_to_sync = true;
+                    shared.skipping.store(true, Ordering::Relaxed);
                 }
             }
             b'S' => {
@@ -2194,6 +2237,7 @@ where
                 // While skipping, this ReadyForQuery answers the Sync: everything before it was
                 // skipped, Queries included. Otherwise it ends a Query, or a batch's Sync.
                 let skipped = std::mem::take(&mut skipping_to_sync);
+                shared.skipping.store(false, Ordering::Relaxed);
                 if matches!(q.front(), Some(Pending::Trial { .. } | Pending::Own(_))) {
                     // A trial's answer, or the gateway's own statement around it (`trial`).
                     if let Some(p) = q.pop_front() {
@@ -2216,8 +2260,9 @@ where
                                 done.push(o);
                             }
                             Pending::Simple(o) | Pending::Call(o) => {
+                                let failed = o.rec.error.is_some();
                                 done.push(o);
-                                drop_ignored_syncs(&mut q, &mut copy_in);
+                                drop_ignored_syncs(&mut q, &mut copy_in, failed)?;
                                 break;
                             }
                             Pending::Sync { .. } => break,
@@ -2247,7 +2292,7 @@ where
                 Holding::Own if !matches!(frame.tag(), b'S' | b'A') => {
                     match frame.tag() {
                         b'E' => held.errors.push(frame.clone()),
-                        b'D' => held.count = trial::first_value(&frame),
+                        b'D' => held.count = trial::changed_of(&frame),
                         _ => {}
                     }
                     forward = false;
@@ -2292,13 +2337,26 @@ async fn cancel_after(cancels: &mut watch::Receiver<u64>, before: u64) {
 }
 
 /// After a statement that ran COPY FROM STDIN ended: the Syncs the agent sent during the copy
-/// got no answer (the server ignores them in copy-in mode) and leave the queue.
-fn drop_ignored_syncs(q: &mut VecDeque<Pending>, copy_in: &mut bool) {
+/// got no answer (the server ignores them in copy-in mode) and leave the queue. If the COPY
+/// failed, the server may have left copy-in mode before reading them (an error before the
+/// first row, or at a bad row) and answered them: which ones it answered cannot be known, so
+/// the session ends rather than guess (fail closed).
+fn drop_ignored_syncs(
+    q: &mut VecDeque<Pending>,
+    copy_in: &mut bool,
+    failed: bool,
+) -> Result<(), RelayError> {
     if std::mem::take(copy_in) {
+        if failed && matches!(q.front(), Some(Pending::Sync { during_copy: true })) {
+            return Err(RelayError::OutOfStep(
+                "a Sync sent during a COPY FROM STDIN that failed",
+            ));
+        }
         while let Some(Pending::Sync { during_copy: true }) = q.front() {
             q.pop_front();
         }
     }
+    Ok(())
 }
 
 /// `Some(what)` when `frame` answers nothing at the front of `q` (see [`RelayError::OutOfStep`]).
@@ -2356,9 +2414,14 @@ fn out_of_step(frame: &Frame, q: &VecDeque<Pending>) -> Option<&'static str> {
 
 /// Whether `text` may be a COPY (a cheap superset: the word anywhere).
 fn may_copy(text: &str) -> bool {
+    contains_word(text, b"copy")
+}
+
+/// Whether `word` (lower-case ASCII) occurs in `text` in any case, without allocating.
+fn contains_word(text: &str, word: &[u8]) -> bool {
     text.as_bytes()
-        .windows(4)
-        .any(|w| w.eq_ignore_ascii_case(b"copy"))
+        .windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// The outcome of a statement the server skipped after an earlier message of its batch failed.

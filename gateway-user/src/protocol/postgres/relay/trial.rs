@@ -71,18 +71,21 @@ pub(super) struct Held {
     pub errors: Vec<Frame>,
     /// The tried statement, recorded once the decision is known.
     pub open: Option<Open>,
-    /// The value of a [`Finish::Count`] statement's row.
-    pub count: Option<u64>,
+    /// The answer of a [`Finish::Count`] statement's row.
+    pub count: Option<Changed>,
 }
 
-/// The first column of a DataRow, as a number (the answer of [`CHANGED_ROWS`]).
-pub(super) fn first_value(row: &Frame) -> Option<u64> {
+/// The answer of [`CHANGED_ROWS`] in a DataRow.
+pub(super) fn changed_of(row: &Frame) -> Option<Changed> {
     let mut f = super::Fields::new(row);
     if f.i16().ok()? < 1 {
         return None;
     }
     let len = usize::try_from(f.i32().ok()?).ok()?;
-    std::str::from_utf8(f.take(len).ok()?).ok()?.parse().ok()
+    let text = std::str::from_utf8(f.take(len).ok()?).ok()?;
+    let (rows, digest) = text.split_once(':')?;
+    // sum() is numeric: an integral value prints without a fraction.
+    Some((rows.parse().ok()?, digest.to_owned()))
 }
 
 impl Held {
@@ -119,7 +122,7 @@ impl Held {
             Pending::Own(Finish::Count) => {
                 shared.trial_event(Event::Counted {
                     status: shared.status(),
-                    rows: self.count.take(),
+                    changed: self.count.take(),
                 });
                 false
             }
@@ -170,17 +173,30 @@ pub(super) fn triable(text: &str) -> bool {
     }
 }
 
-/// Rows inserted, updated or deleted so far in the current transaction, in every table: what a
-/// trial really touched is the difference around it (cascades, triggers, rules and functions
-/// included), not only the statement's own command tag.
-const CHANGED_ROWS: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8 \
-     FROM pg_catalog.pg_stat_xact_all_tables";
+/// Rows inserted, updated or deleted so far in the current transaction, in every table, and a
+/// digest of every relation's storage (a TRUNCATE, a rewrite or a DROP inside the trial changes
+/// it without counting rows): what a trial really touched is the difference around it
+/// (cascades, triggers, rules and functions that write included), not only the statement's own
+/// command tag. Every name is schema-qualified: the agent's search_path must not pick the
+/// operators and functions the count is made of.
+const CHANGED_ROWS: &str = "SELECT CAST(COALESCE(pg_catalog.sum((s.n_tup_ins \
+     OPERATOR(pg_catalog.+) s.n_tup_upd) OPERATOR(pg_catalog.+) s.n_tup_del), 0) AS pg_catalog.text) \
+     OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) (SELECT pg_catalog.md5(pg_catalog.string_agg(\
+     CAST(c.oid AS pg_catalog.text) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) \
+     CAST(c.relfilenode AS pg_catalog.text), ',' ORDER BY c.oid)) FROM pg_catalog.pg_class c) \
+     FROM pg_catalog.pg_stat_xact_all_tables s";
+
+/// A [`CHANGED_ROWS`] answer: rows changed so far, and the storage digest.
+pub(super) type Changed = (u64, String);
 
 /// What the downward side reports to a trial in progress.
 #[derive(Debug)]
 pub(super) enum Event {
-    /// A [`Finish::Count`] statement ended: the transaction status after it, and the count.
-    Counted { status: u8, rows: Option<u64> },
+    /// A [`Finish::Count`] statement ended: the transaction status after it, and its answer.
+    Counted {
+        status: u8,
+        changed: Option<Changed>,
+    },
     /// The tried statement's answer is complete.
     Answered(Outcome),
 }
@@ -212,6 +228,13 @@ impl Upward<'_, '_> {
             }
         })
         .await;
+        if self
+            .shared
+            .skipping
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(Tried::Untried(Box::new(o)));
+        }
         let in_block = match (settled, self.shared.status()) {
             (Ok(()), b'I') => false,
             (Ok(()), b'T') => true,
@@ -262,12 +285,26 @@ impl Upward<'_, '_> {
             return Ok(Tried::Ran);
         }
         // 3. What it really touched: its own count, or every row changed around it, whichever
-        //    is more.
+        //    is more; unknown if any relation's storage changed. Deferred triggers and checks
+        //    fire first, so that what they do is counted too (in the gateway's own transaction;
+        //    inside the agent's block they fire at the agent's COMMIT, see docs/approvals.md).
         let touched = if outcome.failed {
             None
         } else {
-            let after = self.count(CHANGED_ROWS, events, to).await?;
-            after.map(|after| outcome.rows.unwrap_or(0).max(after.saturating_sub(before)))
+            let sql = if in_block {
+                CHANGED_ROWS.to_owned()
+            } else {
+                format!("SET CONSTRAINTS ALL IMMEDIATE; {CHANGED_ROWS}")
+            };
+            match self.count(&sql, events, to).await? {
+                Some((after, digest)) if digest == before.1 => Some(
+                    outcome
+                        .rows
+                        .unwrap_or(0)
+                        .max(after.saturating_sub(before.0)),
+                ),
+                _ => None,
+            }
         };
         let within = !outcome.failed && touched.is_some_and(|n| n <= limit);
         let (finish, how) = if outcome.failed || within {
@@ -309,7 +346,7 @@ impl Upward<'_, '_> {
         sql: &str,
         events: &mut mpsc::UnboundedReceiver<Event>,
         to: &mut W,
-    ) -> Result<Option<u64>, RelayError>
+    ) -> Result<Option<Changed>, RelayError>
     where
         W: AsyncWrite + Unpin,
     {
@@ -318,7 +355,10 @@ impl Upward<'_, '_> {
         to.write_all(&out::query(sql).bytes).await.map_err(io)?;
         to.flush().await.map_err(io)?;
         match events.recv().await {
-            Some(Event::Counted { status: b'T', rows }) => Ok(rows),
+            Some(Event::Counted {
+                status: b'T',
+                changed,
+            }) => Ok(changed),
             Some(_) => Ok(None),
             None => Err(RelayError::Trial("the target's answer ended early".into())),
         }
