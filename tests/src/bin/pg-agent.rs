@@ -14,10 +14,11 @@
 //!
 //!        pg-agent loop <conninfo> <max seconds>
 //!
-//! `loop` runs one SELECT after another, reconnecting whenever the session ends or the
-//! connection is refused, until a line (or EOF) arrives on stdin or the time is up; then prints
-//! every SELECT that ran as `[sent_us, server_us]`: when it was sent (this clock, microseconds)
-//! and the server's `clock_timestamp()` when it ran.
+//! `loop` runs one SELECT after another (simple protocol: one Query, one round trip),
+//! reconnecting whenever the session ends or the connection is refused, until a line (or EOF)
+//! arrives on stdin or the time is up; then prints every SELECT that ran as
+//! `[connection, sent_us, server_us]`: the connection's number (this agent's), when the Query
+//! was sent (this clock, microseconds) and the server's `clock_timestamp()` when it ran.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -462,15 +463,22 @@ async fn select_loop(conninfo: &str, max: Duration) -> Value {
         };
         while running() {
             let sent = unix_us();
-            match client
-                .query_one(
+            let got = client
+                .simple_query(
                     "SELECT /* withdraw-probe */ (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
-                    &[],
                 )
-                .await
-            {
-                Ok(row) => ran.push(json!([sent, row.get::<_, i64>(0)])),
-                Err(_) => {
+                .await;
+            let server = got.ok().and_then(|msgs| {
+                msgs.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        r.get(0).and_then(|v| v.parse::<i64>().ok())
+                    }
+                    _ => None,
+                })
+            });
+            match server {
+                Some(server) => ran.push(json!([connects, sent, server])),
+                None => {
                     failed += 1;
                     break;
                 }
