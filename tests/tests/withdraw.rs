@@ -52,7 +52,14 @@ fn live_sessions(p: &PgGateway) -> u64 {
 fn withdrawn_postgres_sessions_run_nothing_after_policy_applied() {
     let opts = PgTargetOptions::default();
     let p = PgGateway::start("withdraw", 19900, 19901, PgOptions::default(), &opts);
-    let allow_text = pg_policy(p.listen, &p.name, p.pg.port, &p.secret, &p.token.path, &opts);
+    let allow_text = pg_policy(
+        p.listen,
+        &p.name,
+        p.pg.port,
+        &p.secret,
+        &p.token.path,
+        &opts,
+    );
     // The same policy with the agents' rule turned into a deny: their access is withdrawn.
     let deny_text = allow_text.replace(
         "  - name: agents-to-pg\n",
@@ -96,9 +103,7 @@ fn withdrawn_postgres_sessions_run_nothing_after_policy_applied() {
         a.send_line("stop");
     }
     for (i, a) in agents.iter_mut().enumerate() {
-        let line = a.wait_line(Duration::from_secs(60), |err, l| {
-            !err && l.starts_with('{')
-        });
+        let line = a.wait_line(Duration::from_secs(60), |err, l| !err && l.starts_with('{'));
         let v: Value = serde_json::from_str(&line).expect("pg-agent loop output");
         failed += v["failed"].as_u64().unwrap();
         for r in v["ran"].as_array().unwrap() {
