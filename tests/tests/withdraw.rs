@@ -13,7 +13,11 @@
 //! a leak. The agents and the gateway share this machine's clock; `applied_ms` is truncated to
 //! the millisecond, so "after" starts at the next millisecond.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    io::{Read, Write},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use agentgate_tests::{bg::Bg, pg::*, *};
 use serde_json::Value;
@@ -132,13 +136,13 @@ fn withdrawn_postgres_sessions_run_nothing_after_policy_applied() {
         }
     }
     eprintln!(
-        "{} SELECTs ran, {failed} ended in error; {ran_after} ran on the server after a          withdrawal was in force, {} of them forwarded after it; sessions ended by each          reload: {ended_by_reload:?}",
+        "{} SELECTs ran, {failed} ended in error; {ran_after} ran on the server after a withdrawal was in force, {} of them forwarded after it; sessions ended by each reload: {ended_by_reload:?}",
         ran.len(),
         leaked.len()
     );
     assert!(
         leaked.is_empty(),
-        "{} SELECTs forwarded after the withdrawing policy was applied ran on the server          (agent, connection, sent us, ran us; first: {:?}; windows (applied ms, restore ms) {:?})",
+        "{} SELECTs forwarded after the withdrawing policy was applied ran on the server (agent, connection, sent us, ran us; first: {:?}; windows (applied ms, restore ms) {:?})",
         leaked.len(),
         &leaked[..leaked.len().min(10)],
         windows
@@ -163,6 +167,190 @@ fn withdrawn_postgres_sessions_run_nothing_after_policy_applied() {
         assert!(
             ended.as_u64().unwrap_or(0) > 0,
             "withdrawal {i} ended no session by itself: {ended}"
+        );
+    }
+}
+
+/// An agent over plain TCP: sends a line, waits for its echo, again, reconnecting whenever the
+/// connection ends, until a line arrives on stdin; then prints what it did.
+const TCP_AGENT: &str = r#"
+import json, socket, sys, threading, time
+host, port = sys.argv[1], int(sys.argv[2])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+echoed = connects = ended = 0
+while not stop.is_set():
+    try:
+        s = socket.create_connection((host, port), timeout=10)
+    except OSError:
+        time.sleep(0.02)
+        continue
+    connects += 1
+    try:
+        while not stop.is_set():
+            s.sendall(b"x\n")
+            if not s.recv(64):
+                raise OSError("closed")
+            echoed += 1
+    except OSError:
+        ended += 1
+        time.sleep(0.02)
+    s.close()
+print(json.dumps({"echoed": echoed, "connects": connects, "ended": ended}), flush=True)
+"#;
+
+/// The TCP target: echoes what it reads and notes when each read arrived (microseconds), per
+/// connection.
+fn echo_server(addr: &str) -> Arc<Mutex<Vec<(usize, i64)>>> {
+    let listener = std::net::TcpListener::bind(addr).expect("bind the echo target");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for (conn, s) in listener.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let at = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap()
+                        .as_micros() as i64;
+                    log.lock().unwrap().push((conn, at));
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+/// The same over an opaque TCP target: no chunk of a withdrawn session reaches the target after
+/// `policy_applied`. The agents send one line at a time and wait for its echo, so a second line
+/// the target receives on one connection after the withdrawal was in force was forwarded after
+/// it (the first may have been forwarded just before).
+#[test]
+fn withdrawn_tcp_sessions_send_nothing_after_policy_applied() {
+    const AGENTS: usize = 30;
+    require_root();
+    let name = unique("withdraw-tcp");
+    // Dropped in reverse: the agents, the gateway, then the cgroups.
+    let _anchor = Cgroup::create(&format!("/{name}"));
+    let agent = Cgroup::create(&format!("/{name}/job-1"));
+    let received = echo_server("127.0.0.2:19911");
+    let token = TokenFile::valid("withdraw-tcp");
+    let allow_text = policy(
+        19910,
+        &format!("/{name}/job-*"),
+        "host",
+        &["127.0.0.2"],
+        19911,
+        &token.path,
+    );
+    let deny_text = allow_text.replace(
+        "  - name: agents-to-svc\n",
+        "  - name: agents-to-svc\n    effect: deny\n",
+    );
+    assert_ne!(allow_text, deny_text);
+    let gw = Gateway::start("withdraw-tcp", &allow_text);
+    gw.wait_classified(&agent.rel);
+    let live_path = gw.policy_dir().join("policy.yaml");
+    let flip = |text: &str| {
+        let before = gw.count("policy_applied");
+        let tmp = live_path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &live_path).unwrap();
+        gw.wait_for(
+            Duration::from_secs(15),
+            |e| e["event"] == "policy_applied",
+            before,
+        )
+    };
+    let live = || gw.status()["sessions"].as_u64().unwrap_or(0);
+
+    let mut agents: Vec<Bg> = (0..AGENTS)
+        .map(|_| {
+            let mut cmd = std::process::Command::new(python());
+            cmd.args(["-c", TCP_AGENT, "127.0.0.2", "19911"]);
+            Bg::spawn("tcp agent", cmd, &agent)
+        })
+        .collect();
+    wait_until("all agents connected", Duration::from_secs(60), || {
+        live() >= AGENTS as u64
+    });
+    let mut windows = Vec::new();
+    let mut ended_by_reload = Vec::new();
+    for _ in 0..FLIPS {
+        let applied = flip(&deny_text);
+        ended_by_reload.push(applied["sessions_ended"].clone());
+        let applied_ms = applied["applied_ms"].as_u64().expect("applied_ms");
+        std::thread::sleep(Duration::from_millis(300));
+        let restore_written = now_ms();
+        flip(&allow_text);
+        windows.push((applied_ms, restore_written));
+        wait_until("the agents reconnected", Duration::from_secs(60), || {
+            live() >= AGENTS as u64
+        });
+    }
+    let mut ended = 0;
+    for a in agents.iter_mut() {
+        a.send_line("stop");
+    }
+    for a in agents.iter_mut() {
+        let line = a.wait_line(Duration::from_secs(60), |err, l| !err && l.starts_with('{'));
+        let v: Value = serde_json::from_str(&line).expect("tcp agent output");
+        ended += v["ended"].as_u64().unwrap();
+    }
+
+    let window = |t_us: i64| {
+        windows.iter().position(|&(applied, restore)| {
+            t_us >= (applied as i64 + 1) * 1000 && t_us < restore as i64 * 1000
+        })
+    };
+    let received = received.lock().unwrap().clone();
+    let mut first_seen = std::collections::HashSet::new();
+    let (mut after, mut leaked) = (0, Vec::new());
+    for &(conn, at) in &received {
+        let Some(w) = window(at) else { continue };
+        after += 1;
+        if !first_seen.insert((conn, w)) {
+            leaked.push((conn, at));
+        }
+    }
+    eprintln!(
+        "{} lines reached the target, {ended} connections ended; {after} reached it after a \
+         withdrawal was in force, {} of them forwarded after it; sessions ended by each \
+         reload: {ended_by_reload:?}",
+        received.len(),
+        leaked.len()
+    );
+    assert!(
+        leaked.is_empty(),
+        "{} lines forwarded after the withdrawing policy was applied reached the target \
+         (connection, us; first: {:?}; windows {:?})",
+        leaked.len(),
+        &leaked[..leaked.len().min(10)],
+        windows
+    );
+    assert!(
+        received
+            .iter()
+            .any(|&(_, at)| windows.iter().any(|&(_, r)| at > r as i64 * 1000)),
+        "nothing reached the target after a restore"
+    );
+    assert!(
+        ended as usize >= FLIPS * AGENTS / 2,
+        "withdrawals ended only {ended} connections"
+    );
+    for (i, n) in ended_by_reload.iter().enumerate() {
+        assert!(
+            n.as_u64().unwrap_or(0) > 0,
+            "withdrawal {i} ended no session by itself: {n}"
         );
     }
 }
