@@ -154,6 +154,8 @@ impl Reloader {
                 // before their next forward, and `enforce` waits for those it withdraws to be
                 // done with what they were forwarding under the old one. Only then is it in
                 // force everywhere: that is the time the event gives.
+                // Taken before the swap: every effect of the swap comes at or after it.
+                let swapped_ms = now_ms();
                 self.tx.send_replace(p.clone());
                 let enforced = match &self.enforce {
                     Some(enforce) => enforce(p).await,
@@ -174,7 +176,8 @@ impl Reloader {
                 tracing::info!(%version, generation = status.generation, "policy applied");
                 self.events.emit(
                     "policy_applied",
-                    json!({"version": version, "generation": status.generation, "applied_ms": applied_ms,
+                    json!({"version": version, "generation": status.generation,
+                           "swapped_ms": swapped_ms, "applied_ms": applied_ms,
                            "sessions_ended": enforced.ended, "stragglers": enforced.stragglers}),
                 );
                 Outcome::Applied
