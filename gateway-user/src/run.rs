@@ -110,7 +110,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     if stale > 0 {
         tracing::info!(stale, "dropped hand-over records of the previous run");
     }
-    let (reloader, policies) = Reloader::new(
+    let (mut reloader, policies) = Reloader::new(
         args.policies.clone(),
         initial.clone(),
         events.clone(),
@@ -168,6 +168,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .collect();
     tracing::info!(?anchors, replaced, version = %initial.version, "capture attached");
 
+    reloader.enforce_with(crate::proxy::enforcer(proxy.sessions.clone()));
     let stop = CancellationToken::new();
     let status = reloader.status();
     let admin_listener = admin::bind(&args.admin_socket)?;

@@ -208,9 +208,9 @@ fn reload_under_live_traffic() {
     let first_deny_ms = events
         .iter()
         .find(|e| e["event"] == "policy_applied" && e["version"] == deny_v.as_str())
-        // When it was put in force; the event itself is written a moment later, by which time
-        // sessions may already have ended.
-        .and_then(|e| e["applied_ms"].as_u64())
+        // When it was swapped in (`applied_ms` is later: once the sessions it withdraws are
+        // done forwarding), by which time sessions may already be ending.
+        .and_then(|e| e["swapped_ms"].as_u64())
         .expect("the deny policy was applied");
     for h in held {
         let report = h.join().unwrap();

@@ -15,5 +15,5 @@ pub use model::{
     ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target, TokenSource,
     UpstreamTls, Workload,
 };
-pub use reload::Reloader;
+pub use reload::{Enforce, Enforced, Reloader};
 pub use rules::{Decision, Statement, Who};

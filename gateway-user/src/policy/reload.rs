@@ -2,9 +2,15 @@
 //! policy replaces the one in force in a single step (a `watch` channel swap: readers see either
 //! the old or the new policy, never a mix); an invalid one is refused whole and the last good
 //! policy stays, with the error kept for `agentgate status`.
+//!
+//! After the swap the reloader waits for the live sessions (see [`Enforce`]) before it says the
+//! policy is applied: `policy_applied` and its `applied_ms` mean the policy is in force in every
+//! session, not only for new connections.
 
 use std::{
+    future::Future,
     path::PathBuf,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,6 +27,19 @@ use crate::record::EventSink;
 /// Extra checks a policy must pass before it is put in force (e.g. that its identity providers
 /// can be built). Returns a message naming what is wrong.
 pub type Validate = Box<dyn Fn(&Policy) -> Result<(), String> + Send + Sync>;
+
+/// Puts a policy that was just swapped in in force in the live sessions; returns once it is
+/// (sessions it withdraws ended, the number of those that did not settle in time).
+pub type Enforce =
+    Box<dyn Fn(Arc<Policy>) -> Pin<Box<dyn Future<Output = Enforced> + Send>> + Send + Sync>;
+
+/// What [`Enforce`] did: sessions ended, and those of them still forwarding when it gave up
+/// waiting.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Enforced {
+    pub ended: usize,
+    pub stragglers: usize,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyStatus {
@@ -51,6 +70,7 @@ pub struct Reloader {
     status: Arc<Mutex<PolicyStatus>>,
     events: Arc<EventSink>,
     validate: Validate,
+    enforce: Option<Enforce>,
 }
 
 fn now_ms() -> u64 {
@@ -82,9 +102,15 @@ impl Reloader {
                 status: Arc::new(Mutex::new(status)),
                 events,
                 validate,
+                enforce: None,
             },
             rx,
         )
+    }
+
+    /// How each new policy is put in force in the live sessions (the proxy's registry).
+    pub fn enforce_with(&mut self, enforce: Enforce) {
+        self.enforce = Some(enforce);
     }
 
     pub fn status(&self) -> Arc<Mutex<PolicyStatus>> {
@@ -93,7 +119,7 @@ impl Reloader {
 
     /// Reads the directory and, if it holds a valid policy different from the one in force,
     /// puts it in force.
-    pub fn reload(&self) -> Outcome {
+    pub async fn reload(&self) -> Outcome {
         let current = self.tx.borrow().clone();
         let result = self.load_stable().and_then(|p| {
                 if p.gateway != current.gateway {
@@ -113,30 +139,51 @@ impl Reloader {
                 }
                 (self.validate)(&p).map(|()| p)
             });
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(p) if p.version == current.version => {
-                status.last_error = None;
+                self.status()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_error = None;
                 Outcome::Unchanged
             }
             Ok(p) => {
                 let version = p.version.clone();
-                // Sessions react to the new policy at once, on other threads, before this
-                // event is written: the event says when it was put in force.
+                let p = Arc::new(p);
+                // New connections are decided under it from here on; live sessions check it
+                // before their next forward, and `enforce` waits for those it withdraws to be
+                // done with what they were forwarding under the old one. Only then is it in
+                // force everywhere: that is the time the event gives.
+                // Taken before the swap: every effect of the swap comes at or after it.
+                let swapped_ms = now_ms();
+                self.tx.send_replace(p.clone());
+                let enforced = match &self.enforce {
+                    Some(enforce) => enforce(p).await,
+                    None => Enforced::default(),
+                };
                 let applied_ms = now_ms();
-                self.tx.send_replace(Arc::new(p));
+                if enforced.stragglers > 0 {
+                    tracing::warn!(
+                        stragglers = enforced.stragglers,
+                        "withdrawn sessions still forwarding when the policy was declared in force"
+                    );
+                }
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 status.version = version.clone();
                 status.generation += 1;
-                status.loaded_at_ms = now_ms();
+                status.loaded_at_ms = applied_ms;
                 status.last_error = None;
                 tracing::info!(%version, generation = status.generation, "policy applied");
                 self.events.emit(
                     "policy_applied",
-                    json!({"version": version, "generation": status.generation, "applied_ms": applied_ms}),
+                    json!({"version": version, "generation": status.generation,
+                           "swapped_ms": swapped_ms, "applied_ms": applied_ms,
+                           "sessions_ended": enforced.ended, "stragglers": enforced.stragglers}),
                 );
                 Outcome::Applied
             }
             Err(message) => {
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 for line in message.lines() {
                     tracing::error!(keeping = %current.version, "policy refused: {line}");
                 }
@@ -208,7 +255,7 @@ impl Reloader {
                     tracing::info!("SIGHUP: reloading policy");
                 }
             }
-            self.reload();
+            self.reload().await;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Opaque TCP relay: bytes both ways, half-close passed on, backpressure from the slower side
 //! (a direction only reads again once its last chunk is written), and an idle timeout that
-//! counts activity in either direction.
+//! counts activity in either direction. Each chunk, either way, goes only if the session's
+//! policy still allows it (see [`Gate`]).
 
 use std::{
     io,
@@ -16,6 +17,8 @@ use tokio::{
     },
     time::Instant,
 };
+
+use crate::proxy::Gate;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -45,6 +48,15 @@ pub enum RelayError {
     Upstream(io::Error),
     #[error("upstream to client: {0}")]
     Downstream(io::Error),
+    /// The policy in force no longer allows the session: nothing more was forwarded.
+    #[error("{0}")]
+    Withdrawn(String),
+}
+
+/// Why a pump stopped early.
+enum PumpError {
+    Io(io::Error),
+    Withdrawn(String),
 }
 
 /// Time of the last byte moved, as milliseconds since `base`.
@@ -76,6 +88,7 @@ pub async fn relay(
     upstream: TcpStream,
     idle: Duration,
     counters: &Counters,
+    gate: &Gate,
 ) -> Result<(), RelayError> {
     let activity = Activity {
         base: Instant::now(),
@@ -84,14 +97,20 @@ pub async fn relay(
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let up = async {
-        pump(cr, uw, &activity, &counters.client_to_upstream)
+        pump(cr, uw, &activity, &counters.client_to_upstream, gate)
             .await
-            .map_err(RelayError::Upstream)
+            .map_err(|e| match e {
+                PumpError::Io(e) => RelayError::Upstream(e),
+                PumpError::Withdrawn(why) => RelayError::Withdrawn(why),
+            })
     };
     let down = async {
-        pump(ur, cw, &activity, &counters.upstream_to_client)
+        pump(ur, cw, &activity, &counters.upstream_to_client, gate)
             .await
-            .map_err(RelayError::Downstream)
+            .map_err(|e| match e {
+                PumpError::Io(e) => RelayError::Downstream(e),
+                PumpError::Withdrawn(why) => RelayError::Withdrawn(why),
+            })
     };
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
@@ -104,16 +123,26 @@ async fn pump(
     mut to: OwnedWriteHalf,
     activity: &Activity,
     moved: &AtomicU64,
-) -> io::Result<()> {
+    gate: &Gate,
+) -> Result<(), PumpError> {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = from.read(&mut buf).await?;
+        let n = from.read(&mut buf).await.map_err(PumpError::Io)?;
         if n == 0 {
             // Pass the half-close on; the other direction keeps flowing until it ends too.
             let _ = to.shutdown().await;
             return Ok(());
         }
-        to.write_all(&buf[..n]).await?;
+        // Marked busy before the policy check, ended once the chunk is written: a reload waits
+        // for that before it says a withdrawing policy is in force. A write that fails leaves
+        // it busy; the session is ending, and the reload waits for it to be gone.
+        gate.begin();
+        if let Err(why) = gate.check() {
+            gate.end();
+            return Err(PumpError::Withdrawn(why));
+        }
+        to.write_all(&buf[..n]).await.map_err(PumpError::Io)?;
+        gate.end();
         moved.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
@@ -144,6 +173,7 @@ mod tests {
                     upstream_side,
                     Duration::from_secs(10),
                     &counters,
+                    &Gate::open_ended(),
                 )
                 .await
             })
@@ -172,6 +202,7 @@ mod tests {
             upstream_side,
             Duration::from_millis(200),
             &Counters::default(),
+            &Gate::open_ended(),
         )
         .await;
         assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");

@@ -27,7 +27,22 @@ use tracing::Instrument;
 pub use authorize::check_providers;
 use authorize::{Refusal, Verifiers};
 use sessions::Grant;
-pub use sessions::Sessions;
+pub use sessions::{Gate, Sessions};
+
+/// Puts each new policy in force in `sessions` (see [`Sessions::put_in_force`]), for the
+/// reloader.
+pub fn enforcer(sessions: Arc<Sessions>) -> crate::policy::Enforce {
+    Box::new(move |policy| {
+        let sessions = sessions.clone();
+        Box::pin(async move {
+            let done = sessions.put_in_force(&policy).await;
+            crate::policy::Enforced {
+                ended: done.ended,
+                stragglers: done.stragglers,
+            }
+        })
+    })
+}
 
 use crate::{
     approval::Approvals,
@@ -177,7 +192,9 @@ impl<C: Connect> Proxy<C> {
         }
     }
 
-    /// Ends the sessions each new policy no longer allows, as soon as it is in force.
+    /// Renews the identity verifiers for each new policy. Ending the sessions it withdraws is
+    /// the reloader's ([`enforcer`]), before it says the policy is in force; this sweep is a
+    /// second pass for a policy put in force without it.
     pub async fn revalidate_on_change(self: Arc<Self>) {
         let mut rx = self.policy.clone();
         while rx.changed().await.is_ok() {
@@ -415,7 +432,7 @@ impl<C: Connect> Proxy<C> {
             postgres: target.postgres.clone(),
             provider,
         };
-        let guard = self.sessions.open(id, grant.clone());
+        let guard = self.sessions.open(id, grant.clone(), self.policy.clone());
         // A policy put in force while we decided: the registry's sweep may have run before this
         // session was registered, so check again against the policy in force now.
         loop {
@@ -502,7 +519,11 @@ impl<C: Connect> Proxy<C> {
         let expires = admitted.expires();
         let counters = tcp::Counters::default();
         let (error, ended_by) = tokio::select! {
-            r = tcp::relay(client, upstream, idle, &counters) => (r.err().map(|e| e.to_string()), None),
+            r = tcp::relay(client, upstream, idle, &counters, &admitted.guard.gate) => match r {
+                Ok(()) => (None, None),
+                Err(tcp::RelayError::Withdrawn(why)) => (None, Some(why)),
+                Err(e) => (Some(e.to_string()), None),
+            },
             _ = tokio::time::sleep_until(expires) => (None, Some("token expired".to_string())),
             _ = admitted.guard.stop.cancelled() => (None, admitted.guard.reason()),
         };

@@ -256,6 +256,7 @@ impl<C: Connect> Proxy<C> {
                 bytes: admitted.policy.gateway.record_result_bytes,
             },
             cancels,
+            gate: admitted.guard.gate.clone(),
         };
         let counters = Counters::default();
         let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);

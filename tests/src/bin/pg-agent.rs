@@ -11,6 +11,14 @@
 //! format and prints every value as it came (see `render`); `reexec` prepares `sql` once and
 //! executes it again each time a line arrives on stdin, one JSON line of rows per execution (a
 //! test changes the gateway's policy in between).
+//!
+//!        pg-agent loop <conninfo> <max seconds>
+//!
+//! `loop` runs one SELECT after another (simple protocol: one Query, one round trip),
+//! reconnecting whenever the session ends or the connection is refused, until a line (or EOF)
+//! arrives on stdin or the time is up; then prints every SELECT that ran as
+//! `[connection, sent_us, server_us]`: the connection's number (this agent's), when the Query
+//! was sent (this clock, microseconds) and the server's `clock_timestamp()` when it ran.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +30,11 @@ use tokio_postgres::{Client, NoTls};
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[1] == "loop" {
+        let secs = args[3].parse().unwrap_or(60);
+        println!("{}", select_loop(&args[2], Duration::from_secs(secs)).await);
+        return;
+    }
     let extra = matches!(args.get(1).map(String::as_str), Some("rows" | "reexec"));
     if args.len() != 3 + usize::from(extra) {
         eprintln!(
@@ -412,4 +425,65 @@ async fn reexec(c: &Client, sql: &str) -> Value {
         }
     }
     json!({"executions": n})
+}
+
+fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// See `loop` in the module documentation.
+async fn select_loop(conninfo: &str, max: Duration) -> Value {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let deadline = Instant::now() + max;
+    let running = || !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline;
+    let (mut ran, mut failed, mut connects, mut refused) = (Vec::new(), 0u64, 0u64, 0u64);
+    while running() {
+        let client = match tokio_postgres::connect(conninfo, NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                connects += 1;
+                client
+            }
+            Err(_) => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        while running() {
+            let sent = unix_us();
+            let got = client
+                .simple_query(
+                    "SELECT /* withdraw-probe */ (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
+                )
+                .await;
+            let server = got.ok().and_then(|msgs| {
+                msgs.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        r.get(0).and_then(|v| v.parse::<i64>().ok())
+                    }
+                    _ => None,
+                })
+            });
+            match server {
+                Some(server) => ran.push(json!([connects, sent, server])),
+                None => {
+                    failed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    json!({"ran": ran, "failed": failed, "connects": connects, "refused": refused})
 }

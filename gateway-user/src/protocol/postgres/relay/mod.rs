@@ -84,6 +84,8 @@ pub struct SessionContext<'a> {
     pub results_cap: ResultsCap,
     /// CancelRequests that reached this session (see [`super::cancel::CancelSignal`]).
     pub cancels: watch::Receiver<u64>,
+    /// Whether the policy in force still allows the session, checked before each forward.
+    pub gate: Arc<crate::proxy::Gate>,
 }
 
 /// Rows and bytes of a statement's result kept on record; zero rows keeps none.
@@ -594,6 +596,10 @@ impl Upward<'_, '_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let gate = self.ctx.gate.clone();
+        // Between a forward's policy check and the flush that sends it (pipelined messages
+        // share one flush); see `Gate`.
+        let mut busy = false;
         loop {
             let frame = match self.queued.pop_front() {
                 Some(f) => {
@@ -614,22 +620,43 @@ impl Upward<'_, '_> {
                 }
             };
             let tag = frame.tag();
+            let io = |e| RelayError::Upstream(CodecError::Io(e));
+            // Checked before it is decided (a statement never sent is not recorded as sent)
+            // and again before it is written (a policy put in force while it was decided, or
+            // held).
+            if !busy {
+                gate.begin();
+                busy = true;
+            }
+            if let Err(why) = gate.check() {
+                // What was checked before the policy changed goes; this does not.
+                to.flush().await.map_err(io)?;
+                gate.end();
+                return Ok(Ended::Stopped(why));
+            }
             let frame = match self.inspect(frame, &mut from, to).await {
                 Err(RelayError::LeftWhileHeld) => return Ok(Ended::ClientGone),
                 r => r?,
             };
-            let io = |e| RelayError::Upstream(CodecError::Io(e));
+            if let Err(why) = gate.check() {
+                to.flush().await.map_err(io)?;
+                gate.end();
+                return Ok(Ended::Stopped(why));
+            }
             if let Some(prefix) = self.prefix.take() {
                 to.write_all(&prefix.bytes).await.map_err(io)?;
             }
             to.write_all(&frame.bytes).await.map_err(io)?;
             if tag == b'X' {
                 to.flush().await.map_err(io)?;
+                gate.end();
                 return Ok(Ended::Client);
             }
             // Pipelined messages travel together; flush once nothing more is waiting.
             if from.buffer().is_empty() && self.queued.is_empty() {
                 to.flush().await.map_err(io)?;
+                gate.end();
+                busy = false;
             }
         }
     }
@@ -2751,6 +2778,7 @@ mod tests {
                 policy,
                 classifier: &classifier,
                 recorder: &recorder,
+                gate: crate::proxy::Gate::open_ended(),
                 max_message: 1 << 20,
                 catalog: Arc::new(Catalog::new(
                     Arc::new(|| Box::pin(async { Err("no catalog in this test".to_string()) })),
