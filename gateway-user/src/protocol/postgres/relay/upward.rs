@@ -1,0 +1,515 @@
+//! Agent → target: each message judged (statement rules, masking's refusals, approvals, the
+//! durable record) and forwarded, replaced by a refusal, or run as a trial; the names of
+//! prepared statements and portals followed as the server holds them.
+
+use super::*;
+
+impl Upward<'_, '_> {
+    /// Decides one message; returns what to forward. `from` and `to` are the agent's side and
+    /// the target's: a statement held for approval flushes what was forwarded before it and
+    /// watches for the agent leaving.
+    pub(super) async fn inspect<R, W>(
+        &mut self,
+        frame: Frame,
+        from: &mut BufReader<R>,
+        to: &mut W,
+    ) -> Result<Frame, RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let bad = RelayError::Client;
+        self.learn_parses();
+        self.learn_binds();
+        // A Query or FunctionCall may come inside an extended-protocol batch (asyncpg sends
+        // Parse/Describe/Flush and then a Query): the server runs it, or skips it like the rest
+        // of the batch after an error there; the downward side tells which (see `downward`).
+        match frame.tag() {
+            b'S' => {
+                self.batch += 1;
+                self.batch_open = false;
+            }
+            // Only an Execute can end a transaction block without a ReadyForQuery (asyncpg's
+            // Parse/Describe/Flush before a Query leaves nothing open).
+            b'E' => self.batch_open = true,
+            b'c' | b'f' => self.copy_possible = false,
+            _ => {}
+        }
+        match frame.tag() {
+            b'Q' => {
+                let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
+                let classified = self.ctx.classifier.classify(&text);
+                let stmt = RuleStatement::new(&classified, &text);
+                let denied = match self.decide(&stmt) {
+                    Some(d) => Some(d),
+                    None => self.mask_denial(&classified).await?,
+                };
+                let mut copy = None;
+                let (mut rule, mut message) = match denied {
+                    Some(d) => (Some(d.rule), d.message),
+                    None => (None, None),
+                };
+                if rule.is_none() {
+                    match self.copy_mask(&text, &classified).await {
+                        Ok(c) => copy = c,
+                        Err((r, m)) => (rule, message) = (Some(r), Some(m)),
+                    }
+                }
+                // Once a `max_rows` trial touched too many rows (or could not be run), the
+                // statement goes to people like any other: asked once more, never tried again.
+                let mut tried = false;
+                loop {
+                    // Last: people are asked only about a statement nothing else refuses.
+                    if rule.is_none() {
+                        self.triable = !tried && trial::triable(&text);
+                        let asked = self.approval(&stmt, &Params::default(), from, to).await;
+                        self.triable = false;
+                        if let Some(d) = asked? {
+                            (rule, message) = (Some(d.rule), d.message);
+                        }
+                    }
+                    let mut rec =
+                        self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
+                    if rule.is_none() && !self.on_record_first(&rec, &classified).await {
+                        (rule, message) = unrecorded(&mut rec);
+                    }
+                    self.settle_approval(rule.is_none());
+                    let limit = self.trial.take().filter(|_| rule.is_none());
+                    let forward = match rule.take() {
+                        Some(rule) => {
+                            out::query(&self.deny(rule, classified.clone(), message.take())?)
+                        }
+                        None => frame.clone(),
+                    };
+                    let mut o = open(rec);
+                    o.copy = copy.clone();
+                    o.classified = Some(classified.clone());
+                    let Some(limit) = limit else {
+                        self.copy_possible |= may_copy(&text);
+                        self.forget_if_renamed(&text);
+                        self.push(Pending::Simple(o))?;
+                        return Ok(forward);
+                    };
+                    match self.trial(forward, o, limit, to).await? {
+                        // The agent has its answer from the trial itself.
+                        trial::Tried::Ran => return Ok(Frame::nothing()),
+                        trial::Tried::Over(rows) => self.trial_rows = rows,
+                        trial::Tried::Untried(mut o) => {
+                            o.rec.error = Some(
+                                "not run: it could not be tried under max_rows; put to approvers"
+                                    .into(),
+                            );
+                            self.ctx.recorder.record(Record::Statement(o.rec)).await;
+                        }
+                    }
+                    tried = true;
+                }
+            }
+            b'P' => {
+                let mut f = Fields::new(&frame);
+                let name = f.cstr().map_err(bad)?.to_string();
+                let text = f.cstr().map_err(bad)?;
+                let classified = self.ctx.classifier.classify(text);
+                let denied = self.decide(&RuleStatement::new(&classified, text));
+                let id = self.next_parse;
+                self.next_parse += 1;
+                let prepared = Arc::new(Prepared {
+                    text: text.into(),
+                    classified: classified.clone(),
+                    parse: id,
+                    batch: self.batch,
+                });
+                self.push(Pending::Parse(id))?;
+                self.parses.insert(id, name.clone());
+                if !self.statements.contains_key(&name) && self.statements.len() >= MAX_NAMED {
+                    return Err(RelayError::TooManyNamed);
+                }
+                let candidates = self.statements.entry(name.clone()).or_default();
+                // Until the server answers, a Parse may fail or be skipped and leave the older
+                // text in place (a named statement that exists is not replaced either: 42P05).
+                if candidates.len() >= MAX_CANDIDATES {
+                    candidates.clear();
+                    candidates.push(Prepared::unknown("re-prepared too often"));
+                }
+                candidates.push(prepared.clone());
+                match denied {
+                    Some(d) => {
+                        self.record_denial(&prepared, Vec::new(), &d.rule).await;
+                        let marker = self.deny(d.rule, classified, d.message)?;
+                        Ok(Frame::build(b'P', |b| {
+                            put_cstr(b, &name);
+                            put_cstr(b, &marker);
+                            b.put_i16(0);
+                        }))
+                    }
+                    None => Ok(frame),
+                }
+            }
+            b'B' => {
+                let forward = self.bind(frame).await?;
+                self.push(Pending::Bind(self.next_bind - 1))?;
+                Ok(forward)
+            }
+            b'E' => {
+                let portal = Fields::new(&frame).cstr().map_err(bad)?.to_string();
+                // A named portal from an earlier batch may have been replaced behind the
+                // gateway's back: SQL CLOSE and DECLARE, or a function opening a refcursor of
+                // that name. Its rows are masked as those of an unknown statement.
+                let replaceable = !portal.is_empty()
+                    && self
+                        .portals
+                        .get(&portal)
+                        .is_some_and(|p| p.batch < self.batch);
+                let (statement, params) = match self.portals.get(&portal) {
+                    // Refused at Bind (on record). In the Bind's batch the server skips this
+                    // Execute, but after a Sync the name may still hold an older portal of the
+                    // server's (a refused Bind leaves it, and ROLLBACK TO SAVEPOINT can undo the
+                    // error): it is refused here too, never forwarded as sent.
+                    Some(Portal {
+                        denied: Some(rule),
+                        statement,
+                        params,
+                        ..
+                    }) => {
+                        let (rule, params) = (rule.clone(), params.shown.clone());
+                        let statement = statement
+                            .clone()
+                            .unwrap_or_else(|| Prepared::unknown("a portal refused at Bind"));
+                        let rec = self.statement(
+                            "extended",
+                            &statement.text,
+                            &statement.classified,
+                            params,
+                            Some(&rule),
+                        );
+                        let marker = self.deny(rule, statement.classified.clone(), None)?;
+                        self.push(Pending::Execute(open(rec)))?;
+                        return Ok(Frame::build(b'E', |b| {
+                            put_cstr(b, &marker);
+                            b.put_i32(0);
+                        }));
+                    }
+                    // Bound in an earlier batch and not yet answered: if the server refuses that
+                    // Bind, the name keeps its older portal, which this Execute would run. (A
+                    // Bind in this batch is safe: if it fails, the server skips the Execute.)
+                    Some(p)
+                        if self
+                            .open_binds
+                            .get(&p.bind)
+                            .is_some_and(|b| b.batch < self.batch) =>
+                    {
+                        (
+                            Some(Prepared::unknown(
+                                "a portal whose Bind the server has not answered yet",
+                            )),
+                            Params::default(),
+                        )
+                    }
+                    Some(p) => (p.statement.clone(), p.params.clone()),
+                    // A portal the gateway did not see bound (a SQL cursor was judged at its
+                    // DECLARE, but the policy may have changed since): opaque.
+                    None => (None, Params::default()),
+                };
+                let statement = statement
+                    .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
+                // Judged once more: a portal bound before a reload runs under the new policy.
+                let stmt = RuleStatement::new(&statement.classified, &statement.text);
+                let mut denial = match self.decide(&stmt) {
+                    Some(d) => Some(d),
+                    None => self.mask_denial(&statement.classified).await?,
+                }
+                .map(|d| (d.rule, d.message));
+                let mut copy = None;
+                if denial.is_none() {
+                    match self.copy_mask(&statement.text, &statement.classified).await {
+                        Ok(c) => copy = c,
+                        Err((r, m)) => denial = Some((r, Some(m))),
+                    }
+                }
+                // Last: people are asked only about a statement nothing else refuses.
+                if denial.is_none() {
+                    denial = self
+                        .approval(&stmt, &params, from, to)
+                        .await?
+                        .map(|d| (d.rule, d.message));
+                }
+                if let Some((rule, message)) = denial {
+                    self.record_denial(&statement, params.shown, &rule).await;
+                    let marker = self.deny(rule, statement.classified.clone(), message)?;
+                    return Ok(Frame::build(b'E', |b| {
+                        put_cstr(b, &marker);
+                        b.put_i32(0);
+                    }));
+                }
+                let rec = self.statement(
+                    "extended",
+                    &statement.text,
+                    &statement.classified,
+                    params.shown,
+                    None,
+                );
+                let recorded = self.on_record_first(&rec, &statement.classified).await;
+                self.settle_approval(recorded);
+                if !recorded {
+                    let mut rec = rec;
+                    let (rule, message) = unrecorded(&mut rec);
+                    rec.error_code = Some("42501".into());
+                    rec.error = message.clone();
+                    self.ctx.recorder.record(Record::Statement(rec)).await;
+                    let marker = self.deny(
+                        rule.unwrap_or_default(),
+                        statement.classified.clone(),
+                        message,
+                    )?;
+                    return Ok(Frame::build(b'E', |b| {
+                        put_cstr(b, &marker);
+                        b.put_i32(0);
+                    }));
+                }
+                if self.plan.get(self.ctx).is_some() {
+                    // The rows of an Execute come without a description; a Describe of the
+                    // portal right before it tells the gateway their columns and formats.
+                    self.push(Pending::Describe)?;
+                    self.prefix = Some(Frame::build(b'D', |b| {
+                        b.put_u8(b'P');
+                        put_cstr(b, &portal);
+                    }));
+                }
+                let mut o = open(rec);
+                o.copy = copy;
+                o.classified = Some(if replaceable {
+                    Arc::new(Classified::opaque(
+                        "a named portal bound in an earlier batch (SQL or a function may have replaced it)",
+                    ))
+                } else {
+                    statement.classified.clone()
+                });
+                self.forget_if_renamed(&statement.text);
+                self.copy_possible |= may_copy(&statement.text);
+                self.push(Pending::Execute(o))?;
+                Ok(frame)
+            }
+            b'S' => {
+                self.push(Pending::Sync {
+                    during_copy: self.copy_possible,
+                })?;
+                Ok(frame)
+            }
+            b'C' => {
+                let mut f = Fields::new(&frame);
+                let kind = f.u8().map_err(bad)?;
+                let name = f.cstr().map_err(bad)?;
+                // Forgetting is safe even if the server skips the Close: a name the gateway does
+                // not know is judged as opaque at Bind.
+                match kind {
+                    b'S' => self.statements.remove(name).map(|_| ()),
+                    b'P' => self.portals.remove(name).map(|_| ()),
+                    // The server refuses it and skips to Sync; the gateway would have to guess.
+                    _ => {
+                        return Err(RelayError::Client(CodecError::Malformed {
+                            tag: 'C',
+                            what: "Close of something other than a statement (S) or portal (P)",
+                        }))
+                    }
+                };
+                self.push(Pending::Close)?;
+                Ok(frame)
+            }
+            b'F' => {
+                // The function is named by OID and runs with arbitrary arguments: opaque. Its
+                // OID and arguments are what people approve (and what a retry must repeat).
+                let classified = Arc::new(Classified::opaque("FunctionCall message"));
+                let mut f = Fields::new(&frame);
+                let oid = f.i32().map_err(bad)? as u32;
+                let plan = self.plan.get(self.ctx);
+                let args = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
+                let text = format!("<FunctionCall of function oid {oid}>");
+                let stmt = RuleStatement::new(&classified, &text);
+                let denied = match self.decide(&stmt) {
+                    Some(d) => Some(d),
+                    None => match self.mask_denial(&classified).await? {
+                        Some(d) => Some(d),
+                        None => self.approval(&stmt, &args, from, to).await?,
+                    },
+                };
+                let (mut rule, mut message) = match denied {
+                    Some(d) => (Some(d.rule), d.message),
+                    None => (None, None),
+                };
+                let mut rec = self.statement(
+                    "function_call",
+                    &text,
+                    &classified,
+                    args.shown,
+                    rule.as_deref(),
+                );
+                if rule.is_none() && !self.on_record_first(&rec, &classified).await {
+                    (rule, message) = unrecorded(&mut rec);
+                }
+                self.settle_approval(rule.is_none());
+                let forward = match rule {
+                    Some(rule) => out::query(&self.deny(rule, classified, message)?),
+                    None => frame,
+                };
+                self.push(Pending::Call(open(rec)))?;
+                Ok(forward)
+            }
+            b'D' => {
+                self.push(Pending::ClientDescribe)?;
+                Ok(frame)
+            }
+            b'H' | b'X' | b'd' | b'c' | b'f' => Ok(frame),
+            other => Err(RelayError::UnknownMessage(other as char)),
+        }
+    }
+
+    /// Judges the statement a Bind refers to, again, under the policy in force now (a reload
+    /// applies to the next execution). The gateway cannot always know which text the server
+    /// holds under a name (a Parse the server refused or skipped leaves the older one in
+    /// place), so every text the name may stand for must pass; a name the gateway never saw
+    /// (SQL `PREPARE`, or forgotten after a Close) is opaque.
+    async fn bind(&mut self, frame: Frame) -> Result<Frame, RelayError> {
+        let bad = RelayError::Client;
+        let mut f = Fields::new(&frame);
+        let portal = f.cstr().map_err(bad)?.to_string();
+        let statement = f.cstr().map_err(bad)?.to_string();
+        let plan = self.plan.get(self.ctx);
+        let params = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
+        let candidates = match self.statements.get(&statement) {
+            // A Bind in the batch of its statement's latest Parse runs only if that Parse
+            // succeeds (after an error the server skips to Sync): that text alone counts.
+            Some(c)
+                if c.last()
+                    .is_some_and(|p| p.parse != 0 && p.batch == self.batch) =>
+            {
+                c[c.len() - 1..].to_vec()
+            }
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => vec![Prepared::unknown(
+                "a prepared statement the gateway did not see being prepared",
+            )],
+        };
+        let denial = candidates.iter().find_map(|p| {
+            self.decide(&RuleStatement::new(&p.classified, &p.text))
+                .map(|rule| (p.clone(), rule))
+        });
+        // The statement whose rows and COPY output are masked: when the server may hold any of
+        // several texts, none can be trusted.
+        let shown = match candidates.as_slice() {
+            [one] => Some(one.clone()),
+            _ => Some(Prepared::unknown(
+                "the server may hold any of several texts under this name",
+            )),
+        };
+        let mut forward = frame;
+        if let Some((p, d)) = &denial {
+            self.record_denial(p, params.shown.clone(), &d.rule).await;
+            let marker = self.deny(d.rule.clone(), p.classified.clone(), d.message.clone())?;
+            forward = Frame::build(b'B', |b| {
+                put_cstr(b, &portal);
+                put_cstr(b, &marker);
+                b.put_i16(0);
+                b.put_i16(0);
+                b.put_i16(0);
+            });
+        }
+        if !self.portals.contains_key(&portal) && self.portals.len() >= MAX_NAMED {
+            return Err(RelayError::TooManyNamed);
+        }
+        let id = self.next_bind;
+        self.next_bind += 1;
+        let previous = self.portals.insert(
+            portal.clone(),
+            Portal {
+                statement: shown,
+                params,
+                denied: denial.as_ref().map(|(_, d)| d.rule.clone()),
+                bind: id,
+                batch: self.batch,
+            },
+        );
+        if self.open_binds.len() >= MAX_NAMED {
+            return Err(RelayError::TooManyNamed);
+        }
+        self.open_binds.insert(
+            id,
+            OpenBind {
+                portal,
+                previous,
+                batch: self.batch,
+            },
+        );
+        Ok(forward)
+    }
+
+    /// SQL `PREPARE`, `DEALLOCATE` and `DISCARD` change what a statement name means on the
+    /// server without a Parse the gateway sees: after a statement that may run one, every named
+    /// statement the gateway knows is unknown (opaque at Bind) until it is parsed again.
+    fn forget_if_renamed(&mut self, text: &str) {
+        if [&b"prepare"[..], b"deallocate", b"discard"]
+            .iter()
+            .any(|w| contains_word(text, w))
+        {
+            for (name, candidates) in self.statements.iter_mut() {
+                if !name.is_empty() {
+                    candidates.clear();
+                    candidates.push(Prepared::unknown(
+                        "a statement name SQL PREPARE, DEALLOCATE or DISCARD may have changed",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Applies the server's answers to earlier Binds: a refused or skipped one leaves the portal
+    /// its name held before (unless a later Bind of that name replaced it since; that one then
+    /// falls back to the same earlier portal).
+    fn learn_binds(&mut self) {
+        if self.open_binds.is_empty() {
+            return;
+        }
+        let answers: Vec<(u64, bool)> = std::mem::take(&mut *self.shared.bound());
+        for (id, accepted) in answers {
+            let Some(b) = self.open_binds.remove(&id) else {
+                continue;
+            };
+            if accepted {
+                continue;
+            }
+            if self.portals.get(&b.portal).is_some_and(|p| p.bind == id) {
+                match b.previous {
+                    Some(p) => self.portals.insert(b.portal, p),
+                    None => self.portals.remove(&b.portal),
+                };
+            } else if let Some(later) = self
+                .open_binds
+                .values_mut()
+                .find(|o| o.portal == b.portal && o.previous.as_ref().is_some_and(|p| p.bind == id))
+            {
+                later.previous = b.previous;
+            }
+        }
+    }
+
+    /// Applies the server's answers to earlier Parses: an accepted one is the text its name
+    /// now holds (older candidates are gone), a refused or skipped one is no candidate.
+    fn learn_parses(&mut self) {
+        // Most messages come with no Parse waiting for its answer: skip the lock.
+        if self.parses.is_empty() {
+            return;
+        }
+        let answers: Vec<(u64, bool)> = std::mem::take(&mut *self.shared.parsed());
+        for (id, accepted) in answers {
+            let Some(name) = self.parses.remove(&id) else {
+                continue;
+            };
+            if let Some(c) = self.statements.get_mut(&name) {
+                if accepted {
+                    c.retain(|p| p.parse >= id);
+                } else {
+                    c.retain(|p| p.parse != id);
+                }
+            }
+        }
+    }
+}
