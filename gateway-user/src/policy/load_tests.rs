@@ -1,0 +1,672 @@
+//! Unit tests of `load`.
+
+use super::*;
+use crate::policy::{Decision, Statement, Who};
+
+/// An agent of the `ci` workload with no groups (the statement and mask rule tests).
+const CI_AGENT: Who<'static> = Who {
+    issuer: "https://idp.test",
+    subject: "a",
+    groups: &[],
+    workload: "ci",
+};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("agentgate-policy-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const IDP: &str = "version: 2\nidentity_providers:\n  - name: corp\n    issuer: https://idp.test\n    audiences: [agentgate]\n    jwks: {from: file, path: /etc/jwks.json}\n    algorithms: [RS256, ES256]\n";
+const WORKLOAD: &str = "version: 2\nworkloads:\n  - name: ci\n    cgroup: /agents/*\n    mode: host\n    token: {from: file, path: /run/token}\n";
+const TARGET: &str = "version: 2\ntargets:\n  - name: db\n    protocol: tcp\n    addresses: [127.0.0.2, '::1', 127.0.8.0/24]\n    ports: [5432]\n    credential: {from: env, name: DB_PASSWORD}\n";
+
+fn valid_dir(tag: &str, rules: &str) -> PathBuf {
+    let d = tmpdir(tag);
+    write(&d, "a-idp.yaml", IDP);
+    write(&d, "b-workloads.yaml", WORKLOAD);
+    write(&d, "c-targets.yml", TARGET);
+    write(&d, "d-rules.yaml", &format!("version: 2\nrules:\n{rules}"));
+    d
+}
+
+#[test]
+fn merges_files_and_matches() {
+    let d = valid_dir(
+        "ok",
+        "  - name: ci-db\n    when: {workloads: [ci]}\n    targets: [db]\n",
+    );
+    let p = load_dir(&d).unwrap();
+    assert_eq!(p.version.len(), 16);
+    assert_eq!(p.workloads.len(), 1);
+    assert_eq!(p.workloads[0].token, TokenSource::File("/run/token".into()));
+    assert_eq!(
+        p.targets[0].credential,
+        Some(Secret::Env("DB_PASSWORD".into()))
+    );
+    assert_eq!(p.identity_providers[0].algorithms, vec!["RS256", "ES256"]);
+    assert_eq!(p.identity_providers[0].max_lifetime.as_secs(), 900);
+    assert_eq!(p.workload_for("/agents/job-1").unwrap().1.name, "ci");
+    assert!(p.workload_for("/agents/job-1/sub").is_none());
+    let t = |s: &str| {
+        p.target_for(s.parse().unwrap())
+            .map(|(_, t)| t.name.clone())
+    };
+    assert_eq!(t("127.0.0.2:5432").as_deref(), Some("db"));
+    assert_eq!(t("[::ffff:127.0.8.9]:5432").as_deref(), Some("db"));
+    assert_eq!(t("[::1]:5432").as_deref(), Some("db"));
+    assert_eq!(t("127.0.0.2:5433"), None);
+    assert_eq!(t("127.0.0.3:5432"), None);
+    // The version follows the content.
+    write(&d, "c-targets.yml", &TARGET.replace("5432", "5433"));
+    assert_ne!(load_dir(&d).unwrap().version, p.version);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn rules_default_deny_and_deny_wins() {
+    let d = valid_dir(
+        "rules",
+        "  - name: readers\n    when: {groups: [db-readers], subjects: ['agent-*']}\n    targets: [db]\n  - name: no-contractors\n    effect: deny\n    when: {groups: [contractors]}\n    targets: ['*']\n",
+    );
+    let p = load_dir(&d).unwrap();
+    let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let who = |sub: &'static str, g: &'static [String]| Who {
+        issuer: "https://idp.test",
+        subject: sub,
+        groups: g,
+        workload: "ci",
+    };
+    let readers: &'static [String] = Box::leak(groups(&["db-readers"]).into_boxed_slice());
+    let both: &'static [String] =
+        Box::leak(groups(&["db-readers", "contractors"]).into_boxed_slice());
+    assert_eq!(
+        p.decide(&who("agent-7", readers), "db"),
+        Decision::Allow {
+            rule: "readers".into()
+        }
+    );
+    assert!(
+        !p.decide(&who("human-1", readers), "db").allowed(),
+        "subject glob"
+    );
+    assert!(!p.decide(&who("agent-7", &[]), "db").allowed(), "no group");
+    assert!(
+        !p.decide(&who("agent-7", readers), "other").allowed(),
+        "other target"
+    );
+    match p.decide(&who("agent-7", both), "db") {
+        Decision::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("no-contractors")),
+        d => panic!("deny must win: {d:?}"),
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn dangling_references_and_conflicts_are_refused() {
+    let d = valid_dir(
+        "dangling",
+        "  - name: r1\n    when: {workloads: [nope], issuers: ['https://other']}\n    targets: [missing-db]\n",
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        err.contains("d-rules.yaml:3:3: rule `r1` names unknown workload `nope`"),
+        "{err}"
+    );
+    assert!(err.contains("unknown target `missing-db`"), "{err}");
+    assert!(err.contains("issuer `https://other`"), "{err}");
+    write(
+        &d,
+        "d-rules.yaml",
+        "version: 2\nrules:\n  - name: a\n    when: {groups: [x]}\n    targets: [db]\n  - name: b\n    effect: deny\n    when: {groups: [x]}\n    targets: ['*']\n",
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        err.contains("rules `a` and `b`") && err.contains("opposite effects"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn symmetric_and_none_algorithms_are_refused_at_their_line() {
+    let d = valid_dir("alg", "  - name: r\n    targets: [db]\n");
+    write(
+        &d,
+        "a-idp.yaml",
+        &IDP.replace("[RS256, ES256]", "[RS256, HS256]"),
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("a-idp.yaml:7:"), "{err}");
+    assert!(
+        err.contains("identity provider `corp`") && err.contains("HS256"),
+        "{err}"
+    );
+    write(&d, "a-idp.yaml", &IDP.replace("[RS256, ES256]", "[none]"));
+    assert!(load_dir(&d)
+        .unwrap_err()
+        .to_string()
+        .contains("`none` is not allowed"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn skew_and_lifetime_are_bounded() {
+    let d = valid_dir("bounds", "  - name: r\n    targets: [db]\n");
+    write(
+        &d,
+        "a-idp.yaml",
+        &format!("{IDP}    clock_skew_secs: 99999999\n"),
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("clock_skew_secs must be at most 300"), "{err}");
+    write(
+        &d,
+        "a-idp.yaml",
+        &format!("{IDP}    max_lifetime_secs: 0\n"),
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        err.contains("max_lifetime_secs must be between 1 and 86400"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn syntax_error_has_file_line_column() {
+    let d = tmpdir("syntax");
+    write(
+        &d,
+        "bad.yaml",
+        "version: 2\ntargets:\n  - name: db\n    ports: [5432\n",
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    let path = d.join("bad.yaml");
+    assert!(
+        err.starts_with(&format!("{}:", path.display())),
+        "error names the file: {err}"
+    );
+    let rest = &err[path.display().to_string().len() + 1..];
+    let mut parts = rest.splitn(3, ':');
+    let line: usize = parts.next().unwrap().parse().expect("line number");
+    let col: usize = parts.next().unwrap().parse().expect("column number");
+    assert!(line >= 4 && col >= 1, "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_address_names_target_and_line() {
+    let d = tmpdir("addr");
+    write(
+        &d,
+        "t.yaml",
+        "version: 2\ntargets:\n  - name: fine\n    protocol: tcp\n    addresses: [127.0.0.2]\n    ports: [1]\n  - name: broken-db\n    protocol: tcp\n    addresses: [127.0.0.2, 127.0.0.999]\n    ports: [5432]\n",
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("t.yaml:9:"), "{err}");
+    assert!(err.contains("target `broken-db`"), "{err}");
+    assert!(err.contains("127.0.0.999"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn unknown_keys_duplicates_and_versions_are_refused() {
+    let d = tmpdir("misc");
+    write(&d, "a.yaml", &format!("{WORKLOAD}    colour: red\n"));
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("colour") && err.contains("a.yaml:7:"), "{err}");
+    write(&d, "a.yaml", "version: 1\n");
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        err.contains("unsupported policy version 1") && err.contains("rules"),
+        "{err}"
+    );
+    write(&d, "a.yaml", IDP);
+    write(&d, "b.yaml", WORKLOAD);
+    write(&d, "c.yaml", &WORKLOAD.replace("/agents/*", "/b/*"));
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("workload `ci` is already defined"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn overlapping_and_mapped_targets() {
+    let d = tmpdir("overlap");
+    write(&d, "a.yaml", "version: 2\ntargets:\n  - name: a\n    protocol: tcp\n    addresses: [127.0.8.0/24]\n    ports: [5432]\n  - name: b\n    protocol: tcp\n    addresses: [127.0.8.9]\n    ports: [5432]\n");
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("overlaps 127.0.8.0/24 of target `a`"), "{err}");
+    // Same addresses on another port do not overlap; a mapped entry is its IPv4 network.
+    write(&d, "a.yaml", "version: 2\ntargets:\n  - name: a\n    protocol: tcp\n    addresses: [127.0.8.0/24]\n    ports: [5432]\n  - name: b\n    protocol: tcp\n    addresses: ['::ffff:127.0.9.0/120']\n    ports: [5432, 6432]\n");
+    let p = load_dir(&d).unwrap();
+    assert_eq!(p.targets[1].addresses[0].to_string(), "127.0.9.0/24");
+    assert_eq!(
+        p.target_for("127.0.9.7:5432".parse().unwrap())
+            .unwrap()
+            .1
+            .name,
+        "b"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn target_on_listener_port_is_refused() {
+    let d = tmpdir("loop");
+    for net in ["127.0.0.0/8", "0.0.0.0/0", "'::/0'", "'::ffff:127.0.0.1'"] {
+        write(&d, "a.yaml", &format!("version: 2\ngateway:\n  listen_port: 15001\ntargets:\n  - name: self\n    protocol: tcp\n    addresses: [{net}]\n    ports: [15001]\n"));
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains("covers the gateway listener"), "{net}: {err}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+const PG_TARGET: &str = "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {from: env, name: PG_PASSWORD}\n    postgres: {user: agentgate, upstream_tls: {mode: disable}}\n";
+
+fn classified(sql: &str) -> crate::protocol::postgres::classify::Classified {
+    crate::protocol::postgres::classify::classify(sql)
+}
+
+#[test]
+fn postgres_targets_need_settings_and_keep_tls_on_off_node() {
+    let d = tmpdir("pgtarget");
+    let cases = [
+        ("protocol: postgres\n    credential: {from: env, name: X}\n", "needs a `postgres:` section"),
+        ("protocol: postgres\n    postgres: {user: u, upstream_tls: {mode: disable}}\n", "needs a `credential`"),
+        ("protocol: tcp\n    postgres: {user: u}\n", "needs `protocol: postgres`"),
+        ("protocol: postgres\n    credential: {from: env, name: X}\n    postgres: {user: u, upstream_tls: {mode: verify-ful}}\n", "unknown variant `verify-ful`"),
+        ("protocol: postgres\n    credential: {from: env, name: X}\n    postgres: {user: u, max_message_bytes: 10}\n", "max_message_bytes"),
+    ];
+    for (body, want) in cases {
+        write(&d, "a.yaml", &format!("version: 2\ntargets:\n  - name: pg\n    addresses: [127.0.0.3]\n    ports: [5432]\n    {body}"));
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains(want), "{body}: {err}");
+    }
+    // Plaintext upstream is refused for a destination off the node...
+    write(&d, "a.yaml", "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [192.0.2.0/24]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u, upstream_tls: {mode: disable}}\n");
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("only allowed for loopback"), "{err}");
+    // ...and verify-full with the public roots is the default.
+    write(&d, "a.yaml", "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [192.0.2.0/24]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u}\n");
+    let p = load_dir(&d).unwrap();
+    let pg = p.targets[0].postgres.as_ref().unwrap();
+    assert_eq!(
+        pg.upstream_tls,
+        super::UpstreamTls::VerifyFull {
+            ca_file: None,
+            server_name: None
+        }
+    );
+    assert_eq!(pg.max_message_bytes, 64 << 20);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn mask_rules_compile_and_scope() {
+    let d = valid_dir(
+        "maskrules",
+        "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
+         \x20 - name: pii\n    when: {workloads: [ci]}\n    targets: [pg]\n    mask: {columns: [customers.email, \"*.ssn\"], detectors: [email, payment_card], strategy: partial, keep_last: 2}\n\
+         \x20 - name: others\n    when: {workloads: [ci]}\n    targets: [pg]\n    mask: {regexes: [\"EMP-[0-9]+\"], strategy: null}\n",
+    );
+    write(&d, "e-pg.yaml", PG_TARGET);
+    let p = load_dir(&d).unwrap();
+    let who = CI_AGENT;
+    // Mask rules play no part in the connection decision.
+    assert_eq!(
+        p.decide(&who, "pg"),
+        Decision::Allow {
+            rule: "allow".into()
+        }
+    );
+    let names: Vec<&str> = p.mask_rules(&who, "pg").map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["pii", "others"]);
+    let m = p.rules[1].mask.as_ref().unwrap();
+    assert_eq!(
+        m.strategy,
+        crate::mask::rules::Strategy::Partial { keep_last: 2 }
+    );
+    assert_eq!(m.columns.len(), 2);
+    let other = Who {
+        workload: "other",
+        ..who.clone()
+    };
+    assert_eq!(p.mask_rules(&other, "pg").count(), 0);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn approval_rules_hold_what_no_deny_rule_refuses() {
+    let d = valid_dir(
+        "approvalrules",
+        "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
+         \x20 - name: no-grants\n    effect: deny\n    targets: [pg]\n    statements: {classes: [dcl]}\n\
+         \x20 - name: deletes-by-id\n    when: {workloads: [ci]}\n    targets: [pg]\n    statements: {patterns: [\"(?i)^delete from orders where id = \\\\$1$\"]}\n    approval: {approvers: [dba], quorum: 2, timeout_secs: 30, mode: deny_and_retry, retry_window_secs: 90}\n\
+         \x20 - name: ddl-waits\n    targets: [pg]\n    statements: {classes: [ddl, dcl]}\n    approval: {approvers: [dba, sre]}\n",
+    );
+    write(&d, "e-pg.yaml", PG_TARGET);
+    let p = load_dir(&d).unwrap();
+    let who = CI_AGENT;
+    assert_eq!(
+        p.decide(&who, "pg"),
+        Decision::Allow {
+            rule: "allow".into()
+        }
+    );
+    let held = |sql: &str| {
+        let c = classified(sql);
+        let stmt = Statement::new(&c, sql);
+        (
+            p.statement_denied(&who, "pg", &stmt)
+                .map(|r| r.name.clone()),
+            p.approval_required(&who, "pg", &stmt)
+                .map(|r| r.name.clone()),
+        )
+    };
+    // Approval rules deny nothing by themselves; a deny rule wins over them.
+    assert_eq!(held("DROP TABLE t"), (None, Some("ddl-waits".into())));
+    assert_eq!(
+        held("GRANT SELECT ON t TO x"),
+        (Some("no-grants".into()), Some("ddl-waits".into()))
+    );
+    assert_eq!(held("SELECT 1"), (None, None));
+    // Patterns see each statement printed back by libpg_query, constants as $1: case,
+    // spacing, comments and statements in front do not hide a match.
+    for sql in [
+        "delete   from orders where id = 42",
+        "/* routine */ DELETE FROM orders WHERE id = 7",
+        "DELETE/**/FROM orders WHERE id = 7",
+        "-- c\nDELETE FROM orders WHERE id = 7",
+        "SELECT 1; DELETE FROM orders WHERE id = 7",
+    ] {
+        assert_eq!(held(sql).1.as_deref(), Some("deletes-by-id"), "{sql}");
+    }
+    assert_eq!(held("DELETE FROM orders WHERE id > 42").1, None);
+    // Opaque statements wait (fail closed), for the first rule in file order.
+    assert_eq!(
+        held("DO $$ BEGIN END $$").1.as_deref(),
+        Some("deletes-by-id")
+    );
+    let spec = p.rules[2].approval.as_ref().unwrap();
+    assert_eq!(
+        (
+            spec.quorum,
+            spec.mode,
+            spec.retry_window.as_secs(),
+            spec.timeout.as_secs()
+        ),
+        (2, crate::approval::Mode::DenyAndRetry, 90, 30)
+    );
+    let spec = p.rules[3].approval.as_ref().unwrap();
+    assert_eq!(
+        (spec.quorum, spec.mode, spec.timeout.as_secs()),
+        (1, crate::approval::Mode::Hold, 300)
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_approval_rules_are_refused_with_their_line() {
+    let d = tmpdir("badapproval");
+    write(&d, "a-idp.yaml", IDP);
+    write(&d, "e-pg.yaml", PG_TARGET);
+    write(&d, "c-targets.yml", TARGET);
+    let cases = [
+        (
+            "approval: {approvers: [dba]}",
+            "`approval` needs `statements`",
+        ),
+        (
+            "effect: deny\n    statements: {classes: [ddl]}\n    approval: {approvers: [dba]}",
+            "approval rules have no effect",
+        ),
+        (
+            "statements: {classes: [ddl]}\n    approval: {approvers: []}",
+            "at least one group",
+        ),
+        (
+            "statements: {classes: [ddl]}\n    approval: {approvers: [dba], quorum: 0}",
+            "quorum",
+        ),
+        (
+            "statements: {classes: [ddl]}\n    approval: {approvers: [dba], retry_window_secs: 5}",
+            "`mode: deny_and_retry` only",
+        ),
+        (
+            "statements: {classes: [ddl]}\n    approval: {approvers: [dba], mode: later}",
+            "unknown variant `later`",
+        ),
+        (
+            "statements: {patterns: [\"(unclosed\"]}\n    approval: {approvers: [dba]}",
+            "bad pattern",
+        ),
+        (
+            "statements: {classes: [ddl]}\n    approval: {approvers: [dba], quorum: 1, typo: 2}",
+            "unknown field `typo`",
+        ),
+    ];
+    for (body, want) in cases {
+        write(
+            &d,
+            "d-rules.yaml",
+            &format!("version: 2\nrules:\n  - name: m\n    targets: [pg]\n    {body}\n"),
+        );
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains(want), "{body}: {err}");
+        assert!(err.contains("d-rules.yaml:"), "{err}");
+    }
+    // A webhook must be https, or http to loopback.
+    write(&d, "d-rules.yaml", "version: 2\n");
+    write(
+        &d,
+        "f-gw.yaml",
+        "version: 2\ngateway:\n  approval_webhooks:\n    - url: http://192.0.2.7/hook\n",
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        err.contains("approval_webhooks") && err.contains("f-gw.yaml"),
+        "{err}"
+    );
+    write(
+        &d,
+        "f-gw.yaml",
+        "version: 2\ngateway:\n  approval_webhooks:\n    - {url: \"http://127.0.0.1:9/hook\", format: slack}\n",
+    );
+    let p = load_dir(&d).unwrap();
+    assert_eq!(
+        p.gateway.approval_webhooks[0].format,
+        crate::approval::WebhookFormat::Slack
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_mask_rules_are_refused_with_their_line() {
+    let d = tmpdir("badmask");
+    write(&d, "a-idp.yaml", IDP);
+    write(&d, "e-pg.yaml", PG_TARGET);
+    write(&d, "c-targets.yml", TARGET);
+    let cases = [
+        (
+            "targets: [pg]\n    mask: {detectors: [emails]}",
+            "unknown variant `emails`",
+        ),
+        (
+            "targets: [pg]\n    mask: {regexes: [\"(unclosed\"]}",
+            "bad regex",
+        ),
+        (
+            "targets: [pg]\n    mask: {columns: [\"a..b\"]}",
+            "column pattern",
+        ),
+        (
+            "targets: [pg]\n    mask: {}",
+            "needs at least one of columns",
+        ),
+        (
+            "targets: [pg]\n    mask: {columns: [email], keep_last: 3}",
+            "keep_last is only",
+        ),
+        (
+            "targets: [pg]\n    mask: {columns: [email], strategy: hash}",
+            "needs gateway.mask_key",
+        ),
+        (
+            "targets: [db]\n    mask: {columns: [email]}",
+            "masking is for postgres targets",
+        ),
+        (
+            "effect: deny\n    targets: [pg]\n    mask: {columns: [email]}",
+            "mask rules have no effect",
+        ),
+    ];
+    for (body, want) in cases {
+        write(
+            &d,
+            "d-rules.yaml",
+            &format!("version: 2\nrules:\n  - name: m\n    {body}\n"),
+        );
+        let err = load_dir(&d).unwrap_err().to_string();
+        assert!(err.contains(want), "{body}: {err}");
+        if want == "bad regex" {
+            assert!(err.contains("d-rules.yaml:5"), "{err}");
+        }
+    }
+    // A short key is refused; a long enough one makes `hash` valid.
+    std::env::set_var("AGENTGATE_TEST_MASK_KEY", "short");
+    write(
+        &d,
+        "f-gw.yaml",
+        "version: 2\ngateway:\n  mask_key: {from: env, name: AGENTGATE_TEST_MASK_KEY}\n",
+    );
+    write(&d, "d-rules.yaml", "version: 2\nrules:\n  - name: m\n    targets: [pg]\n    mask: {columns: [email], strategy: hash}\n");
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("at least 16 bytes"), "{err}");
+    std::env::set_var("AGENTGATE_TEST_MASK_KEY", "0123456789abcdef0123");
+    let p = load_dir(&d).unwrap();
+    assert_eq!(p.mask_key.as_deref(), Some(&b"0123456789abcdef0123"[..]));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn statement_rules_deny_by_class_table_and_function() {
+    let d = valid_dir(
+        "stmtrules",
+        "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
+         \x20 - name: no-ddl\n    effect: deny\n    when: {workloads: [ci]}\n    targets: [pg]\n    statements: {classes: [ddl, dcl]}\n\
+         \x20 - name: audit-append-only\n    effect: deny\n    targets: [pg]\n    statements: {classes: [write, write_unbounded], tables: [\"public.audit_*\"]}\n\
+         \x20 - name: no-file-reads\n    effect: deny\n    targets: [\"*\"]\n    statements: {functions: [pg_read_file]}\n",
+    );
+    write(&d, "e-pg.yaml", PG_TARGET);
+    let p = load_dir(&d).unwrap();
+    let who = CI_AGENT;
+    // The statement rules play no part in the connection decision.
+    assert_eq!(
+        p.decide(&who, "pg"),
+        Decision::Allow {
+            rule: "allow".into()
+        }
+    );
+    let denied = |sql: &str| {
+        let c = classified(sql);
+        p.statement_denied(&who, "pg", &Statement::new(&c, sql))
+            .map(|r| r.name.clone())
+    };
+    assert_eq!(denied("DROP TABLE items").as_deref(), Some("no-ddl"));
+    assert_eq!(
+        denied("GRANT SELECT ON items TO x").as_deref(),
+        Some("no-ddl")
+    );
+    assert_eq!(denied("SELECT * FROM items"), None);
+    assert_eq!(denied("INSERT INTO items VALUES (1)"), None);
+    // Table patterns: schema-qualified, unqualified (any schema), other schema, case.
+    assert_eq!(
+        denied("DELETE FROM public.audit_log WHERE id = 1").as_deref(),
+        Some("audit-append-only")
+    );
+    assert_eq!(
+        denied("WITH d AS (DELETE FROM audit_log RETURNING *) SELECT * FROM d").as_deref(),
+        Some("audit-append-only")
+    );
+    assert_eq!(
+        denied("UPDATE \"AUDIT_LOG\" SET x = 1 WHERE id = 2").as_deref(),
+        Some("audit-append-only")
+    );
+    assert_eq!(denied("DELETE FROM archive.audit_log WHERE id = 1"), None);
+    assert_eq!(denied("SELECT * FROM audit_log"), None);
+    // Functions, qualified or not.
+    assert_eq!(
+        denied("SELECT pg_catalog.pg_read_file('/etc/passwd')").as_deref(),
+        Some("no-file-reads")
+    );
+    // Opaque statements match every statement rule that applies.
+    assert_eq!(denied("DO $$ BEGIN END $$").as_deref(), Some("no-ddl"));
+    assert_eq!(denied("SELEC oops").as_deref(), Some("no-ddl"));
+    // Another workload: only the rules without `when` apply.
+    let other = Who {
+        workload: "other",
+        ..who.clone()
+    };
+    assert_eq!(
+        p.statement_denied(
+            &other,
+            "pg",
+            &Statement::new(&classified("DROP TABLE items"), "DROP TABLE items")
+        )
+        .map(|r| r.name.clone()),
+        None
+    );
+    assert_eq!(
+        p.statement_denied(
+            &other,
+            "pg",
+            &Statement::new(&classified("DO $$ BEGIN END $$"), "DO $$ BEGIN END $$")
+        )
+        .map(|r| r.name.clone())
+        .as_deref(),
+        Some("audit-append-only")
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn statement_rules_must_deny_and_name_postgres_targets() {
+    let d = valid_dir(
+        "stmtbad",
+        "  - name: s1\n    targets: [pg]\n    statements: {classes: [read]}\n\
+         \x20 - name: s2\n    effect: deny\n    targets: [db]\n    statements: {classes: [ddl]}\n\
+         \x20 - name: s3\n    effect: deny\n    targets: [pg]\n    statements: {}\n\
+         \x20 - name: s4\n    effect: deny\n    targets: [pg]\n    statements: {classes: [drop]}\n",
+    );
+    write(&d, "e-pg.yaml", PG_TARGET);
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("unknown variant `drop`"), "{err}");
+    // Without the syntax error, the cross-file problems are all reported.
+    let d2 = valid_dir(
+        "stmtbad2",
+        "  - name: s1\n    targets: [pg]\n    statements: {classes: [read]}\n\
+         \x20 - name: s2\n    effect: deny\n    targets: [db]\n    statements: {classes: [ddl]}\n\
+         \x20 - name: s3\n    effect: deny\n    targets: [pg]\n    statements: {}\n",
+    );
+    write(&d2, "e-pg.yaml", PG_TARGET);
+    let err = load_dir(&d2).unwrap_err().to_string();
+    assert!(
+        err.contains("rule `s1`: statement rules can only deny"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule `s2` has statements but target `db` speaks Tcp"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule `s3`: `statements` needs at least one"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+    std::fs::remove_dir_all(&d2).unwrap();
+}
