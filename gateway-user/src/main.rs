@@ -15,6 +15,8 @@ mod proxy;
 mod record;
 mod run;
 mod sockopt;
+mod statement;
+mod tls;
 mod upstream;
 
 use clap::Parser;

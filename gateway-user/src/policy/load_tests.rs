@@ -268,7 +268,7 @@ fn target_on_listener_port_is_refused() {
 
 const PG_TARGET: &str = "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {from: env, name: PG_PASSWORD}\n    postgres: {user: agentgate, upstream_tls: {mode: disable}}\n";
 
-fn classified(sql: &str) -> crate::protocol::postgres::classify::Classified {
+fn classified(sql: &str) -> crate::statement::Classified {
     crate::protocol::postgres::classify::classify(sql)
 }
 

@@ -176,7 +176,7 @@ pub struct NamePattern {
     pub name: GlobMatcher,
 }
 
-pub use crate::protocol::postgres::classify::Class;
+pub use crate::statement::Class;
 
 pub use super::doc::Effect;
 

@@ -1,7 +1,7 @@
 //! Who may reach which target. Default deny; a matching deny rule beats any allow rule.
 
 use super::model::{Class, Effect, NamePattern, Policy, Rule, StatementMatch};
-use crate::protocol::postgres::classify::{Classified, TableRef};
+use crate::statement::{Classified, TableRef};
 
 /// The verified principal and where it connects from.
 #[derive(Debug, Clone)]

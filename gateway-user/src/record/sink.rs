@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal;
 use crate::{
-    protocol::postgres::tls::{client_config, tls_server_end_point},
+    tls::{client_config, tls_server_end_point},
     upstream::Connect,
 };
 
