@@ -274,3 +274,43 @@ async fn cancel_after(cancels: &mut watch::Receiver<u64>, before: u64) {
         std::future::pending::<()>().await;
     }
 }
+
+/// "The identical statement from the same identity": the principal, the target, the statement
+/// as pg_query prints it back (case and spacing do not matter, constants do) and the parameters.
+pub(super) fn retry_key(ctx: &SessionContext<'_>, text: &str, params: &[u8; 32]) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = pg_query::parse(text, pg_query::ParserOptions::DEFAULT)
+        .and_then(|tree| tree.deparse(Default::default()))
+        .unwrap_or_else(|_| text.split_whitespace().collect::<Vec<_>>().join(" "));
+    let mut h = Sha256::new();
+    for part in [
+        &ctx.issuer,
+        &ctx.subject,
+        &ctx.workload,
+        &ctx.target,
+        &ctx.database,
+        &canonical,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(params);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a statement cannot be put to approvers as it will run, if it cannot.
+pub(super) fn unshowable(c: &Classified, text: &str, params: &Params) -> Option<&'static str> {
+    if text.trim().is_empty() {
+        return Some("the gateway does not know its text (a statement prepared with SQL PREPARE or not seen prepared, a portal not seen bound, or a name that may stand for several texts)");
+    }
+    if c.note
+        .as_deref()
+        .is_some_and(|n| n.starts_with("EXECUTE of a prepared statement"))
+    {
+        return Some("SQL EXECUTE runs a prepared statement whose text is not in the query");
+    }
+    if params.cut {
+        return Some("a parameter is too long to show in full");
+    }
+    None
+}

@@ -52,12 +52,14 @@ use crate::{
 
 mod approve;
 mod downward;
+mod params;
 #[cfg(test)]
 mod tests;
 mod trial;
 mod upward;
 
 use downward::downward;
+use params::{bind_params, Params};
 
 const BUFFER: usize = 64 * 1024;
 /// Recorded parameter values are cut at this many bytes.
@@ -697,118 +699,6 @@ impl Upward<'_, '_> {
         None
     }
 
-    /// Under column rules, a write or DDL statement that would copy masked values into a
-    /// table (where no mask rule names them), or a statement the gateway cannot read (which
-    /// may hand them back any way it likes), is denied. Judged where a statement runs (Query,
-    /// Execute); the tables it reads are resolved through the catalog, views and partitions
-    /// included.
-    async fn mask_denial(&self, classified: &Classified) -> Result<Option<Denied>, RelayError> {
-        let Some(plan) = self.plan.get(self.ctx).filter(|p| p.has_columns()) else {
-            return Ok(None);
-        };
-        if classified.class == Class::Read {
-            return Ok(None);
-        }
-        if classified.class == Class::Ddl {
-            self.ctx.catalog.ddl_in_flight();
-        }
-        let rels = if classified.class == Class::Opaque
-            || (classified.source_columns.is_empty() && classified.set_columns.is_empty())
-        {
-            Vec::new()
-        } else if self.ctx.catalog.uncommitted_ddl() {
-            // DDL of this session's open transaction (or of this very message) is invisible
-            // to the gateway's catalog connection: the names cannot be resolved.
-            vec![None]
-        } else {
-            resolve_tables(self.ctx, classified).await?
-        };
-        let Some(rule) = plan.copy_taint(classified, &rels) else {
-            return Ok(None);
-        };
-        let what = if classified.class == Class::Opaque {
-            // Say what made it unreadable: a plain SELECT calling set_config is not a DO block.
-            let why = classified.note.as_deref().unwrap_or("unclassified");
-            format!("the gateway cannot read this statement ({why}), so it may return masked values unmasked")
-        } else {
-            "this statement would copy masked values where no mask rule covers them".to_owned()
-        };
-        Ok(Some(Denied {
-            rule: plan.rule_name(rule).to_string(),
-            message: Some(format!(
-                "agentgate: {what} (mask rule \"{}\")",
-                plan.rule_name(rule)
-            )),
-        }))
-    }
-
-    /// Under a mask plan, how the COPY output of a statement is masked: `Ok(None)` when it is
-    /// no COPY to the agent, `Err((rule, message))` when its output cannot be masked.
-    async fn copy_mask(
-        &mut self,
-        text: &str,
-        c: &Classified,
-    ) -> Result<Option<Arc<CopyMask>>, (String, String)> {
-        let Some(plan) = self.plan.get(self.ctx) else {
-            return Ok(None);
-        };
-        if !text
-            .as_bytes()
-            .windows(4)
-            .any(|w| w.eq_ignore_ascii_case(b"copy"))
-        {
-            return Ok(None);
-        }
-        let refuse =
-            |rule: usize, why: &str| Err((plan.rule_name(rule).to_string(), why.to_string()));
-        let lookup_failed = |e: &CatalogError| {
-            tracing::warn!("COPY columns for masking: {e}");
-            refuse(
-                0,
-                "the gateway cannot look up the tables of this COPY to mask its output",
-            )
-        };
-        match copy_out(text) {
-            CopyOut::No => Ok(None),
-            CopyOut::Binary => refuse(0, "binary COPY output cannot be masked; use text format"),
-            // Whether the lines may hold masked values is decided as for computed columns:
-            // by the relations the statement reads, views and partitions included.
-            CopyOut::Lines => match self.ctx.catalog.resolve(&table_names(c)).await {
-                Ok(rels) => match plan.covering_rule(&rels) {
-                    Some(r) => refuse(
-                        r,
-                        "the columns of COPY (query) or CSV output cannot be matched to mask rules; use SELECT, or text-format COPY of a table",
-                    ),
-                    None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
-                },
-                Err(e) => lookup_failed(&e),
-            },
-            CopyOut::Table {
-                schema,
-                table,
-                columns,
-                delimiter,
-            } => match self.ctx.catalog.resolve(&[(schema, table)]).await.as_deref() {
-                Ok([Some(rel)]) => {
-                    let cols = columns.unwrap_or_else(|| rel.column_names());
-                    Ok(Some(Arc::new(CopyMask::table(
-                        plan.clone(),
-                        rel,
-                        &cols,
-                        delimiter,
-                    ))))
-                }
-                // Not found, or an unqualified name that several schemas have (the session's
-                // search_path picks one): its columns are unknown unless none of them is masked.
-                Ok(rels) => match plan.covering_rule(rels) {
-                    Some(r) => refuse(r, "the gateway cannot tell which table this COPY reads (not found, or its name is in several schemas) to mask its output; qualify it with its schema"),
-                    None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
-                },
-                Err(e) => lookup_failed(e),
-            },
-        }
-    }
-
     /// Registers a denial and returns the marker text that makes the server fail in its place.
     /// Each marker ends in a fresh random key, so one seen in `pg_stat_activity` or a server
     /// log says nothing about the next.
@@ -966,46 +856,6 @@ fn open(rec: Statement) -> Open {
     }
 }
 
-/// "The identical statement from the same identity": the principal, the target, the statement
-/// as pg_query prints it back (case and spacing do not matter, constants do) and the parameters.
-fn retry_key(ctx: &SessionContext<'_>, text: &str, params: &[u8; 32]) -> String {
-    use sha2::{Digest, Sha256};
-    let canonical = pg_query::parse(text, pg_query::ParserOptions::DEFAULT)
-        .and_then(|tree| tree.deparse(Default::default()))
-        .unwrap_or_else(|_| text.split_whitespace().collect::<Vec<_>>().join(" "));
-    let mut h = Sha256::new();
-    for part in [
-        &ctx.issuer,
-        &ctx.subject,
-        &ctx.workload,
-        &ctx.target,
-        &ctx.database,
-        &canonical,
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    h.update(params);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Why a statement cannot be put to approvers as it will run, if it cannot.
-fn unshowable(c: &Classified, text: &str, params: &Params) -> Option<&'static str> {
-    if text.trim().is_empty() {
-        return Some("the gateway does not know its text (a statement prepared with SQL PREPARE or not seen prepared, a portal not seen bound, or a name that may stand for several texts)");
-    }
-    if c.note
-        .as_deref()
-        .is_some_and(|n| n.starts_with("EXECUTE of a prepared statement"))
-    {
-        return Some("SQL EXECUTE runs a prepared statement whose text is not in the query");
-    }
-    if params.cut {
-        return Some("a parameter is too long to show in full");
-    }
-    None
-}
-
 /// Functions known not to write, so that a read calling only these need not wait for its
 /// record. Any other function (a user-defined one can write, `nextval` does) makes the read
 /// privileged: the classifier cannot see what a function does.
@@ -1102,76 +952,6 @@ fn unrecorded(rec: &mut Statement) -> (Option<String>, Option<String>) {
 
 fn denial_message(rule: &str) -> String {
     format!("agentgate: statement denied by policy rule \"{rule}\"")
-}
-
-/// The parameter values of a Bind, as text for the record: text-format values as they are,
-/// binary ones as `\x` hex, each cut at [`PARAM_CAP`] bytes. Under a mask plan, binary values
-/// are scanned by the detectors before they are hex-encoded (the record must not hold in hex
-/// what it may not hold as text).
-fn bind_params(f: &mut Fields<'_>, plan: Option<&Plan>) -> Result<Params, CodecError> {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    let mut cut_any = false;
-    let nformats = f.count()?;
-    let mut formats = Vec::with_capacity(nformats.min(64));
-    for _ in 0..nformats {
-        formats.push(f.i16()?);
-    }
-    let n = f.count()?;
-    let mut params = Vec::with_capacity(n.min(1024));
-    for i in 0..n {
-        let len = f.i32()?;
-        if len < 0 {
-            digest.update([i as u8, 2]);
-            params.push(None);
-            continue;
-        }
-        let value = f.take(len as usize)?;
-        let binary = match formats.len() {
-            0 => false,
-            1 => formats[0] == 1,
-            _ => formats.get(i).copied().unwrap_or(0) == 1,
-        };
-        // The whole value and its format: what "the same parameters" means for a retry.
-        digest.update([i as u8, binary as u8]);
-        digest.update((value.len() as u64).to_be_bytes());
-        digest.update(value);
-        let masked = match (binary, plan) {
-            (true, Some(plan)) => {
-                let mut hits = Vec::new();
-                plan.detect_in_line(value, &mut hits, |r| r)
-            }
-            _ => None,
-        };
-        let value = masked.as_deref().unwrap_or(value);
-        let cut = &value[..value.len().min(PARAM_CAP)];
-        let mut s = if binary {
-            bytea_hex(cut)
-        } else {
-            String::from_utf8_lossy(cut).into_owned()
-        };
-        if value.len() > PARAM_CAP {
-            s.push('…');
-            cut_any = true;
-        }
-        params.push(Some(s));
-    }
-    Ok(Params {
-        shown: params,
-        digest: digest.finalize().into(),
-        cut: cut_any,
-    })
-}
-
-/// The parameter values of a Bind or FunctionCall: as shown (and recorded), and as they are.
-#[derive(Clone, Default)]
-struct Params {
-    /// Each cut at [`PARAM_CAP`] bytes, binary ones as `\x` hex.
-    shown: Vec<Option<String>>,
-    /// SHA-256 of every value in full with its format.
-    digest: [u8; 32],
-    /// Some value is longer than what is shown.
-    cut: bool,
 }
 
 /// Whether `text` may be a COPY (a cheap superset: the word anywhere).

@@ -512,4 +512,119 @@ impl Upward<'_, '_> {
             }
         }
     }
+
+    /// Under column rules, a write or DDL statement that would copy masked values into a
+    /// table (where no mask rule names them), or a statement the gateway cannot read (which
+    /// may hand them back any way it likes), is denied. Judged where a statement runs (Query,
+    /// Execute); the tables it reads are resolved through the catalog, views and partitions
+    /// included.
+    pub(super) async fn mask_denial(
+        &self,
+        classified: &Classified,
+    ) -> Result<Option<Denied>, RelayError> {
+        let Some(plan) = self.plan.get(self.ctx).filter(|p| p.has_columns()) else {
+            return Ok(None);
+        };
+        if classified.class == Class::Read {
+            return Ok(None);
+        }
+        if classified.class == Class::Ddl {
+            self.ctx.catalog.ddl_in_flight();
+        }
+        let rels = if classified.class == Class::Opaque
+            || (classified.source_columns.is_empty() && classified.set_columns.is_empty())
+        {
+            Vec::new()
+        } else if self.ctx.catalog.uncommitted_ddl() {
+            // DDL of this session's open transaction (or of this very message) is invisible
+            // to the gateway's catalog connection: the names cannot be resolved.
+            vec![None]
+        } else {
+            resolve_tables(self.ctx, classified).await?
+        };
+        let Some(rule) = plan.copy_taint(classified, &rels) else {
+            return Ok(None);
+        };
+        let what = if classified.class == Class::Opaque {
+            // Say what made it unreadable: a plain SELECT calling set_config is not a DO block.
+            let why = classified.note.as_deref().unwrap_or("unclassified");
+            format!("the gateway cannot read this statement ({why}), so it may return masked values unmasked")
+        } else {
+            "this statement would copy masked values where no mask rule covers them".to_owned()
+        };
+        Ok(Some(Denied {
+            rule: plan.rule_name(rule).to_string(),
+            message: Some(format!(
+                "agentgate: {what} (mask rule \"{}\")",
+                plan.rule_name(rule)
+            )),
+        }))
+    }
+
+    /// Under a mask plan, how the COPY output of a statement is masked: `Ok(None)` when it is
+    /// no COPY to the agent, `Err((rule, message))` when its output cannot be masked.
+    pub(super) async fn copy_mask(
+        &mut self,
+        text: &str,
+        c: &Classified,
+    ) -> Result<Option<Arc<CopyMask>>, (String, String)> {
+        let Some(plan) = self.plan.get(self.ctx) else {
+            return Ok(None);
+        };
+        if !text
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"copy"))
+        {
+            return Ok(None);
+        }
+        let refuse =
+            |rule: usize, why: &str| Err((plan.rule_name(rule).to_string(), why.to_string()));
+        let lookup_failed = |e: &CatalogError| {
+            tracing::warn!("COPY columns for masking: {e}");
+            refuse(
+                0,
+                "the gateway cannot look up the tables of this COPY to mask its output",
+            )
+        };
+        match copy_out(text) {
+            CopyOut::No => Ok(None),
+            CopyOut::Binary => refuse(0, "binary COPY output cannot be masked; use text format"),
+            // Whether the lines may hold masked values is decided as for computed columns:
+            // by the relations the statement reads, views and partitions included.
+            CopyOut::Lines => match self.ctx.catalog.resolve(&table_names(c)).await {
+                Ok(rels) => match plan.covering_rule(&rels) {
+                    Some(r) => refuse(
+                        r,
+                        "the columns of COPY (query) or CSV output cannot be matched to mask rules; use SELECT, or text-format COPY of a table",
+                    ),
+                    None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
+                },
+                Err(e) => lookup_failed(&e),
+            },
+            CopyOut::Table {
+                schema,
+                table,
+                columns,
+                delimiter,
+            } => match self.ctx.catalog.resolve(&[(schema, table)]).await.as_deref() {
+                Ok([Some(rel)]) => {
+                    let cols = columns.unwrap_or_else(|| rel.column_names());
+                    Ok(Some(Arc::new(CopyMask::table(
+                        plan.clone(),
+                        rel,
+                        &cols,
+                        delimiter,
+                    ))))
+                }
+                // Not found, or an unqualified name that several schemas have (the session's
+                // search_path picks one): its columns are unknown unless none of them is masked.
+                Ok(rels) => match plan.covering_rule(rels) {
+                    Some(r) => refuse(r, "the gateway cannot tell which table this COPY reads (not found, or its name is in several schemas) to mask its output; qualify it with its schema"),
+                    None => Ok(Some(Arc::new(CopyMask::lines(plan.clone())))),
+                },
+                Err(e) => lookup_failed(e),
+            },
+        }
+    }
 }
