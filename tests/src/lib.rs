@@ -1009,3 +1009,12 @@ pub fn record_query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("record db: {e}: {}", pg::output_text(&out)))
 }
+
+/// The single integer `sql` returns from the record DB at `db`.
+pub fn record_count(db: &Path, sql: &str) -> i64 {
+    let rows = record_query(db, sql);
+    rows.first()
+        .and_then(|r| r.first())
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| panic!("{sql}: {rows:?}"))
+}

@@ -1221,3 +1221,45 @@ pub fn psql_bg(conn: &str, cg: &crate::Cgroup, sqls: &[&str]) -> crate::bg::Bg {
     }
     crate::bg::Bg::spawn("psql", cmd, cg)
 }
+
+/// An approval rule (YAML list item) for workload `sql-agents` on target `pg`.
+pub fn approval_rule(name: &str, statements: &str, approval: &str) -> String {
+    format!(
+        "  - name: {name}\n    when: {{workloads: [sql-agents]}}\n    targets: [pg]\n    statements: {statements}\n    approval: {approval}\n"
+    )
+}
+
+/// Writes to `tables` need approval when they touch more than 3 rows (`max_rows`).
+pub fn max_rows_rule(tables: &str) -> String {
+    approval_rule(
+        "few-writes",
+        &format!("{{classes: [write, write_unbounded], tables: [{tables}]}}"),
+        "{approvers: [dba], timeout_secs: 120, max_rows: 3}",
+    )
+}
+
+/// Rows of `table` in `agentdb` (asked directly, not through the gateway).
+pub fn table_rows(p: &PgGateway, table: &str) -> i64 {
+    p.pg.sql_in("agentdb", &format!("SELECT count(*) FROM {table};"))
+        .trim()
+        .parse()
+        .expect("count(*)")
+}
+
+impl PgGateway {
+    /// A gateway (root required) for PostgreSQL on `pg_port`, listening on `listen`, with
+    /// `rules` added to the standard policy.
+    pub fn with_rules(tag: &str, listen: u16, pg_port: u16, rules: String) -> Self {
+        crate::require_root();
+        PgGateway::start(
+            tag,
+            listen,
+            pg_port,
+            PgOptions::default(),
+            &PgTargetOptions {
+                extra_rules: rules,
+                ..Default::default()
+            },
+        )
+    }
+}

@@ -479,14 +479,6 @@ impl Drop for HookServer {
 // Set-up
 // ---------------------------------------------------------------------------------------------
 
-/// An approval rule (YAML list item) for workload `sql-agents` on target `pg`; `statements` and
-/// `approval` are YAML flow mappings.
-fn approval_rule(name: &str, statements: &str, approval: &str) -> String {
-    format!(
-        "  - name: {name}\n    when: {{workloads: [sql-agents]}}\n    targets: [pg]\n    statements: {statements}\n    approval: {approval}\n"
-    )
-}
-
 const DROP_TABLE: &str = r#"{patterns: ["(?i)^drop table"]}"#;
 
 /// Test number `n` (0–19): PostgreSQL on 16980+n, gateway listener 17980+n; (20–29):
@@ -1170,14 +1162,6 @@ fn a_cancel_withdraws_a_held_statement() {
     assert!(table_exists(&p, "t"), "the cancelled DROP ran");
 }
 
-/// Rows in `big` (asked directly).
-fn big_rows(p: &PgGateway) -> i64 {
-    p.pg.sql_in("agentdb", "SELECT count(*) FROM big;")
-        .trim()
-        .parse()
-        .expect("count(*)")
-}
-
 /// `max_rows`: a write is tried first. Within the limit it stands (no one is asked); beyond it
 /// it is rolled back and put to approvers with the real count, also a write the classifier
 /// calls bounded (`WHERE x IN (SELECT x FROM big)` is every row); approved, it runs for real;
@@ -1226,7 +1210,7 @@ fn max_rows_tries_writes_and_asks_for_the_ones_that_touch_too_many() {
         "{}",
         c.text()
     );
-    assert_eq!(big_rows(&p), 10);
+    assert_eq!(table_rows(&p, "big"), 10);
 
     // Beyond the limit, though "bounded": tried, rolled back, held with the real count.
     let mut c = psql_bg(
@@ -1237,14 +1221,18 @@ fn max_rows_tries_writes_and_asks_for_the_ones_that_touch_too_many() {
     let id = one_id(&psql_notice(&mut c));
     let r = request(&p.gw, &id);
     assert_eq!(r["trial_rows"], 10, "{r}");
-    assert_eq!(big_rows(&p), 10, "the trial was not rolled back");
+    assert_eq!(table_rows(&p, "big"), 10, "the trial was not rolled back");
     let shown = approvals_ok(&p.gw, &["show", &id]);
     assert!(shown.contains("touched 10 rows"), "{shown}");
     approvals_ok(&p.gw, &["deny", &id, "--reason", "too many"]);
     let err = c.wait_line(WAIT, |err, l| err && l.starts_with("ERROR:"));
     assert!(err.contains("42501") && err.contains("too many"), "{err}");
     c.wait_exit(WAIT);
-    assert_eq!(big_rows(&p), 10, "a denied write left rows changed");
+    assert_eq!(
+        table_rows(&p, "big"),
+        10,
+        "a denied write left rows changed"
+    );
 
     // Approved: runs for real.
     let mut c = psql_bg(&conn, &p.agent, &["DELETE FROM big WHERE x > 5"]);
@@ -1253,7 +1241,7 @@ fn max_rows_tries_writes_and_asks_for_the_ones_that_touch_too_many() {
     approvals_ok(&p.gw, &["approve", &id]);
     assert!(c.wait_exit(WAIT).success(), "{}", c.text());
     assert!(c.stdout().contains("DELETE 5"), "{}", c.text());
-    assert_eq!(big_rows(&p), 5);
+    assert_eq!(table_rows(&p, "big"), 5);
 
     // The record: the rolled-back trials with their counts, and the runs.
     std::thread::sleep(Duration::from_millis(700));

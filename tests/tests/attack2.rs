@@ -24,18 +24,8 @@ fn ports(n: u16) -> (u16, u16) {
 }
 
 fn start(tag: &str, n: u16, rules: String) -> PgGateway {
-    require_root();
     let (listen, pg_port) = ports(n);
-    PgGateway::start(
-        tag,
-        listen,
-        pg_port,
-        PgOptions::default(),
-        &PgTargetOptions {
-            extra_rules: rules,
-            ..Default::default()
-        },
-    )
+    PgGateway::with_rules(tag, listen, pg_port, rules)
 }
 
 const MASK_EMAIL: &str = "  - name: mask-email\n    targets: [pg]\n    mask:\n      columns: [\"customers.email\"]\n      strategy: redact\n";
@@ -58,30 +48,6 @@ fn masked_customers(tag: &str, n: u16, extra: &str) -> PgGateway {
         ),
     );
     p
-}
-
-/// An approval rule (YAML list item) for workload `sql-agents` on target `pg`.
-fn approval_rule(name: &str, statements: &str, approval: &str) -> String {
-    format!(
-        "  - name: {name}\n    when: {{workloads: [sql-agents]}}\n    targets: [pg]\n    statements: {statements}\n    approval: {approval}\n"
-    )
-}
-
-/// Writes to `tables` need approval beyond 3 rows.
-fn max_rows_rule(tables: &str) -> String {
-    approval_rule(
-        "few-writes",
-        &format!("{{classes: [write, write_unbounded], tables: [{tables}]}}"),
-        "{approvers: [dba], timeout_secs: 120, max_rows: 3}",
-    )
-}
-
-/// Rows of `table` (asked directly, not through the gateway).
-fn count(p: &PgGateway, table: &str) -> i64 {
-    p.pg.sql_in("agentdb", &format!("SELECT count(*) FROM {table};"))
-        .trim()
-        .parse()
-        .expect("count(*)")
 }
 
 /// Messages of `w` up to and including the first one `pred` accepts (or the end).
@@ -401,7 +367,7 @@ fn the_trial_count_uses_the_agents_operators() {
         ],
     );
     assert_eq!(
-        count(&p, "child"),
+        table_rows(&p, "child"),
         10,
         "a one-row DELETE removed 10 more rows under max_rows 3 without approval; psql: {out}"
     );
@@ -432,7 +398,7 @@ fn a_deferred_trigger_writes_after_the_trial_counted() {
         ],
     );
     assert_eq!(
-        count(&p, "big"),
+        table_rows(&p, "big"),
         10,
         "a one-row DELETE removed every row under max_rows 3 without approval; psql: {out}"
     );
@@ -461,7 +427,7 @@ fn a_truncate_inside_the_trial_is_not_counted() {
         ],
     );
     assert_eq!(
-        count(&p, "big"),
+        table_rows(&p, "big"),
         10,
         "TRUNCATE of 10 rows inside a one-row DELETE under max_rows 3 without approval; psql: {out}"
     );
@@ -515,14 +481,14 @@ asyncio.run(main())
     };
     // Without a prepare before it, the DELETE is tried and runs.
     let plain = run("no", "2");
-    assert_eq!(count(&p, "big"), 9, "asyncpg: {plain}");
+    assert_eq!(table_rows(&p, "big"), 9, "asyncpg: {plain}");
     let out = run("prepare", "1");
     let requests = record_query(
         &p.gw.record_db(),
         "SELECT state, request FROM approval_requests",
     );
     assert_eq!(
-        count(&p, "big"),
+        table_rows(&p, "big"),
         8,
         "a one-row DELETE under max_rows 3 did not run within 15 s; asyncpg: {out}; approval requests: {requests:?}"
     );

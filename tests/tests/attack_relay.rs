@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentgate_tests::{pg::*, wire::*, *};
+use agentgate_tests::{pg::*, wire::*};
 use serde_json::{json, Value};
 
 /// Test number `n`: (gateway listener, PostgreSQL port).
@@ -21,42 +21,8 @@ fn ports(n: u16) -> (u16, u16) {
 }
 
 fn start(tag: &str, n: u16, rules: String) -> PgGateway {
-    require_root();
     let (listen, pg_port) = ports(n);
-    PgGateway::start(
-        tag,
-        listen,
-        pg_port,
-        PgOptions::default(),
-        &PgTargetOptions {
-            extra_rules: rules,
-            ..Default::default()
-        },
-    )
-}
-
-/// An approval rule (YAML list item) for workload `sql-agents` on target `pg`.
-fn approval_rule(name: &str, statements: &str, approval: &str) -> String {
-    format!(
-        "  - name: {name}\n    when: {{workloads: [sql-agents]}}\n    targets: [pg]\n    statements: {statements}\n    approval: {approval}\n"
-    )
-}
-
-/// Writes to `tables` need approval beyond 3 rows.
-fn max_rows_rule(tables: &str) -> String {
-    approval_rule(
-        "few-writes",
-        &format!("{{classes: [write, write_unbounded], tables: [{tables}]}}"),
-        "{approvers: [dba], timeout_secs: 120, max_rows: 3}",
-    )
-}
-
-/// Rows of `table` (asked directly, not through the gateway).
-fn count(p: &PgGateway, table: &str) -> i64 {
-    p.pg.sql_in("agentdb", &format!("SELECT count(*) FROM {table};"))
-        .trim()
-        .parse()
-        .expect("count(*)")
+    PgGateway::with_rules(tag, listen, pg_port, rules)
 }
 
 /// Lets psql run `sql` through the gateway until it is held for approval (its NOTICE), ends or
@@ -114,14 +80,14 @@ fn writable_cte_inside_insert_deletes_everything_under_max_rows() {
     // Sanity: the rule works on a plain DELETE of everything (held, nothing deleted).
     let plain = run_until_held_or_done(&p, "DELETE FROM big");
     assert!(plain.contains("NOTICE:"), "{plain}");
-    assert_eq!(count(&p, "big"), 10, "{plain}");
+    assert_eq!(table_rows(&p, "big"), 10, "{plain}");
 
     let out = run_until_held_or_done(
         &p,
         "WITH gone AS (DELETE FROM big RETURNING x) INSERT INTO big SELECT x FROM gone WHERE false",
     );
     assert_eq!(
-        count(&p, "big"),
+        table_rows(&p, "big"),
         10,
         "10 rows deleted under max_rows 3 without approval; psql: {out}"
     );
@@ -143,11 +109,11 @@ fn cascading_delete_touches_more_rows_than_its_tag_says() {
     );
     let plain = run_until_held_or_done(&p, "DELETE FROM child WHERE pid = 1");
     assert!(plain.contains("NOTICE:"), "{plain}");
-    assert_eq!(count(&p, "child"), 10, "{plain}");
+    assert_eq!(table_rows(&p, "child"), 10, "{plain}");
 
     let out = run_until_held_or_done(&p, "DELETE FROM parent WHERE id = 1");
     assert_eq!(
-        count(&p, "child"),
+        table_rows(&p, "child"),
         10,
         "a one-row DELETE removed 10 more rows under max_rows 3 without approval; psql: {out}"
     );
@@ -188,7 +154,7 @@ fn commit_without_sync_makes_the_trial_autocommit() {
     // Held (its NOTICE) or refused: either way nothing may have been deleted.
     let got = until(&mut w, |m| m["msg"] == "N" || m["msg"] == "Z");
     assert_eq!(
-        count(&p, "big"),
+        table_rows(&p, "big"),
         10,
         "the tried DELETE of 10 rows (max_rows 3) was committed; agent got {got:?}"
     );
@@ -312,7 +278,7 @@ fn a_portal_shadowed_by_a_denied_bind_runs_unapproved_and_unrecorded() {
         ),
     );
     assert_eq!(
-        count(&p, "big"),
+        table_rows(&p, "big"),
         10,
         "the DELETE ran without approval; agent got {got:?}; the record: {record:?}"
     );
@@ -348,7 +314,7 @@ fn a_write_that_ran_is_recorded_as_not_executed() {
     no_error("INSERT", &got);
     let got = w.exchange(json!([["Q", "SELECT 1/0"]]));
     assert_eq!(only_error(&got)["sqlstate"], "22012", "{got:?}");
-    assert_eq!(count(&p, "t"), 1, "the INSERT ran and committed");
+    assert_eq!(table_rows(&p, "t"), 1, "the INSERT ran and committed");
     std::thread::sleep(Duration::from_millis(700));
     let record = agentgate_tests::record_query(
         &p.gw.record_db(),
@@ -528,7 +494,7 @@ fn a_portal_rebound_in_vain_runs_its_old_statement_as_the_new_one() {
         ),
     );
     assert_eq!(
-        count(&p, "big"),
+        table_rows(&p, "big"),
         10,
         "the DELETE ran without approval; agent got {got:?}; the record: {record:?}"
     );

@@ -147,14 +147,7 @@ impl Wire {
 
 use agentgate_tests::record_query as query;
 
-/// The single integer `sql` returns.
-fn count(db: &Path, sql: &str) -> i64 {
-    let rows = query(db, sql);
-    rows.first()
-        .and_then(|r| r.first())
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| panic!("{sql}: {rows:?}"))
-}
+use agentgate_tests::record_count as count;
 
 /// Runs `script` (statements) on the record DB file at `db`, read-write: to tamper with a copy.
 fn tamper(db: &Path, script: &str) {

@@ -72,11 +72,7 @@ fn cli_json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("agentgate {args:?}: {e}: {}", output_text(&out)))
 }
 
-fn count(db: &Path, sql: &str) -> i64 {
-    record_query(db, sql)[0][0]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{sql}: not a number"))
-}
+use agentgate_tests::record_count as count;
 
 /// psql with `sqls` (one `-c` each) in `cg`, to its end; whether it succeeded.
 fn psql_run(conn: &str, cg: &Cgroup, sqls: &[&str]) -> bool {
