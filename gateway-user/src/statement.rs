@@ -92,9 +92,6 @@ pub struct Classified {
     pub source_columns: Vec<String>,
     /// The column references on the right of an UPDATE's SET list.
     pub set_columns: Vec<String>,
-    /// Settings the statement changes (SET, RESET, `set_config`), lower-case; `*` for RESET
-    /// ALL, DISCARD ALL or a name that is not a constant.
-    pub settings: Vec<String>,
 }
 
 impl Classified {
@@ -108,7 +105,6 @@ impl Classified {
             output_columns: Vec::new(),
             source_columns: Vec::new(),
             set_columns: Vec::new(),
-            settings: Vec::new(),
         }
     }
 }

@@ -130,7 +130,6 @@ fn classify_unchecked(sql: &str) -> Classified {
         output_columns: walker.output_columns.into_iter().collect(),
         source_columns: walker.source_columns.into_iter().collect(),
         set_columns: walker.set_columns.into_iter().collect(),
-        settings: walker.settings.into_iter().collect(),
         note: if verdict.class == Class::Opaque {
             // Every Opaque verdict carries a note; this is only a backstop.
             Some(verdict.note.unwrap_or_else(|| "unclassified".to_owned()))
@@ -190,7 +189,6 @@ const A_EXPR: &str = node!(AExpr);
 const BOOL_EXPR: &str = node!(BoolExpr);
 const CURRENT_OF_EXPR: &str = node!(CurrentOfExpr);
 const MERGE_WHEN_CLAUSE: &str = node!(MergeWhenClause);
-const DISCARD_STMT: &str = node!(DiscardStmt);
 const LOCKING_CLAUSE: &str = node!(LockingClause);
 const INTO_CLAUSE: &str = node!(IntoClause);
 const WITH_CLAUSE: &str = node!(WithClause);
@@ -536,20 +534,6 @@ fn setting_class(f: &Frame) -> (Class, Option<String>) {
     settings::set_verdict(&f.str("name").unwrap_or("").to_ascii_lowercase())
 }
 
-/// The setting a SET/RESET changes, lower-case; `*` for RESET ALL and SET TRANSACTION-like
-/// forms that name no single setting.
-fn changed_setting(f: &Frame) -> String {
-    use protobuf::VariableSetKind as K;
-    let kind = f
-        .int("kind")
-        .and_then(|k| i32::try_from(k).ok())
-        .and_then(|k| K::try_from(k).ok());
-    match (kind, f.str("name").filter(|n| !n.is_empty())) {
-        (Some(K::VarResetAll), _) | (_, None) => "*".to_owned(),
-        (_, Some(n)) => n.to_ascii_lowercase(),
-    }
-}
-
 /// Transaction control is Read, except two-phase commit: a prepared transaction outlives the
 /// session and holds its locks until someone with the right privileges resolves it.
 fn transaction_class(f: &Frame) -> (Class, Option<String>) {
@@ -788,7 +772,6 @@ struct Walker {
     output_columns: BTreeSet<String>,
     source_columns: BTreeSet<String>,
     set_columns: BTreeSet<String>,
-    settings: BTreeSet<String>,
     /// One verdict per top-level statement (RawStmt).
     statements: Vec<Verdict>,
 }
@@ -850,15 +833,6 @@ impl Walker {
             }
         }
         self.condition(&f, parent_kind, parent_field);
-        match f.kind {
-            VARIABLE_SET_STMT => {
-                self.settings.insert(changed_setting(&f));
-            }
-            DISCARD_STMT if f.int("target") == Some(protobuf::DiscardMode::DiscardAll as i64) => {
-                self.settings.insert("*".to_owned());
-            }
-            _ => {}
-        }
         // What a cursor returns was decided at its DECLARE, which may be long gone.
         if f.kind == FETCH_STMT && !f.bool("ismove").unwrap_or(false) {
             self.output_columns.insert(CURSOR_OUTPUT.to_owned());
@@ -967,8 +941,6 @@ impl Walker {
                         if matches!(name.as_str(), "set_config" | "pg_catalog.set_config") {
                             let setting = f.args.first().cloned().flatten();
                             let setting = setting.map(|s| s.to_ascii_lowercase());
-                            self.settings
-                                .insert(setting.clone().unwrap_or_else(|| "*".to_owned()));
                             let constant = f.args.iter().all(Option::is_some);
                             settings::set_config_verdict(setting.as_deref(), constant)
                         } else {
