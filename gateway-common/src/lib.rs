@@ -38,12 +38,41 @@ pub struct TargetKey {
     pub addr: [u8; 16],
 }
 
-/// What the programs need to know about a target. `id` indexes the userspace target table of the
-/// policy generation that wrote it; userspace resolves by original address, so a stale id is harmless.
+/// What the programs need to know about a target. The low bits of `id` index the userspace
+/// target table of the policy generation that wrote it (userspace resolves by original address,
+/// so a stale index is harmless); the high bits are `target_flags`. Flags ride in the same word,
+/// not a new field, so the value keeps its size and maps pinned by an earlier version stay
+/// loadable across an upgrade.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetValue {
     pub id: u32,
+}
+
+impl TargetValue {
+    pub const fn new(index: u32, flags: u32) -> Self {
+        Self {
+            id: (index & target_flags::INDEX_MASK) | flags,
+        }
+    }
+
+    pub const fn index(&self) -> u32 {
+        self.id & target_flags::INDEX_MASK
+    }
+
+    pub const fn has(&self, flag: u32) -> bool {
+        self.id & flag != 0
+    }
+}
+
+/// Bits of `TargetValue::id` above the target index.
+pub mod target_flags {
+    /// UDP from managed cgroups to this target's addresses and ports (and, for a local target,
+    /// to every local alias of its ports) is refused, so a UDP service sharing the target's
+    /// address is no side door.
+    pub const UDP_REFUSED: u32 = 1 << 31;
+    /// The target index: far more than `TARGET_MAP_CAPACITY` entries.
+    pub const INDEX_MASK: u32 = (1 << 24) - 1;
 }
 
 /// LPM trie key data of `AG_LOCAL_NETS`: a network namespace (its cookie, native byte order;

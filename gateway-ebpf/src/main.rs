@@ -26,14 +26,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use gateway_common::{
-    cgroup_state, dst_flags, v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey,
-    TargetValue, CGROUP_MAP_CAPACITY, CONN_MAP_CAPACITY, FOLLOWED_MARKER, LOCAL_NETNS_BITS,
-    LOCAL_NETS_CAPACITY, NODE_NETNS, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
+    cgroup_state, dst_flags, target_flags, v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey,
+    TargetKey, TargetValue, CGROUP_MAP_CAPACITY, CONN_MAP_CAPACITY, FOLLOWED_MARKER,
+    LOCAL_NETNS_BITS, LOCAL_NETS_CAPACITY, NODE_NETNS, TARGET_MAP_CAPACITY, TARGET_PORT_BITS,
 };
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+/// Multipath TCP (`socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)`).
+const IPPROTO_MPTCP: u32 = 262;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -72,40 +75,59 @@ enum Verdict {
     Redirect { listen_port: u16, orig: OrigDst },
 }
 
-/// Decides what happens to a connect() to `addr`:`port` (network bytes / network-order port).
-/// A socket that connects again (after a failed attempt) must not keep an earlier record, so
-/// every verdict but Redirect forgets it.
+/// Decides what happens to a connect() (or a UDP sendmsg()) to `addr`:`port` (network bytes /
+/// network-order port). A TCP socket that connects again (after a failed attempt) must not keep
+/// an earlier record, so every verdict but Redirect forgets it.
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> Verdict {
-    // SAFETY: sock_addr contexts accept the socket cookie helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let verdict = decide_inner(ctx, addr, port_be, family, cookie);
-    if !matches!(verdict, Verdict::Redirect { .. }) {
-        let _ = BY_COOKIE.remove(cookie);
-    }
-    verdict
-}
-
-#[inline(always)]
-fn decide_inner(
-    ctx: &SockAddrContext,
-    addr: [u8; 16],
-    port_be: u16,
-    family: u16,
-    cookie: u64,
-) -> Verdict {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
-    if unsafe { (*sa).type_ } != SOCK_STREAM {
-        return Verdict::Pass;
+    match unsafe { (*sa).type_ } {
+        SOCK_STREAM => {
+            // SAFETY: sock_addr contexts accept the socket cookie helper.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let verdict = decide_stream(ctx, addr, port_be, family, cookie);
+            if !matches!(verdict, Verdict::Redirect { .. }) {
+                let _ = BY_COOKIE.remove(cookie);
+            }
+            verdict
+        }
+        SOCK_DGRAM => decide_datagram(ctx, addr, port_be),
+        _ => Verdict::Pass,
     }
-    // SAFETY: copied out at once.
-    if unsafe { BYPASS.get(cookie) }.is_some() {
-        return Verdict::Pass;
-    }
-    // The kernel turns an unspecified destination into loopback only after this hook, so
-    // 0.0.0.0 and :: are matched (and recorded) as the loopback address they will become.
+}
+
+/// UDP is not proxied. To a target marked `UDP_REFUSED` (or a local alias of its port) it is
+/// refused from managed and from not yet classified cgroups, by the same matching as TCP.
+#[inline(always)]
+fn decide_datagram(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16) -> Verdict {
     let addr = loopback_if_unspecified(addr);
+    let (id, alias) = match_target(addr, port_be);
+    if id == NO_TARGET || !(TargetValue { id }).has(target_flags::UDP_REFUSED) {
+        return Verdict::Pass;
+    }
+    if alias != 0 && locality(ctx, addr) == 0 && !unfollowed_pod(ctx) {
+        return Verdict::Pass;
+    }
+    // SAFETY: helper without arguments, valid in every cgroup program.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is plain data copied out at once.
+    match unsafe { CGROUPS.get(cgroup_id) } {
+        Some(c) if c.state == cgroup_state::UNMANAGED => Verdict::Pass,
+        _ => Verdict::Refuse,
+    }
+}
+
+/// `match_target` found no target.
+const NO_TARGET: u32 = u32::MAX;
+
+/// The target entry `addr`:`port` falls under, as (`TargetValue::id`, alias flag): one that lists
+/// it (alias flag 0), or the local target of its port (`dst_flags::ALIAS`; whether the
+/// destination is local is for the caller); `NO_TARGET` when neither. Plain integers rather than
+/// an `Option` of the value: LLVM turns the latter into arithmetic on map-value pointers, which
+/// the verifier rejects.
+#[inline(always)]
+fn match_target(addr: [u8; 16], port_be: u16) -> (u32, u32) {
     let key = Key::new(
         TARGET_PORT_BITS + 128,
         TargetKey {
@@ -113,15 +135,37 @@ fn decide_inner(
             addr,
         },
     );
-    let port = u16::from_be(port_be);
-    let (target_id, alias) = match TARGETS.get(&key) {
+    match TARGETS.get(&key) {
         Some(t) => (t.id, 0),
         // SAFETY: copied out at once.
-        None => match unsafe { LOCAL_PORTS.get(port) } {
+        None => match unsafe { LOCAL_PORTS.get(u16::from_be(port_be)) } {
             Some(t) => (t.id, dst_flags::ALIAS),
-            None => return Verdict::Pass,
+            None => (NO_TARGET, 0),
         },
-    };
+    }
+}
+
+#[inline(always)]
+fn decide_stream(
+    ctx: &SockAddrContext,
+    addr: [u8; 16],
+    port_be: u16,
+    family: u16,
+    cookie: u64,
+) -> Verdict {
+    // SAFETY: copied out at once.
+    if unsafe { BYPASS.get(cookie) }.is_some() {
+        return Verdict::Pass;
+    }
+    // The kernel turns an unspecified destination into loopback only after this hook, so
+    // 0.0.0.0 and :: are matched (and recorded) as the loopback address they will become.
+    let addr = loopback_if_unspecified(addr);
+    let port = u16::from_be(port_be);
+    let (id, alias) = match_target(addr, port_be);
+    if id == NO_TARGET {
+        return Verdict::Pass;
+    }
+    let target_id = (TargetValue { id }).index();
     let flags = locality(ctx, addr) | alias;
     if alias != 0 && flags == alias {
         // Not local: an ordinary destination that merely shares a local target's port — unless
@@ -168,8 +212,9 @@ fn decide_inner(
 
 /// Where `addr` (already mapped from unspecified to loopback) is delivered locally, as
 /// `dst_flags`: the connecting namespace's loopback, one of its own tracked addresses, or one of
-/// the node's addresses; 0 when it is not local.
-#[inline(always)]
+/// the node's addresses; 0 when it is not local. Not inlined: inlined, LLVM folds "is it 0" into
+/// an OR of the two lookups' map-value pointers, which the verifier rejects.
+#[inline(never)]
 fn locality(ctx: &SockAddrContext, addr: [u8; 16]) -> u32 {
     if is_loopback(&addr) {
         return dst_flags::LOOPBACK;
@@ -304,6 +349,52 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
                 (*sa).user_port = listen_port.to_be() as u32;
             }
             ALLOW
+        }
+    }
+}
+
+/// Unconnected UDP (`sendto`): refused to targets marked `udp: refuse`, passed otherwise. A
+/// connected UDP socket was judged at its connect(), so its sends do not come here.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: 4-byte reads of the sendmsg context.
+    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    match decide(&ctx, v4_mapped(ip.to_ne_bytes()), port as u16, AF_INET) {
+        Verdict::Refuse => REFUSE,
+        _ => ALLOW,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: 4-byte reads of the sendmsg context.
+    let (words, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };
+    match decide(&ctx, words_to_bytes(words), port as u16, AF_INET6) {
+        Verdict::Refuse => REFUSE,
+        _ => ALLOW,
+    }
+}
+
+/// Multipath TCP is refused to managed (and not yet classified) cgroups at socket(). Its
+/// connect() is judged on a subflow socket, whose cookie the MPTCP socket does not share, so
+/// `getpeername()` could not show the original destination and the record would be keyed by the
+/// subflow. Clients that try MPTCP first (Go's dialer, say) fall back to TCP on the error.
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: a 4-byte read of the socket the hook was given.
+    if unsafe { (*ctx.sock).protocol } != IPPROTO_MPTCP {
+        return ALLOW;
+    }
+    // SAFETY: helper without arguments, valid in every cgroup program.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is plain data copied out at once.
+    match unsafe { CGROUPS.get(cgroup_id) } {
+        Some(c) if c.state == cgroup_state::UNMANAGED => ALLOW,
+        _ => {
+            warn!(&ctx, "MPTCP socket refused in cgroup {}", cgroup_id);
+            REFUSE
         }
     }
 }

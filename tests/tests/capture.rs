@@ -314,6 +314,9 @@ fn fail_closed_while_the_gateway_is_down_and_recover() {
     let r = probe(Some(&agent), None, target.addr);
     assert_captured(&gw, &r, target.addr, &agent);
     assert_eq!(target.count(), 1);
+    // One anchor: one link per program.
+    let links_of_one_generation = std::fs::read_dir(gw.pin_dir.join("links")).unwrap().count();
+    assert_eq!(links_of_one_generation, 9);
 
     gw.kill9();
     // A known workload: redirected to a listener that is gone.
@@ -340,7 +343,10 @@ fn fail_closed_while_the_gateway_is_down_and_recover() {
     let r = probe(Some(&newcomer), None, target.addr);
     assert_captured(&gw, &r, target.addr, &newcomer);
     let links = std::fs::read_dir(gw.pin_dir.join("links")).unwrap().count();
-    assert_eq!(links, 6, "the restart replaced the old generation of links");
+    assert_eq!(
+        links, links_of_one_generation,
+        "the restart replaced the old generation of links"
+    );
 
     // Uninstall is the explicit way out: afterwards the workload connects directly.
     gw.kill9();

@@ -20,13 +20,13 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{dst_flags, OrigDst, NODE_NETNS};
+use gateway_common::{dst_flags, OrigDst, TargetValue, NODE_NETNS};
 use ipnet::IpNet;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::netlink::{self, RouteSockets};
 use crate::{
-    ebpf::KernelMaps,
+    ebpf::{target_value_flags, KernelMaps},
     policy::{Policy, Target},
 };
 
@@ -63,14 +63,17 @@ fn is_local(net: &IpNet, node: &[IpNet]) -> bool {
 /// `(port, target index)` of every target that lists a local address, for `AG_LOCAL_PORTS`.
 /// Two local targets on one port both appear; the kernel then captures the port's local
 /// destinations and `resolve_target` refuses the ones neither lists (ambiguous).
-pub fn local_ports(policy: &Policy) -> Vec<(u16, u32)> {
+pub fn local_ports(policy: &Policy) -> Vec<(u16, TargetValue)> {
     let node = node_nets();
-    let mut out: Vec<(u16, u32)> = Vec::new();
+    let mut out: Vec<(u16, TargetValue)> = Vec::new();
     for (id, t) in policy.targets.iter().enumerate() {
         if t.addresses.iter().any(|a| is_local(a, &node)) {
+            let flags = target_value_flags(t);
             for p in &t.ports {
-                if !out.iter().any(|(q, _)| q == p) {
-                    out.push((*p, id as u32));
+                match out.iter_mut().find(|(q, _)| q == p) {
+                    // Two local targets on one port: UDP is refused if either says so.
+                    Some((_, v)) => v.id |= flags,
+                    None => out.push((*p, TargetValue::new(id as u32, flags))),
                 }
             }
         }

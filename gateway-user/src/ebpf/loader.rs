@@ -27,9 +27,16 @@ use gateway_common::map_names;
 
 use super::maps::KernelMaps;
 
-const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "getpeername6",
+    "sendmsg4",
+    "sendmsg6",
+];
 const SOCK_OPS_PROGRAM: &str = "handover";
-const SOCK_PROGRAM: &str = "sock_release";
+const SOCK_PROGRAMS: [&str; 2] = ["sock_release", "sock_create"];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +122,10 @@ impl Kernel {
         }
         let p: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
         p.load().map_err(prog_err(SOCK_OPS_PROGRAM))?;
-        let p: &mut CgroupSock = program(&mut ebpf, SOCK_PROGRAM)?;
-        p.load().map_err(prog_err(SOCK_PROGRAM))?;
+        for name in SOCK_PROGRAMS {
+            let p: &mut CgroupSock = program(&mut ebpf, name)?;
+            p.load().map_err(prog_err(name))?;
+        }
 
         let maps = Arc::new(KernelMaps {
             targets: typed_map(&mut ebpf, map_names::TARGETS)?,
@@ -168,13 +177,9 @@ impl Kernel {
             &cgroup,
             pin(SOCK_OPS_PROGRAM)
         );
-        attach_pinned!(
-            self.ebpf,
-            CgroupSock,
-            SOCK_PROGRAM,
-            &cgroup,
-            pin(SOCK_PROGRAM)
-        );
+        for name in SOCK_PROGRAMS {
+            attach_pinned!(self.ebpf, CgroupSock, name, &cgroup, pin(name));
+        }
         Ok(())
     }
 

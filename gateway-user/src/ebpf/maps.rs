@@ -11,8 +11,8 @@ use aya::maps::{
     HashMap, MapData, MapError,
 };
 use gateway_common::{
-    v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey, TargetValue, FOLLOWED_MARKER,
-    LOCAL_NETNS_BITS, TARGET_PORT_BITS,
+    target_flags, v4_mapped, CgroupValue, LocalKey, OrigDst, PeerKey, TargetKey, TargetValue,
+    FOLLOWED_MARKER, LOCAL_NETNS_BITS, TARGET_PORT_BITS,
 };
 
 use crate::policy::Policy;
@@ -68,12 +68,21 @@ pub fn target_entries(policy: &Policy) -> Vec<(Key<TargetKey>, TargetValue)> {
                             addr,
                         },
                     ),
-                    TargetValue { id: id as u32 },
+                    TargetValue::new(id as u32, target_value_flags(t)),
                 ));
             }
         }
     }
     out
+}
+
+/// The `target_flags` of a policy target.
+pub fn target_value_flags(t: &crate::policy::Target) -> u32 {
+    if t.udp == crate::policy::UdpPolicy::Refuse {
+        target_flags::UDP_REFUSED
+    } else {
+        0
+    }
 }
 
 fn local_key(netns: u64, net: &ipnet::IpNet) -> Key<LocalKey> {
@@ -177,11 +186,11 @@ impl KernelMaps {
         }
     }
 
-    /// Makes the ports of local targets exactly `ports` (port → target index).
-    pub fn sync_local_ports(&self, ports: &[(u16, u32)]) -> Result<(), MapError> {
+    /// Makes the ports of local targets exactly `ports` (port → target index and flags).
+    pub fn sync_local_ports(&self, ports: &[(u16, TargetValue)]) -> Result<(), MapError> {
         let mut map = lock(&self.local_ports);
-        for (port, id) in ports {
-            map.insert(port, TargetValue { id: *id }, 0)?;
+        for (port, value) in ports {
+            map.insert(port, value, 0)?;
         }
         let stale: Vec<u16> = map
             .keys()

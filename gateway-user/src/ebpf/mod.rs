@@ -5,4 +5,4 @@ mod loader;
 mod maps;
 
 pub use loader::{uninstall, Kernel, KernelError};
-pub use maps::{peer_key, target_entries, KernelMaps};
+pub use maps::{peer_key, target_entries, target_value_flags, KernelMaps};

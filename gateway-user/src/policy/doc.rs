@@ -144,6 +144,8 @@ pub struct TargetDoc {
     #[serde(default)]
     pub credential: Option<SecretDoc>,
     #[serde(default)]
+    pub udp: super::model::UdpPolicy,
+    #[serde(default)]
     pub postgres: Option<PostgresDoc>,
 }
 

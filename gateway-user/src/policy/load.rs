@@ -531,6 +531,7 @@ impl Merger {
                 postgres,
                 addresses,
                 ports: t.ports,
+                udp: t.udp,
                 credential: t.credential.map(|c| match c {
                     SecretDoc::Env { name } => Secret::Env(name),
                     SecretDoc::File { path } => Secret::File(path.into()),

@@ -1,7 +1,7 @@
 //! Unit tests of `load`.
 
 use super::*;
-use crate::policy::{Decision, Statement, Who};
+use crate::policy::{Decision, Statement, UdpPolicy, Who};
 
 /// An agent of the `ci` workload with no groups (the statement and mask rule tests).
 const CI_AGENT: Who<'static> = Who {
@@ -669,4 +669,20 @@ fn statement_rules_must_deny_and_name_postgres_targets() {
     );
     std::fs::remove_dir_all(&d).unwrap();
     std::fs::remove_dir_all(&d2).unwrap();
+}
+
+#[test]
+fn udp_option_of_targets() {
+    let d = valid_dir("udp", "");
+    assert_eq!(load_dir(&d).unwrap().targets[0].udp, UdpPolicy::Pass);
+    write(&d, "c-targets.yml", &format!("{TARGET}    udp: refuse\n"));
+    assert_eq!(load_dir(&d).unwrap().targets[0].udp, UdpPolicy::Refuse);
+    // Anything else is an error with its place, never read as "pass".
+    write(&d, "c-targets.yml", &format!("{TARGET}    udp: drop\n"));
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(
+        err.contains("c-targets.yml:") && err.contains("udp"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
 }

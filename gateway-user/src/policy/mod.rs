@@ -13,7 +13,7 @@ mod rules;
 pub use load::load_dir;
 pub use model::{
     ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target, TokenSource,
-    UpstreamTls, Workload,
+    UdpPolicy, UpstreamTls, Workload,
 };
 pub use reload::{Enforce, Enforced, Reloader};
 pub use rules::{Decision, Statement, Who};

@@ -26,6 +26,21 @@ pub enum Protocol {
     Postgres,
 }
 
+/// What the kernel does with UDP from managed workloads to a target's addresses and ports. The
+/// gateway proxies TCP only; a UDP service sharing a target's address and port would otherwise
+/// be reachable directly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpPolicy {
+    /// Not touched (the default: most targets have no UDP service, and DNS-like services on a
+    /// target's port would break).
+    #[default]
+    Pass,
+    /// Refused (`EPERM` on `connect()` and `sendto()`), from managed and not yet classified
+    /// cgroups, to the target's addresses and, for a local target, every local alias of its ports.
+    Refuse,
+}
+
 #[derive(Debug, Clone)]
 pub struct Workload {
     pub name: String,
@@ -52,6 +67,7 @@ pub struct Target {
     pub addresses: Vec<IpNet>,
     pub ports: Vec<u16>,
     pub credential: Option<Secret>,
+    pub udp: UdpPolicy,
     /// Present exactly when `protocol` is `postgres`.
     pub postgres: Option<PostgresTarget>,
     pub source: PathBuf,
