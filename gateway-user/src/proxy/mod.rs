@@ -260,7 +260,7 @@ impl<C: Connect> Proxy<C> {
         // From here on the session is about the address the target is dialled at (the original
         // destination, unless that is an alias of a local target); events keep `original_dst`.
         let dst = placed.upstream;
-        let protocol = placed.target.protocol;
+        let protocol = placed.target.protocol();
         let Some(handler) = self.handlers.iter().find(|h| h.protocol() == protocol) else {
             // Every protocol a policy can name has a handler (a unit test checks it); should
             // one be missing, the connection is refused, never relayed blind.
@@ -375,7 +375,7 @@ impl<C: Connect> Proxy<C> {
             set(base, "dialled", json!(upstream.to_string()));
         }
         set(base, "target", json!(target.name));
-        set(base, "protocol", json!(target.protocol));
+        set(base, "protocol", json!(target.protocol()));
         Ok(Placed {
             policy,
             workload,
@@ -434,8 +434,7 @@ impl<C: Connect> Proxy<C> {
             token_source: workload.token.clone(),
             target: target.name.clone(),
             dst,
-            protocol: target.protocol,
-            postgres: target.postgres.clone(),
+            settings: target.settings.clone(),
             provider,
         };
         let guard = self.sessions.open(id, grant.clone(), self.policy.clone());

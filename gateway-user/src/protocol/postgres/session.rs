@@ -79,7 +79,7 @@ impl PostgresHandler {
             placed,
             facts: mut base,
         } = conn;
-        let Some(pg) = placed.target.postgres.clone() else {
+        let Some(pg) = placed.target.postgres().cloned() else {
             return self
                 .refuse(
                     core,
