@@ -57,21 +57,18 @@ fn main() -> std::process::ExitCode {
             lift,
             list,
             json,
-        } => {
-            let cmd = if list {
-                "revocations"
-            } else if lift {
-                "revoke.lift"
-            } else {
-                "revoke"
-            };
-            cli::revoke::revoke_command(
-                &admin_socket,
-                serde_json::json!({"cmd": cmd, "subject": identity, "issuer": issuer,
-                                   "workload": workload, "reason": reason}),
-                json,
-            )
-        }
+        } => cli::revoke::revoke_command(
+            &admin_socket,
+            cli::revoke::Target {
+                identity,
+                issuer,
+                workload,
+                reason,
+            },
+            lift,
+            list,
+            json,
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

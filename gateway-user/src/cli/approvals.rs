@@ -1,30 +1,45 @@
 //! `agentgate approvals list|show|approve|deny`.
 
 use super::ApprovalsCommand;
-use crate::{admin, audit};
+use crate::{
+    admin::{self, api::StateFilter, AdminRequest},
+    approval::Verdict,
+    audit,
+};
 
 pub fn approvals(socket: &std::path::Path, command: ApprovalsCommand) -> anyhow::Result<()> {
-    use serde_json::json;
     let (req, json_out) = match &command {
-        ApprovalsCommand::List { all, state, json } => (
-            json!({"cmd": "approvals.list",
-                   "state": if *all { "all" } else { state.as_deref().unwrap_or("pending") }}),
-            *json,
-        ),
-        ApprovalsCommand::Show { id, json } => (json!({"cmd": "approvals.show", "id": id}), *json),
+        ApprovalsCommand::List { all, state, json } => {
+            let state = if *all {
+                StateFilter::All
+            } else {
+                StateFilter::parse(state.as_deref().unwrap_or("pending"))
+                    .map_err(anyhow::Error::msg)?
+            };
+            (AdminRequest::ApprovalsList { state }, *json)
+        }
+        ApprovalsCommand::Show { id, json } => {
+            (AdminRequest::ApprovalsShow { id: id.clone() }, *json)
+        }
         ApprovalsCommand::Approve { id, reason, json } => (
-            json!({"cmd": "approvals.decide", "id": id, "verdict": "approve", "reason": reason}),
+            AdminRequest::ApprovalsDecide {
+                id: id.clone(),
+                verdict: Verdict::Approve,
+                reason: reason.clone(),
+            },
             *json,
         ),
         ApprovalsCommand::Deny { id, reason, json } => (
-            json!({"cmd": "approvals.decide", "id": id, "verdict": "deny", "reason": reason}),
+            AdminRequest::ApprovalsDecide {
+                id: id.clone(),
+                verdict: Verdict::Deny,
+                reason: Some(reason.clone()),
+            },
             *json,
         ),
     };
-    let answer = admin::request(socket, &req)?;
-    if let Some(e) = answer["error"].as_str() {
-        anyhow::bail!("{e}");
-    }
+    // What is printed reads the answer as JSON: the same fields the --json output shows.
+    let answer = serde_json::to_value(admin::request(socket, &req)?)?;
     if json_out {
         println!("{answer}");
         return Ok(());

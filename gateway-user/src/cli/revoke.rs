@@ -1,42 +1,77 @@
 //! `agentgate revoke`.
 
-use crate::{admin, audit};
+use crate::{
+    admin::{self, AdminRequest, AdminResponse},
+    audit::print::{safe, time},
+};
+
+/// What the command line names: an identity (and its issuer) and/or a workload.
+pub struct Target {
+    pub identity: Option<String>,
+    pub issuer: Option<String>,
+    pub workload: Option<String>,
+    pub reason: Option<String>,
+}
 
 pub fn revoke_command(
     socket: &std::path::Path,
-    req: serde_json::Value,
+    target: Target,
+    lift: bool,
+    list: bool,
     json: bool,
 ) -> anyhow::Result<()> {
+    let Target {
+        identity: subject,
+        issuer,
+        workload,
+        reason,
+    } = target;
+    let req = if list {
+        AdminRequest::Revocations {}
+    } else if lift {
+        AdminRequest::LiftRevocation {
+            subject,
+            issuer,
+            workload,
+            reason,
+        }
+    } else {
+        AdminRequest::Revoke {
+            subject,
+            issuer,
+            workload,
+            reason,
+        }
+    };
     let answer = admin::request(socket, &req)?;
-    if let Some(e) = answer["error"].as_str() {
-        anyhow::bail!("{e}");
-    }
     if json {
-        println!("{answer}");
+        println!("{}", serde_json::to_value(&answer)?);
         return Ok(());
     }
-    if let Some(list) = answer["revocations"].as_array() {
-        if list.is_empty() {
-            println!("nothing is revoked");
+    let or_any = |s: &Option<String>| s.as_deref().map(safe).unwrap_or_else(|| "-".into());
+    match answer {
+        AdminResponse::Revocations(l) => {
+            if l.revocations.is_empty() {
+                println!("nothing is revoked");
+            }
+            for r in &l.revocations {
+                println!(
+                    "{}  identity {} (issuer {}) workload {}: {} (by {})",
+                    time(Some(r.at_ms)),
+                    or_any(&r.subject),
+                    or_any(&r.issuer),
+                    or_any(&r.workload),
+                    safe(&r.reason),
+                    safe(&r.by)
+                );
+            }
         }
-        for r in list {
-            println!(
-                "{}  identity {} (issuer {}) workload {}: {} (by {})",
-                audit::print::time(r["at_ms"].as_i64()),
-                audit::print::cell(&r["subject"]),
-                audit::print::cell(&r["issuer"]),
-                audit::print::cell(&r["workload"]),
-                audit::print::cell(&r["reason"]),
-                audit::print::cell(&r["by"])
-            );
-        }
-    } else if let Some(n) = answer["lifted"].as_u64() {
-        println!("{n} revocation(s) lifted");
-    } else {
-        println!(
+        AdminResponse::Lifted(l) => println!("{} revocation(s) lifted", l.lifted),
+        AdminResponse::Revoked(r) => println!(
             "revoked: {} live session(s) ended; new connections are refused",
-            answer["ended_sessions"]
-        );
+            r.ended_sessions
+        ),
+        _ => anyhow::bail!("admin socket {}: not a revocation answer", socket.display()),
     }
     Ok(())
 }

@@ -1,34 +1,33 @@
 //! `agentgate status`.
 
-use crate::admin;
+use crate::admin::{self, AdminRequest, AdminResponse};
 
 pub fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let answer = admin::request(socket, &serde_json::json!({"cmd": "status"}))?;
+    let AdminResponse::Status(answer) = admin::request(socket, &AdminRequest::Status {})? else {
+        anyhow::bail!("admin socket {}: not a status answer", socket.display());
+    };
     if json {
-        println!("{answer}");
+        println!("{}", serde_json::to_value(&answer)?);
         return Ok(());
     }
-    let p = &answer["policy"];
-    println!("agentgate pid {}", answer["pid"]);
+    let p = &answer.policy;
+    println!("agentgate pid {}", answer.pid);
     println!(
         "policy     {} (generation {}, from {})",
-        p["version"].as_str().unwrap_or("?"),
-        p["generation"],
-        p["dir"].as_str().unwrap_or("?")
+        p.version,
+        p.generation,
+        p.dir.display()
     );
-    match p["last_error"].as_object() {
+    match &p.last_error {
         Some(e) => println!(
             "last reload REFUSED (the policy above stays in force):\n  {}",
-            e.get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("?")
-                .replace('\n', "\n  ")
+            e.message.replace('\n', "\n  ")
         ),
         None => println!("last reload ok"),
     }
-    if let Some(e) = answer["capture_error"].as_str() {
+    if let Some(e) = &answer.capture_error {
         println!("CAPTURE NOT FULLY APPLIED: {e}");
     }
-    println!("sessions   {} live", answer["sessions"]);
+    println!("sessions   {} live", answer.sessions);
     Ok(())
 }
