@@ -317,3 +317,40 @@ fn a_failure_is_read_as_one_and_a_wrong_answer_is_an_error() {
     assert!(AdminResponse::decode_answer(&AdminRequest::Status {}, json!({"lifted": 1})).is_err());
     assert!(AdminResponse::decode_answer(&req, json!({"ended_sessions": 1})).is_err());
 }
+
+#[test]
+fn status_is_the_reloaders_status_as_it_was_sent() {
+    // The socket used to send the reloader's `PolicyStatus` itself: the admin API's copy must
+    // stay field for field the same (tests and scripts read `policy.version`,
+    // `policy.last_error.message`, `sessions`).
+    let reloader = crate::policy::PolicyStatus {
+        dir: "/etc/agentgate".into(),
+        version: "v7".into(),
+        generation: 3,
+        loaded_at_ms: 9,
+        last_error: None,
+    };
+    let ours = PolicyState {
+        dir: "/etc/agentgate".into(),
+        version: "v7".into(),
+        generation: 3,
+        loaded_at_ms: 9,
+        last_error: Some(ReloadRefused {
+            at_ms: 10,
+            message: "a.yaml:1:2: bad".into(),
+        }),
+    };
+    let mut expected = serde_json::to_value(&reloader).unwrap();
+    expected["last_error"] = json!({"at_ms": 10, "message": "a.yaml:1:2: bad"});
+    assert_eq!(serde_json::to_value(&ours).unwrap(), expected);
+    let status = Status {
+        pid: 42,
+        policy: ours,
+        sessions: 2,
+        capture_error: Some("cgroup gone".into()),
+    };
+    assert_eq!(
+        serde_json::to_value(AdminResponse::Status(status)).unwrap(),
+        json!({"pid": 42, "policy": expected, "sessions": 2, "capture_error": "cgroup gone"})
+    );
+}
