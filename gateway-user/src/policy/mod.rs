@@ -15,5 +15,5 @@ pub use model::{
     ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target,
     TargetSettings, TokenSource, UdpPolicy, UpstreamTls, Workload,
 };
-pub use reload::{Enforce, Enforced, Reloader};
+pub use reload::{Enforce, Enforced, PolicyStatus, Reloader};
 pub use rules::{Decision, Statement, Who};
