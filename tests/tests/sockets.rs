@@ -1,6 +1,6 @@
 //! The gateway's own connections (issue 17, one socket factory): a connection the gateway makes
-//! for itself is never captured, even to an address it captures for workloads and from a
-//! gateway that runs in a managed cgroup; and the gateway's own services are dialled from the
+//! for itself (an identity provider's keys, an approval webhook) is never captured, even to an
+//! address it captures for workloads and from a gateway that runs in a managed cgroup; and the gateway's own services are dialled from the
 //! gateway's namespace, also while it handles a pod's connection whose upstream is dialled inside
 //! the pod.
 //!
@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use agentgate_tests::*;
+use agentgate_tests::{pg::*, *};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -363,4 +363,88 @@ fn a_key_fetch_during_a_pods_connection_leaves_from_the_gateways_namespace() {
         visits.iter().all(|v| v.owner == Some(gw.pid())),
         "{visits:?}"
     );
+}
+
+/// An approval webhook whose receiver listens on a loopback alias of the PostgreSQL target's
+/// port (captured like the target itself), POSTed by a gateway that runs in a managed cgroup:
+/// the receiver gets it from the gateway's own socket, at the first attempt.
+#[test]
+fn a_webhook_to_a_captured_address_from_a_managed_gateway_goes_direct() {
+    require_root();
+    let pg_port = 20270;
+    let hook_addr = SocketAddr::from(([127, 0, 0, 5], pg_port));
+    let receiver = HttpServer::start(hook_addr, None, "200 OK", b"{}".to_vec());
+    let opts = PgTargetOptions {
+        extra_rules: approval_rule(
+            "drops-need-approval",
+            r#"{patterns: ["(?i)^drop table"]}"#,
+            "{approvers: [dba], timeout_secs: 120}",
+        ),
+        gateway_extra: format!(
+            "  approval_webhooks:\n    - url: http://{hook_addr}/hook\n      format: json\n"
+        ),
+        ..Default::default()
+    };
+    let (p, own) = PgGateway::start_prepared(
+        "sockhook",
+        20271,
+        pg_port,
+        PgOptions::default(),
+        &opts,
+        true,
+        |_| Vec::new(),
+    );
+    let own = own.expect("the gateway's own cgroup");
+    let ev = p.gw.wait_classified(&own.rel);
+    assert_eq!(
+        s(&ev, "workload"),
+        "sql-agents",
+        "the gateway's cgroup is managed: {ev}"
+    );
+    p.pg.sql_in(
+        "agentdb",
+        &format!("CREATE TABLE t (x int); ALTER TABLE t OWNER TO {ROLE_SCRAM};"),
+    );
+    // The capture of the receiver's address is real: an agent's connection to it is taken by
+    // the gateway as the PostgreSQL target's, it does not reach the receiver.
+    // (The probe speaks no PostgreSQL, so the gateway ends it as a protocol error.)
+    let r = probe(Some(&p.agent), None, hook_addr);
+    assert!(!r.went_direct() && r.errno.is_none(), "{r:?}");
+    let ev = p.gw.wait_for(
+        Duration::from_secs(30),
+        |e| e["event"] == "refused" && e["pid"] == r.pid,
+        0,
+    );
+    assert_eq!(s(&ev, "original_dst"), hook_addr.to_string(), "{ev}");
+    assert_eq!(receiver.visits().len(), 0, "{:?}", receiver.visits());
+
+    let conn = p.agent_conninfo(&agent_jwt("agent-sockhook"), "disable");
+    let mut c = psql_bg(&conn, &p.agent, &["DROP TABLE t"]);
+    c.wait_line(Duration::from_secs(30), |err, l| {
+        err && l.starts_with("NOTICE:")
+    });
+    let delivered = p.gw.wait_for(
+        Duration::from_secs(30),
+        |e| e["event"] == "webhook_delivered" || e["event"] == "webhook_failed",
+        0,
+    );
+    assert_eq!(s(&delivered, "event"), "webhook_delivered", "{delivered}");
+    assert_eq!(delivered["attempt"], 1, "{delivered}");
+    let visits = receiver.visits();
+    assert_eq!(visits.len(), 1, "{visits:?}");
+    assert_eq!(
+        visits[0].owner,
+        Some(p.gw.pid()),
+        "the receiver's client was not the gateway's own socket: {visits:?}"
+    );
+    let looped: Vec<_> =
+        p.gw.events()
+            .into_iter()
+            .filter(|e| {
+                e["pid"] == p.gw.pid()
+                    && ["allowed", "refused", "connection_open"].contains(&s(e, "event"))
+            })
+            .collect();
+    assert!(looped.is_empty(), "the gateway captured itself: {looped:?}");
+    drop(c);
 }
