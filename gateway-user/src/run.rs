@@ -93,8 +93,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
-    // Every socket the gateway opens comes from here, registered as its own so that capture
-    // never redirects it (or, if that cannot be done, is not connected at all).
+    // Every socket the gateway opens comes from a `SocketFactory` over these maps, registered as
+    // its own so that capture never redirects it (or, if that cannot be done, not connected at
+    // all): this one, and the identity verifier's, which the proxy builds from `maps`.
     let sockets = Arc::new(SocketFactory::new(maps.clone()));
     let sink_task = sink.map(|sink| {
         tokio::spawn(sink.run(
