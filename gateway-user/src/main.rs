@@ -9,6 +9,7 @@ mod ebpf;
 mod fswatch;
 mod identity;
 mod mask;
+mod net;
 mod policy;
 mod protocol;
 mod proxy;

@@ -23,11 +23,10 @@ use crate::{
     capture::{bind_loopback, CgroupFs, ListenerKind, Reconciler, SpawnListener, WorkloadTable},
     cli::RunArgs,
     ebpf::Kernel,
-    identity::OwnSockets,
+    net::{http::HttpClient, Dialer, Netns, SocketFactory},
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
     record::{Db, EventSink, Recorder},
-    upstream::BypassConnector,
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -94,12 +93,16 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
-    // The sink's sockets are the gateway's own: capture never redirects them.
+    // Every socket the gateway opens comes from a `SocketFactory` over these maps, registered as
+    // its own so that capture never redirects it (or, if that cannot be done, not connected at
+    // all): this one, and the identity verifier's, which the proxy builds from `maps`.
+    let sockets = Arc::new(SocketFactory::new(maps.clone()));
     let sink_task = sink.map(|sink| {
         tokio::spawn(sink.run(
             args.record_db.clone(),
-            BypassConnector {
-                maps: maps.clone(),
+            Dialer {
+                sockets: sockets.clone(),
+                netns: Netns::Gateway,
                 timeout: Duration::from_secs(10),
             },
             shipped.clone(),
@@ -122,7 +125,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         db.clone(),
         Notifier::new(
             policies.clone(),
-            Some(maps.clone() as Arc<dyn OwnSockets>),
+            HttpClient::new(sockets.clone()),
             events.clone(),
         ),
         events.clone(),
@@ -139,8 +142,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         maps.clone(),
         table.clone(),
         events.clone(),
-        BypassConnector {
-            maps: maps.clone(),
+        Dialer {
+            sockets: sockets.clone(),
+            netns: Netns::Connection,
             timeout: Duration::from_millis(gateway.connect_timeout_ms),
         },
         crate::proxy::Oversight {

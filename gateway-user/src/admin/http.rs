@@ -274,7 +274,11 @@ mod tests {
         let events = Arc::new(crate::record::EventSink::disabled());
         Approvals::open(
             crate::record::Db::open(&dir.join("r.db")).unwrap(),
-            Notifier::new(policy, None, events.clone()),
+            Notifier::new(
+                policy,
+                crate::net::http::HttpClient::uncaptured(),
+                events.clone(),
+            ),
             events,
         )
         .unwrap()
@@ -377,7 +381,7 @@ mod tests {
         .unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, ck.cert.pem()).unwrap();
-        let client = Arc::new(crate::identity::fetch::tls_config(Some(&ca)).unwrap());
+        let client = Arc::new(crate::net::http::tls_config(Some(&ca)).unwrap());
 
         // Plain HTTP is for loopback only; the check comes before any bind.
         assert!(matches!(
