@@ -55,7 +55,11 @@ fn admin(dir: &std::path::Path) -> Admin {
     let events = Arc::new(crate::record::EventSink::disabled());
     let approvals = Approvals::open(
         crate::record::Db::open(&dir.join("r.db")).unwrap(),
-        Notifier::new(policy, None, events.clone()),
+        Notifier::new(
+            policy,
+            crate::net::http::HttpClient::uncaptured(),
+            events.clone(),
+        ),
         events,
     )
     .unwrap();
