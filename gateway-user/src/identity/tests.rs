@@ -596,22 +596,25 @@ async fn identity_file_source_rotation() {
     let path = dir.path().join("jwks.json");
     let k1 = TestKey::rsa(RSA1, "k1");
     let k2 = TestKey::rsa(RSA2, "k2");
+    // Signed up front: RSA signing in a debug build on a loaded machine can take longer than
+    // the refresh interval, which would let the re-read happen inside the "within" window.
+    let (t1, t2) = (k1.sign(&claims()), k2.sign(&claims()));
     write_atomically(&path, &jwks_json(&[&k1]));
     let v = Verifier::new(vec![provider("corp", ISS, JwksSource::File(path.clone()))])
         .unwrap()
-        .with_min_refresh_interval(Duration::from_millis(400));
-    v.verify(&k1.sign(&claims())).await.unwrap();
+        .with_min_refresh_interval(Duration::from_secs(2));
+    v.verify(&t1).await.unwrap();
 
     write_atomically(&path, &jwks_json(&[&k2]));
     // Within the refresh interval the new kid is unknown: the file is not re-read.
-    refused(&v, &k2.sign(&claims()), "unknown_kid").await;
-    v.verify(&k1.sign(&claims())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    refused(&v, &t2, "unknown_kid").await;
+    v.verify(&t1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     // Unknown kid -> refresh -> the replaced file is read.
-    let p = v.verify(&k2.sign(&claims())).await.unwrap();
+    let p = v.verify(&t2).await.unwrap();
     assert_eq!(p.subject, "alice@example.test");
     // The old key is gone.
-    refused(&v, &k1.sign(&claims()), "unknown_kid").await;
+    refused(&v, &t1, "unknown_kid").await;
 }
 
 #[tokio::test]
