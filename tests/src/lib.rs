@@ -653,7 +653,8 @@ impl Gateway {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// `f` of every event so far (the new lines of the log parsed first).
+    /// `f` of every event so far (the new lines of the log parsed first). Runs under the log's
+    /// lock: `f` (a `wait_for` predicate) must not call back into this gateway.
     fn with_events<T>(&self, f: impl FnOnce(&[Value]) -> T) -> T {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         log.read_new(&self.events_path);
