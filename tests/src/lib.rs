@@ -5,7 +5,7 @@
 //! never skip.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     net::{SocketAddr, TcpListener},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -505,6 +505,53 @@ pub struct Gateway {
     pub extra_args: Vec<String>,
     child: Option<Child>,
     read_pos: Mutex<usize>,
+    log: Mutex<EventLog>,
+}
+
+/// The event log as read so far. Each line is parsed once: the log of a long test grows by
+/// thousands of events, and parsing it whole on every look (`wait_for` looks every 20 ms) cost
+/// the test more CPU with every event, CPU the gateway under test was waiting for on a small
+/// machine (reconnects after a policy restore got slower flip by flip, issue 16).
+#[derive(Default)]
+struct EventLog {
+    /// Bytes of the file consumed (up to the end of the last whole line).
+    pos: u64,
+    events: Vec<Value>,
+    /// Lines read and parsed, over the life of the gateway (see [`Gateway::lines_parsed`]).
+    parsed: usize,
+}
+
+impl EventLog {
+    /// Parses the whole lines written since the last read; a line still being written is left
+    /// for the next read.
+    fn read_new(&mut self, path: &Path) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.pos {
+            // Replaced by a shorter file: start again.
+            *self = EventLog {
+                parsed: self.parsed,
+                ..Default::default()
+            };
+        }
+        let mut new = Vec::new();
+        if f.seek(SeekFrom::Start(self.pos)).is_err() || f.read_to_end(&mut new).is_err() {
+            return;
+        }
+        let Some(end) = new.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        self.pos += end as u64 + 1;
+        for line in new[..end].split(|&b| b == b'\n') {
+            self.parsed += 1;
+            if let Ok(v) = serde_json::from_slice(line) {
+                self.events.push(v);
+            }
+        }
+    }
 }
 
 impl Gateway {
@@ -539,6 +586,7 @@ impl Gateway {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             read_pos: Mutex::new(0),
+            log: Mutex::default(),
         };
         gw.spawn();
         gw
@@ -605,20 +653,26 @@ impl Gateway {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// `f` of every event so far (the new lines of the log parsed first). Runs under the log's
+    /// lock: `f` (a `wait_for` predicate) must not call back into this gateway.
+    fn with_events<T>(&self, f: impl FnOnce(&[Value]) -> T) -> T {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.read_new(&self.events_path);
+        f(&log.events)
+    }
+
     /// Every event so far.
     pub fn events(&self) -> Vec<Value> {
-        let Ok(f) = std::fs::File::open(&self.events_path) else {
-            return Vec::new();
-        };
-        BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect()
+        self.with_events(|e| e.to_vec())
+    }
+
+    /// Lines of the event log parsed so far, each counted once however often it was looked at.
+    pub fn lines_parsed(&self) -> usize {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).parsed
     }
 
     pub fn count(&self, event: &str) -> usize {
-        self.events().iter().filter(|e| e["event"] == event).count()
+        self.with_events(|e| e.iter().filter(|e| e["event"] == event).count())
     }
 
     /// Waits until an event after the first `skip` events satisfies `pred`; returns it.
@@ -630,9 +684,10 @@ impl Gateway {
     ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let hits: Vec<Value> = self.events().into_iter().filter(|e| pred(e)).collect();
-            if hits.len() > skip_matching {
-                return hits[skip_matching].clone();
+            let hit =
+                self.with_events(|e| e.iter().filter(|e| pred(e)).nth(skip_matching).cloned());
+            if let Some(hit) = hit {
+                return hit;
             }
             if let Some(status) = self.exited() {
                 panic!(
