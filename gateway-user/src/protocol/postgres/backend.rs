@@ -287,9 +287,16 @@ async fn authenticate(
                 scram = Some(s);
             }
             11 => {
-                let s = scram.as_mut().ok_or(BackendError::Unexpected('R'))?;
-                s.update(rest(&frame)).map_err(BackendError::Scram)?;
+                // The salted password (PBKDF2, 4096 rounds by default) is milliseconds of CPU:
+                // off the runtime's workers, or a reconnect storm stalls every other session.
+                let mut s = scram.take().ok_or(BackendError::Unexpected('R'))?;
+                let server_first = rest(&frame).to_vec();
+                let s = tokio::task::spawn_blocking(move || s.update(&server_first).map(|()| s))
+                    .await
+                    .map_err(|e| BackendError::Scram(std::io::Error::other(e)))?
+                    .map_err(BackendError::Scram)?;
                 frontend::sasl_response(s.message(), &mut buf)?;
+                scram = Some(s);
             }
             12 => {
                 // Verifies the server's signature: a server that does not know the password
