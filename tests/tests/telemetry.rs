@@ -153,19 +153,45 @@ fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         .collect()
 }
 
+/// The request id (`ar-` and 12 hex digits) in an approval refusal's message.
+fn request_id(text: &str) -> String {
+    text.match_indices("ar-")
+        .map(|(i, _)| &text[i..(i + 15).min(text.len())])
+        .find(|id| id.len() == 15 && id[3..].bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no request id in {text}"))
+        .to_string()
+}
+
 #[test]
 fn metrics_follow_a_postgres_session() {
     const METRICS: u16 = 20202;
+    // Agents may not run DDL; writes to items wait for a person (refused at once, retried once
+    // approved); names are masked.
+    let rules = [
+        NO_DDL_RULE.to_string(),
+        approval_rule(
+            "writes-need-approval",
+            "{classes: [write], tables: [items]}",
+            "{approvers: [dba], timeout_secs: 120, mode: deny_and_retry, retry_window_secs: 600}",
+        ),
+        "  - name: mask-names\n    targets: [pg]\n    mask:\n      columns: [\"items.name\"]\n      strategy: redact\n".to_string(),
+    ]
+    .concat();
+    let opts = PgTargetOptions {
+        extra_rules: rules,
+        ..Default::default()
+    };
     let p = PgGateway::start_with_args(
         "telemetry",
         20200,
         20201,
         PgOptions::default(),
-        &PgTargetOptions {
-            extra_rules: NO_DDL_RULE.into(),
-            ..Default::default()
-        },
+        &opts,
         &["--metrics", &format!("127.0.0.1:{METRICS}")],
+    );
+    p.pg.sql_in(
+        "agentdb",
+        "INSERT INTO items (id, name) VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma');",
     );
 
     // Started: alive and ready (the gateway said `ready`), unknown paths 404.
@@ -204,7 +230,8 @@ fn metrics_follow_a_postgres_session() {
     let tv = "agentgate_token_verifications_total";
     assert_eq!(before.get("agentgate_sessions_live", &live), 0.0);
 
-    // A session: two reads, one DDL statement the rules deny.
+    // A session: two reads (one of three masked rows), a DDL statement the rules deny, a write
+    // held for approval.
     let subject = "agent-telemetry";
     let token = agent_jwt(subject);
     let mut session = Bg::spawn(
@@ -221,14 +248,31 @@ fn metrics_follow_a_postgres_session() {
         serde_json::from_str(&line).unwrap()
     };
     assert!(run("SELECT 1").get("ok").is_some());
-    assert!(run("SELECT count(*) FROM items").get("ok").is_some());
+    let names = run("SELECT name FROM items ORDER BY id");
+    let rows = names["ok"].as_array().unwrap_or_else(|| panic!("{names}"));
+    assert_eq!(rows.len(), 3, "{names}");
+    assert!(!names.to_string().contains("alpha"), "not masked: {names}");
     let denied = run("CREATE TABLE telemetry_denied (i int)");
     assert_eq!(denied["error"]["sqlstate"], "42501", "{denied}");
+    let held = run("INSERT INTO items (id, name) VALUES (10, 'x')");
+    assert_eq!(held["error"]["sqlstate"], "42501", "{held}");
+    let request = request_id(held["error"]["message"].as_str().unwrap_or_default());
 
+    let write_denied = [("class", "write"), ("decision", "denied")];
     let during = scrape_until(METRICS, "the session's statements", |s| {
         s.get(st, &read) - before.get(st, &read) >= 2.0
             && s.get(st, &ddl_denied) - before.get(st, &ddl_denied) >= 1.0
+            && s.get(st, &write_denied) - before.get(st, &write_denied) >= 1.0
     });
+    assert_eq!(
+        during.get(st, &write_denied) - before.get(st, &write_denied),
+        1.0
+    );
+    let masked = "agentgate_mask_rows_rewritten_total";
+    assert_eq!(during.get(masked, &[]) - before.get(masked, &[]), 3.0);
+    let requested = "agentgate_approvals_requested_total";
+    assert_eq!(during.get(requested, &[]) - before.get(requested, &[]), 1.0);
+    assert_eq!(during.get("agentgate_approvals_pending", &[]), 1.0);
     assert_eq!(during.get(c, &allowed) - before.get(c, &allowed), 1.0);
     assert_eq!(during.get("agentgate_sessions_live", &live), 1.0);
     assert_eq!(during.get(st, &read) - before.get(st, &read), 2.0);
@@ -247,6 +291,27 @@ fn metrics_follow_a_postgres_session() {
         "{}",
         during.text
     );
+
+    // A person denies the request: decided once, nothing pending.
+    let out = Command::new(agentgate_bin())
+        .args([
+            "approvals",
+            "deny",
+            &request,
+            "--reason",
+            "not now",
+            "--admin-socket",
+        ])
+        .arg(p.gw.admin_socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let decided = [("outcome", "denied")];
+    let d = "agentgate_approvals_decided_total";
+    let settled = scrape_until(METRICS, "the decision", |s| {
+        s.get("agentgate_approvals_pending", &[]) == 0.0
+    });
+    assert_eq!(settled.get(d, &decided) - before.get(d, &decided), 1.0);
 
     // The agent goes away: the session ends, its cause is counted once, nothing is live.
     session.kill();
@@ -288,6 +353,48 @@ fn metrics_follow_a_postgres_session() {
     assert_eq!(last.get(c, &allowed) - before.get(c, &allowed), 1.0);
     assert_eq!(last.get("agentgate_sessions_live", &live), 0.0);
 
+    // A policy the gateway refuses, then one it applies: counted by result, and the info
+    // metric follows the version in force (one series).
+    let reloads = "agentgate_policy_reloads_total";
+    p.set_policy_refused(&PgTargetOptions {
+        extra_rules: format!(
+            "{}  - name: broken\n    targets: [no-such-target]\n",
+            opts.extra_rules
+        ),
+        ..opts.clone()
+    });
+    p.set_policy(&PgTargetOptions {
+        extra_rules: format!(
+            "{}  - name: nobody\n    when: {{groups: [nobody]}}\n    targets: [pg]\n",
+            opts.extra_rules
+        ),
+        ..opts.clone()
+    });
+    let new_version = policy_version(&p.gw.policy_dir());
+    assert_ne!(new_version, version);
+    let last = scrape_until(METRICS, "the reloads", |s| {
+        s.get(reloads, &[("result", "applied")]) >= 1.0
+    });
+    assert_eq!(
+        last.get(reloads, &[("result", "refused")]),
+        1.0,
+        "{}",
+        last.text
+    );
+    assert_eq!(
+        last.get(reloads, &[("result", "applied")]),
+        1.0,
+        "{}",
+        last.text
+    );
+    let info: Vec<_> = last
+        .samples
+        .iter()
+        .filter(|(n, _, _)| n == "agentgate_policy_info")
+        .collect();
+    assert_eq!(info.len(), 1, "{}", last.text);
+    assert_eq!(info[0].1["version"], new_version.as_str(), "{}", last.text);
+
     // Each family with its type (families without a series yet are not exposed at all).
     for (family, kind) in [
         ("agentgate_connections", "counter"),
@@ -297,6 +404,7 @@ fn metrics_follow_a_postgres_session() {
         ("agentgate_record_queue_depth", "gauge"),
         ("agentgate_approvals_pending", "gauge"),
         ("agentgate_mask_rows_rewritten", "counter"),
+        ("agentgate_approvals_decided", "counter"),
         ("agentgate_token_verifications", "counter"),
     ] {
         assert_eq!(
@@ -307,7 +415,7 @@ fn metrics_follow_a_postgres_session() {
         );
     }
     // Bounded labels: no subject, token, address or statement text became a label value.
-    for s in [&before, &during, &after, &last] {
+    for s in [&before, &during, &settled, &after, &last] {
         for v in s.label_values() {
             for secret in [
                 subject,
@@ -315,7 +423,9 @@ fn metrics_follow_a_postgres_session() {
                 "127.0.0.1",
                 "SELECT",
                 "items",
+                "alpha",
                 "telemetry_denied",
+                &request,
             ] {
                 assert!(
                     !v.contains(secret),
