@@ -441,6 +441,19 @@ fn metrics_follow_a_postgres_session() {
         }
     }
     assert_eq!(http_get(METRICS, "/readyz").0, 200);
+
+    // The record database deleted under the gateway: its records would be lost, so it is not
+    // ready, and says why (the process is still alive).
+    std::fs::remove_file(p.gw.record_db()).unwrap();
+    let (status, body) = http_get(METRICS, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("not ready:\n")
+            && body.contains("\nrecord: ")
+            && body.contains("not writable"),
+        "{body}"
+    );
+    assert_eq!(http_get(METRICS, "/healthz").0, 200);
 }
 
 #[test]
@@ -508,4 +521,51 @@ fn json_logs_carry_the_connection_span_on_every_line() {
             "{l}"
         );
     }
+}
+
+#[test]
+fn metrics_stay_off_the_network_unless_asked() {
+    require_root();
+    let dir = std::env::temp_dir().join(unique("telempub"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        policy(
+            20220,
+            "/telempub/job-*",
+            "host",
+            &["127.0.0.1"],
+            20221,
+            &dir.join("token"),
+        ),
+    )
+    .unwrap();
+    let pin_dir = "/sys/fs/bpf/agentgate-telempub-never-created";
+    let run = |extra: &[&str]| {
+        Command::new(agentgate_bin())
+            .args(["run", "--pin-dir", pin_dir, "--policies"])
+            .arg(&dir)
+            .arg("--admin-socket")
+            .arg(dir.join("admin.sock"))
+            .arg("--record-db")
+            .arg(dir.join("record.db"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A non-loopback address is refused before anything else starts (nothing is bound, the
+    // kernel is not touched).
+    let out = run(&["--metrics", "0.0.0.0:20222"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--metrics-public"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!std::path::Path::new(pin_dir).exists());
+    // So is an address that is not one.
+    let out = run(&["--metrics", "localhost"]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
