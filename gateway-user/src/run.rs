@@ -27,7 +27,7 @@ use crate::{
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
     record::{Db, EventSink, Recorder},
-    telemetry::{self, Metrics, MetricsListen, Readiness},
+    telemetry::Telemetry,
     upstream::BypassConnector,
 };
 
@@ -42,25 +42,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    // Token verification and masking count through the process-wide handle (see `install`).
-    telemetry::metrics::install(metrics.clone());
-    metrics.policy_version(&initial.version);
-    let readiness = Readiness::new();
-    // Up first, so that /healthz answers and /readyz says what is missing while we start.
-    let telemetry_stop = CancellationToken::new();
-    if let MetricsListen::At(addr) = args.metrics {
-        let listener = telemetry::server::bind(addr, args.metrics_public).await?;
-        tracing::info!(%addr, "metrics, /healthz and /readyz listening");
-        tokio::spawn(telemetry::server::serve(
-            Arc::new(telemetry::server::Endpoint {
-                metrics: metrics.clone(),
-                readiness: readiness.clone(),
-            }),
-            listener,
-            telemetry_stop.clone(),
-        ));
-    }
+    let telemetry = Telemetry::start(args.metrics, args.metrics_public, &initial.version).await?;
+    let metrics = telemetry.metrics.clone();
     let events = Arc::new(
         match &args.events {
             Some(p) => {
@@ -90,19 +73,17 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     } else {
         Recorder::sqlite(db.clone(), Some(metrics.clone()))
     };
-    watch_record(&metrics, &readiness, &recorder, &args);
+    telemetry.watch_record(
+        &recorder,
+        (!args.record_off).then(|| args.record_db.clone()),
+    );
     let sink_stop = CancellationToken::new();
     // Without a sink nothing holds retention back.
     let shipped = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
     let sink = match &args.audit_sink {
         Some(conninfo) => {
             shipped.store(0, std::sync::atomic::Ordering::Relaxed);
-            let (db, shipped) = (db.clone(), shipped.clone());
-            metrics.on_scrape(move |m| {
-                let tip = Db::lock(&db).tip_seq();
-                let sent = shipped.load(std::sync::atomic::Ordering::Relaxed);
-                m.audit_sink_lag.set((tip - sent).max(0));
-            });
+            telemetry.watch_sink(db.clone(), shipped.clone());
             let config = crate::record::sink::SinkConfig {
                 conninfo: conninfo.clone(),
                 password_file: args.audit_sink_password_file.clone(),
@@ -129,18 +110,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
-    match crate::ebpf::Occupancy::open(&args.pin_dir) {
-        Ok(occupancy) => metrics.on_scrape(move |m| {
-            for fill in occupancy.count() {
-                let map = telemetry::metrics::MapLabel {
-                    map: fill.map.to_string(),
-                };
-                m.map_entries.get_or_create(&map).set(fill.entries as i64);
-                m.map_capacity.get_or_create(&map).set(fill.capacity as i64);
-            }
-        }),
-        Err(e) => tracing::warn!("eBPF map occupancy will not be reported: {e}"),
-    }
+    telemetry.watch_maps(&args.pin_dir);
     // The sink's sockets are the gateway's own: capture never redirects them.
     let sink_task = sink.map(|sink| {
         tokio::spawn(sink.run(
@@ -178,15 +148,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     approvals
         .resume()
         .with_context(|| format!("approval store {}", args.record_db.display()))?;
-    {
-        let approvals = approvals.clone();
-        metrics.on_scrape(move |m| match approvals.pending_count() {
-            Ok(n) => {
-                m.approvals_pending.set(n as i64);
-            }
-            Err(e) => tracing::warn!("metrics: pending approvals: {e}"),
-        });
-    }
+    telemetry.watch_approvals(&approvals);
 
     let table = Arc::new(WorkloadTable::default());
     let gateway = &initial.gateway;
@@ -210,7 +172,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         let listener = bound.into_listener(ListenerKind::Host)?;
         tokio::spawn(proxy.clone().serve(listener));
     }
-    readiness.listeners_open();
+    telemetry.readiness.listeners_open();
     let spawn: SpawnListener = {
         let proxy = proxy.clone();
         Arc::new(move |l| tokio::spawn(proxy.clone().serve(l)))
@@ -224,8 +186,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .map(|a| a.display().to_string())
         .collect();
     tracing::info!(?anchors, replaced, version = %initial.version, "capture attached");
-    readiness.programs_attached();
-    readiness.policy_in_force();
+    telemetry.capture_attached(reconciler.apply_error());
 
     reloader.enforce_with(crate::proxy::enforcer(proxy.sessions.clone()));
     let stop = CancellationToken::new();
@@ -233,16 +194,6 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     let admin_listener = admin::bind(&args.admin_socket)?;
     let sessions = proxy.sessions.clone();
     let capture_error = reconciler.apply_error();
-    {
-        // A policy the kernel does not follow (fully) is not in force.
-        let capture_error = capture_error.clone();
-        readiness.check("capture", move || {
-            match &*capture_error.lock().unwrap_or_else(|p| p.into_inner()) {
-                Some(e) => Err(format!("the policy in force is not fully applied: {e}")),
-                None => Ok(()),
-            }
-        });
-    }
     let local_approvals = approvals.clone();
     let revoking = proxy.clone();
     tokio::spawn(admin::serve(
@@ -277,7 +228,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     wait_for_signal().await?;
     tracing::info!("stopping: no new connections; draining open ones");
     approvals.stopping();
-    readiness.listeners_closed();
+    telemetry.readiness.listeners_closed();
     proxy.shutdown.cancel();
     stop.cancel();
     proxy.tracker.close();
@@ -298,34 +249,8 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     }
     let _ = std::fs::remove_file(&args.admin_socket);
     events.emit("stopped", json!({"drained": drained}));
-    telemetry_stop.cancel();
+    telemetry.stop();
     Ok(())
-}
-
-/// The recorder's queue in the metrics; whether the record can be written in the readiness.
-fn watch_record(
-    metrics: &Metrics,
-    readiness: &Readiness,
-    recorder: &Arc<Recorder>,
-    args: &RunArgs,
-) {
-    let r = recorder.clone();
-    metrics.on_scrape(move |m| {
-        m.record_queue_depth.set(r.queue_depth() as i64);
-    });
-    let r = recorder.clone();
-    let path = (!args.record_off).then(|| args.record_db.clone());
-    readiness.check("record", move || {
-        r.writable()?;
-        // Cheap: opening for writing fails on a read-only file system or a deleted file.
-        if let Some(path) = &path {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("{} is not writable: {e}", path.display()))?;
-        }
-        Ok(())
-    });
 }
 
 async fn serve_http_admin<C: crate::upstream::Connect + 'static>(

@@ -7,12 +7,14 @@ pub mod logging;
 pub mod metrics;
 pub mod ready;
 pub mod server;
+mod wiring;
 
 use std::{net::SocketAddr, str::FromStr};
 
 pub use logging::LogFormat;
 pub use metrics::Metrics;
 pub use ready::Readiness;
+pub use wiring::Telemetry;
 
 /// Where `--metrics` serves: an address, or `off`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
