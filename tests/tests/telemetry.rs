@@ -1,7 +1,8 @@
 //! What operators watch the gateway with, end to end: `/metrics` scraped before, during and after
 //! a real PostgreSQL session through real capture (the counters move as the session does), the
 //! exposition parsed by the official Prometheus client's parser (tests/fixtures/prom_parse.py),
-//! `/healthz` and `/readyz`, and `--log-format json`. Root required. Ports 20200-20249.
+//! `/healthz` and `/readyz`, the audit sink lag, and `--log-format json`. Root required. Ports
+//! 20200-20249.
 
 use std::{
     io::{Read, Write},
@@ -568,4 +569,67 @@ fn metrics_stay_off_the_network_unless_asked() {
     let out = run(&["--metrics", "localhost"]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn audit_sink_lag_rises_while_the_central_store_is_away_and_falls_back() {
+    const METRICS: u16 = 20232;
+    let central = PgServer::start("telemsinkc", 20231, PgOptions::default());
+    central.create_db("audit");
+    let pw = std::env::temp_dir().join(format!("{}-central-pw", unique("telemsink")));
+    std::fs::write(&pw, format!("{ROLE_PASSWORD}\n")).unwrap();
+    let sink = conninfo(
+        "127.0.0.1",
+        central.port,
+        ROLE_SCRAM,
+        "",
+        "audit",
+        "disable",
+    );
+    let p = PgGateway::start_with_args(
+        "telemsink",
+        20230,
+        20233,
+        PgOptions::default(),
+        &PgTargetOptions::default(),
+        &[
+            "--audit-sink",
+            &sink,
+            "--audit-sink-password-file",
+            pw.to_str().unwrap(),
+            "--metrics",
+            &format!("127.0.0.1:{METRICS}"),
+        ],
+    );
+    let lag = |s: &Scrape| s.get("agentgate_audit_sink_lag_records", &[]);
+    let agent = |sql: &str| {
+        let mut cmd = psql_command(&p.agent_conninfo(&agent_jwt("agent-sink"), "disable"));
+        cmd.args(["-c", sql]);
+        place(&mut cmd, Some(&p.agent), None);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    };
+    // Wait for the gateway's first records to arrive centrally: caught up, nothing behind.
+    let wait = Duration::from_secs(60);
+    wait_until("the sink catching up", wait, || {
+        central.sql_in(
+            "audit",
+            "SELECT to_regclass('agentgate_audit') IS NOT NULL;",
+        ) == "t"
+            && lag(&Scrape::take(METRICS)) == 0.0
+    });
+
+    // The central store goes away: what is recorded meanwhile is behind.
+    central.stop();
+    agent("SELECT 1");
+    agent("SELECT 2");
+    wait_until("records behind the central store", wait, || {
+        lag(&Scrape::take(METRICS)) >= 4.0
+    });
+    // Back: shipped, nothing behind.
+    central.start_again();
+    wait_until("the sink catching up again", wait, || {
+        lag(&Scrape::take(METRICS)) == 0.0
+    });
+    let _ = std::fs::remove_file(&pw);
 }
