@@ -17,7 +17,8 @@ use super::{
     },
     model::{
         ClientTls, GatewaySettings, IdentityProvider, Jwks, NamePattern, Policy, PostgresTarget,
-        Protocol, Rule, Secret, StatementMatch, Target, TokenSource, UpstreamTls, Workload,
+        Protocol, Rule, Secret, StatementMatch, Target, TargetSettings, TokenSource, UpstreamTls,
+        Workload,
     },
 };
 
@@ -490,10 +491,10 @@ impl Merger {
                     self.claimed.insert((*a, *p), t.name.clone());
                 }
             }
-            let postgres = match (t.protocol, t.postgres) {
-                (Protocol::Postgres, Some(pg)) => {
-                    self.postgres_settings(&file, &t.name, &addresses, pg)
-                }
+            let settings = match (t.protocol, t.postgres) {
+                (Protocol::Postgres, Some(pg)) => self
+                    .postgres_settings(&file, &t.name, &addresses, pg)
+                    .map(TargetSettings::Postgres),
                 (Protocol::Postgres, None) => {
                     self.problem(
                         &file,
@@ -514,7 +515,7 @@ impl Merger {
                     );
                     None
                 }
-                (_, None) => None,
+                (Protocol::Tcp, None) => Some(TargetSettings::Tcp),
             };
             if t.protocol == Protocol::Postgres && t.credential.is_none() {
                 self.problem(
@@ -525,10 +526,12 @@ impl Merger {
                     ),
                 );
             }
+            // Settings in error are a problem, so this policy never comes into force; the target
+            // stays listed so that rules naming it are not reported as naming an unknown one.
+            let settings = settings.unwrap_or(TargetSettings::Tcp);
             self.policy.targets.push(Target {
                 name: t.name,
-                protocol: t.protocol,
-                postgres,
+                settings,
                 addresses,
                 ports: t.ports,
                 udp: t.udp,
@@ -884,20 +887,20 @@ impl Merger {
                         r.source.clone(),
                         format!("rule `{}` names unknown target `{t}`", r.name),
                     )),
-                    Some(x) if r.mask.is_some() && x.protocol != Protocol::Postgres => found
+                    Some(x) if r.mask.is_some() && x.protocol() != Protocol::Postgres => found
                         .push((
                             r.source.clone(),
                             format!(
                                 "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres targets",
-                                r.name, x.protocol
+                                r.name, x.protocol()
                             ),
                         )),
-                    Some(x) if r.statements.is_some() && x.protocol != Protocol::Postgres => found
+                    Some(x) if r.statements.is_some() && x.protocol() != Protocol::Postgres => found
                         .push((
                             r.source.clone(),
                             format!(
                                 "rule `{}` has statements but target `{t}` speaks {:?}, which has none",
-                                r.name, x.protocol
+                                r.name, x.protocol()
                             ),
                         )),
                     Some(_) => {}

@@ -294,7 +294,7 @@ fn postgres_targets_need_settings_and_keep_tls_on_off_node() {
     // ...and verify-full with the public roots is the default.
     write(&d, "a.yaml", "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [192.0.2.0/24]\n    ports: [5432]\n    credential: {from: env, name: X}\n    postgres: {user: u}\n");
     let p = load_dir(&d).unwrap();
-    let pg = p.targets[0].postgres.as_ref().unwrap();
+    let pg = p.targets[0].postgres().unwrap();
     assert_eq!(
         pg.upstream_tls,
         super::UpstreamTls::VerifyFull {

@@ -12,8 +12,8 @@ mod rules;
 
 pub use load::load_dir;
 pub use model::{
-    ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target, TokenSource,
-    UdpPolicy, UpstreamTls, Workload,
+    ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target,
+    TargetSettings, TokenSource, UdpPolicy, UpstreamTls, Workload,
 };
-pub use reload::{Enforce, Enforced, Reloader};
+pub use reload::{Enforce, Enforced, PolicyStatus, Reloader};
 pub use rules::{Decision, Statement, Who};

@@ -63,14 +63,43 @@ pub enum TokenSource {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
-    pub protocol: Protocol,
+    /// The protocol, with its protocol-specific settings.
+    pub settings: TargetSettings,
     pub addresses: Vec<IpNet>,
     pub ports: Vec<u16>,
     pub credential: Option<Secret>,
     pub udp: UdpPolicy,
-    /// Present exactly when `protocol` is `postgres`.
-    pub postgres: Option<PostgresTarget>,
     pub source: PathBuf,
+}
+
+/// A target's protocol and what the gateway needs to speak it: one variant per protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSettings {
+    Tcp,
+    Postgres(PostgresTarget),
+}
+
+impl TargetSettings {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Self::Tcp => Protocol::Tcp,
+            Self::Postgres(_) => Protocol::Postgres,
+        }
+    }
+}
+
+impl Target {
+    pub fn protocol(&self) -> Protocol {
+        self.settings.protocol()
+    }
+
+    /// The PostgreSQL settings of a `postgres` target.
+    pub fn postgres(&self) -> Option<&PostgresTarget> {
+        match &self.settings {
+            TargetSettings::Postgres(pg) => Some(pg),
+            _ => None,
+        }
+    }
 }
 
 /// How the gateway speaks to a PostgreSQL target and to the agents that reach it.

@@ -149,7 +149,7 @@ pub async fn workload_token(
             "no_token",
             format!(
                 "workload `{}` presents its token as the protocol credential, but target `{}` speaks {:?}, which carries none",
-                workload.name, target.name, target.protocol
+                workload.name, target.name, target.protocol()
             ),
         )),
         TokenSource::File(path) => {

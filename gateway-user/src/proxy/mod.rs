@@ -2,30 +2,30 @@
 //! whether they may proceed under the policy in force, and hands them to the target's protocol
 //! handler. One tracing span per connection.
 
-mod authorize;
+pub(crate) mod authorize;
+pub mod facts;
 mod limits;
-mod postgres;
 pub mod revocations;
 mod sessions;
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use gateway_common::OrigDst;
-use serde_json::{json, Value};
 use tokio::{net::TcpStream, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 pub use authorize::check_providers;
-use authorize::{Refusal, Verifiers};
+pub(crate) use authorize::Refusal;
+use authorize::Verifiers;
+pub use facts::ConnFacts;
 use sessions::Grant;
 pub use sessions::{Gate, Sessions};
 
@@ -48,17 +48,11 @@ use crate::{
     approval::Approvals,
     capture::{Listener, ListenerKind, WorkloadTable},
     ebpf::{peer_key, KernelMaps},
-    policy::{Policy, Protocol, Target, Workload},
-    protocol::{
-        postgres::{cancel::CancelKeys, classify::Classifier},
-        tcp,
-    },
+    policy::{Policy, Target, Workload},
+    protocol::{Connection, Outcome, ProtocolHandler, SessionEnd},
     record::{EventSink, Record, Recorder, SessionClose, SessionOpen},
     upstream::Connect,
 };
-
-/// Distinct statement texts whose classification is kept.
-const CLASSIFIER_CACHE: usize = 10_000;
 
 pub struct Proxy<C> {
     pub policy: watch::Receiver<Arc<Policy>>,
@@ -72,16 +66,12 @@ pub struct Proxy<C> {
     verifiers: Verifiers,
     limits: limits::Limits,
     next_id: AtomicU64,
-    recorder: Arc<Recorder>,
+    pub recorder: Arc<Recorder>,
     pub approvals: Arc<Approvals>,
     pub revocations: revocations::Revocations,
-    classifier: Classifier,
-    cancels: CancelKeys,
-    /// Column origins for masking, per (target, address, database, upstream role).
-    catalogs: std::sync::Mutex<HashMap<CatalogKey, crate::mask::catalog::Cache>>,
+    /// One per protocol (`protocol::handlers`).
+    handlers: Vec<Box<dyn ProtocolHandler<C>>>,
 }
-
-type CatalogKey = (String, std::net::SocketAddr, String, String);
 
 /// What watches over sessions besides the policy: the record, approvals, revocations.
 pub struct Oversight {
@@ -125,9 +115,7 @@ impl<C: Connect> Proxy<C> {
             recorder,
             approvals,
             revocations,
-            classifier: Classifier::new(CLASSIFIER_CACHE),
-            cancels: CancelKeys::default(),
-            catalogs: Default::default(),
+            handlers: crate::protocol::handlers(),
         }
     }
 
@@ -221,12 +209,14 @@ impl<C: Connect> Proxy<C> {
         };
         let Some(orig) = orig else {
             // Not redirected by our programs (someone dialled the listener directly): refuse.
-            self.events.emit(
-                "refused",
-                json!({"conn": id, "peer": peer.to_string(), "listener": listener,
-                       "code": "not_redirected",
-                       "reason": "no original destination: connection was not redirected"}),
-            );
+            let event = facts::NotRedirected {
+                conn: id,
+                peer: peer.to_string(),
+                listener,
+                code: "not_redirected",
+                reason: "no original destination: connection was not redirected",
+            };
+            self.events.emit("refused", facts::plain_event(&event));
             return;
         };
         let dst = original_destination(&orig);
@@ -236,16 +226,23 @@ impl<C: Connect> Proxy<C> {
         let cgroup = self.table.get(orig.cgroup_id).map(|c| c.path);
         let span = tracing::info_span!("conn", id, %dst, pid = orig.pid,
             cgroup = cgroup.as_deref().unwrap_or("?"));
-        let base = json!({
-            "conn": id,
-            "listener": listener,
-            "peer": peer.to_string(),
-            "original_dst": dst.to_string(),
-            "pid": orig.pid,
-            "cgroup_id": orig.cgroup_id,
-            "cgroup": cgroup,
-            "netns_cookie": orig.netns_cookie,
-        });
+        let base = ConnFacts {
+            conn: id,
+            listener,
+            peer: peer.to_string(),
+            original_dst: dst.to_string(),
+            pid: orig.pid,
+            cgroup_id: orig.cgroup_id,
+            cgroup: cgroup.clone(),
+            netns_cookie: orig.netns_cookie,
+            workload: None,
+            dialled: None,
+            target: None,
+            protocol: None,
+            principal: None,
+            login: None,
+            session: None,
+        };
         let scope =
             crate::capture::DstScope::of(orig.flags, matches!(kind, ListenerKind::Pod { .. }));
         self.session(id, client, (dst, scope), orig.pid, cgroup, base)
@@ -261,7 +258,7 @@ impl<C: Connect> Proxy<C> {
         (dst, scope): (SocketAddr, crate::capture::DstScope),
         pid: u32,
         cgroup: Option<String>,
-        mut base: Value,
+        mut base: ConnFacts,
     ) {
         let placed = match self.place(dst, scope, cgroup, &mut base) {
             Ok(p) => p,
@@ -273,61 +270,75 @@ impl<C: Connect> Proxy<C> {
         // From here on the session is about the address the target is dialled at (the original
         // destination, unless that is an alias of a local target); events keep `original_dst`.
         let dst = placed.upstream;
-        match placed.target.protocol {
-            Protocol::Tcp => self.tcp_session(id, client, dst, pid, placed, base).await,
-            Protocol::Postgres => {
-                self.postgres_session(id, client, dst, pid, placed, base)
-                    .await
-            }
+        let protocol = placed.target.protocol();
+        let Some(handler) = self.handlers.iter().find(|h| h.protocol() == protocol) else {
+            // Every protocol a policy can name has a handler (a unit test checks it); should
+            // one be missing, the connection is refused, never relayed blind.
+            drop(client);
+            let why = format!("no handler for protocol {protocol:?}");
+            return self.refuse(&base, Refusal::new("bad_target", why)).await;
+        };
+        let conn = Connection {
+            id,
+            client,
+            dst,
+            pid,
+            placed,
+            facts: base,
+        };
+        if let Outcome::Closed(end) = handler.serve(self, conn).await {
+            self.closed(*end).await;
         }
     }
 
-    async fn tcp_session(
-        &self,
-        id: u64,
-        client: TcpStream,
-        dst: SocketAddr,
-        pid: u32,
-        placed: Placed<'_>,
-        mut base: Value,
-    ) {
-        let token =
-            authorize::workload_token(&placed.workload, &placed.target, pid, &placed.cgroup).await;
-        let admitted = match token {
-            Ok(token) => self.admit(id, dst, placed, &token, &mut base).await,
-            Err(r) => Err(r),
-        };
-        let admitted = match admitted {
-            Ok(a) => a,
-            Err(r) => {
-                drop(client);
-                return self.refuse(&base, r).await;
-            }
-        };
-        self.emit_allowed(&base, &admitted);
-        let upstream = match self.connector.connect(dst).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("upstream: {e}");
-                self.events.emit(
-                    "upstream_failed",
-                    with(&base, json!({"error": e.to_string()})),
-                );
-                return;
-            }
-        };
-        self.relay(id, pid, client, upstream, &admitted, &base)
-            .await
+    /// A session's end, the same for every protocol: a log line, the record's close and the
+    /// `connection_close` event.
+    async fn closed(&self, end: SessionEnd) {
+        let SessionEnd {
+            facts,
+            started,
+            bytes_up,
+            bytes_down,
+            ended_by,
+            error,
+            statements,
+        } = end;
+        tracing::info!(
+            up = bytes_up,
+            down = bytes_down,
+            statements = statements.map(|s| s.statements),
+            denied = statements.map(|s| s.denied_statements),
+            error = error.as_deref().unwrap_or(""),
+            ended_by = ended_by.as_deref().unwrap_or(""),
+            "closed"
+        );
+        self.recorder
+            .record(Record::Close(SessionClose {
+                session: facts.session.clone().unwrap_or_default(),
+                ended_ms: crate::record::now_ms(),
+                bytes_up,
+                bytes_down,
+                ended_by: ended_by.clone(),
+                error: error.clone(),
+            }))
+            .await;
+        let event = facts.event(&facts::Closed {
+            bytes_up,
+            bytes_down,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error: error.as_deref(),
+            ended_by: ended_by.as_deref(),
+            statements,
+        });
+        self.events.emit("connection_close", event);
     }
 
-    fn emit_allowed(&self, base: &Value, admitted: &Admitted<'_>) {
-        self.events.emit(
-            "allowed",
-            with(
-                base,
-                json!({"rule": admitted.rule, "policy_version": admitted.policy.version}),
-            ),
-        );
+    pub(crate) fn emit_allowed(&self, facts: &ConnFacts, admitted: &Admitted<'_>) {
+        let event = facts.event(&facts::Allowed {
+            rule: &admitted.rule,
+            policy_version: &admitted.policy.version,
+        });
+        self.events.emit("allowed", event);
     }
 
     /// Which workload sent the connection and which target it was meant for; takes the
@@ -338,7 +349,7 @@ impl<C: Connect> Proxy<C> {
         dst: SocketAddr,
         scope: crate::capture::DstScope,
         cgroup: Option<String>,
-        base: &mut Value,
+        base: &mut ConnFacts,
     ) -> Result<Placed<'_>, Refusal> {
         // Decided against one snapshot of the policy; `admit` re-checks if it changes meanwhile.
         let policy = self.policy.borrow().clone();
@@ -356,7 +367,7 @@ impl<C: Connect> Proxy<C> {
                     "connection does not come from a managed workload",
                 )
             })?;
-        set(base, "workload", json!(workload.name));
+        base.workload = Some(workload.name.clone());
         let slot = self
             .limits
             .admit(&workload.name)
@@ -366,10 +377,10 @@ impl<C: Connect> Proxy<C> {
             .map(|(t, up)| (t.clone(), up))
             .ok_or_else(|| Refusal::new("not_a_target", "original destination is not a target"))?;
         if upstream != dst {
-            set(base, "dialled", json!(upstream.to_string()));
+            base.dialled = Some(upstream.to_string());
         }
-        set(base, "target", json!(target.name));
-        set(base, "protocol", json!(target.protocol));
+        base.target = Some(target.name.clone());
+        base.protocol = Some(target.protocol());
         Ok(Placed {
             policy,
             workload,
@@ -382,13 +393,13 @@ impl<C: Connect> Proxy<C> {
 
     /// Verifies the token and decides under the rules; registers the session so that a new
     /// policy can end it.
-    async fn admit<'a>(
+    pub(crate) async fn admit<'a>(
         &'a self,
         id: u64,
         dst: SocketAddr,
         placed: Placed<'a>,
         token: &str,
-        base: &mut Value,
+        base: &mut ConnFacts,
     ) -> Result<Admitted<'a>, Refusal> {
         let Placed {
             mut policy,
@@ -410,9 +421,7 @@ impl<C: Connect> Proxy<C> {
                 token: None,
             });
         }
-        set(base, "subject", json!(p.subject));
-        set(base, "issuer", json!(p.issuer));
-        set(base, "groups", json!(p.groups));
+        base.principal = Some(facts::PrincipalFacts::from(&p));
         let provider = policy
             .identity_providers
             .iter()
@@ -428,8 +437,7 @@ impl<C: Connect> Proxy<C> {
             token_source: workload.token.clone(),
             target: target.name.clone(),
             dst,
-            protocol: target.protocol,
-            postgres: target.postgres.clone(),
+            settings: target.settings.clone(),
             provider,
         };
         let guard = self.sessions.open(id, grant.clone(), self.policy.clone());
@@ -470,19 +478,22 @@ impl<C: Connect> Proxy<C> {
 
     /// Says why a connection was refused: an event, and a record (through the recorder's
     /// bounded queue, like every other record: this waits while the queue is full).
-    async fn refuse(&self, base: &Value, r: Refusal) {
+    pub(crate) async fn refuse(&self, base: &ConnFacts, r: Refusal) {
         tracing::info!(code = r.code, "refused: {}", r.message);
-        let mut event = with(
-            base,
-            json!({"code": r.code, "reason": r.message, "rule": r.rule}),
-        );
-        // A valid token that the rules refuse: say who it was.
-        if let Some(p) = &r.principal {
-            event = with(
-                &event,
-                json!({"subject": p.subject, "issuer": p.issuer, "groups": p.groups}),
-            );
-        }
+        let detail = facts::Refused {
+            code: r.code,
+            reason: &r.message,
+            rule: r.rule.as_deref(),
+        };
+        let event = match &r.principal {
+            // A valid token that the rules refuse: say who it was.
+            Some(p) => {
+                let mut known = base.clone();
+                known.principal = Some(facts::PrincipalFacts::from(p.as_ref()));
+                known.event(&detail)
+            }
+            None => base.event(&detail),
+        };
         self.events.emit("refused", event.clone());
         self.recorder
             .record(Record::Event {
@@ -493,99 +504,18 @@ impl<C: Connect> Proxy<C> {
             })
             .await;
     }
-
-    /// Relays until either side ends, the token expires (at its `exp`, not at some later poll)
-    /// or a new policy withdraws the session.
-    async fn relay(
-        &self,
-        id: u64,
-        pid: u32,
-        client: TcpStream,
-        upstream: TcpStream,
-        admitted: &Admitted<'_>,
-        base: &Value,
-    ) {
-        tracing::info!("relaying");
-        let session = session_id(id);
-        self.recorder
-            .record(Record::Open(
-                admitted.session_open(&session, "tcp", pid, None, None),
-            ))
-            .await;
-        self.events
-            .emit("connection_open", with(base, json!({"session": session})));
-        let started = Instant::now();
-        let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
-        let expires = admitted.expires();
-        let counters = tcp::Counters::default();
-        let (error, ended_by) = tokio::select! {
-            r = tcp::relay(client, upstream, idle, &counters, &admitted.guard.gate) => match r {
-                Ok(()) => (None, None),
-                Err(tcp::RelayError::Withdrawn(why)) => (None, Some(why)),
-                Err(e) => (Some(e.to_string()), None),
-            },
-            _ = tokio::time::sleep_until(expires) => (None, Some("token expired".to_string())),
-            _ = admitted.guard.stop.cancelled() => (None, admitted.guard.reason()),
-        };
-        let (up, down) = counters.get();
-        tracing::info!(
-            up,
-            down,
-            error = error.as_deref().unwrap_or(""),
-            ended_by = ended_by.as_deref().unwrap_or(""),
-            "closed"
-        );
-        self.recorder
-            .record(Record::Close(session_close(
-                session,
-                (up, down),
-                ended_by.clone(),
-                error.clone(),
-            )))
-            .await;
-        self.events.emit(
-            "connection_close",
-            with(
-                base,
-                json!({
-                    "bytes_up": up,
-                    "bytes_down": down,
-                    "duration_ms": started.elapsed().as_millis() as u64,
-                    "error": error,
-                    "ended_by": ended_by,
-                }),
-            ),
-        );
-    }
 }
 
 /// A session's id on record: when it started (unix milliseconds, hex) and the connection's
 /// number.
-fn session_id(conn: u64) -> String {
+pub(crate) fn session_id(conn: u64) -> String {
     format!("{:x}-{conn}", crate::record::now_ms())
-}
-
-/// The record that closes `session`, with the bytes it moved (up, down).
-fn session_close(
-    session: String,
-    (bytes_up, bytes_down): (u64, u64),
-    ended_by: Option<String>,
-    error: Option<String>,
-) -> SessionClose {
-    SessionClose {
-        session,
-        ended_ms: crate::record::now_ms(),
-        bytes_up,
-        bytes_down,
-        ended_by,
-        error,
-    }
 }
 
 impl Admitted<'_> {
     /// The record that opens `session`, starting now: who, from where, to which target, under
     /// which policy, until when.
-    fn session_open(
+    pub(crate) fn session_open(
         &self,
         session: &str,
         protocol: &'static str,
@@ -622,7 +552,7 @@ impl Admitted<'_> {
     }
 
     /// The token's `exp` on the runtime's clock: the session ends then, not at some later poll.
-    fn expires(&self) -> tokio::time::Instant {
+    pub(crate) fn expires(&self) -> tokio::time::Instant {
         tokio::time::Instant::now()
             + self
                 .expires_at
@@ -632,40 +562,26 @@ impl Admitted<'_> {
 }
 
 /// Where a connection comes from and goes to, before anyone has looked at its token.
-struct Placed<'a> {
-    policy: Arc<Policy>,
-    workload: Workload,
-    target: Target,
-    cgroup: String,
+pub struct Placed<'a> {
+    pub policy: Arc<Policy>,
+    pub workload: Workload,
+    pub target: Target,
+    pub cgroup: String,
     /// Where the target is dialled (see `capture::resolve_target`).
-    upstream: SocketAddr,
+    pub upstream: SocketAddr,
     slot: limits::Slot<'a>,
 }
 
 /// A connection the policy lets through, with what keeps it accountable while it lives.
-struct Admitted<'a> {
-    expires_at: SystemTime,
-    rule: String,
+pub struct Admitted<'a> {
+    pub expires_at: SystemTime,
+    pub rule: String,
     /// The policy it was finally decided under.
-    policy: Arc<Policy>,
-    grant: Grant,
-    target: Target,
-    guard: sessions::SessionGuard<'a>,
+    pub policy: Arc<Policy>,
+    pub grant: Grant,
+    pub target: Target,
+    pub guard: sessions::SessionGuard<'a>,
     _slot: limits::Slot<'a>,
-}
-
-fn set(v: &mut Value, k: &str, x: Value) {
-    if let Some(o) = v.as_object_mut() {
-        o.insert(k.to_string(), x);
-    }
-}
-
-fn with(base: &Value, extra: Value) -> Value {
-    let mut v = base.clone();
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        o.extend(e.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    v
 }
 
 pub fn original_destination(orig: &OrigDst) -> SocketAddr {

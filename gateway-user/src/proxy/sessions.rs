@@ -18,9 +18,7 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{
-    Decision, IdentityProvider, Policy, PostgresTarget, Protocol, TokenSource, Who,
-};
+use crate::policy::{Decision, IdentityProvider, Policy, TargetSettings, TokenSource, Who};
 
 /// Everything a session was allowed on, kept to re-evaluate it against a new policy: not only
 /// the names but what they stood for (the cgroup, the destination, the provider's settings).
@@ -35,8 +33,7 @@ pub struct Grant {
     pub target: String,
     pub dst: std::net::SocketAddr,
     /// What the target was when granted: a changed protocol or upstream login ends the session.
-    pub protocol: Protocol,
-    pub postgres: Option<PostgresTarget>,
+    pub settings: TargetSettings,
     pub provider: IdentityProvider,
 }
 
@@ -53,8 +50,7 @@ pub fn still_allowed(policy: &Policy, g: &Grant) -> Result<(), String> {
         }
     }
     match policy.target_for(g.dst) {
-        Some((_, t))
-            if t.name == g.target && t.protocol == g.protocol && t.postgres == g.postgres => {}
+        Some((_, t)) if t.name == g.target && t.settings == g.settings => {}
         _ => {
             return Err(format!(
                 "{} is no longer target `{}` as it was defined",
@@ -375,8 +371,7 @@ mod tests {
             token_source: p.workloads[0].token.clone(),
             target: "t".into(),
             dst: "127.0.0.3:5432".parse().unwrap(),
-            protocol: t.protocol,
-            postgres: t.postgres.clone(),
+            settings: t.settings.clone(),
             provider: p.identity_providers[0].clone(),
         }
     }

@@ -10,5 +10,8 @@ pub mod codec;
 pub mod frontend;
 pub mod predicate;
 pub mod relay;
+pub mod session;
 pub mod settings;
 pub mod tls;
+
+pub use session::PostgresHandler;

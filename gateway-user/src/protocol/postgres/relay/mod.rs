@@ -52,6 +52,7 @@ use crate::{
 
 mod approve;
 mod downward;
+mod gate;
 mod params;
 #[cfg(test)]
 mod tests;

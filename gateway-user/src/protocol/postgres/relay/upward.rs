@@ -2,7 +2,10 @@
 //! durable record) and forwarded, replaced by a refusal, or run as a trial; the names of
 //! prepared statements and portals followed as the server holds them.
 
-use super::*;
+use super::{
+    gate::{Action, Judged},
+    *,
+};
 
 impl Upward<'_, '_> {
     /// Decides one message; returns what to forward. `from` and `to` are the agent's side and
@@ -39,45 +42,29 @@ impl Upward<'_, '_> {
             b'Q' => {
                 let text = Fields::new(&frame).cstr().map_err(bad)?.to_string();
                 let classified = self.ctx.classifier.classify(&text);
-                let stmt = RuleStatement::new(&classified, &text);
-                let denied = match self.decide(&stmt) {
-                    Some(d) => Some(d),
-                    None => self.mask_denial(&classified).await?,
+                let params = Params::default();
+                let action = Action {
+                    stmt: RuleStatement::new(&classified, &text),
+                    classified: &classified,
+                    text: &text,
+                    params: &params,
+                    copy: true,
                 };
-                let mut copy = None;
-                let (mut rule, mut message) = match denied {
-                    Some(d) => (Some(d.rule), d.message),
-                    None => (None, None),
-                };
-                if rule.is_none() {
-                    match self.copy_mask(&text, &classified).await {
-                        Ok(c) => copy = c,
-                        Err((r, m)) => (rule, message) = (Some(r), Some(m)),
-                    }
-                }
                 // Once a `max_rows` trial touched too many rows (or could not be run), the
                 // statement goes to people like any other: asked once more, never tried again.
                 let mut tried = false;
                 loop {
-                    // Last: people are asked only about a statement nothing else refuses.
-                    if rule.is_none() {
-                        self.triable = !tried && trial::triable(&text);
-                        let asked = self.approval(&stmt, &Params::default(), from, to).await;
-                        self.triable = false;
-                        if let Some(d) = asked? {
-                            (rule, message) = (Some(d.rule), d.message);
-                        }
-                    }
-                    let mut rec =
-                        self.statement("simple", &text, &classified, Vec::new(), rule.as_deref());
-                    if rule.is_none() && !self.on_record_first(&rec, &classified).await {
-                        (rule, message) = unrecorded(&mut rec);
-                    }
-                    self.settle_approval(rule.is_none());
-                    let limit = self.trial.take().filter(|_| rule.is_none());
-                    let forward = match rule.take() {
-                        Some(rule) => {
-                            out::query(&self.deny(rule, classified.clone(), message.take())?)
+                    self.triable = !tried && trial::triable(&text);
+                    let judged = self.judge(&action, from, to).await;
+                    self.triable = false;
+                    let Judged { mut refusal, copy } = judged?;
+                    let rule = refusal.as_ref().map(|(r, _)| r.as_str());
+                    let mut rec = self.statement("simple", &text, &classified, Vec::new(), rule);
+                    self.intend(&mut rec, &classified, &mut refusal).await;
+                    let limit = self.trial.take().filter(|_| refusal.is_none());
+                    let forward = match refusal {
+                        Some((rule, message)) => {
+                            out::query(&self.deny(rule, classified.clone(), message)?)
                         }
                         None => frame.clone(),
                     };
@@ -213,27 +200,15 @@ impl Upward<'_, '_> {
                 let statement = statement
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
-                let stmt = RuleStatement::new(&statement.classified, &statement.text);
-                let mut denial = match self.decide(&stmt) {
-                    Some(d) => Some(d),
-                    None => self.mask_denial(&statement.classified).await?,
-                }
-                .map(|d| (d.rule, d.message));
-                let mut copy = None;
-                if denial.is_none() {
-                    match self.copy_mask(&statement.text, &statement.classified).await {
-                        Ok(c) => copy = c,
-                        Err((r, m)) => denial = Some((r, Some(m))),
-                    }
-                }
-                // Last: people are asked only about a statement nothing else refuses.
-                if denial.is_none() {
-                    denial = self
-                        .approval(&stmt, &params, from, to)
-                        .await?
-                        .map(|d| (d.rule, d.message));
-                }
-                if let Some((rule, message)) = denial {
+                let action = Action {
+                    stmt: RuleStatement::new(&statement.classified, &statement.text),
+                    classified: &statement.classified,
+                    text: &statement.text,
+                    params: &params,
+                    copy: true,
+                };
+                let Judged { refusal, copy } = self.judge(&action, from, to).await?;
+                if let Some((rule, message)) = refusal {
                     self.record_denial(&statement, params.shown, &rule).await;
                     let marker = self.deny(rule, statement.classified.clone(), message)?;
                     return Ok(Frame::build(b'E', |b| {
@@ -241,26 +216,21 @@ impl Upward<'_, '_> {
                         b.put_i32(0);
                     }));
                 }
-                let rec = self.statement(
+                let mut rec = self.statement(
                     "extended",
                     &statement.text,
                     &statement.classified,
                     params.shown,
                     None,
                 );
-                let recorded = self.on_record_first(&rec, &statement.classified).await;
-                self.settle_approval(recorded);
-                if !recorded {
-                    let mut rec = rec;
-                    let (rule, message) = unrecorded(&mut rec);
+                let mut refusal = None;
+                self.intend(&mut rec, &statement.classified, &mut refusal)
+                    .await;
+                if let Some((rule, message)) = refusal {
                     rec.error_code = Some("42501".into());
                     rec.error = message.clone();
                     self.ctx.recorder.record(Record::Statement(rec)).await;
-                    let marker = self.deny(
-                        rule.unwrap_or_default(),
-                        statement.classified.clone(),
-                        message,
-                    )?;
+                    let marker = self.deny(rule, statement.classified.clone(), message)?;
                     return Ok(Frame::build(b'E', |b| {
                         put_cstr(b, &marker);
                         b.put_i32(0);
@@ -324,31 +294,25 @@ impl Upward<'_, '_> {
                 let plan = self.plan.get(self.ctx);
                 let args = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
                 let text = format!("<FunctionCall of function oid {oid}>");
-                let stmt = RuleStatement::new(&classified, &text);
-                let denied = match self.decide(&stmt) {
-                    Some(d) => Some(d),
-                    None => match self.mask_denial(&classified).await? {
-                        Some(d) => Some(d),
-                        None => self.approval(&stmt, &args, from, to).await?,
-                    },
+                let action = Action {
+                    stmt: RuleStatement::new(&classified, &text),
+                    classified: &classified,
+                    text: &text,
+                    params: &args,
+                    copy: false,
                 };
-                let (mut rule, mut message) = match denied {
-                    Some(d) => (Some(d.rule), d.message),
-                    None => (None, None),
-                };
+                let Judged { mut refusal, .. } = self.judge(&action, from, to).await?;
+                let rule = refusal.as_ref().map(|(r, _)| r.as_str());
                 let mut rec = self.statement(
                     "function_call",
                     &text,
                     &classified,
-                    args.shown,
-                    rule.as_deref(),
+                    args.shown.clone(),
+                    rule,
                 );
-                if rule.is_none() && !self.on_record_first(&rec, &classified).await {
-                    (rule, message) = unrecorded(&mut rec);
-                }
-                self.settle_approval(rule.is_none());
-                let forward = match rule {
-                    Some(rule) => out::query(&self.deny(rule, classified, message)?),
+                self.intend(&mut rec, &classified, &mut refusal).await;
+                let forward = match refusal {
+                    Some((rule, message)) => out::query(&self.deny(rule, classified, message)?),
                     None => frame,
                 };
                 self.push(Pending::Call(open(rec)))?;

@@ -8,20 +8,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
-
-use super::{authorize, session_close, session_id, set, with, Admitted, Placed, Proxy, Refusal};
 use crate::{
     mask::catalog::{Catalog, Opener},
-    policy::TokenSource,
+    policy::{Protocol, TokenSource},
     protocol::postgres::{
         backend,
-        cancel::{cancel_signal, CancelTarget},
+        cancel::{cancel_signal, CancelKeys, CancelTarget},
+        classify::Classifier,
         codec::{self, out},
         frontend::{self, BoxIo, FrontendError, Hello},
         relay::{self, Counters, Ended, SessionContext},
         tls,
+    },
+    protocol::{Connection, HandlerFuture, Outcome, ProtocolHandler, SessionEnd},
+    proxy::{
+        authorize,
+        facts::{CancelForwarded, ConnFacts, LoginFacts, Nothing, StatementCounts, UpstreamFailed},
+        session_id, Admitted, Placed, Proxy, Refusal,
     },
     record::Record,
     upstream::Connect,
@@ -34,20 +37,54 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Databases whose column origins are cached; beyond this the caches start again empty.
 const MAX_CATALOGS: usize = 1_000;
+/// Distinct statement texts whose classification is kept.
+const CLASSIFIER_CACHE: usize = 10_000;
 
-impl<C: Connect> Proxy<C> {
-    pub(super) async fn postgres_session(
-        &self,
-        id: u64,
-        client: TcpStream,
-        dst: SocketAddr,
-        pid: u32,
-        placed: Placed<'_>,
-        mut base: Value,
-    ) {
-        let Some(pg) = placed.target.postgres.clone() else {
+/// PostgreSQL's handler, with what its sessions share: the statement classifier's cache, the
+/// cancel keys handed to agents, and the column origins used for masking.
+pub struct PostgresHandler {
+    classifier: Classifier,
+    cancels: CancelKeys,
+    /// Column origins for masking, per (target, address, database, upstream role).
+    catalogs: std::sync::Mutex<std::collections::HashMap<CatalogKey, crate::mask::catalog::Cache>>,
+}
+
+type CatalogKey = (String, SocketAddr, String, String);
+
+impl Default for PostgresHandler {
+    fn default() -> Self {
+        Self {
+            classifier: Classifier::new(CLASSIFIER_CACHE),
+            cancels: CancelKeys::default(),
+            catalogs: Default::default(),
+        }
+    }
+}
+
+impl<C: Connect> ProtocolHandler<C> for PostgresHandler {
+    fn protocol(&self) -> Protocol {
+        Protocol::Postgres
+    }
+
+    fn serve<'a>(&'a self, core: &'a Proxy<C>, conn: Connection<'a>) -> HandlerFuture<'a> {
+        Box::pin(self.session(core, conn))
+    }
+}
+
+impl PostgresHandler {
+    async fn session<C: Connect>(&self, core: &Proxy<C>, conn: Connection<'_>) -> Outcome {
+        let Connection {
+            id,
+            client,
+            dst,
+            pid,
+            placed,
+            facts: mut base,
+        } = conn;
+        let Some(pg) = placed.target.postgres().cloned() else {
             return self
                 .refuse(
+                    core,
                     &base,
                     Refusal::new("bad_target", "postgres target without settings"),
                 )
@@ -73,22 +110,28 @@ impl<C: Connect> Proxy<C> {
         let startup = match hello {
             Ok(Ok(Hello::Startup(s))) => s,
             Ok(Ok(Hello::Cancel { pid: cpid, key })) => {
-                return self.forward_cancel(cpid, key, &placed, &base).await
+                return self.forward_cancel(core, (cpid, key), &placed, &base).await
             }
             Ok(Err(e)) => {
                 return self
-                    .refuse(&base, Refusal::new("protocol", format!("startup: {e}")))
+                    .refuse(
+                        core,
+                        &base,
+                        Refusal::new("protocol", format!("startup: {e}")),
+                    )
                     .await
             }
             Err(_) => {
                 return self
-                    .refuse(&base, Refusal::new("protocol", "startup timed out"))
+                    .refuse(core, &base, Refusal::new("protocol", "startup timed out"))
                     .await
             }
         };
-        set(&mut base, "client_user", json!(startup.param("user")));
-        set(&mut base, "database", json!(startup.param("database")));
-        set(&mut base, "client_tls", json!(startup.tls));
+        base.login = Some(LoginFacts {
+            client_user: startup.param("user").map(str::to_string),
+            database: startup.param("database").map(str::to_string),
+            client_tls: startup.tls,
+        });
         let params = startup.params;
         let mut stream = startup.stream;
         if let Some(enc) = params
@@ -100,12 +143,13 @@ impl<C: Connect> Proxy<C> {
             let message = format!("agentgate: client_encoding {enc} is not supported (its multi-byte characters can hide quotes from the gateway's SQL parser); use UTF8");
             frontend::refuse(&mut stream, "0A000", &message).await;
             return self
-                .refuse(&base, Refusal::new("unsafe_encoding", message))
+                .refuse(core, &base, Refusal::new("unsafe_encoding", message))
                 .await;
         }
         if startup_requests_replication(&params) {
             return self
                 .refuse_pg(
+                    core,
                     &mut stream,
                     &base,
                     Refusal::new("replication", "replication connections are not relayed"),
@@ -131,41 +175,41 @@ impl<C: Connect> Proxy<C> {
             }
         };
         let admitted = match token {
-            Ok(token) => self.admit(id, dst, placed, &token, &mut base).await,
+            Ok(token) => core.admit(id, dst, placed, &token, &mut base).await,
             Err(r) => Err(r),
         };
         let admitted = match admitted {
             Ok(a) => a,
-            Err(r) => return self.refuse_pg(&mut stream, &base, r).await,
+            Err(r) => return self.refuse_pg(core, &mut stream, &base, r).await,
         };
-        self.emit_allowed(&base, &admitted);
+        core.emit_allowed(&base, &admitted);
         let password = match admitted.target.credential.as_ref().map(|c| c.resolve()) {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
                 return self
-                    .upstream_failed(&mut stream, &base, format!("target credential: {e}"))
+                    .upstream_failed(core, &mut stream, &base, format!("target credential: {e}"))
                     .await
             }
             None => {
                 return self
-                    .upstream_failed(&mut stream, &base, "target has no credential".into())
+                    .upstream_failed(core, &mut stream, &base, "target has no credential".into())
                     .await
             }
         };
         // A target that accepts and then stalls must not hold the agent and its session slot.
         let login_timeout =
             Duration::from_millis(admitted.policy.gateway.connect_timeout_ms) + LOGIN_TIMEOUT;
-        let login = backend::connect(&self.connector, dst, &pg, &password, &params);
+        let login = backend::connect(&core.connector, dst, &pg, &password, &params);
         let upstream = match tokio::time::timeout(login_timeout, login).await {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
                 return self
-                    .upstream_failed(&mut stream, &base, e.to_string())
+                    .upstream_failed(core, &mut stream, &base, e.to_string())
                     .await
             }
             Err(_) => {
                 let e = format!("the target did not finish the login within {login_timeout:?}");
-                return self.upstream_failed(&mut stream, &base, e).await;
+                return self.upstream_failed(core, &mut stream, &base, e).await;
             }
         };
         drop(password);
@@ -183,10 +227,11 @@ impl<C: Connect> Proxy<C> {
         greeting.push(out::ready(b'I'));
         if let Err(e) = frontend::send(&mut stream, &greeting).await {
             tracing::info!("agent left during login: {e}");
-            return;
+            return Outcome::NoSession;
         }
         let key = (upstream.pid, upstream.key);
         self.pg_relay(
+            core,
             id,
             stream,
             upstream.stream,
@@ -198,12 +243,13 @@ impl<C: Connect> Proxy<C> {
             pid,
             base,
         )
-        .await;
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn pg_relay(
+    async fn pg_relay<C: Connect>(
         &self,
+        core: &Proxy<C>,
         id: u64,
         client: BoxIo,
         upstream: BoxIo,
@@ -213,18 +259,18 @@ impl<C: Connect> Proxy<C> {
         pg: &crate::policy::PostgresTarget,
         params: &[(String, String)],
         pid: u32,
-        base: Value,
-    ) {
+        mut base: ConnFacts,
+    ) -> Outcome {
         let g = &admitted.grant;
         let session = session_id(id);
-        let base = with(&base, json!({"session": session}));
+        base.session = Some(session.clone());
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let database = pg
             .database
             .clone()
             .or_else(|| get("database"))
             .or_else(|| get("user"));
-        self.recorder
+        core.recorder
             .record(Record::Open(admitted.session_open(
                 &session,
                 "postgres",
@@ -234,9 +280,9 @@ impl<C: Connect> Proxy<C> {
             )))
             .await;
         tracing::info!("relaying postgres");
-        self.events.emit("connection_open", base.clone());
+        core.events.emit("connection_open", base.event(&Nothing {}));
         let started = Instant::now();
-        let catalog = self.catalog(admitted, pg, params, g.dst);
+        let catalog = self.catalog(core, admitted, pg, params, g.dst);
         let ctx = SessionContext {
             session: session.clone(),
             issuer: g.issuer.clone(),
@@ -244,12 +290,12 @@ impl<C: Connect> Proxy<C> {
             groups: g.groups.clone(),
             workload: g.workload.clone(),
             target: g.target.clone(),
-            policy: self.policy.clone(),
+            policy: core.policy.clone(),
             classifier: &self.classifier,
-            recorder: &self.recorder,
+            recorder: &core.recorder,
             max_message: pg.max_message_bytes,
             catalog: Arc::new(catalog),
-            approvals: self.approvals.clone(),
+            approvals: core.approvals.clone(),
             database: database.unwrap_or_default(),
             results_cap: relay::ResultsCap {
                 rows: admitted.policy.gateway.record_result_rows,
@@ -274,7 +320,7 @@ impl<C: Connect> Proxy<C> {
             // notices only when it next reads): cancel it, so an expired or revoked session
             // ends on the server too.
             if let Err(e) =
-                backend::cancel(&self.connector, g.dst, upstream_key.0, upstream_key.1).await
+                backend::cancel(&core.connector, g.dst, upstream_key.0, upstream_key.1).await
             {
                 tracing::warn!("cancel upstream statement: {e}");
             }
@@ -296,50 +342,25 @@ impl<C: Connect> Proxy<C> {
                 (Some(e.to_string()), Some(e.ended_by().to_string()))
             }
         };
-        let (up, down) = (
-            counters.up.load(Ordering::Relaxed),
-            counters.down.load(Ordering::Relaxed),
-        );
-        let statements = counters.statements.load(Ordering::Relaxed);
-        let denied = counters.denied.load(Ordering::Relaxed);
-        tracing::info!(
-            up,
-            down,
-            statements,
-            denied,
-            error = error.as_deref().unwrap_or(""),
-            ended_by = ended_by.as_deref().unwrap_or(""),
-            "closed"
-        );
-        self.recorder
-            .record(Record::Close(session_close(
-                session,
-                (up, down),
-                ended_by.clone(),
-                error.clone(),
-            )))
-            .await;
-        self.events.emit(
-            "connection_close",
-            with(
-                &base,
-                json!({
-                    "bytes_up": up,
-                    "bytes_down": down,
-                    "statements": statements,
-                    "denied_statements": denied,
-                    "duration_ms": started.elapsed().as_millis() as u64,
-                    "error": error,
-                    "ended_by": ended_by,
-                }),
-            ),
-        );
+        Outcome::Closed(Box::new(SessionEnd {
+            facts: base,
+            started,
+            bytes_up: counters.up.load(Ordering::Relaxed),
+            bytes_down: counters.down.load(Ordering::Relaxed),
+            ended_by,
+            error,
+            statements: Some(StatementCounts {
+                statements: counters.statements.load(Ordering::Relaxed),
+                denied_statements: counters.denied.load(Ordering::Relaxed),
+            }),
+        }))
     }
 
     /// The session's catalog handle: the shared origin cache of its database, and a way to
     /// open the gateway's own catalog connection with the session's target settings.
-    fn catalog(
+    fn catalog<C: Connect>(
         &self,
+        core: &Proxy<C>,
         admitted: &Admitted<'_>,
         pg: &crate::policy::PostgresTarget,
         params: &[(String, String)],
@@ -359,7 +380,7 @@ impl<C: Connect> Proxy<C> {
             }
             all.entry(key).or_default().clone()
         };
-        let connector = self.connector.clone();
+        let connector = core.connector.clone();
         let credential = admitted.target.credential.clone();
         let (pg, params) = (pg.clone(), params.to_vec());
         let timeout =
@@ -384,26 +405,32 @@ impl<C: Connect> Proxy<C> {
         Catalog::new(open, cache)
     }
 
-    async fn forward_cancel(&self, pid: i32, key: i32, placed: &Placed<'_>, base: &Value) {
+    async fn forward_cancel<C: Connect>(
+        &self,
+        core: &Proxy<C>,
+        (pid, key): (i32, i32),
+        placed: &Placed<'_>,
+        base: &ConnFacts,
+    ) -> Outcome {
         let found = self.cancels.lookup(pid, key);
         match found {
             Some(t) if t.workload == placed.workload.name => {
                 // A statement held for approval is withdrawn; one the server runs is cancelled
                 // there (the agent cannot tell which it is, and both may be true).
                 t.signal.send_modify(|n| *n += 1);
-                let r = backend::cancel(&self.connector, t.dst, t.pid, t.key).await;
-                self.events.emit(
-                    "cancel",
-                    with(
-                        base,
-                        json!({"forwarded": r.is_ok(), "error": r.err().map(|e| e.to_string())}),
-                    ),
-                );
+                let r = backend::cancel(&core.connector, t.dst, t.pid, t.key).await;
+                let event = base.event(&CancelForwarded {
+                    forwarded: r.is_ok(),
+                    error: r.err().map(|e| e.to_string()),
+                });
+                core.events.emit("cancel", event);
+                Outcome::NoSession
             }
             // Unknown keys and other workloads' keys are dropped without an answer, as
             // PostgreSQL does.
             _ => {
                 self.refuse(
+                    core,
                     base,
                     Refusal::new("bad_cancel", "cancel request with an unknown key"),
                 )
@@ -412,22 +439,44 @@ impl<C: Connect> Proxy<C> {
         }
     }
 
-    async fn refuse_pg(&self, stream: &mut BoxIo, base: &Value, r: Refusal) {
-        let (code, message) = frontend::refusal_message(r.code, r.token.as_deref());
-        frontend::refuse(stream, code, &message).await;
-        self.refuse(base, r).await;
+    /// Says why the connection was refused (event, record): no session.
+    async fn refuse<C: Connect>(&self, core: &Proxy<C>, base: &ConnFacts, r: Refusal) -> Outcome {
+        core.refuse(base, r).await;
+        Outcome::NoSession
     }
 
-    async fn upstream_failed(&self, stream: &mut BoxIo, base: &Value, error: String) {
+    /// Like `refuse`, telling the agent too, as an ErrorResponse with a SQLSTATE.
+    async fn refuse_pg<C: Connect>(
+        &self,
+        core: &Proxy<C>,
+        stream: &mut BoxIo,
+        base: &ConnFacts,
+        r: Refusal,
+    ) -> Outcome {
+        let (code, message) = frontend::refusal_message(r.code, r.token.as_deref());
+        frontend::refuse(stream, code, &message).await;
+        self.refuse(core, base, r).await
+    }
+
+    async fn upstream_failed<C: Connect>(
+        &self,
+        core: &Proxy<C>,
+        stream: &mut BoxIo,
+        base: &ConnFacts,
+        error: String,
+    ) -> Outcome {
         tracing::warn!("upstream login: {error}");
-        self.events
-            .emit("upstream_failed", with(base, json!({"error": error})));
+        core.events.emit(
+            "upstream_failed",
+            base.event(&UpstreamFailed { error: &error }),
+        );
         frontend::refuse(
             stream,
             "08004",
             "agentgate: the gateway could not log in to the target",
         )
         .await;
+        Outcome::NoSession
     }
 }
 
