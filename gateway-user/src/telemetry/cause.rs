@@ -52,8 +52,9 @@ impl EndCause {
     }
 
     /// The cause of a `connection_close` with these `ended_by` and `error` fields. The texts
-    /// matched are the ones the relays write (proxy/, protocol/tcp.rs, protocol/postgres/relay,
-    /// proxy/sessions.rs, proxy/revocations.rs); the unit tests below quote each of them.
+    /// matched are the ones the handlers write (protocol/tcp, protocol/postgres/session.rs and
+    /// relay, proxy/sessions.rs, proxy/revocations.rs); the unit tests below quote each of them
+    /// and make the ones they can with the producers' own code.
     pub fn of(ended_by: Option<&str>, error: Option<&str>) -> EndCause {
         let Some(by) = ended_by.filter(|s| !s.is_empty()) else {
             return match error.filter(|s| !s.is_empty()) {
@@ -148,6 +149,39 @@ mod tests {
         ];
         for (by, error, want) in cases {
             assert_eq!(EndCause::of(*by, *error), *want, "{by:?} / {error:?}");
+        }
+    }
+
+    /// The texts as their producers make them: a reworded one fails here, instead of quietly
+    /// counting as `other`.
+    #[test]
+    fn texts_made_by_their_producers_have_their_cause() {
+        use crate::protocol::postgres::relay::RelayError;
+        let revoked = crate::proxy::revocations::Revocation {
+            subject: Some("s".into()),
+            issuer: None,
+            workload: None,
+            reason: "leaked".into(),
+            at_ms: 0,
+            by: "root".into(),
+        };
+        assert_eq!(EndCause::of(Some(&revoked.message()), None), Revoked);
+        let idle = crate::protocol::tcp::RelayError::Idle(std::time::Duration::from_secs(5));
+        assert_eq!(EndCause::of(None, Some(&idle.to_string())), Idle);
+        for (e, want) in [
+            (RelayError::LeftWhileHeld, ClientClosed),
+            (RelayError::Unmaskable("x".into()), Error),
+            (RelayError::UnsafeSetting("a".into(), "b".into()), Error),
+            (RelayError::Trial("x".into()), Error),
+            (RelayError::OutOfStep("x"), Error),
+            (RelayError::TooManyNamed, Error),
+            (RelayError::StalledWhileHeld, Error),
+        ] {
+            assert_eq!(
+                EndCause::of(Some(e.ended_by()), Some(&e.to_string())),
+                want,
+                "{e}"
+            );
         }
     }
 
