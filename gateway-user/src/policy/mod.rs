@@ -9,6 +9,7 @@ mod load;
 mod model;
 mod reload;
 mod rules;
+mod yaml;
 
 pub use load::load_dir;
 pub use model::{
