@@ -17,6 +17,7 @@ mod record;
 mod run;
 mod sockopt;
 mod statement;
+mod telemetry;
 mod tls;
 mod upstream;
 
@@ -25,14 +26,11 @@ use clap::Parser;
 use cli::{Cli, Command, PolicyCommand};
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENTGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    telemetry::logging::init(match &cli.command {
+        Command::Run(args) => args.log_format,
+        _ => telemetry::LogFormat::Text,
+    });
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Policy {

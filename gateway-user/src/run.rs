@@ -27,6 +27,7 @@ use crate::{
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
     record::{Db, EventSink, Recorder},
+    telemetry::Telemetry,
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -40,10 +41,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()> {
-    let events = Arc::new(match &args.events {
-        Some(p) => EventSink::to_file(p).with_context(|| format!("event log {}", p.display()))?,
-        None => EventSink::disabled(),
-    });
+    let telemetry = Telemetry::start(args.metrics, args.metrics_public, &initial.version).await?;
+    let metrics = telemetry.metrics.clone();
+    let events = Arc::new(
+        match &args.events {
+            Some(p) => {
+                EventSink::to_file(p).with_context(|| format!("event log {}", p.display()))?
+            }
+            None => EventSink::disabled(),
+        }
+        .with_metrics(metrics.clone()),
+    );
     let db = Db::open(&args.record_db)
         .with_context(|| format!("record database {}", args.record_db.display()))?;
     let orphans = Db::lock(&db)
@@ -57,16 +65,24 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     }
     let recorder = if args.record_off {
         tracing::warn!("--record-off: sessions and statements are NOT recorded (benchmarks only)");
-        Arc::new(Recorder::start(crate::record::NullStore))
+        Arc::new(Recorder::start_with(
+            crate::record::NullStore,
+            Some(metrics.clone()),
+        ))
     } else {
-        Recorder::sqlite(db.clone())
+        Recorder::sqlite(db.clone(), Some(metrics.clone()))
     };
+    telemetry.watch_record(
+        &recorder,
+        (!args.record_off).then(|| args.record_db.clone()),
+    );
     let sink_stop = CancellationToken::new();
     // Without a sink nothing holds retention back.
     let shipped = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
     let sink = match &args.audit_sink {
         Some(conninfo) => {
             shipped.store(0, std::sync::atomic::Ordering::Relaxed);
+            telemetry.watch_sink(db.clone(), shipped.clone());
             let config = crate::record::sink::SinkConfig {
                 conninfo: conninfo.clone(),
                 password_file: args.audit_sink_password_file.clone(),
@@ -93,6 +109,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
+    telemetry.watch_maps(&args.pin_dir);
     // Every socket the gateway opens comes from a `SocketFactory` over these maps, registered as
     // its own so that capture never redirects it (or, if that cannot be done, not connected at
     // all): this one, and the identity verifier's, which the proxy builds from `maps`.
@@ -134,6 +151,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     approvals
         .resume()
         .with_context(|| format!("approval store {}", args.record_db.display()))?;
+    telemetry.watch_approvals(&approvals);
 
     let table = Arc::new(WorkloadTable::default());
     let gateway = &initial.gateway;
@@ -158,6 +176,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         let listener = bound.into_listener(ListenerKind::Host)?;
         tokio::spawn(proxy.clone().serve(listener));
     }
+    telemetry.readiness.listeners_open();
     let spawn: SpawnListener = {
         let proxy = proxy.clone();
         Arc::new(move |l| tokio::spawn(proxy.clone().serve(l)))
@@ -171,6 +190,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .map(|a| a.display().to_string())
         .collect();
     tracing::info!(?anchors, replaced, version = %initial.version, "capture attached");
+    telemetry.capture_attached(reconciler.apply_error());
 
     reloader.enforce_with(crate::proxy::enforcer(proxy.sessions.clone()));
     let stop = CancellationToken::new();
@@ -201,6 +221,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     wait_for_signal().await?;
     tracing::info!("stopping: no new connections; draining open ones");
     approvals.stopping();
+    telemetry.readiness.listeners_closed();
     proxy.shutdown.cancel();
     stop.cancel();
     proxy.tracker.close();
@@ -221,6 +242,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     }
     let _ = std::fs::remove_file(&args.admin_socket);
     events.emit("stopped", json!({"drained": drained}));
+    telemetry.stop();
     Ok(())
 }
 

@@ -495,6 +495,24 @@ impl Drop for TargetServer {
     }
 }
 
+/// Whether `agentgate run` (of [`agentgate_bin`]) takes `--metrics`: binaries from before it
+/// (the benchmarks' side-by-side runs of an older build) do not.
+fn has_metrics_flag() -> bool {
+    static SEEN: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+    let bin = agentgate_bin();
+    let mut seen = SEEN.lock().unwrap();
+    if let Some((_, has)) = seen.iter().find(|(b, _)| *b == bin) {
+        return *has;
+    }
+    let help = Command::new(&bin)
+        .args(["run", "--help"])
+        .output()
+        .expect("run agentgate run --help");
+    let has = String::from_utf8_lossy(&help.stdout).contains("--metrics");
+    seen.push((bin, has));
+    has
+}
+
 /// A running `agentgate run`, with its own policy directory, pin directory and event log.
 pub struct Gateway {
     pub dir: PathBuf,
@@ -605,6 +623,14 @@ impl Gateway {
             .arg(self.dir.join("admin.sock"))
             .arg("--record-db")
             .arg(self.record_db())
+            // The metrics endpoint listens on a fixed port by default, which gateways running
+            // side by side would fight over; tests that want it pass `--metrics ADDR`.
+            .args(
+                (!self.extra_args.iter().any(|a| a.starts_with("--metrics")) && has_metrics_flag())
+                    .then_some(["--metrics", "off"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra_args)
             // Tests read the gateway's debug lines when they fail; benchmarks ask for less.
             .env(

@@ -31,6 +31,10 @@ const APT_PACKAGES: &[&str] = &[
     // with the machine's javac (a JDK is installed only where javac is missing, see run()).
     "python3-asyncpg",
     "libpostgresql-jdbc-java",
+    // tests/tests/telemetry.rs parses the gateway's /metrics with the official Prometheus
+    // client's parser (tests/fixtures/prom_parse.py; about 200 kB, against about 100 MB for the
+    // `prometheus` package's promtool).
+    "python3-prometheus-client",
     // `cargo xtask bench`: the proxies agentgate is measured against, and `perf` for its
     // profile of the gateway.
     "haproxy",

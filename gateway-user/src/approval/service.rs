@@ -373,6 +373,11 @@ impl Approvals {
         Ok(r)
     }
 
+    /// How many requests wait for a decision (for the metrics).
+    pub fn pending_count(&self) -> Result<usize, ApprovalError> {
+        Ok(self.store().pending()?)
+    }
+
     /// Cancels a pending request (its session ended, the agent left).
     pub fn cancel(&self, id: &str, why: &str) {
         self.finish(id, State::Cancelled, why.to_string());

@@ -100,6 +100,16 @@ impl Store {
     }
 
     /// Pending requests made by one identity.
+    /// Every request still pending (the state index answers it).
+    pub fn pending(&self) -> Result<usize, StoreError> {
+        let n: i64 = Db::lock(&self.db).conn.query_row(
+            "SELECT count(*) FROM approval_requests WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+
     pub fn pending_of(&self, issuer: &str, subject: &str) -> Result<usize, StoreError> {
         let n: i64 = Db::lock(&self.db).conn.query_row(
             "SELECT count(*) FROM approval_requests WHERE state = 'pending'

@@ -255,4 +255,16 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, wait this long for open connections before exiting.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
+    /// plain HTTP on this address, or `off`. Loopback only unless --metrics-public.
+    #[arg(long, default_value = crate::telemetry::DEFAULT_METRICS)]
+    pub metrics: crate::telemetry::MetricsListen,
+    /// Allow --metrics on an address other than loopback (the metrics name workloads and
+    /// targets; nothing else is exposed).
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// Format of the gateway's log on stderr: `text`, or `json` (one object per line, with the
+    /// connection's span on every line of a connection).
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: crate::telemetry::LogFormat,
 }

@@ -3,6 +3,8 @@
 
 mod loader;
 mod maps;
+mod occupancy;
 
 pub use loader::{uninstall, Kernel, KernelError};
 pub use maps::{peer_key, target_entries, target_value_flags, KernelMaps};
+pub use occupancy::Occupancy;

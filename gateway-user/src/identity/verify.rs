@@ -347,6 +347,14 @@ impl Verifier {
 
     /// Verifies a compact JWS and returns the principal it names.
     pub async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let verified = self.verify_token(token).await;
+        crate::telemetry::metrics::with(|m| {
+            m.token_verified(verified.as_ref().map(|_| ()).map_err(TokenError::reason))
+        });
+        verified
+    }
+
+    async fn verify_token(&self, token: &str) -> Result<Principal, TokenError> {
         let parsed = token::parse(token).map_err(|e| match e {
             // Refused before the provider is known: what any provider would have accepted.
             TokenError::AlgNotAllowed {

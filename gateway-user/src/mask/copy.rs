@@ -143,6 +143,16 @@ impl CopyMask {
 
     /// One CopyData payload (a line) with its values masked; `None` when nothing changed.
     pub fn apply(&self, line: &[u8], hits: &mut Vec<Hit>) -> Option<Vec<u8>> {
+        let out = self.mask_line(line, hits);
+        if out.is_some() {
+            crate::telemetry::metrics::with(|m| {
+                m.mask_rows_rewritten.inc();
+            });
+        }
+        out
+    }
+
+    fn mask_line(&self, line: &[u8], hits: &mut Vec<Hit>) -> Option<Vec<u8>> {
         let plan = &self.plan;
         let clean = |r| sanitize(r, self.delimiter);
         if self.fields.is_empty() {

@@ -218,6 +218,9 @@ impl ResultMask {
         if changes.is_empty() {
             return Ok(None);
         }
+        crate::telemetry::metrics::with(|m| {
+            m.mask_rows_rewritten.inc();
+        });
         Ok(Some(rebuild(frame, n, &changes)?))
     }
 }

@@ -203,6 +203,11 @@ impl Db {
         Ok(Arc::new(Mutex::new(Db { conn, tip })))
     }
 
+    /// The number of the last record in the journal (0 when empty).
+    pub fn tip_seq(&self) -> i64 {
+        self.tip.seq
+    }
+
     pub fn lock(db: &SharedDb) -> MutexGuard<'_, Db> {
         db.lock().unwrap_or_else(|p| p.into_inner())
     }

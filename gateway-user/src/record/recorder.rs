@@ -4,7 +4,13 @@
 //! what queues during one commit goes into the next). A durable record is acknowledged once its
 //! transaction has committed, for statements that must be on record before they run.
 
-use std::{sync::Arc, thread};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -117,6 +123,9 @@ enum Msg {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
+    /// Set while the writer cannot commit (cleared by the next commit that succeeds).
+    failing: Arc<AtomicBool>,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 const QUEUE: usize = 16_384;
@@ -124,8 +133,19 @@ const BATCH: usize = 1_024;
 
 impl Recorder {
     /// Starts the writer thread for `store`.
-    pub fn start(mut store: impl Store) -> Recorder {
+    #[cfg(test)]
+    pub fn start(store: impl Store) -> Recorder {
+        Self::start_with(store, None)
+    }
+
+    /// Like [`start`](Self::start), counting statements and timing commits in `metrics`.
+    pub fn start_with(
+        mut store: impl Store,
+        metrics: Option<Arc<crate::telemetry::Metrics>>,
+    ) -> Recorder {
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let failing = Arc::new(AtomicBool::new(false));
+        let (writer_failing, writer_metrics) = (failing.clone(), metrics.clone());
         let spawned = thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
@@ -154,7 +174,16 @@ impl Recorder {
                     // they must not run unrecorded.
                     let mut backoff = std::time::Duration::from_millis(50);
                     loop {
-                        match store.write(&batch) {
+                        let started = std::time::Instant::now();
+                        let written = store.write(&batch);
+                        if let Some(m) = &writer_metrics {
+                            m.record_commit.observe(started.elapsed().as_secs_f64());
+                            if written.is_err() {
+                                m.record_commit_failures.inc();
+                            }
+                        }
+                        writer_failing.store(written.is_err(), Ordering::Relaxed);
+                        match written {
                             Ok(()) => break,
                             Err(e) => {
                                 tracing::error!(
@@ -180,12 +209,40 @@ impl Recorder {
             });
         if let Err(e) = spawned {
             tracing::error!("recorder thread: {e}");
+            failing.store(true, Ordering::Relaxed);
         }
-        Recorder { tx }
+        Recorder {
+            tx,
+            failing,
+            metrics,
+        }
+    }
+
+    /// Records queued and not yet taken by the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Whether records can be written: the writer runs and its last commit succeeded.
+    pub fn writable(&self) -> Result<(), String> {
+        if self.tx.is_closed() {
+            Err("the recorder has stopped".into())
+        } else if self.failing.load(Ordering::Relaxed) {
+            Err("the last commit failed (see the log); retrying".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn observe(&self, r: &Record) {
+        if let (Some(m), Record::Statement(s)) = (&self.metrics, r) {
+            m.statement(&s.class, s.decision);
+        }
     }
 
     /// Queues a record, waiting while the queue is full.
     pub async fn record(&self, r: Record) {
+        self.observe(&r);
         if self.tx.send(Msg::Record(Box::new(r))).await.is_err() {
             tracing::error!("recorder is gone; record lost");
         }
@@ -194,6 +251,7 @@ impl Recorder {
     /// Queues a record and waits until its transaction has committed: `false` if it could not
     /// be written (the caller must not act as if it were on record).
     pub async fn record_durable(&self, r: Record) -> bool {
+        self.observe(&r);
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Durable(Box::new(r), tx)).await.is_err() {
             tracing::error!("recorder is gone; durable record lost");
@@ -210,9 +268,16 @@ impl Recorder {
         }
     }
 
-    /// A recorder over the record database's journal.
-    pub fn sqlite(db: super::db::SharedDb) -> Arc<Recorder> {
-        Arc::new(Recorder::start(super::sqlite::SqliteStore::new(db)))
+    /// A recorder over the record database's journal (metrics: see
+    /// [`start_with`](Self::start_with)).
+    pub fn sqlite(
+        db: super::db::SharedDb,
+        metrics: Option<Arc<crate::telemetry::Metrics>>,
+    ) -> Arc<Recorder> {
+        Arc::new(Recorder::start_with(
+            super::sqlite::SqliteStore::new(db),
+            metrics,
+        ))
     }
 }
 
