@@ -1,11 +1,8 @@
-//! Inline masking of sensitive values in what the target sends back: result rows, COPY data,
-//! error and notice texts. Rules come from the policy (`mask:` rules); a session compiles the ones
-//! that apply to it into a [`plan::Plan`].
-pub mod catalog;
-pub mod copy;
+//! Masking of sensitive values, whatever protocol carries them: the `mask:` rules of the policy
+//! ([`rules`]), what applies to one session ([`plan::Plan`]), the value detectors ([`detect`])
+//! and the strategies that replace a value (redact, partial, hash, null). A protocol applies
+//! them to its own messages: PostgreSQL's result rows, COPY data, errors and notices are in
+//! protocol/postgres/mask/. This module imports no protocol.
 pub mod detect;
-pub mod hide;
-pub mod notice;
 pub mod plan;
-pub mod row;
 pub mod rules;

@@ -3,14 +3,10 @@
 use std::{borrow::Cow, sync::Arc};
 
 use super::{
-    catalog::{ColumnInfo, Relation},
     detect::{Detectors, Hit, Kind},
     rules::{BinaryPolicy, ColumnPattern, MaskKey, MaskSpec, Origin, Strategy, REDACTED},
 };
-use crate::{
-    policy::{Policy, Who},
-    protocol::postgres::classify::{Class, Classified, CURSOR_OUTPUT},
-};
+use crate::policy::{Policy, Who};
 
 pub struct Plan {
     rules: Vec<(String, Arc<MaskSpec>)>,
@@ -67,6 +63,12 @@ impl Plan {
             .iter()
             .find(|(p, _)| origins.clone().into_iter().any(|o| p.matches(&o)))
             .map(|(_, i)| *i)
+    }
+
+    /// The rule of the first column pattern (in file order), if any rule masks columns: what
+    /// masks a value whose origin cannot be known.
+    pub fn first_column_rule(&self) -> Option<usize> {
+        self.columns.first().map(|(_, r)| *r)
     }
 
     pub fn rule_name(&self, rule: usize) -> &str {
@@ -194,4 +196,3 @@ impl Plan {
         Plan::build(&policy, &who, "t").expect("a mask plan")
     }
 }
-

@@ -11,7 +11,6 @@ use std::{
 use serde_json::{json, Value};
 
 use crate::{
-    mask::catalog::{Catalog, Opener},
     policy::{Protocol, TokenSource},
     protocol::postgres::{
         backend,
@@ -19,6 +18,7 @@ use crate::{
         classify::Classifier,
         codec::{self, out},
         frontend::{self, BoxIo, FrontendError, Hello},
+        mask::catalog::{Catalog, Opener},
         relay::{self, Counters, Ended, SessionContext},
         tls,
     },
@@ -44,7 +44,7 @@ pub struct PostgresHandler {
     classifier: Classifier,
     cancels: CancelKeys,
     /// Column origins for masking, per (target, address, database, upstream role).
-    catalogs: std::sync::Mutex<std::collections::HashMap<CatalogKey, crate::mask::catalog::Cache>>,
+    catalogs: std::sync::Mutex<std::collections::HashMap<CatalogKey, super::mask::catalog::Cache>>,
 }
 
 type CatalogKey = (String, SocketAddr, String, String);

@@ -1,7 +1,34 @@
-impl Plan {
+//! What of a mask plan depends on PostgreSQL: which rule masks a catalog column, and which
+//! statements carry masked values into their results or into tables without naming the column
+//! (taint), as the classifier and the catalog see them.
+
+use std::sync::Arc;
+
+use super::catalog::{ColumnInfo, Relation};
+use crate::{
+    mask::{plan::Plan, rules::Origin},
+    protocol::postgres::classify::{Class, Classified, CURSOR_OUTPUT},
+};
+
+/// [`Plan`]'s answers about PostgreSQL statements and catalog relations.
+pub trait Taint {
     /// The rule that masks a catalog column: by its own name, or by a column it shows (a
     /// view's base column, a partition's parent column).
-    pub fn column_rule_of(&self, rel: &Relation, col: &ColumnInfo) -> Option<usize> {
+    fn column_rule_of(&self, rel: &Relation, col: &ColumnInfo) -> Option<usize>;
+    /// The rule for a statement's result columns that have no origin (see the impl).
+    fn output_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize>;
+    /// The rule whose masked values a write or DDL statement would copy into a table.
+    fn copy_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize>;
+    /// The first rule that masks a column of any of these relations.
+    fn covering_rule(&self, rels: &[Option<Arc<Relation>>]) -> Option<usize>;
+    /// Whether a statement reads the planner's statistics.
+    fn reads_statistics(&self, c: &Classified) -> bool;
+}
+
+impl Taint for Plan {
+    /// The rule that masks a catalog column: by its own name, or by a column it shows (a
+    /// view's base column, a partition's parent column).
+    fn column_rule_of(&self, rel: &Relation, col: &ColumnInfo) -> Option<usize> {
         let own = Origin::Column {
             schema: &rel.schema,
             table: &rel.name,
@@ -21,15 +48,15 @@ impl Plan {
     /// RETURNING list refers to any column, and it reads a relation (`rels`, as the catalog
     /// resolved its tables) with a masked column, those are masked whole. A statement the
     /// gateway cannot read (opaque) or a FETCH from a cursor may output anything.
-    pub fn output_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
-        self.taint(c, &c.output_columns, rels)
+    fn output_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
+        taint(self, c, &c.output_columns, rels)
     }
 
     /// The rule whose masked values a write or DDL statement would copy into a table: its
     /// target lists (or a writing function's arguments) refer to columns, and it reads a
     /// relation with a masked column.
-    pub fn copy_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
-        if let Some(r) = self.taint(c, &c.source_columns, rels) {
+    fn copy_taint(&self, c: &Classified, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
+        if let Some(r) = taint(self, c, &c.source_columns, rels) {
             return Some(r);
         }
         if c.set_columns.is_empty() {
@@ -44,7 +71,7 @@ impl Plan {
         // every relation t may be (an unqualified name: every schema's). A name that is not a
         // column of one of them is, there, a whole row (`SET a = t::text`, or an alias's):
         // every column of it.
-        let first = self.columns.first().map(|(_, r)| *r);
+        let first = self.first_column_rule();
         c.set_columns
             .iter()
             .filter_map(|r| {
@@ -62,27 +89,11 @@ impl Plan {
             .min()
     }
 
-    fn taint(
-        &self,
-        c: &Classified,
-        refs: &[String],
-        rels: &[Option<Arc<Relation>>],
-    ) -> Option<usize> {
-        let first = self.columns.first().map(|(_, r)| *r)?;
-        if c.class == Class::Opaque || c.output_columns.iter().any(|r| r == CURSOR_OUTPUT) {
-            return Some(first);
-        }
-        if refs.is_empty() {
-            return None;
-        }
-        self.covering_rule(rels)
-    }
-
     /// The first rule that masks a column of any of these relations (own or traced through
     /// views and parent tables); a relation the catalog did not find counts as masked.
     /// The first in file order, whatever order the columns come in.
-    pub fn covering_rule(&self, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
-        let first = self.columns.first().map(|(_, r)| *r);
+    fn covering_rule(&self, rels: &[Option<Arc<Relation>>]) -> Option<usize> {
+        let first = self.first_column_rule();
         rels.iter()
             .filter_map(|rel| match rel {
                 Some(rel) => rel
@@ -97,7 +108,7 @@ impl Plan {
 
     /// Whether a statement reads the planner's statistics, which hold sample values of every
     /// column (`pg_stats.most_common_vals`, `histogram_bounds`).
-    pub fn reads_statistics(&self, c: &Classified) -> bool {
+    fn reads_statistics(&self, c: &Classified) -> bool {
         const STATS: &[&str] = &[
             "pg_stats",
             "pg_stats_ext",
@@ -110,6 +121,24 @@ impl Plan {
                 .iter()
                 .any(|t| STATS.iter().any(|s| t.name.eq_ignore_ascii_case(s)))
     }
+}
+
+/// The first column rule, when a statement with these column references (`refs`) reads a
+/// relation with a masked column, or may output anything (opaque, a FETCH from a cursor).
+fn taint(
+    plan: &Plan,
+    c: &Classified,
+    refs: &[String],
+    rels: &[Option<Arc<Relation>>],
+) -> Option<usize> {
+    let first = plan.first_column_rule()?;
+    if c.class == Class::Opaque || c.output_columns.iter().any(|r| r == CURSOR_OUTPUT) {
+        return Some(first);
+    }
+    if refs.is_empty() {
+        return None;
+    }
+    plan.covering_rule(rels)
 }
 
 #[cfg(test)]
