@@ -6,3 +6,4 @@
 pub mod detect;
 pub mod plan;
 pub mod rules;
+pub mod stream;

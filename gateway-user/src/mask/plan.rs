@@ -159,14 +159,35 @@ impl Plan {
     /// `text` with what the detectors find masked, for texts where NULL cannot stand (errors,
     /// notices, the record).
     pub fn mask_str<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        match self.mask_bytes(text.as_bytes()) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            Cow::Owned(masked) => Cow::Owned(String::from_utf8_lossy(&masked).into_owned()),
+        }
+    }
+
+    /// [`Plan::mask_str`] for bytes that need not be UTF-8: every detector hit replaced, a NULL
+    /// strategy giving `****`. What [`super::stream::StreamScanner`] gives for the same bytes
+    /// in chunks.
+    pub fn mask_bytes<'t>(&self, text: &'t [u8]) -> Cow<'t, [u8]> {
         let mut hits = Vec::new();
-        self.detectors.scan(text.as_bytes(), &mut hits);
+        self.detectors.scan(text, &mut hits);
         if hits.is_empty() {
             return Cow::Borrowed(text);
         }
-        Cow::Owned(
-            String::from_utf8_lossy(&self.splice(text.as_bytes(), &hits, |r| r)).into_owned(),
-        )
+        Cow::Owned(self.splice(text, &hits, |r| r))
+    }
+
+    /// Appends the detectors' hits in `text` to `hits`, sorted and disjoint, each tagged with
+    /// its rule (for [`Plan::put_masked`]).
+    pub fn scan(&self, text: &[u8], hits: &mut Vec<Hit>) {
+        self.detectors.scan(text, hits);
+    }
+
+    /// Appends the replacement of `value`, which `hit` found, to `out` (`****` for a NULL
+    /// strategy: inside a text a NULL cannot stand).
+    pub fn put_masked(&self, hit: &Hit, value: &[u8], out: &mut Vec<u8>) {
+        let strategy = self.rules[hit.tag].1.strategy;
+        out.extend(strategy.apply_in_text(value, &self.key));
     }
 }
 
