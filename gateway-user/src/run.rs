@@ -23,11 +23,10 @@ use crate::{
     capture::{bind_loopback, CgroupFs, ListenerKind, Reconciler, SpawnListener, WorkloadTable},
     cli::RunArgs,
     ebpf::Kernel,
-    identity::OwnSockets,
+    net::{http::HttpClient, Dialer, Netns, SocketFactory},
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
     record::{Db, EventSink, Recorder},
-    upstream::BypassConnector,
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -94,12 +93,16 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = kernel.maps();
-    // The sink's sockets are the gateway's own: capture never redirects them.
+    // Every socket the gateway opens comes from a `SocketFactory` over these maps, registered as
+    // its own so that capture never redirects it (or, if that cannot be done, not connected at
+    // all): this one, and the identity verifier's, which the proxy builds from `maps`.
+    let sockets = Arc::new(SocketFactory::new(maps.clone()));
     let sink_task = sink.map(|sink| {
         tokio::spawn(sink.run(
             args.record_db.clone(),
-            BypassConnector {
-                maps: maps.clone(),
+            Dialer {
+                sockets: sockets.clone(),
+                netns: Netns::Gateway,
                 timeout: Duration::from_secs(10),
             },
             shipped.clone(),
@@ -122,7 +125,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         db.clone(),
         Notifier::new(
             policies.clone(),
-            Some(maps.clone() as Arc<dyn OwnSockets>),
+            HttpClient::new(sockets.clone()),
             events.clone(),
         ),
         events.clone(),
@@ -139,8 +142,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         maps.clone(),
         table.clone(),
         events.clone(),
-        BypassConnector {
-            maps: maps.clone(),
+        Dialer {
+            sockets: sockets.clone(),
+            netns: Netns::Connection,
             timeout: Duration::from_millis(gateway.connect_timeout_ms),
         },
         crate::proxy::Oversight {
@@ -170,30 +174,19 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
 
     reloader.enforce_with(crate::proxy::enforcer(proxy.sessions.clone()));
     let stop = CancellationToken::new();
-    let status = reloader.status();
     let admin_listener = admin::bind(&args.admin_socket)?;
-    let sessions = proxy.sessions.clone();
-    let capture_error = reconciler.apply_error();
-    let local_approvals = approvals.clone();
-    let revoking = proxy.clone();
-    tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::new(move |req, peer| match req["cmd"].as_str() {
-            Some("status") => json!({
-                "pid": std::process::id(),
-                "policy": *status.lock().unwrap_or_else(|p| p.into_inner()),
-                "sessions": sessions.count(),
-                "capture_error": *capture_error.lock().unwrap_or_else(|p| p.into_inner()),
-            }),
-            Some("revoke") | Some("revoke.lift") | Some("revocations") => {
-                revoke_request(&revoking, req, peer)
-            }
-            _ => admin::approvals_request(&local_approvals, req, peer),
+    // One handler for the Unix socket and the HTTP API.
+    let admin = Arc::new(admin::Admin {
+        approvals: approvals.clone(),
+        node: Arc::new(admin::node::Gateway {
+            proxy: proxy.clone(),
+            policy: reloader.status(),
+            capture_error: reconciler.apply_error(),
         }),
-        stop.clone(),
-    ));
+    });
+    tokio::spawn(admin::serve(admin_listener, admin.clone(), stop.clone()));
     if let Some(addr) = args.admin_http {
-        serve_http_admin(&args, addr, proxy.clone(), approvals.clone(), stop.clone()).await?;
+        serve_http_admin(&args, addr, proxy.clone(), admin, stop.clone()).await?;
     }
     tokio::spawn(record_policies(policies.clone(), recorder.clone()));
     let watcher = tokio::spawn(reconciler.run(policies, stop.clone()));
@@ -235,7 +228,7 @@ async fn serve_http_admin<C: crate::upstream::Connect + 'static>(
     args: &RunArgs,
     addr: std::net::SocketAddr,
     proxy: Arc<Proxy<C>>,
-    approvals: Arc<Approvals>,
+    admin: Arc<admin::Admin>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = match (&args.admin_http_cert, &args.admin_http_key) {
@@ -264,48 +257,12 @@ async fn serve_http_admin<C: crate::upstream::Connect + 'static>(
         })
     });
     let admin = Arc::new(admin::http::HttpAdmin {
-        approvals,
+        admin,
         authenticate,
     });
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
     tokio::spawn(admin::http::serve(admin, listener, acceptor, stop));
     Ok(())
-}
-
-/// `revoke`, `revoke.lift` and `revocations` over the admin socket.
-fn revoke_request<C: crate::upstream::Connect>(
-    proxy: &Proxy<C>,
-    req: &serde_json::Value,
-    peer: &admin::Peer,
-) -> serde_json::Value {
-    let text = |k: &str| {
-        req[k]
-            .as_str()
-            .map(str::to_string)
-            .filter(|s| !s.is_empty())
-    };
-    let r = crate::proxy::revocations::Revocation {
-        subject: text("subject"),
-        issuer: text("issuer"),
-        workload: text("workload"),
-        reason: text("reason").unwrap_or_else(|| "no reason given".into()),
-        at_ms: crate::record::now_ms(),
-        by: peer.name(),
-    };
-    match req["cmd"].as_str() {
-        Some("revocations") => json!({"revocations": proxy.revocations.list()}),
-        _ if r.subject.is_none() && r.workload.is_none() => {
-            json!({"error": "name an identity (subject) or a workload"})
-        }
-        Some("revoke") => match proxy.revoke(r) {
-            Ok(ended) => json!({"ended_sessions": ended}),
-            Err(e) => json!({"error": format!("revocation not stored: {e}")}),
-        },
-        _ => match proxy.revocations.lift(&r) {
-            Ok(n) => json!({"lifted": n}),
-            Err(e) => json!({"error": format!("not stored: {e}")}),
-        },
-    }
 }
 
 /// Each policy put in force is on record: which rules a session ran under can be looked up.

@@ -8,6 +8,9 @@
 //! - `POST /v1/approvals/{id}/deny` (body: `{"reason": …}`, required)
 //!
 //! Errors are `{"error": text, "reason": code}` with 400, 401, 403, 404 or 409.
+//!
+//! Each route is an [`AdminRequest`], answered by the same handler as the Unix socket's, as the
+//! token's holder (who sees and decides only the requests of their groups).
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
@@ -18,7 +21,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::approval::{ApprovalError, Approvals, Approver, State, Verdict};
+use super::{api::StateFilter, Admin, AdminRequest, Refusal};
+use crate::approval::{ApprovalError, Approver, Verdict};
 
 /// Request bodies are a reason at most.
 const MAX_BODY: usize = 64 * 1024;
@@ -48,7 +52,8 @@ pub enum HttpAdminError {
 }
 
 pub struct HttpAdmin {
-    pub approvals: Arc<Approvals>,
+    /// The same handler as the Unix socket's; the routes below map onto its requests.
+    pub admin: Arc<Admin>,
     pub authenticate: Authenticate,
 }
 
@@ -130,14 +135,25 @@ fn refuse(
     )
 }
 
-fn approval_error(e: &ApprovalError) -> Response<Full<Bytes>> {
+fn refusal(e: &Refusal) -> Response<Full<Bytes>> {
     let status = match e {
-        ApprovalError::UnknownRequest(_) => StatusCode::NOT_FOUND,
-        ApprovalError::NotPending(..) | ApprovalError::AlreadyCounted(..) => StatusCode::CONFLICT,
-        ApprovalError::NotApprover(..) | ApprovalError::SelfApproval(..) => StatusCode::FORBIDDEN,
-        ApprovalError::ReasonRequired => StatusCode::BAD_REQUEST,
-        ApprovalError::TooManyPending(_) => StatusCode::TOO_MANY_REQUESTS,
-        ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Refusal::Approval(e) => match e {
+            ApprovalError::UnknownRequest(_) => StatusCode::NOT_FOUND,
+            ApprovalError::NotPending(..) | ApprovalError::AlreadyCounted(..) => {
+                StatusCode::CONFLICT
+            }
+            ApprovalError::NotApprover(..) | ApprovalError::SelfApproval(..) => {
+                StatusCode::FORBIDDEN
+            }
+            ApprovalError::ReasonRequired => StatusCode::BAD_REQUEST,
+            ApprovalError::TooManyPending(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        Refusal::BadRequest(_) | Refusal::NoRevocationTarget => StatusCode::BAD_REQUEST,
+        Refusal::LocalOnly(_) => StatusCode::FORBIDDEN,
+        Refusal::RevocationNotStored(_) | Refusal::LiftNotStored(_) | Refusal::Unencodable(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     };
     refuse(status, e.code(), e)
 }
@@ -164,84 +180,81 @@ impl HttpAdmin {
             Ok(a) => a,
             Err(u) => return refuse(StatusCode::UNAUTHORIZED, u.code, u.message),
         };
-        let Approver::Oidc { groups, .. } = &approver else {
+        let Approver::Oidc { .. } = &approver else {
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "no_token",
                 "not an OIDC principal",
             );
         };
-        let path = req.uri().path().trim_end_matches('/').to_string();
-        let query = req.uri().query().unwrap_or("").to_string();
-        let parts: Vec<&str> = path.split('/').skip(1).collect();
-        match (req.method().clone(), parts.as_slice()) {
-            (Method::GET, ["v1", "approvals"]) => {
-                let state = match query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("state="))
-                    .unwrap_or("pending")
-                {
-                    "all" => None,
-                    s => match State::parse(s) {
-                        Some(st) => Some(st),
-                        None => {
-                            return refuse(
-                                StatusCode::BAD_REQUEST,
-                                "bad_request",
-                                format!("unknown state `{s}`"),
-                            )
-                        }
-                    },
-                };
-                match self.approvals.list(state, Some(groups)) {
-                    Ok(list) => {
-                        let truncated = list.len() >= crate::approval::LIST_LIMIT;
-                        reply(
-                            StatusCode::OK,
-                            json!({"requests": list, "truncated": truncated}),
-                        )
-                    }
-                    Err(e) => approval_error(&e),
-                }
-            }
-            (Method::GET, ["v1", "approvals", id]) => match self.approvals.get(id) {
-                // Requests outside the caller's groups do not exist for them.
-                Ok(r) if r.decidable_by(groups) => reply(StatusCode::OK, json!(r)),
-                Ok(_) => approval_error(&ApprovalError::UnknownRequest(id.to_string())),
-                Err(e) => approval_error(&e),
+        let request = match route(req).await {
+            Ok(r) => r,
+            Err(refused) => return refused,
+        };
+        match self.admin.handle(request, &approver) {
+            Ok(answer) => match serde_json::to_value(&answer) {
+                Ok(body) => reply(StatusCode::OK, body),
+                Err(e) => refusal(&Refusal::Unencodable(e.to_string())),
             },
-            (Method::POST, ["v1", "approvals", id, action]) => {
-                let verdict = match *action {
-                    "approve" => Verdict::Approve,
-                    "deny" => Verdict::Deny,
-                    _ => return refuse(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
-                };
-                let id = id.to_string();
-                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e),
-                };
-                let reason = if body.iter().all(u8::is_ascii_whitespace) {
-                    None
-                } else {
-                    match serde_json::from_slice::<Value>(&body) {
-                        Ok(v) => v["reason"].as_str().map(str::to_string),
-                        Err(e) => {
-                            return refuse(
-                                StatusCode::BAD_REQUEST,
-                                "bad_request",
-                                format!("body is not JSON: {e}"),
-                            )
-                        }
-                    }
-                };
-                match self.approvals.decide(&id, &approver, verdict, reason) {
-                    Ok(r) => reply(StatusCode::OK, json!(r)),
-                    Err(e) => approval_error(&e),
-                }
-            }
-            _ => refuse(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            Err(e) => refusal(&e),
         }
+    }
+}
+
+/// The admin request an HTTP request is, or the answer that refuses it.
+async fn route(req: Request<hyper::body::Incoming>) -> Result<AdminRequest, Response<Full<Bytes>>> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let parts: Vec<&str> = path.split('/').skip(1).collect();
+    let bad = |message: String| refuse(StatusCode::BAD_REQUEST, "bad_request", message);
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["v1", "approvals"]) => {
+            let state = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("state="))
+                .unwrap_or("pending");
+            let state = StateFilter::parse(state).map_err(bad)?;
+            Ok(AdminRequest::ApprovalsList { state })
+        }
+        (Method::GET, ["v1", "approvals", id]) => {
+            Ok(AdminRequest::ApprovalsShow { id: id.to_string() })
+        }
+        (Method::POST, ["v1", "approvals", id, action]) => {
+            let verdict = match *action {
+                "approve" => Verdict::Approve,
+                "deny" => Verdict::Deny,
+                _ => {
+                    return Err(refuse(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such endpoint",
+                    ))
+                }
+            };
+            let id = id.to_string();
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Err(bad(e.to_string())),
+            };
+            let reason = if body.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(v) => v["reason"].as_str().map(str::to_string),
+                    Err(e) => return Err(bad(format!("body is not JSON: {e}"))),
+                }
+            };
+            Ok(AdminRequest::ApprovalsDecide {
+                id,
+                verdict,
+                reason,
+            })
+        }
+        _ => Err(refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        )),
     }
 }
 
@@ -254,14 +267,18 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::approval::{ApprovalSpec, Gate, Mode, NewRequest, Notifier};
+    use crate::approval::{ApprovalSpec, Approvals, Gate, Mode, NewRequest, Notifier};
 
     fn approvals(dir: &std::path::Path) -> Arc<Approvals> {
         let (_tx, policy) = watch::channel(Arc::new(crate::policy::Policy::default()));
         let events = Arc::new(crate::record::EventSink::disabled());
         Approvals::open(
             crate::record::Db::open(&dir.join("r.db")).unwrap(),
-            Notifier::new(policy, None, events.clone()),
+            Notifier::new(
+                policy,
+                crate::net::http::HttpClient::uncaptured(),
+                events.clone(),
+            ),
             events,
         )
         .unwrap()
@@ -364,7 +381,7 @@ mod tests {
         .unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, ck.cert.pem()).unwrap();
-        let client = Arc::new(crate::identity::fetch::tls_config(Some(&ca)).unwrap());
+        let client = Arc::new(crate::net::http::tls_config(Some(&ca)).unwrap());
 
         // Plain HTTP is for loopback only; the check comes before any bind.
         assert!(matches!(
@@ -377,7 +394,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let admin = Arc::new(HttpAdmin {
-            approvals: a.clone(),
+            admin: Arc::new(Admin {
+                approvals: a.clone(),
+                node: Arc::new(crate::admin::handler::tests::NoGateway::default()),
+            }),
             authenticate: authenticate(),
         });
         tokio::spawn(serve(admin, listener, acceptor, stop.clone()));

@@ -1,8 +1,11 @@
 //! The local admin API: a Unix socket (mode 0600, so root only) answering one JSON request per
-//! line, for `agentgate status` and `agentgate approvals`. The HTTP admin API for approvers
-//! elsewhere is in [`http`].
+//! line ([`AdminRequest`]), for `agentgate status`, `approvals` and `revoke`. The HTTP admin API
+//! for approvers elsewhere is in [`http`]; both are answered by [`Admin::handle`].
 
+pub mod api;
+pub mod handler;
 pub mod http;
+pub mod node;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -18,7 +21,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::approval::{Approvals, Approver, State, Verdict};
+pub use api::{AdminRequest, AdminResponse, Failure};
+pub use handler::{Admin, Refusal};
+
+use crate::approval::Approver;
 
 pub const DEFAULT_SOCKET: &str = "/run/agentgate/admin.sock";
 
@@ -31,11 +37,12 @@ pub enum AdminError {
     },
     #[error("admin socket {path}: unreadable answer: {reason}")]
     Answer { path: PathBuf, reason: String },
+    #[error("admin socket {path}: request not encoded: {reason}")]
+    Request { path: PathBuf, reason: String },
+    /// The gateway refused or failed the request: its message, as it gave it.
+    #[error("{}", .0.error)]
+    Refused(Failure),
 }
-
-/// Answers requests; each handler gets the request object and the caller, and returns the
-/// answer object.
-pub type Handler = Arc<dyn Fn(&Value, &Peer) -> Value + Send + Sync>;
 
 /// Who is on the other end of the socket (from SO_PEERCRED).
 pub struct Peer {
@@ -54,39 +61,28 @@ impl Peer {
     }
 }
 
-/// `approvals.list`, `approvals.show` and `approvals.decide` over the socket.
-pub fn approvals_request(approvals: &Approvals, req: &Value, peer: &Peer) -> Value {
-    let id = req["id"].as_str().unwrap_or_default();
-    let answer = match req["cmd"].as_str() {
-        Some("approvals.list") => {
-            let state = match req["state"].as_str() {
-                None | Some("all") => None,
-                Some(s) => match State::parse(s) {
-                    Some(st) => Some(st),
-                    None => return json!({"error": format!("unknown state `{s}`")}),
-                },
-            };
-            approvals.list(state, None).map(|l| {
-                let truncated = l.len() >= crate::approval::LIST_LIMIT;
-                json!({"requests": l, "truncated": truncated})
-            })
-        }
-        Some("approvals.show") => approvals.get(id).map(|r| json!(r)),
-        Some("approvals.decide") => {
-            let verdict = match req["verdict"].as_str() {
-                Some("approve") => Verdict::Approve,
-                Some("deny") => Verdict::Deny,
-                _ => return json!({"error": "verdict must be approve or deny"}),
-            };
-            let approver = Approver::Local { user: peer.name() };
-            let reason = req["reason"].as_str().map(str::to_string);
-            approvals
-                .decide(id, &approver, verdict, reason)
-                .map(|r| json!(r))
-        }
-        _ => return json!({"error": "unknown command"}),
+/// The answer line to one request line from `peer`.
+fn answer(admin: &Admin, line: &str, peer: &Peer) -> String {
+    let failure = |e: &Refusal| Failure {
+        error: e.to_string(),
+        reason: e.code().to_string(),
     };
-    answer.unwrap_or_else(|e| json!({"error": e.to_string(), "reason": e.code()}))
+    let answer = match serde_json::from_str::<AdminRequest>(line) {
+        Ok(req) => {
+            let caller = Approver::Local { user: peer.name() };
+            admin
+                .handle(req, &caller)
+                .map_err(|e| failure(&e))
+                .and_then(|a| {
+                    serde_json::to_string(&a)
+                        .map_err(|e| failure(&Refusal::Unencodable(e.to_string())))
+                })
+        }
+        Err(e) => Err(failure(&Refusal::BadRequest(e.to_string()))),
+    };
+    let mut out = answer.unwrap_or_else(|f| json!(f).to_string());
+    out.push('\n');
+    out
 }
 
 pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
@@ -104,7 +100,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, handler: Handler, stop: CancellationToken) {
+pub async fn serve(listener: UnixListener, admin: Arc<Admin>, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -116,7 +112,7 @@ pub async fn serve(listener: UnixListener, handler: Handler, stop: CancellationT
                 }
             },
         };
-        let handler = handler.clone();
+        let admin = admin.clone();
         let peer = Peer {
             uid: stream.peer_cred().ok().map(|c| c.uid()),
         };
@@ -124,12 +120,7 @@ pub async fn serve(listener: UnixListener, handler: Handler, stop: CancellationT
             let (r, mut w) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let answer = match serde_json::from_str::<Value>(&line) {
-                    Ok(req) => handler(&req, &peer),
-                    Err(e) => json!({"error": format!("bad request: {e}")}),
-                };
-                let mut out = answer.to_string();
-                out.push('\n');
+                let out = answer(&admin, &line, &peer);
                 if w.write_all(out.as_bytes()).await.is_err() {
                     return;
                 }
@@ -139,7 +130,7 @@ pub async fn serve(listener: UnixListener, handler: Handler, stop: CancellationT
 }
 
 /// One request, one answer, from the command line.
-pub fn request(path: &Path, req: &Value) -> Result<Value, AdminError> {
+pub fn request(path: &Path, req: &AdminRequest) -> Result<AdminResponse, AdminError> {
     let err = |source| AdminError::Io {
         path: path.to_path_buf(),
         source,
@@ -148,13 +139,20 @@ pub fn request(path: &Path, req: &Value) -> Result<Value, AdminError> {
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .map_err(err)?;
-    let mut line = req.to_string();
+    let mut line = serde_json::to_string(req).map_err(|e| AdminError::Request {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(err)?;
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).map_err(err)?;
-    serde_json::from_str(&answer).map_err(|e| AdminError::Answer {
+    let unreadable = |e: serde_json::Error| AdminError::Answer {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    })
+    };
+    let answer: Value = serde_json::from_str(&answer).map_err(unreadable)?;
+    AdminResponse::decode_answer(req, answer)
+        .map_err(unreadable)?
+        .map_err(AdminError::Refused)
 }

@@ -51,8 +51,7 @@ pub struct Webhook {
 impl Webhook {
     /// Checks the URL as the JWKS fetches do: https, or http to loopback only, no credentials.
     pub fn new(url: String, format: WebhookFormat) -> Result<Webhook, String> {
-        crate::identity::fetch::HttpUrl::parse(&url)
-            .map_err(|e| format!("webhook `{url}`: {e}"))?;
+        crate::net::http::HttpUrl::parse(&url).map_err(|e| format!("webhook `{url}`: {e}"))?;
         Ok(Webhook { url, format })
     }
 }

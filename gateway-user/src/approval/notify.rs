@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::model::{Request, WebhookFormat};
 use crate::{
-    identity::{fetch, OwnSockets},
+    net::http::{self, HttpClient},
     policy::Policy,
     record::EventSink,
 };
@@ -20,7 +20,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct Notifier {
     policy: watch::Receiver<Arc<Policy>>,
-    own: Option<Arc<dyn OwnSockets>>,
+    http: HttpClient,
     events: Arc<EventSink>,
     tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -28,10 +28,10 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(
         policy: watch::Receiver<Arc<Policy>>,
-        own: Option<Arc<dyn OwnSockets>>,
+        http: HttpClient,
         events: Arc<EventSink>,
     ) -> Notifier {
-        let tls = match fetch::tls_config(None) {
+        let tls = match http::tls_config(None) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
                 tracing::error!("webhook TLS unavailable, https webhooks will fail: {e:?}");
@@ -40,7 +40,7 @@ impl Notifier {
         };
         Notifier {
             policy,
-            own,
+            http,
             events,
             tls,
         }
@@ -58,13 +58,10 @@ impl Notifier {
                 WebhookFormat::Json => json!({"event": event, "request": r}),
                 WebhookFormat::Slack => slack(event, r),
             };
-            let net = fetch::NetOptions {
-                own: self.own.clone(),
-                ..Default::default()
-            };
-            let (tls, events, id) = (self.tls.clone(), self.events.clone(), r.id.clone());
+            let (http, tls) = (self.http.clone(), self.tls.clone());
+            let (events, id) = (self.events.clone(), r.id.clone());
             rt.spawn(async move {
-                deliver(&hook.url, body, tls, net, &events, &id, event).await;
+                deliver(&hook.url, body, &http, tls, &events, &id, event).await;
             });
         }
     }
@@ -73,8 +70,8 @@ impl Notifier {
 async fn deliver(
     url: &str,
     body: Value,
+    http: &HttpClient,
     tls: Option<Arc<rustls::ClientConfig>>,
-    net: fetch::NetOptions,
     events: &EventSink,
     id: &str,
     event: &str,
@@ -82,8 +79,8 @@ async fn deliver(
     let body = body.to_string();
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let outcome = match fetch::HttpUrl::parse(url) {
-            Ok(u) => fetch::post_json(&u, tls.as_ref(), &net, body.clone()).await,
+        let outcome = match http::HttpUrl::parse(url) {
+            Ok(u) => http.post_json(&u, tls.as_ref(), body.clone()).await,
             Err(e) => Err(e),
         };
         match outcome {

@@ -13,7 +13,11 @@ fn open(db: &Path) -> Arc<Approvals> {
     let events = Arc::new(EventSink::disabled());
     Approvals::open(
         crate::record::Db::open(db).unwrap(),
-        Notifier::new(policy, None, events.clone()),
+        Notifier::new(
+            policy,
+            crate::net::http::HttpClient::uncaptured(),
+            events.clone(),
+        ),
         events,
     )
     .unwrap()

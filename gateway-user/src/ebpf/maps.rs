@@ -108,7 +108,8 @@ fn key_id(k: &Key<TargetKey>) -> (u32, [u8; 2], [u8; 16]) {
 }
 
 impl KernelMaps {
-    /// Exempts the socket with this cookie from capture (the gateway's own upstream sockets).
+    /// Exempts the socket with this cookie from capture (every socket the gateway opens, through
+    /// `net::SocketFactory`).
     pub fn bypass(&self, cookie: u64) -> Result<(), MapError> {
         lock(&self.bypass).insert(cookie, 1, 0)
     }
@@ -224,18 +225,5 @@ impl KernelMaps {
         let v = map.get(key, 0).ok()?;
         let _ = map.remove(key);
         Some(v)
-    }
-}
-
-/// The verifier's fetch sockets are the gateway's own too.
-impl crate::identity::OwnSockets for KernelMaps {
-    fn begin(&self, cookie: u64) {
-        if let Err(e) = self.bypass(cookie) {
-            tracing::warn!("registering an identity fetch socket: {e}");
-        }
-    }
-
-    fn end(&self, cookie: u64) {
-        self.end_bypass(cookie);
     }
 }

@@ -1,7 +1,7 @@
 //! OpenID Connect discovery: `{issuer}/.well-known/openid-configuration` -> `jwks_uri`.
 
 use super::error::FetchError;
-use super::fetch::HttpUrl;
+use crate::net::http::HttpUrl;
 
 pub(crate) fn discovery_url(issuer: &str) -> String {
     format!(
@@ -27,5 +27,5 @@ pub(crate) fn parse_document(issuer: &str, body: &[u8]) -> Result<HttpUrl, Fetch
             super::token::quote(&doc.issuer)
         )));
     }
-    HttpUrl::parse(&doc.jwks_uri)
+    Ok(HttpUrl::parse(&doc.jwks_uri)?)
 }

@@ -291,44 +291,11 @@ pub enum IdentityError {
     },
 }
 
-/// Failure to fetch a JWKS or discovery document over HTTP(S).
+/// Failure to get a JWKS or discovery document (over HTTP(S) or from a file).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("invalid URL: {0}")]
-    InvalidUrl(String),
-    #[error("plain http:// is only allowed to loopback addresses")]
-    InsecureUrl,
-    #[error("resolving {host}: {source}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{host} resolved to non-loopback address {addr}, refused for plain http://")]
-    NonLoopback {
-        host: String,
-        addr: std::net::SocketAddr,
-    },
-    #[error("connecting to {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to {0} timed out")]
-    ConnectTimeout(String),
-    #[error("TLS handshake with {host}: {source}")]
-    Tls {
-        host: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("HTTP: {0}")]
-    Http(String),
-    #[error("request timed out after {0:?}")]
-    Timeout(std::time::Duration),
-    #[error("HTTP status {0}")]
-    Status(u16),
+    #[error(transparent)]
+    Http(#[from] crate::net::http::HttpError),
     #[error("response body over the {0}-byte limit")]
     TooLarge(usize),
     #[error("invalid document: {0}")]

@@ -6,12 +6,12 @@
 //! token. Keys are cached per provider and refreshed when a token names an unknown `kid`
 //! (or the cache is older than five minutes), at most once per provider per 10 s, one fetch shared
 //! by concurrent callers. HTTPS uses rustls with the ring provider, webpki roots plus an optional
-//! CA file; every socket gets the gateway's SO_MARK when one is set.
+//! CA file; fetches go through the gateway's one HTTP client (`net::http`), whose sockets
+//! capture never redirects.
 
 mod claims;
 mod discovery;
 mod error;
-pub(crate) mod fetch;
 mod jwks;
 mod token;
 mod verify;
@@ -24,10 +24,11 @@ mod tests;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+/// What a verifier registers its sockets with (the proxy hands it the kernel maps).
+pub use crate::net::OwnSockets;
 #[cfg(test)]
 pub use error::IdentityError;
 pub use error::TokenError;
-pub use fetch::OwnSockets;
 pub use token::MAX_TOKEN_BYTES;
 pub use verify::Verifier;
 

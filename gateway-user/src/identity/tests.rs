@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::error::FetchError;
 use super::jwks::{JwksCache, KeySet, MIN_REFRESH_INTERVAL};
 use super::*;
+use crate::net::http::HttpError;
 
 pub(super) const RSA1: &str = include_str!("testdata/rsa1.pem");
 const RSA1_PUB: &str = include_str!("testdata/rsa1.pub.pem");
@@ -486,7 +487,7 @@ fn identity_config_validation() {
     assert!(matches!(
         err(vec![p]),
         IdentityError::Url {
-            source: FetchError::InsecureUrl,
+            source: FetchError::Http(HttpError::InsecureUrl),
             ..
         }
     ));
@@ -494,7 +495,7 @@ fn identity_config_validation() {
     assert!(matches!(
         err(vec![p]),
         IdentityError::Url {
-            source: FetchError::InsecureUrl,
+            source: FetchError::Http(HttpError::InsecureUrl),
             ..
         }
     ));
@@ -502,7 +503,7 @@ fn identity_config_validation() {
     assert!(matches!(
         err(vec![p]),
         IdentityError::Url {
-            source: FetchError::InvalidUrl(_),
+            source: FetchError::Http(HttpError::InvalidUrl(_)),
             ..
         }
     ));
@@ -785,8 +786,7 @@ async fn identity_https_discovery_and_key_rotation() {
     server.set_jwks(&[&k1]);
     let iss = server.issuer();
     let v = Arc::new(
-        Verifier::new(vec![https_provider(&server, JwksSource::Discovery)])
-            .unwrap()
+        uncaptured(Verifier::new(vec![https_provider(&server, JwksSource::Discovery)]).unwrap())
             .with_min_refresh_interval(Duration::from_millis(1500)),
     );
 
@@ -827,13 +827,19 @@ async fn identity_https_discovery_and_key_rotation() {
     assert_eq!(server.jwks_hits(), 2);
 }
 
+/// A verifier whose sockets need no exemption (no capture runs in unit tests).
+fn uncaptured(v: Verifier) -> Verifier {
+    v.with_own_sockets(Arc::new(crate::net::Uncaptured))
+}
+
 /// Records the cookies the verifier registers as the gateway's own.
 #[derive(Default)]
 struct Recorder(std::sync::Mutex<Vec<(&'static str, u64)>>);
 
-impl super::fetch::OwnSockets for Recorder {
-    fn begin(&self, cookie: u64) {
+impl OwnSockets for Recorder {
+    fn begin(&self, cookie: u64) -> Result<(), crate::net::ExemptionError> {
         self.0.lock().unwrap().push(("begin", cookie));
+        Ok(())
     }
     fn end(&self, cookie: u64) {
         self.0.lock().unwrap().push(("end", cookie));
@@ -871,6 +877,49 @@ async fn identity_https_fetches_are_registered_as_own_sockets() {
     assert!(rec.0.lock().unwrap().len() > 2);
 }
 
+/// A registry that cannot register anything (the kernel map refused the write).
+struct Refusing;
+
+impl OwnSockets for Refusing {
+    fn begin(&self, _cookie: u64) -> Result<(), crate::net::ExemptionError> {
+        Err(crate::net::ExemptionError(
+            "map write refused (test)".into(),
+        ))
+    }
+    fn end(&self, _cookie: u64) {}
+}
+
+#[tokio::test]
+async fn identity_fetches_fail_closed_when_their_sockets_cannot_be_registered() {
+    let server = TestServer::start(true).await;
+    let k1 = TestKey::ec("e1");
+    server.set_jwks(&[&k1]);
+    let url = format!("{}/jwks", server.issuer());
+    let cfg = || vec![https_provider(&server, JwksSource::Url(url.clone()))];
+    // Given no registry, and given one that fails: neither verifier connects (an unregistered
+    // socket to a captured address would loop into the gateway's own listener).
+    for (v, why) in [
+        (Verifier::new(cfg()).unwrap(), "no registry"),
+        (
+            Verifier::new(cfg())
+                .unwrap()
+                .with_own_sockets(Arc::new(Refusing)),
+            "map write refused (test)",
+        ),
+    ] {
+        let e = refused(
+            &v,
+            &k1.sign(&claims_for(&server.issuer())),
+            "jwks_unavailable",
+        )
+        .await;
+        let text = e.to_string();
+        assert!(text.contains("not connecting to"), "{text}");
+        assert!(text.contains(why), "{text}");
+    }
+    assert_eq!(server.jwks_hits(), 0, "the identity provider was reached");
+}
+
 #[tokio::test]
 async fn identity_https_untrusted_certificate_refused() {
     let server = TestServer::start(true).await;
@@ -881,7 +930,7 @@ async fn identity_https_untrusted_certificate_refused() {
         JwksSource::Url(format!("{}/jwks", server.issuer())),
     );
     p.ca_file = None;
-    let v = Verifier::new(vec![p]).unwrap();
+    let v = uncaptured(Verifier::new(vec![p]).unwrap());
     let e = refused(
         &v,
         &k1.sign(&claims_for(&server.issuer())),
@@ -898,7 +947,8 @@ async fn identity_https_oversized_jwks_refused() {
     let k1 = TestKey::rsa(RSA1, "k1");
     for path in ["/big", "/big-no-length"] {
         let url = format!("{}{path}", server.issuer());
-        let v = Verifier::new(vec![https_provider(&server, JwksSource::Url(url))]).unwrap();
+        let v =
+            uncaptured(Verifier::new(vec![https_provider(&server, JwksSource::Url(url))]).unwrap());
         let e = refused(
             &v,
             &k1.sign(&claims_for(&server.issuer())),
@@ -915,7 +965,8 @@ async fn identity_https_discovery_issuer_mismatch_refused() {
     let k1 = TestKey::rsa(RSA1, "k1");
     server.set_jwks(&[&k1]);
     *server.state.discovery_issuer.lock().unwrap() = Some("https://evil.example.test".into());
-    let v = Verifier::new(vec![https_provider(&server, JwksSource::Discovery)]).unwrap();
+    let v =
+        uncaptured(Verifier::new(vec![https_provider(&server, JwksSource::Discovery)]).unwrap());
     let e = refused(
         &v,
         &k1.sign(&claims_for(&server.issuer())),
@@ -935,7 +986,7 @@ async fn identity_plain_http_to_loopback() {
     let k1 = TestKey::rsa(RSA1, "k1");
     server.set_jwks(&[&k1]);
     let url = format!("http://{}/jwks", server.addr);
-    let v = Verifier::new(vec![provider("corp", ISS, JwksSource::Url(url))]).unwrap();
+    let v = uncaptured(Verifier::new(vec![provider("corp", ISS, JwksSource::Url(url))]).unwrap());
     v.verify(&k1.sign(&claims())).await.unwrap();
     assert_eq!(server.jwks_hits(), 1);
 }

@@ -10,9 +10,10 @@ use jsonwebtoken::Algorithm;
 
 use super::discovery;
 use super::error::{FetchError, IdentityError, Malformed, Part, TokenError};
-use super::fetch::{self, HttpUrl, NetOptions};
 use super::jwks::{JwksCache, KeySet, Selection, VerifyKey};
 use super::{claims, token, JwksSource, Principal, ProviderConfig};
+use crate::net::http::{self, HttpClient, HttpUrl};
+use crate::net::{OwnSockets, SocketFactory};
 
 enum Source {
     File(PathBuf),
@@ -35,7 +36,9 @@ pub struct Verifier {
     /// that a reload keeps its key cache.
     providers: Vec<Arc<Provider>>,
     by_issuer: HashMap<String, usize>,
-    net: NetOptions,
+    /// Without registered own sockets (`with_own_sockets`) it refuses to open any: a fetch
+    /// fails closed.
+    http: HttpClient,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -49,7 +52,6 @@ impl std::fmt::Debug for Verifier {
                     .map(|p| &p.cfg.name)
                     .collect::<Vec<_>>(),
             )
-            .field("own_sockets", &self.net.own.is_some())
             .finish()
     }
 }
@@ -114,23 +116,25 @@ impl Provider {
         let source = match &cfg.jwks {
             JwksSource::File(p) => Source::File(p.clone()),
             JwksSource::Url(u) => {
-                Source::Url(HttpUrl::parse(u).map_err(|e| url_err("JWKS", u, e))?)
+                Source::Url(HttpUrl::parse(u).map_err(|e| url_err("JWKS", u, e.into()))?)
             }
             JwksSource::Discovery => {
                 let u = discovery::discovery_url(&cfg.issuer);
-                Source::Discovery(HttpUrl::parse(&u).map_err(|e| url_err("discovery", &u, e))?)
+                Source::Discovery(
+                    HttpUrl::parse(&u).map_err(|e| url_err("discovery", &u, e.into()))?,
+                )
             }
         };
         let tls = match source {
             Source::File(_) => None,
             Source::Url(_) | Source::Discovery(_) => Some(Arc::new(
-                fetch::tls_config(cfg.ca_file.as_deref()).map_err(|e| match e {
-                    fetch::TlsSetupError::CaFile(detail) => IdentityError::CaFile {
+                http::tls_config(cfg.ca_file.as_deref()).map_err(|e| match e {
+                    http::TlsSetupError::CaFile(detail) => IdentityError::CaFile {
                         provider: cfg.name.clone(),
                         path: cfg.ca_file.clone().unwrap_or_default(),
                         detail,
                     },
-                    fetch::TlsSetupError::Rustls(source) => IdentityError::Tls {
+                    http::TlsSetupError::Rustls(source) => IdentityError::Tls {
                         provider: cfg.name.clone(),
                         source,
                     },
@@ -146,10 +150,10 @@ impl Provider {
         })
     }
 
-    async fn load(&self, net: &NetOptions) -> Result<KeySet, String> {
+    async fn load(&self, net: &HttpClient) -> Result<KeySet, String> {
         let body = match &self.source {
             Source::File(path) => read_file(path, net.max_body).await,
-            Source::Url(url) => fetch::get(url, self.tls.as_ref(), net).await,
+            Source::Url(url) => net.get(url, self.tls.as_ref()).await.map_err(Into::into),
             Source::Discovery(doc_url) => self.load_discovered(doc_url, net).await,
         }
         .map_err(|e| e.to_string())?;
@@ -159,7 +163,7 @@ impl Provider {
     async fn load_discovered(
         &self,
         doc_url: &HttpUrl,
-        net: &NetOptions,
+        net: &HttpClient,
     ) -> Result<hyper::body::Bytes, FetchError> {
         let known = self
             .jwks_uri
@@ -169,17 +173,17 @@ impl Provider {
         let jwks_url = match known {
             Some(u) => u,
             None => {
-                let doc = fetch::get(doc_url, self.tls.as_ref(), net).await?;
+                let doc = net.get(doc_url, self.tls.as_ref()).await?;
                 let u = discovery::parse_document(&self.cfg.issuer, &doc)?;
                 *self.jwks_uri.lock().unwrap_or_else(|e| e.into_inner()) = Some(u.clone());
                 u
             }
         };
-        let result = fetch::get(&jwks_url, self.tls.as_ref(), net).await;
+        let result = net.get(&jwks_url, self.tls.as_ref()).await;
         if result.is_err() {
             *self.jwks_uri.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        result
+        Ok(result?)
     }
 
     /// The key to verify a token with header `alg`/`kid`, refreshing the JWKS at most once.
@@ -187,7 +191,7 @@ impl Provider {
         &self,
         alg: Algorithm,
         kid: Option<&str>,
-        net: &NetOptions,
+        net: &HttpClient,
     ) -> Result<Arc<VerifyKey>, TokenError> {
         let mut snap = self.cache.snapshot();
         let mut refreshed = false;
@@ -276,7 +280,7 @@ impl Verifier {
     /// settings did not change.
     pub fn renewed(&self, providers: Vec<ProviderConfig>) -> Result<Self, IdentityError> {
         let mut v = Self::build(providers, &self.providers)?;
-        v.net = self.net.clone();
+        v.http = self.http.clone();
         Ok(v)
     }
 
@@ -309,14 +313,14 @@ impl Verifier {
         Ok(Verifier {
             providers: built,
             by_issuer,
-            net: NetOptions::default(),
+            http: HttpClient::new(Arc::new(SocketFactory::new(Arc::new(Unregistered)))),
         })
     }
 
     /// Registers every socket the verifier opens (JWKS and discovery fetches) as the gateway's
     /// own, so that capture leaves them alone.
-    pub fn with_own_sockets(mut self, own: Arc<dyn super::fetch::OwnSockets>) -> Self {
-        self.net.own = Some(own);
+    pub fn with_own_sockets(mut self, own: Arc<dyn OwnSockets>) -> Self {
+        self.http = HttpClient::new(Arc::new(SocketFactory::new(own)));
         self
     }
 
@@ -369,7 +373,7 @@ impl Verifier {
             });
         }
         let key = provider
-            .key_for(parsed.alg, parsed.kid.as_deref(), &self.net)
+            .key_for(parsed.alg, parsed.kid.as_deref(), &self.http)
             .await?;
         match jsonwebtoken::crypto::verify(
             parsed.signature,
@@ -395,4 +399,17 @@ impl Verifier {
             .unwrap_or(0);
         claims::validate(&parsed.claims, &provider.cfg, now)
     }
+}
+
+/// The registry of a verifier that was given none: every registration fails, so no socket is
+/// opened (a verifier built only to check a configuration never fetches).
+struct Unregistered;
+
+impl OwnSockets for Unregistered {
+    fn begin(&self, _cookie: u64) -> Result<(), crate::net::ExemptionError> {
+        Err(crate::net::ExemptionError(
+            "no registry of the gateway's own sockets was given to the verifier".into(),
+        ))
+    }
+    fn end(&self, _cookie: u64) {}
 }

@@ -13,13 +13,13 @@ pub struct FileDoc {
     pub version: u32,
     #[serde(default)]
     pub gateway: Option<GatewayDoc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub identity_providers: Vec<ProviderDoc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub workloads: Vec<WorkloadDoc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub targets: Vec<TargetDoc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub rules: Vec<RuleDoc>,
 }
 
@@ -35,7 +35,7 @@ pub struct GatewayDoc {
     #[serde(default)]
     pub mask_key: Option<SecretDoc>,
     /// Where approval requests and decisions are announced.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub approval_webhooks: Vec<WebhookDoc>,
     /// How much of each result the record keeps.
     #[serde(default)]
@@ -250,11 +250,11 @@ pub struct WebhookDoc {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaskDoc {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub columns: Vec<ColumnDoc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub detectors: Vec<crate::mask::detect::Builtin>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub regexes: Vec<RegexDoc>,
     #[serde(default)]
     pub strategy: StrategyDoc,
@@ -308,14 +308,14 @@ impl<'de> Deserialize<'de> for RegexDoc {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatementsDoc {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub classes: Vec<super::model::Class>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub tables: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub functions: Vec<String>,
     /// Regexes over the normalized statement (constants replaced by `$1`, `$2`, …).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub patterns: Vec<StatementRegexDoc>,
 }
 
@@ -349,14 +349,14 @@ pub enum Effect {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WhenDoc {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub workloads: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub issuers: Vec<String>,
     /// Globs over the token's `sub`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub subjects: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_list")]
     pub groups: Vec<String>,
 }
 
@@ -386,4 +386,14 @@ fn parse_address(s: &str) -> Result<IpNet, String> {
     s.parse::<std::net::IpAddr>()
         .map(IpNet::from)
         .map_err(|_| format!("`{s}` is not an IP address or CIDR"))
+}
+
+/// An empty value (`rules:` with nothing after it, every entry commented out) is an empty list,
+/// as it was when the files were read with serde_yaml.
+fn empty_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }

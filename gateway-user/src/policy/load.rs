@@ -20,6 +20,7 @@ use super::{
         Protocol, Rule, Secret, StatementMatch, Target, TargetSettings, TokenSource, UpstreamTls,
         Workload,
     },
+    yaml,
 };
 
 use crate::mask::rules::{MaskSpec, Strategy};
@@ -164,14 +165,7 @@ fn parse_file(file: &Path, text: &str) -> Result<FileDoc, Problem> {
         column,
         message,
     };
-    let doc: FileDoc = serde_yaml::from_str(text).map_err(|e| {
-        let loc = e.location();
-        problem(
-            loc.as_ref().map(|l| l.line()),
-            loc.as_ref().map(|l| l.column()),
-            name_the_entry(text, &e.to_string()),
-        )
-    })?;
+    let doc: FileDoc = yaml::from_str(text).map_err(|e| problem(e.line, e.column, e.message))?;
     if doc.version != SUPPORTED_VERSION {
         let hint = if doc.version == 1 {
             ": version 2 adds identity_providers, a token source per workload and rules \
@@ -189,39 +183,6 @@ fn parse_file(file: &Path, text: &str) -> Result<FileDoc, Problem> {
         ));
     }
     Ok(doc)
-}
-
-/// serde_yaml reports a path such as `targets[1].addresses[0]: ...`; say which target that is by
-/// name, since that is what a person looks for in the file.
-fn name_the_entry(text: &str, message: &str) -> String {
-    let Some((section, rest)) = message.split_once('[') else {
-        return message.to_string();
-    };
-    if !["targets", "workloads", "rules", "identity_providers"].contains(&section) {
-        return message.to_string();
-    }
-    let Some(index) = rest
-        .split_once(']')
-        .and_then(|(i, _)| i.parse::<usize>().ok())
-    else {
-        return message.to_string();
-    };
-    let name = serde_yaml::from_str::<serde_yaml::Value>(text)
-        .ok()
-        .and_then(|v| {
-            v.get(section)?
-                .get(index)?
-                .get("name")?
-                .as_str()
-                .map(str::to_string)
-        });
-    match name {
-        Some(name) => format!(
-            "{} `{name}`: {message}",
-            section.trim_end_matches('s').replace('_', " ")
-        ),
-        None => message.to_string(),
-    }
 }
 
 fn merge(docs: Vec<(PathBuf, FileDoc)>) -> Result<Policy, Vec<Problem>> {

@@ -9,11 +9,12 @@ mod load;
 mod model;
 mod reload;
 mod rules;
+mod yaml;
 
 pub use load::load_dir;
 pub use model::{
     ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target,
     TargetSettings, TokenSource, UdpPolicy, UpstreamTls, Workload,
 };
-pub use reload::{Enforce, Enforced, Reloader};
+pub use reload::{Enforce, Enforced, PolicyStatus, Reloader};
 pub use rules::{Decision, Statement, Who};

@@ -17,12 +17,14 @@ pub mod tcp;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, time::Instant};
 
-use serde_json::Value;
 use tokio::net::TcpStream;
 
 use crate::{
     policy::Protocol,
-    proxy::{Placed, Proxy},
+    proxy::{
+        facts::{ConnFacts, StatementCounts},
+        Placed, Proxy,
+    },
     upstream::Connect,
 };
 
@@ -40,9 +42,9 @@ pub struct Connection<'a> {
     /// The connecting process, as the kernel saw it at connect().
     pub pid: u32,
     pub placed: Placed<'a>,
-    /// The connection's fields in every event about it (`conn`, `peer`, `original_dst`,
-    /// `workload`, `target`, …); the handler adds what it learns (`subject`, `database`, …).
-    pub facts: Value,
+    /// What every event about the connection carries; the handler adds what it learns (the
+    /// principal through `admit`, the client's login, the session id).
+    pub facts: ConnFacts,
 }
 
 /// How a connection a handler served ended.
@@ -52,23 +54,21 @@ pub enum Outcome {
     /// connection only carried a protocol-level request (a PostgreSQL cancel).
     NoSession,
     /// A session ran (its open is on record) and ended.
-    Closed(SessionEnd),
+    Closed(Box<SessionEnd>),
 }
 
 /// The end of a session, as the record, the `connection_close` event and the metrics see it.
 pub struct SessionEnd {
-    /// The session id on record (`session_id`).
-    pub session: String,
-    /// The connection's event fields, `session` included.
-    pub facts: Value,
+    /// The connection's facts, its session id on record included.
+    pub facts: ConnFacts,
     pub started: Instant,
     pub bytes_up: u64,
     pub bytes_down: u64,
     /// Who or what ended it when it was not a normal close by either side.
     pub ended_by: Option<String>,
     pub error: Option<String>,
-    /// Protocol-specific counts for the close event (PostgreSQL: statements, denied).
-    pub extra: Value,
+    /// For protocols of statements (commands, requests): how many, and how many refused.
+    pub statements: Option<StatementCounts>,
 }
 
 /// One target protocol's session handling. Handlers are shared by every connection: state they

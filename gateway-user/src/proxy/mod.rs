@@ -3,6 +3,7 @@
 //! handler. One tracing span per connection.
 
 pub(crate) mod authorize;
+pub mod facts;
 mod limits;
 pub mod revocations;
 mod sessions;
@@ -17,7 +18,6 @@ use std::{
 };
 
 use gateway_common::OrigDst;
-use serde_json::{json, Value};
 use tokio::{net::TcpStream, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -25,6 +25,7 @@ use tracing::Instrument;
 pub use authorize::check_providers;
 pub(crate) use authorize::Refusal;
 use authorize::Verifiers;
+pub use facts::ConnFacts;
 use sessions::Grant;
 pub use sessions::{Gate, Sessions};
 
@@ -208,12 +209,14 @@ impl<C: Connect> Proxy<C> {
         };
         let Some(orig) = orig else {
             // Not redirected by our programs (someone dialled the listener directly): refuse.
-            self.events.emit(
-                "refused",
-                json!({"conn": id, "peer": peer.to_string(), "listener": listener,
-                       "code": "not_redirected",
-                       "reason": "no original destination: connection was not redirected"}),
-            );
+            let event = facts::NotRedirected {
+                conn: id,
+                peer: peer.to_string(),
+                listener,
+                code: "not_redirected",
+                reason: "no original destination: connection was not redirected",
+            };
+            self.events.emit("refused", facts::plain_event(&event));
             return;
         };
         let dst = original_destination(&orig);
@@ -223,16 +226,23 @@ impl<C: Connect> Proxy<C> {
         let cgroup = self.table.get(orig.cgroup_id).map(|c| c.path);
         let span = tracing::info_span!("conn", id, %dst, pid = orig.pid,
             cgroup = cgroup.as_deref().unwrap_or("?"));
-        let base = json!({
-            "conn": id,
-            "listener": listener,
-            "peer": peer.to_string(),
-            "original_dst": dst.to_string(),
-            "pid": orig.pid,
-            "cgroup_id": orig.cgroup_id,
-            "cgroup": cgroup,
-            "netns_cookie": orig.netns_cookie,
-        });
+        let base = ConnFacts {
+            conn: id,
+            listener,
+            peer: peer.to_string(),
+            original_dst: dst.to_string(),
+            pid: orig.pid,
+            cgroup_id: orig.cgroup_id,
+            cgroup: cgroup.clone(),
+            netns_cookie: orig.netns_cookie,
+            workload: None,
+            dialled: None,
+            target: None,
+            protocol: None,
+            principal: None,
+            login: None,
+            session: None,
+        };
         let scope =
             crate::capture::DstScope::of(orig.flags, matches!(kind, ListenerKind::Pod { .. }));
         self.session(id, client, (dst, scope), orig.pid, cgroup, base)
@@ -248,7 +258,7 @@ impl<C: Connect> Proxy<C> {
         (dst, scope): (SocketAddr, crate::capture::DstScope),
         pid: u32,
         cgroup: Option<String>,
-        mut base: Value,
+        mut base: ConnFacts,
     ) {
         let placed = match self.place(dst, scope, cgroup, &mut base) {
             Ok(p) => p,
@@ -277,7 +287,7 @@ impl<C: Connect> Proxy<C> {
             facts: base,
         };
         if let Outcome::Closed(end) = handler.serve(self, conn).await {
-            self.closed(end).await;
+            self.closed(*end).await;
         }
     }
 
@@ -285,26 +295,26 @@ impl<C: Connect> Proxy<C> {
     /// `connection_close` event.
     async fn closed(&self, end: SessionEnd) {
         let SessionEnd {
-            session,
             facts,
             started,
             bytes_up,
             bytes_down,
             ended_by,
             error,
-            extra,
+            statements,
         } = end;
         tracing::info!(
             up = bytes_up,
             down = bytes_down,
-            extra = %extra,
+            statements = statements.map(|s| s.statements),
+            denied = statements.map(|s| s.denied_statements),
             error = error.as_deref().unwrap_or(""),
             ended_by = ended_by.as_deref().unwrap_or(""),
             "closed"
         );
         self.recorder
             .record(Record::Close(SessionClose {
-                session,
+                session: facts.session.clone().unwrap_or_default(),
                 ended_ms: crate::record::now_ms(),
                 bytes_up,
                 bytes_down,
@@ -312,28 +322,23 @@ impl<C: Connect> Proxy<C> {
                 error: error.clone(),
             }))
             .await;
-        let mut event = with(&facts, extra);
-        event = with(
-            &event,
-            json!({
-                "bytes_up": bytes_up,
-                "bytes_down": bytes_down,
-                "duration_ms": started.elapsed().as_millis() as u64,
-                "error": error,
-                "ended_by": ended_by,
-            }),
-        );
+        let event = facts.event(&facts::Closed {
+            bytes_up,
+            bytes_down,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error: error.as_deref(),
+            ended_by: ended_by.as_deref(),
+            statements,
+        });
         self.events.emit("connection_close", event);
     }
 
-    pub(crate) fn emit_allowed(&self, base: &Value, admitted: &Admitted<'_>) {
-        self.events.emit(
-            "allowed",
-            with(
-                base,
-                json!({"rule": admitted.rule, "policy_version": admitted.policy.version}),
-            ),
-        );
+    pub(crate) fn emit_allowed(&self, facts: &ConnFacts, admitted: &Admitted<'_>) {
+        let event = facts.event(&facts::Allowed {
+            rule: &admitted.rule,
+            policy_version: &admitted.policy.version,
+        });
+        self.events.emit("allowed", event);
     }
 
     /// Which workload sent the connection and which target it was meant for; takes the
@@ -344,7 +349,7 @@ impl<C: Connect> Proxy<C> {
         dst: SocketAddr,
         scope: crate::capture::DstScope,
         cgroup: Option<String>,
-        base: &mut Value,
+        base: &mut ConnFacts,
     ) -> Result<Placed<'_>, Refusal> {
         // Decided against one snapshot of the policy; `admit` re-checks if it changes meanwhile.
         let policy = self.policy.borrow().clone();
@@ -362,7 +367,7 @@ impl<C: Connect> Proxy<C> {
                     "connection does not come from a managed workload",
                 )
             })?;
-        set(base, "workload", json!(workload.name));
+        base.workload = Some(workload.name.clone());
         let slot = self
             .limits
             .admit(&workload.name)
@@ -372,10 +377,10 @@ impl<C: Connect> Proxy<C> {
             .map(|(t, up)| (t.clone(), up))
             .ok_or_else(|| Refusal::new("not_a_target", "original destination is not a target"))?;
         if upstream != dst {
-            set(base, "dialled", json!(upstream.to_string()));
+            base.dialled = Some(upstream.to_string());
         }
-        set(base, "target", json!(target.name));
-        set(base, "protocol", json!(target.protocol()));
+        base.target = Some(target.name.clone());
+        base.protocol = Some(target.protocol());
         Ok(Placed {
             policy,
             workload,
@@ -394,7 +399,7 @@ impl<C: Connect> Proxy<C> {
         dst: SocketAddr,
         placed: Placed<'a>,
         token: &str,
-        base: &mut Value,
+        base: &mut ConnFacts,
     ) -> Result<Admitted<'a>, Refusal> {
         let Placed {
             mut policy,
@@ -416,9 +421,7 @@ impl<C: Connect> Proxy<C> {
                 token: None,
             });
         }
-        set(base, "subject", json!(p.subject));
-        set(base, "issuer", json!(p.issuer));
-        set(base, "groups", json!(p.groups));
+        base.principal = Some(facts::PrincipalFacts::from(&p));
         let provider = policy
             .identity_providers
             .iter()
@@ -475,19 +478,22 @@ impl<C: Connect> Proxy<C> {
 
     /// Says why a connection was refused: an event, and a record (through the recorder's
     /// bounded queue, like every other record: this waits while the queue is full).
-    pub(crate) async fn refuse(&self, base: &Value, r: Refusal) {
+    pub(crate) async fn refuse(&self, base: &ConnFacts, r: Refusal) {
         tracing::info!(code = r.code, "refused: {}", r.message);
-        let mut event = with(
-            base,
-            json!({"code": r.code, "reason": r.message, "rule": r.rule}),
-        );
-        // A valid token that the rules refuse: say who it was.
-        if let Some(p) = &r.principal {
-            event = with(
-                &event,
-                json!({"subject": p.subject, "issuer": p.issuer, "groups": p.groups}),
-            );
-        }
+        let detail = facts::Refused {
+            code: r.code,
+            reason: &r.message,
+            rule: r.rule.as_deref(),
+        };
+        let event = match &r.principal {
+            // A valid token that the rules refuse: say who it was.
+            Some(p) => {
+                let mut known = base.clone();
+                known.principal = Some(facts::PrincipalFacts::from(p.as_ref()));
+                known.event(&detail)
+            }
+            None => base.event(&detail),
+        };
         self.events.emit("refused", event.clone());
         self.recorder
             .record(Record::Event {
@@ -576,20 +582,6 @@ pub struct Admitted<'a> {
     pub target: Target,
     pub guard: sessions::SessionGuard<'a>,
     _slot: limits::Slot<'a>,
-}
-
-pub(crate) fn set(v: &mut Value, k: &str, x: Value) {
-    if let Some(o) = v.as_object_mut() {
-        o.insert(k.to_string(), x);
-    }
-}
-
-pub(crate) fn with(base: &Value, extra: Value) -> Value {
-    let mut v = base.clone();
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        o.extend(e.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    v
 }
 
 pub fn original_destination(orig: &OrigDst) -> SocketAddr {

@@ -8,8 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
-
 use crate::{
     policy::{Protocol, TokenSource},
     protocol::postgres::{
@@ -23,7 +21,11 @@ use crate::{
         tls,
     },
     protocol::{Connection, HandlerFuture, Outcome, ProtocolHandler, SessionEnd},
-    proxy::{authorize, session_id, set, with, Admitted, Placed, Proxy, Refusal},
+    proxy::{
+        authorize,
+        facts::{CancelForwarded, ConnFacts, LoginFacts, Nothing, StatementCounts, UpstreamFailed},
+        session_id, Admitted, Placed, Proxy, Refusal,
+    },
     record::Record,
     upstream::Connect,
 };
@@ -125,9 +127,11 @@ impl PostgresHandler {
                     .await
             }
         };
-        set(&mut base, "client_user", json!(startup.param("user")));
-        set(&mut base, "database", json!(startup.param("database")));
-        set(&mut base, "client_tls", json!(startup.tls));
+        base.login = Some(LoginFacts {
+            client_user: startup.param("user").map(str::to_string),
+            database: startup.param("database").map(str::to_string),
+            client_tls: startup.tls,
+        });
         let params = startup.params;
         let mut stream = startup.stream;
         if let Some(enc) = params
@@ -255,11 +259,11 @@ impl PostgresHandler {
         pg: &crate::policy::PostgresTarget,
         params: &[(String, String)],
         pid: u32,
-        base: Value,
+        mut base: ConnFacts,
     ) -> Outcome {
         let g = &admitted.grant;
         let session = session_id(id);
-        let base = with(&base, json!({"session": session}));
+        base.session = Some(session.clone());
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let database = pg
             .database
@@ -276,7 +280,7 @@ impl PostgresHandler {
             )))
             .await;
         tracing::info!("relaying postgres");
-        core.events.emit("connection_open", base.clone());
+        core.events.emit("connection_open", base.event(&Nothing {}));
         let started = Instant::now();
         let catalog = self.catalog(core, admitted, pg, params, g.dst);
         let ctx = SessionContext {
@@ -338,19 +342,18 @@ impl PostgresHandler {
                 (Some(e.to_string()), Some(e.ended_by().to_string()))
             }
         };
-        Outcome::Closed(SessionEnd {
-            session,
+        Outcome::Closed(Box::new(SessionEnd {
             facts: base,
             started,
             bytes_up: counters.up.load(Ordering::Relaxed),
             bytes_down: counters.down.load(Ordering::Relaxed),
             ended_by,
             error,
-            extra: json!({
-                "statements": counters.statements.load(Ordering::Relaxed),
-                "denied_statements": counters.denied.load(Ordering::Relaxed),
+            statements: Some(StatementCounts {
+                statements: counters.statements.load(Ordering::Relaxed),
+                denied_statements: counters.denied.load(Ordering::Relaxed),
             }),
-        })
+        }))
     }
 
     /// The session's catalog handle: the shared origin cache of its database, and a way to
@@ -407,7 +410,7 @@ impl PostgresHandler {
         core: &Proxy<C>,
         (pid, key): (i32, i32),
         placed: &Placed<'_>,
-        base: &Value,
+        base: &ConnFacts,
     ) -> Outcome {
         let found = self.cancels.lookup(pid, key);
         match found {
@@ -416,13 +419,11 @@ impl PostgresHandler {
                 // there (the agent cannot tell which it is, and both may be true).
                 t.signal.send_modify(|n| *n += 1);
                 let r = backend::cancel(&core.connector, t.dst, t.pid, t.key).await;
-                core.events.emit(
-                    "cancel",
-                    with(
-                        base,
-                        json!({"forwarded": r.is_ok(), "error": r.err().map(|e| e.to_string())}),
-                    ),
-                );
+                let event = base.event(&CancelForwarded {
+                    forwarded: r.is_ok(),
+                    error: r.err().map(|e| e.to_string()),
+                });
+                core.events.emit("cancel", event);
                 Outcome::NoSession
             }
             // Unknown keys and other workloads' keys are dropped without an answer, as
@@ -439,7 +440,7 @@ impl PostgresHandler {
     }
 
     /// Says why the connection was refused (event, record): no session.
-    async fn refuse<C: Connect>(&self, core: &Proxy<C>, base: &Value, r: Refusal) -> Outcome {
+    async fn refuse<C: Connect>(&self, core: &Proxy<C>, base: &ConnFacts, r: Refusal) -> Outcome {
         core.refuse(base, r).await;
         Outcome::NoSession
     }
@@ -449,7 +450,7 @@ impl PostgresHandler {
         &self,
         core: &Proxy<C>,
         stream: &mut BoxIo,
-        base: &Value,
+        base: &ConnFacts,
         r: Refusal,
     ) -> Outcome {
         let (code, message) = frontend::refusal_message(r.code, r.token.as_deref());
@@ -461,12 +462,14 @@ impl PostgresHandler {
         &self,
         core: &Proxy<C>,
         stream: &mut BoxIo,
-        base: &Value,
+        base: &ConnFacts,
         error: String,
     ) -> Outcome {
         tracing::warn!("upstream login: {error}");
-        core.events
-            .emit("upstream_failed", with(base, json!({"error": error})));
+        core.events.emit(
+            "upstream_failed",
+            base.event(&UpstreamFailed { error: &error }),
+        );
         frontend::refuse(
             stream,
             "08004",

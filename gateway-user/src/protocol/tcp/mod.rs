@@ -5,14 +5,16 @@ mod relay;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 pub use relay::{relay, Counters, RelayError};
 
 use super::{Connection, HandlerFuture, Outcome, ProtocolHandler, SessionEnd};
 use crate::{
     policy::Protocol,
-    proxy::{authorize, session_id, with, Proxy},
+    proxy::{
+        authorize,
+        facts::{Nothing, UpstreamFailed},
+        session_id, Proxy,
+    },
     record::Record,
     upstream::Connect,
 };
@@ -57,10 +59,10 @@ async fn serve<C: Connect>(core: &Proxy<C>, conn: Connection<'_>) -> Outcome {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("upstream: {e}");
-            core.events.emit(
-                "upstream_failed",
-                with(&facts, json!({"error": e.to_string()})),
-            );
+            let event = facts.event(&UpstreamFailed {
+                error: &e.to_string(),
+            });
+            core.events.emit("upstream_failed", event);
             return Outcome::NoSession;
         }
     };
@@ -71,8 +73,9 @@ async fn serve<C: Connect>(core: &Proxy<C>, conn: Connection<'_>) -> Outcome {
             admitted.session_open(&session, "tcp", pid, None, None),
         ))
         .await;
-    let facts = with(&facts, json!({"session": session}));
-    core.events.emit("connection_open", facts.clone());
+    facts.session = Some(session);
+    core.events
+        .emit("connection_open", facts.event(&Nothing {}));
     let started = Instant::now();
     let idle = Duration::from_millis(admitted.policy.gateway.idle_timeout_ms);
     let expires = admitted.expires();
@@ -87,14 +90,13 @@ async fn serve<C: Connect>(core: &Proxy<C>, conn: Connection<'_>) -> Outcome {
         _ = admitted.guard.stop.cancelled() => (None, admitted.guard.reason()),
     };
     let (bytes_up, bytes_down) = counters.get();
-    Outcome::Closed(SessionEnd {
-        session,
+    Outcome::Closed(Box::new(SessionEnd {
         facts,
         started,
         bytes_up,
         bytes_down,
         ended_by,
         error,
-        extra: json!({}),
-    })
+        statements: None,
+    }))
 }

@@ -15,7 +15,11 @@ fn test_approvals() -> Arc<Approvals> {
     let events = Arc::new(crate::record::EventSink::disabled());
     let a = Approvals::open(
         crate::record::Db::open(&dir.path().join("a.db")).unwrap(),
-        crate::approval::Notifier::new(policy, None, events.clone()),
+        crate::approval::Notifier::new(
+            policy,
+            crate::net::http::HttpClient::uncaptured(),
+            events.clone(),
+        ),
         events,
     )
     .unwrap();

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::ser::{self, Serialize, Serializer};
 
-use super::{Scalar, Walker, NODE};
+use super::{frame::Scalar, nodes::NODE, walker::Walker};
 
 #[derive(Debug)]
 pub(super) struct WalkError(String);

@@ -1,5 +1,7 @@
 //! Unit tests of `classify`.
 
+use std::{collections::BTreeSet, sync::Arc};
+
 use super::*;
 
 fn class(sql: &str) -> Class {
