@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod classify;
 pub mod codec;
 pub mod frontend;
+pub mod mask;
 pub mod predicate;
 pub mod relay;
 pub mod session;

@@ -9,7 +9,6 @@ use std::{
 };
 
 use crate::{
-    mask::catalog::{Catalog, Opener},
     policy::{Protocol, TokenSource},
     protocol::postgres::{
         backend,
@@ -17,6 +16,7 @@ use crate::{
         classify::Classifier,
         codec::{self, out},
         frontend::{self, BoxIo, FrontendError, Hello},
+        mask::catalog::{Catalog, Opener},
         relay::{self, Counters, Ended, SessionContext},
         tls,
     },
@@ -46,7 +46,7 @@ pub struct PostgresHandler {
     classifier: Classifier,
     cancels: CancelKeys,
     /// Column origins for masking, per (target, address, database, upstream role).
-    catalogs: std::sync::Mutex<std::collections::HashMap<CatalogKey, crate::mask::catalog::Cache>>,
+    catalogs: std::sync::Mutex<std::collections::HashMap<CatalogKey, super::mask::catalog::Cache>>,
 }
 
 type CatalogKey = (String, SocketAddr, String, String);

@@ -645,7 +645,7 @@ impl Masking {
     }
 
     /// An error or notice: hidden whole when it may come from a masked column (see
-    /// [`crate::mask::hide`]), else with the values it quotes masked. `raiser` says what it
+    /// [`crate::protocol::postgres::mask::hide`]), else with the values it quotes masked. `raiser` says what it
     /// comes from (given the statement run already judged), looked up only under column rules.
     async fn notice(
         &mut self,

@@ -34,18 +34,18 @@ use super::{
     classify::{Class, Classified, Classifier},
     codec::{self, out, put_cstr, CodecError, Fields, Frame, Notice},
     frontend::BoxIo,
-};
-use crate::{
-    approval::{Approvals, Gate, Mode, NewRequest, State},
     mask::{
         catalog::{Catalog, CatalogError, TableName},
         copy::{copy_out, CopyMask, CopyOut},
-        detect::Hit,
         hide::{Raiser, TextGuard},
         notice::{hide_notice, mask_notice},
-        plan::Plan,
         row::{self, ResultMask},
+        taint::Taint,
     },
+};
+use crate::{
+    approval::{Approvals, Gate, Mode, NewRequest, State},
+    mask::{detect::Hit, plan::Plan},
     policy::{Policy, Statement as RuleStatement, Who},
     record::{now_ms, Record, Recorder, Statement},
 };
@@ -980,7 +980,7 @@ fn table_names(c: &Classified) -> Vec<TableName> {
 async fn resolve_tables(
     ctx: &SessionContext<'_>,
     c: &Classified,
-) -> Result<Vec<Option<Arc<crate::mask::catalog::Relation>>>, RelayError> {
+) -> Result<Vec<Option<Arc<super::mask::catalog::Relation>>>, RelayError> {
     ctx.catalog.resolve(&table_names(c)).await.map_err(|e| {
         RelayError::Unmaskable(format!(
             "cannot resolve the tables of a statement for masking: {e}"

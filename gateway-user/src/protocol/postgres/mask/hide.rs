@@ -18,7 +18,8 @@ use std::{
 
 use pg_query::NodeEnum;
 
-use super::{catalog::Catalog, plan::Plan};
+use super::{catalog::Catalog, taint::Taint};
+use crate::mask::plan::Plan;
 use crate::protocol::postgres::classify::{Class, Classified, CURSOR_OUTPUT};
 
 /// What an error or notice arriving now comes from, as far as the relay's queue of messages

@@ -6,13 +6,15 @@ use std::{collections::HashMap, sync::Arc};
 
 use bytes::BufMut;
 
-use super::{
-    catalog::Relation,
-    detect::Hit,
-    plan::Plan,
-    rules::{BinaryPolicy, Origin},
+use super::{catalog::Relation, taint::Taint};
+use crate::{
+    mask::{
+        detect::Hit,
+        plan::Plan,
+        rules::{BinaryPolicy, Origin},
+    },
+    protocol::postgres::codec::{CodecError, Fields, Frame},
 };
-use crate::protocol::postgres::codec::{CodecError, Fields, Frame};
 
 /// One column of a RowDescription.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use bytes::BufMut;
 
-use super::{plan::Plan, rules::REDACTED};
+use crate::mask::{plan::Plan, rules::REDACTED};
 use crate::protocol::postgres::codec::{put_cstr, Frame, Notice};
 
 /// Fields that may quote values: message, detail, hint, context, internal query.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use pg_query::protobuf::{self, node::Node as N};
 
-use super::{catalog::Relation, detect::Hit, plan::Plan, rules::Origin};
+use super::{catalog::Relation, taint::Taint};
+use crate::mask::{detect::Hit, plan::Plan, rules::Origin};
 
 /// What a statement means for masking its COPY output.
 #[derive(Debug, Clone, PartialEq, Eq)]
