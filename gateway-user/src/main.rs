@@ -23,6 +23,11 @@ use clap::Parser;
 
 use cli::{ApprovalsCommand, AuditCommand, Cli, Command, PolicyCommand, SessionsCommand};
 
+// Only for measuring (`cargo xtask bench --only flood`): the default build keeps glibc's malloc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
