@@ -602,7 +602,10 @@ fn reading(runs: &[FloodRun], tps_ratio: &[f64]) {
         if again.abs() <= 0.1 * grew(d) {
             "the memory kept is reused by the next flood, not leaked"
         } else if again > 0.0 {
-            "it grew again, so what is kept is not all reused"
+            "it grew again. The free memory is reused, but carved at other offsets it touches \
+             pages the first flood had left untouched, so RSS ratchets up towards all the address \
+             space the largest flood allocated (the relay gives each session four 64 KiB \
+             buffers, of which a session of short messages touches little)"
         } else {
             "less than after the first"
         },
@@ -628,6 +631,74 @@ fn reading(runs: &[FloodRun], tps_ratio: &[f64]) {
             tps_ratio[i]
         );
     }
+    let figures = |i: usize| {
+        let r = &runs[i];
+        Figures {
+            idle: mib(r.idle.rss),
+            peak: mib(r.peak.rss),
+            kept: kept(r),
+            tps: tps_ratio[i],
+        }
+    };
+    let base = figures(0);
+    let worth: Vec<usize> = (1..runs.len())
+        .filter(|&i| worth_it(&base, &figures(i)))
+        .collect();
+    let trim_gave = d
+        .trimmed
+        .as_ref()
+        .map(|t| mib(d.second.rss) - mib(t.rss))
+        .unwrap_or(0.0);
+    md!(
+        "\nRecommendation (computed: a variant is worth it when it keeps at most half of what the \
+         defaults keep, with idle and peak no more than 10 % higher and at least 0.95× the TPS): {}{}",
+        match worth.iter().find(|&&i| !VARIANTS[i].env.is_empty()) {
+            Some(&i) => format!(
+                "set {} in the gateway container's `env` in deploy/daemonset.yaml.",
+                VARIANTS[i]
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("`{k}={v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None if worth.is_empty() => "no variant is: neither environment setting belongs in \
+                deploy/daemonset.yaml, and mimalloc is not worth a default feature."
+                .to_string(),
+            None => "only the mimalloc build is; no environment setting belongs in \
+                deploy/daemonset.yaml."
+                .to_string(),
+        },
+        if trim_gave >= 0.5 * (mib(d.second.rss) - mib(d.idle.rss)) {
+            format!(
+                " What the defaults keep is memory glibc holds free: `malloc_trim(0)` gave back \
+                 {trim_gave:.1} MiB. Calling it in the gateway once sessions have closed (when \
+                 the live sessions fall, at most every few seconds) would return it; that is a \
+                 code change, not made by this benchmark."
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// One variant's figures in MiB, and its pgbench TPS as a ratio to the defaults'.
+struct Figures {
+    idle: f64,
+    peak: f64,
+    /// VmRSS above idle 30 s after the flood closed.
+    kept: f64,
+    tps: f64,
+}
+
+/// Whether a variant is worth having instead of glibc's defaults: it keeps at most half as
+/// much after the flood, its idle and peak are at most 10 % higher, and it costs at most 5 % of
+/// the throughput.
+fn worth_it(defaults: &Figures, v: &Figures) -> bool {
+    v.kept <= defaults.kept * 0.5
+        && v.idle <= defaults.idle * 1.1
+        && v.peak <= defaults.peak * 1.1
+        && v.tps >= 0.95
 }
 
 #[cfg(test)]
@@ -647,6 +718,27 @@ mod tests {
         assert_eq!(kib_field(STATUS, "Threads"), Some(7));
         assert_eq!(kib_field(ROLLUP, "Anonymous"), Some(40100));
         assert_eq!(kib_field(ROLLUP, "Rss"), Some(63488));
+    }
+
+    #[test]
+    fn worth_it_needs_half_the_kept_memory_at_no_cost() {
+        let d = Figures {
+            idle: 60.0,
+            peak: 90.0,
+            kept: 28.0,
+            tps: 1.0,
+        };
+        let v = |idle, peak, kept, tps| Figures {
+            idle,
+            peak,
+            kept,
+            tps,
+        };
+        assert!(worth_it(&d, &v(60.0, 92.0, 10.0, 0.98)));
+        assert!(!worth_it(&d, &v(60.0, 90.0, 20.0, 1.0)), "keeps too much");
+        assert!(!worth_it(&d, &v(80.0, 90.0, 5.0, 1.0)), "idle too high");
+        assert!(!worth_it(&d, &v(60.0, 120.0, 5.0, 1.0)), "peak too high");
+        assert!(!worth_it(&d, &v(60.0, 90.0, 5.0, 0.9)), "too slow");
     }
 
     #[test]
