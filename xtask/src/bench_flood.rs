@@ -122,6 +122,9 @@ pub fn flood(sessions: usize, stalled: usize, secs: u64, reps: usize) -> anyhow:
     );
     // Every flood session is one upstream session: room for all of them.
     p.pg.sql(&format!("ALTER SYSTEM SET max_connections = {limit};"));
+    // The stop is `-m immediate` and commits are asynchronous: without a checkpoint the tables
+    // just made may not survive it.
+    p.pg.sql("CHECKPOINT;");
     p.pg.stop();
     p.pg.start_again();
     p.pg.sql_in(
