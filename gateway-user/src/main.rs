@@ -25,6 +25,11 @@ use clap::Parser;
 
 use cli::{Cli, Command, PolicyCommand};
 
+// Only for measuring (`cargo xtask bench --only flood`): the default build keeps glibc's malloc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::logging::init(match &cli.command {

@@ -18,6 +18,9 @@
 //!
 //! Record scale (bench_record_scale.rs): start-up and the audit commands on a record database
 //! of a million sessions.
+//!
+//! Flood (bench_flood.rs): the gateway's memory through and after a connection flood, with
+//! glibc's malloc, two of its tunables and mimalloc; pgbench through each.
 
 use std::{net::SocketAddr, process::Command};
 
@@ -40,6 +43,8 @@ pub enum Only {
     Record,
     /// Start-up and the audit commands on a record database of many sessions.
     RecordScale,
+    /// The gateway's memory through and after a connection flood, by allocator.
+    Flood,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +74,12 @@ pub struct Options {
     /// Sessions in the record-scale section's record database (ten records each).
     #[arg(long, default_value_t = 1_000_000)]
     pub scale_sessions: u64,
+    /// Sessions held open at once in the flood section.
+    #[arg(long, default_value_t = 2000)]
+    pub flood_sessions: usize,
+    /// Connections stalled in their startup message during the flood section's floods.
+    #[arg(long, default_value_t = 200)]
+    pub flood_stalled: usize,
     /// Print only: leave docs/benchmarks.md as it is (for trial runs).
     #[arg(long)]
     pub no_doc: bool,
@@ -88,7 +99,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     let runs = |section: Only| o.only.is_none_or(|only| only == section);
     // Each section with the command that reproduces it alone.
-    let sections: [(Only, &str, String); 5] = [
+    let sections: [(Only, &str, String); 6] = [
         (
             Only::Capture,
             "capture",
@@ -120,6 +131,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 o.scale_sessions, o.pg_reps
             ),
         ),
+        (
+            Only::Flood,
+            "flood",
+            format!(
+                "--flood-sessions {} --flood-stalled {} --pg-secs {} --pg-reps {}",
+                o.flood_sessions, o.flood_stalled, o.pg_secs, o.pg_reps
+            ),
+        ),
     ];
     for (section, key, args) in sections {
         if !runs(section) {
@@ -133,6 +152,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             Only::Record => crate::bench_record::recording(o.pg_secs, o.pg_reps)?,
             Only::RecordScale => {
                 crate::bench_record_scale::record_scale(o.scale_sessions, o.pg_reps)?
+            }
+            Only::Flood => {
+                crate::bench_flood::flood(o.flood_sessions, o.flood_stalled, o.pg_secs, o.pg_reps)?
             }
         }
         if !o.no_doc {

@@ -2,6 +2,7 @@
 
 mod baselines;
 mod bench;
+mod bench_flood;
 mod bench_mask;
 mod bench_pg;
 mod bench_record;
@@ -34,7 +35,8 @@ enum Task {
     Demo,
     /// Side-by-side measurements written into docs/benchmarks.md: connect() latency, relay
     /// throughput, pgbench direct vs HAProxy vs PgBouncer vs agentgate, result streaming with
-    /// and without masking, the audit writer vs recording off (needs root).
+    /// and without masking, the audit writer vs recording off, the gateway's memory after a
+    /// connection flood by allocator (needs root).
     Bench(bench::Options),
 }
 

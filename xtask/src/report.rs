@@ -35,7 +35,7 @@ macro_rules! md {
 pub(crate) use md;
 
 /// The sections in the order the document lists them, with their headings.
-pub const SECTIONS: [(&str, &str); 5] = [
+pub const SECTIONS: [(&str, &str); 6] = [
     (
         "capture",
         "Capture: connect() with the eBPF hook, L4 relay throughput",
@@ -49,6 +49,10 @@ pub const SECTIONS: [(&str, &str); 5] = [
     (
         "record-scale",
         "Record scale: start-up and the audit commands on a large record",
+    ),
+    (
+        "flood",
+        "Flood: the gateway's memory after a connection flood, by allocator",
     ),
 ];
 
