@@ -345,11 +345,13 @@ mod tests {
                 subject: "agent".into(),
                 workload: "w".into(),
                 target: "pg".into(),
-                database: "db".into(),
-                protocol: "postgres".into(),
-                statement: "DROP TABLE t".into(),
-                params: vec![],
-                class: "ddl".into(),
+                action: crate::approval::Action {
+                    protocol: "postgres".into(),
+                    namespace: "db".into(),
+                    text: "DROP TABLE t".into(),
+                    params: vec![],
+                    class: "ddl".into(),
+                },
                 rule: "r".into(),
                 spec: ApprovalSpec {
                     approvers: vec!["dba".into()],

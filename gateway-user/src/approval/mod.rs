@@ -13,7 +13,8 @@ mod store;
 mod tests;
 
 pub use model::{
-    ApprovalSpec, Approver, Mode, NewRequest, Request, State, Verdict, Webhook, WebhookFormat,
+    Action, ApprovalSpec, Approver, Mode, NewRequest, Request, State, Verdict, Webhook,
+    WebhookFormat,
 };
 pub use notify::Notifier;
 pub use service::{ApprovalError, Approvals, Gate, LIST_LIMIT};

@@ -56,7 +56,25 @@ impl Webhook {
     }
 }
 
-/// What a protocol handler submits for a held statement.
+/// What is to be done, in the terms of the protocol that carries it: a SQL statement, an SSH
+/// command, a Kubernetes request. What approvers see, and what the record keeps. The field
+/// names on the wire and in the store are the ones the first protocol gave them (`statement`,
+/// `database`), kept for the API's clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub protocol: String,
+    /// Where inside the target it runs: the database, a namespace, a host account.
+    #[serde(rename = "database", default)]
+    pub namespace: String,
+    /// As recorded: what masking leaves of it.
+    #[serde(rename = "statement")]
+    pub text: String,
+    pub params: Vec<Option<String>>,
+    /// The protocol's class of the action (`read`, `write`, `ddl`, …, `opaque`).
+    pub class: String,
+}
+
+/// What a protocol handler submits for a held action.
 #[derive(Debug, Clone)]
 pub struct NewRequest {
     pub session: String,
@@ -64,16 +82,10 @@ pub struct NewRequest {
     pub subject: String,
     pub workload: String,
     pub target: String,
-    /// The database (or other namespace inside the target) the statement runs in.
-    pub database: String,
-    pub protocol: String,
-    /// As recorded: what masking leaves of it.
-    pub statement: String,
-    pub params: Vec<Option<String>>,
-    pub class: String,
+    pub action: Action,
     pub rule: String,
     pub spec: ApprovalSpec,
-    /// Identifies "the identical statement from the same identity" for `deny_and_retry`.
+    /// Identifies "the identical action from the same identity" for `deny_and_retry`.
     pub retry_key: String,
     /// Rows the statement touched in the gateway's trial run (rolled back), under `max_rows`.
     pub trial_rows: Option<u64>,
@@ -178,12 +190,8 @@ pub struct Request {
     pub subject: String,
     pub workload: String,
     pub target: String,
-    #[serde(default)]
-    pub database: String,
-    pub protocol: String,
-    pub statement: String,
-    pub params: Vec<Option<String>>,
-    pub class: String,
+    #[serde(flatten)]
+    pub action: Action,
     pub rule: String,
     pub approvers: Vec<String>,
     pub quorum: u32,

@@ -138,7 +138,7 @@ fn slack(event: &str, r: &Request) -> Value {
             r.id,
             slack_text(&r.subject),
             slack_text(&r.target),
-            slack_text(&r.database),
+            slack_text(&r.action.namespace),
             slack_text(&r.waits_for())
         ),
         _ => format!(
@@ -151,8 +151,8 @@ fn slack(event: &str, r: &Request) -> Value {
                 .unwrap_or_default()
         ),
     };
-    let total = r.statement.chars().count();
-    let shown: String = r.statement.chars().take(SLACK_STATEMENT).collect();
+    let total = r.action.text.chars().count();
+    let shown: String = r.action.text.chars().take(SLACK_STATEMENT).collect();
     let mut statement = format!("```{}```", slack_text(&shown));
     if total > SLACK_STATEMENT {
         statement.push_str(&format!(
@@ -167,7 +167,7 @@ fn slack(event: &str, r: &Request) -> Value {
             {"type": "section", "text": {"type": "mrkdwn", "text": statement}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
                 "rule `{}` · workload `{}` · class `{}` · `agentgate approvals approve {}`",
-                slack_text(&r.rule), slack_text(&r.workload), slack_text(&r.class), r.id)}]},
+                slack_text(&r.rule), slack_text(&r.workload), slack_text(&r.action.class), r.id)}]},
         ],
     })
 }

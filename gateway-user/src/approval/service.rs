@@ -202,11 +202,7 @@ impl Approvals {
             subject: new.subject,
             workload: new.workload,
             target: new.target,
-            database: new.database,
-            protocol: new.protocol,
-            statement: new.statement,
-            params: new.params,
-            class: new.class,
+            action: new.action,
             rule: new.rule,
             approvers: new.spec.approvers.clone(),
             quorum: new.spec.quorum,
@@ -239,9 +235,9 @@ impl Approvals {
                 actor: format!("{}#{}", request.issuer, request.subject),
                 detail: json!({
                     "session": request.session, "workload": request.workload,
-                    "target": request.target, "statement": request.statement,
-                    "params": request.params, "class": request.class, "rule": request.rule,
-                    "database": request.database,
+                    "target": request.target, "statement": request.action.text,
+                    "params": request.action.params, "class": request.action.class,
+                    "rule": request.rule, "database": request.action.namespace,
                 }),
             },
         );
@@ -256,7 +252,7 @@ impl Approvals {
         self.events.emit(
             "approval_requested",
             json!({"id": request.id, "session": request.session, "rule": request.rule,
-                   "mode": request.mode, "statement": request.statement}),
+                   "mode": request.mode, "statement": request.action.text}),
         );
         self.notifier.announce("approval_requested", &request);
         self.expire_at(request.id.clone(), request.expires_ms);

@@ -30,11 +30,13 @@ fn new(mode: Mode, quorum: u32, timeout: Duration, key: &str) -> NewRequest {
         subject: "agent-7".into(),
         workload: "w".into(),
         target: "pg".into(),
-        database: "db".into(),
-        protocol: "postgres".into(),
-        statement: "DROP TABLE t".into(),
-        params: vec![Some("1".into()), None],
-        class: "ddl".into(),
+        action: crate::approval::Action {
+            protocol: "postgres".into(),
+            namespace: "db".into(),
+            text: "DROP TABLE t".into(),
+            params: vec![Some("1".into()), None],
+            class: "ddl".into(),
+        },
         rule: "drops".into(),
         spec: ApprovalSpec {
             approvers: vec!["dba".into()],
@@ -115,7 +117,7 @@ async fn quorum_counts_each_eligible_approver_once() {
     // Stored with every vote.
     let stored = a.get(&id).unwrap();
     assert_eq!(stored.votes.len(), 2);
-    assert_eq!(stored.params, vec![Some("1".to_string()), None]);
+    assert_eq!(stored.action.params, vec![Some("1".to_string()), None]);
 }
 
 #[tokio::test]

@@ -48,10 +48,13 @@ impl Upward<'_, '_> {
             subject: self.ctx.subject.clone(),
             workload: self.ctx.workload.clone(),
             target: self.ctx.target.clone(),
-            protocol: "postgres".into(),
-            statement,
-            params: recorded,
-            class: classified.class.as_str().to_string(),
+            action: Action {
+                protocol: "postgres".into(),
+                namespace: self.ctx.database.clone(),
+                text: statement,
+                params: recorded,
+                class: classified.class.as_str().to_string(),
+            },
             rule: rule.name.clone(),
             spec: spec.clone(),
             // Only a deny_and_retry request is ever looked up by its key.
@@ -59,7 +62,6 @@ impl Upward<'_, '_> {
                 Mode::DenyAndRetry => retry_key(self.ctx, text, &params.digest),
                 Mode::Hold => String::new(),
             },
-            database: self.ctx.database.clone(),
             trial_rows: self.trial_rows.take(),
         };
         // Under `max_rows`, a write is tried first (see `trial`), unless it was tried already

@@ -44,7 +44,7 @@ use super::{
     },
 };
 use crate::{
-    approval::{Approvals, Gate, Mode, NewRequest, State},
+    approval::{Action, Approvals, Gate, Mode, NewRequest, State},
     mask::{detect::Hit, plan::Plan},
     policy::{Policy, Statement as RuleStatement, Who},
     record::{now_ms, Record, Recorder, Statement},
