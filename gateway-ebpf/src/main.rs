@@ -37,6 +37,9 @@ const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 /// Multipath TCP (`socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)`).
 const IPPROTO_MPTCP: u32 = 262;
+/// SCTP, on kernels that have it: its SOCK_SEQPACKET sockets are neither TCP nor UDP, so
+/// nothing else here would judge them.
+const IPPROTO_SCTP: u32 = 132;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -377,14 +380,16 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     }
 }
 
-/// Multipath TCP is refused to managed (and not yet classified) cgroups at socket(). Its
-/// connect() is judged on a subflow socket, whose cookie the MPTCP socket does not share, so
-/// `getpeername()` could not show the original destination and the record would be keyed by the
-/// subflow. Clients that try MPTCP first (Go's dialer, say) fall back to TCP on the error.
+/// Multipath TCP and SCTP are refused to managed (and not yet classified) cgroups at socket().
+/// MPTCP's connect() is judged on a subflow socket, whose cookie the MPTCP socket does not
+/// share, so `getpeername()` could not show the original destination and the record would be
+/// keyed by the subflow; clients that try MPTCP first (Go's dialer, say) fall back to TCP on
+/// the error. SCTP is not proxied at all.
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: a 4-byte read of the socket the hook was given.
-    if unsafe { (*ctx.sock).protocol } != IPPROTO_MPTCP {
+    let protocol = unsafe { (*ctx.sock).protocol };
+    if protocol != IPPROTO_MPTCP && protocol != IPPROTO_SCTP {
         return ALLOW;
     }
     // SAFETY: helper without arguments, valid in every cgroup program.
@@ -393,7 +398,10 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     match unsafe { CGROUPS.get(cgroup_id) } {
         Some(c) if c.state == cgroup_state::UNMANAGED => ALLOW,
         _ => {
-            warn!(&ctx, "MPTCP socket refused in cgroup {}", cgroup_id);
+            warn!(
+                &ctx,
+                "socket of protocol {} refused in cgroup {}", protocol, cgroup_id
+            );
             REFUSE
         }
     }
