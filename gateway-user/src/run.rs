@@ -212,6 +212,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     let watcher = tokio::spawn(reconciler.run(policies, stop.clone()));
     tokio::spawn(reloader.run(stop.clone()));
     tokio::spawn(proxy.clone().revalidate_on_change());
+    tokio::spawn(crate::proxy::memory::return_freed_memory(
+        proxy.sessions.clone(),
+    ));
     events.emit(
         "ready",
         json!({"pid": std::process::id(), "anchors": anchors, "replaced_links": replaced,

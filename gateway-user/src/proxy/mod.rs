@@ -5,6 +5,7 @@
 pub(crate) mod authorize;
 pub mod facts;
 mod limits;
+pub mod memory;
 pub mod revocations;
 mod sessions;
 
