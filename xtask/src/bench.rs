@@ -8,7 +8,9 @@
 //! - bulk upload throughput to a sink: direct vs through the gateway's TCP relay.
 //!
 //! PostgreSQL (bench_pg.rs): `pgbench -S` in three protocols at 1, 8 and 32 clients, and `-C`,
-//! direct vs HAProxy vs PgBouncer vs agentgate vs agentgate with masking; a profile.
+//! direct vs HAProxy vs PgBouncer vs agentgate vs agentgate with masking; a profile. With
+//! `--baseline-rev REV`, also the agentgate binary of git revision REV (bench_rev.rs builds it),
+//! against which the current one is compared.
 //!
 //! Masking (bench_mask.rs): a wide PII table streamed direct vs through the gateway without
 //! and with mask rules: rows/s, MB/s, the gateway's CPU and peak RSS.
@@ -83,6 +85,10 @@ pub struct Options {
     /// Print only: leave docs/benchmarks.md as it is (for trial runs).
     #[arg(long)]
     pub no_doc: bool,
+    /// Also measure the agentgate binary of this git revision in the PostgreSQL section, side
+    /// by side with the current one (built in a temporary worktree; e.g. `main`, `6903b09`).
+    #[arg(long, value_name = "REV", value_parser = crate::bench_rev::parse_rev)]
+    pub baseline_rev: Option<String>,
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
@@ -90,6 +96,15 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if o.pg_secs == 0 || o.pg_reps == 0 || o.reps == 0 {
         bail!("--reps, --pg-reps and --pg-secs must be at least 1");
     }
+    // The old revision first: its build is the long one, and it should fail before anything
+    // else has been measured. Only the PostgreSQL section uses it.
+    let old = match &o.baseline_rev {
+        Some(rev) if runs_postgres(o) => Some(crate::bench_rev::build(rev)?),
+        Some(_) => {
+            bail!("--baseline-rev is measured in the postgres section, which this run skips")
+        }
+        None => None,
+    };
     let bins = util::build(true)?;
     std::env::set_var("AGENTGATE_BIN", &bins.agentgate);
     std::env::set_var("AGENT_PROBE_BIN", &bins.probe);
@@ -98,6 +113,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     std::env::set_var("AGENTGATE_TEST_GATEWAY_LOG", "info");
 
     let runs = |section: Only| o.only.is_none_or(|only| only == section);
+    let baseline_arg = o
+        .baseline_rev
+        .as_ref()
+        .map(|rev| format!(" --baseline-rev {rev}"))
+        .unwrap_or_default();
     // Each section with the command that reproduces it alone.
     let sections: [(Only, &str, String); 6] = [
         (
@@ -111,7 +131,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         (
             Only::Postgres,
             "postgres",
-            format!("--pg-secs {} --pg-reps {}", o.pg_secs, o.pg_reps),
+            format!(
+                "--pg-secs {} --pg-reps {}{baseline_arg}",
+                o.pg_secs, o.pg_reps
+            ),
         ),
         (
             Only::Masking,
@@ -147,7 +170,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         report::begin(key, &format!("cargo xtask bench --only {key} {args}"))?;
         match section {
             Only::Capture => capture(o.reps, o.bytes, o.connects)?,
-            Only::Postgres => crate::bench_pg::postgres(o.pg_secs, o.pg_reps)?,
+            Only::Postgres => crate::bench_pg::postgres(o.pg_secs, o.pg_reps, old.as_ref())?,
             Only::Masking => crate::bench_mask::masking(o.mask_rows, o.pg_reps)?,
             Only::Record => crate::bench_record::recording(o.pg_secs, o.pg_reps)?,
             Only::RecordScale => {
@@ -162,6 +185,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn runs_postgres(o: &Options) -> bool {
+    o.only.is_none_or(|only| only == Only::Postgres)
 }
 
 /// connect() latency and relay throughput; prints its tables.
@@ -287,4 +314,29 @@ pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
             (lo.min(*x), hi.max(*x))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Options;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: Options,
+    }
+
+    #[test]
+    fn baseline_rev_is_optional_and_taken_as_given() {
+        let o = Cli::try_parse_from(["bench"]).unwrap().o;
+        assert_eq!(o.baseline_rev, None);
+        let o = Cli::try_parse_from(["bench", "--only", "postgres", "--baseline-rev", "6903b09"])
+            .unwrap()
+            .o;
+        assert_eq!(o.baseline_rev.as_deref(), Some("6903b09"));
+        assert!(Cli::try_parse_from(["bench", "--baseline-rev", "--no-doc"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--baseline-rev=-x"]).is_err());
+    }
 }

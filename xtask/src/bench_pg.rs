@@ -5,7 +5,10 @@
 //! - agentgate (the agent cgroup's connect() redirected by the eBPF hook to the gateway on
 //!   18010; the JWT as the password, checked; the gateway logs in upstream with the credential
 //!   it holds and records every statement);
-//! - agentgate with a mask rule on the one column `pgbench -S` reads.
+//! - agentgate with a mask rule on the one column `pgbench -S` reads;
+//! - with `--baseline-rev REV`: agentgate as built at git revision REV (no masking), through the
+//!   same gateway directory, policy and port as the current one, to read a change's cost
+//!   against the numbers before it (a table of new/old per workload).
 //!
 //! Workloads: `pgbench -S` (select-only, scale 1) in the simple, extended and prepared
 //! protocols at 1, 8 and 32 clients, and `-C` (a new connection per transaction). Every run
@@ -15,6 +18,7 @@
 
 use std::{
     fs,
+    path::PathBuf,
     process::{Command, Output},
     time::{Duration, Instant},
 };
@@ -33,6 +37,7 @@ use serde_json::Value;
 use crate::{
     baselines::Baseline,
     bench::{median, min_max},
+    bench_rev::OldBuild,
     report::md,
     util,
 };
@@ -65,30 +70,46 @@ enum Contender {
     PgBouncer,
     Agentgate,
     AgentgateMasked,
+    /// `--baseline-rev`: the agentgate binary of an older revision, as `Agentgate` otherwise.
+    AgentgateOld,
 }
 
-const CONTENDERS: [Contender; 5] = [
+const CONTENDERS: [Contender; 6] = [
     Contender::Direct,
     Contender::HaProxy,
     Contender::PgBouncer,
     Contender::Agentgate,
     Contender::AgentgateMasked,
+    Contender::AgentgateOld,
 ];
 
 impl Contender {
-    fn label(self) -> &'static str {
+    /// The label in the tables; `old_rev` names `AgentgateOld`'s revision.
+    fn label(self, old_rev: Option<&str>) -> String {
         match self {
-            Contender::Direct => "direct",
-            Contender::HaProxy => "HAProxy (tcp)",
-            Contender::PgBouncer => "PgBouncer (session)",
-            Contender::Agentgate => "agentgate",
-            Contender::AgentgateMasked => "agentgate + masking",
+            Contender::Direct => "direct".into(),
+            Contender::HaProxy => "HAProxy (tcp)".into(),
+            Contender::PgBouncer => "PgBouncer (session)".into(),
+            Contender::Agentgate => "agentgate".into(),
+            Contender::AgentgateMasked => "agentgate + masking".into(),
+            Contender::AgentgateOld => format!("agentgate @{}", old_rev.unwrap_or("?")),
         }
     }
 
     fn is_agentgate(self) -> bool {
-        matches!(self, Contender::Agentgate | Contender::AgentgateMasked)
+        matches!(
+            self,
+            Contender::Agentgate | Contender::AgentgateMasked | Contender::AgentgateOld
+        )
     }
+}
+
+/// The contenders of this run: `AgentgateOld` only with `--baseline-rev`.
+fn contenders(with_old: bool) -> Vec<Contender> {
+    CONTENDERS
+        .into_iter()
+        .filter(|&c| with_old || c != Contender::AgentgateOld)
+        .collect()
 }
 
 /// What one pgbench run reported, and what the proxy spent on it.
@@ -107,31 +128,35 @@ pub(crate) struct PgRun {
 struct Bench {
     p: PgGateway,
     haproxy: Baseline,
+    /// The current agentgate binary (`$AGENTGATE_BIN` as the section starts).
+    current_bin: PathBuf,
+    old: Option<OldBuild>,
 }
 
-pub fn postgres(secs: u64, reps: usize) -> anyhow::Result<()> {
+pub fn postgres(secs: u64, reps: usize, old: Option<&OldBuild>) -> anyhow::Result<()> {
     let cases: Vec<(usize, usize)> = (0..GROUPS.len())
         .flat_map(|g| CLIENTS.iter().map(move |&c| (g, c)))
         .collect();
-    let runs = cases.len() * CONTENDERS.len() * reps;
+    let who_runs = contenders(old.is_some());
+    let runs = cases.len() * who_runs.len() * reps;
     eprintln!(
         "bench: PostgreSQL section: {runs} pgbench runs of {secs} s (about {} min)",
         (runs as u64 * (secs + 2)).div_ceil(60)
     );
-    let mut b = start()?;
+    let mut b = start(old)?;
     // Warm-up, not counted: the tables in the server's cache, the first connections made.
     let warm_up = pgbench_args("simple", 8, secs.min(5));
     run_once(&mut b, Contender::Direct, &warm_up)?;
     run_once(&mut b, Contender::Agentgate, &warm_up)?;
 
-    // results[case][contender]
-    let mut results: Vec<[Vec<PgRun>; 5]> = vec![Default::default(); cases.len()];
+    // results[case][contender as usize] (empty for a contender not in this run)
+    let mut results: Vec<Vec<Vec<PgRun>>> = vec![vec![Vec::new(); CONTENDERS.len()]; cases.len()];
     let started = Instant::now();
     for rep in 0..reps {
         for (k, &(g, clients)) in cases.iter().enumerate() {
-            for i in 0..CONTENDERS.len() {
+            for i in 0..who_runs.len() {
                 // Rotate the order by repetition and case, so no contender always goes first.
-                let who = CONTENDERS[(i + rep + k) % CONTENDERS.len()];
+                let who = who_runs[(i + rep + k) % who_runs.len()];
                 let args = pgbench_args(GROUPS[g], clients, secs);
                 let run = run_once(&mut b, who, &args)?;
                 results[k][who as usize].push(run);
@@ -143,14 +168,20 @@ pub fn postgres(secs: u64, reps: usize) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    print(&results, &cases, secs, reps);
+    let old_rev = old.map(|o| o.rev.as_str());
+    print(&results, &cases, &who_runs, old_rev, secs, reps);
+    if let Some(old) = old {
+        print_against_old(&results, &cases, old);
+    }
+    // The profile is the current binary's.
+    use_binary(&mut b, Contender::Agentgate)?;
     profile(&mut b, secs)?;
     Ok(())
 }
 
 /// PostgreSQL with pgbench's tables, the gateway (its policy with the mask rule), HAProxy;
 /// checks that each agentgate contender gets what it claims (masked or not) before measuring.
-fn start() -> anyhow::Result<Bench> {
+fn start(old: Option<&OldBuild>) -> anyhow::Result<Bench> {
     let opts = PgTargetOptions {
         extra_rules: MASK_RULE.into(),
         ..PgTargetOptions::default()
@@ -168,11 +199,21 @@ fn start() -> anyhow::Result<Bench> {
         &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE_SCRAM};"),
     );
     let haproxy = Baseline::haproxy(HAPROXY_PORT, PG_PORT)?;
-    let mut b = Bench { p, haproxy };
+    let current_bin = agentgate_tests::agentgate_bin();
+    let mut b = Bench {
+        p,
+        haproxy,
+        current_bin,
+        old: old.cloned(),
+    };
+    let old_rev = old.map(|o| o.rev.as_str());
     // What each agentgate contender is sent in each protocol measured, read back from the
     // gateway's record of the rows it sent (after masking).
     for mode in ["simple", "extended", "prepared"] {
-        for who in [Contender::Agentgate, Contender::AgentgateMasked] {
+        for who in contenders(old.is_some())
+            .into_iter()
+            .filter(|w| w.is_agentgate())
+        {
             let args = ["-S", "-n", "-M", mode, "-c", "1", "-t", "3"].map(String::from);
             run_once(&mut b, who, &args)?;
             let sent = balances_sent(&b.p, 3)?;
@@ -186,7 +227,7 @@ fn start() -> anyhow::Result<Bench> {
             if !ok || sent.len() < 3 {
                 bail!(
                     "{} with -M {mode}: pgbench was sent abalance values {sent:?}",
-                    who.label()
+                    who.label(old_rev)
                 );
             }
         }
@@ -283,9 +324,36 @@ fn pgbench_args(group: &str, clients: usize, secs: u64) -> Vec<String> {
     args
 }
 
+/// Points the harness at `who`'s agentgate binary (`$AGENTGATE_BIN`, read by the gateway's
+/// every start and by `agentgate audit`). On a change of binary the stopped gateway's pinned
+/// eBPF maps and links are removed first: a gateway reuses the pins it finds in its pin
+/// directory, and another build's maps need not have the same layout.
+fn use_binary(b: &mut Bench, who: Contender) -> anyhow::Result<()> {
+    let bin = match (who, &b.old) {
+        (Contender::AgentgateOld, Some(old)) => old.bin.clone(),
+        (Contender::AgentgateOld, None) => bail!("no old agentgate built (--baseline-rev)"),
+        _ => b.current_bin.clone(),
+    };
+    if agentgate_tests::agentgate_bin() == bin {
+        return Ok(());
+    }
+    b.p.gw.kill9();
+    let out = b.p.gw.uninstall();
+    if !out.status.success() {
+        bail!(
+            "agentgate uninstall before switching to {}: {}",
+            bin.display(),
+            output_text(&out)
+        );
+    }
+    std::env::set_var("AGENTGATE_BIN", &bin);
+    Ok(())
+}
+
 /// One pgbench run through `who`, on an idle server and a fresh proxy where it has state.
 fn run_once(b: &mut Bench, who: Contender, args: &[String]) -> anyhow::Result<PgRun> {
     if who.is_agentgate() {
+        use_binary(b, who)?;
         fresh_gateway(&mut b.p, true)?;
     }
     // Started only for its run: an empty pool, and nothing left open upstream afterwards.
@@ -310,20 +378,28 @@ fn run_once(b: &mut Bench, who: Contender, args: &[String]) -> anyhow::Result<Pg
         Contender::HaProxy => (ROLE_SCRAM, ROLE_PASSWORD.to_string(), HAPROXY_PORT),
         Contender::PgBouncer => (ROLE_SCRAM, ROLE_PASSWORD.to_string(), PGBOUNCER_PORT),
         // The server's own address: the hook sends it to the gateway.
-        Contender::Agentgate | Contender::AgentgateMasked => ("agent", token(who), PG_PORT),
+        Contender::Agentgate | Contender::AgentgateMasked | Contender::AgentgateOld => {
+            ("agent", token(who), PG_PORT)
+        }
     };
     let proxy_pid = match who {
         Contender::Direct => None,
         Contender::HaProxy => Some(b.haproxy.pid()),
         Contender::PgBouncer => pgbouncer.as_ref().map(Baseline::pid),
-        Contender::Agentgate | Contender::AgentgateMasked => Some(b.p.gw.pid()),
+        Contender::Agentgate | Contender::AgentgateMasked | Contender::AgentgateOld => {
+            Some(b.p.gw.pid())
+        }
     };
     let mut cmd = pgbench_command("127.0.0.1", port, user, DB);
     cmd.args(args).env("PGPASSWORD", &password);
     if who.is_agentgate() {
         place(&mut cmd, Some(&b.p.agent), None);
     }
-    let what = format!("pgbench {} ({})", args.join(" "), who.label());
+    let what = format!(
+        "pgbench {} ({})",
+        args.join(" "),
+        who.label(b.old.as_ref().map(|o| o.rev.as_str()))
+    );
     let before = proxy_pid.map(util::proc_stats).transpose()?;
     let out = cmd.output().with_context(|| format!("run {what}"))?;
     let after = proxy_pid.map(util::proc_stats).transpose()?;
@@ -454,8 +530,16 @@ fn summarize(runs: &[PgRun]) -> Summary {
     }
 }
 
-fn print(results: &[[Vec<PgRun>; 5]], cases: &[(usize, usize)], secs: u64, reps: usize) {
-    md!("\n### pgbench -S through five paths ({reps} repetitions of {secs} s)\n");
+fn print(
+    results: &[Vec<Vec<PgRun>>],
+    cases: &[(usize, usize)],
+    who_runs: &[Contender],
+    old_rev: Option<&str>,
+    secs: u64,
+    reps: usize,
+) {
+    let paths = if old_rev.is_some() { "six" } else { "five" };
+    md!("\n### pgbench -S through {paths} paths ({reps} repetitions of {secs} s)\n");
     md!(
         "pgbench (see software above), scale 1 (100 000 accounts, all in shared buffers), server and proxies on \
          loopback. direct: `{ROLE_SCRAM}` (SCRAM) from an unmanaged process. HAProxy: `mode \
@@ -475,6 +559,12 @@ fn print(results: &[[Vec<PgRun>; 5]], cases: &[(usize, usize)], secs: u64, reps:
          not included). With `-C`, TPS = connections/s and pgbench's latency includes \
          connecting."
     );
+    if let Some(rev) = old_rev {
+        md!(
+            "\nagentgate @{rev}: the same as agentgate (no masking), with the gateway binary built \
+             at git revision `{rev}` (`--baseline-rev`)."
+        );
+    }
     let mut by_case = Vec::new();
     for (g, mode) in GROUPS.iter().enumerate() {
         let connect = *mode == "connect";
@@ -498,7 +588,7 @@ fn print(results: &[[Vec<PgRun>; 5]], cases: &[(usize, usize)], secs: u64, reps:
         for (k, &(_, clients)) in cases.iter().enumerate().filter(|(_, c)| c.0 == g) {
             let s: Vec<Summary> = results[k].iter().map(|r| summarize(r)).collect();
             let base = &s[Contender::Direct as usize];
-            for who in CONTENDERS {
+            for &who in who_runs {
                 let x = &s[who as usize];
                 let (added, added_conn) = if who == Contender::Direct {
                     ("—".to_string(), "—".to_string())
@@ -525,7 +615,7 @@ fn print(results: &[[Vec<PgRun>; 5]], cases: &[(usize, usize)], secs: u64, reps:
                 };
                 md!(
                     "| {clients} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.3} | {added} |{conn} {cpu} |",
-                    who.label(),
+                    who.label(old_rev),
                     x.tps,
                     x.tps_lo,
                     x.tps_hi,
@@ -588,6 +678,64 @@ fn print(results: &[[Vec<PgRun>; 5]], cases: &[(usize, usize)], secs: u64, reps:
             );
         }
     }
+}
+
+/// The current agentgate against the one built at `--baseline-rev`, workload by workload.
+fn print_against_old(results: &[Vec<Vec<PgRun>>], cases: &[(usize, usize)], old: &OldBuild) {
+    let rev = &old.rev;
+    let commit = &old.commit[..old.commit.len().min(12)];
+    md!("\n#### agentgate against agentgate @{rev} ({commit})\n");
+    md!(
+        "The current build and the one of `{rev}` (the same release profile), in the same run: \
+         they alternate with the other paths within every repetition, each started afresh for \
+         each of its runs with the same policy, port and record settings. new/old = median TPS \
+         of the current ÷ median TPS of `{rev}` (below 1: the current is slower); per \
+         repetition = the same ratio of the two runs of each repetition; added latency = median \
+         latency of the current − that of `{rev}`; gateway CPU = the gateway process's user + \
+         system time ÷ transactions."
+    );
+    md!("\n| pgbench -S | clients | TPS new (min–max) | TPS @{rev} (min–max) | new/old | per repetition | latency ms new / @{rev} | added latency µs | gateway CPU µs/txn new / @{rev} |");
+    md!("|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for (k, &(g, clients)) in cases.iter().enumerate() {
+        let new_runs = &results[k][Contender::Agentgate as usize];
+        let old_runs = &results[k][Contender::AgentgateOld as usize];
+        let (n, o) = (summarize(new_runs), summarize(old_runs));
+        let ratio = n.tps / o.tps;
+        ratios.push(ratio);
+        let per_rep = new_runs
+            .iter()
+            .zip(old_runs)
+            .map(|(a, z)| format!("{:.2}", a.tps / z.tps))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cpu = |s: &Summary| s.cpu_us.0 + s.cpu_us.1;
+        md!(
+            "| {} | {clients} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {ratio:.3} | {per_rep} | {:.3} / {:.3} | {:+.0} | {:.1} / {:.1} |",
+            mode_label(GROUPS[g]),
+            n.tps,
+            n.tps_lo,
+            n.tps_hi,
+            o.tps,
+            o.tps_lo,
+            o.tps_hi,
+            n.latency_ms,
+            o.latency_ms,
+            (n.latency_ms - o.latency_ms) * 1000.0,
+            cpu(&n),
+            cpu(&o)
+        );
+    }
+    let (lo, hi) = min_max(&ratios);
+    md!(
+        "\nnew/old over the {} workloads: geometric mean {:.3}, lowest {lo:.3}, highest {hi:.3}.",
+        ratios.len(),
+        geometric_mean(&ratios)
+    );
+}
+
+fn geometric_mean(v: &[f64]) -> f64 {
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
 }
 
 fn mode_label(mode: &str) -> String {

@@ -7,6 +7,7 @@ mod bench_mask;
 mod bench_pg;
 mod bench_record;
 mod bench_record_scale;
+mod bench_rev;
 mod demo;
 mod report;
 mod setup;

@@ -42,15 +42,19 @@ pub fn build(release: bool) -> anyhow::Result<Bins> {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-        .join(if release { "release" } else { "debug" });
+    let dir = target_dir().join(if release { "release" } else { "debug" });
     Ok(Bins {
         agentgate: dir.join("agentgate"),
         probe: dir.join("agent-probe"),
         pg_agent: dir.join("pg-agent"),
     })
+}
+
+/// The workspace's target directory: `$CARGO_TARGET_DIR` or `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 pub fn require_root(what: &str) -> anyhow::Result<()> {
