@@ -578,8 +578,9 @@ below one still in use stays resident: a session's buffers freed while a later s
 allocation sits above them are kept (fragmentation). And each thread gets an arena of its own at \
 its first allocation, until there are 8 per core (16 here): tokio's worker threads, its blocking-pool \
 threads and the record writer each fill their own heaps, and each heap is trimmed only from its \
-own top. `malloc_trim(0)` would hand back the free pages inside every arena; the gateway never \
-calls it. `MALLOC_ARENA_MAX=2` caps the arenas; `MALLOC_TRIM_THRESHOLD_` fixes the threshold \
+own top. `malloc_trim(0)` hands back the free pages inside every arena: the gateway calls it \
+itself when its live sessions have fallen well below their recent peak (proxy/memory.rs), which \
+is why the +10 s and +30 s readings are low. `MALLOC_ARENA_MAX=2` caps the arenas; `MALLOC_TRIM_THRESHOLD_` fixes the threshold \
 (and turns the automatic raising off).";
 
 /// The figures above in words, and whether an allocator setting is worth it: computed from this
