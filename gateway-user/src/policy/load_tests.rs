@@ -1,39 +1,7 @@
 //! Unit tests of `load`.
 
 use super::*;
-use crate::policy::{Decision, Statement, UdpPolicy, Who};
-
-/// An agent of the `ci` workload with no groups (the statement and mask rule tests).
-const CI_AGENT: Who<'static> = Who {
-    issuer: "https://idp.test",
-    subject: "a",
-    groups: &[],
-    workload: "ci",
-};
-
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).unwrap();
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("agentgate-policy-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-const IDP: &str = "version: 2\nidentity_providers:\n  - name: corp\n    issuer: https://idp.test\n    audiences: [agentgate]\n    jwks: {from: file, path: /etc/jwks.json}\n    algorithms: [RS256, ES256]\n";
-const WORKLOAD: &str = "version: 2\nworkloads:\n  - name: ci\n    cgroup: /agents/*\n    mode: host\n    token: {from: file, path: /run/token}\n";
-const TARGET: &str = "version: 2\ntargets:\n  - name: db\n    protocol: tcp\n    addresses: [127.0.0.2, '::1', 127.0.8.0/24]\n    ports: [5432]\n    credential: {from: env, name: DB_PASSWORD}\n";
-
-fn valid_dir(tag: &str, rules: &str) -> PathBuf {
-    let d = tmpdir(tag);
-    write(&d, "a-idp.yaml", IDP);
-    write(&d, "b-workloads.yaml", WORKLOAD);
-    write(&d, "c-targets.yml", TARGET);
-    write(&d, "d-rules.yaml", &format!("version: 2\nrules:\n{rules}"));
-    d
-}
+use crate::policy::{test_support::*, Decision, UdpPolicy, Who};
 
 #[test]
 fn merges_files_and_matches() {
@@ -266,12 +234,6 @@ fn target_on_listener_port_is_refused() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-const PG_TARGET: &str = "version: 2\ntargets:\n  - name: pg\n    protocol: postgres\n    addresses: [127.0.0.3]\n    ports: [5432]\n    credential: {from: env, name: PG_PASSWORD}\n    postgres: {user: agentgate, upstream_tls: {mode: disable}}\n";
-
-fn classified(sql: &str) -> crate::statement::Classified {
-    crate::protocol::postgres::classify::classify(sql)
-}
-
 #[test]
 fn postgres_targets_need_settings_and_keep_tls_on_off_node() {
     let d = tmpdir("pgtarget");
@@ -337,76 +299,6 @@ fn mask_rules_compile_and_scope() {
         ..who.clone()
     };
     assert_eq!(p.mask_rules(&other, "pg").count(), 0);
-    std::fs::remove_dir_all(&d).unwrap();
-}
-
-#[test]
-fn approval_rules_hold_what_no_deny_rule_refuses() {
-    let d = valid_dir(
-        "approvalrules",
-        "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
-         \x20 - name: no-grants\n    effect: deny\n    targets: [pg]\n    statements: {classes: [dcl]}\n\
-         \x20 - name: deletes-by-id\n    when: {workloads: [ci]}\n    targets: [pg]\n    statements: {patterns: [\"(?i)^delete from orders where id = \\\\$1$\"]}\n    approval: {approvers: [dba], quorum: 2, timeout_secs: 30, mode: deny_and_retry, retry_window_secs: 90}\n\
-         \x20 - name: ddl-waits\n    targets: [pg]\n    statements: {classes: [ddl, dcl]}\n    approval: {approvers: [dba, sre]}\n",
-    );
-    write(&d, "e-pg.yaml", PG_TARGET);
-    let p = load_dir(&d).unwrap();
-    let who = CI_AGENT;
-    assert_eq!(
-        p.decide(&who, "pg"),
-        Decision::Allow {
-            rule: "allow".into()
-        }
-    );
-    let held = |sql: &str| {
-        let c = classified(sql);
-        let stmt = Statement::new(&c, sql);
-        (
-            p.statement_denied(&who, "pg", &stmt)
-                .map(|r| r.name.clone()),
-            p.approval_required(&who, "pg", &stmt)
-                .map(|r| r.name.clone()),
-        )
-    };
-    // Approval rules deny nothing by themselves; a deny rule wins over them.
-    assert_eq!(held("DROP TABLE t"), (None, Some("ddl-waits".into())));
-    assert_eq!(
-        held("GRANT SELECT ON t TO x"),
-        (Some("no-grants".into()), Some("ddl-waits".into()))
-    );
-    assert_eq!(held("SELECT 1"), (None, None));
-    // Patterns see each statement printed back by libpg_query, constants as $1: case,
-    // spacing, comments and statements in front do not hide a match.
-    for sql in [
-        "delete   from orders where id = 42",
-        "/* routine */ DELETE FROM orders WHERE id = 7",
-        "DELETE/**/FROM orders WHERE id = 7",
-        "-- c\nDELETE FROM orders WHERE id = 7",
-        "SELECT 1; DELETE FROM orders WHERE id = 7",
-    ] {
-        assert_eq!(held(sql).1.as_deref(), Some("deletes-by-id"), "{sql}");
-    }
-    assert_eq!(held("DELETE FROM orders WHERE id > 42").1, None);
-    // Opaque statements wait (fail closed), for the first rule in file order.
-    assert_eq!(
-        held("DO $$ BEGIN END $$").1.as_deref(),
-        Some("deletes-by-id")
-    );
-    let spec = p.rules[2].approval.as_ref().unwrap();
-    assert_eq!(
-        (
-            spec.quorum,
-            spec.mode,
-            spec.retry_window.as_secs(),
-            spec.timeout.as_secs()
-        ),
-        (2, crate::approval::Mode::DenyAndRetry, 90, 30)
-    );
-    let spec = p.rules[3].approval.as_ref().unwrap();
-    assert_eq!(
-        (spec.quorum, spec.mode, spec.timeout.as_secs()),
-        (1, crate::approval::Mode::Hold, 300)
-    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -550,87 +442,6 @@ fn bad_mask_rules_are_refused_with_their_line() {
     std::env::set_var("AGENTGATE_TEST_MASK_KEY", "0123456789abcdef0123");
     let p = load_dir(&d).unwrap();
     assert_eq!(p.mask_key.as_deref(), Some(&b"0123456789abcdef0123"[..]));
-    std::fs::remove_dir_all(&d).unwrap();
-}
-
-#[test]
-fn statement_rules_deny_by_class_table_and_function() {
-    let d = valid_dir(
-        "stmtrules",
-        "  - name: allow\n    when: {workloads: [ci]}\n    targets: [pg]\n\
-         \x20 - name: no-ddl\n    effect: deny\n    when: {workloads: [ci]}\n    targets: [pg]\n    statements: {classes: [ddl, dcl]}\n\
-         \x20 - name: audit-append-only\n    effect: deny\n    targets: [pg]\n    statements: {classes: [write, write_unbounded], tables: [\"public.audit_*\"]}\n\
-         \x20 - name: no-file-reads\n    effect: deny\n    targets: [\"*\"]\n    statements: {functions: [pg_read_file]}\n",
-    );
-    write(&d, "e-pg.yaml", PG_TARGET);
-    let p = load_dir(&d).unwrap();
-    let who = CI_AGENT;
-    // The statement rules play no part in the connection decision.
-    assert_eq!(
-        p.decide(&who, "pg"),
-        Decision::Allow {
-            rule: "allow".into()
-        }
-    );
-    let denied = |sql: &str| {
-        let c = classified(sql);
-        p.statement_denied(&who, "pg", &Statement::new(&c, sql))
-            .map(|r| r.name.clone())
-    };
-    assert_eq!(denied("DROP TABLE items").as_deref(), Some("no-ddl"));
-    assert_eq!(
-        denied("GRANT SELECT ON items TO x").as_deref(),
-        Some("no-ddl")
-    );
-    assert_eq!(denied("SELECT * FROM items"), None);
-    assert_eq!(denied("INSERT INTO items VALUES (1)"), None);
-    // Table patterns: schema-qualified, unqualified (any schema), other schema, case.
-    assert_eq!(
-        denied("DELETE FROM public.audit_log WHERE id = 1").as_deref(),
-        Some("audit-append-only")
-    );
-    assert_eq!(
-        denied("WITH d AS (DELETE FROM audit_log RETURNING *) SELECT * FROM d").as_deref(),
-        Some("audit-append-only")
-    );
-    assert_eq!(
-        denied("UPDATE \"AUDIT_LOG\" SET x = 1 WHERE id = 2").as_deref(),
-        Some("audit-append-only")
-    );
-    assert_eq!(denied("DELETE FROM archive.audit_log WHERE id = 1"), None);
-    assert_eq!(denied("SELECT * FROM audit_log"), None);
-    // Functions, qualified or not.
-    assert_eq!(
-        denied("SELECT pg_catalog.pg_read_file('/etc/passwd')").as_deref(),
-        Some("no-file-reads")
-    );
-    // Opaque statements match every statement rule that applies.
-    assert_eq!(denied("DO $$ BEGIN END $$").as_deref(), Some("no-ddl"));
-    assert_eq!(denied("SELEC oops").as_deref(), Some("no-ddl"));
-    // Another workload: only the rules without `when` apply.
-    let other = Who {
-        workload: "other",
-        ..who.clone()
-    };
-    assert_eq!(
-        p.statement_denied(
-            &other,
-            "pg",
-            &Statement::new(&classified("DROP TABLE items"), "DROP TABLE items")
-        )
-        .map(|r| r.name.clone()),
-        None
-    );
-    assert_eq!(
-        p.statement_denied(
-            &other,
-            "pg",
-            &Statement::new(&classified("DO $$ BEGIN END $$"), "DO $$ BEGIN END $$")
-        )
-        .map(|r| r.name.clone())
-        .as_deref(),
-        Some("audit-append-only")
-    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -9,6 +9,8 @@ mod load;
 mod model;
 mod reload;
 mod rules;
+#[cfg(test)]
+pub(crate) mod test_support;
 mod yaml;
 
 pub use load::load_dir;

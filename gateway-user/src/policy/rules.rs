@@ -126,50 +126,36 @@ impl Policy {
     }
 }
 
-/// A statement as the rules see it: its classification and, for `patterns`, each of its
-/// statements in canonical form, made once on first use.
+/// The protocol's canonical form of an action's text, one entry per statement (or command) in
+/// it: what `patterns` match, so that comments, case and spacing cannot hide a match. `None`
+/// when the text cannot be read: a pattern then cannot be shown not to match.
+pub type Canonicalize = fn(&str) -> Option<Vec<String>>;
+
+/// A statement as the rules see it: its classification and, for `patterns`, its canonical
+/// form, made once on first use by the protocol's `Canonicalize`.
 pub struct Statement<'a> {
     pub classified: &'a Classified,
     pub text: &'a str,
+    canonicalize: Canonicalize,
     // A lock, not a cell: the relay keeps one across awaits in a task that must be Send.
     canonical: std::sync::OnceLock<Option<Vec<String>>>,
 }
 
 impl<'a> Statement<'a> {
-    pub fn new(classified: &'a Classified, text: &'a str) -> Self {
+    pub fn new(classified: &'a Classified, text: &'a str, canonicalize: Canonicalize) -> Self {
         Statement {
             classified,
             text,
+            canonicalize,
             canonical: std::sync::OnceLock::new(),
         }
     }
 
-    /// `None` when the text does not parse: a pattern then cannot be shown not to match.
     fn canonical(&self) -> Option<&[String]> {
         self.canonical
-            .get_or_init(|| canonical_statements(self.text))
+            .get_or_init(|| (self.canonicalize)(self.text))
             .as_deref()
     }
-}
-
-/// Each statement of `text` as libpg_query prints it back (comments gone, keywords in upper
-/// case, single spaces), then with constants replaced by `$1`, `$2`, …: what `patterns` match.
-/// Matching the text as written would let a comment or a statement in front hide a match.
-fn canonical_statements(text: &str) -> Option<Vec<String>> {
-    let parsed = pg_query::parse(text, pg_query::ParserOptions::DEFAULT).ok()?;
-    parsed
-        .protobuf
-        .stmts
-        .iter()
-        .map(|raw| {
-            let one = pg_query::protobuf::ParseResult {
-                version: parsed.protobuf.version,
-                stmts: vec![raw.clone()],
-            };
-            let sql = pg_query::deparse(&one, Default::default()).ok()?;
-            pg_query::normalize(&sql).ok()
-        })
-        .collect()
 }
 
 impl StatementMatch {

@@ -16,3 +16,5 @@ pub mod settings;
 pub mod tls;
 
 pub use session::PostgresHandler;
+#[cfg(test)]
+mod rule_tests;

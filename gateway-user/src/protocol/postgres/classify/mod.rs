@@ -32,6 +32,7 @@ use serde::ser::Serialize;
 use super::{predicate, settings};
 
 mod cache;
+mod canonical;
 mod columns;
 mod conditions;
 mod frame;
@@ -44,6 +45,7 @@ mod tables;
 mod walker;
 
 pub use cache::Classifier;
+pub use canonical::canonical_statements;
 
 use frame::Verdict;
 use walker::Walker;

@@ -31,7 +31,7 @@ use tokio::{
 };
 
 use super::{
-    classify::{Class, Classified, Classifier},
+    classify::{canonical_statements, Class, Classified, Classifier},
     codec::{self, out, put_cstr, CodecError, Fields, Frame, Notice},
     frontend::BoxIo,
     mask::{

@@ -44,7 +44,7 @@ impl Upward<'_, '_> {
                 let classified = self.ctx.classifier.classify(&text);
                 let params = Params::default();
                 let action = Action {
-                    stmt: RuleStatement::new(&classified, &text),
+                    stmt: RuleStatement::new(&classified, &text, canonical_statements),
                     classified: &classified,
                     text: &text,
                     params: &params,
@@ -97,7 +97,8 @@ impl Upward<'_, '_> {
                 let name = f.cstr().map_err(bad)?.to_string();
                 let text = f.cstr().map_err(bad)?;
                 let classified = self.ctx.classifier.classify(text);
-                let denied = self.decide(&RuleStatement::new(&classified, text));
+                let denied =
+                    self.decide(&RuleStatement::new(&classified, text, canonical_statements));
                 let id = self.next_parse;
                 self.next_parse += 1;
                 let prepared = Arc::new(Prepared {
@@ -201,7 +202,11 @@ impl Upward<'_, '_> {
                     .unwrap_or_else(|| Prepared::unknown("a portal the gateway did not see bound"));
                 // Judged once more: a portal bound before a reload runs under the new policy.
                 let action = Action {
-                    stmt: RuleStatement::new(&statement.classified, &statement.text),
+                    stmt: RuleStatement::new(
+                        &statement.classified,
+                        &statement.text,
+                        canonical_statements,
+                    ),
                     classified: &statement.classified,
                     text: &statement.text,
                     params: &params,
@@ -295,7 +300,7 @@ impl Upward<'_, '_> {
                 let args = bind_params(&mut f, plan.as_deref()).map_err(bad)?;
                 let text = format!("<FunctionCall of function oid {oid}>");
                 let action = Action {
-                    stmt: RuleStatement::new(&classified, &text),
+                    stmt: RuleStatement::new(&classified, &text, canonical_statements),
                     classified: &classified,
                     text: &text,
                     params: &args,
@@ -354,8 +359,12 @@ impl Upward<'_, '_> {
             )],
         };
         let denial = candidates.iter().find_map(|p| {
-            self.decide(&RuleStatement::new(&p.classified, &p.text))
-                .map(|rule| (p.clone(), rule))
+            self.decide(&RuleStatement::new(
+                &p.classified,
+                &p.text,
+                canonical_statements,
+            ))
+            .map(|rule| (p.clone(), rule))
         });
         // The statement whose rows and COPY output are masked: when the server may hold any of
         // several texts, none can be trusted.
