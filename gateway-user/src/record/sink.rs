@@ -39,7 +39,6 @@ use rusqlite::{Connection, OptionalExtension};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::{
-    config::{Host, SslMode},
     error::SqlState,
     tls::{ChannelBinding, TlsConnect},
     Client,
@@ -113,28 +112,6 @@ pub struct Sink {
     tls: Arc<rustls::ClientConfig>,
     password_file: Option<PathBuf>,
     node: String,
-}
-
-struct Endpoint {
-    to: Peer,
-    /// The name the server certificate must carry (the host, else the address).
-    server_name: Option<ServerName<'static>>,
-    mode: SslMode,
-}
-
-enum Peer {
-    Tcp { host: String, port: u16 },
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.to {
-            Peer::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Peer::Tcp { host, port } => write!(f, "{host}:{port}"),
-            Peer::Unix(p) => write!(f, "{}", p.display()),
-        }
-    }
 }
 
 impl Sink {
@@ -781,230 +758,6 @@ impl Local {
 // ---------------------------------------------------------------------------------------------
 // The connection string
 // ---------------------------------------------------------------------------------------------
-
-/// The connection string without the TLS settings the sink handles itself (tokio-postgres
-/// knows no `sslrootcert`, and its `sslmode` has no verify modes).
-#[derive(Debug, Default, PartialEq)]
-struct Split {
-    rest: String,
-    sslmode: Option<String>,
-    sslrootcert: Option<String>,
-}
-
-fn split_conninfo(s: &str) -> Result<Split, String> {
-    let s = s.trim();
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        split_url(s)
-    } else {
-        split_keywords(s)
-    }
-}
-
-fn split_keywords(s: &str) -> Result<Split, String> {
-    let mut out = Split::default();
-    let mut rest = Vec::new();
-    let mut it = s.chars().peekable();
-    let skip_ws = |it: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-        while it.peek().is_some_and(|c| c.is_whitespace()) {
-            it.next();
-        }
-    };
-    loop {
-        skip_ws(&mut it);
-        if it.peek().is_none() {
-            break;
-        }
-        let mut key = String::new();
-        while let Some(&c) = it.peek() {
-            if c.is_whitespace() || c == '=' {
-                break;
-            }
-            key.push(c);
-            it.next();
-        }
-        skip_ws(&mut it);
-        if it.next() != Some('=') {
-            return Err(format!("connection string: expected `=` after `{key}`"));
-        }
-        skip_ws(&mut it);
-        let mut value = String::new();
-        if it.peek() == Some(&'\'') {
-            it.next();
-            loop {
-                match it.next() {
-                    None => {
-                        return Err(format!(
-                            "connection string: unterminated quoted value of `{key}`"
-                        ))
-                    }
-                    Some('\'') => break,
-                    Some('\\') => value.extend(it.next()),
-                    Some(c) => value.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = it.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                it.next();
-                if c == '\\' {
-                    value.extend(it.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        match key.as_str() {
-            "sslmode" => out.sslmode = Some(value),
-            "sslrootcert" => out.sslrootcert = Some(value),
-            _ => rest.push(format!(
-                "{key}='{}'",
-                value.replace('\\', "\\\\").replace('\'', "\\'")
-            )),
-        }
-    }
-    out.rest = rest.join(" ");
-    Ok(out)
-}
-
-fn split_url(s: &str) -> Result<Split, String> {
-    let mut out = Split::default();
-    let (base, query) = s.split_once('?').unwrap_or((s, ""));
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match percent_decode(k)?.as_str() {
-            "sslmode" => out.sslmode = Some(percent_decode(v)?),
-            "sslrootcert" => out.sslrootcert = Some(percent_decode(v)?),
-            _ => kept.push(pair),
-        }
-    }
-    out.rest = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok(out)
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("connection string: bad percent-encoding in `{s}`"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("connection string: `{s}` is not UTF-8"))
-}
-
-/// The hosts to try, in order, each with its TLS mode: plain (or TLS if offered) on loopback
-/// and Unix sockets only, TLS required everywhere else.
-fn endpoints(config: &tokio_postgres::Config, sslmode: &str) -> Result<Vec<Endpoint>, String> {
-    let (hosts, addrs, ports) = (
-        config.get_hosts(),
-        config.get_hostaddrs(),
-        config.get_ports(),
-    );
-    if hosts.is_empty() && addrs.is_empty() {
-        return Err("connection string: no `host=`".into());
-    }
-    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
-        return Err("connection string: as many `hostaddr` as `host` are needed".into());
-    }
-    let n = hosts.len().max(addrs.len());
-    if ports.len() > 1 && ports.len() != n {
-        return Err("connection string: as many `port` as `host` are needed".into());
-    }
-    let mut out = Vec::new();
-    for i in 0..n {
-        let port = ports
-            .get(i)
-            .or_else(|| ports.first())
-            .copied()
-            .unwrap_or(5432);
-        let host = hosts.get(i);
-        let addr = addrs.get(i);
-        let (to, local, name) = match (host, addr) {
-            (Some(Host::Unix(dir)), _) => {
-                (Peer::Unix(dir.join(format!(".s.PGSQL.{port}"))), true, None)
-            }
-            (host, Some(ip)) => {
-                let name = match host {
-                    Some(Host::Tcp(h)) => h.clone(),
-                    _ => ip.to_string(),
-                };
-                (
-                    Peer::Tcp {
-                        host: ip.to_string(),
-                        port,
-                    },
-                    ip.is_loopback(),
-                    Some(name),
-                )
-            }
-            (Some(Host::Tcp(h)), None) => {
-                let local = h.eq_ignore_ascii_case("localhost")
-                    || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-                (
-                    Peer::Tcp {
-                        host: h.clone(),
-                        port,
-                    },
-                    local,
-                    Some(h.clone()),
-                )
-            }
-            (None, None) => unreachable!("n is the longer list"),
-        };
-        let mode = match (sslmode, local) {
-            (_, true) if matches!(to, Peer::Unix(_)) => SslMode::Disable,
-            ("disable", true) => SslMode::Disable,
-            ("allow" | "prefer", true) => SslMode::Prefer,
-            ("disable" | "allow", false) => {
-                let ep = Endpoint {
-                    to,
-                    server_name: None,
-                    mode: SslMode::Disable,
-                };
-                return Err(format!(
-                    "sslmode={sslmode}: plain connections to the central audit store are allowed \
-                     to loopback addresses and Unix sockets only, and {ep} is neither; use \
-                     sslmode=verify-full (TLS; give sslrootcert=FILE for a private CA)"
-                ));
-            }
-            _ => SslMode::Require,
-        };
-        let server_name = match name {
-            Some(n) => Some(
-                ServerName::try_from(n.clone())
-                    .map_err(|e| format!("connection string: host `{n}`: {e}"))?,
-            ),
-            None => None,
-        };
-        out.push(Endpoint {
-            to,
-            server_name,
-            mode,
-        });
-    }
-    Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------------
-// TLS (rustls) for tokio-postgres
-// ---------------------------------------------------------------------------------------------
-
 /// Opens a TCP connection (the gateway's own socket).
 type ConnectFn = Arc<
     dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<tokio::net::TcpStream>> + Send>>
@@ -1088,6 +841,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[path = "sink_conninfo.rs"]
+mod conninfo;
+use conninfo::{endpoints, split_conninfo, Endpoint, Peer};
 
 #[cfg(test)]
 #[path = "sink_tests.rs"]

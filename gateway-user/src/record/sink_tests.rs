@@ -1,5 +1,7 @@
 //! Unit tests of `sink`.
 
+use tokio_postgres::config::SslMode;
+
 use super::*;
 
 fn sink(conninfo: &str) -> Result<Sink, String> {
