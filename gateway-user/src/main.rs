@@ -19,7 +19,6 @@ mod sockopt;
 mod statement;
 mod telemetry;
 mod tls;
-mod upstream;
 
 use clap::Parser;
 

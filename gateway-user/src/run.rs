@@ -249,7 +249,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     Ok(())
 }
 
-async fn serve_http_admin<C: crate::upstream::Connect + 'static>(
+async fn serve_http_admin<C: crate::net::Connect + 'static>(
     args: &RunArgs,
     addr: std::net::SocketAddr,
     proxy: Arc<Proxy<C>>,

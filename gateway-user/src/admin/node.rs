@@ -8,9 +8,9 @@ use super::{
     handler::Node,
 };
 use crate::{
+    net::Connect,
     policy::PolicyStatus,
     proxy::{revocations::Revocation, Proxy},
-    upstream::Connect,
 };
 
 pub struct Gateway<C> {

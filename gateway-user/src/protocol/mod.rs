@@ -20,12 +20,12 @@ use std::{future::Future, net::SocketAddr, pin::Pin, time::Instant};
 use tokio::net::TcpStream;
 
 use crate::{
+    net::Connect,
     policy::Protocol,
     proxy::{
         facts::{ConnFacts, StatementCounts},
         Placed, Proxy,
     },
-    upstream::Connect,
 };
 
 /// A boxed future borrowing from the handler and the core for one connection.

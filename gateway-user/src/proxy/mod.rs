@@ -49,10 +49,10 @@ use crate::{
     approval::Approvals,
     capture::{Listener, ListenerKind, WorkloadTable},
     ebpf::{peer_key, KernelMaps},
+    net::Connect,
     policy::{Policy, Target, Workload},
     protocol::{Connection, Outcome, ProtocolHandler, SessionEnd},
     record::{EventSink, Record, Recorder, SessionClose, SessionOpen},
-    upstream::Connect,
 };
 
 pub struct Proxy<C> {
@@ -168,8 +168,7 @@ impl<C: Connect> Proxy<C> {
                     self.tracker.spawn(async move {
                         let orig = this.maps.take_orig_dst(&key);
                         let upstream = crate::capture::upstream_netns(orig.as_ref(), netns);
-                        crate::upstream::in_netns(upstream, this.handle(stream, peer, orig, kind))
-                            .await
+                        crate::net::in_netns(upstream, this.handle(stream, peer, orig, kind)).await
                     });
                 }
                 Err(e) => {

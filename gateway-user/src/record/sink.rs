@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal;
 use crate::{
+    net::Connect,
     tls::{client_config, tls_server_end_point},
-    upstream::Connect,
 };
 
 /// The central table. One row per journal record of every node; `body` is the record's JSON

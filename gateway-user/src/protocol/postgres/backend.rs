@@ -22,8 +22,8 @@ use super::{
     tls,
 };
 use crate::{
+    net::Connect,
     policy::{PostgresTarget, UpstreamTls},
-    upstream::Connect,
 };
 
 /// Startup parameters an agent may pass through. Anything else is dropped: `options` could carry

@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    net::Connect,
     policy::{Protocol, TokenSource},
     protocol::postgres::{
         backend,
@@ -27,7 +28,6 @@ use crate::{
         session_id, Admitted, Placed, Proxy, Refusal,
     },
     record::Record,
-    upstream::Connect,
 };
 
 /// An agent gets this long to finish the startup exchange (PostgreSQL's authentication_timeout

@@ -9,6 +9,7 @@ pub use relay::{relay, Counters, RelayError};
 
 use super::{Connection, HandlerFuture, Outcome, ProtocolHandler, SessionEnd};
 use crate::{
+    net::Connect,
     policy::Protocol,
     proxy::{
         authorize,
@@ -16,7 +17,6 @@ use crate::{
         session_id, Proxy,
     },
     record::Record,
-    upstream::Connect,
 };
 
 pub struct TcpHandler;
