@@ -18,9 +18,10 @@ const CHECK: Duration = Duration::from_secs(5);
 const MIN_FALL: usize = 64;
 
 /// Whether `now` live sessions, after a peak of `peak` since the last trim, call for one: all
-/// gone, or at least `MIN_FALL` fewer and a quarter below the peak.
+/// gone, or at least `MIN_FALL` fewer and a quarter below the peak. A rise never does.
 fn worth_trimming(peak: usize, now: usize) -> bool {
-    (now == 0 && peak > 0) || (peak - now.min(peak) >= MIN_FALL && now * 4 <= peak * 3)
+    let fall = peak.saturating_sub(now);
+    (now == 0 && peak > 0) || (fall >= MIN_FALL && now * 4 <= peak * 3)
 }
 
 /// Runs for the gateway's life.
