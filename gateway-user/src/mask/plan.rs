@@ -213,6 +213,7 @@ impl Plan {
             subject: "a",
             groups: &[],
             workload: "w",
+            login: None,
         };
         Plan::build(&policy, &who, "t").expect("a mask plan")
     }

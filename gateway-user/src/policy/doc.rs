@@ -40,6 +40,9 @@ pub struct GatewayDoc {
     /// How much of each result the record keeps.
     #[serde(default)]
     pub record_results: Option<RecordResultsDoc>,
+    /// The secret (32 bytes or more) SSH targets' host keys are derived from.
+    #[serde(default)]
+    pub ssh_host_key_secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +150,34 @@ pub struct TargetDoc {
     pub udp: super::model::UdpPolicy,
     #[serde(default)]
     pub postgres: Option<PostgresDoc>,
+    #[serde(default)]
+    pub ssh: Option<SshDoc>,
+}
+
+/// An SSH target's keys (docs/ssh.md). Exactly one of `host_ca_key` / `host_key`, and of
+/// `user_ca_key` / `private_key`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshDoc {
+    /// Signs the per-target host certificates the agents' clients see.
+    #[serde(default)]
+    pub host_ca_key: Option<String>,
+    /// Host names the certificate names besides the target's addresses.
+    #[serde(default, deserialize_with = "empty_list")]
+    pub host_names: Vec<String>,
+    /// The target's own host key, imported, for clients that pin it.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Signs the per-session user certificates the gateway logs in upstream with.
+    #[serde(default)]
+    pub user_ca_key: Option<String>,
+    /// A static key the gateway logs in upstream with.
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// The target's host key as known_hosts lines (plain or `@cert-authority`).
+    pub known_hosts: String,
+    #[serde(default)]
+    pub user_cert_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,10 +238,37 @@ pub struct RuleDoc {
     /// Makes this a mask rule: values it matches are masked in what the target sends back.
     #[serde(default)]
     pub mask: Option<MaskDoc>,
-    /// With `statements`: matching statements wait for people to approve them instead of being
-    /// denied.
+    /// With `statements` or `commands`: matching actions wait for people to approve them
+    /// instead of being denied.
     #[serde(default)]
     pub approval: Option<ApprovalDoc>,
+    /// Makes this a command rule (SSH targets): which execs, shells and subsystems it is about.
+    #[serde(default)]
+    pub commands: Option<CommandsDoc>,
+}
+
+/// A command rule's matcher (docs/ssh.md): allow lists, deny lists, shells, subsystems.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsDoc {
+    /// Globs over the normalized command: a command that matches none sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    pub allow: Vec<String>,
+    /// Globs over the normalized command: a command that matches one sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    pub deny: Vec<String>,
+    /// Globs over the program run (after `sudo`, `env`, `sh -c` … are unwrapped).
+    #[serde(default, deserialize_with = "empty_list")]
+    pub programs: Vec<String>,
+    /// Regular expressions over the normalized command.
+    #[serde(default, deserialize_with = "empty_list")]
+    pub patterns: Vec<String>,
+    /// Interactive shells pass this rule.
+    #[serde(default)]
+    pub shell: bool,
+    /// Subsystems (`sftp`) that pass this rule.
+    #[serde(default, deserialize_with = "empty_list")]
+    pub subsystems: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +416,9 @@ pub struct WhenDoc {
     pub subjects: Vec<String>,
     #[serde(default, deserialize_with = "empty_list")]
     pub groups: Vec<String>,
+    /// Globs over the login asked for on the target (the SSH user name).
+    #[serde(default, deserialize_with = "empty_list")]
+    pub logins: Vec<String>,
 }
 
 /// An address or CIDR, checked while parsing so that a bad one is reported at its line.

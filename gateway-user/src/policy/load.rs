@@ -25,6 +25,8 @@ use super::{
 
 use crate::mask::rules::{MaskSpec, Strategy};
 
+mod ssh_settings;
+
 pub const SUPPORTED_VERSION: u32 = 2;
 /// `approval.max_rows` above this is surely a typo (a trial run of that size would not be).
 const MAX_ROWS_LIMIT: u64 = 1_000_000_000;
@@ -259,6 +261,7 @@ impl Merger {
                         .record_results
                         .as_ref()
                         .map_or(d.record_result_bytes, |r| r.max_bytes),
+                    ssh_host_key_secret: g.ssh_host_key_secret.map(PathBuf::from),
                 };
                 if self.policy.gateway.record_result_bytes > 16 << 20 {
                     self.problem(
@@ -452,7 +455,8 @@ impl Merger {
                     self.claimed.insert((*a, *p), t.name.clone());
                 }
             }
-            let settings = match (t.protocol, t.postgres) {
+            let mut t = t;
+            let settings = match (t.protocol, t.postgres.take()) {
                 (Protocol::Postgres, Some(pg)) => self
                     .postgres_settings(&file, &t.name, &addresses, pg)
                     .map(TargetSettings::Postgres),
@@ -476,8 +480,22 @@ impl Merger {
                     );
                     None
                 }
+                (Protocol::Ssh, None) => {
+                    let ssh = t.ssh.take();
+                    self.ssh_settings(&file, &t.name, ssh)
+                        .map(TargetSettings::Ssh)
+                }
                 (Protocol::Tcp, None) => Some(TargetSettings::Tcp),
             };
+            if t.ssh.is_some() {
+                self.problem(
+                    &file,
+                    format!(
+                        "target `{}`: an `ssh:` section needs `protocol: ssh`",
+                        t.name
+                    ),
+                );
+            }
             if t.protocol == Protocol::Postgres && t.credential.is_none() {
                 self.problem(
                     &file,
@@ -515,6 +533,16 @@ impl Merger {
                     ),
                 }
             }
+            let mut logins = Vec::new();
+            for l in &r.when.logins {
+                match glob(l) {
+                    Ok(g) => logins.push(g),
+                    Err(e) => self.problem(
+                        &file,
+                        format!("rule `{}`: bad login glob `{l}`: {e}", r.name),
+                    ),
+                }
+            }
             if r.targets.is_empty() {
                 self.problem(
                     &file,
@@ -528,11 +556,24 @@ impl Merger {
             let statements = r
                 .statements
                 .map(|s| self.statement_match(&file, &r.name, r.effect, approval.is_some(), s));
-            if approval.is_some() && statements.is_none() {
+            let commands = r
+                .commands
+                .and_then(|c| self.command_rule(&file, &r.name, r.effect, approval.is_some(), c))
+                .map(std::sync::Arc::new);
+            if approval.is_some() && statements.is_none() && commands.is_none() {
                 self.problem(
                     &file,
                     format!(
-                        "rule `{}`: `approval` needs `statements` (which statements wait for approval)",
+                        "rule `{}`: `approval` needs `statements` or `commands` (which actions wait for approval)",
+                        r.name
+                    ),
+                );
+            }
+            if commands.is_some() && (statements.is_some() || r.mask.is_some()) {
+                self.problem(
+                    &file,
+                    format!(
+                        "rule `{}`: a rule has one of `statements`, `commands` or `mask`",
                         r.name
                     ),
                 );
@@ -551,6 +592,7 @@ impl Merger {
                 .map(|m| std::sync::Arc::new(self.mask_spec(&file, &r.name, r.effect, m)));
             self.policy.rules.push(Rule {
                 statements,
+                commands,
                 mask,
                 approval,
                 name: r.name,
@@ -559,6 +601,7 @@ impl Merger {
                 issuers: r.when.issuers,
                 subjects,
                 groups: r.when.groups,
+                logins,
                 targets,
                 source: file.clone(),
             });
@@ -819,6 +862,21 @@ impl Merger {
                 ));
             }
         }
+        for t in &self.policy.targets {
+            let certified = matches!(
+                t.ssh().map(|s| &s.host_key),
+                Some(super::model::SshHostKey::Certified { .. })
+            );
+            if certified && self.policy.gateway.ssh_host_key_secret.is_none() {
+                found.push((
+                    t.source.clone(),
+                    format!(
+                        "target `{}` has `host_ca_key`, which needs gateway.ssh_host_key_secret (its host key derives from it)",
+                        t.name
+                    ),
+                ));
+            }
+        }
         for r in &self.policy.rules {
             let hashes = r
                 .mask
@@ -848,6 +906,22 @@ impl Merger {
                         r.source.clone(),
                         format!("rule `{}` names unknown target `{t}`", r.name),
                     )),
+                    Some(x) if !r.logins.is_empty() && x.protocol() != Protocol::Ssh => found
+                        .push((
+                            r.source.clone(),
+                            format!(
+                                "rule `{}` restricts logins but target `{t}` speaks {:?}; logins are for ssh targets",
+                                r.name, x.protocol()
+                            ),
+                        )),
+                    Some(x) if r.commands.is_some() && x.protocol() != Protocol::Ssh => found
+                        .push((
+                            r.source.clone(),
+                            format!(
+                                "rule `{}` has commands but target `{t}` speaks {:?}; commands are for ssh targets",
+                                r.name, x.protocol()
+                            ),
+                        )),
                     Some(x) if r.mask.is_some() && x.protocol() != Protocol::Postgres => found
                         .push((
                             r.source.clone(),
@@ -891,6 +965,8 @@ impl Merger {
                 // Statement rules act inside sessions, never on the connection itself.
                 let connection_rules = a.statements.is_none()
                     && b.statements.is_none()
+                    && a.commands.is_none()
+                    && b.commands.is_none()
                     && a.mask.is_none()
                     && b.mask.is_none();
                 if connection_rules && a.effect != b.effect && same_principals(a, b) {

@@ -49,6 +49,7 @@ fn rules_default_deny_and_deny_wins() {
         subject: sub,
         groups: g,
         workload: "ci",
+        login: None,
     };
     let readers: &'static [String] = Box::leak(groups(&["db-readers"]).into_boxed_slice());
     let both: &'static [String] =
@@ -296,6 +297,7 @@ fn mask_rules_compile_and_scope() {
     assert_eq!(m.columns.len(), 2);
     let other = Who {
         workload: "other",
+        login: None,
         ..who.clone()
     };
     assert_eq!(p.mask_rules(&other, "pg").count(), 0);

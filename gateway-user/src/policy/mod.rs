@@ -15,8 +15,9 @@ mod yaml;
 
 pub use load::load_dir;
 pub use model::{
-    ClientTls, IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Target,
-    TargetSettings, TokenSource, UdpPolicy, UpstreamTls, Workload,
+    canonical_ip, ClientTls, Effect, IdentityProvider, Jwks, Mode, Policy, PostgresTarget,
+    Protocol, Rule, SshHostKey, SshTarget, SshUpstreamAuth, Target, TargetSettings, TokenSource,
+    UdpPolicy, UpstreamTls, Workload,
 };
 pub use reload::{Enforce, Enforced, PolicyStatus, Reloader};
 pub use rules::{Decision, Statement, Who};

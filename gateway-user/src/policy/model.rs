@@ -24,6 +24,9 @@ pub enum Protocol {
     /// PostgreSQL wire protocol: the gateway authenticates the agent, logs in upstream with the
     /// target's credential, and controls and records every statement.
     Postgres,
+    /// SSH: the gateway terminates the agent's SSH, logs in upstream with a credential it
+    /// holds, and controls and records every channel and command.
+    Ssh,
 }
 
 /// What the kernel does with UDP from managed workloads to a target's addresses and ports. The
@@ -77,6 +80,7 @@ pub struct Target {
 pub enum TargetSettings {
     Tcp,
     Postgres(PostgresTarget),
+    Ssh(SshTarget),
 }
 
 impl TargetSettings {
@@ -84,6 +88,7 @@ impl TargetSettings {
         match self {
             Self::Tcp => Protocol::Tcp,
             Self::Postgres(_) => Protocol::Postgres,
+            Self::Ssh(_) => Protocol::Ssh,
         }
     }
 }
@@ -100,6 +105,45 @@ impl Target {
             _ => None,
         }
     }
+
+    /// The SSH settings of an `ssh` target.
+    pub fn ssh(&self) -> Option<&SshTarget> {
+        match &self.settings {
+            TargetSettings::Ssh(ssh) => Some(ssh),
+            _ => None,
+        }
+    }
+}
+
+/// How the gateway speaks SSH to the agents of a target and to the target itself. Key files are
+/// read when a session needs them (docs/ssh.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub host_key: SshHostKey,
+    pub upstream_auth: SshUpstreamAuth,
+    /// The target's host key (plain or `@cert-authority` lines): checked, fail closed.
+    pub known_hosts: PathBuf,
+    /// How long a per-session user certificate is valid (`SshUpstreamAuth::UserCa`).
+    pub user_cert_ttl: Duration,
+}
+
+/// The host key the agent's client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshHostKey {
+    /// A per-target key derived from the gateway's secret, with a short-lived host certificate
+    /// signed by this CA for the target's names and addresses.
+    Certified { ca_key: PathBuf, names: Vec<String> },
+    /// The target's own host key, imported by the operator, for clients that pin it.
+    Imported { key: PathBuf },
+}
+
+/// The credential the gateway logs in upstream with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshUpstreamAuth {
+    /// A per-session user certificate signed by a CA the target trusts (`TrustedUserCAKeys`).
+    UserCa { ca_key: PathBuf },
+    /// A static private key the target lists in `authorized_keys`.
+    StaticKey { key: PathBuf },
 }
 
 /// How the gateway speaks to a PostgreSQL target and to the agents that reach it.
@@ -187,6 +231,9 @@ pub struct Rule {
     pub issuers: Vec<String>,
     pub subjects: Vec<GlobMatcher>,
     pub groups: Vec<String>,
+    /// Globs over the login asked for on the target (the SSH user name); empty: any login. A
+    /// rule with logins matches only sessions that name one (SSH).
+    pub logins: Vec<GlobMatcher>,
     /// Target names; `None` means every target.
     pub targets: Option<Vec<String>>,
     /// Set on statement rules: they deny matching statements inside allowed sessions and play
@@ -198,6 +245,8 @@ pub struct Rule {
     /// Set on approval rules (with `statements`): matching statements wait for people to
     /// approve them.
     pub approval: Option<std::sync::Arc<crate::approval::ApprovalSpec>>,
+    /// Set on command rules (SSH): which execs, shells and subsystems they deny or hold.
+    pub commands: Option<std::sync::Arc<crate::protocol::ssh::rules::CommandRule>>,
     pub source: PathBuf,
 }
 
@@ -240,6 +289,8 @@ pub struct GatewaySettings {
     /// The first rows of each statement's result (as sent, masked) kept on record.
     pub record_result_rows: usize,
     pub record_result_bytes: usize,
+    /// The secret SSH targets' per-target host keys are derived from (the same on every node).
+    pub ssh_host_key_secret: Option<PathBuf>,
 }
 
 impl Default for GatewaySettings {
@@ -253,6 +304,7 @@ impl Default for GatewaySettings {
             approval_webhooks: Vec::new(),
             record_result_rows: 20,
             record_result_bytes: 16 * 1024,
+            ssh_host_key_secret: None,
         }
     }
 }

@@ -10,6 +10,8 @@ pub struct Who<'a> {
     pub subject: &'a str,
     pub groups: &'a [String],
     pub workload: &'a str,
+    /// The login asked for on the target, where the protocol has one (the SSH user name).
+    pub login: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +43,10 @@ impl Rule {
             && (self.issuers.is_empty() || self.issuers.iter().any(|i| i == who.issuer))
             && (self.subjects.is_empty() || self.subjects.iter().any(|g| g.is_match(who.subject)))
             && (self.groups.is_empty() || self.groups.iter().any(|g| who.groups.contains(g)))
+            && (self.logins.is_empty()
+                || who
+                    .login
+                    .is_some_and(|l| self.logins.iter().any(|g| g.is_match(l))))
     }
 }
 
@@ -50,7 +56,7 @@ impl Policy {
         let connection_rules = self
             .rules
             .iter()
-            .filter(|r| r.statements.is_none() && r.mask.is_none());
+            .filter(|r| r.statements.is_none() && r.mask.is_none() && r.commands.is_none());
         for rule in connection_rules.filter(|r| r.matches(who, target)) {
             match rule.effect {
                 Effect::Deny => {
@@ -84,6 +90,14 @@ impl Policy {
         self.rules
             .iter()
             .filter(move |r| r.mask.is_some() && r.matches(who, target))
+    }
+
+    /// The command rules that apply to `who` on `target`, in file order.
+    pub fn command_rules(&self, who: &Who<'_>, target: &str) -> Vec<&Rule> {
+        self.rules
+            .iter()
+            .filter(|r| r.commands.is_some() && r.matches(who, target))
+            .collect()
     }
 
     /// The first statement rule that denies `stmt` for `who` on `target`, if any. An opaque

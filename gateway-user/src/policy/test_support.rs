@@ -11,6 +11,7 @@ pub(crate) const CI_AGENT: Who<'static> = Who {
     subject: "a",
     groups: &[],
     workload: "ci",
+    login: None,
 };
 
 pub(crate) fn write(dir: &Path, name: &str, text: &str) {

@@ -13,6 +13,7 @@
 //! as a variant of [`crate::policy::TargetSettings`], and one line in [`handlers`].
 
 pub mod postgres;
+pub mod ssh;
 pub mod tcp;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, time::Instant};
@@ -86,6 +87,7 @@ pub fn handlers<C: Connect>() -> Vec<Box<dyn ProtocolHandler<C>>> {
     vec![
         Box::new(tcp::TcpHandler),
         Box::new(postgres::PostgresHandler::default()),
+        Box::new(ssh::SshHandler::default()),
     ]
 }
 
@@ -104,10 +106,10 @@ mod tests {
     /// Every protocol a policy can name, listed through an exhaustive match: a new `Protocol`
     /// variant does not compile here until it is added, and then needs its handler.
     fn every_protocol() -> Vec<Protocol> {
-        let all = [Protocol::Tcp, Protocol::Postgres];
+        let all = [Protocol::Tcp, Protocol::Postgres, Protocol::Ssh];
         for p in all {
             match p {
-                Protocol::Tcp | Protocol::Postgres => {}
+                Protocol::Tcp | Protocol::Postgres | Protocol::Ssh => {}
             }
         }
         all.to_vec()

@@ -171,6 +171,7 @@ pub async fn authorize(
     workload: &Workload,
     target: &Target,
     token: &str,
+    login: Option<&str>,
 ) -> Result<Allowed, Refusal> {
     let verifier = verifiers.current().ok_or_else(|| {
         Refusal::new(
@@ -184,6 +185,7 @@ pub async fn authorize(
         subject: &principal.subject,
         groups: &principal.groups,
         workload: &workload.name,
+        login,
     };
     match policy.decide(&who, &target.name) {
         Decision::Allow { rule } => Ok(Allowed { principal, rule }),

@@ -399,6 +399,7 @@ impl<C: Connect> Proxy<C> {
         dst: SocketAddr,
         placed: Placed<'a>,
         token: &str,
+        login: Option<&str>,
         base: &mut ConnFacts,
     ) -> Result<Admitted<'a>, Refusal> {
         let Placed {
@@ -410,7 +411,8 @@ impl<C: Connect> Proxy<C> {
             slot,
         } = placed;
         let allowed =
-            authorize::authorize(&policy, &self.verifiers, &workload, &target, token).await?;
+            authorize::authorize(&policy, &self.verifiers, &workload, &target, token, login)
+                .await?;
         let p = allowed.principal;
         if let Some(r) = self.revocations.find(&p.issuer, &p.subject, &workload.name) {
             return Err(Refusal {
@@ -439,6 +441,7 @@ impl<C: Connect> Proxy<C> {
             dst,
             settings: target.settings.clone(),
             provider,
+            login: login.map(str::to_string),
         };
         let guard = self.sessions.open(id, grant.clone(), self.policy.clone());
         // A policy put in force while we decided: the registry's sweep may have run before this

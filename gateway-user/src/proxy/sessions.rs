@@ -35,6 +35,8 @@ pub struct Grant {
     /// What the target was when granted: a changed protocol or upstream login ends the session.
     pub settings: TargetSettings,
     pub provider: IdentityProvider,
+    /// The login asked for on the target (SSH), which rules may restrict.
+    pub login: Option<String>,
 }
 
 /// Whether `policy` still allows what `g` was granted; the reason if not.
@@ -75,6 +77,7 @@ pub fn still_allowed(policy: &Policy, g: &Grant) -> Result<(), String> {
             subject: &g.subject,
             groups: &g.groups,
             workload: &g.workload,
+            login: g.login.as_deref(),
         },
         &g.target,
     ) {
@@ -373,6 +376,7 @@ mod tests {
             dst: "127.0.0.3:5432".parse().unwrap(),
             settings: t.settings.clone(),
             provider: p.identity_providers[0].clone(),
+            login: None,
         }
     }
 

@@ -15,6 +15,8 @@ mod sqlite;
 pub use db::{Appender, Db, DbError, SharedDb};
 pub use events::EventSink;
 pub use journal::Entry;
-pub use recorder::{now_ms, NullStore, Record, Recorder, SessionClose, SessionOpen, Statement};
+pub use recorder::{
+    now_ms, CommandOutput, NullStore, Record, Recorder, SessionClose, SessionOpen, Statement,
+};
 
 pub const DEFAULT_RECORD_DB: &str = "/var/lib/agentgate/record.db";

@@ -60,6 +60,23 @@ pub struct Statement {
     /// More rows or bytes came than `results` holds (`rows` is the true count).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub results_cut: bool,
+    /// A command's exit status (SSH exec and shells).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    /// What a command sent back (SSH), up to the gateway's caps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<CommandOutput>,
+}
+
+/// A command's output as the agent was sent it, the first bytes of each stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CommandOutput {
+    pub stdout: String,
+    pub stderr: String,
+    /// More came than is kept (`bytes` counts it all).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -108,6 +108,8 @@ mod tests {
             error: None,
             results: Some(vec![vec![Some("42".into())]]),
             results_cut: false,
+            exit_status: None,
+            output: None,
         };
         let close = SessionClose {
             session: "s1".into(),

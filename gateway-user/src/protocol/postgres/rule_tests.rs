@@ -136,6 +136,7 @@ fn statement_rules_deny_by_class_table_and_function() {
     // Another workload: only the rules without `when` apply.
     let other = Who {
         workload: "other",
+        login: None,
         ..who.clone()
     };
     assert_eq!(

@@ -175,7 +175,7 @@ impl PostgresHandler {
             }
         };
         let admitted = match token {
-            Ok(token) => core.admit(id, dst, placed, &token, &mut base).await,
+            Ok(token) => core.admit(id, dst, placed, &token, None, &mut base).await,
             Err(r) => Err(r),
         };
         let admitted = match admitted {

@@ -43,7 +43,7 @@ async fn serve<C: Connect>(core: &Proxy<C>, conn: Connection<'_>) -> Outcome {
     let token =
         authorize::workload_token(&placed.workload, &placed.target, pid, &placed.cgroup).await;
     let admitted = match token {
-        Ok(token) => core.admit(id, dst, placed, &token, &mut facts).await,
+        Ok(token) => core.admit(id, dst, placed, &token, None, &mut facts).await,
         Err(r) => Err(r),
     };
     let admitted = match admitted {

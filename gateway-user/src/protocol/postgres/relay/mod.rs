@@ -183,6 +183,7 @@ impl SessionContext<'_> {
             subject: &self.subject,
             groups: &self.groups,
             workload: &self.workload,
+            login: None,
         }
     }
 }
@@ -766,6 +767,8 @@ impl Upward<'_, '_> {
             error: None,
             results: None,
             results_cut: false,
+            exit_status: None,
+            output: None,
         }
     }
 

@@ -1,0 +1,324 @@
+//! One session channel: what the agent asks of it (a pty and environment first, then one exec,
+//! shell or subsystem), judged by the gate; if it may run, a channel to the target asked the
+//! same, and bytes relayed both ways until either side closes. The command's record carries
+//! its exit status, duration and the first bytes of its output.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty};
+
+use super::{
+    gate::{self, Gated},
+    upstream::TargetSide,
+    Ctx,
+};
+use crate::record::{CommandOutput, Record};
+
+/// What the agent asked a session channel to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Exec(String),
+    Shell,
+    Subsystem(String),
+}
+
+impl Request {
+    /// The record's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Exec(_) => "exec",
+            Request::Shell => "shell",
+            Request::Subsystem(_) => "subsystem",
+        }
+    }
+
+    /// What approvers and the record see.
+    pub fn text(&self) -> String {
+        match self {
+            Request::Exec(c) => c.clone(),
+            Request::Shell => "(interactive shell)".into(),
+            Request::Subsystem(s) => format!("(subsystem {s})"),
+        }
+    }
+}
+
+struct PtyRequest {
+    term: String,
+    cols: u32,
+    rows: u32,
+    pix_width: u32,
+    pix_height: u32,
+    modes: Vec<(Pty, u32)>,
+}
+
+/// Requests a channel may carry before its exec/shell/subsystem; more is a misbehaving client.
+const MAX_SETUP_REQUESTS: usize = 256;
+/// Exit status of a command the gateway refused, as shells report "cannot execute".
+pub const REFUSED_EXIT: u32 = 126;
+
+/// Serves one session channel to its end.
+pub async fn serve(
+    ctx: &Ctx<'_>,
+    mut agent: Channel<server::Msg>,
+    target: &client::Handle<TargetSide>,
+) {
+    let mut pty = None;
+    let mut env = Vec::new();
+    let mut request = None;
+    for _ in 0..MAX_SETUP_REQUESTS {
+        match agent.wait().await {
+            Some(ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            }) => {
+                pty = Some(PtyRequest {
+                    term,
+                    cols: col_width,
+                    rows: row_height,
+                    pix_width,
+                    pix_height,
+                    modes: terminal_modes,
+                })
+            }
+            Some(ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            }) => env.push((variable_name, variable_value)),
+            Some(ChannelMsg::Exec { command, .. }) => {
+                request = Some(match String::from_utf8(command) {
+                    Ok(c) => Request::Exec(c),
+                    // Not text: no rule could be shown not to match it.
+                    Err(e) => Request::Exec(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                });
+                break;
+            }
+            Some(ChannelMsg::RequestShell { .. }) => {
+                request = Some(Request::Shell);
+                break;
+            }
+            Some(ChannelMsg::RequestSubsystem { name, .. }) => {
+                request = Some(Request::Subsystem(name));
+                break;
+            }
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
+            // Refused by the handler (agent forwarding, X11) or meaningless before a command.
+            Some(_) => {}
+        }
+    }
+    let Some(request) = request else {
+        let _ = agent.close().await;
+        return;
+    };
+    let started = Instant::now();
+    let started_ms = crate::record::now_ms();
+    let mut rec = ctx.statement(&request, started_ms);
+    let gated = gate::pass(ctx, &request, &mut rec, &mut agent).await;
+    let label = match gated {
+        Gated::Refused { message } => {
+            ctx.denied.fetch_add(1, Ordering::Relaxed);
+            refuse(&agent, &message).await;
+            rec.error = Some(message);
+            rec.exit_status = Some(REFUSED_EXIT);
+            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            ctx.recorder.record(Record::Statement(rec)).await;
+            return;
+        }
+        Gated::Forward { approval } => approval,
+    };
+    let upstream = match open_upstream(target, &request, pty, env).await {
+        Ok(c) => c,
+        Err(e) => {
+            let message = format!("agentgate: the target refused the channel: {e}");
+            refuse(&agent, &message).await;
+            rec.error = Some(message);
+            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            ctx.recorder.record(Record::Statement(rec)).await;
+            return;
+        }
+    };
+    if let Some(id) = &label {
+        ctx.approvals.forwarded(id, &ctx.session);
+    }
+    let (exit, output) = relay(ctx, agent, upstream).await;
+    rec.exit_status = exit;
+    rec.output = Some(output);
+    rec.duration_us = Some(started.elapsed().as_micros() as u64);
+    ctx.recorder.record(Record::Statement(rec)).await;
+}
+
+/// Tells the agent why its request does not run: a line on stderr and exit status 126, as a
+/// shell says "cannot execute".
+async fn refuse(agent: &Channel<server::Msg>, message: &str) {
+    let line = format!("{message}\r\n");
+    let _ = agent
+        .extended_data_bytes(1, Bytes::from(line.into_bytes()))
+        .await;
+    let _ = agent.exit_status(REFUSED_EXIT).await;
+    let _ = agent.eof().await;
+    let _ = agent.close().await;
+}
+
+async fn open_upstream(
+    target: &client::Handle<TargetSide>,
+    request: &Request,
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+) -> Result<Channel<client::Msg>, russh::Error> {
+    let ch = target.channel_open_session().await?;
+    if let Some(p) = pty {
+        ch.request_pty(
+            false,
+            &p.term,
+            p.cols,
+            p.rows,
+            p.pix_width,
+            p.pix_height,
+            &p.modes,
+        )
+        .await?;
+    }
+    for (name, value) in env {
+        ch.set_env(false, name, value).await?;
+    }
+    match request {
+        Request::Exec(c) => ch.exec(true, c.as_bytes().to_vec()).await?,
+        Request::Shell => ch.request_shell(true).await?,
+        Request::Subsystem(s) => ch.request_subsystem(true, s.as_str()).await?,
+    }
+    Ok(ch)
+}
+
+/// How much of a command's output the record keeps at most, whatever the policy says.
+const MAX_KEPT: usize = 64 * 1024;
+/// After the target closed, how long the agent gets to close its end.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Relays until the target's channel closes (or the agent's, which closes the target's).
+async fn relay(
+    ctx: &Ctx<'_>,
+    agent: Channel<server::Msg>,
+    upstream: Channel<client::Msg>,
+) -> (Option<u32>, CommandOutput) {
+    let (agent_rx, agent_tx) = agent.split();
+    let (up_rx, up_tx) = upstream.split();
+    let keep = ctx.record_bytes.min(MAX_KEPT);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let up = async {
+        tokio::select! {
+            () = agent_to_target(ctx, agent_rx, &up_tx) => {}
+            _ = async {
+                let _ = done_rx.await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            } => {}
+        }
+    };
+    let down = async {
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep).await;
+        let _ = done_tx.send(());
+        r
+    };
+    let ((), result) = tokio::join!(up, down);
+    result
+}
+
+async fn agent_to_target(
+    ctx: &Ctx<'_>,
+    mut from: ChannelReadHalf,
+    to: &ChannelWriteHalf<client::Msg>,
+) {
+    while let Some(msg) = from.wait().await {
+        let sent = match msg {
+            ChannelMsg::Data { data } => {
+                ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                to.data_bytes(data).await
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                to.extended_data_bytes(ext, data).await
+            }
+            ChannelMsg::Eof => to.eof().await,
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                to.window_change(col_width, row_height, pix_width, pix_height)
+                    .await
+            }
+            ChannelMsg::Signal { signal } => to.signal(signal).await,
+            ChannelMsg::Close => break,
+            // A second exec/shell on the same channel is not SSH; pty/env after the command
+            // change nothing the gate judged, but are not passed on either.
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = to.close().await;
+}
+
+async fn target_to_agent(
+    ctx: &Ctx<'_>,
+    mut from: ChannelReadHalf,
+    to: &ChannelWriteHalf<server::Msg>,
+    keep: usize,
+) -> (Option<u32>, CommandOutput) {
+    let mut exit = None;
+    let mut out = CommandOutput::default();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    while let Some(msg) = from.wait().await {
+        let sent = match msg {
+            ChannelMsg::Data { data } => {
+                ctx.bytes_down
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                keep_some(&mut stdout, &data, keep, &mut out);
+                to.data_bytes(data).await
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                ctx.bytes_down
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if ext == 1 {
+                    keep_some(&mut stderr, &data, keep, &mut out);
+                }
+                to.extended_data_bytes(ext, data).await
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                exit = Some(exit_status);
+                to.exit_status(exit_status).await
+            }
+            ChannelMsg::Eof => to.eof().await,
+            ChannelMsg::Close => break,
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = to.close().await;
+    out.stdout = String::from_utf8_lossy(&stdout).into_owned();
+    out.stderr = String::from_utf8_lossy(&stderr).into_owned();
+    (exit, out)
+}
+
+/// Keeps the first `keep` bytes of a stream for the record.
+fn keep_some(kept: &mut Vec<u8>, data: &[u8], keep: usize, out: &mut CommandOutput) {
+    out.bytes += data.len() as u64;
+    let room = keep.saturating_sub(kept.len());
+    if data.len() > room {
+        out.cut = true;
+    }
+    kept.extend_from_slice(&data[..data.len().min(room)]);
+}

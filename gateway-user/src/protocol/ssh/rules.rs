@@ -1,0 +1,82 @@
+//! SSH's rule matcher: which command rules a channel's request sets off.
+//!
+//! A rule's `commands:` section ([`CommandRule`]) is set off by an exec whose command its
+//! matcher does not allow (an allow list) or matches (a deny list); by an interactive shell
+//! unless it says `shell: true` (what is typed into a shell cannot be judged command by
+//! command); by a subsystem it does not list. Then, as for SQL statements: a deny rule set off
+//! refuses; otherwise the first approval rule set off (file order) holds the request for people.
+//! A shell needs a rule that allows it: with no command rule in scope, shells are refused.
+
+use super::channel::Request;
+use super::command::{self, CommandMatch, Verdict};
+use crate::policy::{Effect, Policy, Rule, Who};
+
+/// A rule's `commands:` section, as loaded.
+#[derive(Debug, Clone)]
+pub struct CommandRule {
+    pub matcher: CommandMatch,
+    /// Interactive shells pass this rule.
+    pub shell: bool,
+    /// Subsystems (`sftp`) that pass this rule.
+    pub subsystems: Vec<String>,
+}
+
+/// What the command rules say about a request.
+#[derive(Debug)]
+pub enum Judgement<'p> {
+    Allowed,
+    Denied { rule: String, why: String },
+    Approval { rule: &'p Rule, why: String },
+}
+
+/// Whether `rule` is set off by `request`, and why.
+fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
+    match request {
+        Request::Shell => (!rule.shell).then(|| "an interactive shell".to_string()),
+        Request::Subsystem(name) => {
+            (!rule.subsystems.iter().any(|s| s == name)).then(|| format!("subsystem `{name}`"))
+        }
+        Request::Exec(cmd) => match rule.matcher.verdict(&command::parse(cmd)) {
+            Verdict::Allowed | Verdict::NotMatched => None,
+            Verdict::NotAllowed { why } | Verdict::Matched { why } => Some(why),
+        },
+    }
+}
+
+/// Judges `request` under the command rules of `policy` that apply to `who` on `target`.
+pub fn judge<'p>(
+    policy: &'p Policy,
+    who: &Who<'_>,
+    target: &str,
+    request: &Request,
+) -> Judgement<'p> {
+    let mut approval = None;
+    let mut shell_allowed = false;
+    for rule in policy.command_rules(who, target) {
+        let Some(commands) = rule.commands.as_deref() else {
+            continue;
+        };
+        shell_allowed |= commands.shell;
+        let Some(why) = sets_off(commands, request) else {
+            continue;
+        };
+        if rule.approval.is_some() {
+            approval.get_or_insert((rule, why));
+        } else if rule.effect == Effect::Deny {
+            return Judgement::Denied {
+                rule: rule.name.clone(),
+                why,
+            };
+        }
+    }
+    if let Some((rule, why)) = approval {
+        return Judgement::Approval { rule, why };
+    }
+    if *request == Request::Shell && !shell_allowed {
+        return Judgement::Denied {
+            rule: "(no rule allows shells)".into(),
+            why: "an interactive shell, which needs a rule with `commands: {shell: true}`".into(),
+        };
+    }
+    Judgement::Allowed
+}

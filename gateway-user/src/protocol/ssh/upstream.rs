@@ -1,0 +1,136 @@
+//! The target's side of an SSH session: the gateway logs in as the agent's login with a
+//! credential only it holds (a per-session user certificate, or a static key), after checking
+//! the target's host key against the operator's known_hosts (fail closed).
+
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+
+use russh::{
+    client::{self, Handle},
+    keys::PrivateKeyWithHashAlg,
+};
+use tokio::net::TcpStream;
+
+use super::keys::{self, HostKeyCheck, PublicKeyOrCertificate, UserExtensions};
+use crate::policy::{SshTarget, SshUpstreamAuth};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Key(#[from] keys::KeyError),
+    #[error("the target's host key is not the one known for it: {0}")]
+    HostKey(String),
+    #[error("ssh to the target: {0}")]
+    Ssh(#[from] russh::Error),
+    #[error("the target refused the gateway's credential for login `{0}`")]
+    Refused(String),
+}
+
+/// Checks the target's host key; the verdict is kept for the error message.
+pub struct TargetSide {
+    check: Arc<HostKeyCheck>,
+    names: Vec<String>,
+    mismatch: Option<String>,
+}
+
+impl client::Handler for TargetSide {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        match self.check.check(&self.names, key) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.mismatch = Some(e.to_string());
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The names the target's host key may be known by: the target's name, the certificate names
+/// the agents see, and its address as OpenSSH writes it (`addr` for port 22, else `[addr]:port`).
+pub fn known_names(target: &str, settings: &SshTarget, dst: SocketAddr) -> Vec<String> {
+    let mut names = vec![target.to_string()];
+    if let crate::policy::SshHostKey::Certified { names: n, .. } = &settings.host_key {
+        names.extend(n.iter().cloned());
+    }
+    let ip = crate::policy::canonical_ip(dst.ip()).to_string();
+    if dst.port() == 22 {
+        names.push(ip);
+    } else {
+        names.push(format!("[{ip}]:{}", dst.port()));
+    }
+    names
+}
+
+/// Who the upstream login is for, named in the certificate's key id (the target's auth log
+/// prints it: `Accepted publickey for deploy ... ID agentgate:<issuer>#<subject> session <id>`).
+pub struct LoginFor<'a> {
+    pub login: &'a str,
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub session: &'a str,
+}
+
+/// Logs in to the target over `stream` as `who.login`.
+pub async fn login(
+    stream: TcpStream,
+    target: &str,
+    settings: &SshTarget,
+    dst: SocketAddr,
+    who: &LoginFor<'_>,
+) -> Result<Handle<TargetSide>, UpstreamError> {
+    let check = Arc::new(HostKeyCheck::load(&settings.known_hosts)?);
+    let side = TargetSide {
+        check,
+        names: known_names(target, settings, dst),
+        mismatch: None,
+    };
+    let config = Arc::new(client::Config {
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut handle = match client::connect_stream(config, stream, side).await {
+        Ok(h) => h,
+        Err(russh::Error::UnknownKey) => {
+            return Err(UpstreamError::HostKey(
+                "refused by the known_hosts check".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let hash = handle.best_supported_rsa_hash().await?.flatten();
+    let ok = match &settings.upstream_auth {
+        SshUpstreamAuth::UserCa { ca_key } => {
+            let ca = keys::load_private_key(ca_key)?;
+            let key = keys::session_key();
+            let key_id = format!(
+                "agentgate:{}#{} session {}",
+                who.issuer, who.subject, who.session
+            );
+            let cert = keys::user_certificate(
+                &ca,
+                key.public_key(),
+                who.login,
+                &key_id,
+                SystemTime::now(),
+                settings.user_cert_ttl,
+                &UserExtensions::default(),
+            )?;
+            handle
+                .authenticate_openssh_cert(who.login, Arc::new(key), cert)
+                .await?
+        }
+        SshUpstreamAuth::StaticKey { key } => {
+            let key = keys::load_private_key(key)?;
+            let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+            handle.authenticate_publickey(who.login, key).await?
+        }
+    };
+    if !ok.success() {
+        return Err(UpstreamError::Refused(who.login.to_string()));
+    }
+    Ok(handle)
+}
