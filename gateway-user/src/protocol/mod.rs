@@ -14,6 +14,8 @@
 
 pub mod postgres;
 pub mod tcp;
+#[cfg(test)]
+pub(crate) mod toy;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, time::Instant};
 
