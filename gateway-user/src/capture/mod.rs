@@ -15,6 +15,9 @@ pub use cgroupfs::CgroupFs;
 pub use listener::{bind_loopback, Listener, ListenerKind};
 pub use local::{resolve_target, upstream_netns, DstScope};
 pub use reconcile::{Reconciler, SpawnListener};
+/// For tests that fill the workload table without a reconciler (`proxy/toy_tests.rs`).
+#[cfg(test)]
+pub use workloads::CgroupInfo;
 pub use workloads::{classify, WorkloadTable};
 
 #[derive(Debug, thiserror::Error)]

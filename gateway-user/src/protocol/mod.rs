@@ -15,6 +15,8 @@
 pub mod postgres;
 pub mod ssh;
 pub mod tcp;
+#[cfg(test)]
+pub(crate) mod toy;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, time::Instant};
 

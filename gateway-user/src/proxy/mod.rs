@@ -8,6 +8,8 @@ mod limits;
 pub mod memory;
 pub mod revocations;
 mod sessions;
+#[cfg(test)]
+mod toy_tests;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -82,6 +84,7 @@ pub struct Oversight {
 }
 
 impl<C: Connect> Proxy<C> {
+    /// The proxy with every protocol the gateway speaks (`protocol::handlers`).
     pub fn new(
         policy: watch::Receiver<Arc<Policy>>,
         maps: Arc<KernelMaps>,
@@ -89,6 +92,20 @@ impl<C: Connect> Proxy<C> {
         events: Arc<EventSink>,
         connector: C,
         oversight: Oversight,
+    ) -> Self {
+        let handlers = crate::protocol::handlers();
+        Self::with_handlers(policy, maps, table, events, connector, oversight, handlers)
+    }
+
+    /// The proxy with these protocol handlers only (a test's own handler, to prove the seam).
+    pub fn with_handlers(
+        policy: watch::Receiver<Arc<Policy>>,
+        maps: Arc<KernelMaps>,
+        table: Arc<WorkloadTable>,
+        events: Arc<EventSink>,
+        connector: C,
+        oversight: Oversight,
+        handlers: Vec<Box<dyn ProtocolHandler<C>>>,
     ) -> Self {
         let Oversight {
             recorder,
@@ -116,7 +133,7 @@ impl<C: Connect> Proxy<C> {
             recorder,
             approvals,
             revocations,
-            handlers: crate::protocol::handlers(),
+            handlers,
         }
     }
 
