@@ -131,7 +131,7 @@ async fn serve<C: Connect>(stats: &ToyStats, core: &Proxy<C>, conn: Connection<'
         Err(e) => Err(Refusal::new("no_token", format!("login line: {e}"))),
     };
     let admitted = match token {
-        Ok(token) => core.admit(id, dst, placed, &token, &mut facts).await,
+        Ok(token) => core.admit(id, dst, placed, &token, None, &mut facts).await,
         Err(r) => Err(r),
     };
     let admitted = match admitted {
@@ -272,6 +272,8 @@ impl<C: Connect> Session<'_, C> {
             error: None,
             results: None,
             results_cut: false,
+            exit_status: None,
+            output: None,
         };
         if stmt.text.starts_with("deny") {
             self.counts.denied_statements += 1;

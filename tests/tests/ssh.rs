@@ -1,0 +1,442 @@
+//! SSH through the gateway, end to end with real parts: Debian's sshd as the target (trusting a
+//! user CA), the real `ssh` client as the agent in a managed cgroup with
+//! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
+//! eBPF capture, and the gateway's record.
+//!
+//! Ports: 20450–20499.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use agentgate_tests::{
+    agentgate_bin, fixtures, now, place, record_query, require_root,
+    ssh::{self, Sshd, SshdOptions, DEPLOY_USER, READER_USER},
+    unique, wait_until, Cgroup, Gateway, TokenFile, AUDIENCE, ISSUER,
+};
+use serde_json::Value;
+
+/// What the gateway needs for one SSH target: its host CA, the secret host keys derive from,
+/// the target's known_hosts, and the agent's known_hosts trusting the host CA.
+struct Keys {
+    dir: PathBuf,
+    host_ca: ssh::KeyPair,
+    secret: PathBuf,
+    target_known_hosts: PathBuf,
+    agent_known_hosts: PathBuf,
+}
+
+impl Keys {
+    fn new(tag: &str, sshd: &Sshd) -> Keys {
+        let dir = std::env::temp_dir().join(unique(&format!("sshkeys-{tag}")));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host_ca = ssh::keygen(&dir.join("host_ca"), "agentgate host CA");
+        let secret = dir.join("host_secret");
+        std::fs::write(&secret, agentgate_tests::payload(7, 32)).unwrap();
+        set_mode(&secret, 0o600);
+        let target_known_hosts = dir.join("target_known_hosts");
+        ssh::write_known_hosts(
+            &target_known_hosts,
+            &[ssh::known_hosts_plain(
+                "127.0.0.1",
+                sshd.port,
+                &sshd.host_public_line(),
+            )],
+        );
+        let agent_known_hosts = dir.join("agent_known_hosts");
+        ssh::write_known_hosts(
+            &agent_known_hosts,
+            &[ssh::known_hosts_ca("*", &host_ca.public_line())],
+        );
+        Keys {
+            dir,
+            host_ca,
+            secret,
+            target_known_hosts,
+            agent_known_hosts,
+        }
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The policy: one workload (token from `token`), one ssh target on `sshd`, `deploy` logins
+/// allowed to group agents; `extra_rules` appended.
+fn policy(
+    listen: u16,
+    cg: &str,
+    token: &Path,
+    sshd: &Sshd,
+    keys: &Keys,
+    extra_rules: &str,
+) -> String {
+    format!(
+        "version: 2
+gateway:
+  listen_port: {listen}
+  ssh_host_key_secret: {secret}
+identity_providers:
+  - name: test-idp
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks: {{from: file, path: {jwks}}}
+    algorithms: [RS256]
+workloads:
+  - name: agents
+    cgroup: \"/{cg}\"
+    mode: host
+    token: {{from: file, path: {token}}}
+targets:
+  - name: build-host
+    protocol: ssh
+    addresses: [127.0.0.1/32]
+    ports: [{port}]
+    ssh:
+      host_ca_key: {host_ca}
+      host_names: [build-host-7]
+      user_ca_key: {user_ca}
+      known_hosts: {known}
+rules:
+  - name: agents-deploy
+    when: {{workloads: [agents], groups: [agents], logins: [{DEPLOY_USER}]}}
+    targets: [build-host]
+{extra_rules}",
+        secret = keys.secret.display(),
+        jwks = fixtures().join("test-jwks.json").display(),
+        token = token.display(),
+        port = sshd.port,
+        host_ca = keys.host_ca.private.display(),
+        user_ca = sshd.user_ca_key().display(),
+        known = keys.target_known_hosts.display(),
+    )
+}
+
+/// `ssh` from inside `cg` as the agent: `-l login`, the command after.
+fn agent_ssh(cg: &Cgroup, keys: &Keys, port: u16, login: &str, command: &str) -> Output {
+    let mut cmd = ssh::ssh_command(&keys.agent_known_hosts, port, login, &[]);
+    cmd.arg(command);
+    place(&mut cmd, Some(cg), None);
+    cmd.output().expect("run ssh")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The SSH requests on record, in order: (kind, text, decision, rule, exit status, stdout).
+fn requests(gw: &Gateway) -> Vec<Vec<Value>> {
+    record_query(
+        &gw.record_db(),
+        "SELECT json_extract(body, '$.kind'), json_extract(body, '$.text'), \
+         json_extract(body, '$.decision'), json_extract(body, '$.rule'), \
+         json_extract(body, '$.exit_status'), json_extract(body, '$.output.stdout') \
+         FROM audit_log WHERE kind = 'statement' ORDER BY seq",
+    )
+}
+
+struct Setup {
+    sshd: Sshd,
+    keys: Keys,
+    token: TokenFile,
+    cg: Cgroup,
+    gw: Gateway,
+}
+
+fn setup(tag: &str, listen: u16, port: u16, extra_rules: &str) -> Setup {
+    require_root();
+    ssh::ensure_user(DEPLOY_USER);
+    ssh::ensure_user(READER_USER);
+    let sshd = Sshd::start(port, SshdOptions::default());
+    let keys = Keys::new(tag, &sshd);
+    let token = TokenFile::valid(tag);
+    let cg = Cgroup::create(&unique(&format!("ssh-{tag}")));
+    let gw = Gateway::start(
+        &format!("ssh-{tag}"),
+        &policy(
+            listen,
+            cg.rel.trim_start_matches('/'),
+            &token.path,
+            &sshd,
+            &keys,
+            extra_rules,
+        ),
+    );
+    gw.wait_classified(&cg.rel);
+    Setup {
+        sshd,
+        keys,
+        token,
+        cg,
+        gw,
+    }
+}
+
+/// An unmodified `ssh` with StrictHostKeyChecking=yes and only the gateway's host CA trusted
+/// reaches the target through the gateway; the gateway logs in with a per-session user
+/// certificate whose key id names the agent (the target's own auth log says who); the agent's
+/// request is on record with its exit status and output.
+#[test]
+fn exec_through_the_gateway_with_a_host_certificate_and_a_user_certificate() {
+    let s = setup("exec", 20451, 20450, "");
+    let out = agent_ssh(
+        &s.cg,
+        &s.keys,
+        s.sshd.port,
+        DEPLOY_USER,
+        "echo hello-from-$(whoami)",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("hello-from-{DEPLOY_USER}"),
+        "{}",
+        text(&out)
+    );
+    let log = s
+        .sshd
+        .wait_log("Accepted publickey", Duration::from_secs(10));
+    assert!(
+        log.contains(&format!("ID agentgate:{ISSUER}#agent-exec session ")),
+        "the target's auth log names the agent: {log}"
+    );
+    let exit = agent_ssh(&s.cg, &s.keys, s.sshd.port, DEPLOY_USER, "exit 3");
+    assert_eq!(exit.status.code(), Some(3), "{}", text(&exit));
+    wait_until("two requests on record", Duration::from_secs(10), || {
+        requests(&s.gw).len() >= 2
+    });
+    let r = requests(&s.gw);
+    assert_eq!(r[0][0], "exec", "{r:?}");
+    assert_eq!(r[0][1], "echo hello-from-$(whoami)", "{r:?}");
+    assert_eq!(r[0][2], "allowed", "{r:?}");
+    assert_eq!(r[0][4], 0, "{r:?}");
+    assert_eq!(
+        r[0][5].as_str().map(str::trim),
+        Some(format!("hello-from-{DEPLOY_USER}").as_str()),
+        "{r:?}"
+    );
+    assert_eq!(r[1][4], 3, "{r:?}");
+    // Each request had its durable intent before it ran.
+    let intents = record_query(
+        &s.gw.record_db(),
+        "SELECT count(*) FROM audit_log WHERE kind = 'statement_intent'",
+    );
+    assert_eq!(intents[0][0], 2, "{intents:?}");
+    let _ = &s.token;
+}
+
+/// A login no rule allows is refused; the agent's own key is never an identity.
+#[test]
+fn logins_are_restricted_by_rules() {
+    let s = setup("login", 20453, 20452, "");
+    let out = agent_ssh(&s.cg, &s.keys, s.sshd.port, READER_USER, "true");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("agentgate"),
+        "the refusal names the gateway: {}",
+        text(&out)
+    );
+    wait_until("the refusal event", Duration::from_secs(10), || {
+        s.gw.count("refused") >= 1
+    });
+    let refused: Vec<Value> =
+        s.gw.events()
+            .into_iter()
+            .filter(|e| e["event"] == "refused")
+            .collect();
+    assert_eq!(refused[0]["code"], "denied", "{refused:?}");
+    // The allowed login still works from the same workload.
+    let ok = agent_ssh(&s.cg, &s.keys, s.sshd.port, DEPLOY_USER, "true");
+    assert!(ok.status.success(), "{}", text(&ok));
+}
+
+/// Command rules: a deny list refuses with exit status 126 and a stderr line naming the rule;
+/// an allow list refuses what it does not list, disguises included; shells need a rule.
+#[test]
+fn command_rules_deny_with_126_and_name_the_rule() {
+    let rules = "  - name: no-rm
+    effect: deny
+    commands: {programs: [rm]}
+    targets: [build-host]
+  - name: only-these
+    effect: deny
+    commands: {allow: [\"echo *\", \"uptime\", \"true\"]}
+    targets: [build-host]
+";
+    let s = setup("deny", 20455, 20454, rules);
+    let marker = format!("/tmp/{}-marker", unique("ssh-deny"));
+    std::fs::write(&marker, "x").unwrap();
+    let out = agent_ssh(
+        &s.cg,
+        &s.keys,
+        s.sshd.port,
+        DEPLOY_USER,
+        &format!("rm -f {marker}"),
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused by rule \"no-rm\""),
+        "{}",
+        text(&out)
+    );
+    assert!(Path::new(&marker).exists(), "the denied rm never ran");
+    for disguise in [
+        format!("sh -c \"$(printf 'rm -f {marker}')\""),
+        format!("echo x; rm -f {marker}"),
+        format!("/bin/r''m -f {marker}"),
+    ] {
+        let out = agent_ssh(&s.cg, &s.keys, s.sshd.port, DEPLOY_USER, &disguise);
+        assert_eq!(out.status.code(), Some(126), "{disguise}: {}", text(&out));
+        assert!(Path::new(&marker).exists(), "{disguise} ran");
+    }
+    let ok = agent_ssh(&s.cg, &s.keys, s.sshd.port, DEPLOY_USER, "echo fine");
+    assert!(ok.status.success(), "{}", text(&ok));
+    let _ = std::fs::remove_file(&marker);
+    wait_until("five requests on record", Duration::from_secs(10), || {
+        requests(&s.gw).len() >= 5
+    });
+    let r = requests(&s.gw);
+    assert_eq!(r[0][2], "denied", "{r:?}");
+    assert_eq!(r[0][3], "no-rm", "{r:?}");
+    assert_eq!(r[0][4], 126, "{r:?}");
+    assert_eq!(r[4][2], "allowed", "{r:?}");
+    // No intent for what was refused.
+    let intents = record_query(
+        &s.gw.record_db(),
+        "SELECT count(*) FROM audit_log WHERE kind = 'statement_intent'",
+    );
+    assert_eq!(intents[0][0], 1, "{intents:?}");
+}
+
+/// A command held for approval waits; approved, it runs; denied, it does not, and the agent
+/// reads the approver's reason.
+#[test]
+fn held_commands_run_only_when_approved() {
+    let rules = "  - name: restarts-need-approval
+    commands: {programs: [systemctl]}
+    approval: {approvers: [oncall], timeout_secs: 60}
+    targets: [build-host]
+";
+    let s = setup("held", 20457, 20456, rules);
+    let spawn = |cmd: &str| {
+        let mut c = ssh::ssh_command(&s.keys.agent_known_hosts, s.sshd.port, DEPLOY_USER, &[]);
+        c.arg(cmd)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        place(&mut c, Some(&s.cg), None);
+        c.spawn().expect("spawn ssh")
+    };
+    let approvals = |args: &[&str]| -> Output {
+        Command::new(agentgate_bin())
+            .arg("approvals")
+            .args(args)
+            .arg("--admin-socket")
+            .arg(s.gw.admin_socket())
+            .output()
+            .expect("run agentgate approvals")
+    };
+    let pending = || -> Vec<Value> {
+        let out = approvals(&["list", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    // `systemctl --version` stands for a restart: harmless on any machine.
+    let child = spawn("systemctl --version");
+    wait_until("the request pending", Duration::from_secs(15), || {
+        pending().len() == 1
+    });
+    let req = pending().remove(0);
+    assert_eq!(req["action"]["protocol"], "ssh", "{req}");
+    assert_eq!(req["action"]["statement"], "systemctl --version", "{req}");
+    let id = req["id"].as_str().unwrap().to_string();
+    let ok = approvals(&["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("systemd"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("request {id}")),
+        "the agent was told what it waits for: {}",
+        text(&out)
+    );
+
+    let child = spawn("systemctl --version");
+    wait_until(
+        "the second request pending",
+        Duration::from_secs(15),
+        || pending().len() == 1,
+    );
+    let id2 = pending()[0]["id"].as_str().unwrap().to_string();
+    let no = approvals(&["deny", &id2, "--reason", "not during the freeze"]);
+    assert!(no.status.success(), "{}", text(&no));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not during the freeze"),
+        "{}",
+        text(&out)
+    );
+    wait_until("two requests on record", Duration::from_secs(10), || {
+        requests(&s.gw).len() >= 2
+    });
+    let r = requests(&s.gw);
+    assert_eq!(r[0][2], "approved", "{r:?}");
+    assert_eq!(r[1][2], "denied", "{r:?}");
+}
+
+/// The target's host key is checked: a target presenting another key is refused, and the
+/// agent never gets a session.
+#[test]
+fn a_wrong_target_host_key_fails_closed() {
+    let s = setup("hostkey", 20459, 20458, "");
+    // Another server's key in the gateway's known_hosts for this target.
+    let other = ssh::keygen(&s.keys.dir.join("other"), "not the target");
+    ssh::write_known_hosts(
+        &s.keys.target_known_hosts,
+        &[ssh::known_hosts_plain(
+            "127.0.0.1",
+            s.sshd.port,
+            &other.public_line(),
+        )],
+    );
+    let out = agent_ssh(
+        &s.cg,
+        &s.keys,
+        s.sshd.port,
+        DEPLOY_USER,
+        "echo should-not-run",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("should-not-run"),
+        "{}",
+        text(&out)
+    );
+    wait_until("upstream_failed", Duration::from_secs(10), || {
+        s.gw.count("upstream_failed") >= 1
+    });
+    assert!(
+        !s.sshd.auth_log().contains("Accepted publickey"),
+        "no login reached the target"
+    );
+    let _ = now();
+}
