@@ -592,6 +592,47 @@ pub fn home_of(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no user {name} in /etc/passwd"))
 }
 
+/// Copies the private key `private` (and its `.pub` and `-cert.pub` when present) into `dir` as
+/// `name`, owned by `uid` and its primary group, the private key with mode 0600, and returns the
+/// copy's path: `ssh` refuses a private key its user does not own or others may read, so an agent
+/// running as another uid needs its own copy.
+pub fn key_for_uid(private: &Path, dir: &Path, name: &str, uid: u32) -> PathBuf {
+    let gid = primary_gid(uid);
+    let dst = dir.join(name);
+    let mut copies = vec![(private.to_path_buf(), dst.clone(), 0o600)];
+    let mut src_cert = private.as_os_str().to_owned();
+    src_cert.push("-cert.pub");
+    let mut dst_cert = dst.as_os_str().to_owned();
+    dst_cert.push("-cert.pub");
+    for (src, to) in [
+        (pub_path(private), pub_path(&dst)),
+        (PathBuf::from(src_cert), PathBuf::from(dst_cert)),
+    ] {
+        if src.exists() {
+            copies.push((src, to, 0o644));
+        }
+    }
+    for (src, to, mode) in copies {
+        fs::copy(&src, &to).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", to.display()));
+        fs::set_permissions(&to, fs::Permissions::from_mode(mode)).expect("chmod key copy");
+    }
+    dst
+}
+
+/// The primary gid of `uid` (from /etc/passwd); the uid itself if it has no entry.
+fn primary_gid(uid: u32) -> u32 {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f.get(3)?.parse().ok())?
+        })
+        .unwrap_or(uid)
+}
+
 /// The options every client gets: nothing from ~/.ssh/config or the system's files, strict host
 /// key checking against `known_hosts` only, no prompts, only the identities given.
 fn client_options(cmd: &mut Command, known_hosts: &Path) {

@@ -5,12 +5,12 @@
 use std::{fs, path::Path, process::Output, time::Duration};
 
 use agentgate_tests::{
-    fnv1a, payload, require_root,
+    fnv1a, payload, place_as, require_root,
     ssh::{
-        ensure_user, home_of, keygen, known_hosts_ca, known_hosts_hashed, known_hosts_plain,
-        py_exec, scp_command, scp_remote, sftp_command, sign_user_cert, ssh_command,
-        ssh_command_to, write_known_hosts, PyClient, Sshd, SshdOptions, TempDir, DEPLOY_USER,
-        READER_USER,
+        ensure_user, home_of, key_for_uid, keygen, known_hosts_ca, known_hosts_hashed,
+        known_hosts_plain, py_exec, scp_command, scp_remote, sftp_command, sign_user_cert,
+        ssh_command, ssh_command_to, write_known_hosts, PyClient, Sshd, SshdOptions, TempDir,
+        DEPLOY_USER, READER_USER,
     },
 };
 
@@ -584,4 +584,66 @@ fn accepted_environment_and_direct_tcpip_forwarding() {
         text(&out.stdout).starts_with("SSH-2.0-OpenSSH"),
         "ssh -W: {out:?}"
     );
+}
+
+#[test]
+fn an_agent_running_as_another_uid_logs_in_with_its_own_key_copy() {
+    require_root();
+    const PORT: u16 = 20427;
+    ensure_user(DEPLOY_USER);
+    // The agent runs as agreader's uid; it logs in to the target as agdeploy.
+    let agent_uid = ensure_user(READER_USER);
+    let sshd = Sshd::start(PORT, SshdOptions::default());
+    let tmp = TempDir::new("ssh-harness-uid");
+    let kh = tmp.join("known_hosts");
+    write_known_hosts(&kh, &[sshd.known_hosts_line()]);
+    let agent = keygen(&tmp.join("agent_key"), "agent");
+    sign_user_cert(
+        sshd.user_ca_key(),
+        &agent.public,
+        "uid-agent",
+        &[DEPLOY_USER],
+        "+5m",
+    );
+
+    // Root's key file as such: ssh running as the agent cannot read it.
+    let mut cmd = ssh_command(
+        &kh,
+        PORT,
+        DEPLOY_USER,
+        &["-i", agent.private.to_str().unwrap()],
+    );
+    cmd.arg("echo hi");
+    place_as(&mut cmd, None, None, Some(agent_uid));
+    let out = run(cmd);
+    assert!(
+        !out.status.success(),
+        "root's 0600 key used by uid {agent_uid}: {out:?}"
+    );
+
+    let copy = key_for_uid(&agent.private, tmp.path(), "agent_copy", agent_uid);
+    let mut cmd = ssh_command(&kh, PORT, DEPLOY_USER, &["-i", copy.to_str().unwrap()]);
+    cmd.arg("echo hi");
+    place_as(&mut cmd, None, None, Some(agent_uid));
+    assert_eq!(ok(cmd, "ssh as another uid"), "hi\n");
+    let line = sshd.wait_log(
+        &format!("Accepted publickey for {DEPLOY_USER}"),
+        Duration::from_secs(5),
+    );
+    assert!(line.contains(" ID uid-agent (serial 0)"), "{line}");
+
+    // paramiko as that uid, with a copy of the static key.
+    let stat = key_for_uid(sshd.static_key(), tmp.path(), "static_copy", agent_uid);
+    let mut cmd = agentgate_tests::ssh::py_exec_command(
+        PyClient::Paramiko,
+        "127.0.0.1",
+        PORT,
+        DEPLOY_USER,
+        &stat,
+        &kh,
+        "id -un",
+    );
+    place_as(&mut cmd, None, None, Some(agent_uid));
+    let v: serde_json::Value = serde_json::from_str(&ok(cmd, "paramiko as another uid")).unwrap();
+    assert_eq!(v["stdout"], format!("{DEPLOY_USER}\n"), "{v}");
 }
