@@ -361,7 +361,10 @@ fn python_agents_run_a_command_with_the_static_key() {
 /// with the certified key. Only when no CA line matches ("No matching CA found. Retry with plain
 /// key") does `ssh` compare the certified key, as a plain key, with the pinned line: so the
 /// pinned other key alone, or beside the line of a CA that did not sign the certificate, is
-/// refused ("REMOTE HOST IDENTIFICATION HAS CHANGED").
+/// refused ("REMOTE HOST IDENTIFICATION HAS CHANGED"). `ssh` asks for the certificate even
+/// when known_hosts has only the plain pinned line (no CA line at all): a server that offers a
+/// certificate is checked by its certified key then, so a certificate on the pinned key itself
+/// passes with the pinned line alone.
 ///
 /// Also observed: paramiko ignores `@cert-authority` lines, so a host known only through its CA
 /// is an unknown host to it (refused), while asyncssh honours them and gets in.
@@ -374,16 +377,26 @@ fn pinned_key_and_ca_line_when_the_host_certificate_is_for_another_key() {
 
     // The first server on the port: its plain key gets pinned, as a client that connected
     // before would have it.
+    let first_key = tmp.join("first_host_key");
     let pinned = {
         let first = Sshd::start(PORT, SshdOptions::default());
+        fs::copy(first.host_key_path(), &first_key).unwrap();
+        fs::copy(
+            format!("{}.pub", first.host_key_path().display()),
+            tmp.join("first_host_key.pub"),
+        )
+        .unwrap();
         first.known_hosts_line()
     };
     // The port's server now has another host key, with a certificate from the host CA.
     let host_ca = keygen(&tmp.join("host_ca"), "host-ca");
+    // One client key authorized on every server of this test.
+    let client = keygen(&tmp.join("client_key"), "client");
     let sshd = Sshd::start(
         PORT,
         SshdOptions {
             host_ca: Some(host_ca.private.clone()),
+            authorized_keys: vec![client.public_line()],
             ..Default::default()
         },
     );
@@ -393,11 +406,11 @@ fn pinned_key_and_ca_line_when_the_host_certificate_is_for_another_key() {
         "the second server has another key"
     );
     let ca_line = known_hosts_ca("*", &host_ca.public_line());
-    let stat = sshd.static_key().to_str().unwrap();
+    let client_key = client.private.to_str().unwrap();
     let attempt = |name: &str, lines: &[String]| -> Output {
         let kh = tmp.join(name);
         write_known_hosts(&kh, lines);
-        let mut cmd = ssh_command(&kh, PORT, DEPLOY_USER, &["-v", "-i", stat]);
+        let mut cmd = ssh_command(&kh, PORT, DEPLOY_USER, &["-v", "-i", client_key]);
         cmd.arg("echo hi");
         run(cmd)
     };
@@ -503,6 +516,29 @@ fn pinned_key_and_ca_line_when_the_host_certificate_is_for_another_key() {
         "echo hi",
     );
     assert_eq!(v["ok"], true, "paramiko with the plain key line: {v}");
+    drop(sshd);
+
+    // The pinned key itself with a certificate (the first server back, its key now certified):
+    // a client with only the pinned line gets the certificate too, finds no CA for it, and
+    // accepts the certified key because it is the pinned one.
+    let sshd = Sshd::start(
+        PORT,
+        SshdOptions {
+            host_key: Some(first_key),
+            host_ca: Some(host_ca.private.clone()),
+            authorized_keys: vec![client.public_line()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(sshd.known_hosts_line(), pinned);
+    let out = attempt("pinned_key_certified", std::slice::from_ref(&pinned));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "pinned key, now certified: {err}");
+    assert!(
+        err.contains("kex: host key algorithm: ssh-ed25519-cert-v01@openssh.com")
+            && err.contains("No matching CA found. Retry with plain key"),
+        "{err}"
+    );
 }
 
 #[test]
