@@ -40,6 +40,18 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "pgbouncer",
     "linux-perf",
+    // The SSH end-to-end tests (tests/src/ssh.rs, tests/tests/ssh_harness.rs) start their own
+    // throwaway OpenSSH servers (/usr/sbin/sshd, ssh-keygen for host keys, CAs and
+    // certificates) on loopback ports; the system sshd this package may start is stopped and
+    // disabled right after installing it, see stop_system_sshd().
+    "openssh-server",
+    // The real `ssh`, `scp` and `sftp` clients those tests drive.
+    "openssh-client",
+    // tests/fixtures/ssh/paramiko_exec.py: paramiko, the SSH library of many Python agent tools,
+    // for /usr/bin/python3 (root's `python3` gets it from pip, see PIP_PACKAGES).
+    "python3-paramiko",
+    // tests/fixtures/ssh/asyncssh_exec.py: asyncssh, the asyncio SSH client, likewise.
+    "python3-asyncssh",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[
@@ -47,6 +59,10 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]>=3.1"),
     // tests/fixtures/drivers/asyncpg_client.py.
     ("asyncpg", "asyncpg>=0.29"),
+    // tests/fixtures/ssh/paramiko_exec.py and asyncssh_exec.py (the tests run them with
+    // /usr/bin/python3, which has Debian's packages; these serve root's `python3` if it differs).
+    ("paramiko", "paramiko>=2.12"),
+    ("asyncssh", "asyncssh>=2.10"),
 ];
 /// node-postgres (and pg-copy-streams) for tests/fixtures/drivers/node/client.js, installed by
 /// `npm ci` from the committed package-lock.json into this directory (relative to the root).
@@ -75,6 +91,9 @@ pub fn run() -> anyhow::Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        if missing.contains(&"openssh-server") {
+            stop_system_sshd();
+        }
     }
 
     for (module, spec) in PIP_PACKAGES {
@@ -144,6 +163,29 @@ fn node_fixture() -> anyhow::Result<()> {
         .current_dir(&dir))?;
     std::fs::write(&stamp, &lock).with_context(|| format!("write {}", stamp.display()))?;
     Ok(())
+}
+
+/// Installing openssh-server starts and enables the system's sshd on port 22 where the init
+/// system lets it (not in containers whose policy-rc.d forbids it). The tests start only their
+/// own servers, on their own ports and configs; a machine that did not run an sshd before setup
+/// should not run one after it. Called only when setup itself installed the package, so an
+/// sshd the machine already had (someone's way in) is left alone. Best effort: each step may
+/// find nothing to do.
+fn stop_system_sshd() {
+    let quiet = |cmd: &mut Command| {
+        let _ = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    if std::path::Path::new("/run/systemd/system").exists() {
+        // Debian names the unit ssh.service, with ssh.socket for socket activation.
+        quiet(Command::new("systemctl").args(["disable", "--now", "ssh.service", "ssh.socket"]));
+    } else {
+        quiet(Command::new("service").args(["ssh", "stop"]));
+        quiet(Command::new("update-rc.d").args(["ssh", "disable"]));
+    }
+    println!("setup: system sshd (port 22) stopped and disabled; the tests start their own");
 }
 
 fn on_path(program: &str) -> bool {
