@@ -166,7 +166,7 @@ fn setup(tag: &str, listen: u16, port: u16, extra_rules: &str) -> Setup {
     let sshd = Sshd::start(port, SshdOptions::default());
     let keys = Keys::new(tag, &sshd);
     let token = TokenFile::valid(tag);
-    let cg = Cgroup::create(&unique(&format!("ssh-{tag}")));
+    let cg = Cgroup::create(&format!("/{}", unique(&format!("ssh-{tag}"))));
     let gw = Gateway::start(
         &format!("ssh-{tag}"),
         &policy(
