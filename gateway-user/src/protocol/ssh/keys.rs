@@ -19,6 +19,7 @@ use std::{
     fmt,
     fs::File,
     io::Read,
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -33,7 +34,7 @@ use russh::keys::ssh_key::{
     known_hosts::{HostPatterns, Marker},
     private::Ed25519Keypair,
     public::KeyData,
-    HashAlg,
+    Algorithm, EcdsaCurve, HashAlg,
 };
 pub use russh::keys::{Certificate, PrivateKey, PublicKey, PublicKeyOrCertificate};
 use sha2::Sha256;
@@ -69,7 +70,9 @@ pub enum KeyError {
     TooLarge { path: PathBuf },
     #[error("{path}: not an OpenSSH private key: {reason}")]
     PrivateKey { path: PathBuf, reason: String },
-    #[error("{path}: the private key is encrypted with a passphrase; the gateway needs it unencrypted")]
+    #[error(
+        "{path}: the private key is encrypted with a passphrase; the gateway needs it unencrypted"
+    )]
     Encrypted { path: PathBuf },
     #[error("{path}: the secret has {len} bytes, at least {MIN_SECRET_LEN} are needed")]
     ShortSecret { path: PathBuf, len: usize },
@@ -115,7 +118,9 @@ pub enum HostKeyError {
         names: String,
         path: PathBuf,
     },
-    #[error("host certificate {key_id:?} signed by {ca} (trusted in {path}:{line}) refused: {reason}")]
+    #[error(
+        "host certificate {key_id:?} signed by {ca} (trusted in {path}:{line}) refused: {reason}"
+    )]
     BadCertificate {
         key_id: String,
         ca: String,
@@ -248,11 +253,7 @@ fn unix_secs(t: SystemTime) -> Result<u64, KeyError> {
 
 /// A certificate builder with a random nonce and serial, valid from `now` less [`CLOCK_SKEW`] for
 /// `valid_for`.
-fn builder(
-    subject: &PublicKey,
-    now: SystemTime,
-    valid_for: Duration,
-) -> Result<Builder, KeyError> {
+fn builder(subject: &PublicKey, now: SystemTime, valid_for: Duration) -> Result<Builder, KeyError> {
     let now = unix_secs(now)?;
     let after = now.saturating_sub(CLOCK_SKEW.as_secs());
     let before = now.saturating_add(valid_for.as_secs());
@@ -324,8 +325,7 @@ pub fn user_certificate(
             .map_err(cert_err)?;
     }
     if ext.x11_forwarding {
-        b.extension("permit-X11-forwarding", "")
-            .map_err(cert_err)?;
+        b.extension("permit-X11-forwarding", "").map_err(cert_err)?;
     }
     b.sign(ca).map_err(cert_err)
 }
@@ -436,9 +436,55 @@ impl HostKeyCheck {
             .any(|e| e.marker == Some(Marker::CertAuthority))
     }
 
+    /// The host-key algorithms whose certificate variants a client toward the target advertises
+    /// (russh's `Preferred::host_key_certificates`) when [`has_cert_authorities`] is true: those
+    /// russh's client offers as plain keys by default, most preferred first. SHA-1 RSA is left out.
+    ///
+    /// [`has_cert_authorities`]: HostKeyCheck::has_cert_authorities
+    pub fn certificate_algorithms() -> Vec<Algorithm> {
+        vec![
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP384,
+            },
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP521,
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512),
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha256),
+            },
+        ]
+    }
+
+    /// The names a target is checked under, as `ssh` looks a host up in known_hosts: the
+    /// target's name, its host names, and the address dialled, `addr` for port 22 and
+    /// `[addr]:port` otherwise (IPv6 without brackets on port 22, as OpenSSH writes it).
+    pub fn names(target: &str, host_names: &[String], dst: SocketAddr) -> Vec<String> {
+        let mut names = Vec::with_capacity(host_names.len() + 2);
+        names.push(target.to_string());
+        names.extend(host_names.iter().cloned());
+        let ip = dst.ip().to_canonical();
+        names.push(if dst.port() == 22 {
+            ip.to_string()
+        } else {
+            format!("[{ip}]:{}", dst.port())
+        });
+        names
+    }
+
     /// Checks the key or certificate the target presented, for the names it was dialled by
     /// (the target's name, its host names, `addr` and `[addr]:port` for a port other than 22).
-    pub fn check(&self, names: &[String], key: &PublicKeyOrCertificate) -> Result<(), HostKeyError> {
+    pub fn check(
+        &self,
+        names: &[String],
+        key: &PublicKeyOrCertificate,
+    ) -> Result<(), HostKeyError> {
         self.check_at(names, key, SystemTime::now())
     }
 
@@ -509,16 +555,18 @@ impl HostKeyCheck {
         }) else {
             // As OpenSSH does: a certificate from no CA listed for the host is checked as the
             // plain key inside it, which a plain line may pin.
-            return self.check_plain(names, cert.public_key()).map_err(|e| match e {
-                HostKeyError::Unknown { .. } => HostKeyError::UnknownCa {
-                    key_id: cert.key_id().to_string(),
-                    key: fingerprint(cert.public_key()),
-                    ca: fingerprint(ca),
-                    names: names.join(", "),
-                    path: self.path.clone(),
-                },
-                other => other,
-            });
+            return self
+                .check_plain(names, cert.public_key())
+                .map_err(|e| match e {
+                    HostKeyError::Unknown { .. } => HostKeyError::UnknownCa {
+                        key_id: cert.key_id().to_string(),
+                        key: fingerprint(cert.public_key()),
+                        ca: fingerprint(ca),
+                        names: names.join(", "),
+                        path: self.path.clone(),
+                    },
+                    other => other,
+                });
         };
         let bad = |reason: String| HostKeyError::BadCertificate {
             key_id: cert.key_id().to_string(),
@@ -555,7 +603,9 @@ impl HostKeyCheck {
         if !cert.critical_options().is_empty() {
             // OpenSSH refuses host certificates with critical options: none is defined for hosts.
             let opts: Vec<&String> = cert.critical_options().keys().collect();
-            return Err(bad(format!("critical options {opts:?} on a host certificate")));
+            return Err(bad(format!(
+                "critical options {opts:?} on a host certificate"
+            )));
         }
         // An empty principal list is a certificate for every host; OpenSSH takes it, the gateway
         // does not.

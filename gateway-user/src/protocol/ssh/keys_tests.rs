@@ -43,7 +43,7 @@ fn pub_line(path: &Path) -> String {
 }
 
 fn public(path: &Path) -> PublicKey {
-    PublicKey::read_openssh_file(&path.with_extension("pub")).unwrap()
+    PublicKey::read_openssh_file(path.with_extension("pub")).unwrap()
 }
 
 fn names(list: &[&str]) -> Vec<String> {
@@ -99,7 +99,11 @@ fn private_key_loads_and_matches_its_public_half() {
     for kind in ["ed25519", "ecdsa", "rsa"] {
         let path = keygen(dir.path(), kind, kind);
         let key = load_private_key(&path).unwrap();
-        assert_eq!(key.public_key().key_data(), public(&path).key_data(), "{kind}");
+        assert_eq!(
+            key.public_key().key_data(),
+            public(&path).key_data(),
+            "{kind}"
+        );
     }
 }
 
@@ -110,7 +114,10 @@ fn private_key_readable_by_group_or_others_is_refused() {
     for mode in [0o640, 0o604, 0o644, 0o660] {
         chmod(&path, mode);
         let err = load_private_key(&path).unwrap_err();
-        assert!(matches!(err, KeyError::Permissions { .. }), "{mode:o}: {err}");
+        assert!(
+            matches!(err, KeyError::Permissions { .. }),
+            "{mode:o}: {err}"
+        );
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains("group or others"), "{msg}");
@@ -176,9 +183,15 @@ fn derived_host_key_is_stable_and_differs_per_target_and_secret() {
     assert_eq!(a.public_key().key_data(), again.public_key().key_data());
     assert_eq!(a.algorithm(), ssh_key::Algorithm::Ed25519);
     let other_target = derive_host_key(&secret, "build-host2");
-    assert_ne!(a.public_key().key_data(), other_target.public_key().key_data());
+    assert_ne!(
+        a.public_key().key_data(),
+        other_target.public_key().key_data()
+    );
     let other_secret = derive_host_key(&[2u8; 32], "build-host");
-    assert_ne!(a.public_key().key_data(), other_secret.public_key().key_data());
+    assert_ne!(
+        a.public_key().key_data(),
+        other_secret.public_key().key_data()
+    );
     // A known answer, so a change of the derivation (which would change every deployed host
     // key, and every client's pinned one) cannot pass unnoticed.
     assert_eq!(
@@ -222,9 +235,14 @@ fn host_certificate_as_ssh_keygen_lists_it() {
     let now = SystemTime::now();
     let secs = unix_secs(now).unwrap();
     let principals = names(&["build-host-7", "127.0.0.1", "[127.0.0.1]:22022"]);
-    let cert =
-        host_certificate(&ca, host.public_key(), &principals, now, Duration::from_secs(3600))
-            .unwrap();
+    let cert = host_certificate(
+        &ca,
+        host.public_key(),
+        &principals,
+        now,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
     let out = keygen_list(dir.path(), &cert);
     assert_eq!(
         field(&out, "Type:"),
@@ -240,27 +258,25 @@ fn host_certificate_as_ssh_keygen_lists_it() {
     assert_eq!(listed(&out, "Critical Options:"), ["(none)"]);
     assert_eq!(listed(&out, "Extensions:"), ["(none)"]);
     assert!(
-        field(&out, "Signing CA:").contains(
-            &ca.public_key()
-                .fingerprint(HashAlg::Sha256)
-                .to_string()
-        ),
+        field(&out, "Signing CA:")
+            .contains(&ca.public_key().fingerprint(HashAlg::Sha256).to_string()),
         "{out}"
     );
     assert!(
-        field(&out, "Public key:").contains(
-            &host
-                .public_key()
-                .fingerprint(HashAlg::Sha256)
-                .to_string()
-        ),
+        field(&out, "Public key:")
+            .contains(&host.public_key().fingerprint(HashAlg::Sha256).to_string()),
         "{out}"
     );
 
     // Random serials: two certificates for the same key differ.
-    let again =
-        host_certificate(&ca, host.public_key(), &principals, now, Duration::from_secs(3600))
-            .unwrap();
+    let again = host_certificate(
+        &ca,
+        host.public_key(),
+        &principals,
+        now,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
     assert_ne!(cert.serial(), again.serial());
     assert_eq!(field(&out, "Serial:"), cert.serial().to_string());
 
@@ -419,7 +435,9 @@ fn plain_lines_match_names_and_ports() {
             pub_line(&host)
         ),
     );
-    check.check(&names(&["build-host-7"]), &plain(&host)).unwrap();
+    check
+        .check(&names(&["build-host-7"]), &plain(&host))
+        .unwrap();
     check.check(&names(&["10.0.0.9"]), &plain(&host)).unwrap();
     check
         .check(&names(&["x", "[127.0.0.1]:22022"]), &plain(&host))
@@ -441,7 +459,10 @@ fn plain_lines_match_names_and_ports() {
         "{err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("build-host-7") && msg.contains("SHA256:"), "{msg}");
+    assert!(
+        msg.contains("build-host-7") && msg.contains("SHA256:"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -459,7 +480,12 @@ fn wildcards_and_negations() {
         .check(&names(&["a.example.net"]), &plain(&host))
         .unwrap();
     check.check(&names(&["10.1.7.1"]), &plain(&host)).unwrap();
-    for refused in ["bad.example.net", "example.net", "10.1.17.1", "a.example.net.evil"] {
+    for refused in [
+        "bad.example.net",
+        "example.net",
+        "10.1.17.1",
+        "a.example.net.evil",
+    ] {
         assert!(
             check.check(&names(&[refused]), &plain(&host)).is_err(),
             "{refused}"
@@ -517,8 +543,14 @@ fn unparsable_lines_fail_the_load() {
         unreachable!()
     };
     for (text, says) in [
-        (format!("h {k}\n@trusted h {k}\n"), "known_hosts:2: unknown marker"),
-        (format!("h {k}\n\nh ssh-ed25519 AAAA!!notbase64\n"), "known_hosts:3:"),
+        (
+            format!("h {k}\n@trusted h {k}\n"),
+            "known_hosts:2: unknown marker",
+        ),
+        (
+            format!("h {k}\n\nh ssh-ed25519 AAAA!!notbase64\n"),
+            "known_hosts:3:",
+        ),
         ("h\n".to_string(), "no key"),
         ("@cert-authority\n".to_string(), "nothing after"),
         (format!("|1|notbase64|x {k}\n"), "host names"),
@@ -538,10 +570,7 @@ fn revoked_keys_are_refused_even_when_listed() {
     let host = keygen(dir.path(), "host", "ed25519");
     let check = check_file(
         dir.path(),
-        &format!(
-            "h {k}\n@revoked other-host {k}\n",
-            k = pub_line(&host)
-        ),
+        &format!("h {k}\n@revoked other-host {k}\n", k = pub_line(&host)),
     );
     let err = check.check(&names(&["h"]), &plain(&host)).unwrap_err();
     assert!(
@@ -567,7 +596,11 @@ fn cert_authority_lines() {
     let ok = |c: &PublicKeyOrCertificate, n: &[&str]| check.check(&names(n), c);
 
     // Signed by ssh-keygen for the name: accepted, for any of the names the line lists.
-    let good = keygen_sign(&ca, &host, &["-h", "-n", "build-host-7,127.0.0.1", "-V", "-5m:+1h"]);
+    let good = keygen_sign(
+        &ca,
+        &host,
+        &["-h", "-n", "build-host-7,127.0.0.1", "-V", "-5m:+1h"],
+    );
     ok(&good, &["build-host-7"]).unwrap();
     ok(&good, &["[127.0.0.1]:22022", "127.0.0.1"]).unwrap();
     // The CA line does not cover this name.
@@ -589,7 +622,11 @@ fn cert_authority_lines() {
     );
     assert!(matches!(err, HostKeyError::UnknownCa { .. }));
     refused(
-        keygen_sign(&ca, &host, &["-h", "-n", "build-host-7", "-V", "20200101:20200102"]),
+        keygen_sign(
+            &ca,
+            &host,
+            &["-h", "-n", "build-host-7", "-V", "20200101:20200102"],
+        ),
         "expired",
     );
     refused(
@@ -611,8 +648,13 @@ fn cert_authority_lines() {
     // Our own host certificate with a critical option: OpenSSH defines none for hosts.
     let ca_key = load_private_key(&ca).unwrap();
     let now = unix_secs(SystemTime::now()).unwrap();
-    let mut b = Builder::new(vec![0u8; 16], public(&host).key_data().clone(), now - 60, now + 60)
-        .unwrap();
+    let mut b = Builder::new(
+        vec![0u8; 16],
+        public(&host).key_data().clone(),
+        now - 60,
+        now + 60,
+    )
+    .unwrap();
     b.cert_type(CertType::Host).unwrap();
     b.valid_principal("build-host-7").unwrap();
     b.critical_option("force-command", "true").unwrap();
@@ -625,7 +667,10 @@ fn certificate_with_a_broken_signature_is_refused() {
     // CA's signature no longer covers it.
     let dir = tmp();
     let ca = keygen(dir.path(), "ca", "ed25519");
-    let check = check_file(dir.path(), &format!("@cert-authority h {}\n", pub_line(&ca)));
+    let check = check_file(
+        dir.path(),
+        &format!("@cert-authority h {}\n", pub_line(&ca)),
+    );
     let ca_key = load_private_key(&ca).unwrap();
     let host = session_key();
     let cert = host_certificate(
@@ -636,9 +681,7 @@ fn certificate_with_a_broken_signature_is_refused() {
         Duration::from_secs(60),
     )
     .unwrap();
-    check
-        .check(&names(&["h"]), &cert.clone().into())
-        .unwrap();
+    check.check(&names(&["h"]), &cert.clone().into()).unwrap();
     let mut bytes = cert.to_bytes().unwrap();
     let serial = cert.serial().to_be_bytes();
     let at = bytes
@@ -647,9 +690,7 @@ fn certificate_with_a_broken_signature_is_refused() {
         .expect("serial in the encoding");
     bytes[at + 7] ^= 1;
     let tampered = Certificate::from_bytes(&bytes).unwrap();
-    let err = check
-        .check(&names(&["h"]), &tampered.into())
-        .unwrap_err();
+    let err = check.check(&names(&["h"]), &tampered.into()).unwrap_err();
     assert!(err.to_string().contains("signature"), "{err}");
 }
 
@@ -694,6 +735,32 @@ fn certificate_from_an_unlisted_ca_falls_back_to_a_pinned_plain_key() {
         Err(HostKeyError::UnknownCa { .. })
     ));
     assert!(!check.has_cert_authorities());
+}
+
+#[test]
+fn names_as_ssh_looks_them_up() {
+    let hn = names(&["build-host-7"]);
+    assert_eq!(
+        HostKeyCheck::names("build", &hn, "127.0.0.1:22022".parse().unwrap()),
+        ["build", "build-host-7", "[127.0.0.1]:22022"]
+    );
+    assert_eq!(
+        HostKeyCheck::names("build", &[], "10.0.0.9:22".parse().unwrap()),
+        ["build", "10.0.0.9"]
+    );
+    assert_eq!(
+        HostKeyCheck::names("build", &[], "[::1]:22".parse().unwrap()),
+        ["build", "::1"]
+    );
+    assert_eq!(
+        HostKeyCheck::names("build", &[], "[::1]:2222".parse().unwrap()),
+        ["build", "[::1]:2222"]
+    );
+    // An IPv4 peer seen through an IPv6 socket is looked up as IPv4.
+    assert_eq!(
+        HostKeyCheck::names("build", &[], "[::ffff:127.0.0.1]:2222".parse().unwrap()),
+        ["build", "[127.0.0.1]:2222"]
+    );
 }
 
 #[test]
@@ -804,7 +871,7 @@ async fn connect(
     let mut config = russh::client::Config::default();
     if certificates {
         config.preferred.host_key_certificates =
-            std::borrow::Cow::Owned(vec![ssh_key::Algorithm::Ed25519]);
+            std::borrow::Cow::Owned(HostKeyCheck::certificate_algorithms());
     }
     let client = Client {
         check,
@@ -865,7 +932,11 @@ async fn real_sshd_host_certificate_and_user_certificate() {
     let host_path = host.clone();
     let sshd = sshd(PORT, dir, &host_path, &extra);
     let d = sshd._dir.path();
-    let target = names(&["build-host-7", &format!("[127.0.0.1]:{PORT}")]);
+    let target = HostKeyCheck::names(
+        "build-host-7",
+        &[],
+        format!("127.0.0.1:{PORT}").parse().unwrap(),
+    );
 
     // The CA line: the certificate sshd presents is checked and accepted.
     std::fs::write(
@@ -932,7 +1003,13 @@ async fn real_sshd_host_certificate_and_user_certificate() {
         format!("@cert-authority build-host-7 {}\n", pub_line(&other_ca)),
     )
     .unwrap();
-    let (verdict, handle) = connect(PORT, HostKeyCheck::load(&known).unwrap(), target.clone(), true).await;
+    let (verdict, handle) = connect(
+        PORT,
+        HostKeyCheck::load(&known).unwrap(),
+        target.clone(),
+        true,
+    )
+    .await;
     assert!(
         matches!(&verdict, Some(Err(e)) if e.contains("no @cert-authority line")),
         "{verdict:?}"
@@ -941,8 +1018,14 @@ async fn real_sshd_host_certificate_and_user_certificate() {
 
     // ssh-keyscan -H writes the plain key, hashed: a client offering no certificate
     // algorithms gets the plain key, which that file pins.
-    let scan = run(Command::new("ssh-keyscan")
-        .args(["-H", "-t", "ed25519", "-p", &PORT.to_string(), "127.0.0.1"]));
+    let scan = run(Command::new("ssh-keyscan").args([
+        "-H",
+        "-t",
+        "ed25519",
+        "-p",
+        &PORT.to_string(),
+        "127.0.0.1",
+    ]));
     assert!(scan.starts_with("|1|"), "{scan}");
     std::fs::write(&known, &scan).unwrap();
     let (verdict, handle) = connect(
@@ -962,7 +1045,10 @@ async fn real_sshd_host_certificate_and_user_certificate() {
         false,
     )
     .await;
-    assert!(matches!(&verdict, Some(Err(e)) if e.contains("is not in")), "{verdict:?}");
+    assert!(
+        matches!(&verdict, Some(Err(e)) if e.contains("is not in")),
+        "{verdict:?}"
+    );
     assert!(handle.is_none());
     drop(sshd);
 }
