@@ -35,6 +35,10 @@ const APT_PACKAGES: &[&str] = &[
     // client's parser (tests/fixtures/prom_parse.py; about 200 kB, against about 100 MB for the
     // `prometheus` package's promtool).
     "python3-prometheus-client",
+    // The SSH tests: ssh-keygen and ssh-keyscan check the gateway's keys and certificates, and
+    // a throwaway sshd (started by the tests on loopback, never as a service) is the target.
+    "openssh-client",
+    "openssh-server",
     // `cargo xtask bench`: the proxies agentgate is measured against, and `perf` for its
     // profile of the gateway.
     "haproxy",

@@ -680,5 +680,8 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[path = "keys_sshd_tests.rs"]
+mod sshd_tests;
+#[cfg(test)]
 #[path = "keys_tests.rs"]
 mod tests;
