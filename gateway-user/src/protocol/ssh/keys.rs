@@ -1,5 +1,3 @@
-// Not wired into the handler yet (the lead does that); until then the bin crate does not use it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 //! SSH keys and certificates the gateway holds: the host key the agent sees, the credential it
 //! logs in upstream with, and the check of the target's host key.
@@ -19,6 +17,7 @@ use std::{
     fmt,
     fs::File,
     io::Read,
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -33,7 +32,7 @@ use russh::keys::ssh_key::{
     known_hosts::{HostPatterns, Marker},
     private::Ed25519Keypair,
     public::KeyData,
-    HashAlg,
+    Algorithm, EcdsaCurve, HashAlg,
 };
 pub use russh::keys::{Certificate, PrivateKey, PublicKey, PublicKeyOrCertificate};
 use sha2::Sha256;
@@ -435,6 +434,48 @@ impl HostKeyCheck {
             .any(|e| e.marker == Some(Marker::CertAuthority))
     }
 
+    /// The host-key algorithms whose certificate variants a client toward the target advertises
+    /// (russh's `Preferred::host_key_certificates`) when [`has_cert_authorities`] is true: those
+    /// russh's client offers as plain keys by default, most preferred first. SHA-1 RSA is left out.
+    ///
+    /// [`has_cert_authorities`]: HostKeyCheck::has_cert_authorities
+    pub fn certificate_algorithms() -> Vec<Algorithm> {
+        vec![
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP384,
+            },
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP521,
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512),
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha256),
+            },
+        ]
+    }
+
+    /// The names a target is checked under, as `ssh` looks a host up in known_hosts: the
+    /// target's name, its host names, and the address dialled, `addr` for port 22 and
+    /// `[addr]:port` otherwise (IPv6 without brackets on port 22, as OpenSSH writes it).
+    pub fn names(target: &str, host_names: &[String], dst: SocketAddr) -> Vec<String> {
+        let mut names = Vec::with_capacity(host_names.len() + 2);
+        names.push(target.to_string());
+        names.extend(host_names.iter().cloned());
+        let ip = dst.ip().to_canonical();
+        names.push(if dst.port() == 22 {
+            ip.to_string()
+        } else {
+            format!("[{ip}]:{}", dst.port())
+        });
+        names
+    }
+
     /// Checks the key or certificate the target presented, for the names it was dialled by
     /// (the target's name, its host names, `addr` and `[addr]:port` for a port other than 22).
     pub fn check(
@@ -636,6 +677,9 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+#[cfg(test)]
+#[path = "keys_sshd_tests.rs"]
+mod sshd_tests;
 #[cfg(test)]
 #[path = "keys_tests.rs"]
 mod tests;

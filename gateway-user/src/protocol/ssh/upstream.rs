@@ -50,19 +50,13 @@ impl client::Handler for TargetSide {
 }
 
 /// The names the target's host key may be known by: the target's name, the certificate names
-/// the agents see, and its address as OpenSSH writes it (`addr` for port 22, else `[addr]:port`).
-pub fn known_names(target: &str, settings: &SshTarget, dst: SocketAddr) -> Vec<String> {
-    let mut names = vec![target.to_string()];
-    if let crate::policy::SshHostKey::Certified { names: n, .. } = &settings.host_key {
-        names.extend(n.iter().cloned());
-    }
-    let ip = crate::policy::canonical_ip(dst.ip()).to_string();
-    if dst.port() == 22 {
-        names.push(ip);
-    } else {
-        names.push(format!("[{ip}]:{}", dst.port()));
-    }
-    names
+/// the agents see, and its address as OpenSSH writes it.
+fn known_names(target: &str, settings: &SshTarget, dst: SocketAddr) -> Vec<String> {
+    let host_names = match &settings.host_key {
+        crate::policy::SshHostKey::Certified { names, .. } => names.as_slice(),
+        crate::policy::SshHostKey::Imported { .. } => &[],
+    };
+    HostKeyCheck::names(target, host_names, dst)
 }
 
 /// Who the upstream login is for, named in the certificate's key id (the target's auth log
@@ -83,6 +77,13 @@ pub async fn login(
     who: &LoginFor<'_>,
 ) -> Result<Handle<TargetSide>, UpstreamError> {
     let check = Arc::new(HostKeyCheck::load(&settings.known_hosts)?);
+    let mut preferred = russh::Preferred::default();
+    // russh's client asks for plain host keys only unless told: a target known only through
+    // its host CA must be asked for its certificate.
+    if check.has_cert_authorities() {
+        preferred.host_key_certificates =
+            std::borrow::Cow::Owned(HostKeyCheck::certificate_algorithms());
+    }
     let side = TargetSide {
         check,
         names: known_names(target, settings, dst),
@@ -90,6 +91,7 @@ pub async fn login(
     };
     let config = Arc::new(client::Config {
         nodelay: true,
+        preferred,
         ..Default::default()
     });
     let mut handle = match client::connect_stream(config, stream, side).await {
