@@ -247,9 +247,12 @@ fn logins_are_restricted_by_rules() {
     let s = setup("login", 20453, 20452, "");
     let out = agent_ssh(&s.cg, &s.keys, s.sshd.port, READER_USER, "true");
     assert!(!out.status.success(), "{}", text(&out));
+    // The client gives up on the refused login before the gateway's reason could reach it
+    // (OpenSSH prints the failure, not a disconnect message sent after it): the reason is in
+    // the gateway's refusal event and record.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("agentgate"),
-        "the refusal names the gateway: {}",
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
         text(&out)
     );
     wait_until("the refusal event", Duration::from_secs(10), || {
@@ -353,7 +356,8 @@ fn held_commands_run_only_when_approved() {
     };
     let pending = || -> Vec<Value> {
         let out = approvals(&["list", "--json"]);
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["requests"].as_array().cloned().unwrap_or_default()
     };
     // `systemctl --version` stands for a restart: harmless on any machine.
     let child = spawn("systemctl --version");
@@ -361,8 +365,9 @@ fn held_commands_run_only_when_approved() {
         pending().len() == 1
     });
     let req = pending().remove(0);
-    assert_eq!(req["action"]["protocol"], "ssh", "{req}");
-    assert_eq!(req["action"]["statement"], "systemctl --version", "{req}");
+    assert_eq!(req["protocol"], "ssh", "{req}");
+    assert_eq!(req["statement"], "systemctl --version", "{req}");
+    assert_eq!(req["database"], DEPLOY_USER, "the login it runs as: {req}");
     let id = req["id"].as_str().unwrap().to_string();
     let ok = approvals(&["approve", &id]);
     assert!(ok.status.success(), "{}", text(&ok));

@@ -1,4 +1,3 @@
-
 //! SSH keys and certificates the gateway holds: the host key the agent sees, the credential it
 //! logs in upstream with, and the check of the target's host key.
 //!
