@@ -13,6 +13,7 @@
 //! as a variant of [`crate::policy::TargetSettings`], and one line in [`handlers`].
 
 pub mod postgres;
+pub mod ssh;
 pub mod tcp;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, time::Instant};
