@@ -305,7 +305,19 @@ fn simple(words: &[Word], mut ctx: Ctx, out: &mut Vec<Invocation>) {
                 return;
             }
             match unwrapped {
-                Ok(Unwrapped::Command { used, env }) => {
+                Ok(Unwrapped::Command {
+                    used,
+                    env,
+                    via_shell,
+                }) => {
+                    // `sudo -s` escapes every character of the command for its shell but `$`.
+                    if via_shell && rest[used..].iter().any(|w| w.value.contains('$')) {
+                        out.push(inv(&ctx).opaque(format!(
+                            "`{}` runs the command through a shell that expands `$`",
+                            join(&rest[..used])
+                        )));
+                        return;
+                    }
                     ctx.layers.push(join(&rest[..used]));
                     ctx.env.extend(env);
                     i += used;

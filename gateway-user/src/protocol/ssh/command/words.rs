@@ -127,6 +127,9 @@ pub(super) struct Wrapper {
     /// Without a command, the wrapper itself is the program (`env` prints the environment);
     /// otherwise that is opaque.
     alone: bool,
+    /// Options that hand the command to a shell (`sudo -s`, `-i`), and their long forms.
+    via_shell: &'static str,
+    via_shell_long: &'static [&'static str],
 }
 
 const fn wrap(name: &'static str) -> Wrapper {
@@ -140,6 +143,8 @@ const fn wrap(name: &'static str) -> Wrapper {
         assignments: false,
         numeric: false,
         alone: false,
+        via_shell: "",
+        via_shell_long: &[],
     }
 }
 
@@ -173,6 +178,8 @@ const WRAPPERS: &[Wrapper] = &[
             "user",
         ],
         assignments: true,
+        via_shell: "is",
+        via_shell_long: &["login", "shell"],
         ..wrap("sudo")
     },
     Wrapper {
@@ -275,8 +282,13 @@ pub(super) fn shell(name: &str) -> Option<bool> {
 }
 
 pub(super) enum Unwrapped {
-    /// The command starts after `used` words; the wrapper set `env`.
-    Command { used: usize, env: Vec<String> },
+    /// The command starts after `used` words; the wrapper set `env`. `via_shell`: the wrapper
+    /// runs it through a shell (`sudo -s`), which expands what `$` introduces.
+    Command {
+        used: usize,
+        env: Vec<String>,
+        via_shell: bool,
+    },
     /// No command follows: the wrapper is the program.
     Alone,
 }
@@ -284,6 +296,7 @@ pub(super) enum Unwrapped {
 /// Reads a wrapper's options (`words[0]` is the wrapper).
 pub(super) fn unwrap(spec: &Wrapper, words: &[Word]) -> Result<Unwrapped, String> {
     let name = spec.name;
+    let mut via_shell = false;
     let mut i = 1;
     while let Some(w) = words.get(i) {
         let v = w.value.as_str();
@@ -303,6 +316,7 @@ pub(super) fn unwrap(spec: &Wrapper, words: &[Word]) -> Result<Unwrapped, String
                 Some((o, _)) => (o, true),
                 None => (long, false),
             };
+            via_shell |= spec.via_shell_long.contains(&opt);
             if spec.long_flags.contains(&opt) || (has_value && spec.long_with_value.contains(&opt))
             {
                 i += 1;
@@ -323,6 +337,7 @@ pub(super) fn unwrap(spec: &Wrapper, words: &[Word]) -> Result<Unwrapped, String
         let mut step = 1;
         for (k, c) in cluster.char_indices() {
             if spec.flags.contains(c) {
+                via_shell |= spec.via_shell.contains(c);
                 continue;
             }
             if spec.with_value.contains(c) {
@@ -349,7 +364,11 @@ pub(super) fn unwrap(spec: &Wrapper, words: &[Word]) -> Result<Unwrapped, String
         }
     }
     if i < words.len() {
-        Ok(Unwrapped::Command { used: i, env })
+        Ok(Unwrapped::Command {
+            used: i,
+            env,
+            via_shell,
+        })
     } else if spec.alone {
         Ok(Unwrapped::Alone)
     } else {
