@@ -438,9 +438,9 @@ fn fragment() -> impl Strategy<Value = String> {
     ]
 }
 
-/// A command line of mostly balanced quoting, so that most lines parse and the interesting
-/// characters land inside and outside every kind of quote.
-fn quoted_line() -> impl Strategy<Value = String> {
+/// One word of mostly balanced quoting, with the interesting characters inside and outside
+/// every kind of quote.
+fn quoted_word() -> impl Strategy<Value = String> {
     let inside = || {
         prop_oneof![
             4 => "[a-z]{1,4}",
@@ -451,18 +451,46 @@ fn quoted_line() -> impl Strategy<Value = String> {
             1 => Just("`".to_string()),
             1 => Just("|".to_string()),
             1 => Just("&&".to_string()),
+            1 => r"[*?#~={}<>\\\t!-]",
         ]
     };
     let part = prop_oneof![
-        4 => "[a-z/.-]{1,6}",
+        4 => "[a-z/.=#-]{1,6}",
         2 => proptest::collection::vec(inside(), 0..4).prop_map(|v| format!("'{}'", v.concat())),
-        2 => proptest::collection::vec(inside(), 0..4)
+        2 => proptest::collection::vec(prop_oneof![inside(), Just("'".to_string())], 0..4)
             .prop_map(|v| format!("\"{}\"", v.concat())),
-        1 => "[;`$a-z]".prop_map(|c| format!("\\{c}")),
+        1 => r#"[;`$a-z*\\'" ]"#.prop_map(|c| format!("\\{c}")),
         1 => Just(";".to_string()),
         1 => Just("$(".to_string()),
     ];
-    let word = proptest::collection::vec(part, 1..4).prop_map(|p| p.concat());
+    proptest::collection::vec(part, 1..4).prop_map(|p| p.concat())
+}
+
+/// A word of quoting without anything the parser refuses outright (`$`, backticks, `;`).
+fn tame_word() -> impl Strategy<Value = String> {
+    let inside = || {
+        prop_oneof![
+            3 => "[a-z]{1,4}",
+            1 => r#"[ *?#~={}<>|&()!\\\t-]"#,
+        ]
+    };
+    let part = prop_oneof![
+        3 => "[a-z/.=#%+,:@^-]{1,6}",
+        2 => proptest::collection::vec(prop_oneof![inside(), Just("\"".to_string())], 0..4)
+            .prop_map(|v| format!("'{}'", v.concat())),
+        2 => proptest::collection::vec(prop_oneof![inside(), Just("'".to_string())], 0..4)
+            .prop_map(|v| format!("\"{}\"", v.concat())),
+        2 => proptest::collection::vec(inside(), 1..3).prop_map(|v| {
+            // inside double quotes, a backslash before `"` or `\` and before anything else
+            format!("\"{}\\\"x\\\\y\\z\"", v.concat())
+        }),
+        1 => r#"[a-z*?\\'" |&<>#~(){}]"#.prop_map(|c| format!("\\{c}")),
+    ];
+    proptest::collection::vec(part, 1..4).prop_map(|p| p.concat())
+}
+
+/// A command line of such words, joined by blanks and operators.
+fn quoted_line() -> impl Strategy<Value = String> {
     let joint = prop_oneof![
         6 => Just(" ".to_string()),
         1 => Just(" | ".to_string()),
@@ -471,7 +499,7 @@ fn quoted_line() -> impl Strategy<Value = String> {
     ];
     (
         prop_oneof![Just("uptime"), Just("sudo uptime"), Just("sh -c")],
-        proptest::collection::vec((joint, word), 0..6),
+        proptest::collection::vec((joint, quoted_word()), 0..6),
     )
         .prop_map(|(start, rest)| {
             let mut line = start.to_string();
@@ -481,6 +509,57 @@ fn quoted_line() -> impl Strategy<Value = String> {
             }
             line
         })
+}
+
+/// The words of `line` as a real shell passes them to a program.
+fn shell_words(shell: &str, line: &str) -> Vec<String> {
+    let out = std::process::Command::new(shell)
+        .arg("-c")
+        .arg(format!("printf '%s\\0' {line}"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("the shell runs");
+    assert!(out.status.success(), "{shell} {line:?}: {out:?}");
+    let text = String::from_utf8(out.stdout).expect("ASCII in, ASCII out");
+    let mut words: Vec<String> = text.split('\0').map(str::to_string).collect();
+    assert_eq!(words.pop().as_deref(), Some(""), "{shell} {line:?}");
+    words
+}
+
+/// Quote removal as the real shells do it: where the parser reads a line as one plain
+/// command (nothing expanded, redirected or joined), its words are the words bash and dash
+/// pass to the program.
+#[test]
+fn words_are_the_real_shells_words() {
+    let judged = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(400));
+    let line = (
+        quoted_word(),
+        proptest::collection::vec(quoted_word(), 0..4),
+    )
+        .prop_map(|(first, rest)| format!("echo {first} {}", rest.join("\t ")));
+    runner
+        .run(&line, |line| {
+            let p = parse(&line);
+            let plain = p.opaque.is_none()
+                && p.commands.len() == 1
+                && p.commands[0].unwrapped.is_empty()
+                && p.commands[0].expands.is_none()
+                && p.words.len() == p.commands[0].words.len();
+            if !plain {
+                return Ok(());
+            }
+            judged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for shell in ["bash", "dash"] {
+                prop_assert_eq!(&shell_words(shell, &line), &p.words, "{} {:?}", shell, line);
+            }
+            Ok(())
+        })
+        .expect("the parser splits words as the shells do");
+    // The generator must give the comparison something to compare.
+    let judged = judged.into_inner();
+    assert!(judged > 50, "only {judged} lines compared");
 }
 
 /// Whether `$(`, a backtick or `;` appears outside single quotes, by a scanner of its own.
