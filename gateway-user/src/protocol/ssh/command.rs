@@ -32,8 +32,10 @@
 //! cannot be known); programs that run other commands from their arguments or input (`xargs`,
 //! `watch`, `parallel`, `find -exec`, a shell without `-c` or reading its input, `sudo -s`
 //! without a command, a decoder such as `base64 -d` feeding a pipe); a wrapper or shell run
-//! from a path outside the system directories (`/tmp/sudo` is not sudo); a command that only
-//! sets variables (`PATH=/tmp && …`).
+//! from a path outside the system directories (`/tmp/sudo` is not sudo); a glob or brace among
+//! a wrapper's own words; `$` in a command `sudo -s`/`-i` hands to a shell (sudo escapes
+//! everything else); a command that only sets variables (`PATH=/tmp && …`); more than
+//! [`MAX_LAYERS`] wrappers.
 //!
 //! # What rules see
 //! [`Invocation::text`] is the normalized text: the environment assignments of every layer
@@ -43,6 +45,17 @@
 //! written otherwise, so `allow: ["systemctl restart api"]` does not admit
 //! `/tmp/systemctl restart api`. Assignments stay in the text because they change what the
 //! program does (`LD_PRELOAD=…`, `PATH=…`). Wrappers (`sudo -u root`, `bash -c`) do not.
+//!
+//! A line is allowed when every command of it is plain (not opaque), has no redirection to or
+//! from a file ([`Invocation::redirects`]: `2>&1` and `/dev/null` are fine), has no unquoted
+//! glob or brace the shell would expand ([`Invocation::expands`]: what the program reads,
+//! writes or is given is then not what the text shows, as with `tar *` and a file named
+//! `--checkpoint-action=…`), and its text matches an `allow` entry.
+//! A line matches the deny side when it is opaque, or when for any of its commands the program
+//! (basename, path as written, or a wrapper's name) matches `programs`, or the text (also
+//! without assignments, with the program's basename) matches `deny` or `patterns`. Deny lists
+//! are a speed bump: a program that runs other code (`perl -e`, `python -c`, `flock -c`,
+//! `ssh other-host`) is judged as that program.
 //!
 //! Glob syntax (`allow`, `deny`, `programs`): the pattern matches the whole text. `*` matches
 //! any run of characters except a space (it stays within one word, and crosses `/`); `**`
@@ -203,6 +216,19 @@ pub fn parse(command: &str) -> ParsedCommand {
         words,
         commands,
         opaque,
+    }
+}
+
+/// Reads an exec command line as the SSH request carries it (bytes): a line that is not UTF-8
+/// is opaque.
+pub fn parse_bytes(command: &[u8]) -> ParsedCommand {
+    match std::str::from_utf8(command) {
+        Ok(text) => parse(text),
+        Err(_) => ParsedCommand {
+            words: Vec::new(),
+            commands: Vec::new(),
+            opaque: Some("not UTF-8 text".into()),
+        },
     }
 }
 

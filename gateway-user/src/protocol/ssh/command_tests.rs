@@ -246,6 +246,9 @@ fn opaque_reasons() {
         let got = p.opaque.clone().unwrap_or_default();
         assert!(got.contains(why), "{line:?}: {got:?}");
     }
+    assert_eq!(parse_bytes(b"uptime"), parse("uptime"));
+    let latin1 = parse_bytes(b"rm -rf /\xff");
+    assert!(latin1.opaque.unwrap_or_default().contains("UTF-8"));
     let long = format!("echo {}", "a".repeat(MAX_LEN));
     assert!(parse(&long).opaque.unwrap_or_default().contains("longer"));
     let deep = (0..=MAX_DEPTH).fold("uptime".to_string(), |s, _| {
@@ -402,6 +405,7 @@ fn bad_entries_are_named() {
             "commands.programs: bad glob `rm -rf`",
         ),
         ("patterns: ['(']", "commands.patterns: bad regex `(`"),
+        ("patterns: ['']", "commands.patterns: an empty regex"),
         ("{}", "at least one"),
     ] {
         let doc: CommandMatchDoc = serde_saphyr::from_str(yaml).expect("YAML parses");

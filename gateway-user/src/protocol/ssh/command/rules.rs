@@ -34,6 +34,8 @@ pub enum CommandError {
         entry: String,
         why: &'static str,
     },
+    #[error("commands.patterns: an empty regex matches every command")]
+    EmptyRegex,
     #[error("commands.patterns: bad regex `{entry}`: {source}")]
     Regex {
         entry: String,
@@ -100,6 +102,10 @@ impl CommandMatch {
             .patterns
             .iter()
             .map(|p| {
+                if p.is_empty() {
+                    // An empty regex matches every line: almost surely a mistake.
+                    return Err(CommandError::EmptyRegex);
+                }
                 regex::RegexBuilder::new(p)
                     .size_limit(1 << 20)
                     .build()
