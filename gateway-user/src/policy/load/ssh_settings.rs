@@ -159,9 +159,23 @@ impl Merger {
             programs: c.programs,
             patterns: c.patterns,
         };
-        match CommandMatch::new(doc) {
+        if !lists {
+            if !c.shell && c.subsystems.is_empty() {
+                self.problem(
+                    file,
+                    format!("rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems"),
+                );
+                return None;
+            }
+            return Some(CommandRule {
+                matcher: None,
+                shell: c.shell,
+                subsystems: c.subsystems,
+            });
+        }
+        match CommandMatch::new(&doc) {
             Ok(matcher) => Some(CommandRule {
-                matcher,
+                matcher: Some(matcher),
                 shell: c.shell,
                 subsystems: c.subsystems,
             }),

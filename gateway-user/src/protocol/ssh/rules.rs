@@ -14,7 +14,8 @@ use crate::policy::{Effect, Policy, Rule, Who};
 /// A rule's `commands:` section, as loaded.
 #[derive(Debug, Clone)]
 pub struct CommandRule {
-    pub matcher: CommandMatch,
+    /// The exec matcher; `None` when the rule only opens shells or subsystems (no lists).
+    pub matcher: Option<CommandMatch>,
     /// Interactive shells pass this rule.
     pub shell: bool,
     /// Subsystems (`sftp`) that pass this rule.
@@ -36,7 +37,7 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
         Request::Subsystem(name) => {
             (!rule.subsystems.iter().any(|s| s == name)).then(|| format!("subsystem `{name}`"))
         }
-        Request::Exec(cmd) => match rule.matcher.verdict(&command::parse(cmd)) {
+        Request::Exec(cmd) => match rule.matcher.as_ref()?.verdict(&command::parse(cmd)) {
             Verdict::Allowed | Verdict::NotMatched => None,
             Verdict::NotAllowed { why } | Verdict::Matched { why } => Some(why),
         },
