@@ -143,6 +143,42 @@ fn plain_commands_are_allowed() {
     }
 }
 
+/// Commands agents commonly run are read, not refused as opaque: each program is found.
+#[test]
+fn everyday_commands_are_read() {
+    for (line, programs) in [
+        ("ls -la /var/log", &["ls"][..]),
+        (
+            "ps aux | grep -v grep | grep nginx",
+            &["ps", "grep", "grep"],
+        ),
+        (
+            r#"journalctl -u api --since "1 hour ago" --no-pager"#,
+            &["journalctl"],
+        ),
+        ("docker ps --format '{{.Names}}'", &["docker"]),
+        ("awk '{print $1}' /etc/hosts", &["awk"]),
+        (r#"find /var/log -name "*.log" -mtime +7"#, &["find"]),
+        (
+            "systemctl restart api 2>&1 | tail -n 5",
+            &["systemctl", "tail"],
+        ),
+        ("sudo -n systemctl status nginx --no-pager", &["systemctl"]),
+        (
+            "curl -fsS http://127.0.0.1:8080/health || true",
+            &["curl", "true"],
+        ),
+        ("python3 -c 'print(1+1)'", &["python3"]),
+        ("date +%s", &["date"]),
+        ("git -C /srv/app log --oneline -n 5", &["git"]),
+    ] {
+        let p = parse(line);
+        assert_eq!(p.opaque, None, "{line:?}");
+        let found: Vec<&str> = p.commands.iter().map(|c| c.program.as_str()).collect();
+        assert_eq!(found, programs, "{line:?}");
+    }
+}
+
 /// An allow entry is the whole command, not its beginning: a `text.starts_with(entry)` check
 /// would allow every one of these.
 #[test]
@@ -392,7 +428,14 @@ deny: ["systemctl stop **"]
         verdict(&m, "systemctl stop api"),
         Verdict::Matched { .. }
     ));
-    assert!(matches!(verdict(&m, "uptime"), Verdict::NotAllowed { .. }));
+    let v = verdict(&m, "uptime");
+    assert!(matches!(v, Verdict::NotAllowed { .. }));
+    assert_eq!(v.why(), Some("`uptime` matches no allowed command"));
+    assert_eq!(
+        verdict(&m, "systemctl stop api").why(),
+        Some("`systemctl stop api` matches `systemctl stop **`")
+    );
+    assert_eq!(Verdict::Allowed.why(), None);
 }
 
 #[test]

@@ -73,6 +73,14 @@ impl Verdict {
     pub fn applies(&self) -> bool {
         matches!(self, Verdict::NotAllowed { .. } | Verdict::Matched { .. })
     }
+
+    /// Why the rule applies (for the stderr line and the record), if it does.
+    pub fn why(&self) -> Option<&str> {
+        match self {
+            Verdict::NotAllowed { why } | Verdict::Matched { why } => Some(why),
+            Verdict::Allowed | Verdict::NotMatched => None,
+        }
+    }
 }
 
 impl CommandMatch {
