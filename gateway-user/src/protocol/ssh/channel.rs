@@ -93,7 +93,10 @@ pub async fn serve(
                 variable_name,
                 variable_value,
                 ..
-            }) => env.push((variable_name, variable_value)),
+            }) if passes_env(&variable_name) => env.push((variable_name, variable_value)),
+            // Anything else could change what the judged command does (LD_PRELOAD, BASH_ENV,
+            // PATH): dropped, as sshd's own default AcceptEnv would.
+            Some(ChannelMsg::SetEnv { .. }) => {}
             Some(ChannelMsg::Exec { command, .. }) => {
                 request = Some(match String::from_utf8(command) {
                     Ok(c) => Request::Exec(c),
@@ -154,6 +157,16 @@ pub async fn serve(
     rec.output = Some(output);
     rec.duration_us = Some(started.elapsed().as_micros() as u64);
     ctx.recorder.record(Record::Statement(rec)).await;
+}
+
+/// Environment variables passed on to the target: the locale only (Debian's sshd default
+/// `AcceptEnv LANG LC_*`).
+fn passes_env(name: &str) -> bool {
+    name == "LANG"
+        || (name.starts_with("LC_")
+            && name[3..]
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_'))
 }
 
 /// Tells the agent why its request does not run: a line on stderr and exit status 126, as a

@@ -72,7 +72,7 @@ mod lex;
 mod rules;
 mod words;
 
-pub use rules::{CommandError, CommandMatch, CommandMatchDoc, Verdict};
+pub use rules::{CommandMatch, CommandMatchDoc, Verdict};
 
 use lex::{Joint, Segment, Word};
 use words::{

@@ -513,29 +513,6 @@ fn quoted_word() -> impl Strategy<Value = String> {
     proptest::collection::vec(part, 1..4).prop_map(|p| p.concat())
 }
 
-/// A word of quoting without anything the parser refuses outright (`$`, backticks, `;`).
-fn tame_word() -> impl Strategy<Value = String> {
-    let inside = || {
-        prop_oneof![
-            3 => "[a-z]{1,4}",
-            1 => r#"[ *?#~={}<>|&()!\\\t-]"#,
-        ]
-    };
-    let part = prop_oneof![
-        3 => "[a-z/.=#%+,:@^-]{1,6}",
-        2 => proptest::collection::vec(prop_oneof![inside(), Just("\"".to_string())], 0..4)
-            .prop_map(|v| format!("'{}'", v.concat())),
-        2 => proptest::collection::vec(prop_oneof![inside(), Just("'".to_string())], 0..4)
-            .prop_map(|v| format!("\"{}\"", v.concat())),
-        2 => proptest::collection::vec(inside(), 1..3).prop_map(|v| {
-            // inside double quotes, a backslash before `"` or `\` and before anything else
-            format!("\"{}\\\"x\\\\y\\z\"", v.concat())
-        }),
-        1 => r#"[a-z*?\\'" |&<>#~(){}]"#.prop_map(|c| format!("\\{c}")),
-    ];
-    proptest::collection::vec(part, 1..4).prop_map(|p| p.concat())
-}
-
 /// A command line of such words, joined by blanks and operators.
 fn quoted_line() -> impl Strategy<Value = String> {
     let joint = prop_oneof![

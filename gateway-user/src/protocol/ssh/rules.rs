@@ -37,10 +37,15 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
         Request::Subsystem(name) => {
             (!rule.subsystems.iter().any(|s| s == name)).then(|| format!("subsystem `{name}`"))
         }
-        Request::Exec(cmd) => match rule.matcher.as_ref()?.verdict(&command::parse(cmd)) {
-            Verdict::Allowed | Verdict::NotMatched => None,
-            Verdict::NotAllowed { why } | Verdict::Matched { why } => Some(why),
-        },
+        Request::Exec(cmd) => {
+            let verdict: Verdict = rule
+                .matcher
+                .as_ref()?
+                .verdict(&command::parse_bytes(cmd.as_bytes()));
+            verdict
+                .applies()
+                .then(|| verdict.why().unwrap_or("it cannot be judged").to_string())
+        }
     }
 }
 
