@@ -231,10 +231,10 @@ pub struct RuleDoc {
     pub when: WhenDoc,
     /// Target names, or `"*"` for every target.
     pub targets: Vec<String>,
-    /// Makes this a statement rule (deny only): it refuses matching statements inside sessions
-    /// that connection rules allowed.
+    /// PostgreSQL's action section (protocol/postgres/rules.rs): which statements the rule
+    /// denies or holds inside sessions that connection rules allowed.
     #[serde(default)]
-    pub statements: Option<StatementsDoc>,
+    pub statements: Option<super::section::RawSection>,
     /// Makes this a mask rule: values it matches are masked in what the target sends back.
     #[serde(default)]
     pub mask: Option<MaskDoc>,
@@ -242,33 +242,9 @@ pub struct RuleDoc {
     /// instead of being denied.
     #[serde(default)]
     pub approval: Option<ApprovalDoc>,
-    /// Makes this a command rule (SSH targets): which execs, shells and subsystems it is about.
+    /// SSH's action section (protocol/ssh/rules.rs): which execs, shells and subsystems.
     #[serde(default)]
-    pub commands: Option<CommandsDoc>,
-}
-
-/// A command rule's matcher (docs/ssh.md): allow lists, deny lists, shells, subsystems.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandsDoc {
-    /// Globs over the normalized command: a command that matches none sets the rule off.
-    #[serde(default, deserialize_with = "empty_list")]
-    pub allow: Vec<String>,
-    /// Globs over the normalized command: a command that matches one sets the rule off.
-    #[serde(default, deserialize_with = "empty_list")]
-    pub deny: Vec<String>,
-    /// Globs over the program run (after `sudo`, `env`, `sh -c` … are unwrapped).
-    #[serde(default, deserialize_with = "empty_list")]
-    pub programs: Vec<String>,
-    /// Regular expressions over the normalized command.
-    #[serde(default, deserialize_with = "empty_list")]
-    pub patterns: Vec<String>,
-    /// Interactive shells pass this rule.
-    #[serde(default)]
-    pub shell: bool,
-    /// Subsystems (`sftp`) that pass this rule.
-    #[serde(default, deserialize_with = "empty_list")]
-    pub subsystems: Vec<String>,
+    pub commands: Option<super::section::RawSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,37 +339,6 @@ impl<'de> Deserialize<'de> for RegexDoc {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatementsDoc {
-    #[serde(default, deserialize_with = "empty_list")]
-    pub classes: Vec<super::model::Class>,
-    #[serde(default, deserialize_with = "empty_list")]
-    pub tables: Vec<String>,
-    #[serde(default, deserialize_with = "empty_list")]
-    pub functions: Vec<String>,
-    /// Regexes over the normalized statement (constants replaced by `$1`, `$2`, …).
-    #[serde(default, deserialize_with = "empty_list")]
-    pub patterns: Vec<StatementRegexDoc>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StatementRegexDoc(pub regex::Regex);
-
-impl<'de> Deserialize<'de> for StatementRegexDoc {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty() {
-            return Err(serde::de::Error::custom("empty pattern"));
-        }
-        regex::RegexBuilder::new(&s)
-            .size_limit(1 << 20)
-            .build()
-            .map(StatementRegexDoc)
-            .map_err(|e| serde::de::Error::custom(format!("bad pattern `{s}`: {e}")))
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
@@ -451,7 +396,7 @@ fn parse_address(s: &str) -> Result<IpNet, String> {
 
 /// An empty value (`rules:` with nothing after it, every entry commented out) is an empty list,
 /// as it was when the files were read with serde_yaml.
-fn empty_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub fn empty_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,

@@ -12,13 +12,12 @@ use ipnet::IpNet;
 
 use super::{
     doc::{
-        ApprovalDoc, FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StatementsDoc, StrategyDoc,
-        TokenDoc, UpstreamTlsDoc,
+        ApprovalDoc, FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StrategyDoc, TokenDoc,
+        UpstreamTlsDoc,
     },
     model::{
-        ClientTls, GatewaySettings, IdentityProvider, Jwks, NamePattern, Policy, PostgresTarget,
-        Protocol, Rule, Secret, StatementMatch, Target, TargetSettings, TokenSource, UpstreamTls,
-        Workload,
+        ClientTls, GatewaySettings, IdentityProvider, Jwks, Policy, PostgresTarget, Protocol, Rule,
+        Secret, Target, TargetSettings, TokenSource, UpstreamTls, Workload,
     },
     yaml,
 };
@@ -553,46 +552,56 @@ impl Merger {
             let approval = r
                 .approval
                 .map(|a| std::sync::Arc::new(self.approval_spec(&file, &r.name, a)));
-            let statements = r
-                .statements
-                .map(|s| self.statement_match(&file, &r.name, r.effect, approval.is_some(), s));
-            let commands = r
-                .commands
-                .and_then(|c| self.command_rule(&file, &r.name, r.effect, approval.is_some(), c))
-                .map(std::sync::Arc::new);
-            if approval.is_some() && statements.is_none() && commands.is_none() {
+            let ctx = super::section::SectionContext {
+                rule: &r.name,
+                effect: r.effect,
+                approval: approval.is_some(),
+            };
+            let mut actions = Vec::new();
+            for (key, raw) in [("statements", r.statements), ("commands", r.commands)] {
+                let Some(raw) = raw else { continue };
+                let Some(section) = super::section::section(key) else {
+                    self.problem(
+                        &file,
+                        format!("rule `{}`: no protocol reads `{key}`", r.name),
+                    );
+                    continue;
+                };
+                match (section.parse)(&ctx, raw) {
+                    Ok(m) => actions.push(super::section::RuleAction::new(section, m)),
+                    Err(problems) => {
+                        for p in problems {
+                            self.problem(&file, p);
+                        }
+                    }
+                }
+            }
+            if approval.is_some() && actions.is_empty() {
                 self.problem(
                     &file,
                     format!(
-                        "rule `{}`: `approval` needs `statements` or `commands` (which actions wait for approval)",
-                        r.name
+                        "rule `{}`: `approval` needs {} (which actions wait for approval)",
+                        r.name,
+                        section_keys()
                     ),
                 );
             }
-            if commands.is_some() && (statements.is_some() || r.mask.is_some()) {
+            if actions.len() > 1 || (!actions.is_empty() && r.mask.is_some()) {
                 self.problem(
                     &file,
                     format!(
-                        "rule `{}`: a rule has one of `statements`, `commands` or `mask`",
-                        r.name
+                        "rule `{}`: a rule has `mask` or one of {}, not several",
+                        r.name,
+                        section_keys()
                     ),
                 );
             }
-            if statements.is_some() && r.mask.is_some() {
-                self.problem(
-                    &file,
-                    format!(
-                        "rule `{}`: a rule has `statements` or `mask`, not both",
-                        r.name
-                    ),
-                );
-            }
+            let action = actions.pop();
             let mask = r
                 .mask
                 .map(|m| std::sync::Arc::new(self.mask_spec(&file, &r.name, r.effect, m)));
             self.policy.rules.push(Rule {
-                statements,
-                commands,
+                action,
                 mask,
                 approval,
                 name: r.name,
@@ -661,74 +670,6 @@ impl Merger {
             }),
             max_message_bytes,
         })
-    }
-
-    fn statement_match(
-        &mut self,
-        file: &Path,
-        rule: &str,
-        effect: super::model::Effect,
-        approval: bool,
-        s: StatementsDoc,
-    ) -> StatementMatch {
-        if approval && effect == super::model::Effect::Deny {
-            self.problem(
-                file,
-                format!("rule `{rule}`: approval rules have no effect (remove `effect`)"),
-            );
-        }
-        if !approval && effect != super::model::Effect::Deny {
-            self.problem(
-                file,
-                format!(
-                    "rule `{rule}`: statement rules can only deny (statements in an allowed session are allowed unless a statement rule denies them)"
-                ),
-            );
-        }
-        if s.classes.is_empty()
-            && s.tables.is_empty()
-            && s.functions.is_empty()
-            && s.patterns.is_empty()
-        {
-            self.problem(
-                file,
-                format!(
-                    "rule `{rule}`: `statements` needs at least one of classes, tables, functions, patterns"
-                ),
-            );
-        }
-        let mut patterns = |list: Vec<String>, what: &str| -> Vec<NamePattern> {
-            let mut out = Vec::new();
-            for text in list {
-                let (schema, name) = match text.rsplit_once('.') {
-                    Some((s, n)) => (Some(s), n),
-                    None => (None, text.as_str()),
-                };
-                let built = schema
-                    .map(|s| glob_ci(s).map(Some))
-                    .unwrap_or(Ok(None))
-                    .and_then(|schema| glob_ci(name).map(|name| (schema, name)));
-                match built {
-                    Ok((schema, name)) if !text.is_empty() => {
-                        out.push(NamePattern { schema, name })
-                    }
-                    Ok(_) => self.problem(file, format!("rule `{rule}`: empty {what} pattern")),
-                    Err(e) => self.problem(
-                        file,
-                        format!("rule `{rule}`: bad {what} pattern `{text}`: {e}"),
-                    ),
-                }
-            }
-            out
-        };
-        let tables = patterns(s.tables, "table");
-        let functions = patterns(s.functions, "function");
-        StatementMatch {
-            classes: s.classes,
-            tables,
-            functions,
-            patterns: s.patterns.into_iter().map(|p| p.0).collect(),
-        }
     }
 
     fn approval_spec(
@@ -914,27 +855,23 @@ impl Merger {
                                 r.name, x.protocol()
                             ),
                         )),
-                    Some(x) if r.commands.is_some() && x.protocol() != Protocol::Ssh => found
-                        .push((
-                            r.source.clone(),
-                            format!(
-                                "rule `{}` has commands but target `{t}` speaks {:?}; commands are for ssh targets",
-                                r.name, x.protocol()
-                            ),
-                        )),
+                    Some(x) if r.action.as_ref().is_some_and(|a| a.protocol != x.protocol()) => {
+                        if let Some(key) = r.action.as_ref().map(|a| a.key) {
+                            found.push((
+                                r.source.clone(),
+                                format!(
+                                    "rule `{}` has {key} but target `{t}` speaks {:?}, which has none",
+                                    r.name,
+                                    x.protocol()
+                                ),
+                            ));
+                        }
+                    }
                     Some(x) if r.mask.is_some() && x.protocol() != Protocol::Postgres => found
                         .push((
                             r.source.clone(),
                             format!(
                                 "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres targets",
-                                r.name, x.protocol()
-                            ),
-                        )),
-                    Some(x) if r.statements.is_some() && x.protocol() != Protocol::Postgres => found
-                        .push((
-                            r.source.clone(),
-                            format!(
-                                "rule `{}` has statements but target `{t}` speaks {:?}, which has none",
                                 r.name, x.protocol()
                             ),
                         )),
@@ -963,10 +900,8 @@ impl Merger {
         for (i, a) in self.policy.rules.iter().enumerate() {
             for b in &self.policy.rules[i + 1..] {
                 // Statement rules act inside sessions, never on the connection itself.
-                let connection_rules = a.statements.is_none()
-                    && b.statements.is_none()
-                    && a.commands.is_none()
-                    && b.commands.is_none()
+                let connection_rules = a.action.is_none()
+                    && b.action.is_none()
                     && a.mask.is_none()
                     && b.mask.is_none();
                 if connection_rules && a.effect != b.effect && same_principals(a, b) {
@@ -1035,11 +970,19 @@ fn glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
 }
 
 /// SQL names: case-insensitive, so a quoted `"Users"` cannot slip past a rule about `users`.
-fn glob_ci(pattern: &str) -> Result<GlobMatcher, globset::Error> {
+pub fn glob_ci(pattern: &str) -> Result<GlobMatcher, globset::Error> {
     GlobBuilder::new(pattern)
         .case_insensitive(true)
         .build()
         .map(|g| g.compile_matcher())
+}
+
+/// The registered action sections' keys, in protocol order: "`statements` or `commands`".
+fn section_keys() -> String {
+    let mut sections: Vec<_> = super::section::RULE_SECTIONS.iter().collect();
+    sections.sort_by_key(|s| s.protocol);
+    let keys: Vec<String> = sections.iter().map(|s| format!("`{}`", s.key)).collect();
+    keys.join(" or ")
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@ mod load;
 mod model;
 mod reload;
 mod rules;
+pub mod section;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod yaml;
 
+pub use doc::empty_list;
+pub use load::glob_ci;
 pub use load::load_dir;
 pub use model::{
     canonical_ip, ClientTls, Effect, IdentityProvider, Jwks, Mode, Policy, PostgresTarget,
@@ -20,4 +23,4 @@ pub use model::{
     UdpPolicy, UpstreamTls, Workload,
 };
 pub use reload::{Enforce, Enforced, PolicyStatus, Reloader};
-pub use rules::{Decision, Statement, Who};
+pub use rules::{Decision, Who};

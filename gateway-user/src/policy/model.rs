@@ -16,7 +16,9 @@ pub enum Mode {
     Pod,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Opaque bytes, relayed both ways.
@@ -236,41 +238,18 @@ pub struct Rule {
     pub logins: Vec<GlobMatcher>,
     /// Target names; `None` means every target.
     pub targets: Option<Vec<String>>,
-    /// Set on statement rules: they deny matching statements inside allowed sessions and play
-    /// no part in deciding connections.
-    pub statements: Option<StatementMatch>,
+    /// Set on action rules: a protocol's section (`statements:` for PostgreSQL, `commands:` for
+    /// SSH) saying which actions inside allowed sessions the rule denies or holds; they play no
+    /// part in deciding connections.
+    pub action: Option<super::section::RuleAction>,
     /// Set on mask rules: they mask values in sessions that connection rules allowed, and play
-    /// no part in deciding connections or statements.
+    /// no part in deciding connections or actions.
     pub mask: Option<std::sync::Arc<crate::mask::rules::MaskSpec>>,
-    /// Set on approval rules (with `statements`): matching statements wait for people to
+    /// Set on approval rules (with an action section): matching actions wait for people to
     /// approve them.
     pub approval: Option<std::sync::Arc<crate::approval::ApprovalSpec>>,
-    /// Set on command rules (SSH): which execs, shells and subsystems they deny or hold.
-    pub commands: Option<std::sync::Arc<crate::protocol::ssh::rules::CommandRule>>,
     pub source: PathBuf,
 }
-
-/// Which statements a statement rule is about. Every list that is given must match (AND);
-/// within a list any entry may match (OR).
-#[derive(Debug, Clone)]
-pub struct StatementMatch {
-    pub classes: Vec<Class>,
-    pub tables: Vec<NamePattern>,
-    pub functions: Vec<NamePattern>,
-    /// Over the normalized statement text.
-    pub patterns: Vec<regex::Regex>,
-}
-
-/// `name` or `schema.name`, each part a glob. A pattern without a schema matches the name in
-/// every schema; an unqualified name in a statement matches every schema of a pattern (the
-/// session's search_path is not known, so fail closed).
-#[derive(Debug, Clone)]
-pub struct NamePattern {
-    pub schema: Option<GlobMatcher>,
-    pub name: GlobMatcher,
-}
-
-pub use crate::statement::Class;
 
 pub use super::doc::Effect;
 

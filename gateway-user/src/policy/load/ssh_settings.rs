@@ -6,14 +6,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use super::super::{
-    doc::{CommandsDoc, SshDoc},
+    doc::SshDoc,
     model::{SshHostKey, SshTarget, SshUpstreamAuth},
 };
 use super::Merger;
-use crate::protocol::ssh::{
-    command::{CommandMatch, CommandMatchDoc},
-    rules::CommandRule,
-};
 
 /// A per-session user certificate lives this long unless the target says otherwise: long
 /// enough for the login, short enough to be useless if it leaked.
@@ -126,63 +122,5 @@ impl Merger {
             known_hosts,
             user_cert_ttl: Duration::from_secs(ttl),
         })
-    }
-}
-
-impl Merger {
-    /// A rule's `commands:` section. A rule that lets things through (`effect: allow`, no
-    /// approval) can only open shells and subsystems: its lists would never set anything off.
-    pub(super) fn command_rule(
-        &mut self,
-        file: &std::path::Path,
-        rule: &str,
-        effect: crate::policy::Effect,
-        held: bool,
-        c: CommandsDoc,
-    ) -> Option<CommandRule> {
-        let lists = !(c.allow.is_empty()
-            && c.deny.is_empty()
-            && c.programs.is_empty()
-            && c.patterns.is_empty());
-        if effect == crate::policy::Effect::Allow && !held && lists {
-            self.problem(
-                file,
-                format!(
-                    "rule `{rule}`: a command rule with `effect: allow` can only allow shells and subsystems; its command lists need `effect: deny` or `approval`"
-                ),
-            );
-            return None;
-        }
-        let doc = CommandMatchDoc {
-            allow: c.allow,
-            deny: c.deny,
-            programs: c.programs,
-            patterns: c.patterns,
-        };
-        if !lists {
-            if !c.shell && c.subsystems.is_empty() {
-                self.problem(
-                    file,
-                    format!("rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems"),
-                );
-                return None;
-            }
-            return Some(CommandRule {
-                matcher: None,
-                shell: c.shell,
-                subsystems: c.subsystems,
-            });
-        }
-        match CommandMatch::new(&doc) {
-            Ok(matcher) => Some(CommandRule {
-                matcher: Some(matcher),
-                shell: c.shell,
-                subsystems: c.subsystems,
-            }),
-            Err(e) => {
-                self.problem(file, format!("rule `{rule}`: {e}"));
-                None
-            }
-        }
     }
 }

@@ -11,6 +11,7 @@ pub mod frontend;
 pub mod mask;
 pub mod predicate;
 pub mod relay;
+pub mod rules;
 pub mod session;
 pub mod settings;
 pub mod tls;

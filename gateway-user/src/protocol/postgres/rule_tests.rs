@@ -1,7 +1,8 @@
 //! The statement rules of a policy judging real SQL classifications: the SQL side of
 //! `policy::rules` (classes, tables, functions, patterns over the canonical text).
 
-use crate::policy::{load_dir, test_support::*, Decision, Statement, Who};
+use super::rules::{Statement, StatementRules};
+use crate::policy::{load_dir, test_support::*, Decision, Who};
 
 use super::classify::{canonical_statements, classify};
 

@@ -10,6 +10,7 @@ mod channel;
 pub mod command;
 mod gate;
 pub mod keys;
+mod rule_section;
 pub mod rules;
 mod upstream;
 

@@ -9,7 +9,7 @@
 
 use super::channel::Request;
 use super::command::{self, CommandMatch, Verdict};
-use crate::policy::{Effect, Policy, Rule, Who};
+use crate::policy::{Effect, Policy, Protocol, Rule, Who};
 
 /// A rule's `commands:` section, as loaded.
 #[derive(Debug, Clone)]
@@ -58,8 +58,12 @@ pub fn judge<'p>(
 ) -> Judgement<'p> {
     let mut approval = None;
     let mut shell_allowed = false;
-    for rule in policy.command_rules(who, target) {
-        let Some(commands) = rule.commands.as_deref() else {
+    for rule in policy.action_rules(who, target, Protocol::Ssh) {
+        let Some(commands) = rule
+            .action
+            .as_ref()
+            .and_then(|a| a.matcher::<CommandRule>())
+        else {
             continue;
         };
         shell_allowed |= commands.shell;

@@ -46,7 +46,8 @@ use super::{
 use crate::{
     approval::{Action, Approvals, Gate, Mode, NewRequest, State},
     mask::{detect::Hit, plan::Plan},
-    policy::{Policy, Statement as RuleStatement, Who},
+    policy::{Policy, Who},
+    protocol::postgres::rules::{Statement as RuleStatement, StatementRules},
     record::{now_ms, Record, Recorder, Statement},
 };
 

@@ -1,0 +1,106 @@
+//! SSH's rule section, `commands:`: parsed here and registered with the policy loader
+//! (`policy::section`), which knows it only by its key. What a parsed section sets off is
+//! `rules.rs`.
+
+use std::sync::Arc;
+
+use linkme::distributed_slice;
+use serde::Deserialize;
+
+use super::{
+    command::{CommandMatch, CommandMatchDoc},
+    rules::CommandRule,
+};
+use crate::policy::{
+    empty_list,
+    section::{ActionMatcher, RawSection, RuleSection, SectionContext, RULE_SECTIONS},
+    Effect, Protocol,
+};
+
+#[distributed_slice(RULE_SECTIONS)]
+static COMMANDS: RuleSection = RuleSection {
+    key: "commands",
+    protocol: Protocol::Ssh,
+    parse: parse_section,
+};
+
+impl ActionMatcher for CommandRule {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A command rule's section as written (docs/ssh.md): allow lists, deny lists, shells,
+/// subsystems.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandsDoc {
+    /// Globs over the normalized command: a command that matches none sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    allow: Vec<String>,
+    /// Globs over the normalized command: a command that matches one sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    deny: Vec<String>,
+    /// Globs over the program run (after `sudo`, `env`, `sh -c` … are unwrapped).
+    #[serde(default, deserialize_with = "empty_list")]
+    programs: Vec<String>,
+    /// Regular expressions over the normalized command.
+    #[serde(default, deserialize_with = "empty_list")]
+    patterns: Vec<String>,
+    /// Interactive shells pass this rule.
+    #[serde(default)]
+    shell: bool,
+    /// Subsystems (`sftp`) that pass this rule.
+    #[serde(default, deserialize_with = "empty_list")]
+    subsystems: Vec<String>,
+}
+
+/// A rule that lets things through (`effect: allow`, no approval) can only open shells and
+/// subsystems: its lists would never set anything off.
+fn parse_section(
+    ctx: &SectionContext<'_>,
+    raw: RawSection,
+) -> Result<Arc<dyn ActionMatcher>, Vec<String>> {
+    let c: CommandsDoc = raw.parse(ctx.rule, "commands")?;
+    let rule = ctx.rule;
+    let lists = !(c.allow.is_empty()
+        && c.deny.is_empty()
+        && c.programs.is_empty()
+        && c.patterns.is_empty());
+    if ctx.effect == Effect::Allow && !ctx.approval && lists {
+        return Err(vec![format!(
+            "rule `{rule}`: a command rule with `effect: allow` can only allow shells and subsystems; its command lists need `effect: deny` or `approval`"
+        )]);
+    }
+    if ctx.approval && ctx.effect == Effect::Deny {
+        return Err(vec![format!(
+            "rule `{rule}`: approval rules have no effect (remove `effect`)"
+        )]);
+    }
+    if !lists {
+        if !c.shell && c.subsystems.is_empty() {
+            return Err(vec![format!(
+                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems"
+            )]);
+        }
+        return Ok(Arc::new(CommandRule {
+            matcher: None,
+            shell: c.shell,
+            subsystems: c.subsystems,
+        }));
+    }
+    let doc = CommandMatchDoc {
+        allow: c.allow,
+        deny: c.deny,
+        programs: c.programs,
+        patterns: c.patterns,
+    };
+    match CommandMatch::new(&doc) {
+        Ok(matcher) => Ok(Arc::new(CommandRule {
+            matcher: Some(matcher),
+            shell: c.shell,
+            subsystems: c.subsystems,
+        })),
+        Err(e) => Err(vec![format!("rule `{rule}`: {e}")]),
+    }
+}
