@@ -36,11 +36,33 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
         Request::Subsystem(name) => {
             (!rule.subsystems.iter().any(|s| s == name)).then(|| format!("subsystem `{name}`"))
         }
-        Request::Exec(cmd) => match rule.matcher.verdict(&command::parse(cmd)) {
-            Verdict::Allowed | Verdict::NotMatched => None,
-            Verdict::NotAllowed { why } | Verdict::Matched { why } => Some(why),
-        },
+        Request::Exec(cmd) => {
+            // The sftp server run as a command (`sftp -s /usr/lib/openssh/sftp-server`, `ssh
+            // host sftp-server`) is the sftp subsystem by another name: it is judged as that
+            // subsystem too, so a rule that does not let sftp through is not passed by asking
+            // for the server by its path.
+            if runs_sftp_server(cmd) {
+                if let Some(why) = sets_off(rule, &Request::Subsystem(SFTP.into())) {
+                    return Some(format!("`{cmd}` runs the sftp server: {why}"));
+                }
+            }
+            match rule.matcher.verdict(&command::parse(cmd)) {
+                Verdict::Allowed | Verdict::NotMatched => None,
+                Verdict::NotAllowed { why } | Verdict::Matched { why } => Some(why),
+            }
+        }
     }
+}
+
+const SFTP: &str = "sftp";
+
+/// Whether any word of `cmd` names the sftp server program (`sftp-server`, at any path).
+/// Deliberately wider than "the program word": behind `exec`, `env`, `nice`, a copy
+/// (`cp …/sftp-server /tmp/x`) it is the same server; a false match only refuses a command
+/// that mentions the server where sftp is not allowed.
+fn runs_sftp_server(cmd: &str) -> bool {
+    cmd.split(|c: char| c.is_whitespace() || ";&|<>()`'\"=".contains(c))
+        .any(|w| w.rsplit('/').next() == Some("sftp-server"))
 }
 
 /// Judges `request` under the command rules of `policy` that apply to `who` on `target`.
