@@ -150,6 +150,9 @@ pub async fn serve(
         ctx.approvals.forwarded(id, &ctx.session);
     }
     let (exit, output) = relay(ctx, agent, upstream).await;
+    if exit.is_none() && ctx.ended.is_cancelled() {
+        rec.error = Some("agentgate: ended with the session while it ran".into());
+    }
     rec.exit_status = exit;
     rec.output = Some(output);
     rec.duration_us = Some(started.elapsed().as_micros() as u64);
@@ -231,12 +234,24 @@ async fn relay(
     result
 }
 
+/// The next message of a channel, or `None` once the session ended (revoked, expired,
+/// withdrawn by a reload, or the agent left): a running command is cut off then, both channels
+/// are closed and its record is written with what was seen, rather than the relay waiting for
+/// a target that may never close (a `sleep 30`) until the session drops it unrecorded.
+async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
+    tokio::select! {
+        biased;
+        () = ctx.ended.cancelled() => None,
+        msg = from.wait() => msg,
+    }
+}
+
 async fn agent_to_target(
     ctx: &Ctx<'_>,
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<client::Msg>,
 ) {
-    while let Some(msg) = from.wait().await {
+    while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -279,7 +294,7 @@ async fn target_to_agent(
     let mut out = CommandOutput::default();
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
-    while let Some(msg) = from.wait().await {
+    while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_down
