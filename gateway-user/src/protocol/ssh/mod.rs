@@ -6,6 +6,7 @@
 //! before it runs, and recorded with its exit status and output.
 
 mod agent;
+mod aliases;
 mod channel;
 pub mod command;
 mod gate;

@@ -7,6 +7,7 @@
 //! refuses; otherwise the first approval rule set off (file order) holds the request for people.
 //! A shell needs a rule that allows it: with no command rule in scope, shells are refused.
 
+use super::aliases;
 use super::channel::Request;
 use super::command::{self, CommandMatch, Verdict};
 use crate::policy::{Effect, Policy, Rule, Who};
@@ -37,13 +38,16 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
             (!rule.subsystems.iter().any(|s| s == name)).then(|| format!("subsystem `{name}`"))
         }
         Request::Exec(cmd) => {
-            // The sftp server run as a command (`sftp -s /usr/lib/openssh/sftp-server`, `ssh
-            // host sftp-server`) is the sftp subsystem by another name: it is judged as that
-            // subsystem too, so a rule that does not let sftp through is not passed by asking
-            // for the server by its path.
-            if runs_sftp_server(cmd) {
+            // Another name for the sftp subsystem or for a shell is judged as that too (see
+            // `aliases`): a rule refusing it is not passed by spelling it as an exec.
+            if aliases::runs_sftp_server(cmd) {
                 if let Some(why) = sets_off(rule, &Request::Subsystem(SFTP.into())) {
                     return Some(format!("`{cmd}` runs the sftp server: {why}"));
+                }
+            }
+            if aliases::runs_a_shell(cmd) {
+                if let Some(why) = sets_off(rule, &Request::Shell) {
+                    return Some(format!("`{cmd}` starts {why}"));
                 }
             }
             match rule.matcher.verdict(&command::parse(cmd)) {
@@ -55,15 +59,6 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
 }
 
 const SFTP: &str = "sftp";
-
-/// Whether any word of `cmd` names the sftp server program (`sftp-server`, at any path).
-/// Deliberately wider than "the program word": behind `exec`, `env`, `nice`, a copy
-/// (`cp …/sftp-server /tmp/x`) it is the same server; a false match only refuses a command
-/// that mentions the server where sftp is not allowed.
-fn runs_sftp_server(cmd: &str) -> bool {
-    cmd.split(|c: char| c.is_whitespace() || ";&|<>()`'\"=".contains(c))
-        .any(|w| w.rsplit('/').next() == Some("sftp-server"))
-}
 
 /// Judges `request` under the command rules of `policy` that apply to `who` on `target`.
 pub fn judge<'p>(
@@ -94,7 +89,12 @@ pub fn judge<'p>(
     if let Some((rule, why)) = approval {
         return Judgement::Approval { rule, why };
     }
-    if *request == Request::Shell && !shell_allowed {
+    let shell = match request {
+        Request::Shell => true,
+        Request::Exec(cmd) => aliases::runs_a_shell(cmd),
+        Request::Subsystem(_) => false,
+    };
+    if shell && !shell_allowed {
         return Judgement::Denied {
             rule: "(no rule allows shells)".into(),
             why: "an interactive shell, which needs a rule with `commands: {shell: true}`".into(),
