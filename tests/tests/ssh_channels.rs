@@ -384,10 +384,27 @@ fn a_shell_with_a_pty_runs_under_a_shell_rule_and_is_recorded() {
         "the shell's output is on record: {r:?}"
     );
     assert_eq!(intents(&s.gw), 1);
+    // A shell started as an exec reading its input passes the same rule.
+    let mut cmd = s.ssh(&["-T"]);
+    cmd.arg("bash -s")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ssh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo stdin-$((6*7))\n")
+        .unwrap();
+    let (out, _, killed) = wait_output(child, Duration::from_secs(20));
+    assert!(!killed && out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out).trim(), "stdin-42", "{}", text(&out));
 }
 
-/// Without a shell rule, a shell is refused whichever way it is asked for (a pty or none),
-/// with exit status 126 and a message; an exec still runs.
+/// Without a shell rule, a shell is refused whichever way it is asked for (a pty or none, the
+/// shell request or an exec of a shell with no command string), with exit status 126 and a
+/// message; an exec still runs.
 #[test]
 fn a_shell_without_a_shell_rule_is_refused() {
     let rules = "  - name: no-rm
@@ -418,16 +435,48 @@ fn a_shell_without_a_shell_rule_is_refused() {
             text(&out)
         );
     }
+    // Other names for a shell: one started as an exec with no command string, reading what
+    // is typed (with a pty or without).
+    for (flags, command) in [
+        (&["-T"][..], "bash"),
+        (&["-tt"][..], "/bin/bash -i"),
+        (&["-T"][..], "env TERM=dumb sh -s"),
+        (&["-T"][..], "exec  /usr/bin/dash"),
+    ] {
+        let mut cmd = s.ssh(flags);
+        cmd.arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ssh");
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"echo typed-$((6*7))\nexit 0\n");
+        let (out, _, killed) = wait_output(child, Duration::from_secs(20));
+        assert!(!killed, "{command}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(126), "{command}: {}", text(&out));
+        assert!(
+            !stdout(&out).contains("typed-42"),
+            "{command}: the shell ran: {}",
+            text(&out)
+        );
+    }
     let ok = s.exec("echo exec-ok");
     assert_eq!(stdout(&ok).trim(), "exec-ok", "{}", text(&ok));
-    wait_requests(&s.gw, 3);
+    wait_requests(&s.gw, 7);
     let r = requests(&s.gw);
     for row in &r[..2] {
         assert_eq!(row[0], "shell", "{r:?}");
         assert_eq!(row[2], "denied", "{r:?}");
         assert_eq!(row[4], 126, "{r:?}");
     }
-    assert_eq!(r[2][2], "allowed", "{r:?}");
+    for row in &r[2..6] {
+        assert_eq!(row[0], "exec", "{r:?}");
+        assert_eq!(row[2], "denied", "{r:?}");
+    }
+    assert_eq!(r[6][2], "allowed", "{r:?}");
     assert_eq!(intents(&s.gw), 1, "nothing refused had an intent");
 }
 
