@@ -294,6 +294,7 @@ async fn target_to_agent(
     let mut out = CommandOutput::default();
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
+    let mut eof_held = false;
     while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
@@ -312,15 +313,30 @@ async fn target_to_agent(
             }
             ChannelMsg::ExitStatus { exit_status } => {
                 exit = Some(exit_status);
-                to.exit_status(exit_status).await
+                let sent = to.exit_status(exit_status).await;
+                if eof_held {
+                    eof_held = false;
+                    let _ = to.eof().await;
+                }
+                sent
             }
-            ChannelMsg::Eof => to.eof().await,
+            // sshd may send EOF before the exit status. Passed on at once, the agent's client
+            // (a ControlMaster at least) answers EOF with CLOSE, russh then forgets the channel
+            // and the exit status that follows is dropped: the agent sees status 255. So EOF
+            // waits for the exit status, or for the target's close.
+            ChannelMsg::Eof => {
+                eof_held = true;
+                Ok(())
+            }
             ChannelMsg::Close => break,
             _ => Ok(()),
         };
         if sent.is_err() {
             break;
         }
+    }
+    if eof_held {
+        let _ = to.eof().await;
     }
     let _ = to.close().await;
     out.stdout = String::from_utf8_lossy(&stdout).into_owned();
