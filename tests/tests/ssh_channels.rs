@@ -1314,3 +1314,86 @@ fn a_secret_printed_by_cat_is_masked() {
     assert!(!r[0][5].as_str().unwrap_or("").contains(AWS_KEY), "{r:?}");
     assert!(!r[0][5].as_str().unwrap_or("").contains(PEM_BODY), "{r:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Held commands and the session's end: the agent gives up, or a reload takes the login away.
+// ---------------------------------------------------------------------------------------------
+
+/// A command held for approval whose agent gives up (its `ssh` killed), or whose login a reload
+/// takes away while it waits, is no longer pending, and approving it afterwards runs nothing.
+#[test]
+fn a_held_command_ends_with_its_session() {
+    let rules = "  - name: touches-need-approval
+    commands: {programs: [touch]}
+    approval: {approvers: [oncall], timeout_secs: 60}
+    targets: [build-host]
+";
+    let s = setup("heldend", 20486, rules);
+    let remote = DeployDir::new("heldend");
+    let approvals = |args: &[&str]| -> Output {
+        Command::new(agentgate_bin())
+            .arg("approvals")
+            .args(args)
+            .arg("--admin-socket")
+            .arg(s.gw.admin_socket())
+            .output()
+            .expect("run agentgate approvals")
+    };
+    let pending = || -> Vec<Value> {
+        let out = approvals(&["list", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["requests"].as_array().cloned().unwrap_or_default()
+    };
+    let held = |marker: &Path| -> (Child, String) {
+        let child = s
+            .ssh(&[])
+            .arg(format!("touch {}", marker.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the request pending", Duration::from_secs(15), || {
+            pending().len() == 1
+        });
+        let id = pending()[0]["id"].as_str().unwrap().to_string();
+        (child, id)
+    };
+
+    // The agent gives up.
+    let first = remote.0.join("first");
+    let (mut child, id) = held(&first);
+    child.kill().unwrap();
+    let _ = child.wait();
+    wait_until(
+        "the request no longer pending",
+        Duration::from_secs(10),
+        || pending().is_empty(),
+    );
+    let late = approvals(&["approve", &id]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!first.exists(), "ran after its agent left: {}", text(&late));
+
+    // A reload takes the login away while it waits.
+    let second = remote.0.join("second");
+    let (child, id) = held(&second);
+    let removed = s.policy_text(rules).replace(
+        &format!("logins: [{DEPLOY_USER}]"),
+        &format!("logins: [{READER_USER}]"),
+    );
+    s.reload(&removed);
+    let (out, _, killed) = wait_output(child, Duration::from_secs(15));
+    assert!(!killed, "the held exec outlived the reload: {}", text(&out));
+    assert!(!out.status.success(), "{}", text(&out));
+    wait_until(
+        "the request no longer pending",
+        Duration::from_secs(10),
+        || pending().is_empty(),
+    );
+    let late = approvals(&["approve", &id]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!second.exists(), "ran after the reload: {}", text(&late));
+    wait_requests(&s.gw, 2);
+    let r = requests(&s.gw);
+    assert!(r.iter().all(|x| x[2] == "denied"), "{r:?}");
+    assert_eq!(intents(&s.gw), 0, "nothing went on record as about to run");
+}
