@@ -153,6 +153,9 @@ pub async fn serve(
         ctx.approvals.forwarded(id, &ctx.session);
     }
     let (exit, output) = relay(ctx, agent, upstream).await;
+    if exit.is_none() && ctx.ended.is_cancelled() {
+        rec.error = Some("agentgate: ended with the session while it ran".into());
+    }
     rec.exit_status = exit;
     rec.output = Some(output);
     rec.duration_us = Some(started.elapsed().as_micros() as u64);
@@ -244,12 +247,24 @@ async fn relay(
     result
 }
 
+/// The next message of a channel, or `None` once the session ended (revoked, expired,
+/// withdrawn by a reload, or the agent left): a running command is cut off then, both channels
+/// are closed and its record is written with what was seen, rather than the relay waiting for
+/// a target that may never close (a `sleep 30`) until the session drops it unrecorded.
+async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
+    tokio::select! {
+        biased;
+        () = ctx.ended.cancelled() => None,
+        msg = from.wait() => msg,
+    }
+}
+
 async fn agent_to_target(
     ctx: &Ctx<'_>,
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<client::Msg>,
 ) {
-    while let Some(msg) = from.wait().await {
+    while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -292,7 +307,8 @@ async fn target_to_agent(
     let mut out = CommandOutput::default();
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
-    while let Some(msg) = from.wait().await {
+    let mut eof_held = false;
+    while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_down
@@ -310,15 +326,30 @@ async fn target_to_agent(
             }
             ChannelMsg::ExitStatus { exit_status } => {
                 exit = Some(exit_status);
-                to.exit_status(exit_status).await
+                let sent = to.exit_status(exit_status).await;
+                if eof_held {
+                    eof_held = false;
+                    let _ = to.eof().await;
+                }
+                sent
             }
-            ChannelMsg::Eof => to.eof().await,
+            // sshd may send EOF before the exit status. Passed on at once, the agent's client
+            // (a ControlMaster at least) answers EOF with CLOSE, russh then forgets the channel
+            // and the exit status that follows is dropped: the agent sees status 255. So EOF
+            // waits for the exit status, or for the target's close.
+            ChannelMsg::Eof => {
+                eof_held = true;
+                Ok(())
+            }
             ChannelMsg::Close => break,
             _ => Ok(()),
         };
         if sent.is_err() {
             break;
         }
+    }
+    if eof_held {
+        let _ = to.eof().await;
     }
     let _ = to.close().await;
     out.stdout = String::from_utf8_lossy(&stdout).into_owned();

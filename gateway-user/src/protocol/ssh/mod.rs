@@ -6,6 +6,7 @@
 //! before it runs, and recorded with its exit status and output.
 
 mod agent;
+mod aliases;
 mod channel;
 pub mod command;
 mod gate;
@@ -185,6 +186,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A channel or request the handler refused (forwarding, agent, X11), on record.
+async fn record_refused(ctx: &Ctx<'_>, what: String) {
+    tracing::info!("refused: {what}");
+    ctx.recorder
+        .record(Record::Event {
+            kind: "ssh_refused",
+            at_ms: crate::record::now_ms(),
+            session: Some(ctx.session.clone()),
+            body: serde_json::json!({ "what": what }),
+        })
+        .await;
+}
+
 async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>) -> Outcome {
     let Connection {
         id,
@@ -354,15 +368,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
                     reply.accept().await;
                     channels.push(channel::serve(&ctx, channel, &target));
                 }
-                Some(AgentEvent::Refused { what }) => {
-                    tracing::info!("refused: {what}");
-                    core.recorder.record(Record::Event {
-                        kind: "ssh_refused",
-                        at_ms: crate::record::now_ms(),
-                        session: Some(ctx.session.clone()),
-                        body: serde_json::json!({ "what": what }),
-                    }).await;
-                }
+                Some(AgentEvent::Refused { what }) => record_refused(&ctx, what).await,
                 Some(AgentEvent::Login { reply, .. }) => { let _ = reply.send(false); }
                 None => break (None, None),
             },
@@ -373,6 +379,20 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
         }
     };
     ctx.ended.cancel();
+    // What the agent asked for just before it left (`ssh -W` opens a forwarding channel and
+    // hangs up as soon as it is refused) may still wait in the queue when the connection's
+    // end wins the select above: a refusal must be on record all the same.
+    events.close();
+    while let Ok(ev) = events.try_recv() {
+        match ev {
+            AgentEvent::Refused { what } => record_refused(&ctx, what).await,
+            AgentEvent::Login { reply, .. } => {
+                let _ = reply.send(false);
+            }
+            // Dropping the handle refuses the channel.
+            AgentEvent::Session { .. } => {}
+        }
+    }
     if let Some(why) = &ended_by {
         disconnect(format!("agentgate: session ended: {why}")).await;
     }

@@ -7,6 +7,7 @@
 //! refuses; otherwise the first approval rule set off (file order) holds the request for people.
 //! A shell needs a rule that allows it: with no command rule in scope, shells are refused.
 
+use super::aliases;
 use super::channel::Request;
 use super::command::{self, CommandMatch, Verdict};
 use crate::policy::{Effect, Policy, Protocol, Rule, Who};
@@ -38,6 +39,18 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
             (!rule.subsystems.iter().any(|s| s == name)).then(|| format!("subsystem `{name}`"))
         }
         Request::Exec(cmd) => {
+            // Another name for the sftp subsystem or for a shell is judged as that too (see
+            // `aliases`): a rule refusing it is not passed by spelling it as an exec.
+            if aliases::runs_sftp_server(cmd) {
+                if let Some(why) = sets_off(rule, &Request::Subsystem(SFTP.into())) {
+                    return Some(format!("`{cmd}` runs the sftp server: {why}"));
+                }
+            }
+            if aliases::runs_a_shell(cmd) {
+                if let Some(why) = sets_off(rule, &Request::Shell) {
+                    return Some(format!("`{cmd}` starts {why}"));
+                }
+            }
             let verdict: Verdict = rule
                 .matcher
                 .as_ref()?
@@ -48,6 +61,8 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
         }
     }
 }
+
+const SFTP: &str = "sftp";
 
 /// Judges `request` under the command rules of `policy` that apply to `who` on `target`.
 pub fn judge<'p>(
@@ -82,7 +97,12 @@ pub fn judge<'p>(
     if let Some((rule, why)) = approval {
         return Judgement::Approval { rule, why };
     }
-    if *request == Request::Shell && !shell_allowed {
+    let shell = match request {
+        Request::Shell => true,
+        Request::Exec(cmd) => aliases::runs_a_shell(cmd),
+        Request::Subsystem(_) => false,
+    };
+    if shell && !shell_allowed {
         return Judgement::Denied {
             rule: "(no rule allows shells)".into(),
             why: "an interactive shell, which needs a rule with `commands: {shell: true}`".into(),
