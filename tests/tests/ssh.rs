@@ -3,7 +3,7 @@
 //! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
 //! eBPF capture, and the gateway's record.
 //!
-//! Ports: 20450–20499.
+//! Ports: 20445–20459.
 
 use std::{
     path::{Path, PathBuf},
@@ -82,6 +82,24 @@ fn policy(
     keys: &Keys,
     extra_rules: &str,
 ) -> String {
+    let token = format!("{{from: file, path: {}}}", token.display());
+    let host_key = format!(
+        "host_ca_key: {}\n      host_names: [build-host-7]",
+        keys.host_ca.private.display()
+    );
+    policy_with(listen, cg, &token, &host_key, sshd, keys, extra_rules)
+}
+
+/// Like [`policy`], with the workload's `token:` and the target's host-key lines given.
+fn policy_with(
+    listen: u16,
+    cg: &str,
+    token: &str,
+    host_key: &str,
+    sshd: &Sshd,
+    keys: &Keys,
+    extra_rules: &str,
+) -> String {
     format!(
         "version: 2
 gateway:
@@ -97,15 +115,14 @@ workloads:
   - name: agents
     cgroup: \"/{cg}\"
     mode: host
-    token: {{from: file, path: {token}}}
+    token: {token}
 targets:
   - name: build-host
     protocol: ssh
     addresses: [127.0.0.1/32]
     ports: [{port}]
     ssh:
-      host_ca_key: {host_ca}
-      host_names: [build-host-7]
+      {host_key}
       user_ca_key: {user_ca}
       known_hosts: {known}
 rules:
@@ -115,9 +132,7 @@ rules:
 {extra_rules}",
         secret = keys.secret.display(),
         jwks = fixtures().join("test-jwks.json").display(),
-        token = token.display(),
         port = sshd.port,
-        host_ca = keys.host_ca.private.display(),
         user_ca = sshd.user_ca_key().display(),
         known = keys.target_known_hosts.display(),
     )
@@ -444,4 +459,150 @@ fn a_wrong_target_host_key_fails_closed() {
         "no login reached the target"
     );
     let _ = now();
+}
+
+/// paramiko reads only plain known_hosts lines: run with the JWT as its password.
+const PARAMIKO: &str = r#"
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import paramiko
+host, port, user, known_hosts, password, command = sys.argv[1:]
+c = paramiko.SSHClient()
+c.load_host_keys(known_hosts)
+c.set_missing_host_key_policy(paramiko.RejectPolicy())
+try:
+    c.connect(host, port=int(port), username=user, password=password, look_for_keys=False,
+              allow_agent=False, timeout=15, banner_timeout=15, auth_timeout=15)
+    _i, o, e = c.exec_command(command, timeout=30)
+    out = o.read().decode()
+    print(json.dumps({"ok": True, "exit": o.channel.recv_exit_status(), "stdout": out}))
+except Exception as ex:
+    print(json.dumps({"ok": False, "error_type": type(ex).__name__, "error": str(ex)}))
+"#;
+
+fn paramiko(cg: &Cgroup, port: u16, known_hosts: &Path, jwt: &str, command: &str) -> Value {
+    let mut cmd = Command::new(ssh::SYSTEM_PYTHON);
+    cmd.args(["-c", PARAMIKO, "127.0.0.1", &port.to_string(), DEPLOY_USER])
+        .arg(known_hosts)
+        .args([jwt, command]);
+    place(&mut cmd, Some(cg), None);
+    let out = cmd.output().expect("run paramiko");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("paramiko: {e}: {}", text(&out)))
+}
+
+/// A gateway for a `token: {from: credential}` workload (the JWT is the password) with the
+/// given host-key lines.
+fn credential_setup(
+    tag: &str,
+    listen: u16,
+    port: u16,
+    host_key: impl Fn(&Sshd, &Keys) -> String,
+) -> (Setup, String) {
+    require_root();
+    ssh::ensure_user(DEPLOY_USER);
+    let sshd = Sshd::start(port, SshdOptions::default());
+    let keys = Keys::new(tag, &sshd);
+    let token = TokenFile::valid(tag);
+    let cg = Cgroup::create(&format!("/{}", unique(&format!("ssh-{tag}"))));
+    let yaml = policy_with(
+        listen,
+        cg.rel.trim_start_matches('/'),
+        "{from: credential}",
+        &host_key(&sshd, &keys),
+        &sshd,
+        &keys,
+        "",
+    );
+    let gw = Gateway::start(&format!("ssh-{tag}"), &yaml);
+    gw.wait_classified(&cg.rel);
+    let jwt = agentgate_tests::mint(&format!("agent-{tag}"), &["agents"], now(), now() + 600);
+    (
+        Setup {
+            sshd,
+            keys,
+            token,
+            cg,
+            gw,
+        },
+        jwt,
+    )
+}
+
+/// The target's own host key, imported: clients that pin it (paramiko with a plain line, ssh
+/// with StrictHostKeyChecking=yes) connect through the gateway unchanged.
+#[test]
+fn an_imported_target_host_key_serves_clients_that_pin_it() {
+    let (s, jwt) = credential_setup("imported", 20446, 20445, |sshd, _| {
+        format!("host_key: {}", sshd.host_key_path().display())
+    });
+    let pinned = s.keys.dir.join("pinned_known_hosts");
+    ssh::write_known_hosts(
+        &pinned,
+        &[ssh::known_hosts_plain(
+            "127.0.0.1",
+            s.sshd.port,
+            &s.sshd.host_public_line(),
+        )],
+    );
+    let r = paramiko(&s.cg, s.sshd.port, &pinned, &jwt, "echo pinned-$(whoami)");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["stdout"].as_str().map(str::trim),
+        Some(format!("pinned-{DEPLOY_USER}").as_str()),
+        "{r}"
+    );
+    // Only the gateway's host CA line: this target presents no certificate, so ssh refuses.
+    let ca_only = paramiko(&s.cg, s.sshd.port, &s.keys.agent_known_hosts, &jwt, "true");
+    assert_eq!(ca_only["ok"], false, "{ca_only}");
+}
+
+/// A derived host key with a host certificate: paramiko ignores `@cert-authority` lines, so it
+/// is refused with only the CA line and connects with a plain line for the derived key (as
+/// `ssh-keyscan` of the target's address, captured, shows it).
+#[test]
+fn paramiko_needs_a_plain_line_for_the_derived_host_key() {
+    let (s, jwt) = credential_setup("derived", 20448, 20447, |_, keys| {
+        format!(
+            "host_ca_key: {}\n      host_names: [build-host-7]",
+            keys.host_ca.private.display()
+        )
+    });
+    let ca_only = paramiko(&s.cg, s.sshd.port, &s.keys.agent_known_hosts, &jwt, "true");
+    assert_eq!(ca_only["ok"], false, "{ca_only}");
+    assert!(
+        ca_only["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not found in known_hosts"),
+        "{ca_only}"
+    );
+    let mut scan = Command::new("ssh-keyscan");
+    scan.args(["-t", "ed25519", "-p", &s.sshd.port.to_string(), "127.0.0.1"]);
+    place(&mut scan, Some(&s.cg), None);
+    let out = scan.output().expect("ssh-keyscan");
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("ssh-ed25519"))
+        .unwrap_or_else(|| panic!("ssh-keyscan through the gateway: {}", text(&out)))
+        .to_string();
+    assert!(
+        !line.contains(
+            &s.sshd
+                .host_public_line()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        ),
+        "the gateway presents its derived key, not the target's: {line}"
+    );
+    let plain = s.keys.dir.join("plain_known_hosts");
+    ssh::write_known_hosts(&plain, &[line]);
+    let r = paramiko(&s.cg, s.sshd.port, &plain, &jwt, "echo derived-ok");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["stdout"].as_str().map(str::trim),
+        Some("derived-ok"),
+        "{r}"
+    );
 }
