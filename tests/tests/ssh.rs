@@ -3,7 +3,7 @@
 //! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
 //! eBPF capture, and the gateway's record.
 //!
-//! Ports: 20445–20459.
+//! Ports: 20442–20459.
 
 use std::{
     path::{Path, PathBuf},
@@ -604,5 +604,80 @@ fn paramiko_needs_a_plain_line_for_the_derived_host_key() {
         r["stdout"].as_str().map(str::trim),
         Some("derived-ok"),
         "{r}"
+    );
+}
+
+/// Port forwarding to a named destination: `ssh -W` to a destination a rule lists reaches it
+/// through the target (greeting and echo come back), on record with its bytes; any other
+/// destination is refused, and remote forwarding stays refused.
+#[test]
+fn forwarding_reaches_only_the_destinations_a_rule_names() {
+    let service = agentgate_tests::TargetServer::start("127.0.0.1:20449".parse().unwrap());
+    let rules = "  - name: tunnel-to-the-service
+    commands: {forward: [\"127.0.0.1:20449\"]}
+    targets: [build-host]
+";
+    let s = setup("forward", 20444, 20443, rules);
+    let w = |dest: &str| {
+        let mut cmd = ssh::ssh_command(
+            &s.keys.agent_known_hosts,
+            s.sshd.port,
+            DEPLOY_USER,
+            &["-W", dest],
+        );
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        place(&mut cmd, Some(&s.cg), None);
+        let mut child = cmd.spawn().expect("ssh -W");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"ping-through-the-tunnel\n").unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let ok = w("127.0.0.1:20449");
+    let got = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(got.contains("peer="), "the service greeted: {}", text(&ok));
+    assert!(
+        got.contains("ping-through-the-tunnel"),
+        "echoed: {}",
+        text(&ok)
+    );
+    assert!(service.count() >= 1);
+
+    let before = service.count();
+    let refused = w("127.0.0.1:20442");
+    assert!(
+        !String::from_utf8_lossy(&refused.stdout).contains("peer="),
+        "{}",
+        text(&refused)
+    );
+    let other_port = w("127.0.0.1:22");
+    assert!(!other_port.status.success(), "{}", text(&other_port));
+    assert_eq!(
+        service.count(),
+        before,
+        "no other connection reached the service"
+    );
+    wait_until("the forward on record", Duration::from_secs(10), || {
+        record_query(
+            &s.gw.record_db(),
+            "SELECT count(*) FROM audit_log WHERE kind = 'statement' \
+             AND json_extract(body, '$.kind') = 'forward'",
+        )[0][0]
+            == 1
+    });
+    let refusals = record_query(
+        &s.gw.record_db(),
+        "SELECT json_extract(body, '$.what') FROM audit_log WHERE kind = 'ssh_refused'",
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r[0].as_str().unwrap_or("").contains("127.0.0.1:20442")),
+        "{refusals:?}"
     );
 }

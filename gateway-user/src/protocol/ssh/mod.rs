@@ -9,6 +9,7 @@ mod agent;
 mod aliases;
 mod channel;
 pub mod command;
+mod forward;
 mod gate;
 pub mod keys;
 mod rule_section;
@@ -39,6 +40,9 @@ use crate::{
     },
     record::{Record, Recorder, Statement},
 };
+
+/// A channel's task, borrowing the session.
+type ChannelTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// A client that has not logged in by then is dropped: a slow or silent client must not hold
 /// a session slot.
@@ -298,11 +302,20 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     core.emit_allowed(&facts, &admitted);
     let session = session_id(id);
     let target_name = admitted.target.name.clone();
+    let g = &admitted.grant;
+    let rules_who = Who {
+        issuer: &g.issuer,
+        subject: &g.subject,
+        groups: &g.groups,
+        workload: &g.workload,
+        login: Some(&user),
+    };
     let who = upstream::LoginFor {
         login: &user,
         issuer: &admitted.grant.issuer,
         subject: &admitted.grant.subject,
         session: &session,
+        forwarding: forward::any_allowed(&admitted.policy, &rules_who, &target_name),
     };
     let target = match core.connector.connect(dst).await {
         Ok(stream) => upstream::login(stream, &target_name, &ssh, dst, &who)
@@ -366,7 +379,19 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             ev = events.recv() => match ev {
                 Some(AgentEvent::Session { channel, reply }) => {
                     reply.accept().await;
-                    channels.push(channel::serve(&ctx, channel, &target));
+                    channels.push(Box::pin(channel::serve(&ctx, channel, &target)) as ChannelTask<'_>);
+                }
+                Some(AgentEvent::Forward { channel, reply, host, port }) => {
+                    let policy = ctx.policy.borrow().clone();
+                    match forward::allowed_by(&policy, &ctx.who(), &ctx.target, &host, port) {
+                        Some(rule) => channels.push(Box::pin(forward::serve(
+                            &ctx, channel, reply, &target, (host, port, rule),
+                        ))),
+                        None => {
+                            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+                            record_refused(&ctx, format!("port forwarding to {host}:{port}")).await;
+                        }
+                    }
                 }
                 Some(AgentEvent::Refused { what }) => record_refused(&ctx, what).await,
                 Some(AgentEvent::Login { reply, .. }) => { let _ = reply.send(false); }
@@ -391,6 +416,13 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             }
             // Dropping the handle refuses the channel.
             AgentEvent::Session { .. } => {}
+            AgentEvent::Forward { host, port, .. } => {
+                record_refused(
+                    &ctx,
+                    format!("port forwarding to {host}:{port} (the session ended)"),
+                )
+                .await
+            }
         }
     }
     if let Some(why) = &ended_by {
