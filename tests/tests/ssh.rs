@@ -3,7 +3,7 @@
 //! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
 //! eBPF capture, and the gateway's record.
 //!
-//! Ports: 20442–20459.
+//! Ports: 20438–20459.
 
 use std::{
     path::{Path, PathBuf},
@@ -679,5 +679,103 @@ fn forwarding_reaches_only_the_destinations_a_rule_names() {
             .iter()
             .any(|r| r[0].as_str().unwrap_or("").contains("127.0.0.1:20442")),
         "{refusals:?}"
+    );
+}
+
+/// `deny_and_retry`: the exec is refused at once naming its request; once approved, the
+/// identical command from the same agent runs exactly once; a different command does not ride
+/// on it.
+#[test]
+fn deny_and_retry_runs_the_identical_command_once_after_approval() {
+    let rules = "  - name: restarts-retry
+    commands: {programs: [systemctl]}
+    approval: {approvers: [oncall], mode: deny_and_retry}
+    targets: [build-host]
+";
+    let s = setup("retry", 20441, 20440, rules);
+    let run = |cmd: &str| agent_ssh(&s.cg, &s.keys, s.sshd.port, DEPLOY_USER, cmd);
+    let first = run("systemctl --version");
+    assert_eq!(first.status.code(), Some(126), "{}", text(&first));
+    let err = String::from_utf8_lossy(&first.stderr).to_string();
+    assert!(err.contains("run the identical command again"), "{err}");
+    let id = err
+        .split_whitespace()
+        .find(|w| w.starts_with("ar-"))
+        .unwrap_or_else(|| panic!("no request id in {err}"))
+        .to_string();
+    // A different command is not covered by that request.
+    let other = run("systemctl --help");
+    assert_eq!(other.status.code(), Some(126), "{}", text(&other));
+    let ok = Command::new(agentgate_bin())
+        .args(["approvals", "approve", &id, "--admin-socket"])
+        .arg(s.gw.admin_socket())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok));
+    let retry = run("systemctl --version");
+    assert!(retry.status.success(), "{}", text(&retry));
+    assert!(
+        String::from_utf8_lossy(&retry.stdout).contains("systemd"),
+        "{}",
+        text(&retry)
+    );
+    let again = run("systemctl --version");
+    assert_eq!(
+        again.status.code(),
+        Some(126),
+        "once only: {}",
+        text(&again)
+    );
+}
+
+/// Flow control: a target sending 256 MB to an agent that reads slowly does not grow the
+/// gateway's memory (russh's bounded channel queues and the peers' windows hold the target
+/// back); every byte arrives.
+#[test]
+fn a_slow_reader_does_not_grow_the_gateway() {
+    let s = setup("slow", 20439, 20438, "");
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.gw.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let mut cmd = ssh::ssh_command(&s.keys.agent_known_hosts, s.sshd.port, DEPLOY_USER, &[]);
+    cmd.arg("head -c 268435456 /dev/zero")
+        .stdout(std::process::Stdio::piped());
+    place(&mut cmd, Some(&s.cg), None);
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut total = 0u64;
+    let mut peak = before;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut reads = 0u64;
+    loop {
+        use std::io::Read;
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        reads += 1;
+        // Slow for the first 64 MB: the target is far faster than this reader.
+        if total < 64 << 20 && reads % 16 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if reads % 64 == 0 {
+            peak = peak.max(rss());
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(total, 268_435_456);
+    let grew_kib = peak.saturating_sub(before);
+    eprintln!("gateway VmRSS {before} KiB before, peak {peak} KiB while relaying 256 MB");
+    assert!(
+        grew_kib < 64 * 1024,
+        "the gateway grew by {grew_kib} KiB while relaying 256 MB to a slow reader ({before} KiB before)"
     );
 }
