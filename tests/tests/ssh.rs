@@ -3,7 +3,7 @@
 //! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
 //! eBPF capture, and the gateway's record.
 //!
-//! Ports: 20438–20459.
+//! Ports: 20436–20459.
 
 use std::{
     path::{Path, PathBuf},
@@ -778,4 +778,69 @@ fn a_slow_reader_does_not_grow_the_gateway() {
         grew_kib < 64 * 1024,
         "the gateway grew by {grew_kib} KiB while relaying 256 MB to a slow reader ({before} KiB before)"
     );
+}
+
+/// The login has a deadline, off the accept loop: clients that stay silent, or send their
+/// version line and nothing more, do not stall another agent's session and are dropped when
+/// the target's `login_timeout_secs` runs out (each a `refused` event with code `timeout`).
+#[test]
+fn silent_and_stalled_clients_are_dropped_without_stalling_others() {
+    require_root();
+    ssh::ensure_user(DEPLOY_USER);
+    let sshd = Sshd::start(20436, SshdOptions::default());
+    let keys = Keys::new("stall", &sshd);
+    let token = TokenFile::valid("stall");
+    let cg = Cgroup::create(&format!("/{}", unique("ssh-stall")));
+    let host_key = format!(
+        "host_ca_key: {}\n      login_timeout_secs: 2",
+        keys.host_ca.private.display()
+    );
+    let yaml = policy_with(
+        20437,
+        cg.rel.trim_start_matches('/'),
+        &format!("{{from: file, path: {}}}", token.path.display()),
+        &host_key,
+        &sshd,
+        &keys,
+        "",
+    );
+    let gw = Gateway::start("ssh-stall", &yaml);
+    gw.wait_classified(&cg.rel);
+    let hold = |send: &str| {
+        let mut cmd = Command::new(ssh::SYSTEM_PYTHON);
+        cmd.args([
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.create_connection(('127.0.0.1', 20436))\n\
+             s.sendall(sys.argv[1].encode())\n\
+             s.settimeout(8)\n\
+             try:\n    data = s.recv(65536)\n    while data:\n        data = s.recv(65536)\n    print('closed')\n\
+             except socket.timeout:\n    print('still open')\n",
+            send,
+        ])
+        .stdout(std::process::Stdio::piped());
+        place(&mut cmd, Some(&cg), None);
+        cmd.spawn().expect("spawn a stalled client")
+    };
+    let silent: Vec<_> = (0..3).map(|_| hold("")).collect();
+    let stalled = hold("SSH-2.0-stalled\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent_ssh(&cg, &keys, sshd.port, DEPLOY_USER, "echo not-stalled");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "not-stalled");
+    for child in silent.into_iter().chain([stalled]) {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "closed",
+            "the gateway closed the stalled connection"
+        );
+    }
+    wait_until("four timeouts", Duration::from_secs(10), || {
+        gw.events()
+            .iter()
+            .filter(|e| e["event"] == "refused" && e["code"] == "timeout")
+            .count()
+            == 4
+    });
 }

@@ -12,6 +12,7 @@ pub mod command;
 mod forward;
 mod gate;
 pub mod keys;
+mod killable;
 mod rule_section;
 pub mod rules;
 mod upstream;
@@ -44,9 +45,8 @@ use crate::{
 /// A channel's task, borrowing the session.
 type ChannelTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
-/// A client that has not logged in by then is dropped: a slow or silent client must not hold
-/// a session slot.
-const LOGIN_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a refused agent's connection stays up for the refusal to reach it.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// Host certificates are made this long-lived, and renewed at half their life.
 const HOST_CERT_LIFE: Duration = Duration::from_secs(3600);
 
@@ -228,8 +228,15 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     };
     let token_file = matches!(placed.workload.token, TokenSource::File(_));
     let (events_tx, mut events) = mpsc::channel(16);
-    let running = match tokio::time::timeout(
-        LOGIN_DEADLINE,
+    // One deadline for the whole login: the version line, the key exchange and the login.
+    let deadline = tokio::time::Instant::now() + ssh.login_timeout;
+    // russh's task for the agent's connection ends when this session does, whatever it waits
+    // for (see `killable`).
+    let cut = CancellationToken::new();
+    let _cut_when_done = cut.clone().drop_guard();
+    let client = killable::Killable::new(client, &cut);
+    let running = match tokio::time::timeout_at(
+        deadline,
         russh::server::run_stream(config, client, AgentSide::new(events_tx, token_file)),
     )
     .await
@@ -240,7 +247,8 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             return Outcome::NoSession;
         }
         Err(_) => {
-            tracing::info!("ssh handshake with the agent: no version line in time");
+            let why = "the agent sent no SSH version line in time";
+            core.refuse(&facts, Refusal::new("timeout", why)).await;
             return Outcome::NoSession;
         }
     };
@@ -256,7 +264,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
 
     // The login: one attempt is put to the core, answered only once the target accepted the
     // gateway's own login for it, so an agent never sees a session the target refused.
-    let deadline = tokio::time::sleep(LOGIN_DEADLINE);
+    let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
     let (user, credential, reply) = loop {
         tokio::select! {
@@ -296,6 +304,8 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             let _ = reply.send(false);
             disconnect(format!("agentgate: {}", r.message)).await;
             core.refuse(&facts, r).await;
+            // The refusal reaches the agent before the connection is cut.
+            let _ = tokio::time::timeout(REFUSAL_GRACE, running).await;
             return Outcome::NoSession;
         }
     };
@@ -334,6 +344,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             .await;
             let event = facts.event(&UpstreamFailed { error: &e });
             core.events.emit("upstream_failed", event);
+            let _ = tokio::time::timeout(REFUSAL_GRACE, running).await;
             return Outcome::NoSession;
         }
     };
@@ -374,6 +385,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     let expires = admitted.expires();
     let mut channels = FuturesUnordered::new();
     let mut running = running;
+    let mut agent_gone = false;
     let (ended_by, error) = loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -398,7 +410,10 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
                 None => break (None, None),
             },
             Some(()) = channels.next(), if !channels.is_empty() => {}
-            r = &mut running => break (None, r.err().map(|e| e.to_string())),
+            r = &mut running => {
+                agent_gone = true;
+                break (None, r.err().map(|e| e.to_string()));
+            }
             () = tokio::time::sleep_until(expires) => break (Some("token expired".to_string()), None),
             () = admitted.guard.stop.cancelled() => break (admitted.guard.reason(), None),
         }
@@ -437,6 +452,10 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     let _ = target
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;
+    // The agent's side gets a moment to send its disconnect before the connection is cut.
+    if !agent_gone {
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut running).await;
+    }
     let statements = ctx.seq.load(std::sync::atomic::Ordering::Relaxed);
     let denied = ctx.denied.load(std::sync::atomic::Ordering::Relaxed);
     Outcome::Closed(Box::new(SessionEnd {
