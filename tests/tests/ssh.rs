@@ -763,10 +763,10 @@ fn a_slow_reader_does_not_grow_the_gateway() {
         total += n as u64;
         reads += 1;
         // Slow for the first 64 MB: the target is far faster than this reader.
-        if total < 64 << 20 && reads % 16 == 0 {
+        if total < 64 << 20 && reads.is_multiple_of(16) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if reads % 64 == 0 {
+        if reads.is_multiple_of(64) {
             peak = peak.max(rss());
         }
     }
