@@ -3,7 +3,7 @@
 //! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
 //! eBPF capture, and the gateway's record.
 //!
-//! Ports: 20436–20459.
+//! Ports: 20434–20459.
 
 use std::{
     path::{Path, PathBuf},
@@ -842,5 +842,61 @@ fn silent_and_stalled_clients_are_dropped_without_stalling_others() {
             .filter(|e| e["event"] == "refused" && e["code"] == "timeout")
             .count()
             == 4
+    });
+}
+
+/// One connection cannot open channels without bound: beyond 64 open at once the gateway
+/// refuses (paramiko's ChannelException), and the refusals are on record.
+#[test]
+fn channels_per_connection_are_capped() {
+    let (s, jwt) = credential_setup("chans", 20435, 20434, |_, keys| {
+        format!("host_ca_key: {}", keys.host_ca.private.display())
+    });
+    let plain = s.keys.dir.join("plain_known_hosts");
+    let mut scan = Command::new("ssh-keyscan");
+    scan.args(["-t", "ed25519", "-p", "20434", "127.0.0.1"]);
+    place(&mut scan, Some(&s.cg), None);
+    let keyscan = scan.output().unwrap();
+    let line = String::from_utf8_lossy(&keyscan.stdout)
+        .lines()
+        .find(|l| l.contains("ssh-ed25519"))
+        .unwrap_or_else(|| panic!("{}", text(&keyscan)))
+        .to_string();
+    ssh::write_known_hosts(&plain, &[line]);
+    let script = r#"
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import paramiko
+known_hosts, password = sys.argv[1:]
+c = paramiko.SSHClient()
+c.load_host_keys(known_hosts)
+c.set_missing_host_key_policy(paramiko.RejectPolicy())
+c.connect("127.0.0.1", port=20434, username="agdeploy", password=password,
+          look_for_keys=False, allow_agent=False, timeout=15)
+t = c.get_transport()
+opened, refused = [], 0
+for _ in range(70):
+    try:
+        opened.append(t.open_session(timeout=10))
+    except paramiko.ChannelException:
+        refused += 1
+print(json.dumps({"opened": len(opened), "refused": refused}))
+"#;
+    let mut cmd = Command::new(ssh::SYSTEM_PYTHON);
+    cmd.args(["-c", script]).arg(&plain).arg(&jwt);
+    place(&mut cmd, Some(&s.cg), None);
+    let out = cmd.output().unwrap();
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(v["opened"], 64, "{v}");
+    assert_eq!(v["refused"], 6, "{v}");
+    wait_until("the refusals on record", Duration::from_secs(10), || {
+        record_query(
+            &s.gw.record_db(),
+            "SELECT count(*) FROM audit_log WHERE kind = 'ssh_refused'",
+        )[0][0]
+            .as_i64()
+            .unwrap_or(0)
+            >= 6
     });
 }

@@ -45,6 +45,9 @@ use crate::{
 /// A channel's task, borrowing the session.
 type ChannelTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
+/// Channels one connection may have open at once (OpenSSH's sshd allows 10 sessions by
+/// default): each holds buffers and a channel to the target.
+const MAX_CHANNELS: usize = 64;
 /// How long a refused agent's connection stays up for the refusal to reach it.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// Host certificates are made this long-lived, and renewed at half their life.
@@ -389,6 +392,14 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     let (ended_by, error) = loop {
         tokio::select! {
             ev = events.recv() => match ev {
+                Some(AgentEvent::Session { reply, .. }) if channels.len() >= MAX_CHANNELS => {
+                    reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                    record_refused(&ctx, format!("a channel beyond {MAX_CHANNELS} open at once")).await;
+                }
+                Some(AgentEvent::Forward { reply, host, port, .. }) if channels.len() >= MAX_CHANNELS => {
+                    reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                    record_refused(&ctx, format!("port forwarding to {host}:{port} beyond {MAX_CHANNELS} channels open at once")).await;
+                }
                 Some(AgentEvent::Session { channel, reply }) => {
                     reply.accept().await;
                     channels.push(Box::pin(channel::serve(&ctx, channel, &target)) as ChannelTask<'_>);
