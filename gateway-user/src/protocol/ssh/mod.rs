@@ -88,6 +88,8 @@ pub struct Ctx<'a> {
     pub bytes_down: AtomicU64,
     /// Cancelled when the session ends (the agent left, expiry, revocation, reload).
     pub ended: CancellationToken,
+    /// The session's gate: forwards in progress, re-authorization under a new policy.
+    pub gate: Arc<crate::proxy::Gate>,
 }
 
 impl Ctx<'_> {
@@ -383,6 +385,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
         bytes_up: AtomicU64::new(0),
         bytes_down: AtomicU64::new(0),
         ended: CancellationToken::new(),
+        gate: admitted.guard.gate.clone(),
     };
     let started = Instant::now();
     let expires = admitted.expires();
