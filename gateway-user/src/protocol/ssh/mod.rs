@@ -11,6 +11,7 @@ mod channel;
 pub mod command;
 mod gate;
 pub mod keys;
+mod mask;
 mod rule_section;
 pub mod rules;
 mod upstream;
