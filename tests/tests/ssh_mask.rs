@@ -246,21 +246,21 @@ fn a_hundred_megabytes_through_a_masked_channel_keep_memory_flat() {
     let file = remote.0.join("big.txt");
     // 100 MiB of text lines, a key on every 10,000th.
     let line = "lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\n";
-    let mut text = String::with_capacity(100 << 20);
+    let mut content = String::with_capacity(100 << 20);
     let mut keys = 0;
     let mut i = 0;
-    while text.len() < 100 << 20 {
+    while content.len() < 100 << 20 {
         if i % 10_000 == 0 {
-            text.push_str(&format!("key {AWS_KEY}\n"));
+            content.push_str(&format!("key {AWS_KEY}\n"));
             keys += 1;
         } else {
-            text.push_str(line);
+            content.push_str(line);
         }
         i += 1;
     }
-    std::fs::write(&file, &text).unwrap();
+    std::fs::write(&file, &content).unwrap();
     set_mode(&file, 0o644);
-    drop(text);
+    drop(content);
 
     // A first exec, so that what a session and a channel cost is in the baseline.
     let warm = s.exec("true");
