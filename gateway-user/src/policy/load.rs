@@ -874,14 +874,31 @@ impl Merger {
                             ));
                         }
                     }
-                    Some(x) if r.mask.is_some() && x.protocol() != Protocol::Postgres => found
-                        .push((
+                    // An ssh channel's output is a byte stream: detectors apply, columns cannot.
+                    Some(x)
+                        if x.protocol() == Protocol::Ssh
+                            && r.mask.as_ref().is_some_and(|m| !m.columns.is_empty()) =>
+                    {
+                        found.push((
                             r.source.clone(),
                             format!(
-                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres targets",
+                                "rule `{}` masks columns but target `{t}` speaks Ssh, whose output has no columns; mask it with detectors or regexes",
+                                r.name
+                            ),
+                        ))
+                    }
+                    Some(x)
+                        if r.mask.is_some()
+                            && !matches!(x.protocol(), Protocol::Postgres | Protocol::Ssh) =>
+                    {
+                        found.push((
+                            r.source.clone(),
+                            format!(
+                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres and ssh targets",
                                 r.name, x.protocol()
                             ),
-                        )),
+                        ))
+                    }
                     Some(_) => {}
                 }
             }

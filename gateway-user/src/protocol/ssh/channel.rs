@@ -156,7 +156,8 @@ pub async fn serve(
     if let Some(id) = &label {
         ctx.approvals.forwarded(id, &ctx.session);
     }
-    let (exit, output) = relay(ctx, agent, upstream).await;
+    let mask = super::mask::OutputMask::for_channel(ctx, &request);
+    let (exit, output) = relay(ctx, agent, upstream, mask).await;
     if exit.is_none() && ctx.ended.is_cancelled() {
         rec.error = Some("agentgate: ended with the session while it ran".into());
     }
@@ -228,6 +229,7 @@ async fn relay(
     ctx: &Ctx<'_>,
     agent: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
+    mask: Option<super::mask::OutputMask>,
 ) -> (Option<u32>, CommandOutput) {
     let (agent_rx, agent_tx) = agent.split();
     let (up_rx, up_tx) = upstream.split();
@@ -243,7 +245,7 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask).await;
         let _ = done_tx.send(());
         r
     };
@@ -255,7 +257,7 @@ async fn relay(
 /// withdrawn by a reload, or the agent left): a running command is cut off then, both channels
 /// are closed and its record is written with what was seen, rather than the relay waiting for
 /// a target that may never close (a `sleep 30`) until the session drops it unrecorded.
-async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
+pub(super) async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
     tokio::select! {
         biased;
         () = ctx.ended.cancelled() => None,
@@ -306,13 +308,15 @@ async fn target_to_agent(
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<server::Msg>,
     keep: usize,
+    mut mask: Option<super::mask::OutputMask>,
 ) -> (Option<u32>, CommandOutput) {
     let mut exit = None;
     let mut out = CommandOutput::default();
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     let mut eof_held = false;
-    while let Some(msg) = next(ctx, &mut from).await {
+    // Output masked (the agent and the record see the same) unless the channel is sftp.
+    while let Some(msg) = super::mask::next(ctx, &mut from, &mut mask).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_down
