@@ -13,6 +13,7 @@ use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHa
 
 use super::{
     gate::{self, Gated},
+    sftp,
     upstream::TargetSide,
     Ctx,
 };
@@ -24,6 +25,8 @@ pub enum Request {
     Exec(String),
     Shell,
     Subsystem(String),
+    /// One write-type request inside an sftp channel, judged by its paths (`sftp.rs`).
+    Sftp(sftp::Op),
 }
 
 impl Request {
@@ -33,6 +36,7 @@ impl Request {
             Request::Exec(_) => "exec",
             Request::Shell => "shell",
             Request::Subsystem(_) => "subsystem",
+            Request::Sftp(_) => "sftp",
         }
     }
 
@@ -42,6 +46,7 @@ impl Request {
             Request::Exec(c) => c.clone(),
             Request::Shell => "(interactive shell)".into(),
             Request::Subsystem(s) => format!("(subsystem {s})"),
+            Request::Sftp(op) => op.text.clone(),
         }
     }
 }
@@ -152,7 +157,7 @@ pub async fn serve(
     if let Some(id) = &label {
         ctx.approvals.forwarded(id, &ctx.session);
     }
-    let (exit, output) = relay(ctx, agent, upstream).await;
+    let (exit, output) = relay(ctx, &request, agent, upstream).await;
     if exit.is_none() && ctx.ended.is_cancelled() {
         rec.error = Some("agentgate: ended with the session while it ran".into());
     }
@@ -210,6 +215,8 @@ async fn open_upstream(
         Request::Exec(c) => ch.exec(true, c.as_bytes().to_vec()).await?,
         Request::Shell => ch.request_shell(true).await?,
         Request::Subsystem(s) => ch.request_subsystem(true, s.as_str()).await?,
+        // Not a channel request: judged inside an sftp channel.
+        Request::Sftp(_) => return Err(russh::Error::Inconsistent),
     }
     Ok(ch)
 }
@@ -222,16 +229,20 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Relays until the target's channel closes (or the agent's, which closes the target's).
 async fn relay(
     ctx: &Ctx<'_>,
+    request: &Request,
     agent: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
 ) -> (Option<u32>, CommandOutput) {
+    // The sftp server's stream is read request by request (`sftp.rs`).
+    let sftp = sftp::wanted(request).then(sftp::Relay::default);
+    let sftp = sftp.as_ref();
     let (agent_rx, agent_tx) = agent.split();
     let (up_rx, up_tx) = upstream.split();
     let keep = ctx.record_bytes.min(MAX_KEPT);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let up = async {
         tokio::select! {
-            () = agent_to_target(ctx, agent_rx, &up_tx) => {}
+            () = agent_to_target(ctx, agent_rx, &up_tx, &agent_tx, sftp) => {}
             _ = async {
                 let _ = done_rx.await;
                 tokio::time::sleep(CLOSE_GRACE).await;
@@ -239,11 +250,14 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, sftp).await;
         let _ = done_tx.send(());
         r
     };
     let ((), result) = tokio::join!(up, down);
+    if let Some(s) = sftp {
+        s.finish(ctx).await;
+    }
     result
 }
 
@@ -263,12 +277,17 @@ async fn agent_to_target(
     ctx: &Ctx<'_>,
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<client::Msg>,
+    agent: &ChannelWriteHalf<server::Msg>,
+    sftp: Option<&sftp::Relay>,
 ) {
     while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
-                to.data_bytes(data).await
+                match sftp {
+                    Some(s) => s.from_agent(ctx, &data, to, agent).await,
+                    None => to.data_bytes(data).await,
+                }
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -302,6 +321,7 @@ async fn target_to_agent(
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<server::Msg>,
     keep: usize,
+    sftp: Option<&sftp::Relay>,
 ) -> (Option<u32>, CommandOutput) {
     let mut exit = None;
     let mut out = CommandOutput::default();
@@ -314,7 +334,10 @@ async fn target_to_agent(
                 ctx.bytes_down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 keep_some(&mut stdout, &data, keep, &mut out);
-                to.data_bytes(data).await
+                match sftp {
+                    Some(s) => s.from_target(ctx, &data, to).await,
+                    None => to.data_bytes(data).await,
+                }
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 ctx.bytes_down

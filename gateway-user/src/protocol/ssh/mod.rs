@@ -13,6 +13,7 @@ mod gate;
 pub mod keys;
 mod rule_section;
 pub mod rules;
+mod sftp;
 mod upstream;
 
 use std::{

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::{
     command::{CommandMatch, CommandMatchDoc},
     rules::CommandRule,
+    sftp::SftpRule,
 };
 use crate::policy::{
     empty_list,
@@ -53,6 +54,22 @@ struct CommandsDoc {
     /// Subsystems (`sftp`) that pass this rule.
     #[serde(default, deserialize_with = "empty_list")]
     subsystems: Vec<String>,
+    /// Paths sftp's write-type operations may (not) touch; lets the sftp subsystem open.
+    #[serde(default)]
+    sftp: Option<SftpDoc>,
+}
+
+/// `commands: {sftp: {deny_write: [...], allow_write: [...]}}`: globs over the normalized
+/// absolute path of every path a write-type sftp operation changes (docs/ssh.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftpDoc {
+    /// A path that matches one sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    deny_write: Vec<String>,
+    /// A path that matches none sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    allow_write: Vec<String>,
 }
 
 /// A rule that lets things through (`effect: allow`, no approval) can only open shells and
@@ -67,9 +84,21 @@ fn parse_section(
         && c.deny.is_empty()
         && c.programs.is_empty()
         && c.patterns.is_empty());
-    if ctx.effect == Effect::Allow && !ctx.approval && lists {
+    let sftp = match &c.sftp {
+        None => None,
+        Some(d) if d.deny_write.is_empty() && d.allow_write.is_empty() => {
+            return Err(vec![format!(
+                "rule `{rule}`: `sftp` needs deny_write or allow_write"
+            )])
+        }
+        Some(d) => match SftpRule::new(&d.deny_write, &d.allow_write) {
+            Ok(r) => Some(r),
+            Err(e) => return Err(vec![format!("rule `{rule}`: {e}")]),
+        },
+    };
+    if ctx.effect == Effect::Allow && !ctx.approval && (lists || sftp.is_some()) {
         return Err(vec![format!(
-            "rule `{rule}`: a command rule with `effect: allow` can only allow shells and subsystems; its command lists need `effect: deny` or `approval`"
+            "rule `{rule}`: a command rule with `effect: allow` can only allow shells and subsystems; its command and sftp lists need `effect: deny` or `approval`"
         )]);
     }
     if ctx.approval && ctx.effect == Effect::Deny {
@@ -78,15 +107,16 @@ fn parse_section(
         )]);
     }
     if !lists {
-        if !c.shell && c.subsystems.is_empty() {
+        if !c.shell && c.subsystems.is_empty() && sftp.is_none() {
             return Err(vec![format!(
-                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems"
+                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, sftp"
             )]);
         }
         return Ok(Arc::new(CommandRule {
             matcher: None,
             shell: c.shell,
             subsystems: c.subsystems,
+            sftp,
         }));
     }
     let doc = CommandMatchDoc {
@@ -100,6 +130,7 @@ fn parse_section(
             matcher: Some(matcher),
             shell: c.shell,
             subsystems: c.subsystems,
+            sftp,
         })),
         Err(e) => Err(vec![format!("rule `{rule}`: {e}")]),
     }
