@@ -130,7 +130,7 @@ pub async fn serve(
     let started = Instant::now();
     let started_ms = crate::record::now_ms();
     let mut rec = ctx.statement(&request, started_ms);
-    let gated = gate::pass(ctx, &request, &mut rec, &mut agent).await;
+    let gated = gate::pass(ctx, &request, &mut rec, &agent).await;
     let label = match gated {
         Gated::Refused { message } => {
             ctx.denied.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +285,7 @@ async fn agent_to_target(
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
                 match sftp {
-                    Some(s) => s.from_agent(ctx, &data, to, agent).await,
+                    Some(s) => s.agent_data(ctx, &data, to, agent).await,
                     None => to.data_bytes(data).await,
                 }
             }
@@ -335,7 +335,7 @@ async fn target_to_agent(
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 keep_some(&mut stdout, &data, keep, &mut out);
                 match sftp {
-                    Some(s) => s.from_target(ctx, &data, to).await,
+                    Some(s) => s.target_data(ctx, &data, to).await,
                     None => to.data_bytes(data).await,
                 }
             }

@@ -40,15 +40,12 @@ fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
     match request {
         Request::Shell => (!rule.shell).then(|| "an interactive shell".to_string()),
         Request::Subsystem(name) => (!rule.subsystems.iter().any(|s| s == name)
-            && !(name == SFTP && rule.sftp.is_some()))
+            && (name != SFTP || rule.sftp.is_none()))
         .then(|| format!("subsystem `{name}`")),
         // Every path the operation changes is judged; one set off sets the rule off.
         Request::Sftp(op) => {
             let paths = rule.sftp.as_ref()?;
-            op.paths
-                .iter()
-                .find_map(|p| paths.sets_off(p))
-                .map(|why| format!("sftp `{}`: {why}", op.text))
+            op.paths.iter().find_map(|p| paths.sets_off(p))
         }
         Request::Exec(cmd) => {
             // Another name for the sftp subsystem or for a shell is judged as that too (see

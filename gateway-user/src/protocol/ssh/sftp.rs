@@ -119,7 +119,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Relay {
     /// Data from the agent: whole packets are judged, forwarded to the target or answered.
-    pub async fn from_agent(
+    pub async fn agent_data(
         &self,
         ctx: &Ctx<'_>,
         data: &[u8],
@@ -141,7 +141,7 @@ impl Relay {
     }
 
     /// Data from the target: whole packets relayed to the agent, what they answer noted.
-    pub async fn from_target(
+    pub async fn target_data(
         &self,
         ctx: &Ctx<'_>,
         data: &[u8],
