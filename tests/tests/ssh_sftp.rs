@@ -2,7 +2,7 @@
 //! sshd and sftp-server as the target, the real `sftp -b` batch client, `scp` (SFTP mode) and
 //! paramiko's SFTP client as the agents, in a managed cgroup. Setup in `ssh_common`.
 //!
-//! Ports: 20610–20615.
+//! Ports: 20610–20617.
 
 mod ssh_common;
 
@@ -21,6 +21,10 @@ use serde_json::Value;
 use ssh_common::*;
 
 fn sftp_batch(s: &Setup, batch: &str) -> Output {
+    sftp_batch_with(s, batch, &[])
+}
+
+fn sftp_batch_with(s: &Setup, batch: &str, extra: &[&str]) -> Output {
     let file = s.keys.dir.join(unique("batch"));
     std::fs::write(&file, batch).unwrap();
     let mut cmd = ssh::sftp_command(
@@ -28,7 +32,7 @@ fn sftp_batch(s: &Setup, batch: &str) -> Output {
         s.sshd.port,
         DEPLOY_USER,
         &file,
-        &[],
+        extra,
     );
     place(&mut cmd, Some(&s.cg), None);
     cmd.output().expect("run sftp")
@@ -147,6 +151,14 @@ fn writes_into_denied_paths_are_refused_and_the_rest_recorded_with_sizes() {
     let out = sftp_batch(&s, &format!("put {} {dots}\n", l(&up)));
     refused(&out, "put through `..`");
     assert!(!locked.join("dots.bin").exists());
+    // The sftp server run as an exec by its path instead of the subsystem: read the same way.
+    let out = sftp_batch_with(
+        &s,
+        &format!("put {} {}\n", l(&up), l(&locked.join("exec.bin"))),
+        &["-s", "/usr/lib/openssh/sftp-server"],
+    );
+    refused(&out, "put through the sftp server run as an exec");
+    assert!(!locked.join("exec.bin").exists());
     let out = scp(
         &s,
         &l(&up),
@@ -201,7 +213,7 @@ fn writes_into_denied_paths_are_refused_and_the_rest_recorded_with_sizes() {
         },
     );
     let denied: Vec<&Vec<Value>> = ops.iter().filter(|r| r[2] == "denied").collect();
-    assert_eq!(denied.len(), 8, "{ops:#?}");
+    assert_eq!(denied.len(), 9, "{ops:#?}");
     assert!(
         denied.iter().all(|r| r[3] == "no-locked-writes"),
         "{ops:#?}"
@@ -512,4 +524,47 @@ fn a_held_write_waits_for_approval() {
     let ops = sftp_ops(&s);
     let decisions: Vec<&Value> = ops.iter().map(|r| &r[2]).collect();
     assert_eq!(decisions, ["approved", "denied"], "{ops:#?}");
+}
+
+/// Under `mode: deny_and_retry` a write is refused at once (the agent's sftp says permission
+/// denied, the request waits for approvers); once approved, the identical put goes through.
+#[test]
+fn deny_and_retry_lets_the_approved_write_through_on_retry() {
+    let remote = DeployDir::new("sftpretry");
+    let rules = "  - name: writes-need-approval
+    commands:
+      sftp: {allow_write: [\"/tmp/nothing-is-allowed/**\"]}
+    approval: {approvers: [oncall], timeout_secs: 120, mode: deny_and_retry, retry_window_secs: 600}
+    targets: [build-host]
+";
+    let s = setup("sftpretry", 20616, rules);
+    let local = s.keys.dir.join("retry.txt");
+    std::fs::write(&local, "retried").unwrap();
+    let target = remote.0.join("retry.txt");
+    let batch = format!("put {} {}\n", local.display(), target.display());
+    let out = sftp_batch(&s, &batch);
+    refused(&out, "a put awaiting approval");
+    assert!(!target.exists());
+    let approvals = |args: &[&str]| -> Output {
+        Command::new(agentgate_bin())
+            .arg("approvals")
+            .args(args)
+            .arg("--admin-socket")
+            .arg(s.gw.admin_socket())
+            .output()
+            .expect("run agentgate approvals")
+    };
+    let list = approvals(&["list", "--json"]);
+    let v: Value = serde_json::from_slice(&list.stdout).unwrap_or_default();
+    let reqs = v["requests"].as_array().cloned().unwrap_or_default();
+    assert_eq!(reqs.len(), 1, "{v}");
+    let id = reqs[0]["id"].as_str().unwrap().to_string();
+    let ok = approvals(&["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let out = sftp_batch(&s, &batch);
+    assert!(out.status.success(), "the approved put: {}", text(&out));
+    assert_eq!(std::fs::read(&target).unwrap(), b"retried");
+    let ops = sftp_ops(&s);
+    let decisions: Vec<&Value> = ops.iter().map(|r| &r[2]).collect();
+    assert_eq!(decisions, ["denied", "approved"], "{ops:#?}");
 }

@@ -228,11 +228,12 @@ impl Relay {
         match asked {
             Asked::Init => target.data_bytes(wire::init_v3(&packet)?).await?,
             Asked::Pass { id, track } => {
-                self.expect(id, Pending::Tracked(track))?;
+                self.expect(ctx, id, Pending::Tracked(track)).await?;
                 target.data_bytes(packet).await?;
             }
             Asked::Refuse { id, why } => {
                 let mut rec = ctx.statement(&Request::Sftp(unjudged(&why)), now_ms());
+                rec.class = "unknown".into();
                 rec.decision = "denied";
                 rec.error = Some(why.clone());
                 ctx.denied.fetch_add(1, Ordering::Relaxed);
@@ -265,13 +266,15 @@ impl Relay {
                             ctx.approvals.forwarded(a, &ctx.session);
                         }
                         self.expect(
+                            ctx,
                             id,
                             Pending::Judged {
                                 rec: Box::new(rec),
                                 started,
                                 track,
                             },
-                        )?;
+                        )
+                        .await?;
                         target.data_bytes(packet).await?;
                     }
                 }
@@ -280,14 +283,25 @@ impl Relay {
         Ok(())
     }
 
-    fn expect(&self, id: u32, pending: Pending) -> Result<(), SftpError> {
-        let mut s = lock(&self.state);
-        if s.pending.len() >= MAX_PENDING {
-            return Err(SftpError::TooMany(MAX_PENDING));
+    async fn expect(&self, ctx: &Ctx<'_>, id: u32, pending: Pending) -> Result<(), SftpError> {
+        let displaced = {
+            let mut s = lock(&self.state);
+            if s.pending.len() >= MAX_PENDING {
+                return Err(SftpError::TooMany(MAX_PENDING));
+            }
+            s.pending.insert(id, pending)
+        };
+        // A reused id: the earlier request's reply will be taken for this one's. Its record
+        // is written now, without an outcome, rather than lost.
+        if let Some(Pending::Judged {
+            mut rec, started, ..
+        }) = displaced
+        {
+            rec.error =
+                Some("agentgate: its request id was reused before the target answered".into());
+            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            ctx.recorder.record(Record::Statement(*rec)).await;
         }
-        // A reused id: the earlier request's reply would be taken for this one's; the
-        // earlier one's record is written by `finish` at the latest (it is replaced here).
-        s.pending.insert(id, pending);
         Ok(())
     }
 
