@@ -58,17 +58,26 @@ fn deploy_file(path: &Path, contents: &[u8]) {
     std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
 }
 
-/// The sftp operations on record, in order: (class, text, decision, rule, error, params as
-/// JSON text). OpenSSH's client renames with `posix-rename@openssh.com` where the server has it.
+/// The sftp operations on record, in order: (operation, text, decision, rule, error, params as
+/// JSON text); the operation is the first word of the text (`class` is `sftp`). OpenSSH's client
+/// renames with `posix-rename@openssh.com` where the server has it.
 fn sftp_ops(s: &Setup) -> Vec<Vec<Value>> {
-    record_query(
+    let rows = record_query(
         &s.gw.record_db(),
         "SELECT json_extract(body, '$.class'), json_extract(body, '$.text'), \
          json_extract(body, '$.decision'), json_extract(body, '$.rule'), \
          json_extract(body, '$.error'), json_extract(body, '$.params') \
          FROM audit_log WHERE kind = 'statement' AND json_extract(body, '$.kind') = 'sftp' \
          ORDER BY seq",
-    )
+    );
+    rows.into_iter()
+        .map(|mut r| {
+            assert_eq!(r[0], "sftp", "class: {r:?}");
+            let op = r[1].as_str().unwrap_or("").split(' ').next().unwrap_or("");
+            r[0] = Value::from(op);
+            r
+        })
+        .collect()
 }
 
 /// The file handles summed up: (path, mode, bytes read, bytes written, closed).

@@ -141,9 +141,13 @@ pub async fn serve(
             ctx.recorder.record(Record::Statement(rec)).await;
             return;
         }
-        Gated::Forward { approval } => approval,
+        Gated::Forward { approval, busy } => (approval, busy),
     };
-    let upstream = match open_upstream(target, &request, pty, env).await {
+    let (label, busy) = label;
+    let upstream = open_upstream(target, &request, pty, env).await;
+    // The target has the request (or refused it): the forward is no longer in progress.
+    drop(busy);
+    let upstream = match upstream {
         Ok(c) => c,
         Err(e) => {
             let message = format!("agentgate: the target refused the channel: {e}");

@@ -54,6 +54,9 @@ struct CommandsDoc {
     /// Subsystems (`sftp`) that pass this rule.
     #[serde(default, deserialize_with = "empty_list")]
     subsystems: Vec<String>,
+    /// Named destinations (`host:port`) the agent may forward to through the target.
+    #[serde(default, deserialize_with = "empty_list")]
+    forward: Vec<String>,
     /// Paths sftp's write-type operations may (not) touch; lets the sftp subsystem open.
     #[serde(default)]
     sftp: Option<SftpDoc>,
@@ -78,8 +81,19 @@ fn parse_section(
     ctx: &SectionContext<'_>,
     raw: RawSection,
 ) -> Result<Arc<dyn ActionMatcher>, Vec<String>> {
-    let c: CommandsDoc = raw.parse(ctx.rule, "commands")?;
+    let mut c: CommandsDoc = raw.parse(ctx.rule, "commands")?;
     let rule = ctx.rule;
+    let mut forward = Vec::new();
+    for d in std::mem::take(&mut c.forward) {
+        match super::forward::destination(&d) {
+            Some(named) => forward.push(named),
+            None => {
+                return Err(vec![format!(
+                    "rule `{rule}`: commands.forward: `{d}` is not `host:port` (a named destination, no globs)"
+                )])
+            }
+        }
+    }
     let lists = !(c.allow.is_empty()
         && c.deny.is_empty()
         && c.programs.is_empty()
@@ -107,9 +121,9 @@ fn parse_section(
         )]);
     }
     if !lists {
-        if !c.shell && c.subsystems.is_empty() && sftp.is_none() {
+        if !c.shell && c.subsystems.is_empty() && forward.is_empty() && sftp.is_none() {
             return Err(vec![format!(
-                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, sftp"
+                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, forward, sftp"
             )]);
         }
         return Ok(Arc::new(CommandRule {
@@ -117,6 +131,7 @@ fn parse_section(
             shell: c.shell,
             subsystems: c.subsystems,
             sftp,
+            forward,
         }));
     }
     let doc = CommandMatchDoc {
@@ -131,6 +146,7 @@ fn parse_section(
             shell: c.shell,
             subsystems: c.subsystems,
             sftp,
+            forward,
         })),
         Err(e) => Err(vec![format!("rule `{rule}`: {e}")]),
     }

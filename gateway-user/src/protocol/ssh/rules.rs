@@ -25,6 +25,9 @@ pub struct CommandRule {
     /// Which paths sftp's write-type operations may touch; a rule with it lets the sftp
     /// subsystem open (its operations are judged instead).
     pub sftp: Option<SftpRule>,
+    /// Destinations (`host:port`, host lower-case) the agent may open direct-tcpip channels
+    /// to (`ssh -L`, `ssh -W`); see `forward.rs`.
+    pub forward: Vec<String>,
 }
 
 /// What the command rules say about a request.

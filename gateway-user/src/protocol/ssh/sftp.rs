@@ -233,7 +233,6 @@ impl Relay {
             }
             Asked::Refuse { id, why } => {
                 let mut rec = ctx.statement(&Request::Sftp(unjudged(&why)), now_ms());
-                rec.class = "unknown".into();
                 rec.decision = "denied";
                 rec.error = Some(why.clone());
                 ctx.denied.fetch_add(1, Ordering::Relaxed);
@@ -245,8 +244,9 @@ impl Relay {
                 let request = Request::Sftp(op);
                 let started = Instant::now();
                 let mut rec = ctx.statement(&request, now_ms());
+                // `class` stays `sftp` (the request kind metrics count); the operation is the
+                // first word of the text, its paths the params.
                 if let Request::Sftp(op) = &request {
-                    rec.class = op.name.to_string();
                     rec.params = op.paths.iter().map(|p| Some(p.shown.clone())).collect();
                 }
                 match gate::pass(ctx, &request, &mut rec, agent).await {
@@ -261,7 +261,7 @@ impl Relay {
                         )
                         .await?;
                     }
-                    Gated::Forward { approval } => {
+                    Gated::Forward { approval, busy } => {
                         if let Some(a) = &approval {
                             ctx.approvals.forwarded(a, &ctx.session);
                         }
@@ -275,7 +275,11 @@ impl Relay {
                             },
                         )
                         .await?;
-                        target.data_bytes(packet).await?;
+                        let sent = target.data_bytes(packet).await;
+                        // The target has it: no longer a forward in progress (a reload waits
+                        // for it before its policy is in force).
+                        drop(busy);
+                        sent?;
                     }
                 }
             }
