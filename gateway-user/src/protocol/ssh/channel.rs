@@ -161,7 +161,8 @@ pub async fn serve(
     if let Some(id) = &label {
         ctx.approvals.forwarded(id, &ctx.session);
     }
-    let (exit, output) = relay(ctx, &request, agent, upstream).await;
+    let mask = super::mask::OutputMask::for_channel(ctx, &request);
+    let (exit, output) = relay(ctx, &request, agent, upstream, mask).await;
     if exit.is_none() && ctx.ended.is_cancelled() {
         rec.error = Some("agentgate: ended with the session while it ran".into());
     }
@@ -236,6 +237,7 @@ async fn relay(
     request: &Request,
     agent: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
+    mask: Option<super::mask::OutputMask>,
 ) -> (Option<u32>, CommandOutput) {
     // The sftp server's stream is read request by request (`sftp.rs`).
     let sftp = sftp::wanted(request).then(sftp::Relay::default);
@@ -254,7 +256,7 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, sftp).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask, sftp).await;
         let _ = done_tx.send(());
         r
     };
@@ -269,7 +271,7 @@ async fn relay(
 /// withdrawn by a reload, or the agent left): a running command is cut off then, both channels
 /// are closed and its record is written with what was seen, rather than the relay waiting for
 /// a target that may never close (a `sleep 30`) until the session drops it unrecorded.
-async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
+pub(super) async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
     tokio::select! {
         biased;
         () = ctx.ended.cancelled() => None,
@@ -325,6 +327,7 @@ async fn target_to_agent(
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<server::Msg>,
     keep: usize,
+    mut mask: Option<super::mask::OutputMask>,
     sftp: Option<&sftp::Relay>,
 ) -> (Option<u32>, CommandOutput) {
     let mut exit = None;
@@ -332,7 +335,8 @@ async fn target_to_agent(
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     let mut eof_held = false;
-    while let Some(msg) = next(ctx, &mut from).await {
+    // Output masked (the agent and the record see the same) unless the channel is sftp.
+    while let Some(msg) = super::mask::next(ctx, &mut from, &mut mask).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_down

@@ -13,6 +13,7 @@ mod forward;
 mod gate;
 pub mod keys;
 mod killable;
+mod mask;
 mod rule_section;
 pub mod rules;
 mod sftp;
