@@ -13,6 +13,7 @@ use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHa
 
 use super::{
     gate::{self, Gated},
+    sftp,
     upstream::TargetSide,
     Ctx,
 };
@@ -24,6 +25,8 @@ pub enum Request {
     Exec(String),
     Shell,
     Subsystem(String),
+    /// One write-type request inside an sftp channel, judged by its paths (`sftp.rs`).
+    Sftp(sftp::Op),
 }
 
 impl Request {
@@ -33,6 +36,7 @@ impl Request {
             Request::Exec(_) => "exec",
             Request::Shell => "shell",
             Request::Subsystem(_) => "subsystem",
+            Request::Sftp(_) => "sftp",
         }
     }
 
@@ -42,6 +46,7 @@ impl Request {
             Request::Exec(c) => c.clone(),
             Request::Shell => "(interactive shell)".into(),
             Request::Subsystem(s) => format!("(subsystem {s})"),
+            Request::Sftp(op) => op.text.clone(),
         }
     }
 }
@@ -125,7 +130,7 @@ pub async fn serve(
     let started = Instant::now();
     let started_ms = crate::record::now_ms();
     let mut rec = ctx.statement(&request, started_ms);
-    let gated = gate::pass(ctx, &request, &mut rec, &mut agent).await;
+    let gated = gate::pass(ctx, &request, &mut rec, &agent).await;
     let label = match gated {
         Gated::Refused { message } => {
             ctx.denied.fetch_add(1, Ordering::Relaxed);
@@ -157,7 +162,7 @@ pub async fn serve(
         ctx.approvals.forwarded(id, &ctx.session);
     }
     let mask = super::mask::OutputMask::for_channel(ctx, &request);
-    let (exit, output) = relay(ctx, agent, upstream, mask).await;
+    let (exit, output) = relay(ctx, &request, agent, upstream, mask).await;
     if exit.is_none() && ctx.ended.is_cancelled() {
         rec.error = Some("agentgate: ended with the session while it ran".into());
     }
@@ -215,6 +220,8 @@ async fn open_upstream(
         Request::Exec(c) => ch.exec(true, c.as_bytes().to_vec()).await?,
         Request::Shell => ch.request_shell(true).await?,
         Request::Subsystem(s) => ch.request_subsystem(true, s.as_str()).await?,
+        // Not a channel request: judged inside an sftp channel.
+        Request::Sftp(_) => return Err(russh::Error::Inconsistent),
     }
     Ok(ch)
 }
@@ -227,17 +234,21 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Relays until the target's channel closes (or the agent's, which closes the target's).
 async fn relay(
     ctx: &Ctx<'_>,
+    request: &Request,
     agent: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
     mask: Option<super::mask::OutputMask>,
 ) -> (Option<u32>, CommandOutput) {
+    // The sftp server's stream is read request by request (`sftp.rs`).
+    let sftp = sftp::wanted(request).then(sftp::Relay::default);
+    let sftp = sftp.as_ref();
     let (agent_rx, agent_tx) = agent.split();
     let (up_rx, up_tx) = upstream.split();
     let keep = ctx.record_bytes.min(MAX_KEPT);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let up = async {
         tokio::select! {
-            () = agent_to_target(ctx, agent_rx, &up_tx) => {}
+            () = agent_to_target(ctx, agent_rx, &up_tx, &agent_tx, sftp) => {}
             _ = async {
                 let _ = done_rx.await;
                 tokio::time::sleep(CLOSE_GRACE).await;
@@ -245,11 +256,14 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask, sftp).await;
         let _ = done_tx.send(());
         r
     };
     let ((), result) = tokio::join!(up, down);
+    if let Some(s) = sftp {
+        s.finish(ctx).await;
+    }
     result
 }
 
@@ -269,12 +283,17 @@ async fn agent_to_target(
     ctx: &Ctx<'_>,
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<client::Msg>,
+    agent: &ChannelWriteHalf<server::Msg>,
+    sftp: Option<&sftp::Relay>,
 ) {
     while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
-                to.data_bytes(data).await
+                match sftp {
+                    Some(s) => s.agent_data(ctx, &data, to, agent).await,
+                    None => to.data_bytes(data).await,
+                }
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -309,6 +328,7 @@ async fn target_to_agent(
     to: &ChannelWriteHalf<server::Msg>,
     keep: usize,
     mut mask: Option<super::mask::OutputMask>,
+    sftp: Option<&sftp::Relay>,
 ) -> (Option<u32>, CommandOutput) {
     let mut exit = None;
     let mut out = CommandOutput::default();
@@ -322,7 +342,10 @@ async fn target_to_agent(
                 ctx.bytes_down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 keep_some(&mut stdout, &data, keep, &mut out);
-                to.data_bytes(data).await
+                match sftp {
+                    Some(s) => s.target_data(ctx, &data, to).await,
+                    None => to.data_bytes(data).await,
+                }
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 ctx.bytes_down

@@ -2,7 +2,7 @@
 //! protocol's actions pass it: deny rules → approval by people (hold or deny-and-retry) →
 //! durable intent (on record before anything reaches the target) → forward.
 
-use russh::{server, Channel};
+use russh::{server, Channel, ChannelWriteHalf};
 
 use super::{
     channel::Request,
@@ -24,6 +24,28 @@ pub enum Gated {
     },
 }
 
+/// Where the agent reads the gateway's notices (stderr of the channel): a whole channel before
+/// its command runs, the write half of one in the middle of an sftp session.
+pub trait Notice {
+    fn notice(&self, text: String) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Notice for Channel<server::Msg> {
+    async fn notice(&self, text: String) {
+        let _ = self
+            .extended_data_bytes(1, bytes::Bytes::from(text.into_bytes()))
+            .await;
+    }
+}
+
+impl Notice for ChannelWriteHalf<server::Msg> {
+    async fn notice(&self, text: String) {
+        let _ = self
+            .extended_data_bytes(1, bytes::Bytes::from(text.into_bytes()))
+            .await;
+    }
+}
+
 fn denial(rule: &str, why: &str) -> String {
     format!("agentgate: refused by rule \"{rule}\": {why}")
 }
@@ -33,7 +55,7 @@ pub async fn pass(
     ctx: &Ctx<'_>,
     request: &Request,
     rec: &mut Statement,
-    agent: &mut Channel<server::Msg>,
+    agent: &impl Notice,
 ) -> Gated {
     let policy = ctx.policy.borrow().clone();
     let who = ctx.who();
@@ -149,7 +171,7 @@ async fn held(
     request: &Request,
     rule: &str,
     spec: &crate::approval::ApprovalSpec,
-    agent: &mut Channel<server::Msg>,
+    agent: &impl Notice,
 ) -> Result<String, String> {
     let text = request.text();
     let new = NewRequest {
@@ -205,9 +227,7 @@ async fn held(
         r.waits_for(),
         (r.expires_ms - r.created_ms) / 1000
     );
-    let _ = agent
-        .extended_data_bytes(1, bytes::Bytes::from(notice.into_bytes()))
-        .await;
+    agent.notice(notice).await;
     let decided = tokio::select! {
         r = held.decided() => r,
         () = ctx.ended.cancelled() => {

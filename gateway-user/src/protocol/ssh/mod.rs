@@ -16,6 +16,7 @@ mod killable;
 mod mask;
 mod rule_section;
 pub mod rules;
+mod sftp;
 mod upstream;
 
 use std::{

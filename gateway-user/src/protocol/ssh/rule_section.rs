@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::{
     command::{CommandMatch, CommandMatchDoc},
     rules::CommandRule,
+    sftp::SftpRule,
 };
 use crate::policy::{
     empty_list,
@@ -56,6 +57,22 @@ struct CommandsDoc {
     /// Named destinations (`host:port`) the agent may forward to through the target.
     #[serde(default, deserialize_with = "empty_list")]
     forward: Vec<String>,
+    /// Paths sftp's write-type operations may (not) touch; lets the sftp subsystem open.
+    #[serde(default)]
+    sftp: Option<SftpDoc>,
+}
+
+/// `commands: {sftp: {deny_write: [...], allow_write: [...]}}`: globs over the normalized
+/// absolute path of every path a write-type sftp operation changes (docs/ssh.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftpDoc {
+    /// A path that matches one sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    deny_write: Vec<String>,
+    /// A path that matches none sets the rule off.
+    #[serde(default, deserialize_with = "empty_list")]
+    allow_write: Vec<String>,
 }
 
 /// A rule that lets things through (`effect: allow`, no approval) can only open shells and
@@ -81,9 +98,21 @@ fn parse_section(
         && c.deny.is_empty()
         && c.programs.is_empty()
         && c.patterns.is_empty());
-    if ctx.effect == Effect::Allow && !ctx.approval && lists {
+    let sftp = match &c.sftp {
+        None => None,
+        Some(d) if d.deny_write.is_empty() && d.allow_write.is_empty() => {
+            return Err(vec![format!(
+                "rule `{rule}`: `sftp` needs deny_write or allow_write"
+            )])
+        }
+        Some(d) => match SftpRule::new(&d.deny_write, &d.allow_write) {
+            Ok(r) => Some(r),
+            Err(e) => return Err(vec![format!("rule `{rule}`: {e}")]),
+        },
+    };
+    if ctx.effect == Effect::Allow && !ctx.approval && (lists || sftp.is_some()) {
         return Err(vec![format!(
-            "rule `{rule}`: a command rule with `effect: allow` can only allow shells and subsystems; its command lists need `effect: deny` or `approval`"
+            "rule `{rule}`: a command rule with `effect: allow` can only allow shells and subsystems; its command and sftp lists need `effect: deny` or `approval`"
         )]);
     }
     if ctx.approval && ctx.effect == Effect::Deny {
@@ -92,15 +121,16 @@ fn parse_section(
         )]);
     }
     if !lists {
-        if !c.shell && c.subsystems.is_empty() && forward.is_empty() {
+        if !c.shell && c.subsystems.is_empty() && forward.is_empty() && sftp.is_none() {
             return Err(vec![format!(
-                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, forward"
+                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, forward, sftp"
             )]);
         }
         return Ok(Arc::new(CommandRule {
             matcher: None,
             shell: c.shell,
             subsystems: c.subsystems,
+            sftp,
             forward,
         }));
     }
@@ -115,6 +145,7 @@ fn parse_section(
             matcher: Some(matcher),
             shell: c.shell,
             subsystems: c.subsystems,
+            sftp,
             forward,
         })),
         Err(e) => Err(vec![format!("rule `{rule}`: {e}")]),

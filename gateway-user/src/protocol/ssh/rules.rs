@@ -10,6 +10,7 @@
 use super::aliases;
 use super::channel::Request;
 use super::command::{self, CommandMatch, Verdict};
+use super::sftp::SftpRule;
 use crate::policy::{Effect, Policy, Protocol, Rule, Who};
 
 /// A rule's `commands:` section, as loaded.
@@ -21,6 +22,9 @@ pub struct CommandRule {
     pub shell: bool,
     /// Subsystems (`sftp`) that pass this rule.
     pub subsystems: Vec<String>,
+    /// Which paths sftp's write-type operations may touch; a rule with it lets the sftp
+    /// subsystem open (its operations are judged instead).
+    pub sftp: Option<SftpRule>,
     /// Destinations (`host:port`, host lower-case) the agent may open direct-tcpip channels
     /// to (`ssh -L`, `ssh -W`); see `forward.rs`.
     pub forward: Vec<String>,
@@ -38,8 +42,13 @@ pub enum Judgement<'p> {
 fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
     match request {
         Request::Shell => (!rule.shell).then(|| "an interactive shell".to_string()),
-        Request::Subsystem(name) => {
-            (!rule.subsystems.iter().any(|s| s == name)).then(|| format!("subsystem `{name}`"))
+        Request::Subsystem(name) => (!rule.subsystems.iter().any(|s| s == name)
+            && (name != SFTP || rule.sftp.is_none()))
+        .then(|| format!("subsystem `{name}`")),
+        // Every path the operation changes is judged; one set off sets the rule off.
+        Request::Sftp(op) => {
+            let paths = rule.sftp.as_ref()?;
+            op.paths.iter().find_map(|p| paths.sets_off(p))
         }
         Request::Exec(cmd) => {
             // Another name for the sftp subsystem or for a shell is judged as that too (see
@@ -103,7 +112,7 @@ pub fn judge<'p>(
     let shell = match request {
         Request::Shell => true,
         Request::Exec(cmd) => aliases::runs_a_shell(cmd),
-        Request::Subsystem(_) => false,
+        Request::Subsystem(_) | Request::Sftp(_) => false,
     };
     if shell && !shell_allowed {
         return Judgement::Denied {
