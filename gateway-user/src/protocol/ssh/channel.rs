@@ -12,6 +12,7 @@ use bytes::Bytes;
 use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty};
 
 use super::{
+    cast::{Cast, Tty},
     gate::{self, Gated},
     upstream::TargetSide,
     Ctx,
@@ -138,6 +139,11 @@ pub async fn serve(
         }
         Gated::Forward { approval } => approval,
     };
+    let tty = pty.as_ref().map(|p| Tty {
+        term: p.term.clone(),
+        cols: p.cols,
+        rows: p.rows,
+    });
     let upstream = match open_upstream(target, &request, pty, env).await {
         Ok(c) => c,
         Err(e) => {
@@ -152,7 +158,11 @@ pub async fn serve(
     if let Some(id) = &label {
         ctx.approvals.forwarded(id, &ctx.session);
     }
-    let (exit, output) = relay(ctx, agent, upstream).await;
+    let cast = Cast::start(ctx, &request, rec.seq, tty);
+    let (exit, output) = relay(ctx, agent, upstream, cast.as_ref()).await;
+    if let Some(cast) = cast {
+        cast.finish().await;
+    }
     if exit.is_none() && ctx.ended.is_cancelled() {
         rec.error = Some("agentgate: ended with the session while it ran".into());
     }
@@ -224,6 +234,7 @@ async fn relay(
     ctx: &Ctx<'_>,
     agent: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
+    cast: Option<&Cast<'_>>,
 ) -> (Option<u32>, CommandOutput) {
     let (agent_rx, agent_tx) = agent.split();
     let (up_rx, up_tx) = upstream.split();
@@ -231,7 +242,7 @@ async fn relay(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let up = async {
         tokio::select! {
-            () = agent_to_target(ctx, agent_rx, &up_tx) => {}
+            () = agent_to_target(ctx, agent_rx, &up_tx, cast) => {}
             _ = async {
                 let _ = done_rx.await;
                 tokio::time::sleep(CLOSE_GRACE).await;
@@ -239,7 +250,7 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, cast).await;
         let _ = done_tx.send(());
         r
     };
@@ -263,11 +274,15 @@ async fn agent_to_target(
     ctx: &Ctx<'_>,
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<client::Msg>,
+    cast: Option<&Cast<'_>>,
 ) {
     while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(c) = cast {
+                    c.input(&data).await;
+                }
                 to.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
@@ -281,6 +296,9 @@ async fn agent_to_target(
                 pix_width,
                 pix_height,
             } => {
+                if let Some(c) = cast {
+                    c.resize(col_width, row_height).await;
+                }
                 to.window_change(col_width, row_height, pix_width, pix_height)
                     .await
             }
@@ -302,6 +320,7 @@ async fn target_to_agent(
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<server::Msg>,
     keep: usize,
+    cast: Option<&Cast<'_>>,
 ) -> (Option<u32>, CommandOutput) {
     let mut exit = None;
     let mut out = CommandOutput::default();
@@ -314,6 +333,9 @@ async fn target_to_agent(
                 ctx.bytes_down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 keep_some(&mut stdout, &data, keep, &mut out);
+                if let Some(c) = cast {
+                    c.output(&data).await;
+                }
                 to.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
@@ -321,6 +343,9 @@ async fn target_to_agent(
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if ext == 1 {
                     keep_some(&mut stderr, &data, keep, &mut out);
+                    if let Some(c) = cast {
+                        c.output(&data).await;
+                    }
                 }
                 to.extended_data_bytes(ext, data).await
             }
