@@ -24,6 +24,16 @@ use agentgate_tests::{
 use serde_json::Value;
 use ssh_common::*;
 
+/// An AWS access key the `secret` detector masks; the shell is made to print it by a command
+/// line that does not hold it (so neither the typed input nor its echo does).
+const AWS_KEY: &str = "AKIAZ7QX4PLMNB2RTUVW";
+
+const MASK_SECRETS: &str = "  - name: mask-secrets
+    targets: [build-host]
+    mask:
+      detectors: [secret]
+";
+
 /// paramiko opens a shell with a pty (xterm, 100x30), runs a command, resizes the pty to
 /// 132x43, asks the shell its size, and exits 3; prints one JSON object with what it read.
 const PARAMIKO_SHELL: &str = r#"
@@ -50,7 +60,7 @@ try:
     chan = c.get_transport().open_session()
     chan.get_pty(term="xterm", width=100, height=30)
     chan.invoke_shell()
-    chan.sendall(b"echo cast-$((6*7))\n")
+    chan.sendall(b"echo cast-$((6*7)) key AKIAZ7QX4PLM''NB2RTUVW\n")
     first = read_until(chan, b"cast-42")
     chan.resize_pty(width=132, height=43)
     time.sleep(0.3)
@@ -166,12 +176,12 @@ fn shell_on_record(s: &Setup) -> (String, u64) {
     )
 }
 
-/// A shell with a pty is recorded as asciicast: output, typed input and a resize mid-session,
-/// exported as a file Python parses line by line and asciinema plays, replayed fast, and the
-/// journal still verifies.
+/// A shell with a pty is recorded as asciicast: output (masked as the agent got it), typed
+/// input and a resize mid-session, exported as a file Python parses line by line and asciinema
+/// plays, replayed fast, and the journal still verifies.
 #[test]
 fn a_shell_with_a_pty_is_recorded_exported_and_replayed() {
-    let s = setup_with("cast", 20580, true, SHELLS);
+    let s = setup_with("cast", 20580, true, &format!("{SHELLS}{MASK_SECRETS}"));
     let jwt = mint(&s.subject(), &["agents"], now(), now() + 600);
     let mut cmd = Command::new(SYSTEM_PYTHON);
     cmd.args([
@@ -190,6 +200,11 @@ fn a_shell_with_a_pty_is_recorded_exported_and_replayed() {
         .unwrap_or_else(|e| panic!("paramiko printed no JSON ({e}): {}", text(&out)));
     assert_eq!(shell["ok"], true, "{shell}");
     assert_eq!(shell["exit"], 3, "{shell}");
+    let got = shell["out"].as_str().unwrap();
+    assert!(
+        got.contains("cast-42 key ") && !got.contains(AWS_KEY),
+        "the agent got the key masked: {shell}"
+    );
 
     let (session, channel) = shell_on_record(&s);
     let db = s.gw.record_db();
@@ -221,7 +236,14 @@ fn a_shell_with_a_pty_is_recorded_exported_and_replayed() {
     );
     assert_eq!(cast["ordered"], true, "event times go forward: {cast}");
     let output = cast["output"].as_str().unwrap();
-    assert!(output.contains("cast-42"), "the shell's output: {cast}");
+    assert!(
+        output.contains("cast-42 key "),
+        "the shell's output: {cast}"
+    );
+    assert!(
+        !output.contains(AWS_KEY) && !output.contains("AKIAZ7QX4PLMNB"),
+        "the cast holds the output as masked: {cast}"
+    );
     assert!(
         output.contains("size-43x132"),
         "the output after the resize: {cast}"
@@ -230,7 +252,7 @@ fn a_shell_with_a_pty_is_recorded_exported_and_replayed() {
         cast["input"]
             .as_str()
             .unwrap()
-            .contains("echo cast-$((6*7))"),
+            .contains("echo cast-$((6*7)) key"),
         "the typed input: {cast}"
     );
     assert_eq!(cast["resizes"], serde_json::json!(["132x43"]), "{cast}");

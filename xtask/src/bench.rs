@@ -23,6 +23,9 @@
 //!
 //! Flood (bench_flood.rs): the gateway's memory through and after a connection flood, with
 //! glibc's malloc, two of its tunables and mimalloc; pgbench through each.
+//!
+//! SSH (bench_ssh.rs): `ssh host true` round trips and a transfer piped through `ssh`, direct vs
+//! HAProxy TCP vs agentgate; the gateway's memory during the transfers.
 
 use std::{net::SocketAddr, process::Command};
 
@@ -47,14 +50,17 @@ pub enum Only {
     RecordScale,
     /// The gateway's memory through and after a connection flood, by allocator.
     Flood,
+    /// `ssh host true` round trips and a transfer through `ssh`: direct vs HAProxy vs agentgate.
+    Ssh,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Repetitions of each capture measurement (contenders alternate within each repetition).
+    /// Repetitions of each capture and ssh measurement (contenders alternate within each
+    /// repetition).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    /// Bytes per throughput run.
+    /// Bytes per throughput run (capture and ssh).
     #[arg(long, default_value_t = 1 << 30)]
     pub bytes: u64,
     /// connect() calls per latency run.
@@ -119,7 +125,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .map(|rev| format!(" --baseline-rev {rev}"))
         .unwrap_or_default();
     // Each section with the command that reproduces it alone.
-    let sections: [(Only, &str, String); 6] = [
+    let sections: [(Only, &str, String); 7] = [
         (
             Only::Capture,
             "capture",
@@ -162,6 +168,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 o.flood_sessions, o.flood_stalled, o.pg_secs, o.pg_reps
             ),
         ),
+        (
+            Only::Ssh,
+            "ssh",
+            format!("--reps {} --bytes {}", o.reps, o.bytes),
+        ),
     ];
     for (section, key, args) in sections {
         if !runs(section) {
@@ -179,6 +190,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             Only::Flood => {
                 crate::bench_flood::flood(o.flood_sessions, o.flood_stalled, o.pg_secs, o.pg_reps)?
             }
+            Only::Ssh => crate::bench_ssh::ssh(o.reps, o.bytes)?,
         }
         if !o.no_doc {
             report::publish(key)?;

@@ -8,6 +8,7 @@ mod bench_pg;
 mod bench_record;
 mod bench_record_scale;
 mod bench_rev;
+mod bench_ssh;
 mod demo;
 mod report;
 mod setup;
@@ -37,7 +38,7 @@ enum Task {
     /// Side-by-side measurements written into docs/benchmarks.md: connect() latency, relay
     /// throughput, pgbench direct vs HAProxy vs PgBouncer vs agentgate, result streaming with
     /// and without masking, the audit writer vs recording off, the gateway's memory after a
-    /// connection flood by allocator (needs root).
+    /// connection flood by allocator, ssh round trips and transfers (needs root).
     Bench(bench::Options),
 }
 

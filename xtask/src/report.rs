@@ -35,7 +35,7 @@ macro_rules! md {
 pub(crate) use md;
 
 /// The sections in the order the document lists them, with their headings.
-pub const SECTIONS: [(&str, &str); 6] = [
+pub const SECTIONS: [(&str, &str); 7] = [
     (
         "capture",
         "Capture: connect() with the eBPF hook, L4 relay throughput",
@@ -53,6 +53,10 @@ pub const SECTIONS: [(&str, &str); 6] = [
     (
         "flood",
         "Flood: the gateway's memory after a connection flood, by allocator",
+    ),
+    (
+        "ssh",
+        "SSH: round trip and throughput, direct vs HAProxy vs agentgate",
     ),
 ];
 

@@ -6,10 +6,4 @@
 pub mod detect;
 pub mod plan;
 pub mod rules;
-// No protocol masks a byte stream yet (SSH output and HTTP bodies will); until one does, only
-// the tests use it, and this expectation fails the build once it is used.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "for the stream protocols to come")
-)]
 pub mod stream;

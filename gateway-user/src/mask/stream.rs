@@ -28,7 +28,12 @@
 //!
 //! [`StreamScanner::finish`] ends the stream: what is held is scanned as the end of the text
 //! and passed on. A caller that needs output before the stream ends (an interactive session
-//! gone quiet) has only `finish` and a new scanner, which forgets the context.
+//! gone quiet) calls [`StreamScanner::flush`]: what is held is scanned as if the text ended
+//! there and passed on, except (if asked) a trailing partial word, which may be the start of a
+//! value; the context is kept, and a value that ran to the end of what was flushed is taken to
+//! go on (what follows it is dropped as for a value cut off at the bound). What was passed on
+//! cannot be taken back: a value whose first part went out at a flush, before the rest came, is
+//! masked only from where the scanner saw it as one.
 
 use std::sync::Arc;
 
@@ -88,6 +93,10 @@ impl StreamScanner {
 
     /// Bytes in memory: the held ones and the context before them (at most
     /// `bound() + CONTEXT`).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the tests check the memory bound with it")
+    )]
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
@@ -98,24 +107,39 @@ impl StreamScanner {
         for piece in chunk.chunks(self.keep()) {
             self.buf.extend_from_slice(piece);
             if self.held() > self.bound() {
-                self.scan(out, false);
+                self.scan(out, Cut::Bound);
             }
         }
     }
 
     /// Ends the stream: appends the rest, masked, to `out`.
     pub fn finish(mut self, out: &mut Vec<u8>) {
-        self.scan(out, true);
+        self.scan(out, Cut::End);
     }
 
-    /// Passes on the held bytes up to `keep()` before the end (all at the end of the stream).
-    fn scan(&mut self, out: &mut Vec<u8>, end: bool) {
+    /// The stream went quiet: appends what is held, masked as if the text ended here, to `out`;
+    /// with `keep_word`, all but a trailing partial word (bytes after the last whitespace,
+    /// control byte or quote), which the next bytes may make a value. The context is kept.
+    pub fn flush(&mut self, out: &mut Vec<u8>, keep_word: bool) {
+        self.scan(out, Cut::Quiet { keep_word });
+    }
+
+    /// Where the trailing partial word of the held bytes starts.
+    fn word_start(&self) -> usize {
+        let held = &self.buf[self.passed..];
+        let word = held.iter().rev().take_while(|&&b| !ends_token(b)).count();
+        self.buf.len() - word
+    }
+
+    /// Passes on the held bytes up to `keep()` before the end (all at the end of the stream, up
+    /// to the trailing word on a quiet flush that keeps it).
+    fn scan(&mut self, out: &mut Vec<u8>, cut: Cut) {
         self.drop_run_on();
         let len = self.buf.len();
-        let target = if end {
-            len
-        } else {
-            len.saturating_sub(self.keep())
+        let target = match cut {
+            Cut::Bound => len.saturating_sub(self.keep()),
+            Cut::End | Cut::Quiet { keep_word: false } => len,
+            Cut::Quiet { keep_word: true } => self.word_start(),
         };
         if target > self.passed {
             self.hits.clear();
@@ -136,9 +160,15 @@ impl StreamScanner {
                 out.extend_from_slice(&self.buf[at..range.start.max(at)]);
                 self.plan.put_masked(h, &self.buf[range.clone()], out);
                 at = range.end;
-                // Only a value longer than `max_value` can run from before the cut to this close
-                // to the end: the next chunk may continue it.
-                if !end && range.end + MARGIN > len {
+                // At the bound, only a value longer than `max_value` can run from before the cut
+                // to this close to the end; on a quiet flush, one that reaches the cut was cut
+                // by the pause. Either way the next chunk may continue it.
+                let runs_on = match cut {
+                    Cut::Bound => range.end + MARGIN > len,
+                    Cut::Quiet { .. } => range.end >= target,
+                    Cut::End => false,
+                };
+                if runs_on {
                     self.run_on = Some(RunOn::after(&self.buf[range]));
                     break;
                 }
@@ -166,6 +196,22 @@ impl StreamScanner {
             }
         }
     }
+}
+
+/// How far a scan passes bytes on.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// All but the last `keep()` bytes: the stream goes on.
+    Bound,
+    /// All (but a trailing partial word): the stream paused.
+    Quiet { keep_word: bool },
+    /// All: the stream ended.
+    End,
+}
+
+/// Whether `b` ends a token (and so a value that is one).
+fn ends_token(b: u8) -> bool {
+    b.is_ascii_whitespace() || b.is_ascii_control() || b == b'"' || b == b'\''
 }
 
 /// What may still continue a value cut off at the bound.
@@ -208,7 +254,7 @@ impl RunOn {
         for (i, &b) in text.iter().enumerate() {
             match self {
                 RunOn::Token => {
-                    if b.is_ascii_whitespace() || b.is_ascii_control() || b == b'"' || b == b'\'' {
+                    if ends_token(b) {
                         return (i, true);
                     }
                 }

@@ -261,6 +261,96 @@ fn a_hundred_megabytes_without_values_are_held_within_the_bound() {
     );
 }
 
+/// `steps` through one scanner: `Ok(chunk)` pushed, `Err(keep_word)` a quiet flush; the
+/// output after each flush.
+fn with_pauses(plan: &Arc<Plan>, steps: &[Result<&str, bool>]) -> Vec<String> {
+    let mut s = StreamScanner::new(plan.clone(), DEFAULT_MAX_VALUE);
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for step in steps {
+        match step {
+            Ok(chunk) => s.push(chunk.as_bytes(), &mut out),
+            Err(keep_word) => {
+                s.flush(&mut out, *keep_word);
+                seen.push(show(&std::mem::take(&mut out)));
+            }
+        }
+    }
+    s.finish(&mut out);
+    seen.push(show(&out));
+    seen
+}
+
+#[test]
+fn a_quiet_flush_passes_a_prompt_and_holds_a_partial_word() {
+    let plan = plan();
+    // A prompt ending in a space goes out whole; a word at the end is held.
+    let seen = with_pauses(
+        &plan,
+        &[
+            Ok("deploy@build:~$ "),
+            Err(true),
+            Ok("key AKIA"),
+            Err(true),
+            Ok("IOSFODNN7EXAMPLE\n"),
+            Err(true),
+        ],
+    );
+    assert_eq!(seen[0], "deploy@build:~$ ");
+    assert_eq!(seen[1], "key ");
+    assert!(!seen[2].contains("IOSFODNN7EXAMPLE"), "{seen:?}");
+    assert!(seen[2].ends_with('\n'), "{seen:?}");
+    // Held past the pause, the word goes out on a flush that does not keep it.
+    let seen = with_pauses(&plan, &[Ok("Password:"), Err(true), Err(false)]);
+    assert_eq!(seen, ["", "Password:", ""]);
+}
+
+#[test]
+fn a_quiet_flush_keeps_the_context() {
+    let plan = plan();
+    // The label before nine digits is what makes them an SSN: it went out before the pause.
+    let seen = with_pauses(
+        &plan,
+        &[Ok("SSN: "), Err(true), Ok("123456789\n"), Err(true)],
+    );
+    assert_eq!(seen[0], "SSN: ");
+    assert!(!seen[1].contains("123456789"), "{seen:?}");
+}
+
+#[test]
+fn a_value_cut_by_a_flush_drops_what_continues_it() {
+    let plan = plan();
+    // A PEM key whose first lines went out masked before a pause: the rest of it is dropped
+    // through its END line, and what follows passes.
+    let seen = with_pauses(
+        &plan,
+        &[
+            Ok(&PEM[..100]),
+            Err(false),
+            Ok(&PEM[100..]),
+            Ok("\nafter\n"),
+            Err(true),
+        ],
+    );
+    let all = seen.concat();
+    for line in PEM.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!all.contains(line), "{line} leaked: {seen:?}");
+    }
+    assert!(all.ends_with("\nafter\n"), "{seen:?}");
+    // A token at the very end, flushed whole, then more of it.
+    let seen = with_pauses(
+        &plan,
+        &[
+            Ok("t AKIAIOSFODNN7EXAMPLE"),
+            Err(false),
+            Ok("MORE next"),
+            Err(true),
+        ],
+    );
+    assert!(!seen.concat().contains("MORE"), "{seen:?}");
+    assert!(seen.concat().contains(" next"), "{seen:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -178,6 +178,9 @@ pub struct SshDoc {
     pub known_hosts: String,
     #[serde(default)]
     pub user_cert_ttl_secs: Option<u64>,
+    /// Seconds an agent has to log in (default 20).
+    #[serde(default)]
+    pub login_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

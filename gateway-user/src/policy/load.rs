@@ -206,6 +206,9 @@ struct Merger {
     gateway_from: Option<PathBuf>,
     names: HashMap<(&'static str, String), PathBuf>,
     claimed: HashMap<(IpNet, u16), String>,
+    /// Targets whose protocol settings are in error (already reported): rules naming them are
+    /// not checked against the stand-in settings they are listed with.
+    broken_targets: std::collections::HashSet<String>,
 }
 
 impl Merger {
@@ -506,6 +509,9 @@ impl Merger {
             }
             // Settings in error are a problem, so this policy never comes into force; the target
             // stays listed so that rules naming it are not reported as naming an unknown one.
+            if settings.is_none() {
+                self.broken_targets.insert(t.name.clone());
+            }
             let settings = settings.unwrap_or(TargetSettings::Tcp);
             self.policy.targets.push(Target {
                 name: t.name,
@@ -843,6 +849,7 @@ impl Merger {
             for t in r.targets.iter().flatten() {
                 let target = self.policy.targets.iter().find(|x| &x.name == t);
                 match target {
+                    Some(x) if self.broken_targets.contains(&x.name) => {}
                     None => found.push((
                         r.source.clone(),
                         format!("rule `{}` names unknown target `{t}`", r.name),
@@ -867,14 +874,31 @@ impl Merger {
                             ));
                         }
                     }
-                    Some(x) if r.mask.is_some() && x.protocol() != Protocol::Postgres => found
-                        .push((
+                    // An ssh channel's output is a byte stream: detectors apply, columns cannot.
+                    Some(x)
+                        if x.protocol() == Protocol::Ssh
+                            && r.mask.as_ref().is_some_and(|m| !m.columns.is_empty()) =>
+                    {
+                        found.push((
                             r.source.clone(),
                             format!(
-                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres targets",
+                                "rule `{}` masks columns but target `{t}` speaks Ssh, whose output has no columns; mask it with detectors or regexes",
+                                r.name
+                            ),
+                        ))
+                    }
+                    Some(x)
+                        if r.mask.is_some()
+                            && !matches!(x.protocol(), Protocol::Postgres | Protocol::Ssh) =>
+                    {
+                        found.push((
+                            r.source.clone(),
+                            format!(
+                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres and ssh targets",
                                 r.name, x.protocol()
                             ),
-                        )),
+                        ))
+                    }
                     Some(_) => {}
                 }
             }

@@ -412,7 +412,7 @@ fn bad_mask_rules_are_refused_with_their_line() {
         ),
         (
             "targets: [db]\n    mask: {columns: [email]}",
-            "masking is for postgres targets",
+            "masking is for postgres and ssh targets",
         ),
         (
             "effect: deny\n    targets: [pg]\n    mask: {columns: [email]}",
@@ -497,5 +497,25 @@ fn udp_option_of_targets() {
         err.contains("c-targets.yml:") && err.contains("udp"),
         "{err}"
     );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// An ssh target: key files must exist; a target whose settings are in error is reported once,
+/// not again as a target of another protocol by the rules that name it.
+#[test]
+fn ssh_targets_report_missing_files_once() {
+    let d = valid_dir(
+        "sshbad",
+        "  - name: deploy\n    when: {logins: [deploy]}\n    targets: [build]\n\
+         \x20 - name: only\n    effect: deny\n    commands: {allow: [uptime]}\n    targets: [build]\n",
+    );
+    write(
+        &d,
+        "e-ssh.yaml",
+        "version: 2\ntargets:\n  - name: build\n    protocol: ssh\n    addresses: [127.0.0.9]\n    ports: [22]\n    ssh:\n      host_key: /nonexistent/agentgate-host-key\n      private_key: /nonexistent/agentgate-key\n      known_hosts: /nonexistent/known_hosts\n",
+    );
+    let err = load_dir(&d).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/agentgate-host-key"), "{err}");
+    assert!(!err.contains("speaks Tcp"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -127,6 +127,9 @@ pub struct SshTarget {
     pub known_hosts: PathBuf,
     /// How long a per-session user certificate is valid (`SshUpstreamAuth::UserCa`).
     pub user_cert_ttl: Duration,
+    /// An agent that has not logged in by then (version line, key exchange, login) is dropped:
+    /// a slow or silent client must not hold a session slot.
+    pub login_timeout: Duration,
 }
 
 /// The host key the agent's client sees.

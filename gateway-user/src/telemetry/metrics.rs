@@ -175,7 +175,7 @@ impl Metrics {
         );
         r.register(
             "statements",
-            "PostgreSQL statements on record, by class and decision",
+            "Actions on record (PostgreSQL statements by class, SSH requests by kind), by decision",
             m.statements.clone(),
         );
         r.register(
@@ -391,10 +391,15 @@ fn bounded(value: &str, known: &[&'static str]) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The classes actions are recorded under: PostgreSQL's statement classes and SSH's request
+/// kinds.
+const SSH_CLASSES: &[&str] = &["exec", "shell", "subsystem", "forward", "sftp"];
+
 fn bounded_class(class: &str) -> &'static str {
     crate::statement::Class::ALL
         .iter()
         .map(|c| c.as_str())
+        .chain(SSH_CLASSES.iter().copied())
         .find(|c| *c == class)
         .unwrap_or("other")
 }
@@ -517,8 +522,17 @@ mod tests {
         let m = Metrics::new();
         m.statement("SELECT * FROM secrets", "maybe");
         m.statement("read", "allowed");
+        m.statement("exec", "denied");
         m.event("approval_decided", &json!({"state": "weird"}));
         let text = m.render();
+        assert_eq!(
+            line_value(
+                &text,
+                r#"agentgate_statements_total{class="exec",decision="denied"}"#
+            ),
+            Some(1.0),
+            "SSH requests count by their kind: {text}"
+        );
         assert_eq!(
             line_value(
                 &text,

@@ -199,7 +199,7 @@ pub(super) fn approvals(
 }
 
 /// `agentgate approvals ARGS --admin-socket SOCK` as root; its stdout, or an error with its stderr.
-fn approvals_cli(sock: &Path, args: &[&str]) -> anyhow::Result<String> {
+pub(super) fn approvals_cli(sock: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(agentgate_bin())
         .arg("approvals")
         .args(args)

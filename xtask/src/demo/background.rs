@@ -1,4 +1,4 @@
-//! The agent's psql as a background process, its output in a file read as it grows.
+//! The agent's client (psql, ssh) as a background process, its output in a file read as it grows.
 
 use std::{
     fs,
@@ -26,7 +26,7 @@ impl Background {
         cmd.stdin(Stdio::piped())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let child = cmd.spawn().context("run psql")?;
+        let child = cmd.spawn().context("run the agent's client")?;
         drop(cmd);
         let mut bg = Self { child, path };
         let mut stdin = bg.child.stdin.take().context("psql stdin")?;
@@ -56,10 +56,10 @@ impl Background {
                 return Ok(out);
             }
             if !self.running()? {
-                bail!("the agent's psql ended early:\n{out}");
+                bail!("the agent's process ended early:\n{out}");
             }
             if Instant::now() > deadline {
-                bail!("the agent's psql did not print what was expected:\n{out}");
+                bail!("the agent's process did not print what was expected:\n{out}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -71,7 +71,7 @@ impl Background {
         while self.running()? {
             if Instant::now() > deadline {
                 bail!(
-                    "the agent's psql still runs after {timeout:?}:\n{}",
+                    "the agent's process still runs after {timeout:?}:\n{}",
                     self.output()
                 );
             }

@@ -2,11 +2,14 @@
 //! then an agent's psql session to a throwaway PostgreSQL goes through the gateway, JWT as its
 //! password, and its GRANT is denied; its DROP TABLE waits for a person, who denies one and
 //! approves another through `agentgate approvals`; the agent reads a customers table with its
-//! personal data masked, while the database holds the real values. It ends with what the record
-//! DB keeps of it all, read with `agentgate agents`, `sessions list|replay` and `audit verify`.
+//! personal data masked, while the database holds the real values, and what the record DB keeps
+//! of it all, read with `agentgate agents`, `sessions list|replay` and `audit verify`. Last, an
+//! agent's unmodified `ssh` to a throwaway OpenSSH server goes through the gateway, which holds
+//! the only credential the server accepts: its `systemctl` waits for a person's approval, its
+//! `rm -rf` is refused, and `agentgate sessions` shows its commands.
 //!
-//! One scene per module (`tcp`, `postgres`, and within it `approvals`, `masking`, `record`);
-//! `background` runs the agent's psql, `output` prints tables and indented text.
+//! One scene per module (`tcp`, `postgres`, and within it `approvals`, `masking`, `record`;
+//! `ssh`); `background` runs the agent's client, `output` prints tables and indented text.
 
 use agentgate_tests::{fixtures, mint, now, Cgroup};
 
@@ -18,6 +21,7 @@ mod masking;
 mod output;
 mod postgres;
 mod record;
+mod ssh;
 mod tcp;
 
 const DEMO_DIR: &str = "/tmp/agentgate-demo";
@@ -33,7 +37,8 @@ pub fn run() -> anyhow::Result<()> {
     let _files = DemoFiles::create()?;
     tcp::tcp_service()?;
     postgres::postgres()?;
-    println!("\n== done: cleaning up (gateway, PostgreSQL server and its directory, cgroups, pinned programs, token and secret files)");
+    ssh::ssh()?;
+    println!("\n== done: cleaning up (gateways, PostgreSQL and OpenSSH servers and their directories, cgroups, pinned programs, token, key and secret files)");
     Ok(())
 }
 

@@ -16,6 +16,9 @@ use super::Merger;
 const DEFAULT_USER_CERT_TTL: Duration = Duration::from_secs(300);
 /// An hour at most: the certificate only has to outlive the login.
 const MAX_USER_CERT_TTL_SECS: u64 = 3600;
+/// How long an agent has to log in, unless the target says otherwise.
+const DEFAULT_LOGIN_TIMEOUT_SECS: u64 = 20;
+const MAX_LOGIN_TIMEOUT_SECS: u64 = 300;
 
 impl Merger {
     pub(super) fn ssh_settings(
@@ -94,6 +97,13 @@ impl Merger {
                 format!("`user_cert_ttl_secs` must be between 1 and {MAX_USER_CERT_TTL_SECS}"),
             );
         }
+        let login_timeout = ssh.login_timeout_secs.unwrap_or(DEFAULT_LOGIN_TIMEOUT_SECS);
+        if login_timeout == 0 || login_timeout > MAX_LOGIN_TIMEOUT_SECS {
+            problem(
+                self,
+                format!("`login_timeout_secs` must be between 1 and {MAX_LOGIN_TIMEOUT_SECS}"),
+            );
+        }
         let known_hosts = PathBuf::from(ssh.known_hosts);
         let files = [
             host_key.as_ref().map(|k| match k {
@@ -121,6 +131,7 @@ impl Merger {
             upstream_auth: upstream_auth?,
             known_hosts,
             user_cert_ttl: Duration::from_secs(ttl),
+            login_timeout: Duration::from_secs(login_timeout),
         })
     }
 }

@@ -35,6 +35,13 @@ pub enum AgentEvent {
     },
     /// A channel kind the gateway does not serve (forwarding, X11): refused and recorded.
     Refused { what: String },
+    /// A direct-tcpip channel (`ssh -L`, `-W`): served if a rule names the destination.
+    Forward {
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        host: String,
+        port: u32,
+    },
 }
 
 pub struct AgentSide {
@@ -188,7 +195,7 @@ impl russh::server::Handler for AgentSide {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host: &str,
         port: u32,
         _originator: &str,
@@ -196,10 +203,15 @@ impl russh::server::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refused(format!("port forwarding to {host}:{port}"))
-            .await;
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+        // Dropped (the session is gone): the handle refuses the channel on drop.
+        let _ = self
+            .events
+            .send(AgentEvent::Forward {
+                channel,
+                reply,
+                host: host.to_string(),
+                port,
+            })
             .await;
         Ok(())
     }

@@ -137,14 +137,18 @@ pub async fn serve(
             ctx.recorder.record(Record::Statement(rec)).await;
             return;
         }
-        Gated::Forward { approval } => approval,
+        Gated::Forward { approval, busy } => (approval, busy),
     };
+    let (label, busy) = label;
     let tty = pty.as_ref().map(|p| Tty {
         term: p.term.clone(),
         cols: p.cols,
         rows: p.rows,
     });
-    let upstream = match open_upstream(target, &request, pty, env).await {
+    let upstream = open_upstream(target, &request, pty, env).await;
+    // The target has the request (or refused it): the forward is no longer in progress.
+    drop(busy);
+    let upstream = match upstream {
         Ok(c) => c,
         Err(e) => {
             let message = format!("agentgate: the target refused the channel: {e}");
@@ -158,8 +162,9 @@ pub async fn serve(
     if let Some(id) = &label {
         ctx.approvals.forwarded(id, &ctx.session);
     }
+    let mask = super::mask::OutputMask::for_channel(ctx, &request);
     let cast = Cast::start(ctx, &request, rec.seq, tty);
-    let (exit, output) = relay(ctx, agent, upstream, cast.as_ref()).await;
+    let (exit, output) = relay(ctx, agent, upstream, mask, cast.as_ref()).await;
     if let Some(cast) = cast {
         cast.finish().await;
     }
@@ -234,6 +239,7 @@ async fn relay(
     ctx: &Ctx<'_>,
     agent: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
+    mask: Option<super::mask::OutputMask>,
     cast: Option<&Cast<'_>>,
 ) -> (Option<u32>, CommandOutput) {
     let (agent_rx, agent_tx) = agent.split();
@@ -250,7 +256,7 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, cast).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask, cast).await;
         let _ = done_tx.send(());
         r
     };
@@ -262,7 +268,7 @@ async fn relay(
 /// withdrawn by a reload, or the agent left): a running command is cut off then, both channels
 /// are closed and its record is written with what was seen, rather than the relay waiting for
 /// a target that may never close (a `sleep 30`) until the session drops it unrecorded.
-async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
+pub(super) async fn next(ctx: &Ctx<'_>, from: &mut ChannelReadHalf) -> Option<ChannelMsg> {
     tokio::select! {
         biased;
         () = ctx.ended.cancelled() => None,
@@ -320,6 +326,7 @@ async fn target_to_agent(
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<server::Msg>,
     keep: usize,
+    mut mask: Option<super::mask::OutputMask>,
     cast: Option<&Cast<'_>>,
 ) -> (Option<u32>, CommandOutput) {
     let mut exit = None;
@@ -327,7 +334,8 @@ async fn target_to_agent(
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     let mut eof_held = false;
-    while let Some(msg) = next(ctx, &mut from).await {
+    // Output masked (the agent and the record see the same) unless the channel is sftp.
+    while let Some(msg) = super::mask::next(ctx, &mut from, &mut mask).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_down

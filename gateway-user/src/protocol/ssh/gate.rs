@@ -17,8 +17,11 @@ use crate::{
 pub enum Gated {
     /// Not forwarded; `message` is what the agent reads on stderr.
     Refused { message: String },
-    /// Forward it; under an approval, the request's id.
-    Forward { approval: Option<String> },
+    /// Forward it; under an approval, the request's id. `busy` lasts until it is forwarded.
+    Forward {
+        approval: Option<String>,
+        busy: Busy,
+    },
 }
 
 fn denial(rule: &str, why: &str) -> String {
@@ -35,6 +38,7 @@ pub async fn pass(
     let policy = ctx.policy.borrow().clone();
     let who = ctx.who();
     let mut approval = None;
+    let mut approved_rule = None;
     match rules::judge(&policy, &who, &ctx.target, request) {
         Judgement::Allowed => {}
         Judgement::Denied { rule, why } => {
@@ -55,20 +59,10 @@ pub async fn pass(
             };
             match held(ctx, request, &rule.name, spec, agent).await {
                 Ok(id) => {
-                    // The policy may have changed while it waited: a deny in force now wins.
-                    let now = ctx.policy.borrow().clone();
-                    if let Judgement::Denied { rule, why } =
-                        rules::judge(&now, &ctx.who(), &ctx.target, request)
-                    {
-                        rec.decision = "denied";
-                        rec.rule = Some(rule.clone());
-                        return Gated::Refused {
-                            message: denial(&rule, &why),
-                        };
-                    }
                     rec.decision = "approved";
                     rec.rule = Some(format!("{} ({id})", rule.name));
                     approval = Some(id);
+                    approved_rule = Some(rule.name.clone());
                 }
                 Err(message) => {
                     rec.decision = "denied";
@@ -76,6 +70,40 @@ pub async fn pass(
                     return Gated::Refused { message };
                 }
             }
+        }
+    }
+    // From here to the target's channel, a forward in progress: a reload waits for it before it
+    // says its policy is in force, and this judges again under the policy in force now (it may
+    // have changed while people decided, or just now).
+    let busy = Busy::begin(&ctx.gate);
+    if let Err(why) = ctx.gate.check() {
+        rec.decision = "denied";
+        return Gated::Refused {
+            message: format!("agentgate: not run: {why}"),
+        };
+    }
+    let now = ctx.policy.borrow().clone();
+    match rules::judge(&now, &ctx.who(), &ctx.target, request) {
+        Judgement::Allowed => {}
+        Judgement::Denied { rule, why } => {
+            rec.decision = "denied";
+            rec.rule = Some(rule.clone());
+            return Gated::Refused {
+                message: denial(&rule, &why),
+            };
+        }
+        // Approved under the rule that still applies: it runs.
+        Judgement::Approval { rule, .. }
+            if approved_rule.as_deref() == Some(rule.name.as_str()) => {}
+        Judgement::Approval { rule, .. } => {
+            rec.decision = "denied";
+            rec.rule = Some(rule.name.clone());
+            return Gated::Refused {
+                message: format!(
+                    "agentgate: not run: the policy changed (rule \"{}\" now applies); run it again",
+                    rule.name
+                ),
+            };
         }
     }
     // Durable intent: on record before the target sees it; if the record cannot take it, it
@@ -95,7 +123,24 @@ pub async fn pass(
             message: "agentgate: not run: the session is ending".into(),
         };
     }
-    Gated::Forward { approval }
+    Gated::Forward { approval, busy }
+}
+
+/// A forward in progress on the session's gate (`proxy::Gate`), ended when dropped: once the
+/// target has the request, or it was refused.
+pub struct Busy(std::sync::Arc<crate::proxy::Gate>);
+
+impl Busy {
+    fn begin(gate: &std::sync::Arc<crate::proxy::Gate>) -> Self {
+        gate.begin();
+        Busy(gate.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 /// Puts the request to approvers. `Ok(id)`: approved; `Err`: what the agent is told.

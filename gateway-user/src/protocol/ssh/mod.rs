@@ -11,8 +11,11 @@ mod aliases;
 mod cast;
 mod channel;
 pub mod command;
+mod forward;
 mod gate;
 pub mod keys;
+mod killable;
+mod mask;
 mod rule_section;
 pub mod rules;
 mod upstream;
@@ -42,9 +45,14 @@ use crate::{
     record::{Record, Recorder, Statement},
 };
 
-/// A client that has not logged in by then is dropped: a slow or silent client must not hold
-/// a session slot.
-const LOGIN_DEADLINE: Duration = Duration::from_secs(20);
+/// A channel's task, borrowing the session.
+type ChannelTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Channels one connection may have open at once (OpenSSH's sshd allows 10 sessions by
+/// default): each holds buffers and a channel to the target.
+const MAX_CHANNELS: usize = 64;
+/// How long a refused agent's connection stays up for the refusal to reach it.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// Host certificates are made this long-lived, and renewed at half their life.
 const HOST_CERT_LIFE: Duration = Duration::from_secs(3600);
 
@@ -83,6 +91,8 @@ pub struct Ctx<'a> {
     pub bytes_down: AtomicU64,
     /// Cancelled when the session ends (the agent left, expiry, revocation, reload).
     pub ended: CancellationToken,
+    /// The session's gate: forwards in progress, re-authorization under a new policy.
+    pub gate: Arc<crate::proxy::Gate>,
 }
 
 impl Ctx<'_> {
@@ -226,8 +236,15 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     };
     let token_file = matches!(placed.workload.token, TokenSource::File(_));
     let (events_tx, mut events) = mpsc::channel(16);
-    let running = match tokio::time::timeout(
-        LOGIN_DEADLINE,
+    // One deadline for the whole login: the version line, the key exchange and the login.
+    let deadline = tokio::time::Instant::now() + ssh.login_timeout;
+    // russh's task for the agent's connection ends when this session does, whatever it waits
+    // for (see `killable`).
+    let cut = CancellationToken::new();
+    let _cut_when_done = cut.clone().drop_guard();
+    let client = killable::Killable::new(client, &cut);
+    let running = match tokio::time::timeout_at(
+        deadline,
         russh::server::run_stream(config, client, AgentSide::new(events_tx, token_file)),
     )
     .await
@@ -238,7 +255,8 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             return Outcome::NoSession;
         }
         Err(_) => {
-            tracing::info!("ssh handshake with the agent: no version line in time");
+            let why = "the agent sent no SSH version line in time";
+            core.refuse(&facts, Refusal::new("timeout", why)).await;
             return Outcome::NoSession;
         }
     };
@@ -254,7 +272,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
 
     // The login: one attempt is put to the core, answered only once the target accepted the
     // gateway's own login for it, so an agent never sees a session the target refused.
-    let deadline = tokio::time::sleep(LOGIN_DEADLINE);
+    let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
     let (user, credential, reply) = loop {
         tokio::select! {
@@ -294,17 +312,28 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             let _ = reply.send(false);
             disconnect(format!("agentgate: {}", r.message)).await;
             core.refuse(&facts, r).await;
+            // The refusal reaches the agent before the connection is cut.
+            let _ = tokio::time::timeout(REFUSAL_GRACE, running).await;
             return Outcome::NoSession;
         }
     };
     core.emit_allowed(&facts, &admitted);
     let session = session_id(id);
     let target_name = admitted.target.name.clone();
+    let g = &admitted.grant;
+    let rules_who = Who {
+        issuer: &g.issuer,
+        subject: &g.subject,
+        groups: &g.groups,
+        workload: &g.workload,
+        login: Some(&user),
+    };
     let who = upstream::LoginFor {
         login: &user,
         issuer: &admitted.grant.issuer,
         subject: &admitted.grant.subject,
         session: &session,
+        forwarding: forward::any_allowed(&admitted.policy, &rules_who, &target_name),
     };
     let target = match core.connector.connect(dst).await {
         Ok(stream) => upstream::login(stream, &target_name, &ssh, dst, &who)
@@ -323,6 +352,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             .await;
             let event = facts.event(&UpstreamFailed { error: &e });
             core.events.emit("upstream_failed", event);
+            let _ = tokio::time::timeout(REFUSAL_GRACE, running).await;
             return Outcome::NoSession;
         }
     };
@@ -358,24 +388,49 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
         bytes_up: AtomicU64::new(0),
         bytes_down: AtomicU64::new(0),
         ended: CancellationToken::new(),
+        gate: admitted.guard.gate.clone(),
     };
     let started = Instant::now();
     let expires = admitted.expires();
     let mut channels = FuturesUnordered::new();
     let mut running = running;
+    let mut agent_gone = false;
     let (ended_by, error) = loop {
         tokio::select! {
             ev = events.recv() => match ev {
+                Some(AgentEvent::Session { reply, .. }) if channels.len() >= MAX_CHANNELS => {
+                    reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                    record_refused(&ctx, format!("a channel beyond {MAX_CHANNELS} open at once")).await;
+                }
+                Some(AgentEvent::Forward { reply, host, port, .. }) if channels.len() >= MAX_CHANNELS => {
+                    reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                    record_refused(&ctx, format!("port forwarding to {host}:{port} beyond {MAX_CHANNELS} channels open at once")).await;
+                }
                 Some(AgentEvent::Session { channel, reply }) => {
                     reply.accept().await;
-                    channels.push(channel::serve(&ctx, channel, &target));
+                    channels.push(Box::pin(channel::serve(&ctx, channel, &target)) as ChannelTask<'_>);
+                }
+                Some(AgentEvent::Forward { channel, reply, host, port }) => {
+                    let policy = ctx.policy.borrow().clone();
+                    match forward::allowed_by(&policy, &ctx.who(), &ctx.target, &host, port) {
+                        Some(rule) => channels.push(Box::pin(forward::serve(
+                            &ctx, channel, reply, &target, (host, port, rule),
+                        ))),
+                        None => {
+                            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+                            record_refused(&ctx, format!("port forwarding to {host}:{port}")).await;
+                        }
+                    }
                 }
                 Some(AgentEvent::Refused { what }) => record_refused(&ctx, what).await,
                 Some(AgentEvent::Login { reply, .. }) => { let _ = reply.send(false); }
                 None => break (None, None),
             },
             Some(()) = channels.next(), if !channels.is_empty() => {}
-            r = &mut running => break (None, r.err().map(|e| e.to_string())),
+            r = &mut running => {
+                agent_gone = true;
+                break (None, r.err().map(|e| e.to_string()));
+            }
             () = tokio::time::sleep_until(expires) => break (Some("token expired".to_string()), None),
             () = admitted.guard.stop.cancelled() => break (admitted.guard.reason(), None),
         }
@@ -393,6 +448,13 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             }
             // Dropping the handle refuses the channel.
             AgentEvent::Session { .. } => {}
+            AgentEvent::Forward { host, port, .. } => {
+                record_refused(
+                    &ctx,
+                    format!("port forwarding to {host}:{port} (the session ended)"),
+                )
+                .await
+            }
         }
     }
     if let Some(why) = &ended_by {
@@ -407,6 +469,10 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     let _ = target
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;
+    // The agent's side gets a moment to send its disconnect before the connection is cut.
+    if !agent_gone {
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut running).await;
+    }
     let statements = ctx.seq.load(std::sync::atomic::Ordering::Relaxed);
     let denied = ctx.denied.load(std::sync::atomic::Ordering::Relaxed);
     Outcome::Closed(Box::new(SessionEnd {

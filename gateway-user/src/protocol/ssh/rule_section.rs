@@ -53,6 +53,9 @@ struct CommandsDoc {
     /// Subsystems (`sftp`) that pass this rule.
     #[serde(default, deserialize_with = "empty_list")]
     subsystems: Vec<String>,
+    /// Named destinations (`host:port`) the agent may forward to through the target.
+    #[serde(default, deserialize_with = "empty_list")]
+    forward: Vec<String>,
 }
 
 /// A rule that lets things through (`effect: allow`, no approval) can only open shells and
@@ -61,8 +64,19 @@ fn parse_section(
     ctx: &SectionContext<'_>,
     raw: RawSection,
 ) -> Result<Arc<dyn ActionMatcher>, Vec<String>> {
-    let c: CommandsDoc = raw.parse(ctx.rule, "commands")?;
+    let mut c: CommandsDoc = raw.parse(ctx.rule, "commands")?;
     let rule = ctx.rule;
+    let mut forward = Vec::new();
+    for d in std::mem::take(&mut c.forward) {
+        match super::forward::destination(&d) {
+            Some(named) => forward.push(named),
+            None => {
+                return Err(vec![format!(
+                    "rule `{rule}`: commands.forward: `{d}` is not `host:port` (a named destination, no globs)"
+                )])
+            }
+        }
+    }
     let lists = !(c.allow.is_empty()
         && c.deny.is_empty()
         && c.programs.is_empty()
@@ -78,15 +92,16 @@ fn parse_section(
         )]);
     }
     if !lists {
-        if !c.shell && c.subsystems.is_empty() {
+        if !c.shell && c.subsystems.is_empty() && forward.is_empty() {
             return Err(vec![format!(
-                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems"
+                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, forward"
             )]);
         }
         return Ok(Arc::new(CommandRule {
             matcher: None,
             shell: c.shell,
             subsystems: c.subsystems,
+            forward,
         }));
     }
     let doc = CommandMatchDoc {
@@ -100,6 +115,7 @@ fn parse_section(
             matcher: Some(matcher),
             shell: c.shell,
             subsystems: c.subsystems,
+            forward,
         })),
         Err(e) => Err(vec![format!("rule `{rule}`: {e}")]),
     }

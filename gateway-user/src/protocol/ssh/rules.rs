@@ -21,6 +21,9 @@ pub struct CommandRule {
     pub shell: bool,
     /// Subsystems (`sftp`) that pass this rule.
     pub subsystems: Vec<String>,
+    /// Destinations (`host:port`, host lower-case) the agent may open direct-tcpip channels
+    /// to (`ssh -L`, `ssh -W`); see `forward.rs`.
+    pub forward: Vec<String>,
 }
 
 /// What the command rules say about a request.

@@ -66,6 +66,9 @@ pub struct LoginFor<'a> {
     pub issuer: &'a str,
     pub subject: &'a str,
     pub session: &'a str,
+    /// A rule lets the agent forward ports: the certificate permits it (the gateway still
+    /// judges every forward).
+    pub forwarding: bool,
 }
 
 /// Logs in to the target over `stream` as `who.login`.
@@ -119,7 +122,10 @@ pub async fn login(
                 &key_id,
                 SystemTime::now(),
                 settings.user_cert_ttl,
-                &UserExtensions::default(),
+                &UserExtensions {
+                    port_forwarding: who.forwarding,
+                    ..UserExtensions::default()
+                },
             )?;
             handle
                 .authenticate_openssh_cert(who.login, Arc::new(key), cert)
