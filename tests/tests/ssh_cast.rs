@@ -336,7 +336,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 
 /// A shell printing 50 MB: its cast stops at the 16 MiB cap with a marker, the rest is only
 /// counted, the shell itself goes on unharmed, and the gateway's peak memory does not follow
-/// the output.
+/// the output. Then: an exec with a pty is cast, one without is not.
 #[test]
 fn a_shell_printing_50_mb_is_recorded_up_to_the_cap() {
     let s = setup("cap", 20582, SHELLS);
@@ -415,4 +415,64 @@ fn a_shell_printing_50_mb_is_recorded_up_to_the_cap() {
     );
     let verify = agentgate(&["audit", "verify"], &db);
     assert!(verify.status.success(), "{}", text(&verify));
+
+    // An exec with a pty is cast; one without keeps only its output in its record.
+    let plain = s.exec("echo plain-exec");
+    assert!(plain.status.success(), "{}", text(&plain));
+    let mut cmd = s.ssh(&["-tt"]);
+    cmd.arg("echo pty-exec-$((1+1))").stdin(Stdio::null());
+    let pty = cmd.output().expect("run ssh -tt");
+    assert!(pty.status.success(), "{}", text(&pty));
+    wait_requests(&s.gw, 3);
+    let cast_of = agentgate_tests::record_query(
+        &db,
+        "SELECT json_extract(s.body, '$.text'), s.session, EXISTS (SELECT 1 FROM audit_log c \
+           WHERE c.kind = 'ssh_cast' AND c.session = s.session \
+             AND json_extract(c.body, '$.channel') = json_extract(s.body, '$.seq')) \
+         FROM audit_log s WHERE s.kind = 'statement' ORDER BY s.seq",
+    );
+    let cast: Vec<(&str, i64)> = cast_of
+        .iter()
+        .map(|r| (r[0].as_str().unwrap(), r[2].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        cast,
+        [
+            ("(interactive shell)", 1),
+            ("echo plain-exec", 0),
+            ("echo pty-exec-$((1+1))", 1)
+        ],
+        "{cast_of:?}"
+    );
+    let file = dir.0.join("exec.cast");
+    let export = agentgate(
+        &[
+            "sessions",
+            "export",
+            cast_of[2][1].as_str().unwrap(),
+            "--cast",
+            file.to_str().unwrap(),
+        ],
+        &db,
+    );
+    assert!(export.status.success(), "{}", text(&export));
+    assert!(
+        parse_cast(&file)["output"]
+            .as_str()
+            .unwrap()
+            .contains("pty-exec-2"),
+        "{}",
+        std::fs::read_to_string(&file).unwrap()
+    );
+    // An exec without a pty has no recording to play: the timeline, as for PostgreSQL.
+    let timeline = agentgate(
+        &["sessions", "replay", cast_of[1][1].as_str().unwrap()],
+        &db,
+    );
+    assert!(timeline.status.success(), "{}", text(&timeline));
+    assert!(
+        stdout(&timeline).contains("echo plain-exec"),
+        "{}",
+        text(&timeline)
+    );
 }
