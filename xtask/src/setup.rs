@@ -52,6 +52,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3-paramiko",
     // tests/fixtures/ssh/asyncssh_exec.py: asyncssh, the asyncio SSH client, likewise.
     "python3-asyncssh",
+    // tests/tests/ssh_cast.rs: `asciinema cat` reads the .cast files `sessions export --cast`
+    // writes (asciinema 2.2, Python, about 240 kB installed).
+    "asciinema",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::record::journal;
 
 pub mod agents;
+pub mod cast;
 pub mod print;
 pub mod sessions;
 

@@ -140,12 +140,46 @@ pub enum SessionsCommand {
         json: bool,
     },
     /// The session's timeline: statements with parameters, outcomes, timings and the masked
-    /// rows kept, approvals, and how it ended.
+    /// rows kept, approvals, and how it ended. An SSH session with recorded shells or pty
+    /// execs is played in the terminal instead (real timing), unless --timeline or --json.
     Replay {
         id: String,
+        /// The timeline as JSON.
         #[arg(long)]
         json: bool,
+        /// The timeline even when the session has recordings.
+        #[arg(long, conflicts_with_all = ["channel", "speed", "fast"])]
+        timeline: bool,
+        /// Play only this channel (the request number `#` of its record); default: every
+        /// recorded channel, one after the other.
+        #[arg(long, conflicts_with = "json")]
+        channel: Option<u64>,
+        /// Play this many times faster (0.5 is half speed).
+        #[arg(long, value_parser = parse_speed, conflicts_with_all = ["fast", "json"])]
+        speed: Option<f64>,
+        /// Play without pauses.
+        #[arg(long, conflicts_with = "json")]
+        fast: bool,
     },
+    /// Write an SSH channel's recording as an asciicast v2 file (asciinema and other players
+    /// open it).
+    Export {
+        id: String,
+        /// The .cast file to write (created mode 0600: it holds what the session showed).
+        #[arg(long)]
+        cast: std::path::PathBuf,
+        /// The channel (the request number of its record); needed when the session recorded
+        /// more than one.
+        #[arg(long)]
+        channel: Option<u64>,
+    },
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod policy;
 pub mod revoke;
 pub mod sessions;
+mod sessions_cast;
 pub mod status;
 pub mod uninstall;
 

@@ -1,4 +1,4 @@
-//! `agentgate sessions list|show|replay`.
+//! `agentgate sessions list|show|replay|export` (playing and exporting recordings: sessions_cast.rs).
 
 use super::SessionsCommand;
 use crate::{audit, record};
@@ -88,7 +88,31 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                 println!("{k:<18} {v}");
             }
         }
-        SessionsCommand::Replay { id, json } => {
+        SessionsCommand::Export { id, cast, channel } => {
+            super::sessions_cast::export(&conn, &id, &cast, channel)?;
+        }
+        SessionsCommand::Replay {
+            id,
+            json,
+            timeline,
+            channel,
+            speed,
+            fast,
+        } => {
+            if !json && !timeline {
+                let play = super::sessions_cast::Play {
+                    channel,
+                    speed: if fast {
+                        None
+                    } else {
+                        Some(speed.unwrap_or(1.0))
+                    },
+                    required: channel.is_some() || speed.is_some() || fast,
+                };
+                if super::sessions_cast::replay(&conn, &id, &play)? {
+                    return Ok(());
+                }
+            }
             let events = audit::sessions::replay(&conn, &id)?;
             if json {
                 println!("{}", serde_json::Value::Array(events));
@@ -169,6 +193,17 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                             .map(|x| format!("; error {}", safe(x)))
                             .unwrap_or_default()
                     ),
+                    // The recording is played, not listed: one line where it starts.
+                    "ssh_cast" => {
+                        if b["part"] == 0 {
+                            println!(
+                                "{head} cast     channel {} recorded (agentgate sessions replay {} --channel {})",
+                                cell(&b["channel"]),
+                                safe(&id),
+                                cell(&b["channel"])
+                            );
+                        }
+                    }
                     other => println!("{head} {other} {}", cell(b)),
                 }
             }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty};
 
 use super::{
+    cast::{Cast, Tty},
     gate::{self, Gated},
     sftp,
     upstream::TargetSide,
@@ -144,6 +145,11 @@ pub async fn serve(
         Gated::Forward { approval, busy } => (approval, busy),
     };
     let (label, busy) = label;
+    let tty = pty.as_ref().map(|p| Tty {
+        term: p.term.clone(),
+        cols: p.cols,
+        rows: p.rows,
+    });
     let upstream = open_upstream(target, &request, pty, env).await;
     // The target has the request (or refused it): the forward is no longer in progress.
     drop(busy);
@@ -162,7 +168,11 @@ pub async fn serve(
         ctx.approvals.forwarded(id, &ctx.session);
     }
     let mask = super::mask::OutputMask::for_channel(ctx, &request);
-    let (exit, output) = relay(ctx, &request, agent, upstream, mask).await;
+    let cast = Cast::start(ctx, &request, rec.seq, tty);
+    let (exit, output) = relay(ctx, &request, agent, upstream, mask, cast.as_ref()).await;
+    if let Some(cast) = cast {
+        cast.finish().await;
+    }
     if exit.is_none() && ctx.ended.is_cancelled() {
         rec.error = Some("agentgate: ended with the session while it ran".into());
     }
@@ -238,6 +248,7 @@ async fn relay(
     agent: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
     mask: Option<super::mask::OutputMask>,
+    cast: Option<&Cast<'_>>,
 ) -> (Option<u32>, CommandOutput) {
     // The sftp server's stream is read request by request (`sftp.rs`).
     let sftp = sftp::wanted(request).then(sftp::Relay::default);
@@ -248,7 +259,7 @@ async fn relay(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let up = async {
         tokio::select! {
-            () = agent_to_target(ctx, agent_rx, &up_tx, &agent_tx, sftp) => {}
+            () = agent_to_target(ctx, agent_rx, &up_tx, &agent_tx, sftp, cast) => {}
             _ = async {
                 let _ = done_rx.await;
                 tokio::time::sleep(CLOSE_GRACE).await;
@@ -256,7 +267,7 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask, sftp).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask, sftp, cast).await;
         let _ = done_tx.send(());
         r
     };
@@ -285,11 +296,15 @@ async fn agent_to_target(
     to: &ChannelWriteHalf<client::Msg>,
     agent: &ChannelWriteHalf<server::Msg>,
     sftp: Option<&sftp::Relay>,
+    cast: Option<&Cast<'_>>,
 ) {
     while let Some(msg) = next(ctx, &mut from).await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(c) = cast {
+                    c.input(&data).await;
+                }
                 match sftp {
                     Some(s) => s.agent_data(ctx, &data, to, agent).await,
                     None => to.data_bytes(data).await,
@@ -306,6 +321,9 @@ async fn agent_to_target(
                 pix_width,
                 pix_height,
             } => {
+                if let Some(c) = cast {
+                    c.resize(col_width, row_height).await;
+                }
                 to.window_change(col_width, row_height, pix_width, pix_height)
                     .await
             }
@@ -329,6 +347,7 @@ async fn target_to_agent(
     keep: usize,
     mut mask: Option<super::mask::OutputMask>,
     sftp: Option<&sftp::Relay>,
+    cast: Option<&Cast<'_>>,
 ) -> (Option<u32>, CommandOutput) {
     let mut exit = None;
     let mut out = CommandOutput::default();
@@ -342,6 +361,9 @@ async fn target_to_agent(
                 ctx.bytes_down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 keep_some(&mut stdout, &data, keep, &mut out);
+                if let Some(c) = cast {
+                    c.output(&data).await;
+                }
                 match sftp {
                     Some(s) => s.target_data(ctx, &data, to).await,
                     None => to.data_bytes(data).await,
@@ -352,6 +374,9 @@ async fn target_to_agent(
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if ext == 1 {
                     keep_some(&mut stderr, &data, keep, &mut out);
+                    if let Some(c) = cast {
+                        c.output(&data).await;
+                    }
                 }
                 to.extended_data_bytes(ext, data).await
             }

@@ -3,10 +3,12 @@
 //! answer), logs in to the target itself with a credential the agent never holds
 //! ([`upstream`]), and serves each session channel through the gate ([`channel`], [`gate`]):
 //! every exec, shell and subsystem is judged, held for approval where a rule says so, on record
-//! before it runs, and recorded with its exit status and output.
+//! before it runs, and recorded with its exit status and output; shells and execs with a pty
+//! also as asciicast events ([`cast`]).
 
 mod agent;
 mod aliases;
+mod cast;
 mod channel;
 pub mod command;
 mod forward;
