@@ -3,7 +3,7 @@
 //! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
 //! eBPF capture, and the gateway's record.
 //!
-//! Ports: 20434–20459.
+//! Ports: 20432–20459.
 
 use std::{
     path::{Path, PathBuf},
@@ -123,7 +123,7 @@ targets:
     ports: [{port}]
     ssh:
       {host_key}
-      user_ca_key: {user_ca}
+      {upstream}
       known_hosts: {known}
 rules:
   - name: agents-deploy
@@ -133,7 +133,12 @@ rules:
         secret = keys.secret.display(),
         jwks = fixtures().join("test-jwks.json").display(),
         port = sshd.port,
-        user_ca = sshd.user_ca_key().display(),
+        // A `private_key:` among the host-key lines is the upstream credential instead.
+        upstream = if host_key.contains("private_key:") {
+            String::new()
+        } else {
+            format!("user_ca_key: {}", sshd.user_ca_key().display())
+        },
         known = keys.target_known_hosts.display(),
     )
 }
@@ -899,4 +904,42 @@ print(json.dumps({"opened": len(opened), "refused": refused}))
             .unwrap_or(0)
             >= 6
     });
+}
+
+/// The static-key mode: the gateway logs in with a key the target lists in authorized_keys
+/// (the target's log shows that key, no certificate); the agent never holds it.
+#[test]
+fn a_static_upstream_key_logs_in_for_the_agent() {
+    let (s, jwt) = credential_setup("static", 20433, 20432, |sshd, keys| {
+        format!(
+            "host_ca_key: {}\n      private_key: {}",
+            keys.host_ca.private.display(),
+            sshd.static_key().display()
+        )
+    });
+    let plain = s.keys.dir.join("plain_known_hosts");
+    let mut scan = Command::new("ssh-keyscan");
+    scan.args(["-t", "ed25519", "-p", "20432", "127.0.0.1"]);
+    place(&mut scan, Some(&s.cg), None);
+    let keyscan = scan.output().unwrap();
+    let line = String::from_utf8_lossy(&keyscan.stdout)
+        .lines()
+        .find(|l| l.contains("ssh-ed25519"))
+        .unwrap_or_else(|| panic!("{}", text(&keyscan)))
+        .to_string();
+    ssh::write_known_hosts(&plain, &[line]);
+    let r = paramiko(&s.cg, 20432, &plain, &jwt, "echo static-$(whoami)");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["stdout"].as_str().map(str::trim),
+        Some(format!("static-{DEPLOY_USER}").as_str()),
+        "{r}"
+    );
+    let log = s
+        .sshd
+        .wait_log("Accepted publickey", Duration::from_secs(10));
+    assert!(
+        !log.contains("CERT"),
+        "a plain key, not a certificate: {log}"
+    );
 }
