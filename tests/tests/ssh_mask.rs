@@ -288,3 +288,62 @@ fn a_hundred_megabytes_through_a_masked_channel_keep_memory_flat() {
     );
     assert!(grew < 64 * 1024, "the gateway grew by {grew} KiB");
 }
+
+/// File contents cannot be masked over sftp (a READ answer is the bytes at an offset): under a
+/// mask rule, reading a file over sftp (and scp, which speaks sftp) is refused, never passed in
+/// clear; writing still works. Without a mask rule the same read works.
+#[test]
+fn sftp_reads_are_refused_under_a_mask_rule() {
+    let rules = format!(
+        "{MASK_SECRETS}  - name: files
+    effect: deny
+    commands: {{programs: [rm], subsystems: [sftp]}}
+    targets: [build-host]
+"
+    );
+    let s = setup("masksftp", 20558, &rules);
+    let remote = DeployDir::new("masksftp");
+    let secret = secret_file(&remote);
+    let local = s.keys.dir.join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let batch = |text: &str| {
+        let file = s.keys.dir.join(agentgate_tests::unique("batch"));
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = agentgate_tests::ssh::sftp_command(
+            &s.keys.agent_known_hosts,
+            s.sshd.port,
+            agentgate_tests::ssh::DEPLOY_USER,
+            &file,
+            &[],
+        );
+        agentgate_tests::place(&mut cmd, Some(&s.cg), None);
+        cmd.output().expect("run sftp")
+    };
+    let got = local.join("creds");
+    let out = batch(&format!("get {} {}\n", secret.display(), got.display()));
+    assert!(!out.status.success(), "{}", text(&out));
+    let copied = std::fs::read_to_string(&got).unwrap_or_default();
+    assert!(
+        !copied.contains(AWS_KEY),
+        "the key never arrives in clear: {copied:?}"
+    );
+    let up = local.join("up.txt");
+    std::fs::write(&up, "plain upload\n").unwrap();
+    let put = batch(&format!(
+        "put {} {}\n",
+        up.display(),
+        remote.0.join("up.txt").display()
+    ));
+    assert!(put.status.success(), "writing still works: {}", text(&put));
+    assert_eq!(
+        std::fs::read_to_string(remote.0.join("up.txt")).unwrap(),
+        "plain upload\n"
+    );
+    let refused = record_query(
+        &s.gw.record_db(),
+        "SELECT count(*) FROM audit_log WHERE kind = 'statement' \
+         AND json_extract(body, '$.decision') = 'denied' \
+         AND json_extract(body, '$.error') LIKE '%file contents cannot be masked%'",
+    );
+    assert!(refused[0][0].as_i64().unwrap_or(0) >= 1, "{refused:?}");
+}

@@ -85,6 +85,8 @@ pub struct Relay {
     /// Held while one whole packet is written to the agent, so that the gateway's own answers
     /// never land inside a packet of the target's.
     to_agent: tokio::sync::Mutex<()>,
+    /// Whether a mask rule with detectors applies, for the policy version it was found for.
+    masked: Mutex<Option<(String, bool)>>,
 }
 
 #[derive(Default)]
@@ -224,7 +226,17 @@ impl Relay {
         target: &ChannelWriteHalf<client::Msg>,
         agent: &ChannelWriteHalf<server::Msg>,
     ) -> Result<(), SftpError> {
-        let asked = request::read(&packet, |h| self.path_of(h))?;
+        let mut asked = request::read(&packet, |h| self.path_of(h))?;
+        // File contents cannot be masked (see `masked_session`): under a mask rule, reading
+        // them is refused rather than let through in clear.
+        if let Asked::Pass { id, .. } = asked {
+            if packet.get(4) == Some(&wire::FXP_READ) && self.masked_session(ctx) {
+                asked = Asked::Refuse {
+                    id,
+                    why: "agentgate: reading file contents over sftp is refused in this session: a mask rule applies and file contents cannot be masked".into(),
+                };
+            }
+        }
         match asked {
             Asked::Init => target.data_bytes(wire::init_v3(&packet)?).await?,
             Asked::Pass { id, track } => {
@@ -285,6 +297,25 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Whether the session is under a mask rule with detectors (per policy version). SFTP
+    /// answers a READ with exactly the bytes at an offset, and the client's next READ asks for
+    /// the offset after them: masking that changes lengths would corrupt the file, and masking
+    /// each reply on its own would miss values cut between replies. So file reads are refused
+    /// where masking applies (fail closed), never passed in clear.
+    fn masked_session(&self, ctx: &Ctx<'_>) -> bool {
+        let policy = ctx.policy.borrow().clone();
+        let mut cached = lock(&self.masked);
+        if let Some((version, masked)) = cached.as_ref() {
+            if *version == policy.version {
+                return *masked;
+            }
+        }
+        let masked = crate::mask::plan::Plan::build(&policy, &ctx.who(), &ctx.target)
+            .is_some_and(|p| p.has_detectors());
+        *cached = Some((policy.version.clone(), masked));
+        masked
     }
 
     async fn expect(&self, ctx: &Ctx<'_>, id: u32, pending: Pending) -> Result<(), SftpError> {
