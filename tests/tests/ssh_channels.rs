@@ -247,6 +247,13 @@ fn scp_and_sftp_both_ways_under_a_subsystem_rule() {
         "{r:?}"
     );
     assert!(r.iter().all(|x| x[2] == "allowed"), "{r:?}");
+    // The sftp streams' raw bytes (the files' contents) are not kept as output.
+    let kept = agentgate_tests::record_query(
+        &s.gw.record_db(),
+        "SELECT json_extract(body, '$.output.stdout') FROM audit_log WHERE kind = 'statement' \
+         AND json_extract(body, '$.kind') = 'subsystem'",
+    );
+    assert!(kept.iter().all(|row| row[0] == ""), "{kept:?}");
     assert_eq!(
         r.iter()
             .filter(|x| x[0] == "exec" && x[1].as_str().unwrap_or("").starts_with("scp -"))

@@ -360,7 +360,13 @@ async fn target_to_agent(
             ChannelMsg::Data { data } => {
                 ctx.bytes_down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                keep_some(&mut stdout, &data, keep, &mut out);
+                // An sftp stream is binary packets recorded operation by operation (`sftp.rs`);
+                // its raw bytes (file contents among them) are not kept as output.
+                if sftp.is_none() {
+                    keep_some(&mut stdout, &data, keep, &mut out);
+                } else {
+                    out.bytes += data.len() as u64;
+                }
                 if let Some(c) = cast {
                     c.output(&data).await;
                 }
