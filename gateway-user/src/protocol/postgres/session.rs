@@ -221,47 +221,8 @@ impl PostgresHandler {
             workload: admitted.grant.workload.clone(),
             signal,
         });
-        let mut greeting = vec![out::auth(0)];
-        greeting.extend(upstream.greeting);
-        greeting.push(out::backend_key(cancel.key.0, cancel.key.1));
-        greeting.push(out::ready(b'I'));
-        if let Err(e) = frontend::send(&mut stream, &greeting).await {
-            tracing::info!("agent left during login: {e}");
-            return Outcome::NoSession;
-        }
-        let key = (upstream.pid, upstream.key);
-        self.pg_relay(
-            core,
-            id,
-            stream,
-            upstream.stream,
-            key,
-            cancels,
-            &admitted,
-            &pg,
-            &params,
-            pid,
-            base,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn pg_relay<C: Connect>(
-        &self,
-        core: &Proxy<C>,
-        id: u64,
-        client: BoxIo,
-        upstream: BoxIo,
-        upstream_key: (i32, i32),
-        cancels: tokio::sync::watch::Receiver<u64>,
-        admitted: &Admitted<'_>,
-        pg: &crate::policy::PostgresTarget,
-        params: &[(String, String)],
-        pid: u32,
-        mut base: ConnFacts,
-    ) -> Outcome {
-        let g = &admitted.grant;
+        // The session is on record before the agent is told it may start: nothing it does can
+        // come before its opening in the record.
         let session = session_id(id);
         base.session = Some(session.clone());
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -279,6 +240,59 @@ impl PostgresHandler {
                 database.clone(),
             )))
             .await;
+        let mut greeting = vec![out::auth(0)];
+        greeting.extend(upstream.greeting);
+        greeting.push(out::backend_key(cancel.key.0, cancel.key.1));
+        greeting.push(out::ready(b'I'));
+        if let Err(e) = frontend::send(&mut stream, &greeting).await {
+            tracing::info!("agent left during login: {e}");
+            // Its opening is on record: so is its end.
+            return Outcome::Closed(Box::new(super::super::SessionEnd {
+                facts: base,
+                started: Instant::now(),
+                bytes_up: 0,
+                bytes_down: 0,
+                ended_by: None,
+                error: Some(format!("the agent left during the login: {e}")),
+                statements: None,
+            }));
+        }
+        let key = (upstream.pid, upstream.key);
+        self.pg_relay(
+            core,
+            stream,
+            upstream.stream,
+            key,
+            cancels,
+            &admitted,
+            &pg,
+            &params,
+            base,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pg_relay<C: Connect>(
+        &self,
+        core: &Proxy<C>,
+        client: BoxIo,
+        upstream: BoxIo,
+        upstream_key: (i32, i32),
+        cancels: tokio::sync::watch::Receiver<u64>,
+        admitted: &Admitted<'_>,
+        pg: &crate::policy::PostgresTarget,
+        params: &[(String, String)],
+        base: ConnFacts,
+    ) -> Outcome {
+        let g = &admitted.grant;
+        let session = base.session.clone().unwrap_or_default();
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let database = pg
+            .database
+            .clone()
+            .or_else(|| get("database"))
+            .or_else(|| get("user"));
         tracing::info!("relaying postgres");
         core.events.emit("connection_open", base.event(&Nothing {}));
         let started = Instant::now();
