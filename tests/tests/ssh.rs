@@ -6,71 +6,20 @@
 //! Ports: 20432–20459.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     time::Duration,
 };
 
 use agentgate_tests::{
-    agentgate_bin, fixtures, now, place, record_query, require_root,
+    agentgate_bin, now, place, record_query, require_root,
     ssh::{self, Sshd, SshdOptions, DEPLOY_USER, READER_USER},
-    unique, wait_until, Cgroup, Gateway, TokenFile, AUDIENCE, ISSUER,
+    unique, wait_until, Cgroup, Gateway, TokenFile, ISSUER,
 };
 use serde_json::Value;
+use ssh_common::{policy_with, requests, text, Keys};
 
-/// What the gateway needs for one SSH target: its host CA, the secret host keys derive from,
-/// the target's known_hosts, and the agent's known_hosts trusting the host CA.
-struct Keys {
-    dir: PathBuf,
-    host_ca: ssh::KeyPair,
-    secret: PathBuf,
-    target_known_hosts: PathBuf,
-    agent_known_hosts: PathBuf,
-}
-
-impl Keys {
-    fn new(tag: &str, sshd: &Sshd) -> Keys {
-        let dir = std::env::temp_dir().join(unique(&format!("sshkeys-{tag}")));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let host_ca = ssh::keygen(&dir.join("host_ca"), "agentgate host CA");
-        let secret = dir.join("host_secret");
-        std::fs::write(&secret, agentgate_tests::payload(7, 32)).unwrap();
-        set_mode(&secret, 0o600);
-        let target_known_hosts = dir.join("target_known_hosts");
-        ssh::write_known_hosts(
-            &target_known_hosts,
-            &[ssh::known_hosts_plain(
-                "127.0.0.1",
-                sshd.port,
-                &sshd.host_public_line(),
-            )],
-        );
-        let agent_known_hosts = dir.join("agent_known_hosts");
-        ssh::write_known_hosts(
-            &agent_known_hosts,
-            &[ssh::known_hosts_ca("*", &host_ca.public_line())],
-        );
-        Keys {
-            dir,
-            host_ca,
-            secret,
-            target_known_hosts,
-            agent_known_hosts,
-        }
-    }
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
+mod ssh_common;
 
 /// The policy: one workload (token from `token`), one ssh target on `sshd`, `deploy` logins
 /// allowed to group agents; `extra_rules` appended.
@@ -90,85 +39,12 @@ fn policy(
     policy_with(listen, cg, &token, &host_key, sshd, keys, extra_rules)
 }
 
-/// Like [`policy`], with the workload's `token:` and the target's host-key lines given.
-fn policy_with(
-    listen: u16,
-    cg: &str,
-    token: &str,
-    host_key: &str,
-    sshd: &Sshd,
-    keys: &Keys,
-    extra_rules: &str,
-) -> String {
-    format!(
-        "version: 2
-gateway:
-  listen_port: {listen}
-  ssh_host_key_secret: {secret}
-identity_providers:
-  - name: test-idp
-    issuer: {ISSUER}
-    audiences: [{AUDIENCE}]
-    jwks: {{from: file, path: {jwks}}}
-    algorithms: [RS256]
-workloads:
-  - name: agents
-    cgroup: \"/{cg}\"
-    mode: host
-    token: {token}
-targets:
-  - name: build-host
-    protocol: ssh
-    addresses: [127.0.0.1/32]
-    ports: [{port}]
-    ssh:
-      {host_key}
-      {upstream}
-      known_hosts: {known}
-rules:
-  - name: agents-deploy
-    when: {{workloads: [agents], groups: [agents], logins: [{DEPLOY_USER}]}}
-    targets: [build-host]
-{extra_rules}",
-        secret = keys.secret.display(),
-        jwks = fixtures().join("test-jwks.json").display(),
-        port = sshd.port,
-        // A `private_key:` among the host-key lines is the upstream credential instead.
-        upstream = if host_key.contains("private_key:") {
-            String::new()
-        } else {
-            format!("user_ca_key: {}", sshd.user_ca_key().display())
-        },
-        known = keys.target_known_hosts.display(),
-    )
-}
-
 /// `ssh` from inside `cg` as the agent: `-l login`, the command after.
 fn agent_ssh(cg: &Cgroup, keys: &Keys, port: u16, login: &str, command: &str) -> Output {
     let mut cmd = ssh::ssh_command(&keys.agent_known_hosts, port, login, &[]);
     cmd.arg(command);
     place(&mut cmd, Some(cg), None);
     cmd.output().expect("run ssh")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The SSH requests on record, in order: (kind, text, decision, rule, exit status, stdout).
-fn requests(gw: &Gateway) -> Vec<Vec<Value>> {
-    record_query(
-        &gw.record_db(),
-        "SELECT json_extract(body, '$.kind'), json_extract(body, '$.text'), \
-         json_extract(body, '$.decision'), json_extract(body, '$.rule'), \
-         json_extract(body, '$.exit_status'), json_extract(body, '$.output.stdout') \
-         FROM audit_log WHERE kind = 'statement' ORDER BY seq",
-    )
 }
 
 struct Setup {
@@ -466,6 +342,17 @@ fn a_wrong_target_host_key_fails_closed() {
     let _ = now();
 }
 
+/// A known_hosts with only the gateway's host CA line (the shared `agent_known_hosts` also
+/// pins the target's own key, for paramiko in the imported mode).
+fn ca_only(keys: &Keys) -> std::path::PathBuf {
+    let path = keys.dir.join("ca_only_known_hosts");
+    ssh::write_known_hosts(
+        &path,
+        &[ssh::known_hosts_ca("*", &keys.host_ca.public_line())],
+    );
+    path
+}
+
 /// paramiko reads only plain known_hosts lines: run with the JWT as its password.
 const PARAMIKO: &str = r#"
 import json, sys, warnings
@@ -557,7 +444,7 @@ fn an_imported_target_host_key_serves_clients_that_pin_it() {
         "{r}"
     );
     // Only the gateway's host CA line: this target presents no certificate, so ssh refuses.
-    let ca_only = paramiko(&s.cg, s.sshd.port, &s.keys.agent_known_hosts, &jwt, "true");
+    let ca_only = paramiko(&s.cg, s.sshd.port, &ca_only(&s.keys), &jwt, "true");
     assert_eq!(ca_only["ok"], false, "{ca_only}");
 }
 
@@ -572,7 +459,7 @@ fn paramiko_needs_a_plain_line_for_the_derived_host_key() {
             keys.host_ca.private.display()
         )
     });
-    let ca_only = paramiko(&s.cg, s.sshd.port, &s.keys.agent_known_hosts, &jwt, "true");
+    let ca_only = paramiko(&s.cg, s.sshd.port, &ca_only(&s.keys), &jwt, "true");
     assert_eq!(ca_only["ok"], false, "{ca_only}");
     assert!(
         ca_only["error"]

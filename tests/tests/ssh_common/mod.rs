@@ -1,4 +1,4 @@
-//! What the SSH end-to-end binaries `ssh_channels` and `ssh_sessions` share: a Debian sshd as
+//! What the SSH end-to-end binaries (`ssh`, `ssh_channels`, `ssh_sessions`, `ssh_mask`, …) share: a Debian sshd as
 //! the target (trusting a user CA), the gateway in front of it with one ssh target and a rule
 //! letting group `agents` log in as DEPLOY_USER, and the agent's clients in a managed cgroup.
 //!
@@ -102,6 +102,21 @@ pub fn policy(
             keys.host_ca.private.display()
         ),
     };
+    policy_with(listen, cg, &token, &host_key, sshd, keys, extra_rules)
+}
+
+/// Like [`policy`], with the workload's `token:` and the target's host-key lines given as
+/// YAML; a `private_key:` among the host-key lines is the upstream credential instead of the
+/// server's user CA.
+pub fn policy_with(
+    listen: u16,
+    cg: &str,
+    token: &str,
+    host_key: &str,
+    sshd: &Sshd,
+    keys: &Keys,
+    extra_rules: &str,
+) -> String {
     format!(
         "version: 2
 gateway:
@@ -125,7 +140,7 @@ targets:
     ports: [{port}]
     ssh:
       {host_key}
-      user_ca_key: {user_ca}
+      {upstream}
       known_hosts: {known}
 rules:
   - name: agents-deploy
@@ -135,7 +150,11 @@ rules:
         secret = keys.secret.display(),
         jwks = fixtures().join("test-jwks.json").display(),
         port = sshd.port,
-        user_ca = sshd.user_ca_key().display(),
+        upstream = if host_key.contains("private_key:") {
+            String::new()
+        } else {
+            format!("user_ca_key: {}", sshd.user_ca_key().display())
+        },
         known = keys.target_known_hosts.display(),
     )
 }
