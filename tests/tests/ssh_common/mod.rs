@@ -1,5 +1,5 @@
-//! What the SSH end-to-end binaries (`ssh`, `ssh_channels`, `ssh_sessions`, `ssh_mask`, …) share: a Debian sshd as
-//! the target (trusting a user CA), the gateway in front of it with one ssh target and a rule
+//! What the SSH end-to-end binaries (`ssh`, `ssh_channels`, `ssh_sessions`, `ssh_mask`, …)
+//! share: a Debian sshd as the target (trusting a user CA), the gateway in front of it with one ssh target and a rule
 //! letting group `agents` log in as DEPLOY_USER, and the agent's clients in a managed cgroup.
 //!
 //! Ports: 20460–20499 (sshd on the even port, the gateway on the odd one after it; forwarding
