@@ -3,7 +3,7 @@
 //! StrictHostKeyChecking=yes and only a `@cert-authority` line for the gateway's host CA, the
 //! eBPF capture, and the gateway's record.
 //!
-//! Ports: 20432–20459.
+//! Ports: 20427–20459.
 
 use std::{
     path::Path,
@@ -829,4 +829,85 @@ fn a_static_upstream_key_logs_in_for_the_agent() {
         !log.contains("CERT"),
         "a plain key, not a certificate: {log}"
     );
+}
+
+/// Remote forwarding (`ssh -R`) only to an address on the target a rule names: a connection to
+/// that listener on the target reaches the agent's side through the gateway; any other address
+/// is refused (`ExitOnForwardFailure` makes ssh say so) and on record.
+#[test]
+fn remote_forwarding_listens_only_where_a_rule_names() {
+    let service = agentgate_tests::TargetServer::start("127.0.0.1:20430".parse().unwrap());
+    let rules = "  - name: callback-port
+    commands: {remote_forward: [\"127.0.0.1:20431\"]}
+    targets: [build-host]
+";
+    let s = setup("rforward", 20429, 20428, rules);
+    let spawn = |spec: &str| {
+        let mut cmd = ssh::ssh_command(
+            &s.keys.agent_known_hosts,
+            s.sshd.port,
+            DEPLOY_USER,
+            &["-N", "-o", "ExitOnForwardFailure=yes", "-R", spec],
+        );
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        place(&mut cmd, Some(&s.cg), None);
+        cmd.spawn().expect("ssh -R")
+    };
+    let mut tunnel = spawn("127.0.0.1:20431:127.0.0.1:20430");
+    let mut greeting = String::new();
+    wait_until(
+        "the target listens on 20431",
+        Duration::from_secs(10),
+        || {
+            use std::io::{BufRead, Write};
+            let Ok(mut c) = std::net::TcpStream::connect("127.0.0.1:20431") else {
+                return false;
+            };
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(b"hello-back\n");
+            let mut line = String::new();
+            let ok = std::io::BufReader::new(&c).read_line(&mut line).is_ok();
+            greeting = line;
+            ok && greeting.starts_with("peer=")
+        },
+    );
+    assert!(service.count() >= 1, "the agent's side was reached");
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+
+    let refused = spawn("127.0.0.1:20427:127.0.0.1:20430")
+        .wait_with_output()
+        .unwrap();
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("forwarding failed"),
+        "{}",
+        text(&refused)
+    );
+    assert!(std::net::TcpStream::connect("127.0.0.1:20427").is_err());
+    let on_record = record_query(
+        &s.gw.record_db(),
+        "SELECT json_extract(body, '$.text') FROM audit_log WHERE kind = 'statement' \
+         AND json_extract(body, '$.kind') = 'forward' ORDER BY seq",
+    );
+    let texts: Vec<&str> = on_record.iter().filter_map(|r| r[0].as_str()).collect();
+    assert!(
+        texts.contains(&"tcpip-forward 127.0.0.1:20431"),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("forwarded-tcpip 127.0.0.1:20431")),
+        "{texts:?}"
+    );
+    wait_until("the refusal on record", Duration::from_secs(10), || {
+        record_query(
+            &s.gw.record_db(),
+            "SELECT count(*) FROM audit_log WHERE kind = 'ssh_refused' \
+             AND json_extract(body, '$.what') LIKE '%20427%'",
+        )[0][0]
+            == 1
+    });
 }

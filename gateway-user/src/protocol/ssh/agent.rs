@@ -35,6 +35,13 @@ pub enum AgentEvent {
     },
     /// A channel kind the gateway does not serve (forwarding, X11): refused and recorded.
     Refused { what: String },
+    /// `ssh -R`: the target is asked to listen on `address:port` if a rule names it; the
+    /// answer is the port it listens on.
+    RemoteForward {
+        address: String,
+        port: u32,
+        reply: oneshot::Sender<Option<u32>>,
+    },
     /// A direct-tcpip channel (`ssh -L`, `-W`): served if a rule names the destination.
     Forward {
         channel: Channel<Msg>,
@@ -237,9 +244,22 @@ impl russh::server::Handler for AgentSide {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refused(format!("remote port forwarding from {address}:{port}"))
-            .await;
-        Ok(false)
+        let (reply, answer) = oneshot::channel();
+        let event = AgentEvent::RemoteForward {
+            address: address.to_string(),
+            port: *port,
+            reply,
+        };
+        if self.events.send(event).await.is_err() {
+            return Ok(false);
+        }
+        match answer.await {
+            Ok(Some(bound)) => {
+                *port = bound;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn agent_request(

@@ -52,6 +52,28 @@ pub fn allowed_by(
         .map(|r| r.name.clone())
 }
 
+/// The rule that lets `who` have the target listen on `address:port` (`ssh -R`), if any.
+pub fn remote_allowed_by(
+    policy: &Policy,
+    who: &Who<'_>,
+    target: &str,
+    address: &str,
+    port: u32,
+) -> Option<String> {
+    let port = u16::try_from(port).ok()?;
+    let wanted = destination(&format!("{address}:{port}"))?;
+    policy
+        .action_rules(who, target, Protocol::Ssh)
+        .into_iter()
+        .find(|r| {
+            r.action
+                .as_ref()
+                .and_then(|a| a.matcher::<CommandRule>())
+                .is_some_and(|c| c.remote_forward.contains(&wanted))
+        })
+        .map(|r| r.name.clone())
+}
+
 /// Whether any rule in scope lets `who` forward at all: the upstream certificate then permits
 /// port forwarding (the target would refuse the channel otherwise).
 pub fn any_allowed(policy: &Policy, who: &Who<'_>, target: &str) -> bool {
@@ -62,7 +84,7 @@ pub fn any_allowed(policy: &Policy, who: &Who<'_>, target: &str) -> bool {
             r.action
                 .as_ref()
                 .and_then(|a| a.matcher::<CommandRule>())
-                .is_some_and(|c| !c.forward.is_empty())
+                .is_some_and(|c| !c.forward.is_empty() || !c.remote_forward.is_empty())
         })
 }
 
@@ -106,6 +128,39 @@ pub async fn serve(
     };
     reply.accept().await;
     let (up, down) = relay(ctx, agent, upstream).await;
+    rec.duration_us = Some(started.elapsed().as_micros() as u64);
+    rec.output = Some(CommandOutput {
+        bytes: down,
+        ..Default::default()
+    });
+    rec.rows = Some(up);
+    ctx.recorder.record(Record::Statement(rec)).await;
+}
+
+/// A connection to a listener the agent asked the target for (`ssh -R`), relayed to a
+/// forwarded-tcpip channel the gateway opened to the agent; on record with its bytes.
+pub async fn serve_remote(
+    ctx: &Ctx<'_>,
+    from_target: Channel<client::Msg>,
+    to_agent: Result<Channel<server::Msg>, russh::Error>,
+    what: String,
+) {
+    let started = Instant::now();
+    let request = super::channel::Request::Exec(String::new());
+    let mut rec = ctx.statement(&request, crate::record::now_ms());
+    rec.kind = "forward";
+    rec.class = "forward".into();
+    rec.text = what;
+    let agent = match to_agent {
+        Ok(c) => c,
+        Err(e) => {
+            rec.error = Some(format!("the agent refused the channel: {e}"));
+            let _ = from_target.close().await;
+            ctx.recorder.record(Record::Statement(rec)).await;
+            return;
+        }
+    };
+    let (down, up) = relay(ctx, agent, from_target).await;
     rec.duration_us = Some(started.elapsed().as_micros() as u64);
     rec.output = Some(CommandOutput {
         bytes: down,

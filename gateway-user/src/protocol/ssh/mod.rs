@@ -46,6 +46,42 @@ use crate::{
     record::{Record, Recorder, Statement},
 };
 
+/// `ssh -R address:port`: if a rule names the address, the target is asked to listen there
+/// (on record first); the port it listens on, or `None` (refused, on record).
+async fn remote_forward(
+    ctx: &Ctx<'_>,
+    target: &russh::client::Handle<upstream::TargetSide>,
+    address: &str,
+    port: u32,
+) -> Option<u32> {
+    let policy = ctx.policy.borrow().clone();
+    let Some(rule) = forward::remote_allowed_by(&policy, &ctx.who(), &ctx.target, address, port)
+    else {
+        record_refused(ctx, format!("remote port forwarding from {address}:{port}")).await;
+        return None;
+    };
+    let request = channel::Request::Exec(String::new());
+    let mut rec = ctx.statement(&request, crate::record::now_ms());
+    rec.kind = "forward";
+    rec.class = "forward".into();
+    rec.text = format!("tcpip-forward {address}:{port}");
+    rec.rule = Some(rule);
+    if !ctx
+        .recorder
+        .record_durable(Record::Intent(rec.clone()))
+        .await
+    {
+        return None;
+    }
+    let bound = target.tcpip_forward(address.to_string(), port).await;
+    match &bound {
+        Ok(p) => rec.rows = Some(u64::from(*p)),
+        Err(e) => rec.error = Some(format!("the target refused to listen: {e}")),
+    }
+    ctx.recorder.record(Record::Statement(rec)).await;
+    bound.ok()
+}
+
 /// A channel's task, borrowing the session.
 type ChannelTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
@@ -336,8 +372,9 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
         session: &session,
         forwarding: forward::any_allowed(&admitted.policy, &rules_who, &target_name),
     };
+    let (forwarded_tx, mut forwarded) = mpsc::channel::<upstream::Forwarded>(16);
     let target = match core.connector.connect(dst).await {
-        Ok(stream) => upstream::login(stream, &target_name, &ssh, dst, &who)
+        Ok(stream) => upstream::login(stream, &target_name, &ssh, dst, &who, forwarded_tx)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -424,9 +461,24 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
                     }
                 }
                 Some(AgentEvent::Refused { what }) => record_refused(&ctx, what).await,
+                Some(AgentEvent::RemoteForward { address, port, reply }) => {
+                    let bound = remote_forward(&ctx, &target, &address, port).await;
+                    let _ = reply.send(bound);
+                }
                 Some(AgentEvent::Login { reply, .. }) => { let _ = reply.send(false); }
                 None => break (None, None),
             },
+            Some(f) = forwarded.recv() => {
+                let upstream::Forwarded { channel, connected, originator } = f;
+                let what = format!(
+                    "forwarded-tcpip {}:{} from {}:{}",
+                    connected.0, connected.1, originator.0, originator.1
+                );
+                let to_agent = handle
+                    .channel_open_forwarded_tcpip(connected.0, connected.1, originator.0, originator.1)
+                    .await;
+                channels.push(Box::pin(forward::serve_remote(&ctx, channel, to_agent, what)));
+            }
             Some(()) = channels.next(), if !channels.is_empty() => {}
             r = &mut running => {
                 agent_gone = true;
@@ -446,6 +498,9 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
             AgentEvent::Refused { what } => record_refused(&ctx, what).await,
             AgentEvent::Login { reply, .. } => {
                 let _ = reply.send(false);
+            }
+            AgentEvent::RemoteForward { reply, .. } => {
+                let _ = reply.send(None);
             }
             // Dropping the handle refuses the channel.
             AgentEvent::Session { .. } => {}

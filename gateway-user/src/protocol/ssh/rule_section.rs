@@ -57,6 +57,9 @@ struct CommandsDoc {
     /// Named destinations (`host:port`) the agent may forward to through the target.
     #[serde(default, deserialize_with = "empty_list")]
     forward: Vec<String>,
+    /// Named addresses (`host:port` on the target) the agent may have the target listen on.
+    #[serde(default, deserialize_with = "empty_list")]
+    remote_forward: Vec<String>,
     /// Paths sftp's write-type operations may (not) touch; lets the sftp subsystem open.
     #[serde(default)]
     sftp: Option<SftpDoc>,
@@ -83,6 +86,17 @@ fn parse_section(
 ) -> Result<Arc<dyn ActionMatcher>, Vec<String>> {
     let mut c: CommandsDoc = raw.parse(ctx.rule, "commands")?;
     let rule = ctx.rule;
+    let mut remote_forward = Vec::new();
+    for d in std::mem::take(&mut c.remote_forward) {
+        match super::forward::destination(&d) {
+            Some(named) => remote_forward.push(named),
+            None => {
+                return Err(vec![format!(
+                    "rule `{rule}`: commands.remote_forward: `{d}` is not `host:port` (a named address on the target, no globs)"
+                )])
+            }
+        }
+    }
     let mut forward = Vec::new();
     for d in std::mem::take(&mut c.forward) {
         match super::forward::destination(&d) {
@@ -121,9 +135,14 @@ fn parse_section(
         )]);
     }
     if !lists {
-        if !c.shell && c.subsystems.is_empty() && forward.is_empty() && sftp.is_none() {
+        if !c.shell
+            && c.subsystems.is_empty()
+            && forward.is_empty()
+            && remote_forward.is_empty()
+            && sftp.is_none()
+        {
             return Err(vec![format!(
-                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, forward, sftp"
+                "rule `{rule}`: `commands` needs at least one of allow, deny, programs, patterns, shell, subsystems, forward, remote_forward, sftp"
             )]);
         }
         return Ok(Arc::new(CommandRule {
@@ -132,6 +151,7 @@ fn parse_section(
             subsystems: c.subsystems,
             sftp,
             forward,
+            remote_forward: remote_forward.clone(),
         }));
     }
     let doc = CommandMatchDoc {
@@ -147,6 +167,7 @@ fn parse_section(
             subsystems: c.subsystems,
             sftp,
             forward,
+            remote_forward: remote_forward.clone(),
         })),
         Err(e) => Err(vec![format!("rule `{rule}`: {e}")]),
     }

@@ -28,6 +28,9 @@ pub struct CommandRule {
     /// Destinations (`host:port`, host lower-case) the agent may open direct-tcpip channels
     /// to (`ssh -L`, `ssh -W`); see `forward.rs`.
     pub forward: Vec<String>,
+    /// Addresses (`host:port` on the target) the agent may ask the target to listen on and
+    /// forward back (`ssh -R`); see `forward.rs`.
+    pub remote_forward: Vec<String>,
 }
 
 /// What the command rules say about a request.

@@ -30,6 +30,15 @@ pub struct TargetSide {
     check: Arc<HostKeyCheck>,
     names: Vec<String>,
     mismatch: Option<String>,
+    /// Where connections to listeners the gateway asked for (`ssh -R`) go: the session's task.
+    forwarded: tokio::sync::mpsc::Sender<Forwarded>,
+}
+
+/// A connection the target accepted on a listener asked for with `ssh -R`.
+pub struct Forwarded {
+    pub channel: russh::Channel<client::Msg>,
+    pub connected: (String, u32),
+    pub originator: (String, u32),
 }
 
 impl client::Handler for TargetSide {
@@ -46,6 +55,29 @@ impl client::Handler for TargetSide {
                 Ok(false)
             }
         }
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        // Only listeners the session asked for exist; the session's task serves the channel
+        // (dropping the handle refuses it when the session is gone).
+        let f = Forwarded {
+            channel,
+            connected: (connected_address.to_string(), connected_port),
+            originator: (originator_address.to_string(), originator_port),
+        };
+        if self.forwarded.send(f).await.is_ok() {
+            reply.accept().await;
+        }
+        Ok(())
     }
 }
 
@@ -78,6 +110,7 @@ pub async fn login(
     settings: &SshTarget,
     dst: SocketAddr,
     who: &LoginFor<'_>,
+    forwarded: tokio::sync::mpsc::Sender<Forwarded>,
 ) -> Result<Handle<TargetSide>, UpstreamError> {
     let check = Arc::new(HostKeyCheck::load(&settings.known_hosts)?);
     let mut preferred = russh::Preferred::default();
@@ -91,6 +124,7 @@ pub async fn login(
         check,
         names: known_names(target, settings, dst),
         mismatch: None,
+        forwarded,
     };
     let config = Arc::new(client::Config {
         nodelay: true,
