@@ -11,10 +11,14 @@ use std::{sync::atomic::Ordering, time::Instant};
 use russh::{client, server, Channel};
 use tokio::io::AsyncWriteExt;
 
-use super::{rules::CommandRule, upstream::TargetSide, Ctx};
+use super::{
+    rules::{command_rules, CommandRule},
+    upstream::TargetSide,
+    Ctx,
+};
 use crate::{
-    policy::{Policy, Protocol, Who},
-    record::{CommandOutput, Record},
+    policy::{Policy, Who},
+    record::{now_ms, CommandOutput, Record, Statement},
 };
 
 /// `host:port` as rules list it: the host lower-case, the port a number.
@@ -30,6 +34,22 @@ pub fn destination(text: &str) -> Option<String> {
     ok.then(|| format!("{}:{port}", host.to_ascii_lowercase()))
 }
 
+/// The first rule in scope whose `list` names `host:port`.
+fn listed_by(
+    policy: &Policy,
+    who: &Who<'_>,
+    target: &str,
+    (host, port): (&str, u32),
+    list: fn(&CommandRule) -> &[String],
+) -> Option<String> {
+    let port = u16::try_from(port).ok()?;
+    let wanted = destination(&format!("{host}:{port}"))?;
+    command_rules(policy, who, target)
+        .into_iter()
+        .find(|(_, c)| list(c).contains(&wanted))
+        .map(|(r, _)| r.name.clone())
+}
+
 /// The rule that lets `who` forward to `host:port` on `target`, if any.
 pub fn allowed_by(
     policy: &Policy,
@@ -38,54 +58,58 @@ pub fn allowed_by(
     host: &str,
     port: u32,
 ) -> Option<String> {
-    let port = u16::try_from(port).ok()?;
-    let wanted = destination(&format!("{host}:{port}"))?;
-    policy
-        .action_rules(who, target, Protocol::Ssh)
-        .into_iter()
-        .find(|r| {
-            r.action
-                .as_ref()
-                .and_then(|a| a.matcher::<CommandRule>())
-                .is_some_and(|c| c.forward.contains(&wanted))
-        })
-        .map(|r| r.name.clone())
-}
-
-/// The rule that lets `who` have the target listen on `address:port` (`ssh -R`), if any.
-pub fn remote_allowed_by(
-    policy: &Policy,
-    who: &Who<'_>,
-    target: &str,
-    address: &str,
-    port: u32,
-) -> Option<String> {
-    let port = u16::try_from(port).ok()?;
-    let wanted = destination(&format!("{address}:{port}"))?;
-    policy
-        .action_rules(who, target, Protocol::Ssh)
-        .into_iter()
-        .find(|r| {
-            r.action
-                .as_ref()
-                .and_then(|a| a.matcher::<CommandRule>())
-                .is_some_and(|c| c.remote_forward.contains(&wanted))
-        })
-        .map(|r| r.name.clone())
+    listed_by(policy, who, target, (host, port), |c| &c.forward)
 }
 
 /// Whether any rule in scope lets `who` forward at all: the upstream certificate then permits
 /// port forwarding (the target would refuse the channel otherwise).
 pub fn any_allowed(policy: &Policy, who: &Who<'_>, target: &str) -> bool {
-    policy
-        .action_rules(who, target, Protocol::Ssh)
-        .into_iter()
-        .any(|r| {
-            r.action
-                .as_ref()
-                .and_then(|a| a.matcher::<CommandRule>())
-                .is_some_and(|c| !c.forward.is_empty() || !c.remote_forward.is_empty())
-        })
+    command_rules(policy, who, target)
+        .iter()
+        .any(|(_, c)| !c.forward.is_empty() || !c.remote_forward.is_empty())
+}
+
+/// A forward's record (kind and class `forward`), before it runs.
+fn record(ctx: &Ctx<'_>, text: String) -> Statement {
+    let mut rec = ctx.statement(&super::channel::Request::Exec(String::new()), now_ms());
+    rec.kind = "forward";
+    rec.class = "forward".into();
+    rec.text = text;
+    rec
+}
+
+/// `ssh -R address:port`: if a rule names the address, the target is asked to listen there
+/// (on record first); the port it listens on, or `None` (refused, on record).
+pub async fn remote(
+    ctx: &Ctx<'_>,
+    target: &client::Handle<TargetSide>,
+    address: &str,
+    port: u32,
+) -> Option<u32> {
+    let policy = ctx.policy.borrow().clone();
+    let listed = listed_by(&policy, &ctx.who(), &ctx.target, (address, port), |c| {
+        &c.remote_forward
+    });
+    let Some(rule) = listed else {
+        super::record_refused(ctx, format!("remote port forwarding from {address}:{port}")).await;
+        return None;
+    };
+    let mut rec = record(ctx, format!("tcpip-forward {address}:{port}"));
+    rec.rule = Some(rule);
+    if !ctx
+        .recorder
+        .record_durable(Record::Intent(rec.clone()))
+        .await
+    {
+        return None;
+    }
+    let bound = target.tcpip_forward(address.to_string(), port).await;
+    match &bound {
+        Ok(p) => rec.rows = Some(u64::from(*p)),
+        Err(e) => rec.error = Some(format!("the target refused to listen: {e}")),
+    }
+    ctx.recorder.record(Record::Statement(rec)).await;
+    bound.ok()
 }
 
 /// Serves one allowed direct-tcpip channel to its end: on record first, then the target's
@@ -98,11 +122,7 @@ pub async fn serve(
     (host, port, rule): (String, u32, String),
 ) {
     let started = Instant::now();
-    let request = super::channel::Request::Exec(String::new());
-    let mut rec = ctx.statement(&request, crate::record::now_ms());
-    rec.kind = "forward";
-    rec.class = "forward".into();
-    rec.text = format!("direct-tcpip {host}:{port}");
+    let mut rec = record(ctx, format!("direct-tcpip {host}:{port}"));
     rec.rule = Some(rule);
     if !ctx
         .recorder
@@ -146,11 +166,7 @@ pub async fn serve_remote(
     what: String,
 ) {
     let started = Instant::now();
-    let request = super::channel::Request::Exec(String::new());
-    let mut rec = ctx.statement(&request, crate::record::now_ms());
-    rec.kind = "forward";
-    rec.class = "forward".into();
-    rec.text = what;
+    let mut rec = record(ctx, what);
     let agent = match to_agent {
         Ok(c) => c,
         Err(e) => {

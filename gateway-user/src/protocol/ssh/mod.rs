@@ -46,42 +46,6 @@ use crate::{
     record::{Record, Recorder, Statement},
 };
 
-/// `ssh -R address:port`: if a rule names the address, the target is asked to listen there
-/// (on record first); the port it listens on, or `None` (refused, on record).
-async fn remote_forward(
-    ctx: &Ctx<'_>,
-    target: &russh::client::Handle<upstream::TargetSide>,
-    address: &str,
-    port: u32,
-) -> Option<u32> {
-    let policy = ctx.policy.borrow().clone();
-    let Some(rule) = forward::remote_allowed_by(&policy, &ctx.who(), &ctx.target, address, port)
-    else {
-        record_refused(ctx, format!("remote port forwarding from {address}:{port}")).await;
-        return None;
-    };
-    let request = channel::Request::Exec(String::new());
-    let mut rec = ctx.statement(&request, crate::record::now_ms());
-    rec.kind = "forward";
-    rec.class = "forward".into();
-    rec.text = format!("tcpip-forward {address}:{port}");
-    rec.rule = Some(rule);
-    if !ctx
-        .recorder
-        .record_durable(Record::Intent(rec.clone()))
-        .await
-    {
-        return None;
-    }
-    let bound = target.tcpip_forward(address.to_string(), port).await;
-    match &bound {
-        Ok(p) => rec.rows = Some(u64::from(*p)),
-        Err(e) => rec.error = Some(format!("the target refused to listen: {e}")),
-    }
-    ctx.recorder.record(Record::Statement(rec)).await;
-    bound.ok()
-}
-
 /// A channel's task, borrowing the session.
 type ChannelTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
@@ -462,7 +426,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
                 }
                 Some(AgentEvent::Refused { what }) => record_refused(&ctx, what).await,
                 Some(AgentEvent::RemoteForward { address, port, reply }) => {
-                    let bound = remote_forward(&ctx, &target, &address, port).await;
+                    let bound = forward::remote(&ctx, &target, &address, port).await;
                     let _ = reply.send(bound);
                 }
                 Some(AgentEvent::Login { reply, .. }) => { let _ = reply.send(false); }

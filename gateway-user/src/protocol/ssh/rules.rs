@@ -33,6 +33,19 @@ pub struct CommandRule {
     pub remote_forward: Vec<String>,
 }
 
+/// The command rules in scope for `who` on `target`, in file order, with their sections.
+pub fn command_rules<'p>(
+    policy: &'p Policy,
+    who: &Who<'_>,
+    target: &str,
+) -> Vec<(&'p Rule, &'p CommandRule)> {
+    policy
+        .action_rules(who, target, Protocol::Ssh)
+        .into_iter()
+        .filter_map(|r| Some((r, r.action.as_ref()?.matcher::<CommandRule>()?)))
+        .collect()
+}
+
 /// What the command rules say about a request.
 #[derive(Debug)]
 pub enum Judgement<'p> {
@@ -88,14 +101,7 @@ pub fn judge<'p>(
 ) -> Judgement<'p> {
     let mut approval = None;
     let mut shell_allowed = false;
-    for rule in policy.action_rules(who, target, Protocol::Ssh) {
-        let Some(commands) = rule
-            .action
-            .as_ref()
-            .and_then(|a| a.matcher::<CommandRule>())
-        else {
-            continue;
-        };
+    for (rule, commands) in command_rules(policy, who, target) {
         shell_allowed |= commands.shell;
         let Some(why) = sets_off(commands, request) else {
             continue;

@@ -25,11 +25,11 @@ pub enum UpstreamError {
     Refused(String),
 }
 
-/// Checks the target's host key; the verdict is kept for the error message.
+/// Checks the target's host key (a refusal is logged with its reason) and hands connections
+/// to `ssh -R` listeners to the session.
 pub struct TargetSide {
     check: Arc<HostKeyCheck>,
     names: Vec<String>,
-    mismatch: Option<String>,
     /// Where connections to listeners the gateway asked for (`ssh -R`) go: the session's task.
     forwarded: tokio::sync::mpsc::Sender<Forwarded>,
 }
@@ -51,7 +51,8 @@ impl client::Handler for TargetSide {
         match self.check.check(&self.names, key) {
             Ok(()) => Ok(true),
             Err(e) => {
-                self.mismatch = Some(e.to_string());
+                // russh reports only "unknown key"; the reason is in the log.
+                tracing::warn!("target host key refused: {e}");
                 Ok(false)
             }
         }
@@ -123,7 +124,6 @@ pub async fn login(
     let side = TargetSide {
         check,
         names: known_names(target, settings, dst),
-        mismatch: None,
         forwarded,
     };
     let config = Arc::new(client::Config {
