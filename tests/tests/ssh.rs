@@ -572,6 +572,13 @@ fn forwarding_reaches_only_the_destinations_a_rule_names() {
             .any(|r| r[0].as_str().unwrap_or("").contains("127.0.0.1:20442")),
         "{refusals:?}"
     );
+    // Refused by the gateway, not merely unanswered by the target.
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r[0].as_str().unwrap_or("").contains("127.0.0.1:22")),
+        "{refusals:?}"
+    );
 }
 
 /// `deny_and_retry`: the exec is refused at once naming its request; once approved, the

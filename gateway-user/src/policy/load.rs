@@ -24,6 +24,7 @@ use super::{
 
 use crate::mask::rules::{MaskSpec, Strategy};
 
+mod sections;
 mod ssh_settings;
 
 pub const SUPPORTED_VERSION: u32 = 2;
@@ -563,46 +564,8 @@ impl Merger {
                 effect: r.effect,
                 approval: approval.is_some(),
             };
-            let mut actions = Vec::new();
-            for (key, raw) in [("statements", r.statements), ("commands", r.commands)] {
-                let Some(raw) = raw else { continue };
-                let Some(section) = super::section::section(key) else {
-                    self.problem(
-                        &file,
-                        format!("rule `{}`: no protocol reads `{key}`", r.name),
-                    );
-                    continue;
-                };
-                match (section.parse)(&ctx, raw) {
-                    Ok(m) => actions.push(super::section::RuleAction::new(section, m)),
-                    Err(problems) => {
-                        for p in problems {
-                            self.problem(&file, p);
-                        }
-                    }
-                }
-            }
-            if approval.is_some() && actions.is_empty() {
-                self.problem(
-                    &file,
-                    format!(
-                        "rule `{}`: `approval` needs {} (which actions wait for approval)",
-                        r.name,
-                        section_keys()
-                    ),
-                );
-            }
-            if actions.len() > 1 || (!actions.is_empty() && r.mask.is_some()) {
-                self.problem(
-                    &file,
-                    format!(
-                        "rule `{}`: a rule has `mask` or one of {}, not several",
-                        r.name,
-                        section_keys()
-                    ),
-                );
-            }
-            let action = actions.pop();
+            let raw = [("statements", r.statements), ("commands", r.commands)];
+            let action = self.action_section(&file, &ctx, raw, r.mask.is_some());
             let mask = r
                 .mask
                 .map(|m| std::sync::Arc::new(self.mask_spec(&file, &r.name, r.effect, m)));
@@ -999,14 +962,6 @@ pub fn glob_ci(pattern: &str) -> Result<GlobMatcher, globset::Error> {
         .case_insensitive(true)
         .build()
         .map(|g| g.compile_matcher())
-}
-
-/// The registered action sections' keys, in protocol order: "`statements` or `commands`".
-fn section_keys() -> String {
-    let mut sections: Vec<_> = super::section::RULE_SECTIONS.iter().collect();
-    sections.sort_by_key(|s| s.protocol);
-    let keys: Vec<String> = sections.iter().map(|s| format!("`{}`", s.key)).collect();
-    keys.join(" or ")
 }
 
 #[cfg(test)]
