@@ -152,6 +152,38 @@ pub struct TargetDoc {
     pub postgres: Option<PostgresDoc>,
     #[serde(default)]
     pub ssh: Option<SshDoc>,
+    #[serde(default)]
+    pub http: Option<HttpDoc>,
+}
+
+/// An HTTP target's settings (docs/http.md, docs/kubernetes.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDoc {
+    #[serde(default)]
+    pub profile: Option<super::model::HttpProfile>,
+    /// The CA whose leaf certificates the agents see; absent: agents speak plain HTTP.
+    #[serde(default)]
+    pub tls: Option<HttpServerTlsDoc>,
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsDoc>,
+    #[serde(default)]
+    pub upstream_client_tls: Option<ClientTlsDoc>,
+    #[serde(default)]
+    pub upstream_identity: Option<super::model::UpstreamIdentity>,
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub login_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpServerTlsDoc {
+    pub ca_cert: String,
+    pub ca_key: String,
+    #[serde(default, deserialize_with = "empty_list")]
+    pub names: Vec<String>,
 }
 
 /// An SSH target's keys (docs/ssh.md). Exactly one of `host_ca_key` / `host_key`, and of
@@ -248,6 +280,9 @@ pub struct RuleDoc {
     /// SSH's action section (protocol/ssh/rules.rs): which execs, shells and subsystems.
     #[serde(default)]
     pub commands: Option<super::section::RawSection>,
+    /// HTTP's action section (protocol/http/rules.rs): which requests.
+    #[serde(default)]
+    pub requests: Option<super::section::RawSection>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,7 @@ use super::{
 
 use crate::mask::rules::{MaskSpec, Strategy};
 
+mod http_settings;
 mod sections;
 mod ssh_settings;
 
@@ -488,8 +489,23 @@ impl Merger {
                     self.ssh_settings(&file, &t.name, ssh)
                         .map(TargetSettings::Ssh)
                 }
+                (Protocol::Http, None) => {
+                    let http = t.http.take();
+                    let has_credential = t.credential.is_some();
+                    self.http_settings(&file, &t.name, &addresses, http, has_credential)
+                        .map(TargetSettings::Http)
+                }
                 (Protocol::Tcp, None) => Some(TargetSettings::Tcp),
             };
+            if t.http.is_some() {
+                self.problem(
+                    &file,
+                    format!(
+                        "target `{}`: an `http:` section needs `protocol: http`",
+                        t.name
+                    ),
+                );
+            }
             if t.ssh.is_some() {
                 self.problem(
                     &file,
@@ -564,7 +580,11 @@ impl Merger {
                 effect: r.effect,
                 approval: approval.is_some(),
             };
-            let raw = [("statements", r.statements), ("commands", r.commands)];
+            let raw = [
+                ("statements", r.statements),
+                ("commands", r.commands),
+                ("requests", r.requests),
+            ];
             let action = self.action_section(&file, &ctx, raw, r.mask.is_some());
             let mask = r
                 .mask
@@ -593,32 +613,7 @@ impl Merger {
         addresses: &[IpNet],
         pg: PostgresDoc,
     ) -> Option<PostgresTarget> {
-        let upstream_tls = match pg.upstream_tls {
-            None => UpstreamTls::VerifyFull {
-                ca_file: None,
-                server_name: None,
-            },
-            Some(UpstreamTlsDoc::VerifyFull {
-                ca_file,
-                server_name,
-            }) => UpstreamTls::VerifyFull {
-                ca_file: ca_file.map(PathBuf::from),
-                server_name,
-            },
-            Some(UpstreamTlsDoc::Disable) => {
-                // Plaintext would carry the brokered credential's handshake and every row over
-                // a network; only a hop that stays on this node may go without TLS.
-                if addresses.iter().any(|a| !a.addr().is_loopback()) {
-                    self.problem(
-                        file,
-                        format!(
-                            "target `{target}`: upstream_tls `disable` is only allowed for loopback addresses; use verify-full"
-                        ),
-                    );
-                }
-                UpstreamTls::Disable
-            }
-        };
+        let upstream_tls = self.upstream_tls(file, target, addresses, pg.upstream_tls);
         if pg.user.is_empty() {
             self.problem(file, format!("target `{target}`: postgres.user is empty"));
         }
@@ -639,6 +634,42 @@ impl Merger {
             }),
             max_message_bytes,
         })
+    }
+
+    /// A target's `upstream_tls` (verify-full unless written otherwise).
+    fn upstream_tls(
+        &mut self,
+        file: &Path,
+        target: &str,
+        addresses: &[IpNet],
+        doc: Option<UpstreamTlsDoc>,
+    ) -> UpstreamTls {
+        match doc {
+            None => UpstreamTls::VerifyFull {
+                ca_file: None,
+                server_name: None,
+            },
+            Some(UpstreamTlsDoc::VerifyFull {
+                ca_file,
+                server_name,
+            }) => UpstreamTls::VerifyFull {
+                ca_file: ca_file.map(PathBuf::from),
+                server_name,
+            },
+            Some(UpstreamTlsDoc::Disable) => {
+                // Plaintext would carry the brokered credential and everything the target
+                // sends over a network; only a hop that stays on this node may go without TLS.
+                if addresses.iter().any(|a| !a.addr().is_loopback()) {
+                    self.problem(
+                        file,
+                        format!(
+                            "target `{target}`: upstream_tls `disable` is only allowed for loopback addresses; use verify-full"
+                        ),
+                    );
+                }
+                UpstreamTls::Disable
+            }
+        }
     }
 
     fn approval_spec(
@@ -837,27 +868,29 @@ impl Merger {
                             ));
                         }
                     }
-                    // An ssh channel's output is a byte stream: detectors apply, columns cannot.
+                    // An ssh channel's output and an HTTP body are byte streams: detectors apply,
+                    // columns cannot.
                     Some(x)
-                        if x.protocol() == Protocol::Ssh
+                        if matches!(x.protocol(), Protocol::Ssh | Protocol::Http)
                             && r.mask.as_ref().is_some_and(|m| !m.columns.is_empty()) =>
                     {
                         found.push((
                             r.source.clone(),
                             format!(
-                                "rule `{}` masks columns but target `{t}` speaks Ssh, whose output has no columns; mask it with detectors or regexes",
-                                r.name
+                                "rule `{}` masks columns but target `{t}` speaks {:?}, whose output has no columns; mask it with detectors or regexes",
+                                r.name,
+                                x.protocol()
                             ),
                         ))
                     }
                     Some(x)
                         if r.mask.is_some()
-                            && !matches!(x.protocol(), Protocol::Postgres | Protocol::Ssh) =>
+                            && x.protocol() == Protocol::Tcp =>
                     {
                         found.push((
                             r.source.clone(),
                             format!(
-                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres and ssh targets",
+                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres, ssh and http targets",
                                 r.name, x.protocol()
                             ),
                         ))

@@ -29,6 +29,9 @@ pub enum Protocol {
     /// SSH: the gateway terminates the agent's SSH, logs in upstream with a credential it
     /// holds, and controls and records every channel and command.
     Ssh,
+    /// HTTP(S), with an optional profile (`kubernetes`): the gateway terminates the agent's TLS,
+    /// judges and records every request, and forwards it with a credential it holds.
+    Http,
 }
 
 /// What the kernel does with UDP from managed workloads to a target's addresses and ports. The
@@ -83,6 +86,7 @@ pub enum TargetSettings {
     Tcp,
     Postgres(PostgresTarget),
     Ssh(SshTarget),
+    Http(HttpTarget),
 }
 
 impl TargetSettings {
@@ -91,6 +95,7 @@ impl TargetSettings {
             Self::Tcp => Protocol::Tcp,
             Self::Postgres(_) => Protocol::Postgres,
             Self::Ssh(_) => Protocol::Ssh,
+            Self::Http(_) => Protocol::Http,
         }
     }
 }
@@ -115,6 +120,66 @@ impl Target {
             _ => None,
         }
     }
+
+    /// The HTTP settings of an `http` target.
+    pub fn http(&self) -> Option<&HttpTarget> {
+        match &self.settings {
+            TargetSettings::Http(http) => Some(http),
+            _ => None,
+        }
+    }
+}
+
+/// How the gateway speaks HTTP to the agents of a target and to the target (docs/http.md,
+/// docs/kubernetes.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub profile: HttpProfile,
+    /// The agents' TLS, terminated by the gateway; `None`: agents speak plain HTTP.
+    pub tls: Option<HttpServerTls>,
+    pub upstream_tls: UpstreamTls,
+    /// A client certificate the gateway presents upstream (a Kubernetes API server's admin
+    /// certificate, say), besides or instead of the target's `credential`.
+    pub upstream_client_tls: Option<ClientTls>,
+    pub upstream_identity: UpstreamIdentity,
+    /// Request bodies longer than this are refused (they are judged and recorded whole).
+    pub max_body_bytes: usize,
+    /// The TLS handshake and the first request must arrive within this.
+    pub login_timeout: Duration,
+}
+
+/// What the gateway understands of a target's requests beyond method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpProfile {
+    /// Any HTTP service: rules over methods and paths.
+    Plain,
+    /// A Kubernetes API server: requests classified as Kubernetes does (verb, group, resource,
+    /// namespace, name), Secret values masked, impersonation upstream.
+    Kubernetes,
+}
+
+/// The certificate authority whose leaf certificates the gateway shows the agents, for the
+/// target's names and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpServerTls {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    /// DNS names (and addresses) the leaf names besides the target's own addresses.
+    pub names: Vec<String>,
+}
+
+/// Whose identity the target sees on a forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamIdentity {
+    /// The gateway's credential plus `Impersonate-User`/`-Group`/`-Extra-` naming the agent
+    /// (Kubernetes): the server's RBAC and audit log see the agent.
+    Impersonate,
+    /// The gateway's credential only (or none): the agent's `Authorization` never leaves.
+    Credential,
+    /// The agent's own `Authorization` header, forwarded as it came.
+    PassThrough,
 }
 
 /// How the gateway speaks SSH to the agents of a target and to the target itself. Key files are

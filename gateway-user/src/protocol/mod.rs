@@ -12,6 +12,8 @@
 //! Adding a protocol: a folder here with a type implementing [`ProtocolHandler`], its settings
 //! as a variant of [`crate::policy::TargetSettings`], and one line in [`handlers`].
 
+pub mod action_gate;
+pub mod http;
 pub mod postgres;
 pub mod ssh;
 pub mod tcp;
@@ -90,6 +92,7 @@ pub fn handlers<C: Connect>() -> Vec<Box<dyn ProtocolHandler<C>>> {
         Box::new(tcp::TcpHandler),
         Box::new(postgres::PostgresHandler::default()),
         Box::new(ssh::SshHandler::default()),
+        Box::new(http::HttpHandler::default()),
     ]
 }
 
@@ -108,10 +111,15 @@ mod tests {
     /// Every protocol a policy can name, listed through an exhaustive match: a new `Protocol`
     /// variant does not compile here until it is added, and then needs its handler.
     fn every_protocol() -> Vec<Protocol> {
-        let all = [Protocol::Tcp, Protocol::Postgres, Protocol::Ssh];
+        let all = [
+            Protocol::Tcp,
+            Protocol::Postgres,
+            Protocol::Ssh,
+            Protocol::Http,
+        ];
         for p in all {
             match p {
-                Protocol::Tcp | Protocol::Postgres | Protocol::Ssh => {}
+                Protocol::Tcp | Protocol::Postgres | Protocol::Ssh | Protocol::Http => {}
             }
         }
         all.to_vec()
