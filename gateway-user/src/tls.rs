@@ -10,29 +10,55 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 /// certificates in `ca_file` (PEM) if given, else against the web PKI roots. Errors name the
 /// file.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    client_config_with_cert(ca_file, None)
+}
+
+/// As [`client_config`], presenting a client certificate (`cert_file`, `key_file`, PEM) when
+/// one is given: the gateway's own identity toward a target that takes certificates (a
+/// Kubernetes API server).
+pub fn client_config_with_cert(
+    ca_file: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", show(path)))?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("{}: {e}", show(path)))?;
-            if certs.is_empty() {
-                return Err(format!("{}: no certificates", show(path)));
-            }
-            for c in certs {
+            for c in read_certs(path)? {
                 roots.add(c).map_err(|e| format!("{}: {e}", show(path)))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_certs(cert)?;
+            let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", show(key)))?;
+            let key_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| format!("{}: {e}", show(key)))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("{}: {e}", show(cert)))?
+        }
+    };
     Ok(Arc::new(config))
+}
+
+/// Every certificate in a PEM file; none is an error naming the file.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", show(path)))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", show(path)))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificates", show(path)));
+    }
+    Ok(certs)
 }
 
 /// RFC 5929 `tls-server-end-point`: the server certificate (DER) hashed with the hash of its

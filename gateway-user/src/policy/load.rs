@@ -885,12 +885,12 @@ impl Merger {
                     }
                     Some(x)
                         if r.mask.is_some()
-                            && x.protocol() == Protocol::Tcp =>
+                            && !matches!(x.protocol(), Protocol::Postgres | Protocol::Ssh) =>
                     {
                         found.push((
                             r.source.clone(),
                             format!(
-                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres, ssh and http targets",
+                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres and ssh targets (Kubernetes Secrets are masked without a rule)",
                                 r.name, x.protocol()
                             ),
                         ))

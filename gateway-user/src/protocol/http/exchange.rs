@@ -1,0 +1,614 @@
+//! One request through the gateway: the session's login (first request) or its identity
+//! check (later ones), what the request is (Kubernetes' RequestInfo, or method and path), the
+//! one gate (deny → approval → durable intent), the forward with the gateway's credential, and
+//! the answer, masked and on record.
+
+use std::{sync::atomic::Ordering, time::Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderMap, HeaderValue},
+    Request, Response, StatusCode,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    kube, request_info,
+    respond::{self, closing, refusal, AgentBody},
+    rules::{self, HttpAction},
+    tee::Tee,
+    upstream, Conn, Live,
+};
+use crate::{
+    net::Connect,
+    policy::{UpstreamIdentity, Who},
+    protocol::action_gate::{self, Described, GateCtx, Gated, Silent},
+    proxy::{authorize, facts::UpstreamFailed, session_id, Refusal},
+    record::{now_ms, CommandOutput, Record, Statement},
+};
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1) and never go further.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A response of the `secrets` resource is read whole (to mask it) up to this; a larger one is
+/// not passed on.
+const MAX_MASKED_BODY: usize = 64 << 20;
+
+/// The bearer token of an `Authorization` header; `Err` when there is a header that is not one.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, ()> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| ())?;
+    let (scheme, token) = v.split_once(' ').ok_or(())?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(());
+    }
+    Ok(Some(token.trim().to_string()))
+}
+
+/// What a request is, for the rules, the record and approvers.
+struct Classified {
+    info: Option<request_info::RequestInfo>,
+    exec: Option<Vec<String>>,
+    method: String,
+    path: String,
+    /// The verb (Kubernetes) or the method in lower case.
+    class: String,
+    /// `resource[.group][/subresource]`, or the path of a non-resource request.
+    resource: String,
+    namespace: String,
+}
+
+impl<'a, C: Connect> Conn<'a, C> {
+    pub(super) async fn exchange(&self, req: Request<Incoming>) -> Response<AgentBody> {
+        let kube = self.kubernetes();
+        let live = match self.live.get() {
+            Some(live) => live,
+            None => match self.login(&req).await {
+                Ok(()) => match self.live.get() {
+                    Some(live) => live,
+                    None => {
+                        return closing(refusal(kube, StatusCode::FORBIDDEN, "agentgate: refused"))
+                    }
+                },
+                Err(response) => return response,
+            },
+        };
+        let started = Instant::now();
+        let mut rec = self.statement(live, &req);
+        // A connection is one identity: another token on it is refused, and ends it.
+        match bearer(req.headers()) {
+            Ok(b) if b == live.bearer => {}
+            _ => {
+                let why = "agentgate: a different credential on an admitted connection";
+                self.end.cancel();
+                return closing(
+                    self.refused(rec, "(identity)", StatusCode::UNAUTHORIZED, why)
+                        .await,
+                );
+            }
+        }
+        if req.headers().contains_key(header::UPGRADE) {
+            // Exec, attach and port-forward streams are not relayed yet: refused, on record.
+            let why = "agentgate: protocol upgrades (exec, attach, port-forward) are refused";
+            return self
+                .refused(rec, "(upgrade)", StatusCode::FORBIDDEN, why)
+                .await;
+        }
+        if kube && kube::impersonates(req.headers()) {
+            let why = "agentgate: impersonation headers are the gateway's to set";
+            return self
+                .refused(rec, "(impersonation)", StatusCode::FORBIDDEN, why)
+                .await;
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.http.max_body_bytes).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let why = format!(
+                    "agentgate: the request body could not be read whole (at most {} bytes): {e}",
+                    self.http.max_body_bytes
+                );
+                return self
+                    .refused(rec, "(body)", StatusCode::PAYLOAD_TOO_LARGE, &why)
+                    .await;
+            }
+        };
+        self.bytes_up
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        let classified = match self.classify(&parts) {
+            Ok(c) => c,
+            Err(why) => {
+                return self
+                    .refused(rec, "(unreadable)", StatusCode::BAD_REQUEST, &why)
+                    .await
+            }
+        };
+        let shown_body = match self.readable_body(&parts.headers, &body) {
+            Ok(b) => b,
+            Err(why) => {
+                return self
+                    .refused(
+                        rec,
+                        "(unreadable)",
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        &why,
+                    )
+                    .await
+            }
+        };
+        rec.class = classified.class.clone();
+        rec.tables = vec![classified.resource.clone()];
+        if let Some(b) = &shown_body {
+            rec.text = format!("{}\n{b}", rec.text);
+        }
+        let described = Described {
+            protocol: if kube { "kubernetes" } else { "http" },
+            noun: "request",
+            namespace: classified.namespace.clone(),
+            text: rec.text.clone(),
+            class: classified.class.clone(),
+        };
+        let g = &live.admitted.grant;
+        let who = Who {
+            issuer: &g.issuer,
+            subject: &g.subject,
+            groups: &g.groups,
+            workload: &g.workload,
+            login: None,
+        };
+        let action = match &classified.info {
+            Some(info) => HttpAction::Kubernetes {
+                info,
+                exec: classified.exec.as_deref(),
+            },
+            None => HttpAction::Plain {
+                method: &classified.method,
+                path: &classified.path,
+            },
+        };
+        let target = self.target.name.as_str();
+        let gated = action_gate::pass(
+            &live.gate,
+            |p| rules::judge(p, &who, target, &action),
+            &described,
+            &mut rec,
+            &Silent,
+        )
+        .await;
+        let busy = match gated {
+            Gated::Refused { message } => {
+                self.denied.fetch_add(1, Ordering::Relaxed);
+                self.core.recorder.record(Record::Statement(rec)).await;
+                return refusal(kube, StatusCode::FORBIDDEN, &message);
+            }
+            Gated::Forward { busy, .. } => busy,
+        };
+        let upstream_req = match self.upstream_request(live, parts, body) {
+            Ok(r) => r,
+            Err(why) => {
+                drop(busy);
+                return self.failed(rec, &why).await;
+            }
+        };
+        let sent = {
+            let mut up = live.upstream.lock().await;
+            match up.ready().await {
+                Ok(()) => Ok(up.send_request(upstream_req)),
+                Err(e) => Err(e),
+            }
+        };
+        drop(busy);
+        let response = match sent {
+            Ok(fut) => fut.await,
+            Err(e) => Err(e),
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.end.cancel();
+                return closing(
+                    self.failed(rec, &format!("agentgate: the target failed: {e}"))
+                        .await,
+                );
+            }
+        };
+        self.answer(live, rec, &classified, response, started).await
+    }
+
+    /// The record of a request, before anything is decided.
+    fn statement(&self, live: &Live<'a>, req: &Request<Incoming>) -> Statement {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        Statement {
+            session: live.gate.session.clone(),
+            seq,
+            started_ms: now_ms(),
+            kind: "request",
+            text: format!("{} {target}", req.method()),
+            params: Vec::new(),
+            class: req.method().as_str().to_ascii_lowercase(),
+            tables: Vec::new(),
+            functions: Vec::new(),
+            decision: "allowed",
+            rule: Some(live.admitted.rule.clone()),
+            duration_us: None,
+            rows: None,
+            error_code: None,
+            error: None,
+            results: None,
+            results_cut: false,
+            exit_status: None,
+            output: None,
+        }
+    }
+
+    /// A request refused before the gate (unreadable, not allowed on this connection): on
+    /// record as denied, and answered.
+    async fn refused(
+        &self,
+        mut rec: Statement,
+        rule: &str,
+        code: StatusCode,
+        why: &str,
+    ) -> Response<AgentBody> {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+        rec.decision = "denied";
+        rec.rule = Some(rule.to_string());
+        rec.error = Some(why.to_string());
+        self.core.recorder.record(Record::Statement(rec)).await;
+        refusal(self.kubernetes(), code, why)
+    }
+
+    /// A request that passed the gate but could not be forwarded.
+    async fn failed(&self, mut rec: Statement, why: &str) -> Response<AgentBody> {
+        rec.error = Some(why.to_string());
+        self.core.recorder.record(Record::Statement(rec)).await;
+        refusal(self.kubernetes(), StatusCode::BAD_GATEWAY, why)
+    }
+
+    fn classify(&self, parts: &hyper::http::request::Parts) -> Result<Classified, String> {
+        let method = parts.method.as_str().to_string();
+        let path = parts.uri.path().to_string();
+        if !self.kubernetes() {
+            return Ok(Classified {
+                info: None,
+                exec: None,
+                class: method.to_ascii_lowercase(),
+                resource: path.clone(),
+                namespace: String::new(),
+                method,
+                path,
+            });
+        }
+        let query = parts.uri.query();
+        let info = request_info::resolve(&method, &path, query)
+            .map_err(|e| format!("agentgate: the request cannot be classified: {e}"))?;
+        let exec = (info.resource == "pods"
+            && matches!(info.subresource.as_str(), "exec" | "attach"))
+        .then(|| request_info::exec_command(query.unwrap_or("")));
+        let resource = if !info.is_resource_request {
+            info.path.clone()
+        } else {
+            let mut r = info.resource.clone();
+            if !info.api_group.is_empty() {
+                r = format!("{r}.{}", info.api_group);
+            }
+            if !info.subresource.is_empty() {
+                r = format!("{r}/{}", info.subresource);
+            }
+            r
+        };
+        Ok(Classified {
+            class: info.verb.clone(),
+            namespace: info.namespace.clone(),
+            resource,
+            exec,
+            info: Some(info),
+            method,
+            path,
+        })
+    }
+
+    /// The request body as approvers and the record see it; `Err` when it cannot be read (a
+    /// body the gateway cannot show is not forwarded).
+    fn readable_body(&self, headers: &HeaderMap, body: &Bytes) -> Result<Option<String>, String> {
+        if body.is_empty() {
+            return Ok(None);
+        }
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+            return Err(
+                "agentgate: protobuf request bodies are not read by this gateway yet; send JSON"
+                    .into(),
+            );
+        }
+        match std::str::from_utf8(body) {
+            Ok(text) => {
+                let mut text = text.to_string();
+                // A Secret's values are not shown to approvers nor kept on record.
+                if self.kubernetes() {
+                    if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&text) {
+                        if kube::mask_secrets(&mut v, false) > 0 {
+                            text = v.to_string();
+                        }
+                    }
+                }
+                Ok(Some(text))
+            }
+            Err(_) if !self.kubernetes() => Ok(Some(format!("({} bytes, not text)", body.len()))),
+            Err(_) => Err("agentgate: a request body that is neither JSON nor text".into()),
+        }
+    }
+
+    /// The request as the target gets it: hop-by-hop headers dropped, the agent's credential
+    /// replaced by the gateway's, impersonation and JSON for Kubernetes.
+    fn upstream_request(
+        &self,
+        live: &Live<'a>,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Request<upstream::UpstreamBody>, String> {
+        let mut headers = parts.headers;
+        for h in HOP_BY_HOP {
+            headers.remove(h);
+        }
+        match self.http.upstream_identity {
+            UpstreamIdentity::PassThrough => {}
+            UpstreamIdentity::Credential | UpstreamIdentity::Impersonate => {
+                headers.remove(header::AUTHORIZATION);
+                if let Some(secret) = &self.target.credential {
+                    let token = secret
+                        .resolve()
+                        .map_err(|e| format!("agentgate: the gateway's credential: {e}"))?;
+                    let v = HeaderValue::from_str(&format!("Bearer {token}"))
+                        .map_err(|_| "agentgate: the gateway's credential is not a header value")?;
+                    headers.insert(header::AUTHORIZATION, v);
+                }
+            }
+        }
+        if self.kubernetes() {
+            kube::ask_for_json(&mut headers);
+            if self.http.upstream_identity == UpstreamIdentity::Impersonate {
+                let g = &live.admitted.grant;
+                let who = kube::Impersonated {
+                    user: format!("{}#{}", g.issuer, g.subject),
+                    groups: &live.groups,
+                    extra: vec![
+                        ("agentgate.io/session", live.gate.session.clone()),
+                        ("agentgate.io/workload", g.workload.clone()),
+                    ],
+                };
+                kube::impersonate(&mut headers, &who).map_err(|e| format!("agentgate: {e}"))?;
+            }
+        }
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let mut req = Request::builder()
+            .method(parts.method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|e| format!("agentgate: {e}"))?;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// The target's answer to the agent: Secrets masked (read whole, or event by event for a
+    /// watch), everything else streamed; on record once it has been passed on.
+    async fn answer(
+        &self,
+        live: &Live<'a>,
+        mut rec: Statement,
+        classified: &Classified,
+        response: Response<Incoming>,
+        started: Instant,
+    ) -> Response<AgentBody> {
+        let (mut parts, body) = response.into_parts();
+        for h in HOP_BY_HOP {
+            parts.headers.remove(h);
+        }
+        rec.exit_status = Some(u32::from(parts.status.as_u16()));
+        let cap = live.admitted.policy.gateway.record_result_bytes;
+        let secrets = classified
+            .info
+            .as_ref()
+            .is_some_and(|i| i.is_resource_request && i.resource == "secrets");
+        let watch = classified.class == "watch";
+        if secrets && !watch {
+            let whole = match Limited::new(body, MAX_MASKED_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    let why =
+                        format!("agentgate: the target's answer could not be read to mask it: {e}");
+                    return self.failed(rec, &why).await;
+                }
+            };
+            let masked = match mask_whole(&parts.headers, &whole) {
+                Ok(m) => m,
+                Err(why) => return self.failed(rec, &why).await,
+            };
+            parts.headers.remove(header::CONTENT_LENGTH);
+            self.bytes_down_shared
+                .fetch_add(masked.len() as u64, Ordering::Relaxed);
+            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            rec.output = Some(output(
+                &masked[..masked.len().min(cap)],
+                masked.len() > cap,
+                masked.len() as u64,
+            ));
+            self.core.recorder.record(Record::Statement(rec)).await;
+            return Response::from_parts(parts, respond::full(masked));
+        }
+        if watch && secrets {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let (tee, seen) = Tee::new(body, cap, secrets);
+        let recorder = self.core.recorder.clone();
+        let ended = live.gate.ended.clone();
+        let bytes_down = self.bytes_down_handle();
+        tokio::spawn(async move {
+            let seen = tokio::select! {
+                s = seen => s.unwrap_or_default(),
+                () = ended.cancelled() => Default::default(),
+            };
+            bytes_down(seen.bytes);
+            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            rec.error = seen.error.clone();
+            rec.output = Some(output(&seen.kept, seen.cut, seen.bytes));
+            recorder.record(Record::Statement(rec)).await;
+        });
+        Response::from_parts(parts, BodyExt::boxed(tee))
+    }
+
+    /// Counts bytes to the agent from a task that outlives the borrow of the connection.
+    fn bytes_down_handle(&self) -> impl FnOnce(u64) + Send + 'static {
+        let counter = self.bytes_down_shared.clone();
+        move |n| {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Admits the session with the first request's token (or the workload's token file) and
+    /// connects upstream; `Err` is the answer that ends the connection.
+    async fn login(&self, req: &Request<Incoming>) -> Result<(), Response<AgentBody>> {
+        let kube = self.kubernetes();
+        let taken = self.login.lock().ok().and_then(|mut l| l.take());
+        let Some((placed, mut facts)) = taken else {
+            return Err(closing(refusal(
+                kube,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agentgate: the connection is ending",
+            )));
+        };
+        let token = match bearer(req.headers()) {
+            Ok(Some(t)) => Ok((Some(t.clone()), t)),
+            Ok(None) => authorize::workload_token(
+                &placed.workload,
+                &placed.target,
+                self.pid,
+                &placed.cgroup,
+            )
+            .await
+            .map(|t| (None, t)),
+            Err(()) => Err(Refusal::new(
+                "no_token",
+                "the Authorization header is not a bearer token",
+            )),
+        };
+        let admitted = match token {
+            Ok((bearer, token)) => self
+                .core
+                .admit(self.id, self.dst, placed, &token, None, &mut facts)
+                .await
+                .map(|a| (bearer, a)),
+            Err(r) => Err(r),
+        };
+        let (bearer, admitted) = match admitted {
+            Ok(a) => a,
+            Err(r) => {
+                let code = match r.code {
+                    "denied" => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                let told = format!("agentgate: {}", r.message);
+                self.core.refuse(&facts, r).await;
+                self.end.cancel();
+                return Err(closing(refusal(kube, code, &told)));
+            }
+        };
+        self.core.emit_allowed(&facts, &admitted);
+        let up = match upstream::connect(&self.core.connector, self.dst, &self.http).await {
+            Ok(u) => u,
+            Err(e) => {
+                let e = e.to_string();
+                tracing::warn!(target = self.target.name, "upstream: {e}");
+                self.core.events.emit(
+                    "upstream_failed",
+                    facts.event(&UpstreamFailed { error: &e }),
+                );
+                self.end.cancel();
+                let told = format!("agentgate: the gateway could not reach the target: {e}");
+                return Err(closing(refusal(kube, StatusCode::BAD_GATEWAY, &told)));
+            }
+        };
+        let g = &admitted.grant;
+        let gate = GateCtx {
+            recorder: &self.core.recorder,
+            approvals: &self.core.approvals,
+            policy: self.core.policy.clone(),
+            gate: admitted.guard.gate.clone(),
+            ended: CancellationToken::new(),
+            session: session_id(self.id),
+            issuer: g.issuer.clone(),
+            subject: g.subject.clone(),
+            workload: g.workload.clone(),
+            target: self.target.name.clone(),
+        };
+        let groups = g.groups.clone();
+        let live = Live {
+            admitted,
+            bearer,
+            gate,
+            groups,
+            upstream: tokio::sync::Mutex::new(up),
+            started: Instant::now(),
+            facts,
+        };
+        self.open(live).await;
+        Ok(())
+    }
+}
+
+/// A whole answer of the `secrets` resource, masked; `Err` when it cannot be read to mask.
+fn mask_whole(headers: &HeaderMap, body: &Bytes) -> Result<Bytes, String> {
+    if body.is_empty() {
+        return Ok(body.clone());
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(format!(
+            "agentgate: the target answered `{content_type}`, which the gateway cannot mask"
+        ));
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        format!("agentgate: the target's answer is not JSON the gateway can mask: {e}")
+    })?;
+    kube::mask_secrets(&mut v, true);
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| format!("agentgate: {e}"))
+}
+
+fn output(kept: &[u8], cut: bool, bytes: u64) -> CommandOutput {
+    CommandOutput {
+        stdout: String::from_utf8_lossy(kept).into_owned(),
+        stderr: String::new(),
+        cut,
+        bytes,
+    }
+}
