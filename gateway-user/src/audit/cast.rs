@@ -26,8 +26,8 @@ pub struct Cast {
 }
 
 /// Read through `audit_log_session`; only that session's entries are read.
-const CASTS: &str =
-    "SELECT body FROM audit_log WHERE session = ?1 AND kind = 'ssh_cast' ORDER BY seq";
+/// SSH channels (`ssh_cast`) and Kubernetes exec/attach streams (`kube_cast`).
+const CASTS: &str = "SELECT body FROM audit_log WHERE session = ?1 AND kind IN ('ssh_cast', 'kube_cast') ORDER BY seq";
 const ANY: &str = "SELECT count(*) FROM audit_log WHERE session = ?1";
 
 /// The session's recordings, by channel; only `channel`'s if given.

@@ -194,7 +194,7 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                             .unwrap_or_default()
                     ),
                     // The recording is played, not listed: one line where it starts.
-                    "ssh_cast" => {
+                    "ssh_cast" | "kube_cast" => {
                         if b["part"] == 0 {
                             println!(
                                 "{head} cast     channel {} recorded (agentgate sessions replay {} --channel {})",

@@ -72,7 +72,7 @@ struct Classified {
 }
 
 impl<'a, C: Connect> Conn<'a, C> {
-    pub(super) async fn exchange(&self, req: Request<Incoming>) -> Response<AgentBody> {
+    pub(super) async fn exchange(&self, mut req: Request<Incoming>) -> Response<AgentBody> {
         let kube = self.kubernetes();
         let live = match self.live.get() {
             Some(live) => live,
@@ -100,13 +100,11 @@ impl<'a, C: Connect> Conn<'a, C> {
                 );
             }
         }
-        if req.headers().contains_key(header::UPGRADE) {
-            // Exec, attach and port-forward streams are not relayed yet: refused, on record.
-            let why = "agentgate: protocol upgrades (exec, attach, port-forward) are refused";
-            return self
-                .refused(rec, "(upgrade)", StatusCode::FORBIDDEN, why)
-                .await;
-        }
+        let upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+        let agent_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         if kube && kube::impersonates(req.headers()) {
             let why = "agentgate: impersonation headers are the gateway's to set";
             return self
@@ -149,6 +147,20 @@ impl<'a, C: Connect> Conn<'a, C> {
                     .await
             }
         };
+        if let Some(kind) = &upgrade {
+            // Only exec and attach streams are relayed, and only as WebSocket or SPDY; a
+            // port-forward or an upgrade of anything else is refused (and on record).
+            let exec_like = classified.exec.is_some();
+            if !exec_like || !(kind == "websocket" || kind.starts_with("spdy/")) {
+                let why = format!(
+                    "agentgate: a `{kind}` upgrade of {} {} is refused (only pods/exec and pods/attach streams are relayed)",
+                    classified.method, classified.path
+                );
+                return self
+                    .refused(rec, "(upgrade)", StatusCode::FORBIDDEN, &why)
+                    .await;
+            }
+        }
         rec.class = classified.class.clone();
         rec.tables = vec![classified.resource.clone()];
         if let Some(b) = &shown_body {
@@ -196,7 +208,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             }
             Gated::Forward { busy, .. } => busy,
         };
-        let upstream_req = match self.upstream_request(live, parts, body) {
+        let upstream_req = match self.upstream_request(live, parts, body, upgrade.as_deref()) {
             Ok(r) => r,
             Err(why) => {
                 drop(busy);
@@ -225,7 +237,59 @@ impl<'a, C: Connect> Conn<'a, C> {
                 );
             }
         };
-        self.answer(live, rec, &classified, response, started).await
+        match (agent_upgrade, upgrade) {
+            (Some(agent_upgrade), Some(kind))
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                self.switch(
+                    live,
+                    rec,
+                    response,
+                    agent_upgrade,
+                    kind == "websocket",
+                    started,
+                )
+            }
+            _ => self.answer(live, rec, &classified, response, started).await,
+        }
+    }
+
+    /// The target agreed to an exec/attach upgrade: the agent gets the same 101, and the
+    /// stream's relay joins the connection's (`exec`).
+    fn switch(
+        &self,
+        live: &Live<'a>,
+        rec: Statement,
+        mut response: Response<Incoming>,
+        agent_upgrade: hyper::upgrade::OnUpgrade,
+        websocket: bool,
+        started: Instant,
+    ) -> Response<AgentBody> {
+        let target_upgrade = hyper::upgrade::on(&mut response);
+        let mut to_agent = Response::new(respond::full(Bytes::new()));
+        *to_agent.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *to_agent.headers_mut() = response.headers().clone();
+        let title = format!(
+            "{} {}: {}",
+            live.admitted.grant.subject, self.target.name, rec.text
+        );
+        let relay = super::exec::relay(
+            super::exec::Stream {
+                recorder: &self.core.recorder,
+                rec,
+                websocket,
+                title,
+                ended: live.gate.ended.clone(),
+                started,
+            },
+            agent_upgrade,
+            target_upgrade,
+        );
+        if let Ok(mut relays) = self.relays.lock() {
+            relays.push(relay);
+        }
+        self.relay_added.notify_one();
+        to_agent
     }
 
     /// The record of a request, before anything is decided.
@@ -367,10 +431,17 @@ impl<'a, C: Connect> Conn<'a, C> {
         live: &Live<'a>,
         parts: hyper::http::request::Parts,
         body: Bytes,
+        upgrade: Option<&str>,
     ) -> Result<Request<upstream::UpstreamBody>, String> {
         let mut headers = parts.headers;
+        let upgrade_value = headers.get(header::UPGRADE).cloned();
         for h in HOP_BY_HOP {
             headers.remove(h);
+        }
+        // An upgrade the gate let through goes on as one (the only hop-by-hop headers kept).
+        if let (Some(_), Some(v)) = (upgrade, upgrade_value) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(header::UPGRADE, v);
         }
         match self.http.upstream_identity {
             UpstreamIdentity::PassThrough => {}

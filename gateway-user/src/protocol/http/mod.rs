@@ -11,12 +11,14 @@
 
 pub mod certs;
 mod exchange;
+mod exec;
 mod kube;
 pub mod request_info;
 mod respond;
 pub mod rules;
 mod tee;
 mod upstream;
+mod ws;
 
 use std::{
     net::SocketAddr,
@@ -27,6 +29,7 @@ use std::{
     time::Instant,
 };
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -99,6 +102,9 @@ struct Conn<'a, C> {
     bytes_up: AtomicU64,
     /// Shared with the tasks that put streamed answers on record.
     bytes_down_shared: Arc<AtomicU64>,
+    /// Exec/attach streams upgraded on this connection, for `serve` to run.
+    relays: Mutex<Vec<exec::Relay<'a>>>,
+    relay_added: Notify,
 }
 
 async fn serve<C: Connect>(
@@ -163,6 +169,8 @@ async fn serve<C: Connect>(
         denied: AtomicU64::new(0),
         bytes_up: AtomicU64::new(0),
         bytes_down_shared: Arc::new(AtomicU64::new(0)),
+        relays: Mutex::new(Vec::new()),
+        relay_added: Notify::new(),
     };
     let (ended_by, error) = {
         let service = service_fn(|req: Request<Incoming>| {
@@ -174,9 +182,25 @@ async fn serve<C: Connect>(
             .serve_connection(TokioIo::new(agent), service)
             .with_upgrades();
         tokio::pin!(served);
-        tokio::select! {
-            r = &mut served => (None, r.err().map(|e| e.to_string())),
-            why = conn.ended(deadline) => (Some(why), None),
+        // The connection's requests, and the exec streams it upgraded to: the session lasts
+        // until both are over (an upgrade ends the HTTP part), or something ends it.
+        let mut relays = FuturesUnordered::new();
+        let mut served_error = None;
+        let mut served_done = false;
+        loop {
+            tokio::select! {
+                r = &mut served, if !served_done => {
+                    served_done = true;
+                    served_error = r.err().map(|e| e.to_string());
+                }
+                Some(()) = relays.next(), if !relays.is_empty() => {}
+                () = conn.relay_added.notified() => {}
+                why = conn.ended(deadline) => break (Some(why), None),
+            }
+            relays.extend(conn.take_relays());
+            if served_done && relays.is_empty() {
+                break (None, served_error);
+            }
         }
     };
     conn.finish(ended_by, error).await
@@ -225,6 +249,13 @@ impl<'a, C: Connect> Conn<'a, C> {
                 denied_statements: self.denied.load(Ordering::Relaxed),
             }),
         }))
+    }
+
+    fn take_relays(&self) -> Vec<exec::Relay<'a>> {
+        self.relays
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     fn kubernetes(&self) -> bool {

@@ -42,6 +42,8 @@ pub struct Tty {
 /// One channel's cast, fed by both directions of the relay.
 pub struct Cast<'a> {
     recorder: &'a Recorder,
+    /// The journal kind of its chunks ([`KIND`] for SSH).
+    kind: &'static str,
     session: String,
     channel: u64,
     started: Instant,
@@ -88,9 +90,28 @@ impl<'a> Cast<'a> {
             "env": {"TERM": term},
             "title": format!("{} {}: {}", ctx.login, ctx.target, request.text()),
         });
-        Some(Cast {
-            recorder: ctx.recorder,
-            session: ctx.session.clone(),
+        Some(Cast::new(
+            ctx.recorder,
+            KIND,
+            ctx.session.clone(),
+            channel,
+            header,
+        ))
+    }
+
+    /// A cast of any protocol's terminal stream (Kubernetes exec): chunks of journal kind
+    /// `kind`, keyed by `session` and `channel`, starting with the asciicast `header`.
+    pub fn new(
+        recorder: &'a Recorder,
+        kind: &'static str,
+        session: String,
+        channel: u64,
+        header: Value,
+    ) -> Cast<'a> {
+        Cast {
+            recorder,
+            kind,
+            session,
             channel,
             started: Instant::now(),
             state: Mutex::new(State {
@@ -104,7 +125,7 @@ impl<'a> Cast<'a> {
                 output: Utf8Carry::default(),
                 input: Utf8Carry::default(),
             }),
-        })
+        }
     }
 
     /// Bytes the agent was sent (stdout and stderr: a terminal shows both).
@@ -220,7 +241,7 @@ impl<'a> Cast<'a> {
         let Some(body) = chunk else { return };
         self.recorder
             .record(Record::Event {
-                kind: KIND,
+                kind: self.kind,
                 at_ms: now_ms(),
                 session: Some(self.session.clone()),
                 body,

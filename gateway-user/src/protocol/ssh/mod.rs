@@ -8,7 +8,7 @@
 
 mod agent;
 mod aliases;
-mod cast;
+pub(crate) mod cast;
 mod channel;
 pub mod command;
 mod forward;
