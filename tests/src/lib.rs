@@ -1055,6 +1055,7 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
     }
 }
 pub mod bg;
+pub mod kube;
 pub mod pg;
 pub mod ssh;
 pub mod wire;
