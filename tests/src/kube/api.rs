@@ -231,6 +231,37 @@ fn lock(store: &Shared) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `kubectl auth can-i`: the stand-in has no RBAC, every review is allowed (the gateway's
+/// tests judge requests in the gateway, not here). The body may be JSON or protobuf.
+pub fn self_subject_access_review(req: &ApiRequest<'_>) -> Reply {
+    let out = match codec::negotiate(req.accept, false) {
+        Ok(o) => o,
+        Err(e) => return Reply::status(Output::Json, 406, "NotAcceptable", &e.to_string()),
+    };
+    if req.method != "POST" {
+        return Reply::status(
+            out,
+            405,
+            "MethodNotAllowed",
+            "selfsubjectaccessreviews: only create",
+        );
+    }
+    let mut review = match decode(req, out) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if review.get("kind").and_then(Value::as_str) != Some("SelfSubjectAccessReview") {
+        return Reply::status(
+            out,
+            400,
+            "BadRequest",
+            "the body is not a SelfSubjectAccessReview",
+        );
+    }
+    review["status"] = json!({"allowed": true, "reason": "the kube stand-in has no RBAC"});
+    Reply::value(201, out, &review)
+}
+
 /// A resource request (not exec, which the server upgrades itself).
 pub fn handle(store: &Shared, req: &ApiRequest<'_>, rp: &ResourcePath<'_>) -> Reply {
     let reads = req.method == "GET";

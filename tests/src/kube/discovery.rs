@@ -24,6 +24,9 @@ pub fn version() -> Value {
     })
 }
 
+/// The group of `SelfSubjectAccessReview` (`kubectl auth can-i`): answered, not stored.
+pub const AUTHZ_GROUP: &str = "authorization.k8s.io";
+
 fn groups() -> Vec<&'static str> {
     let mut g: Vec<&str> = RESOURCES
         .iter()
@@ -31,6 +34,7 @@ fn groups() -> Vec<&'static str> {
         .filter(|g| !g.is_empty())
         .collect();
     g.dedup();
+    g.push(AUTHZ_GROUP);
     g
 }
 
@@ -95,6 +99,15 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         format!("{group}/v1")
     };
     let mut resources = Vec::new();
+    if group == AUTHZ_GROUP {
+        resources.push(json!({
+            "name": "selfsubjectaccessreviews",
+            "singularName": "selfsubjectaccessreview",
+            "namespaced": false,
+            "kind": "SelfSubjectAccessReview",
+            "verbs": ["create"],
+        }));
+    }
     for r in RESOURCES.iter().filter(|r| r.group == group) {
         resources.push(json!({
             "name": r.plural,
@@ -125,6 +138,15 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 }
 
 fn aggregated_resources(group: &str) -> Vec<Value> {
+    if group == AUTHZ_GROUP {
+        return vec![json!({
+            "resource": "selfsubjectaccessreviews",
+            "responseKind": {"group": AUTHZ_GROUP, "version": "v1", "kind": "SelfSubjectAccessReview"},
+            "scope": "Cluster",
+            "singularResource": "selfsubjectaccessreview",
+            "verbs": ["create"],
+        })];
+    }
     RESOURCES
         .iter()
         .filter(|r| r.group == group)

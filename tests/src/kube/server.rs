@@ -360,6 +360,8 @@ async fn dispatch(
     };
     let reply = if let Some(r) = api::non_resource(&areq, state.aggregated_discovery) {
         r
+    } else if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+        api::self_subject_access_review(&areq)
     } else if let Some(rp) = api::resolve(path) {
         if rp.subresource == Some("exec") {
             Reply::status(

@@ -542,6 +542,13 @@ fn default_pod_status(map: &mut Map<String, Value>) {
             })
         })
         .collect();
+    // kubectl run sends `"status": {}`: the kubelet would fill it in.
+    if map
+        .get("status")
+        .is_some_and(|s| s.as_object().is_some_and(|o| o.is_empty()))
+    {
+        map.remove("status");
+    }
     map.entry("status").or_insert_with(|| {
         json!({
             "phase": "Running",
