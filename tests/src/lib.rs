@@ -1056,6 +1056,7 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
 }
 pub mod bg;
 pub mod http;
+pub mod kube;
 pub mod pg;
 pub mod ssh;
 pub mod wire;

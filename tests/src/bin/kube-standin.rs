@@ -1,0 +1,56 @@
+//! Run the Kubernetes API server stand-in (tests/src/kube) on its own, for demos and
+//! benchmarks: prints the address, the CA file and a kubeconfig path, then serves until killed.
+//!
+//! `kube-standin [--listen ADDR] [--token TOKEN] [--bulk-pods N] [--log FILE]`
+
+use std::time::Duration;
+
+use agentgate_tests::kube::{KubeStandin, StandinOptions};
+
+fn main() {
+    let mut opts = StandinOptions::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--listen" => {
+                opts.listen = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--listen: not an address"))
+            }
+            "--token" => opts.gateway_token = value(),
+            "--bulk-pods" => {
+                opts.bulk_pods = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--bulk-pods: not a number"))
+            }
+            "--log" => opts.log_file = Some(value().into()),
+            _ => usage(&format!("unknown argument {a}")),
+        }
+    }
+    let standin = KubeStandin::start(opts).unwrap_or_else(|e| {
+        eprintln!("kube-standin: {e}");
+        std::process::exit(1)
+    });
+    let kubeconfig = standin.kubeconfig("kubeconfig", &standin.gateway_token.clone());
+    println!(
+        "{}",
+        serde_json::json!({
+            "url": standin.url,
+            "ca": standin.ca_path,
+            "token": standin.gateway_token,
+            "kubeconfig": kubeconfig,
+        })
+    );
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("kube-standin: {msg}\nusage: kube-standin [--listen ADDR] [--token TOKEN] [--bulk-pods N] [--log FILE]");
+    std::process::exit(2)
+}

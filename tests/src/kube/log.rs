@@ -1,0 +1,148 @@
+//! The stand-in's request log: one entry per request that reached it, kept in memory for the
+//! tests and appended to a JSON-lines file, so a test can assert what the API server received
+//! (impersonation headers present, the agent's own token never seen, protobuf bodies, ...).
+//! Tokens are never logged, only their fingerprint ([`token_fingerprint`]).
+
+use std::{
+    fs::File,
+    io::Write,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The first 16 hex digits of the token's SHA-256: enough to tell tokens apart in a log
+/// without writing them down.
+pub fn token_fingerprint(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One request as the stand-in saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// `bearer`, `cert` or `none`.
+    pub auth: String,
+    /// The fingerprint of the bearer token, when one was sent (even an unknown one).
+    pub token_fingerprint: Option<String>,
+    /// The authenticated user (before impersonation), if any.
+    pub authenticated_user: Option<String>,
+    /// The user the request acted as (after impersonation), if it was authenticated.
+    pub effective_user: Option<String>,
+    pub effective_groups: Vec<String>,
+    /// `Impersonate-User`, `Impersonate-Group` (each), `Impersonate-Uid`, `Impersonate-Extra-*`,
+    /// lower-cased names, in the order received.
+    pub impersonation: Vec<(String, String)>,
+    pub accept: Option<String>,
+    pub content_type: Option<String>,
+    pub user_agent: Option<String>,
+    pub upgrade: Option<String>,
+    pub websocket_protocols: Option<String>,
+    pub body_bytes: usize,
+    /// The request body (capped at 64 KiB), in memory only.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// The status code the stand-in answered.
+    pub status: u16,
+    /// The content type the stand-in answered with.
+    pub response_content_type: Option<String>,
+}
+
+impl LogEntry {
+    /// All values of an impersonation header (lower-case name).
+    pub fn impersonation_values(&self, name: &str) -> Vec<&str> {
+        self.impersonation
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// The shared log. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct RequestLog {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+#[derive(Default)]
+struct LogInner {
+    entries: Vec<LogEntry>,
+    file: Option<File>,
+}
+
+impl RequestLog {
+    pub fn new(file: Option<&Path>) -> std::io::Result<Self> {
+        let file = match file {
+            Some(p) => Some(File::options().create(true).append(true).open(p)?),
+            None => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Mutex::new(LogInner {
+                entries: Vec::new(),
+                file,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn push(&self, mut entry: LogEntry) {
+        let mut inner = self.lock();
+        entry.seq = inner.entries.len() as u64;
+        if let Some(f) = inner.file.as_mut() {
+            if let Ok(line) = serde_json::to_string(&entry) {
+                // A log write failure must not change the answer the client gets.
+                let _ = writeln!(f, "{line}");
+            }
+        }
+        inner.entries.push(entry);
+    }
+
+    /// A copy of every entry so far.
+    pub fn entries(&self) -> Vec<LogEntry> {
+        self.lock().entries.clone()
+    }
+
+    /// Entries whose path starts with `prefix`.
+    pub fn matching(&self, prefix: &str) -> Vec<LogEntry> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| e.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether any request carried this bearer token.
+    pub fn saw_token(&self, token: &str) -> bool {
+        let fp = token_fingerprint(token);
+        self.lock()
+            .entries
+            .iter()
+            .any(|e| e.token_fingerprint.as_deref() == Some(fp.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        self.lock().entries.clear();
+    }
+}
