@@ -773,7 +773,13 @@ fn times_durations_and_managed_fields() {
     assert_eq!(civil_from_days(19_782), (2024, 2, 29));
 }
 
-/// Bodies kubectl 1.32.4 sent (captured with a dumping HTTP server on loopback).
+/// Bodies kubectl 1.32.4 sent to a loopback HTTP server that dumped them, for
+/// `kubectl --server=http://127.0.0.1:20760 ...` `create rolebinding x --clusterrole=view
+/// --user=u -n default`, `create secret generic s1 --from-literal=password=hunter2 -n default`,
+/// `create configmap c1 --from-literal=k=v -n default` and `auth can-i delete pods -n default`
+/// (each with `Content-Type: application/vnd.kubernetes.protobuf` and `Accept:
+/// application/vnd.kubernetes.protobuf,application/json`). `kubectl delete pod` sent JSON
+/// DeleteOptions, so there is no protobuf fixture of it.
 #[test]
 fn real_kubectl_bodies() {
     let created =
@@ -945,6 +951,13 @@ fn refused_bodies() {
         body = envelope("v1", "List", &list);
     }
     assert_eq!(decode(&body), Err(KubePbError::TooDeep));
+
+    // Deeply nested groups in an unknown field: an error, not a stack overflow.
+    let mut raw = Vec::new();
+    for _ in 0..100_000 {
+        raw.extend([0x9b, 0x06]); // field 99, start group
+    }
+    assert!(decode(&envelope_with("v1", "Secret", raw, None)).is_err());
 }
 
 #[test]
