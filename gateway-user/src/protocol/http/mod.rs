@@ -13,6 +13,7 @@ pub mod certs;
 mod exchange;
 mod exec;
 mod kube;
+pub mod kube_pb;
 pub mod request_info;
 mod respond;
 pub mod rules;

@@ -1,0 +1,331 @@
+//! The Kubernetes API through the gateway, end to end (issue 19): the real `kubectl` 1.32, in a
+//! captured cgroup, with a kubeconfig as an agent has one (the API server's real address, the
+//! agent's own bearer token, the CA it trusts), talks to the tests' API-server stand-in
+//! (`agentgate_tests::kube`, no real API server can be installed here). The gateway terminates
+//! kubectl's TLS, forwards with its own credential plus impersonation headers, masks Secrets
+//! and records every request.
+//!
+//! Ports: 20820–20849.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use agentgate_tests::{
+    fixtures,
+    http::Ca,
+    kube::{KubeStandin, StandinOptions},
+    mint, now, place, record_query, require_root, unique, Cgroup, Gateway, AUDIENCE, ISSUER,
+};
+use serde_json::Value;
+
+/// The value the seed's Secret `default/db-credentials` holds (`password`).
+const SEEDED_PASSWORD: &str = "s3cr3t-hunter2";
+
+struct Setup {
+    gw: Gateway,
+    agent: Cgroup,
+    standin: KubeStandin,
+    agent_ca: Ca,
+    _anchor: Cgroup,
+    dir: PathBuf,
+    port: u16,
+}
+
+/// A stand-in API server on 127.0.0.2:`port`, a gateway on `listen` with a `kubernetes`
+/// target for it, and the agent's cgroup. `rules` is appended to the policy's rules.
+fn setup(tag: &str, listen: u16, port: u16, rules: &str) -> Setup {
+    require_root();
+    let dir = std::env::temp_dir().join(unique(&format!("{tag}-pki")));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let standin = KubeStandin::start(StandinOptions {
+        listen: format!("127.0.0.2:{port}").parse().expect("address"),
+        extra_names: vec!["127.0.0.2".into()],
+        ..Default::default()
+    })
+    .expect("stand-in starts");
+    let agent_ca = Ca::new(&dir.join("agent"), "agentgate");
+    let credential = dir.join("gateway-token");
+    std::fs::write(&credential, &standin.gateway_token).expect("credential");
+    let name = unique(tag);
+    let anchor = Cgroup::create(&format!("/{name}"));
+    let agent = Cgroup::create(&format!("/{name}/job-1"));
+    let policy = format!(
+        "version: 2\ngateway:\n  listen_port: {listen}\n\
+         identity_providers:\n  - name: test-idp\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n\
+         \x20   jwks: {{from: file, path: {jwks}}}\n    algorithms: [RS256]\n\
+         workloads:\n  - name: agents\n    cgroup: \"/{name}/job-*\"\n    mode: host\n\
+         \x20   token: {{from: credential}}\n\
+         targets:\n  - name: cluster-api\n    protocol: http\n    addresses: [\"127.0.0.2\"]\n    ports: [{port}]\n\
+         \x20   credential: {{from: file, path: {credential}}}\n\
+         \x20   http:\n      profile: kubernetes\n\
+         \x20     tls: {{ca_cert: {ca_cert}, ca_key: {ca_key}, names: [kubernetes, kubernetes.default, kubernetes.default.svc]}}\n\
+         \x20     upstream_tls: {{mode: verify-full, ca_file: {standin_ca}, server_name: kubernetes}}\n\
+         rules:\n  - name: agents-to-cluster\n    when: {{workloads: [agents], groups: [agents]}}\n    targets: [cluster-api]\n{rules}",
+        jwks = fixtures().join("test-jwks.json").display(),
+        credential = credential.display(),
+        ca_cert = agent_ca.cert.display(),
+        ca_key = agent_ca.key.display(),
+        standin_ca = standin.ca_path.display(),
+    );
+    let gw = Gateway::start(tag, &policy);
+    gw.wait_classified(&agent.rel);
+    Setup {
+        gw,
+        agent,
+        standin,
+        agent_ca,
+        _anchor: anchor,
+        dir,
+        port,
+    }
+}
+
+fn token(sub: &str) -> String {
+    mint(sub, &["agents"], now(), now() + 600)
+}
+
+/// A kubeconfig as the agent has it: the API server's own address, the CA it trusts (here the
+/// agentgate CA), its own token.
+fn kubeconfig(s: &Setup, name: &str, token: &str) -> PathBuf {
+    let path = s.dir.join(format!("{name}.kubeconfig"));
+    agentgate_tests::kube::write_kubeconfig(
+        &path,
+        &format!("https://127.0.0.2:{}", s.port),
+        &s.agent_ca.cert,
+        token,
+    )
+    .expect("kubeconfig");
+    path
+}
+
+fn kubectl(s: &Setup, kubeconfig: &PathBuf, args: &[&str]) -> Output {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(s.dir.join("kube-cache"))
+        .arg("--request-timeout=20s")
+        .args(args)
+        .env("HOME", &s.dir)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    place(&mut cmd, Some(&s.agent), None);
+    cmd.output().expect("run kubectl")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The requests on record: (text, decision, class, exit status, stdout).
+fn requests(gw: &Gateway) -> Vec<Vec<Value>> {
+    record_query(
+        &gw.record_db(),
+        "SELECT json_extract(body, '$.text'), json_extract(body, '$.decision'), \
+         json_extract(body, '$.class'), json_extract(body, '$.exit_status'), \
+         json_extract(body, '$.output.stdout') \
+         FROM audit_log WHERE kind = 'statement' ORDER BY seq",
+    )
+}
+
+fn wait_for_record(gw: &Gateway, what: &str, f: impl Fn(&[Vec<Value>]) -> bool) -> Vec<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = requests(gw);
+        if f(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{what}: {r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// kubectl get through the gateway: answered, the API server saw the gateway's credential and
+/// impersonation headers naming the agent (never the agent's token), every request on record.
+#[test]
+fn kubectl_get_reaches_the_api_server_as_the_impersonated_agent() {
+    let s = setup("kube-get", 20820, 20821, "");
+    let t = token("agent-kube-1");
+    let kc = kubeconfig(&s, "agent", &t);
+    let out = kubectl(&s, &kc, &["get", "pods", "-n", "default", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pods: Value = serde_json::from_slice(&out.stdout).expect("JSON from kubectl");
+    let names: Vec<&str> = pods["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(names.contains(&"web-0"), "{names:?}");
+    let out = kubectl(&s, &kc, &["get", "pods", "-n", "default"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web-0"), "{}", text(&out));
+
+    assert!(!s.standin.log.saw_token(&t), "the agent's token reached the API server");
+    let pods_requests = s.standin.log.matching("/api/v1/namespaces/default/pods");
+    assert!(!pods_requests.is_empty());
+    for e in &pods_requests {
+        assert_eq!(e.authenticated_user.as_deref(), Some("system:serviceaccount:agentgate:gateway"), "{e:?}");
+        assert_eq!(
+            e.impersonation_values("impersonate-user"),
+            vec![format!("{ISSUER}#agent-kube-1").as_str()],
+            "{e:?}"
+        );
+        assert_eq!(e.impersonation_values("impersonate-group"), vec!["agents"], "{e:?}");
+        assert_eq!(e.effective_user.as_deref(), Some(format!("{ISSUER}#agent-kube-1").as_str()));
+        assert!(
+            !e.impersonation_values("impersonate-extra-agentgate.io%2fsession").is_empty(),
+            "{e:?}"
+        );
+        // JSON was asked for: the gateway reads every answer.
+        assert!(
+            !e.accept.as_deref().unwrap_or("").contains("protobuf"),
+            "{e:?}"
+        );
+    }
+    let rec = wait_for_record(&s.gw, "the pod lists on record", |r| {
+        r.iter().filter(|x| x[2] == "list" && x[0].as_str().unwrap_or("").contains("/pods")).count() >= 2
+    });
+    assert!(rec.iter().all(|x| x[1] == "allowed"), "{rec:?}");
+}
+
+/// Secret values never reach the agent: `-o json`, `-o yaml`, the table, and a watch.
+#[test]
+fn secret_values_are_masked_in_every_output() {
+    let s = setup("kube-secrets", 20822, 20823, "");
+    let kc = kubeconfig(&s, "agent", &token("agent-kube-2"));
+    for args in [
+        vec!["get", "secret", "db-credentials", "-n", "default", "-o", "json"],
+        vec!["get", "secrets", "-n", "default", "-o", "yaml"],
+        vec!["get", "secrets", "-A", "-o", "json"],
+        vec!["get", "secrets", "-n", "default"],
+        vec!["get", "secret", "db-credentials", "-n", "default", "-o", "jsonpath={.data.password}"],
+    ] {
+        let out = kubectl(&s, &kc, &args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let shown = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(!shown.contains(SEEDED_PASSWORD), "{args:?}: {shown}");
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(SEEDED_PASSWORD);
+        assert!(!shown.contains(&b64), "{args:?}: {shown}");
+    }
+    // The stand-in does hold the value: the masking is the gateway's.
+    let held = s.standin.get("", "secrets", "default", "db-credentials").expect("seeded secret");
+    assert!(held.to_string().contains("czNjcjN0"), "{held}");
+
+    // A watch streams masked events as they happen.
+    let mut watch = Command::new("kubectl");
+    watch
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--cache-dir")
+        .arg(s.dir.join("kube-cache-w"))
+        .args(["get", "secrets", "-n", "default", "--watch", "-o", "json", "--request-timeout=6s"])
+        .env("HOME", &s.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    place(&mut watch, Some(&s.agent), None);
+    let child = watch.spawn().expect("kubectl watch");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.standin
+        .create(
+            "",
+            "secrets",
+            "default",
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "new-one", "namespace": "default"},
+                "data": {"key": "bmV3LXNlY3JldC12YWx1ZQ=="}}),
+        )
+        .expect("create secret in the stand-in");
+    let out = child.wait_with_output().expect("watch ends");
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.contains("new-one"), "the watch saw the new Secret: {}", text(&out));
+    assert!(!shown.contains("bmV3LXNlY3JldC12YWx1ZQ=="), "{shown}");
+    assert!(!shown.contains("czNjcjN0"), "{shown}");
+}
+
+/// kubectl's own impersonation (`--as`) is refused: only the gateway says whom a request is for.
+#[test]
+fn agent_impersonation_is_refused() {
+    let s = setup("kube-as", 20824, 20825, "");
+    let kc = kubeconfig(&s, "agent", &token("agent-kube-3"));
+    let t = token("agent-kube-3b");
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-i", "--cacert"]).arg(&s.agent_ca.cert)
+        .args(["-H", &format!("Authorization: Bearer {t}"), "-H", "Impersonate-User: x"])
+        .arg(format!("https://127.0.0.2:{}/api/v1/namespaces/default/pods", s.port));
+    place(&mut curl, Some(&s.agent), None);
+    let o = curl.output().expect("curl");
+    eprintln!("CURL: {}", text(&o));
+    let out = kubectl(&s, &kc, &["get", "pods", "-n", "default", "--as", "system:admin", "-v=8"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("impersonation headers are the gateway's"), "{}", text(&out));
+    assert!(
+        s.standin.log.entries().iter().all(|e| e.impersonation_values("impersonate-user")
+            != vec!["system:admin"]),
+        "an agent-chosen identity reached the API server"
+    );
+    let rec = wait_for_record(&s.gw, "the refused request on record", |r| {
+        r.iter().any(|x| x[1] == "denied")
+    });
+    assert!(rec.iter().any(|x| x[1] == "denied"), "{rec:?}");
+}
+
+/// `kubectl exec` over WebSocket: the command runs, its exit code reaches kubectl, and the
+/// stream is on record with the command, its output and its exit code, and as a cast.
+#[test]
+fn exec_streams_are_relayed_and_recorded() {
+    let s = setup("kube-exec", 20826, 20827, "");
+    let kc = kubeconfig(&s, "agent", &token("agent-kube-4"));
+    let out = kubectl(
+        &s,
+        &kc,
+        &["exec", "-n", "default", "web-0", "--", "sh", "-c", "echo hello-from-exec; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello-from-exec"), "{}", text(&out));
+    let rec = wait_for_record(&s.gw, "the exec on record", |r| {
+        r.iter().any(|x| x[2] == "create" && x[0].as_str().unwrap_or("").contains("/exec"))
+    });
+    let exec = rec
+        .iter()
+        .find(|x| x[0].as_str().unwrap_or("").contains("/exec"))
+        .expect("exec request");
+    assert!(exec[0].as_str().unwrap_or("").contains("command=sh"), "{exec:?}");
+    assert_eq!(exec[3], 3, "exit status on record: {exec:?}");
+    assert!(exec[4].as_str().unwrap_or("").contains("hello-from-exec"), "{exec:?}");
+    let casts = record_query(
+        &s.gw.record_db(),
+        "SELECT count(*) FROM audit_log WHERE kind = 'kube_cast'",
+    );
+    assert!(casts[0][0].as_u64().unwrap_or(0) >= 1, "{casts:?}");
+    // The cast plays back with the command's output.
+    let replay = Command::new(agentgate_tests::agentgate_bin())
+        .args(["sessions", "replay"])
+        .arg(
+            record_query(
+                &s.gw.record_db(),
+                "SELECT session FROM audit_log WHERE kind = 'kube_cast' LIMIT 1",
+            )[0][0]
+                .as_str()
+                .unwrap_or(""),
+        )
+        .args(["--fast", "--record-db"])
+        .arg(s.gw.record_db())
+        .output()
+        .expect("sessions replay");
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).contains("hello-from-exec"),
+        "{}",
+        text(&replay)
+    );
+}
