@@ -267,7 +267,7 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask, sftp, cast).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, &up_tx, keep, mask, sftp, cast).await;
         let _ = done_tx.send(());
         r
     };
@@ -340,10 +340,13 @@ async fn agent_to_target(
     let _ = to.close().await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn target_to_agent(
     ctx: &Ctx<'_>,
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<server::Msg>,
+    // The sftp relay's own READs (the rest of a masked window) go to the target.
+    target: &ChannelWriteHalf<client::Msg>,
     keep: usize,
     mut mask: Option<super::mask::OutputMask>,
     sftp: Option<&sftp::Relay>,
@@ -371,7 +374,7 @@ async fn target_to_agent(
                     c.output(&data).await;
                 }
                 match sftp {
-                    Some(s) => s.target_data(ctx, &data, to).await,
+                    Some(s) => s.target_data(ctx, &data, to, target).await,
                     None => to.data_bytes(data).await,
                 }
             }
