@@ -51,9 +51,9 @@ fn wait_refusals(s: &Setup, n: usize) -> Vec<(String, String)> {
 }
 
 /// A login no rule allows (the rules restrict logins to DEPLOY_USER), and one with an expired
-/// token and then no token in the workload's file: `ssh` prints the gateway's reason on stderr,
-/// the same one the refusal event has; the command never runs on the target; nothing is on
-/// record as a request.
+/// token and then no token in the workload's file: `ssh` (and `sftp`, for the first) prints the
+/// gateway's reason on stderr, the same one the refusal event has; the command never runs on the
+/// target; nothing is on record as a request.
 #[test]
 fn ssh_prints_why_its_login_was_refused() {
     let s = setup("refusal", 20650, "");
@@ -74,15 +74,34 @@ fn ssh_prints_why_its_login_was_refused() {
         text(&out)
     );
     assert!(!err.contains("Permission denied"), "{err}");
+    // sftp runs ssh: the same.
+    let batch = s.keys.dir.join("batch");
+    std::fs::write(&batch, "ls /\n").unwrap();
+    let mut cmd = ssh::sftp_command(
+        &s.keys.agent_known_hosts,
+        s.sshd.port,
+        READER_USER,
+        &batch,
+        &[],
+    );
+    place(&mut cmd, Some(&s.cg), None);
+    let out = cmd.output().expect("run sftp");
+    assert!(!out.status.success(), "{}", text(&out));
+    let r = wait_refusals(&s, 2);
+    assert!(
+        stderr(&out).contains(&format!("agentgate: {}", r[1].1)),
+        "sftp shows the reason: {}",
+        text(&out)
+    );
 
     // An expired token in the workload's file.
     s.token
         .write(&mint(&s.subject(), &["agents"], now() - 600, now() - 300));
     let out = ssh_as(&s, DEPLOY_USER, &touch);
     assert_eq!(out.status.code(), Some(255), "{}", text(&out));
-    let r = wait_refusals(&s, 2);
+    let r = wait_refusals(&s, 3);
     assert!(
-        stderr(&out).contains(&format!("agentgate: {}", r[1].1)),
+        stderr(&out).contains(&format!("agentgate: {}", r[2].1)),
         "{r:?}: {}",
         text(&out)
     );
@@ -92,9 +111,9 @@ fn ssh_prints_why_its_login_was_refused() {
     std::fs::remove_file(&s.token.path).unwrap();
     let out = ssh_as(&s, DEPLOY_USER, &touch);
     assert_eq!(out.status.code(), Some(255), "{}", text(&out));
-    let r = wait_refusals(&s, 3);
+    let r = wait_refusals(&s, 4);
     assert!(
-        stderr(&out).contains(&format!("agentgate: {}", r[2].1)),
+        stderr(&out).contains(&format!("agentgate: {}", r[3].1)),
         "{r:?}: {}",
         text(&out)
     );
