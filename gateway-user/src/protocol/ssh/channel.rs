@@ -267,7 +267,7 @@ async fn relay(
         }
     };
     let down = async {
-        let r = target_to_agent(ctx, up_rx, &agent_tx, &up_tx, keep, mask, sftp, cast).await;
+        let r = target_to_agent(ctx, up_rx, &agent_tx, keep, mask, sftp, cast).await;
         let _ = done_tx.send(());
         r
     };
@@ -298,7 +298,22 @@ async fn agent_to_target(
     sftp: Option<&sftp::Relay>,
     cast: Option<&Cast<'_>>,
 ) {
-    while let Some(msg) = next(ctx, &mut from).await {
+    loop {
+        let msg = match sftp {
+            // The sftp relay's own packets for the target (the rest of a masked read's window)
+            // go from here too, between the agent's.
+            Some(s) => tokio::select! {
+                msg = next(ctx, &mut from) => msg,
+                Some(packet) = s.for_target() => {
+                    if to.data_bytes(packet).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => next(ctx, &mut from).await,
+        };
+        let Some(msg) = msg else { break };
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -340,13 +355,10 @@ async fn agent_to_target(
     let _ = to.close().await;
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn target_to_agent(
     ctx: &Ctx<'_>,
     mut from: ChannelReadHalf,
     to: &ChannelWriteHalf<server::Msg>,
-    // The sftp relay's own READs (the rest of a masked window) go to the target.
-    target: &ChannelWriteHalf<client::Msg>,
     keep: usize,
     mut mask: Option<super::mask::OutputMask>,
     sftp: Option<&sftp::Relay>,
@@ -374,7 +386,7 @@ async fn target_to_agent(
                     c.output(&data).await;
                 }
                 match sftp {
-                    Some(s) => s.target_data(ctx, &data, to, target).await,
+                    Some(s) => s.target_data(ctx, &data, to).await,
                     None => to.data_bytes(data).await,
                 }
             }

@@ -27,6 +27,7 @@ use std::{
 use bytes::Bytes;
 use russh::{client, server, ChannelWriteHalf};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 pub use paths::{SftpPath, SftpRule};
 pub use request::Op;
@@ -85,7 +86,6 @@ impl From<SftpError> for russh::Error {
 }
 
 /// One sftp channel's relay state, shared by its two directions.
-#[derive(Default)]
 pub struct Relay {
     up: Mutex<Framer>,
     down: Mutex<Framer>,
@@ -93,11 +93,29 @@ pub struct Relay {
     /// Held while one whole packet is written to the agent, so that the gateway's own answers
     /// never land inside a packet of the target's.
     to_agent: tokio::sync::Mutex<()>,
-    /// The same toward the target: the gateway's own READs (the rest of a masked window) go
-    /// between the agent's packets.
-    to_target: tokio::sync::Mutex<()>,
+    /// The gateway's own READs for the target (the rest of a masked window), learnt from the
+    /// target's replies: sent by the task that writes the agent's packets to the target
+    /// ([`Relay::for_target`]), so that they go between whole packets without a lock that
+    /// would tie the two directions' flow control together.
+    more_tx: mpsc::UnboundedSender<Bytes>,
+    more_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>,
     /// The mask plan with detectors that applies, for the policy version it was found for.
     masked: Mutex<Option<(String, Option<Arc<Plan>>)>>,
+}
+
+impl Default for Relay {
+    fn default() -> Relay {
+        let (more_tx, more_rx) = mpsc::unbounded_channel();
+        Relay {
+            up: Mutex::default(),
+            down: Mutex::default(),
+            state: Mutex::default(),
+            to_agent: tokio::sync::Mutex::default(),
+            more_tx,
+            more_rx: tokio::sync::Mutex::new(more_rx),
+            masked: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -161,7 +179,6 @@ impl Relay {
         ctx: &Ctx<'_>,
         data: &[u8],
         agent: &ChannelWriteHalf<server::Msg>,
-        target: &ChannelWriteHalf<client::Msg>,
     ) -> Result<(), russh::Error> {
         lock(&self.down).push(data);
         loop {
@@ -181,7 +198,10 @@ impl Relay {
             match action {
                 Action::Forward => self.send(agent, packet).await?,
                 Action::Agent(answer) => self.send(agent, answer).await?,
-                Action::Target(read) => self.send_target(target, read).await?,
+                // At most one per READ in flight (MAX_PENDING): the queue is bounded by them.
+                Action::Target(read) => {
+                    let _ = self.more_tx.send(read);
+                }
             }
         }
     }
@@ -221,12 +241,19 @@ impl Relay {
         agent.data_bytes(packet).await
     }
 
+    /// The next packet of the gateway's own for the target: the writer of the agent's packets
+    /// sends it between them. Cancel safe.
+    pub async fn for_target(&self) -> Option<Bytes> {
+        self.more_rx.lock().await.recv().await
+    }
+
+    /// Every packet for the target goes from the one task that relays the agent's data, so
+    /// packets are whole.
     async fn send_target(
         &self,
         target: &ChannelWriteHalf<client::Msg>,
         packet: Bytes,
     ) -> Result<(), russh::Error> {
-        let _whole = self.to_target.lock().await;
         target.data_bytes(packet).await
     }
 
