@@ -3,6 +3,14 @@
 //! channel) is put to the session's task (`super::serve`) as an [`AgentEvent`] and this side
 //! waits for the answer. What a channel carries afterwards reaches the session through the
 //! channel object itself.
+//!
+//! A refused login's reason reaches the agent's client as the description of an SSH
+//! `DISCONNECT` (OpenSSH prints `Received disconnect from …: <reason>`; asyncssh raises it):
+//! a `USERAUTH_FAILURE` carries no text, and a client with no method left to try gives up on it
+//! before reading anything after it. So the refused attempt is answered `USERAUTH_SUCCESS`
+//! immediately followed, in the same write and before any other packet of the agent is read,
+//! by the `DISCONNECT` ([`AgentSide::auth_succeeded`]): the connection ends there. No channel or
+//! global request of a refused agent is served either way (each handler checks).
 
 use std::borrow::Cow;
 
@@ -22,11 +30,11 @@ pub enum Credential {
 }
 
 pub enum AgentEvent {
-    /// A login attempt, answered with whether it is accepted.
+    /// A login attempt, answered `Ok` when it is accepted, or with the reason it is not.
     Login {
         user: String,
         credential: Credential,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     /// A new session channel (exec, shell, subsystem): the session accepts and serves it.
     Session {
@@ -58,6 +66,8 @@ pub struct AgentSide {
     /// Set once a login was put to the session: one attempt decides (the core admits a
     /// connection once).
     tried: bool,
+    /// Why the login was refused, once it was: sent as the disconnect's description.
+    refused: Option<String>,
 }
 
 impl AgentSide {
@@ -66,6 +76,7 @@ impl AgentSide {
             events,
             token_file,
             tried: false,
+            refused: None,
         }
     }
 
@@ -103,12 +114,22 @@ impl AgentSide {
             return Err(russh::Error::Disconnect);
         }
         match answer.await {
-            Ok(true) => Ok(Auth::Accept),
-            _ => Ok(Auth::Reject {
+            Ok(Ok(())) => Ok(Auth::Accept),
+            // Accepted only to carry the reason: `auth_succeeded` disconnects with it at once.
+            Ok(Err(reason)) => {
+                self.refused = Some(reason);
+                Ok(Auth::Accept)
+            }
+            Err(_) => Ok(Auth::Reject {
                 proceed_with_methods: None,
                 partial_success: false,
             }),
         }
+    }
+
+    /// Whether the login was refused: nothing is served then (the connection is ending).
+    fn is_refused(&self) -> bool {
+        self.refused.is_some()
     }
 
     async fn refused(&self, what: String) {
@@ -121,6 +142,15 @@ const TOKEN_PROMPT: &str = "agentgate token: ";
 
 impl russh::server::Handler for AgentSide {
     type Error = russh::Error;
+
+    /// Right after `USERAUTH_SUCCESS` is written: a refused login is disconnected here, with its
+    /// reason, before the agent's next packet is read.
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(reason) = &self.refused {
+            session.disconnect(russh::Disconnect::NoMoreAuthMethodsAvailable, reason, "en")?;
+        }
+        Ok(())
+    }
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         if self.token_file {
@@ -192,6 +222,12 @@ impl russh::server::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.is_refused() {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         // Dropped (the session is gone): the handle refuses the channel on drop.
         let _ = self
             .events
@@ -210,6 +246,12 @@ impl russh::server::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.is_refused() {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         // Dropped (the session is gone): the handle refuses the channel on drop.
         let _ = self
             .events
@@ -244,6 +286,9 @@ impl russh::server::Handler for AgentSide {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        if self.is_refused() {
+            return Ok(false);
+        }
         let (reply, answer) = oneshot::channel();
         let event = AgentEvent::RemoteForward {
             address: address.to_string(),

@@ -298,7 +298,22 @@ async fn agent_to_target(
     sftp: Option<&sftp::Relay>,
     cast: Option<&Cast<'_>>,
 ) {
-    while let Some(msg) = next(ctx, &mut from).await {
+    loop {
+        let msg = match sftp {
+            // The sftp relay's own packets for the target (the rest of a masked read's window)
+            // go from here too, between the agent's.
+            Some(s) => tokio::select! {
+                msg = next(ctx, &mut from) => msg,
+                Some(packet) = s.for_target() => {
+                    if to.data_bytes(packet).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => next(ctx, &mut from).await,
+        };
+        let Some(msg) = msg else { break };
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 ctx.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -11,9 +11,11 @@
 //! before the rest came (a pause inside a PEM block or after a space) is masked only from where
 //! the scanner saw it as one (docs/ssh.md, Masking).
 //!
-//! The sftp subsystem is a binary protocol with lengths in it: detectors over it would corrupt
-//! it, so it is not masked (a documented limit). Everything else is: an exec that runs the sftp
-//! server by its path is masked too, since an exec's words cannot be trusted to be what runs.
+//! The sftp subsystem is a binary protocol with lengths in it: detectors over its stream would
+//! corrupt it, so it is not masked here; the file contents it reads are, keeping their length,
+//! by the sftp relay (`sftp/masked.rs`). Everything else is: an exec that runs the sftp server
+//! by its path is masked as a stream too, since an exec's words cannot be trusted to be what
+//! runs.
 
 use std::{collections::VecDeque, sync::Arc};
 

@@ -188,6 +188,15 @@ impl SshHandler {
             max_auth_attempts: 6,
             inactivity_timeout: None,
             nodelay: true,
+            // No compression toward the agent (a local hop): besides the CPU, russh starts the
+            // delayed `zlib@openssh.com` only after the agent's first packet past the login,
+            // so the disconnect that carries a refused login's reason (sent right after
+            // `USERAUTH_SUCCESS`, see `agent`) would reach a client that compresses (asyncssh)
+            // uncompressed, and be lost as a decompression error.
+            preferred: russh::Preferred {
+                compression: std::borrow::Cow::Borrowed(&[russh::compression::NONE]),
+                ..Default::default()
+            },
             ..Default::default()
         });
         lock(&self.configs).insert(cache_key, (Instant::now(), config.clone()));
@@ -310,8 +319,8 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     let admitted = match admitted {
         Ok(a) => a,
         Err(r) => {
-            let _ = reply.send(false);
-            disconnect(format!("agentgate: {}", r.message)).await;
+            // The agent's client shows this reason (the disconnect that ends the login).
+            let _ = reply.send(Err(format!("agentgate: {}", r.message)));
             core.refuse(&facts, r).await;
             // The refusal reaches the agent before the connection is cut.
             let _ = tokio::time::timeout(REFUSAL_GRACE, running).await;
@@ -347,11 +356,9 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
         Ok(t) => t,
         Err(e) => {
             tracing::warn!("upstream: {e}");
-            let _ = reply.send(false);
-            disconnect(format!(
+            let _ = reply.send(Err(format!(
                 "agentgate: the gateway could not log in to the target: {e}"
-            ))
-            .await;
+            )));
             let event = facts.event(&UpstreamFailed { error: &e });
             core.events.emit("upstream_failed", event);
             let _ = tokio::time::timeout(REFUSAL_GRACE, running).await;
@@ -370,7 +377,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
     facts.session = Some(session.clone());
     core.events
         .emit("connection_open", facts.event(&Nothing {}));
-    let _ = reply.send(true);
+    let _ = reply.send(Ok(()));
     tracing::info!(login = user, "ssh session");
 
     let ctx = Ctx {
@@ -429,7 +436,9 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
                     let bound = forward::remote(&ctx, &target, &address, port).await;
                     let _ = reply.send(bound);
                 }
-                Some(AgentEvent::Login { reply, .. }) => { let _ = reply.send(false); }
+                Some(AgentEvent::Login { reply, .. }) => {
+                    let _ = reply.send(Err("agentgate: already logged in".into()));
+                }
                 None => break (None, None),
             },
             Some(f) = forwarded.recv() => {
@@ -461,7 +470,7 @@ async fn serve<C: Connect>(h: &SshHandler, core: &Proxy<C>, conn: Connection<'_>
         match ev {
             AgentEvent::Refused { what } => record_refused(&ctx, what).await,
             AgentEvent::Login { reply, .. } => {
-                let _ = reply.send(false);
+                let _ = reply.send(Err("agentgate: the session ended".into()));
             }
             AgentEvent::RemoteForward { reply, .. } => {
                 let _ = reply.send(None);

@@ -3,7 +3,8 @@
 //! rmdir, symlink, and OpenSSH's posix-rename, hardlink and lsetstat) is judged by its paths
 //! ([`paths`], a rule's `commands: {sftp: …}` section) through the same gate as every SSH
 //! request (deny → approval → durable intent → forward) and is on record with its outcome;
-//! reads pass. A refused request is not forwarded: the agent is answered `SSH_FX_PERMISSION_DENIED`
+//! reads pass (under a mask rule, a file READ is answered from a window the gateway reads
+//! around it, masked keeping its length: [`masked`]). A refused request is not forwarded: the agent is answered `SSH_FX_PERMISSION_DENIED`
 //! for that request id, with the reason. Every file handle is summed up at its close (path,
 //! bytes read and written) as an `sftp_transfer` record.
 //!
@@ -12,24 +13,27 @@
 //! sizes are learnt. A packet over 256 KiB either way, or one that cannot be read, ends the
 //! channel (fail closed): sftp-server and the sftp client end the session over it themselves.
 
+mod masked;
 mod paths;
 mod request;
 mod wire;
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Instant,
 };
 
 use bytes::Bytes;
 use russh::{client, server, ChannelWriteHalf};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 pub use paths::{SftpPath, SftpRule};
 pub use request::Op;
 
 use self::{
+    masked::{Step, Window},
     request::{Asked, Track},
     wire::{Framer, Reader, WireError},
 };
@@ -39,7 +43,10 @@ use super::{
     gate::{self, Gated},
     Ctx,
 };
-use crate::record::{now_ms, Record, Statement};
+use crate::{
+    mask::plan::Plan,
+    record::{now_ms, Record, Statement},
+};
 
 /// Requests awaiting their reply, and handles open, at most: OpenSSH's client keeps 64
 /// requests in flight and sftp-server 512 handles open; more is a misbehaving agent.
@@ -63,6 +70,8 @@ enum SftpError {
     Version(u32),
     #[error("more than {0} sftp requests or handles open at once")]
     TooMany(usize),
+    #[error("sftp request id {0} reused while the gateway was reading a masked window for it")]
+    Reused(u32),
     #[error("{0}")]
     Ssh(#[from] russh::Error),
 }
@@ -77,7 +86,6 @@ impl From<SftpError> for russh::Error {
 }
 
 /// One sftp channel's relay state, shared by its two directions.
-#[derive(Default)]
 pub struct Relay {
     up: Mutex<Framer>,
     down: Mutex<Framer>,
@@ -85,8 +93,29 @@ pub struct Relay {
     /// Held while one whole packet is written to the agent, so that the gateway's own answers
     /// never land inside a packet of the target's.
     to_agent: tokio::sync::Mutex<()>,
-    /// Whether a mask rule with detectors applies, for the policy version it was found for.
-    masked: Mutex<Option<(String, bool)>>,
+    /// The gateway's own READs for the target (the rest of a masked window), learnt from the
+    /// target's replies: sent by the task that writes the agent's packets to the target
+    /// ([`Relay::for_target`]), so that they go between whole packets without a lock that
+    /// would tie the two directions' flow control together.
+    more_tx: mpsc::UnboundedSender<Bytes>,
+    more_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>,
+    /// The mask plan with detectors that applies, for the policy version it was found for.
+    masked: Mutex<Option<(String, Option<Arc<Plan>>)>>,
+}
+
+impl Default for Relay {
+    fn default() -> Relay {
+        let (more_tx, more_rx) = mpsc::unbounded_channel();
+        Relay {
+            up: Mutex::default(),
+            down: Mutex::default(),
+            state: Mutex::default(),
+            to_agent: tokio::sync::Mutex::default(),
+            more_tx,
+            more_rx: tokio::sync::Mutex::new(more_rx),
+            masked: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -103,6 +132,8 @@ enum Pending {
         track: Track,
     },
     Tracked(Track),
+    /// A READ under a mask rule, answered from a window the gateway reads (`masked`).
+    Window(Box<Window>),
 }
 
 struct Handle {
@@ -157,14 +188,21 @@ impl Relay {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.fail(ctx, "from the target", e.into()).await),
             };
-            let done = match self.reply(&packet, &ctx.session) {
+            let (done, action) = match self.reply(&packet, &ctx.session) {
                 Ok(d) => d,
                 Err(e) => return Err(self.fail(ctx, "from the target", e).await),
             };
             for record in done {
                 ctx.recorder.record(record).await;
             }
-            self.send(agent, packet).await?;
+            match action {
+                Action::Forward => self.send(agent, packet).await?,
+                Action::Agent(answer) => self.send(agent, answer).await?,
+                // At most one per READ in flight (MAX_PENDING): the queue is bounded by them.
+                Action::Target(read) => {
+                    let _ = self.more_tx.send(read);
+                }
+            }
         }
     }
 
@@ -203,6 +241,22 @@ impl Relay {
         agent.data_bytes(packet).await
     }
 
+    /// The next packet of the gateway's own for the target: the writer of the agent's packets
+    /// sends it between them. Cancel safe.
+    pub async fn for_target(&self) -> Option<Bytes> {
+        self.more_rx.lock().await.recv().await
+    }
+
+    /// Every packet for the target goes from the one task that relays the agent's data, so
+    /// packets are whole.
+    async fn send_target(
+        &self,
+        target: &ChannelWriteHalf<client::Msg>,
+        packet: Bytes,
+    ) -> Result<(), russh::Error> {
+        target.data_bytes(packet).await
+    }
+
     /// A stream that cannot be read any further ends the channel; why is on record.
     async fn fail(&self, ctx: &Ctx<'_>, side: &str, e: SftpError) -> russh::Error {
         if !matches!(e, SftpError::Ssh(_)) {
@@ -226,22 +280,39 @@ impl Relay {
         target: &ChannelWriteHalf<client::Msg>,
         agent: &ChannelWriteHalf<server::Msg>,
     ) -> Result<(), SftpError> {
-        let mut asked = request::read(&packet, |h| self.path_of(h))?;
-        // File contents cannot be masked (see `masked_session`): under a mask rule, reading
-        // them is refused rather than let through in clear.
-        if let Asked::Pass { id, .. } = asked {
-            if packet.get(4) == Some(&wire::FXP_READ) && self.masked_session(ctx) {
-                asked = Asked::Refuse {
-                    id,
-                    why: "agentgate: reading file contents over sftp is refused in this session: a mask rule applies and file contents cannot be masked".into(),
-                };
-            }
-        }
+        let asked = request::read(&packet, |h| self.path_of(h))?;
         match asked {
-            Asked::Init => target.data_bytes(wire::init_v3(&packet)?).await?,
-            Asked::Pass { id, track } => {
-                self.expect(ctx, id, Pending::Tracked(track)).await?;
-                target.data_bytes(packet).await?;
+            Asked::Init => self.send_target(target, wire::init_v3(&packet)?).await?,
+            Asked::Pass { id, mut track } => {
+                let plan = match track {
+                    Track::Read { .. } | Track::Limits { .. } => self.mask_plan(ctx),
+                    _ => None,
+                };
+                match (plan, &mut track) {
+                    // Under a mask rule a READ is answered from a window around it, masked
+                    // keeping its length (`masked`).
+                    (
+                        Some(plan),
+                        Track::Read {
+                            handle,
+                            offset,
+                            len,
+                        },
+                    ) => {
+                        let mut window = Window::new(plan, handle.clone(), *offset, *len);
+                        let read = window.request(id);
+                        self.expect(ctx, id, Pending::Window(Box::new(window)))
+                            .await?;
+                        self.send_target(target, read).await?;
+                    }
+                    (plan, _) => {
+                        if let Track::Limits { masked } = &mut track {
+                            *masked = plan.is_some();
+                        }
+                        self.expect(ctx, id, Pending::Tracked(track)).await?;
+                        self.send_target(target, packet).await?;
+                    }
+                }
             }
             Asked::Refuse { id, why } => {
                 let mut rec = ctx.statement(&Request::Sftp(unjudged(&why)), now_ms());
@@ -287,7 +358,7 @@ impl Relay {
                             },
                         )
                         .await?;
-                        let sent = target.data_bytes(packet).await;
+                        let sent = self.send_target(target, packet).await;
                         // The target has it: no longer a forward in progress (a reload waits
                         // for it before its policy is in force).
                         drop(busy);
@@ -299,23 +370,19 @@ impl Relay {
         Ok(())
     }
 
-    /// Whether the session is under a mask rule with detectors (per policy version). SFTP
-    /// answers a READ with exactly the bytes at an offset, and the client's next READ asks for
-    /// the offset after them: masking that changes lengths would corrupt the file, and masking
-    /// each reply on its own would miss values cut between replies. So file reads are refused
-    /// where masking applies (fail closed), never passed in clear.
-    fn masked_session(&self, ctx: &Ctx<'_>) -> bool {
+    /// The mask plan with detectors that applies to the session (per policy version): file
+    /// contents read under it are masked (`masked`).
+    fn mask_plan(&self, ctx: &Ctx<'_>) -> Option<Arc<Plan>> {
         let policy = ctx.policy.borrow().clone();
         let mut cached = lock(&self.masked);
-        if let Some((version, masked)) = cached.as_ref() {
+        if let Some((version, plan)) = cached.as_ref() {
             if *version == policy.version {
-                return *masked;
+                return plan.clone();
             }
         }
-        let masked = crate::mask::plan::Plan::build(&policy, &ctx.who(), &ctx.target)
-            .is_some_and(|p| p.has_detectors());
-        *cached = Some((policy.version.clone(), masked));
-        masked
+        let plan = Plan::build(&policy, &ctx.who(), &ctx.target).filter(|p| p.has_detectors());
+        *cached = Some((policy.version.clone(), plan.clone()));
+        plan
     }
 
     async fn expect(&self, ctx: &Ctx<'_>, id: u32, pending: Pending) -> Result<(), SftpError> {
@@ -327,7 +394,11 @@ impl Relay {
             s.pending.insert(id, pending)
         };
         // A reused id: the earlier request's reply will be taken for this one's. Its record
-        // is written now, without an outcome, rather than lost.
+        // is written now, without an outcome, rather than lost. A masked window's READs would
+        // be answered as the new request: the channel ends instead.
+        if let Some(Pending::Window(_)) = displaced {
+            return Err(SftpError::Reused(id));
+        }
         if let Some(Pending::Judged {
             mut rec, started, ..
         }) = displaced
@@ -350,20 +421,21 @@ impl Relay {
         }
     }
 
-    /// Notes what a reply from the target answers; returns the records it completes.
-    fn reply(&self, packet: &Bytes, session: &str) -> Result<Vec<Record>, SftpError> {
+    /// Notes what a reply from the target answers; returns the records it completes and what
+    /// to do with it.
+    fn reply(&self, packet: &Bytes, session: &str) -> Result<(Vec<Record>, Action), SftpError> {
         let mut r = Reader::new(packet)?;
         if r.typ() == wire::FXP_VERSION {
             let v = r.u32()?;
             if v != 3 {
                 return Err(SftpError::Version(v));
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Action::Forward));
         }
         let id = r.u32()?;
         let mut s = lock(&self.state);
         let Some(pending) = s.pending.remove(&id) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Action::Forward));
         };
         let (judged, track) = match pending {
             Pending::Judged {
@@ -372,7 +444,12 @@ impl Relay {
                 track,
             } => (Some((rec, started)), track),
             Pending::Tracked(t) => (None, t),
+            Pending::Window(w) => {
+                drop(s);
+                return Ok((Vec::new(), self.window_reply(*w, id, r)?));
+            }
         };
+        let mut action = Action::Forward;
         let mut done = Vec::new();
         let mut error = None;
         match r.typ() {
@@ -421,8 +498,13 @@ impl Relay {
                     );
                 }
             }
+            wire::FXP_EXTENDED_REPLY => {
+                if let Track::Limits { masked: true } = track {
+                    action = Action::Agent(limit_reads(packet, &mut r)?);
+                }
+            }
             wire::FXP_DATA => {
-                if let Track::Read { handle } = track {
+                if let Track::Read { handle, .. } = track {
                     let len = r.string_len()? as u64;
                     if let Some(h) = s.handles.get_mut(&handle) {
                         h.bytes_read += len;
@@ -439,8 +521,65 @@ impl Relay {
             }
             done.push(Record::Statement(*rec));
         }
-        Ok(done)
+        Ok((done, action))
     }
+
+    /// A reply to one of a masked window's READs (`r` after its id): more to read, or the
+    /// agent's answer, masked.
+    fn window_reply(&self, mut w: Window, id: u32, mut r: Reader) -> Result<Action, SftpError> {
+        let step = match r.typ() {
+            wire::FXP_DATA => {
+                let data = r.string()?;
+                w.data(id, &data)
+            }
+            wire::FXP_STATUS if r.u32()? == wire::FX_EOF => w.eof(id),
+            // An error (a bad handle, an I/O error): the agent gets it as the target sent it.
+            _ => return Ok(Action::Forward),
+        };
+        let mut s = lock(&self.state);
+        match step {
+            Step::More(read) => {
+                if s.pending.contains_key(&id) {
+                    return Err(SftpError::Reused(id));
+                }
+                s.pending.insert(id, Pending::Window(Box::new(w)));
+                Ok(Action::Target(read))
+            }
+            Step::Answer { packet, bytes } => {
+                if let Some(h) = s.handles.get_mut(&w.handle) {
+                    h.bytes_read += bytes;
+                }
+                Ok(Action::Agent(packet))
+            }
+        }
+    }
+}
+
+/// What the relay does with a packet from the target.
+enum Action {
+    /// Pass it to the agent.
+    Forward,
+    /// Answer the agent with this instead.
+    Agent(Bytes),
+    /// Send this to the target (the rest of a masked window); nothing to the agent yet.
+    Target(Bytes),
+}
+
+/// The reply to `limits@openssh.com` (`r` after its id) with its read length lowered to what a
+/// masked READ is answered with, so that clients ask for no more (they would get short reads).
+fn limit_reads(packet: &Bytes, r: &mut Reader) -> Result<Bytes, SftpError> {
+    let _max_packet = r.u64()?;
+    let read = r.u64()?;
+    // length, type, id, max-packet-length, then max-read-length.
+    let at = 4 + 1 + 4 + 8;
+    let mut b = bytes::BytesMut::from(&packet[..]);
+    let lowered = if read == 0 {
+        masked::MAX_SLICE
+    } else {
+        read.min(masked::MAX_SLICE)
+    };
+    b[at..at + 8].copy_from_slice(&lowered.to_be_bytes());
+    Ok(b.freeze())
 }
 
 /// The record of a request refused before it could be judged (an unknown type or extension).

@@ -52,6 +52,13 @@ pub enum Track {
     },
     Read {
         handle: Bytes,
+        offset: u64,
+        len: u32,
+    },
+    /// OpenSSH's `limits@openssh.com`: the longest read it announces is lowered where reads
+    /// are masked.
+    Limits {
+        masked: bool,
     },
     Write {
         handle: Bytes,
@@ -115,9 +122,16 @@ pub fn read(packet: &Bytes, path_of: impl Fn(&[u8]) -> SftpPath) -> Result<Asked
         wire::FXP_CLOSE => pass(Track::Close {
             handle: r.string()?,
         }),
-        wire::FXP_READ => pass(Track::Read {
-            handle: r.string()?,
-        }),
+        wire::FXP_READ => {
+            let handle = r.string()?;
+            let offset = r.u64()?;
+            let len = r.u32()?;
+            pass(Track::Read {
+                handle,
+                offset,
+                len,
+            })
+        }
         wire::FXP_WRITE => {
             let handle = r.string()?;
             let _offset = r.u64()?;
@@ -202,10 +216,13 @@ fn extended(id: u32, name: &[u8], r: &mut Reader) -> Result<Asked, WireError> {
         }),
         // fsync flushes, and copy-data writes to, a handle opened for writing, which was judged
         // when it was opened.
+        b"limits@openssh.com" => Ok(Asked::Pass {
+            id,
+            track: Track::Limits { masked: false },
+        }),
         b"fsync@openssh.com"
         | b"statvfs@openssh.com"
         | b"fstatvfs@openssh.com"
-        | b"limits@openssh.com"
         | b"expand-path@openssh.com"
         | b"home-directory"
         | b"users-groups-by-id@openssh.com"

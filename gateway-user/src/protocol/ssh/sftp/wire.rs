@@ -32,9 +32,12 @@ pub const FXP_STATUS: u8 = 101;
 pub const FXP_HANDLE: u8 = 102;
 pub const FXP_DATA: u8 = 103;
 pub const FXP_EXTENDED: u8 = 200;
+pub const FXP_EXTENDED_REPLY: u8 = 201;
 
 pub const FX_OK: u32 = 0;
+pub const FX_EOF: u32 = 1;
 pub const FX_PERMISSION_DENIED: u32 = 3;
+pub const FX_FAILURE: u32 = 4;
 
 /// `pflags` of an open that may change the file.
 pub const FXF_WRITE: u32 = 0x02;
@@ -151,6 +154,18 @@ pub fn status(id: u32, code: u32, message: &str) -> Bytes {
     b.put_slice(message.as_bytes());
     b.put_u32(2);
     b.put_slice(b"en");
+    b.freeze()
+}
+
+/// SSH_FXP_DATA for request `id`.
+pub fn data(id: u32, data: &[u8]) -> Bytes {
+    let body_len = 1 + 4 + 4 + data.len();
+    let mut b = BytesMut::with_capacity(4 + body_len);
+    b.put_u32(body_len as u32);
+    b.put_u8(FXP_DATA);
+    b.put_u32(id);
+    b.put_u32(data.len() as u32);
+    b.put_slice(data);
     b.freeze()
 }
 
