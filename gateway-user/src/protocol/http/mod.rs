@@ -5,6 +5,8 @@
 //! own (and, for Kubernetes, impersonation headers naming the agent), masks and records what
 //! comes back.
 
+pub mod request_info;
+
 use super::{Connection, HandlerFuture, Outcome, ProtocolHandler};
 use crate::{net::Connect, policy::Protocol, proxy::Proxy};
 
