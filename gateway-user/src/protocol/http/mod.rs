@@ -6,6 +6,8 @@
 //! comes back.
 
 pub mod request_info;
+mod rule_section;
+pub mod rules;
 
 use super::{Connection, HandlerFuture, Outcome, ProtocolHandler};
 use crate::{net::Connect, policy::Protocol, proxy::Proxy};
