@@ -281,8 +281,22 @@ fn judge_kubernetes_requests() {
     );
     starts(
         kube("GET", exec, Some("command=bash&stdin=true&tty=true")),
-        "denied by no-exec-rm: get pods/exec `web-0` in namespace `dev`: `bash` starts an interactive shell",
+        "denied by no-exec-rm: get pods/exec `web-0` in namespace `dev`: `bash`",
     );
+    for q in [
+        "command=su",
+        "command=sudo&command=-i",
+        "command=env&command=sh",
+        "command=pwsh",
+        "command=busybox",
+        "command=fish",
+        "command=nu",
+    ] {
+        starts(
+            kube("GET", exec, Some(q)),
+            "denied by no-exec-rm: get pods/exec `web-0` in namespace `dev`: `",
+        );
+    }
     // An argument is one word: quotes and `;` in it are not shell syntax (exec runs no shell).
     starts(
         kube("GET", exec, Some("command=ls&command=x%27%3B+rm+-rf+%2F")),
@@ -377,4 +391,30 @@ fn quoting_reads_back_as_the_same_words() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn the_documented_example_loads() {
+    let doc = include_str!("../../../../docs/kubernetes.md");
+    let start = doc.find("```yaml\nrules:\n").expect("the Rules example") + "```yaml\n".len();
+    let example = &doc[start..start + doc[start..].find("```").unwrap()];
+    let rules = example
+        .strip_prefix("rules:\n")
+        .unwrap()
+        .replace("prod-cluster", "kube")
+        .replace("billing-api", "web");
+    let p = policy("doc", &rules).unwrap_or_else(|e| panic!("{e}"));
+    let info = resolve("GET", "/api/v1/namespaces/prod-1/secrets", Some("watch=1")).unwrap();
+    assert_eq!(
+        outcome(judge(
+            &p,
+            &CI_AGENT,
+            "kube",
+            &HttpAction::Kubernetes {
+                info: &info,
+                exec: None
+            }
+        )),
+        "denied by no-secret-reads-in-prod: watch secrets in namespace `prod-1`"
+    );
 }
