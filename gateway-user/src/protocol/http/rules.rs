@@ -63,7 +63,6 @@ pub struct PlainRule {
 /// `/admin/a/b`), case-insensitive (`/Admin` is not another path to every server).
 #[derive(Debug, Clone)]
 pub struct Glob {
-    pub text: String,
     matcher: GlobMatcher,
 }
 
@@ -74,10 +73,7 @@ impl Glob {
             .literal_separator(false)
             .build()?
             .compile_matcher();
-        Ok(Self {
-            text: text.to_string(),
-            matcher,
-        })
+        Ok(Self { matcher })
     }
 
     pub fn is_match(&self, s: &str) -> bool {
@@ -267,8 +263,9 @@ pub fn describe(info: &RequestInfo) -> String {
 }
 
 impl PlainRule {
-    /// Why a request with these possible methods (`None`: any) and this path sets the rule
-    /// off, if it does. `path` is `None` when it cannot be read (bad percent-encoding).
+    /// Why a request with these possible methods (`None`: any) and these spellings of its
+    /// path sets the rule off, if it does. `paths` is empty when the path cannot be read (bad
+    /// percent-encoding): it matches every `paths` list.
     fn sets_off(&self, methods: Option<&[&str]>, paths: &[&str], shown: &str) -> Option<String> {
         if let Some(wanted) = &self.methods {
             let hit = match methods {
