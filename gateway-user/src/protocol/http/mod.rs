@@ -16,6 +16,7 @@ mod kube;
 pub mod kube_pb;
 pub mod request_info;
 mod respond;
+mod rule_section;
 pub mod rules;
 mod tee;
 mod upstream;

@@ -7,7 +7,7 @@
 //! also as asciicast events ([`cast`]).
 
 mod agent;
-mod aliases;
+pub(crate) mod aliases;
 pub(crate) mod cast;
 mod channel;
 pub mod command;
