@@ -242,7 +242,7 @@ async fn held(
         Ok(Gate::Pass(r)) => return Ok(r.id),
         Ok(Gate::Refused(r)) => {
             return Err(format!(
-                "agentgate: approval required: request {} (rule \"{}\") waits for {}; once it is approved, send the identical {noun} again within {} s",
+                "agentgate: approval required: request {} (rule \"{}\") waits for {}; once it is approved, run the identical {noun} again within {} s",
                 r.id,
                 r.rule,
                 r.waits_for(),

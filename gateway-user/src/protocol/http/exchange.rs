@@ -64,6 +64,7 @@ struct Classified {
     exec: Option<Vec<String>>,
     method: String,
     path: String,
+    query: String,
     /// The verb (Kubernetes) or the method in lower case.
     class: String,
     /// `resource[.group][/subresource]`, or the path of a non-resource request.
@@ -206,8 +207,9 @@ impl<'a, C: Connect> Conn<'a, C> {
                 self.core.recorder.record(Record::Statement(rec)).await;
                 return refusal(kube, StatusCode::FORBIDDEN, &message);
             }
-            Gated::Forward { busy, .. } => busy,
+            Gated::Forward { busy, approval } => (busy, approval),
         };
+        let (busy, approval) = busy;
         let upstream_req = match self.upstream_request(live, parts, body, upgrade.as_deref()) {
             Ok(r) => r,
             Err(why) => {
@@ -223,6 +225,9 @@ impl<'a, C: Connect> Conn<'a, C> {
             }
         };
         drop(busy);
+        if let Some(id) = &approval {
+            self.core.approvals.forwarded(id, &live.gate.session);
+        }
         let response = match sent {
             Ok(fut) => fut.await,
             Err(e) => Err(e),
@@ -241,12 +246,15 @@ impl<'a, C: Connect> Conn<'a, C> {
             (Some(agent_upgrade), Some(kind))
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
             {
+                let title = exec_title(live, &self.target.name, &classified);
+                let websocket = kind == "websocket";
                 self.switch(
                     live,
                     rec,
                     response,
                     agent_upgrade,
-                    kind == "websocket",
+                    websocket,
+                    title,
                     started,
                 )
             }
@@ -263,16 +271,13 @@ impl<'a, C: Connect> Conn<'a, C> {
         mut response: Response<Incoming>,
         agent_upgrade: hyper::upgrade::OnUpgrade,
         websocket: bool,
+        title: String,
         started: Instant,
     ) -> Response<AgentBody> {
         let target_upgrade = hyper::upgrade::on(&mut response);
         let mut to_agent = Response::new(respond::full(Bytes::new()));
         *to_agent.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *to_agent.headers_mut() = response.headers().clone();
-        let title = format!(
-            "{} {}: {}",
-            live.admitted.grant.subject, self.target.name, rec.text
-        );
         let relay = super::exec::relay(
             super::exec::Stream {
                 recorder: &self.core.recorder,
@@ -354,6 +359,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             return Ok(Classified {
                 info: None,
                 exec: None,
+                query: parts.uri.query().unwrap_or("").to_string(),
                 class: method.to_ascii_lowercase(),
                 resource: path.clone(),
                 namespace: String::new(),
@@ -380,6 +386,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             r
         };
         Ok(Classified {
+            query: query.unwrap_or("").to_string(),
             class: info.verb.clone(),
             namespace: info.namespace.clone(),
             resource,
@@ -400,11 +407,15 @@ impl<'a, C: Connect> Conn<'a, C> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-            return Err(
-                "agentgate: protobuf request bodies are not read by this gateway yet; send JSON"
-                    .into(),
-            );
+        if self.kubernetes() && content_type.starts_with("application/vnd.kubernetes.protobuf") {
+            // kubectl sends built-in types as protobuf: decoded to the JSON the API server
+            // would show, so approvers, rules and the record see what it says. A body that does
+            // not decode is not forwarded.
+            let mut v = super::kube_pb::decode(body).map_err(|e| {
+                format!("agentgate: a protobuf request body the gateway cannot read: {e}")
+            })?;
+            kube::mask_secrets(&mut v, false);
+            return Ok(Some(v.to_string()));
         }
         match std::str::from_utf8(body) {
             Ok(text) => {
@@ -458,7 +469,11 @@ impl<'a, C: Connect> Conn<'a, C> {
             }
         }
         if self.kubernetes() {
-            kube::ask_for_json(&mut headers);
+            // The OpenAPI documents come in their own protobuf types, carry no Secret and
+            // are not masked: their Accept is left alone.
+            if !parts.uri.path().starts_with("/openapi/") {
+                kube::ask_for_json(&mut headers);
+            }
             if self.http.upstream_identity == UpstreamIdentity::Impersonate {
                 let g = &live.admitted.grant;
                 let who = kube::Impersonated {
@@ -650,6 +665,38 @@ impl<'a, C: Connect> Conn<'a, C> {
         self.open(live).await;
         Ok(())
     }
+}
+
+/// The recording's title: who, where, and the exec as kubectl would have been asked for it.
+fn exec_title(live: &Live<'_>, target: &str, c: &Classified) -> String {
+    let (ns, pod, sub) = c
+        .info
+        .as_ref()
+        .map(|i| {
+            (
+                i.namespace.as_str(),
+                i.name.as_str(),
+                i.subresource.as_str(),
+            )
+        })
+        .unwrap_or_default();
+    let o = request_info::exec_options(&c.query);
+    let container = if o.container.is_empty() {
+        String::new()
+    } else {
+        format!(" -c {}", o.container)
+    };
+    let flags = match (o.stdin, o.tty) {
+        (true, true) => " -it",
+        (true, false) => " -i",
+        (false, true) => " -t",
+        (false, false) => "",
+    };
+    let command = c.exec.as_deref().unwrap_or_default().join(" ");
+    format!(
+        "{} on {target}: kubectl {sub} -n {ns} {pod}{container}{flags} -- {command}",
+        live.admitted.grant.subject
+    )
 }
 
 /// A whole answer of the `secrets` resource, masked; `Err` when it cannot be read to mask.

@@ -53,25 +53,6 @@ pub fn impersonate(headers: &mut HeaderMap, who: &Impersonated<'_>) -> Result<()
     Ok(())
 }
 
-/// The `Accept` header with every protobuf media range dropped; `application/json` when none
-/// is left. The API server then answers JSON, which the gateway can mask and record.
-pub fn json_only_accept(accept: &str) -> String {
-    let kept: Vec<&str> = accept
-        .split(',')
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .filter(|r| {
-            let media = r.split(';').next().unwrap_or("").trim();
-            !media.eq_ignore_ascii_case("application/vnd.kubernetes.protobuf")
-        })
-        .collect();
-    if kept.is_empty() {
-        "application/json".into()
-    } else {
-        kept.join(",")
-    }
-}
-
 /// Rewrites the request's `Accept` to JSON only (none: left as it is, the server's default is
 /// JSON).
 pub fn ask_for_json(headers: &mut HeaderMap) {
@@ -81,7 +62,7 @@ pub fn ask_for_json(headers: &mut HeaderMap) {
         }
         return;
     };
-    let json = json_only_accept(accept);
+    let json = super::kube_pb::json_only_accept(accept);
     if let Ok(v) = HeaderValue::from_str(&json) {
         headers.insert(ACCEPT, v);
     } else {
@@ -142,20 +123,6 @@ pub fn mask_secrets(v: &mut Value, secrets: bool) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn protobuf_ranges_are_dropped_and_json_kept() {
-        assert_eq!(
-            json_only_accept("application/vnd.kubernetes.protobuf,application/json"),
-            "application/json"
-        );
-        assert_eq!(
-            json_only_accept("application/vnd.kubernetes.protobuf;stream=watch"),
-            "application/json"
-        );
-        let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-        assert_eq!(json_only_accept(table), table);
-    }
 
     #[test]
     fn secrets_are_masked_in_objects_lists_events_and_rows() {

@@ -46,13 +46,7 @@ pub fn command_rules<'p>(
         .collect()
 }
 
-/// What the command rules say about a request.
-#[derive(Debug)]
-pub enum Judgement<'p> {
-    Allowed,
-    Denied { rule: String, why: String },
-    Approval { rule: &'p Rule, why: String },
-}
+pub use crate::protocol::action_gate::Judgement;
 
 /// Whether `rule` is set off by `request`, and why.
 fn sets_off(rule: &CommandRule, request: &Request) -> Option<String> {
