@@ -645,3 +645,56 @@ fn protobuf_replies_and_strict_refusals() {
         .expect("curl");
     assert_eq!(text(&out.stdout), "401");
 }
+
+#[test]
+fn kubectl_apply_label_and_logs() {
+    let k = standin(20709);
+    let kc = k.kubeconfig("kc", &k.gateway_token.clone());
+    let manifest = k.dir.join("cm.yaml");
+    let write = |v: &str| {
+        std::fs::write(
+            &manifest,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  a: \"{v}\"\n"),
+        )
+        .expect("manifest")
+    };
+    // apply (create, then a strategic merge patch): kubectl needs /openapi/v3 for both.
+    write("1");
+    let m = manifest.to_string_lossy().to_string();
+    assert!(ok(kubectl(&k, &kc), &["apply", "-f", &m]).contains("configmap/applied created"));
+    write("2");
+    assert!(ok(kubectl(&k, &kc), &["apply", "-f", &m]).contains("configmap/applied configured"));
+    let cm = k
+        .get("", "configmaps", "default", "applied")
+        .expect("stored");
+    assert_eq!(cm["data"], json!({"a": "2"}));
+    let patch = k
+        .log
+        .entries()
+        .into_iter()
+        .find(|e| e.method == "PATCH")
+        .expect("apply's PATCH");
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/strategic-merge-patch+json")
+    );
+
+    // label: a merge patch.
+    ok(kubectl(&k, &kc), &["label", "pod", "web-0", "tier=front"]);
+    let pod = k.get("", "pods", "default", "web-0").expect("web-0");
+    assert_eq!(
+        pod["metadata"]["labels"],
+        json!({"app": "web", "tier": "front"})
+    );
+    let selected = ok(
+        kubectl(&k, &kc),
+        &["get", "pods", "-l", "tier=front", "-o", "name"],
+    );
+    assert_eq!(selected.trim(), "pod/web-0");
+
+    // pods/log: the pod's text.
+    assert_eq!(
+        ok(kubectl(&k, &kc), &["logs", "web-0"]),
+        "web-0: started\nweb-0: ready\n"
+    );
+}

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     codec::{self, BodyType, Output},
-    discovery, patch,
+    discovery, openapi, patch,
     select::Selectors,
     store::{plural_group, resource, Event, ResourceDef, Store, StoreError},
     table::{self, Include},
@@ -214,6 +214,8 @@ pub fn non_resource(req: &ApiRequest<'_>, aggregated_discovery: bool) -> Option<
         "/apis" => json_out(discovery::api_group_list()),
         "/healthz" | "/livez" | "/readyz" => Some(Reply::text(200, "text/plain", "ok")),
         "/api/v1" => json_out(discovery::resource_list("", "v1")?),
+        "/openapi/v3" => json_out(openapi::root()),
+        p if p.starts_with("/openapi/v3/") => json_out(openapi::group_version(p)?),
         p => {
             let rest = p.strip_prefix("/apis/")?;
             let (g, v) = rest.split_once('/')?;

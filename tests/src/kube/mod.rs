@@ -19,6 +19,7 @@ pub mod codec;
 pub mod discovery;
 pub mod exec;
 pub mod log;
+pub mod openapi;
 pub mod patch;
 pub mod proto;
 pub mod select;
