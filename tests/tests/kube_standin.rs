@@ -698,3 +698,25 @@ fn kubectl_apply_label_and_logs() {
         "web-0: started\nweb-0: ready\n"
     );
 }
+
+#[test]
+fn kubectl_falls_back_to_legacy_discovery() {
+    let k = standin_with(
+        20710,
+        StandinOptions {
+            aggregated_discovery: false,
+            ..StandinOptions::default()
+        },
+    );
+    let kc = k.kubeconfig("kc", &k.gateway_token.clone());
+    let out = ok(kubectl(&k, &kc), &["get", "rolebindings", "-o", "name"]);
+    assert_eq!(out.trim(), "rolebinding.rbac.authorization.k8s.io/viewers");
+    // Without aggregated discovery kubectl reads each group version's resource list.
+    let gv = k.log.matching("/apis/rbac.authorization.k8s.io/v1");
+    assert!(gv.iter().any(|e| e.path == "/apis/rbac.authorization.k8s.io/v1" && e.status == 200), "{gv:?}");
+    assert!(k
+        .log
+        .matching("/apis")
+        .iter()
+        .all(|e| e.response_content_type.as_deref() != Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")));
+}
