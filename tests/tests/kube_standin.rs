@@ -713,10 +713,15 @@ fn kubectl_falls_back_to_legacy_discovery() {
     assert_eq!(out.trim(), "rolebinding.rbac.authorization.k8s.io/viewers");
     // Without aggregated discovery kubectl reads each group version's resource list.
     let gv = k.log.matching("/apis/rbac.authorization.k8s.io/v1");
-    assert!(gv.iter().any(|e| e.path == "/apis/rbac.authorization.k8s.io/v1" && e.status == 200), "{gv:?}");
+    assert!(
+        gv.iter()
+            .any(|e| e.path == "/apis/rbac.authorization.k8s.io/v1" && e.status == 200),
+        "{gv:?}"
+    );
     assert!(k
         .log
         .matching("/apis")
         .iter()
-        .all(|e| e.response_content_type.as_deref() != Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")));
+        .all(|e| e.response_content_type.as_deref()
+            != Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")));
 }
