@@ -176,9 +176,14 @@ fn kubectl_watch_sees_an_object_created_meanwhile() {
             Err(_) => break None,
         }
     };
+    assert_eq!(k.log.active_watches(), 1);
     let _ = child.kill();
     let _ = child.wait();
     let line = found.unwrap_or_else(|| panic!("late-0 never appeared in the watch: {seen:?}"));
+    // The watch ends at the stand-in when its client goes away.
+    wait_until("the watch ended", Duration::from_secs(10), || {
+        k.log.active_watches() == 0
+    });
     assert!(line.starts_with("ADDED"), "{line}");
     let watch = k
         .log
@@ -363,6 +368,10 @@ fn kubectl_exec_streams_and_returns_the_exit_code() {
         .contains("v5.channel.k8s.io"));
     assert_eq!(up.status, 101);
     assert!(up.query.contains("command=sh"), "{}", up.query);
+    let rec = k.log.execs().pop().expect("exec record");
+    assert_eq!(rec.argv, ["sh", "-c", "echo hi; echo oops >&2; exit 3"]);
+    assert_eq!((rec.exit_code, rec.ended_by_client), (Some(3), false));
+    assert_eq!((rec.stdout_bytes, rec.stderr_bytes), (3, 5));
 
     // stdin reaches the process and its end is signalled (v5 close).
     let mut child = kubectl(&k, &kc)
@@ -388,6 +397,35 @@ fn kubectl_exec_streams_and_returns_the_exit_code() {
     let out = child.wait_with_output().expect("wait");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "HELLO STAND-IN\ndone\n");
+    assert_eq!(k.log.execs().pop().expect("record").stdin_bytes, 15);
+
+    // The client goes away mid-exec: the stand-in kills the process and says so.
+    let mut child = kubectl(&k, &kc)
+        .args(["exec", "web-0", "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl exec sleep");
+    wait_until("the sleep exec upgraded", Duration::from_secs(20), || {
+        k.log
+            .entries()
+            .iter()
+            .any(|e| e.query.contains("command=sleep") && e.status == 101)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    wait_until(
+        "the exec ended at the stand-in",
+        Duration::from_secs(10),
+        || k.log.execs().iter().any(|r| r.argv[0] == "sleep"),
+    );
+    let rec = k
+        .log
+        .execs()
+        .into_iter()
+        .find(|r| r.argv[0] == "sleep")
+        .expect("record");
+    assert!(rec.ended_by_client && rec.exit_code.is_none(), "{rec:?}");
 
     // A pod that does not exist.
     let out = run(kubectl(&k, &kc), &["exec", "nope", "--", "true"]);

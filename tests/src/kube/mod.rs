@@ -39,7 +39,7 @@ use std::{
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-pub use log::{token_fingerprint, LogEntry, RequestLog};
+pub use log::{token_fingerprint, ExecRecord, LogEntry, RequestLog};
 pub use tls::ClientCert;
 
 /// How to start a stand-in.
