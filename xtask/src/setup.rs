@@ -55,6 +55,9 @@ const APT_PACKAGES: &[&str] = &[
     // tests/tests/ssh_cast.rs: `asciinema cat` reads the .cast files `sessions export --cast`
     // writes (asciinema 2.2, Python, about 240 kB installed).
     "asciinema",
+    // tests/fixtures/kube/py_client.py: the Python `kubernetes` client, run with /usr/bin/python3
+    // by tests/tests/kube_standin.rs (the gateway's Kubernetes tests use it as a second client).
+    "python3-kubernetes",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[

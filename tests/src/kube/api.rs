@@ -12,7 +12,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     codec::{self, BodyType, Output},
-    discovery, patch,
+    discovery,
+    log::RequestLog,
+    openapi, patch,
     select::Selectors,
     store::{plural_group, resource, Event, ResourceDef, Store, StoreError},
     table::{self, Include},
@@ -214,6 +216,8 @@ pub fn non_resource(req: &ApiRequest<'_>, aggregated_discovery: bool) -> Option<
         "/apis" => json_out(discovery::api_group_list()),
         "/healthz" | "/livez" | "/readyz" => Some(Reply::text(200, "text/plain", "ok")),
         "/api/v1" => json_out(discovery::resource_list("", "v1")?),
+        "/openapi/v3" => json_out(openapi::root()),
+        p if p.starts_with("/openapi/v3/") => json_out(openapi::group_version(p)?),
         p => {
             let rest = p.strip_prefix("/apis/")?;
             let (g, v) = rest.split_once('/')?;
@@ -263,7 +267,12 @@ pub fn self_subject_access_review(req: &ApiRequest<'_>) -> Reply {
 }
 
 /// A resource request (not exec, which the server upgrades itself).
-pub fn handle(store: &Shared, req: &ApiRequest<'_>, rp: &ResourcePath<'_>) -> Reply {
+pub fn handle(
+    store: &Shared,
+    log: &RequestLog,
+    req: &ApiRequest<'_>,
+    rp: &ResourcePath<'_>,
+) -> Reply {
     let reads = req.method == "GET";
     let out = match codec::negotiate(req.accept, reads) {
         Ok(o) => o,
@@ -290,7 +299,7 @@ pub fn handle(store: &Shared, req: &ApiRequest<'_>, rp: &ResourcePath<'_>) -> Re
             Some(obj) => reply_object(out, def, obj),
             None => not_found(out, def, name),
         },
-        ("GET", None) if req.flag("watch") => watch(store, req, out, def, rp.namespace),
+        ("GET", None) if req.flag("watch") => watch(store, log, req, out, def, rp.namespace),
         ("GET", None) => list(store, req, out, def, rp.namespace),
         ("POST", None) => {
             let obj = match decode(req, out) {
@@ -541,6 +550,7 @@ fn watch_frame(out: Output, def: &ResourceDef, ev_type: &str, obj: &Value) -> By
 
 fn watch(
     store: &Shared,
+    log: &RequestLog,
     req: &ApiRequest<'_>,
     out: Output,
     def: &'static ResourceDef,
@@ -593,7 +603,9 @@ fn watch(
         .unwrap_or(1800);
     let (tx, out_rx) = mpsc::channel::<Bytes>(64);
     let ns = ns.map(str::to_string);
+    let guard = log.watch_opened();
     tokio::spawn(async move {
+        let _guard = guard;
         let mut rx = rx;
         for (t, o) in initial {
             if tx.send(watch_frame(out, def, t, &o)).await.is_err() {

@@ -22,6 +22,7 @@ use tokio::{
 
 use super::{
     api, codec,
+    log::{ExecRecord, RequestLog},
     server::{full, StandinBody, StandinResponse, State},
 };
 
@@ -102,6 +103,9 @@ pub async fn upgrade(
             .any(|(k, v)| k == name && matches!(v.as_str(), "1" | "true"))
     };
     let opts = ExecOpts {
+        namespace: ns,
+        pod,
+        log: state.log.clone(),
         argv,
         stdin: flag("stdin"),
         stdout: flag("stdout"),
@@ -138,6 +142,9 @@ pub async fn upgrade(
 }
 
 struct ExecOpts {
+    namespace: String,
+    pod: String,
+    log: RequestLog,
     argv: Vec<String>,
     stdin: bool,
     stdout: bool,
@@ -197,14 +204,17 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<(bool, u8, Vec<u8
     Some((fin, opcode, payload))
 }
 
-async fn pump<R: AsyncRead + Unpin>(mut r: R, channel: u8, tx: mpsc::Sender<Vec<u8>>) {
+/// Copy a process's output to its channel; the number of bytes read.
+async fn pump<R: AsyncRead + Unpin>(mut r: R, channel: u8, tx: mpsc::Sender<Vec<u8>>) -> u64 {
     let mut buf = BytesMut::zeroed(32 << 10);
+    let mut total = 0u64;
     loop {
         match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return total,
             Ok(n) => {
+                total += n as u64;
                 if tx.send(channel_frame(channel, &buf[..n])).await.is_err() {
-                    return;
+                    return total;
                 }
             }
         }
@@ -269,6 +279,16 @@ where
         })
         .kill_on_drop(true)
         .spawn();
+    let mut record = ExecRecord {
+        namespace: opts.namespace.clone(),
+        pod: opts.pod.clone(),
+        argv: opts.argv.clone(),
+        exit_code: None,
+        ended_by_client: false,
+        stdin_bytes: 0,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+    };
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -281,22 +301,26 @@ where
             let _ = tx.send(frame(8, &1000u16.to_be_bytes())).await;
             drop(tx);
             let _ = writer.await;
+            opts.log.push_exec(record);
             return;
         }
     };
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(out, 1, tx.clone())));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(err, 2, tx.clone())));
-    }
+    let stdout_pump = child
+        .stdout
+        .take()
+        .map(|out| tokio::spawn(pump(out, 1, tx.clone())));
+    let stderr_pump = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(pump(err, 2, tx.clone())));
     let mut stdin = child.stdin.take();
     let v5 = opts.v5;
     let ctl_tx = tx.clone();
-    // Client frames: stdin, close signals, resize, ping, close.
-    let reader = tokio::spawn(async move {
+    // Client frames: stdin, close signals, resize, ping, close. Returns the stdin byte count
+    // when the client's side ends.
+    let mut reader = tokio::spawn(async move {
         let mut partial: Vec<u8> = Vec::new();
+        let mut stdin_bytes = 0u64;
         while let Some((fin, opcode, payload)) = read_frame(&mut rd).await {
             let msg = match opcode {
                 0..=2 => {
@@ -306,7 +330,7 @@ where
                     }
                     std::mem::take(&mut partial)
                 }
-                8 => return,
+                8 => break,
                 9 => {
                     let _ = ctl_tx.send(frame(10, &payload)).await;
                     continue;
@@ -315,6 +339,7 @@ where
             };
             match msg.split_first() {
                 Some((0, data)) => {
+                    stdin_bytes += data.len() as u64;
                     if let Some(s) = stdin.as_mut() {
                         if s.write_all(data).await.is_err() {
                             stdin = None;
@@ -328,18 +353,40 @@ where
                 _ => {}
             }
         }
+        stdin_bytes
     });
-    let status = child.wait().await;
-    for p in pumps {
-        let _ = p.await;
+    // The process ends, or the client goes away first (then the process is killed: a test
+    // that cuts an exec short must not leave it running).
+    let status = tokio::select! {
+        s = child.wait() => s,
+        n = &mut reader => {
+            record.stdin_bytes = n.unwrap_or(0);
+            record.ended_by_client = true;
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    if let Some(p) = stdout_pump {
+        record.stdout_bytes = p.await.unwrap_or(0);
+    }
+    if let Some(p) = stderr_pump {
+        record.stderr_bytes = p.await.unwrap_or(0);
     }
     let (code, err) = match status {
         Ok(s) => (s.code(), None),
         Err(e) => (None, Some(format!("wait: {e}"))),
     };
-    let _ = tx.send(channel_frame(3, &exit_status(code, err))).await;
-    let _ = tx.send(frame(8, &1000u16.to_be_bytes())).await;
+    record.exit_code = code;
+    if !record.ended_by_client {
+        let _ = tx.send(channel_frame(3, &exit_status(code, err))).await;
+        let _ = tx.send(frame(8, &1000u16.to_be_bytes())).await;
+        // The client answers our close; its stdin count is final by then (or give up soon).
+        match tokio::time::timeout(std::time::Duration::from_secs(2), &mut reader).await {
+            Ok(n) => record.stdin_bytes = n.unwrap_or(0),
+            Err(_) => reader.abort(),
+        }
+    }
     drop(tx);
-    reader.abort();
     let _ = writer.await;
+    opts.log.push_exec(record);
 }

@@ -7,7 +7,10 @@ use std::{
     fs::File,
     io::Write,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use serde::Serialize;
@@ -68,16 +71,43 @@ impl LogEntry {
     }
 }
 
+/// One exec session as the stand-in ran it (recorded when it ends).
+#[derive(Clone, Debug, Serialize)]
+pub struct ExecRecord {
+    pub namespace: String,
+    pub pod: String,
+    pub argv: Vec<String>,
+    /// The process's exit code (`None`: killed by a signal, or it could not start).
+    pub exit_code: Option<i32>,
+    /// The client's side of the WebSocket ended (close frame or EOF) before the process did;
+    /// the stand-in then kills the process.
+    pub ended_by_client: bool,
+    pub stdin_bytes: u64,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
 /// The shared log. Cloning shares it.
 #[derive(Clone, Default)]
 pub struct RequestLog {
     inner: Arc<Mutex<LogInner>>,
+    watches: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
 struct LogInner {
     entries: Vec<LogEntry>,
+    execs: Vec<ExecRecord>,
     file: Option<File>,
+}
+
+/// Counts a watch as open while it lives.
+pub struct WatchGuard(Arc<AtomicUsize>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl RequestLog {
@@ -89,8 +119,10 @@ impl RequestLog {
         Ok(Self {
             inner: Arc::new(Mutex::new(LogInner {
                 entries: Vec::new(),
+                execs: Vec::new(),
                 file,
             })),
+            watches: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -108,6 +140,25 @@ impl RequestLog {
             }
         }
         inner.entries.push(entry);
+    }
+
+    pub(crate) fn push_exec(&self, rec: ExecRecord) {
+        self.lock().execs.push(rec);
+    }
+
+    /// The exec sessions that ended so far.
+    pub fn execs(&self) -> Vec<ExecRecord> {
+        self.lock().execs.clone()
+    }
+
+    pub(crate) fn watch_opened(&self) -> WatchGuard {
+        self.watches.fetch_add(1, Ordering::SeqCst);
+        WatchGuard(self.watches.clone())
+    }
+
+    /// Watches being streamed right now (one ends when its client goes away or it times out).
+    pub fn active_watches(&self) -> usize {
+        self.watches.load(Ordering::SeqCst)
     }
 
     /// A copy of every entry so far.
@@ -143,6 +194,8 @@ impl RequestLog {
     }
 
     pub fn clear(&self) {
-        self.lock().entries.clear();
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.execs.clear();
     }
 }

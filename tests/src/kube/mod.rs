@@ -19,6 +19,7 @@ pub mod codec;
 pub mod discovery;
 pub mod exec;
 pub mod log;
+pub mod openapi;
 pub mod patch;
 pub mod proto;
 pub mod select;
@@ -38,7 +39,7 @@ use std::{
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-pub use log::{token_fingerprint, LogEntry, RequestLog};
+pub use log::{token_fingerprint, ExecRecord, LogEntry, RequestLog};
 pub use tls::ClientCert;
 
 /// How to start a stand-in.

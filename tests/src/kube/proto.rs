@@ -629,15 +629,47 @@ fn role_ref_json(r: &Option<rbac::RoleRef>) -> Option<Value> {
     })
 }
 
-/// A protobuf request body (magic + envelope) as the JSON object it stands for.
+/// A protobuf object (magic + envelope: a request body or an answer) as the JSON object it
+/// stands for. Lists and Status too, so tests can read what the server or a gateway answered.
 pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
     let rest = body.strip_prefix(MAGIC).ok_or(ProtoError::NoMagic)?;
     let unknown = Unknown::decode(rest)?;
     let tm = unknown.type_meta.unwrap_or_default();
     let kind = tm.kind.unwrap_or_default();
     let raw = unknown.raw.ok_or(ProtoError::Empty)?;
-    let raw = raw.as_slice();
-    Ok(match kind.as_str() {
+    decode_raw(&kind, &raw)
+}
+
+fn list_json(
+    kind: &str,
+    api_version: &str,
+    m: &Option<meta::ListMeta>,
+    items: Vec<Value>,
+) -> Value {
+    let meta = m.as_ref().map(|m| {
+        Obj::default()
+            .s("resourceVersion", &m.resource_version)
+            .s("continue", &m.r#continue)
+            .done()
+    });
+    json!({"kind": kind, "apiVersion": api_version, "metadata": meta.unwrap_or(json!({})), "items": items})
+}
+
+macro_rules! decode_list {
+    ($raw:expr, $list:ident, $kind:expr, $av:expr, $item_kind:expr) => {{
+        let l = $list::decode($raw)?;
+        let items = l
+            .items
+            .iter()
+            .map(|i| decode_raw($item_kind, &i.encode_to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        list_json($kind, $av, &l.metadata, items)
+    }};
+}
+
+/// The message of `kind` as JSON.
+fn decode_raw(kind: &str, raw: &[u8]) -> Result<Value, ProtoError> {
+    Ok(match kind {
         "Pod" => pod_json(&core::Pod::decode(raw)?),
         "Namespace" => {
             let n = core::Namespace::decode(raw)?;
@@ -720,6 +752,57 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
                 ),
             )
             .done()
+        }
+        "PodList" => decode_list!(raw, PodList, "PodList", "v1", "Pod"),
+        "NamespaceList" => decode_list!(raw, NamespaceList, "NamespaceList", "v1", "Namespace"),
+        "SecretList" => decode_list!(raw, SecretList, "SecretList", "v1", "Secret"),
+        "ConfigMapList" => decode_list!(raw, ConfigMapList, "ConfigMapList", "v1", "ConfigMap"),
+        "RoleBindingList" => decode_list!(
+            raw,
+            RoleBindingList,
+            "RoleBindingList",
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding"
+        ),
+        "ClusterRoleBindingList" => decode_list!(
+            raw,
+            ClusterRoleBindingList,
+            "ClusterRoleBindingList",
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding"
+        ),
+        "Status" => {
+            let s = meta::Status::decode(raw)?;
+            let details = s.details.map(|d| {
+                Obj::default()
+                    .s("name", &d.name)
+                    .s("group", &d.group)
+                    .s("kind", &d.kind)
+                    .arr(
+                        "causes",
+                        d.causes
+                            .iter()
+                            .map(|c| {
+                                Obj::default()
+                                    .s("reason", &c.reason)
+                                    .s("message", &c.message)
+                                    .s("field", &c.field)
+                                    .done()
+                            })
+                            .collect(),
+                    )
+                    .done()
+            });
+            Obj::default()
+                .v("kind", Some(json!("Status")))
+                .v("apiVersion", Some(json!("v1")))
+                .v("metadata", Some(json!({})))
+                .s("status", &s.status)
+                .s("message", &s.message)
+                .s("reason", &s.reason)
+                .i("code", s.code.map(i64::from))
+                .v("details", details)
+                .done()
         }
         other => return Err(ProtoError::Unsupported(other.to_string())),
     })

@@ -371,7 +371,7 @@ async fn dispatch(
                 "pods/exec needs an upgrade to WebSocket (v5.channel.k8s.io or v4.channel.k8s.io)",
             )
         } else {
-            api::handle(&state.store, &areq, &rp)
+            api::handle(&state.store, &state.log, &areq, &rp)
         }
     } else {
         Reply::status(
