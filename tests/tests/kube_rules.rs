@@ -67,12 +67,23 @@ fn spawn_kubectl(s: &Setup, kc: &std::path::Path, args: &[&str]) -> Child {
 fn a_denied_delete_never_reaches_the_api_server() {
     let s = setup("kube-deny", 20830, 20831, RULES);
     let kc = kubeconfig(&s, "agent", &token("agent-kr-1"));
-    let out = kubectl(&s, &kc, &["delete", "pod", "web-0", "-n", "default", "--wait=false"]);
+    let out = kubectl(
+        &s,
+        &kc,
+        &["delete", "pod", "web-0", "-n", "default", "--wait=false"],
+    );
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Forbidden"), "{}", text(&out));
-    assert!(err.contains("refused by rule \"no-pod-deletes\""), "{}", text(&out));
-    assert!(s.standin.get("", "pods", "default", "web-0").is_some(), "the pod was deleted");
+    assert!(
+        err.contains("refused by rule \"no-pod-deletes\""),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.standin.get("", "pods", "default", "web-0").is_some(),
+        "the pod was deleted"
+    );
     assert!(
         s.standin.log.entries().iter().all(|e| e.method != "DELETE"),
         "a DELETE reached the API server"
@@ -81,7 +92,13 @@ fn a_denied_delete_never_reaches_the_api_server() {
         r.iter().any(|x| x[1] == "denied")
     });
     let denied = rec.iter().find(|x| x[1] == "denied").expect("denied");
-    assert!(denied[0].as_str().unwrap_or("").starts_with("DELETE /api/v1/namespaces/default/pods/web-0"), "{denied:?}");
+    assert!(
+        denied[0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("DELETE /api/v1/namespaces/default/pods/web-0"),
+        "{denied:?}"
+    );
     assert_eq!(denied[2], "delete");
     // Reads are not touched by the rule.
     let out = kubectl(&s, &kc, &["get", "pod", "web-0", "-n", "default"]);
@@ -97,33 +114,84 @@ fn rbac_changes_wait_for_people() {
     let child = spawn_kubectl(
         &s,
         &kc,
-        &["create", "rolebinding", "ci-view", "--clusterrole=view", "--user=alice", "-n", "default"],
+        &[
+            "create",
+            "rolebinding",
+            "ci-view",
+            "--clusterrole=view",
+            "--user=alice",
+            "-n",
+            "default",
+        ],
     );
-    wait_until("the request pending", Duration::from_secs(20), || pending(&s).len() == 1);
+    wait_until("the request pending", Duration::from_secs(20), || {
+        pending(&s).len() == 1
+    });
     let req = pending(&s).remove(0);
     assert_eq!(req["protocol"], "kubernetes", "{req}");
     assert_eq!(req["database"], "default", "the namespace: {req}");
     assert_eq!(req["class"], "create", "{req}");
     let shown = req["statement"].as_str().unwrap_or("");
-    assert!(shown.starts_with("POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings"), "{req}");
+    assert!(
+        shown
+            .starts_with("POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings"),
+        "{req}"
+    );
     // The protobuf body, decoded for the approver.
-    assert!(shown.contains("\"roleRef\"") && shown.contains("\"view\"") && shown.contains("alice"), "{req}");
-    assert!(s.standin.get("rbac.authorization.k8s.io", "rolebindings", "default", "ci-view").is_none());
+    assert!(
+        shown.contains("\"roleRef\"") && shown.contains("\"view\"") && shown.contains("alice"),
+        "{req}"
+    );
+    assert!(s
+        .standin
+        .get(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "default",
+            "ci-view"
+        )
+        .is_none());
     let id = req["id"].as_str().unwrap_or_default().to_string();
     let ok = approvals(&s, &["approve", &id]);
     assert!(ok.status.success(), "{}", text(&ok));
     let out = child.wait_with_output().expect("kubectl ends");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(s.standin.get("rbac.authorization.k8s.io", "rolebindings", "default", "ci-view").is_some());
+    assert!(s
+        .standin
+        .get(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "default",
+            "ci-view"
+        )
+        .is_some());
 
     let child = spawn_kubectl(
         &s,
         &kc,
-        &["create", "rolebinding", "ci-admin", "--clusterrole=admin", "--user=mallory", "-n", "default"],
+        &[
+            "create",
+            "rolebinding",
+            "ci-admin",
+            "--clusterrole=admin",
+            "--user=mallory",
+            "-n",
+            "default",
+        ],
     );
-    wait_until("the second request pending", Duration::from_secs(20), || pending(&s).len() == 1);
-    let id2 = pending(&s)[0]["id"].as_str().unwrap_or_default().to_string();
-    let no = approvals(&s, &["deny", &id2, "--reason", "no admin bindings for agents"]);
+    wait_until(
+        "the second request pending",
+        Duration::from_secs(20),
+        || pending(&s).len() == 1,
+    );
+    let id2 = pending(&s)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let no = approvals(
+        &s,
+        &["deny", &id2, "--reason", "no admin bindings for agents"],
+    );
     assert!(no.status.success(), "{}", text(&no));
     let out = child.wait_with_output().expect("kubectl ends");
     assert!(!out.status.success(), "{}", text(&out));
@@ -132,11 +200,23 @@ fn rbac_changes_wait_for_people() {
         "{}",
         text(&out)
     );
-    assert!(s.standin.get("rbac.authorization.k8s.io", "rolebindings", "default", "ci-admin").is_none());
+    assert!(s
+        .standin
+        .get(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "default",
+            "ci-admin"
+        )
+        .is_none());
     let rec = wait_for_record(&s.gw, "both decisions on record", |r| {
         r.iter().filter(|x| x[2] == "create").count() >= 2
     });
-    let decisions: Vec<&Value> = rec.iter().filter(|x| x[2] == "create").map(|x| &x[1]).collect();
+    let decisions: Vec<&Value> = rec
+        .iter()
+        .filter(|x| x[2] == "create")
+        .map(|x| &x[1])
+        .collect();
     assert_eq!(decisions, vec!["approved", "denied"], "{rec:?}");
 }
 
@@ -146,7 +226,19 @@ fn rbac_changes_wait_for_people() {
 fn exec_is_judged_by_its_command() {
     let s = setup("kube-exec-rule", 20834, 20835, RULES);
     let kc = kubeconfig(&s, "agent", &token("agent-kr-3"));
-    let out = kubectl(&s, &kc, &["exec", "-n", "default", "web-0", "--", "echo", "allowed-output"]);
+    let out = kubectl(
+        &s,
+        &kc,
+        &[
+            "exec",
+            "-n",
+            "default",
+            "web-0",
+            "--",
+            "echo",
+            "allowed-output",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("allowed-output"));
     assert!(pending(&s).is_empty());
@@ -158,8 +250,13 @@ fn exec_is_judged_by_its_command() {
         let mut full = vec!["exec", "-n", "default", "web-0"];
         full.extend(args.iter().copied());
         let child = spawn_kubectl(&s, &kc, &full);
-        wait_until("the exec held", Duration::from_secs(20), || pending(&s).len() == 1);
-        let id = pending(&s)[0]["id"].as_str().unwrap_or_default().to_string();
+        wait_until("the exec held", Duration::from_secs(20), || {
+            pending(&s).len() == 1
+        });
+        let id = pending(&s)[0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let no = approvals(&s, &["deny", &id, "--reason", "read the logs instead"]);
         assert!(no.status.success(), "{}", text(&no));
         let out = child.wait_with_output().expect("kubectl ends");
@@ -171,7 +268,11 @@ fn exec_is_judged_by_its_command() {
         );
     }
     let ran: Vec<Vec<String>> = s.standin.log.execs().into_iter().map(|e| e.argv).collect();
-    assert_eq!(ran, vec![vec!["echo".to_string(), "allowed-output".to_string()]], "{ran:?}");
+    assert_eq!(
+        ran,
+        vec![vec!["echo".to_string(), "allowed-output".to_string()]],
+        "{ran:?}"
+    );
 }
 
 /// `agentgate revoke` ends a running watch at once, and the agent's next request is refused.
@@ -184,7 +285,13 @@ fn revoke_ends_a_watch() {
         s.standin.log.active_watches() == 1
     });
     let revoked = Command::new(agentgate_bin())
-        .args(["revoke", "--identity", "agent-kr-4", "--reason", "contractor left"])
+        .args([
+            "revoke",
+            "--identity",
+            "agent-kr-4",
+            "--reason",
+            "contractor left",
+        ])
         .arg("--admin-socket")
         .arg(s.gw.admin_socket())
         .output()
@@ -192,7 +299,10 @@ fn revoke_ends_a_watch() {
     assert!(revoked.status.success(), "{}", text(&revoked));
     let t0 = Instant::now();
     let out = child.wait_with_output().expect("kubectl ends");
-    assert!(t0.elapsed() < Duration::from_secs(10), "the watch outlived the revocation");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the watch outlived the revocation"
+    );
     wait_until("the watch closed upstream", Duration::from_secs(10), || {
         s.standin.log.active_watches() == 0
     });
@@ -204,7 +314,9 @@ fn revoke_ends_a_watch() {
         "SELECT json_extract(body, '$.ended_by') FROM audit_log WHERE kind = 'session_close'",
     );
     assert!(
-        closes.iter().any(|c| c[0].as_str().unwrap_or("").contains("contractor left")),
+        closes
+            .iter()
+            .any(|c| c[0].as_str().unwrap_or("").contains("contractor left")),
         "{closes:?}"
     );
 }
@@ -217,18 +329,26 @@ fn expiry_ends_an_exec() {
     let short = mint("agent-kr-5", &["agents"], now(), now() + 6);
     let kc = kubeconfig(&s, "agent", &short);
     let t0 = Instant::now();
-    let out = kubectl(&s, &kc, &["exec", "-n", "default", "web-0", "--", "sleep", "60"]);
-    assert!(t0.elapsed() < Duration::from_secs(20), "the exec outlived the token");
+    let out = kubectl(
+        &s,
+        &kc,
+        &["exec", "-n", "default", "web-0", "--", "sleep", "60"],
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the exec outlived the token"
+    );
     assert!(!out.status.success(), "{}", text(&out));
     wait_until("the exec ended upstream", Duration::from_secs(10), || {
-        s.standin.log.execs().iter().any(|e| e.argv.first().map(String::as_str) == Some("sleep"))
+        s.standin
+            .log
+            .execs()
+            .iter()
+            .any(|e| e.argv.first().map(String::as_str) == Some("sleep"))
     });
     let closes = record_query(
         &s.gw.record_db(),
         "SELECT json_extract(body, '$.ended_by') FROM audit_log WHERE kind = 'session_close'",
     );
-    assert!(
-        closes.iter().any(|c| c[0] == "token expired"),
-        "{closes:?}"
-    );
+    assert!(closes.iter().any(|c| c[0] == "token expired"), "{closes:?}");
 }

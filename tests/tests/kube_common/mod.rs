@@ -134,7 +134,11 @@ pub fn requests(gw: &Gateway) -> Vec<Vec<Value>> {
     )
 }
 
-pub fn wait_for_record(gw: &Gateway, what: &str, f: impl Fn(&[Vec<Value>]) -> bool) -> Vec<Vec<Value>> {
+pub fn wait_for_record(
+    gw: &Gateway,
+    what: &str,
+    f: impl Fn(&[Vec<Value>]) -> bool,
+) -> Vec<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = requests(gw);
@@ -145,4 +149,3 @@ pub fn wait_for_record(gw: &Gateway, what: &str, f: impl Fn(&[Vec<Value>]) -> bo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-

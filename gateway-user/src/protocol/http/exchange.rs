@@ -15,7 +15,7 @@ use hyper::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    kube, request_info,
+    kube, recent, request_info,
     respond::{self, closing, refusal, AgentBody},
     rules::{self, HttpAction},
     tee::Tee,
@@ -193,6 +193,32 @@ impl<'a, C: Connect> Conn<'a, C> {
             },
         };
         let target = self.target.name.as_str();
+        // An exec refused just now (kubectl's SPDY retry of a refused WebSocket exec) is
+        // refused again with the same answer, not put to people twice.
+        let exec_key = classified.exec.as_ref().map(|command| {
+            let info = classified.info.as_ref();
+            let pod = info.map(|i| i.name.as_str()).unwrap_or("");
+            let sub = info.map(|i| i.subresource.as_str()).unwrap_or("");
+            let container = request_info::exec_options(&classified.query).container;
+            let mut parts = vec![
+                g.issuer.as_str(),
+                g.subject.as_str(),
+                g.workload.as_str(),
+                target,
+                classified.namespace.as_str(),
+                pod,
+                sub,
+                container.as_str(),
+            ];
+            parts.extend(command.iter().map(String::as_str));
+            recent::key(&parts)
+        });
+        if let Some(message) = exec_key.as_ref().and_then(|k| self.handler.recent.get(k)) {
+            let rule = "(refused just now)";
+            return self
+                .refused(rec, rule, StatusCode::FORBIDDEN, &message)
+                .await;
+        }
         let gated = action_gate::pass(
             &live.gate,
             |p| rules::judge(p, &who, target, &action),
@@ -203,6 +229,9 @@ impl<'a, C: Connect> Conn<'a, C> {
         .await;
         let busy = match gated {
             Gated::Refused { message } => {
+                if let Some(k) = exec_key {
+                    self.handler.recent.remember(k, &message);
+                }
                 self.denied.fetch_add(1, Ordering::Relaxed);
                 self.core.recorder.record(Record::Statement(rec)).await;
                 return refusal(kube, StatusCode::FORBIDDEN, &message);

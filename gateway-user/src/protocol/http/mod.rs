@@ -14,6 +14,7 @@ mod exchange;
 mod exec;
 mod kube;
 pub mod kube_pb;
+mod recent;
 pub mod request_info;
 mod respond;
 mod rule_section;
@@ -56,6 +57,8 @@ use crate::{
 #[derive(Default)]
 pub struct HttpHandler {
     leaves: certs::Leaves,
+    /// Exec refusals, shared by every connection (kubectl's SPDY retry comes on a new one).
+    recent: recent::RecentRefusals,
 }
 
 impl<C: Connect> ProtocolHandler<C> for HttpHandler {
@@ -88,6 +91,7 @@ struct Live<'a> {
 /// One agent connection.
 struct Conn<'a, C> {
     core: &'a Proxy<C>,
+    handler: &'a HttpHandler,
     http: HttpTarget,
     target: Target,
     id: u64,
@@ -158,6 +162,7 @@ async fn serve<C: Connect>(
     };
     let conn = Conn {
         core,
+        handler,
         http,
         target,
         id,
