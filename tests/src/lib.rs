@@ -972,6 +972,23 @@ pub fn mint_with_key(key_pem: &[u8], sub: &str, groups: &[&str], iat: u64, exp: 
     jsonwebtoken::encode(&header, &claims, &key).expect("sign test token")
 }
 
+/// Like `mint`, with `extra` claims merged in (a service-account token's `kubernetes.io`).
+pub fn mint_with_claims(sub: &str, groups: &[&str], iat: u64, exp: u64, extra: &Value) -> String {
+    let key = std::fs::read(fixtures().join("test-signing-key.pem")).expect("test signing key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&key).expect("RSA PEM");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    let mut claims = serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "groups": groups, "iat": iat, "exp": exp,
+    });
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign test token")
+}
+
 /// A token file for a workload (host path, which is also the path inside host-mode and
 /// netns-only workloads). Removed on drop.
 pub struct TokenFile {

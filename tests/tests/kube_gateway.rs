@@ -309,3 +309,76 @@ fn exec_streams_are_relayed_and_recorded() {
         text(&replay)
     );
 }
+
+/// A pod's service-account token works only from that pod: replayed from another pod, or from
+/// outside any pod, it is refused before anything reaches the API server.
+#[test]
+fn a_stolen_service_account_token_is_refused() {
+    let s = setup("kube-stolen", 20828, 20829, "");
+    let uid_a = "5f2b7c1e-9a4d-4e2b-8c3f-1a2b3c4d5e6f";
+    let uid_b = "0b1c2d3e-4f50-4a6b-8c7d-8e9fa0b1c2d3";
+    let anchor = s
+        .agent
+        .rel
+        .rsplit_once('/')
+        .map(|(a, _)| a.to_string())
+        .unwrap_or_default();
+    // Pod cgroups as the systemd driver names them, under the workload's glob (`job-*`).
+    let pod_cgroup = |uid: &str| {
+        agentgate_tests::Cgroup::create(&format!(
+            "{anchor}/job-kubepods-besteffort-pod{}.slice",
+            uid.replace('-', "_")
+        ))
+    };
+    let pod_a = pod_cgroup(uid_a);
+    let pod_b = pod_cgroup(uid_b);
+    s.gw.wait_classified(&pod_a.rel);
+    s.gw.wait_classified(&pod_b.rel);
+    let sa_token = agentgate_tests::mint_with_claims(
+        "system:serviceaccount:ci:agent",
+        &["agents"],
+        agentgate_tests::now(),
+        agentgate_tests::now() + 600,
+        &serde_json::json!({"kubernetes.io": {"namespace": "ci",
+            "pod": {"name": "job-a", "uid": uid_a},
+            "serviceaccount": {"name": "agent", "uid": "3f9e8d7c-6b5a-4948-8776-655443322110"}}}),
+    );
+    let kc = kubeconfig(&s, "sa", &sa_token);
+    let run_in = |cg: &agentgate_tests::Cgroup| {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&kc)
+            .arg("--cache-dir")
+            .arg(s.dir.join(format!("cache-{}", cg.id())))
+            .args(["get", "pods", "-n", "default", "--request-timeout=20s"])
+            .env("HOME", &s.dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        place(&mut cmd, Some(cg), None);
+        cmd.output().expect("kubectl")
+    };
+    let own = run_in(&pod_a);
+    assert!(own.status.success(), "from its own pod: {}", text(&own));
+    let before = s.standin.log.len();
+    let elsewhere = run_in(&pod_b);
+    assert!(!elsewhere.status.success(), "{}", text(&elsewhere));
+    let outside = run_in(&s.agent);
+    assert!(!outside.status.success(), "{}", text(&outside));
+    assert_eq!(
+        s.standin.log.len(),
+        before,
+        "a stolen token's request reached the API server"
+    );
+    let refusals: Vec<Value> =
+        s.gw.events()
+            .into_iter()
+            .filter(|e| e["event"] == "refused" && e["code"] == "token_elsewhere")
+            .collect();
+    assert!(refusals.len() >= 2, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or("").contains(uid_b)),
+        "{refusals:?}"
+    );
+}

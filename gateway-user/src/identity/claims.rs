@@ -147,6 +147,30 @@ pub(crate) fn validate(
         }
     };
 
+    // A projected service-account token names its pod; a token whose claim is there but not
+    // as Kubernetes writes it is refused (it cannot be bound to a pod).
+    let pod_uid = match claims.get("kubernetes.io") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(k)) => match k.get("pod") {
+            None | Some(Value::Null) => None,
+            Some(pod) => match pod.get("uid") {
+                Some(Value::String(uid)) if !uid.is_empty() => Some(uid.clone()),
+                _ => {
+                    return Err(TokenError::InvalidClaim {
+                        claim: "kubernetes.io".into(),
+                        problem: ClaimProblem::NotPodClaim,
+                    })
+                }
+            },
+        },
+        Some(_) => {
+            return Err(TokenError::InvalidClaim {
+                claim: "kubernetes.io".into(),
+                problem: ClaimProblem::NotPodClaim,
+            })
+        }
+    };
+
     Ok(Principal {
         provider: cfg.name.clone(),
         issuer: cfg.issuer.clone(),
@@ -154,5 +178,6 @@ pub(crate) fn validate(
         groups,
         // exp > now - skew here, and now is after the epoch, so exp is not very negative.
         expires_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)),
+        pod_uid,
     })
 }

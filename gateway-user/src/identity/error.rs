@@ -125,6 +125,8 @@ pub enum ClaimProblem {
     NotStringOrArray,
     #[error("not a string")]
     NotString,
+    #[error("not an object with `pod.uid` a string")]
+    NotPodClaim,
 }
 
 /// Algorithm names as the agent may read them: printable ASCII, short.
@@ -223,6 +225,9 @@ impl TokenError {
                     format!("the token's {claim} claim is not a string or an array of strings")
                 }
                 ClaimProblem::NotString => format!("the token's {claim} claim is not a string"),
+                ClaimProblem::NotPodClaim => {
+                    format!("the token's {claim} claim does not name its pod as Kubernetes does")
+                }
             },
             TokenError::Expired { .. } => "the token has expired".into(),
             TokenError::NotYetValid { .. } => "the token is not valid yet (nbf)".into(),

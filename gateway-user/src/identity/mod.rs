@@ -71,4 +71,7 @@ pub struct Principal {
     pub subject: String,
     pub groups: Vec<String>,
     pub expires_at: SystemTime,
+    /// A Kubernetes projected service-account token's pod (`kubernetes.io.pod.uid`): the token
+    /// is good only from that pod (`proxy::pod_binding`).
+    pub pod_uid: Option<String>,
 }

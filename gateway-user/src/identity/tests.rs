@@ -177,6 +177,7 @@ async fn identity_accepts_valid_rs256_with_groups() {
             subject: "alice@example.test".into(),
             groups: vec!["dba".into(), "dev".into()],
             expires_at: UNIX_EPOCH + Duration::from_secs(c["exp"].as_u64().unwrap()),
+            pod_uid: None,
         }
     );
 }
@@ -992,4 +993,43 @@ async fn identity_plain_http_to_loopback() {
     let v = uncaptured(Verifier::new(vec![provider("corp", ISS, JwksSource::Url(url))]).unwrap());
     v.verify(&k1.sign(&claims())).await.unwrap();
     assert_eq!(server.jwks_hits(), 1);
+}
+
+/// A projected service-account token names its pod; the principal carries it (for
+/// `proxy::pod_binding`). A `kubernetes.io` claim that does not name the pod as Kubernetes does
+/// is refused rather than read as "no pod".
+#[tokio::test]
+async fn identity_reads_the_pod_of_a_service_account_token() {
+    let f = file_fixture();
+    let uid = "5f2b7c1e-9a4d-4e2b-8c3f-1a2b3c4d5e6f";
+    let c = with(
+        claims(),
+        "kubernetes.io",
+        json!({"namespace": "ci", "pod": {"name": "job-7", "uid": uid}, "serviceaccount": {"name": "agent", "uid": "x"}}),
+    );
+    let p = f.verifier.verify(&f.rsa.sign(&c)).await.unwrap();
+    assert_eq!(p.pod_uid.as_deref(), Some(uid));
+    // A service-account token of no pod (a TokenRequest without a bound object) is unbound.
+    let c = with(
+        claims(),
+        "kubernetes.io",
+        json!({"namespace": "ci", "serviceaccount": {"name": "agent"}}),
+    );
+    assert_eq!(
+        f.verifier.verify(&f.rsa.sign(&c)).await.unwrap().pod_uid,
+        None
+    );
+    for bad in [
+        json!("pod"),
+        json!({"pod": {"uid": 7}}),
+        json!({"pod": {"name": "x"}}),
+        json!({"pod": {"uid": ""}}),
+    ] {
+        let c = with(claims(), "kubernetes.io", bad.clone());
+        let e = f.verifier.verify(&f.rsa.sign(&c)).await.unwrap_err();
+        assert!(
+            matches!(e, TokenError::InvalidClaim { ref claim, .. } if claim == "kubernetes.io"),
+            "{bad}: {e:?}"
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub(crate) mod authorize;
 pub mod facts;
 mod limits;
 pub mod memory;
+mod pod_binding;
 pub mod revocations;
 mod sessions;
 #[cfg(test)]
@@ -431,6 +432,15 @@ impl<C: Connect> Proxy<C> {
             authorize::authorize(&policy, &self.verifiers, &workload, &target, token, login)
                 .await?;
         let p = allowed.principal;
+        if let Err(why) = pod_binding::check(p.pod_uid.as_deref(), &cgroup) {
+            return Err(Refusal {
+                code: "token_elsewhere",
+                message: why,
+                rule: None,
+                principal: Some(Box::new(p)),
+                token: None,
+            });
+        }
         if let Some(r) = self.revocations.find(&p.issuer, &p.subject, &workload.name) {
             return Err(Refusal {
                 code: "revoked",
