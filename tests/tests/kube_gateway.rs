@@ -382,3 +382,106 @@ fn a_stolen_service_account_token_is_refused() {
         "{refusals:?}"
     );
 }
+
+/// The detector rules apply to every answer: ConfigMap values, pod logs, watch events.
+#[test]
+fn detectors_mask_configmaps_logs_and_watches() {
+    let rules = "  - name: mask-pii\n    targets: [cluster-api]\n    mask: {detectors: [email, payment_card]}\n";
+    let s = setup("kube-detect", 20840, 20841, rules);
+    let kc = kubeconfig(&s, "agent", &token("agent-kube-6"));
+    s.standin
+        .create(
+            "",
+            "configmaps",
+            "default",
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "contacts", "namespace": "default"},
+                "data": {"oncall": "pager ops-lead@example.com now"}}),
+        )
+        .expect("configmap");
+    s.standin
+        .create(
+            "",
+            "pods",
+            "default",
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "billing-0", "namespace": "default",
+                    "annotations": {"standin.agentgate.dev/log":
+                        "charged card 4111 1111 1111 1111 for jane.doe@example.org\nok\n"}},
+                "spec": {"containers": [{"name": "main", "image": "billing:1"}]}}),
+        )
+        .expect("pod");
+    for args in [
+        vec![
+            "get",
+            "configmap",
+            "contacts",
+            "-n",
+            "default",
+            "-o",
+            "json",
+        ],
+        vec!["get", "configmaps", "-n", "default", "-o", "yaml"],
+        vec!["logs", "billing-0", "-n", "default"],
+    ] {
+        let out = kubectl(&s, &kc, &args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let shown = String::from_utf8_lossy(&out.stdout);
+        for raw in [
+            "ops-lead@example.com",
+            "4111 1111 1111 1111",
+            "jane.doe@example.org",
+        ] {
+            assert!(!shown.contains(raw), "{args:?} showed {raw}: {shown}");
+        }
+        assert!(!shown.is_empty());
+    }
+    let out = kubectl(&s, &kc, &["logs", "billing-0", "-n", "default"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}",
+        text(&out)
+    );
+    // A watch: events as they happen, masked, not held back for the next one.
+    let mut watch = Command::new("kubectl");
+    watch
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--cache-dir")
+        .arg(s.dir.join("kube-cache-w"))
+        .args([
+            "get",
+            "configmaps",
+            "-n",
+            "default",
+            "--watch",
+            "-o",
+            "json",
+            "--request-timeout=5s",
+        ])
+        .env("HOME", &s.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    place(&mut watch, Some(&s.agent), None);
+    let child = watch.spawn().expect("kubectl watch");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.standin
+        .create(
+            "",
+            "configmaps",
+            "default",
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "late", "namespace": "default"},
+                "data": {"who": "late-comer@example.net"}}),
+        )
+        .expect("configmap");
+    let out = child.wait_with_output().expect("watch ends");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("\"late\""),
+        "the watch saw the new ConfigMap: {}",
+        text(&out)
+    );
+    assert!(!shown.contains("late-comer@example.net"), "{shown}");
+    assert!(!shown.contains("ops-lead@example.com"), "{shown}");
+}

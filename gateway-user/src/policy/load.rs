@@ -885,12 +885,12 @@ impl Merger {
                     }
                     Some(x)
                         if r.mask.is_some()
-                            && !matches!(x.protocol(), Protocol::Postgres | Protocol::Ssh) =>
+                            && x.protocol() == Protocol::Tcp =>
                     {
                         found.push((
                             r.source.clone(),
                             format!(
-                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres and ssh targets (Kubernetes Secrets are masked without a rule)",
+                                "rule `{}` masks values but target `{t}` speaks {:?}; masking is for postgres, ssh and http targets",
                                 r.name, x.protocol()
                             ),
                         ))

@@ -412,7 +412,7 @@ fn bad_mask_rules_are_refused_with_their_line() {
         ),
         (
             "targets: [db]\n    mask: {columns: [email]}",
-            "masking is for postgres and ssh targets",
+            "masking is for postgres, ssh and http targets",
         ),
         (
             "effect: deny\n    targets: [pg]\n    mask: {columns: [email]}",

@@ -22,6 +22,7 @@ use super::{
     upstream, Conn, Live,
 };
 use crate::{
+    mask::plan::Plan,
     net::Connect,
     policy::{UpstreamIdentity, Who},
     protocol::action_gate::{self, Described, GateCtx, Gated, Silent},
@@ -478,6 +479,8 @@ impl<'a, C: Connect> Conn<'a, C> {
         for h in HOP_BY_HOP {
             headers.remove(h);
         }
+        // Answers come back uncompressed, so that the gateway can mask and record them.
+        headers.remove(header::ACCEPT_ENCODING);
         // An upgrade the gate let through goes on as one (the only hop-by-hop headers kept).
         if let (Some(_), Some(v)) = (upgrade, upgrade_value) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -551,6 +554,30 @@ impl<'a, C: Connect> Conn<'a, C> {
             .as_ref()
             .is_some_and(|i| i.is_resource_request && i.resource == "secrets");
         let watch = classified.class == "watch";
+        // The detector rules (`mask:` with detectors or regexes) that apply to this agent on
+        // this target, as the policy in force says now.
+        let plan = {
+            let policy = self.core.policy.borrow().clone();
+            let g = &live.admitted.grant;
+            let who = Who {
+                issuer: &g.issuer,
+                subject: &g.subject,
+                groups: &g.groups,
+                workload: &g.workload,
+                login: None,
+            };
+            Plan::build(&policy, &who, &self.target.name).filter(|p| p.has_detectors())
+        };
+        // The gateway asked for no compression; an answer compressed anyway cannot be masked
+        // and is not passed on when it would have to be.
+        let encoded = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded && (secrets || plan.is_some()) {
+            let why = "agentgate: the target compressed an answer the gateway must mask";
+            return self.failed(rec, why).await;
+        }
         if secrets && !watch {
             let whole = match Limited::new(body, MAX_MASKED_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -560,10 +587,15 @@ impl<'a, C: Connect> Conn<'a, C> {
                     return self.failed(rec, &why).await;
                 }
             };
-            let masked = match mask_whole(&parts.headers, &whole) {
+            let mut masked = match mask_whole(&parts.headers, &whole) {
                 Ok(m) => m,
                 Err(why) => return self.failed(rec, &why).await,
             };
+            if let Some(plan) = &plan {
+                if let std::borrow::Cow::Owned(m) = plan.mask_bytes(&masked) {
+                    masked = Bytes::from(m);
+                }
+            }
             parts.headers.remove(header::CONTENT_LENGTH);
             self.bytes_down_shared
                 .fetch_add(masked.len() as u64, Ordering::Relaxed);
@@ -576,10 +608,10 @@ impl<'a, C: Connect> Conn<'a, C> {
             self.core.recorder.record(Record::Statement(rec)).await;
             return Response::from_parts(parts, respond::full(masked));
         }
-        if watch && secrets {
+        if secrets || plan.is_some() {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        let (tee, seen) = Tee::new(body, cap, secrets);
+        let (tee, seen) = Tee::new(body, cap, watch, secrets, plan);
         let recorder = self.core.recorder.clone();
         let ended = live.gate.ended.clone();
         let bytes_down = self.bytes_down_handle();

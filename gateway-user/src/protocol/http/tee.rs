@@ -9,11 +9,17 @@ use std::{
     task::{Context, Poll},
 };
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
 use tokio::sync::oneshot;
 
 use super::{kube, respond::BodyError};
+use crate::mask::{
+    plan::Plan,
+    stream::{StreamScanner, DEFAULT_MAX_VALUE},
+};
 
 /// The longest watch event held while its end is awaited; a longer one ends the stream.
 const MAX_EVENT_BYTES: usize = 16 << 20;
@@ -31,21 +37,42 @@ pub struct Tee {
     inner: Incoming,
     seen: Seen,
     cap: usize,
-    /// Mask Secrets line by line (a watch on `secrets`).
+    /// Mask event by event (a watch): each newline-terminated JSON event whole.
     mask_events: bool,
+    /// The events are of the `secrets` resource (kind-less objects in them are Secrets).
+    secrets: bool,
     pending: Vec<u8>,
+    /// The detector rules' masking of the whole stream (values cut across frames found).
+    plan: Option<Arc<Plan>>,
+    scanner: Option<StreamScanner>,
     done: Option<oneshot::Sender<Seen>>,
 }
 
 impl Tee {
-    pub fn new(inner: Incoming, cap: usize, mask_events: bool) -> (Self, oneshot::Receiver<Seen>) {
+    pub fn new(
+        inner: Incoming,
+        cap: usize,
+        watch: bool,
+        secrets: bool,
+        plan: Option<Arc<Plan>>,
+    ) -> (Self, oneshot::Receiver<Seen>) {
+        // A watch is masked event by event (an event is never held back for the next one);
+        // any other body with detectors as a stream.
+        let mask_events = watch && (secrets || plan.is_some());
         let (tx, rx) = oneshot::channel();
+        let scanner = match (&plan, mask_events) {
+            (Some(p), false) => Some(StreamScanner::new(p.clone(), DEFAULT_MAX_VALUE)),
+            _ => None,
+        };
         let tee = Tee {
             inner,
             seen: Seen::default(),
             cap,
             mask_events,
+            secrets,
             pending: Vec::new(),
+            plan,
+            scanner,
             done: Some(tx),
         };
         (tee, rx)
@@ -94,8 +121,12 @@ impl Tee {
             }
             let mut event: serde_json::Value = serde_json::from_slice(line)
                 .map_err(|e| format!("a watch event the gateway cannot read to mask: {e}"))?;
-            kube::mask_secrets(&mut event, true);
-            serde_json::to_writer(&mut out, &event).map_err(|e| e.to_string())?;
+            kube::mask_secrets(&mut event, self.secrets);
+            let text = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+            match &self.plan {
+                Some(plan) => out.extend_from_slice(&plan.mask_bytes(&text)),
+                None => out.extend_from_slice(&text),
+            }
             out.push(b'\n');
         }
         Ok(out)
@@ -131,6 +162,14 @@ impl Body for Tee {
                             }
                         }
                     }
+                    if let Some(scanner) = this.scanner.take() {
+                        let mut out = Vec::new();
+                        scanner.finish(&mut out);
+                        if !out.is_empty() {
+                            this.keep(&out);
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                        }
+                    }
                     this.finish(None);
                     return Poll::Ready(None);
                 }
@@ -144,6 +183,15 @@ impl Body for Tee {
                         // Trailers carry nothing the record needs.
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     };
+                    if let Some(scanner) = this.scanner.as_mut() {
+                        let mut out = Vec::new();
+                        scanner.push(&data, &mut out);
+                        if out.is_empty() {
+                            continue;
+                        }
+                        this.keep(&out);
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
                     if !this.mask_events {
                         this.keep(&data);
                         return Poll::Ready(Some(Ok(Frame::data(data))));
