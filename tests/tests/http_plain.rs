@@ -261,3 +261,85 @@ fn large_answers_stream_and_the_record_keeps_the_count() {
     assert_eq!(bytes[0][0], n as u64, "{bytes:?}");
     assert_eq!(bytes[0][1], 1, "cut: {bytes:?}");
 }
+
+const PLAIN_RULES: &str = "  - name: no-admin-deletes
+    effect: deny
+    targets: [service]
+    requests: {methods: [DELETE], paths: [\"/admin/**\"]}
+";
+
+/// A method/path deny rule refuses the request before the service sees it, however the path is
+/// spelled (dot segments, doubled slashes, percent-encoding); other requests pass.
+#[test]
+fn path_rules_hold_however_the_path_is_spelled() {
+    let s = setup("http-rules", 20808, 20809, PLAIN_RULES);
+    let t = token("agent-http-4");
+    for path in [
+        "/admin/users/7",
+        "/public/../admin/users/7",
+        "/admin//users/7",
+        "/%61dmin/users/7",
+        "/ADMIN/users/7",
+    ] {
+        let (code, body) = curl(&s, Some(&t), &["-X", "DELETE", "--path-as-is"], path);
+        assert_ne!(code, 200, "{path}: {body}");
+        assert!(code == 403 || code == 400, "{path}: {code} {body}");
+    }
+    let (code, body) = curl(&s, Some(&t), &["-X", "DELETE"], "/public/users/7");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&s, Some(&t), &[], "/admin/users/7");
+    assert_eq!(code, 200, "a GET is not a DELETE: {body}");
+    let seen: Vec<String> = s
+        .upstream
+        .requests()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec!["DELETE /public/users/7", "GET /admin/users/7"],
+        "{seen:?}"
+    );
+    let rec = wait_requests(&s.gw, 7);
+    let denied = rec.iter().filter(|r| r[1] == "denied").count();
+    assert_eq!(denied, 5, "{rec:?}");
+}
+
+/// A Python agent (the standard library's HTTPS client, as agent tools use it) through the
+/// gateway, verifying the leaf against the agentgate CA.
+#[test]
+fn a_python_client_goes_through_unchanged() {
+    let s = setup("http-python", 20810, 20811, "");
+    let t = token("agent-http-5");
+    let script = r#"
+import json, ssl, sys, urllib.request
+ca, port, token = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=ca)
+req = urllib.request.Request(f"https://127.0.0.2:{port}/echo/py", data=b'{"k": 1}',
+    headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"}, method="PUT")
+with urllib.request.urlopen(req, context=ctx, timeout=20) as r:
+    print(json.dumps({"status": r.status, "body": json.loads(r.read())}))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(&s.agent_ca.cert)
+        .arg(s.port.to_string())
+        .arg(&t)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    place(&mut cmd, Some(&s.agent), None);
+    let out = cmd.output().expect("python");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("python: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"]["method"], "PUT", "{v}");
+    assert_eq!(v["body"]["body"], "{\"k\": 1}", "{v}");
+    let rec = wait_requests(&s.gw, 1);
+    assert_eq!(rec[0][0], "PUT /echo/py\n{\"k\": 1}", "{rec:?}");
+}
