@@ -15,7 +15,7 @@ use hyper::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    kube, recent, request_info,
+    kube, rbac_diff, recent, request_info,
     respond::{self, closing, refusal, AgentBody},
     rules::{self, HttpAction},
     tee::Tee,
@@ -25,7 +25,7 @@ use crate::{
     mask::plan::Plan,
     net::Connect,
     policy::{UpstreamIdentity, Who},
-    protocol::action_gate::{self, Described, GateCtx, Gated, Silent},
+    protocol::action_gate::{self, Described, GateCtx, Gated, Judgement, Silent},
     proxy::{authorize, facts::UpstreamFailed, session_id, Refusal},
     record::{now_ms, CommandOutput, Record, Statement},
 };
@@ -168,7 +168,7 @@ impl<'a, C: Connect> Conn<'a, C> {
         if let Some(b) = &shown_body {
             rec.text = format!("{}\n{b}", rec.text);
         }
-        let described = Described {
+        let mut described = Described {
             protocol: if kube { "kubernetes" } else { "http" },
             noun: "request",
             namespace: classified.namespace.clone(),
@@ -214,6 +214,25 @@ impl<'a, C: Connect> Conn<'a, C> {
             parts.extend(command.iter().map(String::as_str));
             recent::key(&parts)
         });
+        // An RBAC change that will wait for people: they see what it would change.
+        if let Some(info) = classified
+            .info
+            .as_ref()
+            .filter(|i| rbac_diff::is_rbac_change(i))
+        {
+            let now = self.core.policy.borrow().clone();
+            if let Judgement::Approval { .. } = rules::judge(&now, &who, target, &action) {
+                let sent: Option<serde_json::Value> = shown_body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str(b).ok());
+                let current = match rbac_diff::object_path(info, sent.as_ref()) {
+                    Some(path) => self.fetch_current(live, &path).await,
+                    None => Err("the request names no object".into()),
+                };
+                let diff = rbac_diff::describe(&info.verb, current, sent.as_ref());
+                described.text = format!("{}\n{diff}", described.text);
+            }
+        }
         if let Some(message) = exec_key.as_ref().and_then(|k| self.handler.recent.get(k)) {
             let rule = "(refused just now)";
             return self
@@ -627,6 +646,49 @@ impl<'a, C: Connect> Conn<'a, C> {
             recorder.record(Record::Statement(rec)).await;
         });
         Response::from_parts(parts, BodyExt::boxed(tee))
+    }
+
+    /// The object at `path` as the API server has it now, read with the gateway's own
+    /// credential (no impersonation: approvers see it whatever the agent may read); `Ok(None)`
+    /// when it does not exist.
+    async fn fetch_current(
+        &self,
+        live: &Live<'a>,
+        path: &str,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let mut req = Request::builder()
+            .method("GET")
+            .uri(path)
+            .header(header::HOST, self.dst.to_string())
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        if let Some(secret) = &self.target.credential {
+            let token = secret.resolve()?;
+            let v = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| "the gateway's credential is not a header value".to_string())?;
+            req.headers_mut().insert(header::AUTHORIZATION, v);
+        }
+        let response = {
+            let mut up = live.upstream.lock().await;
+            up.ready().await.map_err(|e| e.to_string())?;
+            up.send_request(req)
+        }
+        .await
+        .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| format!("not JSON: {e}")),
+            s => Err(s.to_string()),
+        }
     }
 
     /// Counts bytes to the agent from a task that outlives the borrow of the connection.

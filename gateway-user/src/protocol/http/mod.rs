@@ -14,6 +14,7 @@ mod exchange;
 mod exec;
 mod kube;
 pub mod kube_pb;
+mod rbac_diff;
 mod recent;
 pub mod request_info;
 mod respond;
