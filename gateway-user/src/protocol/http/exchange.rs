@@ -295,17 +295,15 @@ impl<'a, C: Connect> Conn<'a, C> {
             (Some(agent_upgrade), Some(kind))
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
             {
-                let title = exec_title(live, &self.target.name, &classified);
-                let websocket = kind == "websocket";
-                self.switch(
-                    live,
+                let stream = super::exec::Stream {
+                    recorder: &self.core.recorder,
                     rec,
-                    response,
-                    agent_upgrade,
-                    websocket,
-                    title,
+                    websocket: kind == "websocket",
+                    title: exec_title(live, &self.target.name, &classified),
+                    ended: live.gate.ended.clone(),
                     started,
-                )
+                };
+                self.switch(stream, response, agent_upgrade)
             }
             _ => self.answer(live, rec, &classified, response, started).await,
         }
@@ -315,30 +313,15 @@ impl<'a, C: Connect> Conn<'a, C> {
     /// stream's relay joins the connection's (`exec`).
     fn switch(
         &self,
-        live: &Live<'a>,
-        rec: Statement,
+        stream: super::exec::Stream<'a>,
         mut response: Response<Incoming>,
         agent_upgrade: hyper::upgrade::OnUpgrade,
-        websocket: bool,
-        title: String,
-        started: Instant,
     ) -> Response<AgentBody> {
         let target_upgrade = hyper::upgrade::on(&mut response);
         let mut to_agent = Response::new(respond::full(Bytes::new()));
         *to_agent.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *to_agent.headers_mut() = response.headers().clone();
-        let relay = super::exec::relay(
-            super::exec::Stream {
-                recorder: &self.core.recorder,
-                rec,
-                websocket,
-                title,
-                ended: live.gate.ended.clone(),
-                started,
-            },
-            agent_upgrade,
-            target_upgrade,
-        );
+        let relay = super::exec::relay(stream, agent_upgrade, target_upgrade);
         if let Ok(mut relays) = self.relays.lock() {
             relays.push(relay);
         }
