@@ -735,6 +735,11 @@ fn kubectl_apply_label_and_logs() {
         ok(kubectl(&k, &kc), &["logs", "web-0"]),
         "web-0: started\nweb-0: ready\n"
     );
+    let api_log = ok(kubectl(&k, &kc), &["logs", "api-0"]);
+    assert!(
+        api_log.contains("postgres://app:s3cr3t-hunter2@db:5432/app"),
+        "{api_log}"
+    );
 }
 
 #[test]
