@@ -337,6 +337,21 @@ fn kubectl_delete_pod_and_missing_objects() {
     assert!(k.get("", "pods", "team-a", "worker-0").is_some());
 }
 
+/// The stand-in's record of the exec whose argv contains `arg` (kubectl may exit before the
+/// stand-in has written it: it closes the session after sending the exit status).
+fn exec_record(k: &KubeStandin, arg: &str) -> agentgate_tests::kube::ExecRecord {
+    let find = || {
+        k.log
+            .execs()
+            .into_iter()
+            .find(|r| r.argv.iter().any(|a| a == arg))
+    };
+    wait_until("the exec record", Duration::from_secs(10), || {
+        find().is_some()
+    });
+    find().expect("exec record")
+}
+
 #[test]
 fn kubectl_exec_streams_and_returns_the_exit_code() {
     let k = standin(20704);
@@ -368,7 +383,7 @@ fn kubectl_exec_streams_and_returns_the_exit_code() {
         .contains("v5.channel.k8s.io"));
     assert_eq!(up.status, 101);
     assert!(up.query.contains("command=sh"), "{}", up.query);
-    let rec = k.log.execs().pop().expect("exec record");
+    let rec = exec_record(&k, "echo hi; echo oops >&2; exit 3");
     assert_eq!(rec.argv, ["sh", "-c", "echo hi; echo oops >&2; exit 3"]);
     assert_eq!((rec.exit_code, rec.ended_by_client), (Some(3), false));
     assert_eq!((rec.stdout_bytes, rec.stderr_bytes), (3, 5));
@@ -397,7 +412,8 @@ fn kubectl_exec_streams_and_returns_the_exit_code() {
     let out = child.wait_with_output().expect("wait");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "HELLO STAND-IN\ndone\n");
-    assert_eq!(k.log.execs().pop().expect("record").stdin_bytes, 15);
+    let rec = exec_record(&k, "tr a-z A-Z; echo done");
+    assert_eq!(rec.stdin_bytes, 15);
 
     // The client goes away mid-exec: the stand-in kills the process and says so.
     let mut child = kubectl(&k, &kc)
@@ -449,6 +465,11 @@ fn spdy_exec_is_refused() {
         .expect("kubectl");
     assert!(!out.status.success());
     assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("SPDY is refused"),
+        "{}",
+        text(&out.stderr)
+    );
     let up = k
         .log
         .matching("/api/v1/namespaces/default/pods/web-0/exec")
@@ -734,6 +755,11 @@ fn kubectl_apply_label_and_logs() {
     assert_eq!(
         ok(kubectl(&k, &kc), &["logs", "web-0"]),
         "web-0: started\nweb-0: ready\n"
+    );
+    let api_log = ok(kubectl(&k, &kc), &["logs", "api-0"]);
+    assert!(
+        api_log.contains("postgres://app:s3cr3t-hunter2@db:5432/app"),
+        "{api_log}"
     );
 }
 

@@ -3,8 +3,6 @@
 //!
 //! `kube-standin [--listen ADDR] [--token TOKEN] [--bulk-pods N] [--log FILE]`
 
-use std::time::Duration;
-
 use agentgate_tests::kube::{KubeStandin, StandinOptions};
 
 fn main() {
@@ -45,9 +43,29 @@ fn main() {
             "kubeconfig": kubeconfig,
         })
     );
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    // Serve until SIGINT or SIGTERM, then drop the stand-in (its directory is removed).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("kube-standin: runtime: {e}");
+            std::process::exit(1)
+        });
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    });
+    drop(standin);
 }
 
 fn usage(msg: &str) -> ! {

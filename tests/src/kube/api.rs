@@ -516,7 +516,8 @@ fn pod_log(store: &Shared, out: Output, def: &ResourceDef, ns: &str, name: &str)
     match lock(store).get(def, ns, name) {
         Some(pod) => {
             let log = pod
-                .pointer("/metadata/annotations/standin.agentgate.dev~1log")
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(super::store::LOG_ANNOTATION))
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{name}: started\n{name}: ready\n"));

@@ -566,6 +566,10 @@ fn default_pod_status(map: &mut Map<String, Value>) {
     }
 }
 
+/// A pod annotation whose value is the pod's log (`pods/log`); without it the log is two
+/// lines naming the pod.
+pub const LOG_ANNOTATION: &str = "standin.agentgate.dev/log";
+
 /// What every stand-in starts with.
 pub fn seed(store: &mut Store) {
     let ns = resource("", "namespaces").expect("namespaces");
@@ -573,18 +577,20 @@ pub fn seed(store: &mut Store) {
         let _ = store.create(ns, "", json!({"metadata": {"name": n}}));
     }
     let pods = resource("", "pods").expect("pods");
-    for (name, image) in [
-        ("web-0", "nginx:1.27"),
-        ("api-0", "ghcr.io/example/api:2.1"),
-    ] {
-        let app = name.trim_end_matches("-0");
-        let _ = store.create(
-            pods,
-            "default",
-            json!({"metadata": {"name": name, "labels": {"app": app}},
-                   "spec": {"containers": [{"name": "main", "image": image}]}}),
-        );
-    }
+    let _ = store.create(
+        pods,
+        "default",
+        json!({"metadata": {"name": "web-0", "labels": {"app": "web"}},
+               "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]}}),
+    );
+    // api-0's log (pods/log) leaks a credential, for the gateway's log-masking tests.
+    let _ = store.create(
+        pods,
+        "default",
+        json!({"metadata": {"name": "api-0", "labels": {"app": "api"},
+                            "annotations": {LOG_ANNOTATION: "starting api\nconnecting to postgres://app:s3cr3t-hunter2@db:5432/app\nready\n"}},
+               "spec": {"containers": [{"name": "main", "image": "ghcr.io/example/api:2.1"}]}}),
+    );
     let _ = store.create(
         pods,
         "team-a",
