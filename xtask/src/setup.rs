@@ -58,6 +58,9 @@ const APT_PACKAGES: &[&str] = &[
     // tests/fixtures/kube/py_client.py: the Python `kubernetes` client, run with /usr/bin/python3
     // by tests/tests/kube_standin.rs (the gateway's Kubernetes tests use it as a second client).
     "python3-kubernetes",
+    // tests/src/http.rs: the HTTP tests' certificate authorities and the agents' `curl`.
+    "openssl",
+    "curl",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[
@@ -100,6 +103,15 @@ pub fn run() -> anyhow::Result<()> {
         if missing.contains(&"openssh-server") {
             stop_system_sshd();
         }
+    }
+
+    // The Kubernetes tests drive the real kubectl 1.32 (WebSocket exec, protobuf bodies). Debian
+    // has no kubectl that recent (bookworm's `kubernetes-client` is 1.20); these machines
+    // carry one in their image. Without it the tests could only fail, so say so here.
+    if !on_path("kubectl") {
+        anyhow::bail!(
+            "setup: kubectl (1.30 or later) is not on PATH; the Kubernetes tests need it (this machine kind ships /usr/bin/kubectl)"
+        );
     }
 
     for (module, spec) in PIP_PACKAGES {
