@@ -58,8 +58,8 @@ const APT_PACKAGES: &[&str] = &[
     // tests/fixtures/kube/py_client.py: the Python `kubernetes` client, run with /usr/bin/python3
     // by tests/tests/kube_standin.rs (the gateway's Kubernetes tests use it as a second client).
     "python3-kubernetes",
-    // tests/src/http.rs: the HTTP tests' certificate authorities and the agents' `curl`.
-    "openssl",
+    // tests/src/http.rs: the agents' `curl` in the HTTP tests (openssl, listed above, makes
+    // their certificate authorities).
     "curl",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
