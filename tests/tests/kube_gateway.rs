@@ -485,3 +485,47 @@ fn detectors_mask_configmaps_logs_and_watches() {
     assert!(!shown.contains("late-comer@example.net"), "{shown}");
     assert!(!shown.contains("ops-lead@example.com"), "{shown}");
 }
+
+/// The Python `kubernetes` client, the second client: lists, reads a Secret (masked, still
+/// valid base64 it decodes), creates and deletes through the gateway; a 404 comes back as the
+/// API server's.
+#[test]
+fn the_python_client_goes_through_unchanged() {
+    let s = setup("kube-python", 20842, 20843, "");
+    let t = token("agent-kube-7");
+    let kc = kubeconfig(&s, "py", &t);
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(agentgate_tests::fixtures().join("kube/py_client.py"))
+        .arg(&kc)
+        .args(["default", "db-credentials"])
+        .env("HOME", &s.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    place(&mut cmd, Some(&s.agent), None);
+    let out = cmd.output().expect("python client");
+    let seen: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert!(
+        seen["pods"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|n| n == "web-0")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["secret"]["password"], "[masked by agentgate]",
+        "{seen}"
+    );
+    assert!(!seen.to_string().contains(SEEDED_PASSWORD), "{seen}");
+    assert!(
+        seen["rolebindings"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|n| n == "viewers")),
+        "{seen}"
+    );
+    assert!(seen["created_rv"].is_string(), "{seen}");
+    assert_eq!(seen["missing"]["status"], 404, "{seen}");
+    assert!(
+        !s.standin.log.saw_token(&t),
+        "the agent's token reached the API server"
+    );
+}
