@@ -5,7 +5,7 @@
 //! kubectl's TLS, forwards with its own credential plus impersonation headers, masks Secrets
 //! and records every request.
 //!
-//! Ports: 20820–20849.
+//! Ports: 20820–20829, 20840–20843.
 
 mod kube_common;
 

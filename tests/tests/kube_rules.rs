@@ -3,7 +3,7 @@
 //! and approved or denied, exec judged by its command, a revocation ending a watch, a token's
 //! expiry ending an exec. Setup in `kube_common`.
 //!
-//! Ports: 20830–20839.
+//! Ports: 20830–20839, 20844–20845.
 
 mod kube_common;
 
@@ -351,4 +351,59 @@ fn expiry_ends_an_exec() {
         "SELECT json_extract(body, '$.ended_by') FROM audit_log WHERE kind = 'session_close'",
     );
     assert!(closes.iter().any(|c| c[0] == "token expired"), "{closes:?}");
+}
+
+/// A reload that takes the agent's rule away ends its running watch and exec at once.
+#[test]
+fn a_reload_withdrawing_the_agent_ends_its_streams() {
+    let s = setup("kube-reload", 20844, 20845, RULES);
+    let kc = kubeconfig(&s, "agent", &token("agent-kr-6"));
+    let watch = spawn_kubectl(&s, &kc, &["get", "pods", "-n", "default", "--watch"]);
+    let exec = spawn_kubectl(
+        &s,
+        &kc,
+        &["exec", "-n", "default", "web-0", "--", "sleep", "60"],
+    );
+    wait_until(
+        "the watch and the exec running upstream",
+        Duration::from_secs(20),
+        || {
+            s.standin.log.active_watches() == 1
+                && s.standin
+                    .log
+                    .entries()
+                    .iter()
+                    .any(|e| e.path.ends_with("/exec") && e.status == 101)
+        },
+    );
+    let live = s.gw.policy_dir().join("policy.yaml");
+    let policy = std::fs::read_to_string(&live).expect("policy");
+    let withdrawn = policy.replace("groups: [agents]", "groups: [nobody-now]");
+    assert_ne!(policy, withdrawn);
+    let before = s.gw.count("policy_applied");
+    let tmp = live.with_extension("yaml.tmp");
+    std::fs::write(&tmp, withdrawn).expect("write");
+    std::fs::rename(&tmp, &live).expect("rename");
+    s.gw.wait_for(
+        Duration::from_secs(15),
+        |e| e["event"] == "policy_applied",
+        before,
+    );
+    let t0 = Instant::now();
+    let _ = watch.wait_with_output();
+    let _ = exec.wait_with_output();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "streams outlived the reload"
+    );
+    wait_until("both ended upstream", Duration::from_secs(10), || {
+        s.standin.log.active_watches() == 0
+            && s.standin
+                .log
+                .execs()
+                .iter()
+                .any(|e| e.argv.first().map(String::as_str) == Some("sleep"))
+    });
+    let again = kubectl(&s, &kc, &["get", "pods", "-n", "default"]);
+    assert!(!again.status.success(), "{}", text(&again));
 }
