@@ -3,7 +3,7 @@
 //! and approved or denied, exec judged by its command, a revocation ending a watch, a token's
 //! expiry ending an exec. Setup in `kube_common`.
 //!
-//! Ports: 20830–20839, 20844–20845.
+//! Ports: 20830–20839, 20844–20847.
 
 mod kube_common;
 
@@ -406,4 +406,33 @@ fn a_reload_withdrawing_the_agent_ends_its_streams() {
     });
     let again = kubectl(&s, &kc, &["get", "pods", "-n", "default"]);
     assert!(!again.status.success(), "{}", text(&again));
+}
+
+/// `deny_and_retry`: the request is refused at once naming its approval request; once people
+/// approve it, the identical request from the same agent goes through, once.
+#[test]
+fn deny_and_retry_lets_the_identical_request_through_once_approved() {
+    let rules = "  - name: configmap-deletes-need-a-person
+    targets: [cluster-api]
+    requests: {verbs: [delete], resources: [configmaps]}
+    approval: {approvers: [oncall], mode: deny_and_retry}
+";
+    let s = setup("kube-retry", 20846, 20847, rules);
+    let kc = kubeconfig(&s, "agent", &token("agent-kr-7"));
+    let args = ["delete", "configmap", "app-config", "-n", "default"];
+    let first = kubectl(&s, &kc, &args);
+    assert!(!first.status.success(), "{}", text(&first));
+    let err = String::from_utf8_lossy(&first.stderr).to_string();
+    assert!(err.contains("approval required"), "{}", text(&first));
+    let id = pending(&s)
+        .first()
+        .and_then(|r| r["id"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no pending request: {err}"));
+    assert!(err.contains(&id), "the agent is told which request: {err}");
+    assert!(s.standin.get("", "configmaps", "default", "app-config").is_some());
+    let ok = approvals(&s, &["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let second = kubectl(&s, &kc, &args);
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(s.standin.get("", "configmaps", "default", "app-config").is_none());
 }
