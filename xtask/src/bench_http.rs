@@ -11,12 +11,17 @@
 //!   RSS during its lists.
 //! - Requests/s with keep-alive: `wrk` against nginx serving a small static file over TLS on
 //!   loopback, direct vs through the gateway (`protocol: http`, no profile) vs HAProxy in TCP
-//!   mode; the proxies' CPU per request.
+//!   mode vs the gateway restarted with `--record-off` (what waiting for each request's intent
+//!   to be on disk costs); the proxies' CPU per request.
 //! - A watch through the gateway (`kubectl get pods --watch`) held for `WATCH_SECS` while pods are
 //!   created and deleted through the stand-in's API at `CHURN_EVENTS_PER_SEC`: the gateway's RSS
 //!   before, at its peak and after, and how many events reached kubectl.
+//!
+//! Measured in the order kubectl, list, watch, wrk: the wrk runs restart the gateway, so every
+//! memory figure is of the one gateway process that served the first three.
 
 use std::{
+    cell::RefCell,
     fs,
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},
@@ -86,9 +91,17 @@ enum Web {
     Direct,
     HaProxy,
     Agentgate,
+    /// The gateway restarted with `--record-off` (the recorder discards, no request waits for
+    /// its intent to be on disk): what the record costs. Not a way to deploy.
+    AgentgateRecordOff,
 }
 
-const WEB: [Web; 3] = [Web::Direct, Web::HaProxy, Web::Agentgate];
+const WEB: [Web; 4] = [
+    Web::Direct,
+    Web::HaProxy,
+    Web::Agentgate,
+    Web::AgentgateRecordOff,
+];
 
 impl Web {
     fn label(self) -> &'static str {
@@ -96,6 +109,7 @@ impl Web {
             Web::Direct => "direct",
             Web::HaProxy => "HAProxy TCP",
             Web::Agentgate => "agentgate (`protocol: http`, TLS terminated)",
+            Web::AgentgateRecordOff => "agentgate with `--record-off` (benchmarks only)",
         }
     }
 }
@@ -250,8 +264,9 @@ struct Rig {
     _anchor: Cgroup,
     /// The CA the agents trust for the gateway's leaves.
     agent_ca: PathBuf,
-    /// The agent's token (wrk's and curl's `Authorization`, the kubeconfig's token).
-    jwt: String,
+    /// The agent's token (wrk's and curl's `Authorization`, the kubeconfig's token), renewed
+    /// by [`Rig::renew_token`]: the identity provider takes tokens of at most 15 minutes.
+    jwt: RefCell<String>,
     /// The agent's kubeconfig (the stand-in's address, the agentgate CA, the JWT).
     agent_kubeconfig: PathBuf,
     dir: TempDir,
@@ -259,7 +274,8 @@ struct Rig {
 
 impl Rig {
     fn start() -> anyhow::Result<Self> {
-        let dir = TempDir::new("bench-http");
+        // Not the gateway's name: Gateway::start empties the directory its name makes.
+        let dir = TempDir::new("bench-http-files");
         let small = Standin::start(STANDIN_PORT, 0)?;
         let bulk = Standin::start(BULK_PORT, BULK_PODS)?;
         let agent_ca = Ca::new(&dir.join("agent"), "agentgate");
@@ -313,16 +329,7 @@ impl Rig {
         );
         let gw = Gateway::start("bench-http", &policy);
         gw.wait_classified(&agent.rel);
-        // Good for an hour: long runs (more repetitions) must not see it expire.
-        let jwt = mint("agent-bench-http", &["agents"], now(), now() + 3600);
-        let agent_kubeconfig = dir.join("agent.kubeconfig");
-        agentgate_tests::kube::write_kubeconfig(
-            &agent_kubeconfig,
-            &small.url,
-            &agent_ca.cert,
-            &jwt,
-        )?;
-        Ok(Self {
+        let rig = Self {
             gw,
             _haproxy: haproxy,
             _nginx: nginx,
@@ -331,10 +338,26 @@ impl Rig {
             agent,
             _anchor: anchor,
             agent_ca: agent_ca.cert.clone(),
-            jwt,
-            agent_kubeconfig,
+            jwt: RefCell::new(String::new()),
+            agent_kubeconfig: dir.join("agent.kubeconfig"),
             dir,
-        })
+        };
+        rig.renew_token()?;
+        Ok(rig)
+    }
+
+    /// A fresh token for the agent, good for ten minutes (a repetition takes far less), and
+    /// the agent's kubeconfig with it.
+    fn renew_token(&self) -> anyhow::Result<()> {
+        let jwt = mint("agent-bench-http", &["agents"], now(), now() + 600);
+        agentgate_tests::kube::write_kubeconfig(
+            &self.agent_kubeconfig,
+            &self.small.url,
+            &self.agent_ca,
+            &jwt,
+        )?;
+        *self.jwt.borrow_mut() = jwt;
+        Ok(())
     }
 
     /// `kubectl ARGS` as `who` runs it (each contender with its own discovery cache, warmed by
@@ -362,8 +385,8 @@ impl Rig {
     /// `curl` of `path` on the bulk stand-in as `who`, the body into `out`.
     fn curl_list(&self, who: Kube, path: &str, out: &Path) -> Command {
         let (ca, token) = match who {
-            Kube::Direct => (&self.bulk.ca, self.bulk.token.as_str()),
-            Kube::Agentgate => (&self.agent_ca, self.jwt.as_str()),
+            Kube::Direct => (&self.bulk.ca, self.bulk.token.clone()),
+            Kube::Agentgate => (&self.agent_ca, self.jwt.borrow().clone()),
         };
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "120", "--noproxy", "*", "--cacert"])
@@ -372,7 +395,10 @@ impl Rig {
             .arg(format!("Authorization: Bearer {token}"))
             .args(["-H", "Accept: application/json", "-o"])
             .arg(out)
-            .args(["-w", "%{http_code} %{time_total} %{size_download}"])
+            .args([
+                "-w",
+                "%{http_code} %{time_total} %{size_download} %{http_version}",
+            ])
             .arg(format!("{}{path}", self.bulk.url))
             .stdin(Stdio::null());
         if who == Kube::Agentgate {
@@ -409,8 +435,9 @@ fn round_trip(rig: &Rig, who: Kube) -> anyhow::Result<f64> {
     Ok(secs)
 }
 
-/// One list of the bulk pods: curl's total time (s) and the bytes received.
-fn list(rig: &Rig, who: Kube) -> anyhow::Result<(f64, u64)> {
+/// One list of the bulk pods: curl's total time (s), the bytes received and the HTTP version
+/// spoken (a real API server offers HTTP/2; the stand-in and the gateway speak HTTP/1.1).
+fn list(rig: &Rig, who: Kube) -> anyhow::Result<(f64, u64, String)> {
     let body = rig.dir.join("list.json");
     let out = rig
         .curl_list(who, "/api/v1/namespaces/default/pods", &body)
@@ -421,6 +448,7 @@ fn list(rig: &Rig, who: Kube) -> anyhow::Result<(f64, u64)> {
     let code = parts.next().unwrap_or("");
     let secs: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let bytes: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let version = parts.next().unwrap_or("?").to_string();
     if !out.status.success() || code != "200" {
         return Err(failed(
             &format!("{}: curl of the pod list", who.label()),
@@ -437,7 +465,30 @@ fn list(rig: &Rig, who: Kube) -> anyhow::Result<(f64, u64)> {
         );
     }
     let _ = fs::remove_file(&body);
-    Ok((secs, bytes))
+    Ok((secs, bytes, version))
+}
+
+/// Runs the gateway with its recorder (`on`) or with `--record-off`, restarting it if it runs
+/// the other way; returns once it has classified the agent's cgroup again.
+fn gateway_recording(rig: &mut Rig, on: bool) -> anyhow::Result<()> {
+    let want: Vec<String> = if on {
+        Vec::new()
+    } else {
+        vec!["--record-off".into()]
+    };
+    if rig.gw.extra_args == want {
+        return Ok(());
+    }
+    if rig.gw.terminate(Duration::from_secs(30)).is_none() {
+        bail!("the gateway did not stop on SIGTERM within 30 s");
+    }
+    rig.gw.extra_args = want;
+    let rel = rig.agent.rel.clone();
+    let is_agent = |e: &Value| e["event"] == "cgroup" && e["cgroup"] == rel.as_str();
+    let before = rig.gw.events().iter().filter(|e| is_agent(e)).count();
+    rig.gw.start_again();
+    rig.gw.wait_for(Duration::from_secs(15), is_agent, before);
+    Ok(())
 }
 
 /// What one wrk run reports.
@@ -452,7 +503,7 @@ struct WrkRun {
 
 fn wrk(rig: &Rig, who: Web, secs: u64, conns: usize) -> anyhow::Result<WrkRun> {
     let port = match who {
-        Web::Direct | Web::Agentgate => NGINX_PORT,
+        Web::Direct | Web::Agentgate | Web::AgentgateRecordOff => NGINX_PORT,
         Web::HaProxy => HAPROXY_PORT,
     };
     let mut cmd = Command::new("wrk");
@@ -461,10 +512,10 @@ fn wrk(rig: &Rig, who: Web, secs: u64, conns: usize) -> anyhow::Result<WrkRun> {
         .args(["-d", &format!("{secs}s"), "--latency"])
         // Every contender sends the same request; only the gateway reads the token.
         .arg("-H")
-        .arg(format!("Authorization: Bearer {}", rig.jwt))
+        .arg(format!("Authorization: Bearer {}", rig.jwt.borrow()))
         .arg(format!("https://127.0.0.1:{port}/index.html"))
         .stdin(Stdio::null());
-    if who == Web::Agentgate {
+    if matches!(who, Web::Agentgate | Web::AgentgateRecordOff) {
         place(&mut cmd, Some(&rig.agent), None);
     }
     let out = cmd
@@ -673,16 +724,20 @@ fn churn(rig: &Rig, how_long: Duration) -> anyhow::Result<u64> {
 }
 
 pub fn http(reps: usize, wrk_secs: u64, wrk_conns: usize) -> anyhow::Result<()> {
-    let rig = Rig::start()?;
+    let mut rig = Rig::start()?;
     let pid = rig.gw.pid();
     // Warm-up: one of each, so no contender pays for cold caches (kubectl's discovery cache,
     // the gateway's first leaf, the page cache).
     for who in KUBE {
         round_trip(&rig, who)?;
     }
-    let (_, list_bytes) = list(&rig, Kube::Direct)?;
-    list(&rig, Kube::Agentgate)?;
-    for who in WEB {
+    let warm = KUBE
+        .iter()
+        .map(|who| list(&rig, *who))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let list_bytes: Vec<u64> = warm.iter().map(|x| x.1).collect();
+    let list_versions: Vec<String> = warm.iter().map(|x| x.2.clone()).collect();
+    for who in [Web::Direct, Web::HaProxy, Web::Agentgate] {
         wrk(&rig, who, 1, wrk_conns)?;
     }
     let idle = util::proc_stats(pid)?.rss_kib;
@@ -691,6 +746,7 @@ pub fn http(reps: usize, wrk_secs: u64, wrk_conns: usize) -> anyhow::Result<()> 
     let mut rtt: Vec<Vec<(f64, f64)>> = vec![Vec::new(); KUBE.len()];
     let mut rtt_cpu = 0.0;
     for rep in 0..reps {
+        rig.renew_token()?;
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); KUBE.len()];
         for n in 0..ROUND_TRIPS {
             // Alternate which goes first, so neither always runs on a warmer machine.
@@ -718,6 +774,7 @@ pub fn http(reps: usize, wrk_secs: u64, wrk_conns: usize) -> anyhow::Result<()> 
     let list_start = util::proc_stats(pid)?.rss_kib;
     let mut list_cpu = Vec::new();
     for rep in 0..reps {
+        rig.renew_token()?;
         for k in 0..KUBE.len() {
             let i = (k + rep) % KUBE.len();
             let who = KUBE[i];
@@ -732,19 +789,35 @@ pub fn http(reps: usize, wrk_secs: u64, wrk_conns: usize) -> anyhow::Result<()> 
     }
     eprintln!("bench: http: lists done");
 
-    // 3. wrk.
+    // 3. The long watch (before the wrk runs, which restart the gateway: the memory figures
+    // below are all of one gateway process).
+    rig.renew_token()?;
+    let w = watch(&rig)?;
+    eprintln!(
+        "bench: http: watch done ({} events, {} received)",
+        w.emitted, w.received
+    );
+    let end = util::proc_stats(pid)?;
+
+    // 4. wrk.
     let mut runs: Vec<Vec<WrkRun>> = (0..WEB.len()).map(|_| Vec::new()).collect();
     // Proxy CPU seconds per request, per contender (direct has none).
     let mut cpu_per_req: Vec<Vec<f64>> = vec![Vec::new(); WEB.len()];
     let haproxy_pid = rig._haproxy.pid();
     for rep in 0..reps {
+        rig.renew_token()?;
         for k in 0..WEB.len() {
             let i = (k + rep) % WEB.len();
             let who = WEB[i];
+            match who {
+                Web::Agentgate => gateway_recording(&mut rig, true)?,
+                Web::AgentgateRecordOff => gateway_recording(&mut rig, false)?,
+                Web::Direct | Web::HaProxy => {}
+            }
             let proxy = match who {
                 Web::Direct => None,
                 Web::HaProxy => Some(haproxy_pid),
-                Web::Agentgate => Some(pid),
+                Web::Agentgate | Web::AgentgateRecordOff => Some(rig.gw.pid()),
             };
             let before = proxy
                 .map(util::proc_stats)
@@ -757,19 +830,12 @@ pub fn http(reps: usize, wrk_secs: u64, wrk_conns: usize) -> anyhow::Result<()> 
             runs[i].push(run);
         }
         eprintln!(
-            "bench: http: wrk repetition {}/{reps} done (agentgate {:.0} req/s)",
+            "bench: http: wrk repetition {}/{reps} done (agentgate {:.0} req/s, with --record-off {:.0})",
             rep + 1,
-            runs[2].last().map_or(0.0, |r| r.rps)
+            runs[2].last().map_or(0.0, |r| r.rps),
+            runs[3].last().map_or(0.0, |r| r.rps)
         );
     }
-
-    // 4. The long watch.
-    let w = watch(&rig)?;
-    eprintln!(
-        "bench: http: watch done ({} events, {} received)",
-        w.emitted, w.received
-    );
-    let end = util::proc_stats(pid)?;
     let refused = rig
         .gw
         .events()
@@ -788,6 +854,7 @@ pub fn http(reps: usize, wrk_secs: u64, wrk_conns: usize) -> anyhow::Result<()> 
         rtt_cpu,
         lists,
         list_bytes,
+        list_versions,
         list_start,
         list_peak,
         list_cpu,
@@ -808,7 +875,10 @@ struct Report {
     rtt: Vec<Vec<(f64, f64)>>,
     rtt_cpu: f64,
     lists: Vec<Vec<f64>>,
-    list_bytes: u64,
+    /// Bytes of the list as each `KUBE` contender received it.
+    list_bytes: Vec<u64>,
+    /// The HTTP version curl spoke, per `KUBE` contender.
+    list_versions: Vec<String>,
     list_start: u64,
     list_peak: u64,
     list_cpu: Vec<f64>,
@@ -829,7 +899,7 @@ fn report(r: &Report) {
     );
     md!(
         "clients: {}, {}, {}; servers: the tests' Kubernetes API-server stand-in (tests/src/kube, release build of `kube-standin`, TLS, JSON), {} (one worker, TLS, keep-alive unlimited, a {FILE_BYTES}-byte static file), all on 127.0.0.1 of a machine of {cores} cores shared by clients, servers and proxies. Through agentgate the client runs unchanged in a captured cgroup and dials the server's own address; the gateway terminates its TLS with a leaf from an agentgate CA the client trusts, verifies its JWT (RS256) once per connection, judges and records every request (SQLite, log level info) and forwards it over verify-full TLS with its own credential (plus impersonation headers for the `kubernetes` profile). Direct clients trust the server's CA and send a token the server accepts. No real API server can be installed here: the stand-in's speed is not an API server's, so the ratios say what the gateway adds to a fast server.\n",
-        first_line("kubectl", &["version", "--client"]),
+        first_line("kubectl", &["version", "--client"]).replace("Client Version: ", "kubectl "),
         first_line("curl", &["--version"])
             .split_whitespace()
             .take(2)
@@ -840,7 +910,10 @@ fn report(r: &Report) {
             .next()
             .unwrap_or("wrk")
             .to_string(),
-        first_line("nginx", &["-v"]),
+        first_line("nginx", &["-v"]).replace("nginx version: ", ""),
+    );
+    md!(
+        "Measured in this order: the kubectl round trips, the lists, the watch, then the wrk runs (for which the gateway is restarted with and without `--record-off`, so the memory figures are all of the first gateway process).\n"
     );
 
     md!("| `kubectl get pods -n default`, new process and connection each ({ROUND_TRIPS} runs per repetition) | p50 ms (median) | p50 min–max | p90 ms (median) | p50 ratio to direct |");
@@ -864,11 +937,22 @@ fn report(r: &Report) {
         r.rtt_cpu * 1000.0 / (reps * ROUND_TRIPS) as f64
     );
 
+    let size = if r.list_bytes.iter().all(|b| *b == r.list_bytes[0]) {
+        format!("{:.1} MB of JSON", r.list_bytes[0] as f64 / 1e6)
+    } else {
+        format!(
+            "bytes of JSON: {}",
+            KUBE.iter()
+                .zip(&r.list_bytes)
+                .map(|(who, b)| format!("{b} {}", who.label()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     md!(
-        "\n| `curl` of `/api/v1/namespaces/default/pods`, {BULK_PODS} pods ({:.1} MB of JSON) | s (median) | min–max | ratio to direct |",
-        r.list_bytes as f64 / 1e6
+        "\n| `curl` of `/api/v1/namespaces/default/pods`, {BULK_PODS} pods ({size}) | HTTP version | s (median) | min–max | ratio to direct |"
     );
-    md!("|---|---|---|---|");
+    md!("|---|---|---|---|---|");
     let base_list = median(r.lists[0].clone());
     let mut list_secs = Vec::new();
     for (i, who) in KUBE.iter().enumerate() {
@@ -876,8 +960,9 @@ fn report(r: &Report) {
         let m = median(r.lists[i].clone());
         list_secs.push(m);
         md!(
-            "| {} | {m:.3} | {lo:.3}–{hi:.3} | {:.2} |",
+            "| {} | {} | {m:.3} | {lo:.3}–{hi:.3} | {:.2} |",
             who.label(),
+            r.list_versions[i],
             m / base_list
         );
     }
@@ -929,6 +1014,9 @@ fn report(r: &Report) {
     if !errors.is_empty() {
         md!("\nwrk's socket errors: {}", errors.join("; "));
     }
+    md!(
+        "\nthe gateway forwards every request, a GET included, only once its intent is on disk in the record (`record_durable` in protocol/action_gate.rs, the one gate of every protocol); with `--record-off` the recorder discards and nothing waits for a disk, so the last row shows what that wait costs. Proxy CPU = the proxy process's user + system time during the run ÷ requests answered."
+    );
 
     let w = &r.watch;
     md!(
@@ -951,9 +1039,12 @@ fn report(r: &Report) {
 
     md!("\n| the gateway's memory | MiB |");
     md!("|---|---|");
-    md!("| VmRSS after the warm-up | {:.1} |", mib(r.idle));
     md!(
-        "| VmRSS at the end / VmHWM (the highest since start) | {:.1} / {:.1} |",
+        "| VmRSS after the warm-up (kubectl, lists, wrk: one of each) | {:.1} |",
+        mib(r.idle)
+    );
+    md!(
+        "| VmRSS after the kubectl runs, the lists and the watch / VmHWM (the highest since start) | {:.1} / {:.1} |",
         mib(r.end_rss),
         mib(r.end_hwm)
     );
@@ -975,13 +1066,14 @@ fn report(r: &Report) {
         list_secs[0]
     );
     md!(
-        "| keep-alive req/s, {} connections | {:.2} × direct ({:.0} vs {:.0}) | HAProxy TCP {:.2} × direct; agentgate {:.2} × HAProxy |",
+        "| keep-alive req/s, {} connections | {:.2} × direct ({:.0} vs {:.0}) | HAProxy TCP {:.2} × direct; agentgate {:.2} × HAProxy; with `--record-off` {:.2} × direct |",
         r.wrk_conns,
         rates[2] / rates[0],
         rates[2],
         rates[0],
         rates[1] / rates[0],
-        rates[2] / rates[1]
+        rates[2] / rates[1],
+        rates[3] / rates[0]
     );
     md!(
         "| watch, memory | {:+.1} MiB from start to peak over {} events | — |",
