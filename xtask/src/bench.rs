@@ -26,6 +26,10 @@
 //!
 //! SSH (bench_ssh.rs): `ssh host true` round trips and a transfer piped through `ssh`, direct vs
 //! HAProxy TCP vs agentgate; the gateway's memory during the transfers.
+//!
+//! HTTP (bench_http.rs): `kubectl get pods` round trips and a 10 000-pod list direct to the
+//! Kubernetes API-server stand-in vs through the gateway; keep-alive requests/s with `wrk`
+//! against nginx direct vs HAProxy TCP vs agentgate; the gateway's memory on a long watch.
 
 use std::{net::SocketAddr, process::Command};
 
@@ -52,6 +56,9 @@ pub enum Only {
     Flood,
     /// `ssh host true` round trips and a transfer through `ssh`: direct vs HAProxy vs agentgate.
     Ssh,
+    /// kubectl and a 10k-pod list direct vs agentgate; wrk direct vs HAProxy vs agentgate; a
+    /// long watch's memory.
+    Http,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +95,12 @@ pub struct Options {
     /// Connections stalled in their startup message during the flood section's floods.
     #[arg(long, default_value_t = 200)]
     pub flood_stalled: usize,
+    /// Seconds per wrk run of the http section.
+    #[arg(long, default_value_t = 5)]
+    pub wrk_secs: u64,
+    /// Connections of the http section's wrk runs (kept alive).
+    #[arg(long, default_value_t = 16)]
+    pub wrk_conns: usize,
     /// Print only: leave docs/benchmarks.md as it is (for trial runs).
     #[arg(long)]
     pub no_doc: bool,
@@ -99,8 +112,8 @@ pub struct Options {
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
     util::require_root("the benchmark")?;
-    if o.pg_secs == 0 || o.pg_reps == 0 || o.reps == 0 {
-        bail!("--reps, --pg-reps and --pg-secs must be at least 1");
+    if o.pg_secs == 0 || o.pg_reps == 0 || o.reps == 0 || o.wrk_secs == 0 || o.wrk_conns == 0 {
+        bail!("--reps, --pg-reps, --pg-secs, --wrk-secs and --wrk-conns must be at least 1");
     }
     // The old revision first: its build is the long one, and it should fail before anything
     // else has been measured. Only the PostgreSQL section uses it.
@@ -125,7 +138,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .map(|rev| format!(" --baseline-rev {rev}"))
         .unwrap_or_default();
     // Each section with the command that reproduces it alone.
-    let sections: [(Only, &str, String); 7] = [
+    let sections: [(Only, &str, String); 8] = [
         (
             Only::Capture,
             "capture",
@@ -173,6 +186,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             "ssh",
             format!("--reps {} --bytes {}", o.reps, o.bytes),
         ),
+        (
+            Only::Http,
+            "http",
+            format!(
+                "--reps {} --wrk-secs {} --wrk-conns {}",
+                o.reps, o.wrk_secs, o.wrk_conns
+            ),
+        ),
     ];
     for (section, key, args) in sections {
         if !runs(section) {
@@ -191,6 +212,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 crate::bench_flood::flood(o.flood_sessions, o.flood_stalled, o.pg_secs, o.pg_reps)?
             }
             Only::Ssh => crate::bench_ssh::ssh(o.reps, o.bytes)?,
+            Only::Http => crate::bench_http::http(o.reps, o.wrk_secs, o.wrk_conns)?,
         }
         if !o.no_doc {
             report::publish(key)?;

@@ -262,14 +262,15 @@ fn transfer(rig: &Rig, who: Contender, bytes: u64, remote: &str) -> anyhow::Resu
     Ok(bytes as f64 / secs / 1e6)
 }
 
-/// Samples a process's VmRSS (KiB) every 20 ms until stopped; the highest seen.
-struct RssSampler {
+/// Samples a process's VmRSS (KiB) every 20 ms until stopped; the highest seen (also used by
+/// bench_http.rs).
+pub(crate) struct RssSampler {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<u64>,
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> Self {
+    pub(crate) fn start(pid: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -285,18 +286,18 @@ impl RssSampler {
         Self { stop, handle }
     }
 
-    fn finish(self) -> u64 {
+    pub(crate) fn finish(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or(0)
     }
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 /// p50 and p90 (ms) of `secs`.
-fn percentiles(mut secs: Vec<f64>) -> (f64, f64) {
+pub(crate) fn percentiles(mut secs: Vec<f64>) -> (f64, f64) {
     secs.sort_by(f64::total_cmp);
     let at = |q: f64| {
         let i = ((secs.len() as f64 * q).ceil() as usize).clamp(1, secs.len()) - 1;

@@ -3,6 +3,7 @@
 mod baselines;
 mod bench;
 mod bench_flood;
+mod bench_http;
 mod bench_mask;
 mod bench_pg;
 mod bench_record;

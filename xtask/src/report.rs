@@ -35,7 +35,7 @@ macro_rules! md {
 pub(crate) use md;
 
 /// The sections in the order the document lists them, with their headings.
-pub const SECTIONS: [(&str, &str); 7] = [
+pub const SECTIONS: [(&str, &str); 8] = [
     (
         "capture",
         "Capture: connect() with the eBPF hook, L4 relay throughput",
@@ -57,6 +57,10 @@ pub const SECTIONS: [(&str, &str); 7] = [
     (
         "ssh",
         "SSH: round trip and throughput, direct vs HAProxy vs agentgate",
+    ),
+    (
+        "http",
+        "HTTP and Kubernetes: kubectl, a large list, keep-alive requests/s, a long watch",
     ),
 ];
 

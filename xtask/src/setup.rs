@@ -61,6 +61,11 @@ const APT_PACKAGES: &[&str] = &[
     // tests/src/http.rs: the agents' `curl` in the HTTP tests (openssl, listed above, makes
     // their certificate authorities).
     "curl",
+    // `cargo xtask bench --only http`: nginx serves the generic HTTPS target (a fast server, so
+    // the proxy is what is measured) and wrk drives it with kept-alive connections. The system
+    // nginx the package may start on port 80 is stopped and disabled, see stop_system_nginx().
+    "nginx",
+    "wrk",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[
@@ -102,6 +107,9 @@ pub fn run() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         if missing.contains(&"openssh-server") {
             stop_system_sshd();
+        }
+        if missing.contains(&"nginx") {
+            stop_system_nginx();
         }
     }
 
@@ -204,6 +212,25 @@ fn stop_system_sshd() {
         quiet(Command::new("update-rc.d").args(["ssh", "disable"]));
     }
     println!("setup: system sshd (port 22) stopped and disabled; the tests start their own");
+}
+
+/// Like [`stop_system_sshd`] for nginx: installing it starts a server on port 80 where the init
+/// system lets it; the bench starts its own, on its own port and config. Best effort, and only
+/// when setup itself installed the package.
+fn stop_system_nginx() {
+    let quiet = |cmd: &mut Command| {
+        let _ = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    if std::path::Path::new("/run/systemd/system").exists() {
+        quiet(Command::new("systemctl").args(["disable", "--now", "nginx.service"]));
+    } else {
+        quiet(Command::new("service").args(["nginx", "stop"]));
+        quiet(Command::new("update-rc.d").args(["nginx", "disable"]));
+    }
+    println!("setup: system nginx (port 80) stopped and disabled; the bench starts its own");
 }
 
 fn on_path(program: &str) -> bool {
