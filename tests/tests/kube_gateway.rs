@@ -89,6 +89,12 @@ fn kubectl_get_reaches_the_api_server_as_the_impersonated_agent() {
             >= 2
     });
     assert!(rec.iter().all(|x| x[1] == "allowed"), "{rec:?}");
+    // Reads wait for no commit: no intent is written before them.
+    let intents = record_query(
+        &s.gw.record_db(),
+        "SELECT count(*) FROM audit_log WHERE kind = 'statement_intent'",
+    );
+    assert_eq!(intents[0][0], 0, "{intents:?}");
 }
 
 /// Secret values never reach the agent: `-o json`, `-o yaml`, the table, and a watch.

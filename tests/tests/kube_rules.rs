@@ -429,10 +429,16 @@ fn deny_and_retry_lets_the_identical_request_through_once_approved() {
         .and_then(|r| r["id"].as_str().map(str::to_string))
         .unwrap_or_else(|| panic!("no pending request: {err}"));
     assert!(err.contains(&id), "the agent is told which request: {err}");
-    assert!(s.standin.get("", "configmaps", "default", "app-config").is_some());
+    assert!(s
+        .standin
+        .get("", "configmaps", "default", "app-config")
+        .is_some());
     let ok = approvals(&s, &["approve", &id]);
     assert!(ok.status.success(), "{}", text(&ok));
     let second = kubectl(&s, &kc, &args);
     assert!(second.status.success(), "{}", text(&second));
-    assert!(s.standin.get("", "configmaps", "default", "app-config").is_none());
+    assert!(s
+        .standin
+        .get("", "configmaps", "default", "app-config")
+        .is_none());
 }

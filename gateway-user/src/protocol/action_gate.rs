@@ -59,6 +59,10 @@ pub struct Described {
     pub text: String,
     /// The protocol's class of it (`exec`, `delete`, …).
     pub class: String,
+    /// It changes something (anything but a read): its intent is on record, committed, before
+    /// it is forwarded, as for PostgreSQL's privileged statements. A read is on record with its
+    /// outcome only.
+    pub privileged: bool,
 }
 
 /// Where the agent reads the gateway's notices while its action is held (stderr of an SSH
@@ -171,12 +175,15 @@ where
         }
     }
     // Durable intent: on record before the target sees it; if the record cannot take it, it
-    // does not run.
-    if !ctx
-        .recorder
-        .record_durable(Record::Intent(rec.clone()))
-        .await
-    {
+    // does not run. A read's outcome is recorded after it, as long as the record can take it.
+    let on_record = if action.privileged {
+        ctx.recorder
+            .record_durable(Record::Intent(rec.clone()))
+            .await
+    } else {
+        ctx.recorder.writable().is_ok()
+    };
+    if !on_record {
         rec.decision = "denied";
         return Gated::Refused {
             message: "agentgate: not run: the gateway cannot put it on record".into(),

@@ -73,6 +73,22 @@ struct Classified {
     namespace: String,
 }
 
+impl Classified {
+    /// Anything but a read: a Kubernetes verb other than get/list/watch (exec and attach
+    /// streams included, which are GETs), any method but GET/HEAD/OPTIONS.
+    fn privileged(&self) -> bool {
+        if self.exec.is_some() {
+            return true;
+        }
+        match &self.info {
+            Some(info) if info.is_resource_request => {
+                !matches!(info.verb.as_str(), "get" | "list" | "watch")
+            }
+            _ => !matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS"),
+        }
+    }
+}
+
 impl<'a, C: Connect> Conn<'a, C> {
     pub(super) async fn exchange(&self, mut req: Request<Incoming>) -> Response<AgentBody> {
         let kube = self.kubernetes();
@@ -174,6 +190,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             namespace: classified.namespace.clone(),
             text: rec.text.clone(),
             class: classified.class.clone(),
+            privileged: classified.privileged(),
         };
         let g = &live.admitted.grant;
         let who = Who {
