@@ -605,5 +605,8 @@ pub fn json_only_accept(accept: &str) -> String {
 }
 
 #[cfg(test)]
+#[path = "kube_pb_refusal_tests.rs"]
+mod refusal_tests;
+#[cfg(test)]
 #[path = "kube_pb_tests.rs"]
 mod tests;
