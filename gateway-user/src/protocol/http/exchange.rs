@@ -46,15 +46,23 @@ const HOP_BY_HOP: [&str; 8] = [
 /// not passed on.
 const MAX_MASKED_BODY: usize = 64 << 20;
 
-/// The bearer token of an `Authorization` header; `Err` when there is a header that is not one.
-fn bearer(headers: &HeaderMap) -> Result<Option<String>, ()> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
+/// The bearer token of the `Authorization` header; `Err` (why) when there is a header that is
+/// not one, or more than one header.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = all.next() else {
         return Ok(None);
     };
-    let v = v.to_str().map_err(|_| ())?;
-    let (scheme, token) = v.split_once(' ').ok_or(())?;
+    // Two credentials on one request: the gateway would verify one, and a server that reads
+    // another (the last, say) would act on a token nobody verified, where it is passed on.
+    if all.next().is_some() {
+        return Err("the request has more than one Authorization header");
+    }
+    let not_bearer = "the Authorization header is not a bearer token";
+    let v = v.to_str().map_err(|_| not_bearer)?;
+    let (scheme, token) = v.split_once(' ').ok_or(not_bearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(());
+        return Err(not_bearer);
     }
     Ok(Some(token.trim().to_string()))
 }
@@ -721,10 +729,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             )
             .await
             .map(|t| (None, t)),
-            Err(()) => Err(Refusal::new(
-                "no_token",
-                "the Authorization header is not a bearer token",
-            )),
+            Err(why) => Err(Refusal::new("no_token", why)),
         };
         let admitted = match token {
             Ok((bearer, token)) => self
