@@ -144,7 +144,11 @@ impl<'a, C: Connect> Conn<'a, C> {
                     .await
             }
         };
-        let shown_body = match self.readable_body(&parts.headers, &body) {
+        let secrets = classified
+            .info
+            .as_ref()
+            .is_some_and(|i| i.is_resource_request && i.resource == "secrets");
+        let shown_body = match self.readable_body(&parts.headers, &body, secrets) {
             Ok(b) => b,
             Err(why) => {
                 return self
@@ -455,8 +459,14 @@ impl<'a, C: Connect> Conn<'a, C> {
     }
 
     /// The request body as approvers and the record see it; `Err` when it cannot be read (a
-    /// body the gateway cannot show is not forwarded).
-    fn readable_body(&self, headers: &HeaderMap, body: &Bytes) -> Result<Option<String>, String> {
+    /// body the gateway cannot show is not forwarded). `secrets`: the request is to the
+    /// `secrets` resource, whose values are never shown.
+    fn readable_body(
+        &self,
+        headers: &HeaderMap,
+        body: &Bytes,
+        secrets: bool,
+    ) -> Result<Option<String>, String> {
         if body.is_empty() {
             return Ok(None);
         }
@@ -471,10 +481,17 @@ impl<'a, C: Connect> Conn<'a, C> {
             let mut v = super::kube_pb::decode(body).map_err(|e| {
                 format!("agentgate: a protobuf request body the gateway cannot read: {e}")
             })?;
-            kube::mask_secrets(&mut v, false);
+            kube::mask_secrets(&mut v, secrets);
             return Ok(Some(v.to_string()));
         }
         match std::str::from_utf8(body) {
+            // To a Secret: shown masked, or not at all (and then not forwarded).
+            Ok(text) if secrets && self.kubernetes() => kube::masked_secret_body(text)
+                .map(|v| Some(v.to_string()))
+                .ok_or_else(|| {
+                    "agentgate: a request body to a Secret that the gateway cannot read to mask"
+                        .to_string()
+                }),
             Ok(text) => {
                 let mut text = text.to_string();
                 // A Secret's values are not shown to approvers nor kept on record.
