@@ -1035,11 +1035,13 @@ fn a_slow_client_is_dropped_at_the_login_deadline(k: &Kube) {
     assert!(k.standin.log.is_empty(), "{:?}", k.standin.log.entries());
 }
 
-/// `upstream_identity: pass-through` on a plain HTTP target: the agent's verified token goes
+/// A plain HTTP target. `upstream_identity: pass-through`: the agent's verified token goes
 /// on, and nothing else: a second `Authorization` header (which a server may read instead of
-/// the first) is refused, never forwarded.
+/// the first) is refused, never forwarded. And an approval given (deny-and-retry) for a request
+/// with a body that is not text covers that body only: another body of the same length is not
+/// "the identical request".
 #[test]
-fn pass_through_forwards_only_the_verified_token() {
+fn plain_http_pass_through_and_opaque_bodies() {
     require_root();
     let _ = cgroup2_root();
     let (listen, port) = (20918, 20919);
@@ -1066,7 +1068,9 @@ fn pass_through_forwards_only_the_verified_token() {
          \x20   http:\n      upstream_identity: pass-through\n\
          \x20     tls: {{ca_cert: {ca_cert}, ca_key: {ca_key}, names: [service.test]}}\n\
          \x20     upstream_tls: {{mode: verify-full, ca_file: {service_ca}, server_name: service.test}}\n\
-         rules:\n  - name: agents-to-service\n    when: {{workloads: [agents], groups: [agents]}}\n    targets: [service]\n",
+         rules:\n  - name: agents-to-service\n    when: {{workloads: [agents], groups: [agents]}}\n    targets: [service]\n\
+         \x20 - name: uploads-need-approval\n    targets: [service]\n    requests: {{methods: [POST], paths: [\"/upload*\"]}}\n\
+         \x20   approval: {{approvers: [oncall], timeout_secs: 60, mode: deny_and_retry}}\n",
         jwks = fixtures().join("test-jwks.json").display(),
         ca_cert = agent_ca.cert.display(),
         ca_key = agent_ca.key.display(),
@@ -1108,7 +1112,59 @@ fn pass_through_forwards_only_the_verified_token() {
         "{}",
         got.data
     );
+
+    // Deny-and-retry with a body that is not text: approved for body A, retried with body B.
+    let upload = |body: &[u8]| {
+        let mut r = format!(
+            "POST /upload HTTP/1.1\r\nHost: service.test\r\nAuthorization: Bearer {t}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        raw(
+            &agent,
+            &dir,
+            port,
+            Some(&agent_ca.cert),
+            "service.test",
+            Raw::send(r),
+        )
+    };
+    let (body_a, body_b) = (b"\xff\xfeBODY-A-0123456789", b"\xff\xfeBODY-B-0123456789");
+    let got = upload(body_a);
+    assert_eq!(got.statuses(), vec![403], "{}", got.data);
+    let id = got
+        .data
+        .split("request ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .filter(|id| id.starts_with("ar-"))
+        .unwrap_or_else(|| panic!("no request id: {}", got.data))
+        .to_string();
+    let approved = Command::new(agentgate_bin())
+        .args(["approvals", "approve", &id])
+        .arg("--admin-socket")
+        .arg(gw.admin_socket())
+        .output()
+        .expect("approve");
+    assert!(approved.status.success(), "{}", text(&approved));
+    let got = upload(body_b);
+    assert_eq!(
+        got.statuses(),
+        vec![403],
+        "another body passed as the approved one: {}",
+        got.data
+    );
+    let got = upload(body_a);
+    assert_eq!(got.statuses(), vec![200], "the approved body: {}", got.data);
+
     let seen = upstream.requests();
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r["body"].as_str().is_some_and(|b| b.contains("BODY-B"))),
+        "a body nobody approved reached the service: {seen:?}"
+    );
     assert!(!seen.is_empty());
     for r in &seen {
         assert_eq!(
