@@ -504,7 +504,19 @@ impl<'a, C: Connect> Conn<'a, C> {
                 }
                 Ok(Some(text))
             }
-            Err(_) if !self.kubernetes() => Ok(Some(format!("({} bytes, not text)", body.len()))),
+            // Its digest, not just its length: the text is what "the identical request" of a
+            // deny-and-retry approval is, and another body of the same length is not it.
+            Err(_) if !self.kubernetes() => {
+                use sha2::{Digest, Sha256};
+                let digest: String = Sha256::digest(body)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Ok(Some(format!(
+                    "({} bytes, not text, sha256 {digest})",
+                    body.len()
+                )))
+            }
             Err(_) => Err("agentgate: a request body that is neither JSON nor text".into()),
         }
     }
