@@ -1060,6 +1060,50 @@ fn an_abandoned_revoked_or_reloaded_held_request_is_never_forwarded() {
                 .is_none());
         });
     }
+
+    // The approvers' diff reads the object as it is now with the gateway's own credential (no
+    // impersonation), at a path made from the name in the agent's body. A name that is not one
+    // path segment to the API server (an encoded `/` or `.`, a `?`) must not point that read
+    // anywhere else: a Secret read with the gateway's credential and put before approvers, say.
+    k.reload(&k.policy);
+    let t = token("agent-att-9n");
+    let before = k.standin.log.len();
+    for name in [
+        "x%2F..%2F..%2F..%2F..%2F..%2F..%2Fapi%2Fv1%2Fnamespaces%2Fdefault%2Fsecrets%2Fdb-credentials",
+        "%2e%2e",
+        "y?watch=1",
+        "z#frag",
+    ] {
+        let mut body: Value = serde_json::from_str(&rolebinding("n")).expect("json");
+        body["metadata"]["name"] = Value::String(name.into());
+        let body = body.to_string();
+        let head = k.head(
+            "POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            &t,
+            &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()),
+        );
+        // Held; the agent leaves after a moment (the read is made before the hold).
+        let _ = k.raw(Raw {
+            segments: vec![Segment {
+                data: format!("{head}{body}").into_bytes(),
+                sleep: 2.0,
+                ..Default::default()
+            }],
+            quiet: 0.1,
+            no_read: true,
+        });
+    }
+    let reads: Vec<_> = k.standin.log.entries().into_iter().skip(before).collect();
+    assert!(!reads.is_empty(), "the approvers' diff read nothing");
+    for e in &reads {
+        assert!(
+            !e.path.contains('%') && e.query.is_empty() && !e.path.contains("secrets"),
+            "the gateway's own read went to a path the name made: {} {}?{}",
+            e.method,
+            e.path,
+            e.query
+        );
+    }
 }
 
 /// (In `upgrades_are_refused_except_for_exec`.) A client that dawdles over its first request (or its TLS handshake) is dropped at the
