@@ -103,6 +103,8 @@ struct Raw {
     quiet: f64,
     /// Close without reading anything more after the last segment.
     no_read: bool,
+    /// The address dialled (default 127.0.0.2).
+    host: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -121,6 +123,7 @@ impl Raw {
             }],
             quiet: 3.0,
             no_read: false,
+            host: None,
         }
     }
 }
@@ -197,7 +200,7 @@ fn raw(agent: &Cgroup, dir: &Path, port: u16, ca: Option<&Path>, sni: &str, spec
     }
     let b64 = base64::engine::general_purpose::STANDARD;
     let spec = json!({
-        "host": "127.0.0.2",
+        "host": spec.host.unwrap_or("127.0.0.2"),
         "port": port,
         "ca": ca.map(|c| c.display().to_string()),
         "sni": sni,
@@ -979,6 +982,7 @@ fn an_abandoned_revoked_or_reloaded_held_request_is_never_forwarded() {
             }],
             quiet: 10.0,
             no_read: how == "hang up",
+            host: None,
         };
         std::thread::scope(|scope| {
             let client = scope.spawn(|| k.raw(spec));
@@ -1092,6 +1096,7 @@ fn an_abandoned_revoked_or_reloaded_held_request_is_never_forwarded() {
             }],
             quiet: 0.1,
             no_read: true,
+            host: None,
         });
     }
     let reads: Vec<_> = k.standin.log.entries().into_iter().skip(before).collect();
@@ -1129,6 +1134,7 @@ fn a_slow_client_is_dropped_at_the_login_deadline(k: &Kube) {
         ],
         quiet: 3.0,
         no_read: false,
+        host: None,
     });
     assert!(
         !got.statuses().contains(&200),
@@ -1148,6 +1154,7 @@ fn a_slow_client_is_dropped_at_the_login_deadline(k: &Kube) {
             segments: vec![Segment::default()],
             quiet: 8.0,
             no_read: false,
+            host: None,
         },
     );
     assert!(
@@ -1191,14 +1198,18 @@ fn plain_http_pass_through_and_opaque_bodies() {
          \x20   http:\n      upstream_identity: pass-through\n\
          \x20     tls: {{ca_cert: {ca_cert}, ca_key: {ca_key}, names: [service.test]}}\n\
          \x20     upstream_tls: {{mode: verify-full, ca_file: {service_ca}, server_name: service.test}}\n\
-         rules:\n  - name: agents-to-service\n    when: {{workloads: [agents], groups: [agents]}}\n    targets: [service]\n\
+         \x20 - name: static\n    protocol: http\n    addresses: [\"127.0.0.3\"]\n    ports: [{port}]\n\
+         \x20   http: {{upstream_tls: {{mode: disable}}}}\n\
+         rules:\n  - name: agents-to-service\n    when: {{workloads: [agents], groups: [agents]}}\n    targets: [service, static]\n\
          \x20 - name: uploads-need-approval\n    targets: [service]\n    requests: {{methods: [POST], paths: [\"/upload*\"]}}\n\
-         \x20   approval: {{approvers: [oncall], timeout_secs: 60, mode: deny_and_retry}}\n",
+         \x20   approval: {{approvers: [oncall], timeout_secs: 60, mode: deny_and_retry}}\n\
+         \x20 - name: mask-pii\n    targets: [static]\n    mask: {{detectors: [email]}}\n",
         jwks = fixtures().join("test-jwks.json").display(),
         ca_cert = agent_ca.cert.display(),
         ca_key = agent_ca.key.display(),
         service_ca = service_ca.cert.display(),
     );
+    let nginx = Nginx::start(&dir, &format!("127.0.0.3:{port}"));
     let gw = Gateway::start(tag, &policy);
     gw.wait_classified(&agent.rel);
     let t = token("agent-att-11");
@@ -1296,5 +1307,112 @@ fn plain_http_pass_through_and_opaque_bodies() {
             "the service got an Authorization the gateway never verified: {r}"
         );
     }
+
+    // Detector masking against byte ranges: nginx serves a file with an e-mail address in it;
+    // whole, the address is masked. Asked for in pieces (`Range`), no piece holds a whole
+    // address for the detector to find, and the agent puts them together.
+    let whole = |extra: &str| {
+        raw(
+            &agent,
+            &dir,
+            port,
+            None,
+            "",
+            Raw {
+                host: Some("127.0.0.3"),
+                ..Raw::send(format!(
+                    "GET /contacts.txt HTTP/1.1\r\nHost: static\r\nAuthorization: Bearer {t}\r\n{extra}\r\n"
+                ))
+            },
+        )
+    };
+    let got = whole("");
+    assert_eq!(got.statuses(), vec![200], "{}", got.data);
+    assert!(!got.data.contains(nginx.email), "{}", got.data);
+    let mut pieces = String::new();
+    // The address is bytes 21–44, its `@` byte 33: "alice.attack@exam" and "ple.com".
+    for range in ["bytes=0-37", "bytes=38-99"] {
+        let got = whole(&format!("Range: {range}\r\n"));
+        if let Some((_, body)) = got.data.split_once("\r\n\r\n") {
+            if got.statuses() == vec![206] {
+                pieces.push_str(&dechunk(body));
+            }
+        }
+    }
+    assert!(
+        !pieces.contains(nginx.email),
+        "the address put together from byte ranges: {pieces:?}"
+    );
     drop(gw);
+}
+
+/// A chunked body's data (the whole body when it is not chunked).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            return body.to_string();
+        };
+        if n == 0 || after.len() < n {
+            return out;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// nginx serving a directory with one file that holds an e-mail address; stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    email: &'static str,
+}
+
+impl Nginx {
+    fn start(dir: &Path, listen: &str) -> Self {
+        let email = "alice.attack@example.com";
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www).expect("www");
+        std::fs::write(
+            www.join("contacts.txt"),
+            format!("name: alice\ncontact: {email}\nend\n"),
+        )
+        .expect("file");
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                 events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/pt;\n\
+                 fastcgi_temp_path {d}/ft;\n  uwsgi_temp_path {d}/ut;\n  scgi_temp_path {d}/st;\n\
+                 server {{\n    listen {listen};\n    root {www};\n  }}\n}}\n",
+                www = www.display()
+            ),
+        )
+        .expect("nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        wait_until("nginx listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(listen).is_ok()
+        });
+        Nginx { child, email }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
