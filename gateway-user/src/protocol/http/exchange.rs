@@ -634,6 +634,15 @@ impl<'a, C: Connect> Conn<'a, C> {
             let why = "agentgate: the target compressed an answer the gateway must mask";
             return self.failed(rec, why).await;
         }
+        // A part of a body (`Range`) is masked as if it were all of it: a value cut at the
+        // part's edge is no hit for the detectors, and the agent puts the parts together.
+        let partial = parts.status == StatusCode::PARTIAL_CONTENT
+            || parts.headers.contains_key(header::CONTENT_RANGE);
+        if partial && (secrets || plan.is_some()) {
+            let why =
+                "agentgate: a part of an answer (a byte range) cannot be masked; ask for all of it";
+            return self.failed(rec, why).await;
+        }
         if secrets && !watch {
             let whole = match Limited::new(body, MAX_MASKED_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
