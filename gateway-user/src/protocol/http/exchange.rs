@@ -46,15 +46,23 @@ const HOP_BY_HOP: [&str; 8] = [
 /// not passed on.
 const MAX_MASKED_BODY: usize = 64 << 20;
 
-/// The bearer token of an `Authorization` header; `Err` when there is a header that is not one.
-fn bearer(headers: &HeaderMap) -> Result<Option<String>, ()> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
+/// The bearer token of the `Authorization` header; `Err` (why) when there is a header that is
+/// not one, or more than one header.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = all.next() else {
         return Ok(None);
     };
-    let v = v.to_str().map_err(|_| ())?;
-    let (scheme, token) = v.split_once(' ').ok_or(())?;
+    // Two credentials on one request: the gateway would verify one, and a server that reads
+    // another (the last, say) would act on a token nobody verified, where it is passed on.
+    if all.next().is_some() {
+        return Err("the request has more than one Authorization header");
+    }
+    let not_bearer = "the Authorization header is not a bearer token";
+    let v = v.to_str().map_err(|_| not_bearer)?;
+    let (scheme, token) = v.split_once(' ').ok_or(not_bearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(());
+        return Err(not_bearer);
     }
     Ok(Some(token.trim().to_string()))
 }
@@ -152,7 +160,11 @@ impl<'a, C: Connect> Conn<'a, C> {
                     .await
             }
         };
-        let shown_body = match self.readable_body(&parts.headers, &body) {
+        let secrets = classified
+            .info
+            .as_ref()
+            .is_some_and(|i| i.is_resource_request && i.resource == "secrets");
+        let shown_body = match self.readable_body(&parts.headers, &body, secrets) {
             Ok(b) => b,
             Err(why) => {
                 return self
@@ -447,8 +459,14 @@ impl<'a, C: Connect> Conn<'a, C> {
     }
 
     /// The request body as approvers and the record see it; `Err` when it cannot be read (a
-    /// body the gateway cannot show is not forwarded).
-    fn readable_body(&self, headers: &HeaderMap, body: &Bytes) -> Result<Option<String>, String> {
+    /// body the gateway cannot show is not forwarded). `secrets`: the request is to the
+    /// `secrets` resource, whose values are never shown.
+    fn readable_body(
+        &self,
+        headers: &HeaderMap,
+        body: &Bytes,
+        secrets: bool,
+    ) -> Result<Option<String>, String> {
         if body.is_empty() {
             return Ok(None);
         }
@@ -463,10 +481,17 @@ impl<'a, C: Connect> Conn<'a, C> {
             let mut v = super::kube_pb::decode(body).map_err(|e| {
                 format!("agentgate: a protobuf request body the gateway cannot read: {e}")
             })?;
-            kube::mask_secrets(&mut v, false);
+            kube::mask_secrets(&mut v, secrets);
             return Ok(Some(v.to_string()));
         }
         match std::str::from_utf8(body) {
+            // To a Secret: shown masked, or not at all (and then not forwarded).
+            Ok(text) if secrets && self.kubernetes() => kube::masked_secret_body(text)
+                .map(|v| Some(v.to_string()))
+                .ok_or_else(|| {
+                    "agentgate: a request body to a Secret that the gateway cannot read to mask"
+                        .to_string()
+                }),
             Ok(text) => {
                 let mut text = text.to_string();
                 // A Secret's values are not shown to approvers nor kept on record.
@@ -479,7 +504,19 @@ impl<'a, C: Connect> Conn<'a, C> {
                 }
                 Ok(Some(text))
             }
-            Err(_) if !self.kubernetes() => Ok(Some(format!("({} bytes, not text)", body.len()))),
+            // Its digest, not just its length: the text is what "the identical request" of a
+            // deny-and-retry approval is, and another body of the same length is not it.
+            Err(_) if !self.kubernetes() => {
+                use sha2::{Digest, Sha256};
+                let digest: String = Sha256::digest(body)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Ok(Some(format!(
+                    "({} bytes, not text, sha256 {digest})",
+                    body.len()
+                )))
+            }
             Err(_) => Err("agentgate: a request body that is neither JSON nor text".into()),
         }
     }
@@ -595,6 +632,15 @@ impl<'a, C: Connect> Conn<'a, C> {
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         if encoded && (secrets || plan.is_some()) {
             let why = "agentgate: the target compressed an answer the gateway must mask";
+            return self.failed(rec, why).await;
+        }
+        // A part of a body (`Range`) is masked as if it were all of it: a value cut at the
+        // part's edge is no hit for the detectors, and the agent puts the parts together.
+        let partial = parts.status == StatusCode::PARTIAL_CONTENT
+            || parts.headers.contains_key(header::CONTENT_RANGE);
+        if partial && (secrets || plan.is_some()) {
+            let why =
+                "agentgate: a part of an answer (a byte range) cannot be masked; ask for all of it";
             return self.failed(rec, why).await;
         }
         if secrets && !watch {
@@ -721,10 +767,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             )
             .await
             .map(|t| (None, t)),
-            Err(()) => Err(Refusal::new(
-                "no_token",
-                "the Authorization header is not a bearer token",
-            )),
+            Err(why) => Err(Refusal::new("no_token", why)),
         };
         let admitted = match token {
             Ok((bearer, token)) => self

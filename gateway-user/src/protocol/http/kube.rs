@@ -119,6 +119,35 @@ pub fn mask_secrets(v: &mut Value, secrets: bool) -> usize {
     n
 }
 
+/// A request body sent to the `secrets` resource as approvers and the record see it, every
+/// value masked whatever form the body takes: an object with or without `kind` (the API server
+/// takes the kind from the URL), a merge or strategic-merge patch (`data` with no kind), a JSON
+/// patch (each operation's `value`: its path says where it goes, the value is what is hidden),
+/// YAML. `None`: the body is none of these, so it cannot be shown masked.
+pub fn masked_secret_body(text: &str) -> Option<Value> {
+    let mut v: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => serde_saphyr::from_str(text).ok()?,
+    };
+    match &mut v {
+        Value::Object(_) => {
+            mask_secrets(&mut v, true);
+        }
+        Value::Array(ops) => {
+            for op in ops.iter_mut() {
+                let Value::Object(op) = op else {
+                    return None;
+                };
+                if let Some(value) = op.get_mut("value") {
+                    *value = Value::String(MASKED.into());
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +182,26 @@ mod tests {
         let mut cm = json!({"kind": "ConfigMap", "data": {"k": "v"}});
         assert_eq!(mask_secrets(&mut cm, false), 0);
         assert_eq!(cm["data"]["k"], "v");
+    }
+
+    #[test]
+    fn secret_request_bodies_are_masked_in_every_form() {
+        for body in [
+            r#"{"metadata":{"name":"a"},"data":{"k":"c2VjcmV0"}}"#,
+            r#"{"metadata":{"name":"a"},"stringData":{"k":"secret"}}"#,
+            r#"{"data":{"k":"c2VjcmV0"}}"#,
+            r#"[{"op":"add","path":"/data/k","value":"c2VjcmV0"},{"op":"replace","path":"/data","value":{"k":"c2VjcmV0"}}]"#,
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: a\nstringData:\n  k: secret\n",
+            "stringData:\n  k: secret\n",
+        ] {
+            let masked = masked_secret_body(body).map(|v| v.to_string());
+            let masked = masked.unwrap_or_else(|| panic!("not masked: {body}"));
+            assert!(!masked.contains("c2VjcmV0"), "{masked}");
+            assert!(!masked.contains("secret\""), "{masked}");
+        }
+        for unreadable in ["\"just a string\"", "[1, 2]", "a: [", "42"] {
+            assert!(masked_secret_body(unreadable).is_none(), "{unreadable}");
+        }
     }
 
     #[test]

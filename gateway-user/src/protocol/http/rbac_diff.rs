@@ -26,7 +26,13 @@ pub fn object_path(info: &RequestInfo, body: Option<&Value>) -> Option<String> {
     } else {
         info.name.clone()
     };
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    // One path segment to the API server, or no read at all: this read is made with the
+    // gateway's own credential, so the agent's name must not point it anywhere else. Besides
+    // `/`, `.` and `..` (apimachinery's IsValidPathSegmentName also refuses `%`), nothing the
+    // server would decode into a `/` or `..` (`%2F`, `%2e`), nothing that ends the path (`?`,
+    // `#`), no control character or space.
+    let bad = |c: char| matches!(c, '/' | '%' | '?' | '#' | ' ') || c.is_control();
+    if name.is_empty() || name.contains(bad) || name == "." || name == ".." {
         return None;
     }
     let ns = if info.namespace.is_empty() {
@@ -160,10 +166,23 @@ mod tests {
             object_path(&info, Some(&body)).as_deref(),
             Some("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/ci-view")
         );
-        assert_eq!(
-            object_path(&info, Some(&json!({"metadata": {"name": "../x"}}))),
-            None
-        );
+        for name in [
+            "../x",
+            "x%2F..%2Fy",
+            "%2e%2e",
+            "y?watch=1",
+            "z#f",
+            "a b",
+            "..",
+        ] {
+            assert_eq!(
+                object_path(&info, Some(&json!({"metadata": {"name": name}}))),
+                None,
+                "{name}"
+            );
+        }
+        let colon = json!({"metadata": {"name": "system:controller:x"}});
+        assert!(object_path(&info, Some(&colon)).is_some());
         let get = super::super::request_info::resolve(
             "GET",
             "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/admins",
