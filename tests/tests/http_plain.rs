@@ -181,6 +181,16 @@ fn requests_are_relayed_with_the_gateways_credential_and_recorded() {
         );
     }
     assert_eq!(seen[1]["body"], "{\"a\":1}");
+    // The service is asked by the name the policy gives it, whatever Host the agent wrote.
+    let (code, _) = curl(&s, Some(&t), &["-H", "Host: intranet.other"], "/echo/host");
+    assert_eq!(code, 200);
+    let seen = s.upstream.requests();
+    assert_eq!(
+        header_values(&seen[2], "host"),
+        vec![format!("service.test:{}", s.port)],
+        "{}",
+        seen[2]
+    );
     let rec = wait_requests(&s.gw, 2);
     assert_eq!(rec[0][0], "GET /echo/hello?x=1", "{rec:?}");
     assert_eq!(rec[0][1], "allowed");
@@ -194,7 +204,7 @@ fn requests_are_relayed_with_the_gateways_credential_and_recorded() {
         &s.gw.record_db(),
         "SELECT json_extract(body, '$.protocol'), json_extract(body, '$.subject') FROM audit_log WHERE kind = 'session_open'",
     );
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions.len(), 3, "one session per curl: {sessions:?}");
     assert_eq!(sessions[0][0], "http");
     assert_eq!(sessions[0][1], "agent-http-1");
 }

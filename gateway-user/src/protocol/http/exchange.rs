@@ -537,6 +537,11 @@ impl<'a, C: Connect> Conn<'a, C> {
         }
         // Answers come back uncompressed, so that the gateway can mask and record them.
         headers.remove(header::ACCEPT_ENCODING);
+        // The target is the one the policy names, whatever Host the agent wrote: on a server of
+        // several virtual hosts another Host would take the gateway's credential elsewhere.
+        let host = HeaderValue::from_str(&self.upstream_host())
+            .map_err(|_| "agentgate: the target's name is not a Host value".to_string())?;
+        headers.insert(header::HOST, host);
         // An upgrade the gate let through goes on as one (the only hop-by-hop headers kept).
         if let (Some(_), Some(v)) = (upgrade, upgrade_value) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -694,6 +699,29 @@ impl<'a, C: Connect> Conn<'a, C> {
         Response::from_parts(parts, BodyExt::boxed(tee))
     }
 
+    /// The Host the target is asked by: the name upstream TLS checks (`server_name`), or the
+    /// address dialled, with the port unless it is the scheme's default.
+    fn upstream_host(&self) -> String {
+        let (name, default_port) = match &self.http.upstream_tls {
+            crate::policy::UpstreamTls::VerifyFull {
+                server_name: Some(n),
+                ..
+            } => (n.clone(), 443),
+            crate::policy::UpstreamTls::VerifyFull { .. } => (self.dst.ip().to_string(), 443),
+            crate::policy::UpstreamTls::Disable => (self.dst.ip().to_string(), 80),
+        };
+        let name = if name.contains(':') && !name.starts_with('[') {
+            format!("[{name}]")
+        } else {
+            name
+        };
+        if self.dst.port() == default_port {
+            name
+        } else {
+            format!("{name}:{}", self.dst.port())
+        }
+    }
+
     /// The object at `path` as the API server has it now, read with the gateway's own
     /// credential (no impersonation: approvers see it whatever the agent may read); `Ok(None)`
     /// when it does not exist.
@@ -705,7 +733,7 @@ impl<'a, C: Connect> Conn<'a, C> {
         let mut req = Request::builder()
             .method("GET")
             .uri(path)
-            .header(header::HOST, self.dst.to_string())
+            .header(header::HOST, self.upstream_host())
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
