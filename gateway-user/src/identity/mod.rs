@@ -19,6 +19,8 @@ mod verify;
 #[cfg(test)]
 mod message_tests;
 #[cfg(test)]
+mod pod_claim_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

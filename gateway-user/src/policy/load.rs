@@ -11,13 +11,10 @@ use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
 
 use super::{
-    doc::{
-        ApprovalDoc, FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StrategyDoc, TokenDoc,
-        UpstreamTlsDoc,
-    },
+    doc::{ApprovalDoc, FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StrategyDoc, TokenDoc},
     model::{
         ClientTls, GatewaySettings, IdentityProvider, Jwks, Policy, PostgresTarget, Protocol, Rule,
-        Secret, Target, TargetSettings, TokenSource, UpstreamTls, Workload,
+        Secret, Target, TargetSettings, TokenSource, Workload,
     },
     yaml,
 };
@@ -27,6 +24,7 @@ use crate::mask::rules::{MaskSpec, Strategy};
 mod http_settings;
 mod sections;
 mod ssh_settings;
+mod upstream_tls;
 
 pub const SUPPORTED_VERSION: u32 = 2;
 /// `approval.max_rows` above this is surely a typo (a trial run of that size would not be).
@@ -634,42 +632,6 @@ impl Merger {
             }),
             max_message_bytes,
         })
-    }
-
-    /// A target's `upstream_tls` (verify-full unless written otherwise).
-    fn upstream_tls(
-        &mut self,
-        file: &Path,
-        target: &str,
-        addresses: &[IpNet],
-        doc: Option<UpstreamTlsDoc>,
-    ) -> UpstreamTls {
-        match doc {
-            None => UpstreamTls::VerifyFull {
-                ca_file: None,
-                server_name: None,
-            },
-            Some(UpstreamTlsDoc::VerifyFull {
-                ca_file,
-                server_name,
-            }) => UpstreamTls::VerifyFull {
-                ca_file: ca_file.map(PathBuf::from),
-                server_name,
-            },
-            Some(UpstreamTlsDoc::Disable) => {
-                // Plaintext would carry the brokered credential and everything the target
-                // sends over a network; only a hop that stays on this node may go without TLS.
-                if addresses.iter().any(|a| !a.addr().is_loopback()) {
-                    self.problem(
-                        file,
-                        format!(
-                            "target `{target}`: upstream_tls `disable` is only allowed for loopback addresses; use verify-full"
-                        ),
-                    );
-                }
-                UpstreamTls::Disable
-            }
-        }
     }
 
     fn approval_spec(

@@ -1,7 +1,7 @@
 //! Unit tests of `load`.
 
 use super::*;
-use crate::policy::{test_support::*, Decision, UdpPolicy, Who};
+use crate::policy::{test_support::*, Decision, UdpPolicy, UpstreamTls, Who};
 
 #[test]
 fn merges_files_and_matches() {
@@ -260,7 +260,7 @@ fn postgres_targets_need_settings_and_keep_tls_on_off_node() {
     let pg = p.targets[0].postgres().unwrap();
     assert_eq!(
         pg.upstream_tls,
-        super::UpstreamTls::VerifyFull {
+        UpstreamTls::VerifyFull {
             ca_file: None,
             server_name: None
         }
