@@ -5,5 +5,6 @@
 //! protocol/postgres/mask/. This module imports no protocol.
 pub mod detect;
 pub mod plan;
+pub mod quiet;
 pub mod rules;
 pub mod stream;

@@ -97,7 +97,14 @@ pub fn kubeconfig(s: &Setup, name: &str, token: &str) -> PathBuf {
     path
 }
 
-pub fn kubectl(s: &Setup, kubeconfig: &PathBuf, args: &[&str]) -> Output {
+pub fn kubectl(s: &Setup, kubeconfig: &std::path::Path, args: &[&str]) -> Output {
+    kubectl_cmd(s, kubeconfig, args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// kubectl as the agent runs it, not started yet (stdin closed, output piped).
+pub fn kubectl_cmd(s: &Setup, kubeconfig: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("kubectl");
     cmd.arg("--kubeconfig")
         .arg(kubeconfig)
@@ -111,7 +118,7 @@ pub fn kubectl(s: &Setup, kubeconfig: &PathBuf, args: &[&str]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     place(&mut cmd, Some(&s.agent), None);
-    cmd.output().expect("run kubectl")
+    cmd
 }
 
 pub fn text(o: &Output) -> String {

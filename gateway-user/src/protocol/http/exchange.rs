@@ -3,7 +3,10 @@
 //! one gate (deny → approval → durable intent), the forward with the gateway's credential, and
 //! the answer, masked and on record.
 
-use std::{sync::atomic::Ordering, time::Instant};
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -137,7 +140,7 @@ impl<'a, C: Connect> Conn<'a, C> {
                 .refused(rec, "(impersonation)", StatusCode::FORBIDDEN, why)
                 .await;
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let body = match Limited::new(body, self.http.max_body_bytes).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
@@ -191,6 +194,16 @@ impl<'a, C: Connect> Conn<'a, C> {
                     .await;
             }
         }
+        // An exec's output is masked where detector rules apply; only a stream the gateway
+        // can read is let through then.
+        let exec_plan = upgrade.as_ref().and_then(|_| self.mask_plan(live));
+        if let (Some(kind), Some(_)) = (&upgrade, &exec_plan) {
+            if let Err(why) = super::exec_mask::restrict_offer(kind, &mut parts.headers) {
+                return self
+                    .refused(rec, "(masked output)", StatusCode::FORBIDDEN, &why)
+                    .await;
+            }
+        }
         rec.class = classified.class.clone();
         rec.tables = vec![classified.resource.clone()];
         if let Some(b) = &shown_body {
@@ -205,13 +218,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             privileged: classified.privileged(),
         };
         let g = &live.admitted.grant;
-        let who = Who {
-            issuer: &g.issuer,
-            subject: &g.subject,
-            groups: &g.groups,
-            workload: &g.workload,
-            login: None,
-        };
+        let who = who(live);
         let action = match &classified.info {
             Some(info) => HttpAction::Kubernetes {
                 info,
@@ -331,6 +338,7 @@ impl<'a, C: Connect> Conn<'a, C> {
                     title: exec_title(live, &self.target.name, &classified),
                     ended: live.gate.ended.clone(),
                     started,
+                    mask: exec_plan.map(|p| (p, response.headers().clone())),
                 };
                 self.switch(stream, response, agent_upgrade)
             }
@@ -523,6 +531,13 @@ impl<'a, C: Connect> Conn<'a, C> {
 
     /// The request as the target gets it: hop-by-hop headers dropped, the agent's credential
     /// replaced by the gateway's, impersonation and JSON for Kubernetes.
+    /// The detector rules (`mask:` with detectors or regexes) that apply to this agent on
+    /// this target, as the policy in force says now.
+    fn mask_plan(&self, live: &Live<'a>) -> Option<Arc<Plan>> {
+        let policy = self.core.policy.borrow().clone();
+        Plan::build(&policy, &who(live), &self.target.name).filter(|p| p.has_detectors())
+    }
+
     fn upstream_request(
         &self,
         live: &Live<'a>,
@@ -617,18 +632,7 @@ impl<'a, C: Connect> Conn<'a, C> {
         let watch = classified.class == "watch";
         // The detector rules (`mask:` with detectors or regexes) that apply to this agent on
         // this target, as the policy in force says now.
-        let plan = {
-            let policy = self.core.policy.borrow().clone();
-            let g = &live.admitted.grant;
-            let who = Who {
-                issuer: &g.issuer,
-                subject: &g.subject,
-                groups: &g.groups,
-                workload: &g.workload,
-                login: None,
-            };
-            Plan::build(&policy, &who, &self.target.name).filter(|p| p.has_detectors())
-        };
+        let plan = self.mask_plan(live);
         // The gateway asked for no compression; an answer compressed anyway cannot be masked
         // and is not passed on when it would have to be.
         let encoded = parts
@@ -922,5 +926,17 @@ fn output(kept: &[u8], cut: bool, bytes: u64) -> CommandOutput {
         stderr: String::new(),
         cut,
         bytes,
+    }
+}
+
+/// The agent of an admitted connection, as rules and mask rules see it.
+fn who<'l>(live: &'l Live<'_>) -> Who<'l> {
+    let g = &live.admitted.grant;
+    Who {
+        issuer: &g.issuer,
+        subject: &g.subject,
+        groups: &g.groups,
+        workload: &g.workload,
+        login: None,
     }
 }

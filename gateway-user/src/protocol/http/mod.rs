@@ -12,6 +12,7 @@
 pub mod certs;
 mod exchange;
 mod exec;
+mod exec_mask;
 mod kube;
 pub mod kube_pb;
 mod rbac_diff;

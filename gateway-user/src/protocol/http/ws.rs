@@ -14,6 +14,17 @@ pub struct Message {
     pub data: Vec<u8>,
 }
 
+/// What one frame (or the last frame of a fragmented message) gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    Message(Message),
+    /// A close, ping or pong, with its payload (unmasked).
+    Control {
+        opcode: u8,
+        payload: Vec<u8>,
+    },
+}
+
 /// Frames of one direction, reassembled from the bytes seen.
 #[derive(Default)]
 pub struct Frames {
@@ -26,11 +37,25 @@ pub struct Frames {
     pub broken: bool,
     /// A fragmented message being put together (its first byte is the channel).
     partial: Option<Vec<u8>>,
+    /// A text data frame was seen (the `base64.channel.k8s.io` protocols send their streams
+    /// base64-encoded in text frames).
+    pub text: bool,
 }
 
 impl Frames {
     /// The complete messages in what was seen so far.
     pub fn feed(&mut self, data: &[u8]) -> Vec<Message> {
+        self.feed_pieces(data)
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Message(m) => Some(m),
+                Piece::Control { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The complete messages and control frames in what was seen so far, in order.
+    pub fn feed_pieces(&mut self, data: &[u8]) -> Vec<Piece> {
         let mut out = Vec::new();
         if self.broken {
             return out;
@@ -56,7 +81,7 @@ impl Frames {
     }
 
     /// One frame off the buffer: `Ok(None)` when it is not all here yet.
-    fn next_frame(&mut self) -> Result<Option<Option<Message>>, ()> {
+    fn next_frame(&mut self) -> Result<Option<Option<Piece>>, ()> {
         let b = &self.buf;
         if b.len() < 2 {
             return Ok(None);
@@ -128,6 +153,7 @@ impl Frames {
             }
             // Binary (and text, which v5 clients do not send for data).
             0x1 | 0x2 => {
+                self.text |= opcode == 0x1;
                 if fin {
                     Some(payload)
                 } else {
@@ -136,17 +162,42 @@ impl Frames {
                 }
             }
             // Close, ping, pong.
-            0x8..=0xa => None,
+            0x8..=0xa => return Ok(Some(Some(Piece::Control { opcode, payload }))),
             _ => return Err(()),
         };
         Ok(Some(message.and_then(|p| {
             let (&channel, data) = p.split_first()?;
-            Some(Message {
+            Some(Piece::Message(Message {
                 channel,
                 data: data.to_vec(),
-            })
+            }))
         })))
     }
+}
+
+/// One unfragmented, unmasked frame (as a server sends it).
+pub fn encode(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// A binary frame carrying `data` on `channel`.
+pub fn encode_message(channel: u8, data: &[u8], out: &mut Vec<u8>) {
+    let mut payload = Vec::with_capacity(data.len() + 1);
+    payload.push(channel);
+    payload.extend_from_slice(data);
+    encode(0x2, &payload, out);
 }
 
 /// The exit code in a channel-3 status (`metav1.Status`): 0 for success, the `ExitCode` cause
@@ -234,6 +285,29 @@ mod tests {
             assert_eq!(got[3].data.len(), 70_000);
             assert!(!f.broken);
         }
+    }
+
+    #[test]
+    fn encoded_frames_read_back_and_match_a_reference_encoder() {
+        for len in [0usize, 1, 124, 125, 126, 65_535, 65_536, 70_000] {
+            let data = vec![b'z'; len];
+            let mut out = Vec::new();
+            encode_message(2, &data, &mut out);
+            let mut payload = vec![2u8];
+            payload.extend_from_slice(&data);
+            assert_eq!(out, frame(2, true, &payload, None), "len {len}");
+            let got = Frames::default().feed(&out);
+            assert_eq!(got, vec![Message { channel: 2, data }]);
+        }
+        let mut out = Vec::new();
+        encode(0x9, b"hi", &mut out);
+        assert_eq!(
+            Frames::default().feed_pieces(&out),
+            vec![Piece::Control {
+                opcode: 0x9,
+                payload: b"hi".to_vec()
+            }]
+        );
     }
 
     #[test]
