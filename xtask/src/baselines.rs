@@ -27,14 +27,22 @@ impl Baseline {
 
     /// HAProxy 2.x, `mode tcp`, two threads (one per core here), no health checks.
     pub fn haproxy(port: u16, pg_port: u16) -> anyhow::Result<Self> {
-        let dir = fresh_dir("haproxy")?;
+        Self::haproxy_to(port, SocketAddr::from(([127, 0, 0, 1], pg_port)), false)
+    }
+
+    /// HAProxy in `mode tcp` in front of `upstream`; with `splice`, `option splice-auto`
+    /// (the kernel moves the bytes between the sockets through a pipe, never through HAProxy's
+    /// buffers; off by default).
+    pub fn haproxy_to(port: u16, upstream: SocketAddr, splice: bool) -> anyhow::Result<Self> {
+        let dir = fresh_dir(if splice { "haproxy-splice" } else { "haproxy" })?;
         let cfg = dir.join("haproxy.cfg");
         fs::write(
             &cfg,
             format!(
                 "global\n  nbthread 2\n  maxconn 2000\n\
-                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
-                 listen pg\n  bind 127.0.0.1:{port}\n  server pg 127.0.0.1:{pg_port}\n"
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n{}\
+                 listen relay\n  bind 127.0.0.1:{port}\n  server up {upstream}\n",
+                if splice { "  option splice-auto\n" } else { "" }
             ),
         )?;
         let log = fs::File::create(dir.join("haproxy.log"))?;

@@ -5,7 +5,8 @@
 //! - connect() latency to 127.0.0.2 from (a) a process with no hook, (b) a managed cgroup to a
 //!   destination that is not a target (hook runs, passes), (c) a managed cgroup to a target
 //!   (hook runs, redirects to the gateway listener);
-//! - bulk upload throughput to a sink: direct vs through the gateway's TCP relay.
+//! - bulk upload throughput to a sink: direct vs HAProxy (TCP, as shipped and with splice) vs the
+//!   gateway's TCP relay, with each relay's CPU seconds per GiB.
 //!
 //! PostgreSQL (bench_pg.rs): `pgbench -S` in three protocols at 1, 8 and 32 clients, and `-C`,
 //! direct vs HAProxy vs PgBouncer vs agentgate vs agentgate with masking; a profile. With
@@ -37,7 +38,7 @@ use agentgate_tests::{place, policy, Cgroup, Gateway, TargetServer, TokenFile};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::{report, report::md, util};
+use crate::{baselines::Baseline, report, report::md, util};
 
 /// Which sections `cargo xtask bench` runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -254,7 +255,37 @@ fn capture(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
         ("hook, redirected to gateway", Some(&agent), target),
     ];
     let mut lat: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
-    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    // HAProxy in TCP mode in front of the same sink, as it ships and with splice(2).
+    let haproxy = Baseline::haproxy_to(18002, target, false)?;
+    let haproxy_splice = Baseline::haproxy_to(18003, target, true)?;
+    let uploads = [
+        Upload {
+            label: "direct",
+            cgroup: None,
+            to: target,
+            pid: None,
+        },
+        Upload {
+            label: "HAProxy (tcp)",
+            cgroup: None,
+            to: "127.0.0.1:18002".parse()?,
+            pid: Some(haproxy.pid()),
+        },
+        Upload {
+            label: "HAProxy (tcp, splice-auto)",
+            cgroup: None,
+            to: "127.0.0.1:18003".parse()?,
+            pid: Some(haproxy_splice.pid()),
+        },
+        Upload {
+            label: "through agentgate (tcp relay)",
+            cgroup: Some(&agent),
+            to: target,
+            pid: Some(gw.pid()),
+        },
+    ];
+    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); uploads.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); uploads.len()];
     for rep in 0..reps {
         // Rotate the order each repetition so no contender always goes first.
         for k in 0..3 {
@@ -266,15 +297,19 @@ fn capture(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
             )?;
             lat[i].push((num(&v, "mean_us")?, num(&v, "p50_us")?, num(&v, "p99_us")?));
         }
-        // Alternate which side goes first, so neither always runs on a warmer machine.
-        let order: [(usize, Option<&Cgroup>); 2] = if rep % 2 == 0 {
-            [(0, None), (1, Some(&agent))]
-        } else {
-            [(1, Some(&agent)), (0, None)]
-        };
-        for (i, cg) in order {
-            let v = probe_json(cg, &["throughput", &target.to_string(), &bytes.to_string()])?;
+        // Rotate which path goes first, so none always runs on a warmer machine.
+        for k in 0..uploads.len() {
+            let i = (k + rep) % uploads.len();
+            let up = &uploads[i];
+            let before = up.pid.map(util::proc_stats).transpose()?;
+            let v = probe_json(up.cgroup, &["throughput", &up.to.to_string(), &bytes.to_string()])?;
+            let after = up.pid.map(util::proc_stats).transpose()?;
             thr[i].push(num(&v, "mb_per_s")?);
+            if let (Some(b), Some(a)) = (before, after) {
+                // CPU seconds per GiB moved: what the relay costs, which noise moves less
+                // than the throughput.
+                cpu[i].push((a.cpu_secs() - b.cpu_secs()) / (bytes as f64 / f64::from(1u32 << 30)));
+            }
         }
         eprintln!("bench: repetition {}/{reps} done", rep + 1);
     }
@@ -296,20 +331,36 @@ fn capture(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
         );
     }
     md!(
-        "\n| upload {} MiB to a sink | MB/s (median) | min–max | ratio to direct |",
+        "\n| upload {} MiB to a sink | MB/s (median) | min–max | ratio to direct | ratio to HAProxy | proxy CPU s per GiB |",
         bytes >> 20
     );
-    md!("|---|---|---|---|");
+    md!("|---|---|---|---|---|---|");
     let direct = median(thr[0].clone());
-    for (i, label) in ["direct", "through agentgate (tcp relay)"]
-        .iter()
-        .enumerate()
-    {
+    let haproxy_mbs = median(thr[1].clone());
+    for (i, up) in uploads.iter().enumerate() {
         let (lo, hi) = min_max(&thr[i]);
         let m = median(thr[i].clone());
-        md!("| {label} | {m:.0} | {lo:.0}–{hi:.0} | {:.2} |", m / direct);
+        let cpu = if cpu[i].is_empty() {
+            "–".to_string()
+        } else {
+            format!("{:.2}", median(cpu[i].clone()))
+        };
+        md!(
+            "| {} | {m:.0} | {lo:.0}–{hi:.0} | {:.2} | {:.2} | {cpu} |",
+            up.label,
+            m / direct,
+            m / haproxy_mbs
+        );
     }
     Ok(())
+}
+
+/// One path of the upload: from which cgroup, to which address, and the relaying process.
+struct Upload<'a> {
+    label: &'static str,
+    cgroup: Option<&'a Cgroup>,
+    to: SocketAddr,
+    pid: Option<u32>,
 }
 
 fn probe_json(cgroup: Option<&Cgroup>, args: &[&str]) -> anyhow::Result<Value> {
