@@ -302,7 +302,10 @@ fn capture(reps: usize, bytes: u64, connects: usize) -> anyhow::Result<()> {
             let i = (k + rep) % uploads.len();
             let up = &uploads[i];
             let before = up.pid.map(util::proc_stats).transpose()?;
-            let v = probe_json(up.cgroup, &["throughput", &up.to.to_string(), &bytes.to_string()])?;
+            let v = probe_json(
+                up.cgroup,
+                &["throughput", &up.to.to_string(), &bytes.to_string()],
+            )?;
             let after = up.pid.map(util::proc_stats).transpose()?;
             thr[i].push(num(&v, "mb_per_s")?);
             if let (Some(b), Some(a)) = (before, after) {

@@ -2,6 +2,7 @@
 //! (`relay`) until either side ends, the token expires or the policy withdraws the session.
 
 mod relay;
+mod splice;
 
 use std::time::{Duration, Instant};
 

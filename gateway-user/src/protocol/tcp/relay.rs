@@ -2,6 +2,10 @@
 //! (a direction only reads again once its last chunk is written), and an idle timeout that
 //! counts activity in either direction. Each chunk, either way, goes only if the session's
 //! policy still allows it (see [`Gate`]).
+//!
+//! The bytes move with splice(2) ([`super::splice`]) and never enter the gateway's memory;
+//! where a pipe cannot be made, or `AGENTGATE_TCP_RELAY=copy` is set (a kernel or seccomp
+//! profile that refuses splice), they are read into a buffer and written out.
 
 use std::{
     io,
@@ -18,6 +22,7 @@ use tokio::{
     time::Instant,
 };
 
+use super::splice::Pipe;
 use crate::proxy::Gate;
 
 const CHUNK: usize = 64 * 1024;
@@ -54,19 +59,19 @@ pub enum RelayError {
 }
 
 /// Why a pump stopped early.
-enum PumpError {
+pub(super) enum PumpError {
     Io(io::Error),
     Withdrawn(String),
 }
 
 /// Time of the last byte moved, as milliseconds since `base`.
-struct Activity {
+pub(super) struct Activity {
     base: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         self.last_ms
             .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -96,21 +101,47 @@ pub async fn relay(
     };
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
+    let pipes = if std::env::var_os("AGENTGATE_TCP_RELAY").is_some_and(|v| v == "copy") {
+        None
+    } else {
+        match (Pipe::new(), Pipe::new()) {
+            (Ok(a), Ok(b)) => Some((a, b)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!("no pipe for splice, copying instead: {e}");
+                None
+            }
+        }
+    };
+    let (pipe_up, pipe_down) = pipes.map_or((None, None), |(a, b)| (Some(a), Some(b)));
     let up = async {
-        pump(cr, uw, &activity, &counters.client_to_upstream, gate)
-            .await
-            .map_err(|e| match e {
-                PumpError::Io(e) => RelayError::Upstream(e),
-                PumpError::Withdrawn(why) => RelayError::Withdrawn(why),
-            })
+        pump(
+            cr,
+            uw,
+            pipe_up,
+            &activity,
+            &counters.client_to_upstream,
+            gate,
+        )
+        .await
+        .map_err(|e| match e {
+            PumpError::Io(e) => RelayError::Upstream(e),
+            PumpError::Withdrawn(why) => RelayError::Withdrawn(why),
+        })
     };
     let down = async {
-        pump(ur, cw, &activity, &counters.upstream_to_client, gate)
-            .await
-            .map_err(|e| match e {
-                PumpError::Io(e) => RelayError::Downstream(e),
-                PumpError::Withdrawn(why) => RelayError::Withdrawn(why),
-            })
+        pump(
+            ur,
+            cw,
+            pipe_down,
+            &activity,
+            &counters.upstream_to_client,
+            gate,
+        )
+        .await
+        .map_err(|e| match e {
+            PumpError::Io(e) => RelayError::Downstream(e),
+            PumpError::Withdrawn(why) => RelayError::Withdrawn(why),
+        })
     };
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
@@ -119,6 +150,21 @@ pub async fn relay(
 }
 
 async fn pump(
+    from: OwnedReadHalf,
+    to: OwnedWriteHalf,
+    pipe: Option<Pipe>,
+    activity: &Activity,
+    moved: &AtomicU64,
+    gate: &Gate,
+) -> Result<(), PumpError> {
+    match pipe {
+        Some(pipe) => super::splice::pump(from, to, pipe, activity, moved, gate).await,
+        None => copy(from, to, activity, moved, gate).await,
+    }
+}
+
+/// One direction through a buffer of the gateway's.
+async fn copy(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     activity: &Activity,
@@ -206,5 +252,62 @@ mod tests {
         )
         .await;
         assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
+    }
+
+    /// Megabytes both ways at once, in odd-sized writes: every byte arrives, in order, and the
+    /// counters say so (the splice path; the copying one is the same pump with a buffer).
+    #[tokio::test]
+    async fn bulk_both_ways_arrives_whole() {
+        let (client, client_side) = pair().await;
+        let (upstream_side, server) = pair().await;
+        let counters = std::sync::Arc::new(Counters::default());
+        let relay = {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                relay(
+                    client_side,
+                    upstream_side,
+                    Duration::from_secs(10),
+                    &counters,
+                    &Gate::open_ended(),
+                )
+                .await
+            })
+        };
+        let data = |seed: u64| -> Vec<u8> {
+            let mut x = seed;
+            (0..8_000_003)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 33) as u8
+                })
+                .collect()
+        };
+        let (up, down) = (data(1), data(2));
+        let send = |mut s: tokio::net::tcp::OwnedWriteHalf, d: Vec<u8>| async move {
+            for chunk in d.chunks(77_777) {
+                s.write_all(chunk).await.unwrap();
+            }
+            s.shutdown().await.unwrap();
+        };
+        let recv = |mut r: tokio::net::tcp::OwnedReadHalf| async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        let (_, _, at_server, at_client) = tokio::join!(
+            send(cw, up.clone()),
+            send(sw, down.clone()),
+            recv(sr),
+            recv(cr)
+        );
+        assert!(at_server == up, "client to server bytes differ");
+        assert!(at_client == down, "server to client bytes differ");
+        relay.await.unwrap().unwrap();
+        assert_eq!(counters.get(), (up.len() as u64, down.len() as u64));
     }
 }
