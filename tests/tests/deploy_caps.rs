@@ -9,7 +9,7 @@
 //!   refused;
 //! - without each entry: the gateway fails, with an error that names what it could not do.
 //!
-//! Ports 20950–20955 (this helper's range is 20950–20959; deploy_image.rs uses 20956–20958).
+//! Ports 20950–20955 (this helper's range is 20950–20959; deploy_image.rs uses 20956–20959).
 
 use std::{
     io::{Read, Write},
