@@ -325,12 +325,15 @@ fn the_image_runs_the_tcp_demo_privileged_and_with_the_manifest_caps() {
         &["--privileged".to_string()],
     );
 
-    // The manifest's capabilities only, podman's default seccomp profile (as RuntimeDefault)
-    // and no AppArmor (the manifest's Unconfined; this machine has none).
+    // The manifest's capabilities only, podman's default seccomp profile (as RuntimeDefault),
+    // no AppArmor (the manifest's Unconfined; this machine has none), a read-only root.
     let mut security = vec!["--cap-drop=all".to_string()];
     for cap in manifest_caps() {
         security.push(format!("--cap-add={cap}"));
     }
     security.push("--security-opt=no-new-privileges".to_string());
+    // readOnlyRootFilesystem: the image's own tree stays read-only, with no tmpfs added.
+    security.push("--read-only".to_string());
+    security.push("--read-only-tmpfs=false".to_string());
     demo_through(&image, "image-caps", (CAPS_LISTEN, CAPS_TARGET), &security);
 }
