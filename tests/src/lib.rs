@@ -521,6 +521,10 @@ pub struct Gateway {
     pub cgroup: Option<PathBuf>,
     /// Arguments appended to `agentgate run` (e.g. `--admin-http 127.0.0.7:17984`).
     pub extra_args: Vec<String>,
+    /// The command that stands for `agentgate` (its arguments follow): empty for
+    /// [`agentgate_bin`] itself; a wrapper around it (`setpriv … -- <bin>`) or a container
+    /// (`podman run … <image>`) in the deploy tests.
+    pub command: Vec<String>,
     child: Option<Child>,
     read_pos: Mutex<usize>,
     log: Mutex<EventLog>,
@@ -591,6 +595,17 @@ impl Gateway {
         cgroup: Option<&Cgroup>,
         extra_args: &[&str],
     ) -> Self {
+        Self::start_as(name, policy, cgroup, &[], extra_args)
+    }
+
+    /// Like `start_with_args`, with `command` standing for `agentgate` (see [`Gateway::command`]).
+    pub fn start_as(
+        name: &str,
+        policy: &str,
+        cgroup: Option<&Cgroup>,
+        command: &[String],
+        extra_args: &[&str],
+    ) -> Self {
         require_root();
         let dir = std::env::temp_dir().join(unique(name));
         let _ = std::fs::remove_dir_all(&dir);
@@ -602,6 +617,7 @@ impl Gateway {
             dir,
             cgroup: cgroup.map(|c| c.abs.clone()),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            command: command.to_vec(),
             child: None,
             read_pos: Mutex::new(0),
             log: Mutex::default(),
@@ -611,7 +627,14 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(agentgate_bin());
+        let mut cmd = match self.command.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            None => Command::new(agentgate_bin()),
+        };
         cmd.arg("run")
             .arg("--policies")
             .arg(self.dir.join("policies"))

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | test | demo | bench | image`.
 
 mod baselines;
 mod bench;
@@ -11,6 +11,7 @@ mod bench_record_scale;
 mod bench_rev;
 mod bench_ssh;
 mod demo;
+mod image;
 mod report;
 mod setup;
 mod util;
@@ -41,6 +42,9 @@ enum Task {
     /// and without masking, the audit writer vs recording off, the gateway's memory after a
     /// connection flood by allocator, ssh round trips and transfers (needs root).
     Bench(bench::Options),
+    /// Build the OCI image of deploy/Containerfile with podman (or buildah), FROM scratch: the
+    /// gateway and the shared libraries it links, nothing else (docs/kubernetes-deploy.md).
+    Image(image::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => test(&args),
         Task::Demo => demo::run(),
         Task::Bench(options) => bench::run(&options),
+        Task::Image(options) => image::run_image(&options),
     }
 }
 

@@ -66,6 +66,13 @@ const APT_PACKAGES: &[&str] = &[
     // nginx the package may start on port 80 is stopped and disabled, see stop_system_nginx().
     "nginx",
     "wrk",
+    // `cargo xtask image` and tests/tests/deploy_image.rs: podman builds the image FROM scratch
+    // (strip, from binutils, thins the binary) and runs it. runc as its runtime: crun, podman's
+    // default, refuses a hybrid cgroup layout whose v2 mount still holds a controller, as these
+    // machines have (docs/kubernetes-deploy.md, Troubleshooting).
+    "podman",
+    "runc",
+    "binutils",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[
@@ -77,6 +84,9 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
     // /usr/bin/python3, which has Debian's packages; these serve root's `python3` if it differs).
     ("paramiko", "paramiko>=2.12"),
     ("asyncssh", "asyncssh>=2.10"),
+    // tests/tests/deploy_manifests.rs validates deploy/*.yaml offline against the Kubernetes
+    // schemas this release ships (strict: unknown fields fail too).
+    ("kubernetes_validate", "kubernetes-validate==1.37.0"),
 ];
 /// node-postgres (and pg-copy-streams) for tests/fixtures/drivers/node/client.js, installed by
 /// `npm ci` from the committed package-lock.json into this directory (relative to the root).

@@ -227,8 +227,20 @@ impl Reconciler {
             let Some(pid) = CgroupFs::first_pid(&self.fs.abs(&info.path)) else {
                 continue;
             };
-            let Ok((ns, ino)) = netns::open_netns(pid) else {
-                continue;
+            let (ns, ino) = match netns::open_netns(pid) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    // Denied (no CAP_SYS_PTRACE for a process of another uid or with more
+                    // capabilities): the pod gets no listener and its connections are refused,
+                    // so say why. Otherwise the process ended in between: the next pass looks
+                    // again.
+                    if let CaptureError::Io { source, .. } = &e {
+                        if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                            tracing::warn!(cgroup = %info.path, "pod listener: {e}");
+                        }
+                    }
+                    continue;
+                }
             };
             if ino == self.host_netns {
                 // Its connections land on the host listener, which serves them the same way.

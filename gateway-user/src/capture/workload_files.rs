@@ -28,12 +28,22 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum WorkloadFileError {
     #[error("process {pid} is gone")]
     ProcessGone { pid: u32 },
+    #[error(
+        "cannot open /proc/{pid}/root: {source} (a process of another uid, or with capabilities \
+         the gateway lacks, needs CAP_SYS_PTRACE)"
+    )]
+    ProcRoot { pid: u32, source: std::io::Error },
     #[error("process {pid} left cgroup {expected} (now in {now})")]
     CgroupChanged {
         pid: u32,
         expected: String,
         now: String,
     },
+    #[error(
+        "cannot take the workload's filesystem uid {uid} and gid {gid} to read {path} as it \
+         would (the gateway lacks CAP_SETUID or CAP_SETGID)"
+    )]
+    Credentials { path: String, uid: u32, gid: u32 },
     #[error("{path} does not exist in the workload's filesystem")]
     Missing { path: String },
     #[error("{path} in the workload's filesystem is not readable by the workload itself")]
@@ -92,8 +102,11 @@ pub fn read(pid: u32, cgroup: &str, path: &Path) -> Result<Vec<u8>, WorkloadFile
     let shown = path.display().to_string();
     check_cgroup(pid, cgroup)?;
     let (uid, gid) = fs_ids(pid).ok_or(WorkloadFileError::ProcessGone { pid })?;
-    let root = File::open(format!("/proc/{pid}/root"))
-        .map_err(|_| WorkloadFileError::ProcessGone { pid })?;
+    let root =
+        File::open(format!("/proc/{pid}/root")).map_err(|source| match source.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => WorkloadFileError::ProcRoot { pid, source },
+            _ => WorkloadFileError::ProcessGone { pid },
+        })?;
     let rel: PathBuf = path.strip_prefix("/").unwrap_or(path).to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     // setfsuid/setfsgid change only the calling thread: a thread of its own, never reused.
@@ -110,6 +123,13 @@ pub fn read(pid: u32, cgroup: &str, path: &Path) -> Result<Vec<u8>, WorkloadFile
         Ok(Ok(data)) => data,
         Ok(Err(Fail::NotRegular)) => return Err(WorkloadFileError::NotRegular { path: shown }),
         Ok(Err(Fail::TooLarge)) => return Err(WorkloadFileError::TooLarge { path: shown }),
+        Ok(Err(Fail::Credentials)) => {
+            return Err(WorkloadFileError::Credentials {
+                path: shown,
+                uid,
+                gid,
+            })
+        }
         Ok(Err(Fail::Io(e))) => {
             return Err(match e.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
@@ -134,14 +154,23 @@ enum Fail {
     Io(std::io::Error),
     NotRegular,
     TooLarge,
+    /// The thread's filesystem ids are not the workload's after setting them.
+    Credentials,
 }
 
 fn read_as(uid: u32, gid: u32, root: &File, rel: &Path) -> Result<Vec<u8>, Fail> {
+    // Neither call reports failure: without CAP_SETGID/CAP_SETUID (a container given too few
+    // capabilities) they leave the ids as they were, and the read would happen as root. An
+    // invalid id (-1) changes nothing and returns the id in force: ask back, refuse otherwise.
     // SAFETY: plain syscalls on this thread's own credentials. Group first: after the uid
     // changes away from 0 the thread may no longer change its gid.
-    unsafe {
+    let taken = unsafe {
         libc::setfsgid(gid);
         libc::setfsuid(uid);
+        libc::setfsgid(u32::MAX) as u32 == gid && libc::setfsuid(u32::MAX) as u32 == uid
+    };
+    if !taken {
+        return Err(Fail::Credentials);
     }
     let file = open_in_root(root, rel).map_err(Fail::Io)?;
     let meta = file.metadata().map_err(Fail::Io)?;

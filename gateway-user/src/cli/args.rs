@@ -268,13 +268,19 @@ pub struct RunArgs {
     pub retain_mb: Option<u64>,
     /// Ship the audit journal to a central PostgreSQL: a libpq-style connection string without
     /// the password (`host=db.example port=5432 dbname=audit user=agentgate sslmode=require`).
-    #[arg(long)]
+    /// From the environment too: a DaemonSet sets it from an optional ConfigMap, so a node
+    /// ships only where the cluster has one (deploy/daemonset.yaml).
+    #[arg(long, env = "AGENTGATE_AUDIT_SINK")]
     pub audit_sink: Option<String>,
     /// File holding the central store's password.
-    #[arg(long, requires = "audit_sink")]
+    #[arg(
+        long,
+        env = "AGENTGATE_AUDIT_SINK_PASSWORD_FILE",
+        requires = "audit_sink"
+    )]
     pub audit_sink_password_file: Option<PathBuf>,
     /// This node's name in the central store (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "AGENTGATE_NODE_NAME")]
     pub node_name: Option<String>,
     /// Serve the HTTP admin API for approvers (OIDC bearer tokens) on this address. Plain HTTP
     /// only on loopback; elsewhere give --admin-http-cert and --admin-http-key.
