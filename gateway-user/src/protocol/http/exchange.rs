@@ -354,6 +354,7 @@ impl<'a, C: Connect> Conn<'a, C> {
                     recorder: &self.core.recorder,
                     rec,
                     inspect: portforward::Inspect::new(&asked, chosen),
+                    asked_ports: asked.ports.clone(),
                     judge: portforward::PortJudge {
                         policy: self.core.policy.clone(),
                         issuer: g.issuer.clone(),

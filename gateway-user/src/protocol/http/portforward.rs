@@ -296,6 +296,8 @@ pub struct Stream<'a> {
     pub recorder: &'a Recorder,
     pub rec: Statement,
     pub inspect: Inspect,
+    /// The ports the query named (judged with the request; all a channel-protocol forward has).
+    pub asked_ports: Vec<u16>,
     pub judge: PortJudge,
     /// Cancelled when the session ends (expiry, revocation, reload): the forward is cut.
     pub ended: CancellationToken,
@@ -318,6 +320,7 @@ async fn run(s: Stream<'_>, agent: OnUpgrade, target: OnUpgrade) {
         recorder,
         mut rec,
         mut inspect,
+        asked_ports,
         judge,
         ended,
         started,
@@ -332,7 +335,7 @@ async fn run(s: Stream<'_>, agent: OnUpgrade, target: OnUpgrade) {
     };
     let (mut agent_r, mut agent_w) = tokio::io::split(TokioIo::new(agent));
     let (mut target_r, mut target_w) = tokio::io::split(TokioIo::new(target));
-    let mut ports = BTreeSet::new();
+    let mut ports: BTreeSet<u16> = asked_ports.into_iter().collect();
     let mut streams = 0u64;
     let mut bytes_up = 0u64;
     let mut bytes_down = 0u64;
@@ -426,6 +429,10 @@ async fn run(s: Stream<'_>, agent: OnUpgrade, target: OnUpgrade) {
     });
     recorder.record(Record::Statement(rec)).await;
 }
+
+#[cfg(test)]
+#[path = "portforward_tests.rs"]
+mod policy_tests;
 
 #[cfg(test)]
 mod tests {
