@@ -303,7 +303,7 @@ fn ports(
         None => problem("ports needs resources: [pods/portforward]".into()),
         Some(rs) => {
             for r in rs {
-                if r.text.to_ascii_lowercase() != "pods/portforward" {
+                if !r.text.eq_ignore_ascii_case("pods/portforward") {
                     problem(format!(
                         "ports is for pods/portforward only; resources has `{}`",
                         r.text
