@@ -37,6 +37,14 @@ const RULES: &str = "  - name: forward-to-web
     effect: deny
     targets: [cluster-api]
     requests: {resources: [pods/portforward], names: [api-0]}
+  - name: forward-to-held
+    effect: allow
+    targets: [cluster-api]
+    requests: {resources: [pods/portforward], names: [held-0], ports: [8080]}
+  - name: held-forwards-wait
+    targets: [cluster-api]
+    requests: {resources: [pods/portforward], names: [held-0]}
+    approval: {approvers: [oncall], timeout_secs: 60}
 ";
 
 /// An echo server on an ephemeral loopback port (lives until the test process ends).
@@ -164,7 +172,7 @@ fn str_of(v: &Value) -> &str {
 
 /// An allowed port-forward carries bytes both ways, over WebSocket (kubectl's default) and
 /// over SPDY; each is on record with its port, bytes and duration, and the API server saw the
-/// impersonated agent.
+/// impersonated agent. One an approval rule holds starts once approved.
 #[test]
 fn an_allowed_port_forward_carries_bytes_and_is_on_record() {
     let s = setup("kube-pf", 20920, 20921, RULES);
@@ -237,6 +245,56 @@ fn an_allowed_port_forward_carries_bytes_and_is_on_record() {
         to_pod,
         (b"through the tunnel".len() + b"through spdy".len() + 2 * b"again".len()) as u64
     );
+
+    // Held for people: nothing upgraded upstream until approved, then it carries bytes.
+    let mut pod = s
+        .standin
+        .get("", "pods", "default", "web-0")
+        .expect("web-0");
+    pod["metadata"] = serde_json::json!({"name": "held-0", "namespace": "default"});
+    s.standin
+        .create("", "pods", "default", pod)
+        .expect("create held-0");
+    let mut child = port_forward(&s, &kc, &["pod/held-0", "20926:8080"], true);
+    wait_until("the forward pending", Duration::from_secs(20), || {
+        pending(&s).len() == 1
+    });
+    let req = pending(&s).remove(0);
+    assert!(
+        str_of(&req["statement"])
+            .starts_with("GET /api/v1/namespaces/default/pods/held-0/portforward"),
+        "{req}"
+    );
+    assert!(
+        s.standin
+            .log
+            .entries()
+            .iter()
+            .all(|e| !e.path.ends_with("/held-0/portforward")),
+        "upgraded before approval"
+    );
+    let id = str_of(&req["id"]).to_string();
+    let ok = approvals(&s, &["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let c = connect_local(20926, &mut child);
+    assert_eq!(round_trip(c, b"approved"), b"approved");
+    stop(child);
+}
+
+fn approvals(s: &Setup, args: &[&str]) -> Output {
+    Command::new(agentgate_bin())
+        .arg("approvals")
+        .args(args)
+        .arg("--admin-socket")
+        .arg(s.gw.admin_socket())
+        .output()
+        .expect("run agentgate approvals")
+}
+
+fn pending(s: &Setup) -> Vec<Value> {
+    let out = approvals(s, &["list", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["requests"].as_array().cloned().unwrap_or_default()
 }
 
 /// What no rule allows is refused, as kubectl shows it and on record: a port outside the
