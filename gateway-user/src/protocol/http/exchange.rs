@@ -242,28 +242,25 @@ impl<'a, C: Connect> Conn<'a, C> {
         let forward_ports: Option<Vec<String>> = asked
             .as_ref()
             .map(|a| a.ports.iter().map(u16::to_string).collect());
-        let exec_key = classified
-            .exec
-            .as_ref()
-            .or(forward_ports.as_ref())
-            .map(|command| {
-                let info = classified.info.as_ref();
-                let pod = info.map(|i| i.name.as_str()).unwrap_or("");
-                let sub = info.map(|i| i.subresource.as_str()).unwrap_or("");
-                let container = request_info::exec_options(&classified.query).container;
-                let mut parts = vec![
-                    g.issuer.as_str(),
-                    g.subject.as_str(),
-                    g.workload.as_str(),
-                    target,
-                    classified.namespace.as_str(),
-                    pod,
-                    sub,
-                    container.as_str(),
-                ];
-                parts.extend(command.iter().map(String::as_str));
-                recent::key(&parts)
-            });
+        let keyed = classified.exec.as_ref().or(forward_ports.as_ref());
+        let exec_key = keyed.map(|command| {
+            let info = classified.info.as_ref();
+            let pod = info.map(|i| i.name.as_str()).unwrap_or("");
+            let sub = info.map(|i| i.subresource.as_str()).unwrap_or("");
+            let container = request_info::exec_options(&classified.query).container;
+            let mut parts = vec![
+                g.issuer.as_str(),
+                g.subject.as_str(),
+                g.workload.as_str(),
+                target,
+                classified.namespace.as_str(),
+                pod,
+                sub,
+                container.as_str(),
+            ];
+            parts.extend(command.iter().map(String::as_str));
+            recent::key(&parts)
+        });
         // An RBAC change that will wait for people: they see what it would change.
         if let Some(info) = classified
             .info
