@@ -1,7 +1,7 @@
 //! Run the Kubernetes API server stand-in (tests/src/kube) on its own, for demos and
 //! benchmarks: prints the address, the CA file and a kubeconfig path, then serves until killed.
 //!
-//! `kube-standin [--listen ADDR] [--token TOKEN] [--bulk-pods N] [--log FILE]`
+//! `kube-standin [--listen ADDR] [--token TOKEN] [--bulk-pods N] [--log FILE] [--forward POD_PORT=LOOPBACK_ADDR]...`
 
 use agentgate_tests::kube::{KubeStandin, StandinOptions};
 
@@ -26,6 +26,14 @@ fn main() {
                     .unwrap_or_else(|_| usage("--bulk-pods: not a number"))
             }
             "--log" => opts.log_file = Some(value().into()),
+            "--forward" => {
+                let v = value();
+                let parsed = v
+                    .split_once('=')
+                    .and_then(|(p, a)| Some((p.parse().ok()?, a.parse().ok()?)));
+                let pair = parsed.unwrap_or_else(|| usage("--forward: POD_PORT=LOOPBACK_ADDR"));
+                opts.forward_ports.push(pair);
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -69,6 +77,6 @@ fn main() {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("kube-standin: {msg}\nusage: kube-standin [--listen ADDR] [--token TOKEN] [--bulk-pods N] [--log FILE]");
+    eprintln!("kube-standin: {msg}\nusage: kube-standin [--listen ADDR] [--token TOKEN] [--bulk-pods N] [--log FILE] [--forward POD_PORT=LOOPBACK_ADDR]...");
     std::process::exit(2)
 }

@@ -154,7 +154,7 @@ struct ExecOpts {
 }
 
 /// A server-to-client frame (never masked).
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x80 | opcode];
     match payload.len() {
         n if n < 126 => out.push(n as u8),
@@ -179,7 +179,7 @@ fn channel_frame(channel: u8, data: &[u8]) -> Vec<u8> {
 }
 
 /// One client frame: (fin, opcode, unmasked payload). `None` at EOF or on a protocol error.
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<(bool, u8, Vec<u8>)> {
+pub(super) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<(bool, u8, Vec<u8>)> {
     let mut hdr = [0u8; 2];
     r.read_exact(&mut hdr).await.ok()?;
     let fin = hdr[0] & 0x80 != 0;

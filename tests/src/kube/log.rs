@@ -87,17 +87,33 @@ pub struct ExecRecord {
     pub stderr_bytes: u64,
 }
 
+/// One port-forward connection (a pair of SPDY streams) as the stand-in served it, recorded
+/// when it ends.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForwardRecord {
+    pub namespace: String,
+    pub pod: String,
+    /// The pod's port the client asked for.
+    pub port: u16,
+    /// Where the stand-in forwarded it (`None`: no such port, answered on the error stream).
+    pub to: Option<std::net::SocketAddr>,
+    pub bytes_to_pod: u64,
+    pub bytes_from_pod: u64,
+}
+
 /// The shared log. Cloning shares it.
 #[derive(Clone, Default)]
 pub struct RequestLog {
     inner: Arc<Mutex<LogInner>>,
     watches: Arc<AtomicUsize>,
+    forward_sessions: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
 struct LogInner {
     entries: Vec<LogEntry>,
     execs: Vec<ExecRecord>,
+    forwards: Vec<ForwardRecord>,
     file: Option<File>,
 }
 
@@ -120,9 +136,11 @@ impl RequestLog {
             inner: Arc::new(Mutex::new(LogInner {
                 entries: Vec::new(),
                 execs: Vec::new(),
+                forwards: Vec::new(),
                 file,
             })),
             watches: Arc::new(AtomicUsize::new(0)),
+            forward_sessions: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -149,6 +167,25 @@ impl RequestLog {
     /// The exec sessions that ended so far.
     pub fn execs(&self) -> Vec<ExecRecord> {
         self.lock().execs.clone()
+    }
+
+    pub(crate) fn push_forward(&self, rec: ForwardRecord) {
+        self.lock().forwards.push(rec);
+    }
+
+    /// The port-forward connections that ended so far.
+    pub fn forwards(&self) -> Vec<ForwardRecord> {
+        self.lock().forwards.clone()
+    }
+
+    pub(crate) fn forward_session_opened(&self) -> WatchGuard {
+        self.forward_sessions.fetch_add(1, Ordering::SeqCst);
+        WatchGuard(self.forward_sessions.clone())
+    }
+
+    /// Port-forward sessions (upgraded connections) open right now.
+    pub fn active_forward_sessions(&self) -> usize {
+        self.forward_sessions.load(Ordering::SeqCst)
     }
 
     pub(crate) fn watch_opened(&self) -> WatchGuard {
@@ -197,5 +234,6 @@ impl RequestLog {
         let mut inner = self.lock();
         inner.entries.clear();
         inner.execs.clear();
+        inner.forwards.clear();
     }
 }

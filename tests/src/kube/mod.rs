@@ -21,9 +21,11 @@ pub mod exec;
 pub mod log;
 pub mod openapi;
 pub mod patch;
+pub mod portforward;
 pub mod proto;
 pub mod select;
 pub mod server;
+pub mod spdy;
 pub mod store;
 pub mod table;
 pub mod tls;
@@ -39,7 +41,7 @@ use std::{
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-pub use log::{token_fingerprint, ExecRecord, LogEntry, RequestLog};
+pub use log::{token_fingerprint, ExecRecord, ForwardRecord, LogEntry, RequestLog};
 pub use tls::ClientCert;
 
 /// How to start a stand-in.
@@ -63,6 +65,9 @@ pub struct StandinOptions {
     pub bulk_pods: usize,
     /// Also append the request log to this JSON-lines file.
     pub log_file: Option<PathBuf>,
+    /// `pods/portforward`: a pod's port (any pod) -> the loopback address it is forwarded to.
+    /// A port not here is answered as one nothing listens on; only loopback addresses.
+    pub forward_ports: Vec<(u16, SocketAddr)>,
 }
 
 impl Default for StandinOptions {
@@ -77,6 +82,7 @@ impl Default for StandinOptions {
             aggregated_discovery: true,
             bulk_pods: 0,
             log_file: None,
+            forward_ports: Vec::new(),
         }
     }
 }
@@ -103,6 +109,7 @@ pub struct KubeStandin {
     pub dir: PathBuf,
     ca: Arc<tls::StandinCa>,
     store: Arc<Mutex<store::Store>>,
+    forward_ports: Arc<Mutex<HashMap<u16, SocketAddr>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -114,6 +121,9 @@ impl KubeStandin {
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        for (port, to) in &opts.forward_ports {
+            loopback_only(*port, *to)?;
+        }
         std::fs::create_dir_all(dir.join("exec"))?;
         let ca = Arc::new(tls::StandinCa::new()?);
         let ca_path = dir.join("ca.crt");
@@ -139,6 +149,7 @@ impl KubeStandin {
         store::seed(&mut st);
         store::seed_bulk(&mut st, opts.bulk_pods);
         let store = Arc::new(Mutex::new(st));
+        let forward_ports = Arc::new(Mutex::new(opts.forward_ports.iter().copied().collect()));
         let log = RequestLog::new(opts.log_file.as_deref())?;
         let state = Arc::new(server::State {
             auth: server::AuthConfig {
@@ -153,6 +164,7 @@ impl KubeStandin {
             server_addr: addr.to_string(),
             aggregated_discovery: opts.aggregated_discovery,
             exec_dir: dir.join("exec"),
+            forward_ports: forward_ports.clone(),
         });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -186,6 +198,7 @@ impl KubeStandin {
             dir,
             ca,
             store,
+            forward_ports,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -201,6 +214,16 @@ impl KubeStandin {
         let path = self.dir.join(name);
         write_kubeconfig(&path, &self.url, &self.ca_path, token).expect("write kubeconfig");
         path
+    }
+
+    /// From now on, port-forwards to `port` of any pod go to `to` (a loopback address).
+    pub fn forward_port(&self, port: u16, to: SocketAddr) -> Result<(), StandinError> {
+        loopback_only(port, to)?;
+        self.forward_ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port, to);
+        Ok(())
     }
 
     /// The object as stored (JSON), if it exists.
@@ -232,6 +255,17 @@ impl KubeStandin {
             .delete(def, ns, name)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The stand-in forwards only to this machine: tests talk only to loopback.
+fn loopback_only(port: u16, to: SocketAddr) -> Result<(), StandinError> {
+    if to.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(StandinError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("forward_ports: port {port} -> {to} is not a loopback address"),
+    )))
 }
 
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -55,6 +55,8 @@ pub struct State {
     pub aggregated_discovery: bool,
     /// Where exec'd commands run.
     pub exec_dir: PathBuf,
+    /// `pods/portforward`: pod port -> loopback address (portforward.rs).
+    pub forward_ports: Arc<Mutex<HashMap<u16, std::net::SocketAddr>>>,
 }
 
 /// The authenticated caller.
@@ -335,6 +337,9 @@ async fn dispatch(
 ) -> StandinResponse {
     let params = api::parse_query(query);
     if headers.contains_key("upgrade") || headers.contains_key("sec-websocket-key") {
+        if super::portforward::is_port_forward(path) {
+            return super::portforward::upgrade(state, req, headers, path).await;
+        }
         return exec::upgrade(state, req, headers, path, params).await;
     }
     let body = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
@@ -363,7 +368,14 @@ async fn dispatch(
     } else if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
         api::self_subject_access_review(&areq)
     } else if let Some(rp) = api::resolve(path) {
-        if rp.subresource == Some("exec") {
+        if rp.subresource == Some("portforward") {
+            Reply::status(
+                Output::Json,
+                400,
+                "BadRequest",
+                "Upgrade request required (pods/portforward: WebSocket SPDY/3.1+portforward.k8s.io or SPDY/3.1)",
+            )
+        } else if rp.subresource == Some("exec") {
             Reply::status(
                 Output::Json,
                 400,

@@ -18,7 +18,7 @@ use hyper::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    kube, rbac_diff, recent, request_info,
+    kube, portforward, rbac_diff, recent, request_info,
     respond::{self, closing, refusal, AgentBody},
     rules::{self, HttpAction},
     tee::Tee,
@@ -88,7 +88,7 @@ impl Classified {
     /// Anything but a read: a Kubernetes verb other than get/list/watch (exec and attach
     /// streams included, which are GETs), any method but GET/HEAD/OPTIONS.
     fn privileged(&self) -> bool {
-        if self.exec.is_some() {
+        if self.exec.is_some() || self.info.as_ref().is_some_and(portforward::is_port_forward) {
             return true;
         }
         match &self.info {
@@ -180,13 +180,27 @@ impl<'a, C: Connect> Conn<'a, C> {
                     .await
             }
         };
+        // A port-forward: its transport and the ports its query names (portforward.rs).
+        let asked = match portforward::Asked::of(
+            classified.info.as_ref(),
+            &classified.query,
+            upgrade.as_deref(),
+            &parts.headers,
+        ) {
+            Ok(a) => a,
+            Err(why) => {
+                return self
+                    .refused(rec, "(unreadable)", StatusCode::BAD_REQUEST, &why)
+                    .await
+            }
+        };
         if let Some(kind) = &upgrade {
-            // Only exec and attach streams are relayed, and only as WebSocket or SPDY; a
-            // port-forward or an upgrade of anything else is refused (and on record).
-            let exec_like = classified.exec.is_some();
+            // Only exec, attach and port-forward streams are relayed, and only as WebSocket or
+            // SPDY; an upgrade of anything else is refused (and on record).
+            let exec_like = classified.exec.is_some() || asked.is_some();
             if !exec_like || !(kind == "websocket" || kind.starts_with("spdy/")) {
                 let why = format!(
-                    "agentgate: a `{kind}` upgrade of {} {} is refused (only pods/exec and pods/attach streams are relayed)",
+                    "agentgate: a `{kind}` upgrade of {} {} is refused (only pods/exec, pods/attach and pods/portforward streams are relayed)",
                     classified.method, classified.path
                 );
                 return self
@@ -195,8 +209,10 @@ impl<'a, C: Connect> Conn<'a, C> {
             }
         }
         // An exec's output is masked where detector rules apply; only a stream the gateway
-        // can read is let through then.
-        let exec_plan = upgrade.as_ref().and_then(|_| self.mask_plan(live));
+        // can read is let through then. (A port-forward carries any protocol: not masked.)
+        let exec_plan = (upgrade.is_some() && classified.exec.is_some())
+            .then(|| self.mask_plan(live))
+            .flatten();
         if let (Some(kind), Some(_)) = (&upgrade, &exec_plan) {
             if let Err(why) = super::exec_mask::restrict_offer(kind, &mut parts.headers) {
                 return self
@@ -230,9 +246,13 @@ impl<'a, C: Connect> Conn<'a, C> {
             },
         };
         let target = self.target.name.as_str();
-        // An exec refused just now (kubectl's SPDY retry of a refused WebSocket exec) is
-        // refused again with the same answer, not put to people twice.
-        let exec_key = classified.exec.as_ref().map(|command| {
+        // An exec or port-forward refused just now (kubectl's SPDY retry of a refused WebSocket
+        // one) is refused again with the same answer, not put to people twice.
+        let forward_ports: Option<Vec<String>> = asked
+            .as_ref()
+            .map(|a| a.ports.iter().map(u16::to_string).collect());
+        let keyed = classified.exec.as_ref().or(forward_ports.as_ref());
+        let exec_key = keyed.map(|command| {
             let info = classified.info.as_ref();
             let pod = info.map(|i| i.name.as_str()).unwrap_or("");
             let sub = info.map(|i| i.subresource.as_str()).unwrap_or("");
@@ -277,7 +297,7 @@ impl<'a, C: Connect> Conn<'a, C> {
         }
         let gated = action_gate::pass(
             &live.gate,
-            |p| rules::judge(p, &who, target, &action),
+            |p| portforward::judge(p, &who, target, &action, asked.as_ref()),
             &described,
             &mut rec,
             &Silent,
@@ -327,8 +347,37 @@ impl<'a, C: Connect> Conn<'a, C> {
                 );
             }
         };
-        match (agent_upgrade, upgrade) {
-            (Some(agent_upgrade), Some(kind))
+        match (agent_upgrade, upgrade, asked) {
+            (Some(agent_upgrade), Some(_), Some(asked))
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                let chosen = response
+                    .headers()
+                    .get(header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok());
+                let g = &live.admitted.grant;
+                let stream = portforward::Stream {
+                    recorder: &self.core.recorder,
+                    rec,
+                    inspect: portforward::Inspect::new(&asked, chosen),
+                    asked_ports: asked.ports.clone(),
+                    judge: portforward::PortJudge {
+                        policy: self.core.policy.clone(),
+                        issuer: g.issuer.clone(),
+                        subject: g.subject.clone(),
+                        groups: g.groups.clone(),
+                        workload: g.workload.clone(),
+                        target: self.target.name.clone(),
+                        info: classified.info.clone().unwrap_or_default(),
+                    },
+                    ended: live.gate.ended.clone(),
+                    started,
+                };
+                self.switch(response, agent_upgrade, |a, t| {
+                    portforward::relay(stream, a, t)
+                })
+            }
+            (Some(agent_upgrade), Some(kind), None)
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
             {
                 let stream = super::exec::Stream {
@@ -340,25 +389,30 @@ impl<'a, C: Connect> Conn<'a, C> {
                     started,
                     mask: exec_plan.map(|p| (p, response.headers().clone())),
                 };
-                self.switch(stream, response, agent_upgrade)
+                self.switch(response, agent_upgrade, |a, t| {
+                    super::exec::relay(stream, a, t)
+                })
             }
             _ => self.answer(live, rec, &classified, response, started).await,
         }
     }
 
-    /// The target agreed to an exec/attach upgrade: the agent gets the same 101, and the
-    /// stream's relay joins the connection's (`exec`).
+    /// The target agreed to an exec/attach/port-forward upgrade: the agent gets the same 101,
+    /// and the stream's relay (`relay` of the two upgrades) joins the connection's.
     fn switch(
         &self,
-        stream: super::exec::Stream<'a>,
         mut response: Response<Incoming>,
         agent_upgrade: hyper::upgrade::OnUpgrade,
+        relay: impl FnOnce(
+            hyper::upgrade::OnUpgrade,
+            hyper::upgrade::OnUpgrade,
+        ) -> super::exec::Relay<'a>,
     ) -> Response<AgentBody> {
         let target_upgrade = hyper::upgrade::on(&mut response);
         let mut to_agent = Response::new(respond::full(Bytes::new()));
         *to_agent.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *to_agent.headers_mut() = response.headers().clone();
-        let relay = super::exec::relay(stream, agent_upgrade, target_upgrade);
+        let relay = relay(agent_upgrade, target_upgrade);
         if let Ok(mut relays) = self.relays.lock() {
             relays.push(relay);
         }

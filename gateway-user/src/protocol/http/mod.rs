@@ -15,12 +15,14 @@ mod exec;
 mod exec_mask;
 mod kube;
 pub mod kube_pb;
+mod portforward;
 mod rbac_diff;
 mod recent;
 pub mod request_info;
 mod respond;
 mod rule_section;
 pub mod rules;
+mod spdy;
 mod tee;
 mod upstream;
 mod ws;
@@ -204,7 +206,17 @@ async fn serve<C: Connect>(
                 }
                 Some(()) = relays.next(), if !relays.is_empty() => {}
                 () = conn.relay_added.notified() => {}
-                why = conn.ended(deadline) => break (Some(why), None),
+                why = conn.ended(deadline) => {
+                    // Streams end with the session, but each puts itself on record first
+                    // (they end at once on `ended`; the wait is bounded all the same).
+                    if let Some(live) = conn.live.get() {
+                        live.gate.ended.cancel();
+                    }
+                    relays.extend(conn.take_relays());
+                    let drained = async { while relays.next().await.is_some() {} };
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drained).await;
+                    break (Some(why), None);
+                }
             }
             relays.extend(conn.take_relays());
             if served_done && relays.is_empty() {

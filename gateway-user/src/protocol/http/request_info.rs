@@ -402,6 +402,12 @@ fn parse_query(query: &str, strict: bool) -> Result<Vec<(String, String)>, Reque
     Ok(out)
 }
 
+/// A query's pairs decoded as the server decodes them; `Err` on a pair it would skip (so that
+/// a value the gateway judges is never one the server reads otherwise).
+pub fn query_pairs(query: &str) -> Result<Vec<(String, String)>, RequestInfoError> {
+    parse_query(query, true)
+}
+
 /// The command of a `pods/exec` request (`command=` repeated, in order), decoded as the
 /// server decodes it. Call it on a query `resolve` accepted.
 pub fn exec_command(query: &str) -> Vec<String> {

@@ -64,6 +64,9 @@ struct RequestsDoc {
     non_resource_urls: Option<Vec<String>>,
     #[serde(default)]
     exec: Option<ExecDoc>,
+    /// The pod ports an allow rule lets `pods/portforward` reach (read wide, checked here).
+    #[serde(default)]
+    ports: Option<Vec<i64>>,
     #[serde(default)]
     methods: Option<Vec<String>>,
     #[serde(default)]
@@ -91,10 +94,17 @@ fn parse_section(
     let rule = ctx.rule;
     let doc: RequestsDoc = raw.parse(rule, "requests")?;
     let mut problems = Vec::new();
-    // `requests:` rules refuse or hold what they match; an allow rule would do nothing.
-    if ctx.effect == Effect::Allow && !ctx.approval {
+    // `requests:` rules refuse or hold what they match; an allow rule would do nothing, but
+    // for the one thing refused unless allowed: port-forwards, to the ports it lists.
+    let allows_ports = doc.ports.is_some();
+    if ctx.effect == Effect::Allow && !ctx.approval && !allows_ports {
         problems.push(format!(
-            "rule `{rule}`: a `requests` rule needs `effect: deny` or `approval` (it refuses or holds the requests it matches)"
+            "rule `{rule}`: a `requests` rule needs `effect: deny` or `approval` (it refuses or holds the requests it matches), or `ports` with `effect: allow` (it allows port-forwards to them)"
+        ));
+    }
+    if allows_ports && (ctx.effect == Effect::Deny || ctx.approval) {
+        problems.push(format!(
+            "rule `{rule}`: requests.ports allows port-forwards to these ports and needs `effect: allow` without `approval`; to refuse or hold port-forwards, write a rule about pods/portforward without ports"
         ));
     }
     if ctx.approval && ctx.effect == Effect::Deny {
@@ -119,6 +129,7 @@ fn section(rule: &str, doc: RequestsDoc, problems: &mut Vec<String>) -> Option<R
         ("names", doc.names.is_some()),
         ("non_resource_urls", doc.non_resource_urls.is_some()),
         ("exec", doc.exec.is_some()),
+        ("ports", doc.ports.is_some()),
     ]
     .into_iter()
     .filter_map(|(k, given)| given.then_some(k))
@@ -147,7 +158,7 @@ fn section(rule: &str, doc: RequestsDoc, problems: &mut Vec<String>) -> Option<R
     let resource_fields: Vec<&str> = kube_given
         .iter()
         .copied()
-        .filter(|k| matches!(*k, "resources" | "namespaces" | "names" | "exec"))
+        .filter(|k| matches!(*k, "resources" | "namespaces" | "names" | "exec" | "ports"))
         .collect();
     if doc.non_resource_urls.is_some() && !resource_fields.is_empty() {
         problem(format!(
@@ -254,6 +265,15 @@ fn section(rule: &str, doc: RequestsDoc, problems: &mut Vec<String>) -> Option<R
             }
         }
     };
+    let ports = doc.ports.map(|ps| {
+        ports(
+            &mut problem,
+            ps,
+            resources.as_deref(),
+            verbs.as_deref(),
+            &exec,
+        )
+    });
     Some(RequestRule::Kubernetes(KubeRule {
         verbs,
         resources,
@@ -261,7 +281,56 @@ fn section(rule: &str, doc: RequestsDoc, problems: &mut Vec<String>) -> Option<R
         names,
         non_resource_urls,
         exec,
+        ports,
     }))
+}
+
+/// `ports:` checked: 1-65535, with `resources` that name only `pods/portforward`, with `verbs`
+/// (if given) that include both `get` and `create`, and without `exec`.
+fn ports(
+    problem: &mut impl FnMut(String),
+    ports: Vec<i64>,
+    resources: Option<&[ResourcePattern]>,
+    verbs: Option<&[String]>,
+    exec: &Option<CommandMatch>,
+) -> Vec<u16> {
+    if ports.is_empty() {
+        problem("ports is empty (a rule that allows no port allows nothing)".into());
+    }
+    // The allowance is for port-forwards only: an entry that covers other resources too would
+    // read as allowing them.
+    match resources {
+        None => problem("ports needs resources: [pods/portforward]".into()),
+        Some(rs) => {
+            for r in rs {
+                if !r.text.eq_ignore_ascii_case("pods/portforward") {
+                    problem(format!(
+                        "ports is for pods/portforward only; resources has `{}`",
+                        r.text
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(vs) = verbs {
+        let has = |v: &str| vs.iter().any(|x| x == v || x == "*");
+        if !(has("get") && has("create")) {
+            problem("ports with verbs needs both get and create (kubectl port-forwards with a GET over WebSocket, and falls back to a POST over SPDY)".into());
+        }
+    }
+    if exec.is_some() {
+        problem("ports and exec cannot be in one rule (exec judges pods/exec)".into());
+    }
+    ports
+        .into_iter()
+        .filter_map(|p| match u16::try_from(p) {
+            Ok(p) if p >= 1 => Some(p),
+            _ => {
+                problem(format!("ports: {p} is not a port (1-65535)"));
+                None
+            }
+        })
+        .collect()
 }
 
 /// Globs compiled; `path`: each must start with `/` (or be `*`/`**`).

@@ -49,6 +49,9 @@ pub struct KubeRule {
     pub non_resource_urls: Option<Vec<Glob>>,
     /// The command of `pods/exec` (and `pods/attach`, which has none) judged as SSH commands.
     pub exec: Option<CommandMatch>,
+    /// The pod ports an `effect: allow` rule lets `pods/portforward` reach (portforward.rs):
+    /// port-forwards are refused unless such a rule allows every port they open.
+    pub ports: Option<Vec<u16>>,
 }
 
 /// The plain HTTP fields.
@@ -152,6 +155,12 @@ fn any_glob(list: &Option<Vec<Glob>>, s: &str) -> bool {
 }
 
 impl KubeRule {
+    /// Whether every field but `ports` matches `info` (a rule with `ports` never sets off; it
+    /// allows, see `forward_allowances`).
+    pub fn covers(&self, info: &RequestInfo) -> bool {
+        self.sets_off(info, None).is_some()
+    }
+
     /// Why `info` (with `exec`) sets this rule off, if it does.
     fn sets_off(&self, info: &RequestInfo, exec: Option<&[String]>) -> Option<String> {
         if let Some(verbs) = &self.verbs {
@@ -371,6 +380,23 @@ pub fn request_rules<'p>(
         .action_rules(who, target, Protocol::Http)
         .into_iter()
         .filter_map(|r| Some((r, r.action.as_ref()?.matcher::<RequestRule>()?)))
+        .collect()
+}
+
+/// The `effect: allow` rules with `ports` in scope for `who` on `target`, in file order: what
+/// may allow a port-forward (portforward.rs).
+pub fn forward_allowances<'p>(
+    policy: &'p Policy,
+    who: &Who<'_>,
+    target: &str,
+) -> Vec<(&'p Rule, &'p KubeRule)> {
+    request_rules(policy, who, target)
+        .into_iter()
+        .filter(|(rule, _)| rule.effect == Effect::Allow && rule.approval.is_none())
+        .filter_map(|(rule, section)| match section {
+            RequestRule::Kubernetes(k) if k.ports.is_some() => Some((rule, k)),
+            _ => None,
+        })
         .collect()
 }
 
