@@ -15,6 +15,7 @@ mod exec;
 mod exec_mask;
 mod kube;
 pub mod kube_pb;
+mod login;
 mod portforward;
 mod rbac_diff;
 mod recent;
