@@ -1,7 +1,7 @@
 //! One request through the gateway: the session's login on the first request (`login.rs`) or
-//! its identity check on later ones, what the request is (Kubernetes' RequestInfo, or method and path), the
-//! one gate (deny → approval → durable intent), the forward with the gateway's credential, and
-//! the answer, masked and on record.
+//! its identity check on later ones, what the request is (Kubernetes' RequestInfo, or method
+//! and path), the one gate (deny → approval → durable intent), the forward with the gateway's
+//! credential, and the answer, masked and on record.
 
 use std::{
     sync::{atomic::Ordering, Arc},
