@@ -12,8 +12,8 @@ use super::{classify, shape::shape, Class, Classified};
 
 /// Longer query strings are classified but not kept in the cache: a cache entry holds its key,
 /// so without this bound a full cache could hold capacity × 1 MiB of query text (with the
-/// gateway's 10 000 entries, 4 KiB keeps it under 40 MiB). Longer texts are mostly bulk
-/// literals, which rarely repeat exactly anyway.
+/// gateway's 10 000 entries in each of its two maps, 4 KiB keeps them under 80 MiB). Longer
+/// texts are mostly bulk literals, which rarely repeat exactly anyway.
 pub(super) const MAX_CACHED_LEN: usize = 4 * 1024;
 
 /// Thread-safe cache by exact query text, shared by all sessions: agents repeat the same
