@@ -4,7 +4,7 @@
 use super::{
     db::{Db, SharedDb},
     journal::Entry,
-    recorder::{Record, Store, StoreError},
+    recorder::{Durability, Record, Store, StoreError},
 };
 
 pub struct SqliteStore {
@@ -40,9 +40,9 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 impl Store for SqliteStore {
-    fn write(&mut self, batch: &[Record]) -> Result<(), StoreError> {
+    fn write(&mut self, batch: &[Record], durability: Durability) -> Result<(), StoreError> {
         let mut db = Db::lock(&self.db);
-        db.write(|tx, journal| {
+        db.write_with(durability == Durability::Synced, |tx, journal| {
             for r in batch {
                 let (kind, session, at_ms, body) = entry_parts(r);
                 journal.append(
@@ -120,11 +120,14 @@ mod tests {
             error: None,
         };
         store
-            .write(&[
-                Record::Open(open),
-                Record::Statement(stmt),
-                Record::Close(close),
-            ])
+            .write(
+                &[
+                    Record::Open(open),
+                    Record::Statement(stmt),
+                    Record::Close(close),
+                ],
+                Durability::Synced,
+            )
             .unwrap();
         drop(store);
         let conn = Connection::open(&path).unwrap();
