@@ -308,8 +308,9 @@ fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usi
         "pgbench (see software above), scale 1, {CLIENTS} clients (`-c {CLIENTS} -j 2 -M simple -T {secs}`), from the \
          agent cgroup through agentgate (JWT as the password), server and gateway on loopback. \
          PostgreSQL made durable for this section (fsync, synchronous_commit, full_page_writes \
-         on). Every run starts a fresh gateway with an empty record DB (SQLite, WAL, \
-         synchronous=FULL, on {fs_type}), contenders alternating: recording on = the default \
+         on). Every run starts a fresh gateway with an empty record DB (SQLite, WAL, on \
+         {fs_type}: a commit an intent waits on synced, synchronous=FULL; records nobody waits on \
+         gathered for up to 4 ms and committed with synchronous=NORMAL), contenders alternating: recording on = the default \
          (every statement a record; a privileged statement, anything but a read, forwarded only \
          once its intent is committed), `--record-off` = the recorder discards everything. \
          Workloads: `pgbench -S` (one SELECT per transaction); INSERT script (one \
@@ -399,7 +400,7 @@ fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usi
         }
     );
     // What the writer adds to each transaction's wait: privileged statements wait for their
-    // intent's group commit (SQLite, synchronous=FULL) before they are forwarded; reads wait
+    // intent's group commit (SQLite, synchronous=FULL for it) before they are forwarded; reads wait
     // for no commit.
     let added: Vec<String> = workloads
         .iter()
