@@ -909,7 +909,9 @@ fn profile(b: &mut Bench, secs: u64) -> anyhow::Result<()> {
                 };
                 pick.trim_end_matches('%').parse::<f64>().ok()
             })
-            .fold(None, |max: Option<f64>, x| Some(max.map_or(x, |m| m.max(x))))
+            .fold(None, |max: Option<f64>, x| {
+                Some(max.map_or(x, |m| m.max(x)))
+            })
             .map_or_else(|| "< 0.3%".into(), |x| format!("{x:.2}%"));
         md!("| {} | {share} |", label.replace("  ", "&nbsp;&nbsp;"));
     }
