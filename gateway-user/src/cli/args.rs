@@ -112,13 +112,8 @@ pub struct CentralArgs {
     /// loopback). Read-only.
     #[arg(long, env = "AGENTGATE_CENTRAL", global = true)]
     pub central: Option<String>,
-    /// File holding the central store's password.
-    #[arg(
-        long,
-        env = "AGENTGATE_CENTRAL_PASSWORD_FILE",
-        requires = "central",
-        global = true
-    )]
+    /// File holding the central store's password (read with --central only).
+    #[arg(long, env = "AGENTGATE_CENTRAL_PASSWORD_FILE", global = true)]
     pub central_password_file: Option<PathBuf>,
 }
 
