@@ -462,6 +462,20 @@ fn two_nodes_one_central_store_one_view() {
         "{local_replay}"
     );
 
+    // A role that may only read the central table is enough (docs/audit-sink.md).
+    central.sql_in(
+        "audit",
+        &format!(
+            "REVOKE ALL ON agentgate_audit FROM {ROLE_MD5}; GRANT SELECT ON agentgate_audit TO {ROLE_MD5};"
+        ),
+    );
+    let reader = View {
+        conninfo: conninfo("127.0.0.1", 20990, ROLE_MD5, "", "audit", ""),
+        pw: password_file("cl-reader", ROLE_PASSWORD),
+    };
+    assert_eq!(by_agent(&reader.agents(&[]), None), keyed);
+    assert_eq!(reader.sessions(&[]), sessions);
+
     // Errors: clear, non-zero, no secret printed.
     let fails = |args: Vec<&str>, env: &[(&str, &str)], says: &str| {
         let out = cli_env(&args, env);
