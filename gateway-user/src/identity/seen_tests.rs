@@ -28,9 +28,11 @@ async fn a_token_seen_before_skips_only_its_signature_check() {
     f.verifier.verify(&other).await.unwrap();
     assert_eq!(checks(&f.verifier), 2);
     let (head, sig) = t.rsplit_once('.').unwrap();
+    // The first character: the last one may carry only padding bits, and a change there can
+    // decode to the same signature (a valid token under another spelling).
     let mut sig = sig.to_string();
-    let last = if sig.ends_with('A') { "B" } else { "A" };
-    sig.replace_range(sig.len() - 1.., last);
+    let first = if sig.starts_with('A') { "B" } else { "A" };
+    sig.replace_range(..1, first);
     refused(&f.verifier, &format!("{head}.{sig}"), "bad_signature").await;
     // A refused token is not remembered: refused again, checked again.
     refused(&f.verifier, &format!("{head}.{sig}"), "bad_signature").await;

@@ -337,7 +337,11 @@ mod tests {
         for round in 0..2 {
             let mut c = Client::with_nonce("pencil", Binding::Unsupported, NONCE.into(), "user");
             assert_eq!(c.message(), b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
-            assert_eq!(c.salted_kept(SERVER_FIRST.as_bytes()), round == 1);
+            // The cache is process-wide and other tests use the same vector, so the first
+            // round may already find it; the second always must.
+            if round == 1 {
+                assert!(c.salted_kept(SERVER_FIRST.as_bytes()));
+            }
             c.update(SERVER_FIRST.as_bytes()).unwrap();
             assert_eq!(
                 std::str::from_utf8(c.message()).unwrap(),
