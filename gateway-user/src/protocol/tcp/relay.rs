@@ -95,15 +95,8 @@ pub async fn relay(
     counters: &Counters,
     gate: &Gate,
 ) -> Result<(), RelayError> {
-    let activity = Activity {
-        base: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    let pipes = if std::env::var_os("AGENTGATE_TCP_RELAY").is_some_and(|v| v == "copy") {
-        None
-    } else {
+    let splice = std::env::var_os("AGENTGATE_TCP_RELAY").is_none_or(|v| v != "copy");
+    let pipes = if splice {
         match (Pipe::new(), Pipe::new()) {
             (Ok(a), Ok(b)) => Some((a, b)),
             (Err(e), _) | (_, Err(e)) => {
@@ -111,7 +104,27 @@ pub async fn relay(
                 None
             }
         }
+    } else {
+        None
     };
+    relay_with(client, upstream, idle, counters, gate, pipes).await
+}
+
+/// The relay through these pipes (splice), or through buffers without.
+async fn relay_with(
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Duration,
+    counters: &Counters,
+    gate: &Gate,
+    pipes: Option<(Pipe, Pipe)>,
+) -> Result<(), RelayError> {
+    let activity = Activity {
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
     let (pipe_up, pipe_down) = pipes.map_or((None, None), |(a, b)| (Some(a), Some(b)));
     let up = async {
         pump(
@@ -179,25 +192,68 @@ async fn copy(
             let _ = to.shutdown().await;
             return Ok(());
         }
-        // Marked busy before the policy check, ended once the chunk is written: a reload waits
-        // for that before it says a withdrawing policy is in force. A write that fails leaves
-        // it busy; the session is ending, and the reload waits for it to be gone.
-        gate.begin();
-        if let Err(why) = gate.check() {
-            gate.end();
-            return Err(PumpError::Withdrawn(why));
-        }
+        admit_chunk(gate)?;
         to.write_all(&buf[..n]).await.map_err(PumpError::Io)?;
-        gate.end();
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
+        chunk_written(gate, activity, moved, n);
     }
+}
+
+/// Before a chunk is forwarded: marked busy, then the policy checked. Busy is ended once the
+/// chunk is written ([`chunk_written`]): a reload waits for that before it says a withdrawing
+/// policy is in force. A write that fails leaves it busy; the session is ending, and the
+/// reload waits for it to be gone.
+pub(super) fn admit_chunk(gate: &Gate) -> Result<(), PumpError> {
+    gate.begin();
+    gate.check().map_err(|why| {
+        gate.end();
+        PumpError::Withdrawn(why)
+    })
+}
+
+/// A chunk of `n` bytes is out: not busy any more, counted, and activity noted.
+pub(super) fn chunk_written(gate: &Gate, activity: &Activity, moved: &AtomicU64, n: usize) {
+    gate.end();
+    moved.fetch_add(n as u64, Ordering::Relaxed);
+    activity.touch();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    type Spawned = (
+        tokio::task::JoinHandle<Result<(), RelayError>>,
+        std::sync::Arc<Counters>,
+    );
+
+    /// The relay between the two sockets on its own task, and its counters.
+    fn spawn_relay(
+        client_side: TcpStream,
+        upstream_side: TcpStream,
+        pipes: Option<(Pipe, Pipe)>,
+    ) -> Spawned {
+        let counters = std::sync::Arc::new(Counters::default());
+        let theirs = counters.clone();
+        let relay = tokio::spawn(async move {
+            let gate = Gate::open_ended();
+            relay_with(
+                client_side,
+                upstream_side,
+                Duration::from_secs(10),
+                &theirs,
+                &gate,
+                pipes,
+            )
+            .await
+        });
+        (relay, counters)
+    }
+
+    /// Pipes for the splice path; a failure here fails the test rather than test the copy.
+    fn pipes() -> Option<(Pipe, Pipe)> {
+        Some((Pipe::new().unwrap(), Pipe::new().unwrap()))
+    }
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -210,20 +266,7 @@ mod tests {
     async fn relays_both_ways_with_half_close() {
         let (mut client, client_side) = pair().await;
         let (upstream_side, mut server) = pair().await;
-        let counters = std::sync::Arc::new(Counters::default());
-        let relay = {
-            let counters = counters.clone();
-            tokio::spawn(async move {
-                relay(
-                    client_side,
-                    upstream_side,
-                    Duration::from_secs(10),
-                    &counters,
-                    &Gate::open_ended(),
-                )
-                .await
-            })
-        };
+        let (relay, counters) = spawn_relay(client_side, upstream_side, pipes());
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -255,25 +298,21 @@ mod tests {
     }
 
     /// Megabytes both ways at once, in odd-sized writes: every byte arrives, in order, and the
-    /// counters say so (the splice path; the copying one is the same pump with a buffer).
+    /// counters say so — through splice and through buffers.
     #[tokio::test]
-    async fn bulk_both_ways_arrives_whole() {
+    async fn bulk_both_ways_arrives_whole_spliced() {
+        bulk_both_ways(pipes()).await;
+    }
+
+    #[tokio::test]
+    async fn bulk_both_ways_arrives_whole_copied() {
+        bulk_both_ways(None).await;
+    }
+
+    async fn bulk_both_ways(pipes: Option<(Pipe, Pipe)>) {
         let (client, client_side) = pair().await;
         let (upstream_side, server) = pair().await;
-        let counters = std::sync::Arc::new(Counters::default());
-        let relay = {
-            let counters = counters.clone();
-            tokio::spawn(async move {
-                relay(
-                    client_side,
-                    upstream_side,
-                    Duration::from_secs(10),
-                    &counters,
-                    &Gate::open_ended(),
-                )
-                .await
-            })
-        };
+        let (relay, counters) = spawn_relay(client_side, upstream_side, pipes);
         let data = |seed: u64| -> Vec<u8> {
             let mut x = seed;
             (0..8_000_003)

@@ -8,7 +8,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::AtomicU64,
 };
 
 use tokio::{
@@ -16,7 +16,7 @@ use tokio::{
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
 };
 
-use super::relay::{Activity, PumpError};
+use super::relay::{admit_chunk, chunk_written, Activity, PumpError};
 use crate::proxy::Gate;
 
 /// Bytes asked for per splice: the pipe is made this large where the kernel lets it.
@@ -90,12 +90,7 @@ pub(super) async fn pump(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(PumpError::Io(e)),
         };
-        // As in the copying pump: busy before the policy check, ended once the chunk is out.
-        gate.begin();
-        if let Err(why) = gate.check() {
-            gate.end();
-            return Err(PumpError::Withdrawn(why));
-        }
+        admit_chunk(gate)?;
         let mut left = n;
         while left > 0 {
             to.writable().await.map_err(PumpError::Io)?;
@@ -108,8 +103,6 @@ pub(super) async fn pump(
                 Err(e) => return Err(PumpError::Io(e)),
             }
         }
-        gate.end();
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
+        chunk_written(gate, activity, moved, n);
     }
 }
