@@ -1,6 +1,7 @@
 //! Loading the kernel programs, pinning them so they outlive the process, and the typed maps
 //! through which userspace steers them.
 
+mod layout;
 mod loader;
 mod maps;
 mod occupancy;

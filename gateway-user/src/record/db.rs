@@ -218,8 +218,15 @@ impl Db {
         &mut self,
         f: impl FnOnce(&Transaction<'_>, &mut Appender) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        let tx = self.conn.transaction()?;
-        let mut appender = Appender { tip: self.tip };
+        // Another gateway process may append to the same journal (the old one draining after a
+        // handover, handover/): take the write lock first and chain to the journal's real tip,
+        // not to the one this process saw last.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut appender = Appender {
+            tip: journal::tip(&tx)?,
+        };
         let out = f(&tx, &mut appender)?;
         tx.commit()?;
         self.tip = appender.tip;
