@@ -50,6 +50,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()> {
+    // Pins this build cannot use end the start here, before any socket changes hands.
+    crate::ebpf::check_layout(&args.pin_dir)?;
     let handover_socket =
         handover::socket_path(args.handover_socket.as_deref(), &args.admin_socket);
     let mut taken = handover::take_over(&handover_socket, &args.pin_dir)?;
@@ -340,8 +342,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
                "listen_port": gateway.listen_port, "policy_version": initial.version}),
     );
 
+    let mut signals = StopSignals::new()?;
     let handed_over = tokio::select! {
-        r = wait_for_signal() => { r?; false }
+        _ = signals.recv() => false,
         _ = handed.cancelled() => true,
     };
     if handed_over {
@@ -378,7 +381,7 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         events.emit("stopped", json!({"drained": drained, "handed_over": true}));
         if args.after_handover == handover::AfterHandover::Wait {
             tracing::info!("handed over and drained; waiting for SIGTERM");
-            wait_for_signal().await?;
+            signals.recv().await;
         }
     } else {
         let _ = std::fs::remove_file(&args.admin_socket);
@@ -490,15 +493,28 @@ async fn retain(
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, registered once: one that arrives while a handed-over gateway drains is
+/// still there when it waits for it afterwards.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 async fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {

@@ -64,13 +64,22 @@ fn agent_script() -> PathBuf {
 
 /// The connect loop, as an agent in `cgroup`; stops when `stop` exists.
 fn connect_loop(cgroup: &Cgroup, target: SocketAddr, stop: &Path) -> Child {
+    connect_loop_in(cgroup, None, target, stop)
+}
+
+fn connect_loop_in(
+    cgroup: &Cgroup,
+    netns: Option<&Netns>,
+    target: SocketAddr,
+    stop: &Path,
+) -> Child {
     let mut cmd = Command::new("python3");
     cmd.arg(agent_script())
         .args(["loop", &target.ip().to_string(), &target.port().to_string()])
         .arg(stop)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    place(&mut cmd, Some(cgroup), None);
+    place(&mut cmd, Some(cgroup), netns);
     cmd.spawn().expect("start the connect loop")
 }
 
@@ -125,10 +134,6 @@ fn wait_event(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn count(gw: &Gateway, event: &str) -> usize {
-    gw.events().iter().filter(|e| e["event"] == event).count()
 }
 
 fn setup(tag: &str, listen: u16, port: u16) -> HostSetup {
@@ -250,10 +255,26 @@ fn twenty_upgrades_under_a_connect_loop_refuse_nothing_and_nothing_goes_direct()
             "{l}"
         );
     }
+    let troubles: Vec<Value> = gw
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["event"] == "refused"
+                || (e["event"] == "connection_close" && !e["error"].is_null())
+                || e["event"] == "capture_error"
+        })
+        .collect();
     assert_eq!(counts["refused"], 0, "{counts}");
     assert_eq!(counts["direct"], 0, "{counts}");
-    assert_eq!(counts["reset"], 0, "{counts}");
-    assert_eq!(counts["other"], 0, "{counts}");
+    assert_eq!(
+        counts["reset"], 0,
+        "{counts}; the gateways said: {troubles:?}"
+    );
+    assert_eq!(
+        counts["other"], 0,
+        "{counts}; the gateways said: {troubles:?}"
+    );
+    assert!(troubles.is_empty(), "{troubles:?}");
     assert!(
         counts["ok"].as_u64().unwrap_or(0) >= 200,
         "the loop really ran through the upgrades: {counts}"
@@ -288,6 +309,104 @@ fn wait_stopped(gw: &Gateway, n: usize) -> Vec<Value> {
         .into_iter()
         .filter(|e| e["event"] == "stopped")
         .collect()
+}
+
+/// Pod mode: the listener inside the pod's network namespace is handed over too (a new process
+/// cannot bind it while the old one holds it, so without the handover the pod would be refused
+/// until the old one closed it and the next rescan bound it again).
+#[test]
+fn pod_listeners_are_handed_over_too() {
+    require_root();
+    let name = unique("upgradepod");
+    let _anchor = Cgroup::create(&format!("/{name}"));
+    let pod = Cgroup::create(&format!("/{name}/pod-a"));
+    let ns = Netns::create(&name);
+    let target = target_in(&ns, "127.0.0.2:20987".parse().unwrap());
+    let token = TokenFile::valid("upgradepod");
+    let gw = Gateway::start_with_args(
+        "upgradepod",
+        &policy(
+            20986,
+            &format!("/{name}/pod-*"),
+            "pod",
+            &["127.0.0.2"],
+            20987,
+            &token.path,
+        ),
+        None,
+        &["--drain-secs", "30"],
+    );
+    let mut successors = Successors::default();
+    let _holder = Holder::start(&pod, Some(&ns));
+    gw.wait_for(
+        Duration::from_secs(10),
+        |e| e["event"] == "pod_listener" && e["cgroup"] == pod.rel.as_str(),
+        0,
+    );
+    let stop = gw.dir.join("stop-loop");
+    let looping = connect_loop_in(&pod, Some(&ns), target.addr, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..5 {
+        successors.0.push(successor(&gw, i));
+        wait_event(
+            &gw,
+            Duration::from_secs(60),
+            |e| e["event"] == "taken_over",
+            i,
+        );
+        wait_event(
+            &gw,
+            Duration::from_secs(30),
+            |e| e["event"] == "ready",
+            i + 1,
+        );
+        // The new process serves the pod from the socket it took.
+        wait_event(
+            &gw,
+            Duration::from_secs(10),
+            |e| e["event"] == "pod_listener" && e["cgroup"] == pod.rel.as_str(),
+            i + 1,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::fs::write(&stop, "").unwrap();
+    let counts = report(looping);
+    eprintln!("5 upgrades, pod mode: {counts}");
+    let pod_listener_errors = gw
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "refused")
+        .count();
+    assert_eq!(pod_listener_errors, 0, "nothing refused by the gateways");
+    assert_eq!(counts["refused"], 0, "{counts}");
+    assert_eq!(counts["direct"], 0, "{counts}");
+    assert_eq!(counts["reset"], 0, "{counts}");
+    assert_eq!(counts["other"], 0, "{counts}");
+    assert!(counts["ok"].as_u64().unwrap_or(0) > 50, "{counts}");
+    let pod_connections = gw
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "connection_open" && s(e, "listener").starts_with("pod:"))
+        .count() as u64;
+    assert_eq!(
+        pod_connections,
+        counts["ok"].as_u64().unwrap_or(0),
+        "all through the pod's listener"
+    );
+}
+
+/// A target server inside `ns` (as in capture.rs).
+fn target_in(ns: &Netns, addr: SocketAddr) -> TargetServer {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: setns on this short-lived thread only.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        TargetServer::start(addr)
+    })
+    .join()
+    .expect("bind thread")
 }
 
 #[test]

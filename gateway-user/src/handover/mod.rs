@@ -92,11 +92,14 @@ pub struct SocketMeta {
     pub netns_cookie: u64,
 }
 
+/// The last id given, and each registered socket by id.
+type Entries = (u64, HashMap<u64, (SocketMeta, OwnedFd)>);
+
 /// The listening sockets this process serves, each held as a duplicate descriptor for as long as
 /// it is served, so that a taker gets exactly the live ones.
 #[derive(Default)]
 pub struct Registry {
-    inner: Mutex<(u64, HashMap<u64, (SocketMeta, OwnedFd)>)>,
+    inner: Mutex<Entries>,
 }
 
 /// Unregisters its socket when dropped (with the task that serves it).
@@ -112,7 +115,7 @@ impl Drop for Registered {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, (SocketMeta, OwnedFd)>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
