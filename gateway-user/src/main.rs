@@ -48,10 +48,17 @@ fn main() -> std::process::ExitCode {
             command,
         } => cli::approvals::approvals(&admin_socket, command),
         Command::Audit { record_db, command } => cli::audit::audit_command(&record_db, command),
-        Command::Sessions { record_db, command } => {
-            cli::sessions::sessions_command(&record_db, command)
-        }
-        Command::Agents { record_db, json } => cli::agents::agents_command(&record_db, json),
+        Command::Sessions {
+            record_db,
+            central,
+            command,
+        } => cli::sessions::sessions_command(&record_db, &central, command),
+        Command::Agents {
+            record_db,
+            central,
+            node,
+            json,
+        } => cli::agents::agents_command(&record_db, &central, node.as_deref(), json),
         Command::Revoke {
             admin_socket,
             identity,

@@ -643,38 +643,51 @@ fn print(
         );
     }
 
-    md!("\n#### against the goals\n");
-    md!("| goal | workload | figure | goal met | gap |");
+    md!("\n#### against the goals (issue 20)\n");
+    md!(
+        "agentgate with full control, recording and one masked column (the \"+ masking\" \
+         contender) against HAProxy in TCP mode, in the same run."
+    );
+    md!("\n| goal | workload | figure | goal met | gap |");
     md!("|---|---|---|---|---|");
     for (mode, clients, s) in &by_case {
-        let ag = &s[Contender::Agentgate as usize];
-        if *clients == 8 && *mode != "connect" {
-            for (rival, goal, label) in [
-                (Contender::HaProxy, 0.9, "agentgate ≥ 0.9 × HAProxy TPS"),
-                (Contender::PgBouncer, 1.0, "agentgate ≥ PgBouncer TPS"),
-            ] {
-                let theirs = s[rival as usize].tps;
-                let ratio = ag.tps / theirs;
-                md!(
-                    "| {label} | {}, 8 clients | {ratio:.2} × ({:.0} vs {theirs:.0}) | {} | {} |",
-                    mode_label(mode),
-                    ag.tps,
-                    yes_no(ratio >= goal),
-                    gap(ratio, goal)
-                );
-            }
-        }
-        if *clients == 1 && *mode != "connect" {
-            let added = (ag.latency_ms - s[Contender::Direct as usize].latency_ms) * 1000.0;
+        let ha = &s[Contender::HaProxy as usize];
+        let full = &s[Contender::AgentgateMasked as usize];
+        if *mode == "connect" {
+            // -C: one connection per transaction, so TPS is connections per second.
+            let ratio = s[Contender::Agentgate as usize].tps / ha.tps;
             md!(
-                "| < 30 µs added average latency | {}, 1 client | {added:+.0} µs | {} | {} |",
+                "| connections/s ≥ HAProxy's | -C, {clients} clients | {ratio:.2} × ({:.0} vs {:.0}) | {} | {} |",
+                s[Contender::Agentgate as usize].tps,
+                ha.tps,
+                yes_no(ratio >= 1.0),
+                gap(ratio, 1.0)
+            );
+        } else if *clients == 1 {
+            let direct = s[Contender::Direct as usize].latency_ms;
+            let (ours, theirs) = (
+                (full.latency_ms - direct) * 1000.0,
+                (ha.latency_ms - direct) * 1000.0,
+            );
+            md!(
+                "| added latency ≤ HAProxy's | {}, 1 client | {ours:+.0} µs vs {theirs:+.0} µs | {} | {} |",
                 mode_label(mode),
-                yes_no(added < 30.0),
-                if added < 30.0 {
+                yes_no(ours <= theirs),
+                if ours <= theirs {
                     "—".to_string()
                 } else {
-                    format!("{:.0} µs over", added - 30.0)
+                    format!("{:.0} µs over", ours - theirs)
                 }
+            );
+        } else {
+            let ratio = full.tps / ha.tps;
+            md!(
+                "| TPS ≥ 1.0 × HAProxy | {}, {clients} clients | {ratio:.2} × ({:.0} vs {:.0}) | {} | {} |",
+                mode_label(mode),
+                full.tps,
+                ha.tps,
+                yes_no(ratio >= 1.0),
+                gap(ratio, 1.0)
             );
         }
     }
@@ -878,23 +891,28 @@ fn profile(b: &mut Bench, secs: u64) -> anyhow::Result<()> {
     md!("|---|---|");
     for (label, symbol) in COMPONENTS {
         // A line is "children% self% [x] symbol"; the scheduler's share is its self time.
+        // The symbol can appear on several lines (nested closures, several instances): the
+        // part is the largest of them, which holds the others. (The first line found was
+        // taken before, and the session's row read 0.36 % while its parts summed to 52 %;
+        // whether this was the cause is for the next profile to show.)
         let share = inclusive
             .iter()
-            .find(|l| l.contains(symbol))
-            .and_then(|l| {
+            .filter(|l| l.contains(symbol))
+            .filter_map(|l| {
                 let mut cols = l.split_whitespace();
                 let children = cols.next()?;
                 let own = cols.next()?;
-                Some(
-                    if symbol.contains("finish_task_switch") {
-                        own
-                    } else {
-                        children
-                    }
-                    .to_string(),
-                )
+                let pick = if symbol.contains("finish_task_switch") {
+                    own
+                } else {
+                    children
+                };
+                pick.trim_end_matches('%').parse::<f64>().ok()
             })
-            .unwrap_or_else(|| "< 0.3%".into());
+            .fold(None, |max: Option<f64>, x| {
+                Some(max.map_or(x, |m| m.max(x)))
+            })
+            .map_or_else(|| "< 0.3%".into(), |x| format!("{x:.2}%"));
         md!("| {} | {share} |", label.replace("  ", "&nbsp;&nbsp;"));
     }
     md!("\nSelf time by function (`[k]` kernel, `[.]` user space), the top:\n");

@@ -77,6 +77,8 @@ struct Run {
     statements_on_record: u64,
     intents: u64,
     db_bytes: u64,
+    /// The gateway's user + system CPU seconds while pgbench ran (all its threads).
+    cpu_secs: f64,
 }
 
 pub fn recording(secs: u64, reps: usize) -> anyhow::Result<()> {
@@ -216,9 +218,12 @@ fn run_once(p: &mut PgGateway, rec: Recording, w: &Workload, secs: u64) -> anyho
     cmd.args(&args).env("PGPASSWORD", agent_jwt("bench-agent"));
     place(&mut cmd, Some(&p.agent), None);
     let what = format!("pgbench {} ({})", args.join(" "), rec.label());
+    let gw_pid = p.gw.pid();
+    let cpu0 = crate::util::proc_stats(gw_pid)?;
     let t0 = Instant::now();
     let out = cmd.output().with_context(|| format!("run {what}"))?;
     let wall = t0.elapsed().as_secs_f64();
+    let cpu = crate::util::proc_stats(gw_pid)?.cpu_secs() - cpu0.cpu_secs();
     let end = counts(&db)?;
     let PgRun {
         tps,
@@ -243,6 +248,7 @@ fn run_once(p: &mut PgGateway, rec: Recording, w: &Workload, secs: u64) -> anyho
         statements_on_record: fin.1,
         intents: fin.2,
         db_bytes,
+        cpu_secs: cpu,
     })
 }
 
@@ -302,8 +308,9 @@ fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usi
         "pgbench (see software above), scale 1, {CLIENTS} clients (`-c {CLIENTS} -j 2 -M simple -T {secs}`), from the \
          agent cgroup through agentgate (JWT as the password), server and gateway on loopback. \
          PostgreSQL made durable for this section (fsync, synchronous_commit, full_page_writes \
-         on). Every run starts a fresh gateway with an empty record DB (SQLite, WAL, \
-         synchronous=FULL, on {fs_type}), contenders alternating: recording on = the default \
+         on). Every run starts a fresh gateway with an empty record DB (SQLite, WAL, on \
+         {fs_type}: a commit an intent waits on synced, synchronous=FULL; records nobody waits on \
+         gathered for up to 4 ms and committed with synchronous=NORMAL), contenders alternating: recording on = the default \
          (every statement a record; a privileged statement, anything but a read, forwarded only \
          once its intent is committed), `--record-off` = the recorder discards everything. \
          Workloads: `pgbench -S` (one SELECT per transaction); INSERT script (one \
@@ -311,11 +318,13 @@ fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usi
          contention); TPC-B-like (BEGIN, 3 UPDATEs, SELECT, INSERT, END: 4 privileged of 7, \
          one branch row all clients update). records/s = audit_log rows committed while \
          pgbench ran ÷ its wall time; records per statement and DB size (its WAL checkpointed) \
-         count the whole run after the gateway stopped (session records included). Medians over repetitions."
+         count the whole run after the gateway stopped (session records included); gateway CPU = the \
+         gateway process's user + system time while pgbench ran ÷ transactions (all its threads, \
+         the recorder's included). Medians over repetitions."
     );
     md!();
-    md!("| workload | recording | TPS (median) | TPS min–max | latency avg ms (median) | TPS ratio on/off | statements/s (median) | records/s written (median) | records/s min–max | records per statement | record DB bytes per 1000 statements |");
-    md!("|---|---|---|---|---|---|---|---|---|---|---|");
+    md!("| workload | recording | TPS (median) | TPS min–max | latency avg ms (median) | TPS ratio on/off | statements/s (median) | records/s written (median) | records/s min–max | records per statement | record DB bytes per 1000 statements | gateway CPU µs/txn (median) |");
+    md!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut sent = 0u64;
     let mut on_record = 0u64;
     for (k, w) in workloads.iter().enumerate() {
@@ -338,6 +347,7 @@ fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usi
             let rps = col(&|r| r.records as f64 / r.secs);
             let (rlo, rhi) = min_max(&rps);
             let rps = median(rps);
+            let cpu_us = median(col(&|r| r.cpu_secs * 1e6 / r.transactions.max(1) as f64));
             let (ratio, per_stmt, per_1000) = if rec == Recording::On {
                 sent += runs
                     .iter()
@@ -363,7 +373,7 @@ fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usi
                 ("—".into(), "—".into(), "—".into())
             };
             md!(
-                "| {} | {} | {tps:.0} | {lo:.0}–{hi:.0} | {lat:.3} | {ratio} | {stmts:.0} | {rps:.0} | {rlo:.0}–{rhi:.0} | {per_stmt} | {per_1000} |",
+                "| {} | {} | {tps:.0} | {lo:.0}–{hi:.0} | {lat:.3} | {ratio} | {stmts:.0} | {rps:.0} | {rlo:.0}–{rhi:.0} | {per_stmt} | {per_1000} | {cpu_us:.0} |",
                 w.label,
                 rec.label()
             );
@@ -390,7 +400,7 @@ fn print(workloads: &[Workload], results: &[[Vec<Run>; 2]], secs: u64, reps: usi
         }
     );
     // What the writer adds to each transaction's wait: privileged statements wait for their
-    // intent's group commit (SQLite, synchronous=FULL) before they are forwarded; reads wait
+    // intent's group commit (SQLite, synchronous=FULL for it) before they are forwarded; reads wait
     // for no commit.
     let added: Vec<String> = workloads
         .iter()

@@ -11,6 +11,7 @@ use crate::record::journal;
 
 pub mod agents;
 pub mod cast;
+pub mod central;
 pub mod print;
 pub mod sessions;
 

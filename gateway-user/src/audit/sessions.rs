@@ -20,7 +20,86 @@ pub struct Filter {
     pub status: Option<String>,
     /// Substring of any statement of the session.
     pub statement: Option<String>,
+    /// The node (the central store only: a node's own record has one).
+    pub node: Option<String>,
     pub limit: usize,
+}
+
+impl Filter {
+    /// `--status`, checked: `live`, `closed` or none.
+    pub fn status(&self) -> Result<Option<&str>, AuditError> {
+        match self.status.as_deref() {
+            None | Some("live") | Some("closed") => Ok(self.status.as_deref()),
+            Some(other) => Err(AuditError::Usage(format!(
+                "--status `{other}`: live or closed"
+            ))),
+        }
+    }
+
+    /// A substring filter as a LIKE pattern.
+    pub fn like(s: &Option<String>) -> Option<String> {
+        s.as_ref().map(|s| format!("%{s}%"))
+    }
+}
+
+/// One session as both stores give it: its opening and closing, and its statements counted
+/// (outcomes, and intents whose outcome never came). [`SessionRow::to_json`] is what `sessions
+/// list` shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionRow {
+    /// The node it ran on (the central store only).
+    pub node: Option<String>,
+    pub session: String,
+    pub started_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    pub protocol: Option<String>,
+    pub workload: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub target: Option<String>,
+    pub database: Option<String>,
+    pub pid: Option<i64>,
+    pub ended_by: Option<String>,
+    pub error: Option<String>,
+    pub statements: i64,
+    pub denied: i64,
+    pub privileged: i64,
+}
+
+impl SessionRow {
+    /// Closed once its closing is on record, else live.
+    pub fn status(&self) -> &'static str {
+        if self.ended_ms.is_some() {
+            "closed"
+        } else {
+            "live"
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "session": self.session,
+            "started_ms": self.started_ms,
+            "ended_ms": self.ended_ms,
+            "protocol": self.protocol,
+            "workload": self.workload,
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "target": self.target,
+            "database": self.database,
+            "pid": self.pid,
+            "ended_by": self.ended_by,
+            "error": self.error,
+            "status": self.status(),
+            "statements": self.statements,
+            "denied": self.denied,
+            "privileged": self.privileged,
+        });
+        if let Some(node) = &self.node {
+            v["node"] = json!(node);
+        }
+        v
+    }
 }
 
 /// A page of sessions, newest first: the `sessions` view written out over the journal so that
@@ -62,15 +141,12 @@ FROM statements WHERE session = ?1";
 
 /// Sessions, newest first, with their counts.
 pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Value>, AuditError> {
-    let like = |s: &Option<String>| s.as_ref().map(|s| format!("%{s}%"));
-    let status = match f.status.as_deref() {
-        None | Some("live") | Some("closed") => f.status.clone(),
-        Some(other) => {
-            return Err(AuditError::Usage(format!(
-                "--status `{other}`: live or closed"
-            )))
-        }
-    };
+    let status = f.status()?;
+    if f.node.is_some() {
+        return Err(AuditError::Usage(
+            "--node: a node's own record holds that node only; give --central to choose among the nodes of the central store".into(),
+        ));
+    }
     // A database no new gateway has opened yet lacks the index: the same query, sorted.
     let indexed: bool = conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'audit_log_started'",
@@ -85,45 +161,42 @@ pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Value>, AuditError> {
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(
         params![
-            like(&f.identity),
+            Filter::like(&f.identity),
             f.workload,
             f.target,
             f.protocol,
             f.since_ms,
             f.until_ms,
             status,
-            like(&f.statement),
+            Filter::like(&f.statement),
             f.limit.max(1) as i64
         ],
         |r| {
-            Ok(json!({
-                "session": r.get::<_, String>(0)?,
-                "started_ms": r.get::<_, Option<i64>>(1)?,
-                "ended_ms": r.get::<_, Option<i64>>(2)?,
-                "protocol": r.get::<_, Option<String>>(3)?,
-                "workload": r.get::<_, Option<String>>(4)?,
-                "issuer": r.get::<_, Option<String>>(5)?,
-                "subject": r.get::<_, Option<String>>(6)?,
-                "target": r.get::<_, Option<String>>(7)?,
-                "database": r.get::<_, Option<String>>(8)?,
-                "pid": r.get::<_, Option<i64>>(9)?,
-                "ended_by": r.get::<_, Option<String>>(10)?,
-                "error": r.get::<_, Option<String>>(11)?,
-                "status": if r.get::<_, Option<i64>>(2)?.is_some() { "closed" } else { "live" },
-            }))
+            Ok(SessionRow {
+                node: None,
+                session: r.get(0)?,
+                started_ms: r.get(1)?,
+                ended_ms: r.get(2)?,
+                protocol: r.get(3)?,
+                workload: r.get(4)?,
+                issuer: r.get(5)?,
+                subject: r.get(6)?,
+                target: r.get(7)?,
+                database: r.get(8)?,
+                pid: r.get(9)?,
+                ended_by: r.get(10)?,
+                error: r.get(11)?,
+                ..Default::default()
+            })
         },
     )?;
-    let mut page: Vec<Value> = rows.collect::<Result<_, _>>()?;
+    let mut page: Vec<SessionRow> = rows.collect::<Result<_, _>>()?;
     let mut counts = conn.prepare(COUNTS)?;
     for s in &mut page {
-        let id = s["session"].as_str().unwrap_or_default().to_string();
-        let (all, denied, privileged): (i64, i64, i64) =
-            counts.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        s["statements"] = json!(all);
-        s["denied"] = json!(denied);
-        s["privileged"] = json!(privileged);
+        (s.statements, s.denied, s.privileged) =
+            counts.query_row([&s.session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     }
-    Ok(page)
+    Ok(page.iter().map(SessionRow::to_json).collect())
 }
 
 pub(crate) const SHOW: &str = "SELECT kind, body FROM audit_log WHERE session = ?1 AND kind IN ('session_open', 'session_close') ORDER BY seq";
@@ -133,22 +206,27 @@ pub(crate) const REPLAY: &str =
 /// One session's open and close records, merged.
 pub fn show(conn: &Connection, id: &str) -> Result<Value, AuditError> {
     let mut stmt = conn.prepare(SHOW)?;
+    let bodies = stmt
+        .query_map([id], |r| r.get::<_, String>(1))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let counts: (i64, i64) = conn.query_row(COUNTS, [id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    merged(id, &bodies, counts)
+}
+
+/// What `sessions show` shows: the bodies of a session's opening and closing merged, with its
+/// statements and denials counted; `bodies` in journal order.
+pub fn merged(id: &str, bodies: &[String], (all, denied): (i64, i64)) -> Result<Value, AuditError> {
     let mut out = serde_json::Map::new();
-    let rows = stmt.query_map([id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
-    for row in rows {
-        let (_, body) = row?;
-        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&body) {
+    for body in bodies {
+        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(body) {
             out.extend(m);
         }
     }
     if out.is_empty() {
         return Err(AuditError::Usage(format!("no session `{id}` on record")));
     }
-    let counts: (i64, i64) = conn.query_row(COUNTS, [id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    out.insert("statements".into(), json!(counts.0));
-    out.insert("denied".into(), json!(counts.1));
+    out.insert("statements".into(), json!(all));
+    out.insert("denied".into(), json!(denied));
     Ok(Value::Object(out))
 }
 
@@ -157,28 +235,31 @@ pub fn show(conn: &Connection, id: &str) -> Result<Value, AuditError> {
 /// outcome never came (the gateway died) shows as its intent.
 pub fn replay(conn: &Connection, id: &str) -> Result<Vec<Value>, AuditError> {
     let mut stmt = conn.prepare(REPLAY)?;
-    let rows = stmt.query_map([id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
-    let mut events: Vec<Value> = Vec::new();
+    let rows = stmt
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    timeline(id, rows)
+}
+
+/// The timeline of a session's records `(seq, at_ms, kind, body)`, in journal order: each as
+/// it is, but an intent only when its outcome is missing.
+pub fn timeline(
+    id: &str,
+    records: Vec<(i64, i64, String, String)>,
+) -> Result<Vec<Value>, AuditError> {
+    if records.is_empty() {
+        return Err(AuditError::Usage(format!("no session `{id}` on record")));
+    }
     let mut completed = std::collections::HashSet::new();
     let mut all = Vec::new();
-    for row in rows {
-        let (seq, at_ms, kind, body) = row?;
+    for (seq, at_ms, kind, body) in records {
         let body: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
         if kind == "statement" {
             completed.insert(body["seq"].as_i64());
         }
         all.push((seq, at_ms, kind, body));
     }
-    if all.is_empty() {
-        return Err(AuditError::Usage(format!("no session `{id}` on record")));
-    }
+    let mut events: Vec<Value> = Vec::new();
     for (seq, at_ms, kind, body) in all {
         // An intent is shown only when its outcome is missing.
         if kind == "statement_intent" && completed.contains(&body["seq"].as_i64()) {

@@ -45,6 +45,8 @@ pub enum Command {
     Sessions {
         #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB, global = true)]
         record_db: PathBuf,
+        #[command(flatten)]
+        central: CentralArgs,
         #[command(subcommand)]
         command: SessionsCommand,
     },
@@ -53,6 +55,11 @@ pub enum Command {
     Agents {
         #[arg(long, default_value = crate::record::DEFAULT_RECORD_DB)]
         record_db: PathBuf,
+        #[command(flatten)]
+        central: CentralArgs,
+        /// Only the agents of this node (with --central).
+        #[arg(long, requires = "central")]
+        node: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -96,6 +103,20 @@ pub enum Command {
     },
 }
 
+/// The cluster view: read the central audit store every node ships to, instead of this node's
+/// record database.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CentralArgs {
+    /// Answer for every node from the central PostgreSQL the gateways' --audit-sink ships to:
+    /// a libpq connection string without the password, checked as --audit-sink is (TLS off
+    /// loopback). Read-only.
+    #[arg(long, env = "AGENTGATE_CENTRAL", global = true)]
+    pub central: Option<String>,
+    /// File holding the central store's password (read with --central only).
+    #[arg(long, env = "AGENTGATE_CENTRAL_PASSWORD_FILE", global = true)]
+    pub central_password_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy directory; prints each problem as file:line:column and exits 1 if any.
@@ -128,6 +149,9 @@ pub enum SessionsCommand {
         /// Sessions with a statement containing this text.
         #[arg(long)]
         statement: Option<String>,
+        /// Only the sessions of this node (with --central).
+        #[arg(long)]
+        node: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
         #[arg(long)]
@@ -136,6 +160,9 @@ pub enum SessionsCommand {
     /// One session: who, from where, to what, how it ended.
     Show {
         id: String,
+        /// The session's node (with --central, when the id is on more than one).
+        #[arg(long)]
+        node: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -144,6 +171,9 @@ pub enum SessionsCommand {
     /// execs is played in the terminal instead (real timing), unless --timeline or --json.
     Replay {
         id: String,
+        /// The session's node (with --central, when the id is on more than one).
+        #[arg(long)]
+        node: Option<String>,
         /// The timeline as JSON.
         #[arg(long)]
         json: bool,

@@ -1,12 +1,35 @@
 //! `agentgate sessions list|show|replay|export` (playing and exporting recordings: sessions_cast.rs).
+//! With `--central`, list, show and the replay's timeline read every node's records from the
+//! central audit store.
 
-use super::SessionsCommand;
-use crate::{audit, record};
+use super::{CentralArgs, SessionsCommand};
+use crate::{
+    audit::{self, central::Central},
+    record,
+};
 
-pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyhow::Result<()> {
-    use audit::print::{cell, cut, duration, safe, table, time};
-    let conn = audit::open(db)?;
+pub fn sessions_command(
+    db: &std::path::Path,
+    central: &CentralArgs,
+    command: SessionsCommand,
+) -> anyhow::Result<()> {
+    use audit::print::{cell, cut, duration, table, time};
     let now = record::now_ms();
+    let connect = || -> anyhow::Result<Option<Central>> {
+        Ok(match &central.central {
+            Some(conninfo) => Some(Central::connect(
+                conninfo,
+                central.central_password_file.clone(),
+            )?),
+            None => None,
+        })
+    };
+    let node_needs_central = |node: &Option<String>| {
+        if node.is_some() && central.central.is_none() {
+            anyhow::bail!("--node chooses among the nodes of the central store: give --central");
+        }
+        Ok(())
+    };
     match command {
         SessionsCommand::List {
             identity,
@@ -17,9 +40,11 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
             until,
             status,
             statement,
+            node,
             limit,
             json,
         } => {
+            node_needs_central(&node)?;
             let filter = audit::sessions::Filter {
                 identity,
                 workload,
@@ -29,9 +54,13 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                 until_ms: until.map(|s| audit::parse_since(&s, now)).transpose()?,
                 status,
                 statement,
+                node,
                 limit,
             };
-            let list = audit::sessions::list(&conn, &filter)?;
+            let list = match connect()? {
+                Some(c) => c.sessions(&filter)?,
+                None => audit::sessions::list(&audit::open(db)?, &filter)?,
+            };
             if json {
                 println!("{}", serde_json::Value::Array(list));
                 return Ok(());
@@ -41,7 +70,7 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                 .map(|s| {
                     let started = s["started_ms"].as_i64();
                     let ended = s["ended_ms"].as_i64();
-                    vec![
+                    let mut row = vec![
                         cell(&s["session"]),
                         time(started),
                         match (started, ended) {
@@ -57,25 +86,34 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                             s["statements"], s["denied"], s["privileged"]
                         ),
                         cut(&cell(&s["ended_by"]), 50),
-                    ]
+                    ];
+                    if central.central.is_some() {
+                        row.insert(0, cell(&s["node"]));
+                    }
+                    row
                 })
                 .collect();
-            table(
-                &[
-                    "SESSION",
-                    "STARTED (UTC)",
-                    "DURATION",
-                    "WORKLOAD",
-                    "IDENTITY",
-                    "TARGET",
-                    "STATEMENTS",
-                    "ENDED BY",
-                ],
-                &rows,
-            );
+            let mut headers = vec![
+                "SESSION",
+                "STARTED (UTC)",
+                "DURATION",
+                "WORKLOAD",
+                "IDENTITY",
+                "TARGET",
+                "STATEMENTS",
+                "ENDED BY",
+            ];
+            if central.central.is_some() {
+                headers.insert(0, "NODE");
+            }
+            table(&headers, &rows);
         }
-        SessionsCommand::Show { id, json } => {
-            let s = audit::sessions::show(&conn, &id)?;
+        SessionsCommand::Show { id, node, json } => {
+            node_needs_central(&node)?;
+            let s = match connect()? {
+                Some(c) => c.show(&id, node.as_deref())?,
+                None => audit::sessions::show(&audit::open(db)?, &id)?,
+            };
             if json {
                 println!("{s}");
                 return Ok(());
@@ -89,16 +127,40 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
             }
         }
         SessionsCommand::Export { id, cast, channel } => {
-            super::sessions_cast::export(&conn, &id, &cast, channel)?;
+            if central.central.is_some() {
+                anyhow::bail!(
+                    "sessions export reads a node's record database; run it on the session's node (without --central)"
+                );
+            }
+            super::sessions_cast::export(&audit::open(db)?, &id, &cast, channel)?;
         }
         SessionsCommand::Replay {
             id,
+            node,
             json,
             timeline,
             channel,
             speed,
             fast,
         } => {
+            node_needs_central(&node)?;
+            if let Some(c) = connect()? {
+                if channel.is_some() || speed.is_some() || fast {
+                    anyhow::bail!(
+                        "playing a recording reads a node's record database; with --central, the \
+                         timeline only (--timeline or --json)"
+                    );
+                }
+                let (node, events) = c.replay(&id, node.as_deref())?;
+                if json {
+                    println!("{}", serde_json::Value::Array(events));
+                } else {
+                    println!("node {}", audit::print::safe(&node));
+                    print_timeline(&id, &events);
+                }
+                return Ok(());
+            }
+            let conn = audit::open(db)?;
             if !json && !timeline {
                 let play = super::sessions_cast::Play {
                     channel,
@@ -118,11 +180,23 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                 println!("{}", serde_json::Value::Array(events));
                 return Ok(());
             }
+            print_timeline(&id, &events);
+        }
+    }
+    Ok(())
+}
+
+/// A session's timeline for people: one line per record (a statement with its parameters,
+/// outcome and the masked rows kept).
+fn print_timeline(id: &str, events: &[serde_json::Value]) {
+    use audit::print::{cell, duration, safe, time};
+    {
+        {
             let start = events
                 .first()
                 .and_then(|e| e["at_ms"].as_i64())
                 .unwrap_or(0);
-            for e in &events {
+            for e in events {
                 let at = e["at_ms"].as_i64().unwrap_or(start);
                 let b = &e["body"];
                 let head = format!("+{:>9}  #{:<6}", duration(at - start), e["record"]);
@@ -199,7 +273,7 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
                             println!(
                                 "{head} cast     channel {} recorded (agentgate sessions replay {} --channel {})",
                                 cell(&b["channel"]),
-                                safe(&id),
+                                safe(id),
                                 cell(&b["channel"])
                             );
                         }
@@ -209,5 +283,4 @@ pub fn sessions_command(db: &std::path::Path, command: SessionsCommand) -> anyho
             }
         }
     }
-    Ok(())
 }

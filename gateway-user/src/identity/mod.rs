@@ -13,6 +13,7 @@ mod claims;
 mod discovery;
 mod error;
 mod jwks;
+mod seen;
 mod token;
 mod verify;
 
@@ -20,6 +21,8 @@ mod verify;
 mod message_tests;
 #[cfg(test)]
 mod pod_claim_tests;
+#[cfg(test)]
+mod seen_tests;
 #[cfg(test)]
 mod tests;
 

@@ -75,7 +75,7 @@ impl TestKey {
     }
 }
 
-fn jwks_json(keys: &[&TestKey]) -> String {
+pub(super) fn jwks_json(keys: &[&TestKey]) -> String {
     json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
 }
 
@@ -109,7 +109,7 @@ pub(super) fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
-fn provider(name: &str, issuer: &str, jwks: JwksSource) -> ProviderConfig {
+pub(super) fn provider(name: &str, issuer: &str, jwks: JwksSource) -> ProviderConfig {
     ProviderConfig {
         name: name.to_string(),
         issuer: issuer.to_string(),

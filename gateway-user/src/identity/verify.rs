@@ -11,6 +11,7 @@ use jsonwebtoken::Algorithm;
 use super::discovery;
 use super::error::{FetchError, IdentityError, Malformed, Part, TokenError};
 use super::jwks::{JwksCache, KeySet, Selection, VerifyKey};
+use super::seen::{self, Seen};
 use super::{claims, token, JwksSource, Principal, ProviderConfig};
 use crate::net::http::{self, HttpClient, HttpUrl};
 use crate::net::{OwnSockets, SocketFactory};
@@ -39,6 +40,11 @@ pub struct Verifier {
     /// Without registered own sockets (`with_own_sockets`) it refuses to open any: a fetch
     /// fails closed.
     http: HttpClient,
+    /// Signatures verified under these providers (a reload's verifier starts empty).
+    seen: Seen,
+    /// Signatures put through the crypto (the tests tell a cached check from a real one).
+    #[cfg(test)]
+    pub(super) signature_checks: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -314,6 +320,9 @@ impl Verifier {
             providers: built,
             by_issuer,
             http: HttpClient::new(Arc::new(SocketFactory::new(Arc::new(Unregistered)))),
+            seen: Seen::new(seen::CAPACITY),
+            #[cfg(test)]
+            signature_checks: Default::default(),
         })
     }
 
@@ -332,6 +341,11 @@ impl Verifier {
             }
         }
         self
+    }
+
+    #[cfg(test)]
+    pub(super) fn configs(&self) -> Vec<ProviderConfig> {
+        self.providers.iter().map(|p| p.cfg.clone()).collect()
     }
 
     /// Every algorithm some provider accepts, each once, in the providers' order.
@@ -383,29 +397,50 @@ impl Verifier {
         let key = provider
             .key_for(parsed.alg, parsed.kid.as_deref(), &self.http)
             .await?;
-        match jsonwebtoken::crypto::verify(
-            parsed.signature,
-            parsed.signing_input.as_bytes(),
-            &key.key,
-            parsed.alg,
-        ) {
-            Ok(true) => {}
-            Ok(false) => return Err(TokenError::BadSignature),
-            Err(e) => match e.kind() {
-                jsonwebtoken::errors::ErrorKind::Base64(_) => {
-                    return Err(TokenError::Malformed(Malformed::NotBase64 {
-                        part: Part::Signature,
-                        detail: e.to_string(),
-                    }))
-                }
-                _ => return Err(TokenError::BadSignature),
-            },
-        }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        claims::validate(&parsed.claims, &provider.cfg, now)
+        // The signature is the costly part (RSA: a modular exponentiation); the same token
+        // checked with the same key before need not be checked again. Everything else is.
+        let digest = seen::hash(token);
+        let seen_before = self.seen.verified(&digest, &key, now);
+        if !seen_before {
+            #[cfg(test)]
+            self.signature_checks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            verify_signature(&parsed, &key)?;
+        }
+        let principal = claims::validate(&parsed.claims, &provider.cfg, now)?;
+        if !seen_before {
+            let exp = principal
+                .expires_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.seen.remember(digest, key, exp);
+        }
+        Ok(principal)
+    }
+}
+
+fn verify_signature(parsed: &token::Parsed<'_>, key: &VerifyKey) -> Result<(), TokenError> {
+    match jsonwebtoken::crypto::verify(
+        parsed.signature,
+        parsed.signing_input.as_bytes(),
+        &key.key,
+        parsed.alg,
+    ) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TokenError::BadSignature),
+        Err(e) => match e.kind() {
+            jsonwebtoken::errors::ErrorKind::Base64(_) => {
+                Err(TokenError::Malformed(Malformed::NotBase64 {
+                    part: Part::Signature,
+                    detail: e.to_string(),
+                }))
+            }
+            _ => Err(TokenError::BadSignature),
+        },
     }
 }
 

@@ -169,6 +169,9 @@ const LEGACY: [&str; 3] = ["sessions", "statements", "approval_events"];
 pub struct Db {
     pub conn: Connection,
     tip: Tip,
+    /// Whether the connection's commits are synced now (`synchronous=FULL`) or only written
+    /// (`NORMAL`): switched per transaction, see [`Db::write_with`].
+    synced: bool,
 }
 
 pub type SharedDb = Arc<Mutex<Db>>;
@@ -182,7 +185,8 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // A record is on disk when its transaction commits: privileged statements wait for
-        // that before they are forwarded.
+        // that before they are forwarded. The recorder relaxes it for batches nobody waits on
+        // (Db::write_with).
         conn.pragma_update(None, "synchronous", "FULL")?;
         for table in LEGACY {
             let is_table: bool = conn.query_row(
@@ -200,7 +204,11 @@ impl Db {
         }
         migrate(&mut conn)?;
         let tip = journal::tip(&conn)?;
-        Ok(Arc::new(Mutex::new(Db { conn, tip })))
+        Ok(Arc::new(Mutex::new(Db {
+            conn,
+            tip,
+            synced: true,
+        })))
     }
 
     /// The number of the last record in the journal (0 when empty).
@@ -213,11 +221,28 @@ impl Db {
     }
 
     /// Runs `f` in one transaction with an appender for journal records; the chain moves on
-    /// only if it commits.
+    /// only if it commits, and the commit is on disk (fsync'd) when this returns.
     pub fn write<T>(
         &mut self,
         f: impl FnOnce(&Transaction<'_>, &mut Appender) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
+        self.write_with(true, f)
+    }
+
+    /// Like [`write`](Self::write); with `synced` false the commit is written to the WAL but
+    /// not fsync'd (`synchronous=NORMAL`): a crash of the gateway loses nothing of it, an
+    /// operating-system crash or power loss could lose it, until the next synced commit (whose
+    /// fsync of the WAL covers every transaction before it).
+    pub fn write_with<T>(
+        &mut self,
+        synced: bool,
+        f: impl FnOnce(&Transaction<'_>, &mut Appender) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        if self.synced != synced {
+            self.conn
+                .pragma_update(None, "synchronous", if synced { "FULL" } else { "NORMAL" })?;
+            self.synced = synced;
+        }
         // Another gateway process may append to the same journal (the old one draining after a
         // handover, handover/): take the write lock first and chain to the journal's real tip,
         // not to the one this process saw last.

@@ -65,7 +65,14 @@ pub fn hash(prev: &[u8; 32], seq: i64, e: &Entry<'_>) -> [u8; 32] {
 }
 
 pub fn hex(h: &[u8; 32]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    // Twice per record on the writer thread: one allocation, not one `format!` per byte.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in h {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
@@ -284,6 +291,18 @@ mod tests {
             .into_iter()
             .map(|p| p.what)
             .collect()
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_round_trips() {
+        let mut h = [0u8; 32];
+        for (i, b) in h.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37) ^ 0xa5;
+        }
+        let text = hex(&h);
+        let expected: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(text, expected);
+        assert_eq!(unhex(&text), Some(h));
     }
 
     #[test]

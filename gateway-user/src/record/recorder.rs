@@ -9,7 +9,8 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    thread,
+    thread::{self, Thread},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -109,14 +110,26 @@ pub enum Record {
 pub struct NullStore;
 
 impl Store for NullStore {
-    fn write(&mut self, _: &[Record]) -> Result<(), StoreError> {
+    fn write(&mut self, _: &[Record], _: Durability) -> Result<(), StoreError> {
         Ok(())
     }
 }
 
+/// How far a batch's commit must reach before it counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (fsync'd) when `write` returns: someone waits on it (an intent, a flush). It
+    /// also makes every batch committed before it durable.
+    Synced,
+    /// Handed to the operating system when `write` returns: a crash of the gateway (kill -9)
+    /// loses nothing, an operating-system crash or power loss could lose it until the next
+    /// synced commit. For records nobody waits on.
+    Written,
+}
+
 /// Where records end up. Called on the writer thread only.
 pub trait Store: Send + 'static {
-    fn write(&mut self, batch: &[Record]) -> Result<(), StoreError>;
+    fn write(&mut self, batch: &[Record], durability: Durability) -> Result<(), StoreError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,16 +143,45 @@ pub enum StoreError {
 enum Msg {
     /// Boxed: records are large and the queue holds many.
     Record(Box<Record>),
-    /// Answered (whether it was written) once its transaction has committed or failed.
+    /// Answered (whether it was written) once its transaction has committed, synced, or failed.
     Durable(Box<Record>, oneshot::Sender<bool>),
-    /// Answered once everything queued before it is written.
+    /// Answered once everything queued before it is written and synced.
     Flush(oneshot::Sender<()>),
+}
+
+/// What the writer has taken from the queue for its next commit.
+#[derive(Default)]
+struct Pending {
+    batch: Vec<Record>,
+    durable: Vec<oneshot::Sender<bool>>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Pending {
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Record(r) => self.batch.push(*r),
+            Msg::Durable(r, w) => {
+                self.batch.push(*r);
+                self.durable.push(w);
+            }
+            Msg::Flush(w) => self.waiters.push(w),
+        }
+    }
+
+    /// Someone waits on this commit: it is synced, and made at once.
+    fn waited_on(&self) -> bool {
+        !self.durable.is_empty() || !self.waiters.is_empty()
+    }
 }
 
 /// The data path's handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
+    /// The writer thread, woken by whoever waits on a commit (records nobody waits on do not
+    /// wake it: it takes them when its window ends).
+    writer: Option<Thread>,
     /// Set while the writer cannot commit (cleared by the next commit that succeeds).
     failing: Arc<AtomicBool>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
@@ -147,6 +189,10 @@ pub struct Recorder {
 
 const QUEUE: usize = 16_384;
 const BATCH: usize = 1_024;
+/// How long records nobody waits on gather before they are committed: one commit (and one
+/// wake-up of the writer) for a window's worth of them rather than one for each. Someone
+/// waiting (an intent, a flush) ends the window at once.
+const WINDOW: Duration = Duration::from_millis(4);
 
 impl Recorder {
     /// Starts the writer thread for `store`.
@@ -166,25 +212,40 @@ impl Recorder {
         let spawned = thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
-                let mut batch = Vec::with_capacity(BATCH);
-                let mut waiters = Vec::new();
-                let mut durable = Vec::new();
+                let mut p = Pending::default();
                 while let Some(first) = rx.blocking_recv() {
-                    // Whatever queued while the last transaction committed goes into this one.
-                    let mut next = Some(first);
-                    while let Some(m) = next.take() {
-                        match m {
-                            Msg::Record(r) => batch.push(*r),
-                            Msg::Durable(r, w) => {
-                                batch.push(*r);
-                                durable.push(w);
+                    p.take(first);
+                    // Whatever queued while the last transaction committed goes into this one,
+                    // and what queues during the window after the first record; a record
+                    // someone waits on ends the window (its sender wakes this thread).
+                    let deadline = Instant::now() + WINDOW;
+                    loop {
+                        while p.batch.len() < BATCH {
+                            match rx.try_recv() {
+                                Ok(m) => p.take(m),
+                                Err(_) => break,
                             }
-                            Msg::Flush(w) => waiters.push(w),
                         }
-                        if batch.len() < BATCH {
-                            next = rx.try_recv().ok();
+                        let now = Instant::now();
+                        if p.waited_on()
+                            || p.batch.len() >= BATCH
+                            || now >= deadline
+                            || rx.is_closed()
+                        {
+                            break;
                         }
+                        thread::park_timeout(deadline - now);
                     }
+                    let durability = if p.waited_on() {
+                        Durability::Synced
+                    } else {
+                        Durability::Written
+                    };
+                    let Pending {
+                        batch,
+                        durable,
+                        waiters,
+                    } = &mut p;
                     // A batch that cannot be committed (the file locked, the disk full) is kept
                     // and retried; meanwhile the queue fills and the data path waits. The
                     // statements waiting on a durable record are refused at the first failure:
@@ -192,7 +253,7 @@ impl Recorder {
                     let mut backoff = std::time::Duration::from_millis(50);
                     loop {
                         let started = std::time::Instant::now();
-                        let written = store.write(&batch);
+                        let written = store.write(batch, durability);
                         if let Some(m) = &writer_metrics {
                             m.record_commit.observe(started.elapsed().as_secs_f64());
                             if written.is_err() {
@@ -224,12 +285,17 @@ impl Recorder {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!("recorder thread: {e}");
-            failing.store(true, Ordering::Relaxed);
-        }
+        let writer = match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(e) => {
+                tracing::error!("recorder thread: {e}");
+                failing.store(true, Ordering::Relaxed);
+                None
+            }
+        };
         Recorder {
             tx,
+            writer,
             failing,
             metrics,
         }
@@ -274,6 +340,7 @@ impl Recorder {
             tracing::error!("recorder is gone; durable record lost");
             return false;
         }
+        self.wake_writer();
         rx.await.unwrap_or(false)
     }
 
@@ -281,7 +348,16 @@ impl Recorder {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            self.wake_writer();
             let _ = rx.await;
+        }
+    }
+
+    /// Ends the writer's window now: someone waits on the commit. (Sent before waking: a
+    /// wake-up that comes before the writer parks makes its park return at once.)
+    fn wake_writer(&self) {
+        if let Some(t) = &self.writer {
+            t.unpark();
         }
     }
 
@@ -303,4 +379,141 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Keeps what each commit was asked for: how many records, how durable.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<(usize, Durability)>>>);
+
+    impl Store for Seen {
+        fn write(&mut self, batch: &[Record], d: Durability) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push((batch.len(), d));
+            Ok(())
+        }
+    }
+
+    fn event(n: i64) -> Record {
+        Record::Event {
+            kind: "test",
+            at_ms: n,
+            session: None,
+            body: serde_json::json!({ "n": n }),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Records nobody waits on are gathered over the window into one commit that is not
+    /// synced; an intent is acknowledged only after a synced commit that holds it, made at once
+    /// (not at the window's end), and a flush is synced too.
+    #[test]
+    fn only_what_someone_waits_on_is_synced_and_it_does_not_wait_for_the_window() {
+        let seen = Seen::default();
+        let rt = rt();
+        let rec = rt.block_on(async { Recorder::start(seen.clone()) });
+        rt.block_on(async {
+            for n in 0..50 {
+                rec.record(event(n)).await;
+            }
+        });
+        std::thread::sleep(WINDOW * 5);
+        let commits = seen.0.lock().unwrap().clone();
+        assert_eq!(
+            commits.iter().map(|c| c.0).sum::<usize>(),
+            50,
+            "{commits:?}"
+        );
+        assert!(
+            commits.iter().all(|c| c.1 == Durability::Written),
+            "{commits:?}"
+        );
+        // 50 records queued back to back: a few commits, not one each.
+        assert!(commits.len() <= 3, "{commits:?}");
+
+        seen.0.lock().unwrap().clear();
+        let started = Instant::now();
+        let ok = rt.block_on(async {
+            rec.record(event(100)).await;
+            rec.record_durable(event(101)).await
+        });
+        let waited = started.elapsed();
+        assert!(ok);
+        let commits = seen.0.lock().unwrap().clone();
+        // The record before the intent is in the same synced commit or an earlier one; the
+        // intent's commit is synced and was there when record_durable returned.
+        assert_eq!(commits.last().map(|c| c.1), Some(Durability::Synced));
+        assert_eq!(commits.iter().map(|c| c.0).sum::<usize>(), 2, "{commits:?}");
+        assert!(
+            waited < WINDOW * 10,
+            "an intent waited {waited:?}: the window is for records nobody waits on"
+        );
+
+        seen.0.lock().unwrap().clear();
+        rt.block_on(async {
+            rec.record(event(200)).await;
+            rec.flush().await;
+        });
+        let commits = seen.0.lock().unwrap().clone();
+        assert_eq!(commits, [(1, Durability::Synced)]);
+    }
+
+    /// The crash half of the promise: records committed without a sync are in the file after
+    /// the gateway's process is killed (SIGKILL, no chance to flush or close), and the chain
+    /// verifies. The test runs itself as the process to kill.
+    #[test]
+    fn unsynced_commits_survive_a_kill_9() {
+        const CHILD: &str = "AGENTGATE_RECORDER_CRASH_CHILD";
+        if let Some(path) = std::env::var_os(CHILD) {
+            let db = super::super::db::Db::open(std::path::Path::new(&path)).unwrap();
+            let rt = rt();
+            let rec = rt.block_on(async {
+                let rec = Recorder::start(super::super::sqlite::SqliteStore::new(db.clone()));
+                for n in 0..200 {
+                    rec.record(event(n)).await;
+                }
+                rec
+            });
+            // Committed (unsynced) once the tip reaches them; then killed with no flush.
+            while super::super::db::Db::lock(&db).tip_seq() < 200 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let synchronous: i64 = super::super::db::Db::lock(&db)
+                .conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            // 1 = NORMAL: these commits were not synced.
+            assert_eq!(synchronous, 1);
+            drop(rec);
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.db");
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "record::recorder::tests::unsynced_commits_survive_a_kill_9",
+                "--nocapture",
+            ])
+            .env(CHILD, &path)
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let report = super::super::journal::verify(&conn).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.records, 200);
+    }
 }

@@ -522,6 +522,27 @@ impl Sink {
     }
 }
 
+/// A client of the central store for reading it (`agentgate agents --central`, `sessions
+/// --central`): the sink's own checks of the connection string, TLS and password file, over
+/// plain sockets (the reader is a command, not the gateway).
+pub(crate) async fn connect_reader(
+    conninfo: &str,
+    password_file: Option<PathBuf>,
+) -> Result<Client, String> {
+    let mut sink = Sink::new(SinkConfig {
+        conninfo: conninfo.to_string(),
+        password_file,
+        node: "cluster-view".into(),
+    })?;
+    if sink.base.get_application_name() == Some("agentgate-audit-sink") {
+        sink.base.application_name("agentgate-cluster-view");
+    }
+    let connector: ConnectFn = Arc::new(|addr| Box::pin(tokio::net::TcpStream::connect(addr)));
+    sink.connect(&connector)
+        .await
+        .map_err(|f| f.message().to_string())
+}
+
 type PgConnection = tokio_postgres::Connection<Box<dyn Io>, TlsStream<Box<dyn Io>>>;
 type Connecting<'a> = Pin<
     Box<dyn Future<Output = Result<(Client, PgConnection), tokio_postgres::Error>> + Send + 'a>,
@@ -622,7 +643,7 @@ async fn within<T>(
     }
 }
 
-fn pg_error(e: &tokio_postgres::Error) -> String {
+pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     }

@@ -4,7 +4,7 @@
 use super::{
     db::{Db, SharedDb},
     journal::Entry,
-    recorder::{Record, Store, StoreError},
+    recorder::{Durability, Record, Store, StoreError},
 };
 
 pub struct SqliteStore {
@@ -40,9 +40,9 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 impl Store for SqliteStore {
-    fn write(&mut self, batch: &[Record]) -> Result<(), StoreError> {
+    fn write(&mut self, batch: &[Record], durability: Durability) -> Result<(), StoreError> {
         let mut db = Db::lock(&self.db);
-        db.write(|tx, journal| {
+        db.write_with(durability == Durability::Synced, |tx, journal| {
             for r in batch {
                 let (kind, session, at_ms, body) = entry_parts(r);
                 journal.append(
@@ -120,11 +120,14 @@ mod tests {
             error: None,
         };
         store
-            .write(&[
-                Record::Open(open),
-                Record::Statement(stmt),
-                Record::Close(close),
-            ])
+            .write(
+                &[
+                    Record::Open(open),
+                    Record::Statement(stmt),
+                    Record::Close(close),
+                ],
+                Durability::Synced,
+            )
             .unwrap();
         drop(store);
         let conn = Connection::open(&path).unwrap();
@@ -144,5 +147,63 @@ mod tests {
             )
             .unwrap();
         assert_eq!(params, r#"["42",null]"#);
+    }
+
+    /// What the writer spends per record (run by hand, with `--ignored --nocapture`, under
+    /// `perf record` for the split): pgbench-like statement records in batches of 32.
+    #[test]
+    #[ignore]
+    fn write_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::new(Db::open(&dir.path().join("r.db")).unwrap());
+        let stmt = |seq: u64| Statement {
+            session: "019a-session-id-0001".into(),
+            seq,
+            started_ms: 1_765_000_000_000 + seq as i64,
+            kind: "simple",
+            text: "SELECT abalance FROM pgbench_accounts WHERE aid = 41234;".into(),
+            params: vec![],
+            class: "read".into(),
+            tables: vec!["public.pgbench_accounts".into()],
+            functions: vec![],
+            decision: "allowed",
+            rule: None,
+            duration_us: Some(180),
+            rows: Some(1),
+            error_code: None,
+            error: None,
+            results: Some(vec![vec![Some("0".into())]]),
+            results_cut: false,
+            exit_status: None,
+            output: None,
+        };
+        for durability in [Durability::Written, Durability::Synced] {
+            let n = if durability == Durability::Written {
+                200_000
+            } else {
+                20_000
+            };
+            let started = std::time::Instant::now();
+            for b in 0..n / 32 {
+                let batch: Vec<Record> = (0..32)
+                    .map(|i| Record::Statement(stmt(b * 32 + i)))
+                    .collect();
+                store.write(&batch, durability).unwrap();
+            }
+            println!(
+                "{durability:?}: {:.2} µs per record",
+                started.elapsed().as_secs_f64() * 1e6 / n as f64
+            );
+        }
+        let started = std::time::Instant::now();
+        let mut bytes = 0;
+        for i in 0..200_000 {
+            bytes += entry_parts(&Record::Statement(stmt(i))).3.len();
+        }
+        println!(
+            "JSON alone: {:.2} µs per record ({} bytes)",
+            started.elapsed().as_secs_f64() * 1e6 / 200_000.0,
+            bytes / 200_000
+        );
     }
 }

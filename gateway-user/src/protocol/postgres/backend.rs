@@ -5,13 +5,7 @@
 use std::{net::SocketAddr, path::Path};
 
 use bytes::BytesMut;
-use postgres_protocol::{
-    authentication::{
-        md5_hash,
-        sasl::{ChannelBinding, ScramSha256},
-    },
-    message::frontend,
-};
+use postgres_protocol::{authentication::md5_hash, message::frontend};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -19,6 +13,7 @@ use tokio_rustls::TlsConnector;
 use super::{
     codec::{self, CodecError, Fields, Frame, Notice},
     frontend::BoxIo,
+    scram::{self, Binding},
     tls,
 };
 use crate::{
@@ -65,7 +60,9 @@ pub enum BackendError {
     #[error("the target asked for an authentication method the gateway does not use ({0})")]
     Unsupported(i32),
     #[error("SCRAM: {0}")]
-    Scram(std::io::Error),
+    Scram(#[from] scram::ScramError),
+    #[error("SCRAM: the salted password's thread failed: {0}")]
+    ScramTask(String),
     #[error("the target's session has {name} = {value}, under which the gateway cannot read SQL as the server does")]
     UnsafeSetting { name: String, value: String },
     #[error("unexpected `{0}` message during login")]
@@ -239,7 +236,7 @@ async fn authenticate(
     cert_hash: Option<Vec<u8>>,
     max: usize,
 ) -> Result<(), BackendError> {
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<scram::Client> = None;
     loop {
         let frame = next(stream, max).await?;
         match frame.tag() {
@@ -272,29 +269,34 @@ async fn authenticate(
                 }
                 let plus = mechanisms.contains(&"SCRAM-SHA-256-PLUS");
                 let (mechanism, binding) = match &cert_hash {
-                    Some(h) if plus => (
-                        "SCRAM-SHA-256-PLUS",
-                        ChannelBinding::tls_server_end_point(h.clone()),
-                    ),
-                    Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
-                    None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                    Some(h) if plus => {
+                        ("SCRAM-SHA-256-PLUS", Binding::TlsServerEndPoint(h.clone()))
+                    }
+                    Some(_) => ("SCRAM-SHA-256", Binding::Unrequested),
+                    None => ("SCRAM-SHA-256", Binding::Unsupported),
                 };
                 if !mechanisms.contains(&"SCRAM-SHA-256") && !plus {
                     return Err(BackendError::Unsupported(10));
                 }
-                let s = ScramSha256::new(password.as_bytes(), binding);
+                let s = scram::Client::new(password, binding);
                 frontend::sasl_initial_response(mechanism, s.message(), &mut buf)?;
                 scram = Some(s);
             }
             11 => {
-                // The salted password (PBKDF2, 4096 rounds by default) is milliseconds of CPU:
-                // off the runtime's workers, or a reconnect storm stalls every other session.
                 let mut s = scram.take().ok_or(BackendError::Unexpected('R'))?;
                 let server_first = rest(&frame).to_vec();
-                let s = tokio::task::spawn_blocking(move || s.update(&server_first).map(|()| s))
-                    .await
-                    .map_err(|e| BackendError::Scram(std::io::Error::other(e)))?
-                    .map_err(BackendError::Scram)?;
+                let s = if s.salted_kept(&server_first) {
+                    // Kept from an earlier login of this role: microseconds.
+                    s.update(&server_first)?;
+                    s
+                } else {
+                    // The salted password (PBKDF2, 4096 rounds by default) is milliseconds of
+                    // CPU: off the runtime's workers, or a reconnect storm stalls every other
+                    // session.
+                    tokio::task::spawn_blocking(move || s.update(&server_first).map(|()| s))
+                        .await
+                        .map_err(|e| BackendError::ScramTask(e.to_string()))??
+                };
                 frontend::sasl_response(s.message(), &mut buf)?;
                 scram = Some(s);
             }
@@ -302,7 +304,7 @@ async fn authenticate(
                 // Verifies the server's signature: a server that does not know the password
                 // cannot finish the exchange.
                 let s = scram.as_mut().ok_or(BackendError::Unexpected('R'))?;
-                s.finish(rest(&frame)).map_err(BackendError::Scram)?;
+                s.finish(rest(&frame))?;
                 continue;
             }
             other => return Err(BackendError::Unsupported(other)),

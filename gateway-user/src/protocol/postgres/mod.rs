@@ -12,6 +12,7 @@ pub mod mask;
 pub mod predicate;
 pub mod relay;
 pub mod rules;
+pub mod scram;
 pub mod session;
 pub mod settings;
 pub mod tls;

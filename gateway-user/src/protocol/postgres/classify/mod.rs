@@ -23,7 +23,7 @@
 //! each finished node to `statements` (what a statement does by itself), `functions` (what a
 //! call does), `tables` (the relations named), `columns` (the columns output, copied or set) and
 //! `conditions` (whether a write's conditions bound its rows); `cache` keeps verdicts by query
-//! text.
+//! text, or by `shape` (the text less its numbers) where no number can change the verdict.
 
 use std::panic::{self, AssertUnwindSafe};
 
@@ -40,6 +40,7 @@ mod functions;
 mod nodes;
 // The serde side of the walk: how the parse tree streams into `Walker`.
 mod serde_walk;
+mod shape;
 mod statements;
 mod tables;
 mod walker;
@@ -134,3 +135,6 @@ mod tests;
 
 #[cfg(test)]
 mod output_column_tests;
+
+#[cfg(test)]
+mod cache_tests;

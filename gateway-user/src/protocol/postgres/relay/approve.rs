@@ -68,6 +68,7 @@ impl Upward<'_, '_> {
         // (`new.trial_rows`: over the limit) or an approved retry of it waits.
         if let Some(limit) = spec.max_rows {
             if self.triable
+                && trial::triable(text)
                 && new.trial_rows.is_none()
                 && !self.ctx.approvals.approved_retry_waiting(&new)
             {

@@ -601,8 +601,9 @@ struct Upward<'a, 'c> {
     next_refusal_code: Option<&'static str>,
     /// Set by [`Upward::approval`]: the Query is run as a trial under this many rows.
     trial: Option<u64>,
-    /// Whether the statement being judged can be tried (a Query of one INSERT/UPDATE/DELETE/
-    /// MERGE); set by the Query branch for [`Upward::approval`].
+    /// Whether the statement being judged is a Query not tried yet, set by the Query branch for
+    /// [`Upward::approval`], which also checks that it can be tried (`trial::triable`: one
+    /// INSERT/UPDATE/DELETE/MERGE) when a `max_rows` rule asks.
     triable: bool,
     /// Rows the statement touched in its trial, for the request put to approvers.
     trial_rows: Option<u64>,
