@@ -13,7 +13,17 @@ pub mod map_names {
     pub const BYPASS: &str = "AG_BYPASS";
     pub const LOCAL_NETS: &str = "AG_LOCAL_NETS";
     pub const LOCAL_PORTS: &str = "AG_LOCAL_PORTS";
+    /// Userspace only (no program reads it): one `u32`, the `MAP_LAYOUT_VERSION` the pins were
+    /// made with.
+    pub const META: &str = "AG_META";
 }
+
+/// Version of what is pinned: every map's name, type, key, value and capacity, the meaning of
+/// their entries, and the link names. A gateway reuses pins of its own version only (the programs
+/// of an upgraded gateway then find the classifications of the old one); any other version is
+/// refused with the `agentgate uninstall` hint, never reused half-understood. Bump it with any
+/// such change. Pins made before the version existed (no `AG_META`) are version 1: this layout.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
 
 /// Capacity of the connection-tracking LRU maps. LRU eviction bounds memory; the proxy also
 /// deletes each entry as soon as it has read it.

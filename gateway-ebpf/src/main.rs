@@ -90,7 +90,9 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> V
             // SAFETY: sock_addr contexts accept the socket cookie helper.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             let verdict = decide_stream(ctx, addr, port_be, family, cookie);
-            if !matches!(verdict, Verdict::Redirect { .. }) {
+            if !matches!(verdict, Verdict::Redirect { .. })
+                && !just_redirected(cookie, addr, port_be)
+            {
                 let _ = BY_COOKIE.remove(cookie);
             }
             verdict
@@ -98,6 +100,20 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> V
         SOCK_DGRAM => decide_datagram(ctx, addr, port_be),
         _ => Verdict::Pass,
     }
+}
+
+/// While a new generation of these programs is attached beside the old one (a restart or an
+/// upgrade attaches before it detaches), both run on every connect(): the second sees the address
+/// the first rewrote to, the gateway's listener on loopback, and must leave the first one's
+/// record alone, or the gateway accepts a connection it cannot place (`not_redirected`).
+#[inline(always)]
+fn just_redirected(cookie: u64, addr: [u8; 16], port_be: u16) -> bool {
+    // SAFETY: the value is plain data copied out at once.
+    let listen_port = match unsafe { BY_COOKIE.get(cookie) } {
+        Some(orig) => orig.listen_port,
+        None => return false,
+    };
+    listen_port == u16::from_be(port_be) && is_loopback(&addr)
 }
 
 /// UDP is not proxied. To a target marked `UDP_REFUSED` (or a local alias of its port) it is

@@ -7,6 +7,7 @@ mod capture;
 mod cli;
 mod ebpf;
 mod fswatch;
+mod handover;
 mod identity;
 mod mask;
 mod net;

@@ -6,6 +6,12 @@
 //!    generation's programs, then detach older generations (no uncovered instant);
 //! 4. watch the cgroup tree and the policy directory; on SIGTERM/SIGINT stop accepting and drain.
 //!
+//! Upgrades (handover/): a start first asks `--handover-socket` whether a gateway serves. If one
+//! does, this one takes its listening sockets (host, pods, metrics) instead of binding, leaves
+//! the old one's live state alone (its hand-over records, open sessions and pending approvals),
+//! starts accepting only once its own classification is in place, and then tells the old one to
+//! stop accepting and drain. The pinned programs stay attached throughout.
+//!
 //! On exit nothing is detached: the pinned programs keep redirecting managed workloads to a
 //! listener that is gone, so their connections to targets are refused until the next start.
 //! `agentgate uninstall` is the way to let them through again.
@@ -20,14 +26,17 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin,
     approval::{Approvals, Approver, Notifier},
-    capture::{bind_loopback, CgroupFs, ListenerKind, Reconciler, SpawnListener, WorkloadTable},
+    capture::{
+        bind_loopback, CgroupFs, Listener, ListenerKind, Reconciler, SpawnListener, WorkloadTable,
+    },
     cli::RunArgs,
     ebpf::Kernel,
+    handover,
     net::{http::HttpClient, Dialer, Netns, SocketFactory},
     policy::{self, Reloader},
     proxy::{check_providers, Proxy},
     record::{Db, EventSink, Recorder},
-    telemetry::Telemetry,
+    telemetry::{MetricsListen, Telemetry},
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -41,7 +50,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()> {
-    let telemetry = Telemetry::start(args.metrics, args.metrics_public, &initial.version).await?;
+    // Pins this build cannot use end the start here, before any socket changes hands.
+    crate::ebpf::check_layout(&args.pin_dir)?;
+    let handover_socket =
+        handover::socket_path(args.handover_socket.as_deref(), &args.admin_socket);
+    let mut taken = handover::take_over(&handover_socket, &args.pin_dir)?;
+    if taken.is_none() && args.take_over {
+        anyhow::bail!(
+            "--take-over: no gateway answers on {}",
+            handover_socket.display()
+        );
+    }
+    let taking_over = taken.is_some();
+    // The metrics endpoint the old process serves is taken over too (probes reach one address
+    // on the node), and served from here once the old process has stopped serving.
+    let taken_metrics = taken
+        .as_mut()
+        .and_then(|t| t.take_metrics())
+        .filter(|l| matches!(args.metrics, MetricsListen::At(a) if l.local_addr().ok() == Some(a)));
+    let mut telemetry = Telemetry::start(
+        if taken_metrics.is_some() {
+            MetricsListen::Off
+        } else {
+            args.metrics
+        },
+        args.metrics_public,
+        &initial.version,
+    )
+    .await?;
     let metrics = telemetry.metrics.clone();
     let events = Arc::new(
         match &args.events {
@@ -52,11 +88,24 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         }
         .with_metrics(metrics.clone()),
     );
+    if let Some(t) = &taken {
+        let sockets = t.count();
+        tracing::info!(sockets, "taking over from the gateway serving on this node");
+        events.emit(
+            "taking_over",
+            json!({"pid": std::process::id(), "sockets": sockets}),
+        );
+    }
     let db = Db::open(&args.record_db)
         .with_context(|| format!("record database {}", args.record_db.display()))?;
-    let orphans = Db::lock(&db)
-        .close_orphans(crate::record::now_ms())
-        .with_context(|| format!("record database {}", args.record_db.display()))?;
+    // The old process's sessions are live (it drains them and records their ends).
+    let orphans = if taking_over {
+        0
+    } else {
+        Db::lock(&db)
+            .close_orphans(crate::record::now_ms())
+            .with_context(|| format!("record database {}", args.record_db.display()))?
+    };
     if orphans > 0 {
         tracing::warn!(
             sessions = orphans,
@@ -126,7 +175,13 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
             sink_stop.clone(),
         ))
     });
-    let stale = maps.clear_handovers();
+    // Taking over, the records are the old process's pending accepts, on the very sockets this
+    // one will accept from: not stale.
+    let stale = if taking_over {
+        0
+    } else {
+        maps.clear_handovers()
+    };
     if stale > 0 {
         tracing::info!(stale, "dropped hand-over records of the previous run");
     }
@@ -148,9 +203,11 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         events.clone(),
     )
     .with_context(|| format!("approval store {}", args.record_db.display()))?;
-    approvals
-        .resume()
-        .with_context(|| format!("approval store {}", args.record_db.display()))?;
+    if !taking_over {
+        approvals
+            .resume()
+            .with_context(|| format!("approval store {}", args.record_db.display()))?;
+    }
     telemetry.watch_approvals(&approvals);
 
     let table = Arc::new(WorkloadTable::default());
@@ -172,15 +229,48 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
                 .with_context(|| format!("record database {}", args.record_db.display()))?,
         },
     ));
-    for bound in bind_loopback(gateway.listen_port)? {
-        let listener = bound.into_listener(ListenerKind::Host)?;
-        tokio::spawn(proxy.clone().serve(listener));
+    // Every listener is registered for the next taker, and accepts only once the workloads
+    // are classified (`accepting`): a connection waits in the queue rather than meet an empty
+    // workload table (or, on a take-over, is accepted by the old process meanwhile).
+    let registry = Arc::new(handover::Registry::default());
+    let accepting = CancellationToken::new();
+    let spawn: SpawnListener = {
+        let (proxy, registry, accepting) = (proxy.clone(), registry.clone(), accepting.clone());
+        Arc::new(move |l: Listener| {
+            let role = match l.kind {
+                ListenerKind::Host => handover::Role::Host,
+                ListenerKind::Pod { netns_inode } => handover::Role::Pod { netns_inode },
+            };
+            let registered =
+                handover::register_listener(&registry, role, l.local, l.netns_cookie, &l.inner);
+            let (proxy, accepting) = (proxy.clone(), accepting.clone());
+            tokio::spawn(async move {
+                let _registered = registered;
+                accepting.cancelled().await;
+                proxy.serve(l).await
+            })
+        })
+    };
+    let mut host_ports = Vec::new();
+    if let Some(t) = taken.as_mut() {
+        for (meta, socket) in t.take_host() {
+            host_ports.push(meta.local.port());
+            spawn(Listener {
+                inner: tokio::net::TcpListener::from_std(socket)?,
+                local: meta.local,
+                netns_cookie: meta.netns_cookie,
+                kind: ListenerKind::Host,
+                netns: None,
+            });
+        }
+        t.stage_pods();
+    }
+    if !host_ports.contains(&gateway.listen_port) {
+        for bound in bind_loopback(gateway.listen_port)? {
+            spawn(bound.into_listener(ListenerKind::Host)?);
+        }
     }
     telemetry.readiness.listeners_open();
-    let spawn: SpawnListener = {
-        let proxy = proxy.clone();
-        Arc::new(move |l| tokio::spawn(proxy.clone().serve(l)))
-    };
     let mut reconciler =
         Reconciler::new(initial.clone(), kernel, fs, table, events.clone(), spawn)?;
     let replaced = reconciler.apply(initial.clone())?;
@@ -191,6 +281,30 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .collect();
     tracing::info!(?anchors, replaced, version = %initial.version, "capture attached");
     telemetry.capture_attached(reconciler.apply_error());
+    accepting.cancel();
+    if let Some(t) = taken.take() {
+        match t.go() {
+            Ok(pid) => {
+                tracing::info!(
+                    from_pid = pid,
+                    "took over: the old gateway stops accepting and drains"
+                );
+                events.emit("taken_over", json!({"from_pid": pid}));
+            }
+            // It has the sockets either way; an old process that vanished drains nothing.
+            Err(e) => tracing::warn!("took over, but the old gateway did not confirm: {e}"),
+        }
+        let unclaimed = handover::drop_unclaimed_pod_listeners();
+        if unclaimed > 0 {
+            tracing::info!(unclaimed, "pod listeners of pods gone meanwhile closed");
+        }
+        if let Some(l) = taken_metrics {
+            telemetry.serve_taken(l)?;
+        }
+    }
+    let _metrics_registered = telemetry.endpoint().and_then(|(addr, fd)| {
+        handover::register_listener(&registry, handover::Role::Metrics, addr, 0, fd)
+    });
 
     reloader.enforce_with(crate::proxy::enforcer(proxy.sessions.clone()));
     let stop = CancellationToken::new();
@@ -205,6 +319,13 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         }),
     });
     tokio::spawn(admin::serve(admin_listener, admin.clone(), stop.clone()));
+    let handed = CancellationToken::new();
+    handover::listen(&handover_socket)?.spawn(
+        args.pin_dir.clone(),
+        registry.clone(),
+        handed.clone(),
+        stop.clone(),
+    )?;
     if let Some(addr) = args.admin_http {
         serve_http_admin(&args, addr, proxy.clone(), admin, stop.clone()).await?;
     }
@@ -221,8 +342,20 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
                "listen_port": gateway.listen_port, "policy_version": initial.version}),
     );
 
-    wait_for_signal().await?;
-    tracing::info!("stopping: no new connections; draining open ones");
+    let mut signals = StopSignals::new()?;
+    let handed_over = tokio::select! {
+        _ = signals.recv() => false,
+        _ = handed.cancelled() => true,
+    };
+    if handed_over {
+        // The new process serves the probes from here on.
+        telemetry.stop();
+        events.emit("handed_over", json!({"pid": std::process::id()}));
+    }
+    tracing::info!(
+        handed_over,
+        "stopping: no new connections; draining open ones"
+    );
     approvals.stopping();
     telemetry.readiness.listeners_closed();
     proxy.shutdown.cancel();
@@ -243,8 +376,18 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         // What the recorder flushed last goes out too, if the central store answers.
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    let _ = std::fs::remove_file(&args.admin_socket);
-    events.emit("stopped", json!({"drained": drained}));
+    if handed_over {
+        // Both sockets are the new process's now.
+        events.emit("stopped", json!({"drained": drained, "handed_over": true}));
+        if args.after_handover == handover::AfterHandover::Wait {
+            tracing::info!("handed over and drained; waiting for SIGTERM");
+            signals.recv().await;
+        }
+    } else {
+        let _ = std::fs::remove_file(&args.admin_socket);
+        let _ = std::fs::remove_file(&handover_socket);
+        events.emit("stopped", json!({"drained": drained}));
+    }
     telemetry.stop();
     Ok(())
 }
@@ -350,15 +493,28 @@ async fn retain(
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, registered once: one that arrives while a handed-over gateway drains is
+/// still there when it waits for it afterwards.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 async fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {

@@ -21,12 +21,14 @@ pub fn open_netns(pid: u32) -> Result<(File, u64), CaptureError> {
     Ok((file, ino))
 }
 
-/// Binds the loopback listeners on `port` inside the network namespace `ns` (of `pid`), and opens
-/// the route sockets that follow the namespace's local addresses there.
+/// Binds the loopback listeners on `port` inside the network namespace `ns` (of `pid`), unless
+/// `inherited` has them already (taken over from the previous gateway process, handover/), and
+/// opens the route sockets that follow the namespace's local addresses there.
 pub fn bind_in_netns(
     ns: File,
     pid: u32,
     port: u16,
+    inherited: Vec<BoundSocket>,
 ) -> Result<(Vec<BoundSocket>, RouteSockets), CaptureError> {
     let failed = |reason: &str| CaptureError::Io {
         path: format!("/proc/{pid}/ns/net").into(),
@@ -37,7 +39,11 @@ pub fn bind_in_netns(
         .spawn(move || {
             setns(&ns, CloneFlags::CLONE_NEWNET)
                 .map_err(|source| CaptureError::Netns { pid, source })?;
-            let bound = super::bind_loopback(port)?;
+            let bound = if inherited.is_empty() {
+                super::bind_loopback(port)?
+            } else {
+                inherited
+            };
             let routes = RouteSockets::open().map_err(|source| CaptureError::Io {
                 path: format!("/proc/{pid}/ns/net (rtnetlink)").into(),
                 source,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     cgroupfs::{anchor_of, CgroupFs},
-    listener::{Listener, ListenerKind},
+    listener::{BoundSocket, Listener, ListenerKind},
     local,
     netlink::RouteSockets,
     netns,
@@ -289,7 +289,16 @@ impl Reconciler {
             source,
         };
         let held = Arc::new(ns.try_clone().map_err(io)?);
-        let (bound, routes) = netns::bind_in_netns(ns, pid, self.policy.gateway.listen_port)?;
+        let port = self.policy.gateway.listen_port;
+        let inherited = crate::handover::take_pod_listeners(ino, port)
+            .into_iter()
+            .map(|(socket, local, netns_cookie)| BoundSocket {
+                socket,
+                local,
+                netns_cookie,
+            })
+            .collect();
+        let (bound, routes) = netns::bind_in_netns(ns, pid, port, inherited)?;
         let cookie = bound.first().map(|b| b.netns_cookie).unwrap_or_default();
         let mut tasks = vec![local::follow(routes, cookie, self.maps.clone(), None).map_err(io)?];
         for b in bound {

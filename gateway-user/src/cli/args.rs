@@ -337,4 +337,18 @@ pub struct RunArgs {
     /// connection's span on every line of a connection).
     #[arg(long, value_enum, default_value_t)]
     pub log_format: crate::telemetry::LogFormat,
+    /// Unix socket for upgrades without a gap (docs/kubernetes-deploy.md, Upgrades): a start
+    /// asks it first, and if a gateway of the same pin directory answers there, takes its
+    /// listening sockets over and lets it drain; otherwise starts afresh. Either way it then
+    /// answers there for the next one. Default: `handover.sock` beside --admin-socket.
+    #[arg(long)]
+    pub handover_socket: Option<PathBuf>,
+    /// Take over from the gateway answering on --handover-socket, or fail: never a fresh start.
+    #[arg(long)]
+    pub take_over: bool,
+    /// Once this gateway has handed its sockets over and drained: `exit`, or `wait` for
+    /// SIGTERM (in a Kubernetes pod: a container that exits is restarted, and would take the
+    /// sockets back).
+    #[arg(long, value_enum, default_value_t)]
+    pub after_handover: crate::handover::AfterHandover,
 }

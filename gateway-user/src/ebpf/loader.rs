@@ -4,6 +4,8 @@
 //!
 //! Pin layout under the pin directory (default `/sys/fs/bpf/agentgate`):
 //!   AG_*                            maps (reused by the next start: same classifications)
+//!   AG_META                         the layout version of all of it (layout.rs): pins of
+//!                                   another version are refused, never reused
 //!   links/<cgroup-id>_<generation>_<program>   one link per program and anchor cgroup
 //!                                (bpffs refuses dots in names)
 //! A start attaches a new generation first and only then drops older links, so there is no
@@ -25,7 +27,7 @@ use aya::{
 };
 use gateway_common::map_names;
 
-use super::maps::KernelMaps;
+use super::{layout, maps::KernelMaps};
 
 const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     "connect4",
@@ -64,6 +66,8 @@ pub enum KernelError {
     },
     #[error("mounting bpffs on {path}: {source}")]
     Mount { path: PathBuf, source: nix::Error },
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
@@ -105,6 +109,8 @@ impl Kernel {
     /// Nothing is attached yet.
     pub fn load(pin_dir: &Path) -> Result<Self, KernelError> {
         ensure_bpffs(pin_dir)?;
+        // Before aya opens any pinned map by name: a map of another layout must not be reused.
+        layout::check(pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links")).map_err(io_err(pin_dir))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
@@ -135,6 +141,7 @@ impl Kernel {
             local_nets: typed_map(&mut ebpf, map_names::LOCAL_NETS)?,
             local_ports: typed_map(&mut ebpf, map_names::LOCAL_PORTS)?,
         });
+        layout::stamp(pin_dir)?;
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

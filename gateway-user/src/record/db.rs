@@ -243,8 +243,15 @@ impl Db {
                 .pragma_update(None, "synchronous", if synced { "FULL" } else { "NORMAL" })?;
             self.synced = synced;
         }
-        let tx = self.conn.transaction()?;
-        let mut appender = Appender { tip: self.tip };
+        // Another gateway process may append to the same journal (the old one draining after a
+        // handover, handover/): take the write lock first and chain to the journal's real tip,
+        // not to the one this process saw last.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut appender = Appender {
+            tip: journal::tip(&tx)?,
+        };
         let out = f(&tx, &mut appender)?;
         tx.commit()?;
         self.tip = appender.tip;

@@ -27,6 +27,8 @@ pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     stop: CancellationToken,
+    /// The endpoint's listening socket (a duplicate), for a gateway that takes over (handover/).
+    endpoint: Option<(SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 impl Telemetry {
@@ -41,19 +43,40 @@ impl Telemetry {
         let metrics = Arc::new(Metrics::new());
         super::metrics::install(metrics.clone());
         metrics.policy_version(policy_version);
-        let t = Telemetry {
+        let mut t = Telemetry {
             metrics,
             readiness: Readiness::new(),
             stop: CancellationToken::new(),
+            endpoint: None,
         };
         if let MetricsListen::At(addr) = listen {
-            t.serve(addr, public).await?;
+            let listener = server::bind(addr, public).await?;
+            t.serve_on(addr, listener);
         }
         Ok(t)
     }
 
-    async fn serve(&self, addr: SocketAddr, public: bool) -> Result<(), TelemetryError> {
-        let listener = server::bind(addr, public).await?;
+    /// Serves the endpoint on a listener taken over from the previous gateway process.
+    pub fn serve_taken(&mut self, listener: std::net::TcpListener) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        self.serve_on(addr, listener);
+        Ok(())
+    }
+
+    /// The endpoint's address and listening socket, if it serves one.
+    pub fn endpoint(&self) -> Option<(SocketAddr, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd;
+        self.endpoint.as_ref().map(|(a, fd)| (*a, fd.as_fd()))
+    }
+
+    fn serve_on(&mut self, addr: SocketAddr, listener: tokio::net::TcpListener) {
+        use std::os::fd::AsFd;
+        self.endpoint = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map(|fd| (addr, fd))
+            .ok();
         tracing::info!(%addr, "metrics, /healthz and /readyz listening");
         tokio::spawn(server::serve(
             Arc::new(Endpoint {
@@ -63,7 +86,6 @@ impl Telemetry {
             listener,
             self.stop.clone(),
         ));
-        Ok(())
     }
 
     /// Stops serving (the very last step of `run`, so `/readyz` says "stopping" while draining).
