@@ -377,7 +377,9 @@ impl<C: Connect> Proxy<C> {
                 "the connecting process and its cgroup are gone",
             )
         })?;
-        let workload = crate::capture::classify(&policy, &cgroup)
+        let workload = self
+            .table
+            .classify(&policy, &cgroup)
             .map(|i| policy.workloads[i].clone())
             .ok_or_else(|| {
                 Refusal::new(
@@ -469,6 +471,7 @@ impl<C: Connect> Proxy<C> {
             settings: target.settings.clone(),
             provider,
             login: login.map(str::to_string),
+            pods: self.table.pods().clone(),
         };
         let guard = self.sessions.open(id, grant.clone(), self.policy.clone());
         // A policy put in force while we decided: the registry's sweep may have run before this
