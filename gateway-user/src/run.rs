@@ -38,7 +38,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("policy {} is invalid", args.policies.display()))?;
     check_providers(&policy).map_err(anyhow::Error::msg)?;
     // Before the runtime starts any thread: a cgroup namespace is per thread.
-    if crate::capture::enter_host_cgroupns()? {
+    if crate::capture::enter_host_cgroupns(&args.node_cgroupns)? {
         tracing::info!("entered the node's cgroup namespace (the gateway's own was a container's)");
     }
     tokio::runtime::Builder::new_multi_thread()

@@ -283,6 +283,10 @@ pub struct RunArgs {
     /// pods; default: the host name).
     #[arg(long, env = "AGENTGATE_NODE_NAME")]
     pub node_name: Option<String>,
+    /// The node's cgroup namespace, entered at start when the gateway runs in another one (a
+    /// container's): `/proc/<pid>/cgroup` of workloads then reads as full paths.
+    #[arg(long, default_value = "/proc/1/ns/cgroup")]
+    pub node_cgroupns: PathBuf,
     /// The Kubernetes API server, read for `pods:` workloads (the pods of this node). Default in
     /// a pod: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
     #[arg(long, env = "AGENTGATE_KUBE_API")]

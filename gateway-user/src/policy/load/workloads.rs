@@ -104,3 +104,62 @@ fn selector(workload: &str, doc: PodsDoc) -> Result<PodSelector, String> {
         labels: doc.labels,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::{load_dir, Mode};
+
+    fn load(tag: &str, workloads: &str) -> Result<crate::policy::Policy, String> {
+        let dir = std::env::temp_dir().join(format!("agentgate-wl-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("w.yaml"),
+            format!("version: 2\nworkloads:\n{workloads}"),
+        )
+        .unwrap();
+        let r = load_dir(&dir).map_err(|e| format!("{e}"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn pod_selectors_load_with_defaults_and_mistakes_are_refused() {
+        let p = load(
+            "ok",
+            "  - name: a\n    pods: {namespaces: [ai], service_accounts: [runner], labels: {app: x}}\n    token: {from: credential}\n",
+        )
+        .unwrap();
+        let w = &p.workloads[0];
+        assert_eq!(
+            (w.mode, w.cgroup.as_str()),
+            (Mode::Pod, super::KUBELET_ROOTS)
+        );
+        let s = w.pods.as_ref().unwrap();
+        assert_eq!(s.namespaces, ["ai"]);
+        assert!(s.matches("ai", "runner", &[("app".into(), "x".into())].into()));
+        assert!(!s.matches("ai", "other", &[("app".into(), "x".into())].into()));
+        assert!(!s.matches("ai", "runner", &Default::default()));
+        // `pods: {}` selects every pod.
+        let p = load(
+            "all",
+            "  - name: a\n    pods: {}\n    token: {from: credential}\n",
+        )
+        .unwrap();
+        assert!(p.workloads[0]
+            .pods
+            .as_ref()
+            .unwrap()
+            .matches("x", "y", &Default::default()));
+        for (tag, doc, says) in [
+            ("host", "  - name: a\n    pods: {}\n    mode: host\n    token: {from: credential}\n", "mode: pod"),
+            ("none", "  - name: a\n    mode: pod\n    token: {from: credential}\n", "needs `cgroup`"),
+            ("nomode", "  - name: a\n    cgroup: /x\n    token: {from: credential}\n", "needs `mode`"),
+            ("sa", "  - name: a\n    pods: {service_accounts: ['system:serviceaccount:ai:r']}\n    token: {from: credential}\n", "give its name"),
+            ("key", "  - name: a\n    pods: {nodes: [n]}\n    token: {from: credential}\n", "nodes"),
+            ("empty", "  - name: a\n    pods: {namespaces: ['']}\n    token: {from: credential}\n", "empty namespace"),
+        ] {
+            let e = load(tag, doc).unwrap_err();
+            assert!(e.contains(says), "{tag}: {e}");
+        }
+    }
+}
