@@ -188,9 +188,6 @@ fn malformed_and_hostile_paths_are_refused() {
     ];
     for (root, below) in bad {
         let got = p(root, &below);
-        assert!(
-            matches!(got, Err(_)),
-            "{root}/{below} must be refused: {got:?}"
-        );
+        assert!(got.is_err(), "{root}/{below} must be refused: {got:?}");
     }
 }
