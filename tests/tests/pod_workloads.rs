@@ -374,7 +374,31 @@ fn a_label_change_applied_live_changes_capture() {
             e["event"] == "cgroup" && e["cgroup"] == rel.as_str() && e["workload"] == workload
         }
     };
+    // A session open through the gateway when that happens is ended: its pod is no longer the
+    // workload it was granted as.
+    let mut held = Command::new(probe_bin());
+    held.args(["hold", TARGET, "30"]).stdout(Stdio::piped());
+    place(&mut held, Some(&pod.cgroup), Some(&pod.ns));
+    let held = held.spawn().expect("agent-probe hold");
+    let held_pid = held.id();
+    gw.wait_for(
+        Duration::from_secs(10),
+        |e| e["event"] == "allowed" && e["pid"] == held_pid,
+        0,
+    );
+    let relabelled = Instant::now();
     api.relabel("team-a", "agent-0", json!({"app": "web"}));
+    let closed = gw.wait_for(
+        Duration::from_secs(10),
+        |e| e["event"] == "connection_close" && e["pid"] == held_pid,
+        0,
+    );
+    assert!(
+        s(&closed, "ended_by").contains("no longer workload `agents`"),
+        "{closed}"
+    );
+    held.wait_with_output().expect("hold ends");
+    assert!(relabelled.elapsed() < Duration::from_secs(10));
     gw.wait_for(Duration::from_secs(10), managed_events(Value::Null), 0);
     gw.wait_for(
         Duration::from_secs(10),
@@ -390,7 +414,7 @@ fn a_label_change_applied_live_changes_capture() {
     wait_listener_nth(&gw, &pod, 1);
     let r = pod.probe();
     assert_through_gateway(&gw, &pod, &r);
-    assert_eq!(pod.server.count(), 3);
+    assert_eq!(pod.server.count(), 4);
 
     // Deleted from the API server while its cgroup is still there: unknown, so refused.
     api.k.delete("", "pods", "team-a", "agent-0").unwrap();
@@ -401,7 +425,7 @@ fn a_label_change_applied_live_changes_capture() {
     );
     let r = pod.probe();
     assert!(r.errno.is_some(), "{r:?}");
-    assert_eq!(pod.server.count(), 3);
+    assert_eq!(pod.server.count(), 4);
 }
 
 fn wait_listener_nth(gw: &Gateway, pod: &Pod, nth: usize) {

@@ -145,6 +145,7 @@ impl Reconciler {
     pub fn reconcile(&mut self) -> Result<(), CaptureError> {
         let mut next = HashMap::new();
         let mut refused = HashMap::new();
+        let mut newly_refused = Vec::new();
         for anchor in &self.anchors {
             for dir in self.fs.walk(anchor) {
                 let (Ok(id), Some(path)) = (CgroupFs::id(&dir), self.fs.rel(&dir)) else {
@@ -155,11 +156,7 @@ impl Reconciler {
                     Class::Unmanaged => None,
                     Class::Refused(why) => {
                         if self.refused.get(&id) != Some(&why) {
-                            tracing::info!(cgroup = %path, "refused: {why}");
-                            self.events.emit(
-                                "cgroup_refused",
-                                json!({"cgroup": path, "cgroup_id": id, "reason": why}),
-                            );
+                            newly_refused.push((id, path, why.clone()));
                         }
                         refused.insert(id, why);
                         continue;
@@ -186,6 +183,15 @@ impl Reconciler {
                 self.events
                     .emit("cgroup_gone", json!({"cgroup": info.path, "cgroup_id": id}));
             }
+        }
+        // Said once the kernel has no entry for them any more (removed just above): from then
+        // on their connections to targets are refused.
+        for (id, path, why) in newly_refused {
+            tracing::info!(cgroup = %path, "refused: {why}");
+            self.events.emit(
+                "cgroup_refused",
+                json!({"cgroup": path, "cgroup_id": id, "reason": why}),
+            );
         }
         let mut known = HashMap::with_capacity(next.len());
         for (id, info) in next {
