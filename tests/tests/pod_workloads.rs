@@ -416,13 +416,14 @@ fn a_label_change_applied_live_changes_capture() {
     assert_through_gateway(&gw, &pod, &r);
     assert_eq!(pod.server.count(), 4);
 
-    // Deleted from the API server while its cgroup is still there: unknown, so refused.
+    // Deleted from the API server while its cgroup is still there: unknown, so refused. (It may
+    // have been refused once already, at the start, had its cgroup come before the watch
+    // brought the pod.)
+    let refused =
+        |e: &Value| e["event"] == "cgroup_refused" && e["cgroup"] == pod.cgroup.rel.as_str();
+    let before = gw.events().iter().filter(|e| refused(e)).count();
     api.k.delete("", "pods", "team-a", "agent-0").unwrap();
-    gw.wait_for(
-        Duration::from_secs(10),
-        |e| e["event"] == "cgroup_refused" && e["cgroup"] == pod.cgroup.rel.as_str(),
-        0,
-    );
+    gw.wait_for(Duration::from_secs(10), refused, before);
     let r = pod.probe();
     assert!(r.errno.is_some(), "{r:?}");
     assert_eq!(pod.server.count(), 4);
