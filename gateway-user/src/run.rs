@@ -27,7 +27,8 @@ use crate::{
     admin,
     approval::{Approvals, Approver, Notifier},
     capture::{
-        bind_loopback, CgroupFs, Listener, ListenerKind, Reconciler, SpawnListener, WorkloadTable,
+        bind_loopback, CgroupFs, KubeApi, Listener, ListenerKind, PodCache, PodWatch, Reconciler,
+        SpawnListener, WorkloadTable,
     },
     cli::RunArgs,
     ebpf::Kernel,
@@ -43,6 +44,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy = policy::load_dir(&args.policies)
         .with_context(|| format!("policy {} is invalid", args.policies.display()))?;
     check_providers(&policy).map_err(anyhow::Error::msg)?;
+    // Before the runtime starts any thread: a cgroup namespace is per thread.
+    if crate::capture::enter_host_cgroupns(&args.node_cgroupns)? {
+        tracing::info!("entered the node's cgroup namespace (the gateway's own was a container's)");
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -210,7 +215,15 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     }
     telemetry.watch_approvals(&approvals);
 
-    let table = Arc::new(WorkloadTable::default());
+    let kube_api = KubeApi::configure(
+        args.kube_api.clone(),
+        args.kube_token_file.clone(),
+        args.kube_ca_file.clone(),
+        args.node_name.clone().unwrap_or_else(node_name),
+    )
+    .map_err(|e| anyhow::anyhow!("--kube-api: {e}"))?;
+    let pods = Arc::new(PodCache::default());
+    let table = Arc::new(WorkloadTable::with_pods(pods.clone()));
     let gateway = &initial.gateway;
     let proxy = Arc::new(Proxy::new(
         policies.clone(),
@@ -330,6 +343,15 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         serve_http_admin(&args, addr, proxy.clone(), admin, stop.clone()).await?;
     }
     tokio::spawn(record_policies(policies.clone(), recorder.clone()));
+    tokio::spawn(
+        PodWatch {
+            api: kube_api,
+            cache: pods,
+            sockets: sockets.clone(),
+            events: events.clone(),
+        }
+        .run(policies.clone(), stop.clone()),
+    );
     let watcher = tokio::spawn(reconciler.run(policies, stop.clone()));
     tokio::spawn(reloader.run(stop.clone()));
     tokio::spawn(proxy.clone().revalidate_on_change());

@@ -89,6 +89,27 @@ pub fn anchor_of(glob: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// Every alternative of a glob's `{a,b}` groups (not nested), so that a glob naming a few
+/// separate trees (`/{kubepods.slice,kubepods}`) gets an anchor in each rather than their common
+/// parent. A nested or unclosed brace is left as it is (its anchor stops before it).
+pub fn expand_braces(glob: &str) -> Vec<String> {
+    let Some(open) = glob.find('{') else {
+        return vec![glob.to_string()];
+    };
+    let Some(len) = glob[open + 1..].find(['{', '}']) else {
+        return vec![glob.to_string()];
+    };
+    let close = open + 1 + len;
+    if glob.as_bytes()[close] == b'{' {
+        return vec![glob.to_string()];
+    }
+    let (head, tail) = (&glob[..open], &glob[close + 1..]);
+    glob[open + 1..close]
+        .split(',')
+        .flat_map(|alt| expand_braces(&format!("{head}{alt}{tail}")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +121,21 @@ mod tests {
         assert_eq!(anchor_of("/a/b"), "/a/b");
         assert_eq!(anchor_of("/*"), "/");
         assert_eq!(anchor_of("/ci/{a,b}"), "/ci");
+    }
+
+    #[test]
+    fn braces_expand_into_separate_anchors() {
+        assert_eq!(
+            expand_braces("/{kubepods.slice,kubepods}"),
+            ["/kubepods.slice", "/kubepods"]
+        );
+        assert_eq!(
+            expand_braces("/t/{a,b}/x-{1,2}"),
+            ["/t/a/x-1", "/t/a/x-2", "/t/b/x-1", "/t/b/x-2"]
+        );
+        assert_eq!(expand_braces("/a/{b"), ["/a/{b"]);
+        assert_eq!(expand_braces("/a/{b,{c,d}}"), ["/a/{b,{c,d}}"]);
+        assert_eq!(expand_braces("/plain"), ["/plain"]);
     }
 
     #[test]

@@ -3,22 +3,29 @@
 //! each accepted connection.
 
 mod cgroupfs;
+mod cgroupns;
+mod kubelet_cgroup;
 mod listener;
 mod local;
 mod netlink;
 mod netns;
+mod pod_watch;
+mod pods;
 mod reconcile;
 pub mod workload_files;
 mod workloads;
 
 pub use cgroupfs::CgroupFs;
+pub use cgroupns::enter_host_cgroupns;
 pub use listener::{bind_loopback, Listener, ListenerKind};
 pub use local::{resolve_target, upstream_netns, DstScope};
+pub use pod_watch::{KubeApi, PodWatch};
+pub use pods::PodCache;
 pub use reconcile::{Reconciler, SpawnListener};
 /// For tests that fill the workload table without a reconciler (`proxy/toy_tests.rs`).
 #[cfg(test)]
 pub use workloads::CgroupInfo;
-pub use workloads::{classify, WorkloadTable};
+pub use workloads::{workload_of, WorkloadTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

@@ -17,12 +17,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    cgroupfs::{anchor_of, CgroupFs},
+    cgroupfs::{anchor_of, expand_braces, CgroupFs},
     listener::{BoundSocket, Listener, ListenerKind},
     local,
     netlink::RouteSockets,
     netns,
-    workloads::{classify, CgroupInfo, WorkloadTable},
+    workloads::{classify, CgroupInfo, Class, WorkloadTable},
     CaptureError,
 };
 use crate::{
@@ -61,6 +61,8 @@ pub struct Reconciler {
     node_changed: tokio::sync::watch::Receiver<()>,
     /// Rewrite every classification on the next pass (the policy changed).
     rewrite_all: bool,
+    /// Cgroups left unclassified on purpose (`Class::Refused`), with why: said once each.
+    refused: HashMap<u64, String>,
     /// Why the policy in force is not fully applied to the kernel, for `agentgate status`.
     apply_error: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -102,6 +104,7 @@ impl Reconciler {
             host_netns: netns::open_netns(std::process::id())?.1,
             pods: HashMap::new(),
             rewrite_all: true,
+            refused: HashMap::new(),
             apply_error: Arc::new(std::sync::Mutex::new(None)),
         })
     }
@@ -141,15 +144,28 @@ impl Reconciler {
 
     pub fn reconcile(&mut self) -> Result<(), CaptureError> {
         let mut next = HashMap::new();
+        let mut refused = HashMap::new();
+        let mut newly_refused = Vec::new();
         for anchor in &self.anchors {
             for dir in self.fs.walk(anchor) {
                 let (Ok(id), Some(path)) = (CgroupFs::id(&dir), self.fs.rel(&dir)) else {
                     continue;
                 };
-                let workload = classify(&self.policy, &path);
+                let workload = match classify(&self.policy, self.table.pods(), &path) {
+                    Class::Managed(i) => Some(i),
+                    Class::Unmanaged => None,
+                    Class::Refused(why) => {
+                        if self.refused.get(&id) != Some(&why) {
+                            newly_refused.push((id, path, why.clone()));
+                        }
+                        refused.insert(id, why);
+                        continue;
+                    }
+                };
                 next.insert(id, CgroupInfo { id, path, workload });
             }
         }
+        self.refused = refused;
         let prev = self.table.snapshot();
         let rewrite_all = std::mem::take(&mut self.rewrite_all);
         // Removals first, so that entries of deleted cgroups (also those an earlier run left in
@@ -167,6 +183,15 @@ impl Reconciler {
                 self.events
                     .emit("cgroup_gone", json!({"cgroup": info.path, "cgroup_id": id}));
             }
+        }
+        // Said once the kernel has no entry for them any more (removed just above): from then
+        // on their connections to targets are refused.
+        for (id, path, why) in newly_refused {
+            tracing::info!(cgroup = %path, "refused: {why}");
+            self.events.emit(
+                "cgroup_refused",
+                json!({"cgroup": path, "cgroup_id": id, "reason": why}),
+            );
         }
         let mut known = HashMap::with_capacity(next.len());
         for (id, info) in next {
@@ -337,12 +362,15 @@ impl Reconciler {
             }
         };
         let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+        let mut pods_changed = self.table.pods().subscribe();
         let mut watched: Vec<PathBuf> = self.anchors.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = crate::fswatch::next_change(&mut rx) => {}
                 _ = tick.tick() => {}
+                // What the API server says about a pod changed: its class may have.
+                Ok(()) = pods_changed.changed() => {}
                 _ = self.node_changed.changed() => {
                     // A node address came or went: a target on it may have become local.
                     if let Err(e) = self.maps.sync_local_ports(&local::local_ports(&self.policy)) {
@@ -403,7 +431,14 @@ fn anchor_dirs(policy: &Policy, fs: &CgroupFs) -> Result<Vec<PathBuf>, CaptureEr
     let mut rels: Vec<String> = policy
         .workloads
         .iter()
-        .map(|w| anchor_of(&w.cgroup))
+        .flat_map(|w| match w.pods {
+            // `/{kubepods.slice,kubepods}`: each driver's root, not the whole tree.
+            Some(_) => expand_braces(&w.cgroup)
+                .iter()
+                .map(|g| anchor_of(g))
+                .collect(),
+            None => vec![anchor_of(&w.cgroup)],
+        })
         .collect();
     rels.sort();
     rels.dedup();

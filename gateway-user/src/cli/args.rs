@@ -309,9 +309,25 @@ pub struct RunArgs {
         requires = "audit_sink"
     )]
     pub audit_sink_password_file: Option<PathBuf>,
-    /// This node's name in the central store (default: the host name).
+    /// This node's name in the central store and in the API server (`spec.nodeName` of its
+    /// pods; default: the host name).
     #[arg(long, env = "AGENTGATE_NODE_NAME")]
     pub node_name: Option<String>,
+    /// The node's cgroup namespace, entered at start when the gateway runs in another one (a
+    /// container's): `/proc/<pid>/cgroup` of workloads then reads as full paths.
+    #[arg(long, default_value = "/proc/1/ns/cgroup")]
+    pub node_cgroupns: PathBuf,
+    /// The Kubernetes API server, read for `pods:` workloads (the pods of this node). Default in
+    /// a pod: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    #[arg(long, env = "AGENTGATE_KUBE_API")]
+    pub kube_api: Option<String>,
+    /// The gateway's bearer token for the API server, read again on every reconnect (default:
+    /// the pod's service-account token).
+    #[arg(long)]
+    pub kube_token_file: Option<PathBuf>,
+    /// The API server's CA certificate, PEM (default: the pod's service-account CA, if there).
+    #[arg(long)]
+    pub kube_ca_file: Option<PathBuf>,
     /// Serve the HTTP admin API for approvers (OIDC bearer tokens) on this address. Plain HTTP
     /// only on loopback; elsewhere give --admin-http-cert and --admin-http-key.
     #[arg(long)]

@@ -122,9 +122,29 @@ impl<'de> Deserialize<'de> for Algorithm {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadDoc {
     pub name: String,
-    pub cgroup: String,
-    pub mode: Mode,
+    /// Required, except with `pods:` (then the kubelet's root cgroups, both drivers).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Required, except with `pods:` (always `pod`).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Kubernetes pods, selected by what the API server says about them.
+    #[serde(default)]
+    pub pods: Option<PodsDoc>,
     pub token: TokenDoc,
+}
+
+/// Which pods a workload selects; every list given must match, an empty or missing one
+/// matches anything.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodsDoc {
+    #[serde(default, deserialize_with = "empty_list")]
+    pub namespaces: Vec<String>,
+    #[serde(default, deserialize_with = "empty_list")]
+    pub service_accounts: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a workload's identity token comes from.

@@ -11,10 +11,10 @@ use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
 
 use super::{
-    doc::{ApprovalDoc, FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StrategyDoc, TokenDoc},
+    doc::{ApprovalDoc, FileDoc, JwksDoc, MaskDoc, PostgresDoc, SecretDoc, StrategyDoc},
     model::{
         ClientTls, GatewaySettings, IdentityProvider, Jwks, Policy, PostgresTarget, Protocol, Rule,
-        Secret, Target, TargetSettings, TokenSource, Workload,
+        Secret, Target, TargetSettings, TokenSource,
     },
     yaml,
 };
@@ -25,6 +25,7 @@ mod http_settings;
 mod sections;
 mod ssh_settings;
 mod upstream_tls;
+mod workloads;
 
 pub const SUPPORTED_VERSION: u32 = 2;
 /// `approval.max_rows` above this is surely a typo (a trial run of that size would not be).
@@ -377,44 +378,7 @@ impl Merger {
             });
         }
         for w in doc.workloads {
-            self.name("workload", &w.name, &file);
-            if !w.cgroup.starts_with('/') {
-                self.problem(
-                    &file,
-                    format!(
-                        "workload `{}`: cgroup `{}` must be an absolute path below the cgroup v2 mount (start with `/`)",
-                        w.name, w.cgroup
-                    ),
-                );
-                continue;
-            }
-            let token = match w.token {
-                TokenDoc::Credential => TokenSource::Credential,
-                TokenDoc::File { path } if path.starts_with('/') => TokenSource::File(path.into()),
-                TokenDoc::File { path } => {
-                    self.problem(
-                        &file,
-                        format!(
-                            "workload `{}`: token path `{path}` must be absolute (inside the workload's filesystem)",
-                            w.name
-                        ),
-                    );
-                    continue;
-                }
-            };
-            match glob(&w.cgroup) {
-                Ok(matcher) => self.policy.workloads.push(Workload {
-                    name: w.name,
-                    matcher,
-                    cgroup: w.cgroup,
-                    mode: w.mode,
-                    token,
-                }),
-                Err(e) => self.problem(
-                    &file,
-                    format!("workload `{}`: bad cgroup glob: {e}", w.name),
-                ),
-            }
+            self.workload(&file, w);
         }
         for t in doc.targets {
             self.name("target", &t.name, &file);

@@ -57,6 +57,37 @@ pub struct Workload {
     pub matcher: GlobMatcher,
     pub mode: Mode,
     pub token: TokenSource,
+    /// Kubernetes pods: the cgroup glob then matches the kubelet's root cgroup(s), and a cgroup
+    /// below it is this workload's when its pod is one the selector picks (capture/pods.rs).
+    pub pods: Option<PodSelector>,
+}
+
+/// Pods by namespace, service account and labels; each part given must match (an empty part
+/// matches any pod).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSelector {
+    pub namespaces: Vec<String>,
+    /// Service account names (in the pod's own namespace).
+    pub service_accounts: Vec<String>,
+    /// Every label here, with exactly this value.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl PodSelector {
+    pub fn matches(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
+            && (self.service_accounts.is_empty()
+                || self.service_accounts.iter().any(|s| s == service_account))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+    }
 }
 
 /// Where a workload's identity token comes from.
@@ -370,7 +401,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The first workload (in file order) whose selector matches `cgroup_path`.
+    /// The first workload (in file order) whose glob matches `cgroup_path` itself.
+    #[cfg(test)]
     pub fn workload_for(&self, cgroup_path: &str) -> Option<(usize, &Workload)> {
         self.workloads
             .iter()

@@ -203,12 +203,28 @@ impl<C: Connect> Proxy<C> {
     /// second pass for a policy put in force without it.
     pub async fn revalidate_on_change(self: Arc<Self>) {
         let mut rx = self.policy.clone();
-        while rx.changed().await.is_ok() {
-            let policy = rx.borrow_and_update().clone();
-            self.verifiers.renew(&policy);
-            let ended = self.sessions.revalidate(&policy);
-            if ended > 0 {
-                tracing::info!(version = %policy.version, ended, "sessions ended by the new policy");
+        // What the API server says about a pod can change its workload (`pods:` selectors).
+        let mut pods = self.table.pods().subscribe();
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let policy = rx.borrow_and_update().clone();
+                    self.verifiers.renew(&policy);
+                    let ended = self.sessions.revalidate(&policy);
+                    if ended > 0 {
+                        tracing::info!(version = %policy.version, ended, "sessions ended by the new policy");
+                    }
+                }
+                Ok(()) = pods.changed() => {
+                    let policy = rx.borrow().clone();
+                    let ended = self.sessions.revalidate(&policy);
+                    if ended > 0 {
+                        tracing::info!(ended, "sessions ended: their pod is no longer the workload they were granted as");
+                    }
+                }
             }
         }
     }
@@ -377,7 +393,9 @@ impl<C: Connect> Proxy<C> {
                 "the connecting process and its cgroup are gone",
             )
         })?;
-        let workload = crate::capture::classify(&policy, &cgroup)
+        let workload = self
+            .table
+            .classify(&policy, &cgroup)
             .map(|i| policy.workloads[i].clone())
             .ok_or_else(|| {
                 Refusal::new(
@@ -469,6 +487,7 @@ impl<C: Connect> Proxy<C> {
             settings: target.settings.clone(),
             provider,
             login: login.map(str::to_string),
+            pods: self.table.pods().clone(),
         };
         let guard = self.sessions.open(id, grant.clone(), self.policy.clone());
         // A policy put in force while we decided: the registry's sweep may have run before this

@@ -37,11 +37,15 @@ pub struct Grant {
     pub provider: IdentityProvider,
     /// The login asked for on the target (SSH), which rules may restrict.
     pub login: Option<String>,
+    /// What the API server says about the node's pods: a `pods:` workload's cgroup is judged
+    /// by it again.
+    pub pods: Arc<crate::capture::PodCache>,
 }
 
 /// Whether `policy` still allows what `g` was granted; the reason if not.
 pub fn still_allowed(policy: &Policy, g: &Grant) -> Result<(), String> {
-    let workload = crate::capture::classify(policy, &g.cgroup).map(|i| &policy.workloads[i]);
+    let workload =
+        crate::capture::workload_of(policy, &g.pods, &g.cgroup).map(|i| &policy.workloads[i]);
     match workload {
         Some(w) if w.name == g.workload && w.token == g.token_source => {}
         _ => {
@@ -377,6 +381,7 @@ mod tests {
             settings: t.settings.clone(),
             provider: p.identity_providers[0].clone(),
             login: None,
+            pods: Default::default(),
         }
     }
 

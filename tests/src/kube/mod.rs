@@ -246,6 +246,24 @@ impl KubeStandin {
             .map_err(|e| e.to_string())
     }
 
+    /// Replace an object directly (a label change, as `kubectl label` would make it); watchers
+    /// see a MODIFIED event.
+    pub fn update(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        obj: Value,
+    ) -> Result<Value, String> {
+        let def = store::resource(group, plural).ok_or_else(|| format!("no resource {plural}"))?;
+        self.store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(def, ns, name, obj)
+            .map_err(|e| e.to_string())
+    }
+
     /// Delete an object directly.
     pub fn delete(&self, group: &str, plural: &str, ns: &str, name: &str) -> Result<Value, String> {
         let def = store::resource(group, plural).ok_or_else(|| format!("no resource {plural}"))?;
