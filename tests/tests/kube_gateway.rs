@@ -316,30 +316,38 @@ fn exec_streams_are_relayed_and_recorded() {
     );
 }
 
-/// A pod's service-account token works only from that pod: replayed from another pod, or from
-/// outside any pod, it is refused before anything reaches the API server.
+/// A pod's service-account token works only from that pod: replayed from another pod, from a
+/// sub-cgroup that pod made and named after the token's pod, or from outside any pod, it is
+/// refused before anything reaches the API server. The pods sit where a cgroupfs-driver
+/// kubelet puts them, at the top of the node's cgroup tree (`/kubepods/besteffort/pod<uid>/<id>`).
 #[test]
 fn a_stolen_service_account_token_is_refused() {
-    let s = setup("kube-stolen", 20828, 20829, "");
+    let node_pods =
+        "  - name: node-pods\n    cgroup: \"/kubepods/besteffort/pod*/*\"\n    mode: host\n\
+                     \x20   token: {from: credential}\n";
+    let pods_rule = "  - name: pods-to-cluster\n    when: {workloads: [node-pods], groups: [agents]}\n    targets: [cluster-api]\n";
     let uid_a = "5f2b7c1e-9a4d-4e2b-8c3f-1a2b3c4d5e6f";
     let uid_b = "0b1c2d3e-4f50-4a6b-8c7d-8e9fa0b1c2d3";
-    let anchor = s
-        .agent
-        .rel
-        .rsplit_once('/')
-        .map(|(a, _)| a.to_string())
-        .unwrap_or_default();
-    // Pod cgroups as the systemd driver names them, under the workload's glob (`job-*`).
-    let pod_cgroup = |uid: &str| {
-        agentgate_tests::Cgroup::create(&format!(
-            "{anchor}/job-kubepods-besteffort-pod{}.slice",
-            uid.replace('-', "_")
-        ))
+    assert!(
+        !agentgate_tests::cgroup2_root().join("kubepods").exists(),
+        "/kubepods exists: this machine runs a kubelet; this test builds its own node layout"
+    );
+    // Declared first, dropped last: removes the whole node-level tree the test made.
+    let _node_tree = agentgate_tests::Cgroup::adopt("/kubepods");
+    let container = |n: u8| format!("{n:02x}").repeat(32);
+    let pod_cgroup = |uid: &str, n: u8| {
+        agentgate_tests::Cgroup::create(&format!("/kubepods/besteffort/pod{uid}/{}", container(n)))
     };
-    let pod_a = pod_cgroup(uid_a);
-    let pod_b = pod_cgroup(uid_b);
+    let pod_a = pod_cgroup(uid_a, 1);
+    let pod_b = pod_cgroup(uid_b, 2);
+    // Pod B's container names a sub-cgroup after pod A (the old check read the deepest
+    // `pod<uid>` level and took this for pod A).
+    let forged = agentgate_tests::Cgroup::create(&format!("{}/pod{uid_a}", pod_b.rel));
+    // The node's tree exists before the gateway starts, as it does on a node.
+    let s = setup_with("kube-stolen", 20828, 20829, pods_rule, node_pods);
     s.gw.wait_classified(&pod_a.rel);
     s.gw.wait_classified(&pod_b.rel);
+    s.gw.wait_classified(&forged.rel);
     let sa_token = agentgate_tests::mint_with_claims(
         "system:serviceaccount:ci:agent",
         &["agents"],
@@ -368,6 +376,8 @@ fn a_stolen_service_account_token_is_refused() {
     let before = s.standin.log.len();
     let elsewhere = run_in(&pod_b);
     assert!(!elsewhere.status.success(), "{}", text(&elsewhere));
+    let from_forged = run_in(&forged);
+    assert!(!from_forged.status.success(), "{}", text(&from_forged));
     let outside = run_in(&s.agent);
     assert!(!outside.status.success(), "{}", text(&outside));
     assert_eq!(
@@ -375,16 +385,19 @@ fn a_stolen_service_account_token_is_refused() {
         before,
         "a stolen token's request reached the API server"
     );
-    let refusals: Vec<Value> =
+    let refusals: Vec<String> =
         s.gw.events()
             .into_iter()
             .filter(|e| e["event"] == "refused" && e["code"] == "token_elsewhere")
+            .map(|e| e["reason"].as_str().unwrap_or("").to_string())
             .collect();
-    assert!(refusals.len() >= 2, "{refusals:?}");
+    let from_b = format!("presented from pod {uid_b}");
     assert!(
-        refusals
-            .iter()
-            .any(|e| e["reason"].as_str().unwrap_or("").contains(uid_b)),
+        refusals.iter().filter(|r| r.contains(&from_b)).count() >= 2,
+        "pod B and its forged sub-cgroup are both pod B: {refusals:?}"
+    );
+    assert!(
+        refusals.iter().any(|r| r.contains("outside any pod")),
         "{refusals:?}"
     );
 }

@@ -240,6 +240,40 @@ fn container(driver: Driver, segment: &str) -> Result<Container, KubeletPathErro
     })
 }
 
+/// The kubelet level of `path` below the kubelet root cgroup `root` (both relative to the
+/// cgroup v2 mount; `root` is `path` or an ancestor of it).
+pub fn level_below(root: &str, path: &str) -> Result<Level, KubeletPathError> {
+    let root_name = root.rsplit('/').next().unwrap_or_default();
+    let below = path
+        .get(root.len()..)
+        .unwrap_or_default()
+        .trim_start_matches('/');
+    let segments: Vec<&str> = if below.is_empty() {
+        Vec::new()
+    } else {
+        below.split('/').collect()
+    };
+    parse(root_name, &segments)
+}
+
+/// The kubelet root cgroup of a node, found from the root down: the path's first level
+/// (`/kubepods.slice`, `/kubepods`) or, under a `--cgroup-root` slice, its second
+/// (`/kubelet.slice/kubelet-kubepods.slice`, as kind nodes have). Nowhere deeper: a process
+/// that may make cgroups (a delegated CI job) could otherwise build a kubelet-looking tree with
+/// a `pod<someone else's uid>` in it and pass for that pod.
+pub fn node_root_of(path: &str) -> Option<&str> {
+    let mut levels = path.match_indices('/').map(|(i, _)| i).skip(1);
+    let first_end = levels.next().unwrap_or(path.len());
+    let first = path.get(1..first_end)?;
+    if first == "kubepods" || first == "kubepods.slice" {
+        return Some(&path[..first_end]);
+    }
+    let prefix = first.strip_suffix(".slice").filter(|p| !p.is_empty())?;
+    let second_end = levels.next().unwrap_or(path.len());
+    let second = path.get(first_end + 1..second_end)?;
+    (second == format!("{prefix}-kubepods.slice")).then(|| &path[..second_end])
+}
+
 /// A Kubernetes UID as the API server generates it: lowercase hexadecimal in 8-4-4-4-12 groups.
 /// (Static pods' UIDs are 32-digit hashes: their cgroups are refused.)
 fn is_uid(s: &str) -> bool {

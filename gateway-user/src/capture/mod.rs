@@ -17,6 +17,7 @@ mod workloads;
 
 pub use cgroupfs::CgroupFs;
 pub use cgroupns::enter_host_cgroupns;
+pub use kubelet_cgroup::{level_below, node_root_of, Level as KubeletLevel};
 pub use listener::{bind_loopback, Listener, ListenerKind};
 pub use local::{resolve_target, upstream_netns, DstScope};
 pub use pod_watch::{KubeApi, PodWatch};

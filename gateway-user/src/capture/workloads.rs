@@ -75,14 +75,7 @@ pub fn workload_of(policy: &Policy, pods: &PodCache, path: &str) -> Option<usize
 
 /// The pod `path` belongs to, below the kubelet root `root` (an ancestor of `path`, or itself).
 fn pod_of(pods: &PodCache, root: &str, path: &str) -> Result<Arc<PodMeta>, String> {
-    let root_name = root.rsplit('/').next().unwrap_or_default();
-    let below = path[root.len()..].trim_start_matches('/');
-    let segments: Vec<&str> = if below.is_empty() {
-        Vec::new()
-    } else {
-        below.split('/').collect()
-    };
-    let uid = match kubelet_cgroup::parse(root_name, &segments) {
+    let uid = match kubelet_cgroup::level_below(root, path) {
         Ok(Level::Pod(pod)) => pod.uid,
         Ok(level) => return Err(format!("not a pod's cgroup ({level:?} of the kubelet)")),
         Err(e) => return Err(format!("not a kubelet pod cgroup: {e}")),

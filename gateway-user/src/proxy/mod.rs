@@ -450,7 +450,7 @@ impl<C: Connect> Proxy<C> {
             authorize::authorize(&policy, &self.verifiers, &workload, &target, token, login)
                 .await?;
         let p = allowed.principal;
-        if let Err(why) = pod_binding::check(p.pod_uid.as_deref(), &cgroup) {
+        if let Err(why) = pod_binding::check(p.pod_uid.as_deref(), &workload, &cgroup) {
             return Err(Refusal {
                 code: "token_elsewhere",
                 message: why,

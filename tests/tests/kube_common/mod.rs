@@ -33,6 +33,11 @@ pub struct Setup {
 /// A stand-in API server on 127.0.0.2:`port`, a gateway on `listen` with a `kubernetes`
 /// target for it, and the agent's cgroup. `rules` is appended to the policy's rules.
 pub fn setup(tag: &str, listen: u16, port: u16, rules: &str) -> Setup {
+    setup_with(tag, listen, port, rules, "")
+}
+
+/// As `setup`, with `workloads` appended to the policy's workloads.
+pub fn setup_with(tag: &str, listen: u16, port: u16, rules: &str, workloads: &str) -> Setup {
     require_root();
     let dir = std::env::temp_dir().join(unique(&format!("{tag}-pki")));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -53,7 +58,7 @@ pub fn setup(tag: &str, listen: u16, port: u16, rules: &str) -> Setup {
          identity_providers:\n  - name: test-idp\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n\
          \x20   jwks: {{from: file, path: {jwks}}}\n    algorithms: [RS256]\n\
          workloads:\n  - name: agents\n    cgroup: \"/{name}/job-*\"\n    mode: host\n\
-         \x20   token: {{from: credential}}\n\
+         \x20   token: {{from: credential}}\n{workloads}\
          targets:\n  - name: cluster-api\n    protocol: http\n    addresses: [\"127.0.0.2\"]\n    ports: [{port}]\n\
          \x20   credential: {{from: file, path: {credential}}}\n\
          \x20   http:\n      profile: kubernetes\n\
