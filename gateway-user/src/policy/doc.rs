@@ -21,6 +21,33 @@ pub struct FileDoc {
     pub targets: Vec<TargetDoc>,
     #[serde(default, deserialize_with = "empty_list")]
     pub rules: Vec<RuleDoc>,
+    /// The web console: who signs in through which provider, and what each group may see.
+    #[serde(default)]
+    pub console: Option<ConsoleDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleDoc {
+    /// A name from `identity_providers`: its issuer's discovery document gives the endpoints.
+    pub identity_provider: String,
+    pub client_id: String,
+    /// Omitted: a public client (PKCE alone, as for a single-page app).
+    #[serde(default)]
+    pub client_secret: Option<SecretDoc>,
+    /// This console's callback, exactly as registered at the provider
+    /// (`https://<admin-http>/console/callback`).
+    pub redirect_url: String,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub session_ttl_secs: Option<u64>,
+    /// Groups that read sessions, agents, audit status and the policy.
+    #[serde(default, deserialize_with = "empty_list")]
+    pub auditors: Vec<String>,
+    /// Groups that may also revoke and lift revocations.
+    #[serde(default, deserialize_with = "empty_list")]
+    pub admins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,7 @@ use super::{
 
 use crate::mask::rules::{MaskSpec, Strategy};
 
+mod console;
 mod http_settings;
 mod sections;
 mod ssh_settings;
@@ -205,6 +206,7 @@ struct Merger {
     policy: Policy,
     problems: Vec<Problem>,
     gateway_from: Option<PathBuf>,
+    console_from: Option<PathBuf>,
     names: HashMap<(&'static str, String), PathBuf>,
     claimed: HashMap<(IpNet, u16), String>,
     /// Targets whose protocol settings are in error (already reported): rules naming them are
@@ -376,6 +378,9 @@ impl Merger {
                 max_lifetime: std::time::Duration::from_secs(p.max_lifetime_secs),
                 ca_file: p.ca_file.map(PathBuf::from),
             });
+        }
+        if let Some(c) = doc.console {
+            self.console(&file, c);
         }
         for w in doc.workloads {
             self.workload(&file, w);
@@ -693,6 +698,7 @@ impl Merger {
 
     /// Checks that need every file: references between sections and conflicting rules.
     fn cross_check(&mut self) {
+        self.check_console();
         // A target on the listener's own loopback port would send the relay into itself.
         let listen = self.policy.gateway.listen_port;
         let mut found = Vec::new();

@@ -398,6 +398,55 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Key of the `hash` mask strategy, read when the policy was loaded.
     pub mask_key: Option<std::sync::Arc<[u8]>>,
+    /// The web console's sign-in and roles; `None`: no console sign-in (the bearer API stays).
+    pub console: Option<Console>,
+}
+
+/// The web console (policy `console:`). Approvers are still chosen per rule by group; these
+/// roles cover what is not an approval.
+// Read by the console's sign-in and API (issue 22), which land next.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct Console {
+    /// Name of the identity provider people sign in with (one of `identity_providers`).
+    pub identity_provider: String,
+    pub client_id: String,
+    /// Read when the policy was loaded; `None` for a public client.
+    pub client_secret: Option<String>,
+    pub redirect_url: String,
+    /// Always includes `openid`.
+    pub scopes: Vec<String>,
+    pub session_ttl: Duration,
+    pub auditors: Vec<String>,
+    pub admins: Vec<String>,
+}
+
+/// What a signed-in person may do beyond deciding the approvals of their groups.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleRole {
+    /// Approvals of their groups only.
+    Approver,
+    /// Also reads sessions, agents, audit status and the policy.
+    Auditor,
+    /// Also revokes and lifts revocations.
+    Admin,
+}
+
+#[allow(dead_code)]
+impl Console {
+    /// The role of someone in `groups` (admins are auditors too).
+    pub fn role(&self, groups: &[String]) -> ConsoleRole {
+        let any = |of: &[String]| groups.iter().any(|g| of.contains(g));
+        if any(&self.admins) {
+            ConsoleRole::Admin
+        } else if any(&self.auditors) {
+            ConsoleRole::Auditor
+        } else {
+            ConsoleRole::Approver
+        }
+    }
 }
 
 impl Policy {
