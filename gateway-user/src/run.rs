@@ -435,15 +435,27 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     let authenticate: admin::http::Authenticate = Arc::new(move |token: String| {
         let proxy = proxy.clone();
         Box::pin(async move {
-            proxy
+            let p = proxy
                 .verify_person(&token)
                 .await
-                .map(|p| Approver::Oidc {
+                .map_err(|(code, message)| admin::http::Unauthorized { code, message })?;
+            // The roles in force now: a reload that removes someone's group takes effect at
+            // their next request.
+            let role = proxy
+                .policy
+                .borrow()
+                .console
+                .as_ref()
+                .map_or(policy::ConsoleRole::Approver, |c| c.role(&p.groups));
+            Ok(admin::caller::Caller {
+                approver: Approver::Oidc {
                     issuer: p.issuer,
                     subject: p.subject,
                     groups: p.groups,
-                })
-                .map_err(|(code, message)| admin::http::Unauthorized { code, message })
+                },
+                role,
+                via: admin::caller::Via::Bearer,
+            })
         })
     });
     let admin = Arc::new(admin::http::HttpAdmin {

@@ -14,18 +14,15 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{body::Bytes, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Bytes, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{api::StateFilter, Admin, AdminRequest, Refusal};
-use crate::approval::{ApprovalError, Approver, Verdict};
-
-/// Request bodies are a reason at most.
-const MAX_BODY: usize = 64 * 1024;
+use super::{caller::Caller, routes::route, Admin, Refusal};
+use crate::approval::{ApprovalError, Approver};
 
 /// Why a caller is not let in: the verifier's stable code and its message.
 pub struct Unauthorized {
@@ -33,9 +30,9 @@ pub struct Unauthorized {
     pub message: String,
 }
 
-/// Verifies a bearer token and says who it belongs to.
+/// Verifies a bearer token and says who it belongs to and what they may do.
 pub type Authenticate = Arc<
-    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Approver, Unauthorized>> + Send>>
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Caller, Unauthorized>> + Send>>
         + Send
         + Sync,
 >;
@@ -114,7 +111,7 @@ pub async fn serve(
     }
 }
 
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+pub(super) fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -124,7 +121,7 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn refuse(
+pub(super) fn refuse(
     status: StatusCode,
     code: &str,
     message: impl std::fmt::Display,
@@ -176,22 +173,22 @@ impl HttpAdmin {
                 "an approver's OIDC token is required (Authorization: Bearer …)",
             );
         };
-        let approver = match (self.authenticate)(token).await {
-            Ok(a) => a,
+        let caller = match (self.authenticate)(token).await {
+            Ok(c) => c,
             Err(u) => return refuse(StatusCode::UNAUTHORIZED, u.code, u.message),
         };
-        let Approver::Oidc { .. } = &approver else {
+        let Approver::Oidc { .. } = &caller.approver else {
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "no_token",
                 "not an OIDC principal",
             );
         };
-        let request = match route(req).await {
+        let request = match route(req, &caller).await {
             Ok(r) => r,
             Err(refused) => return refused,
         };
-        match self.admin.handle(request, &approver) {
+        match self.admin.handle(request, &caller.approver) {
             Ok(answer) => match serde_json::to_value(&answer) {
                 Ok(body) => reply(StatusCode::OK, body),
                 Err(e) => refusal(&Refusal::Unencodable(e.to_string())),
@@ -201,69 +198,13 @@ impl HttpAdmin {
     }
 }
 
-/// The admin request an HTTP request is, or the answer that refuses it.
-async fn route(req: Request<hyper::body::Incoming>) -> Result<AdminRequest, Response<Full<Bytes>>> {
-    let path = req.uri().path().trim_end_matches('/').to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let parts: Vec<&str> = path.split('/').skip(1).collect();
-    let bad = |message: String| refuse(StatusCode::BAD_REQUEST, "bad_request", message);
-    match (req.method().clone(), parts.as_slice()) {
-        (Method::GET, ["v1", "approvals"]) => {
-            let state = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("state="))
-                .unwrap_or("pending");
-            let state = StateFilter::parse(state).map_err(bad)?;
-            Ok(AdminRequest::ApprovalsList { state })
-        }
-        (Method::GET, ["v1", "approvals", id]) => {
-            Ok(AdminRequest::ApprovalsShow { id: id.to_string() })
-        }
-        (Method::POST, ["v1", "approvals", id, action]) => {
-            let verdict = match *action {
-                "approve" => Verdict::Approve,
-                "deny" => Verdict::Deny,
-                _ => {
-                    return Err(refuse(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        "no such endpoint",
-                    ))
-                }
-            };
-            let id = id.to_string();
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Err(bad(e.to_string())),
-            };
-            let reason = if body.iter().all(u8::is_ascii_whitespace) {
-                None
-            } else {
-                match serde_json::from_slice::<Value>(&body) {
-                    Ok(v) => v["reason"].as_str().map(str::to_string),
-                    Err(e) => return Err(bad(format!("body is not JSON: {e}"))),
-                }
-            };
-            Ok(AdminRequest::ApprovalsDecide {
-                id,
-                verdict,
-                reason,
-            })
-        }
-        _ => Err(refuse(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such endpoint",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The API over real TLS (rcgen certificate, rustls on both sides) on loopback.
 
     use std::time::Duration;
 
+    use http_body_util::BodyExt;
     use tokio::sync::watch;
 
     use super::*;
@@ -289,10 +230,14 @@ mod tests {
         Arc::new(|token: String| {
             Box::pin(async move {
                 match token.as_str() {
-                    "alice" | "bob" => Ok(Approver::Oidc {
-                        issuer: "https://idp".into(),
-                        subject: token,
-                        groups: vec!["dba".into()],
+                    "alice" | "bob" => Ok(Caller {
+                        approver: Approver::Oidc {
+                            issuer: "https://idp".into(),
+                            subject: token,
+                            groups: vec!["dba".into()],
+                        },
+                        role: crate::policy::ConsoleRole::Approver,
+                        via: super::super::caller::Via::Bearer,
                     }),
                     _ => Err(Unauthorized {
                         code: "bad_signature",

@@ -3,9 +3,11 @@
 //! for approvers elsewhere is in [`http`]; both are answered by [`Admin::handle`].
 
 pub mod api;
+pub mod caller;
 pub mod handler;
 pub mod http;
 pub mod node;
+pub mod routes;
 
 use std::{
     io::{BufRead, BufReader, Write},

@@ -18,9 +18,10 @@ pub use doc::empty_list;
 pub use load::glob_ci;
 pub use load::load_dir;
 pub use model::{
-    canonical_ip, ClientTls, Effect, HttpProfile, HttpServerTls, HttpTarget, IdentityProvider,
-    Jwks, Mode, Policy, PostgresTarget, Protocol, Rule, SshHostKey, SshTarget, SshUpstreamAuth,
-    Target, TargetSettings, TokenSource, UdpPolicy, UpstreamIdentity, UpstreamTls, Workload,
+    canonical_ip, ClientTls, ConsoleRole, Effect, HttpProfile, HttpServerTls, HttpTarget,
+    IdentityProvider, Jwks, Mode, Policy, PostgresTarget, Protocol, Rule, SshHostKey, SshTarget,
+    SshUpstreamAuth, Target, TargetSettings, TokenSource, UdpPolicy, UpstreamIdentity, UpstreamTls,
+    Workload,
 };
 pub use reload::{Enforce, Enforced, PolicyStatus, Reloader};
 pub use rules::{Decision, Who};

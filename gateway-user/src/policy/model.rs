@@ -422,7 +422,6 @@ pub struct Console {
 }
 
 /// What a signed-in person may do beyond deciding the approvals of their groups.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsoleRole {
@@ -434,7 +433,6 @@ pub enum ConsoleRole {
     Admin,
 }
 
-#[allow(dead_code)]
 impl Console {
     /// The role of someone in `groups` (admins are auditors too).
     pub fn role(&self, groups: &[String]) -> ConsoleRole {

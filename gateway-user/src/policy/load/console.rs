@@ -129,8 +129,7 @@ fn loopback_http(u: &hyper::Uri) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::model::ConsoleRole;
-    use crate::policy::{load_dir, test_support::*};
+    use crate::policy::{load_dir, test_support::*, ConsoleRole};
 
     fn console_dir(tag: &str, console: &str) -> std::path::PathBuf {
         let d = valid_dir(
