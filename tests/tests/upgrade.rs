@@ -5,6 +5,9 @@
 //! killed half-way leaves the old one serving, and pins of another map layout are refused.
 //!
 //! Ports 20980–20989.
+//!
+//! Also: the HTTP admin API (`--admin-http`) is handed over, so approvers reach the node on the
+//! same address throughout (the new process could not bind it while the old one held it).
 
 use std::{
     net::SocketAddr,
@@ -137,6 +140,10 @@ fn wait_event(
 }
 
 fn setup(tag: &str, listen: u16, port: u16) -> HostSetup {
+    setup_with(tag, listen, port, &[])
+}
+
+fn setup_with(tag: &str, listen: u16, port: u16, args: &[&str]) -> HostSetup {
     require_root();
     let name = unique(tag);
     let anchor = Cgroup::create(&format!("/{name}"));
@@ -154,7 +161,7 @@ fn setup(tag: &str, listen: u16, port: u16) -> HostSetup {
             &token.path,
         ),
         None,
-        &["--drain-secs", "30"],
+        &[&["--drain-secs", "30"], args].concat(),
     );
     gw.wait_classified(&agent.rel);
     HostSetup {
@@ -572,4 +579,100 @@ mod bpf {
     pub fn write_u32(path: &Path, mut v: u32) {
         elem(BPF_MAP_UPDATE_ELEM, path, &mut v);
     }
+}
+
+/// One request to the HTTP admin API: the status line's code, or why there was none.
+fn admin_http_status(addr: SocketAddr) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"GET /v1/approvals HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {answer:?}"))
+}
+
+/// The admin HTTP listener is handed over like the others: three upgrades while a client asks
+/// the API without pause; every request is answered (401: no token), the successors run on.
+/// Before, the successor failed to bind the port the old process held — after it had told the
+/// old one to stop accepting — and exited: no gateway served at all.
+#[test]
+fn the_admin_http_api_is_handed_over_too() {
+    let admin_addr: SocketAddr = "127.0.0.1:20988".parse().unwrap();
+    let HostSetup {
+        token: _token,
+        anchor: _anchor,
+        name: _name,
+        target: _target,
+        agent: _agent,
+        gw,
+    } = setup_with(
+        "upgradeadmin",
+        20984,
+        20985,
+        &["--admin-http", "127.0.0.1:20988"],
+    );
+    let mut successors = Successors::default();
+    assert_eq!(admin_http_status(admin_addr), Ok(401));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four clients without pause: a moment with no listener on the port would be seen.
+    let asking: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut answered, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match admin_http_status(admin_addr) {
+                        Ok(401) => answered += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (answered, failed)
+            })
+        })
+        .collect();
+    for i in 0..3 {
+        let child = successor(&gw, i);
+        let pid = child.id();
+        successors.0.push(child);
+        wait_event(
+            &gw,
+            Duration::from_secs(60),
+            |e| e["event"] == "taken_over",
+            i,
+        );
+        wait_event(
+            &gw,
+            Duration::from_secs(30),
+            |e| e["event"] == "ready",
+            i + 1,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !ended(pid),
+            "successor {i} exited after taking over; its log:\n{}",
+            std::fs::read_to_string(gw.dir.join(format!("successor-{i}.log"))).unwrap_or_default()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut answered, mut failed) = (0, Vec::new());
+    for t in asking {
+        let (a, f) = t.join().expect("an asking thread");
+        answered += a;
+        failed.extend(f);
+    }
+    eprintln!("admin HTTP through 3 upgrades: {answered} answered, failed: {failed:?}");
+    assert!(failed.is_empty(), "unanswered admin requests: {failed:?}");
+    assert!(
+        answered >= 20,
+        "the client really asked throughout: {answered}"
+    );
 }

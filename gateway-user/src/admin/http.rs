@@ -54,17 +54,23 @@ pub struct HttpAdmin {
     pub authenticate: Authenticate,
 }
 
-/// Binds the listener now (so a bad address fails the start) and returns the serving task.
+/// Binds the listener now (so a bad address fails the start), or serves `taken` (the socket
+/// a gateway handed over in an upgrade, already bound to `addr`).
 pub async fn bind(
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
+    taken: Option<std::net::TcpListener>,
 ) -> Result<(TcpListener, Option<tokio_rustls::TlsAcceptor>), HttpAdminError> {
     if tls.is_none() && !addr.ip().is_loopback() {
         return Err(HttpAdminError::PlainOffLoopback(addr));
     }
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpAdminError::Bind { addr, source })?;
+    let listener = match taken {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l)),
+        None => TcpListener::bind(addr).await,
+    }
+    .map_err(|source| HttpAdminError::Bind { addr, source })?;
     Ok((listener, tls.map(tokio_rustls::TlsAcceptor::from)))
 }
 
@@ -332,12 +338,13 @@ mod tests {
 
         // Plain HTTP is for loopback only; the check comes before any bind.
         assert!(matches!(
-            bind("0.0.0.0:0".parse().unwrap(), None).await,
+            bind("0.0.0.0:0".parse().unwrap(), None, None).await,
             Err(HttpAdminError::PlainOffLoopback(_))
         ));
-        let (listener, acceptor) = bind("127.0.0.1:0".parse().unwrap(), Some(Arc::new(server)))
-            .await
-            .unwrap();
+        let (listener, acceptor) =
+            bind("127.0.0.1:0".parse().unwrap(), Some(Arc::new(server)), None)
+                .await
+                .unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let admin = Arc::new(HttpAdmin {
