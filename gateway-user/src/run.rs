@@ -386,8 +386,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         _ = handed.cancelled() => true,
     };
     if handed_over {
-        // The new process serves the probes from here on.
+        // The new process serves the probes from here on, and answers approvers.
         telemetry.stop();
+        tokio::spawn(proxy.clone().follow_the_successor());
         events.emit("handed_over", json!({"pid": std::process::id()}));
     }
     tracing::info!(

@@ -4,7 +4,7 @@
 //! (the target saw the agent's own socket as its peer, not the gateway's). Also: a new process
 //! killed half-way leaves the old one serving, and pins of another map layout are refused.
 //!
-//! Ports 20980–20989.
+//! Ports 20980–20989 and 20995–20997.
 //!
 //! Also: the HTTP admin API (`--admin-http`) is handed over, so approvers reach the node on the
 //! same address throughout (the new process could not bind it while the old one held it).
@@ -615,8 +615,8 @@ fn the_admin_http_api_is_handed_over_too() {
         gw,
     } = setup_with(
         "upgradeadmin",
-        20984,
-        20985,
+        20989,
+        20995,
         &["--admin-http", "127.0.0.1:20988"],
     );
     let mut successors = Successors::default();
@@ -674,5 +674,80 @@ fn the_admin_http_api_is_handed_over_too() {
     assert!(
         answered >= 20,
         "the client really asked throughout: {answered}"
+    );
+}
+
+/// While the old process drains, the admin socket is the successor's: a revocation given there
+/// reaches the old process's sessions through the record database and ends them (before, they
+/// ran on until they ended by themselves or by `--drain-secs`).
+#[test]
+fn a_revocation_given_to_the_successor_ends_the_draining_sessions() {
+    let HostSetup {
+        token: _token,
+        anchor: _anchor,
+        name: _name,
+        target,
+        agent,
+        gw,
+    } = setup("upgraderev", 20996, 20997);
+    let mut successors = Successors::default();
+    let long: Vec<Child> = (0..2)
+        .map(|_| long_session(&agent, target.addr, 25))
+        .collect();
+    wait_until(
+        "the long sessions are relayed",
+        Duration::from_secs(10),
+        || gw.count("connection_open") >= 2,
+    );
+    successors.0.push(successor(&gw, 0));
+    wait_event(
+        &gw,
+        Duration::from_secs(60),
+        |e| e["event"] == "handed_over",
+        0,
+    );
+    wait_event(&gw, Duration::from_secs(30), |e| e["event"] == "ready", 1);
+    let revoked_at = Instant::now();
+    let out = Command::new(agentgate_bin())
+        .args([
+            "revoke",
+            "--identity",
+            "agent-upgraderev",
+            "--reason",
+            "contractor left",
+        ])
+        .arg("--admin-socket")
+        .arg(gw.admin_socket())
+        .output()
+        .expect("agentgate revoke");
+    assert!(out.status.success(), "revoke: {}", pg::output_text(&out));
+    let long: Vec<Value> = long.into_iter().map(report).collect();
+    eprintln!(
+        "revoked after the handover; long sessions: {long:?} ({:?} after the revoke)",
+        revoked_at.elapsed()
+    );
+    for l in &long {
+        assert_eq!(l["kind"], "ok", "relayed: {l}");
+        assert!(
+            !l["error"].is_null(),
+            "the draining session was not ended: {l}"
+        );
+        assert!(
+            l["ended"].as_f64().unwrap_or(0.0) - l["started"].as_f64().unwrap_or(0.0) < 20.0,
+            "ended by the revocation, not by its own end: {l}"
+        );
+    }
+    let closes: Vec<Value> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "connection_close")
+        .collect();
+    assert!(
+        closes
+            .iter()
+            .filter(|e| e.to_string().contains("contractor left"))
+            .count()
+            >= 2,
+        "the old process said why it ended them: {closes:?}"
     );
 }

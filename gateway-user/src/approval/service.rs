@@ -369,6 +369,41 @@ impl Approvals {
         Ok(r)
     }
 
+    /// Decisions another process stored for requests held here: after a handover the successor
+    /// answers approvers, and this process (draining) holds statements of its own sessions.
+    /// The deciding process announced them; here they only reach the held statements.
+    pub fn take_decisions_from_store(&self) -> usize {
+        let ids: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut delivered = 0;
+        for id in ids {
+            let r = match self.store().get(&id) {
+                Ok(Some(r)) if r.state != State::Pending => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(id, "approval request unreadable while draining: {e}");
+                    continue;
+                }
+            };
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(tx) = held {
+                tracing::info!(id, state = r.state.as_str(), "decided by the successor");
+                let _ = tx.send(r);
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
     /// How many requests wait for a decision (for the metrics).
     pub fn pending_count(&self) -> Result<usize, ApprovalError> {
         Ok(self.store().pending()?)

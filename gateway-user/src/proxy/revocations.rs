@@ -97,6 +97,20 @@ impl Revocations {
             .cloned()
     }
 
+    /// Re-reads the stored revocations: after a handover the successor adds and lifts them, and
+    /// this process (draining) learns of them here. Returns those it did not know before.
+    pub fn refresh(&self) -> rusqlite::Result<Vec<Revocation>> {
+        let stored = read_all(&Db::lock(&self.db).conn)?;
+        let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
+        let new = stored
+            .iter()
+            .filter(|r| !list.contains(r))
+            .cloned()
+            .collect();
+        *list = stored;
+        Ok(new)
+    }
+
     pub fn list(&self) -> Vec<Revocation> {
         self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
