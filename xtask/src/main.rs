@@ -6,6 +6,7 @@ mod bench_flood;
 mod bench_http;
 mod bench_mask;
 mod bench_pg;
+mod bench_profile;
 mod bench_record;
 mod bench_record_scale;
 mod bench_rev;
