@@ -44,7 +44,7 @@ pub fn parse_report(lines: &[String]) -> Vec<SelfTime> {
 
 /// The parts, in the order the table shows them. `matches` sees the whole line's symbol and
 /// object; the first part that claims a function gets it.
-pub const PARTS: [&str; 12] = [
+pub const PARTS: [&str; 13] = [
     "scheduler: threads switching, waking, waiting (kernel)",
     "fsync and the file system (kernel)",
     "TCP over loopback: send, receive, wakeups of the peer (kernel)",
@@ -57,6 +57,7 @@ pub const PARTS: [&str; 12] = [
     "agentgate's own code (relay, protocol, rules, masking)",
     "C library and other user-space code",
     "unresolved addresses",
+    "interrupts re-enabled (kernel: mostly the end of a wake-up; a VM's samples pile up here)",
 ];
 
 /// Which part a function belongs to (an index into [`PARTS`]).
@@ -64,6 +65,15 @@ pub fn part_of(s: &SelfTime) -> usize {
     let sym = s.symbol.as_str();
     let has = |needles: &[&str]| needles.iter().any(|n| sym.contains(n));
     if s.kernel {
+        // The sample is taken when interrupts come back on, so time spent with them off (waking
+        // a thread, a timer) is charged to the function that turns them on.
+        if has(&[
+            "_raw_spin_unlock_irq",
+            "irqentry_exit",
+            "_raw_spin_rq_unlock_irq",
+        ]) {
+            return 12;
+        }
         if has(&[
             "schedule",
             "finish_task_switch",
@@ -251,8 +261,9 @@ mod tests {
              4.00%  libc.so.6  [.] _int_malloc\n\
              7.00%  agentgate  [.] tokio::runtime::scheduler::multi_thread::worker::Context::run\n\
              20.00%  agentgate  [.] agentgate::protocol::postgres::relay::Upward::inspect\n\
-             30.00%  libc.so.6  [.] __memmove_avx_unaligned_erms\n\
-             1.00%  agentgate  [.] 0x00005633a1b2c3d4\n",
+             29.50%  libc.so.6  [.] __memmove_avx_unaligned_erms\n\
+             1.00%  agentgate  [.] 0x00005633a1b2c3d4\n\
+             0.50%  [kernel.kallsyms]  [k] _raw_spin_unlock_irqrestore\n",
         );
         let (parts, total) = breakdown(&l);
         assert_eq!(parts[0], 10.0);
@@ -265,8 +276,9 @@ mod tests {
         assert_eq!(parts[7], 4.0);
         assert_eq!(parts[8], 7.0);
         assert_eq!(parts[9], 20.0);
-        assert_eq!(parts[10], 30.0);
+        assert_eq!(parts[10], 29.5);
         assert_eq!(parts[11], 1.0);
+        assert_eq!(parts[12], 0.5);
         assert!((total - 100.0).abs() < 1e-9, "{total}");
     }
 }
