@@ -26,7 +26,8 @@ pub fn cli(pre: &[&str], db: &Path, post: &[&str]) -> String {
 /// Like [`cli`], its stdout parsed as JSON.
 pub fn json(pre: &[&str], db: &Path, post: &[&str]) -> Value {
     let text = cli(pre, db, post);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("agentgate {pre:?} {post:?}: {e}: {text}"))
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("agentgate {pre:?} {post:?}: {e}: {text}"))
 }
 
 /// `agentgate approvals <args> --admin-socket <the gateway's>`: its stdout.
@@ -82,6 +83,10 @@ pub fn revoke(gw: &Gateway, subject: &str, reason: &str) -> String {
         .arg(gw.admin_socket())
         .output()
         .expect("run agentgate revoke");
-    assert!(out.status.success(), "agentgate revoke: {}", output_text(&out));
+    assert!(
+        out.status.success(),
+        "agentgate revoke: {}",
+        output_text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -111,45 +111,171 @@ pub fn twelve(short_ttl: u64) -> Vec<JobSpec> {
         )
     };
     vec![
-        job(101, "maria", CI_AGENTS, short_ttl, team(
-            vec![sql(CUSTOMERS_READ), kubectl(&["get", "pods", "-n", "default"]), say("PR 101: the new query reads customers as intended.")],
-            vec![done(101)],
-        )),
-        job(102, "kenji", CI_AGENTS, LONG_TTL, team(
-            vec![sql(&format!("SELECT count(*) AS rows FROM {LEGACY_TABLE}")), say("PR 102: legacy_sessions is unused, the migration drops it.")],
-            vec![sql(&format!("DROP TABLE {LEGACY_TABLE}")), say("Migration step done. TERMINATE")],
-        )),
-        job(103, "maria", CI_AGENTS, LONG_TTL, team(
-            vec![ssh("uptime"), say("PR 103: the build host is up; the change needs an api restart.")],
-            vec![ssh(RESTART), say("Restart step attempted. TERMINATE")],
-        )),
-        job(104, "dana", CONTRACTORS, LONG_TTL, contractor(104, sql(CUSTOMERS_READ))),
-        job(105, "omar", CI_AGENTS, short_ttl, team(
-            vec![kubectl(&["get", "secret", "db-credentials", "-n", "default", "-o", "yaml"]), sql("SELECT name, email, ssn FROM customers WHERE id = 2"), say("PR 105: the secret is referenced, not copied.")],
-            vec![done(105)],
-        )),
-        job(106, "kenji", CI_AGENTS, LONG_TTL, team(
-            vec![kubectl(&["get", "rolebindings", "-n", "default"]), say("PR 106: debugging needs broader access.")],
-            vec![kubectl(&["create", "rolebinding", ROLEBINDING, "--clusterrole=cluster-admin", "--user=autogen-pr-106", "-n", "default"]), say("Access step attempted. TERMINATE")],
-        )),
-        job(107, "omar", CI_AGENTS, short_ttl, team(
-            vec![ssh("uname -sr"), sql("SELECT name, note FROM customers ORDER BY id"), say("PR 107: notes are displayed as they are stored.")],
-            vec![done(107)],
-        )),
-        job(108, "dana", CONTRACTORS, LONG_TTL, contractor(108, ssh("uptime"))),
-        job(109, "lena", CI_AGENTS, short_ttl, team(
-            vec![sql(CUSTOMERS_READ), kubectl(&["get", "pods", "-A"]), say("PR 109: fine.")],
-            vec![done(109)],
-        )),
-        job(110, "lena", CI_AGENTS, short_ttl, team(
-            vec![sql("SELECT email, card_number FROM customers WHERE id = 1"), say("PR 110: the card column is used for display only.")],
-            vec![done(110)],
-        )),
-        job(111, "dana", CONTRACTORS, LONG_TTL, contractor(111, kubectl(&["get", "pods", "-n", "default"]))),
-        job(112, "maria", CI_AGENTS, LONG_TTL, team(
-            vec![sql(CUSTOMERS_READ), watch(WATCHED, 900), say("PR 112: soak test over.")],
-            vec![done(112)],
-        )),
+        job(
+            101,
+            "maria",
+            CI_AGENTS,
+            short_ttl,
+            team(
+                vec![
+                    sql(CUSTOMERS_READ),
+                    kubectl(&["get", "pods", "-n", "default"]),
+                    say("PR 101: the new query reads customers as intended."),
+                ],
+                vec![done(101)],
+            ),
+        ),
+        job(
+            102,
+            "kenji",
+            CI_AGENTS,
+            LONG_TTL,
+            team(
+                vec![
+                    sql(&format!("SELECT count(*) AS rows FROM {LEGACY_TABLE}")),
+                    say("PR 102: legacy_sessions is unused, the migration drops it."),
+                ],
+                vec![
+                    sql(&format!("DROP TABLE {LEGACY_TABLE}")),
+                    say("Migration step done. TERMINATE"),
+                ],
+            ),
+        ),
+        job(
+            103,
+            "maria",
+            CI_AGENTS,
+            LONG_TTL,
+            team(
+                vec![
+                    ssh("uptime"),
+                    say("PR 103: the build host is up; the change needs an api restart."),
+                ],
+                vec![ssh(RESTART), say("Restart step attempted. TERMINATE")],
+            ),
+        ),
+        job(
+            104,
+            "dana",
+            CONTRACTORS,
+            LONG_TTL,
+            contractor(104, sql(CUSTOMERS_READ)),
+        ),
+        job(
+            105,
+            "omar",
+            CI_AGENTS,
+            short_ttl,
+            team(
+                vec![
+                    kubectl(&[
+                        "get",
+                        "secret",
+                        "db-credentials",
+                        "-n",
+                        "default",
+                        "-o",
+                        "yaml",
+                    ]),
+                    sql("SELECT name, email, ssn FROM customers WHERE id = 2"),
+                    say("PR 105: the secret is referenced, not copied."),
+                ],
+                vec![done(105)],
+            ),
+        ),
+        job(
+            106,
+            "kenji",
+            CI_AGENTS,
+            LONG_TTL,
+            team(
+                vec![
+                    kubectl(&["get", "rolebindings", "-n", "default"]),
+                    say("PR 106: debugging needs broader access."),
+                ],
+                vec![
+                    kubectl(&[
+                        "create",
+                        "rolebinding",
+                        ROLEBINDING,
+                        "--clusterrole=cluster-admin",
+                        "--user=autogen-pr-106",
+                        "-n",
+                        "default",
+                    ]),
+                    say("Access step attempted. TERMINATE"),
+                ],
+            ),
+        ),
+        job(
+            107,
+            "omar",
+            CI_AGENTS,
+            short_ttl,
+            team(
+                vec![
+                    ssh("uname -sr"),
+                    sql("SELECT name, note FROM customers ORDER BY id"),
+                    say("PR 107: notes are displayed as they are stored."),
+                ],
+                vec![done(107)],
+            ),
+        ),
+        job(
+            108,
+            "dana",
+            CONTRACTORS,
+            LONG_TTL,
+            contractor(108, ssh("uptime")),
+        ),
+        job(
+            109,
+            "lena",
+            CI_AGENTS,
+            short_ttl,
+            team(
+                vec![
+                    sql(CUSTOMERS_READ),
+                    kubectl(&["get", "pods", "-A"]),
+                    say("PR 109: fine."),
+                ],
+                vec![done(109)],
+            ),
+        ),
+        job(
+            110,
+            "lena",
+            CI_AGENTS,
+            short_ttl,
+            team(
+                vec![
+                    sql("SELECT email, card_number FROM customers WHERE id = 1"),
+                    say("PR 110: the card column is used for display only."),
+                ],
+                vec![done(110)],
+            ),
+        ),
+        job(
+            111,
+            "dana",
+            CONTRACTORS,
+            LONG_TTL,
+            contractor(111, kubectl(&["get", "pods", "-n", "default"])),
+        ),
+        job(
+            112,
+            "maria",
+            CI_AGENTS,
+            LONG_TTL,
+            team(
+                vec![
+                    sql(CUSTOMERS_READ),
+                    watch(WATCHED, 900),
+                    say("PR 112: soak test over."),
+                ],
+                vec![done(112)],
+            ),
+        ),
     ]
 }
 

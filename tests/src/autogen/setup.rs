@@ -127,12 +127,18 @@ impl World {
 impl Files {
     fn write(opts: &Options, sshd: &Sshd, standin: &KubeStandin) -> Files {
         let dir = opts.dir.clone();
-        secret_file(&dir.join("pg-secret"), format!("{ROLE_PASSWORD}\n").as_bytes());
+        secret_file(
+            &dir.join("pg-secret"),
+            format!("{ROLE_PASSWORD}\n").as_bytes(),
+        );
         let key: String = payload(23, 32).iter().map(|b| format!("{b:02x}")).collect();
         secret_file(&dir.join("mask.key"), format!("{key}\n").as_bytes());
         let ssh_dir = dir.join("ssh");
         fs::create_dir_all(&ssh_dir).expect("ssh dir");
-        let host_ca = ssh::keygen(&ssh_dir.join("host-ca"), "agentgate host CA (autogen story)");
+        let host_ca = ssh::keygen(
+            &ssh_dir.join("host-ca"),
+            "agentgate host CA (autogen story)",
+        );
         secret_file(&ssh_dir.join("host-secret"), &payload(29, 32));
         let target_known_hosts = ssh_dir.join("target-known-hosts");
         ssh::write_known_hosts(&target_known_hosts, &[sshd.known_hosts_line()]);

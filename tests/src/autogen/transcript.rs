@@ -90,7 +90,11 @@ pub fn print_actions(rows: &[Vec<Value>]) {
             cell(r, 6),
             cell(r, 7),
             text,
-            if same > 1 { format!("  (x{same})") } else { String::new() }
+            if same > 1 {
+                format!("  (x{same})")
+            } else {
+                String::new()
+            }
         );
         i += same;
     }
