@@ -42,7 +42,7 @@ fn agent(story: &Story, pr: u32) -> &Value {
         .unwrap_or_else(|| panic!("{subject} not in `agentgate agents`: {:?}", story.agents))
 }
 
-fn request<'a>(story: &'a Story, pr: u32) -> &'a Value {
+fn request(story: &Story, pr: u32) -> &Value {
     let subject = format!("autogen-pr-{pr}");
     let found: Vec<&Value> = story
         .approvals

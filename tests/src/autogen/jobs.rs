@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -295,7 +295,7 @@ pub struct Running {
 /// Starts one PR job: the cgroup `<root>/pr-<N>`, a token for subject `autogen-pr-<N>` in the
 /// author's group valid `ttl` seconds, a kubeconfig with it, and `python team.py job.json`
 /// inside the cgroup. Nothing about the gateway is in the job's environment.
-pub fn launch(spec: JobSpec, opts: &Options, files: &Files, python: &PathBuf) -> Running {
+pub fn launch(spec: JobSpec, opts: &Options, files: &Files, python: &Path) -> Running {
     let subject = spec.subject();
     let dir = opts.dir.join(format!("pr-{}", spec.pr));
     fs::create_dir_all(&dir).expect("job dir");

@@ -153,7 +153,7 @@ pub fn run(opts: &Options) -> Story {
         );
     }
 
-    held_for_people(&world, &mut running);
+    held_for_people(&world, &running);
 
     println!("\n== the reviews and the held steps end; what each team's agents did and saw (tool results exactly as AutoGen handed them to the agents):");
     for j in running
@@ -250,7 +250,7 @@ pub fn run(opts: &Options) -> Story {
 /// PR 102's DROP TABLE, PR 103's `systemctl restart` and PR 106's `kubectl create rolebinding`
 /// wait on their connections; a DBA approves the first, on-call and platform deny the others,
 /// with reasons, through `agentgate approvals` as root on the node.
-fn held_for_people(world: &World, running: &mut [Running]) {
+fn held_for_people(world: &World, running: &[Running]) {
     let deadline = Instant::now() + Duration::from_secs(180);
     let pending = loop {
         let p = approvals(&world.gw, false);
@@ -299,7 +299,6 @@ fn held_for_people(world: &World, running: &mut [Running]) {
         Some("no cluster-admin bindings for agents; ask platform for a scoped role"),
         "platform: a cluster-admin binding",
     );
-    let _ = running;
 }
 
 /// The contractor's three agents hold sessions open (a long review step); the contractor
