@@ -318,8 +318,36 @@ fn contractor_leaves(opts: &Options, world: &World, running: &mut [Running]) -> 
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // A poll or two on record, so the cut lands mid-session.
-    std::thread::sleep(Duration::from_secs(2));
+    // Each long step's session live on record with a poll or two in it, so the cut lands
+    // mid-session (on a slow machine the tool call may come well before its connection).
+    let db = world.gw.record_db();
+    let long: Vec<String> = running
+        .iter()
+        .filter(|j| j.spec.contractor() || j.spec.pr == 112)
+        .map(|j| j.subject.clone())
+        .collect();
+    loop {
+        let live = audit::json(
+            &["sessions", "--record-db"],
+            &db,
+            &["list", "--status", "live", "--json"],
+        );
+        let polling = |subject: &String| {
+            live.as_array().into_iter().flatten().any(|s| {
+                s["subject"] == subject.as_str()
+                    && s["target"] == "app-db"
+                    && s["statements"].as_i64().unwrap_or(0) >= 2
+            })
+        };
+        if long.iter().all(polling) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the long review steps' sessions are not live: {live}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     println!("\n== the contractor (group {CONTRACTORS}) leaves while PRs 104, 108 and 111 are mid-review:");
     println!("   $ agentgate sessions list --status live");
     print_list(&audit::cli(
