@@ -1094,6 +1094,7 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
         token,
     }
 }
+pub mod autogen;
 pub mod bg;
 pub mod http;
 pub mod kube;
