@@ -219,5 +219,51 @@ fn sessions_list_answers_without_the_new_index() {
     assert_eq!(page[0]["statements"], 1);
     assert_eq!(page[0]["privileged"], 1);
     assert_eq!(page[0]["status"], "closed");
+    // The older `statements` view (no `privileged` column) does not stop the counts either.
+    g.conn
+        .execute_batch(
+            "DROP VIEW statements; CREATE VIEW statements AS SELECT session, \
+             json_extract(body, '$.class') AS class FROM audit_log WHERE kind = 'statement';",
+        )
+        .unwrap();
+    let page = audit::sessions::list(&g.conn, &f).unwrap();
+    assert_eq!(page[0]["privileged"], 1);
     assert_eq!(page[1]["status"], "live");
+}
+
+/// Privileged actions are counted by the gate's own judgement when the record carries it (a
+/// kubectl `get` is a read, an exec stream — also a GET — is not), and by `class <> 'read'` for
+/// records from before it did.
+#[test]
+fn privileged_actions_are_counted_by_the_gates_judgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("r.db")).unwrap();
+    let open = serde_json::json!({"session": "k1", "started_ms": 1, "subject": "a",
+                                  "issuer": "i", "workload": "w", "token_expires_ms": 9});
+    write(&db, "session_open", Some("k1"), open);
+    for (seq, body) in [
+        (1, serde_json::json!({"class": "get", "privileged": false})),
+        (2, serde_json::json!({"class": "list", "privileged": false})),
+        (3, serde_json::json!({"class": "get", "privileged": true})),
+        (4, serde_json::json!({"class": "write"})),
+        (5, serde_json::json!({"class": "read"})),
+        (
+            6,
+            serde_json::json!({"class": "delete", "privileged": true, "decision": "denied"}),
+        ),
+    ] {
+        let mut body = body;
+        body["seq"] = seq.into();
+        if body.get("decision").is_none() {
+            body["decision"] = "allowed".into();
+        }
+        write(&db, "statement", Some("k1"), body);
+    }
+    let g = Db::lock(&db);
+    let page = audit::sessions::list(&g.conn, &Default::default()).unwrap();
+    assert_eq!(page[0]["statements"], 6);
+    assert_eq!(page[0]["denied"], 1);
+    assert_eq!(page[0]["privileged"], 2, "{}", page[0]);
+    let agents = audit::agents::list(&g.conn, 10).unwrap();
+    assert_eq!(agents[0]["privileged_actions"], 2, "{}", agents[0]);
 }
