@@ -340,7 +340,14 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         stop.clone(),
     )?;
     if let Some(addr) = args.admin_http {
-        serve_http_admin(&args, addr, proxy.clone(), admin, stop.clone()).await?;
+        let api = Arc::new(admin::views::ConsoleApi::new(
+            (!args.record_off).then(|| args.record_db.clone()),
+            policies.clone(),
+            reloader.status(),
+            args.audit_sink.is_some().then(|| shipped.clone()),
+            proxy.revocations.changes(),
+        ));
+        serve_http_admin(&args, addr, proxy.clone(), admin, api, stop.clone()).await?;
     }
     tokio::spawn(record_policies(policies.clone(), recorder.clone()));
     tokio::spawn(
@@ -419,6 +426,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     addr: std::net::SocketAddr,
     proxy: Arc<Proxy<C>>,
     admin: Arc<admin::Admin>,
+    api: Arc<admin::views::ConsoleApi>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = match (&args.admin_http_cert, &args.admin_http_key) {
@@ -460,6 +468,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     });
     let admin = Arc::new(admin::http::HttpAdmin {
         admin,
+        api,
         authenticate,
     });
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
