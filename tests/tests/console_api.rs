@@ -723,8 +723,23 @@ fn events_are_live_per_group_and_a_stalled_client_slows_nothing() {
         decided < Duration::from_secs(20),
         "100 decisions took {decided:?}"
     );
-    // The reading client kept up, or was told it lagged; it never blocked anyone.
     drop(stalled);
+
+    // The sessions that asked for approvals, and only those.
+    let auditor = person("aud", &["auditors"]);
+    let mut plain = psql_bg(&conn, &p.agent, &["SELECT 1"]);
+    assert!(plain.wait_exit(WAIT).success(), "{}", plain.text());
+    let mut all = Value::Null;
+    wait_until("every session closed on record", WAIT, || {
+        all = get(admin, "/v1/sessions?status=closed", &auditor);
+        session_ids(&all).len() == 8
+    });
+    let asked = get(admin, "/v1/sessions?approvals=1", &auditor);
+    assert_eq!(session_ids(&asked).len(), 7, "{asked}");
+    assert!(
+        !session_ids(&asked).contains(&session_ids(&all)[0]),
+        "{asked}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ pub struct SessionFilter {
 }
 
 /// `audit::sessions::LIST` with the console's filters: `before` pages, and a session's
-/// denials and approvals are looked for among its own records (`audit_log_session`).
+/// denials and approvals are looked for among its own records (`audit_log_session`; named for
+/// the approvals, or the planner would read every approval record once per session).
 pub(crate) const LIST: &str = "
 SELECT o.session,
        json_extract(o.body, '$.started_ms'), json_extract(c.body, '$.ended_ms'),
@@ -66,7 +67,7 @@ WHERE o.kind = 'session_open'
                            AND (d.kind IN ('ssh_refused', 'sftp_refused')
                                 OR (d.kind IN ('statement', 'statement_intent')
                                     AND json_extract(d.body, '$.decision') = 'denied'))))
-  AND (?10 = 0 OR EXISTS (SELECT 1 FROM audit_log a
+  AND (?10 = 0 OR EXISTS (SELECT 1 FROM audit_log a INDEXED BY audit_log_session
                           WHERE a.session = o.session AND a.kind = 'approval'))
 ORDER BY json_extract(o.body, '$.started_ms') DESC LIMIT ?11";
 

@@ -47,7 +47,7 @@ impl Feed {
             return Some(Bytes::from_static(b"retry: 2000\n: connected\n\n"));
         }
         enum Got {
-            Approval(Result<Request, RecvError>),
+            Approval(Result<Box<Request>, RecvError>),
             Revocation(Result<RevocationChange, RecvError>),
             Keepalive,
         }
@@ -65,7 +65,7 @@ impl Feed {
                 }
             };
             let got = tokio::select! {
-                r = approvals.recv() => Got::Approval(r),
+                r = approvals.recv() => Got::Approval(r.map(Box::new)),
                 r = revocation => Got::Revocation(r),
                 _ = keepalive.tick() => Got::Keepalive,
             };

@@ -14,6 +14,10 @@
 //!
 //! docs/audit.md ("HTTP API") lists each with its role and its JSON.
 
+// A refusal is the answer itself, returned at once with `?` (never kept or passed far): its
+// size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::{convert::Infallible, sync::Arc};
 
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};

@@ -27,9 +27,9 @@ pub const MAX_POINTS: i64 = 200;
 const MINUTE: i64 = 60_000;
 const WORDS: usize = (MAX_POINTS as usize + 1).div_ceil(64);
 
-const SESSIONS: &str =
+pub(crate) const SESSIONS: &str =
     "SELECT workload, issuer, subject, started_ms, ended_ms, token_expires_ms FROM sessions";
-const REVOCATIONS: &str = "SELECT at_ms, kind, body FROM audit_log WHERE kind IN ('revoke', 'revoke_lifted') ORDER BY seq";
+pub(crate) const REVOCATIONS: &str = "SELECT at_ms, kind, body FROM audit_log WHERE kind IN ('revoke', 'revoke_lifted') ORDER BY seq";
 
 #[derive(Default)]
 struct Agent {
