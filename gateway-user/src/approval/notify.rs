@@ -63,7 +63,11 @@ impl Notifier {
         for hook in hooks {
             let body = match hook.format {
                 WebhookFormat::Json => {
-                    json!({"event": event, "request": r, "console_url": link})
+                    let mut body = json!({"event": event, "request": r});
+                    if let Some(l) = &link {
+                        body["console_url"] = json!(l);
+                    }
+                    body
                 }
                 WebhookFormat::Slack => slack(event, r, link.as_deref()),
             };
