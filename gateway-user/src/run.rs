@@ -349,12 +349,19 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     )?;
     let _admin_http_registered = match args.admin_http {
         Some(addr) => {
+            let api = Arc::new(admin::views::ConsoleApi::new(
+                (!args.record_off).then(|| args.record_db.clone()),
+                policies.clone(),
+                reloader.status(),
+                args.audit_sink.is_some().then(|| shipped.clone()),
+                proxy.revocations.changes(),
+            ));
             let listener = HttpAdminListener {
                 addr,
                 taken: taken_admin_http,
                 registry: registry.clone(),
             };
-            serve_http_admin(&args, listener, proxy.clone(), admin, stop.clone()).await?
+            serve_http_admin(&args, listener, proxy.clone(), admin, api, stop.clone()).await?
         }
         None => None,
     };
@@ -444,6 +451,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     at: HttpAdminListener,
     proxy: Arc<Proxy<C>>,
     admin: Arc<admin::Admin>,
+    api: Arc<admin::views::ConsoleApi>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<handover::Registered>> {
     let addr = at.addr;
@@ -488,6 +496,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     });
     let admin = Arc::new(admin::http::HttpAdmin {
         admin,
+        api,
         authenticate,
     });
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");

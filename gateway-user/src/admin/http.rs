@@ -14,14 +14,18 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use http_body_util::Full;
-use hyper::{body::Bytes, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{caller::Caller, routes::route, Admin, Refusal};
+use super::{
+    caller::Caller,
+    routes::{route, whole, Body},
+    views::ConsoleApi,
+    Admin, Refusal,
+};
 use crate::approval::{ApprovalError, Approver};
 
 /// Why a caller is not let in: the verifier's stable code and its message.
@@ -51,6 +55,8 @@ pub enum HttpAdminError {
 pub struct HttpAdmin {
     /// The same handler as the Unix socket's; the routes below map onto its requests.
     pub admin: Arc<Admin>,
+    /// What the console's routes read besides approvals (record, policy, live changes).
+    pub api: Arc<ConsoleApi>,
     pub authenticate: Authenticate,
 }
 
@@ -117,8 +123,8 @@ pub async fn serve(
     }
 }
 
-pub(super) fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+pub(super) fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = Response::new(whole(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -131,14 +137,14 @@ pub(super) fn refuse(
     status: StatusCode,
     code: &str,
     message: impl std::fmt::Display,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     reply(
         status,
         json!({"error": message.to_string(), "reason": code}),
     )
 }
 
-fn refusal(e: &Refusal) -> Response<Full<Bytes>> {
+pub(super) fn refusal(e: &Refusal) -> Response<Body> {
     let status = match e {
         Refusal::Approval(e) => match e {
             ApprovalError::UnknownRequest(_) => StatusCode::NOT_FOUND,
@@ -153,7 +159,7 @@ fn refusal(e: &Refusal) -> Response<Full<Bytes>> {
             ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         Refusal::BadRequest(_) | Refusal::NoRevocationTarget => StatusCode::BAD_REQUEST,
-        Refusal::LocalOnly(_) => StatusCode::FORBIDDEN,
+        Refusal::LocalOnly(_) | Refusal::Forbidden(..) => StatusCode::FORBIDDEN,
         Refusal::RevocationNotStored(_) | Refusal::LiftNotStored(_) | Refusal::Unencodable(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -162,7 +168,7 @@ fn refusal(e: &Refusal) -> Response<Full<Bytes>> {
 }
 
 impl HttpAdmin {
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         let token = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -190,17 +196,7 @@ impl HttpAdmin {
                 "not an OIDC principal",
             );
         };
-        let request = match route(req, &caller).await {
-            Ok(r) => r,
-            Err(refused) => return refused,
-        };
-        match self.admin.handle(request, &caller.approver) {
-            Ok(answer) => match serde_json::to_value(&answer) {
-                Ok(body) => reply(StatusCode::OK, body),
-                Err(e) => refusal(&Refusal::Unencodable(e.to_string())),
-            },
-            Err(e) => refusal(&e),
-        }
+        route(req, &caller, &self.admin, &self.api).await
     }
 }
 
@@ -210,7 +206,8 @@ mod tests {
 
     use std::time::Duration;
 
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
     use tokio::sync::watch;
 
     use super::*;
@@ -352,6 +349,19 @@ mod tests {
                 approvals: a.clone(),
                 node: Arc::new(crate::admin::handler::tests::NoGateway::default()),
             }),
+            api: Arc::new(ConsoleApi::new(
+                None,
+                watch::channel(Arc::new(crate::policy::Policy::default())).1,
+                Arc::new(std::sync::Mutex::new(crate::policy::PolicyStatus {
+                    dir: dir.path().into(),
+                    version: String::new(),
+                    generation: 1,
+                    loaded_at_ms: 0,
+                    last_error: None,
+                })),
+                None,
+                tokio::sync::broadcast::channel(1).0,
+            )),
             authenticate: authenticate(),
         });
         tokio::spawn(serve(admin, listener, acceptor, stop.clone()));

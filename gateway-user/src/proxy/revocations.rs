@@ -46,6 +46,18 @@ impl Revocation {
 pub struct Revocations {
     db: SharedDb,
     list: RwLock<Vec<Revocation>>,
+    /// Each revocation and lift once stored, for the console's live events (bounded, never
+    /// waited on).
+    changes: tokio::sync::broadcast::Sender<RevocationChange>,
+}
+
+/// A revocation put in force or lifted.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevocationChange {
+    /// `revoked` or `lifted`.
+    pub action: &'static str,
+    #[serde(flatten)]
+    pub revocation: Revocation,
 }
 
 const SCHEMA: &str =
@@ -85,6 +97,7 @@ impl Revocations {
         Ok(Revocations {
             db,
             list: RwLock::new(list),
+            changes: tokio::sync::broadcast::channel(64).0,
         })
     }
 
@@ -111,6 +124,11 @@ impl Revocations {
         Ok(new)
     }
 
+    /// Where revocations and lifts are announced (subscribe to hear them from then on).
+    pub fn changes(&self) -> tokio::sync::broadcast::Sender<RevocationChange> {
+        self.changes.clone()
+    }
+
     pub fn list(&self) -> Vec<Revocation> {
         self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -133,7 +151,14 @@ impl Revocations {
                 },
             )
         })?;
-        self.list.write().unwrap_or_else(|p| p.into_inner()).push(r);
+        self.list
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(r.clone());
+        let _ = self.changes.send(RevocationChange {
+            action: "revoked",
+            revocation: r,
+        });
         Ok(())
     }
 
@@ -170,6 +195,10 @@ impl Revocations {
             )
         })?;
         *list = kept;
+        let _ = self.changes.send(RevocationChange {
+            action: "lifted",
+            revocation: target.clone(),
+        });
         Ok(gone.len())
     }
 }
