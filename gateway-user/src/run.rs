@@ -340,7 +340,14 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         stop.clone(),
     )?;
     if let Some(addr) = args.admin_http {
-        serve_http_admin(&args, addr, proxy.clone(), admin, stop.clone()).await?;
+        // The console's sign-in: on while the policy in force has a `console:` section.
+        let console = crate::console::ConsoleAuth::new(
+            policies.clone(),
+            HttpClient::new(sockets.clone()),
+            maps.clone(),
+        );
+        tokio::spawn(console.clone().follow_policy(policies.clone()));
+        serve_http_admin(&args, addr, proxy.clone(), admin, console, stop.clone()).await?;
     }
     tokio::spawn(record_policies(policies.clone(), recorder.clone()));
     tokio::spawn(
@@ -419,6 +426,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     addr: std::net::SocketAddr,
     proxy: Arc<Proxy<C>>,
     admin: Arc<admin::Admin>,
+    console: Arc<crate::console::ConsoleAuth>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = match (&args.admin_http_cert, &args.admin_http_key) {
@@ -461,6 +469,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     let admin = Arc::new(admin::http::HttpAdmin {
         admin,
         authenticate,
+        console: Some(console),
     });
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
     tokio::spawn(admin::http::serve(admin, listener, acceptor, stop));

@@ -1097,6 +1097,7 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
 pub mod bg;
 pub mod http;
 pub mod kube;
+pub mod oidc;
 pub mod pg;
 pub mod ssh;
 pub mod wire;
