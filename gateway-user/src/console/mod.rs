@@ -105,7 +105,13 @@ impl ConsoleAuth {
                 .map(|p| p.issuer.clone())
         });
         if issuer.is_none() {
-            self.store.clear();
+            let ended = self.store.clear();
+            if ended > 0 {
+                tracing::info!(
+                    ended,
+                    "console sessions ended: the policy has no console any more"
+                );
+            }
         }
         (policy, issuer)
     }
