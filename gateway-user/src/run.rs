@@ -361,7 +361,23 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
                 taken: taken_admin_http,
                 registry: registry.clone(),
             };
-            serve_http_admin(&args, listener, proxy.clone(), admin, api, stop.clone()).await?
+            // The console's sign-in: on while the policy in force has a `console:` section.
+            let console = crate::console::ConsoleAuth::new(
+                policies.clone(),
+                HttpClient::new(sockets.clone()),
+                maps.clone(),
+            );
+            tokio::spawn(console.clone().follow_policy(policies.clone()));
+            serve_http_admin(
+                &args,
+                listener,
+                proxy.clone(),
+                admin,
+                api,
+                console,
+                stop.clone(),
+            )
+            .await?
         }
         None => None,
     };
@@ -452,6 +468,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     proxy: Arc<Proxy<C>>,
     admin: Arc<admin::Admin>,
     api: Arc<admin::views::ConsoleApi>,
+    console: Arc<crate::console::ConsoleAuth>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<handover::Registered>> {
     let addr = at.addr;
@@ -498,6 +515,7 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
         admin,
         api,
         authenticate,
+        console: Some(console),
     });
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
     tokio::spawn(admin::http::serve(admin, listener, acceptor, stop));

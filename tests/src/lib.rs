@@ -1098,6 +1098,7 @@ pub mod autogen;
 pub mod bg;
 pub mod http;
 pub mod kube;
+pub mod oidc;
 pub mod pg;
 pub mod ssh;
 pub mod wire;

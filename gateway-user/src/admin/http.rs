@@ -7,6 +7,12 @@
 //! - `POST /v1/approvals/{id}/approve` (body: optional `{"reason": …}`)
 //! - `POST /v1/approvals/{id}/deny` (body: `{"reason": …}`, required)
 //!
+//! - `GET /v1/me`: who the caller is (and, signed in to the console, the CSRF token)
+//! - `/console/...`: the web console and its sign-in (`crate::console`)
+//!
+//! A console session cookie is the other way in: every request other than GET/HEAD made with
+//! it must carry the session's `X-CSRF-Token` (and, if it says, come from the console's origin).
+//!
 //! Errors are `{"error": text, "reason": code}` with 400, 401, 403, 404 or 409.
 //!
 //! Each route is an [`AdminRequest`], answered by the same handler as the Unix socket's, as the
@@ -14,7 +20,7 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -26,7 +32,10 @@ use super::{
     views::ConsoleApi,
     Admin, Refusal,
 };
-use crate::approval::{ApprovalError, Approver};
+use crate::{
+    approval::{ApprovalError, Approver},
+    console::{ConsoleAuth, Lookup, SignedIn},
+};
 
 /// Why a caller is not let in: the verifier's stable code and its message.
 pub struct Unauthorized {
@@ -58,6 +67,8 @@ pub struct HttpAdmin {
     /// What the console's routes read besides approvals (record, policy, live changes).
     pub api: Arc<ConsoleApi>,
     pub authenticate: Authenticate,
+    /// The console's sign-in and sessions (`None`: bearer tokens only).
+    pub console: Option<Arc<ConsoleAuth>>,
 }
 
 /// Binds the listener now (so a bad address fails the start), or serves `taken` (the socket
@@ -123,7 +134,7 @@ pub async fn serve(
     }
 }
 
-pub(super) fn reply(status: StatusCode, body: Value) -> Response<Body> {
+pub(crate) fn reply(status: StatusCode, body: Value) -> Response<Body> {
     let mut r = Response::new(whole(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -133,7 +144,7 @@ pub(super) fn reply(status: StatusCode, body: Value) -> Response<Body> {
     r
 }
 
-pub(super) fn refuse(
+pub(crate) fn refuse(
     status: StatusCode,
     code: &str,
     message: impl std::fmt::Display,
@@ -169,34 +180,79 @@ pub(super) fn refusal(e: &Refusal) -> Response<Body> {
 
 impl HttpAdmin {
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
-        let token = req
-            .headers()
+        let path = req.uri().path();
+        if path == "/console" || path.starts_with("/console/") {
+            let mut r = match &self.console {
+                Some(c) => crate::console::web::handle(c, req).await,
+                None => refuse(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "the console is off (give --admin-http and a policy `console:`)",
+                ),
+            };
+            super::assets::harden(r.headers_mut());
+            return r;
+        }
+        let (caller, session, bearer) = match self.authenticate(req.headers()).await {
+            Ok(c) => c,
+            Err(refused) => return refused,
+        };
+        // A browser sends the cookie with any request, whoever's page made it: a state change
+        // made with it must prove it comes from the console (CSRF token, Origin).
+        if let (Some(signed), Some(console)) = (&session, &self.console) {
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                if let Err(why) = console.check_csrf(signed, req.headers()) {
+                    return refuse(StatusCode::FORBIDDEN, "csrf", format!("refused: {why}"));
+                }
+            }
+        }
+        if req.method() == Method::GET && req.uri().path() == "/v1/me" {
+            return crate::console::web::me(&caller, session.as_ref(), bearer.as_deref());
+        }
+        route(req, &caller, &self.admin, &self.api).await
+    }
+
+    /// Who is calling: a bearer token (scripts) or else a console session cookie. Returns the
+    /// caller, their session if that is how, and the token if that is how.
+    async fn authenticate(
+        &self,
+        headers: &hyper::HeaderMap,
+    ) -> Result<(Caller, Option<SignedIn>, Option<String>), Response<Body>> {
+        let token = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(|t| t.trim().to_string());
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "no_token",
-                "an approver's OIDC token is required (Authorization: Bearer …)",
-            );
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return match self.console.as_ref().map(|c| c.lookup(headers)) {
+                Some(Lookup::Valid(signed)) => Ok((signed.caller(), Some(signed), None)),
+                Some(Lookup::Invalid) => Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "no_session",
+                    "the console session is unknown or over; sign in again",
+                )),
+                None | Some(Lookup::None) => Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "no_token",
+                    "an approver's OIDC token (Authorization: Bearer …) or a console session is required",
+                )),
+            };
         };
-        let caller = match (self.authenticate)(token).await {
-            Ok(c) => c,
-            Err(u) => return refuse(StatusCode::UNAUTHORIZED, u.code, u.message),
-        };
+        let caller = (self.authenticate)(token.clone())
+            .await
+            .map_err(|u| refuse(StatusCode::UNAUTHORIZED, u.code, u.message))?;
         let Approver::Oidc { .. } = &caller.approver else {
-            return refuse(
+            return Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "no_token",
                 "not an OIDC principal",
-            );
+            ));
         };
-        route(req, &caller, &self.admin, &self.api).await
+        Ok((caller, None, Some(token)))
     }
 }
 
@@ -363,6 +419,7 @@ mod tests {
                 tokio::sync::broadcast::channel(1).0,
             )),
             authenticate: authenticate(),
+            console: None,
         });
         tokio::spawn(serve(admin, listener, acceptor, stop.clone()));
 

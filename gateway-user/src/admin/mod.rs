@@ -3,7 +3,6 @@
 //! for approvers elsewhere is in [`http`]; both are answered by [`Admin::handle`].
 
 pub mod api;
-#[allow(dead_code)] // served by the console sign-in (issue 22), landing next
 pub mod assets;
 pub mod caller;
 pub mod data;
