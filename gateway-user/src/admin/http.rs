@@ -155,6 +155,12 @@ pub(crate) fn refuse(
     )
 }
 
+fn is_event_stream(r: &Response<Body>) -> bool {
+    r.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
 pub(super) fn refusal(e: &Refusal) -> Response<Body> {
     let status = match e {
         Refusal::Approval(e) => match e {
@@ -209,7 +215,22 @@ impl HttpAdmin {
         if req.method() == Method::GET && req.uri().path() == "/v1/me" {
             return crate::console::web::me(&caller, session.as_ref(), bearer.as_deref());
         }
-        route(req, &caller, &self.admin, &self.api).await
+        let answer = route(req, &caller, &self.admin, &self.api).await;
+        match (session, &self.console) {
+            // An event stream opened with a session ends with it (sign-out, expiry, reload).
+            (Some(signed), Some(console)) if is_event_stream(&answer) => {
+                let console = console.clone();
+                answer.map(|body| {
+                    super::session_bound::while_alive(body, move || {
+                        matches!(
+                            console.lookup_id(signed.id.clone()),
+                            crate::console::Lookup::Valid(_)
+                        )
+                    })
+                })
+            }
+            _ => answer,
+        }
     }
 
     /// Who is calling: a bearer token (scripts) or else a console session cookie. Returns the

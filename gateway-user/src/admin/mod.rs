@@ -13,6 +13,7 @@ pub mod node;
 pub mod query;
 pub mod routes;
 pub mod series;
+pub mod session_bound;
 pub mod views;
 
 use std::{

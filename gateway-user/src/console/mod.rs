@@ -145,6 +145,12 @@ impl ConsoleAuth {
         let Some(id) = web::cookie(headers, SESSION_COOKIE) else {
             return Lookup::None;
         };
+        self.lookup_id(id)
+    }
+
+    /// The session `id` (a cookie's value), as [`ConsoleAuth::lookup`] finds it: also how a
+    /// long answer (the event stream) learns that its session has ended.
+    pub fn lookup_id(&self, id: String) -> Lookup {
         let (policy, issuer) = self.in_force();
         let (Some(console), Some(issuer)) = (policy.console.as_ref(), issuer) else {
             return Lookup::Invalid;
