@@ -733,3 +733,51 @@ fn reloads_lower_roles_and_removing_the_console_ends_sessions() {
     assert_eq!(sign_in(&mut b, &base, &idp, "sam", None).status, 200);
     assert_eq!(me(&mut b, &base).json()["role"], "auditor");
 }
+
+/// The live event stream is as good as the sign-in it was opened under: signing out ends it
+/// (with a last `signed_out` event), whatever else is still open.
+#[test]
+fn signing_out_ends_the_event_stream() {
+    require_root();
+    let p = ports(4);
+    let idp = start_idp(&p);
+    let _gw = start_gateway(
+        "cons-sse",
+        &p,
+        &idp,
+        &console_section(p.admin, "security", ""),
+    );
+    let base = format!("http://{}", p.admin);
+    let mut b = Browser::new(&idp.ca_path);
+    assert_eq!(sign_in(&mut b, &base, &idp, "sam", None).status, 200);
+    let csrf = me(&mut b, &base).json()["csrf_token"]
+        .as_str()
+        .expect("csrf token")
+        .to_string();
+    let cookie = b.cookie(&authority(&p), SESSION).expect("cookie");
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (ca, authority, base) = (idp.ca_path.clone(), authority(&p), base.clone());
+        std::thread::spawn(move || {
+            let mut watcher = Browser::new(&ca);
+            watcher.set_cookie(&authority, SESSION, &cookie);
+            let _ = tx.send(watcher.get(&format!("{base}/v1/events")));
+        });
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_secs(3)).is_err(),
+        "the stream stays open while signed in"
+    );
+    let a = b.request(
+        "POST",
+        &format!("{base}/console/logout"),
+        &[("X-CSRF-Token", &csrf)],
+        None,
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let ended = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stream ended after the sign-out");
+    assert_eq!(ended.status, 200, "{ended:?}");
+    assert!(ended.body.contains("event: signed_out"), "{ended:?}");
+}
