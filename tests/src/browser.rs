@@ -274,9 +274,11 @@ impl Drop for Guard {
     }
 }
 
-/// Serves, on a loopback port, the console's files at `/console/assets/NAME` (read from
-/// `gateway-user/console/`, the files the binary embeds) and a test's fixture files at
-/// `/fixture/NAME` (from `tests/fixtures/console/`), with the console's security headers.
+/// Serves, on a loopback port, the console's files at `/console/` and `/console/assets/NAME`
+/// (read from `gateway-user/console/`, the files the binary embeds), a test's fixture files at
+/// `/fixture/NAME` (from `tests/fixtures/console/`), and fixed API answers at `/v1/A/B`
+/// (`tests/fixtures/console/api/A_B.json` or `.cast`), with the console's security headers.
+/// For the pages' code before a gateway serves them; it checks nothing a gateway checks.
 pub struct StaticSite {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -319,10 +321,22 @@ impl Drop for StaticSite {
 
 fn static_file(path: &str) -> Response<Full<Bytes>> {
     let root = crate::workspace_root();
-    let (dir, name) = if let Some(n) = path.strip_prefix("/console/assets/") {
+    let api_name;
+    let (dir, name) = if path == "/console/" || path == "/console" {
+        (root.join("gateway-user/console"), "index.html")
+    } else if let Some(n) = path.strip_prefix("/console/assets/") {
         (root.join("gateway-user/console"), n)
     } else if let Some(n) = path.strip_prefix("/fixture/") {
         (root.join("tests/fixtures/console"), n)
+    } else if let Some(n) = path.strip_prefix("/v1/") {
+        let dir = root.join("tests/fixtures/console/api");
+        let base = n.replace('/', "_");
+        api_name = ["json", "cast"]
+            .iter()
+            .map(|ext| format!("{base}.{ext}"))
+            .find(|f| dir.join(f).is_file())
+            .unwrap_or_default();
+        (dir, api_name.as_str())
     } else {
         ("".into(), "")
     };

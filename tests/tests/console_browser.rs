@@ -224,3 +224,117 @@ async fn the_parts_fit_a_phone_screen() {
     b.screenshot("phone-approval").await;
     b.quit().await;
 }
+
+/// Every page of the console app (the shell, its routes, each view) on API answers shaped as
+/// the gateway gives them (tests/fixtures/console/api/), before the sign-in lands: the views
+/// draw what they are given, and none of them fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_draws_the_api_answers() {
+    let site = StaticSite::start(21048).await;
+    let b = Browser::start(21049, Screen::Desktop).await;
+    b.driver.goto(&site.url("/console/#/inbox")).await.unwrap();
+    b.wait_for("article.card[data-id='apr-0001']", 10 * SECOND)
+        .await;
+    let cards = b.find_all("article.card").await;
+    assert_eq!(
+        cards[0].attr("data-id").await.unwrap().as_deref(),
+        Some("apr-7f3c"),
+        "the pending request comes first"
+    );
+    assert_eq!(
+        b.find_all("#nav a").await.len(),
+        4,
+        "an admin sees every page"
+    );
+    assert_eq!(
+        text_content(&b.find("#who").await).await,
+        "Alice Admin admin"
+    );
+    no_error(&b, "inbox").await;
+
+    b.driver
+        .goto(&site.url("/console/#/approvals/apr-7f3c"))
+        .await
+        .unwrap();
+    b.wait_text("main", 5 * SECOND, |t| {
+        t.contains("ddl-needs-approval") && !t.contains("apr-0001")
+    })
+    .await;
+    no_error(&b, "approval").await;
+
+    b.driver
+        .goto(&site.url("/console/#/sessions"))
+        .await
+        .unwrap();
+    b.wait_for("table.sessions tbody tr", 5 * SECOND).await;
+    assert_eq!(b.find_all("table.sessions tbody tr").await.len(), 2);
+    no_error(&b, "sessions").await;
+    b.find("table.sessions tbody tr a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for("ol.timeline", 5 * SECOND).await;
+    assert_eq!(b.find_all("ol.timeline > li").await.len(), 4);
+    let timeline = text_content(&b.find("ol.timeline").await).await;
+    assert!(timeline.contains("a***@example.com"), "{timeline}");
+    assert!(
+        timeline.contains("DROP TABLE customers\u{241b}[2J"),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("error 42501 statement refused by policy"),
+        "{timeline}"
+    );
+    no_error(&b, "sql replay").await;
+
+    b.driver
+        .goto(&site.url("/console/#/sessions/s-ssh"))
+        .await
+        .unwrap();
+    b.wait_for("section.recording pre.term", 5 * SECOND).await;
+    assert!(text_content(&b.find("ol.timeline").await)
+        .await
+        .contains("uptime"));
+    no_error(&b, "ssh replay").await;
+
+    b.driver.goto(&site.url("/console/#/agents")).await.unwrap();
+    b.wait_for("table.agents tbody tr", 5 * SECOND).await;
+    assert_eq!(b.find_all("table.agents tbody tr").await.len(), 3);
+    assert_eq!(b.find_all("button.revoke").await.len(), 2);
+    assert_eq!(b.find_all("button.lift").await.len(), 1);
+    assert!(!b.find_all("#view svg rect.bar").await.is_empty());
+    b.find("tr[data-subject='agent-7'] button.revoke")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let dialog = b.wait_for("dialog[open]", 2 * SECOND).await;
+    assert!(text_content(&dialog)
+        .await
+        .contains("https://idp.example#agent-7"));
+    b.find("dialog[open] button.cancel")
+        .await
+        .click()
+        .await
+        .unwrap();
+    no_error(&b, "agents").await;
+
+    b.driver.goto(&site.url("/console/#/audit")).await.unwrap();
+    b.wait_for("table.rules tbody tr", 5 * SECOND).await;
+    assert_eq!(b.find_all("table.rules tbody tr").await.len(), 2);
+    assert!(text_content(&b.find("main").await)
+        .await
+        .contains("verified"));
+    no_error(&b, "audit").await;
+    b.quit().await;
+}
+
+/// No view or decision on the page says it failed.
+async fn no_error(b: &Browser, page: &str) {
+    let mut texts = vec![];
+    for e in b.find_all(".msg.error, .result.error").await {
+        texts.push(text_content(&e).await);
+    }
+    assert!(texts.is_empty(), "{page}: {texts:?}");
+}
