@@ -5,6 +5,7 @@ mod approval;
 mod audit;
 mod capture;
 mod cli;
+mod console;
 mod ebpf;
 mod fswatch;
 mod handover;

@@ -73,6 +73,14 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         .as_mut()
         .and_then(|t| t.take_metrics())
         .filter(|l| matches!(args.metrics, MetricsListen::At(a) if l.local_addr().ok() == Some(a)));
+    // So is the admin HTTP listener: the port is held by the old process until it drains.
+    let taken_admin_http = taken
+        .as_mut()
+        .and_then(|t| t.take_admin_http())
+        .filter(|l| {
+            args.admin_http
+                .is_some_and(|a| l.local_addr().ok() == Some(a))
+        });
     let mut telemetry = Telemetry::start(
         if taken_metrics.is_some() {
             MetricsListen::Off
@@ -339,9 +347,40 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         handed.clone(),
         stop.clone(),
     )?;
-    if let Some(addr) = args.admin_http {
-        serve_http_admin(&args, addr, proxy.clone(), admin, stop.clone()).await?;
-    }
+    let _admin_http_registered = match args.admin_http {
+        Some(addr) => {
+            let api = Arc::new(admin::views::ConsoleApi::new(
+                (!args.record_off).then(|| args.record_db.clone()),
+                policies.clone(),
+                reloader.status(),
+                args.audit_sink.is_some().then(|| shipped.clone()),
+                proxy.revocations.changes(),
+            ));
+            let listener = HttpAdminListener {
+                addr,
+                taken: taken_admin_http,
+                registry: registry.clone(),
+            };
+            // The console's sign-in: on while the policy in force has a `console:` section.
+            let console = crate::console::ConsoleAuth::new(
+                policies.clone(),
+                HttpClient::new(sockets.clone()),
+                maps.clone(),
+            );
+            tokio::spawn(console.clone().follow_policy(policies.clone()));
+            serve_http_admin(
+                &args,
+                listener,
+                proxy.clone(),
+                admin,
+                api,
+                console,
+                stop.clone(),
+            )
+            .await?
+        }
+        None => None,
+    };
     tokio::spawn(record_policies(policies.clone(), recorder.clone()));
     tokio::spawn(
         PodWatch {
@@ -370,8 +409,9 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
         _ = handed.cancelled() => true,
     };
     if handed_over {
-        // The new process serves the probes from here on.
+        // The new process serves the probes from here on, and answers approvers.
         telemetry.stop();
+        tokio::spawn(proxy.clone().follow_the_successor());
         events.emit("handed_over", json!({"pid": std::process::id()}));
     }
     tracing::info!(
@@ -414,13 +454,24 @@ async fn serve(args: RunArgs, initial: Arc<policy::Policy>) -> anyhow::Result<()
     Ok(())
 }
 
+/// Where the HTTP admin API listens: `--admin-http`, on the socket a gateway handed over if
+/// there is one, registered so that the next upgrade takes it in turn.
+struct HttpAdminListener {
+    addr: std::net::SocketAddr,
+    taken: Option<std::net::TcpListener>,
+    registry: Arc<handover::Registry>,
+}
+
 async fn serve_http_admin<C: crate::net::Connect + 'static>(
     args: &RunArgs,
-    addr: std::net::SocketAddr,
+    at: HttpAdminListener,
     proxy: Arc<Proxy<C>>,
     admin: Arc<admin::Admin>,
+    api: Arc<admin::views::ConsoleApi>,
+    console: Arc<crate::console::ConsoleAuth>,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<handover::Registered>> {
+    let addr = at.addr;
     let tls = match (&args.admin_http_cert, &args.admin_http_key) {
         (Some(cert), Some(key)) => Some(
             crate::protocol::postgres::tls::server_config(&crate::policy::ClientTls {
@@ -431,7 +482,9 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
         ),
         _ => None,
     };
-    let (listener, acceptor) = admin::http::bind(addr, tls).await?;
+    let (listener, acceptor) = admin::http::bind(addr, tls, at.taken).await?;
+    let registered =
+        handover::register_listener(&at.registry, handover::Role::AdminHttp, addr, 0, &listener);
     let authenticate: admin::http::Authenticate = Arc::new(move |token: String| {
         let proxy = proxy.clone();
         Box::pin(async move {
@@ -460,11 +513,13 @@ async fn serve_http_admin<C: crate::net::Connect + 'static>(
     });
     let admin = Arc::new(admin::http::HttpAdmin {
         admin,
+        api,
         authenticate,
+        console: Some(console),
     });
     tracing::info!(%addr, tls = acceptor.is_some(), "admin HTTP API listening");
     tokio::spawn(admin::http::serve(admin, listener, acceptor, stop));
-    Ok(())
+    Ok(registered)
 }
 
 /// Each policy put in force is on record: which rules a session ran under can be looked up.

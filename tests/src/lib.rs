@@ -1094,10 +1094,12 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
         token,
     }
 }
+pub mod autogen;
 pub mod bg;
 pub mod browser;
 pub mod http;
 pub mod kube;
+pub mod oidc;
 pub mod pg;
 pub mod ssh;
 pub mod wire;

@@ -4,7 +4,10 @@
 //! (the target saw the agent's own socket as its peer, not the gateway's). Also: a new process
 //! killed half-way leaves the old one serving, and pins of another map layout are refused.
 //!
-//! Ports 20980–20989.
+//! Ports 20980–20989 and 20995–20997.
+//!
+//! Also: the HTTP admin API (`--admin-http`) is handed over, so approvers reach the node on the
+//! same address throughout (the new process could not bind it while the old one held it).
 
 use std::{
     net::SocketAddr,
@@ -137,6 +140,10 @@ fn wait_event(
 }
 
 fn setup(tag: &str, listen: u16, port: u16) -> HostSetup {
+    setup_with(tag, listen, port, &[])
+}
+
+fn setup_with(tag: &str, listen: u16, port: u16, args: &[&str]) -> HostSetup {
     require_root();
     let name = unique(tag);
     let anchor = Cgroup::create(&format!("/{name}"));
@@ -154,7 +161,7 @@ fn setup(tag: &str, listen: u16, port: u16) -> HostSetup {
             &token.path,
         ),
         None,
-        &["--drain-secs", "30"],
+        &[&["--drain-secs", "30"], args].concat(),
     );
     gw.wait_classified(&agent.rel);
     HostSetup {
@@ -572,4 +579,175 @@ mod bpf {
     pub fn write_u32(path: &Path, mut v: u32) {
         elem(BPF_MAP_UPDATE_ELEM, path, &mut v);
     }
+}
+
+/// One request to the HTTP admin API: the status line's code, or why there was none.
+fn admin_http_status(addr: SocketAddr) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"GET /v1/approvals HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {answer:?}"))
+}
+
+/// The admin HTTP listener is handed over like the others: three upgrades while a client asks
+/// the API without pause; every request is answered (401: no token), the successors run on.
+/// Before, the successor failed to bind the port the old process held — after it had told the
+/// old one to stop accepting — and exited: no gateway served at all.
+#[test]
+fn the_admin_http_api_is_handed_over_too() {
+    let admin_addr: SocketAddr = "127.0.0.1:20988".parse().unwrap();
+    let HostSetup {
+        token: _token,
+        anchor: _anchor,
+        name: _name,
+        target: _target,
+        agent: _agent,
+        gw,
+    } = setup_with(
+        "upgradeadmin",
+        20989,
+        20995,
+        &["--admin-http", "127.0.0.1:20988"],
+    );
+    let mut successors = Successors::default();
+    assert_eq!(admin_http_status(admin_addr), Ok(401));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four clients without pause: a moment with no listener on the port would be seen.
+    let asking: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut answered, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match admin_http_status(admin_addr) {
+                        Ok(401) => answered += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (answered, failed)
+            })
+        })
+        .collect();
+    for i in 0..3 {
+        let child = successor(&gw, i);
+        let pid = child.id();
+        successors.0.push(child);
+        wait_event(
+            &gw,
+            Duration::from_secs(60),
+            |e| e["event"] == "taken_over",
+            i,
+        );
+        wait_event(
+            &gw,
+            Duration::from_secs(30),
+            |e| e["event"] == "ready",
+            i + 1,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !ended(pid),
+            "successor {i} exited after taking over; its log:\n{}",
+            std::fs::read_to_string(gw.dir.join(format!("successor-{i}.log"))).unwrap_or_default()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut answered, mut failed) = (0, Vec::new());
+    for t in asking {
+        let (a, f) = t.join().expect("an asking thread");
+        answered += a;
+        failed.extend(f);
+    }
+    eprintln!("admin HTTP through 3 upgrades: {answered} answered, failed: {failed:?}");
+    assert!(failed.is_empty(), "unanswered admin requests: {failed:?}");
+    assert!(
+        answered >= 20,
+        "the client really asked throughout: {answered}"
+    );
+}
+
+/// While the old process drains, the admin socket is the successor's: a revocation given there
+/// reaches the old process's sessions through the record database and ends them (before, they
+/// ran on until they ended by themselves or by `--drain-secs`).
+#[test]
+fn a_revocation_given_to_the_successor_ends_the_draining_sessions() {
+    let HostSetup {
+        token: _token,
+        anchor: _anchor,
+        name: _name,
+        target,
+        agent,
+        gw,
+    } = setup("upgraderev", 20996, 20997);
+    let mut successors = Successors::default();
+    let long: Vec<Child> = (0..2)
+        .map(|_| long_session(&agent, target.addr, 25))
+        .collect();
+    wait_until(
+        "the long sessions are relayed",
+        Duration::from_secs(10),
+        || gw.count("connection_open") >= 2,
+    );
+    successors.0.push(successor(&gw, 0));
+    wait_event(
+        &gw,
+        Duration::from_secs(60),
+        |e| e["event"] == "handed_over",
+        0,
+    );
+    wait_event(&gw, Duration::from_secs(30), |e| e["event"] == "ready", 1);
+    let revoked_at = Instant::now();
+    let out = Command::new(agentgate_bin())
+        .args([
+            "revoke",
+            "--identity",
+            "agent-upgraderev",
+            "--reason",
+            "contractor left",
+        ])
+        .arg("--admin-socket")
+        .arg(gw.admin_socket())
+        .output()
+        .expect("agentgate revoke");
+    assert!(out.status.success(), "revoke: {}", pg::output_text(&out));
+    let long: Vec<Value> = long.into_iter().map(report).collect();
+    eprintln!(
+        "revoked after the handover; long sessions: {long:?} ({:?} after the revoke)",
+        revoked_at.elapsed()
+    );
+    for l in &long {
+        assert_eq!(l["kind"], "ok", "relayed: {l}");
+        assert!(
+            !l["error"].is_null(),
+            "the draining session was not ended: {l}"
+        );
+        assert!(
+            l["ended"].as_f64().unwrap_or(0.0) - l["started"].as_f64().unwrap_or(0.0) < 20.0,
+            "ended by the revocation, not by its own end: {l}"
+        );
+    }
+    let closes: Vec<Value> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "connection_close")
+        .collect();
+    assert!(
+        closes
+            .iter()
+            .filter(|e| e.to_string().contains("contractor left"))
+            .count()
+            >= 2,
+        "the old process said why it ended them: {closes:?}"
+    );
 }

@@ -776,43 +776,6 @@ fn gap(ratio: f64, goal: f64) -> String {
     }
 }
 
-/// Parts of the gateway a profile is broken down into: a label and the function (a substring
-/// of perf's symbol column) whose inclusive time is the part's. The last one is the scheduler's
-/// self time: threads waking and sleeping.
-const COMPONENTS: [(&str, &str); 10] = [
-    (
-        "a PostgreSQL session task, all (relay, checks, forwarding)",
-        "Proxy<C>::session::{{closure}}",
-    ),
-    (
-        "  statements checked on the way up (Upward::inspect)",
-        "relay::Upward::inspect::{{closure}}",
-    ),
-    (
-        "    of which: classification (libpg_query parse, protobuf decode)",
-        "classify::classify",
-    ),
-    (
-        "  results on the way down (downward)",
-        "relay::downward::{{closure}}",
-    ),
-    (
-        "  socket writes (sendto, with loopback TCP delivery)",
-        "[k] __x64_sys_sendto",
-    ),
-    ("  socket reads (recvfrom)", "[k] __x64_sys_recvfrom"),
-    ("the recorder thread, all", "Recorder::start::{{closure}}"),
-    (
-        "  journal records (JSON, SHA-256 chain, INSERT)",
-        "record::journal::append",
-    ),
-    ("  fsync (commits with synchronous=FULL)", "[k] do_fsync"),
-    (
-        "scheduler: switching threads (self time)",
-        "[k] finish_task_switch",
-    ),
-];
-
 /// Where the gateway's time goes: one more run (8 clients, simple protocol) under `perf
 /// record` with call graphs; its time by thread, by part and by function. Skipped, and said
 /// so, without `perf`.
@@ -877,7 +840,7 @@ fn profile(b: &mut Bench, secs: u64) -> anyhow::Result<()> {
     };
     let by_thread = report(false, "comm", "0.5")?;
     let by_sym = report(false, "dso,sym", "0.7")?;
-    let inclusive = report(true, "sym", "0.3")?;
+    let every_function = report(false, "dso,sym", "0")?;
     md!(
         "`perf {} -p <gateway>` during `pgbench {}` through agentgate ({:.0} TPS under the \
          profiler), all the gateway's threads. Time by thread:\n",
@@ -886,34 +849,17 @@ fn profile(b: &mut Bench, secs: u64) -> anyhow::Result<()> {
         run.tps
     );
     md!("```\n{}\n```\n", by_thread.join("\n"));
-    md!("By part (inclusive: a part's callees count in it; parts nest as indented):\n");
+    let (parts, covered) =
+        crate::bench_profile::breakdown(&crate::bench_profile::parse_report(&every_function));
+    md!(
+        "By part: every function's self time, each in one part (rules in \
+         xtask/src/bench_profile.rs), so the parts add up ({covered:.1} % of the samples \
+         listed):\n"
+    );
     md!("| part | share of the gateway's CPU |");
     md!("|---|---|");
-    for (label, symbol) in COMPONENTS {
-        // A line is "children% self% [x] symbol"; the scheduler's share is its self time.
-        // The symbol can appear on several lines (nested closures, several instances): the
-        // part is the largest of them, which holds the others. (The first line found was
-        // taken before, and the session's row read 0.36 % while its parts summed to 52 %;
-        // whether this was the cause is for the next profile to show.)
-        let share = inclusive
-            .iter()
-            .filter(|l| l.contains(symbol))
-            .filter_map(|l| {
-                let mut cols = l.split_whitespace();
-                let children = cols.next()?;
-                let own = cols.next()?;
-                let pick = if symbol.contains("finish_task_switch") {
-                    own
-                } else {
-                    children
-                };
-                pick.trim_end_matches('%').parse::<f64>().ok()
-            })
-            .fold(None, |max: Option<f64>, x| {
-                Some(max.map_or(x, |m| m.max(x)))
-            })
-            .map_or_else(|| "< 0.3%".into(), |x| format!("{x:.2}%"));
-        md!("| {} | {share} |", label.replace("  ", "&nbsp;&nbsp;"));
+    for (label, share) in crate::bench_profile::PARTS.iter().zip(parts) {
+        md!("| {label} | {share:.1} % |");
     }
     md!("\nSelf time by function (`[k]` kernel, `[.]` user space), the top:\n");
     md!("```\n{}\n```", by_sym.join("\n"));

@@ -6,6 +6,7 @@ mod bench_flood;
 mod bench_http;
 mod bench_mask;
 mod bench_pg;
+mod bench_profile;
 mod bench_record;
 mod bench_record_scale;
 mod bench_rev;
@@ -36,7 +37,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Show an agent in a fresh cgroup going through the gateway (needs root).
-    Demo,
+    Demo {
+        /// Another story instead: `autogen`, twelve CI jobs' AutoGen teams behind the gateway
+        /// (docs/autogen.md).
+        #[arg(long)]
+        story: Option<demo::Story>,
+    },
     /// Side-by-side measurements written into docs/benchmarks.md: connect() latency, relay
     /// throughput, pgbench direct vs HAProxy vs PgBouncer vs agentgate, result streaming with
     /// and without masking, the audit writer vs recording off, the gateway's memory after a
@@ -51,7 +57,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test { args } => test(&args),
-        Task::Demo => demo::run(),
+        Task::Demo { story: None } => demo::run(),
+        Task::Demo {
+            story: Some(demo::Story::Autogen),
+        } => demo::autogen::run(),
         Task::Bench(options) => bench::run(&options),
         Task::Image(options) => image::run_image(&options),
     }

@@ -58,6 +58,10 @@ const APT_PACKAGES: &[&str] = &[
     // tests/fixtures/kube/py_client.py: the Python `kubernetes` client, run with /usr/bin/python3
     // by tests/tests/kube_standin.rs (the gateway's Kubernetes tests use it as a second client).
     "python3-kubernetes",
+    // examples/autogen (tests/tests/autogen_story.rs, `cargo xtask demo --story autogen`): its
+    // pinned AutoGen packages go into a venv of their own, which Debian's python3 makes only
+    // with this package.
+    "python3-venv",
     // tests/src/http.rs: the agents' `curl` in the HTTP tests (openssl, listed above, makes
     // their certificate authorities).
     "curl",
@@ -149,6 +153,11 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     node_fixture()?;
+
+    // The AutoGen example's pinned packages (examples/autogen/requirements.txt) in their venv,
+    // target/autogen-venv-<hash>: made now, so the story's test does not wait on PyPI.
+    let python = agentgate_tests::autogen::venv::python();
+    println!("setup: AutoGen example venv at {}", python.display());
 
     let has_src = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])

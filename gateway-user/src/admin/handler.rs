@@ -9,6 +9,7 @@ use super::api::{
 };
 use crate::{
     approval::{ApprovalError, Approvals, Approver},
+    policy::ConsoleRole,
     proxy::revocations::Revocation,
 };
 
@@ -37,6 +38,8 @@ pub enum Refusal {
     NoRevocationTarget,
     #[error("`{0}` is only for root on the node's admin socket")]
     LocalOnly(&'static str),
+    #[error("`{0}` needs the console role {1:?} or higher")]
+    Forbidden(&'static str, ConsoleRole),
     #[error("revocation not stored: {0}")]
     RevocationNotStored(String),
     #[error("not stored: {0}")]
@@ -51,7 +54,7 @@ impl Refusal {
         match self {
             Refusal::Approval(e) => e.code(),
             Refusal::BadRequest(_) | Refusal::NoRevocationTarget => "bad_request",
-            Refusal::LocalOnly(_) => "forbidden",
+            Refusal::LocalOnly(_) | Refusal::Forbidden(..) => "forbidden",
             Refusal::RevocationNotStored(_) | Refusal::LiftNotStored(_) => "store_error",
             Refusal::Unencodable(_) => "internal_error",
         }
@@ -59,23 +62,38 @@ impl Refusal {
 }
 
 impl Admin {
-    /// Answers `req` for `caller`.
+    /// Answers `req` for `caller` without a console role (root on the node's socket; a person
+    /// with no role beyond approving).
     pub fn handle(&self, req: AdminRequest, caller: &Approver) -> Result<AdminResponse, Refusal> {
+        self.handle_as(req, caller, ConsoleRole::Approver)
+    }
+
+    /// Answers `req` for `caller`, a person with console role `role` (ignored for root on the
+    /// node, who may do everything): revocations are read by auditors and made or lifted by
+    /// admins; the node's status stays root's.
+    pub fn handle_as(
+        &self,
+        req: AdminRequest,
+        caller: &Approver,
+        role: ConsoleRole,
+    ) -> Result<AdminResponse, Refusal> {
         // Root on the node sees every request; a person only those of their groups.
         let groups = match caller {
             Approver::Local { .. } => None,
             Approver::Oidc { groups, .. } => Some(groups.as_slice()),
         };
-        if groups.is_some()
-            && matches!(
-                req,
-                AdminRequest::Status {}
-                    | AdminRequest::Revoke { .. }
-                    | AdminRequest::LiftRevocation { .. }
-                    | AdminRequest::Revocations {}
-            )
-        {
-            return Err(Refusal::LocalOnly(req.name()));
+        if groups.is_some() {
+            let needs = match req {
+                AdminRequest::Status {} => return Err(Refusal::LocalOnly(req.name())),
+                AdminRequest::Revoke { .. } | AdminRequest::LiftRevocation { .. } => {
+                    Some(ConsoleRole::Admin)
+                }
+                AdminRequest::Revocations {} => Some(ConsoleRole::Auditor),
+                _ => None,
+            };
+            if let Some(needs) = needs.filter(|n| role < *n) {
+                return Err(Refusal::Forbidden(req.name(), needs));
+            }
         }
         match req {
             AdminRequest::Status {} => Ok(AdminResponse::Status(self.node.status())),
@@ -146,7 +164,13 @@ fn revocation(
         workload: text(workload),
         reason: text(reason).unwrap_or_else(|| "no reason given".into()),
         at_ms: crate::record::now_ms(),
-        by: caller.name().to_string(),
+        // A person is named with their issuer: the same subject at two providers is two people.
+        by: match caller {
+            Approver::Local { user } => user.clone(),
+            Approver::Oidc {
+                issuer, subject, ..
+            } => format!("{issuer}#{subject}"),
+        },
     };
     if r.subject.is_none() && r.workload.is_none() {
         return Err(Refusal::NoRevocationTarget);

@@ -266,3 +266,57 @@ async fn the_socket_answers_typed_requests_and_refuses_unknown_ones() {
     );
     stop.cancel();
 }
+
+/// Console roles: auditors read revocations, admins make and lift them (on record as the
+/// admin's `issuer#subject`); the node's status stays root's whatever the role.
+#[test]
+fn console_admins_revoke_auditors_read_nobody_else() {
+    use crate::policy::ConsoleRole::{Admin as AdminRole, Approver as ApproverRole, Auditor};
+    let dir = tempfile::tempdir().unwrap();
+    let a = admin(dir.path());
+    let who = person(&["admins"]);
+    let revoke = AdminRequest::Revoke {
+        subject: Some("agent".into()),
+        issuer: None,
+        workload: None,
+        reason: Some("leaked".into()),
+    };
+    let lift = AdminRequest::LiftRevocation {
+        subject: Some("agent".into()),
+        issuer: None,
+        workload: None,
+        reason: None,
+    };
+    for role in [ApproverRole, Auditor] {
+        for req in [revoke.clone(), lift.clone()] {
+            let e = a.handle_as(req, &who, role).unwrap_err();
+            assert!(matches!(e, Refusal::Forbidden(_, AdminRole)), "{e}");
+        }
+    }
+    assert!(a
+        .handle_as(AdminRequest::Revocations {}, &who, ApproverRole)
+        .is_err());
+    assert!(matches!(
+        a.handle_as(revoke, &who, AdminRole),
+        Ok(AdminResponse::Revoked(_))
+    ));
+    let Ok(AdminResponse::Revocations(list)) =
+        a.handle_as(AdminRequest::Revocations {}, &who, Auditor)
+    else {
+        panic!("an auditor reads the revocations")
+    };
+    assert_eq!(
+        list.revocations[0].by,
+        format!("{}#{}", who.issuer(), who.name())
+    );
+    assert!(matches!(
+        a.handle_as(lift, &who, AdminRole),
+        Ok(AdminResponse::Lifted(_))
+    ));
+    for role in [ApproverRole, Auditor, AdminRole] {
+        assert!(matches!(
+            a.handle_as(AdminRequest::Status {}, &who, role),
+            Err(Refusal::LocalOnly(_))
+        ));
+    }
+}

@@ -7,6 +7,12 @@
 //! - `POST /v1/approvals/{id}/approve` (body: optional `{"reason": …}`)
 //! - `POST /v1/approvals/{id}/deny` (body: `{"reason": …}`, required)
 //!
+//! - `GET /v1/me`: who the caller is (and, signed in to the console, the CSRF token)
+//! - `/console/...`: the web console and its sign-in (`crate::console`)
+//!
+//! A console session cookie is the other way in: every request other than GET/HEAD made with
+//! it must carry the session's `X-CSRF-Token` (and, if it says, come from the console's origin).
+//!
 //! Errors are `{"error": text, "reason": code}` with 400, 401, 403, 404 or 409.
 //!
 //! Each route is an [`AdminRequest`], answered by the same handler as the Unix socket's, as the
@@ -14,15 +20,22 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use http_body_util::Full;
-use hyper::{body::Bytes, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{caller::Caller, routes::route, Admin, Refusal};
-use crate::approval::{ApprovalError, Approver};
+use super::{
+    caller::Caller,
+    routes::{route, whole, Body},
+    views::ConsoleApi,
+    Admin, Refusal,
+};
+use crate::{
+    approval::{ApprovalError, Approver},
+    console::{ConsoleAuth, Lookup, SignedIn},
+};
 
 /// Why a caller is not let in: the verifier's stable code and its message.
 pub struct Unauthorized {
@@ -51,20 +64,30 @@ pub enum HttpAdminError {
 pub struct HttpAdmin {
     /// The same handler as the Unix socket's; the routes below map onto its requests.
     pub admin: Arc<Admin>,
+    /// What the console's routes read besides approvals (record, policy, live changes).
+    pub api: Arc<ConsoleApi>,
     pub authenticate: Authenticate,
+    /// The console's sign-in and sessions (`None`: bearer tokens only).
+    pub console: Option<Arc<ConsoleAuth>>,
 }
 
-/// Binds the listener now (so a bad address fails the start) and returns the serving task.
+/// Binds the listener now (so a bad address fails the start), or serves `taken` (the socket
+/// a gateway handed over in an upgrade, already bound to `addr`).
 pub async fn bind(
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
+    taken: Option<std::net::TcpListener>,
 ) -> Result<(TcpListener, Option<tokio_rustls::TlsAcceptor>), HttpAdminError> {
     if tls.is_none() && !addr.ip().is_loopback() {
         return Err(HttpAdminError::PlainOffLoopback(addr));
     }
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpAdminError::Bind { addr, source })?;
+    let listener = match taken {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l)),
+        None => TcpListener::bind(addr).await,
+    }
+    .map_err(|source| HttpAdminError::Bind { addr, source })?;
     Ok((listener, tls.map(tokio_rustls::TlsAcceptor::from)))
 }
 
@@ -111,8 +134,8 @@ pub async fn serve(
     }
 }
 
-pub(super) fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+pub(crate) fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = Response::new(whole(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -121,18 +144,18 @@ pub(super) fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-pub(super) fn refuse(
+pub(crate) fn refuse(
     status: StatusCode,
     code: &str,
     message: impl std::fmt::Display,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     reply(
         status,
         json!({"error": message.to_string(), "reason": code}),
     )
 }
 
-fn refusal(e: &Refusal) -> Response<Full<Bytes>> {
+pub(super) fn refusal(e: &Refusal) -> Response<Body> {
     let status = match e {
         Refusal::Approval(e) => match e {
             ApprovalError::UnknownRequest(_) => StatusCode::NOT_FOUND,
@@ -147,7 +170,7 @@ fn refusal(e: &Refusal) -> Response<Full<Bytes>> {
             ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         Refusal::BadRequest(_) | Refusal::NoRevocationTarget => StatusCode::BAD_REQUEST,
-        Refusal::LocalOnly(_) => StatusCode::FORBIDDEN,
+        Refusal::LocalOnly(_) | Refusal::Forbidden(..) => StatusCode::FORBIDDEN,
         Refusal::RevocationNotStored(_) | Refusal::LiftNotStored(_) | Refusal::Unencodable(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -156,45 +179,80 @@ fn refusal(e: &Refusal) -> Response<Full<Bytes>> {
 }
 
 impl HttpAdmin {
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let token = req
-            .headers()
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if path == "/console" || path.starts_with("/console/") {
+            let mut r = match &self.console {
+                Some(c) => crate::console::web::handle(c, req).await,
+                None => refuse(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "the console is off (give --admin-http and a policy `console:`)",
+                ),
+            };
+            super::assets::harden(r.headers_mut());
+            return r;
+        }
+        let (caller, session, bearer) = match self.authenticate(req.headers()).await {
+            Ok(c) => c,
+            Err(refused) => return refused,
+        };
+        // A browser sends the cookie with any request, whoever's page made it: a state change
+        // made with it must prove it comes from the console (CSRF token, Origin).
+        if let (Some(signed), Some(console)) = (&session, &self.console) {
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                if let Err(why) = console.check_csrf(signed, req.headers()) {
+                    return refuse(StatusCode::FORBIDDEN, "csrf", format!("refused: {why}"));
+                }
+            }
+        }
+        if req.method() == Method::GET && req.uri().path() == "/v1/me" {
+            return crate::console::web::me(&caller, session.as_ref(), bearer.as_deref());
+        }
+        route(req, &caller, &self.admin, &self.api).await
+    }
+
+    /// Who is calling: a bearer token (scripts) or else a console session cookie. Returns the
+    /// caller, their session if that is how, and the token if that is how.
+    async fn authenticate(
+        &self,
+        headers: &hyper::HeaderMap,
+    ) -> Result<(Caller, Option<SignedIn>, Option<String>), Response<Body>> {
+        let token = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(|t| t.trim().to_string());
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "no_token",
-                "an approver's OIDC token is required (Authorization: Bearer …)",
-            );
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return match self.console.as_ref().map(|c| c.lookup(headers)) {
+                Some(Lookup::Valid(signed)) => Ok((signed.caller(), Some(signed), None)),
+                Some(Lookup::Invalid) => Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "no_session",
+                    "the console session is unknown or over; sign in again",
+                )),
+                None | Some(Lookup::None) => Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "no_token",
+                    "an approver's OIDC token (Authorization: Bearer …) or a console session is required",
+                )),
+            };
         };
-        let caller = match (self.authenticate)(token).await {
-            Ok(c) => c,
-            Err(u) => return refuse(StatusCode::UNAUTHORIZED, u.code, u.message),
-        };
+        let caller = (self.authenticate)(token.clone())
+            .await
+            .map_err(|u| refuse(StatusCode::UNAUTHORIZED, u.code, u.message))?;
         let Approver::Oidc { .. } = &caller.approver else {
-            return refuse(
+            return Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "no_token",
                 "not an OIDC principal",
-            );
+            ));
         };
-        let request = match route(req, &caller).await {
-            Ok(r) => r,
-            Err(refused) => return refused,
-        };
-        match self.admin.handle(request, &caller.approver) {
-            Ok(answer) => match serde_json::to_value(&answer) {
-                Ok(body) => reply(StatusCode::OK, body),
-                Err(e) => refusal(&Refusal::Unencodable(e.to_string())),
-            },
-            Err(e) => refusal(&e),
-        }
+        Ok((caller, None, Some(token)))
     }
 }
 
@@ -204,7 +262,8 @@ mod tests {
 
     use std::time::Duration;
 
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
     use tokio::sync::watch;
 
     use super::*;
@@ -332,12 +391,13 @@ mod tests {
 
         // Plain HTTP is for loopback only; the check comes before any bind.
         assert!(matches!(
-            bind("0.0.0.0:0".parse().unwrap(), None).await,
+            bind("0.0.0.0:0".parse().unwrap(), None, None).await,
             Err(HttpAdminError::PlainOffLoopback(_))
         ));
-        let (listener, acceptor) = bind("127.0.0.1:0".parse().unwrap(), Some(Arc::new(server)))
-            .await
-            .unwrap();
+        let (listener, acceptor) =
+            bind("127.0.0.1:0".parse().unwrap(), Some(Arc::new(server)), None)
+                .await
+                .unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let admin = Arc::new(HttpAdmin {
@@ -345,7 +405,21 @@ mod tests {
                 approvals: a.clone(),
                 node: Arc::new(crate::admin::handler::tests::NoGateway::default()),
             }),
+            api: Arc::new(ConsoleApi::new(
+                None,
+                watch::channel(Arc::new(crate::policy::Policy::default())).1,
+                Arc::new(std::sync::Mutex::new(crate::policy::PolicyStatus {
+                    dir: dir.path().into(),
+                    version: String::new(),
+                    generation: 1,
+                    loaded_at_ms: 0,
+                    last_error: None,
+                })),
+                None,
+                tokio::sync::broadcast::channel(1).0,
+            )),
             authenticate: authenticate(),
+            console: None,
         });
         tokio::spawn(serve(admin, listener, acceptor, stop.clone()));
 

@@ -3,13 +3,17 @@
 //! for approvers elsewhere is in [`http`]; both are answered by [`Admin::handle`].
 
 pub mod api;
-#[allow(dead_code)] // served by the console sign-in (issue 22), landing next
 pub mod assets;
 pub mod caller;
+pub mod data;
+pub mod events;
 pub mod handler;
 pub mod http;
 pub mod node;
+pub mod query;
 pub mod routes;
+pub mod series;
+pub mod views;
 
 use std::{
     io::{BufRead, BufReader, Write},

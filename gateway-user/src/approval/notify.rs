@@ -52,11 +52,24 @@ impl Notifier {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let hooks = self.policy.borrow().gateway.approval_webhooks.clone();
+        let (hooks, link) = {
+            let p = self.policy.borrow();
+            let link = p
+                .console
+                .as_ref()
+                .and_then(|c| console_link(&c.redirect_url, &r.id));
+            (p.gateway.approval_webhooks.clone(), link)
+        };
         for hook in hooks {
             let body = match hook.format {
-                WebhookFormat::Json => json!({"event": event, "request": r}),
-                WebhookFormat::Slack => slack(event, r),
+                WebhookFormat::Json => {
+                    let mut body = json!({"event": event, "request": r});
+                    if let Some(l) = &link {
+                        body["console_url"] = json!(l);
+                    }
+                    body
+                }
+                WebhookFormat::Slack => slack(event, r, link.as_deref()),
             };
             let (http, tls) = (self.http.clone(), self.tls.clone());
             let (events, id) = (self.events.clone(), r.id.clone());
@@ -118,6 +131,14 @@ async fn deliver(
     );
 }
 
+/// The request's page in the web console: `{origin}/console/#/approvals/{id}`, the origin
+/// (scheme, host, port) being that of the console's sign-in callback.
+fn console_link(redirect_url: &str, id: &str) -> Option<String> {
+    let u = redirect_url.parse::<hyper::Uri>().ok()?;
+    let (scheme, authority) = (u.scheme_str()?, u.authority()?);
+    Some(format!("{scheme}://{authority}/console/#/approvals/{id}"))
+}
+
 /// Agent-controlled text for Slack's mrkdwn: `&`, `<` and `>` escaped (no mentions or links can
 /// be forged) and code fences broken (the text cannot leave its code block).
 fn slack_text(s: &str) -> String {
@@ -131,7 +152,7 @@ fn slack_text(s: &str) -> String {
 const SLACK_STATEMENT: usize = 2_000;
 
 /// A Slack incoming-webhook message: a text fallback and a section with the details.
-fn slack(event: &str, r: &Request) -> Value {
+fn slack(event: &str, r: &Request, link: Option<&str>) -> Value {
     let head = match event {
         "approval_requested" => format!(
             ":hourglass: agentgate approval request `{}`: {} wants to run on `{}` database `{}` (waits for {})",
@@ -160,6 +181,11 @@ fn slack(event: &str, r: &Request) -> Value {
             r.id
         ));
     }
+    // The link is the policy's origin and the gateway's id: nothing of the agent's in it.
+    let head = match link {
+        Some(l) => format!("{head} · <{l}|open in the console>"),
+        None => head,
+    };
     json!({
         "text": format!("{head}\n{statement}"),
         "blocks": [
@@ -187,7 +213,7 @@ mod tests {
             "mode": "hold", "retry_window_ms": 0, "retry_used_ms": null, "reason": null, "votes": [],
         }))
         .unwrap();
-        let m = slack("approval_requested", &r);
+        let m = slack("approval_requested", &r, None);
         let text = m["text"].as_str().unwrap();
         assert!(
             !text.contains("<!channel>") && !text.contains("<https://"),
@@ -197,5 +223,32 @@ mod tests {
         // The statement's own fence is broken: exactly one code block, opened and closed.
         assert_eq!(text.matches("```").count(), 2, "{text}");
         assert!(text.contains("cut at 2000 of 3"), "{text}");
+    }
+
+    #[test]
+    fn the_message_links_to_the_requests_console_page() {
+        assert_eq!(
+            console_link("https://gw.example:8443/console/callback?x=1", "ar-0001").as_deref(),
+            Some("https://gw.example:8443/console/#/approvals/ar-0001")
+        );
+        assert_eq!(console_link("not a url", "ar-1"), None);
+        let r: Request = serde_json::from_value(json!({
+            "id": "ar-000000000001", "state": "pending", "created_ms": 0, "expires_ms": 1,
+            "decided_ms": null, "session": "s", "issuer": "i", "subject": "a",
+            "workload": "w", "target": "pg", "database": "db", "protocol": "postgres",
+            "statement": "DROP TABLE t", "params": [], "class": "ddl", "rule": "r",
+            "approvers": ["dba"], "quorum": 1, "mode": "hold", "retry_window_ms": 0,
+            "retry_used_ms": null, "reason": null, "votes": [],
+        }))
+        .unwrap();
+        let link = "https://gw.example/console/#/approvals/ar-000000000001";
+        let m = slack("approval_requested", &r, Some(link));
+        assert!(
+            m["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("<{link}|open in the console>")),
+            "{m}"
+        );
     }
 }

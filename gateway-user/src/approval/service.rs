@@ -77,7 +77,13 @@ pub struct Approvals {
     events: Arc<EventSink>,
     /// Set when the gateway stops: statements still held then are cancelled as such.
     stopping: std::sync::atomic::AtomicBool,
+    /// Every request as it is stored (new, each vote, its end), for the console's live
+    /// events. Bounded and never waited on: a slow listener lags, approvals do not.
+    changes: tokio::sync::broadcast::Sender<Request>,
 }
+
+/// Changes a listener may fall behind by before it is told it lagged.
+const CHANGES_BUFFER: usize = 256;
 
 impl Approvals {
     /// Opens the store in the record database. Requests left pending by a previous run whose
@@ -95,6 +101,7 @@ impl Approvals {
             notifier,
             events,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
         }))
     }
 
@@ -122,6 +129,17 @@ impl Approvals {
             }
         }
         Ok(())
+    }
+
+    /// Every request from now on as it is stored: submitted, voted on, decided, expired,
+    /// cancelled, its retry used.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Request> {
+        self.changes.subscribe()
+    }
+
+    /// Tells the listeners (none is fine: nobody is watching).
+    fn changed(&self, r: &Request) {
+        let _ = self.changes.send(r.clone());
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -174,6 +192,7 @@ impl Approvals {
                             },
                         )?;
                         drop(store);
+                        self.changed(&r);
                         self.events.emit(
                             "approval_retry_used",
                             json!({"id": r.id, "session": new.session}),
@@ -249,6 +268,7 @@ impl Approvals {
             return Err(e.into());
         }
         tracing::info!(id = request.id, rule = request.rule, "approval requested");
+        self.changed(&request);
         self.events.emit(
             "approval_requested",
             json!({"id": request.id, "session": request.session, "rule": request.rule,
@@ -356,6 +376,7 @@ impl Approvals {
             },
         )?;
         drop(store);
+        self.changed(&r);
         tracing::info!(
             id,
             by = who,
@@ -367,6 +388,41 @@ impl Approvals {
             self.decided(&r, &who);
         }
         Ok(r)
+    }
+
+    /// Decisions another process stored for requests held here: after a handover the successor
+    /// answers approvers, and this process (draining) holds statements of its own sessions.
+    /// The deciding process announced them; here they only reach the held statements.
+    pub fn take_decisions_from_store(&self) -> usize {
+        let ids: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut delivered = 0;
+        for id in ids {
+            let r = match self.store().get(&id) {
+                Ok(Some(r)) if r.state != State::Pending => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(id, "approval request unreadable while draining: {e}");
+                    continue;
+                }
+            };
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(tx) = held {
+                tracing::info!(id, state = r.state.as_str(), "decided by the successor");
+                let _ = tx.send(r);
+                delivered += 1;
+            }
+        }
+        delivered
     }
 
     /// How many requests wait for a decision (for the metrics).
@@ -460,6 +516,7 @@ impl Approvals {
             // The held session is still told: it must not wait for a decision that came.
             tracing::error!(id, "approval request {event} but not stored: {e}");
         }
+        self.changed(&r);
         self.decided(&r, &actor);
     }
 

@@ -268,3 +268,34 @@ fn a_restart_cancels_held_requests_and_keeps_retry_ones() {
         assert_eq!(a.get(&retry_id).unwrap().state, State::Expired);
     });
 }
+
+/// After a handover two processes share the record: the successor decides a request the old
+/// process holds a statement for, and the old one's statement learns it from the store.
+#[tokio::test]
+async fn a_decision_stored_by_another_process_reaches_the_held_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = open(&dir.path().join("r.db"));
+    let successor = open(&dir.path().join("r.db"));
+    let mut h = held(
+        old.submit(new(Mode::Hold, 1, Duration::from_secs(60), "k"))
+            .unwrap(),
+    );
+    let id = h.request().id;
+    assert_eq!(old.take_decisions_from_store(), 0, "still pending");
+    successor
+        .decide(&id, &person("dba-1", &["dba"]), Verdict::Approve, None)
+        .unwrap();
+    // Not until the old process reads the store (its own watch knows nothing yet).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), h.decided())
+            .await
+            .is_err(),
+        "the old process cannot have heard of it yet"
+    );
+    assert_eq!(old.take_decisions_from_store(), 1);
+    let r = tokio::time::timeout(Duration::from_secs(1), h.decided())
+        .await
+        .expect("delivered");
+    assert_eq!(r.state, State::Approved);
+    assert_eq!(old.take_decisions_from_store(), 0, "delivered once");
+}

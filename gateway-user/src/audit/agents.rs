@@ -15,7 +15,7 @@ use crate::proxy::revocations::{self, Revocation};
 pub(crate) const LIST: &str = "
 WITH outcomes AS (
     SELECT session,
-           sum(json_extract(body, '$.class') <> 'read'
+           sum(coalesce(json_extract(body, '$.privileged'), json_extract(body, '$.class') <> 'read')
                AND json_extract(body, '$.decision') <> 'denied') AS privileged,
            sum(json_extract(body, '$.decision') = 'denied') AS denied
     FROM audit_log
@@ -23,7 +23,7 @@ WITH outcomes AS (
     GROUP BY session),
 unanswered AS (
     SELECT i.session,
-           sum(json_extract(i.body, '$.class') <> 'read'
+           sum(coalesce(json_extract(i.body, '$.privileged'), json_extract(i.body, '$.class') <> 'read')
                AND json_extract(i.body, '$.decision') <> 'denied') AS privileged,
            sum(json_extract(i.body, '$.decision') = 'denied') AS denied
     FROM audit_log i

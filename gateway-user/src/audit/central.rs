@@ -74,7 +74,7 @@ st AS (
     WHERE kind IN ('statement', 'statement_intent') AND ($2::text IS NULL OR node = $2)),
 counted AS (
     SELECT s.node, s.session,
-           count(*) FILTER (WHERE s.b->>'class' <> 'read' AND s.b->>'decision' <> 'denied')
+           count(*) FILTER (WHERE coalesce((s.b->>'privileged')::boolean, s.b->>'class' <> 'read') AND s.b->>'decision' <> 'denied')
                AS privileged,
            count(*) FILTER (WHERE s.b->>'decision' = 'denied') AS denied
     FROM st s
@@ -115,7 +115,7 @@ ORDER BY node, seq";
 const COUNTS: &str = "
 SELECT count(*) AS statements,
        count(*) FILTER (WHERE k.b->>'decision' = 'denied') AS denied,
-       count(*) FILTER (WHERE k.b->>'class' <> 'read' AND k.b->>'decision' <> 'denied')
+       count(*) FILTER (WHERE coalesce((k.b->>'privileged')::boolean, k.b->>'class' <> 'read') AND k.b->>'decision' <> 'denied')
            AS privileged
 FROM (SELECT kind, body::jsonb AS b FROM agentgate_audit x
       WHERE x.node = p.node AND x.session = p.session

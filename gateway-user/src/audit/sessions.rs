@@ -132,12 +132,26 @@ WHERE o.kind = 'session_open'
                                AND json_extract(st.body, '$.text') LIKE ?8))
 ORDER BY json_extract(o.body, '$.started_ms') DESC LIMIT ?9";
 
-/// One session's statements: all, denied, privileged (not `read`, not denied). Through the
-/// `statements` view with the session bound, which SQLite pushes into both of its halves.
+/// One session's statements: all, denied, privileged (the gate's judgement, not denied).
+/// Straight from the journal rather than through the `statements` view: a database that no
+/// gateway of this version has opened yet (read-only commands never migrate) has the older view.
+/// Both halves look the session up by its index.
 pub(crate) const COUNTS: &str = "
 SELECT count(*), coalesce(sum(decision = 'denied'), 0),
-       coalesce(sum(class <> 'read' AND decision <> 'denied'), 0)
-FROM statements WHERE session = ?1";
+       coalesce(sum(privileged AND decision <> 'denied'), 0)
+FROM (SELECT json_extract(body, '$.decision') AS decision,
+             coalesce(json_extract(body, '$.privileged'),
+                      json_extract(body, '$.class') <> 'read') AS privileged
+      FROM audit_log WHERE session = ?1 AND kind = 'statement'
+      UNION ALL
+      SELECT json_extract(i.body, '$.decision'),
+             coalesce(json_extract(i.body, '$.privileged'),
+                      json_extract(i.body, '$.class') <> 'read')
+      FROM audit_log i
+      WHERE i.session = ?1 AND i.kind = 'statement_intent'
+        AND NOT EXISTS (SELECT 1 FROM audit_log o
+                        WHERE o.kind = 'statement' AND o.session = i.session
+                          AND json_extract(o.body, '$.seq') = json_extract(i.body, '$.seq')))";
 
 /// Sessions, newest first, with their counts.
 pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Value>, AuditError> {

@@ -82,6 +82,9 @@ pub enum Role {
     Pod { netns_inode: u64 },
     /// The metrics, /healthz and /readyz endpoint (probes must keep answering).
     Metrics,
+    /// The HTTP admin API and console (`--admin-http`): approvers keep reaching the node, and
+    /// the new process could not bind the port while the old one holds it.
+    AdminHttp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,6 +441,13 @@ impl Inherited {
 
     pub fn take_metrics(&mut self) -> Option<std::net::TcpListener> {
         self.take_role(|r| *r == Role::Metrics)
+            .into_iter()
+            .next()
+            .map(|(_, l)| l)
+    }
+
+    pub fn take_admin_http(&mut self) -> Option<std::net::TcpListener> {
+        self.take_role(|r| *r == Role::AdminHttp)
             .into_iter()
             .next()
             .map(|(_, l)| l)

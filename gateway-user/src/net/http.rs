@@ -129,16 +129,34 @@ impl HttpClient {
         tls: Option<&Arc<rustls::ClientConfig>>,
         body: String,
     ) -> Result<u16, HttpError> {
-        let (status, _) = self.send(url, tls, Some(body)).await?;
+        let (status, _) = self.send(url, tls, Some(Body::json(body))).await?;
         Ok(status.as_u16())
     }
 
-    /// One request: a GET, or a POST of `body` as JSON.
+    /// POST a form (`application/x-www-form-urlencoded`) to `url`, with an `Authorization`
+    /// header if given (an OpenID token endpoint): the status and, for a 200, the body.
+    pub async fn post_form(
+        &self,
+        url: &HttpUrl,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        form: String,
+        authorization: Option<String>,
+    ) -> Result<(u16, Bytes), HttpError> {
+        let body = Body {
+            content_type: "application/x-www-form-urlencoded",
+            bytes: form,
+            authorization,
+        };
+        let (status, bytes) = self.send(url, tls, Some(body)).await?;
+        Ok((status.as_u16(), bytes))
+    }
+
+    /// One request: a GET, or a POST of `body`.
     async fn send(
         &self,
         url: &HttpUrl,
         tls: Option<&Arc<rustls::ClientConfig>>,
-        body: Option<String>,
+        body: Option<Body>,
     ) -> Result<(hyper::StatusCode, Bytes), HttpError> {
         let addrs: Vec<SocketAddr> = tokio::time::timeout(
             self.connect_timeout,
@@ -191,12 +209,29 @@ impl HttpClient {
     }
 }
 
+/// What a POST sends.
+struct Body {
+    content_type: &'static str,
+    bytes: String,
+    authorization: Option<String>,
+}
+
+impl Body {
+    fn json(bytes: String) -> Self {
+        Body {
+            content_type: "application/json",
+            bytes,
+            authorization: None,
+        }
+    }
+}
+
 async fn exchange(
     tcp: TcpStream,
     url: &HttpUrl,
     tls: Option<&Arc<rustls::ClientConfig>>,
     max_body: usize,
-    body: Option<String>,
+    body: Option<Body>,
 ) -> Result<(hyper::StatusCode, Bytes), HttpError> {
     if !url.tls {
         return request(tcp, url, max_body, body).await;
@@ -218,7 +253,7 @@ async fn request<S>(
     io: S,
     url: &HttpUrl,
     max_body: usize,
-    body: Option<String>,
+    body: Option<Body>,
 ) -> Result<(hyper::StatusCode, Bytes), HttpError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -239,10 +274,16 @@ where
             None => builder
                 .method(hyper::Method::GET)
                 .body(Either::Left(Empty::<Bytes>::new())),
-            Some(b) => builder
-                .method(hyper::Method::POST)
-                .header(hyper::header::CONTENT_TYPE, "application/json")
-                .body(Either::Right(Full::new(Bytes::from(b)))),
+            Some(b) => {
+                let builder = match b.authorization {
+                    Some(a) => builder.header(hyper::header::AUTHORIZATION, a),
+                    None => builder,
+                };
+                builder
+                    .method(hyper::Method::POST)
+                    .header(hyper::header::CONTENT_TYPE, b.content_type)
+                    .body(Either::Right(Full::new(Bytes::from(b.bytes))))
+            }
         }
         .map_err(|e| HttpError::Http(e.to_string()))?;
         let resp = sender

@@ -262,6 +262,7 @@ impl<C: Connect> Session<'_, C> {
             params: Vec::new(),
             // The toy does not classify what it forwards.
             class: Class::Opaque.as_str().to_string(),
+            privileged: true,
             tables: Vec::new(),
             functions: Vec::new(),
             decision: "allowed",

@@ -60,7 +60,7 @@ pub fn check_providers(policy: &Policy) -> Result<(), String> {
 }
 
 /// The identity providers of a policy in the verifier's terms.
-fn provider_configs(policy: &Policy) -> Result<Vec<ProviderConfig>, String> {
+pub(crate) fn provider_configs(policy: &Policy) -> Result<Vec<ProviderConfig>, String> {
     policy
         .identity_providers
         .iter()

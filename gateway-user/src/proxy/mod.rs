@@ -148,6 +148,29 @@ impl<C: Connect> Proxy<C> {
             .end_where(|g| r.covers(&g.issuer, &g.subject, &g.workload), &reason))
     }
 
+    /// After a handover the successor answers the admin socket and API: the approvals and
+    /// revocations given there reach this process's draining sessions through the record
+    /// database, read every 200 ms until the process ends.
+    pub async fn follow_the_successor(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            self.approvals.take_decisions_from_store();
+            match self.revocations.refresh() {
+                Ok(new) => {
+                    for r in new {
+                        let reason = r.message();
+                        let ended = self
+                            .sessions
+                            .end_where(|g| r.covers(&g.issuer, &g.subject, &g.workload), &reason);
+                        tracing::info!(ended, "revoked by the successor: {reason}");
+                    }
+                }
+                Err(e) => tracing::warn!("revocations unreadable while draining: {e}"),
+            }
+        }
+    }
+
     /// Verifies a person's token (an approver's) with the identity providers of the policy in
     /// force, as an agent's would be: the verifier's reason code on refusal.
     pub async fn verify_person(

@@ -46,6 +46,18 @@ impl Revocation {
 pub struct Revocations {
     db: SharedDb,
     list: RwLock<Vec<Revocation>>,
+    /// Each revocation and lift once stored, for the console's live events (bounded, never
+    /// waited on).
+    changes: tokio::sync::broadcast::Sender<RevocationChange>,
+}
+
+/// A revocation put in force or lifted.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevocationChange {
+    /// `revoked` or `lifted`.
+    pub action: &'static str,
+    #[serde(flatten)]
+    pub revocation: Revocation,
 }
 
 const SCHEMA: &str =
@@ -85,6 +97,7 @@ impl Revocations {
         Ok(Revocations {
             db,
             list: RwLock::new(list),
+            changes: tokio::sync::broadcast::channel(64).0,
         })
     }
 
@@ -95,6 +108,25 @@ impl Revocations {
             .iter()
             .find(|r| r.covers(issuer, subject, workload))
             .cloned()
+    }
+
+    /// Re-reads the stored revocations: after a handover the successor adds and lifts them, and
+    /// this process (draining) learns of them here. Returns those it did not know before.
+    pub fn refresh(&self) -> rusqlite::Result<Vec<Revocation>> {
+        let stored = read_all(&Db::lock(&self.db).conn)?;
+        let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
+        let new = stored
+            .iter()
+            .filter(|r| !list.contains(r))
+            .cloned()
+            .collect();
+        *list = stored;
+        Ok(new)
+    }
+
+    /// Where revocations and lifts are announced (subscribe to hear them from then on).
+    pub fn changes(&self) -> tokio::sync::broadcast::Sender<RevocationChange> {
+        self.changes.clone()
     }
 
     pub fn list(&self) -> Vec<Revocation> {
@@ -119,7 +151,14 @@ impl Revocations {
                 },
             )
         })?;
-        self.list.write().unwrap_or_else(|p| p.into_inner()).push(r);
+        self.list
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(r.clone());
+        let _ = self.changes.send(RevocationChange {
+            action: "revoked",
+            revocation: r,
+        });
         Ok(())
     }
 
@@ -156,6 +195,10 @@ impl Revocations {
             )
         })?;
         *list = kept;
+        let _ = self.changes.send(RevocationChange {
+            action: "lifted",
+            revocation: target.clone(),
+        });
         Ok(gone.len())
     }
 }

@@ -46,6 +46,10 @@ pub struct Statement {
     pub text: String,
     pub params: Vec<Option<String>>,
     pub class: String,
+    /// It changes something or reaches further than a read (the gate's own judgement: a write,
+    /// DDL, an exec, an SSH command, a forward): what `agentgate agents` counts as privileged
+    /// actions. Records from before this field count by `class <> 'read'`.
+    pub privileged: bool,
     pub tables: Vec<String>,
     pub functions: Vec<String>,
     /// `allowed` or `denied`.

@@ -16,6 +16,7 @@ use agentgate_tests::{fixtures, mint, now, Cgroup};
 use crate::util;
 
 mod approvals;
+pub mod autogen;
 mod background;
 mod masking;
 mod output;
@@ -25,6 +26,13 @@ mod ssh;
 mod tcp;
 
 const DEMO_DIR: &str = "/tmp/agentgate-demo";
+
+/// The stories `cargo xtask demo --story` tells besides the default one.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Story {
+    /// Twelve CI jobs' AutoGen teams behind the gateway (docs/autogen.md).
+    Autogen,
+}
 
 pub fn run() -> anyhow::Result<()> {
     util::require_root("the demo")?;

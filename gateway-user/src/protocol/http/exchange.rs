@@ -219,6 +219,7 @@ impl<'a, C: Connect> Conn<'a, C> {
             }
         }
         rec.class = classified.class.clone();
+        rec.privileged = classified.privileged();
         rec.tables = vec![classified.resource.clone()];
         if let Some(b) = &shown_body {
             rec.text = format!("{}\n{b}", rec.text);
@@ -434,6 +435,8 @@ impl<'a, C: Connect> Conn<'a, C> {
             text: format!("{} {target}", req.method()),
             params: Vec::new(),
             class: req.method().as_str().to_ascii_lowercase(),
+            // Until the request is classified: as its method says.
+            privileged: !matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS"),
             tables: Vec::new(),
             functions: Vec::new(),
             decision: "allowed",

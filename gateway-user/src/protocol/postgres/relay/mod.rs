@@ -759,6 +759,7 @@ impl Upward<'_, '_> {
             text,
             params,
             class: c.class.as_str().to_string(),
+            privileged: c.class != crate::statement::Class::Read,
             tables: c.tables.iter().map(|t| t.to_string()).collect(),
             functions: c.functions.clone(),
             decision,
