@@ -1096,6 +1096,7 @@ pub fn host_setup(tag: &str, listen: u16, port: u16, addresses: &[&str]) -> Host
 }
 pub mod autogen;
 pub mod bg;
+pub mod browser;
 pub mod http;
 pub mod kube;
 pub mod oidc;

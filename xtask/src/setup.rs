@@ -77,6 +77,13 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "binutils",
+    // tests/tests/console_browser.rs: the web console in a real browser, headless Chromium
+    // driven through WebDriver (tests/src/browser.rs).
+    "chromium",
+    "chromium-driver",
+    // A font with the Control Pictures block (the console shows ESC in a statement as U+241B),
+    // so the tests' screenshots show the symbols rather than empty boxes.
+    "fonts-freefont-ttf",
 ];
 /// pip packages for the `python3` on PATH, each with the module that shows it is present.
 const PIP_PACKAGES: &[(&str, &str)] = &[
