@@ -261,8 +261,14 @@ fn the_autogen_story() {
     assert_eq!(count(102, "denied"), 0);
     assert_eq!(count(103, "denied"), 1);
     assert_eq!(count(106, "denied"), 1);
-    // Agents that only read the database did nothing privileged.
-    for pr in [104, 110, 112] {
+    // Agents that only read (the database, or the cluster with `kubectl get`, discovery
+    // included) did nothing privileged; the SSH command of PR 108 counts.
+    assert!(
+        count(108, "privileged_actions") >= 1,
+        "{}",
+        agent(&story, 108)
+    );
+    for pr in [104, 109, 110, 111, 112] {
         assert_eq!(count(pr, "privileged_actions"), 0, "{}", agent(&story, pr));
         assert_eq!(count(pr, "denied"), 0, "{}", agent(&story, pr));
     }
