@@ -754,6 +754,13 @@ fn signing_out_ends_the_event_stream() {
         .as_str()
         .expect("csrf token")
         .to_string();
+    // The console's files are served by the gateway with validators: a current ETag gets 304.
+    let js = format!("{base}/console/assets/app.js");
+    let a = b.get(&js);
+    assert_eq!(a.status, 200, "{a:?}");
+    let etag = a.header("etag").expect("an ETag").to_string();
+    let a = b.request("GET", &js, &[("If-None-Match", &etag)], None);
+    assert_eq!(a.status, 304, "{a:?}");
     let cookie = b.cookie(&authority(&p), SESSION).expect("cookie");
     let (tx, rx) = std::sync::mpsc::channel();
     {

@@ -70,12 +70,13 @@ pub fn index() -> Response<Full<Bytes>> {
 }
 
 /// A static file under `/console/assets/` (`path` is the request's path, or the file's name),
-/// or `None` (the caller answers 404).
+/// or `None` (the caller answers 404). The tests' short form of [`serve_conditional`].
+#[cfg(test)]
 pub fn serve(path: &str) -> Option<Response<Full<Bytes>>> {
     serve_conditional(path, None)
 }
 
-/// As [`serve`], answering 304 Not Modified when `if_none_match` (the request's
+/// A static file, as `serve` in the tests, answering 304 Not Modified when `if_none_match` (the request's
 /// `If-None-Match`) names the file's current ETag.
 pub fn serve_conditional(
     path: &str,

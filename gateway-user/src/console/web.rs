@@ -45,7 +45,8 @@ pub async fn handle<B>(auth: &ConsoleAuth, req: Request<B>) -> Answer {
     if let Some(file) = path.strip_prefix("/console/assets/") {
         return match (
             method,
-            assets::serve(file).map(|r| r.map(|b| b.boxed_unsync())),
+            assets::serve_conditional(file, req.headers().get(header::IF_NONE_MATCH))
+                .map(|r| r.map(|b| b.boxed_unsync())),
         ) {
             (Method::GET | Method::HEAD, Some(r)) => r,
             _ => refuse(StatusCode::NOT_FOUND, "not_found", "no such file"),
