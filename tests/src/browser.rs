@@ -59,6 +59,12 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver on `port` (one of the test's own) and a browser at `screen`'s size.
     pub async fn start(port: u16, screen: Screen) -> Browser {
+        Browser::start_with_args(port, screen, &[]).await
+    }
+
+    /// As [`Browser::start`], with extra Chromium flags (e.g. trusting one test provider's key
+    /// with `--ignore-certificate-errors-spki-list=...`).
+    pub async fn start_with_args(port: u16, screen: Screen, extra: &[String]) -> Browser {
         for bin in [CHROMEDRIVER, CHROMIUM] {
             assert!(
                 Path::new(bin).exists(),
@@ -90,7 +96,7 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(50));
         }
         let (w, h) = screen.size();
-        let args = [
+        let mut args = vec![
             "--headless=new".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
@@ -104,6 +110,7 @@ impl Browser {
             format!("--window-size={w},{h}"),
             format!("--user-data-dir={}", profile.display()),
         ];
+        args.extend(extra.iter().cloned());
         let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
