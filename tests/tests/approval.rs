@@ -910,7 +910,7 @@ fn quorum_of_two_over_http_without_self_approval() {
         Some(&eve),
         None,
     );
-    assert_eq!((st, reason_of(&v)), (403, "not_an_approver"), "{v}");
+    assert_eq!((st, reason_of(&v)), (404, "unknown_request"), "{v}");
 
     // The requester itself (same issuer and subject as the agent), even in group dba: refused.
     let me = approver_jwt(sub, &["dba", "agents"]);
@@ -2466,7 +2466,7 @@ fn non_approvers_learn_nothing_of_a_request() {
     let base = format!("/v1/approvals/{id}");
     let eve = approver_jwt("eve", &["agents", "ops"]);
     let refused = |what: &str, st: u16, v: &Value| {
-        assert_eq!((st, reason_of(v)), (403, "not_an_approver"), "{what}: {v}");
+        assert_eq!((st, reason_of(v)), (404, "unknown_request"), "{what}: {v}");
         assert!(
             !v.to_string().contains("dba-secret-7f3a"),
             "{what}: the refusal names the approver groups: {v}"

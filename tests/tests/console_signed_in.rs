@@ -416,11 +416,11 @@ async fn signed_out_is_sent_to_sign_in_and_a_non_approver_cannot_decide() {
         json!({"method": "POST", "headers": {"X-CSRF-Token": csrf, "Content-Type": "application/json"}, "body": "{}"}),
     )
     .await;
-    // The contract (console-contract.md) says 404 here too; the gateway answers 403
-    // `not_an_approver` today (reported to the lead). Either way: refused, and no vote.
-    assert!(
-        status == 404 || (status == 403 && r["reason"] == "not_an_approver"),
-        "{status} {r}"
+    // Another group's request does not exist for her, to decide no more than to read.
+    assert_eq!(
+        (status, r["reason"].as_str()),
+        (404, Some("unknown_request")),
+        "{r}"
     );
     let a = dba.request(
         "GET",

@@ -168,9 +168,7 @@ pub(super) fn refusal(e: &Refusal) -> Response<Body> {
             ApprovalError::NotPending(..) | ApprovalError::AlreadyCounted(..) => {
                 StatusCode::CONFLICT
             }
-            ApprovalError::NotApprover(..) | ApprovalError::SelfApproval(..) => {
-                StatusCode::FORBIDDEN
-            }
+            ApprovalError::SelfApproval(..) => StatusCode::FORBIDDEN,
             ApprovalError::ReasonRequired => StatusCode::BAD_REQUEST,
             ApprovalError::TooManyPending(_) => StatusCode::TOO_MANY_REQUESTS,
             ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -29,8 +29,6 @@ pub enum ApprovalError {
     UnknownRequest(String),
     #[error("request {0} is already {1}")]
     NotPending(String, &'static str),
-    #[error("{0} is in none of the approver groups of request {1}")]
-    NotApprover(String, String),
     #[error("{0} made request {1} and cannot approve it")]
     SelfApproval(String, String),
     #[error("{0} already approved request {1}; each approver counts once")]
@@ -49,7 +47,6 @@ impl ApprovalError {
         match self {
             ApprovalError::UnknownRequest(_) => "unknown_request",
             ApprovalError::NotPending(..) => "not_pending",
-            ApprovalError::NotApprover(..) => "not_an_approver",
             ApprovalError::SelfApproval(..) => "self_approval",
             ApprovalError::AlreadyCounted(..) => "already_counted",
             ApprovalError::ReasonRequired => "bad_request",
@@ -307,7 +304,8 @@ impl Approvals {
         let mut r = store
             .get(id)?
             .ok_or_else(|| ApprovalError::UnknownRequest(id.to_string()))?;
-        // Who may decide is checked first: others learn nothing of its state.
+        // Who may decide is checked first: for anyone outside its approver groups the request
+        // does not exist (as in a list or a look-up), so they learn nothing of it at all.
         if let Approver::Oidc {
             issuer,
             subject,
@@ -315,7 +313,12 @@ impl Approvals {
         } = approver
         {
             if !r.decidable_by(groups) {
-                return Err(ApprovalError::NotApprover(who, r.id));
+                tracing::info!(
+                    id,
+                    by = who,
+                    "a vote from outside the request's approver groups"
+                );
+                return Err(ApprovalError::UnknownRequest(r.id));
             }
             if *issuer == r.issuer && *subject == r.subject {
                 return Err(ApprovalError::SelfApproval(who, r.id));

@@ -84,7 +84,7 @@ async fn quorum_counts_each_eligible_approver_once() {
     );
     assert_eq!(
         err(a.decide(&id, &person("eve", &["dev"]), Verdict::Approve, None)),
-        "not_an_approver"
+        "unknown_request"
     );
     let r = a
         .decide(&id, &person("alice", &["dba"]), Verdict::Approve, None)
