@@ -247,19 +247,41 @@ impl Db {
             self.synced = synced;
         }
         // Another gateway process may append to the same journal (the old one draining after a
-        // handover, handover/): take the write lock first and chain to the journal's real tip,
-        // not to the one this process saw last.
+        // handover, handover/): take the write lock first and follow the records it chained
+        // onto ours. Anything else — records deleted from the end, or a tip that does not
+        // continue ours — is not followed: this process chains to the tip it knows, and the
+        // gap or fork shows in `audit verify`.
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut appender = Appender {
-            tip: journal::tip(&tx)?,
+            tip: follow(&tx, self.tip)?,
         };
         let out = f(&tx, &mut appender)?;
         tx.commit()?;
         self.tip = appender.tip;
         Ok(out)
     }
+}
+
+/// The tip to chain to: the journal's, if the record after `known` chains onto it (another
+/// writer continued our chain); otherwise `known`.
+fn follow(tx: &Transaction<'_>, known: Tip) -> rusqlite::Result<Tip> {
+    let stored = journal::tip(tx)?;
+    if stored.seq <= known.seq {
+        return Ok(known);
+    }
+    let next_prev: Option<String> = tx
+        .query_row(
+            "SELECT prev FROM audit_log WHERE seq = ?1",
+            [known.seq + 1],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match next_prev {
+        Some(prev) if prev == journal::hex(&known.hash) => stored,
+        _ => known,
+    })
 }
 
 /// Brings a record database of any earlier version to this one's schema, in one transaction
@@ -420,6 +442,43 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    /// Two processes writing in turn (a handover) keep one chain; records deleted from the end
+    /// are not followed: the writer chains to the tip it knows and the gap shows.
+    #[test]
+    fn a_writer_follows_another_writer_but_not_a_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let old = Db::open(&path).unwrap();
+        let new = Db::open(&path).unwrap();
+        records(&old, 3, 1);
+        records(&new, 2, 10);
+        records(&old, 1, 20);
+        {
+            let g = Db::lock(&old);
+            let r = journal::verify(&g.conn).unwrap();
+            assert!(r.problems.is_empty(), "{:?}", r.problems);
+            assert_eq!(r.records, 6);
+        }
+        // The newest two deleted behind the writer's back.
+        Db::lock(&old)
+            .conn
+            .execute("DELETE FROM audit_log WHERE seq > 4", [])
+            .unwrap();
+        records(&old, 1, 30);
+        let g = Db::lock(&old);
+        let seqs: Vec<i64> = g
+            .conn
+            .prepare("SELECT seq FROM audit_log ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(seqs, [1, 2, 3, 4, 7], "chained to the tip it knew (6)");
+        let r = journal::verify(&g.conn).unwrap();
+        assert!(!r.problems.is_empty(), "the deletion shows");
     }
 
     #[test]
