@@ -2446,7 +2446,7 @@ fn backlog_behind_a_held_statement_ends_the_session() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 18. Who may decide is checked before the state: a non-approver gets 403 on a decided request
+// 18. Who may decide is checked before the state: a non-approver gets 404 on a decided request
 //     too, and the refusal names no approver group.
 // ---------------------------------------------------------------------------------------------
 
