@@ -99,24 +99,7 @@ pub fn sessions(conn: &Connection, f: &SessionFilter) -> Result<(Vec<Value>, boo
             f.approvals,
             (f.limit + 1) as i64
         ],
-        |r| {
-            Ok(SessionRow {
-                node: None,
-                session: r.get(0)?,
-                started_ms: r.get(1)?,
-                ended_ms: r.get(2)?,
-                protocol: r.get(3)?,
-                workload: r.get(4)?,
-                issuer: r.get(5)?,
-                subject: r.get(6)?,
-                target: r.get(7)?,
-                database: r.get(8)?,
-                pid: r.get(9)?,
-                ended_by: r.get(10)?,
-                error: r.get(11)?,
-                ..Default::default()
-            })
-        },
+        SessionRow::from_page_row,
     )?;
     let mut page: Vec<SessionRow> = rows.collect::<Result<_, _>>()?;
     let truncated = page.len() > f.limit;

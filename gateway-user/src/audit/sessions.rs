@@ -67,6 +67,28 @@ pub struct SessionRow {
 }
 
 impl SessionRow {
+    /// A row of a page query (the node's `LIST` and the console's): its first twelve columns are
+    /// session, started, ended, protocol, workload, issuer, subject, target, database, pid,
+    /// ended_by and error; the counts are filled in afterwards.
+    pub fn from_page_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+        Ok(SessionRow {
+            node: None,
+            session: r.get(0)?,
+            started_ms: r.get(1)?,
+            ended_ms: r.get(2)?,
+            protocol: r.get(3)?,
+            workload: r.get(4)?,
+            issuer: r.get(5)?,
+            subject: r.get(6)?,
+            target: r.get(7)?,
+            database: r.get(8)?,
+            pid: r.get(9)?,
+            ended_by: r.get(10)?,
+            error: r.get(11)?,
+            ..Default::default()
+        })
+    }
+
     /// Closed once its closing is on record, else live.
     pub fn status(&self) -> &'static str {
         if self.ended_ms.is_some() {
@@ -185,24 +207,7 @@ pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<Value>, AuditError> {
             Filter::like(&f.statement),
             f.limit.max(1) as i64
         ],
-        |r| {
-            Ok(SessionRow {
-                node: None,
-                session: r.get(0)?,
-                started_ms: r.get(1)?,
-                ended_ms: r.get(2)?,
-                protocol: r.get(3)?,
-                workload: r.get(4)?,
-                issuer: r.get(5)?,
-                subject: r.get(6)?,
-                target: r.get(7)?,
-                database: r.get(8)?,
-                pid: r.get(9)?,
-                ended_by: r.get(10)?,
-                error: r.get(11)?,
-                ..Default::default()
-            })
-        },
+        SessionRow::from_page_row,
     )?;
     let mut page: Vec<SessionRow> = rows.collect::<Result<_, _>>()?;
     let mut counts = conn.prepare(COUNTS)?;
