@@ -56,6 +56,31 @@ pub enum AdminRequest {
 }
 
 impl AdminRequest {
+    /// `revoke` or, with `lift`, `revoke.lift` of exactly this identity/workload.
+    pub fn revocation(
+        lift: bool,
+        subject: Option<String>,
+        issuer: Option<String>,
+        workload: Option<String>,
+        reason: Option<String>,
+    ) -> AdminRequest {
+        if lift {
+            AdminRequest::LiftRevocation {
+                subject,
+                issuer,
+                workload,
+                reason,
+            }
+        } else {
+            AdminRequest::Revoke {
+                subject,
+                issuer,
+                workload,
+                reason,
+            }
+        }
+    }
+
     /// The request's name on the wire (`cmd`), for messages.
     pub fn name(&self) -> &'static str {
         match self {

@@ -231,21 +231,7 @@ async fn answer(
             if !lift && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
                 return Err(bad("give a reason: it is on record with the revocation"));
             }
-            let req = if lift {
-                AdminRequest::LiftRevocation {
-                    subject,
-                    issuer,
-                    workload,
-                    reason,
-                }
-            } else {
-                AdminRequest::Revoke {
-                    subject,
-                    issuer,
-                    workload,
-                    reason,
-                }
-            };
+            let req = AdminRequest::revocation(lift, subject, issuer, workload, reason);
             handle(admin, caller, req)
         }
         (Method::GET, ["v1", "audit"]) => {

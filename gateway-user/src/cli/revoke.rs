@@ -28,20 +28,8 @@ pub fn revoke_command(
     } = target;
     let req = if list {
         AdminRequest::Revocations {}
-    } else if lift {
-        AdminRequest::LiftRevocation {
-            subject,
-            issuer,
-            workload,
-            reason,
-        }
     } else {
-        AdminRequest::Revoke {
-            subject,
-            issuer,
-            workload,
-            reason,
-        }
+        AdminRequest::revocation(lift, subject, issuer, workload, reason)
     };
     let answer = admin::request(socket, &req)?;
     if json {
