@@ -863,6 +863,42 @@ impl Gateway {
     }
 
     /// Where the running gateway reads its policy files.
+    /// Writes policy file `file` of this gateway and waits (up to 30 s) until the policy it
+    /// makes is in force. The directory watch starts a moment after `ready`: a change made
+    /// before it is seen when the file is written again, so it is rewritten until seen.
+    pub fn reload_policy_file(&self, file: &str, text: &str) {
+        let path = self.policy_dir().join(file);
+        let scratch = std::env::temp_dir().join(unique(&format!("policy-{file}")));
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        for f in std::fs::read_dir(self.policy_dir())
+            .expect("policy dir")
+            .flatten()
+        {
+            std::fs::copy(f.path(), scratch.join(f.file_name())).expect("copy policy");
+        }
+        std::fs::write(scratch.join(file), text).expect("write policy");
+        let version = policy_version(&scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let applied = || {
+            self.events()
+                .iter()
+                .filter(|e| e["event"] == "policy_applied" && e["version"] == version.as_str())
+                .count()
+        };
+        let before = applied();
+        std::fs::write(&path, text).expect("write policy");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while applied() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "policy {version} not applied:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            std::fs::write(&path, text).expect("write policy");
+        }
+    }
+
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.join("policies")
     }

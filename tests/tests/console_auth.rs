@@ -99,42 +99,9 @@ fn start_gateway(tag: &str, p: &Ports, idp: &Idp, console: &str) -> Gateway {
     )
 }
 
-/// Writes a policy file and waits until the policy is in force. The directory watch starts
-/// a moment after `ready`: a change made before it is seen again by writing the file again.
+/// Writes a policy file and waits until the policy is in force.
 fn reload(gw: &Gateway, file: &str, text: &str) {
-    let path = gw.policy_dir().join(file);
-    let scratch = std::env::temp_dir().join(unique(&format!("consauth-policy-{}", file)));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    for f in std::fs::read_dir(gw.policy_dir())
-        .expect("policy dir")
-        .flatten()
-    {
-        std::fs::copy(f.path(), scratch.join(f.file_name())).expect("copy policy");
-    }
-    std::fs::write(scratch.join(file), text).expect("write policy");
-    let version = policy_version(&scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let applied = || {
-        gw.events()
-            .iter()
-            .filter(|e| e["event"] == "policy_applied" && e["version"] == version.as_str())
-            .count()
-    };
-    let before = applied();
-    std::fs::write(&path, text).expect("write policy");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if applied() > before {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "policy {version} not applied:\n{}",
-            gw.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        std::fs::write(&path, text).expect("write policy");
-    }
+    gw.reload_policy_file(file, text);
 }
 
 /// `GET /console/login[?next=…]`: the gateway's redirect to the provider (its URL).
